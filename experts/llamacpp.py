@@ -1,0 +1,183 @@
+"""Runs a GGUF model on the CPU with llama-cpp-python (the embedded default backend).
+
+One `llama_cpp.Llama` per base model; requests in a batch run one after another on it. That
+is still the right shape on a CPU: every core already works on each token, and llama.cpp keeps
+the KV cache of the previous prompt, so requests that share a prefix (one expert's persona, a
+profiling run's instructions) only evaluate what differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experts.backend import BackendError, ModelSourceError
+from experts.catalog import resolve_source
+from experts.gguf import GGUFInfo, check_gguf
+from experts.types import BaseModelSpec, Generation, GenerationRequest
+
+# llama.cpp's compute buffers and scratch on top of weights and KV cache; measured RSS is
+# roughly file + KV + a few tens of MB for these small models.
+_OVERHEAD_BYTES = 64 * 2**20
+# Prompt tokens are evaluated in batches of this many, aligned to absolute positions (see
+# `_align_prompt`): small enough that little is re-evaluated, big enough to batch well on a CPU.
+ALIGN_TOKENS = 32
+
+
+def default_threads() -> int:
+    """All cores this process may use (llama-cpp-python's own default is half of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaCppBackend:
+    """ExpertBackend over llama-cpp-python. `spec.source` is a GGUF path or `package:<name>`."""
+
+    def __init__(self, spec: BaseModelSpec, n_threads: int | None = None):
+        self.spec = spec
+        self.base_model_key = spec.key
+        self.loads = 0
+        self.n_threads = n_threads or default_threads()
+        self._llm: Any = None
+        self._path: Path | None = None
+        self._info: GGUFInfo | None = None
+        # The protocol says one worker drives a backend; the lock turns a violation of that
+        # into waiting instead of a crash inside native code.
+        self._lock = threading.RLock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._llm is not None
+
+    def validate(self) -> None:
+        """Find the file (assembling a packaged model once) and check its header; no weights."""
+        self._path = resolve_source(self.spec.source)
+        self._info = check_gguf(self._path)
+
+    def _ensure_validated(self) -> tuple[Path, GGUFInfo]:
+        if self._path is None or self._info is None:
+            self.validate()
+        assert self._path is not None and self._info is not None
+        return self._path, self._info
+
+    def load(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                return
+            path, _ = self._ensure_validated()
+            self._llm = self._open(path)
+            self.loads += 1
+
+    def _open(self, path: Path) -> Any:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendError("llama-cpp-python is not installed: pip install llama-cpp-python") from exc
+        try:
+            return _aligned_llama_class(llama_cpp.Llama)(
+                model_path=str(path), n_ctx=self.spec.n_ctx, n_threads=self.n_threads, verbose=False
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelSourceError(f"llama.cpp could not load {path}: {exc}") from exc
+
+    def unload(self) -> None:
+        with self._lock:
+            llm, self._llm = self._llm, None
+            if llm is None:
+                return
+            llm.close()  # frees the model and context now rather than whenever GC runs
+            del llm
+            gc.collect()
+
+    def memory_bytes(self) -> int:
+        """Weights (the file is mapped whole) + f16 KV cache for n_ctx + compute overhead."""
+        _, info = self._ensure_validated()
+        kv = info.kv_cache_bytes(self.spec.n_ctx) or 0
+        return info.size_bytes + kv + _OVERHEAD_BYTES
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        with self._lock:
+            if self._llm is None:
+                raise BackendError(f"{self.base_model_key}: generate() before load()")
+            return [self._one(self._llm, r) for r in requests]
+
+    def _one(self, llm: Any, request: GenerationRequest) -> Generation:
+        s = request.sampling
+        started = time.perf_counter()
+        try:
+            out = llm.create_chat_completion(
+                messages=[m.model_dump() for m in request.messages],
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
+                stop=s.stop or None,
+            )
+        except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
+            raise BackendError(f"{self.base_model_key} request {request.request_id}: {exc}") from exc
+        return _to_generation(request.request_id, out, time.perf_counter() - started)
+
+
+def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:
+    usage = out.get("usage") or {}
+    return Generation(
+        request_id=request_id,
+        text=out["choices"][0]["message"].get("content") or "",
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        latency_s=latency_s,
+    )
+
+
+def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    n = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _align_prompt(llm: Any, tokens: list[int]) -> None:
+    """Put the KV cache in the state a fresh context would reach for this prompt.
+
+    llama.cpp's numbers depend on how tokens are batched (a row computed in a batch of 37 is
+    not bit-equal to the same row alone), and llama-cpp-python reuses whatever prefix is
+    cached, so the batching, and with it a greedy answer, would depend on the previous request.
+    Here every prompt's KV is computed in fixed chunks aligned to absolute positions; only
+    whole chunks are reused, and the last prompt token is left for generate(), which always
+    evaluates it alone. The first logits are then a function of the prompt alone, and shared
+    prefixes (a persona, a few-shot preamble) are still evaluated once.
+    """
+    n = len(tokens) - 1
+    reusable = min(llm.n_tokens, llm.aligned_upto)
+    keep = _common_prefix(llm.input_ids[:reusable].tolist(), tokens[:n]) // ALIGN_TOKENS * ALIGN_TOKENS
+    llm.n_tokens = max(keep, 0)  # eval() drops the KV cache beyond n_tokens
+    for start in range(keep, n, ALIGN_TOKENS):
+        llm.eval(tokens[start : min(n, start + ALIGN_TOKENS)])
+    # A trailing partial chunk was batched by this prompt's length: not reusable by others.
+    llm.aligned_upto = max(n, 0) // ALIGN_TOKENS * ALIGN_TOKENS
+
+
+@functools.cache
+def _aligned_llama_class(base: type) -> type:
+    """llama_cpp.Llama whose generate() aligns the prompt cache first (imported lazily)."""
+
+    class AlignedLlama(base):  # type: ignore[valid-type, misc]
+        aligned_upto = 0
+
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+            tokens = list(tokens)
+            if kwargs.get("reset", True):
+                _align_prompt(self, tokens)
+            return super().generate(tokens, *args, **kwargs)
+
+    return AlignedLlama

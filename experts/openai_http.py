@@ -1,0 +1,167 @@
+"""Any OpenAI-compatible chat server (vLLM, llama.cpp server, Ollama, a hosted API) as a backend.
+
+The server holds the weights, so load/unload are bookkeeping: `load` checks the server answers
+and serves the model, and `loads` counts the times the backend went from unloaded to loaded
+(what the scheduler's load-once promise is tested against). A batch is sent as concurrent
+requests, bounded by `max_concurrency`, because such servers batch in-flight requests
+themselves (continuous batching): sending them one by one would waste the server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from experts.backend import BackendError, ModelSourceError
+from experts.types import BaseModelSpec, Generation, GenerationRequest
+
+API_KEY_ENVS = ("SKILLROUTE_OPENAI_API_KEY", "OPENAI_API_KEY")
+
+
+def _env_api_key() -> str | None:
+    return next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None)
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class OpenAIHTTPBackend:
+    """ExpertBackend over HTTP. `spec.source` is the base URL (…/v1), `spec.model` the served
+    model (if unset, the first one the server lists). The key comes from `api_key`, else
+    $SKILLROUTE_OPENAI_API_KEY, else $OPENAI_API_KEY, else none is sent."""
+
+    def __init__(
+        self,
+        spec: BaseModelSpec,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 5.0,
+    ):
+        self.spec = spec
+        self.base_model_key = spec.key
+        self.loads = 0
+        self.base_url = spec.source.rstrip("/")
+        self.model: str | None = spec.model
+        self.max_concurrency = max(1, max_concurrency)
+        self._api_key = api_key or _env_api_key()
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._client is not None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def validate(self) -> None:
+        """GET /models with a short timeout; the server must answer 200 and list our model."""
+        url = f"{self.base_url}/models"
+        try:
+            reply = httpx.get(url, headers=self._headers(), timeout=self._connect_timeout_s)
+        except httpx.HTTPError as exc:
+            raise ModelSourceError(f"cannot reach {url}: {_reason(exc)}") from exc
+        if reply.status_code != 200:
+            raise ModelSourceError(f"cannot reach {url}: HTTP {reply.status_code}")
+        self._check_model(url, _served_models(url, reply))
+
+    def _check_model(self, url: str, served: list[str]) -> None:
+        if self.model is None:
+            if not served:
+                raise ModelSourceError(f"{url} lists no models")
+            self.model = served[0]
+        elif self.model not in served:
+            raise ModelSourceError(
+                f"{url} does not serve {self.model!r}; it serves {', '.join(served) or 'nothing'}"
+            )
+
+    def load(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                return
+            self.validate()
+            limits = httpx.Limits(max_connections=self.max_concurrency)
+            self._client = httpx.Client(timeout=self._timeout, limits=limits, headers=self._headers())
+            self.loads += 1
+
+    def unload(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    def memory_bytes(self) -> int:
+        """Nothing resident here: the weights live in the server's memory."""
+        return 0
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        client = self._client
+        if client is None:
+            raise BackendError(f"{self.base_model_key}: generate() before load()")
+        if len(requests) <= 1:
+            return [self._one(client, r) for r in requests]
+        workers = min(self.max_concurrency, len(requests))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-http") as pool:
+            return list(pool.map(lambda r: self._one(client, r), requests))
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        s = request.sampling
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.model_dump() for m in request.messages],
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+        }
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = s.stop
+        return body
+
+    def _one(self, client: httpx.Client, request: GenerationRequest) -> Generation:
+        url = f"{self.base_url}/chat/completions"
+        started = time.perf_counter()
+        try:
+            reply = client.post(url, json=self._body(request))
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
+        if reply.status_code != 200:
+            raise BackendError(
+                f"{url} answered HTTP {reply.status_code} to request {request.request_id}: "
+                f"{reply.text[:300]}"
+            )
+        return _to_generation(request.request_id, reply, time.perf_counter() - started)
+
+
+def _served_models(url: str, reply: httpx.Response) -> list[str]:
+    try:
+        return [str(m["id"]) for m in reply.json()["data"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelSourceError(f"{url} did not answer an OpenAI model list") from exc
+
+
+def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> Generation:
+    try:
+        data = reply.json()
+        text = data["choices"][0]["message"].get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BackendError(f"request {request_id}: not a chat completion: {reply.text[:300]}") from exc
+    usage = data.get("usage") or {}
+    return Generation(
+        request_id=request_id,
+        text=text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        latency_s=latency_s,
+    )

@@ -1,0 +1,265 @@
+"""Replay experts: real LLMs answering from their recorded answers.
+
+A recording folder holds `questions.jsonl.gz` (question_id, category, src, question, options,
+answer) and `predictions.csv.gz` (question_id, then one column per model holding the letter that
+model answered; empty when its reply had no parseable choice). Plain `.jsonl` / `.csv` files are
+read too. A `ReplayBackend` finds the corpus question in a request's user message (the question
+text, usually followed by its lettered options) and replies "Answer: <letter>".
+
+Cost is simulated from the model's size (`experts.cost_model`): the recording keeps only the
+letter, so a reply's `latency_s` is what the real model would take on the reference device to
+read the prompt and write a chain of thought of `cot_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from experts.backend import BackendError, ModelSourceError
+from experts.cost_model import CostEstimate, ModelCost, model_cost
+from experts.types import BaseModelSpec, Generation, GenerationRequest
+
+QUESTIONS_FILE = "questions.jsonl"
+PREDICTIONS_FILE = "predictions.csv"
+NO_ANSWER_TEXT = "No answer."  # what a model whose recorded reply had no choice says
+_NULL_CELLS = {"", "none", "nan", "null", "na", "n/a"}
+
+
+@dataclass(frozen=True)
+class RecordedQuestion:
+    question_id: str
+    category: str
+    question: str
+    options: tuple[str, ...]
+    answer: str  # the gold letter
+
+
+def normalise_text(text: str) -> str:
+    """Case, Unicode form and whitespace never decide which question a message is."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _data_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    raise ModelSourceError(f"recording folder {folder} has no {name}.gz (or {name})")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
+    return path.open(encoding="utf-8")  # type: ignore[return-value]
+
+
+def _read_questions(path: Path) -> Iterator[RecordedQuestion]:
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                yield RecordedQuestion(
+                    question_id=str(row["question_id"]),
+                    category=str(row.get("category") or "unknown").strip().lower(),
+                    question=str(row["question"]),
+                    options=tuple(str(o) for o in row.get("options") or ()),
+                    answer=str(row["answer"]).strip().upper(),
+                )
+
+
+def _read_predictions(path: Path) -> tuple[list[str], dict[str, dict[str, str | None]]]:
+    """Model columns and, per model, question id → letter (None: recorded, no choice)."""
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header or header[0].strip() != "question_id":
+            raise ModelSourceError(f"{path} must start with a 'question_id' column")
+        models = [m.strip() for m in header[1:]]
+        answers: dict[str, dict[str, str | None]] = {m: {} for m in models}
+        for row in reader:
+            for model, cell in zip(models, row[1:], strict=False):
+                letter = cell.strip().upper()
+                answers[model][row[0].strip()] = None if letter.lower() in _NULL_CELLS else letter
+    return models, answers
+
+
+class Recording:
+    """One recording folder: the questions, every model's answers, and a text index."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.questions = {q.question_id: q for q in _read_questions(_data_file(folder, QUESTIONS_FILE))}
+        self.models, self._answers = _read_predictions(_data_file(folder, PREDICTIONS_FILE))
+        self._by_text: dict[str, list[str]] = {}
+        for q in self.questions.values():
+            self._by_text.setdefault(normalise_text(q.question), []).append(q.question_id)
+        # Longest first, so a scan finds "Define poverty in Europe." before "Define poverty."
+        long_texts = [t for t in self._by_text if len(t.split()) >= _SCAN_MIN_WORDS]
+        self._long_texts = sorted(long_texts, key=len, reverse=True)
+
+    def has_model(self, model: str) -> bool:
+        return model in self._answers
+
+    def recorded(self, model: str, question_id: str) -> bool:
+        return question_id in self._answers.get(model, {})
+
+    def answer(self, model: str, question_id: str) -> str | None:
+        """The model's recorded letter (None: it answered without a parseable choice)."""
+        if not self.has_model(model):
+            raise ModelSourceError(f"model {model!r} is not recorded in {self.folder}")
+        if question_id not in self._answers[model]:
+            raise BackendError(f"{model} has no recorded answer for question {question_id} in {self.folder}")
+        return self._answers[model][question_id]
+
+    def find_question(self, message: str) -> str:
+        """The id of the corpus question that the message asks (see `_candidates`)."""
+        ids = self._candidates(message)
+        if not ids:
+            raise BackendError(f"no recorded question in {self.folder} matches the message {_clip(message)!r}")
+        if len(ids) > 1:
+            ids = self._best_by_options(ids, normalise_text(message))
+        return ids[0]
+
+    def _candidates(self, message: str) -> list[str]:
+        """Exact text; else the text before the options; else one line of the message; else the
+        longest corpus question of at least `_SCAN_MIN_WORDS` words inside the message (a short
+        one like "Inflation" would match any message that mentions the word)."""
+        norm = normalise_text(message)
+        keys = [norm, normalise_text(_strip_options(message))]
+        keys += [normalise_text(_strip_label(line)) for line in message.splitlines()]
+        for key in keys:
+            if key in self._by_text:
+                return self._by_text[key]
+        for text in self._long_texts:
+            if text in norm:
+                return self._by_text[text]
+        return []
+
+    def _best_by_options(self, ids: list[str], norm: str) -> list[str]:
+        """Same question text, different options: the one whose options the message shows."""
+
+        def shown(qid: str) -> int:
+            return sum(normalise_text(o) in norm for o in self.questions[qid].options)
+
+        best = max(shown(q) for q in ids)
+        top = [q for q in ids if shown(q) == best]
+        if len(top) > 1 and len({self.questions[q].options for q in top}) > 1:
+            listed = ", ".join(top)
+            raise BackendError(f"the message matches recorded questions {listed}; include the options")
+        return top
+
+
+_OPTION_LINE = re.compile(r"(?mi)^\s*(?:\(?[a-p][.):]|options?:)(?:\s|$)")
+_LABEL = re.compile(r"^\s*(?:question|q)\s*[:.]\s*", re.IGNORECASE)
+_SCAN_MIN_WORDS = 6
+
+
+def _strip_label(text: str) -> str:
+    return _LABEL.sub("", text)
+
+
+def _strip_options(text: str) -> str:
+    """The part of a message before its first option line ("A. …", "(b) …", "Options:")."""
+    m = _OPTION_LINE.search(text)
+    return _strip_label(text[: m.start()] if m else text)
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Changes when a file in the folder changes, so an edited recording is read again."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> Recording:
+    return Recording(folder)
+
+
+def load_recording(folder: str | Path) -> Recording:
+    """The recording in `folder`, read once and shared by all of its replay experts."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ModelSourceError(f"recording folder not found: {path}")
+    return _load_cached(path, _signature(path))
+
+
+class ReplayBackend:
+    """A recorded model behind the `ExpertBackend` protocol.
+
+    `load` reads the recording (shared with the folder's other models) and counts a load;
+    `memory_bytes` is the real model's simulated footprint, not the recording's.
+    """
+
+    def __init__(self, folder: str | Path, model: str, cot_tokens: int = 256):
+        self.folder = Path(folder)
+        self.model = model
+        self.base_model_key = BaseModelSpec(kind="replay", source=str(folder), model=model).key
+        self.cost: ModelCost = model_cost(model)
+        self.cot_tokens = cot_tokens
+        self.loads = 0
+        self.energy_j = 0.0  # simulated energy of every reply so far
+        self._recording: Recording | None = None
+
+    @classmethod
+    def from_spec(cls, spec: BaseModelSpec) -> ReplayBackend:
+        if spec.kind != "replay" or not spec.model:
+            raise ModelSourceError(f"a replay expert needs kind 'replay' and a model name, got {spec.key}")
+        return cls(spec.source, spec.model)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._recording is not None
+
+    def validate(self) -> None:
+        recording = load_recording(self.folder)
+        if not recording.has_model(self.model):
+            known = ", ".join(recording.models)
+            raise ModelSourceError(f"model {self.model!r} is not recorded in {self.folder}; it has {known}")
+
+    def load(self) -> None:
+        if self._recording is None:
+            self.validate()
+            self._recording = load_recording(self.folder)
+            self.loads += 1
+
+    def unload(self) -> None:
+        self._recording = None
+
+    def memory_bytes(self) -> int:
+        return self.cost.memory_bytes()
+
+    def estimate(self, prompt_tokens: int) -> CostEstimate:
+        return self.cost.estimate(prompt_tokens, self.cot_tokens)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if self._recording is None:
+            raise BackendError(f"{self.base_model_key}: generate() before load()")
+        return [self._reply(self._recording, r) for r in requests]
+
+    def _reply(self, recording: Recording, request: GenerationRequest) -> Generation:
+        user = "\n".join(m.content for m in request.messages if m.role == "user")
+        letter = recording.answer(self.model, recording.find_question(user))
+        text = f"Answer: {letter}" if letter else NO_ANSWER_TEXT
+        prompt_tokens = _approx_tokens(request)
+        cost = self.estimate(prompt_tokens)
+        self.energy_j += cost.energy_j
+        return Generation(request_id=request.request_id, text=text, prompt_tokens=prompt_tokens,
+                          completion_tokens=self.cot_tokens, latency_s=cost.latency_s)
+
+
+def _approx_tokens(request: GenerationRequest) -> int:
+    """~4/3 tokens per word: what the real model's tokenizer would count, near enough."""
+    words = sum(len(m.content.split()) for m in request.messages)
+    return max(1, round(words * 4 / 3))

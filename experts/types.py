@@ -1,0 +1,80 @@
+"""Plain data that crosses the experts/ boundary: what to generate, what came back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(BaseModel):
+    role: Role
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Sampling for one generation; temperature 0 is greedy and reproducible."""
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=128, ge=1, le=4096)
+    seed: int | None = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class GenerationRequest(BaseModel):
+    """One chat completion to run; `request_id` ties the reply back to its caller."""
+
+    request_id: str
+    messages: list[ChatMessage]
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class Generation(BaseModel):
+    request_id: str
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
+
+
+class BaseModelSpec(BaseModel):
+    """Where a base model's weights (or server) are. Experts over one spec share one load.
+
+    `source` is read per kind: llamacpp -> a GGUF path or `package:<catalog name>`;
+    openai -> the server's base URL (with `model` naming the served model); vllm -> an HF folder;
+    replay -> the recording folder (with `model` naming the recorded model); mock -> anything.
+    """
+
+    kind: BackendKind
+    source: str
+    model: str | None = None
+    n_ctx: int = Field(default=2048, ge=128, le=131072)
+
+    @property
+    def key(self) -> str:
+        """The batching key: two experts with equal keys are the same weights."""
+        return f"{self.kind}:{self.source}" + (f"#{self.model}" if self.model else "")
+
+
+class ExpertSpec(BaseModel):
+    """An expert is a base model plus an optional persona and its sampling parameters."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    base: BaseModelSpec
+    system_prompt: str | None = Field(default=None, max_length=4000)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+    def request(self, request_id: str, user_text: str, max_tokens: int | None = None) -> GenerationRequest:
+        """A request that speaks to this expert: its persona first, then the user's text."""
+        messages = [ChatMessage(role="system", content=self.system_prompt)] if self.system_prompt else []
+        messages.append(ChatMessage(role="user", content=user_text))
+        sampling = self.sampling
+        if max_tokens is not None:
+            sampling = sampling.model_copy(update={"max_tokens": max_tokens})
+        return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)

@@ -1,0 +1,1 @@
+"""Composition and service: settings, pipeline, routing, scheduling, store, API, CLI."""

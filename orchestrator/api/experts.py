@@ -1,0 +1,30 @@
+"""/v1/experts: register an expert (checked, stored, profiled in the background) and read them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from experts.types import ExpertSpec
+from orchestrator.api.deps import Container
+from orchestrator.api.schemas import ExpertCreate, ExpertOut
+
+router = APIRouter(prefix="/v1/experts", tags=["experts"])
+
+
+@router.post("", response_model=ExpertOut, status_code=202)
+def create_expert(c: Container, body: ExpertCreate, response: Response) -> ExpertOut:
+    """202: the model loaded and is stored; profiling runs now — poll GET /v1/experts/{id}."""
+    spec = ExpertSpec(name=body.name, base=body.model, system_prompt=body.system_prompt, sampling=body.sampling)
+    row = c.experts.register(spec)
+    response.headers["Location"] = f"/v1/experts/{row.id}"
+    return ExpertOut.from_row(c.experts.get(row.id))
+
+
+@router.get("", response_model=list[ExpertOut])
+def list_experts(c: Container) -> list[ExpertOut]:
+    return [ExpertOut.from_row(e) for e in c.experts.all()]
+
+
+@router.get("/{expert_id}", response_model=ExpertOut)
+def get_expert(c: Container, expert_id: int) -> ExpertOut:
+    return ExpertOut.from_row(c.experts.get(expert_id), with_profile=True)

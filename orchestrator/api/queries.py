@@ -1,0 +1,34 @@
+"""/v1/queries: answer one query or a batch, and read a stored query back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+
+from orchestrator.api.deps import Container
+from orchestrator.api.schemas import QueryRequest, QueryResponse
+from orchestrator.pipeline import QueryInput
+from orchestrator.services.errors import ServiceError
+
+router = APIRouter(prefix="/v1/queries", tags=["queries"])
+
+MAX_BATCH = 64
+
+
+@router.post("", response_model=QueryResponse | list[QueryResponse])
+def create_query(
+    c: Container, body: Annotated[QueryRequest | list[QueryRequest], Body()]
+) -> QueryResponse | list[QueryResponse]:
+    """Answer a query (or a list of up to 64, batched so each model loads once)."""
+    items = body if isinstance(body, list) else [body]
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ServiceError(f"a batch holds 1 to {MAX_BATCH} queries, got {len(items)}", "body")
+    ids = c.queries.ask([QueryInput(q.query, q.k, q.mode, q.seed) for q in items])
+    out = [QueryResponse.from_row(c.queries.get(i)) for i in ids]
+    return out if isinstance(body, list) else out[0]
+
+
+@router.get("/{query_id}", response_model=QueryResponse)
+def get_query(c: Container, query_id: int) -> QueryResponse:
+    return QueryResponse.from_row(c.queries.get(query_id))

@@ -1,0 +1,108 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from experts.types import BaseModelSpec, SamplingParams
+from orchestrator.store.models import Expert, Query
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=8000, description="The question to answer.")
+    k: int = Field(default=3, ge=1, le=8, description="How many experts to recruit.")
+    mode: Literal["sample", "topk", "dynamic"] = Field(
+        default="sample", description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes sampling reproducible.")
+
+
+class SkillOut(BaseModel):
+    keyword: str
+    skill: str
+    similarity: float
+
+
+class ExpertScoreOut(BaseModel):
+    name: str
+    suitability: float
+    competence: float
+    weight: float
+    recruited: int = Field(description="How many of the k draws picked this expert.")
+
+
+class GenerationOut(BaseModel):
+    expert: str
+    role: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class QueryResponse(BaseModel):
+    id: int
+    status: str
+    query: str
+    k: int
+    answer: str | None
+    error: str | None
+    latency_s: float | None
+    skills: list[SkillOut] = []
+    experts: list[ExpertScoreOut] = []
+    recruited: list[str] = []
+    aggregator: str | None = None
+    router: str | None = None
+    seed: int | None = None
+    generations: list[GenerationOut] = []
+
+    @classmethod
+    def from_row(cls, q: Query) -> QueryResponse:
+        d = q.decision
+        picks = list(d.recruited) if d else []
+        scores = [ExpertScoreOut(**x, recruited=picks.count(x["name"])) for x in (d.experts if d else [])]
+        return cls(
+            id=q.id, status=q.status, query=q.text, k=q.k, answer=q.answer, error=q.error, latency_s=q.latency_s,
+            skills=[SkillOut(**m) for m in (d.skills if d else [])], experts=scores, recruited=picks,
+            aggregator=d.aggregator if d else None, router=d.router if d else None, seed=d.seed if d else None,
+            generations=[GenerationOut.model_validate(g, from_attributes=True) for g in q.generations],
+        )
+
+
+class ExpertCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    model: BaseModelSpec = Field(description="kind llamacpp: source is a GGUF path or package:<name>; "
+                                             "kind openai: source is the server's /v1 URL and model its model name.")
+    system_prompt: str | None = Field(default=None, max_length=4000)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class ExpertOut(BaseModel):
+    id: int
+    name: str
+    status: str
+    base_model_key: str
+    system_prompt: str | None
+    model: dict[str, Any]
+    progress: Progress
+    accuracy: float | None
+    error: str | None
+    profile: dict[str, float] | None = None
+
+    @classmethod
+    def from_row(cls, e: Expert, with_profile: bool = False) -> ExpertOut:
+        profile = {s.skill: s.score for s in sorted(e.skills, key=lambda s: -s.score)} if with_profile else None
+        return cls(id=e.id, name=e.name, status=e.status, base_model_key=e.base_model_key,
+                   system_prompt=e.spec.get("system_prompt"), model=e.spec["base"],
+                   progress=Progress(done=e.progress_done, total=e.progress_total),
+                   accuracy=e.accuracy, error=e.error, profile=profile)

@@ -1,0 +1,85 @@
+"""The routable pool: ready experts, the router built from their profiles, the aggregator.
+
+A `PoolSnapshot` is immutable; the service swaps in a new one when profiling finishes, so a
+query in flight always sees one consistent pool and a new expert joins without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experts.types import ExpertSpec
+from orchestrator.routing.router import Router, RoutingEvidence, SymbolicRouter
+from orchestrator.store.db import Database
+from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.state import StateRepository
+from orchestrator.store.repositories.validation import ValidationRepository
+from skills.embedder import Embedder
+from skills.vocabulary import SkillVocabulary
+
+AGGREGATOR_KEY = "aggregator"
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    experts: dict[str, ExpertSpec]
+    router: Router
+    vocabulary: SkillVocabulary
+    aggregator: str | None
+    competence: dict[str, float] = field(default_factory=dict)
+
+
+def load_evidence(
+    db: Database, dataset: str, embedder: Embedder
+) -> tuple[dict[str, ExpertSpec], RoutingEvidence, list[str]]:
+    """Ready experts, their profiles and per-question records, and the profiled skill names."""
+    with db.session() as s:
+        rows = ExpertRepository(s).list(status="ready")
+        experts = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
+        profiles = {r.name: {sk.skill: sk.score for sk in r.skills} for r in rows}
+        questions = ValidationRepository(s).questions(dataset)
+        answers = ValidationRepository(s).answers([r.id for r in rows])
+        names = {r.id: r.name for r in rows}
+        texts = [q.payload["question"] for q in questions]
+        index = {q.id: i for i, q in enumerate(questions)}
+        correct = {n: np.zeros(len(questions), dtype=bool) for n in experts}
+        for a in answers:
+            correct[names[a.expert_id]][index[a.question_id]] = a.correct
+        skills = sorted({sk for q in questions for sk in q.skills})
+    embeddings = embedder.encode(texts) if texts else None
+    return experts, RoutingEvidence(profiles, embeddings, correct), skills
+
+
+def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
+    return SymbolicRouter(evidence)
+
+
+class PoolState:
+    """Holds the current snapshot; `refresh` rebuilds it from the store."""
+
+    def __init__(self, db: Database, dataset: str, embedder: Embedder, router_name: str = "symbolic"):
+        self.db, self.dataset, self.embedder, self.router_name = db, dataset, embedder, router_name
+        self._lock = threading.Lock()
+        self._snapshot: PoolSnapshot | None = None
+
+    @property
+    def snapshot(self) -> PoolSnapshot:
+        if self._snapshot is None:
+            self.refresh()
+        assert self._snapshot is not None
+        return self._snapshot
+
+    def refresh(self) -> PoolSnapshot:
+        experts, evidence, skills = load_evidence(self.db, self.dataset, self.embedder)
+        with self.db.session() as s:
+            agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
+        if agg not in experts:  # not benchmarked yet: fall back to the most competent expert
+            agg = max(evidence.competence, key=lambda n: evidence.competence[n], default=None)
+        snap = PoolSnapshot(experts, build_router(evidence, self.router_name),
+                            SkillVocabulary(skills, self.embedder), agg, dict(evidence.competence))
+        with self._lock:
+            self._snapshot = snap
+        return snap

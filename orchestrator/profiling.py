@@ -1,0 +1,154 @@
+"""Profiling runs: the validation set, every expert's graded answers, the aggregator choice.
+
+All experts being profiled answer in one batch, so each base model is loaded once however many
+personas share it. Results are stored, so a restart reuses them instead of profiling again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from experts.types import ExpertSpec
+from orchestrator.aggregation import aggregation_prompt
+from orchestrator.pool import AGGREGATOR_KEY
+from orchestrator.pool_config import PoolConfig, ValidationSource
+from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.planner import Job
+from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.store.db import Database
+from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.state import StateRepository
+from orchestrator.store.repositories.validation import ValidationRepository
+from skills.aggregator_bench import SyntheticTask, build_synthetic_tasks, pick_aggregator
+from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu, load_mmlu_pro
+from skills.embedder import Embedder
+from skills.grading import grade
+from skills.profiling import build_profile, global_competence
+from skills.vocabulary import SEED_SKILLS, SkillVocabulary
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ValidationItem:
+    row_id: int
+    question: LabelledQuestion
+    skills: list[str]
+
+
+def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
+    from pathlib import Path
+
+    if src.kind == "mmlu":
+        return load_mmlu(src.split, per_subject=src.per_subject, subjects=src.subjects, seed=seed)
+    if src.kind == "mmlu_pro":
+        items = load_mmlu_pro(Path(src.path))
+        return items[: src.limit] if src.limit else items
+    return arithmetic_questions(src.n, seed)
+
+
+class ProfilingService:
+    def __init__(self, db: Database, worker: DeviceWorker, embedder: Embedder, config: PoolConfig):
+        self.db, self.worker, self.embedder, self.config = db, worker, embedder, config
+        self.dataset = config.validation.dataset_key()
+
+    def validation_set(self) -> list[ValidationItem]:
+        """The stored profiling set, building (and storing) it on first use."""
+        with self.db.session() as s:
+            rows = ValidationRepository(s).questions(self.dataset)
+            if not rows:
+                ValidationRepository(s).add_questions(self.dataset, self._build_rows())
+                s.flush()
+                rows = ValidationRepository(s).questions(self.dataset)
+            return [ValidationItem(r.id, LabelledQuestion(**_as_question(r.payload)), list(r.skills)) for r in rows]
+
+    def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str]]]:
+        cfg = self.config.validation
+        questions = [q for src in cfg.sources for q in load_source(src, cfg.seed)]
+        vocab = SkillVocabulary(SEED_SKILLS, self.embedder)
+        matches = vocab.nearest_for_texts([q.question for q in questions], cfg.skills_per_question)
+        return [(q.id, dataclasses.asdict(q), [m.skill for m in ms]) for q, ms in zip(questions, matches, strict=True)]
+
+    def profile(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None = None) -> None:
+        """Every expert answers every validation question (one batch); store graded profiles."""
+        items = self.validation_set()
+        jobs = [self._job(eid, spec, it) for eid, spec in experts for it in items]
+        gens = execute(jobs, self.worker, progress=self._track(experts, progress))
+        for eid, _spec in experts:
+            graded = [(it, gens[f"{eid}:{it.row_id}"].text) for it in items]
+            self._save(eid, graded)
+
+    def _job(self, eid: int, spec: ExpertSpec, item: ValidationItem) -> Job:
+        max_tokens = self.config.generation.profiling_max_tokens
+        req = spec.request(f"{eid}:{item.row_id}", format_prompt(item.question), max_tokens)
+        return Job(req.request_id, spec.base, req)
+
+    def _track(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None) -> Progress:
+        def report(done: int, total: int) -> None:
+            with self.db.session() as s:
+                for eid, _ in experts:
+                    ExpertRepository(s).set_progress(eid, done, total)
+            if progress:
+                progress(done, total)
+
+        return report
+
+    def _save(self, expert_id: int, graded: list[tuple[ValidationItem, str]]) -> None:
+        marks = [(it, text, _grade(it.question, text)) for it, text in graded]
+        profile = build_profile(str(expert_id), [(it.skills, ok) for it, _, ok in marks])
+        with self.db.session() as s:
+            ValidationRepository(s).save_answers(expert_id, [(it.row_id, t, ok) for it, t, ok in marks])
+            ExpertRepository(s).save_profile(expert_id, profile.scores, profile.accuracy)
+            ExpertRepository(s).set_status(expert_id, "ready")
+
+    def choose_aggregator(self, progress: Progress | None = None) -> str | None:
+        """Benchmark every ready expert that has no score yet as a synthesiser; keep the best."""
+        if self.config.aggregator.fixed:
+            return self._store_aggregator({self.config.aggregator.fixed: 1.0}, {})
+        items = {str(it.row_id): it for it in self.validation_set()}
+        with self.db.session() as s:
+            rows = ExpertRepository(s).list(status="ready")
+            specs = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
+            competence = global_competence({r.name: r.profile_total or 0.0 for r in rows})
+            chains: dict[str, list[tuple[str, bool]]] = {}
+            for a in ValidationRepository(s).answers([r.id for r in rows]):
+                chains.setdefault(str(a.question_id), []).append((a.text, a.correct))
+            scored = dict((StateRepository(s).get(AGGREGATOR_KEY) or {}).get("accuracy", {}))
+        questions = [dataclasses.replace(it.question, id=rid) for rid, it in items.items()]
+        tasks = build_synthetic_tasks(questions, chains, self.config.aggregator.tasks, self.config.validation.seed)
+        todo = {n: sp for n, sp in specs.items() if n not in scored}
+        if tasks and todo:
+            scored.update(self._bench(todo, tasks, progress))
+        scored = {n: v for n, v in scored.items() if n in specs}
+        return self._store_aggregator(scored, competence) if scored else None
+
+    def _bench(
+        self, specs: dict[str, ExpertSpec], tasks: list[SyntheticTask], progress: Progress | None
+    ) -> dict[str, float]:
+        max_tokens = self.config.generation.aggregator_max_tokens
+        jobs = []
+        for name, spec in specs.items():
+            for ti, t in enumerate(tasks):
+                prompt = aggregation_prompt(format_prompt(t.question), t.responses)
+                req = spec.request(f"{name}|{ti}", prompt, max_tokens)
+                jobs.append(Job(req.request_id, spec.base, req))
+        gens = execute(jobs, self.worker, progress=progress)
+        return {n: sum(_grade(t.question, gens[f"{n}|{ti}"].text) for ti, t in enumerate(tasks)) / len(tasks)
+                for n in specs}
+
+    def _store_aggregator(self, accuracy: dict[str, float], competence: dict[str, float]) -> str:
+        name = pick_aggregator(accuracy, competence)
+        with self.db.session() as s:
+            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy})
+        return name
+
+
+def _grade(q: LabelledQuestion, text: str) -> bool:
+    return grade(text, q.answer, q.kind, n_options=max(len(q.options), 2))
+
+
+def _as_question(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "options": tuple(payload.get("options") or ())}

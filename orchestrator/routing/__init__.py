@@ -1,0 +1,1 @@
+"""Which experts, which aggregator, within which budget."""

@@ -1,0 +1,376 @@
+"""Choose the expert subset with the best expected quality within a latency and energy budget.
+
+MoE^2 (Jin et al. 2025, arXiv 2501.09410): experts run in parallel on their devices, so a
+subset's latency is the slowest member's (transfer + prefill + decode) plus the aggregation
+step, and its energy is the members' sum plus aggregation. `solve` finds the exact optimum of
+
+    max Q(S)  s.t.  latency(S) <= L,  energy(S) <= E,  1 <= |S| <= k_max
+
+by branch and bound over boxes of {0,1}^N (`budget_search`, whose docstring says why the
+answer is exact). `brute_force` enumerates every subset; the tests and `bench/budgets.py`
+hold the two equal.
+
+Before the search, the structure of the latency constraint is used: it is a max, so an expert
+whose own cost breaks a budget can never be chosen, and one with l_i + aggL(2) > L (or
+e_i + aggE(2) > E) can only be chosen alone. The best single expert is scored up front and
+the search runs over the experts that can share a subset.
+
+Quality functions (all monotone non-decreasing under inclusion, checked by the tests):
+- `noisy_or`: 1 - Π(1 - q_i), the chance that some member is right and the aggregator sees it.
+- `weighted_vote`: a vote with the Bayes-optimal weights log(q_i / (1 - q_i)) (Nitzan &
+  Paroush 1982) over open answers (two wrong answers never agree): agreeing members carry
+  the day, otherwise the most reliable member's answer is taken. The decision is optimal for
+  what it sees and could ignore any extra member, so it never gets worse with more members.
+- `monotone(fn)`: any monotone callable over candidate indices (bounds fall back to Q(hi)).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from experts.devices import DeviceProfile, Placement, estimate_cost
+from orchestrator.routing.budget_search import BoxSearch, Limits, QualityModel, limits_feasible
+from orchestrator.routing.recruit import ExpertScore
+
+__all__ = [
+    "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
+    "QualityModel", "brute_force", "candidates_from_scores", "monotone", "noisy_or",
+    "quality_from_weights", "solve", "subset_cost", "weighted_vote",
+]
+
+QualityName = Literal["noisy_or", "weighted_vote"]
+QualitySpec = QualityName | QualityModel | Callable[[Sequence[int]], float]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One expert for this query: estimated correctness q and its predicted cost alone."""
+
+    name: str
+    quality: float
+    latency_s: float
+    energy_j: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quality <= 1.0:
+            raise ValueError(f"{self.name}: quality must be in [0, 1], got {self.quality}")
+        if self.latency_s < 0 or self.energy_j < 0:
+            raise ValueError(f"{self.name}: latency and energy must be non-negative")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-request limits; None means unlimited."""
+
+    latency_s: float | None = None
+    energy_j: float | None = None
+    k_max: int = 5
+
+    def __post_init__(self) -> None:
+        if self.k_max < 1:
+            raise ValueError("k_max must be at least 1")
+        if (self.latency_s or 0) < 0 or (self.energy_j or 0) < 0:
+            raise ValueError("budgets must be non-negative")
+
+
+class AggregationModel(Protocol):
+    def latency(self, members: int) -> float: ...
+
+    def energy(self, members: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class AggregationCost:
+    """Cost of combining m >= 2 answers: a fixed part plus a part per answer read (0 for m < 2)."""
+
+    latency_base_s: float = 0.0
+    latency_per_member_s: float = 0.0
+    energy_base_j: float = 0.0
+    energy_per_member_j: float = 0.0
+
+    def latency(self, members: int) -> float:
+        return 0.0 if members < 2 else self.latency_base_s + self.latency_per_member_s * members
+
+    def energy(self, members: int) -> float:
+        return 0.0 if members < 2 else self.energy_base_j + self.energy_per_member_j * members
+
+    @classmethod
+    def on_device(
+        cls, device: DeviceProfile, params_b: float, prompt_tokens: int,
+        answer_tokens: int, output_tokens: int,
+    ) -> AggregationCost:
+        """The aggregator reads the prompt plus each answer, then writes `output_tokens`."""
+        base = estimate_cost(device, params_b, prompt_tokens, output_tokens)
+        per = estimate_cost(device, params_b, answer_tokens, 0)
+        transfer_s = device.transfer_latency_ms / 1000.0
+        return cls(base.latency_s, per.latency_s - transfer_s, base.energy_j, per.energy_j)
+
+
+@dataclass(frozen=True)
+class CheapOption:
+    name: str
+    latency_s: float
+    energy_j: float
+
+
+class InfeasibleBudget(ValueError):
+    """No single expert fits the budget; names the fastest and the least-energy expert."""
+
+    def __init__(self, budget: Budget, fastest: CheapOption, least_energy: CheapOption):
+        self.budget, self.fastest, self.least_energy = budget, fastest, least_energy
+        super().__init__(
+            f"no expert fits latency <= {_fmt(budget.latency_s, 's')} and energy <= "
+            f"{_fmt(budget.energy_j, 'J')}: fastest is {_opt(fastest)}, "
+            f"least energy is {_opt(least_energy)}"
+        )
+
+    def detail(self) -> dict[str, object]:
+        """JSON-ready body for the API's 422."""
+        return {
+            "error": "infeasible_budget",
+            "message": str(self),
+            "fastest": {"expert": self.fastest.name, "latency_ms": self.fastest.latency_s * 1e3,
+                        "energy_j": self.fastest.energy_j},
+            "least_energy": {"expert": self.least_energy.name,
+                             "latency_ms": self.least_energy.latency_s * 1e3,
+                             "energy_j": self.least_energy.energy_j},
+        }
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "unlimited" if value is None else f"{value:g} {unit}"
+
+
+def _opt(o: CheapOption) -> str:
+    return f"{o.name} ({o.latency_s * 1e3:.0f} ms, {o.energy_j:.3g} J)"
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    chosen: tuple[str, ...]
+    indices: tuple[int, ...]
+    quality: float
+    latency_s: float
+    energy_j: float
+    nodes: int
+    method: str = "branch_and_bound"
+
+
+# ---------------------------------------------------------------- quality functions
+
+
+def _log_gain(qs: Sequence[float]) -> tuple[float, ...]:
+    return tuple(math.inf if q >= 1.0 else -math.log1p(-q) for q in qs)
+
+
+def noisy_or(qs: Sequence[float]) -> QualityModel:
+    """Q(S) = 1 - Π_{i in S} (1 - q_i): some member is right (independent errors)."""
+    qs = tuple(qs)
+
+    def value(members: Sequence[int]) -> float:
+        miss = 1.0
+        for i in members:
+            miss *= 1.0 - qs[i]
+        return 1.0 - miss
+
+    return QualityModel(value, ranked=True, log_gain=_log_gain(qs))
+
+
+def weighted_vote(qs: Sequence[float]) -> QualityModel:
+    """Bayes-weighted vote over open answers: P(>= 2 right) + P(only the most reliable right)."""
+    qs = tuple(qs)
+
+    def value(members: Sequence[int]) -> float:
+        if not members:
+            return 0.0
+        p = [qs[i] for i in members]
+        none, one = _none_and_exactly_one(p)
+        star = max(range(len(p)), key=p.__getitem__)
+        only_star = p[star] * math.prod(1.0 - x for k, x in enumerate(p) if k != star)
+        return max(0.0, 1.0 - none - one + only_star)
+
+    # Q <= noisy-or: when nobody is right the vote is wrong.
+    return QualityModel(value, ranked=True, log_gain=_log_gain(qs))
+
+
+def _none_and_exactly_one(p: Sequence[float]) -> tuple[float, float]:
+    """P(no member right) and P(exactly one right), by a two-state recursion (no division)."""
+    none, one = 1.0, 0.0
+    for x in p:
+        none, one = none * (1.0 - x), one * (1.0 - x) + none * x
+    return none, one
+
+
+def monotone(fn: Callable[[Sequence[int]], float]) -> QualityModel:
+    """Wrap any monotone set function over candidate indices (bound: Q of the upper corner)."""
+    return QualityModel(fn)
+
+
+def _model(quality: QualitySpec, candidates: Sequence[Candidate]) -> QualityModel:
+    qs = [c.quality for c in candidates]
+    if isinstance(quality, QualityModel):
+        return quality
+    if quality == "noisy_or":
+        return noisy_or(qs)
+    if quality == "weighted_vote":
+        return weighted_vote(qs)
+    if callable(quality):
+        return monotone(quality)
+    raise ValueError(f"unknown quality function {quality!r}")
+
+
+# ---------------------------------------------------------------- solving
+
+
+def _limits(budget: Budget, agg: AggregationModel, n: int) -> Limits:
+    k = min(budget.k_max, max(n, 1))
+    lat = tuple(agg.latency(m) if m >= 2 else 0.0 for m in range(k + 1))
+    en = tuple(agg.energy(m) if m >= 2 else 0.0 for m in range(k + 1))
+    for name, table in (("latency", lat), ("energy", en)):
+        if any(b < a for a, b in itertools.pairwise(table)) or min(table) < 0:
+            raise ValueError(f"aggregation {name} must be non-negative and non-decreasing in |S|")
+    inf = math.inf
+    L = inf if budget.latency_s is None else budget.latency_s
+    E = inf if budget.energy_j is None else budget.energy_j
+    return Limits(L, E, k, lat, en)
+
+
+def subset_cost(candidates: Sequence[Candidate], members: Sequence[int],
+                aggregation: AggregationModel | None = None) -> tuple[float, float]:
+    """(latency_s, energy_j) of running `members` in parallel and aggregating their answers."""
+    agg = aggregation or AggregationCost()
+    m = len(members)
+    latency = max((candidates[i].latency_s for i in members), default=0.0)
+    energy = sum(candidates[i].energy_j for i in members)
+    if m >= 2:
+        latency, energy = latency + agg.latency(m), energy + agg.energy(m)
+    return latency, energy
+
+
+def _infeasible(candidates: Sequence[Candidate], budget: Budget) -> InfeasibleBudget:
+    fast = min(candidates, key=lambda c: (c.latency_s, c.energy_j))
+    frugal = min(candidates, key=lambda c: (c.energy_j, c.latency_s))
+    opt = [CheapOption(c.name, c.latency_s, c.energy_j) for c in (fast, frugal)]
+    return InfeasibleBudget(budget, opt[0], opt[1])
+
+
+def _decision(candidates: Sequence[Candidate], members: Sequence[int], value: float,
+              agg: AggregationModel, nodes: int, method: str) -> BudgetDecision:
+    idx = tuple(sorted(members))
+    latency, energy = subset_cost(candidates, idx, agg)
+    names = tuple(candidates[i].name for i in idx)
+    return BudgetDecision(names, idx, value, latency, energy, nodes, method)
+
+
+def _check(candidates: Sequence[Candidate]) -> None:
+    if not candidates:
+        raise ValueError("no candidate experts to choose from")
+
+
+def solve(
+    candidates: Sequence[Candidate],
+    budget: Budget,
+    quality: QualitySpec = "noisy_or",
+    aggregation: AggregationModel | None = None,
+) -> BudgetDecision:
+    """The exact best subset; raises InfeasibleBudget when no single expert fits."""
+    _check(candidates)
+    agg = aggregation or AggregationCost()
+    lim, model = _limits(budget, agg, len(candidates)), _model(quality, candidates)
+    lat = [c.latency_s for c in candidates]
+    en = [c.energy_j for c in candidates]
+    singles = [i for i in range(len(candidates)) if limits_feasible((i,), lat, en, lim)]
+    if not singles:
+        raise _infeasible(candidates, budget)
+    pool = sorted(_pairable(singles, lat, en, lim), key=lambda i: (-candidates[i].quality, i))
+    search = BoxSearch(lat, en, lim, model, _incumbent(singles, pool, lat, en, lim, model))
+    members, value, nodes = search.run(pool)
+    return _decision(candidates, members, value, agg, nodes + len(singles), "branch_and_bound")
+
+
+def _pairable(singles: Sequence[int], lat: Sequence[float], en: Sequence[float],
+              lim: Limits) -> list[int]:
+    """Experts that can be in a subset of two or more (the rest can only run alone)."""
+    if lim.k_max < 2 or len(singles) < 2:
+        return []
+    low = sorted(en[i] for i in singles)[:2]
+    return [
+        i for i in singles
+        if lat[i] + lim.agg_latency[2] <= lim.latency
+        and en[i] + (low[1] if en[i] == low[0] else low[0]) + lim.agg_energy[2] <= lim.energy
+    ]
+
+
+def _incumbent(
+    singles: Sequence[int], pool: Sequence[int], lat: Sequence[float], en: Sequence[float],
+    lim: Limits, model: QualityModel,
+) -> tuple[tuple[int, ...], float]:
+    """Seed: the best single expert, or a greedy pass (best q first) if that scores higher."""
+    best = max(singles, key=lambda i: (model.value((i,)), -i))
+    seed: tuple[int, ...] = (best,)
+    value = model.value(seed)
+    chosen: list[int] = []
+    for i in pool:
+        if limits_feasible((*chosen, i), lat, en, lim):
+            chosen.append(i)
+    if chosen and model.value(chosen) > value:
+        seed, value = tuple(chosen), model.value(chosen)
+    return seed, value
+
+
+def brute_force(
+    candidates: Sequence[Candidate],
+    budget: Budget,
+    quality: QualitySpec = "noisy_or",
+    aggregation: AggregationModel | None = None,
+) -> BudgetDecision:
+    """Reference: score every feasible subset of size 1..k_max (exponential; tests only)."""
+    _check(candidates)
+    agg = aggregation or AggregationCost()
+    lim, model = _limits(budget, agg, len(candidates)), _model(quality, candidates)
+    lat = [c.latency_s for c in candidates]
+    en = [c.energy_j for c in candidates]
+    best: tuple[int, ...] | None = None
+    best_value, seen = -math.inf, 0
+    for m in range(1, lim.k_max + 1):
+        for members in itertools.combinations(range(len(candidates)), m):
+            seen += 1
+            if limits_feasible(members, lat, en, lim):
+                v = model.value(members)
+                if v > best_value:
+                    best, best_value = members, v
+    if best is None:
+        raise _infeasible(candidates, budget)
+    return _decision(candidates, best, best_value, agg, seen, "brute_force")
+
+
+# ---------------------------------------------------------------- from the router
+
+
+def quality_from_weights(scores: Sequence[ExpertScore], q_max: float = 0.9) -> dict[str, float]:
+    """Heuristic q_i = q_max · w_i / max w (until per-skill accuracy is calibrated)."""
+    top = max((s.weight for s in scores), default=0.0)
+    if top <= 0:
+        return {s.name: 0.0 for s in scores}
+    return {s.name: q_max * max(s.weight, 0.0) / top for s in scores}
+
+
+def candidates_from_scores(
+    scores: Sequence[ExpertScore],
+    placement: Placement,
+    devices: Mapping[str, DeviceProfile],
+    prompt_tokens: int,
+    output_tokens: int,
+    quality: Mapping[str, float] | None = None,
+) -> list[Candidate]:
+    """One Candidate per scored expert, costed where the placement puts it."""
+    q = quality if quality is not None else quality_from_weights(scores)
+    out = []
+    for s in scores:
+        cost = placement.cost(s.name, devices, prompt_tokens, output_tokens)
+        out.append(Candidate(s.name, q[s.name], cost.latency_s, cost.energy_j))
+    return out

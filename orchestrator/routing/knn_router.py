@@ -1,0 +1,133 @@
+"""A question-level router: how did each expert do on the profiling questions most like this one?
+
+Symbolic-MoE scores an expert by ±1 sums over a handful of coarse skills. With every expert's
+graded answer to every profiling question on record, we can ask directly: among the profiling
+questions nearest to the query (cosine of all-MiniLM-L6-v2 embeddings), how often was each
+expert right? That estimate is shrunk towards the expert's overall accuracy (few or distant
+neighbours say little), so it is a calibrated probability p̂_i(q), not a score:
+
+    p̂_i(q) = (Σ_j a_j·c_ij + α·acc_i) / (Σ_j a_j + α),   a_j = exp((sim_j − sim_max)/τ)
+
+over the K nearest profiling questions j. Experts are ranked by p̂ and weighted by the log-odds
+of p̂ (`voting.log_odds_weight`), which is both the recruitment weight (top-k, or dynamic k by
+cumulative share) and the vote weight when the recruited answers are aggregated by voting.
+
+K, τ and α are fitted on the profiling questions alone by leave-one-out log-loss of p̂ (each
+question's estimate from its neighbours, itself excluded), so the test split is never seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchestrator.routing.recruit import ExpertScore, RecruitMode
+from orchestrator.routing.router import RoutingEvidence
+from orchestrator.routing.voting import DEFAULT_OPTIONS, log_odds_weight
+
+NEIGHBOURS_GRID = (10, 25, 50, 100, 200)
+TEMPERATURE_GRID = (0.02, 0.05, 0.1, 1.0)
+PRIOR_GRID = (1.0, 3.0, 10.0)
+
+
+@dataclass(frozen=True)
+class KnnParams:
+    neighbours: int = 50
+    temperature: float = 0.05
+    prior_strength: float = 3.0
+
+
+class EvidenceError(ValueError):
+    """The routing evidence lacks what a learned router needs (embeddings, per-question marks)."""
+
+
+def _matrix(evidence: RoutingEvidence) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Expert names, embeddings (n × d) and correctness (n × experts) from the evidence."""
+    if evidence.question_embeddings is None or not evidence.correct:
+        raise EvidenceError("the k-NN router needs question embeddings and per-question correctness")
+    names = sorted(evidence.correct)
+    emb = np.asarray(evidence.question_embeddings, dtype=np.float32)
+    marks = np.stack([np.asarray(evidence.correct[n], dtype=np.float32) for n in names], axis=1)
+    if marks.shape[0] != emb.shape[0] or emb.shape[0] == 0:
+        raise EvidenceError(f"{emb.shape[0]} embeddings but {marks.shape[0]} marks per expert")
+    return names, emb, marks
+
+
+def estimate(sims: np.ndarray, marks: np.ndarray, prior: np.ndarray, params: KnnParams) -> np.ndarray:
+    """p̂ for queries × experts from their top-K similarities (queries × K, best first) and the
+    marks of those neighbours (queries × K × experts)."""
+    weights = np.exp((sims - sims[:, :1]) / params.temperature)[:, :, None]
+    hits = (weights * marks).sum(axis=1)
+    return (hits + params.prior_strength * prior) / (weights.sum(axis=1) + params.prior_strength)
+
+
+def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest similarities per row, best first."""
+    k = min(k, sims.shape[1])
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sims, idx, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def fit_params(emb: np.ndarray, marks: np.ndarray, max_questions: int = 4000, seed: int = 0) -> KnnParams:
+    """The grid point with the lowest leave-one-out log-loss of p̂ on the profiling questions."""
+    rows = np.arange(len(emb))
+    if len(rows) > max_questions:  # bound the n × n similarity block; a sample ranks as well
+        rows = np.random.default_rng(seed).choice(rows, max_questions, replace=False)
+    sims = emb[rows] @ emb.T
+    sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out
+    idx, vals = _top(sims, max(NEIGHBOURS_GRID))
+    prior, truth = marks.mean(axis=0), marks[rows]
+    best: tuple[float, KnnParams] | None = None
+    for k, tau, alpha in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID, PRIOR_GRID):
+        params = KnnParams(k, tau, alpha)
+        p = np.clip(estimate(vals[:, :k], marks[idx[:, :k]], prior, params), 1e-4, 1 - 1e-4)
+        loss = float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+        if best is None or loss < best[0]:
+            best = (loss, params)
+    assert best is not None
+    return best[1]
+
+
+class KnnRouter:
+    """Ranks experts by their accuracy on the nearest profiling questions (see module doc)."""
+
+    name = "knn"
+    preferred_mode: RecruitMode = "topk"  # p̂ is a ranking; sampling would discard its order
+
+    def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None,
+                 n_options: int = DEFAULT_OPTIONS):
+        self.evidence = evidence
+        self.experts, self._emb, self._marks = _matrix(evidence)
+        self.params = params or fit_params(self._emb, self._marks)
+        self.n_options = n_options
+        self._prior = self._marks.mean(axis=0)
+
+    def estimate(self, query_embeddings: np.ndarray) -> np.ndarray:
+        """p̂ for each query (rows) and expert (columns, in `self.experts` order)."""
+        q = np.atleast_2d(np.asarray(query_embeddings, dtype=np.float32))
+        idx, vals = _top(q @ self._emb.T, self.params.neighbours)
+        return estimate(vals, self._marks[idx], self._prior, self.params)
+
+    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
+        """Every expert, best first; without an embedding, by overall profiling accuracy."""
+        if query_embedding is None:
+            p = self._prior
+        else:
+            p = self.estimate(query_embedding)[0]
+        return self._scores(p)
+
+    def score_batch(self, query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
+        """`score` for many queries at once (one matrix product instead of one per query)."""
+        return [self._scores(row) for row in self.estimate(query_embeddings)]
+
+    def _scores(self, p: np.ndarray) -> list[ExpertScore]:
+        scores = [
+            ExpertScore(n, float(pi), float(self._prior[i]), log_odds_weight(float(pi), self.n_options))
+            for i, (n, pi) in enumerate(zip(self.experts, p, strict=True))
+        ]
+        return sorted(scores, key=lambda x: (-x.suitability, x.name))

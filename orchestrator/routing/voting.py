@@ -1,0 +1,65 @@
+"""Aggregation without an aggregator LLM: the recruited experts' choices, weighted, vote.
+
+With replay experts (or any pool too large for an aggregator to read every answer) the final
+answer is a weighted vote over the extracted choices. The weight of a vote is the recruiting
+router's weight for that expert (`ExpertScore.weight`): S_i·γ_i for Symbolic-MoE (profile-
+weighted voting), the log-odds of the estimated accuracy for the k-NN router. Log-odds weights
+are the optimal weighted majority for independent voters (Nitzan & Paroush 1982): an expert
+right with probability p among m options outvotes two experts at p' exactly when its evidence
+ratio p(m−1)/(1−p) exceeds theirs combined. An expert that gave no choice casts no vote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.routing.recruit import ExpertScore
+
+DEFAULT_OPTIONS = 10  # MMLU-Pro; the options count only shifts every log-odds weight alike
+_P_CLIP = 1e-3
+_MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    answer: str | None
+    support: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float:
+        """The winner's share of the cast weight (0 when nobody voted)."""
+        total = sum(self.support.values())
+        return self.support.get(self.answer, 0.0) / total if self.answer and total > 0 else 0.0
+
+
+def log_odds_weight(p: float, n_options: int = DEFAULT_OPTIONS) -> float:
+    """log(p·(m−1)/(1−p)): zero at chance (p = 1/m), floored just above zero below it."""
+    p = min(max(p, _P_CLIP), 1.0 - _P_CLIP)
+    return max(math.log(p * (max(n_options, 2) - 1) / (1.0 - p)), _MIN_WEIGHT)
+
+
+def weighted_vote(answers: Sequence[tuple[str, str | None]], weights: Mapping[str, float]) -> VoteResult:
+    """The choice with most weight; `answers` are (expert, choice or None), repeats allowed.
+
+    Ties go to the choice whose heaviest single voter is heaviest, then alphabetically, so the
+    result never depends on the order the answers arrived in.
+    """
+    support: dict[str, float] = {}
+    heaviest: dict[str, float] = {}
+    for expert, choice in answers:
+        if choice is None:
+            continue
+        w = max(weights.get(expert, 0.0), _MIN_WEIGHT)
+        support[choice] = support.get(choice, 0.0) + w
+        heaviest[choice] = max(heaviest.get(choice, 0.0), w)
+    if not support:
+        return VoteResult(None)
+    winner = min(support, key=lambda c: (-support[c], -heaviest[c], c))
+    return VoteResult(winner, support)
+
+
+def vote_by_scores(answers: Sequence[tuple[str, str | None]], scores: Sequence[ExpertScore]) -> VoteResult:
+    """Weighted vote with the router's per-query weights (what the service aggregates with)."""
+    return weighted_vote(answers, {s.name: s.weight for s in scores})

@@ -1,0 +1,91 @@
+"""A device worker: holds the backends resident on one device within its memory budget.
+
+One worker per device (the CPU here, each GPU elsewhere). It is the only thing that touches
+its backends, under one lock, because llama.cpp and vLLM engines are not safe to share.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+
+from experts.backend import ExpertBackend
+from experts.factory import make_backend
+from experts.types import BaseModelSpec, Generation, GenerationRequest
+
+BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
+
+
+class DeviceWorker:
+    def __init__(self, name: str = "cpu", memory_budget_bytes: int = 8 * 2**30,
+                 factory: BackendFactory = make_backend):
+        self.name = name
+        self.memory_budget = memory_budget_bytes
+        self._factory = factory
+        self._backends: dict[str, ExpertBackend] = {}
+        self._lru: OrderedDict[str, None] = OrderedDict()  # resident keys, least recent first
+        self.lock = threading.RLock()
+        self.events: list[tuple[float, str, str]] = []  # (time, load|unload, key): the residency timeline
+
+    def backend(self, base: BaseModelSpec) -> ExpertBackend:
+        with self.lock:
+            if base.key not in self._backends:
+                self._backends[base.key] = self._factory(base)
+            return self._backends[base.key]
+
+    def resident(self) -> set[str]:
+        return set(self._lru)
+
+    def total_loads(self) -> int:
+        return sum(b.loads for b in self._backends.values())
+
+    def loads_by_model(self) -> dict[str, int]:
+        return {k: b.loads for k, b in self._backends.items()}
+
+    def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
+                 protect: Collection[str] = ()) -> list[Generation]:
+        """Run a batch on `base`, loading it (and evicting unprotected models) if needed."""
+        with self.lock:
+            backend = self.ensure_loaded(base, protect)
+            self._lru.move_to_end(base.key)
+            return backend.generate(requests)
+
+    def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
+        with self.lock:
+            backend = self.backend(base)
+            if not backend.is_loaded:
+                self._make_room(backend.memory_bytes(), {base.key, *protect})
+                backend.load()
+                self._lru[base.key] = None
+                self.events.append((time.time(), "load", base.key))
+            return backend
+
+    def _make_room(self, need: int, protect: set[str]) -> None:
+        """Evict least-recently-used models that no upcoming stage needs until `need` fits."""
+        for key in list(self._lru):
+            if self._used() + need <= self.memory_budget:
+                return
+            if key not in protect:
+                self.unload(key)
+
+    def _used(self) -> int:
+        return sum(self._backends[k].memory_bytes() for k in self._lru)
+
+    def unload(self, key: str) -> None:
+        with self.lock:
+            if key in self._lru:
+                self._backends[key].unload()
+                del self._lru[key]
+                self.events.append((time.time(), "unload", key))
+
+    def forget(self, key: str) -> None:
+        """Drop a backend that failed validation so a corrected spec starts fresh."""
+        with self.lock:
+            self.unload(key)
+            self._backends.pop(key, None)
+
+    def shutdown(self) -> None:
+        for key in list(self._lru):
+            self.unload(key)

@@ -1,0 +1,75 @@
+"""Answering queries: accept (stored first), route, generate, store the decision and answers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from orchestrator.pipeline import NoExpertsError, Outcome, Pipeline, QueryInput
+from orchestrator.pool import PoolState
+from orchestrator.services.errors import NotFound, NotReady
+from orchestrator.store.db import Database
+from orchestrator.store.models import Query
+from orchestrator.store.repositories.queries import QueryRepository
+
+
+class QueryService:
+    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline):
+        self.db, self.pool, self.pipeline = db, pool, pipeline
+        self._batch_lock = threading.Lock()  # one batch on the device at a time keeps loads at the floor
+
+    def ask(self, inputs: Sequence[QueryInput]) -> list[int]:
+        """Answer a batch; returns the stored query ids (failed ones are stored as failed)."""
+        with self.db.session() as s:
+            ids = [QueryRepository(s).accept(q.text, q.k).id for q in inputs]
+        self.run(ids, inputs)
+        return ids
+
+    def run(self, ids: Sequence[int], inputs: Sequence[QueryInput]) -> None:
+        try:
+            with self._batch_lock:
+                outcomes = self.pipeline.answer(self.pool.snapshot, inputs)
+        except NoExpertsError as exc:
+            self._fail(ids, str(exc))
+            raise NotReady(str(exc)) from exc
+        except Exception as exc:
+            self._fail(ids, f"{type(exc).__name__}: {exc}")
+            raise
+        with self.db.session() as s:
+            for qid, out in zip(ids, outcomes, strict=True):
+                _store(QueryRepository(s), qid, out)
+
+    def _fail(self, ids: Sequence[int], error: str) -> None:
+        with self.db.session() as s:
+            for qid in ids:
+                QueryRepository(s).fail(qid, error)
+
+    def get(self, query_id: int) -> Query:
+        with self.db.session() as s:
+            row = QueryRepository(s).get(query_id)
+            if row is None:
+                raise NotFound(f"no query with id {query_id}", "id")
+            return row
+
+    def recover(self) -> int:
+        """Answer queries that were accepted but never finished (a crash mid-batch)."""
+        with self.db.session() as s:
+            pending = [(q.id, QueryInput(q.text, q.k)) for q in QueryRepository(s).pending()]
+        if pending:
+            self.run([p[0] for p in pending], [p[1] for p in pending])
+        return len(pending)
+
+
+def _store(repo: QueryRepository, qid: int, out: Outcome) -> None:
+    d = out.decision
+    repo.save_decision(
+        qid, router=d.router, mode=d.mode, seed=d.seed, aggregator=d.aggregator if len(d.recruited) > 1 else None,
+        skills=[asdict(m) for m in d.skills], experts=[asdict(x) for x in d.scores], recruited=list(d.recruited),
+    )
+    repo.add_generations(qid, [
+        {"expert": a.expert, "role": a.role, "text": a.generation.text, "latency_s": a.generation.latency_s,
+         "prompt_tokens": a.generation.prompt_tokens, "completion_tokens": a.generation.completion_tokens}
+        for a in out.answers
+    ])
+    repo.finish(qid, out.answer, out.latency_s)

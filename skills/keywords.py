@@ -1,0 +1,111 @@
+"""Skill keywords for a question, as Symbolic-MoE gets them from its keyword LLM.
+
+The prompt is the paper's, word for word; it is sampled `n_samples` times and only keywords
+that several samples agree on are kept (`consolidate`). Parsing follows the paper's
+`get_keywords` (text after the last "Keywords:", split on ",", strip, lower-case, drop ".",
+keep items of at most 20 characters) with three guards for small local models, which the
+paper's frontier keyword model did not need: the marker is matched case-insensitively, only
+the first non-empty line after it is read (small models keep talking after the list), and
+markdown/quote characters around items are stripped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+
+from experts.types import ChatMessage, Generation, GenerationRequest, SamplingParams
+
+MAX_KEYWORD_CHARS = 20
+_MARKER = re.compile(r"keywords\s*:", re.IGNORECASE)
+_STRIP = " \t\"'`*_#-•[]<>"
+
+
+def keyword_prompt(question: str) -> str:
+    """The paper's keyword prompt for one question."""
+    return (
+        f"Question: {question}\nWhat are the core knowledge, subjects or skills needed to solve "
+        "this problem? List 2-5 keywords separated in comma. Example keywords: psychology, "
+        "virology, behavioral theory, microbiology, diplomacy, political science, property law, "
+        "finance, business. Give ONLY the keywords, no other words or explanation. Follow this "
+        "format: Keywords: <keyword1>, <keyword2>..."
+    )
+
+
+def parse_keywords(text: str) -> list[str]:
+    """Keywords in one reply, in order, without duplicates."""
+    markers = list(_MARKER.finditer(text))
+    tail = text[markers[-1].end() :] if markers else text
+    line = next((ln for ln in tail.splitlines() if ln.strip(_STRIP)), "")
+    out: list[str] = []
+    for item in line.split(","):
+        keyword = item.strip().lower().replace(".", "").strip(_STRIP)
+        if keyword and len(keyword) <= MAX_KEYWORD_CHARS and keyword not in out:
+            out.append(keyword)
+    return out
+
+
+def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2) -> list[str]:
+    """Keywords named by at least `min_count` samples, in first-seen order.
+
+    A keyword counts once per sample (repeating it inside one reply is not agreement). When no
+    keyword reaches `min_count`, the first non-empty sample's keywords are returned: with every
+    count at 1 no sample is better supported than another, the first is reproducible, and a
+    question with no skills could never be routed or profiled.
+    """
+    counts: Counter[str] = Counter()
+    order: list[str] = []
+    for sample in samples:
+        for keyword in dict.fromkeys(sample):
+            counts[keyword] += 1
+            if counts[keyword] == 1:
+                order.append(keyword)
+    agreed = [k for k in order if counts[k] >= min_count]
+    if agreed:
+        return agreed
+    return list(dict.fromkeys(next((s for s in samples if s), [])))
+
+
+def keyword_requests(
+    question_id: str,
+    question: str,
+    n_samples: int = 5,
+    temperature: float = 0.7,
+    max_tokens: int = 32,
+    seed: int = 0,
+) -> list[GenerationRequest]:
+    """`n_samples` keyword requests for one question, ids f"{question_id}#kw{j}", seeds distinct
+    so that a seeded backend really draws different samples."""
+    messages = [ChatMessage(role="user", content=keyword_prompt(question))]
+    return [
+        GenerationRequest(
+            request_id=f"{question_id}#kw{j}",
+            messages=messages,
+            sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + j),
+        )
+        for j in range(n_samples)
+    ]
+
+
+def question_id_of(request_id: str) -> str | None:
+    """The question id inside a keyword request id, or None for any other request."""
+    head, sep, tail = request_id.rpartition("#kw")
+    return head if sep and tail.isdigit() else None
+
+
+def keywords_from_generations(
+    question_ids: Iterable[str], generations: Iterable[Generation], min_count: int = 2
+) -> dict[str, list[str]]:
+    """Consolidated keywords per question (an empty list for a question with no replies)."""
+    replies: dict[str, list[tuple[int, list[str]]]] = defaultdict(list)
+    for gen in generations:
+        qid = question_id_of(gen.request_id)
+        if qid is not None:
+            sample_index = int(gen.request_id.rpartition("#kw")[2])
+            replies[qid].append((sample_index, parse_keywords(gen.text)))
+    # Sorting by sample index makes the "first sample" fallback independent of reply order.
+    return {
+        qid: consolidate([kw for _, kw in sorted(replies.get(qid, []))], min_count)
+        for qid in question_ids
+    }

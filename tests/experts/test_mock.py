@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from experts.backend import ExpertBackend
+from experts.factory import make_backend
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertSpec
+
+
+def test_factory_builds_a_mock_that_follows_the_protocol() -> None:
+    spec = BaseModelSpec(kind="mock", source="m1")
+    b = make_backend(spec)
+    assert isinstance(b, MockBackend) and isinstance(b, ExpertBackend)
+    assert b.base_model_key == spec.key == "mock:m1"
+
+
+def test_loads_counted_once_until_unloaded() -> None:
+    b = MockBackend("mock:a")
+    b.load()
+    b.load()
+    assert (b.is_loaded, b.loads) == (True, 1)
+    b.unload()
+    b.load()
+    assert b.loads == 2
+
+
+def test_generate_needs_load() -> None:
+    with pytest.raises(RuntimeError, match="before load"):
+        MockBackend("mock:a").generate([])
+
+
+def test_answers_are_a_function_of_model_and_prompt() -> None:
+    expert = ExpertSpec(name="e1", base=BaseModelSpec(kind="mock", source="a"), system_prompt="You are a tutor.")
+    a, b = MockBackend("mock:a"), MockBackend("mock:b")
+    a.load()
+    b.load()
+    batch = [expert.request("q1", "2+2?"), expert.request("q2", "3+3?"), expert.request("q3", "2+2?")]
+    first, again, other = a.generate(batch), a.generate(batch), b.generate(batch)
+    assert [g.request_id for g in first] == ["q1", "q2", "q3"]
+    assert first == again and first[0].text == first[2].text
+    assert [g.text for g in first] != [g.text for g in other]
+    assert a.generate_calls == 2
+
+
+def test_fixed_answer_and_memory() -> None:
+    b = MockBackend("mock:a", memory=123, answer="Answer: B")
+    b.load()
+    assert b.generate([ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a")).request("x", "q")])[0].text == "Answer: B"
+    assert b.memory_bytes() == 123

@@ -1,0 +1,209 @@
+"""OpenAIHTTPBackend against a real OpenAI-compatible server on 127.0.0.1 (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from experts.backend import BackendError, ExpertBackend, ModelSourceError
+from experts.factory import make_backend
+from experts.openai_http import OpenAIHTTPBackend
+from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
+
+SERVED = ["tiny-chat", "other-model"]
+
+
+@dataclass
+class Recorder:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    auth: list[str | None] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    gather: int = 1  # a handler holds its reply until this many requests are in flight …
+    gather_timeout_s: float = 2.0  # … or this long has passed
+
+
+def _completion(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = " ".join(m["content"] for m in body["messages"])
+    text = f"echo: {body['messages'][-1]['content']}"
+    usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+    message = {"role": "assistant", "content": text}
+    return {"object": "chat.completion", "model": body["model"], "usage": usage,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+
+def make_app(rec: Recorder) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in SERVED]}
+
+    @app.get("/broken/v1/models")
+    async def broken() -> JSONResponse:
+        return JSONResponse({"error": "loading"}, status_code=503)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        rec.bodies.append(body)
+        rec.auth.append(request.headers.get("authorization"))
+        rec.in_flight += 1
+        rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
+        deadline = time.monotonic() + rec.gather_timeout_s
+        while rec.in_flight < rec.gather and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        rec.in_flight -= 1
+        if body["messages"][-1]["content"] == "FAIL":
+            return JSONResponse({"error": "boom"}, status_code=500)
+        return _completion(body)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, Recorder]]:
+    rec = Recorder()
+    config = uvicorn.Config(make_app(rec), host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:  # poll for readiness; port 0 means the OS picked a free port
+        assert thread.is_alive() and time.monotonic() < deadline, "test server did not start"
+        time.sleep(0.01)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", rec
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def base(server: tuple[str, Recorder]) -> str:
+    return server[0] + "/v1"
+
+
+@pytest.fixture
+def rec(server: tuple[str, Recorder]) -> Recorder:
+    recorder = server[1]
+    recorder.__init__()  # type: ignore[misc]  # a fresh record for each test, same object
+    return recorder
+
+
+def backend(base: str, model: str | None = "tiny-chat", **kw: Any) -> OpenAIHTTPBackend:
+    return OpenAIHTTPBackend(BaseModelSpec(kind="openai", source=base, model=model), **kw)
+
+
+def req(i: int, text: str, **sampling: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=f"r{i}",
+        messages=[ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content=text)],
+        sampling=SamplingParams(**sampling),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_factory_builds_it_and_it_is_an_expert_backend(base: str) -> None:
+    b = make_backend(BaseModelSpec(kind="openai", source=base, model="tiny-chat"))
+    assert isinstance(b, OpenAIHTTPBackend) and isinstance(b, ExpertBackend)
+    assert b.memory_bytes() == 0
+
+
+def test_batch_runs_concurrently_and_keeps_order(base: str, rec: Recorder) -> None:
+    rec.gather = 4  # replies wait until 4 are in flight: one-by-one sending would time out
+    b = backend(base)
+    b.load()
+    started = time.monotonic()
+    out = b.generate([req(i, f"question {i}") for i in range(4)])
+    assert time.monotonic() - started < rec.gather_timeout_s
+    assert rec.max_in_flight == 4
+    assert [g.request_id for g in out] == ["r0", "r1", "r2", "r3"]
+    assert [g.text for g in out] == [f"echo: question {i}" for i in range(4)]
+    assert out[0].prompt_tokens == 4 and out[0].completion_tokens == 3 and out[0].latency_s > 0
+
+
+def test_concurrency_is_bounded(base: str, rec: Recorder) -> None:
+    rec.gather, rec.gather_timeout_s = 3, 0.3
+    b = backend(base, max_concurrency=2)
+    b.load()
+    assert len(b.generate([req(i, "q") for i in range(6)])) == 6
+    assert rec.max_in_flight == 2
+
+
+def test_sampling_is_forwarded(base: str, rec: Recorder) -> None:
+    b = backend(base)
+    b.load()
+    b.generate([req(0, "hi", temperature=0.7, top_p=0.9, max_tokens=17, seed=5, stop=["\n"])])
+    body = rec.bodies[0]
+    assert body["model"] == "tiny-chat"
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.7, 0.9, 17)
+    assert (body["seed"], body["stop"]) == (5, ["\n"])
+
+
+def test_api_key_from_argument_or_environment(base: str, rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKILLROUTE_OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    for b in (backend(base, api_key="sk-arg"), backend(base)):
+        b.load()
+        b.generate([req(0, "hi")])
+    assert rec.auth == ["Bearer sk-arg", "Bearer sk-env"]
+
+
+def test_load_is_bookkeeping_counted_once(base: str) -> None:
+    b = backend(base)
+    with pytest.raises(BackendError, match="before load"):
+        b.generate([req(0, "hi")])
+    b.load()
+    b.load()
+    assert (b.is_loaded, b.loads) == (True, 1)
+    b.unload()
+    assert not b.is_loaded
+    b.load()
+    assert b.loads == 2
+
+
+def test_model_defaults_to_the_first_served(base: str) -> None:
+    b = backend(base, model=None)
+    b.validate()
+    assert b.model == "tiny-chat"
+
+
+def test_model_not_served(base: str) -> None:
+    with pytest.raises(ModelSourceError, match="does not serve 'llama-70b'; it serves tiny-chat, other-model"):
+        backend(base, model="llama-70b").validate()
+
+
+def test_unreachable_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    b = backend(url)
+    with pytest.raises(ModelSourceError, match=f"cannot reach {url}/models: "):
+        b.load()
+    assert (b.is_loaded, b.loads) == (False, 0)
+
+
+def test_server_answering_an_error_status(server: tuple[str, Recorder]) -> None:
+    with pytest.raises(ModelSourceError, match="cannot reach .*/broken/v1/models: HTTP 503"):
+        backend(server[0] + "/broken/v1").validate()
+
+
+def test_failed_request_names_it(base: str) -> None:
+    b = backend(base)
+    b.load()
+    with pytest.raises(BackendError, match="HTTP 500 to request r1"):
+        b.generate([req(0, "fine"), req(1, "FAIL")])

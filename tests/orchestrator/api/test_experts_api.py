@@ -1,0 +1,61 @@
+"""POST/GET /v1/experts: a new expert joins without restart; bad models are refused whole."""
+
+
+
+def count(client) -> int:
+    return len(client.get("/v1/experts").json())
+
+
+def test_new_persona_is_profiled_and_recruitable_without_restart(client, container):
+    body = {"name": "delta", "model": {"kind": "mock", "source": "m2"}, "system_prompt": "You love chemistry."}
+    r = client.post("/v1/experts", json=body)
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/experts/{r.json()['id']}"
+    container.experts.queue.join()  # the background profiling run has drained
+    e = client.get(f"/v1/experts/{r.json()['id']}").json()
+    assert e["status"] == "ready" and e["profile"] and e["progress"]["done"] == e["progress"]["total"] > 0
+    assert "delta" in container.pool.snapshot.experts
+    names = {x["name"] for q in range(8) for x in client.post(
+        "/v1/queries", json={"query": f"Chemistry question {q}", "k": 4, "mode": "topk"}).json()["experts"]}
+    assert "delta" in names
+
+
+def test_missing_file_is_422_and_stores_nothing(client):
+    before = count(client)
+    r = client.post("/v1/experts", json={"name": "ghost", "model": {"kind": "llamacpp", "source": "/nope/x.gguf"}})
+    assert r.status_code == 422 and "no such file" in r.json()["error"]["message"]
+    assert count(client) == before
+
+
+def test_non_gguf_file_is_422_and_stores_nothing(client, tmp_path):
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("this is not a model")
+    before = count(client)
+    r = client.post("/v1/experts", json={"name": "fake", "model": {"kind": "llamacpp", "source": str(fake)}})
+    assert r.status_code == 422 and "not a GGUF" in r.json()["error"]["message"]
+    assert count(client) == before
+
+
+def test_unreachable_url_is_422_and_stores_nothing(client):
+    before = count(client)
+    model = {"kind": "openai", "source": "http://127.0.0.1:9/v1", "model": "m"}
+    r = client.post("/v1/experts", json={"name": "remote", "model": model})
+    assert r.status_code == 422 and "cannot reach" in r.json()["error"]["message"]
+    assert count(client) == before
+
+
+def test_duplicate_name_is_409(client):
+    r = client.post("/v1/experts", json={"name": "alpha", "model": {"kind": "mock", "source": "m1"}})
+    assert r.status_code == 409 and "alpha" in r.json()["error"]["message"]
+
+
+def test_invalid_name_is_422(client):
+    r = client.post("/v1/experts", json={"name": "../etc", "model": {"kind": "mock", "source": "m1"}})
+    assert r.status_code == 422 and "name" in r.json()["error"]["message"]
+
+
+def test_get_expert_shows_profile_and_unknown_is_404(client):
+    first = client.get("/v1/experts").json()[0]
+    detail = client.get(f"/v1/experts/{first['id']}").json()
+    assert detail["status"] == "ready" and isinstance(detail["profile"], dict) and detail["profile"]
+    assert client.get("/v1/experts/4242").status_code == 404

@@ -1,0 +1,73 @@
+"""POST/GET /v1/queries over a mock pool: the decision, the stored rows, batching, bad input."""
+
+from sqlalchemy import func, select
+
+from orchestrator.store.models import GenerationRow, RoutingDecision
+
+
+def test_query_returns_answer_experts_with_skills_and_scores_and_aggregator(client, container):
+    r = client.post("/v1/queries", json={"query": "What is 17*23?", "k": 3, "seed": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "done" and body["answer"]
+    assert len(body["recruited"]) == 3 and set(body["recruited"]) <= {"alpha", "beta", "gamma"}
+    assert body["skills"] and all(s["skill"] for s in body["skills"])
+    assert body["experts"] and all(e["weight"] > 0 for e in body["experts"])
+    assert sum(e["recruited"] for e in body["experts"]) == 3
+    assert body["aggregator"] in {"alpha", "beta", "gamma"}
+    roles = [g["role"] for g in body["generations"]]
+    assert roles == ["expert", "expert", "expert", "aggregator"]
+    with container.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(GenerationRow)) == 4
+        assert s.scalar(select(RoutingDecision.recruited)) == body["recruited"]
+    assert client.get(f"/v1/queries/{body['id']}").json() == body
+
+
+def test_same_seed_same_decision(client):
+    a = client.post("/v1/queries", json={"query": "Who wrote the Analects?", "seed": 5}).json()
+    b = client.post("/v1/queries", json={"query": "Who wrote the Analects?", "seed": 5}).json()
+    assert a["recruited"] == b["recruited"] and a["answer"] == b["answer"]
+
+
+def test_batch_of_20_loads_each_base_model_once(client, container):
+    container.worker.shutdown()  # start cold so every base model must be loaded
+    before = container.worker.total_loads()
+    qs = [{"query": f"What is {i}*{i + 3}?", "k": 3, "seed": i} for i in range(20)]
+    r = client.post("/v1/queries", json=qs)
+    assert r.status_code == 200 and len(r.json()) == 20
+    assert container.worker.total_loads() - before == 2  # m1 and m2, once each
+    assert all(q["status"] == "done" for q in r.json())
+
+
+def test_topk_mode_is_deterministic_and_distinct(client):
+    body = client.post("/v1/queries", json={"query": "Balance this equation", "k": 2, "mode": "topk"}).json()
+    assert len(set(body["recruited"])) == 2
+
+
+def test_k1_needs_no_aggregation(client):
+    body = client.post("/v1/queries", json={"query": "Name a prime", "k": 1, "seed": 3}).json()
+    assert [g["role"] for g in body["generations"]] == ["expert"] and body["aggregator"] is None
+
+
+def test_bad_queries_get_422_naming_the_field(client):
+    cases = [({"query": "", "k": 3}, "query"), ({"query": "x", "k": 0}, "k"), ({"query": "x", "k": 99}, "k"),
+             ({"query": "x", "colour": "red"}, "colour"), ({"k": 3}, "query")]
+    for body, field in cases:
+        r = client.post("/v1/queries", json=body)
+        assert r.status_code == 422, body
+        assert field in r.json()["error"]["message"]
+
+
+def test_empty_batch_is_refused(client):
+    r = client.post("/v1/queries", json=[])
+    assert r.status_code == 400 and "1 to 64" in r.json()["error"]["message"]
+
+
+def test_unknown_query_is_404(client):
+    r = client.get("/v1/queries/99999")
+    assert r.status_code == 404 and "99999" in r.json()["error"]["message"]
+
+
+def test_health_reports_ready_pool(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["experts_ready"] == 3

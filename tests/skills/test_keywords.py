@@ -1,0 +1,82 @@
+"""Keyword prompt, parsing and consolidation in the paper's format."""
+
+from __future__ import annotations
+
+from experts.types import Generation
+from skills.keywords import (
+    consolidate,
+    keyword_prompt,
+    keyword_requests,
+    keywords_from_generations,
+    parse_keywords,
+)
+
+
+def test_prompt_is_the_papers() -> None:
+    prompt = keyword_prompt("What is 2+2?")
+    assert prompt.startswith("Question: What is 2+2?\nWhat are the core knowledge, subjects")
+    assert "List 2-5 keywords separated in comma." in prompt
+    assert prompt.endswith("Follow this format: Keywords: <keyword1>, <keyword2>...")
+
+
+def test_parse_paper_format() -> None:
+    text = "Keywords: Virology, Microbiology., immune response"
+    assert parse_keywords(text) == ["virology", "microbiology", "immune response"]
+
+
+def test_parse_takes_text_after_last_marker_and_first_line_only() -> None:
+    text = "Sure! Keywords: x\n**Keywords:** Property Law, contracts\nExplanation: because"
+    assert parse_keywords(text) == ["property law", "contracts"]
+
+
+def test_parse_drops_long_items_and_duplicates() -> None:
+    text = "keywords: finance, a very long keyword that rambles on, finance, e.g. tax"
+    assert parse_keywords(text) == ["finance", "eg tax"]
+
+
+def test_parse_without_marker_reads_the_text() -> None:
+    assert parse_keywords("algebra, arithmetic") == ["algebra", "arithmetic"]
+    assert parse_keywords("") == []
+
+
+def test_consolidate_keeps_repeated_in_first_seen_order() -> None:
+    samples = [["law", "ethics"], ["ethics", "finance"], ["finance", "law"], ["tax"]]
+    assert consolidate(samples) == ["law", "ethics", "finance"]
+    assert consolidate([["a"], ["a"], ["a"], ["b"]], min_count=3) == ["a"]
+
+
+def test_consolidate_counts_once_per_sample() -> None:
+    # "law" twice in one reply is not agreement: nothing repeats, so sample 0 is the fallback.
+    assert consolidate([["law", "law"], ["tax"]]) == ["law"]
+    assert consolidate([["law", "law"], ["law"]]) == ["law"]
+
+
+def test_consolidate_falls_back_to_first_nonempty_sample() -> None:
+    assert consolidate([[], ["law", "tax"], ["virology"]]) == ["law", "tax"]
+    assert consolidate([[], []]) == []
+    assert consolidate([]) == []
+
+
+def test_keyword_requests_ids_and_seeds() -> None:
+    reqs = keyword_requests("q7", "Why?", n_samples=5, seed=10)
+    assert [r.request_id for r in reqs] == [f"q7#kw{j}" for j in range(5)]
+    assert [r.sampling.seed for r in reqs] == [10, 11, 12, 13, 14]
+    assert all(r.sampling.temperature == 0.7 and r.sampling.max_tokens == 32 for r in reqs)
+    assert reqs[0].messages[0].role == "user"
+    assert reqs[0].messages[0].content == keyword_prompt("Why?")
+
+
+def test_keywords_from_generations_groups_by_question() -> None:
+    texts = {
+        "q#1#kw0": "Keywords: algebra, logic",
+        "q#1#kw1": "Keywords: algebra",
+        "q#1#kw2": "Keywords: Logic, sets",
+        "q2#kw1": "Keywords: law",
+        "q2#kw0": "Keywords: tax",
+        "other-request": "Keywords: noise",
+    }
+    gens = [Generation(request_id=k, text=v) for k, v in texts.items()]
+    out = keywords_from_generations(["q#1", "q2", "q3"], gens)
+    assert out["q#1"] == ["algebra", "logic"]
+    assert out["q2"] == ["tax"]  # no agreement: sample 0 wins whatever the reply order
+    assert out["q3"] == []
