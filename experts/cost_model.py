@@ -1,19 +1,18 @@
-"""What a model of a given size costs to run: memory, latency and energy from its parameter count.
+"""What a recorded model costs to run: its size from its name, then memory, latency, energy.
 
-Replay experts answer from a recording, so their cost is simulated. The model is deliberately
-simple and stated here so budgets (MoE^2) can be reasoned about:
+Replay experts answer from a recording, so their cost is simulated from the real model's size:
 
-* Size. A table of known models (published figures) first; otherwise parsed from the name
+* Size. A table of published parameter counts first; otherwise parsed from the name
   (`Llama-2-13b` → 13e9; `Mixtral-8x7B` → 8·7e9 total, top-2 routing → 2·7e9 active;
   `SmolLM2-135M` → 0.135e9). Closed frontier models publish no size: the table holds
   order-of-magnitude guesses, flagged `estimate`; an unknown unparseable name gets the same
   frontier guess (so a model added to a recording is still costed, never rejected).
-* Memory = total parameters × bytes per parameter (bf16) × overhead for KV cache/activations.
-* Latency on the reference device (one H100-class accelerator, or as many as the weights need,
-  tensor-parallel with speed-up n^0.75 for communication): prefill is compute-bound,
-  2·N_active FLOPs per prompt token at the device's effective FLOP/s; decode is memory-bound,
-  every new token streams the active weights once from HBM.
-* Energy = devices needed × their board power × latency (busy the whole time).
+* Memory = total parameters × 2 bytes (bf16, as the server profile assumes) × 1.2 for KV cache
+  and activations; the model needs ⌈memory / device memory⌉ devices.
+* Latency and energy come from the device cost model (`experts.devices.estimate_cost`, the one
+  the budget solver uses) at the *active* parameter count, on the `h100-server` profile by
+  default. A model spread over n devices runs tensor-parallel: compute time ÷ n^0.75 (all-reduce
+  overhead), energy charged for all n devices.
 """
 
 from __future__ import annotations
@@ -21,20 +20,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
+from experts.devices import CostEstimate, DeviceProfile, estimate_cost, load_devices
+
 SizeSource = Literal["known", "parsed", "estimate"]
-
-
-@dataclass(frozen=True)
-class ReferenceDevice:
-    """One accelerator of the serving fleet; defaults are an H100 SXM at realistic efficiency."""
-
-    memory_bytes: float = 80e9
-    flops_per_s: float = 989e12 * 0.4  # bf16 dense peak × model-FLOPs utilisation in prefill
-    bandwidth_bytes_per_s: float = 3.35e12 * 0.6  # HBM3 peak × achievable share in decode
-    power_w: float = 700.0
-    request_overhead_s: float = 0.02  # scheduling, tokenisation, first-token setup
 
 
 @dataclass(frozen=True)
@@ -42,12 +33,6 @@ class ModelSize:
     total_params: float
     active_params: float
     source: SizeSource
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    latency_s: float
-    energy_j: float
 
 
 # Published parameter counts (total, active). Names are matched case-insensitively on a
@@ -110,32 +95,45 @@ def parse_model_size(name: str) -> ModelSize:
     return ModelSize(*_FRONTIER_GUESS, source="estimate")
 
 
+DEFAULT_DEVICE = "h100-server"
+BYTES_PER_PARAM = 2.0  # bf16 weights, as the server profile assumes
+MEMORY_OVERHEAD = 1.2  # KV cache and activations on top of the weights
+
+
+@lru_cache(maxsize=1)
+def default_device() -> DeviceProfile:
+    devices = load_devices()
+    if DEFAULT_DEVICE in devices:
+        return devices[DEFAULT_DEVICE]
+    return next(d for d in devices.values() if d.tier == "server")
+
+
 @dataclass(frozen=True)
 class ModelCost:
-    """The simulated running cost of one model on the reference device."""
+    """The simulated running cost of one model on a device profile."""
 
     size: ModelSize
-    device: ReferenceDevice = ReferenceDevice()
-    bytes_per_param: float = 2.0  # bf16 weights
-    memory_overhead: float = 1.2  # KV cache and activations on top of the weights
+    device: DeviceProfile
+
+    @property
+    def params_b(self) -> float:
+        """Billions of parameters used per token: what the device cost model scales with."""
+        return self.size.active_params / 1e9
 
     def memory_bytes(self) -> int:
-        return int(self.size.total_params * self.bytes_per_param * self.memory_overhead)
+        return int(self.size.total_params * BYTES_PER_PARAM * MEMORY_OVERHEAD)
 
     def devices_needed(self) -> int:
-        return max(1, math.ceil(self.memory_bytes() / self.device.memory_bytes))
+        return max(1, math.ceil(self.memory_bytes() / (self.device.memory_gb * 1e9)))
 
     def estimate(self, prompt_tokens: int, completion_tokens: int) -> CostEstimate:
         """Latency and energy of one request run alone (batching would amortise the weights)."""
+        one = estimate_cost(self.device, self.params_b, prompt_tokens, completion_tokens)
+        transfer = self.device.transfer_latency_ms / 1000.0
         n = self.devices_needed()
-        speedup = n**_TP_EXPONENT
-        flops = 2.0 * self.size.active_params * max(prompt_tokens, 0)
-        prefill = flops / (self.device.flops_per_s * speedup)
-        weights = self.size.active_params * self.bytes_per_param
-        decode = max(completion_tokens, 0) * weights / (self.device.bandwidth_bytes_per_s * speedup)
-        latency = self.device.request_overhead_s + prefill + decode
-        return CostEstimate(latency_s=latency, energy_j=latency * n * self.device.power_w)
+        compute = (one.latency_s - transfer) / n**_TP_EXPONENT
+        return CostEstimate(latency_s=transfer + compute, energy_j=n * self.device.power_w * compute)
 
 
-def model_cost(name: str, device: ReferenceDevice | None = None) -> ModelCost:
-    return ModelCost(parse_model_size(name), device or ReferenceDevice())
+def model_cost(name: str, device: DeviceProfile | None = None) -> ModelCost:
+    return ModelCost(parse_model_size(name), device or default_device())

@@ -100,9 +100,9 @@ class Placement(BaseModel):
         output_tokens: int,
     ) -> CostEstimate:
         """The predicted cost of one generation by `expert` where it is placed."""
+        device = self.device_of(expert, devices)
         if expert not in self.params_b:
             raise KeyError(f"expert {expert!r} has no params_b (model size) in the placement")
-        device = self.device_of(expert, devices)
         return estimate_cost(device, self.params_b[expert], prompt_tokens, output_tokens)
 
     def memory_problems(

@@ -19,4 +19,8 @@ def make_backend(spec: BaseModelSpec) -> ExpertBackend:
         from experts.openai_http import OpenAIHTTPBackend
 
         return OpenAIHTTPBackend(spec)
+    if spec.kind == "vllm":
+        from experts.vllm_backend import VLLMBackend
+
+        return VLLMBackend(spec)
     raise BackendError(f"backend kind {spec.kind!r} is not available in this build")

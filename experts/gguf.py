@@ -52,6 +52,14 @@ class _Corrupt(Exception):
 
 
 @dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ggml_type: int  # ggml's type id: 0 F32, 1 F16, 2 Q4_0, 8 Q8_0, 12 Q4_K, 14 Q6_K, ...
+    shape: tuple[int, ...]
+    nbytes: int | None  # None for a type missing from our block table
+
+
+@dataclass(frozen=True)
 class GGUFInfo:
     """What the header says. Arrays (tokenizer vocabularies) are skipped; `array_lengths` keeps
     their element counts, which is enough to check a vocabulary size."""
@@ -63,6 +71,7 @@ class GGUFInfo:
     metadata: dict[str, MetaValue] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)
     data_end: int = 0  # the smallest file size that holds every tensor's data
+    tensors: tuple[TensorInfo, ...] = ()
 
     @property
     def name(self) -> str | None:
@@ -91,10 +100,10 @@ class GGUFInfo:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO, version: int = 3):
+    def __init__(self, stream: BinaryIO, pos: int, version: int = 3):
         self._stream = stream
         self.version = version
-        self.pos = 0
+        self.pos = pos  # bytes consumed so far: tensor data starts at the next aligned offset
 
     def take(self, n: int) -> bytes:
         data = self._stream.read(n)
@@ -155,32 +164,38 @@ def _read_metadata(reader: _Reader, n_kv: int) -> tuple[dict[str, MetaValue], di
     return metadata, arrays
 
 
-def _tensor_end(reader: _Reader) -> int:
-    """Read one tensor-info record; return where its data ends, relative to the data start."""
-    reader.string()
+def _tensor_info(reader: _Reader) -> tuple[TensorInfo, int]:
+    """Read one tensor-info record: the tensor, and its data offset from the data start."""
+    name = reader.string()
     n_dims = int(reader.unpack("<I"))
     if n_dims > _MAX_DIMS:
-        raise _Corrupt(f"tensor with {n_dims} dimensions")
-    elements = 1
-    for _ in range(n_dims):
-        elements *= reader.count()
+        raise _Corrupt(f"tensor {name!r} with {n_dims} dimensions")
+    shape = tuple(reader.count() for _ in range(n_dims))
     ttype, offset = int(reader.unpack("<I")), int(reader.unpack("<Q"))
-    per_block, block_bytes = _BLOCKS.get(ttype, (1, 0))
-    return offset + -(-elements // per_block) * block_bytes
+    elements = 1
+    for dim in shape:
+        elements *= dim
+    block = _BLOCKS.get(ttype)
+    nbytes = -(-elements // block[0]) * block[1] if block else None
+    return TensorInfo(name, ttype, shape, nbytes), offset
 
 
-def _data_end(reader: _Reader, n_tensors: int, alignment: int) -> int:
-    ends = [_tensor_end(reader) for _ in range(n_tensors)]
+def _read_tensors(reader: _Reader, n_tensors: int, alignment: int) -> tuple[list[TensorInfo], int]:
+    """All tensor infos, and where the last tensor's data ends in the file."""
+    infos, end = [], 0
+    for _ in range(n_tensors):
+        info, offset = _tensor_info(reader)
+        infos.append(info)
+        end = max(end, offset + (info.nbytes or 0))
     data_start = -(-reader.pos // alignment) * alignment
-    return data_start + max(ends, default=0)
+    return infos, data_start + end
 
 
 def _parse(path: Path, stream: BinaryIO) -> GGUFInfo:
     head = stream.read(4)
     if head != MAGIC:
         raise ModelSourceError(f"not a GGUF file: {path} starts with {head!r}")
-    reader = _Reader(stream)
-    reader.pos = len(MAGIC)
+    reader = _Reader(stream, pos=len(MAGIC))
     reader.version = int(reader.unpack("<I"))
     if reader.version not in (1, 2, 3):
         raise ModelSourceError(f"unsupported GGUF version {reader.version}: {path}")
@@ -190,13 +205,18 @@ def _parse(path: Path, stream: BinaryIO) -> GGUFInfo:
     metadata, arrays = _read_metadata(reader, n_kv)
     alignment = metadata.get("general.alignment", 32)
     alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
-    end = _data_end(reader, n_tensors, alignment)
+    tensors, end = _read_tensors(reader, n_tensors, alignment)
     size = path.stat().st_size
     if size < end:
         raise ModelSourceError(
             f"truncated GGUF: {path} has {size} bytes but its tensors need {end}"
         )
-    return GGUFInfo(path, reader.version, n_tensors, size, metadata, arrays, end)
+    return GGUFInfo(path, reader.version, n_tensors, size, metadata, arrays, end, tuple(tensors))
+
+
+# Headers parsed in this process, keyed by (path, size, mtime): a vocabulary of 150k strings
+# takes a few hundred ms to walk, and every validate() of every expert asks again.
+_parsed: dict[tuple[str, int, int], GGUFInfo] = {}
 
 
 def check_gguf(path: str | Path) -> GGUFInfo:
@@ -204,6 +224,16 @@ def check_gguf(path: str | Path) -> GGUFInfo:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelSourceError(f"no such file: {path}")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _parsed:
+        if len(_parsed) > 64:
+            _parsed.clear()
+        _parsed[key] = _check_uncached(path)
+    return _parsed[key]
+
+
+def _check_uncached(path: Path) -> GGUFInfo:
     try:
         # A large buffer: vocabularies are ~50-150k tiny strings read one by one.
         with path.open("rb", buffering=1 << 20) as stream:

@@ -4,6 +4,11 @@ One `llama_cpp.Llama` per base model; requests in a batch run one after another 
 is still the right shape on a CPU: every core already works on each token, and llama.cpp keeps
 the KV cache of the previous prompt, so requests that share a prefix (one expert's persona, a
 profiling run's instructions) only evaluate what differs.
+
+Greedy answers must not depend on what ran before (profiles and replays compare them), and
+plain llama-cpp-python prefix reuse breaks that: on Qwen2.5-0.5B Q4_K_M a cached prompt gave
+first-token logits up to 0.33 away from a fresh evaluation, and different greedy text. So the
+prompt cache is reused only in position-aligned chunks (`_align_prompt`), which is bit-exact.
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ from experts.catalog import resolve_source
 from experts.gguf import GGUFInfo, check_gguf
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
-# llama.cpp's compute buffers and scratch on top of weights and KV cache; measured RSS is
-# roughly file + KV + a few tens of MB for these small models.
-_OVERHEAD_BYTES = 64 * 2**20
+# Resident memory beyond the mapped file and the KV cache: tokenizer tables and the touched
+# part of the compute buffers. Fitted to RSS after load + generation at n_ctx=2048 (SmolLM2
+# 195 MiB, Qwen2.5-0.5B 607 MiB) and checked on Qwen2.5-1.5B: 1804 MiB estimated, 1801 measured.
+_BASE_OVERHEAD = 40 * 2**20
+_PER_VOCAB_ENTRY = 320
+# ggml types the x86 CPU backend repacks into a second, interleaved copy (Q4_0, Q4_K, IQ4_NL);
+# the embedding table is never repacked (it is read by row).
+_REPACKED_TYPES = frozenset({2, 12, 20})
 # Prompt tokens are evaluated in batches of this many, aligned to absolute positions (see
 # `_align_prompt`): small enough that little is re-evaluated, big enough to batch well on a CPU.
 ALIGN_TOKENS = 32
 
 
 def default_threads() -> int:
-    """All cores this process may use (llama-cpp-python's own default is half of them)."""
+    """$SKILLROUTE_LLAMA_THREADS, else all cores this process may use (llama-cpp-python's own
+    default is half). On a CPU shared with other busy processes use fewer: llama.cpp's OpenMP
+    threads spin at barriers, and 2 threads on 2 oversubscribed cores ran 5x slower than 1."""
+    if os.environ.get("SKILLROUTE_LLAMA_THREADS"):
+        return max(1, int(os.environ["SKILLROUTE_LLAMA_THREADS"]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -56,6 +70,11 @@ class LlamaCppBackend:
     @property
     def is_loaded(self) -> bool:
         return self._llm is not None
+
+    @property
+    def llama(self) -> Any:
+        """The loaded `llama_cpp.Llama` (None before load), for tokenising or inspection."""
+        return self._llm
 
     def validate(self) -> None:
         """Find the file (assembling a packaged model once) and check its header; no weights."""
@@ -98,10 +117,12 @@ class LlamaCppBackend:
             gc.collect()
 
     def memory_bytes(self) -> int:
-        """Weights (the file is mapped whole) + f16 KV cache for n_ctx + compute overhead."""
+        """Mapped file + repacked copies + f16 KV cache for n_ctx + overhead (from the header)."""
         _, info = self._ensure_validated()
         kv = info.kv_cache_bytes(self.spec.n_ctx) or 0
-        return info.size_bytes + kv + _OVERHEAD_BYTES
+        vocab = info.array_lengths.get("tokenizer.ggml.tokens", 0)
+        overhead = _BASE_OVERHEAD + _PER_VOCAB_ENTRY * vocab
+        return info.size_bytes + _repacked_bytes(info) + kv + overhead
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         with self._lock:
@@ -117,6 +138,10 @@ class LlamaCppBackend:
                 messages=[m.model_dump() for m in request.messages],
                 temperature=s.temperature,
                 top_p=s.top_p,
+                # OpenAI semantics, as the HTTP and vLLM backends sample: llama-cpp-python
+                # would otherwise add top_k=40 and min_p=0.05 to every sampled request.
+                top_k=0,
+                min_p=0.0,
                 max_tokens=s.max_tokens,
                 seed=s.seed,
                 stop=s.stop or None,
@@ -124,6 +149,14 @@ class LlamaCppBackend:
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             raise BackendError(f"{self.base_model_key} request {request.request_id}: {exc}") from exc
         return _to_generation(request.request_id, out, time.perf_counter() - started)
+
+
+def _repacked_bytes(info: GGUFInfo) -> int:
+    return sum(
+        t.nbytes or 0
+        for t in info.tensors
+        if t.ggml_type in _REPACKED_TYPES and t.name != "token_embd.weight"
+    )
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:
@@ -139,7 +172,7 @@ def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Ge
 
 def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     n = 0
-    for a, b in zip(cached, tokens):
+    for a, b in zip(cached, tokens, strict=False):
         if a != b:
             break
         n += 1
@@ -171,7 +204,7 @@ def _align_prompt(llm: Any, tokens: list[int]) -> None:
 def _aligned_llama_class(base: type) -> type:
     """llama_cpp.Llama whose generate() aligns the prompt cache first (imported lazily)."""
 
-    class AlignedLlama(base):  # type: ignore[valid-type, misc]
+    class AlignedLlama(base):
         aligned_upto = 0
 
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:

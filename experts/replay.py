@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 from experts.backend import BackendError, ModelSourceError
-from experts.cost_model import CostEstimate, ModelCost, model_cost
+from experts.cost_model import ModelCost, model_cost
+from experts.devices import CostEstimate
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
 QUESTIONS_FILE = "questions.jsonl"
@@ -41,6 +42,7 @@ class RecordedQuestion:
     question: str
     options: tuple[str, ...]
     answer: str  # the gold letter
+    src: str = ""
 
 
 def normalise_text(text: str) -> str:
@@ -55,24 +57,34 @@ def _data_file(folder: Path, name: str) -> Path:
     raise ModelSourceError(f"recording folder {folder} has no {name}.gz (or {name})")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_text(path: Path) -> TextIO:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
-    return path.open(encoding="utf-8")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
 
 
 def _read_questions(path: Path) -> Iterator[RecordedQuestion]:
     with _open_text(path) as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.strip():
-                row = json.loads(line)
-                yield RecordedQuestion(
-                    question_id=str(row["question_id"]),
-                    category=str(row.get("category") or "unknown").strip().lower(),
-                    question=str(row["question"]),
-                    options=tuple(str(o) for o in row.get("options") or ()),
-                    answer=str(row["answer"]).strip().upper(),
-                )
+                try:
+                    yield _question(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ModelSourceError(f"{path} line {number}: not a recorded question ({exc!r})") from exc
+
+
+def _question(row: dict[str, object]) -> RecordedQuestion:
+    options = row.get("options") or ()
+    if not isinstance(options, list | tuple):
+        raise TypeError("options must be a list")
+    return RecordedQuestion(
+        question_id=str(row["question_id"]),
+        category=str(row.get("category") or "unknown").strip().lower(),
+        question=str(row["question"]),
+        options=tuple(str(o) for o in options),
+        answer=str(row["answer"]).strip().upper(),
+        src=str(row.get("src") or ""),
+    )
 
 
 def _read_predictions(path: Path) -> tuple[list[str], dict[str, dict[str, str | None]]]:
@@ -83,12 +95,38 @@ def _read_predictions(path: Path) -> tuple[list[str], dict[str, dict[str, str | 
         if not header or header[0].strip() != "question_id":
             raise ModelSourceError(f"{path} must start with a 'question_id' column")
         models = [m.strip() for m in header[1:]]
+        if len(set(models)) != len(models) or "" in models:
+            raise ModelSourceError(f"{path}: model columns must be named and distinct")
         answers: dict[str, dict[str, str | None]] = {m: {} for m in models}
         for row in reader:
             for model, cell in zip(models, row[1:], strict=False):
                 letter = cell.strip().upper()
                 answers[model][row[0].strip()] = None if letter.lower() in _NULL_CELLS else letter
     return models, answers
+
+
+def write_recording(
+    folder: str | Path,
+    questions: Sequence[RecordedQuestion],
+    answers: Mapping[str, Mapping[str, str | None]],
+) -> Path:
+    """Write a recording folder (model → question id → letter or None); a question a model has
+    no answer for is left out of its row's cell (an empty cell reads back as "no choice", so
+    only a shorter row can say "not recorded": give every model every question to be safe)."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path / f"{QUESTIONS_FILE}.gz", "wt", encoding="utf-8") as fh:
+        for q in questions:
+            row = {"question_id": q.question_id, "category": q.category, "src": q.src,
+                   "question": q.question, "options": list(q.options), "answer": q.answer}
+            fh.write(json.dumps(row) + "\n")
+    models = list(answers)
+    with gzip.open(path / f"{PREDICTIONS_FILE}.gz", "wt", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["question_id", *models])
+        for q in questions:
+            writer.writerow([q.question_id, *(answers[m].get(q.question_id) or "" for m in models)])
+    return path
 
 
 class Recording:

@@ -6,9 +6,11 @@ service over HTTP.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -56,21 +58,45 @@ def _bootstrapped(pool: Path | None) -> SkillRoute:
     return c
 
 
+class Runtime(StrEnum):
+    ray = "ray"
+    inline = "inline"
+
+
 @app.command()
 def serve(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None,
-          pool: PoolOpt = None) -> None:
+          pool: PoolOpt = None,
+          runtime: Annotated[Runtime, typer.Option(help="ray: Ray Serve + a worker actor per device (embedded "
+                                                        "Ray unless RAY_ADDRESS is set); inline: one process.")]
+          = Runtime.ray,
+          dashboard: Annotated[bool, typer.Option(help="Ray dashboard + state API (ray runtime; ~1 GB).")] = True,
+          ) -> None:
     """Profile what is unprofiled, then serve the REST API."""
+    settings: Settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    if runtime is Runtime.ray:
+        from orchestrator.serving.app import run_serve
+
+        log = functools.partial(console.print, soft_wrap=True, highlight=False)  # one line each: easy to grep
+        run_serve(settings, pool or Path(settings.pool), host, port, _prepare, dashboard=dashboard, log=log)
+        return
     import uvicorn
 
     from orchestrator.api.app import create_app
 
-    settings: Settings = get_settings()
-    c = _bootstrapped(pool)
+    c = _container(pool)
+    _prepare(c)
+    uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+
+
+def _prepare(c: SkillRoute) -> None:
+    """Profile what is unprofiled (progress shown) and answer queries a crash left unfinished."""
+    with progress_bar("profiling experts") as report:
+        c.bootstrap(report)
     recovered = c.queries.recover()
     if recovered:
         console.print(f"answered {recovered} queries left unfinished by the last run")
     console.print(f"pool ready: {len(c.pool.snapshot.experts)} experts, aggregator {c.pool.snapshot.aggregator}")
-    uvicorn.run(create_app(c), host=host or settings.host, port=port or settings.port, log_level="info")
 
 
 @app.command()

@@ -23,17 +23,20 @@ Progress = Callable[[int, int], None]
 
 class SkillRoute:
     def __init__(self, settings: Settings, pool: PoolConfig, factory: BackendFactory = make_backend,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, worker: DeviceWorker | None = None):
+        """`worker` injects a device owned elsewhere (a Ray actor's proxy); `close` leaves it running."""
         self.settings, self.pool_config = settings, pool
         migrate(settings.db_url)
         self.db = Database(settings.db_url)
-        self.worker = DeviceWorker("cpu", int(settings.memory_budget_gb * 2**30), factory)
+        self._owns_worker = worker is None
+        budget = int(settings.memory_budget_gb * 2**30)
+        self.worker = worker if worker is not None else DeviceWorker("cpu", budget, factory)
         self.embedder = embedder or get_embedder()
         self.profiler = ProfilingService(self.db, self.worker, self.embedder, pool)
         self.pool = PoolState(self.db, self.profiler.dataset, self.embedder)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         self.pipeline = Pipeline(self.worker, self.embedder, limits, pool.validation.skills_per_question)
-        self.queries = QueryService(self.db, self.pool, self.pipeline)
+        self.queries = QueryService(self.db, self.pool, self.pipeline, settings.batch_max, settings.batch_wait_ms / 1000)
         self.experts = ExpertService(self.db, self.worker, self.pool, self.profiler)
 
     def bootstrap(self, progress: Progress | None = None) -> None:
@@ -57,5 +60,7 @@ class SkillRoute:
         self.pool.refresh()
 
     def close(self) -> None:
-        self.worker.shutdown()
+        self.queries.window.close()
+        if self._owns_worker:
+            self.worker.shutdown()
         self.db.engine.dispose()

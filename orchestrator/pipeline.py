@@ -18,7 +18,7 @@ from experts.types import Generation
 from orchestrator.aggregation import aggregation_prompt, final_answer
 from orchestrator.pool import PoolSnapshot
 from orchestrator.routing.recruit import ExpertScore, RecruitMode, recruit
-from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.executor import Executor, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 from skills.embedder import Embedder
@@ -75,8 +75,8 @@ class GenerationLimits:
 
 class Pipeline:
     def __init__(self, worker: DeviceWorker, embedder: Embedder, limits: GenerationLimits | None = None,
-                 skills_per_query: int = 3):
-        self.worker, self.embedder = worker, embedder
+                 skills_per_query: int = 3, executor: Executor = execute):
+        self.worker, self.embedder, self.executor = worker, embedder, executor
         self.limits = limits or GenerationLimits()
         self.skills_per_query = skills_per_query
 
@@ -118,7 +118,7 @@ class Pipeline:
                 # an expert drawn twice answers twice: give the second draw its own sample
                 req.sampling = req.sampling.model_copy(update={"seed": (req.sampling.seed or 0) + j})
                 jobs.append(Job(req.request_id, spec.base, req))
-        gens = execute(jobs, self.worker, keep_last=agg_key)
+        gens = self.executor(jobs, self.worker, keep_last=agg_key)
         for qi, o in enumerate(outcomes):
             o.answers = [Answer(n, "expert", gens[f"{qi}:{j}"]) for j, n in enumerate(o.decision.recruited)]
             o.text = o.answers[0].generation.text if o.answers else ""
@@ -134,7 +134,7 @@ class Pipeline:
             prompt = aggregation_prompt(inputs[qi].text, [a.generation.text for a in outcomes[qi].answers])
             req = spec.request(f"{qi}:agg", prompt, self.limits.aggregator_max_tokens)
             jobs.append(Job(req.request_id, spec.base, req))
-        gens = execute(jobs, self.worker)
+        gens = self.executor(jobs, self.worker)
         for qi in todo:
             gen = gens[f"{qi}:agg"]
             outcomes[qi].answers.append(Answer(agg, "aggregator", gen))

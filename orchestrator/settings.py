@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     recruit_mode: Literal["sample", "topk", "dynamic"] = "sample"
     memory_budget_gb: float = Field(default=8.0, gt=0)
     seed: int = 0
+    batch_max: int = Field(default=32, ge=1, le=1024)
+    batch_wait_ms: float = Field(default=50.0, ge=0, le=10_000)
 
     @property
     def db_url(self) -> str:

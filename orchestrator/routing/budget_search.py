@@ -18,14 +18,23 @@ Algorithm (discrete monotonic optimisation). A box [lo, hi] is the family {S : l
   j survives iff l_j <= L - aggL(|lo|+1) and e_j <= E - e(lo) - aggE(|lo|+1).
 - Upper corner: if hi is feasible it is the best point of the box (Q monotone), so the box is
   closed with Q(hi).
-- Bound: every S in the box has Q(S) <= Q(hi) (monotone). Structured qualities give tighter
-  valid bounds (see `QualityModel`): with at most r more members allowed by k_max, latency and
-  energy, a quality that is symmetric and increasing in each member's q is bounded by
-  Q(lo ∪ the r best free members); a noisy-or envelope 1 - exp(-Σ a_i) adds a fractional
-  knapsack bound on energy. The smallest valid bound is used.
-- Branch on the best free j (highest q): [lo ∪ {j}, hi] and [lo, hi \\ {j}]; the two children
-  partition the box. Boxes are expanded best-first by bound; the search stops when the best
-  open bound is not above the incumbent.
+- Bound: every S in the box has Q(S) <= Q(hi) (monotone); that is the bound for an arbitrary
+  monotone callable. Structured qualities (see `QualityModel`) get tighter bounds that still
+  hold for every feasible S of the box; r is the most members any feasible S can add (from
+  k_max, the aggregation latency and the r cheapest energies):
+  * ranked (symmetric, increasing in each member's q): profile(q(lo) + u_1..u_r), where u_t
+    is an upper bound on the t-th best q of any feasible extension (`_profile` proves it);
+  * noisy-or envelope (Q <= 1 - exp(-Σ a_i), a_i = -log(1 - q_i)): the LP relaxation of
+    "add at most r members within the energy left", solved by its dual (weak duality makes
+    every dual point a valid bound, so an early stop only loosens it);
+  * submodular: Q(lo) + the same LP over the marginal gains Q(lo ∪ {j}) - Q(lo).
+  The smallest bound is used. If the set it was built from (lo ∪ the r best free) is
+  feasible and reaches the bound, the box is closed with it.
+- Branch on one free j: [lo ∪ {j}, hi] and [lo, hi \\ {j}]; the two children partition the box.
+  j is the best free member by q, or by gain per joule when the energy row of the LP binds
+  and k_max does not (the knapsack case). Boxes are expanded best-first by bound; the search
+  stops when the best open bound is not above the incumbent. The choice of j and the order of
+  expansion change the running time only, never the answer.
 
 Why it is exact: the children of a box partition it, so the open boxes, the closed boxes and
 the dropped boxes always partition the search space. A box is dropped only when it holds no
@@ -39,10 +48,11 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 TOL = 1e-12
+DUAL_STEPS = 12  # bisection steps on the energy price; any number keeps the bound valid
 Members = tuple[int, ...]
 ValueFn = Callable[[Sequence[int]], float]
 
@@ -52,13 +62,18 @@ class QualityModel:
     """A monotone set quality plus optional structure that buys tighter bounds.
 
     `value(members)` takes distinct candidate indices in any order. Promises (they must hold
-    for the result to be exact): `value` is non-decreasing under inclusion; if `ranked`, it is
-    symmetric and non-decreasing in each member's candidate quality q; if `log_gain` is given,
-    value(S) <= 1 - exp(-Σ_{i in S} log_gain[i]) with log_gain >= 0 (the noisy-or envelope).
+    for the result to be exact): `value` is non-decreasing under inclusion. If `profile` is
+    given, value(S) = profile([qualities[i] for i in S]) and `profile` is symmetric and
+    non-decreasing in every entry (a "ranked" quality: better members never hurt). If
+    `log_gain` is given, value(S) <= 1 - exp(-Σ_{i in S} log_gain[i]), log_gain >= 0 (the
+    noisy-or envelope). If `submodular`, gains diminish: Q(A ∪ {j}) - Q(A) >= Q(B ∪ {j}) - Q(B)
+    for A ⊆ B (coverage, facility location, noisy-or are).
     """
 
     value: ValueFn
-    ranked: bool = False
+    submodular: bool = False
+    profile: Callable[[Sequence[float]], float] | None = None
+    qualities: tuple[float, ...] = ()
     log_gain: tuple[float, ...] | None = None
 
 
@@ -85,8 +100,9 @@ class _Box:
 class BoxSearch:
     """One branch-and-bound run; `run()` returns (best members, best value, boxes explored).
 
-    Sets are bit masks; every scan walks a precomputed order (best q, cheapest energy, best
-    gain per joule) and stops early, so a box costs O(N) at worst and no sorting.
+    Sets are bit masks; the scans walk precomputed orders (best q, cheapest energy, best gain
+    per joule) and stop early, and the reduction is two bisections over prefix masks, so a box
+    costs O(N) apart from the LP dual (a few sorts of the free members, when it is needed).
     """
 
     def __init__(
@@ -103,7 +119,8 @@ class BoxSearch:
         self._heap: list[tuple[float, int, _Box]] = []
 
     def run(self, pool: Sequence[int]) -> tuple[Members, float, int]:
-        """Search the boxes inside [∅, pool]; `pool` must be ordered best q first."""
+        """Search the boxes inside [∅, pool] (for a quality without a profile, `pool`'s order
+        is the branching order: best first)."""
         self._index(pool)
         self._offer(_Box((), self._reduce(self._all, 0, 0.0, 0.0), 0.0, 0.0))
         while self._heap:
@@ -113,9 +130,20 @@ class BoxSearch:
             self._branch(box)
         return self.best, self.best_value, self.nodes
 
+    def box_bound(self, pool: Sequence[int], lo: Members, free: Sequence[int]) -> float:
+        """The bound the search puts on the box [lo, lo ∪ free] (lo feasible); for tests."""
+        self._index(pool)
+        latency = max((self.lat[i] for i in lo), default=0.0)
+        energy = sum(self.en[i] for i in lo)
+        mask = self._reduce(sum(1 << j for j in free), len(lo), latency, energy)
+        box = _Box(lo, mask, latency, energy)
+        r = self._extra(box) if mask else 0
+        return self.model.value(lo) if r == 0 else self._bound(box, r)[0]
+
     def _index(self, pool: Sequence[int]) -> None:
         lat, en, gain = self.lat, self.en, self.model.log_gain
-        self._by_q = list(pool)
+        qs = self.model.qualities
+        self._by_q = sorted(pool, key=lambda i: (-qs[i], i)) if self.model.profile else list(pool)
         self._by_lat = sorted(pool, key=lat.__getitem__)
         self._by_en = sorted(pool, key=en.__getitem__)
         self._lat_masks, self._en_masks = _prefix_masks(self._by_lat), _prefix_masks(self._by_en)
@@ -152,10 +180,11 @@ class BoxSearch:
         self.nodes += 1
         if not box.free:
             return
-        hi = box.lo + tuple(_members(self._by_q, box.free))
-        if self._feasible(hi):
-            self._consider(hi)
-            return
+        if len(box.lo) + box.free.bit_count() <= self.lim.k_max:
+            hi = box.lo + tuple(_members(self._by_q, box.free))
+            if self._feasible(hi):
+                self._consider(hi)
+                return
         r = self._extra(box)
         if r == 0:
             return  # only lo itself is feasible here, and it was scored when lo was built
@@ -193,52 +222,148 @@ class BoxSearch:
     def _bound(self, box: _Box, r: int) -> tuple[float, Members | None, int]:
         """(bound, a set of the box to try, the index to branch on); the smallest bound wins."""
         model = self.model
-        first = next(iter(_members(self._by_q, box.free, 1)))
-        if not model.ranked and model.log_gain is None:
+        first = _members(self._by_q, box.free, 1)[0]
+        if model.profile is None and model.log_gain is None and not model.submodular:
             return model.value(box.lo + tuple(_members(self._by_q, box.free))), None, first
         options: list[tuple[float, Members | None, int]] = []
-        if model.ranked:
+        if model.submodular:
+            options.append(self._submodular(box, r))
+        if model.profile is not None:
             top = tuple(_members(self._by_q, box.free, r))
-            options.append((model.value(box.lo + top), box.lo + top, first))
+            qs = [model.qualities[i] for i in box.lo] + self._profile(box, r)
+            options.append((model.profile(qs), box.lo + top, first))
         if model.log_gain is not None:
             options.append(self._envelope(box, r, model.log_gain, first))
         return min(options, key=lambda o: o[0])
 
+    def _profile(self, box: _Box, r: int) -> list[float]:
+        """u_t >= the t-th best q of any feasible extension: the q at which, scanning the free
+        members best q first, t of those seen first fit the energy left for t extra members.
+
+        For a feasible extension F, its t best members fit that energy and all have q >= its
+        t-th best q, so the scan reaches a fitting t-set no later: u_t >= q_(t)(F). A ranked
+        quality is therefore at most profile(q(lo) + u) on the box.
+        """
+        lim, size, qs = self.lim, len(box.lo), self.model.qualities
+        rooms = [lim.energy - box.energy - lim.agg_energy[size + t] for t in range(1, r + 1)]
+        cheapest: list[float] = []  # the r smallest energies seen so far, ascending
+        u: list[float] = []
+        for j in _members(self._by_q, box.free):
+            bisect.insort(cheapest, self.en[j])
+            del cheapest[r:]
+            while len(u) < len(cheapest) and sum(cheapest[: len(u) + 1]) <= rooms[len(u)]:
+                u.append(qs[j])
+            if len(u) == r:
+                break
+        return u
+
     def _envelope(
         self, box: _Box, r: int, gain: Sequence[float], first: int
     ) -> tuple[float, Members | None, int]:
-        """Noisy-or envelope: at most r members (best gains) or a fractional energy knapsack."""
-        added = sum(gain[j] for j in _members(self._by_gain, box.free, r))
+        """Noisy-or envelope 1 - exp(-Σ gain) with the LP bound on the gain the box can add."""
         room = self.lim.energy - box.energy - self.lim.agg_energy[len(box.lo) + 1]
-        branch = first
-        if room < math.inf:
-            fractional = self._knapsack(box.free, room, gain)
-            if fractional < added:  # energy binds: split in gain-per-joule order, as for knapsacks
-                added, branch = fractional, next(iter(_members(self._by_ratio, box.free, 1)))
-        bound = -math.expm1(-(sum(gain[i] for i in box.lo) + added))
-        return bound, None, branch
+        have = sum(gain[i] for i in box.lo)
+        # Gain the box must add to beat the incumbent; a bound below it prunes the box.
+        target = self.best_value + TOL
+        need = math.inf if target >= 1.0 else -math.log1p(-target) - have
+        orders = (self._by_gain, self._by_ratio)
+        added, energy_binds = self._lp_gain(box.free, r, room, gain, need, orders)
+        knapsack_like = self._knapsack_like(box, r, energy_binds)
+        branch = _members(self._by_ratio, box.free, 1)[0] if knapsack_like else first
+        return -math.expm1(-(have + added)), None, branch
 
-    def _knapsack(self, free: int, room: float, gain: Sequence[float]) -> float:
-        """Fractional knapsack: the LP bound on Σ gain with Σ e <= room."""
+    def _knapsack_like(self, box: _Box, r: int, energy_binds: bool) -> bool:
+        """Split as a knapsack solver would (best gain per joule first) when energy binds and
+        k_max does not; with k_max binding too, best q first keeps the tree far smaller."""
+        return energy_binds and r < self.lim.k_max - len(box.lo)
+
+    def _submodular(self, box: _Box, r: int) -> tuple[float, Members | None, int]:
+        """Q(lo ∪ F) <= Q(lo) + Σ_{j in F} [Q(lo ∪ {j}) - Q(lo)] for a submodular Q, so the LP
+        bound on those marginal gains bounds the box."""
+        base = self.model.value(box.lo)
+        free = _members(self._by_q, box.free)
+        gain = [0.0] * len(self.lat)
+        for j in free:  # lo ∪ {j} is feasible (j survived the reduction): a free incumbent try
+            gain[j] = max(0.0, self._consider(box.lo + (j,)) - base)
+        by_gain = sorted(free, key=gain.__getitem__, reverse=True)
+        by_ratio = sorted(free, key=lambda j: _ratio(gain[j], self.en[j]), reverse=True)
+        room = self.lim.energy - box.energy - self.lim.agg_energy[len(box.lo) + 1]
+        need = self.best_value + TOL - base
+        added, energy_binds = self._lp_gain(box.free, r, room, gain, need, (by_gain, by_ratio))
+        branch = by_ratio[0] if self._knapsack_like(box, r, energy_binds) else by_gain[0]
+        return base + added, None, branch
+
+    def _lp_gain(
+        self, free: int, r: int, room: float, gain: Sequence[float], need: float,
+        orders: tuple[Sequence[int], Sequence[int]],
+    ) -> tuple[float, bool]:
+        """An upper bound on max Σ gain·x s.t. Σ x <= r, Σ e·x <= room, 0 <= x <= 1 (the LP
+        relaxation), and whether the energy row binds. Cheap bounds first; the exact LP value
+        (by its dual) only when they cannot prune the box. `orders` ranks candidates by gain
+        and by gain per joule (best first)."""
+        by_gain, by_ratio = orders
+        top = _members(by_gain, free, r)
+        top_gain = sum(gain[j] for j in top)
+        if room == math.inf or sum(self.en[j] for j in top) <= room or top_gain == math.inf:
+            return top_gain, False
+        items = _members(by_ratio, free)
+        fractional, used = self._knapsack(items, room, gain)
+        if used <= r or min(top_gain, fractional) <= need:
+            return min(top_gain, fractional), True  # the knapsack's LP point has <= r members
+        return min(top_gain, fractional, self._dual(items, r, room, gain, need)), True
+
+    def _dual(
+        self, items: list[int], r: int, room: float, gain: Sequence[float], need: float
+    ) -> float:
+        """min over mu >= 0 of h(mu) = mu·room + Σ of the r largest positive (gain_j - mu·e_j).
+
+        h is the Lagrangian dual of the LP with the energy row priced at mu (the cardinality
+        row is then solved exactly by taking the r best); every mu gives a valid bound (weak
+        duality), so stopping the bisection early only loosens it. h is convex and its slope
+        is room - Σ e over the r chosen, which the bisection drives to zero.
+        """
+        g = [gain[j] for j in items]
+        e = [self.en[j] for j in items]
+        lo, hi = 0.0, max(gj / ej for gj, ej in zip(g, e, strict=True) if ej > 0)
+        best = math.inf
+        for _ in range(DUAL_STEPS):
+            mu = (lo + hi) / 2
+            top = sorted(((gj - mu * ej, ej) for gj, ej in zip(g, e, strict=True)), reverse=True)
+            chosen = [(c, ej) for c, ej in top[:r] if c > 0]
+            best = min(best, mu * room + sum(c for c, _ in chosen))
+            if best <= need:
+                break
+            lo, hi = (mu, hi) if sum(ej for _, ej in chosen) > room else (lo, mu)
+        return best
+
+    def _knapsack(
+        self, items: Sequence[int], room: float, gain: Sequence[float]
+    ) -> tuple[float, int]:
+        """Fractional knapsack over `items` (in gain-per-joule order): the LP bound on Σ gain
+        with Σ e <= room, and how many items its solution touches."""
         total = 0.0
-        for j in _members(self._by_ratio, free):
+        for n, j in enumerate(items):
             if self.en[j] <= room:
                 total, room = total + gain[j], room - self.en[j]
+            elif room > 0:
+                return total + gain[j] * room / self.en[j], n + 1
             else:
-                return total + (gain[j] * room / self.en[j] if room > 0 else 0.0)
-        return total
+                return total, n
+        return total, len(items)
 
 
-def _members(order: Sequence[int], mask: int, limit: int | None = None) -> Iterator[int]:
+def _members(order: Sequence[int], mask: int, limit: int | None = None) -> list[int]:
     """The indices of `mask` in `order`, at most `limit` of them."""
     if limit is None:
-        limit = len(order)
-    for i in order:
-        if limit <= 0:
-            return
-        if mask >> i & 1:
-            limit -= 1
-            yield i
+        return [i for i in order if mask >> i & 1]
+    out: list[int] = []
+    if limit > 0:
+        for i in order:
+            if mask >> i & 1:
+                out.append(i)
+                if len(out) == limit:
+                    break
+    return out
 
 
 def _prefix_masks(order: Sequence[int]) -> list[int]:

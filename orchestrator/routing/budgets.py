@@ -21,7 +21,10 @@ Quality functions (all monotone non-decreasing under inclusion, checked by the t
   Paroush 1982) over open answers (two wrong answers never agree): agreeing members carry
   the day, otherwise the most reliable member's answer is taken. The decision is optimal for
   what it sees and could ignore any extra member, so it never gets worse with more members.
-- `monotone(fn)`: any monotone callable over candidate indices (bounds fall back to Q(hi)).
+  It models the expected accuracy of the log-odds vote that `voting.weighted_vote` runs, in
+  the many-options limit (with few options wrong answers collide and a vote can get worse).
+- `monotone(fn, submodular=False)`: any monotone callable over candidate indices (bounds fall
+  back to Q(hi), or to marginal gains when it is declared submodular).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from orchestrator.routing.recruit import ExpertScore
 
 __all__ = [
     "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
-    "QualityModel", "brute_force", "candidates_from_scores", "monotone", "noisy_or",
-    "quality_from_weights", "solve", "subset_cost", "weighted_vote",
+    "QualityModel", "QualityName", "QualitySpec", "brute_force", "candidates_from_scores",
+    "monotone", "noisy_or", "quality_from_weights", "solve", "subset_cost", "weighted_vote",
 ]
 
 QualityName = Literal["noisy_or", "weighted_vote"]
@@ -129,16 +132,20 @@ class InfeasibleBudget(ValueError):
         )
 
     def detail(self) -> dict[str, object]:
-        """JSON-ready body for the API's 422."""
+        """JSON-ready body for the API's 422: the budget asked for and the two cheapest options."""
+        b = self.budget
         return {
             "error": "infeasible_budget",
             "message": str(self),
-            "fastest": {"expert": self.fastest.name, "latency_ms": self.fastest.latency_s * 1e3,
-                        "energy_j": self.fastest.energy_j},
-            "least_energy": {"expert": self.least_energy.name,
-                             "latency_ms": self.least_energy.latency_s * 1e3,
-                             "energy_j": self.least_energy.energy_j},
+            "budget": {"latency_ms": None if b.latency_s is None else b.latency_s * 1e3,
+                       "energy_j": b.energy_j, "k_max": b.k_max},
+            "fastest": _option(self.fastest),
+            "least_energy": _option(self.least_energy),
         }
+
+
+def _option(o: CheapOption) -> dict[str, object]:
+    return {"expert": o.name, "latency_ms": o.latency_s * 1e3, "energy_j": o.energy_j}
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -169,32 +176,33 @@ def _log_gain(qs: Sequence[float]) -> tuple[float, ...]:
 
 def noisy_or(qs: Sequence[float]) -> QualityModel:
     """Q(S) = 1 - Π_{i in S} (1 - q_i): some member is right (independent errors)."""
-    qs = tuple(qs)
+    return _ranked(tuple(qs), noisy_or_profile)
 
-    def value(members: Sequence[int]) -> float:
-        miss = 1.0
-        for i in members:
-            miss *= 1.0 - qs[i]
-        return 1.0 - miss
 
-    return QualityModel(value, ranked=True, log_gain=_log_gain(qs))
+def noisy_or_profile(p: Sequence[float]) -> float:
+    return 1.0 - math.prod(1.0 - x for x in p)
 
 
 def weighted_vote(qs: Sequence[float]) -> QualityModel:
     """Bayes-weighted vote over open answers: P(>= 2 right) + P(only the most reliable right)."""
-    qs = tuple(qs)
+    # Q <= noisy-or (nobody right -> the vote is wrong), so the noisy-or envelope bounds it.
+    return _ranked(tuple(qs), weighted_vote_profile)
 
+
+def weighted_vote_profile(p: Sequence[float]) -> float:
+    if not p:
+        return 0.0
+    none, one = _none_and_exactly_one(p)
+    star = max(range(len(p)), key=p.__getitem__)
+    only_star = p[star] * math.prod(1.0 - x for k, x in enumerate(p) if k != star)
+    return max(0.0, 1.0 - none - one + only_star)
+
+
+def _ranked(qs: tuple[float, ...], profile: Callable[[Sequence[float]], float]) -> QualityModel:
     def value(members: Sequence[int]) -> float:
-        if not members:
-            return 0.0
-        p = [qs[i] for i in members]
-        none, one = _none_and_exactly_one(p)
-        star = max(range(len(p)), key=p.__getitem__)
-        only_star = p[star] * math.prod(1.0 - x for k, x in enumerate(p) if k != star)
-        return max(0.0, 1.0 - none - one + only_star)
+        return profile([qs[i] for i in members])
 
-    # Q <= noisy-or: when nobody is right the vote is wrong.
-    return QualityModel(value, ranked=True, log_gain=_log_gain(qs))
+    return QualityModel(value, profile=profile, qualities=qs, log_gain=_log_gain(qs))
 
 
 def _none_and_exactly_one(p: Sequence[float]) -> tuple[float, float]:
@@ -205,9 +213,10 @@ def _none_and_exactly_one(p: Sequence[float]) -> tuple[float, float]:
     return none, one
 
 
-def monotone(fn: Callable[[Sequence[int]], float]) -> QualityModel:
-    """Wrap any monotone set function over candidate indices (bound: Q of the upper corner)."""
-    return QualityModel(fn)
+def monotone(fn: Callable[[Sequence[int]], float], submodular: bool = False) -> QualityModel:
+    """Wrap any monotone set function over candidate indices (distinct, any order). The bound
+    is Q of the upper corner; declare `submodular` (diminishing gains) for a much tighter one."""
+    return QualityModel(fn, submodular=submodular)
 
 
 def _model(quality: QualitySpec, candidates: Sequence[Candidate]) -> QualityModel:

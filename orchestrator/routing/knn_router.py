@@ -6,11 +6,15 @@ questions nearest to the query (cosine of all-MiniLM-L6-v2 embeddings), how ofte
 expert right? That estimate is shrunk towards the expert's overall accuracy (few or distant
 neighbours say little), so it is a calibrated probability p̂_i(q), not a score:
 
-    p̂_i(q) = (Σ_j a_j·c_ij + α·acc_i) / (Σ_j a_j + α),   a_j = exp((sim_j − sim_max)/τ)
+    p̂_i(q) = (Σ_j a_j·c_ij + α·acc_i) / (Σ_j a_j + α),   a_j = exp((sim_j − 1)/τ)
 
-over the K nearest profiling questions j. Experts are ranked by p̂ and weighted by the log-odds
-of p̂ (`voting.log_odds_weight`), which is both the recruitment weight (top-k, or dynamic k by
-cumulative share) and the vote weight when the recruited answers are aggregated by voting.
+over the K nearest profiling questions j. The kernel is absolute: a neighbour counts as one
+observation only when it is the same question (sim = 1), so α reads as "worth α duplicates",
+and a query with only distant neighbours stays near the expert's overall accuracy.
+
+Experts are ranked by p̂ and weighted by the log-odds of p̂ (`voting.log_odds_weight`), which is
+both the recruitment weight (top-k, or dynamic k by cumulative share) and the vote weight when
+the recruited answers are aggregated by voting.
 
 K, τ and α are fitted on the profiling questions alone by leave-one-out log-loss of p̂ (each
 question's estimate from its neighbours, itself excluded), so the test split is never seen.
@@ -28,9 +32,9 @@ from orchestrator.routing.recruit import ExpertScore, RecruitMode
 from orchestrator.routing.router import RoutingEvidence
 from orchestrator.routing.voting import DEFAULT_OPTIONS, log_odds_weight
 
-NEIGHBOURS_GRID = (10, 25, 50, 100, 200)
-TEMPERATURE_GRID = (0.02, 0.05, 0.1, 1.0)
-PRIOR_GRID = (1.0, 3.0, 10.0)
+NEIGHBOURS_GRID = (10, 25, 50, 100, 200, 400)
+TEMPERATURE_GRID = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
+PRIOR_GRID = (1.0, 3.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,11 @@ def _matrix(evidence: RoutingEvidence) -> tuple[list[str], np.ndarray, np.ndarra
 
 
 def estimate(sims: np.ndarray, marks: np.ndarray, prior: np.ndarray, params: KnnParams) -> np.ndarray:
-    """p̂ for queries × experts from their top-K similarities (queries × K, best first) and the
-    marks of those neighbours (queries × K × experts)."""
-    weights = np.exp((sims - sims[:, :1]) / params.temperature)[:, :, None]
-    hits = (weights * marks).sum(axis=1)
-    return (hits + params.prior_strength * prior) / (weights.sum(axis=1) + params.prior_strength)
+    """p̂ for queries × experts from their top-K similarities (queries × K) and the marks of
+    those neighbours (queries × K × experts)."""
+    weights = np.exp((sims - 1.0) / params.temperature)
+    hits = np.einsum("qk,qke->qe", weights, marks)
+    return (hits + params.prior_strength * prior) / (weights.sum(axis=1)[:, None] + params.prior_strength)
 
 
 def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,14 +85,16 @@ def fit_params(emb: np.ndarray, marks: np.ndarray, max_questions: int = 4000, se
     sims = emb[rows] @ emb.T
     sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out
     idx, vals = _top(sims, max(NEIGHBOURS_GRID))
-    prior, truth = marks.mean(axis=0), marks[rows]
+    prior, truth, near = marks.mean(axis=0), marks[rows], marks[idx]
     best: tuple[float, KnnParams] | None = None
-    for k, tau, alpha in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID, PRIOR_GRID):
-        params = KnnParams(k, tau, alpha)
-        p = np.clip(estimate(vals[:, :k], marks[idx[:, :k]], prior, params), 1e-4, 1 - 1e-4)
-        loss = float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
-        if best is None or loss < best[0]:
-            best = (loss, params)
+    for k, tau in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID):
+        weights = np.exp((vals[:, :k] - 1.0) / tau)
+        hits, mass = np.einsum("qk,qke->qe", weights, near[:, :k]), weights.sum(axis=1)[:, None]
+        for alpha in PRIOR_GRID:  # the prior only re-weighs sums already made: cheap to sweep
+            p = np.clip((hits + alpha * prior) / (mass + alpha), 1e-4, 1 - 1e-4)
+            loss = float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+            if best is None or loss < best[0]:
+                best = (loss, KnnParams(k, tau, alpha))
     assert best is not None
     return best[1]
 
@@ -115,10 +121,7 @@ class KnnRouter:
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
         """Every expert, best first; without an embedding, by overall profiling accuracy."""
-        if query_embedding is None:
-            p = self._prior
-        else:
-            p = self.estimate(query_embedding)[0]
+        p = self._prior if query_embedding is None else self.estimate(query_embedding)[0]
         return self._scores(p)
 
     def score_batch(self, query_embeddings: np.ndarray) -> list[list[ExpertScore]]:

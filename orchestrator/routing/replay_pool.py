@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from experts.cost_model import parse_model_size
-from experts.replay import Recording, load_recording
+from experts.replay import RecordedQuestion, Recording, load_recording
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.routing.router import RoutingEvidence
+from skills.datasets import LabelledQuestion, format_prompt
 from skills.embedder import Embedder
 from skills.profiling import build_profile
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary
@@ -79,6 +80,13 @@ def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[
     return profiling, test
 
 
+def question_prompt(q: RecordedQuestion) -> str:
+    """The prompt a replay expert is sent for a corpus question (and what routing embeds: the
+    service embeds the query text it receives, so profiling embeds the same form; the options
+    also tell a calculation from a recall question, which routes better than the stem alone)."""
+    return format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category))
+
+
 def correct_marks(recording: Recording, models: Sequence[str], question_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """Expert name → whether the model's recorded choice equals gold, per question."""
     gold = [recording.questions[q].answer for q in question_ids]
@@ -123,7 +131,10 @@ def replay_evidence(
     """Profiles (skills ∪ the question's category, ±1) and per-question marks of the models."""
     models = list(models) if models is not None else recording.models
     marks = correct_marks(recording, models, question_ids)
-    tagged = [list(dict.fromkeys([*s, recording.questions[q].category])) for q, s in zip(question_ids, skills, strict=True)]
+    tagged = [
+        list(dict.fromkeys([*s, recording.questions[q].category]))
+        for q, s in zip(question_ids, skills, strict=True)
+    ]
     profiles = {
         name: build_profile(name, zip(tagged, ok.tolist(), strict=True)).scores for name, ok in marks.items()
     }
@@ -140,6 +151,6 @@ def profile_replay_pool(
 ) -> ReplayProfile:
     """Everything routing needs for a replay pool, profiled on `question_ids` (embeds them)."""
     recording = load_recording(folder)
-    embeddings = embedder.encode([recording.questions[q].question for q in question_ids])
+    embeddings = embedder.encode([question_prompt(recording.questions[q]) for q in question_ids])
     skills = nearest_skills(skill_vocabulary(recording, embedder), embeddings, skills_per_question)
     return replay_evidence(recording, question_ids, embeddings, skills, models)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from experts.types import Generation
 from orchestrator.scheduling.planner import Job, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
 Progress = Callable[[int, int], None]
+
+
+class Executor(Protocol):
+    def __call__(self, jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
+                 progress: Progress | None = None, chunk: int = 16) -> dict[str, Generation]: ...
 
 
 def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
@@ -28,4 +34,20 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
             out.update((j.job_id, g) for j, g in zip(part, gens, strict=True))
             if progress:
                 progress(len(out), len(jobs))
+    return out
+
+
+def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
+                  progress: Progress | None = None, chunk: int = 16) -> dict[str, Generation]:
+    """The baseline we beat: every job loads its model, generates alone and unloads it.
+
+    This is what per-query serving does (and what Symbolic-MoE's offline code does per model,
+    minus its 10 s sleeps); `bench/swaps.py` runs it on the same jobs as `execute`.
+    """
+    out: dict[str, Generation] = {}
+    for job in jobs:
+        out[job.job_id] = worker.generate(job.base, [job.request])[0]
+        worker.unload(job.base.key)
+        if progress:
+            progress(len(out), len(jobs))
     return out

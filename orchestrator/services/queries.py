@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from orchestrator.pipeline import NoExpertsError, Outcome, Pipeline, QueryInput
 from orchestrator.pool import PoolState
+from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.services.errors import NotFound, NotReady
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
@@ -15,21 +15,28 @@ from orchestrator.store.repositories.queries import QueryRepository
 
 
 class QueryService:
-    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline):
+    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, max_batch: int = 32,
+                 max_wait_s: float = 0.05):
         self.db, self.pool, self.pipeline = db, pool, pipeline
-        self._batch_lock = threading.Lock()  # one batch on the device at a time keeps loads at the floor
+        # concurrent requests share one window, so their generation is batched by model too
+        self.window: BatchingWindow[tuple[int, QueryInput], int] = BatchingWindow(
+            self._run_items, max_batch, max_wait_s
+        )
 
     def ask(self, inputs: Sequence[QueryInput]) -> list[int]:
-        """Answer a batch; returns the stored query ids (failed ones are stored as failed)."""
+        """Answer queries; returns the stored ids (failed ones are stored as failed)."""
         with self.db.session() as s:
             ids = [QueryRepository(s).accept(q.text, q.k).id for q in inputs]
-        self.run(ids, inputs)
-        return ids
+        return self.window.submit(list(zip(ids, inputs, strict=True))).result()
+
+    def _run_items(self, items: list[tuple[int, QueryInput]]) -> list[int]:
+        self.run([i for i, _ in items], [q for _, q in items])
+        return [i for i, _ in items]
 
     def run(self, ids: Sequence[int], inputs: Sequence[QueryInput]) -> None:
+        """Route and answer one batch on the device, storing everything it produced."""
         try:
-            with self._batch_lock:
-                outcomes = self.pipeline.answer(self.pool.snapshot, inputs)
+            outcomes = self.pipeline.answer(self.pool.snapshot, inputs)
         except NoExpertsError as exc:
             self._fail(ids, str(exc))
             raise NotReady(str(exc)) from exc
@@ -57,7 +64,7 @@ class QueryService:
         with self.db.session() as s:
             pending = [(q.id, QueryInput(q.text, q.k)) for q in QueryRepository(s).pending()]
         if pending:
-            self.run([p[0] for p in pending], [p[1] for p in pending])
+            self.window.submit(pending).result()
         return len(pending)
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,7 @@ def tiny_gguf() -> Callable[..., bytes]:
 
 @pytest.fixture
 def write_gguf(tmp_path: Path) -> Callable[..., Path]:
-    def write(filename: str = "tiny.gguf", content: bytes | None = None, **kw: object) -> Path:
+    def write(filename: str = "tiny.gguf", content: bytes | None = None, **kw: Any) -> Path:
         path = tmp_path / filename
         path.write_bytes(tiny_model(**kw) if content is None else content)
         return path

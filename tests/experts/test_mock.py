@@ -2,17 +2,22 @@ from __future__ import annotations
 
 import pytest
 
-from experts.backend import ExpertBackend
+from experts.backend import BackendError, ExpertBackend
 from experts.factory import make_backend
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
 
 
-def test_factory_builds_a_mock_that_follows_the_protocol() -> None:
-    spec = BaseModelSpec(kind="mock", source="m1")
-    b = make_backend(spec)
-    assert isinstance(b, MockBackend) and isinstance(b, ExpertBackend)
-    assert b.base_model_key == spec.key == "mock:m1"
+def test_mock_follows_the_protocol() -> None:
+    b = MockBackend(BaseModelSpec(kind="mock", source="m1").key)
+    assert isinstance(b, ExpertBackend)
+    assert b.base_model_key == "mock:m1"
+
+
+def test_factory_refuses_mock_specs() -> None:
+    """Tests inject mocks through the worker's factory; a user can never register one."""
+    with pytest.raises(BackendError, match="'mock' is not available"):
+        make_backend(BaseModelSpec(kind="mock", source="m1"))
 
 
 def test_loads_counted_once_until_unloaded() -> None:
@@ -46,5 +51,6 @@ def test_answers_are_a_function_of_model_and_prompt() -> None:
 def test_fixed_answer_and_memory() -> None:
     b = MockBackend("mock:a", memory=123, answer="Answer: B")
     b.load()
-    assert b.generate([ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a")).request("x", "q")])[0].text == "Answer: B"
+    request = ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a")).request("x", "q")
+    assert b.generate([request])[0].text == "Answer: B"
     assert b.memory_bytes() == 123

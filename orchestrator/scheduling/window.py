@@ -1,0 +1,86 @@
+"""The online batching window: queries that arrive close together are answered as one batch.
+
+A batch closes when it holds `max_batch` queries or `max_wait_s` after its first query
+arrived, whichever is first, so a lone query waits at most `max_wait_s`. One runner thread
+executes batches in order: the device does one batch at a time, which is what keeps model
+loads at the planner's floor. Submissions are never split across batches.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Submission(Generic[T, R]):
+    items: list[T]
+    future: Future[list[R]] = field(default_factory=Future)
+
+
+class BatchingWindow(Generic[T, R]):
+    def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int = 32, max_wait_s: float = 0.05,
+                 name: str = "batching-window"):
+        self._run = run_batch
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
+        self.batch_sizes: list[int] = []  # every executed batch's size, for metrics and tests
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, items: Sequence[T]) -> Future[list[R]]:
+        sub: _Submission[T, R] = _Submission(list(items))
+        self._q.put(sub)
+        return sub.future
+
+    def depth(self) -> int:
+        """Submissions waiting for a batch (not counting the one being executed)."""
+        return self._q.qsize()
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (first := self._q.get()) is not None:
+            batch, closing = self._gather(first)
+            self._execute(batch)
+            if closing:
+                return
+
+    def _gather(self, first: _Submission[T, R]) -> tuple[list[_Submission[T, R]], bool]:
+        """Take submissions until the batch is full or the window since `first` has passed."""
+        batch, size = [first], len(first.items)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            try:
+                nxt = self._q.get(timeout=left)
+            except queue.Empty:
+                break
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+            size += len(nxt.items)
+        return batch, False
+
+    def _execute(self, batch: list[_Submission[T, R]]) -> None:
+        items = [x for sub in batch for x in sub.items]
+        self.batch_sizes.append(len(items))
+        try:
+            results = self._run(items)
+        except BaseException as exc:  # every caller of the batch learns why it failed
+            for sub in batch:
+                sub.future.set_exception(exc)
+            return
+        start = 0
+        for sub in batch:
+            sub.future.set_result(results[start:start + len(sub.items)])
+            start += len(sub.items)

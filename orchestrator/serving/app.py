@@ -1,0 +1,145 @@
+"""The Ray Serve application: the REST API as a Serve ingress over the device worker actors.
+
+Two ways in:
+- `skillroute serve` calls `run_serve`: Ray starts embedded on this machine, the driver spawns
+  the worker actors and profiles the pool through them (with a progress bar), then Serve runs
+  the ingress and the driver blocks until Ctrl-C or SIGTERM.
+- On a cluster, KubeRay's serveConfigV2 imports `orchestrator.serving.app:app` (built from
+  SKILLROUTE_* environment variables); the replica spawns the actors and profiles what is
+  unprofiled itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.pool_config import load_pool_config
+from orchestrator.serving.remote_worker import RemoteWorker
+from orchestrator.serving.worker_actor import NAMESPACE, local_cores, spawn_all
+from orchestrator.settings import Settings, get_settings
+
+APP_NAME = "skillroute"
+Log = Callable[[str], None]
+
+
+def budget_bytes(settings: Settings) -> int:
+    return int(settings.memory_budget_gb * 2**30)
+
+
+def device_worker(settings: Settings, cpu_reservation: float) -> RemoteWorker:
+    """Spawn (or find) every device's actor; the pipeline drives the preferred one."""
+    actors = spawn_all(budget_bytes(settings), cpu_reservation)
+    return RemoteWorker(next(iter(actors.values())))
+
+
+class SkillRouteIngress:
+    """One Serve replica: a SkillRoute whose worker is the device actor's proxy."""
+
+    def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0):
+        worker = device_worker(settings, cpu_reservation)
+        self.container = SkillRoute(settings, load_pool_config(pool_path), worker=worker)
+        self.container.bootstrap()  # a no-op when `skillroute serve` has already profiled the pool
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this after __init__: the app needs the container the constructor built."""
+        return create_app(self.container)
+
+
+# Applied as calls, not decorators, so mypy sees a Deployment. One replica: it owns profiling on a
+# fresh cluster, and more would share the one device anyway. It reserves no CPU so the CPU worker
+# actor can reserve every core for llama.cpp. max_ongoing_requests is high so concurrent queries
+# reach the batching window together instead of queueing in Serve.
+ingress = serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})(
+    serve.ingress()(SkillRouteIngress)
+)
+
+
+def build_app(settings: Settings | None = None, pool_path: str | Path | None = None,
+              cpu_reservation: float = 1.0) -> Application:
+    """The bound Serve application; `cpu_reservation` is what the CPU worker actor reserves."""
+    settings = settings or get_settings()
+    return ingress.bind(settings, str(pool_path or settings.pool), cpu_reservation)
+
+
+# What KubeRay's serveConfigV2 imports (import_path: orchestrator.serving.app:app).
+app = build_app()
+
+
+def init_ray(dashboard: bool) -> str:
+    """Join the cluster at $RAY_ADDRESS, else start one embedded here; returns the dashboard URL.
+
+    The dashboard process also serves Ray's state API (`ray list actors`) and Serve's REST API;
+    without it only the core processes run (~1 GB less memory) and `ray.util.state` cannot answer.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray 2.60 writes a token under $HOME
+    if os.environ.get("RAY_ADDRESS"):
+        ctx = ray.init(namespace=NAMESPACE)
+    else:
+        ctx = ray.init(num_cpus=local_cores(), namespace=NAMESPACE, include_dashboard=dashboard,
+                       dashboard_host="127.0.0.1")
+    return ctx.dashboard_url or ""
+
+
+def prepare_pool(settings: Settings, pool_path: Path, worker: RemoteWorker,
+                 prepare: Callable[[SkillRoute], None]) -> None:
+    """Profile and recover in this process, through the actor, so its models start resident."""
+    c = SkillRoute(settings, load_pool_config(pool_path), worker=worker)
+    try:
+        prepare(c)
+    finally:
+        c.close()  # leaves the injected worker (and its loaded models) running
+
+
+def run_serve(settings: Settings, pool_path: Path, host: str, port: int, prepare: Callable[[SkillRoute], None],
+              *, dashboard: bool = True, log: Log = print) -> None:
+    """Run the service under Ray Serve until interrupted, then stop what was started."""
+    embedded = not os.environ.get("RAY_ADDRESS")
+    dashboard_url = init_ray(dashboard)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    try:
+        cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
+        worker = device_worker(settings, cores)
+        log_cluster(dashboard_url, log)
+        prepare_pool(settings, pool_path, worker, prepare)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(settings, pool_path, cores), name=APP_NAME, route_prefix="/")
+        log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r})")
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        log("shutting down")
+    finally:
+        stop(embedded)
+
+
+def log_cluster(dashboard_url: str, log: Log) -> None:
+    address = ray.get_runtime_context().gcs_address
+    log(f"ray cluster at {address} (namespace {NAMESPACE}, dashboard {dashboard_url or 'off'})")
+    for name in worker_actor_names():
+        log(f"worker actor {name}")
+
+
+def worker_actor_names() -> list[str]:
+    """The device actors of this cluster, read from the GCS (no dashboard needed)."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in named if a["namespace"] == NAMESPACE)
+
+
+def stop(embedded: bool) -> None:
+    """An embedded cluster goes down whole; on a shared cluster only our application is removed
+    (the detached worker actors stay, with their models loaded, for the next deploy)."""
+    if embedded:
+        serve.shutdown()
+    else:
+        serve.delete(APP_NAME)
+    ray.shutdown()

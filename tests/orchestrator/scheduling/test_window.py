@@ -1,0 +1,67 @@
+"""The batching window: size- and time-bounded, never splits a submission, routes results back."""
+
+import threading
+
+import pytest
+
+from orchestrator.scheduling.window import BatchingWindow
+
+
+def recorder():
+    batches: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        return [x.upper() for x in items]
+
+    return batches, run
+
+
+def test_concurrent_submissions_close_one_full_batch():
+    batches, run = recorder()
+    window = BatchingWindow(run, max_batch=5, max_wait_s=30)  # closes on size, not time
+    futures, lock = [], threading.Lock()
+
+    def send(i: int) -> None:
+        f = window.submit([f"q{i}"])
+        with lock:
+            futures.append((i, f))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(f.result(timeout=10) == [f"Q{i}"] for i, f in futures)
+    assert window.batch_sizes == [5] and sorted(batches[0]) == [f"q{i}" for i in range(5)]
+    window.close()
+
+
+def test_lone_query_is_not_held_for_a_full_batch():
+    _, run = recorder()
+    window = BatchingWindow(run, max_batch=1000, max_wait_s=0.01)
+    assert window.submit(["alone"]).result(timeout=10) == ["ALONE"]
+    assert window.batch_sizes == [1]
+    window.close()
+
+
+def test_a_submission_is_never_split():
+    batches, run = recorder()
+    window = BatchingWindow(run, max_batch=3, max_wait_s=30)
+    a, b = window.submit(["a1", "a2"]), window.submit(["b1", "b2"])
+    assert a.result(timeout=10) == ["A1", "A2"] and b.result(timeout=10) == ["B1", "B2"]
+    assert batches == [["a1", "a2", "b1", "b2"]]
+    window.close()
+
+
+def test_a_failing_batch_fails_every_caller_in_it():
+    def boom(items: list[str]) -> list[str]:
+        raise ValueError("device lost")
+
+    window = BatchingWindow(boom, max_batch=2, max_wait_s=30)
+    f1, f2 = window.submit(["x"]), window.submit(["y"])
+    for f in (f1, f2):
+        with pytest.raises(ValueError, match="device lost"):
+            f.result(timeout=10)
+    assert window.submit(["z"]) is not None  # the runner survives a failed batch
+    window.close()
