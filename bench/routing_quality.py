@@ -93,11 +93,13 @@ def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.nd
     return vectors
 
 
-def build_corpus(folder: str, test_size: float, seed: int, cache_dir: Path | None) -> Corpus:
+def build_corpus(
+    folder: str, test_size: float, seed: int, cache_dir: Path | None, embedder: Embedder | None = None
+) -> Corpus:
     recording = load_recording(folder)
     profiling, test = split_questions(recording, test_size, seed)
     texts = [question_prompt(recording.questions[q]) for q in profiling + test]
-    embedder = Embedder(cache_size=len(texts) + 1024)
+    embedder = embedder or Embedder()
     vectors = embed(embedder, texts, cache_dir)
     skills = nearest_skills(skill_vocabulary(recording, embedder), vectors)
     n = len(profiling)
@@ -235,12 +237,21 @@ def as_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]
         accuracy = {k: round(v, 4) for k, v in r.accuracy.items()}
         pools[name] = {**accuracy, "n_test": len(corpus.test), "seed": corpus.seed}
     details = {
-        name: {"models": r.models, **r.notes, "energy_kj_per_query": _rounded(r.energy_kj),
-               "latency_s_per_query": _rounded(r.latency_s)}
+        name: {
+            "models": r.models,
+            **r.notes,
+            "energy_kj_per_query": _rounded(r.energy_kj),
+            "latency_s_per_query": _rounded(r.latency_s),
+        }
         for name, r in results.items()
     }
-    return {"pools": pools, "details": details, "n_profiling": len(corpus.profiling),
-            "n_test": len(corpus.test), "seed": corpus.seed}
+    return {
+        "pools": pools,
+        "details": details,
+        "n_profiling": len(corpus.profiling),
+        "n_test": len(corpus.test),
+        "seed": corpus.seed,
+    }
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -261,8 +272,10 @@ def print_pool(name: str, r: PoolResult) -> None:
     print(f"{'k':>3s} {'random':>8s} {'Symbolic-MoE':>13s} {'router':>8s} {'router kJ/q':>12s} {'router s/q':>11s}")
     for k in range(1, K_MAX + 1):
         rk = f"router_k{k}"
-        print(f"{k:3d} {100 * acc[f'random_k{k}']:7.1f}% {100 * acc[f'symbolic_moe_k{k}']:12.1f}% "
-              f"{100 * acc[rk]:7.1f}% {r.energy_kj[rk]:12.1f} {r.latency_s[rk]:11.2f}")
+        print(
+            f"{k:3d} {100 * acc[f'random_k{k}']:7.1f}% {100 * acc[f'symbolic_moe_k{k}']:12.1f}% "
+            f"{100 * acc[rk]:7.1f}% {r.energy_kj[rk]:12.1f} {r.latency_s[rk]:11.2f}"
+        )
     print(f"\naccuracy vs cost (pool {name}), cheapest first (simulated energy per query)")
     for key in sorted(r.energy_kj, key=lambda x: (r.energy_kj[x], x)):
         if key.startswith(("router_k", "symbolic_moe_k", "best_single", "category")):
@@ -275,26 +288,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-size", type=float, default=0.5, help="share of questions held out for test")
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skillroute" / "embeddings",
-                    help="where question embeddings are kept between runs")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "skillroute" / "embeddings",
+        help="where question embeddings are kept between runs",
+    )
     ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
     return ap.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> int:
+    """Run the benchmark; `embedder` lets a caller share an already loaded model."""
     args = parse_args(argv)
     started = time.perf_counter()
-    corpus = build_corpus(args.data_dir, args.test_size, args.seed, None if args.no_cache else args.cache_dir)
+    cache_dir = None if args.no_cache else args.cache_dir
+    corpus = build_corpus(args.data_dir, args.test_size, args.seed, cache_dir, embedder)
     embedded = time.perf_counter() - started
     results = {name: run_pool(corpus, models) for name, models in pools_of(corpus.recording).items() if models}
     if args.json:
         print(json.dumps(as_json(results, corpus), indent=2))
         return 0
     print(f"# routing quality on {corpus.recording.folder}")
-    print(f"seed {corpus.seed}; split stratified by category: {len(corpus.profiling)} profiling, "
-          f"{len(corpus.test)} test questions (test share {args.test_size})")
-    print("skills: embedding fast path (3 nearest seed skills) + the category; aggregation: "
-          "profile-weighted voting, no aggregator LLM")
+    print(
+        f"seed {corpus.seed}; split stratified by category: {len(corpus.profiling)} profiling, "
+        f"{len(corpus.test)} test questions (test share {args.test_size})"
+    )
+    print(
+        "skills: embedding fast path (3 nearest seed skills) + the category; aggregation: "
+        "profile-weighted voting, no aggregator LLM"
+    )
     for name, r in results.items():
         print_pool(name, r)
     print(f"\nwall time {time.perf_counter() - started:.1f} s (embedding and skills {embedded:.1f} s)")

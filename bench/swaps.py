@@ -18,8 +18,15 @@ from pathlib import Path
 
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
-from orchestrator.pipeline import Outcome, Pipeline, QueryInput
-from orchestrator.pool_config import ArithmeticSource, GenerationBudget, MMLUSource, PoolConfig, ValidationConfig
+from orchestrator.pipeline import Decision, Outcome, Pipeline, QueryInput
+from orchestrator.pool_config import (
+    ArithmeticSource,
+    GenerationBudget,
+    MMLUSource,
+    PoolConfig,
+    ValidationConfig,
+    ValidationSource,
+)
 from orchestrator.scheduling.executor import execute_naive
 from orchestrator.settings import Settings
 from skills.datasets import format_prompt, load_mmlu
@@ -33,13 +40,15 @@ BASES = {
 
 def bench_pool(max_tokens: int) -> PoolConfig:
     experts = [ExpertSpec(name=n, base=BaseModelSpec(kind="llamacpp", source=s)) for n, s in BASES.items()]
-    sources = [ArithmeticSource(n=4), MMLUSource(per_subject=1, subjects=["high school mathematics", "world religions",
-                                                                           "college biology", "jurisprudence"])]
+    subjects = ["high school mathematics", "world religions", "college biology", "jurisprudence"]
+    sources: list[ValidationSource] = [ArithmeticSource(n=4), MMLUSource(per_subject=1, subjects=subjects)]
     budget = GenerationBudget(profiling_max_tokens=8, expert_max_tokens=max_tokens, aggregator_max_tokens=max_tokens)
     return PoolConfig(validation=ValidationConfig(sources=sources), generation=budget, experts=experts)
 
 
-def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decisions: list) -> tuple[list[Outcome], float, int]:  # type: ignore[type-arg]
+def timed_run(
+    c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decisions: list[Decision]
+) -> tuple[list[Outcome], float, int]:
     c.worker.shutdown()  # both runs start cold
     loads, start = c.worker.total_loads(), time.perf_counter()
     outcomes = pipeline.answer(c.pool.snapshot, inputs, decisions)

@@ -117,8 +117,14 @@ def write_recording(
     path.mkdir(parents=True, exist_ok=True)
     with gzip.open(path / f"{QUESTIONS_FILE}.gz", "wt", encoding="utf-8") as fh:
         for q in questions:
-            row = {"question_id": q.question_id, "category": q.category, "src": q.src,
-                   "question": q.question, "options": list(q.options), "answer": q.answer}
+            row = {
+                "question_id": q.question_id,
+                "category": q.category,
+                "src": q.src,
+                "question": q.question,
+                "options": list(q.options),
+                "answer": q.answer,
+            }
             fh.write(json.dumps(row) + "\n")
     models = list(answers)
     with gzip.open(path / f"{PREDICTIONS_FILE}.gz", "wt", encoding="utf-8", newline="") as fh:
@@ -293,8 +299,13 @@ class ReplayBackend:
         prompt_tokens = _approx_tokens(request)
         cost = self.estimate(prompt_tokens)
         self.energy_j += cost.energy_j
-        return Generation(request_id=request.request_id, text=text, prompt_tokens=prompt_tokens,
-                          completion_tokens=self.cot_tokens, latency_s=cost.latency_s)
+        return Generation(
+            request_id=request.request_id,
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.cot_tokens,
+            latency_s=cost.latency_s,
+        )
 
 
 def _approx_tokens(request: GenerationRequest) -> int:

@@ -23,6 +23,7 @@ from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from orchestrator.container import SkillRoute
+    from orchestrator.services.keys import KeyService
     from orchestrator.store.models import Expert
 
 app = typer.Typer(help="Answer each query with the right few expert LLMs.", no_args_is_help=True)
@@ -194,6 +195,53 @@ def _print_experts(rows: list[dict[str, Any]]) -> None:
         acc = f"{e['accuracy']:.2f}" if e.get("accuracy") is not None else "-"
         table.add_row(str(e["id"]), e["name"], e["status"], acc, top, e["base_model_key"])
     console.print(table)
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (admin: change the pool; client: ask).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_service() -> KeyService:
+    from orchestrator.services.keys import KeyService
+    from orchestrator.store.db import Database, migrate
+
+    url = get_settings().db_url
+    migrate(url)  # keys need no pool or models: only the store
+    return KeyService(Database(url))
+
+
+@keys_app.command("create")
+def keys_create(
+    admin: Annotated[bool, typer.Option("--admin/--client", help="An admin key, or a client key.")] = False,
+    name: Annotated[str, typer.Option(help="Who or what holds the key.")] = "default",
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute (default: the service's).")] = None,
+) -> None:
+    """Create a key and print it — the only time it is shown; only its salted hash is stored."""
+    row, key = _key_service().create(name, "admin" if admin else "client", rpm)
+    console.print(f"created {row.role} key {row.id} ({row.name}); store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    table = Table("id", "name", "role", "prefix", "requests/min", "created", "revoked")
+    for k in _key_service().list():
+        table.add_row(str(k.id), k.name, k.role, k.prefix, str(k.requests_per_minute or "-"),
+                      f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    from orchestrator.services.errors import ServiceError
+
+    try:
+        _key_service().revoke(key_id)
+    except ServiceError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"revoked key {key_id}")
 
 
 if __name__ == "__main__":

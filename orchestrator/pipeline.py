@@ -16,6 +16,7 @@ import numpy as np
 
 from experts.types import Generation
 from orchestrator.aggregation import aggregation_prompt, final_answer
+from orchestrator.observability.probe import NULL_PROBE, Probe
 from orchestrator.pool import PoolSnapshot
 from orchestrator.routing.recruit import ExpertScore, RecruitMode, recruit
 from orchestrator.scheduling.executor import Executor, execute
@@ -74,6 +75,8 @@ class GenerationLimits:
 
 
 class Pipeline:
+    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
+
     def __init__(self, worker: DeviceWorker, embedder: Embedder, limits: GenerationLimits | None = None,
                  skills_per_query: int = 3, executor: Executor = execute):
         self.worker, self.embedder, self.executor = worker, embedder, executor
@@ -84,10 +87,13 @@ class Pipeline:
         """Skills, scores and recruits for every query, without generating anything."""
         if not pool.experts:
             raise NoExpertsError("no profiled expert in the pool yet")
+        started = time.perf_counter()
         texts = [q.text for q in inputs]
         matches = pool.vocabulary.nearest_for_texts(texts, self.skills_per_query)
         embeddings = self.embedder.encode(texts)
-        return [self._decide(pool, q, m, e) for q, m, e in zip(inputs, matches, embeddings, strict=True)]
+        decisions = [self._decide(pool, q, m, e) for q, m, e in zip(inputs, matches, embeddings, strict=True)]
+        self.probe.routed(decisions, time.perf_counter() - started)
+        return decisions
 
     def _decide(self, pool: PoolSnapshot, q: QueryInput, skills: list[SkillMatch], emb: np.ndarray) -> Decision:
         seed = q.seed if q.seed is not None else random.randrange(2**31)
@@ -106,6 +112,7 @@ class Pipeline:
         self._run_aggregation(pool, inputs, outcomes)
         for o in outcomes:
             o.latency_s = time.perf_counter() - started
+        self.probe.answered(outcomes)
         return outcomes
 
     def _run_experts(self, pool: PoolSnapshot, inputs: Sequence[QueryInput], outcomes: list[Outcome],

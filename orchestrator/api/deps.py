@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from orchestrator.container import SkillRoute
 
@@ -15,3 +15,6 @@ def get_container(request: Request) -> SkillRoute:
 
 
 Container = Annotated[SkillRoute, Depends(get_container)]
+
+# a row id as a path parameter: SQLite/Postgres integers are 64-bit, so anything larger is a 422, not a 500
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]

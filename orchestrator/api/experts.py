@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from experts.types import ExpertSpec
-from orchestrator.api.deps import Container
+from orchestrator.api.deps import Container, RowId
 from orchestrator.api.schemas import ExpertCreate, ExpertOut
 
 router = APIRouter(prefix="/v1/experts", tags=["experts"])
@@ -26,5 +26,5 @@ def list_experts(c: Container) -> list[ExpertOut]:
 
 
 @router.get("/{expert_id}", response_model=ExpertOut)
-def get_expert(c: Container, expert_id: int) -> ExpertOut:
+def get_expert(c: Container, expert_id: RowId) -> ExpertOut:
     return ExpertOut.from_row(c.experts.get(expert_id), with_profile=True)

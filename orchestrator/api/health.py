@@ -1,10 +1,11 @@
-"""/health: the process is up and how much of the pool is ready."""
+"""/health: the process is up and how much of the pool is ready; /ready: whether it can answer."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from orchestrator.api.deps import Container
+from orchestrator.services.errors import NotReady
 
 router = APIRouter(tags=["health"])
 
@@ -14,3 +15,12 @@ def health(c: Container) -> dict[str, object]:
     snap = c.pool.snapshot
     return {"status": "ok", "experts_ready": len(snap.experts), "aggregator": snap.aggregator,
             "resident_models": sorted(c.worker.resident())}
+
+
+@router.get("/ready", responses={503: {"description": "No expert is profiled and ready yet."}})
+def ready(c: Container) -> dict[str, object]:
+    """200 only when the pool has a ready expert to route to (a readiness probe), else 503."""
+    snap = c.pool.snapshot
+    if not snap.experts:
+        raise NotReady("no expert in the pool is ready yet")
+    return {"status": "ready", "experts_ready": len(snap.experts), "aggregator": snap.aggregator}

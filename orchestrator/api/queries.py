@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from orchestrator.api.deps import Container
+from orchestrator.api.deps import Container, RowId
 from orchestrator.api.schemas import QueryRequest, QueryResponse
 from orchestrator.pipeline import QueryInput
 from orchestrator.services.errors import ServiceError
@@ -30,5 +30,5 @@ def create_query(
 
 
 @router.get("/{query_id}", response_model=QueryResponse)
-def get_query(c: Container, query_id: int) -> QueryResponse:
+def get_query(c: Container, query_id: RowId) -> QueryResponse:
     return QueryResponse.from_row(c.queries.get(query_id))

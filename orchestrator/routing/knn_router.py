@@ -105,8 +105,7 @@ class KnnRouter:
     name = "knn"
     preferred_mode: RecruitMode = "topk"  # p̂ is a ranking; sampling would discard its order
 
-    def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None,
-                 n_options: int = DEFAULT_OPTIONS):
+    def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None, n_options: int = DEFAULT_OPTIONS):
         self.evidence = evidence
         self.experts, self._emb, self._marks = _matrix(evidence)
         self.params = params or fit_params(self._emb, self._marks)

@@ -44,10 +44,7 @@ def replay_pool(folder: str | Path, models: Sequence[str] | None = None) -> list
     if missing := [m for m in wanted if not recording.has_model(m)]:
         raise ValueError(f"models not recorded in {recording.folder}: {', '.join(missing)}")
     source = str(recording.folder)
-    return [
-        ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m))
-        for m in wanted
-    ]
+    return [ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m)) for m in wanted]
 
 
 def is_open_small(model: str, max_params: float = OPEN_SMALL_MAX_PARAMS) -> bool:
@@ -132,12 +129,9 @@ def replay_evidence(
     models = list(models) if models is not None else recording.models
     marks = correct_marks(recording, models, question_ids)
     tagged = [
-        list(dict.fromkeys([*s, recording.questions[q].category]))
-        for q, s in zip(question_ids, skills, strict=True)
+        list(dict.fromkeys([*s, recording.questions[q].category])) for q, s in zip(question_ids, skills, strict=True)
     ]
-    profiles = {
-        name: build_profile(name, zip(tagged, ok.tolist(), strict=True)).scores for name, ok in marks.items()
-    }
+    profiles = {name: build_profile(name, zip(tagged, ok.tolist(), strict=True)).scores for name, ok in marks.items()}
     evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks)
     return ReplayProfile(evidence, list(question_ids), tagged)
 

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from orchestrator.observability.probe import NULL_PROBE, Probe
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -27,6 +29,8 @@ class _Submission(Generic[T, R]):
 
 
 class BatchingWindow(Generic[T, R]):
+    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
+
     def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int = 32, max_wait_s: float = 0.05,
                  name: str = "batching-window"):
         self._run = run_batch
@@ -74,6 +78,7 @@ class BatchingWindow(Generic[T, R]):
     def _execute(self, batch: list[_Submission[T, R]]) -> None:
         items = [x for sub in batch for x in sub.items]
         self.batch_sizes.append(len(items))
+        self.probe.batch_executed(len(items))
         try:
             results = self._run(items)
         except BaseException as exc:  # every caller of the batch learns why it failed

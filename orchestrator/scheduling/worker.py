@@ -14,11 +14,14 @@ from collections.abc import Callable, Collection, Sequence
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
 from experts.types import BaseModelSpec, Generation, GenerationRequest
+from orchestrator.observability.probe import NULL_PROBE, Probe
 
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
 
 
 class DeviceWorker:
+    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
+
     def __init__(self, name: str = "cpu", memory_budget_bytes: int = 8 * 2**30,
                  factory: BackendFactory = make_backend):
         self.name = name
@@ -57,7 +60,9 @@ class DeviceWorker:
             backend = self.backend(base)
             if not backend.is_loaded:
                 self._make_room(backend.memory_bytes(), {base.key, *protect})
+                started = time.perf_counter()
                 backend.load()
+                self.probe.model_loaded(self.name, base.key, time.perf_counter() - started)
                 self._lru[base.key] = None
                 self.events.append((time.time(), "load", base.key))
             return backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from orchestrator.observability.probe import NULL_PROBE, Probe
 from orchestrator.pipeline import NoExpertsError, Outcome, Pipeline, QueryInput
 from orchestrator.pool import PoolState
 from orchestrator.scheduling.window import BatchingWindow
@@ -15,6 +16,8 @@ from orchestrator.store.repositories.queries import QueryRepository
 
 
 class QueryService:
+    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
+
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, max_batch: int = 32,
                  max_wait_s: float = 0.05):
         self.db, self.pool, self.pipeline = db, pool, pipeline
@@ -46,11 +49,13 @@ class QueryService:
         with self.db.session() as s:
             for qid, out in zip(ids, outcomes, strict=True):
                 _store(QueryRepository(s), qid, out)
+        self.probe.queries_finished("done", len(ids))
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:
             for qid in ids:
                 QueryRepository(s).fail(qid, error)
+        self.probe.queries_finished("failed", len(ids))
 
     def get(self, query_id: int) -> Query:
         with self.db.session() as s:

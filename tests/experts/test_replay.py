@@ -179,7 +179,9 @@ def test_simulated_cost_follows_model_size(backend: ReplayBackend) -> None:
 )
 def test_model_sizes_from_names(name: str, total_b: float, active_b: float, source: str) -> None:
     size = parse_model_size(name)
-    assert (size.total_params / 1e9, size.active_params / 1e9, size.source) == pytest.approx((total_b, active_b, source))
+    assert (size.total_params / 1e9, size.active_params / 1e9, size.source) == pytest.approx(
+        (total_b, active_b, source)
+    )
 
 
 def test_moe_costs_by_active_parameters_but_holds_all_weights() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from experts import vllm_backend
+from experts import hf_export, vllm_backend
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.factory import make_backend
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
@@ -76,7 +76,7 @@ def hf_folder(tmp_path: Path) -> Path:
 
 
 def make(
-    folder: Path, sleep_mode: bool | None = True, platform_sleeps: bool = True
+    folder: Path | str, sleep_mode: bool | None = True, platform_sleeps: bool = True
 ) -> tuple[VLLMBackend, list[MockVLLMEngine]]:
     """A backend over mock engines; `platform_sleeps` is what the engine decides when the
     backend leaves sleep mode to the platform (sleep_mode=None)."""
@@ -268,3 +268,19 @@ def test_the_vllm_interpreter_is_found_or_named(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(vllm_backend.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendError, match="scripts/setup_vllm.sh"):
         vllm_backend.vllm_python()
+
+
+def test_a_package_source_uses_the_cached_export(
+    hf_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`package:<name>` resolves to the exported folder; a finished export (its marker written
+    last) is reused as is, so validate() costs no conversion."""
+    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path / "data"))
+    cached = hf_export.exported_path("smollm2-135m-instruct")
+    cached.parent.mkdir(parents=True)
+    hf_folder.rename(cached)
+    assert not hf_export.is_exported(cached)
+    (cached / hf_export.DONE_MARKER).write_text("done\n")
+    backend, engines = make("package:smollm2-135m-instruct")
+    backend.load()
+    assert engines[0].config.model == str(cached)

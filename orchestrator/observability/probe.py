@@ -1,0 +1,35 @@
+"""The hooks the worker, batching window, pipeline and query service call as they work.
+
+`Probe` does nothing; `Metrics` overrides it. Components hold a probe as a class attribute
+defaulting to `NULL_PROBE`, so they run uninstrumented (benches, the CLI, the worker actor)
+until `observability.instrument` gives them the app's metrics. This module imports nothing
+from the service, so the scheduling and pipeline modules can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.pipeline import Decision, Outcome
+
+
+class Probe:
+    def model_loaded(self, worker: str, model: str, seconds: float) -> None:
+        """A base model finished loading on `worker` after `seconds`."""
+
+    def batch_executed(self, size: int) -> None:
+        """The batching window started executing a batch of `size` queries."""
+
+    def routed(self, decisions: Sequence[Decision], seconds: float) -> None:
+        """A batch of queries was routed (skills, scores, recruits) in `seconds`."""
+
+    def answered(self, outcomes: Sequence[Outcome]) -> None:
+        """A batch of queries was answered: generations, tokens and measured latency are known."""
+
+    def queries_finished(self, status: str, count: int) -> None:
+        """`count` queries reached a final status (done | failed) in the store."""
+
+
+NULL_PROBE = Probe()

@@ -1,0 +1,76 @@
+"""Batches: many queries accepted at once and answered in the background.
+
+They are stored first (so a crash loses none: `QueryService.recover` answers what is left), then
+fed to the same batching window as live traffic, in window-sized chunks so live queries can
+share the device between them. A batch's status is read from its queries, never kept apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestrator.pipeline import QueryInput
+from orchestrator.services.errors import NotFound
+from orchestrator.services.queries import QueryService
+from orchestrator.store.db import Database
+from orchestrator.store.models import Batch
+from orchestrator.store.repositories.batches import BatchRepository
+from orchestrator.store.repositories.queries import QueryRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    query: QueryInput
+    custom_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def status(self) -> Literal["in_progress", "completed"]:
+        return "completed" if self.completed + self.failed == self.total else "in_progress"
+
+
+def counts(batch: Batch) -> BatchCounts:
+    states = [item.query.status for item in batch.items]
+    return BatchCounts(len(states), states.count("done"), states.count("failed"))
+
+
+class BatchService:
+    def __init__(self, db: Database, queries: QueryService):
+        self.db, self.queries = db, queries
+
+    def submit(self, entries: Sequence[BatchEntry], key_id: int | None = None) -> int:
+        """Store the batch and its queries, queue them, and return the batch id at once."""
+        with self.db.session() as s:
+            ids = [QueryRepository(s).accept(e.query.text, e.query.k).id for e in entries]
+            batch_id = BatchRepository(s).add([(q, e.custom_id) for q, e in zip(ids, entries, strict=True)], key_id).id
+        items = list(zip(ids, [e.query for e in entries], strict=True))
+        size = self.queries.window.max_batch
+        for start in range(0, len(items), size):
+            self.queries.window.submit(items[start:start + size]).add_done_callback(_log_failure)
+        return batch_id
+
+    def get(self, batch_id: int, key_id: int | None = None) -> Batch:
+        """The batch; a client key sees only its own batches (others are 404, not 403: no probing)."""
+        with self.db.session() as s:
+            row = BatchRepository(s).get(batch_id)
+        if row is None or (key_id is not None and row.key_id not in (None, key_id)):
+            raise NotFound(f"no batch with id {batch_id}", "batch_id")
+        return row
+
+
+def _log_failure(done: Future[list[int]]) -> None:
+    # the queries themselves are already stored as failed; this only leaves a trace in the log
+    if done.exception() is not None:
+        log.warning("a batch chunk failed: %s", done.exception())

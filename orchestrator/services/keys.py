@@ -1,0 +1,181 @@
+"""API keys and access: admin keys guard pool changes, client keys (optional) guard queries.
+
+A key is `sk-sr-<prefix>.<secret>`: the prefix finds the stored row, the secret is checked
+against its salted scrypt hash. With no admin key configured (env or store) the service stays
+open, as it always was for local use; once one exists, admin writes need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.services.errors import NotFound, ServiceError
+from orchestrator.store.db import Database
+from orchestrator.store.models import ApiKey
+from orchestrator.store.repositories.keys import KeyRepository
+
+Role = Literal["admin", "client"]
+KEY_PREFIX = "sk-sr-"
+# scrypt's standard interactive cost; a verified key is cached, so each key pays it once per process
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+class AuthSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_")
+
+    admin_key: SecretStr | None = None
+    require_client_keys: bool = False
+    key_requests_per_minute: int = Field(default=600, ge=1, description="For keys created without their own limit.")
+
+
+class Unauthorized(ServiceError):
+    status_code, code = 401, "invalid_api_key"
+
+
+class Forbidden(ServiceError):
+    status_code, code = 403, "permission_denied"
+
+
+class RateLimited(ServiceError):
+    status_code, code = 429, "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: a stored key (id set), the env admin key, or nobody (open mode)."""
+
+    role: Role | None
+    key_id: int | None = None
+
+
+def hash_secret(secret: str, salt: bytes) -> str:
+    return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT).hex()
+
+
+class KeyService:
+    def __init__(self, db: Database):
+        self.db = db
+        self._verified: dict[bytes, int] = {}  # sha256(key) → key id: skips scrypt after the first use
+        self._lock = threading.Lock()
+
+    def create(self, name: str, role: Role, requests_per_minute: int | None = None) -> tuple[ApiKey, str]:
+        """Store a new key; the plaintext is returned here and never again."""
+        prefix, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
+        with self.db.session() as s:
+            row = KeyRepository(s).add(name, role, prefix, salt.hex(), hash_secret(secret, salt), requests_per_minute)
+        return row, f"{KEY_PREFIX}{prefix}.{secret}"
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The active stored key this token is, or None."""
+        fingerprint = hashlib.sha256(token.encode()).digest()
+        with self.db.session() as s:
+            repo = KeyRepository(s)
+            cached = self._verified.get(fingerprint)
+            row = repo.get(cached) if cached is not None else self._match(repo, token)
+        if row is None or row.revoked_at is not None:
+            return None
+        with self._lock:
+            self._verified[fingerprint] = row.id
+        return row
+
+    @staticmethod
+    def _match(repo: KeyRepository, token: str) -> ApiKey | None:
+        prefix, _, secret = token.removeprefix(KEY_PREFIX).partition(".")
+        if not token.startswith(KEY_PREFIX) or not secret:
+            return None
+        row = repo.by_prefix(prefix)
+        if row is None or not hmac.compare_digest(row.digest, hash_secret(secret, bytes.fromhex(row.salt))):
+            return None
+        return row
+
+    def has_active(self, role: Role) -> bool:
+        with self.db.session() as s:
+            return KeyRepository(s).has_active(role)
+
+    def list(self) -> Sequence[ApiKey]:
+        with self.db.session() as s:
+            return KeyRepository(s).list()
+
+    def revoke(self, key_id: int) -> None:
+        with self.db.session() as s:
+            if not KeyRepository(s).revoke(key_id):
+                raise NotFound(f"no key with id {key_id}", "id")
+
+
+class RateLimiter:
+    """A sliding one-minute log per key: at most `limit` requests in any 60 s."""
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self._hits: dict[int, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key_id: int, limit: int) -> float | None:
+        """Count a request; returns None if allowed, else the seconds until one is."""
+        now = self.clock()
+        with self._lock:
+            log = self._hits.setdefault(key_id, deque())
+            while log and log[0] <= now - self.window_s:
+                log.popleft()
+            if len(log) >= limit:
+                return log[0] + self.window_s - now
+            log.append(now)
+            return None
+
+
+class AccessControl:
+    """Decides whether a request with this token may do what needs `role`."""
+
+    def __init__(self, keys: KeyService, settings: AuthSettings, limiter: RateLimiter | None = None):
+        self.keys, self.settings = keys, settings
+        self.limiter = limiter or RateLimiter()
+
+    def check(self, role: Role | None, token: str | None) -> Caller:
+        if role is None:
+            return Caller(None)
+        if self._is_env_admin(token):
+            return Caller("admin")
+        key = self.keys.verify(token) if token else None
+        if role == "admin":
+            self._require_admin(key, token)
+        elif key is None and self.settings.require_client_keys:
+            raise Unauthorized("a client API key is required: send 'Authorization: Bearer <key>'")
+        if key is not None:
+            self._count(key)
+        return Caller(cast(Role, key.role), key.id) if key else Caller(None)
+
+    def _require_admin(self, key: ApiKey | None, token: str | None) -> None:
+        if not self.admin_configured():
+            return  # open mode: nobody has set an admin key yet
+        if key is None:
+            raise Unauthorized("this needs the admin API key" if token is None else "invalid API key")
+        if key.role != "admin":
+            raise Forbidden("this needs the admin API key; a client key cannot change the pool")
+
+    def admin_configured(self) -> bool:
+        return self.settings.admin_key is not None or self.keys.has_active("admin")
+
+    def _is_env_admin(self, token: str | None) -> bool:
+        admin = self.settings.admin_key
+        return bool(admin and token and hmac.compare_digest(admin.get_secret_value().encode(), token.encode()))
+
+    def _count(self, key: ApiKey) -> None:
+        limit = key.requests_per_minute or self.settings.key_requests_per_minute
+        wait = self.limiter.hit(key.id, limit)
+        if wait is not None:
+            raise RateLimited(f"key {key.name!r} is limited to {limit} requests per minute", wait)

@@ -1,0 +1,45 @@
+"""Read-only queries behind the web dashboard: profiles, recent decisions, recruitment history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from orchestrator.store.models import Expert, Query, RoutingDecision, SkillScore
+
+
+class DashboardRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def experts(self) -> Sequence[tuple[str, str, float | None]]:
+        """(name, status, accuracy) of every registered expert, in registration order."""
+        stmt = select(Expert.name, Expert.status, Expert.accuracy).order_by(Expert.id)
+        return [(n, s, a) for n, s, a in self.session.execute(stmt)]
+
+    def skill_scores(self) -> Sequence[tuple[str, str, float]]:
+        """(expert, skill, profile score) for every ready expert."""
+        stmt = (select(Expert.name, SkillScore.skill, SkillScore.score).join(SkillScore.expert)
+                .where(Expert.status == "ready").order_by(Expert.id, SkillScore.skill))
+        return [(e, s, v) for e, s, v in self.session.execute(stmt)]
+
+    def recent_queries(self, limit: int) -> Sequence[Query]:
+        """The newest queries with their decisions, newest first."""
+        stmt = select(Query).options(selectinload(Query.decision)).order_by(Query.id.desc()).limit(limit)
+        return self.session.scalars(stmt).all()
+
+    def recruitments(self, since: datetime | None = None, limit: int = 5000) -> Sequence[tuple[datetime, list[Any]]]:
+        """(query time, recruited names) of the newest routed queries, oldest first.
+
+        Names stay a JSON list (repeats count), so the shares are summed in Python: JSON arrays
+        do not aggregate the same way in SQLite and Postgres.
+        """
+        stmt = select(Query.created_at, RoutingDecision.recruited).join(RoutingDecision.query)
+        if since is not None:
+            stmt = stmt.where(Query.created_at >= since)
+        rows = self.session.execute(stmt.order_by(Query.id.desc()).limit(limit)).all()
+        return [(t, list(r)) for t, r in reversed(rows)]

@@ -1,0 +1,120 @@
+"""API keys: admin writes need the admin key once one exists; client keys, hashing, revocation, limits."""
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from orchestrator.api.app import create_app
+from orchestrator.services.keys import KeyService, RateLimiter
+from orchestrator.store.models import ApiKey
+
+NEW_EXPERT = {"name": "delta", "model": {"kind": "mock", "source": "m2"}}
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}], "seed": 1}
+ADMIN_ENV = "env-admin-secret"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def app_with(container, monkeypatch):  # type: ignore[no-untyped-def]
+    """An app built after the env is set, as a deployment would start it."""
+    def build(**env: str) -> TestClient:
+        for name, value in env.items():
+            monkeypatch.setenv(f"SKILLROUTE_{name.upper()}", value)
+        return TestClient(create_app(container))
+    return build
+
+
+def expert_names(container) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e.name for e in container.experts.all()]
+
+
+def test_admin_writes_without_the_admin_key_are_401_and_change_nothing(app_with, container, keys):
+    client = app_with(admin_key=ADMIN_ENV)
+    _, client_key = keys.create("client", "client")
+    before = expert_names(container)
+    for headers in ({}, bearer("wrong"), bearer("sk-sr-000000000000.nope")):
+        r = client.post("/v1/experts", json=NEW_EXPERT, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert client.post("/v1/experts", json=NEW_EXPERT, headers=bearer(client_key)).status_code == 403
+    assert expert_names(container) == before and "delta" not in container.pool.snapshot.experts
+    assert client.post("/v1/experts", json=NEW_EXPERT, headers=bearer(ADMIN_ENV)).status_code == 202
+    assert "delta" in expert_names(container)
+
+
+def test_a_stored_admin_key_turns_protection_on(app_with, container, keys):
+    client = app_with()
+    row, admin = keys.create("ops", "admin")
+    assert client.post("/v1/experts", json=NEW_EXPERT).status_code == 401
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "x!"}).status_code == 401  # before validation
+    assert client.post("/v1/experts", json=NEW_EXPERT, headers=bearer(admin)).status_code == 202
+    client.app.state.access.keys.revoke(row.id)
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=bearer(admin)).status_code == 202
+    # revoking the only stored admin key (with no env key) reopens the service: local use as before
+
+
+def test_reads_and_queries_stay_open_without_required_client_keys(app_with):
+    client = app_with(admin_key=ADMIN_ENV)
+    assert client.get("/v1/experts").status_code == 200 and client.post("/v1/chat/completions", json=CHAT).is_success
+    assert client.get("/health").status_code == 200 and client.get("/openapi.json").status_code == 200
+
+
+def test_required_client_keys_guard_queries_and_revocation_works(app_with, container, keys):
+    client = app_with(require_client_keys="true")
+    _, key = keys.create("client", "client")
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    assert client.post("/v1/routes", json={"query": "x"}).status_code == 401
+    assert client.get("/v1/models").status_code == 401 and client.get("/health").status_code == 200
+    assert client.post("/v1/chat/completions", json=CHAT, headers=bearer(key)).status_code == 200
+    row = client.app.state.access.keys.verify(key)
+    client.app.state.access.keys.revoke(row.id)
+    assert client.post("/v1/chat/completions", json=CHAT, headers=bearer(key)).status_code == 401
+
+
+def test_keys_are_stored_as_salted_hashes_only(container, keys):
+    (a, key_a), (b, key_b) = (keys.create("client", "client") for _ in range(2))
+    with container.db.session() as s:
+        rows = s.scalars(select(ApiKey)).all()
+    for row in rows:
+        assert row.digest not in (key_a, key_b) and key_a.split(".")[1] not in row.digest
+    assert len({r.salt for r in rows}) == len(rows)
+
+
+def test_per_key_limit_is_429_in_openai_shape(app_with, container, keys):
+    client = app_with()
+    row, key = keys.create("tiny", "client", requests_per_minute=2)
+    for _ in range(2):
+        assert client.get("/v1/models", headers=bearer(key)).status_code == 200
+    r = client.get("/v1/models", headers=bearer(key))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert client.get("/v1/models").status_code == 200  # other callers are not affected
+
+
+def test_sliding_window_frees_a_slot_after_a_minute():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert [limiter.hit(1, 2) for _ in range(2)] == [None, None]
+    assert limiter.hit(1, 2) == pytest.approx(60.0) and limiter.hit(2, 2) is None
+    now[0] = 59.0
+    assert limiter.hit(1, 2) == pytest.approx(1.0)
+    now[0] = 60.5
+    assert limiter.hit(1, 2) is None
+
+
+def test_batches_are_visible_only_to_the_key_that_sent_them(app_with, container, keys):
+    client = app_with(require_client_keys="true")
+    (_, mine), (_, theirs) = keys.create("client", "client"), keys.create("client", "client")
+    batch = {"queries": [{"query": "What is 3+3?", "k": 1, "seed": 0}]}
+    bid = client.post("/v1/batches", json=batch, headers=bearer(mine)).json()["id"]
+    assert client.get(f"/v1/batches/{bid}", headers=bearer(mine)).status_code == 200
+    assert client.get(f"/v1/batches/{bid}", headers=bearer(theirs)).status_code == 404
+
+
+@pytest.fixture
+def keys(container):  # type: ignore[no-untyped-def]
+    """Keys made in the same store the app's access control reads."""
+    return KeyService(container.db)

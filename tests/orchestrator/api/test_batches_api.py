@@ -1,0 +1,53 @@
+"""/v1/batches: 202 at once, answered in the background through the live batching window."""
+
+import time
+
+
+def wait_done(client, batch_id: int, headers=None, within_s: float = 60.0):  # type: ignore[no-untyped-def]
+    """Poll the batch until it completes (status polling, bounded by a deadline)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/batches/{batch_id}", headers=headers).json()
+        if body["status"] == "completed":
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"batch {batch_id} never completed")
+
+
+def test_batch_is_accepted_then_answered_through_the_shared_window(client, container):
+    windows_before = len(container.queries.window.batch_sizes)
+    qs = [{"query": f"What is {i} + {i}?", "k": 2, "seed": i, "custom_id": f"q{i}"} for i in range(5)]
+    r = client.post("/v1/batches", json={"queries": qs})
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/batches/{r.json()['id']}"
+    assert r.json()["request_counts"]["total"] == 5
+    body = wait_done(client, r.json()["id"])
+    assert body["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+    assert [x["custom_id"] for x in body["results"]] == [f"q{i}" for i in range(5)]
+    assert all(x["answer"] and len(x["recruited"]) == 2 for x in body["results"])
+    assert sum(container.queries.window.batch_sizes[windows_before:]) == 5  # the live window ran them
+    single = client.get(f"/v1/queries/{body['results'][0]['query_id']}").json()
+    assert single["answer"] == body["results"][0]["answer"]
+
+
+def test_batch_results_equal_live_answers_for_the_same_seed(client):
+    r = client.post("/v1/batches", json={"queries": [{"query": "Who wrote Hamlet?", "seed": 9}]})
+    batch = wait_done(client, r.json()["id"])
+    live = client.post("/v1/queries", json={"query": "Who wrote Hamlet?", "seed": 9}).json()
+    assert batch["results"][0]["recruited"] == live["recruited"] and batch["results"][0]["answer"] == live["answer"]
+
+
+def test_large_batches_are_fed_in_window_sized_chunks(client, container):
+    size = container.queries.window.max_batch
+    qs = [{"query": f"Name the capital of country {i}", "k": 1, "seed": i} for i in range(size + 3)]
+    batch = wait_done(client, client.post("/v1/batches", json={"queries": qs}).json()["id"])
+    assert batch["request_counts"]["completed"] == size + 3
+    assert max(container.queries.window.batch_sizes) <= size
+
+
+def test_bad_batches_are_4xx(client):
+    for body in ({"queries": []}, {"queries": [{"query": ""}]}, {}, {"queries": [{"query": "x", "k": 42}]}):
+        r = client.post("/v1/batches", json=body)
+        assert r.status_code == 422 and "error" in r.json(), body
+    assert client.get("/v1/batches/424242").status_code == 404
+    assert client.get("/v1/batches/0").status_code == 422

@@ -1,0 +1,97 @@
+"""/metrics over a mock pool: what a few real requests leave in each metric, and /dashboard/api/state."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.api.app import create_app
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over every series of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def test_queries_fill_routing_generation_and_scheduling_metrics(client, container):
+    container.worker.shutdown()  # cold start, so this test's query must load its models
+    bodies = [client.post("/v1/queries", json={"query": f"What is {i}*7?", "k": 3, "seed": i}).json()
+              for i in range(2)]
+    m = scrape(client)
+    assert value(m, "skillroute_http_requests_total", endpoint="/v1/queries", method="POST", status="200") == 2
+    assert value(m, "skillroute_queries_total", status="done") == 2
+    assert value(m, "skillroute_routing_latency_seconds_count") == 2
+    assert value(m, "skillroute_routing_decisions_total", router="symbolic", mode="sample") == 2
+    for name in {n for b in bodies for n in b["recruited"]}:
+        picks = sum(b["recruited"].count(name) for b in bodies)
+        assert value(m, "skillroute_recruitments_total", expert=name) == picks
+    completion = sum(g["completion_tokens"] for b in bodies for g in b["generations"])
+    assert value(m, "skillroute_tokens_generated_total") == completion > 0
+    assert value(m, "skillroute_tokens_generated_total", role="aggregator") > 0
+    assert value(m, "skillroute_batch_size_count") == 2 and value(m, "skillroute_batch_size_sum") == 2
+    assert value(m, "skillroute_query_latency_seconds_count") == 2
+    assert ("skillroute_queue_depth", frozenset()) in m
+
+
+def test_loads_unloads_and_residency_follow_the_worker_timeline(client, container):
+    container.worker.shutdown()
+    client.post("/v1/queries", json={"query": "Who wrote the Analects?", "k": 3, "seed": 2})
+    m = scrape(client)
+    loads = {k: 0 for _, _, k in container.worker.events}
+    for _, kind, key in container.worker.events:
+        loads[key] += kind == "load"
+    for key, n in loads.items():
+        assert value(m, "skillroute_model_loads_total", worker="cpu", model=key) == n
+    resident = container.worker.resident()
+    assert {dict(ls)["model"] for (n, ls), v in m.items() if n == "skillroute_model_resident" and v == 1} == resident
+    assert value(m, "skillroute_model_load_seconds_count") == len(resident)  # loaded once each since shutdown
+    assert value(m, "skillroute_model_unloads_total") >= len(loads) - len(resident)
+
+
+def test_errors_are_counted_by_route_template(client):
+    client.get("/v1/queries/123456")
+    client.post("/v1/queries", json={"query": ""})
+    m = scrape(client)
+    assert value(m, "skillroute_http_errors_total", endpoint="/v1/queries/{query_id}", status="404") == 1
+    assert value(m, "skillroute_http_errors_total", endpoint="/v1/queries", status="422") == 1
+    assert value(m, "skillroute_http_requests_total", endpoint="/v1/queries/{query_id}") == 1  # ids never a label
+
+
+def test_budget_metrics_are_exported_before_budgets_land(client):
+    m = scrape(client)
+    for name in ("skillroute_query_predicted_latency_seconds_count", "skillroute_query_predicted_energy_joules_count",
+                 "skillroute_query_energy_joules_count", "skillroute_query_latency_budget_seconds_count"):
+        assert (name, frozenset()) in m
+    assert value(m, "skillroute_budget_exceeded_total", resource="latency") == 0
+
+
+def test_each_app_has_its_own_registry(container):
+    """A second app over the same process must not hit "duplicated timeseries"."""
+    with TestClient(create_app(container)) as a, TestClient(create_app(container)) as b:
+        a.get("/health")
+        assert value(scrape(a), "skillroute_http_requests_total", endpoint="/health") == 1
+        assert value(scrape(b), "skillroute_http_requests_total", endpoint="/health") == 0
+
+
+def test_dashboard_state_shows_the_queries(client, container):
+    body = client.post("/v1/queries", json={"query": "Balance H2 + O2 -> H2O", "k": 2, "seed": 4}).json()
+    state = client.get("/dashboard/api/state").json()
+    row = state["decisions"][0]
+    assert row["id"] == body["id"] and row["query"] == body["query"] and row["answer"] == body["answer"]
+    assert row["recruited"] == body["recruited"] and row["aggregator"] == body["aggregator"]
+    heat = state["heatmap"]
+    assert set(heat["experts"]) == {"alpha", "beta", "gamma"}
+    assert {s["skill"] for s in body["skills"]} <= set(heat["matched"]) <= set(heat["skills"])
+    assert {m for s in state["timeline"]["segments"] for m in [s["model"]]} >= container.worker.resident()
+    assert set(state["recruitment"]["experts"]) >= set(body["recruited"])
+    assert client.get("/dashboard").status_code == 200

@@ -1,0 +1,96 @@
+"""/v1/chat/completions and /v1/models: the official openai client over real HTTP, SSE, direct experts."""
+
+import json
+
+import openai
+from fastapi.testclient import TestClient
+
+from orchestrator.api.app import create_app
+
+ASK = [{"role": "user", "content": "What is 12*12?"}]
+
+
+def test_official_openai_client_gets_a_completion_and_a_stream(container, serve):
+    with serve(create_app(container)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused-in-open-mode", max_retries=0)
+        done = client.chat.completions.create(model="auto", messages=ASK, seed=4)
+        assert done.choices[0].message.content and done.model == container.pool.snapshot.aggregator
+        assert done.model_extra["skillroute"]["experts"] and done.usage.total_tokens > 0
+        chunks = list(client.chat.completions.create(model="auto", messages=ASK, seed=4, stream=True))
+        assert all(c.object == "chat.completion.chunk" for c in chunks)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == done.choices[0].message.content
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert [m.id for m in client.models.list()][0] == "auto"
+
+
+def test_reply_names_the_aggregator_and_carries_the_decision(client, container):
+    r = client.post("/v1/chat/completions", json={"model": "auto", "messages": ASK, "seed": 2, "k": 3})
+    assert r.status_code == 200, r.text
+    body, info = r.json(), r.json()["skillroute"]
+    assert body["object"] == "chat.completion" and body["model"] == info["aggregator"]
+    assert r.headers["x-skillroute-experts"].split(",") == info["experts"] and len(info["experts"]) == 3
+    assert r.headers["x-skillroute-aggregator"] == info["aggregator"]
+    assert r.headers["x-skillroute-query-id"] == str(info["query_id"]) and r.headers["x-skillroute-skills"]
+    stored = client.get(f"/v1/queries/{info['query_id']}").json()
+    assert stored["recruited"] == info["experts"]
+    assert body["choices"][0]["message"]["content"] == stored["generations"][-1]["text"]
+
+
+def test_an_expert_name_asks_that_expert_alone(client):
+    r = client.post("/v1/chat/completions", json={"model": "gamma", "messages": ASK})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "gamma" and body["skillroute"]["experts"] == ["gamma"]
+    assert body["skillroute"]["aggregator"] is None and body["skillroute"]["router"] == "direct"
+    roles = [g["role"] for g in client.get(f"/v1/queries/{body['skillroute']['query_id']}").json()["generations"]]
+    assert roles == ["expert"]
+
+
+def test_stream_is_standard_sse_ending_in_done(client):
+    body = {"model": "auto", "messages": ASK, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-skillroute-experts"]
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant" and "skillroute" in events[0]
+    assert events[-1]["usage"]["total_tokens"] > 0 and events[-1]["choices"] == []
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_multi_turn_chat_is_answered(client):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a noble gas."}]
+    r = client.post("/v1/chat/completions", json={"model": "auto", "messages": msgs, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert "User: Name a noble gas." in client.get(f"/v1/queries/{r.json()['skillroute']['query_id']}").json()["query"]
+
+
+def test_models_lists_auto_and_the_ready_experts(client):
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["auto", "alpha", "beta", "gamma"]
+    assert client.get("/v1/models/beta").json()["owned_by"] == "skillroute"
+    assert client.get("/v1/models/nope").json()["error"]["code"] == "model_not_found"
+
+
+def test_bad_chats_are_4xx_in_openai_shape(client):
+    cases = [({"model": "nobody", "messages": ASK}, 404), ({"model": "auto", "messages": []}, 422),
+             ({"model": "auto", "messages": ASK, "n": 2}, 422),
+             ({"model": "auto", "messages": [{"role": "user", "content": "   "}]}, 400),
+             ({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422)]
+    for body, status in cases:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_ready_and_docs(client):
+    assert client.get("/ready").status_code == 200
+    assert client.get("/docs").status_code == 200
+
+
+def test_ready_is_503_while_no_expert_is_ready(empty_container):
+    with TestClient(create_app(empty_container)) as tc:
+        r = tc.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        assert tc.get("/health").status_code == 200

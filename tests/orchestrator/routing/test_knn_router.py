@@ -1,0 +1,114 @@
+"""The k-NN router and weighted voting, on evidence whose right answer is known by construction."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from orchestrator.routing.knn_router import EvidenceError, KnnParams, KnnRouter, fit_params
+from orchestrator.routing.recruit import recruit
+from orchestrator.routing.router import Router, RoutingEvidence
+from orchestrator.routing.voting import log_odds_weight, vote_by_scores, weighted_vote
+
+
+def _two_topics(n: int = 200, seed: int = 0) -> tuple[RoutingEvidence, np.ndarray, np.ndarray]:
+    """Questions on two topics (directions in embedding space): "maths" is right on topic 0 90%
+    of the time and 20% on topic 1, "law" the reverse, "mid" 50% everywhere."""
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 2, n)
+    centres = np.eye(8)[:2]
+    emb = centres[topic] + 0.25 * rng.standard_normal((n, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    p = {"maths": np.where(topic == 0, 0.9, 0.2), "law": np.where(topic == 0, 0.2, 0.9), "mid": np.full(n, 0.5)}
+    correct = {name: rng.random(n) < probs for name, probs in p.items()}
+    return RoutingEvidence({name: {} for name in p}, emb.astype(np.float32), correct), centres, topic
+
+
+def test_ranks_the_expert_that_was_right_on_similar_questions() -> None:
+    evidence, centres, _ = _two_topics()
+    router: Router = KnnRouter(evidence)  # mypy checks it satisfies the service's protocol
+    assert [s.name for s in router.score([], centres[0])][0] == "maths"
+    assert [s.name for s in router.score([], centres[1])][0] == "law"
+    assert recruit(router.score([], centres[1]), 2, KnnRouter.preferred_mode) == ["law", "mid"]
+
+
+def test_estimates_are_calibrated_probabilities() -> None:
+    evidence, centres, _ = _two_topics(n=600)
+    p = dict(zip(KnnRouter(evidence).experts, KnnRouter(evidence).estimate(centres[0])[0], strict=True))
+    assert p["maths"] == pytest.approx(0.9, abs=0.08)
+    assert p["law"] == pytest.approx(0.2, abs=0.08)
+    assert p["mid"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_scores_carry_estimate_overall_accuracy_and_log_odds_weight() -> None:
+    evidence, centres, _ = _two_topics()
+    router = KnnRouter(evidence)
+    scores = router.score(["anything"], centres[0])
+    assert [s.weight for s in scores] == sorted((s.weight for s in scores), reverse=True)
+    for s in scores:
+        assert s.competence == pytest.approx(float(np.mean(evidence.correct[s.name])))  # type: ignore[index]
+        assert s.weight == pytest.approx(log_odds_weight(s.suitability))
+    assert router.score_batch(np.stack([centres[0]]))[0] == scores
+
+
+def test_without_an_embedding_ranks_by_overall_accuracy() -> None:
+    evidence, _, _ = _two_topics()
+    overall = {n: float(np.mean(c)) for n, c in (evidence.correct or {}).items()}
+    scores = KnnRouter(evidence).score(["law"], None)
+    assert [s.name for s in scores] == sorted(overall, key=lambda n: -overall[n])
+
+
+def test_leave_one_out_fit_prefers_local_evidence_when_topics_matter() -> None:
+    evidence, _, _ = _two_topics(n=300)
+    correct = evidence.correct or {}
+    marks = np.stack([correct[n] for n in sorted(correct)], axis=1).astype(np.float32)
+    params = fit_params(np.asarray(evidence.question_embeddings), marks)
+    assert isinstance(params, KnnParams)
+    assert params.neighbours <= 100  # a topic holds ~150 questions: more neighbours would mix them
+
+
+def test_a_duplicate_question_weighs_more_than_a_distant_one() -> None:
+    emb = np.eye(3, dtype=np.float32)
+    marks = {"a": np.array([1, 0, 0], bool), "b": np.array([0, 1, 1], bool)}
+    evidence = RoutingEvidence({"a": {}, "b": {}}, emb, marks)
+    router = KnnRouter(evidence, KnnParams(neighbours=3, temperature=0.1, prior_strength=1.0))
+    assert [s.name for s in router.score([], emb[0])][0] == "a"  # one exact twin beats two strangers
+
+
+def test_needs_embeddings_and_marks() -> None:
+    with pytest.raises(EvidenceError, match="embeddings"):
+        KnnRouter(RoutingEvidence({"a": {}}))
+    with pytest.raises(EvidenceError, match="3 embeddings but 2 marks"):
+        KnnRouter(RoutingEvidence({"a": {}}, np.eye(3, dtype=np.float32), {"a": np.array([True, False])}))
+
+
+def test_log_odds_weight_is_zero_at_chance_and_grows_with_accuracy() -> None:
+    assert log_odds_weight(0.1, 10) == pytest.approx(1e-6)
+    assert log_odds_weight(0.5, 10) == pytest.approx(math.log(9))
+    assert log_odds_weight(0.9, 4) > log_odds_weight(0.6, 4) > log_odds_weight(0.3, 4)
+
+
+def test_weighted_vote_sums_weights_and_ignores_abstentions() -> None:
+    answers = [("strong", "A"), ("weak1", "B"), ("weak2", "B"), ("silent", None)]
+    assert weighted_vote(answers, {"strong": 3.0, "weak1": 1.0, "weak2": 1.0, "silent": 9.0}).answer == "A"
+    result = weighted_vote(answers, {"strong": 1.5, "weak1": 1.0, "weak2": 1.0})
+    assert (result.answer, result.confidence) == ("B", pytest.approx(2 / 3.5))
+    assert weighted_vote([("x", None)], {"x": 1.0}).answer is None
+
+
+def test_vote_ties_break_by_heaviest_voter_then_letter_whatever_the_order() -> None:
+    weights = {"a": 2.0, "b": 1.0, "c": 1.0, "d": 2.0}
+    answers = [("a", "C"), ("b", "D"), ("c", "D")]
+    for _ in range(5):
+        random.shuffle(answers)
+        assert weighted_vote(answers, weights).answer == "C"
+    assert weighted_vote([("a", "B"), ("d", "A")], weights).answer == "A"
+
+
+def test_vote_by_scores_uses_the_router_weights() -> None:
+    evidence, centres, _ = _two_topics()
+    scores = KnnRouter(evidence).score([], centres[0])
+    assert vote_by_scores([("maths", "A"), ("law", "B"), ("mid", "B")], scores).answer == "A"
