@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -193,22 +194,17 @@ def run_pool(corpus: Corpus, models: list[str]) -> PoolResult:
     bench = PoolBench(corpus, models)
     symbolic = SymbolicRouter(bench.profile.evidence)
     knn = KnnRouter(bench.profile.evidence)
-    out = PoolResult(models)
     best, single = bench.best_single()
-    out.notes["best_single"] = best
-    out.notes["router"] = f"knn {knn.params}"
+    out = PoolResult(models, notes={"best_single": best, "router": f"knn {knn.params}"})
     methods: dict[str, Callable[[], list[Panel]]] = {
         "best_single": lambda: single,
-        "random_k3": lambda: bench.random_k(3),
-        "symbolic_moe_k3": lambda: bench.routed(symbolic, 3, "sample"),
-        "category_k3": lambda: bench.per_category(3),
-        "router_k3": lambda: bench.routed(knn, 3, knn.preferred_mode),
+        "category_k3": partial(bench.per_category, 3),
     }
     for k in range(1, K_MAX + 1):
-        methods[f"random_k{k}"] = lambda k=k: bench.random_k(k)  # type: ignore[misc]
-        methods[f"symbolic_moe_k{k}"] = lambda k=k: bench.routed(symbolic, k, "sample")  # type: ignore[misc]
-        methods[f"router_k{k}"] = lambda k=k: bench.routed(knn, k, knn.preferred_mode)  # type: ignore[misc]
-    for name, make in methods.items():
+        methods[f"random_k{k}"] = partial(bench.random_k, k)
+        methods[f"symbolic_moe_k{k}"] = partial(bench.routed, symbolic, k, "sample")
+        methods[f"router_k{k}"] = partial(bench.routed, knn, k, knn.preferred_mode)
+    for name, make in methods.items():  # each method meets the test split once
         panels = make()
         out.accuracy[name] = bench.score(panels)
         out.energy_kj[name], out.latency_s[name] = bench.cost(panels)

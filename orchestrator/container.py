@@ -36,7 +36,8 @@ class SkillRoute:
         self.pool = PoolState(self.db, self.profiler.dataset, self.embedder)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         self.pipeline = Pipeline(self.worker, self.embedder, limits, pool.validation.skills_per_question)
-        self.queries = QueryService(self.db, self.pool, self.pipeline, settings.batch_max, settings.batch_wait_ms / 1000)
+        wait_s = settings.batch_wait_ms / 1000
+        self.queries = QueryService(self.db, self.pool, self.pipeline, settings.batch_max, wait_s)
         self.experts = ExpertService(self.db, self.worker, self.pool, self.profiler)
 
     def bootstrap(self, progress: Progress | None = None) -> None:

@@ -103,12 +103,12 @@ function renderTimeline(tl) {
       `${new Date(p.value[2]).toLocaleTimeString()}` },
     xAxis: { type: "time", scale: true, splitNumber: 5, axisLabel: { hideOverlap: true } },
     yAxis: { type: "category", data: lanes },
-    series: [{ type: "custom", encode: { x: [1, 2], y: 0 }, data, renderItem: (params, api) => {
+    series: [{ type: "custom", encode: { x: [1, 2], y: 0 }, data, renderItem: (_params, api) => {
       const start = api.coord([api.value(1), api.value(0)]);
       const end = api.coord([api.value(2), api.value(0)]);
       const h = api.size([0, 1])[1] * 0.55;
       return { type: "rect", shape: { x: start[0], y: start[1] - h / 2, width: Math.max(end[0] - start[0], 2), height: h },
-        style: { fill: echarts.color.modifyHSL("#3b6fd8", (params.dataIndex * 47) % 360) } };
+        style: { fill: echarts.color.modifyHSL("#3b6fd8", (api.value(0) * 67) % 360) } };  // one colour per lane
     } }],
   }, true);
 }

@@ -100,7 +100,11 @@ def fit_params(emb: np.ndarray, marks: np.ndarray, max_questions: int = 4000, se
 
 
 class KnnRouter:
-    """Ranks experts by their accuracy on the nearest profiling questions (see module doc)."""
+    """Ranks experts by their accuracy on the nearest profiling questions (see module doc).
+
+    Each `ExpertScore` carries suitability = p̂ for this query, competence = the expert's overall
+    profiling accuracy, weight = log-odds of p̂ (what `voting.vote_by_scores` weighs votes by).
+    """
 
     name = "knn"
     preferred_mode: RecruitMode = "topk"  # p̂ is a ranking; sampling would discard its order
@@ -119,7 +123,9 @@ class KnnRouter:
         return estimate(vals, self._marks[idx], self._prior, self.params)
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
-        """Every expert, best first; without an embedding, by overall profiling accuracy."""
+        """Every expert, best first; without an embedding, by overall profiling accuracy.
+
+        `skills` are not used: the query's own embedding locates it more finely than its skills."""
         p = self._prior if query_embedding is None else self.estimate(query_embedding)[0]
         return self._scores(p)
 

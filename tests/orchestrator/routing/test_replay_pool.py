@@ -14,9 +14,11 @@ from orchestrator.routing.recruit import recruit
 from orchestrator.routing.replay_pool import (
     expert_name,
     is_open_small,
+    nearest_skills,
     profile_replay_pool,
     question_prompt,
     replay_pool,
+    skill_vocabulary,
     split_questions,
 )
 from orchestrator.routing.router import SymbolicRouter
@@ -121,3 +123,12 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited(
     symbolic = SymbolicRouter(after.evidence)
     assert any(LATE in recruit(symbolic.score(after.skills[i]), 3, "topk") for i in range(len(profiling)))
     assert not np.isnan(knn.estimate(queries)).any()
+
+
+def test_nearest_skills_from_embeddings_match_the_vocabulary_fast_path(folder: Path, embedder: Embedder) -> None:
+    rec = load_recording(folder)
+    texts = [question_prompt(q) for q in list(rec.questions.values())[:8]]
+    vocabulary = skill_vocabulary(rec, embedder)
+    expected = [[m.skill for m in ms] for ms in vocabulary.nearest_for_texts(texts, 3)]
+    assert nearest_skills(vocabulary, embedder.encode(texts), 3) == expected
+    assert {q.category for q in rec.questions.values()} <= set(vocabulary.skills)
