@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,12 +63,13 @@ def server(container) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def drive(url: str, min_rows: int) -> dict:  # type: ignore[type-arg]
+def drive(url: str, min_rows: int) -> dict[str, Any]:
     ARTIFACT.parent.mkdir(exist_ok=True)
     out = subprocess.run(["node", str(DRIVER), url, str(ARTIFACT), str(min_rows)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    shown: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return shown
 
 
 @pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")
