@@ -103,12 +103,14 @@ class ReplayProfile:
 
 
 def nearest_skills(vocabulary: SkillVocabulary, embeddings: np.ndarray, m: int = 3) -> list[list[str]]:
-    """The embedding fast path (`SkillVocabulary.nearest_for_texts`, no keyword LLM) for texts
-    already embedded: the same cosine ranking without a second pass through the model."""
+    """`SkillVocabulary.nearest_for_texts` (the embedding fast path, no keyword LLM) for texts
+    already embedded: the same ranking against the same skill texts, without a second pass of
+    thousands of questions through the model. A test pins it to the vocabulary's own answer."""
     names = vocabulary.skills
     if not names or m < 1:
         return [[] for _ in range(len(embeddings))]
-    sims = np.asarray(embeddings) @ vocabulary.embedder.encode(names).T
+    skill_texts = [vocabulary.TEXT_TEMPLATE.format(s) for s in names]
+    sims = np.asarray(embeddings) @ vocabulary.embedder.encode(skill_texts).T
     order = np.argsort(-sims, axis=1, kind="stable")[:, :m]
     return [[names[j] for j in row] for row in order]
 

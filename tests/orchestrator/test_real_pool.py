@@ -47,7 +47,7 @@ def real(tmp_path_factory, embedder) -> Iterator[SkillRoute]:
 
 
 def test_pool_is_profiled_with_real_answers(real):
-    experts = {e.name: e for e in real.experts.list()}
+    experts = {e.name: e for e in real.experts.all()}
     assert all(e.status == "ready" for e in experts.values())
     assert all(e.skills for e in experts.values())
     assert real.pool.snapshot.aggregator in experts
