@@ -42,8 +42,8 @@ from orchestrator.routing.replay_pool import (  # noqa: E402
     expert_name,
     is_open_small,
     nearest_skills,
-    question_prompt,
     replay_evidence,
+    routing_text,
     skill_vocabulary,
     split_questions,
 )
@@ -99,7 +99,7 @@ def build_corpus(
 ) -> Corpus:
     recording = load_recording(folder)
     profiling, test = split_questions(recording, test_size, seed)
-    texts = [question_prompt(recording.questions[q]) for q in profiling + test]
+    texts = [routing_text(recording.questions[q]) for q in profiling + test]
     embedder = embedder or Embedder()
     vectors = embed(embedder, texts, cache_dir)
     skills = nearest_skills(skill_vocabulary(recording, embedder), vectors)

@@ -18,6 +18,7 @@ from orchestrator.routing.replay_pool import (
     profile_replay_pool,
     question_prompt,
     replay_pool,
+    routing_text,
     skill_vocabulary,
     split_questions,
 )
@@ -116,7 +117,7 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited(
     marks = after.evidence.correct[LATE]  # type: ignore[index]
     assert marks.tolist() == [rec.answer(LATE, q) == rec.questions[q].answer for q in profiling]
     assert after.evidence.profiles[LATE] and max(after.evidence.competence, key=after.evidence.competence.get) == LATE  # type: ignore[arg-type]
-    queries = embedder.encode([question_prompt(rec.questions[q]) for q in test])
+    queries = embedder.encode([routing_text(rec.questions[q]) for q in test])
     knn = KnnRouter(after.evidence)
     top = Counter(recruit(knn.score([], e), 1, "topk")[0] for e in queries)
     assert top.most_common(1)[0][0] == LATE
@@ -127,7 +128,7 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited(
 
 def test_nearest_skills_from_embeddings_match_the_vocabulary_fast_path(folder: Path, embedder: Embedder) -> None:
     rec = load_recording(folder)
-    texts = [question_prompt(q) for q in list(rec.questions.values())[:8]]
+    texts = [routing_text(q) for q in list(rec.questions.values())[:8]]
     vocabulary = skill_vocabulary(rec, embedder)
     expected = [[m.skill for m in ms] for ms in vocabulary.nearest_for_texts(texts, 3)]
     assert nearest_skills(vocabulary, embedder.encode(texts), 3) == expected
