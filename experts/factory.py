@@ -23,4 +23,8 @@ def make_backend(spec: BaseModelSpec) -> ExpertBackend:
         from experts.vllm_backend import VLLMBackend
 
         return VLLMBackend(spec)
+    if spec.kind == "replay":
+        from experts.replay import ReplayBackend
+
+        return ReplayBackend.from_spec(spec)
     raise BackendError(f"backend kind {spec.kind!r} is not available in this build")

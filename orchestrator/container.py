@@ -33,7 +33,7 @@ class SkillRoute:
         self.worker = worker if worker is not None else DeviceWorker("cpu", budget, factory)
         self.embedder = embedder or get_embedder()
         self.profiler = ProfilingService(self.db, self.worker, self.embedder, pool)
-        self.pool = PoolState(self.db, self.profiler.dataset, self.embedder)
+        self.pool = PoolState(self.db, self.profiler.dataset, self.embedder, settings.router)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         self.pipeline = Pipeline(self.worker, self.embedder, limits, pool.validation.skills_per_question)
         wait_s = settings.batch_wait_ms / 1000

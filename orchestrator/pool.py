@@ -54,6 +54,15 @@ def load_evidence(
 
 
 def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
+    """`knn` (question-level neighbours, bench/routing_quality.py) needs per-question records;
+    a pool profiled without them falls back to the published Symbolic-MoE scorer."""
+    if name == "knn":
+        from orchestrator.routing.knn_router import EvidenceError, KnnRouter
+
+        try:
+            return KnnRouter(evidence)
+        except EvidenceError:
+            return SymbolicRouter(evidence)
     return SymbolicRouter(evidence)
 
 

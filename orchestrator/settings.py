@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     port: int = 8000
     default_k: int = Field(default=3, ge=1, le=8)
     recruit_mode: Literal["sample", "topk", "dynamic"] = "sample"
+    router: Literal["symbolic", "knn"] = "symbolic"
     memory_budget_gb: float = Field(default=8.0, gt=0)
     seed: int = 0
     batch_max: int = Field(default=32, ge=1, le=1024)

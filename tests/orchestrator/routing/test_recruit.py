@@ -56,3 +56,10 @@ def test_dynamic_k_stops_once_cumulative_share_passes_p():
 
 def test_empty_pool_recruits_nobody():
     assert recruit([], 3) == []
+
+
+def test_knn_router_needs_question_records_and_falls_back_to_symbolic():
+    from orchestrator.pool import build_router
+
+    assert build_router(RoutingEvidence(PROFILES), "knn").name == "symbolic"
+    assert build_router(RoutingEvidence(PROFILES), "symbolic").name == "symbolic"
