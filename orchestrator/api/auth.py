@@ -14,16 +14,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.api.errors import error_body
-from orchestrator.services.keys import (
-    AccessControl,
-    AuthSettings,
-    Caller,
-    Forbidden,
-    KeyService,
-    RateLimited,
-    Role,
-    Unauthorized,
-)
+from orchestrator.services.errors import Forbidden, RateLimited, Unauthorized
+from orchestrator.services.keys import AccessControl, AuthSettings, Caller, KeyService, Role
 
 READS = {"GET", "HEAD", "OPTIONS"}
 # writes that ask a question rather than change the pool

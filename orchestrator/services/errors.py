@@ -26,3 +26,19 @@ class Unprocessable(ServiceError):
 
 class NotReady(ServiceError):
     status_code, code = 503, "not_ready"
+
+
+class Unauthorized(ServiceError):
+    status_code, code = 401, "invalid_api_key"
+
+
+class Forbidden(ServiceError):
+    status_code, code = 403, "permission_denied"
+
+
+class RateLimited(ServiceError):
+    status_code, code = 429, "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -20,7 +20,7 @@ from typing import Literal, cast
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.services.errors import NotFound, ServiceError
+from orchestrator.services.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from orchestrator.store.db import Database
 from orchestrator.store.models import ApiKey
 from orchestrator.store.repositories.keys import KeyRepository
@@ -37,22 +37,6 @@ class AuthSettings(BaseSettings):
     admin_key: SecretStr | None = None
     require_client_keys: bool = False
     key_requests_per_minute: int = Field(default=600, ge=1, description="For keys created without their own limit.")
-
-
-class Unauthorized(ServiceError):
-    status_code, code = 401, "invalid_api_key"
-
-
-class Forbidden(ServiceError):
-    status_code, code = 403, "permission_denied"
-
-
-class RateLimited(ServiceError):
-    status_code, code = 429, "rate_limit_exceeded"
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
