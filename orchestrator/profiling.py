@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from experts.types import ExpertSpec
@@ -40,8 +41,6 @@ class ValidationItem:
 
 
 def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
-    from pathlib import Path
-
     if src.kind == "mmlu":
         return load_mmlu(src.split, per_subject=src.per_subject, subjects=src.subjects, seed=seed)
     if src.kind == "mmlu_pro":

@@ -14,7 +14,7 @@ from orchestrator.pipeline import Decision, NoExpertsError, Pipeline, QueryInput
 from orchestrator.pool import PoolState
 from orchestrator.routing.recruit import RecruitMode
 from orchestrator.services.errors import NotFound, NotReady, ServiceError
-from orchestrator.services.queries import QueryService, _store
+from orchestrator.services.queries import QueryService, store_outcome
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository
@@ -110,5 +110,5 @@ class ChatService:
                 QueryRepository(s).fail(qid, f"{type(exc).__name__}: {exc}")
             raise
         with self.db.session() as s:
-            _store(QueryRepository(s), qid, outcome)
+            store_outcome(QueryRepository(s), qid, outcome)
         return qid

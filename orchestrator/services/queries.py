@@ -48,7 +48,7 @@ class QueryService:
             raise
         with self.db.session() as s:
             for qid, out in zip(ids, outcomes, strict=True):
-                _store(QueryRepository(s), qid, out)
+                store_outcome(QueryRepository(s), qid, out)
         self.probe.queries_finished("done", len(ids))
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
@@ -73,7 +73,8 @@ class QueryService:
         return len(pending)
 
 
-def _store(repo: QueryRepository, qid: int, out: Outcome) -> None:
+def store_outcome(repo: QueryRepository, qid: int, out: Outcome) -> None:
+    """Write a finished query's decision, generations and answer (routed or direct)."""
     d = out.decision
     repo.save_decision(
         qid, router=d.router, mode=d.mode, seed=d.seed, aggregator=d.aggregator if len(d.recruited) > 1 else None,
