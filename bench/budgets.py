@@ -1,22 +1,26 @@
 """MoE^2 budget selection: is the branch and bound exact, and is it fast enough per query?
 
-    python bench/budgets.py [--json] [--instances N] [--seed S]
+    python bench/budgets.py [--json] [--instances N] [--seed S] [--replay DIR | --no-replay]
 
 (a) Agreement with brute force on random instances with N <= 16 (noisy-or, weighted vote, and
     a non-symmetric monotone coverage quality given as a plain callable and again declared
-    submodular; k_max from 1 to N; budgets loose, tight or infeasible). Agreement: equal
+    submodular; k_max from 1 to N; budgets loose, tight or infeasible; one instance in five
+    puts experts on shared devices, where latencies add). Agreement: equal
     optimal value within 1e-9, or both infeasible naming the same cheapest options.
 (b) Solve time p50/p99 at N = 16, 32, 64 with the default k_max = 5 (wall clock and process
     CPU time: this machine's 2 cores are shared, CPU time is the steadier number), brute force
     beside it at N = 16 on the same instances and the ratio of the two, measured in this run.
     Rows with k_max = N show the no-limit case (a 0/1 knapsack at heart: slower). The "hard"
     family (cost rising with quality, energy budget 5-40 % of the pool) is the stress case.
-(c) Replay pool accuracy against budget: TODO, see `replay_accuracy_vs_budget`.
+(c) Replay pool accuracy against energy and latency budgets for edge-only, server-only and
+    mixed placements: the exact solver against greedy-by-ratio and budget-blind top-3
+    (`bench/budgets_replay.py`, which says how each is defined).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +34,8 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
+from bench.budgets_replay import replay_accuracy_vs_budget  # noqa: E402
+from bench.budgets_replay import report as report_replay  # noqa: E402
 from orchestrator.routing.budgets import (  # noqa: E402
     AggregationCost,
     Budget,
@@ -89,6 +95,11 @@ def _pick(rng: random.Random, costs: Sequence[float], loose: float) -> float | N
     return rng.uniform(costs[0], costs[len(costs) // 2] * 3)
 
 
+def on_shared_devices(rng: random.Random, cands: list[Candidate]) -> list[Candidate]:
+    """Some experts share a device (one after another there), the rest have their own."""
+    return [dataclasses.replace(c, device=rng.choice(["cpu", "gpu", None])) for c in cands]
+
+
 def coverage(n: int, rng: random.Random) -> Callable[[Sequence[int]], float]:
     """Monotone, not symmetric: expected share of four weighted skills that someone covers."""
     skills = [(rng.random(), [rng.random() * rng.random() for _ in range(n)]) for _ in range(4)]
@@ -115,6 +126,8 @@ def agreement(rng: random.Random, count: int) -> dict[str, object]:
         n = rng.randint(1, 16)
         k_max = rng.choice([1, 2, 3, 5, 5, n if n <= 12 else 5])
         inst = make_instance(rng, n, k_max)
+        if i % 5 == 4:
+            inst = (on_shared_devices(rng, inst[0]), *inst[1:])
         cover = coverage(n, rng)
         quality: QualitySpec = ("noisy_or", "weighted_vote", cover, monotone(cover, True))[i % 4]
         got, want = _outcome(solve, inst, quality), _outcome(brute_force, inst, quality)
@@ -176,13 +189,8 @@ def timing(
     return row
 
 
-def replay_accuracy_vs_budget() -> dict[str, object] | None:
-    """(c) TODO: on shared/data/mmlu_pro_replay with a placement (open models on edge devices,
-    large ones on servers: experts/devices.yaml), accuracy against latency/energy budget for
-    edge-only, server-only and mixed placements, against greedy-by-ratio and budget-blind
-    top-k. Needs the replay pool's per-query router scores wired to `candidates_from_scores`;
-    not measured yet, so nothing is reported (no made-up curve)."""
-    return None
+REPLAY = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu_pro_replay"
+EMBEDDING_CACHE = Path.home() / ".cache" / "skillroute" / "embeddings"
 
 
 def run(count: int, seed: int) -> dict[str, object]:
@@ -204,7 +212,6 @@ def run(count: int, seed: int) -> dict[str, object]:
             result[f"{key}_{q}"] = {n: r[field][q] for n, r in default.items()}  # type: ignore[index]
     result["brute_force_ms_p50"] = {"16": default["16"]["brute_force_wall_ms"]["p50"]}  # type: ignore[index]
     result["brute_over_solve_p50"] = {"16": default["16"]["brute_over_solve_p50"]}
-    result["replay_accuracy_vs_budget"] = replay_accuracy_vs_budget()
     return result
 
 
@@ -222,7 +229,8 @@ def report(r: dict[str, object]) -> None:
         print(f"   {row['family']:5s} {row['quality']:13s} {row['n']:2d}  {row['k_max']:5d}  "
               f"{w['p50']:8.2f} / {w['p99']:8.2f}  {c['p50']:8.2f} / {c['p99']:8.2f}  "
               f"{nd['p50']:7.0f} / {nd['max']:6.0f}   {extra}")
-    print("(c) replay pool accuracy vs budget: TODO (not measured yet)")
+    if r.get("replay_accuracy_vs_budget"):
+        report_replay(r["replay_accuracy_vs_budget"])  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,8 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--instances", type=int, default=1200, help="instances for (a)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replay", type=Path, default=REPLAY, help="replay folder for (c)")
+    ap.add_argument("--no-replay", action="store_true", help="skip (c)")
+    ap.add_argument("--questions", type=int, default=1000, help="held-out questions for (c)")
+    ap.add_argument("--cache-dir", type=Path, default=EMBEDDING_CACHE, help="question embeddings for (c)")
     args = ap.parse_args(argv)
     result = run(args.instances, args.seed)
+    if not args.no_replay:
+        result["replay_accuracy_vs_budget"] = replay_accuracy_vs_budget(
+            args.replay, args.questions, args.seed, args.cache_dir)
     if args.json:
         print(json.dumps(result))
     else:

@@ -48,14 +48,15 @@ from orchestrator.routing.replay_pool import (  # noqa: E402
     split_questions,
 )
 from orchestrator.routing.router import Router, SymbolicRouter  # noqa: E402
-from orchestrator.routing.voting import log_odds_weight, weighted_vote  # noqa: E402
+from orchestrator.routing.voting import AnswerReliability, log_odds_weight, weighted_vote  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
 
 K_MAX = 5
 COT_TOKENS = 256  # the chain of thought a recorded model wrote before its letter (cost only)
 
-# A panel: for one test question, the recruited experts and the weight of each one's vote.
-Panel = tuple[list[str], dict[str, float]]
+# A panel: for one test question, the recruited experts, the weight of each one's vote and the
+# router's per-letter reliability offsets (None: plain weighted vote).
+Panel = tuple[list[str], dict[str, float], AnswerReliability | None]
 
 
 @dataclass
@@ -82,16 +83,20 @@ class PoolResult:
 
 
 def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.ndarray:
-    """Embeddings of the texts, kept on disk by content so a second run skips the model."""
-    key = hashlib.sha256("\x00".join([embedder.model_path, *texts]).encode()).hexdigest()[:24]
+    """Embeddings of the texts, kept on disk by content (in sorted order, so every seed's split
+    of the same corpus shares one file) so a second run skips the model."""
+    unique = sorted(set(texts))
+    key = hashlib.sha256("\x00".join([embedder.model_path, *unique]).encode()).hexdigest()[:24]
     path = cache_dir / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
-        return np.load(path)
-    vectors = embedder.encode(texts)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, vectors)
-    return vectors
+        vectors = np.load(path)
+    else:
+        vectors = embedder.encode(unique)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, vectors)
+    row = {t: i for i, t in enumerate(unique)}
+    return vectors[[row[t] for t in texts]]
 
 
 def build_corpus(
@@ -127,15 +132,15 @@ class PoolBench:
     # -- scoring -----------------------------------------------------------------------------
     def score(self, panels: Sequence[Panel]) -> float:
         right = 0
-        for i, (experts, weights) in enumerate(panels):
-            result = weighted_vote([(e, self.choices[e][i]) for e in experts], weights)
+        for i, (experts, weights, reliability) in enumerate(panels):
+            result = weighted_vote([(e, self.choices[e][i]) for e in experts], weights, reliability)
             right += result.answer == self.gold[i]
         return right / len(self.gold)
 
     def cost(self, panels: Sequence[Panel]) -> tuple[float, float]:
         """Mean energy (kJ) and mean latency (s) per query of these panels."""
         energy = latency = 0.0
-        for i, (experts, _) in enumerate(panels):
+        for i, (experts, _, _) in enumerate(panels):
             costs = [self._costs[e].estimate(self.tokens[i], COT_TOKENS) for e in experts]
             energy += sum(x.energy_j for x in costs) / 1e3
             latency += max((x.latency_s for x in costs), default=0.0)
@@ -144,19 +149,19 @@ class PoolBench:
     # -- methods -----------------------------------------------------------------------------
     def best_single(self) -> tuple[str, list[Panel]]:
         best = max(self.names, key=lambda n: (self.prof_accuracy[n], n))
-        return best, [([best], {best: 1.0})] * len(self.gold)
+        return best, [([best], {best: 1.0}, None)] * len(self.gold)
 
     def random_k(self, k: int) -> list[Panel]:
         rng = random.Random(f"random:{self.c.seed}:{k}")
         weights = {n: log_odds_weight(a) for n, a in self.prof_accuracy.items()}
-        return [(rng.sample(self.names, min(k, len(self.names))), weights) for _ in self.gold]
+        return [(rng.sample(self.names, min(k, len(self.names))), weights, None) for _ in self.gold]
 
     def routed(self, router: Router, k: int, mode: RecruitMode) -> list[Panel]:
         """The service's path: router.score → recruit → vote with the router's weights."""
         panels: list[Panel] = []
         for i, scores in enumerate(self._scores(router)):
             chosen = recruit(scores, k, mode, random.Random(f"{self.c.seed}:{i}"))
-            panels.append((chosen, {s.name: s.weight for s in scores}))
+            panels.append((chosen, {s.name: s.weight for s in scores}, router.reliability))
         return panels
 
     def _scores(self, router: Router) -> list[list[ExpertScore]]:
@@ -178,7 +183,7 @@ class PoolBench:
             idx = rows.get(rec.questions[q].category, [])
             acc = {n: (float(np.sum(marks[n][idx])) + 1) / (len(idx) + 2) for n in self.names}
             top = sorted(self.names, key=lambda n: (-acc[n], n))[:k]
-            panels.append((top, {n: log_odds_weight(acc[n]) for n in top}))
+            panels.append((top, {n: log_odds_weight(acc[n]) for n in top}, None))
         return panels
 
     def oracle(self) -> float:

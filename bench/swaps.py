@@ -2,22 +2,35 @@
 
 Both runs go through the same pipeline with the same routing decisions (fixed seeds) and
 temperature 0; only the executor differs. Prints loads (ours, the floor, naive), wall times,
-their ratio, and whether every generation came out identical.
+their ratio, the seconds spent loading, the ratio of this process's CPU times (steadier than
+wall time when others share the CPU), and whether every generation came out identical.
 
-    python bench/swaps.py [--queries 30] [--k 3] [--max-tokens 8] [--json]
+This measures scheduling, not routing. With `--recruit uniform` (the default) each query's k
+experts are drawn uniformly with replacement over the pool, seeded per query, after the
+pipeline has routed it (skills, scores and aggregator are the service's own): the router's
+S·γ draws follow profile quality, and on this pool never drew SmolLM2, so a third of the pool
+would sit idle. `--recruit router` keeps the router's draws.
+
+    python bench/swaps.py [--queries 30] [--k 3] [--max-tokens 8] [--recruit uniform|router] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from experts.factory import make_backend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
+from orchestrator.observability.probe import Probe
 from orchestrator.pipeline import Decision, Outcome, Pipeline, QueryInput
 from orchestrator.pool_config import (
     ArithmeticSource,
@@ -28,8 +41,10 @@ from orchestrator.pool_config import (
     ValidationSource,
 )
 from orchestrator.scheduling.executor import execute_naive
+from orchestrator.scheduling.worker import BackendFactory
 from orchestrator.settings import Settings
 from skills.datasets import format_prompt, load_mmlu
+from skills.embedder import Embedder
 
 BASES = {
     "smollm2": "package:smollm2-135m-instruct",
@@ -46,13 +61,38 @@ def bench_pool(max_tokens: int) -> PoolConfig:
     return PoolConfig(validation=ValidationConfig(sources=sources), generation=budget, experts=experts)
 
 
-def timed_run(
-    c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decisions: list[Decision]
-) -> tuple[list[Outcome], float, int]:
+def uniform_recruits(decisions: Sequence[Decision], experts: Collection[str], k: int) -> list[Decision]:
+    """The decisions with k recruits each drawn uniformly with replacement, seeded by the query."""
+    names = sorted(experts)
+    return [replace(d, recruited=random.Random(d.seed).choices(names, k=k)) for d in decisions]
+
+
+class LoadClock(Probe):
+    """Sums the worker's load times, to show how much of a run's wall time loading was."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def model_loaded(self, worker: str, model: str, seconds: float) -> None:
+        self.seconds += seconds
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome]
+    wall_s: float
+    cpu_s: float  # this process's CPU time: steadier than wall time on a CPU shared with others
+    loads: int
+    load_s: float
+
+
+def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decisions: list[Decision]) -> Run:
     c.worker.shutdown()  # both runs start cold
-    loads, start = c.worker.total_loads(), time.perf_counter()
+    clock = c.worker.probe = LoadClock()
+    loads, start, cpu = c.worker.total_loads(), time.perf_counter(), time.process_time()
     outcomes = pipeline.answer(c.pool.snapshot, inputs, decisions)
-    return outcomes, time.perf_counter() - start, c.worker.total_loads() - loads
+    return Run(outcomes, time.perf_counter() - start, time.process_time() - cpu, c.worker.total_loads() - loads,
+               clock.seconds)
 
 
 def texts(outcomes: list[Outcome]) -> list[list[str]]:
@@ -63,27 +103,36 @@ def say(msg: str) -> None:
     print(f"[swaps] {msg}", file=sys.stderr, flush=True)
 
 
-def run(n: int, k: int, max_tokens: int, data_dir: Path) -> dict[str, object]:
-    c = SkillRoute(Settings(data_dir=data_dir), bench_pool(max_tokens))
+def run(n: int, k: int, max_tokens: int, data_dir: Path, recruitment: str = "uniform",
+        factory: BackendFactory = make_backend, embedder: Embedder | None = None) -> dict[str, object]:
+    """Both runs over the bench pool; `factory` and `embedder` are for tests (mock weights)."""
+    c = SkillRoute(Settings(data_dir=data_dir), bench_pool(max_tokens), factory=factory, embedder=embedder)
     say("profiling the bench pool (once)")
     c.bootstrap(lambda done, total: say(f"profiled {done}/{total}") if done == total or done % 16 == 0 else None)
     questions = load_mmlu("test", per_subject=1, seed=1)[:n]
     inputs = [QueryInput(format_prompt(q), k=k, mode="sample", seed=i) for i, q in enumerate(questions)]
-    decisions = c.pipeline.route(c.pool.snapshot, inputs)
+    pool = c.pool.snapshot
+    decisions = c.pipeline.route(pool, inputs)
+    if recruitment == "uniform":
+        decisions = uniform_recruits(decisions, pool.experts, k)
     naive = Pipeline(c.worker, c.embedder, c.pipeline.limits, executor=execute_naive)
     say("ours: batched by base model")
-    ours_out, ours_s, ours_loads = timed_run(c, c.pipeline, inputs, decisions)
-    say(f"ours took {ours_s:.1f} s; naive: load → generate → unload per call")
-    naive_out, naive_s, naive_loads = timed_run(c, naive, inputs, decisions)
-    needed = {c.pool.snapshot.experts[n].base.key for d in decisions for n in d.recruited}
-    needed |= {c.pool.snapshot.experts[c.pool.snapshot.aggregator].base.key} if c.pool.snapshot.aggregator else set()
+    ours = timed_run(c, c.pipeline, inputs, decisions)
+    say(f"ours took {ours.wall_s:.1f} s; naive: load → generate → unload per call")
+    base = timed_run(c, naive, inputs, decisions)
+    calls = Counter(pool.experts[name].base.key for d in decisions for name in d.recruited)
+    needed = set(calls) | ({pool.experts[pool.aggregator].base.key} if pool.aggregator else set())
     c.close()
-    return {"queries": n, "k": k, "max_tokens": max_tokens, "base_models": len(needed),
-            "expert_calls": sum(len(d.recruited) for d in decisions),
-            "loads_ours": ours_loads, "loads_floor": len(needed), "loads_naive": naive_loads,
-            "wall_ours_s": round(ours_s, 2), "wall_naive_s": round(naive_s, 2),
-            "wall_ratio_naive_over_ours": round(naive_s / ours_s, 2),
-            "identical_answers": texts(ours_out) == texts(naive_out)}
+    return {"queries": n, "k": k, "max_tokens": max_tokens, "recruitment": recruitment,
+            "base_models": len(needed), "expert_calls": sum(calls.values()),
+            "expert_calls_by_base": dict(sorted(calls.items())),
+            "aggregator": pool.experts[pool.aggregator].base.key if pool.aggregator else None,
+            "loads_ours": ours.loads, "loads_floor": len(needed), "loads_naive": base.loads,
+            "wall_ours_s": round(ours.wall_s, 2), "wall_naive_s": round(base.wall_s, 2),
+            "load_s_ours": round(ours.load_s, 2), "load_s_naive": round(base.load_s, 2),
+            "wall_ratio_naive_over_ours": round(base.wall_s / ours.wall_s, 2),
+            "cpu_ratio_naive_over_ours": round(base.cpu_s / ours.cpu_s, 2),
+            "identical_answers": texts(ours.outcomes) == texts(base.outcomes)}
 
 
 def main() -> None:
@@ -91,10 +140,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--recruit", choices=["uniform", "router"], default="uniform")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        res = run(args.queries, args.k, args.max_tokens, Path(tmp))
+        res = run(args.queries, args.k, args.max_tokens, Path(tmp), args.recruit)
     if args.json:
         print(json.dumps(res))
         return

@@ -6,7 +6,10 @@ and roughly right:
 - decode is memory-bandwidth bound at batch 1, so tokens/s scales ~ 1/params:
   ``decode_tps = tokens_per_s_at_1b / params_b`` (the same for prefill, which is compute bound
   and also linear in params);
-- latency = transfer (router <-> device round trip plus payload) + prefill + decode;
+- latency = transfer (router <-> device round trip plus payload) + prefill + decode, plus two
+  fixed overheads a small model on a CPU cannot hide (0 for the accelerators): one per call
+  (chat template, tokenising, sampler set-up) and one per generated token (sampling and the
+  Python loop around each step), fitted from measured runs (`experts/calibration.py`);
 - energy = power x compute time, i.e. joules/token = power_w / tokens_per_s. Transfer time is
   not charged: the device idles while the bytes travel, and the radio/NIC cost is tiny next
   to the accelerator's.
@@ -47,6 +50,8 @@ class DeviceProfile(BaseModel):
     power_w: float = Field(gt=0, description="draw while generating")
     memory_gb: float = Field(gt=0, description="memory usable for weights")
     transfer_latency_ms: float = Field(ge=0, description="router <-> device RTT + payload")
+    call_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost of one generation")
+    token_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost per output token")
     calibrated_from: str | None = None
 
     def decode_tokens_per_s(self, params_b: float) -> float:
@@ -69,12 +74,18 @@ class CostEstimate(BaseModel):
 
 
 class Placement(BaseModel):
-    """Which device each expert runs on, and how big its model is (billions of params)."""
+    """Which device each expert runs on, and how big its model is (billions of params).
+
+    Experts placed on one device run one after another on it (their latencies add); a device
+    name stands for one physical device unless `instances` tells its copies apart (edge boxes
+    of one kind: `{"a": "box-1", "b": "box-2"}` puts a and b on two boxes that run in parallel).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     devices: dict[str, str] = Field(description="expert name -> device name")
     params_b: dict[str, float] = Field(default_factory=dict, description="expert -> params (B)")
+    instances: dict[str, str] = Field(default_factory=dict, description="expert -> device copy")
 
     @model_validator(mode="after")
     def _sizes_are_positive(self) -> Placement:
@@ -82,6 +93,11 @@ class Placement(BaseModel):
         if bad:
             raise ValueError(f"params_b must be positive; not for {', '.join(bad)}")
         return self
+
+    def slot(self, expert: str) -> str:
+        """The physical device the expert runs on: its device name, and copy if named."""
+        copy = self.instances.get(expert)
+        return self.devices[expert] + (f"#{copy}" if copy else "")
 
     def device_of(self, expert: str, devices: Mapping[str, DeviceProfile]) -> DeviceProfile:
         """The profile the expert runs on; KeyError names the missing piece."""
@@ -133,6 +149,7 @@ def estimate_cost(
         raise ValueError("token counts must be non-negative")
     compute_s = prompt_tokens / device.prefill_tokens_per_s(params_b)
     compute_s += output_tokens / device.decode_tokens_per_s(params_b)
+    compute_s += (device.call_overhead_ms + output_tokens * device.token_overhead_ms) / 1000.0
     latency_s = device.transfer_latency_ms / 1000.0 + compute_s
     return CostEstimate(latency_s=latency_s, energy_j=device.power_w * compute_s)
 

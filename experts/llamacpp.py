@@ -9,6 +9,11 @@ Greedy answers must not depend on what ran before (profiles and replays compare 
 plain llama-cpp-python prefix reuse breaks that: on Qwen2.5-0.5B Q4_K_M a cached prompt gave
 first-token logits up to 0.33 away from a fresh evaluation, and different greedy text. So the
 prompt cache is reused only in position-aligned chunks (`_align_prompt`), which is bit-exact.
+
+Weights are read into process memory (`use_mmap=False`), not mapped: a load then costs what
+moving weights onto a device costs (SmolLM2 0.27 s, Qwen2.5-0.5B 1.2 s, Qwen2.5-1.5B 2.1 s here,
+against 0.19, 0.8 and 1.6 s mapped), an unload really frees them, and the worker's memory budget
+counts memory the process holds rather than page cache the kernel may or may not keep.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ from experts.catalog import resolve_source
 from experts.gguf import GGUFInfo, check_gguf
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
-# Resident memory beyond the mapped file and the KV cache: tokenizer tables and the touched
-# part of the compute buffers. Fitted to RSS after load + generation at n_ctx=2048 (SmolLM2
-# 195 MiB, Qwen2.5-0.5B 607 MiB) and checked on Qwen2.5-1.5B: 1804 MiB estimated, 1801 measured.
-_BASE_OVERHEAD = 40 * 2**20
+# Resident memory beyond the weights and the KV cache: tokenizer tables and the touched part of
+# the compute buffers. Fitted to RSS growth after load + generation at n_ctx=2048 without mmap
+# (SmolLM2 164 MiB, Qwen2.5-0.5B 547 MiB, Qwen2.5-1.5B 1181 MiB; estimates 161, 547, 1175). The
+# x86 backend repacks Q4_0/Q4_K tensors while reading them, into the memory that holds them: with
+# mmap the mapped original stayed resident beside the copy (+596 MiB on Qwen2.5-1.5B), without it
+# there is one copy.
+_BASE_OVERHEAD = 8 * 2**20
 _PER_VOCAB_ENTRY = 320
-# ggml types the x86 CPU backend repacks into a second, interleaved copy (Q4_0, Q4_K, IQ4_NL);
-# the embedding table is never repacked (it is read by row).
-_REPACKED_TYPES = frozenset({2, 12, 20})
 # Prompt tokens are evaluated in batches of this many, aligned to absolute positions (see
 # `_align_prompt`): small enough that little is re-evaluated, big enough to batch well on a CPU.
 ALIGN_TOKENS = 32
@@ -101,8 +106,10 @@ class LlamaCppBackend:
         except ImportError as exc:
             raise BackendError("llama-cpp-python is not installed: pip install llama-cpp-python") from exc
         try:
+            # n_threads_batch too: llama-cpp-python gives prompt evaluation every core otherwise.
             return _aligned_llama_class(llama_cpp.Llama)(
-                model_path=str(path), n_ctx=self.spec.n_ctx, n_threads=self.n_threads, verbose=False
+                model_path=str(path), n_ctx=self.spec.n_ctx, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads, use_mmap=False, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelSourceError(f"llama.cpp could not load {path}: {exc}") from exc
@@ -117,12 +124,12 @@ class LlamaCppBackend:
             gc.collect()
 
     def memory_bytes(self) -> int:
-        """Mapped file + repacked copies + f16 KV cache for n_ctx + overhead (from the header)."""
+        """Weights (the file) + f16 KV cache for n_ctx + overhead, from the header alone."""
         _, info = self._ensure_validated()
         kv = info.kv_cache_bytes(self.spec.n_ctx) or 0
         vocab = info.array_lengths.get("tokenizer.ggml.tokens", 0)
         overhead = _BASE_OVERHEAD + _PER_VOCAB_ENTRY * vocab
-        return info.size_bytes + _repacked_bytes(info) + kv + overhead
+        return info.size_bytes + kv + overhead
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         with self._lock:
@@ -149,14 +156,6 @@ class LlamaCppBackend:
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             raise BackendError(f"{self.base_model_key} request {request.request_id}: {exc}") from exc
         return _to_generation(request.request_id, out, time.perf_counter() - started)
-
-
-def _repacked_bytes(info: GGUFInfo) -> int:
-    return sum(
-        t.nbytes or 0
-        for t in info.tensors
-        if t.ggml_type in _REPACKED_TYPES and t.name != "token_embd.weight"
-    )
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:

@@ -188,13 +188,16 @@ class Recording:
         return []
 
     def _best_by_options(self, ids: list[str], norm: str) -> list[str]:
-        """Same question text, different options: the one whose options the message shows."""
+        """Same question text, different options: the one whose options the message shows most
+        of, then the one with fewest options not shown (a question whose options are a subset
+        of another's: both show all of the shorter list)."""
 
-        def shown(qid: str) -> int:
-            return sum(normalise_text(o) in norm for o in self.questions[qid].options)
+        def fit(qid: str) -> tuple[int, int]:
+            found = [normalise_text(o) in norm for o in self.questions[qid].options]
+            return sum(found), -found.count(False)
 
-        best = max(shown(q) for q in ids)
-        top = [q for q in ids if shown(q) == best]
+        best = max(fit(q) for q in ids)
+        top = [q for q in ids if fit(q) == best or best[0] == 0]  # no option shown: cannot tell
         if len(top) > 1 and len({self.questions[q].options for q in top}) > 1:
             listed = ", ".join(top)
             raise BackendError(f"the message matches recorded questions {listed}; include the options")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant"]
 
@@ -62,6 +62,22 @@ class BaseModelSpec(BaseModel):
         return f"{self.kind}:{self.source}" + (f"#{self.model}" if self.model else "")
 
 
+class ExpertPlacement(BaseModel):
+    """Where an expert runs, for latency and energy budgets: a device of `experts/devices.yaml`.
+
+    Experts on one device (and `instance`, where a kind of device has several copies) run one
+    after another on it. Unset: this machine's CPU, where the embedded pool runs (a replay
+    expert: H100 servers of its own, where its recorded model's replies are costed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = Field(default=None, min_length=1, max_length=64)
+    instance: str | None = Field(default=None, min_length=1, max_length=64)
+    params_b: float | None = Field(default=None, gt=0, le=10_000,
+                                   description="Billions of parameters per token; unset: read from the model's name.")
+
+
 class ExpertSpec(BaseModel):
     """An expert is a base model plus an optional persona and its sampling parameters."""
 
@@ -69,6 +85,7 @@ class ExpertSpec(BaseModel):
     base: BaseModelSpec
     system_prompt: str | None = Field(default=None, max_length=4000)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    placement: ExpertPlacement = Field(default_factory=ExpertPlacement)
 
     def request(self, request_id: str, user_text: str, max_tokens: int | None = None) -> GenerationRequest:
         """A request that speaks to this expert: its persona first, then the user's text."""

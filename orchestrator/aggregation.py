@@ -1,12 +1,21 @@
-"""The aggregation prompt: the aggregator reads the experts' answers and writes one answer.
+"""Aggregation: the aggregator LLM's prompt, or a weighted vote where no LLM aggregates.
 
-Adapted from Symbolic-MoE's aggregator prompt (itself from Mixture-of-Agents), with the final
-line asked in a fixed form so the answer can be graded and shown.
+The prompt is adapted from Symbolic-MoE's aggregator prompt (itself from Mixture-of-Agents),
+with the final line asked in a fixed form so the answer can be graded and shown. A pool of
+replay experts has no model that can read other answers, so it aggregates by `vote_answer`:
+the recruited experts' option letters, each weighted by the router's weight for that expert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
+
+from orchestrator.routing.recruit import ExpertScore
+from orchestrator.routing.voting import AnswerReliability, VoteResult, vote_by_scores
+from skills.grading import LETTERS, extract_choice
+
+AggregationMode = Literal["llm", "vote"]
 
 AGGREGATION_INSTRUCTIONS = (
     "You have been provided with a set of responses from various expert models to the question "
@@ -29,3 +38,11 @@ def final_answer(text: str) -> str:
         if line.strip().lower().startswith("answer:"):
             return line.strip()[len("answer:"):].strip() or text.strip()
     return text.strip()
+
+
+def vote_answer(
+    answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore], reliability: AnswerReliability | None = None
+) -> VoteResult:
+    """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any."""
+    letters = [(expert, extract_choice(text, len(LETTERS))) for expert, text in answers]
+    return vote_by_scores(letters, scores, reliability)

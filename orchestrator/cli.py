@@ -216,18 +216,29 @@ def keys_create(
     admin: Annotated[bool, typer.Option("--admin/--client", help="An admin key, or a client key.")] = False,
     name: Annotated[str, typer.Option(help="Who or what holds the key.")] = "default",
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute (default: the service's).")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Default latency budget of its queries (ms).")] = None,
+    energy_j: Annotated[float | None, typer.Option(help="Default energy budget of its queries (J).")] = None,
 ) -> None:
-    """Create a key and print it — the only time it is shown; only its salted hash is stored."""
-    row, key = _key_service().create(name, "admin" if admin else "client", rpm)
+    """Create a key and print it — the only time it is shown; only its salted hash is stored.
+    A query sent with the key gets its default budgets unless it names its own."""
+    from orchestrator.services.errors import ServiceError
+    from orchestrator.services.keys import KeyBudget
+
+    try:
+        budget = KeyBudget(latency_ms=latency_ms, energy_j=energy_j).checked()
+    except ServiceError as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"--{(exc.param or '').replace('_', '-')}") from exc
+    row, key = _key_service().create(name, "admin" if admin else "client", rpm, budget)
     console.print(f"created {row.role} key {row.id} ({row.name}); store it now, it is not shown again:")
     print(key)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    table = Table("id", "name", "role", "prefix", "requests/min", "created", "revoked")
+    table = Table("id", "name", "role", "prefix", "requests/min", "latency ms", "energy J", "created", "revoked")
     for k in _key_service().list():
         table.add_row(str(k.id), k.name, k.role, k.prefix, str(k.requests_per_minute or "-"),
+                      str(k.default_latency_ms or "-"), str(k.default_energy_j or "-"),
                       f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
     console.print(table)
 

@@ -33,9 +33,12 @@ class SkillRoute:
         self.worker = worker if worker is not None else DeviceWorker("cpu", budget, factory)
         self.embedder = embedder or get_embedder()
         self.profiler = ProfilingService(self.db, self.worker, self.embedder, pool)
-        self.pool = PoolState(self.db, self.profiler.dataset, self.embedder, settings.router)
+        aggregation = pool.aggregator.mode
+        self.pool = PoolState(self.db, self.profiler.dataset, self.embedder, pool.router or settings.router,
+                              llm_aggregator=aggregation == "llm")
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
-        self.pipeline = Pipeline(self.worker, self.embedder, limits, pool.validation.skills_per_question)
+        self.pipeline = Pipeline(self.worker, self.embedder, limits, pool.validation.skills_per_question,
+                                 aggregation=aggregation)
         wait_s = settings.batch_wait_ms / 1000
         self.queries = QueryService(self.db, self.pool, self.pipeline, settings.batch_max, wait_s)
         self.experts = ExpertService(self.db, self.worker, self.pool, self.profiler)

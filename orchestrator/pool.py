@@ -7,6 +7,7 @@ query in flight always sees one consistent pool and a new expert joins without a
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,10 +15,12 @@ import numpy as np
 from experts.types import ExpertSpec
 from orchestrator.routing.router import Router, RoutingEvidence, SymbolicRouter
 from orchestrator.store.db import Database
+from orchestrator.store.models import ValidationAnswer, ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
+from skills.grading import extract_choice
 from skills.vocabulary import SkillVocabulary
 
 AGGREGATOR_KEY = "aggregator"
@@ -42,15 +45,28 @@ def load_evidence(
         profiles = {r.name: {sk.skill: sk.score for sk in r.skills} for r in rows}
         questions = ValidationRepository(s).questions(dataset)
         answers = ValidationRepository(s).answers([r.id for r in rows])
-        names = {r.id: r.name for r in rows}
         texts = [q.payload["question"] for q in questions]
-        index = {q.id: i for i, q in enumerate(questions)}
-        correct = {n: np.zeros(len(questions), dtype=bool) for n in experts}
-        for a in answers:
-            correct[names[a.expert_id]][index[a.question_id]] = a.correct
+        labels = [str(q.payload.get("subject", "")) for q in questions]
+        correct, choices = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
     embeddings = embedder.encode(texts) if texts else None
-    return experts, RoutingEvidence(profiles, embeddings, correct), skills
+    return experts, RoutingEvidence(profiles, embeddings, correct, labels, choices), skills
+
+
+def _answer_records(
+    questions: Sequence[ValidationQuestion], answers: Sequence[ValidationAnswer], names: dict[int, str]
+) -> tuple[dict[str, np.ndarray], dict[str, list[str | None]]]:
+    """Per expert, per question: was it right, and which option letter did it pick (if any)."""
+    index = {q.id: i for i, q in enumerate(questions)}
+    correct = {n: np.zeros(len(questions), dtype=bool) for n in names.values()}
+    choices: dict[str, list[str | None]] = {n: [None] * len(questions) for n in names.values()}
+    for a in answers:
+        i, name = index[a.question_id], names[a.expert_id]
+        correct[name][i] = a.correct
+        options = questions[i].payload.get("options") or ()
+        if questions[i].payload.get("kind", "choice") == "choice" and options:
+            choices[name][i] = extract_choice(a.text, len(options))
+    return correct, choices
 
 
 def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
@@ -69,8 +85,10 @@ def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
 class PoolState:
     """Holds the current snapshot; `refresh` rebuilds it from the store."""
 
-    def __init__(self, db: Database, dataset: str, embedder: Embedder, router_name: str = "symbolic"):
+    def __init__(self, db: Database, dataset: str, embedder: Embedder, router_name: str = "symbolic",
+                 llm_aggregator: bool = True):
         self.db, self.dataset, self.embedder, self.router_name = db, dataset, embedder, router_name
+        self.llm_aggregator = llm_aggregator  # False: answers are voted on, no aggregator expert
         self._lock = threading.Lock()
         self._snapshot: PoolSnapshot | None = None
 
@@ -85,7 +103,9 @@ class PoolState:
         experts, evidence, skills = load_evidence(self.db, self.dataset, self.embedder)
         with self.db.session() as s:
             agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
-        if agg not in experts:  # not benchmarked yet: fall back to the most competent expert
+        if not self.llm_aggregator:
+            agg = None
+        elif agg not in experts:  # not benchmarked yet: fall back to the most competent expert
             agg = max(evidence.competence, key=lambda n: evidence.competence[n], default=None)
         snap = PoolSnapshot(experts, build_router(evidence, self.router_name),
                             SkillVocabulary(skills, self.embedder), agg, dict(evidence.competence))

@@ -21,9 +21,15 @@ class MMLUSource(BaseModel):
 
 
 class MMLUProSource(BaseModel):
+    """MMLU-Pro questions of a replay folder; `split` picks the seeded stratified profiling or
+    test part (`routing.replay_pool.split_questions`, the one the routing benchmark uses)."""
+
     kind: Literal["mmlu_pro"] = "mmlu_pro"
     path: str
     limit: int | None = None
+    split: Literal["all", "profiling", "test"] = "all"
+    test_size: float = Field(default=0.5, gt=0.0, lt=1.0)
+    split_seed: int = 0
 
 
 class ArithmeticSource(BaseModel):
@@ -58,6 +64,7 @@ class GenerationBudget(BaseModel):
 
 
 class AggregatorConfig(BaseModel):
+    mode: Literal["llm", "vote"] = "llm"  # vote: router-weighted vote of the letters, no LLM (replay)
     fixed: str | None = None  # skip the benchmark and use this expert
     tasks: int = Field(default=8, ge=1)
 
@@ -67,6 +74,7 @@ class PoolConfig(BaseModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     generation: GenerationBudget = Field(default_factory=GenerationBudget)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    router: Literal["symbolic", "knn"] | None = None  # None: the service's setting
     experts: list[ExpertSpec] = Field(default_factory=list)
 
 
@@ -74,7 +82,15 @@ class PoolConfigError(ValueError):
     pass
 
 
+REPLAY_PREFIX = "replay:"
+
+
 def load_pool_config(path: str | Path) -> PoolConfig:
+    """A pool YAML file, or `replay:FOLDER`: every model recorded in a replay folder."""
+    if str(path).startswith(REPLAY_PREFIX):
+        from orchestrator.routing.replay_pool import replay_pool_config
+
+        return replay_pool_config(str(path)[len(REPLAY_PREFIX):])
     p = Path(path)
     if not p.is_file():
         raise PoolConfigError(f"pool file not found: {p}")

@@ -16,6 +16,7 @@ from experts.types import ExpertSpec
 from orchestrator.aggregation import aggregation_prompt
 from orchestrator.pool import AGGREGATOR_KEY
 from orchestrator.pool_config import PoolConfig, ValidationSource
+from orchestrator.routing.replay_pool import profiling_split
 from orchestrator.scheduling.executor import execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
@@ -45,6 +46,9 @@ def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
         return load_mmlu(src.split, per_subject=src.per_subject, subjects=src.subjects, seed=seed)
     if src.kind == "mmlu_pro":
         items = load_mmlu_pro(Path(src.path))
+        if src.split != "all":
+            wanted = profiling_split(src.path, src.split, src.test_size, src.split_seed)
+            items = [q for q in items if q.id in wanted]
         return items[: src.limit] if src.limit else items
     return arithmetic_questions(src.n, seed)
 
@@ -105,6 +109,8 @@ class ProfilingService:
 
     def choose_aggregator(self, progress: Progress | None = None) -> str | None:
         """Benchmark every ready expert that has no score yet as a synthesiser; keep the best."""
+        if self.config.aggregator.mode == "vote":
+            return None  # the answers are voted on: no aggregator LLM to choose
         if self.config.aggregator.fixed:
             return self._store_aggregator({self.config.aggregator.fixed: 1.0}, {})
         items = {str(it.row_id): it for it in self.validation_set()}

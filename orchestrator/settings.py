@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_k: int = Field(default=3, ge=1, le=8)
-    recruit_mode: Literal["sample", "topk", "dynamic"] = "sample"
+    recruit_mode: Literal["sample", "topk", "dynamic"] | None = None  # None: the router's preferred mode
     router: Literal["symbolic", "knn"] = "symbolic"
     memory_budget_gb: float = Field(default=8.0, gt=0)
     seed: int = 0

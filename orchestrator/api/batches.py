@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.api.auth import CurrentCaller
-from orchestrator.api.deps import Container, RowId
+from orchestrator.api.deps import Budgets, Container, RowId
 from orchestrator.api.schemas import QueryRequest
 from orchestrator.pipeline import QueryInput
 from orchestrator.services.batches import BatchEntry, BatchService, counts
@@ -82,9 +82,11 @@ def _owner(caller: Caller) -> int | None:
 
 
 @router.post("", response_model=BatchOut, status_code=202)
-def create_batch(batches: Batches, caller: CurrentCaller, body: BatchCreate, response: Response) -> BatchOut:
+def create_batch(batches: Batches, budgets: Budgets, caller: CurrentCaller, body: BatchCreate,
+                 response: Response) -> BatchOut:
     """Queue the queries behind the live traffic's batching window; poll the Location for results."""
-    entries = [BatchEntry(QueryInput(q.query, q.k, q.mode, q.seed), q.custom_id) for q in body.queries]
+    entries = [BatchEntry(QueryInput(q.query, q.k, q.mode, q.seed, budgets.resolve(q.latency_ms, q.energy_j)),
+                          q.custom_id) for q in body.queries]
     batch_id = batches.submit(entries, caller.key_id)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return BatchOut.from_row(batches.get(batch_id))

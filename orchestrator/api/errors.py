@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.services.errors import ServiceError
+from orchestrator.services.errors import BudgetInfeasible, ServiceError
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -20,6 +20,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.code, exc.param, exc.code), exc.status_code)
+
+    @app.exception_handler(BudgetInfeasible)
+    async def _budget(_: Request, exc: BudgetInfeasible) -> JSONResponse:
+        body = error_body(exc.message, exc.code, exc.param, exc.code)
+        body["error"].update(exc.detail)  # the budget asked for, the fastest and the least-energy expert
+        return JSONResponse(body, exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1/experts", tags=["experts"])
 @router.post("", response_model=ExpertOut, status_code=202)
 def create_expert(c: Container, body: ExpertCreate, response: Response) -> ExpertOut:
     """202: the model loaded and is stored; profiling runs now — poll GET /v1/experts/{id}."""
-    spec = ExpertSpec(name=body.name, base=body.model, system_prompt=body.system_prompt, sampling=body.sampling)
+    spec = ExpertSpec(name=body.name, base=body.model, system_prompt=body.system_prompt, sampling=body.sampling,
+                      placement=body.placement)
     row = c.experts.register(spec)
     response.headers["Location"] = f"/v1/experts/{row.id}"
     return ExpertOut.from_row(c.experts.get(row.id))

@@ -15,10 +15,20 @@ from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.api.deps import Container
-from orchestrator.api.schemas import ExpertScoreOut, SkillOut
+from orchestrator.api.deps import Budgets, Container
+from orchestrator.api.schemas import BudgetFields, BudgetOut, ExpertScoreOut, SkillOut
 from orchestrator.routing.recruit import RecruitMode
-from orchestrator.services.chat import ChatQuery, ChatResult, ChatService, ModelNotFound, conversation_text, text_chunks
+from orchestrator.services.budgets import BudgetService
+from orchestrator.services.chat import (
+    AUTO,
+    ChatQuery,
+    ChatResult,
+    ChatService,
+    ModelNotFound,
+    conversation_text,
+    text_chunks,
+)
+from orchestrator.services.errors import ServiceError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -50,7 +60,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(BudgetFields):
     # unknown OpenAI parameters (logprobs, tools, …) are accepted and ignored, as vLLM does
     model_config = ConfigDict(extra="ignore")
 
@@ -65,9 +75,14 @@ class ChatCompletionRequest(BaseModel):
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
     mode: Literal["sample", "topk", "dynamic"] | None = Field(default=None, description="skillroute: recruit mode.")
 
-    def to_query(self, default_k: int, default_mode: RecruitMode) -> ChatQuery:
+    def to_query(self, default_k: int, default_mode: RecruitMode | None, budgets: BudgetService) -> ChatQuery:
+        """Budgets (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
         text = conversation_text([(m.role, m.text()) for m in self.messages])
-        return ChatQuery(text, self.model, self.k or default_k, self.mode or default_mode, self.seed)
+        if self.model != AUTO and (self.latency_ms is not None or self.energy_j is not None):
+            raise ServiceError("latency_ms and energy_j choose experts, so they need model 'auto'",
+                               "latency_ms" if self.latency_ms is not None else "energy_j")
+        budget = budgets.resolve(self.latency_ms, self.energy_j) if self.model == AUTO else None
+        return ChatQuery(text, self.model, self.k or default_k, self.mode or default_mode, self.seed, budget)
 
 
 class Usage(BaseModel):
@@ -98,6 +113,7 @@ class SkillrouteInfo(BaseModel):
     skills: list[SkillOut]
     scores: list[ExpertScoreOut]
     answer: str | None = Field(description="The reply's final answer line.")
+    budget: BudgetOut | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -128,7 +144,8 @@ def skillroute_info(r: ChatResult) -> SkillrouteInfo:
     scores = [ExpertScoreOut(**x, recruited=picks.count(x["name"])) for x in (d.experts if d else [])]
     return SkillrouteInfo(query_id=r.query.id, experts=picks, aggregator=d.aggregator if d else None,
                           router=d.router if d else None, mode=d.mode if d else None, seed=d.seed if d else None,
-                          skills=[SkillOut(**m) for m in (d.skills if d else [])], scores=scores, answer=r.query.answer)
+                          skills=[SkillOut(**m) for m in (d.skills if d else [])], scores=scores, answer=r.query.answer,
+                          budget=BudgetOut.model_validate(d.budget) if d and d.budget else None)
 
 
 def decision_headers(info: SkillrouteInfo) -> dict[str, str]:
@@ -167,9 +184,10 @@ def sse_events(c: ChatCompletion, include_usage: bool) -> Iterator[str]:
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A completion, or with stream=true its chunks as server-sent events."}})
-def chat_completions(c: Container, chat: Chat, body: ChatCompletionRequest, response: Response) -> Any:
+def chat_completions(c: Container, chat: Chat, budgets: Budgets, body: ChatCompletionRequest,
+                     response: Response) -> Any:
     """Answer a chat: routed to k experts and aggregated (`auto`), or one named expert."""
-    result = chat.complete(body.to_query(c.settings.default_k, c.settings.recruit_mode))
+    result = chat.complete(body.to_query(c.settings.default_k, c.settings.recruit_mode, budgets))
     info = skillroute_info(result)
     reply, headers = completion(result, info), decision_headers(info)
     if body.stream:

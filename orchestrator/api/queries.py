@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from orchestrator.api.deps import Container, RowId
+from orchestrator.api.deps import Budgets, Container, RowId
 from orchestrator.api.schemas import QueryRequest, QueryResponse
 from orchestrator.pipeline import QueryInput
 from orchestrator.services.errors import ServiceError
@@ -18,13 +18,17 @@ MAX_BATCH = 64
 
 @router.post("", response_model=QueryResponse | list[QueryResponse])
 def create_query(
-    c: Container, body: Annotated[QueryRequest | list[QueryRequest], Body()]
+    c: Container, budgets: Budgets, body: Annotated[QueryRequest | list[QueryRequest], Body()]
 ) -> QueryResponse | list[QueryResponse]:
-    """Answer a query (or a list of up to 64, batched so each model loads once)."""
+    """Answer a query (or a list of up to 64, batched so each model loads once).
+
+    With a budget (`latency_ms`, `energy_j`, or the API key's defaults) the experts are the exact
+    best subset within it; a budget no expert fits is a 422 naming the cheapest options."""
     items = body if isinstance(body, list) else [body]
     if not 1 <= len(items) <= MAX_BATCH:
         raise ServiceError(f"a batch holds 1 to {MAX_BATCH} queries, got {len(items)}", "body")
-    ids = c.queries.ask([QueryInput(q.query, q.k, q.mode, q.seed) for q in items])
+    ids = c.queries.ask([QueryInput(q.query, q.k, q.mode, q.seed, budgets.resolve(q.latency_ms, q.energy_j))
+                         for q in items])
     out = [QueryResponse.from_row(c.queries.get(i)) for i in ids]
     return out if isinstance(body, list) else out[0]
 

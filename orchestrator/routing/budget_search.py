@@ -6,7 +6,9 @@ Q(S) subject to
     latency(S) = max_{i in S} l_i + aggL(|S|) <= L
     energy(S)  = sum_{i in S} e_i + aggE(|S|) <= E,      1 <= |S| <= k_max,
 
-with aggL, aggE non-decreasing in |S| (zero for a single expert). Every constraint is
+with aggL, aggE non-decreasing in |S| (zero for a single expert). Where experts share a device
+the max is over devices of the latencies each device adds up (`budget_limits`); everything
+below holds for both, and the reduction then caps a free j by the time its device has left. Every constraint is
 non-decreasing under inclusion, so the feasible family is *down-closed*: a subset of a
 feasible set is feasible (as long as it is non-empty).
 
@@ -51,6 +53,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from orchestrator.routing.budget_limits import Groups, Limits, device_loads, limits_feasible, members_latency
+
+__all__ = ["BoxSearch", "Limits", "QualityModel", "limits_feasible"]
+
 TOL = 1e-12
 DUAL_STEPS = 12  # bisection steps on the energy price; any number keeps the bound valid
 Members = tuple[int, ...]
@@ -77,22 +83,11 @@ class QualityModel:
     log_gain: tuple[float, ...] | None = None
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Budgets plus aggregation cost tabulated by subset size m = 0..k_max."""
-
-    latency: float
-    energy: float
-    k_max: int
-    agg_latency: tuple[float, ...]
-    agg_energy: tuple[float, ...]
-
-
 @dataclass
 class _Box:
     lo: Members
     free: int  # hi \ lo as a bit mask over candidate indices
-    latency: float  # max l over lo
+    latency: float  # the busiest device's time on lo (max l when no device is shared)
     energy: float  # Σ e over lo
     branch: int = -1  # the free index to split on, chosen when the bound was computed
 
@@ -112,8 +107,10 @@ class BoxSearch:
         limits: Limits,
         model: QualityModel,
         incumbent: tuple[Members, float],
+        groups: Groups = None,
     ):
         self.lat, self.en, self.lim, self.model = lat, en, limits, model
+        self.groups = groups  # device group per candidate; None: no device is shared
         self.best, self.best_value = incumbent
         self.nodes = 0
         self._heap: list[tuple[float, int, _Box]] = []
@@ -122,7 +119,7 @@ class BoxSearch:
         """Search the boxes inside [∅, pool] (for a quality without a profile, `pool`'s order
         is the branching order: best first)."""
         self._index(pool)
-        self._offer(_Box((), self._reduce(self._all, 0, 0.0, 0.0), 0.0, 0.0))
+        self._offer(_Box((), self._reduce(self._all, (), 0.0, 0.0), 0.0, 0.0))
         while self._heap:
             neg_bound, _, box = heapq.heappop(self._heap)
             if -neg_bound <= self.best_value + TOL:
@@ -133,9 +130,9 @@ class BoxSearch:
     def box_bound(self, pool: Sequence[int], lo: Members, free: Sequence[int]) -> float:
         """The bound the search puts on the box [lo, lo ∪ free] (lo feasible); for tests."""
         self._index(pool)
-        latency = max((self.lat[i] for i in lo), default=0.0)
+        latency = members_latency(lo, self.lat, self.groups)
         energy = sum(self.en[i] for i in lo)
-        mask = self._reduce(sum(1 << j for j in free), len(lo), latency, energy)
+        mask = self._reduce(sum(1 << j for j in free), lo, latency, energy)
         box = _Box(lo, mask, latency, energy)
         r = self._extra(box) if mask else 0
         return self.model.value(lo) if r == 0 else self._bound(box, r)[0]
@@ -150,6 +147,9 @@ class BoxSearch:
         self._lat_vals = [lat[i] for i in self._by_lat]
         self._en_vals = [en[i] for i in self._by_en]
         self._all = self._lat_masks[-1]
+        self._group_masks: dict[int, int] = {}
+        for i, g in ((i, self.groups[i]) for i in pool) if self.groups is not None else ():
+            self._group_masks[g] = self._group_masks.get(g, 0) | 1 << i
         if gain is not None:
             self._by_gain = sorted(pool, key=gain.__getitem__, reverse=True)
             self._by_ratio = sorted(pool, key=lambda i: _ratio(gain[i], en[i]), reverse=True)
@@ -158,14 +158,16 @@ class BoxSearch:
         j = box.branch
         rest = box.free & ~(1 << j)
         lo = box.lo + (j,)
-        latency, energy = max(box.latency, self.lat[j]), box.energy + self.en[j]
+        shared = self.groups is not None  # then j queues behind lo's work on its device
+        latency = members_latency(lo, self.lat, self.groups) if shared else max(box.latency, self.lat[j])
+        energy = box.energy + self.en[j]
         self._consider(lo)  # lo ∪ {j} is feasible: j survived the reduction
-        self._offer(_Box(lo, self._reduce(rest, len(lo), latency, energy), latency, energy))
+        self._offer(_Box(lo, self._reduce(rest, lo, latency, energy), latency, energy))
         self._offer(_Box(box.lo, rest, box.latency, box.energy))
 
-    def _reduce(self, free: int, size: int, latency: float, energy: float) -> int:
-        """Keep the j for which lo ∪ {j} is feasible (lo has `size`, `latency`, `energy`)."""
-        lim = self.lim
+    def _reduce(self, free: int, lo: Members, latency: float, energy: float) -> int:
+        """Keep the j for which lo ∪ {j} is feasible (lo costs `latency` and `energy`)."""
+        lim, size = self.lim, len(lo)
         if size + 1 > lim.k_max:
             return 0
         lat_cap = lim.latency - lim.agg_latency[size + 1]
@@ -173,7 +175,17 @@ class BoxSearch:
         if latency > lat_cap or en_cap < 0:
             return 0
         fast = self._lat_masks[bisect.bisect_right(self._lat_vals, lat_cap)]
-        return free & fast & self._en_masks[bisect.bisect_right(self._en_vals, en_cap)]
+        free &= fast & self._en_masks[bisect.bisect_right(self._en_vals, en_cap)]
+        return free if self.groups is None or not lo else self._device_room(free, lo, lat_cap)
+
+    def _device_room(self, free: int, lo: Members, lat_cap: float) -> int:
+        """A free j on a device lo already uses queues behind lo's work there: its own
+        latency must fit what that device has left, not the whole cap."""
+        assert self.groups is not None
+        for g, load in device_loads(lo, self.lat, self.groups).items():
+            room = self._lat_masks[bisect.bisect_right(self._lat_vals, lat_cap - load)]
+            free &= ~self._group_masks.get(g, 0) | room
+        return free
 
     def _offer(self, box: _Box) -> None:
         """Close the box if a corner or witness settles it, else queue it if it can still win."""
@@ -195,7 +207,7 @@ class BoxSearch:
             heapq.heappush(self._heap, (-bound, self.nodes, box))
 
     def _feasible(self, members: Members) -> bool:
-        return limits_feasible(members, self.lat, self.en, self.lim)
+        return limits_feasible(members, self.lat, self.en, self.lim, self.groups)
 
     def _consider(self, members: Members) -> float:
         v = self.model.value(members)
@@ -376,14 +388,3 @@ def _prefix_masks(order: Sequence[int]) -> list[int]:
 
 def _ratio(gain: float, energy: float) -> float:
     return gain / energy if energy > 0 else math.inf
-
-
-def limits_feasible(members: Sequence[int], lat: Sequence[float], en: Sequence[float],
-                    limits: Limits) -> bool:
-    """Whether a non-empty subset meets every constraint."""
-    m = len(members)
-    if m == 0 or m > limits.k_max:
-        return False
-    latency = max(lat[i] for i in members) + limits.agg_latency[m]
-    energy = sum(en[i] for i in members) + limits.agg_energy[m]
-    return latency <= limits.latency and energy <= limits.energy

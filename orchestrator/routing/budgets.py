@@ -2,7 +2,10 @@
 
 MoE^2 (Jin et al. 2025, arXiv 2501.09410): experts run in parallel on their devices, so a
 subset's latency is the slowest member's (transfer + prefill + decode) plus the aggregation
-step, and its energy is the members' sum plus aggregation. `solve` finds the exact optimum of
+step, and its energy is the members' sum plus aggregation. Candidates that name the same
+`device` share it and run one after another, so their latencies add there: the latency is the
+busiest device's total (`budget_limits`; on the embedded pool, where every expert runs on this
+machine's CPU, that is the plain sum, which is what a wall clock measures). `solve` finds the exact optimum of
 
     max Q(S)  s.t.  latency(S) <= L,  energy(S) <= E,  1 <= |S| <= k_max
 
@@ -36,7 +39,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from experts.devices import DeviceProfile, Placement, estimate_cost
-from orchestrator.routing.budget_search import BoxSearch, Limits, QualityModel, limits_feasible
+from orchestrator.routing.budget_limits import (
+    Groups,
+    Limits,
+    device_groups,
+    limits_feasible,
+    members_latency,
+)
+from orchestrator.routing.budget_search import BoxSearch, QualityModel
 from orchestrator.routing.recruit import ExpertScore
 
 __all__ = [
@@ -51,12 +61,16 @@ QualitySpec = QualityName | QualityModel | Callable[[Sequence[int]], float]
 
 @dataclass(frozen=True)
 class Candidate:
-    """One expert for this query: estimated correctness q and its predicted cost alone."""
+    """One expert for this query: estimated correctness q and its predicted cost alone.
+
+    `device` names the device it runs on where that device is shared (candidates naming one
+    device run one after another); None: a device of its own."""
 
     name: str
     quality: float
     latency_s: float
     energy_j: float
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:
@@ -108,9 +122,8 @@ class AggregationCost:
     ) -> AggregationCost:
         """The aggregator reads the prompt plus each answer, then writes `output_tokens`."""
         base = estimate_cost(device, params_b, prompt_tokens, output_tokens)
-        per = estimate_cost(device, params_b, answer_tokens, 0)
-        transfer_s = device.transfer_latency_ms / 1000.0
-        return cls(base.latency_s, per.latency_s - transfer_s, base.energy_j, per.energy_j)
+        read_s = answer_tokens / device.prefill_tokens_per_s(params_b)  # one more answer to read
+        return cls(base.latency_s, read_s, base.energy_j, device.power_w * read_s)
 
 
 @dataclass(frozen=True)
@@ -253,7 +266,8 @@ def subset_cost(candidates: Sequence[Candidate], members: Sequence[int],
     """(latency_s, energy_j) of running `members` in parallel and aggregating their answers."""
     agg = aggregation or AggregationCost()
     m = len(members)
-    latency = max((candidates[i].latency_s for i in members), default=0.0)
+    lat = [c.latency_s for c in candidates]
+    latency = members_latency(members, lat, _groups(candidates))
     energy = sum(candidates[i].energy_j for i in members)
     if m >= 2:
         latency, energy = latency + agg.latency(m), energy + agg.energy(m)
@@ -280,6 +294,10 @@ def _check(candidates: Sequence[Candidate]) -> None:
         raise ValueError("no candidate experts to choose from")
 
 
+def _groups(candidates: Sequence[Candidate]) -> Groups:
+    return device_groups([c.device for c in candidates])
+
+
 def solve(
     candidates: Sequence[Candidate],
     budget: Budget,
@@ -295,9 +313,10 @@ def solve(
     singles = [i for i in range(len(candidates)) if limits_feasible((i,), lat, en, lim)]
     if not singles:
         raise _infeasible(candidates, budget)
+    groups = _groups(candidates)
     pool = sorted(_pairable(singles, lat, en, lim), key=lambda i: (-candidates[i].quality, i))
-    search = BoxSearch(lat, en, lim, model, _incumbent(singles, pool, lat, en, lim, model))
-    members, value, nodes = search.run(pool)
+    seed = _incumbent(singles, pool, (lat, en, groups), lim, model)
+    members, value, nodes = BoxSearch(lat, en, lim, model, seed, groups).run(pool)
     return _decision(candidates, members, value, agg, nodes + len(singles), "branch_and_bound")
 
 
@@ -315,16 +334,17 @@ def _pairable(singles: Sequence[int], lat: Sequence[float], en: Sequence[float],
 
 
 def _incumbent(
-    singles: Sequence[int], pool: Sequence[int], lat: Sequence[float], en: Sequence[float],
-    lim: Limits, model: QualityModel,
+    singles: Sequence[int], pool: Sequence[int],
+    costs: tuple[Sequence[float], Sequence[float], Groups], lim: Limits, model: QualityModel,
 ) -> tuple[tuple[int, ...], float]:
     """Seed: the best single expert, or a greedy pass (best q first) if that scores higher."""
+    lat, en, groups = costs
     best = max(singles, key=lambda i: (model.value((i,)), -i))
     seed: tuple[int, ...] = (best,)
     value = model.value(seed)
     chosen: list[int] = []
     for i in pool:
-        if limits_feasible((*chosen, i), lat, en, lim):
+        if limits_feasible((*chosen, i), lat, en, lim, groups):
             chosen.append(i)
     if chosen and model.value(chosen) > value:
         seed, value = tuple(chosen), model.value(chosen)
@@ -343,12 +363,13 @@ def brute_force(
     lim, model = _limits(budget, agg, len(candidates)), _model(quality, candidates)
     lat = [c.latency_s for c in candidates]
     en = [c.energy_j for c in candidates]
+    groups = _groups(candidates)
     best: tuple[int, ...] | None = None
     best_value, seen = -math.inf, 0
     for m in range(1, lim.k_max + 1):
         for members in itertools.combinations(range(len(candidates)), m):
             seen += 1
-            if limits_feasible(members, lat, en, lim):
+            if limits_feasible(members, lat, en, lim, groups):
                 v = model.value(members)
                 if v > best_value:
                     best, best_value = members, v
@@ -372,14 +393,17 @@ def candidates_from_scores(
     scores: Sequence[ExpertScore],
     placement: Placement,
     devices: Mapping[str, DeviceProfile],
-    prompt_tokens: int,
+    prompt_tokens: int | Mapping[str, int],
     output_tokens: int,
     quality: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
-    """One Candidate per scored expert, costed where the placement puts it."""
+    """One Candidate per scored expert, costed where the placement puts it (experts the
+    placement puts on one device instance share it)."""
     q = quality if quality is not None else quality_from_weights(scores)
     out = []
     for s in scores:
-        cost = placement.cost(s.name, devices, prompt_tokens, output_tokens)
-        out.append(Candidate(s.name, q[s.name], cost.latency_s, cost.energy_j))
+        prompt = prompt_tokens if isinstance(prompt_tokens, int) else prompt_tokens[s.name]
+        cost = placement.cost(s.name, devices, prompt, output_tokens)
+        slot = placement.slot(s.name)
+        out.append(Candidate(s.name, q[s.name], cost.latency_s, cost.energy_j, slot))
     return out

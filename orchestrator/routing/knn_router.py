@@ -16,8 +16,18 @@ Experts are ranked by p̂ and weighted by the log-odds of p̂ (`voting.log_odds_
 both the recruitment weight (top-k, or dynamic k by cumulative share) and the vote weight when
 the recruited answers are aggregated by voting.
 
-K, τ and α are fitted on the profiling questions alone by leave-one-out log-loss of p̂ (each
-question's estimate from its neighbours, itself excluded), so the test split is never seen.
+The prior acc_i is the expert's overall accuracy, or, when the profiling questions carry topic
+labels (MMLU subjects, MMLU-Pro categories), its accuracy on the query's likely topic:
+acc_i(q) = Σ_c P(c|q)·acc_i(c), P(c|q) being the share of label c among the query's K_c nearest
+profiling questions. Two levels of evidence, then: a few close neighbours for this very kind of
+question, shrunk towards a few hundred questions of its topic rather than towards everything.
+On the MMLU-Pro replay corpus (seed 0) it moved the open ≤13B pool's k=3 accuracy from 48.6% to
+49.2%; the vote's per-letter reliability (`voting.AnswerReliability`, exposed as `reliability`)
+took it to 50.0%.
+
+K, τ, α and K_c (0: no topic prior) are fitted on the profiling questions alone by
+leave-one-out log-loss of p̂ (each question's estimate from its neighbours and its topic's
+accuracy, itself excluded), so the test split is never seen.
 """
 
 from __future__ import annotations
@@ -30,11 +40,13 @@ import numpy as np
 
 from orchestrator.routing.recruit import ExpertScore, RecruitMode
 from orchestrator.routing.router import RoutingEvidence
-from orchestrator.routing.voting import DEFAULT_OPTIONS, log_odds_weight
+from orchestrator.routing.voting import DEFAULT_OPTIONS, AnswerReliability, log_odds_weight
 
 NEIGHBOURS_GRID = (10, 25, 50, 100, 200, 400)
 TEMPERATURE_GRID = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
 PRIOR_GRID = (1.0, 3.0, 10.0, 30.0)
+LABEL_NEIGHBOURS_GRID = (0, 25, 50, 100, 200)  # 0: the prior is the overall accuracy
+LABEL_SMOOTHING = 2.0  # a small topic leans on the expert's overall accuracy (pseudo-questions)
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class KnnParams:
     neighbours: int = 50
     temperature: float = 0.05
     prior_strength: float = 3.0
+    label_neighbours: int = 0
 
 
 class EvidenceError(ValueError):
@@ -77,24 +90,64 @@ def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
-def fit_params(emb: np.ndarray, marks: np.ndarray, max_questions: int = 4000, seed: int = 0) -> KnnParams:
+class LabelPrior:
+    """Each expert's accuracy per topic label, and P(label | query) from the labels of the
+    query's nearest profiling questions: the topic-level prior of p̂ (see module doc)."""
+
+    def __init__(self, labels: Sequence[str], marks: np.ndarray):
+        names = sorted(set(labels))
+        self.codes = np.array([names.index(x) for x in labels]) if labels else np.zeros(0, dtype=int)
+        self.onehot = np.eye(len(names), dtype=np.float32)[self.codes]
+        self.marks, self.overall = marks, marks.mean(axis=0)
+        self.counts, self.sizes = self.onehot.T @ marks, self.onehot.sum(axis=0)[:, None]
+        self.accuracy = (self.counts + LABEL_SMOOTHING * self.overall) / (self.sizes + LABEL_SMOOTHING)
+
+    def prior(self, idx: np.ndarray, k: int) -> np.ndarray:
+        """queries × experts: topic accuracy under the label shares of the k nearest questions."""
+        if k <= 0:
+            return np.broadcast_to(self.overall, (len(idx), len(self.overall)))
+        return self.onehot[idx[:, :k]].mean(axis=1) @ self.accuracy
+
+    def loo_prior(self, rows: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+        """`prior` for profiling questions `rows`, each one's own answer left out of its topic."""
+        if k <= 0:
+            return self.prior(idx, k)
+        share = self.onehot[idx[:, :k]].mean(axis=1)
+        own = self.codes[rows]
+        acc_without = (self.counts[own] - self.marks[rows] + LABEL_SMOOTHING * self.overall) / (
+            self.sizes[own] - 1 + LABEL_SMOOTHING
+        )
+        own_share = share[np.arange(len(rows)), own][:, None]
+        return share @ self.accuracy + own_share * (acc_without - self.accuracy[own])
+
+
+def _log_loss(p: np.ndarray, truth: np.ndarray) -> float:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+
+
+def fit_params(
+    emb: np.ndarray, marks: np.ndarray, labels: Sequence[str] | None = None, max_questions: int = 4000, seed: int = 0
+) -> KnnParams:
     """The grid point with the lowest leave-one-out log-loss of p̂ on the profiling questions."""
     rows = np.arange(len(emb))
     if len(rows) > max_questions:  # bound the n × n similarity block; a sample ranks as well
         rows = np.random.default_rng(seed).choice(rows, max_questions, replace=False)
     sims = emb[rows] @ emb.T
     sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out
-    idx, vals = _top(sims, max(NEIGHBOURS_GRID))
-    prior, truth, near = marks.mean(axis=0), marks[rows], marks[idx]
+    idx, vals = _top(sims, max(*NEIGHBOURS_GRID, *LABEL_NEIGHBOURS_GRID))
+    topic = LabelPrior(labels, marks) if labels else None
+    label_grid = LABEL_NEIGHBOURS_GRID if topic else (0,)
+    priors = {kc: (topic.loo_prior(rows, idx, kc) if topic else marks.mean(axis=0)) for kc in label_grid}
+    truth, near = marks[rows], marks[idx]
     best: tuple[float, KnnParams] | None = None
     for k, tau in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID):
         weights = np.exp((vals[:, :k] - 1.0) / tau)
         hits, mass = np.einsum("qk,qke->qe", weights, near[:, :k]), weights.sum(axis=1)[:, None]
-        for alpha in PRIOR_GRID:  # the prior only re-weighs sums already made: cheap to sweep
-            p = np.clip((hits + alpha * prior) / (mass + alpha), 1e-4, 1 - 1e-4)
-            loss = float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+        for (kc, prior), alpha in itertools.product(priors.items(), PRIOR_GRID):  # cheap: sums are made
+            loss = _log_loss((hits + alpha * prior) / (mass + alpha), truth)
             if best is None or loss < best[0]:
-                best = (loss, KnnParams(k, tau, alpha))
+                best = (loss, KnnParams(k, tau, alpha, kc))
     assert best is not None
     return best[1]
 
@@ -112,15 +165,21 @@ class KnnRouter:
     def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None, n_options: int = DEFAULT_OPTIONS):
         self.evidence = evidence
         self.experts, self._emb, self._marks = _matrix(evidence)
-        self.params = params or fit_params(self._emb, self._marks)
+        labels = evidence.labels if evidence.labels and len(evidence.labels) == len(self._emb) else None
+        self.params = params or fit_params(self._emb, self._marks, labels)
         self.n_options = n_options
         self._prior = self._marks.mean(axis=0)
+        self._topic = LabelPrior(labels, self._marks) if labels else None
+        choices = evidence.choices
+        self.reliability = AnswerReliability(evidence.correct or {}, choices) if choices else None
 
     def estimate(self, query_embeddings: np.ndarray) -> np.ndarray:
         """p̂ for each query (rows) and expert (columns, in `self.experts` order)."""
         q = np.atleast_2d(np.asarray(query_embeddings, dtype=np.float32))
-        idx, vals = _top(q @ self._emb.T, self.params.neighbours)
-        return estimate(vals, self._marks[idx], self._prior, self.params)
+        k, kc = self.params.neighbours, self.params.label_neighbours if self._topic else 0
+        idx, vals = _top(q @ self._emb.T, max(k, kc))
+        prior = self._topic.prior(idx, kc) if self._topic else self._prior
+        return estimate(vals[:, :k], self._marks[idx[:, :k]], prior, self.params)
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
         """Every expert, best first; without an embedding, by overall profiling accuracy.

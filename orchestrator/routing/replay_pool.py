@@ -18,9 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from experts.backend import ModelSourceError
 from experts.cost_model import parse_model_size
 from experts.replay import RecordedQuestion, Recording, load_recording
 from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.pool_config import (
+    AggregatorConfig,
+    GenerationBudget,
+    MMLUProSource,
+    PoolConfig,
+    PoolConfigError,
+    ValidationConfig,
+)
 from orchestrator.routing.router import RoutingEvidence
 from skills.datasets import LabelledQuestion, format_prompt
 from skills.embedder import Embedder
@@ -45,6 +54,32 @@ def replay_pool(folder: str | Path, models: Sequence[str] | None = None) -> list
         raise ValueError(f"models not recorded in {recording.folder}: {', '.join(missing)}")
     source = str(recording.folder)
     return [ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m)) for m in wanted]
+
+
+def replay_pool_config(folder: str | Path, test_size: float = 0.5, seed: int = 0) -> PoolConfig:
+    """The pool `skillroute serve --pool replay:FOLDER` runs: every recorded model, profiled from
+    its recorded answers on the same seeded profiling split the routing benchmark uses, routed
+    by the k-NN router and aggregated by weighted voting (no replay expert can read answers)."""
+    try:
+        experts = replay_pool(folder)
+    except ModelSourceError as exc:
+        raise PoolConfigError(f"invalid replay pool {folder}: {exc}") from exc
+    path = str(load_recording(folder).folder)
+    source = MMLUProSource(path=path, split="profiling", test_size=test_size, split_seed=seed)
+    return PoolConfig(
+        name=f"replay:{path}",
+        validation=ValidationConfig(sources=[source], seed=seed),
+        generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8),
+        aggregator=AggregatorConfig(mode="vote"),
+        router="knn",
+        experts=experts,
+    )
+
+
+def profiling_split(folder: str | Path, split: str, test_size: float, seed: int) -> set[str]:
+    """The question ids of one part of `split_questions`."""
+    profiling, test = split_questions(load_recording(folder), test_size, seed)
+    return set(profiling if split == "profiling" else test)
 
 
 def is_open_small(model: str, max_params: float = OPEN_SMALL_MAX_PARAMS) -> bool:
@@ -141,7 +176,9 @@ def replay_evidence(
         list(dict.fromkeys([*s, recording.questions[q].category])) for q, s in zip(question_ids, skills, strict=True)
     ]
     profiles = {name: build_profile(name, zip(tagged, ok.tolist(), strict=True)).scores for name, ok in marks.items()}
-    evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks)
+    labels = [recording.questions[q].category for q in question_ids]
+    choices = {expert_name(m): [recording.answer(m, q) for q in question_ids] for m in models}
+    evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices)
     return ReplayProfile(evidence, list(question_ids), tagged)
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from orchestrator.pipeline import QueryInput
 from orchestrator.services.errors import NotFound
-from orchestrator.services.queries import QueryService
+from orchestrator.services.queries import QueryService, request_record
 from orchestrator.store.db import Database
 from orchestrator.store.models import Batch
 from orchestrator.store.repositories.batches import BatchRepository
@@ -51,9 +51,11 @@ class BatchService:
         self.db, self.queries = db, queries
 
     def submit(self, entries: Sequence[BatchEntry], key_id: int | None = None) -> int:
-        """Store the batch and its queries, queue them, and return the batch id at once."""
+        """Store the batch and its queries, queue them, and return the batch id at once (a budget
+        no expert fits is refused first, with nothing stored)."""
+        self.queries.check_budgets([e.query for e in entries])
         with self.db.session() as s:
-            ids = [QueryRepository(s).accept(e.query.text, e.query.k).id for e in entries]
+            ids = [QueryRepository(s).accept(e.query.text, e.query.k, request_record(e.query)).id for e in entries]
             batch_id = BatchRepository(s).add([(q, e.custom_id) for q, e in zip(ids, entries, strict=True)], key_id).id
         items = list(zip(ids, [e.query for e in entries], strict=True))
         size = self.queries.window.max_batch

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from orchestrator.pipeline import Decision, NoExpertsError, Pipeline, QueryInput
 from orchestrator.pool import PoolState
+from orchestrator.routing.budget_plan import QueryBudget
+from orchestrator.routing.budgets import InfeasibleBudget
 from orchestrator.routing.recruit import RecruitMode
+from orchestrator.services.budgets import infeasible
 from orchestrator.services.errors import NotFound, NotReady, ServiceError
 from orchestrator.services.queries import QueryService, store_outcome
 from orchestrator.store.db import Database
@@ -32,8 +35,9 @@ class ChatQuery:
     text: str
     model: str = AUTO
     k: int = 3
-    mode: RecruitMode = "sample"
+    mode: RecruitMode | None = None  # None: the router's preferred mode
     seed: int | None = None
+    budget: QueryBudget | None = None  # routed (`auto`) chats only: a named expert answers alone
 
 
 @dataclass(frozen=True)
@@ -81,18 +85,21 @@ class ChatService:
         last = row.generations[-1]
         return ChatResult(row, last.text, last.expert)
 
-    def route(self, text: str, k: int, mode: RecruitMode, seed: int | None) -> Decision:
+    def route(self, text: str, k: int, mode: RecruitMode | None, seed: int | None,
+              budget: QueryBudget | None = None) -> Decision:
         """The decision the full path would make for this query and seed, without generating."""
         try:
-            decision = self.pipeline.route(self.pool.snapshot, [QueryInput(text, k, mode, seed)])[0]
+            decision = self.pipeline.route(self.pool.snapshot, [QueryInput(text, k, mode, seed, budget)])[0]
         except NoExpertsError as exc:
             raise NotReady(str(exc)) from exc
+        except InfeasibleBudget as exc:
+            raise infeasible(exc, budget) from exc
         if len(decision.recruited) < 2:  # as stored: one answer needs no aggregator
             decision.aggregator = None
         return decision
 
     def _routed(self, q: ChatQuery) -> int:
-        return self.queries.ask([QueryInput(q.text, q.k, q.mode, q.seed)])[0]
+        return self.queries.ask([QueryInput(q.text, q.k, q.mode, q.seed, q.budget)])[0]
 
     def _direct(self, q: ChatQuery) -> int:
         """Ask one named expert alone: a fixed decision, no routing, no aggregation."""

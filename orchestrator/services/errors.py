@@ -24,6 +24,16 @@ class Unprocessable(ServiceError):
     status_code, code = 422, "unprocessable"
 
 
+class BudgetInfeasible(Unprocessable):
+    """No expert fits the query's budget; `detail` names the budget and the cheapest options."""
+
+    code = "infeasible_budget"
+
+    def __init__(self, message: str, param: str, detail: dict[str, object]):
+        super().__init__(message, param)
+        self.detail = detail
+
+
 class NotReady(ServiceError):
     status_code, code = 503, "not_ready"
 

@@ -11,6 +11,7 @@ from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.pool import PoolState
 from orchestrator.profiling import ProfilingService
+from orchestrator.routing.budget_plan import device_name, device_table
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.store.db import Database
@@ -18,6 +19,14 @@ from orchestrator.store.models import Expert
 from orchestrator.store.repositories.experts import ExpertRepository
 
 log = logging.getLogger(__name__)
+
+
+def check_placement(spec: ExpertSpec) -> None:
+    """Every expert runs somewhere budgets can cost: a device of the device profiles."""
+    devices, name = device_table(), device_name(spec)
+    if name not in devices:
+        raise Unprocessable(f"expert {spec.name!r} is placed on unknown device {name!r}; "
+                            f"known: {', '.join(sorted(devices))}", "placement.device")
 
 
 class ExpertService:
@@ -30,6 +39,7 @@ class ExpertService:
         with self.db.session() as s:
             if ExpertRepository(s).by_name(spec.name) is not None:
                 raise Conflict(f"an expert named {spec.name!r} already exists", "name")
+        check_placement(spec)
         self.check_loads(spec)
         with self.db.session() as s:
             row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")

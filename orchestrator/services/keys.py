@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Literal, cast
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.services.errors import Forbidden, NotFound, RateLimited, Unauthorized
+from orchestrator.services.errors import Forbidden, NotFound, RateLimited, ServiceError, Unauthorized
 from orchestrator.store.db import Database
 from orchestrator.store.models import ApiKey
 from orchestrator.store.repositories.keys import KeyRepository
@@ -47,6 +48,20 @@ class Caller:
     key_id: int | None = None
 
 
+@dataclass(frozen=True)
+class KeyBudget:
+    """Default budgets of a key's queries: latency in ms, energy in J; None is no limit."""
+
+    latency_ms: float | None = None
+    energy_j: float | None = None
+
+    def checked(self) -> KeyBudget:
+        for name, value in (("latency_ms", self.latency_ms), ("energy_j", self.energy_j)):
+            if value is not None and not 0 < value < math.inf:
+                raise ServiceError(f"{name} must be a positive number, got {value}", name)
+        return self
+
+
 def hash_secret(secret: str, salt: bytes) -> str:
     return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT).hex()
 
@@ -57,12 +72,28 @@ class KeyService:
         self._verified: dict[bytes, int] = {}  # sha256(key) → key id: skips scrypt after the first use
         self._lock = threading.Lock()
 
-    def create(self, name: str, role: Role, requests_per_minute: int | None = None) -> tuple[ApiKey, str]:
+    def create(self, name: str, role: Role, requests_per_minute: int | None = None,
+               budget: KeyBudget | None = None) -> tuple[ApiKey, str]:
         """Store a new key; the plaintext is returned here and never again."""
         prefix, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
+        b = (budget or KeyBudget()).checked()
         with self.db.session() as s:
-            row = KeyRepository(s).add(name, role, prefix, salt.hex(), hash_secret(secret, salt), requests_per_minute)
+            row = KeyRepository(s).add(name, role, prefix, salt.hex(), hash_secret(secret, salt), requests_per_minute,
+                                       b.latency_ms, b.energy_j)
         return row, f"{KEY_PREFIX}{prefix}.{secret}"
+
+    def set_budget(self, key_id: int, budget: KeyBudget) -> None:
+        """Replace the key's default budgets (None clears one)."""
+        b = budget.checked()
+        with self.db.session() as s:
+            if not KeyRepository(s).set_budget(key_id, b.latency_ms, b.energy_j):
+                raise NotFound(f"no key with id {key_id}", "id")
+
+    def budget(self, key_id: int | None) -> KeyBudget:
+        """The key's default budgets; none for no key (open mode, the env admin key)."""
+        with self.db.session() as s:
+            row = KeyRepository(s).get(key_id) if key_id is not None else None
+            return KeyBudget(row.default_latency_ms, row.default_energy_j) if row else KeyBudget()
 
     def verify(self, token: str) -> ApiKey | None:
         """The active stored key this token is, or None."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 from orchestrator.observability.probe import NULL_PROBE, Probe
-from orchestrator.pipeline import NoExpertsError, Outcome, Pipeline, QueryInput
+from orchestrator.pipeline import NoExpertsError, NotRecorded, Outcome, Pipeline, QueryInput
 from orchestrator.pool import PoolState
+from orchestrator.routing.budget_plan import QueryBudget
+from orchestrator.routing.budgets import InfeasibleBudget
 from orchestrator.scheduling.window import BatchingWindow
-from orchestrator.services.errors import NotFound, NotReady
+from orchestrator.services.budgets import infeasible
+from orchestrator.services.errors import NotFound, NotReady, Unprocessable
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository
@@ -27,10 +31,33 @@ class QueryService:
         )
 
     def ask(self, inputs: Sequence[QueryInput]) -> list[int]:
-        """Answer queries; returns the stored ids (failed ones are stored as failed)."""
+        """Answer queries; returns the stored ids (failed ones are stored as failed).
+
+        A budget no expert fits, or a question a replay pool has no recording of, is refused
+        (422) before anything is stored."""
+        self.check_recorded(inputs)
+        self.check_budgets(inputs)
         with self.db.session() as s:
-            ids = [QueryRepository(s).accept(q.text, q.k).id for q in inputs]
+            ids = [QueryRepository(s).accept(q.text, q.k, request_record(q)).id for q in inputs]
         return self.window.submit(list(zip(ids, inputs, strict=True))).result()
+
+    def check_recorded(self, inputs: Sequence[QueryInput]) -> None:
+        try:
+            self.pipeline.check_recorded(self.pool.snapshot, inputs)
+        except NotRecorded as exc:
+            where = f"query {exc.index}: " if len(inputs) > 1 else ""
+            raise Unprocessable(f"{where}{exc}", "query") from exc
+
+    def check_budgets(self, inputs: Sequence[QueryInput]) -> None:
+        """Route each budgeted query once ahead (routing is cheap next to generating)."""
+        snapshot = self.pool.snapshot
+        for i, q in enumerate(inputs):
+            try:
+                self.pipeline.check_budgets(snapshot, [q])
+            except InfeasibleBudget as exc:
+                raise infeasible(exc, q.budget, f"query {i}: " if len(inputs) > 1 else "") from exc
+            except NoExpertsError:
+                return  # stored as failed and answered 503 like any query to an empty pool
 
     def _run_items(self, items: list[tuple[int, QueryInput]]) -> list[int]:
         self.run([i for i, _ in items], [q for _, q in items])
@@ -67,10 +94,23 @@ class QueryService:
     def recover(self) -> int:
         """Answer queries that were accepted but never finished (a crash mid-batch)."""
         with self.db.session() as s:
-            pending = [(q.id, QueryInput(q.text, q.k)) for q in QueryRepository(s).pending()]
+            pending = [(q.id, input_from_record(q.text, q.k, q.request)) for q in QueryRepository(s).pending()]
         if pending:
             self.window.submit(pending).result()
         return len(pending)
+
+
+def request_record(q: QueryInput) -> dict[str, Any]:
+    """What `input_from_record` needs, besides the text and k, to ask a query again."""
+    budget = asdict(q.budget) if q.budget else None
+    return {"mode": q.mode, "seed": q.seed, "budget": budget}
+
+
+def input_from_record(text: str, k: int, record: dict[str, Any] | None) -> QueryInput:
+    r = record or {}
+    b = r.get("budget")
+    budget = QueryBudget(b["latency_s"], b["energy_j"], tuple(b.get("from_key") or ())) if b else None
+    return QueryInput(text, k, r.get("mode"), r.get("seed"), budget)
 
 
 def store_outcome(repo: QueryRepository, qid: int, out: Outcome) -> None:
@@ -79,6 +119,7 @@ def store_outcome(repo: QueryRepository, qid: int, out: Outcome) -> None:
     repo.save_decision(
         qid, router=d.router, mode=d.mode, seed=d.seed, aggregator=d.aggregator if len(d.recruited) > 1 else None,
         skills=[asdict(m) for m in d.skills], experts=[asdict(x) for x in d.scores], recruited=list(d.recruited),
+        budget=d.plan.record(out.stages_s) if d.plan else None,
     )
     repo.add_generations(qid, [
         {"expert": a.expert, "role": a.role, "text": a.generation.text, "latency_s": a.generation.latency_s,

@@ -94,6 +94,8 @@ class Query(Base):
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     latency_s: Mapped[float | None] = mapped_column(Float, default=None)
+    # how it was asked (mode, seed, budget): a query recovered after a crash is asked the same way
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
     decision: Mapped[RoutingDecision | None] = relationship(back_populates="query", cascade="all, delete-orphan")
@@ -114,6 +116,8 @@ class RoutingDecision(Base):
     experts: Mapped[list[Any]] = mapped_column(JSON)  # [{name, suitability, competence, weight}]
     recruited: Mapped[list[Any]] = mapped_column(JSON)  # names, repeats allowed
     aggregator: Mapped[str | None] = mapped_column(String(64))
+    # a budgeted query's limits, candidates, chosen subset, predicted and measured cost (BudgetPlan.record)
+    budget: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     query: Mapped[Query] = relationship(back_populates="decision")
 
@@ -146,6 +150,9 @@ class ApiKey(Base):
     salt: Mapped[str] = mapped_column(String(64))
     digest: Mapped[str] = mapped_column(String(128))
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    # budgets for the key's queries that name none themselves (a request's own value wins)
+    default_latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    default_energy_j: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 

@@ -20,7 +20,6 @@ from experts.types import BaseModelSpec, ExpertSpec, Generation
 from skills.datasets import LabelledQuestion, format_prompt
 from skills.grading import extract_choice, grade
 
-REPLAY = Path(__file__).resolve().parents[2].parent / "shared/data/mmlu_pro_replay"
 MODELS = ["Llama-2-7b-hf", "Meta-Llama-3_1-8B-Instruct", "gemini-1.5-pro-002"]
 TWINS = ("819", "820")  # the same question text with different options (and answers)
 
@@ -31,10 +30,8 @@ def _prompt(rec: Recording, qid: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def real() -> Recording:
-    if not REPLAY.is_dir():
-        pytest.skip(f"the replay corpus is not at {REPLAY}")
-    return load_recording(REPLAY)
+def real(real_recording: Recording) -> Recording:
+    return real_recording
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +104,18 @@ def test_twin_questions_are_told_apart_by_their_options(backend: ReplayBackend) 
         assert rec.find_question(_prompt(rec, qid)) == qid
     with pytest.raises(BackendError, match="819, 820"):
         rec.find_question(rec.questions["819"].question)  # no options: cannot tell which
+
+
+def test_every_corpus_question_is_found_from_its_own_prompt(real: Recording) -> None:
+    """Including 6123/6124: one's options are a subset of the other's, so the shorter one's
+    prompt shows all of both its own options and four of the other's."""
+
+    def same(a: str, b: str) -> bool:
+        qa, qb = real.questions[a], real.questions[b]
+        return (qa.question, qa.options) == (qb.question, qb.options)  # true duplicates in the corpus
+
+    wrong = [q for q in real.questions if not same(real.find_question(_prompt(real, q)), q)]
+    assert wrong == []
 
 
 def test_unknown_question_is_a_clear_error(backend: ReplayBackend) -> None:

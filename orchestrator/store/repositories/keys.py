@@ -15,9 +15,11 @@ class KeyRepository:
         self.session = session
 
     def add(self, name: str, role: str, prefix: str, salt: str, digest: str,
-            requests_per_minute: int | None = None) -> ApiKey:
+            requests_per_minute: int | None = None, default_latency_ms: float | None = None,
+            default_energy_j: float | None = None) -> ApiKey:
         row = ApiKey(name=name, role=role, prefix=prefix, salt=salt, digest=digest,
-                     requests_per_minute=requests_per_minute)
+                     requests_per_minute=requests_per_minute, default_latency_ms=default_latency_ms,
+                     default_energy_j=default_energy_j)
         self.session.add(row)
         self.session.flush()
         return row
@@ -34,6 +36,13 @@ class KeyRepository:
     def has_active(self, role: str) -> bool:
         stmt = select(ApiKey.id).where(ApiKey.role == role, ApiKey.revoked_at.is_(None)).limit(1)
         return self.session.scalar(stmt) is not None
+
+    def set_budget(self, key_id: int, latency_ms: float | None, energy_j: float | None) -> bool:
+        row = self.session.get(ApiKey, key_id)
+        if row is None:
+            return False
+        row.default_latency_ms, row.default_energy_j = latency_ms, energy_j
+        return True
 
     def revoke(self, key_id: int) -> bool:
         row = self.session.get(ApiKey, key_id)

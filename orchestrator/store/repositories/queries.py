@@ -15,9 +15,9 @@ class QueryRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def accept(self, text: str, k: int) -> Query:
+    def accept(self, text: str, k: int, request: dict[str, Any] | None = None) -> Query:
         """Write the query before any work, so an accepted query survives a crash."""
-        row = Query(text=text, k=k, status="accepted")
+        row = Query(text=text, k=k, status="accepted", request=request)
         self.session.add(row)
         self.session.flush()
         return row

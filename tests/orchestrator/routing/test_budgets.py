@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -116,6 +117,35 @@ def test_equal_to_brute_force_at_sixteen_experts() -> None:
         cands, budget, agg = random_instance(rng, 16, k_max=rng.choice([2, 3, 4]))
         kind = ("noisy_or", "weighted_vote", "submodular")[i % 3]
         assert_same_optimum(cands, budget, agg, quality_for(kind, cands, rng))
+
+
+def on_devices(rng: random.Random, cands: list[Candidate]) -> list[Candidate]:
+    """Some candidates share a device (their latencies add there), the rest have their own."""
+    return [dataclasses.replace(c, device=rng.choice(["cpu", "gpu", None, None])) for c in cands]
+
+
+@pytest.mark.parametrize("quality", ["noisy_or", "weighted_vote", "coverage", "submodular"])
+def test_shared_devices_equal_brute_force(quality: str) -> None:
+    rng = random.Random(f"shared-{quality}")
+    for _ in range(200):
+        cands, budget, agg = random_instance(rng, rng.randint(1, 10))
+        assert_same_optimum(on_devices(rng, cands), budget, agg, quality_for(quality, cands, rng))
+
+
+def test_shared_devices_equal_brute_force_at_sixteen_experts() -> None:
+    rng = random.Random(61)
+    for _ in range(20):
+        cands, budget, agg = random_instance(rng, 16, k_max=rng.choice([3, 5]))
+        assert_same_optimum(on_devices(rng, cands), budget, agg, "noisy_or")
+
+
+def test_experts_on_one_device_add_their_latencies() -> None:
+    cands = [Candidate("a", 0.7, 1.0, 1.0, "cpu"), Candidate("b", 0.6, 1.0, 1.0, "cpu"),
+             Candidate("c", 0.5, 1.5, 1.0, "gpu")]
+    assert subset_cost(cands, (0, 1)) == (2.0, 2.0)  # one after another on the cpu
+    assert subset_cost(cands, (0, 2)) == (1.5, 2.0)  # in parallel on two devices
+    assert solve(cands, Budget(latency_s=1.8)).chosen == ("a", "c")  # a+b would take 2.0 s
+    assert solve(cands, Budget(latency_s=2.6)).chosen == ("a", "b", "c")  # cpu 2.0, gpu 1.5
 
 
 def test_all_ties_pick_k_max_experts() -> None:

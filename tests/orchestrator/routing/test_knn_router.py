@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from orchestrator.routing.knn_router import EvidenceError, KnnParams, KnnRouter, fit_params
+from orchestrator.routing.knn_router import LABEL_SMOOTHING, EvidenceError, KnnParams, KnnRouter, LabelPrior, fit_params
 from orchestrator.routing.recruit import recruit
 from orchestrator.routing.router import Router, RoutingEvidence
-from orchestrator.routing.voting import log_odds_weight, vote_by_scores, weighted_vote
+from orchestrator.routing.voting import AnswerReliability, log_odds_weight, vote_by_scores, weighted_vote
 
 
 def _two_topics(n: int = 200, seed: int = 0) -> tuple[RoutingEvidence, np.ndarray, np.ndarray]:
@@ -112,3 +112,52 @@ def test_vote_by_scores_uses_the_router_weights() -> None:
     evidence, centres, _ = _two_topics()
     scores = KnnRouter(evidence).score([], centres[0])
     assert vote_by_scores([("maths", "A"), ("law", "B"), ("mid", "B")], scores).answer == "A"
+
+
+def test_topic_prior_leave_one_out_equals_refitting_without_the_question() -> None:
+    rng = np.random.default_rng(3)
+    labels = [str(x) for x in rng.integers(0, 3, 40)]
+    marks = (rng.random((40, 2)) < 0.5).astype(np.float32)
+    idx = np.array([rng.permutation(40)[:6] for _ in range(40)])
+    rows = np.arange(40)
+    loo = LabelPrior(labels, marks).loo_prior(rows, idx, 6)
+    for j in (0, 7, 21):
+        keep = rows != j
+        kept = LabelPrior([lb for i, lb in enumerate(labels) if i != j], marks[keep])
+        # what it leaves out is the question's own mark; the smoothing target (overall accuracy) keeps it
+        kept.accuracy = (kept.counts + LABEL_SMOOTHING * marks.mean(axis=0)) / (kept.sizes + LABEL_SMOOTHING)
+        names = sorted(set(labels))
+        assert sorted({lb for i, lb in enumerate(labels) if i != j}) == names  # same columns both ways
+        share = np.eye(len(names))[[names.index(labels[i]) for i in idx[j]]].mean(axis=0)
+        assert loo[j] == pytest.approx(share @ kept.accuracy)
+
+
+def test_topic_labels_sharpen_estimates_when_few_neighbours_are_close() -> None:
+    """Two topics, each expert right on one only; with labels the fitted router uses the topic."""
+    evidence, centres, topic = _two_topics(n=400, seed=4)
+    evidence.labels = ["maths" if t == 0 else "law" for t in topic]
+    router = KnnRouter(evidence)
+    assert router.params.label_neighbours > 0  # the leave-one-out fit found the topic useful
+    p = dict(zip(router.experts, router.estimate(centres[0])[0], strict=True))
+    assert p["maths"] > 0.8 and p["law"] < 0.35
+
+
+def test_answer_reliability_discounts_a_letter_the_expert_picks_by_habit() -> None:
+    """"biased" says A half the time and is then right 10% of the time; elsewhere 70%."""
+    rng = np.random.default_rng(5)
+    says_a = rng.random(600) < 0.5
+    right = np.where(says_a, rng.random(600) < 0.1, rng.random(600) < 0.7)
+    choices = ["A" if a else "BCD"[i % 3] for i, a in enumerate(says_a)]
+    reliability = AnswerReliability({"biased": right}, {"biased": choices})
+    assert reliability.offset("biased", "A") < -1.0 < 0.5 < reliability.offset("biased", "B")
+    assert reliability.offset("biased", "J") == 0.0 and reliability.offset("other", "A") == 0.0
+    weights = {"biased": 2.0, "steady": 1.5}
+    assert weighted_vote([("biased", "A"), ("steady", "C")], weights).answer == "A"
+    assert weighted_vote([("biased", "A"), ("steady", "C")], weights, reliability).answer == "C"
+
+
+def test_answer_reliability_shrinkage_grows_when_letters_carry_no_signal() -> None:
+    rng = np.random.default_rng(6)
+    right = rng.random(2000) < 0.5
+    choices = [rng.choice(list("ABCD")) for _ in range(2000)]
+    assert AnswerReliability({"x": right}, {"x": choices}).smoothing >= 50.0

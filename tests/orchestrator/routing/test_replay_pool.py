@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experts.replay import Recording, ReplayBackend, load_recording, write_recording
+from experts.replay import ReplayBackend, load_recording
 from orchestrator.routing.knn_router import KnnRouter
 from orchestrator.routing.recruit import recruit
 from orchestrator.routing.replay_pool import (
@@ -26,34 +27,15 @@ from orchestrator.routing.router import SymbolicRouter
 from skills.embedder import Embedder
 from skills.grading import grade
 
-REPLAY = Path(__file__).resolve().parents[3].parent / "shared/data/mmlu_pro_replay"
 KEPT = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b"]
 LATE = "gemini-1.5-pro-002"  # far stronger than the kept three: it must be recruited once known
 PER_CATEGORY = 5
+SliceRecording = Callable[[Path, Sequence[str], int], Path]  # the conftest fixture's signature
 
 
 @pytest.fixture(scope="module")
-def real() -> Recording:
-    if not REPLAY.is_dir():
-        pytest.skip(f"the replay corpus is not at {REPLAY}")
-    return load_recording(REPLAY)
-
-
-def _slice(real: Recording, folder: Path, models: list[str]) -> Path:
-    """The first PER_CATEGORY questions of every category, answered by `models`."""
-    seen: Counter[str] = Counter()
-    ids = []
-    for qid, q in real.questions.items():
-        if seen[q.category] < PER_CATEGORY:
-            seen[q.category] += 1
-            ids.append(qid)
-    answers = {m: {q: real.answer(m, q) for q in ids} for m in models}
-    return write_recording(folder, [real.questions[q] for q in ids], answers)
-
-
-@pytest.fixture(scope="module")
-def folder(real: Recording, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _slice(real, tmp_path_factory.mktemp("pool"), [*KEPT, LATE])
+def folder(slice_recording: SliceRecording, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return slice_recording(tmp_path_factory.mktemp("pool"), [*KEPT, LATE], PER_CATEGORY)
 
 
 def test_one_replay_expert_per_recorded_model(folder: Path) -> None:
@@ -105,9 +87,9 @@ def test_profiled_marks_equal_what_the_backends_answer_and_the_grader_says(folde
 
 
 def test_a_model_added_to_the_folder_is_profiled_and_recruited(
-    real: Recording, folder: Path, tmp_path: Path, embedder: Embedder
+    slice_recording: SliceRecording, folder: Path, tmp_path: Path, embedder: Embedder
 ) -> None:
-    without = _slice(real, tmp_path / "without", KEPT)
+    without = slice_recording(tmp_path / "without", KEPT, PER_CATEGORY)
     profiling, test = split_questions(load_recording(without), 0.5, seed=0)
     before = profile_replay_pool(without, profiling, embedder)
     assert LATE not in before.evidence.profiles

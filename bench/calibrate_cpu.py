@@ -1,0 +1,110 @@
+"""Calibrate the `local-cpu` device profile from real llama.cpp generations on this machine.
+
+    python bench/calibrate_cpu.py [--json] [--repeats R] [--models NAME ...]
+
+llama.cpp uses $SKILLROUTE_LLAMA_THREADS threads (default: every core), as the service does.
+
+Runs the packaged GGUF models (SmolLM2-135M and Qwen2.5-Coder-0.5B; the 1.5B too when its
+packages are installed) through the service's own `LlamaCppBackend`, each once to page its
+weights in, then over short and long prompts with 8, 32 and 64 output tokens, and fits the
+profile's throughput and overheads (`experts/calibration.py`). Prints the fitted numbers for
+`experts/devices.yaml`, and measured / predicted latency per run for both the packaged and the
+fitted profile. The 1-minute load average is printed beside them: on a CPU shared with other
+work every number here moves with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+
+from experts.calibration import Run, fit_profile, prediction_errors  # noqa: E402
+from experts.catalog import list_packaged  # noqa: E402
+from experts.cost_model import parse_model_size  # noqa: E402
+from experts.devices import load_devices  # noqa: E402
+from experts.llamacpp import LlamaCppBackend  # noqa: E402
+from experts.types import BaseModelSpec, ExpertSpec  # noqa: E402
+
+MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
+SHORT = "What is 17*23? Explain step by step."
+LONG = " ".join(["The Roman Empire had many emperors, wars, laws and reforms."] * 12) + " Summarise it."
+OUTPUT_TOKENS = (8, 32, 64)
+
+
+def installed_models() -> list[str]:
+    ready = {m.name for m in list_packaged() if m.installed}
+    return [m for m in MODELS if m in ready]
+
+
+def measure(model: str, repeats: int) -> list[Run]:
+    """Warm the model once, then time every prompt x output length `repeats` times."""
+    spec = ExpertSpec(name="calibration", base=BaseModelSpec(kind="llamacpp", source=f"package:{model}"),
+                      system_prompt="You are a helpful assistant.")
+    backend = LlamaCppBackend(spec.base)
+    backend.load()
+    params_b = parse_model_size(model).active_params / 1e9  # what the service's placements use
+    backend.generate([spec.request("warm", SHORT, 8)])
+    runs = []
+    for text in (SHORT, LONG):
+        for out in OUTPUT_TOKENS:
+            for i in range(repeats):
+                gen = backend.generate([spec.request(f"{out}-{i}", f"{text} ({out}, {i})", out)])[0]
+                runs.append(Run(params_b, gen.prompt_tokens, gen.completion_tokens, gen.latency_s))
+    backend.unload()
+    return runs
+
+
+def summary(ratios: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(ratios), "max": max(ratios), "min": min(ratios)}
+
+
+def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
+    load_before = os.getloadavg()[0]
+    runs = [r for m in models for r in measure(m, repeats)]
+    base = load_devices()["local-cpu"]
+    threads = LlamaCppBackend(BaseModelSpec(kind="llamacpp", source="unused")).n_threads
+    label = f"bench/calibrate_cpu.py: {len(runs)} llama.cpp runs, {threads} threads, load average {load_before:.1f}"
+    fitted = fit_profile(base, runs, label)
+    keys = ("tokens_per_s_at_1b", "prefill_tokens_per_s_at_1b", "call_overhead_ms", "token_overhead_ms")
+    return {
+        "models": list(models), "threads": threads, "runs": [r.__dict__ for r in runs],
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "fitted": {k: getattr(fitted, k) for k in keys},
+        "measured_over_predicted": {"packaged": summary(prediction_errors(base, runs)),
+                                    "fitted": summary(prediction_errors(fitted, runs))},
+    }
+
+
+def report(r: dict[str, object]) -> None:
+    print(f"# local-cpu calibration over {', '.join(r['models'])} ({r['threads']} threads)")  # type: ignore[arg-type]
+    print(f"load average 1m: {r['load_average_1m']}")
+    for k, v in r["fitted"].items():  # type: ignore[attr-defined]
+        print(f"    {k}: {v:.4g}")
+    for name, s in r["measured_over_predicted"].items():  # type: ignore[attr-defined]
+        print(f"measured / predicted latency, {name} profile: median {s['median']:.2f} "
+              f"(min {s['min']:.2f}, max {s['max']:.2f})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--models", nargs="+", choices=MODELS, help="default: every installed one")
+    args = ap.parse_args(argv)
+    result = run(args.repeats, args.models or installed_models())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Budgets in the service: the router's scores and each expert's placement in, the subset out.
+
+Per query: every scored expert becomes a `Candidate` whose quality is the router's estimate
+(the k-NN router's p̂ as it is; a Symbolic-MoE weight scaled by `quality_from_weights`) and
+whose cost is predicted on the device its `ExpertSpec.placement` names, by the cost model the
+replay backend and the benches use (`experts/cost_model.py` over `experts/devices.py`), for
+this prompt and the pool's output-token limit (a replay expert: its recorded chain of thought).
+Predicting the whole `max_tokens` makes the prediction an upper bound whenever an expert stops
+early. With an aggregator LLM, its cost (it reads every answer, then writes) is the aggregation
+term and the quality is noisy-or (it can take any member's right answer); a pool that
+aggregates by vote pays nothing to aggregate and is scored by the weighted-vote quality.
+
+Placement: the spec's device, else this machine's CPU; a replay expert's recorded model runs by
+default on H100 servers of its own, where the replay backend costs its replies. Experts on one
+device share it: on the embedded pool every expert runs on this CPU, so a subset's latency is
+the sum of its members' plus aggregation (`budget_limits`). This CPU is shared with other work,
+so its profile is scaled online by what the service's own recent llama.cpp/vLLM generations
+took against their prediction (`experts.calibration.Slowdown`, a high quantile).
+
+Measured cost: the wall time of the expert and aggregation stages, and energy as the local
+CPU profile's `power_w` x that time: an estimate, since no power counters are readable here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from experts.calibration import Run, Slowdown, slowed
+from experts.cost_model import DEFAULT_DEVICE, ModelCost, ModelSize, parse_model_size
+from experts.devices import CostEstimate, DeviceProfile, load_devices
+from experts.replay import ReplayBackend
+from experts.types import ExpertSpec, Generation
+from orchestrator.aggregation import aggregation_prompt
+from orchestrator.routing.budgets import (
+    AggregationCost,
+    Budget,
+    BudgetDecision,
+    Candidate,
+    QualityName,
+    quality_from_weights,
+    solve,
+)
+from orchestrator.routing.recruit import ExpertScore
+
+LOCAL_DEVICE = "local-cpu"  # where this process runs its experts: what measured energy is charged to
+COMPUTED_HERE = ("llamacpp", "vllm")  # backends whose reply times are this machine's compute
+TEMPLATE_TOKENS = 16  # chat template tokens around a system prompt and a user turn
+ANSWER_TOKENS_EXTRA = 8  # "Response i:" and spacing around each answer the aggregator reads
+
+
+class BudgetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_")
+
+    devices_file: str | None = None  # device profiles; unset: the packaged experts/devices.yaml
+
+
+@lru_cache(maxsize=4)
+def device_table(path: str | None = None) -> dict[str, DeviceProfile]:
+    """Device profiles by name, from `path` (or $SKILLROUTE_DEVICES_FILE, or the packaged file)."""
+    return load_devices(path or BudgetSettings().devices_file)
+
+
+@dataclass(frozen=True)
+class QueryBudget:
+    """What a query may spend; `from_key` names the limits its API key's defaults supplied."""
+
+    latency_s: float | None = None
+    energy_j: float | None = None
+    from_key: tuple[str, ...] = ()
+
+    def limits(self, k_max: int) -> Budget:
+        return Budget(self.latency_s, self.energy_j, k_max)
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    expert_max_tokens: int
+    aggregator_max_tokens: int
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """The part of the pool a plan needs: specs (with placements) and the aggregator."""
+
+    experts: Mapping[str, ExpertSpec]
+    aggregator: str | None
+    router: str
+    aggregation: str = "llm"  # or "vote": no aggregator LLM
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget: QueryBudget
+    k_max: int
+    decision: BudgetDecision
+    candidates: list[Candidate]
+    measured_power_w: float  # the local device's draw, for the measured-energy estimate
+    local_slowdown: float | None = None  # the online correction applied to the local profile
+
+    @property
+    def chosen(self) -> tuple[str, ...]:
+        return self.decision.chosen
+
+    def record(self, stages_s: float | None = None) -> dict[str, object]:
+        """JSON for the stored decision: the budget, the subset, predicted and measured cost."""
+        b, d = self.budget, self.decision
+        out: dict[str, object] = {
+            "latency_ms": None if b.latency_s is None else b.latency_s * 1e3, "energy_j": b.energy_j,
+            "k_max": self.k_max, "from_key": list(b.from_key), "chosen": list(d.chosen),
+            "predicted_quality": d.quality, "predicted_latency_s": d.latency_s,
+            "predicted_energy_j": d.energy_j, "solver_nodes": d.nodes, "local_slowdown": self.local_slowdown,
+            "candidates": [_candidate(c) for c in self.candidates],
+        }
+        if stages_s is not None:
+            out.update(measured_latency_s=stages_s, measured_energy_j=self.measured_power_w * stages_s,
+                       measured_energy_basis=f"{LOCAL_DEVICE} power_w x measured wall time (estimate)")
+        return out
+
+
+def _candidate(c: Candidate) -> dict[str, object]:
+    return {"expert": c.name, "quality": c.quality, "latency_s": c.latency_s, "energy_j": c.energy_j,
+            "device": c.device}
+
+
+def text_tokens(text: str) -> int:
+    """A generous token count: English runs ~4 characters a token, digits and symbols fewer."""
+    return math.ceil(len(text) / 3)
+
+
+def expert_size(spec: ExpertSpec) -> ModelSize:
+    """Parameters (total, active): the placement's figure, else read from the model's name."""
+    if spec.placement.params_b is not None:
+        return ModelSize(spec.placement.params_b * 1e9, spec.placement.params_b * 1e9, "known")
+    return parse_model_size(spec.base.model or spec.base.source)
+
+
+def expert_params_b(spec: ExpertSpec) -> float:
+    return expert_size(spec).active_params / 1e9
+
+
+def device_name(spec: ExpertSpec) -> str:
+    if spec.placement.device is not None:
+        return spec.placement.device
+    return DEFAULT_DEVICE if spec.base.kind == "replay" else LOCAL_DEVICE
+
+
+def slot(spec: ExpertSpec) -> str:
+    """The physical device: experts with equal slots run one after another."""
+    instance = spec.placement.instance
+    if instance is None and spec.placement.device is None and spec.base.kind == "replay":
+        instance = spec.name  # a recorded model is served by servers of its own
+    return device_name(spec) + (f"#{instance}" if instance else "")
+
+
+def output_tokens(spec: ExpertSpec, limit: int) -> int:
+    """What a reply is charged: the token limit, or a replay expert's recorded chain of thought."""
+    return ReplayBackend.from_spec(spec.base).cot_tokens if spec.base.kind == "replay" else limit
+
+
+class BudgetPlanner:
+    """Chooses a query's experts within its budget (see the module doc)."""
+
+    def __init__(self, devices: Mapping[str, DeviceProfile] | None = None, slowdown: Slowdown | None = None):
+        self.profiles: dict[str, DeviceProfile] = dict(devices if devices is not None else device_table())
+        self.slowdown = slowdown or Slowdown()
+
+    @property
+    def devices(self) -> dict[str, DeviceProfile]:
+        """The profiles as predictions use them: the local one scaled by its recent slowdown."""
+        factor = self.slowdown.factor()
+        if factor is None or LOCAL_DEVICE not in self.profiles:
+            return self.profiles
+        return {**self.profiles, LOCAL_DEVICE: slowed(self.profiles[LOCAL_DEVICE], factor)}
+
+    def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[tuple[str, Generation]]) -> None:
+        """Learn the local slowdown from replies computed on this machine (not mock or remote)."""
+        runs = [Run(expert_params_b(spec), g.prompt_tokens, g.completion_tokens, g.latency_s)
+                for name, g in replies if (spec := experts.get(name)) is not None and _computed_here(spec)]
+        if runs and LOCAL_DEVICE in self.profiles:
+            self.slowdown.observe(self.profiles[LOCAL_DEVICE], runs)
+
+    def plan(self, pool: PoolView, text: str, scores: Sequence[ExpertScore], budget: QueryBudget,
+             k_max: int, tokens: TokenLimits) -> BudgetPlan:
+        """The exact best subset of the scored experts; raises InfeasibleBudget if none fits."""
+        cands = self.candidates(pool, text, scores, tokens)
+        agg = self.aggregation(pool, text, tokens)
+        quality: QualityName = "weighted_vote" if pool.aggregation == "vote" else "noisy_or"
+        decision = solve(cands, budget.limits(k_max), quality, agg)
+        power = self.profiles[LOCAL_DEVICE].power_w
+        return BudgetPlan(budget, k_max, decision, cands, power, self.slowdown.factor())
+
+    def candidates(self, pool: PoolView, text: str, scores: Sequence[ExpertScore],
+                   tokens: TokenLimits) -> list[Candidate]:
+        quality = _quality(scores, pool.router)
+        cands = []
+        for s in scores:
+            spec = pool.experts[s.name]
+            cost = self.cost(spec, _prompt_tokens(spec, text), output_tokens(spec, tokens.expert_max_tokens))
+            cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, slot(spec)))
+        # the solver keeps the first of equally good subsets: offer the cheaper expert first
+        return sorted(cands, key=lambda c: (-c.quality, c.latency_s, c.energy_j, c.name))
+
+    def cost(self, spec: ExpertSpec, prompt_tokens: int, output_tokens: int) -> CostEstimate:
+        """One reply of `spec` where it is placed (tensor-parallel where its weights need it)."""
+        return ModelCost(expert_size(spec), self.device(spec)).estimate(prompt_tokens, output_tokens)
+
+    def device(self, spec: ExpertSpec) -> DeviceProfile:
+        name, devices = device_name(spec), self.devices
+        if name not in devices:
+            raise KeyError(f"expert {spec.name!r} is placed on unknown device {name!r}")
+        return devices[name]
+
+    def aggregation(self, pool: PoolView, text: str, tokens: TokenLimits) -> AggregationCost:
+        """The aggregator reads the question and every answer, then writes its own."""
+        if pool.aggregation == "vote" or pool.aggregator is None or pool.aggregator not in pool.experts:
+            return AggregationCost()
+        spec = pool.experts[pool.aggregator]
+        device = self.device(spec)
+        prompt = text_tokens(aggregation_prompt(text, [])) + _prompt_tokens(spec, "")
+        answer = tokens.expert_max_tokens + ANSWER_TOKENS_EXTRA
+        return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, tokens.aggregator_max_tokens)
+
+
+def _computed_here(spec: ExpertSpec) -> bool:
+    return device_name(spec) == LOCAL_DEVICE and spec.base.kind in COMPUTED_HERE
+
+
+def _quality(scores: Sequence[ExpertScore], router: str) -> dict[str, float]:
+    """The k-NN router's suitability is a calibrated P(correct); Symbolic-MoE's weights are not."""
+    if router == "knn":
+        return {s.name: min(max(s.suitability, 0.0), 1.0) for s in scores}
+    return quality_from_weights(scores)
+
+
+def _prompt_tokens(spec: ExpertSpec, text: str) -> int:
+    return text_tokens((spec.system_prompt or "") + text) + TEMPLATE_TOKENS

@@ -1,0 +1,54 @@
+"""A query's budget: the request's own limits, else its API key's defaults; and its 422.
+
+A request's `latency_ms` / `energy_j` win over the key's `default_latency_ms` /
+`default_energy_j`, field by field, so a key with an energy default can still ask one query for
+a tighter latency. No limit from either side means no budget: the query is routed as before.
+"""
+
+from __future__ import annotations
+
+from orchestrator.routing.budget_plan import QueryBudget
+from orchestrator.routing.budgets import InfeasibleBudget
+from orchestrator.services.errors import BudgetInfeasible
+from orchestrator.services.keys import Caller, KeyBudget, KeyService
+from orchestrator.store.db import Database
+
+
+class BudgetService:
+    """One caller's budgets: its key's defaults are read once per request."""
+
+    def __init__(self, db: Database, caller: Caller):
+        self.defaults = KeyService(db).budget(caller.key_id)
+
+    def resolve(self, latency_ms: float | None, energy_j: float | None) -> QueryBudget | None:
+        """The budget a query with these request fields runs under; None: unbudgeted."""
+        return merge(KeyBudget(latency_ms, energy_j), self.defaults)
+
+
+def merge(request: KeyBudget, key: KeyBudget) -> QueryBudget | None:
+    latency_ms = request.latency_ms if request.latency_ms is not None else key.latency_ms
+    energy_j = request.energy_j if request.energy_j is not None else key.energy_j
+    if latency_ms is None and energy_j is None:
+        return None
+    from_key = tuple(name for name, mine, theirs in (("latency_ms", request.latency_ms, key.latency_ms),
+                                                     ("energy_j", request.energy_j, key.energy_j))
+                     if mine is None and theirs is not None)
+    return QueryBudget(None if latency_ms is None else latency_ms / 1e3, energy_j, from_key)
+
+
+def infeasible(exc: InfeasibleBudget, budget: QueryBudget | None, where: str = "") -> BudgetInfeasible:
+    """The 422: which limit no expert meets, where it came from, and the cheapest options."""
+    param = _binding(exc)
+    source = " (the API key's default)" if budget and param in budget.from_key else ""
+    detail = {k: v for k, v in exc.detail().items() if k not in ("error", "message")}
+    return BudgetInfeasible(f"{where}infeasible budget {param}{source}: {exc}", param, detail)
+
+
+def _binding(exc: InfeasibleBudget) -> str:
+    """The limit even the cheapest expert misses; both when each is met alone but not together."""
+    b = exc.budget
+    if b.latency_s is not None and exc.fastest.latency_s > b.latency_s:
+        return "latency_ms"
+    if b.energy_j is not None and exc.least_energy.energy_j > b.energy_j:
+        return "energy_j"
+    return "latency_ms,energy_j"

@@ -1,0 +1,39 @@
+"""Fixtures every test package shares: the real MMLU-Pro replay corpus and slices of it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from experts.replay import Recording, load_recording, write_recording
+
+REPLAY = Path(__file__).resolve().parents[1].parent / "shared/data/mmlu_pro_replay"
+SliceRecording = Callable[[Path, Sequence[str], int], Path]
+
+
+@pytest.fixture(scope="session")
+def real_recording() -> Recording:
+    if not REPLAY.is_dir():
+        pytest.skip(f"the replay corpus is not at {REPLAY}")
+    return load_recording(REPLAY)
+
+
+@pytest.fixture(scope="session")
+def slice_recording(real_recording: Recording) -> SliceRecording:
+    """`slice_recording(folder, models, per_category)`: the first `per_category` questions of
+    every category of the real corpus, answered by `models`, written as a recording folder."""
+
+    def make(folder: Path, models: Sequence[str], per_category: int) -> Path:
+        seen: Counter[str] = Counter()
+        ids = []
+        for qid, q in real_recording.questions.items():
+            if seen[q.category] < per_category:
+                seen[q.category] += 1
+                ids.append(qid)
+        answers = {m: {q: real_recording.answer(m, q) for q in ids} for m in models}
+        return write_recording(folder, [real_recording.questions[q] for q in ids], answers)
+
+    return make

@@ -1,0 +1,105 @@
+"""`skillroute serve --pool replay:FOLDER`: the service over recorded real models, over HTTP.
+
+A slice of the real MMLU-Pro corpus (4 models, 6 questions per category) is profiled from its
+recorded answers on the profiling split; a test-split question sent to POST /v1/queries comes
+back with the recruited experts' recorded letters and their router-weighted vote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from experts.replay import load_recording
+from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.pipeline import QueryInput
+from orchestrator.pool_config import PoolConfigError, load_pool_config
+from orchestrator.routing.replay_pool import expert_name, question_prompt, split_questions
+from orchestrator.routing.voting import weighted_vote
+from orchestrator.settings import Settings
+from orchestrator.store.models import Query
+from skills.embedder import Embedder
+
+MODELS = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b", "Meta-Llama-3_1-8B-Instruct"]
+SliceRecording = Callable[[Path, Sequence[str], int], Path]
+
+
+@pytest.fixture(scope="module")
+def replay_service(slice_recording: SliceRecording, tmp_path_factory: pytest.TempPathFactory, embedder: Embedder):
+    folder = slice_recording(tmp_path_factory.mktemp("rec"), MODELS, 6)
+    c = SkillRoute(Settings(data_dir=tmp_path_factory.mktemp("data")), load_pool_config(f"replay:{folder}"),
+                   embedder=embedder)
+    c.bootstrap()
+    yield c, folder
+    c.close()
+
+
+def test_replay_pool_is_profiled_on_the_profiling_split_with_knn_and_no_aggregator(replay_service) -> None:
+    c, folder = replay_service
+    snap = c.pool.snapshot
+    assert set(snap.experts) == {expert_name(m) for m in MODELS}
+    assert snap.router.name == "knn" and snap.aggregator is None
+    profiling, _ = split_questions(load_recording(folder), 0.5, seed=0)
+    assert len(c.profiler.validation_set()) == len(profiling)
+
+
+def test_corpus_question_returns_recorded_answers_and_their_vote(replay_service, serve) -> None:
+    c, folder = replay_service
+    rec = load_recording(folder)
+    _, test = split_questions(rec, 0.5, seed=0)
+    question = rec.questions[test[0]]
+    with serve(create_app(c)) as url:
+        r = httpx.post(f"{url}/v1/queries", json={"query": question_prompt(question), "k": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["router"] == "knn" and len(set(body["recruited"])) == 3  # top-k: the k-NN router's mode
+    model_of = {expert_name(m): m for m in MODELS}
+    for g in body["generations"]:
+        letter = rec.answer(model_of[g["expert"]], question.question_id)
+        assert g["role"] == "expert" and g["text"] == (f"Answer: {letter}" if letter else "No answer.")
+    weights = {e["name"]: e["weight"] for e in body["experts"]}
+    votes = [(g["expert"], rec.answer(model_of[g["expert"]], question.question_id)) for g in body["generations"]]
+    reliability = c.pool.snapshot.router.reliability  # the k-NN router's per-letter vote offsets
+    assert reliability is not None
+    assert body["answer"] == weighted_vote(votes, weights, reliability).answer
+
+
+def test_a_question_outside_the_recording_is_a_422_and_stores_nothing(replay_service, serve) -> None:
+    c, _ = replay_service
+    with serve(create_app(c)) as url:
+        r = httpx.post(f"{url}/v1/queries", json={"query": "What is the capital of Mars?", "k": 2}, timeout=60)
+    assert r.status_code == 422 and "no recorded question" in r.json()["error"]["message"]
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query).where(Query.text.contains("Mars"))) == 0
+
+
+def test_replay_pool_of_a_missing_folder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(PoolConfigError, match="not found"):
+        load_pool_config(f"replay:{tmp_path / 'nowhere'}")
+
+
+def test_a_model_added_to_the_folder_is_profiled_and_recruited_on_restart(
+    slice_recording: SliceRecording, tmp_path: Path, embedder: Embedder
+) -> None:
+    late = "gemini-1.5-pro-002"  # far stronger than the others: once profiled it must lead
+    folder, settings = tmp_path / "rec", Settings(data_dir=tmp_path / "data")
+    slice_recording(folder, MODELS[:3], 4)
+    first = SkillRoute(settings, load_pool_config(f"replay:{folder}"), embedder=embedder)
+    first.bootstrap()
+    assert expert_name(late) not in first.pool.snapshot.experts
+    first.close()
+    slice_recording(folder, [*MODELS[:3], late], 4)  # the same folder, one column more; no code change
+    second = SkillRoute(settings, load_pool_config(f"replay:{folder}"), embedder=embedder)
+    second.bootstrap()
+    rec = load_recording(folder)
+    _, test = split_questions(rec, 0.5, seed=0)
+    inputs = [QueryInput(question_prompt(rec.questions[q]), k=1) for q in test]
+    firsts = Counter(d.recruited[0] for d in second.pipeline.route(second.pool.snapshot, inputs))
+    second.close()
+    assert firsts.most_common(1)[0][0] == expert_name(late)
