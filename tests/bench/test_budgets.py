@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,7 +13,6 @@ import pytest
 from experts.replay import RecordedQuestion, write_recording
 from skills.embedder import get_embedder
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["Llama-2-7b-hf", "Mistral-7B-v0.1"]  # open, <= 13B: edge boxes in the edge and mixed placements
 LARGE = ["Llama-2-70b-hf", "gemini-1.5-pro-002"]  # servers only
 ACCURACY = {"Llama-2-7b-hf": 0.35, "Mistral-7B-v0.1": 0.45, "Llama-2-70b-hf": 0.6, "gemini-1.5-pro-002": 0.85}
@@ -23,13 +21,8 @@ TOPICS = {"math": "What is the derivative of x^{} at x = {}?", "law": "Which cou
 
 
 @pytest.fixture(scope="module")
-def budgets() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("budgets_bench", ROOT / "bench" / "budgets.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def budgets(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("budgets")
 
 
 @pytest.fixture(scope="module")

@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from experts.replay import load_recording, write_recording
 from skills.embedder import get_embedder
 
-ROOT = Path(__file__).resolve().parents[2]
-REPLAY = ROOT.parent / "shared/data/mmlu_pro_replay"
 MODELS = ["Llama-2-7b-hf", "Meta-Llama-3_1-8B-Instruct", "mathstral-7B", "gemini-1.5-pro-002"]
 HEADLINE = ["best_single", "random_k3", "symbolic_moe_k3", "category_k3", "router_k3", "oracle"]
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("routing_quality", ROOT / "bench" / "routing_quality.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("routing_quality")
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not REPLAY.is_dir():
-        pytest.skip(f"the replay corpus is not at {REPLAY}")
-    real = load_recording(REPLAY)
-    seen: Counter[str] = Counter()
-    ids = [q for q, x in real.questions.items() if (seen.update([x.category]) or seen[x.category] <= 6)]
-    answers = {m: {q: real.answer(m, q) for q in ids} for m in MODELS}
-    return write_recording(tmp_path_factory.mktemp("bench"), [real.questions[q] for q in ids], answers)
+def folder(slice_recording: Callable[[Path, Sequence[str], int], Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return slice_recording(tmp_path_factory.mktemp("bench"), MODELS, 6)
 
 
 def test_json_report_has_every_pool_and_method(
