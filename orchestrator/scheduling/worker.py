@@ -92,5 +92,12 @@ class DeviceWorker:
             self._backends.pop(key, None)
 
     def shutdown(self) -> None:
-        for key in list(self._lru):
-            self.unload(key)
+        """Unload every model, and end whatever a backend keeps beside its weights (a vLLM
+        backend keeps its worker process warm between loads)."""
+        with self.lock:
+            for key in list(self._lru):
+                self.unload(key)
+            for backend in self._backends.values():
+                close = getattr(backend, "close", None)
+                if callable(close):
+                    close()

@@ -56,3 +56,11 @@ def test_bench_reports_loads_at_the_floor_and_identical_answers(bench: ModuleTyp
     assert res["loads_naive"] == 18 + 6  # every expert call and every aggregation loads its model
     assert res["identical_answers"] is True
     assert res["wall_ratio_naive_over_ours"] > 0 and min(res["load_s_naive"], res["load_s_ours"]) >= 0
+
+
+def test_the_vllm_variant_runs_the_same_models_with_room_for_all_three(bench: ModuleType, tmp_path: Path) -> None:
+    llama, vllm = bench.bench_pool(8), bench.bench_pool(8, "vllm")
+    assert [e.base.kind for e in vllm.experts] == ["vllm"] * 3
+    assert [e.base.source for e in vllm.experts] == [e.base.source for e in llama.experts]
+    budgets = [bench.bench_settings(tmp_path, b).memory_budget_gb for b in ("vllm", "llamacpp")]
+    assert budgets[0] >= 16 > budgets[1]  # three float32 engines: 0.5 + 2.4 + 6.8 GB

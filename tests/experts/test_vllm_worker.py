@@ -1,0 +1,109 @@
+"""experts/vllm_worker.py's protocol, run for real over a fake vLLM (tests/experts/fake_vllm):
+one worker process hosts engine after engine, and a failed request leaves it serving. The real
+vLLM runs in test_vllm_real.py (slow)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from experts import vllm_backend
+from experts.backend import BackendError
+from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
+from experts.vllm_backend import EngineConfig, VLLMBackend, WorkerEngine
+from experts.vllm_host import WorkerProcess
+
+FAKE_VLLM = Path(__file__).with_name("fake_vllm")
+
+
+@pytest.fixture
+def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Points the backend at an interpreter that finds the fake vLLM; returns the file where
+    every engine built is logged as `<pid> <model> <dtype> <kwargs>`."""
+    python = tmp_path / "python"
+    runner = (f"import runpy, sys; sys.path.insert(0, {str(FAKE_VLLM)!r}); "
+              "runpy.run_path(sys.argv[1], run_name='__main__')")
+    python.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -I -c "{runner}" "$@"\n')  # shift: drop our -I
+    python.chmod(0o755)
+    log = tmp_path / "engines.log"
+    monkeypatch.setenv("SKILLROUTE_VLLM_PYTHON", str(python))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return log
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    model = tmp_path / "smol"
+    model.mkdir()
+    (model / "config.json").write_text('{"dtype": "bfloat16"}')
+    header = b'{"__metadata__": {}}'
+    (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    return model
+
+
+def ask(text: str) -> GenerationRequest:
+    return GenerationRequest(request_id=text, messages=[ChatMessage(role="user", content=text)],
+                             sampling=SamplingParams(max_tokens=4))
+
+
+def test_unload_stops_the_engine_and_load_starts_one_in_the_same_process(engine_log: Path, folder: Path) -> None:
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32")
+    backend.load()
+    assert [g.text for g in backend.generate([ask("hi"), ask("a b c")])] == ["smol says hi", "smol says a b"]
+    first = backend._engine
+    assert isinstance(first, WorkerEngine) and first.report["dtype"] == "float32" and not first.sleep_mode
+    backend.unload()
+    assert not backend.is_loaded and first.process.alive
+    backend.load()
+    assert backend.generate([ask("again")])[0].text == "smol says again"
+    engines = engine_log.read_text().splitlines()
+    assert len(engines) == 2 == backend.loads
+    assert {line.split()[0] for line in engines} == {str(first.process.pid)}  # one process, two engines
+    assert all(f"{folder} float32" in line for line in engines)
+    backend.close()
+    assert not first.process.alive
+
+
+def test_a_worker_that_grew_is_replaced_at_the_next_load(
+    engine_log: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fake engine leaves 40 MB behind; past 100 MB over the worker's size after its first
+    engine, the backend ends the worker and the next load starts a fresh one."""
+    monkeypatch.setenv("FAKE_VLLM_LEAK_MB", "40")
+    monkeypatch.setattr(vllm_backend, "RECYCLE_GROWTH_BYTES", 100 * 2**20)
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32")
+    pids = []
+    for _ in range(5):
+        backend.load()
+        engine = backend._engine
+        assert isinstance(engine, WorkerEngine)
+        pids.append(engine.process.pid)
+        backend.unload()
+    backend.close()
+    # engines 1-4 share a worker: after the 4th stop it holds 3 x 40 MB more than after the 1st
+    assert pids[:4] == [pids[0]] * 4 and pids[4] != pids[0]
+    assert backend.loads == 5
+
+
+def test_a_failed_request_leaves_the_worker_serving(engine_log: Path, folder: Path) -> None:
+    process = WorkerProcess()
+    assert process.ready["platform"] == "cpu" and process.ready["sleep_available"] is False
+    with pytest.raises(BackendError, match="chat: RuntimeError: no engine is running"):
+        process.call({"op": "chat", "conversations": [], "sampling": []})
+    with pytest.raises(BackendError, match="starting the engine: ValueError: cannot load .*broken"):
+        WorkerEngine(EngineConfig(model=str(folder.with_name("broken")), max_model_len=256), process)
+    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=256), process)
+    with pytest.raises(BackendError, match="already running here"):
+        WorkerEngine(EngineConfig(model=str(folder), max_model_len=256), process)
+    with pytest.raises(BackendError, match="cannot sleep"):
+        engine.sleep()
+    with pytest.raises(BackendError, match="unknown op 'dance'"):
+        process.call({"op": "dance"})
+    answer = engine.chat([[{"role": "user", "content": "still here"}]], [{"max_tokens": 8}])[0]
+    assert answer.text == "smol says still here"
+    engine.close()  # stops the engine only: the process was given to it
+    assert process.alive
+    process.close()
+    assert not process.alive
