@@ -82,20 +82,12 @@ EngineFactory = Callable[[EngineConfig], VLLMEngine]
 
 
 class WorkerEngine:
-    """A VLLMEngine run by a WorkerProcess. Given a process, the engine is started in it and
-    close() stops only the engine; without one it starts its own and close() ends both."""
+    """A VLLMEngine started in a WorkerProcess; close() stops the engine, not the process."""
 
-    def __init__(self, config: EngineConfig, process: WorkerProcess | None = None, python: str | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(self, config: EngineConfig, process: WorkerProcess, start_timeout_s: float = START_TIMEOUT_S):
         self.config = config
-        self._owns_process = process is None
-        self.process = process or WorkerProcess(python, start_timeout_s)
-        try:
-            self.report = self.process.call({"op": "start", "config": asdict(config)}, start_timeout_s)
-        except BaseException:
-            if self._owns_process:
-                self.process.close()
-            raise
+        self.process = process
+        self.report = process.call({"op": "start", "config": asdict(config)}, start_timeout_s)
         self.sleep_mode = bool(self.report.get("sleep_mode"))
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[dict[str, Any]]) -> list[EngineOutput]:
@@ -109,9 +101,7 @@ class WorkerEngine:
         self.process.call({"op": "wake_up"})
 
     def close(self) -> None:
-        if self._owns_process:
-            self.process.close()
-        elif self.process.alive:
+        if self.process.alive:
             self.process.call({"op": "stop"}, timeout_s=120.0)
 
 
@@ -207,7 +197,6 @@ class VLLMBackend:
         self.dtype = dtype or default_dtype()
         self._factory: EngineFactory = engine_factory or self._engine_in_process
         self._process: WorkerProcess | None = None  # started on the first load, kept until close()
-        self._idle_rss: int | None = None  # the worker's memory after its first engine stopped
         self._engine: VLLMEngine | None = None
         self._asleep = False
         self._folder: Path | None = None
@@ -266,12 +255,13 @@ class VLLMBackend:
                 self.sleeps += 1
             else:
                 self._stop_engine()
+                self._recycle_if_grown()
 
     def close(self) -> None:
         """Stop the engine for good, sleeping or not, and its process; the next load() starts anew."""
         with self._lock:
             self._stop_engine()
-            process, self._process, self._idle_rss = self._process, None, None
+            process, self._process = self._process, None
             if process is not None:
                 process.close()
 
@@ -279,18 +269,13 @@ class VLLMBackend:
         engine, self._engine, self._asleep = self._engine, None, False
         if engine is not None:
             engine.close()
-            self._recycle_if_grown()
 
     def _recycle_if_grown(self) -> None:
-        process = self._process
-        rss = process.rss_bytes() if process is not None else None
-        if process is None or rss is None:
-            return
-        if self._idle_rss is None:
-            self._idle_rss = rss
-        elif rss > self._idle_rss + RECYCLE_GROWTH_BYTES:
-            process.close()
-            self._process, self._idle_rss = None, None
+        """End an idle worker that has grown too much since its first engine stopped."""
+        growth = self._process.idle_growth() if self._process is not None else None
+        if self._process is not None and growth is not None and growth > RECYCLE_GROWTH_BYTES:
+            self._process.close()
+            self._process = None
 
     def memory_bytes(self) -> int:
         """Weights in the dtype they run in (as stored unless upcast) + the KV budget if fixed."""

@@ -79,6 +79,7 @@ class WorkerProcess:
             self._kill()
             self._log.close()
             raise
+        self._first_idle_rss: int | None = None  # set by the first idle_growth() call
 
     @property
     def alive(self) -> bool:
@@ -95,6 +96,16 @@ class WorkerProcess:
         except (OSError, ValueError, IndexError):
             return None
         return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def idle_growth(self) -> int | None:
+        """Bytes the worker holds beyond what it held at the first call, which the caller makes
+        when the worker is idle after its first engine; None where memory cannot be read."""
+        rss = self.rss_bytes()
+        if rss is None:
+            return None
+        if self._first_idle_rss is None:
+            self._first_idle_rss = rss
+        return rss - self._first_idle_rss
 
     def call(self, request: dict[str, Any], timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
         """Send one request and wait for its reply; a failed reply raises BackendError."""

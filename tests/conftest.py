@@ -1,7 +1,9 @@
-"""Fixtures every test package shares: the real MMLU-Pro replay corpus and slices of it."""
+"""Fixtures every test package shares: the real MMLU-Pro replay corpus and slices of it, and
+tiny HF-format model folders for the vLLM backend."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from experts.replay import Recording, load_recording, write_recording
 
 REPLAY = Path(__file__).resolve().parents[1].parent / "shared/data/mmlu_pro_replay"
 SliceRecording = Callable[[Path, Sequence[str], int], Path]
+MakeHFFolder = Callable[[Path, dict[str, object]], Path]
 
 
 @pytest.fixture(scope="session")
@@ -35,5 +38,20 @@ def slice_recording(real_recording: Recording) -> SliceRecording:
                 ids.append(qid)
         answers = {m: {q: real_recording.answer(m, q) for q in ids} for m in models}
         return write_recording(folder, [real_recording.questions[q] for q in ids], answers)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_hf_folder() -> MakeHFFolder:
+    """Writes what vLLM reads from a model folder: the given config.json and a tiny, well-formed
+    model.safetensors (header only)."""
+
+    def make(folder: Path, config: dict[str, object]) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+        (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+        return folder
 
     return make

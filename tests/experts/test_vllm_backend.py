@@ -21,10 +21,11 @@ from experts.vllm_backend import (
     EngineOutput,
     VLLMBackend,
     VLLMEngine,
-    WorkerEngine,
     check_hf_folder,
     to_vllm_sampling,
 )
+from experts.vllm_host import WorkerProcess
+from tests.conftest import MakeHFFolder
 
 
 class MockVLLMEngine:
@@ -65,14 +66,8 @@ class MockVLLMEngine:
 
 
 @pytest.fixture
-def hf_folder(tmp_path: Path) -> Path:
-    """A folder with the files vLLM reads: config.json and a (tiny, well-formed) safetensors."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
-    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
-    return folder
+def hf_folder(tmp_path: Path, make_hf_folder: MakeHFFolder) -> Path:
+    return make_hf_folder(tmp_path / "model", {"architectures": ["LlamaForCausalLM"]})
 
 
 def make(
@@ -257,21 +252,19 @@ def test_a_good_folder_lists_its_weights(hf_folder: Path) -> None:
     assert check_hf_folder(hf_folder) == [hf_folder / "model.safetensors"]
 
 
-def test_the_worker_reports_a_failed_start(hf_folder: Path) -> None:
+def test_the_worker_reports_a_failed_start() -> None:
     """The real worker script under an interpreter without vLLM (ours, isolated): the start
     report says why, and the backend raises it instead of hanging."""
-    config = EngineConfig(model=str(hf_folder), max_model_len=256)
     with pytest.raises(BackendError, match="failed while starting the vLLM worker: ModuleNotFoundError.*vllm"):
-        WorkerEngine(config, python=sys.executable, start_timeout_s=60)
+        WorkerProcess(python=sys.executable, start_timeout_s=60)
 
 
-def test_a_worker_that_dies_is_an_error_with_its_log(hf_folder: Path, tmp_path: Path) -> None:
+def test_a_worker_that_dies_is_an_error_with_its_log(tmp_path: Path) -> None:
     dying = tmp_path / "python"
     dying.write_text("#!/bin/sh\necho 'no engine today' >&2\nexit 3\n")
     dying.chmod(0o755)
-    config = EngineConfig(model=str(hf_folder), max_model_len=256)
     with pytest.raises(BackendError, match="(?s)died while starting the vLLM worker.*no engine today"):
-        WorkerEngine(config, python=str(dying), start_timeout_s=60)
+        WorkerProcess(python=str(dying), start_timeout_s=60)
 
 
 def test_the_vllm_interpreter_is_found_or_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from experts.backend import BackendError
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
 from experts.vllm_backend import EngineConfig, VLLMBackend, WorkerEngine
 from experts.vllm_host import WorkerProcess
+from tests.conftest import MakeHFFolder
 
 FAKE_VLLM = Path(__file__).with_name("fake_vllm")
 
@@ -34,13 +35,8 @@ def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    model = tmp_path / "smol"
-    model.mkdir()
-    (model / "config.json").write_text('{"dtype": "bfloat16"}')
-    header = b'{"__metadata__": {}}'
-    (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
-    return model
+def folder(tmp_path: Path, make_hf_folder: MakeHFFolder) -> Path:
+    return make_hf_folder(tmp_path / "smol", {"dtype": "bfloat16"})
 
 
 def ask(text: str) -> GenerationRequest:

@@ -9,21 +9,20 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec
 from experts.vllm_backend import EngineConfig, VLLMBackend, VLLMEngine
 from orchestrator.scheduling.worker import DeviceWorker
+from tests.conftest import MakeHFFolder
 from tests.experts.test_vllm_backend import MockVLLMEngine
 
 
-def test_shutdown_unloads_every_model_and_closes_backends_that_keep_a_process(tmp_path: Path) -> None:
+def test_shutdown_unloads_every_model_and_closes_backends_that_keep_a_process(
+    tmp_path: Path, make_hf_folder: MakeHFFolder
+) -> None:
     engines: list[MockVLLMEngine] = []
 
     def engine(config: EngineConfig) -> VLLMEngine:
         engines.append(MockVLLMEngine(config, sleep_mode=True))
         return engines[-1]
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    header = b'{"__metadata__": {}}'
-    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    folder = make_hf_folder(tmp_path / "model", {})
     vllm_spec, mock_spec = BaseModelSpec(kind="vllm", source=str(folder)), BaseModelSpec(kind="mock", source="m")
 
     def factory(spec: BaseModelSpec) -> VLLMBackend | MockBackend:
