@@ -144,6 +144,8 @@ def run(n: int, k: int, max_tokens: int, data_dir: Path, recruitment: str = "uni
     c.close()
     return {"queries": n, "k": k, "max_tokens": max_tokens, "recruitment": recruitment, "backend": backend,
             "base_models": len(needed), "expert_calls": sum(calls.values()),
+            # ours runs an expert drawn twice for one query once (greedy: the same reply)
+            "expert_generations_ours": len({(i, name) for i, d in enumerate(decisions) for name in d.recruited}),
             "expert_calls_by_base": dict(sorted(calls.items())),
             "aggregator": pool.experts[pool.aggregator].base.key if pool.aggregator else None,
             "loads_ours": ours.loads, "loads_floor": len(needed), "loads_naive": base.loads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -23,18 +24,59 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
 
     Stages are cut into chunks only so progress can be reported; the model stays resident
     between chunks because every remaining stage's model (and `keep_last`) is protected.
+    Once a stage's model is in, the next stage's starts loading beside its generation where
+    the backend allows (DeviceWorker.prefetch).
+
+    Greedy jobs that repeat an earlier one (same model, same messages, temperature 0: an
+    expert drawn twice for a query, or one question asked twice in a window) run once and
+    share its reply: at temperature 0 the seed changes nothing, so a second run would only
+    repeat the first's tokens.
     """
-    stages = plan_stages(jobs, worker.resident(), keep_last)
+    unique, copies = coalesce(jobs)
+    stages = plan_stages(unique, worker.resident(), keep_last)
     out: dict[str, Generation] = {}
     for i, stage in enumerate(stages):
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
+        worker.ensure_loaded(stage.base, protect)
+        if i + 1 < len(stages):
+            worker.prefetch(stages[i + 1].base, protect)
         for start in range(0, len(stage.jobs), chunk):
             part = stage.jobs[start:start + chunk]
             gens = worker.generate(stage.base, [j.request for j in part], protect)
-            out.update((j.job_id, g) for j, g in zip(part, gens, strict=True))
+            for job, gen in zip(part, gens, strict=True):
+                out[job.job_id] = gen
+                out.update((c.job_id, gen.model_copy(update={"request_id": c.request.request_id}))
+                           for c in copies.get(job.job_id, []))
             if progress:
                 progress(len(out), len(jobs))
     return out
+
+
+def coalesce(jobs: Sequence[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
+    """The jobs to run, and for each of them the later greedy jobs that are the same request."""
+    first: dict[str, Job] = {}
+    unique: list[Job] = []
+    copies: dict[str, list[Job]] = {}
+    for job in jobs:
+        key = greedy_key(job)
+        if key is not None and key in first:
+            copies.setdefault(first[key].job_id, []).append(job)
+            continue
+        if key is not None:
+            first[key] = job
+        unique.append(job)
+    return unique, copies
+
+
+def greedy_key(job: Job) -> str | None:
+    """What determines a greedy job's reply (model, messages, sampling but the seed); None if
+    it samples, where two runs rightly differ."""
+    req = job.request
+    if req.sampling.temperature > 0:
+        return None
+    sampling = req.sampling.model_dump(mode="json", exclude={"seed"})
+    messages = [m.model_dump(mode="json") for m in req.messages]
+    return json.dumps([job.base.key, messages, sampling], sort_keys=True)
 
 
 def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,

@@ -2,6 +2,11 @@
 
 One worker per device (the CPU here, each GPU elsewhere). It is the only thing that touches
 its backends, under one lock, because llama.cpp and vLLM engines are not safe to share.
+
+The one exception is a prefetch: a backend whose weights load outside this process (vLLM's
+engine lives in its own worker process, `loads_in_background = True`) may load the next stage's
+model on a background thread while the lock is held for another model's generation. It loads
+only into free budget, never evicting a model a remaining stage needs.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
@@ -31,6 +38,8 @@ class DeviceWorker:
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident keys, least recent first
         self.lock = threading.RLock()
         self.events: list[tuple[float, str, str]] = []  # (time, load|unload, key): the residency timeline
+        self._loading: dict[str, Future[Loaded]] = {}  # prefetches under way, by key
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
         with self.lock:
@@ -58,14 +67,32 @@ class DeviceWorker:
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         with self.lock:
             backend = self.backend(base)
-            if not backend.is_loaded:
+            pending = self._loading.pop(base.key, None)
+            if pending is not None:
+                self._adopt(base.key, pending.result())  # a failed prefetch raises its error here
+            elif not backend.is_loaded:
                 self._make_room(backend.memory_bytes(), {base.key, *protect})
-                started = time.perf_counter()
-                backend.load()
-                self.probe.model_loaded(self.name, base.key, time.perf_counter() - started)
-                self._lru[base.key] = None
-                self.events.append((time.time(), "load", base.key))
+                self._adopt(base.key, _timed_load(backend))
             return backend
+
+    def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
+        """Start loading `base` in the background if its backend loads outside this process and
+        it fits beside `protect` (what is generating and what remains); True if a load started."""
+        with self.lock:
+            backend = self.backend(base)
+            if not loads_in_background(backend) or backend.is_loaded or base.key in self._loading:
+                return False
+            need = backend.memory_bytes()
+            self._make_room(need, {base.key, *protect})
+            if self._used() + need > self.memory_budget:
+                return False
+            self._loading[base.key] = self._loader.submit(_timed_load, backend)
+            return True
+
+    def _adopt(self, key: str, loaded: Loaded) -> None:
+        self.probe.model_loaded(self.name, key, loaded.seconds)
+        self._lru[key] = None
+        self.events.append((loaded.at, "load", key))
 
     def _make_room(self, need: int, protect: set[str]) -> None:
         """Evict least-recently-used models that no upcoming stage needs until `need` fits."""
@@ -76,14 +103,22 @@ class DeviceWorker:
                 self.unload(key)
 
     def _used(self) -> int:
-        return sum(self._backends[k].memory_bytes() for k in self._lru)
+        return sum(self._backends[k].memory_bytes() for k in [*self._lru, *self._loading])
 
     def unload(self, key: str) -> None:
         with self.lock:
+            self._settle(key)
             if key in self._lru:
                 self._backends[key].unload()
                 del self._lru[key]
                 self.events.append((time.time(), "unload", key))
+
+    def _settle(self, key: str) -> None:
+        """Finish a prefetch of `key` before anything else touches it; its failure is dropped
+        (an unload or shutdown does not care why a model never came in)."""
+        pending = self._loading.pop(key, None)
+        if pending is not None and pending.exception() is None:
+            self._adopt(key, pending.result())
 
     def forget(self, key: str) -> None:
         """Drop a backend that failed validation so a corrected spec starts fresh."""
@@ -95,9 +130,27 @@ class DeviceWorker:
         """Unload every model, and end whatever a backend keeps beside its weights (a vLLM
         backend keeps its worker process warm between loads)."""
         with self.lock:
-            for key in list(self._lru):
+            for key in [*self._loading, *self._lru]:
                 self.unload(key)
             for backend in self._backends.values():
                 close = getattr(backend, "close", None)
                 if callable(close):
                     close()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    seconds: float
+    at: float  # wall-clock time the model became resident
+
+
+def _timed_load(backend: ExpertBackend) -> Loaded:
+    started = time.perf_counter()
+    backend.load()
+    return Loaded(time.perf_counter() - started, time.time())
+
+
+def loads_in_background(backend: ExpertBackend) -> bool:
+    """Whether a load can run beside another model's generation. An optional backend attribute:
+    only a backend whose weights load outside this process (vLLM) sets it."""
+    return bool(getattr(backend, "loads_in_background", False))

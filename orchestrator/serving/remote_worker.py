@@ -117,6 +117,9 @@ class RemoteWorker(DeviceWorker):
         call(self.actor.ensure_loaded.remote(base, set(protect)))
         return RemoteBackend(self.actor, base)
 
+    def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
+        return bool(call(self.actor.prefetch.remote(base, set(protect))))
+
     def unload(self, key: str) -> None:
         call(self.actor.unload.remote(key))
 

@@ -72,6 +72,9 @@ class WorkerActor:
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> None:
         self.worker.ensure_loaded(base, protect)  # the backend itself cannot leave the process
 
+    def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
+        return self.worker.prefetch(base, protect)
+
     def backend_member(self, base: BaseModelSpec, member: str) -> Any:
         """Call a backend method (or read a property) by name: what the proxy's RemoteBackend needs."""
         if member not in BACKEND_MEMBERS:

@@ -139,6 +139,15 @@ def test_a_cpu_without_bf16_runs_float32(has_gpu: bool, flags: str, dtype: str |
     assert vllm_backend.choose_dtype(has_gpu, flags) == dtype
 
 
+def test_engines_load_in_the_background_only_where_a_gpu_runs_them(hf_folder: Path) -> None:
+    """On a CPU an engine start competes with the other model's generation for the same cores
+    (measured: no gain), so the device worker only overlaps them on a GPU, unless told."""
+    spec = BaseModelSpec(kind="vllm", source=str(hf_folder))
+    assert VLLMBackend(spec).loads_in_background == vllm_backend.has_gpu()
+    assert VLLMBackend(spec, background_loads=True).loads_in_background
+    assert not VLLMBackend(spec, background_loads=False).loads_in_background
+
+
 def test_unload_sleeps_and_load_wakes_without_a_new_engine(hf_folder: Path) -> None:
     backend, engines = make(hf_folder, sleep_mode=True)
     backend.load()

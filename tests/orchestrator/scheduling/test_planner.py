@@ -1,8 +1,11 @@
-"""The planner's order and the executor's promise: each base model loads at most once."""
+"""The planner's order and the executor's promises: each base model loads at most once, and a
+greedy request repeated in a batch is generated once."""
+
+import pytest
 
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec, GenerationRequest
-from orchestrator.scheduling.executor import execute
+from experts.types import BaseModelSpec, GenerationRequest, SamplingParams
+from orchestrator.scheduling.executor import coalesce, execute
 from orchestrator.scheduling.planner import Job, loads_floor, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
@@ -56,3 +59,37 @@ def test_resident_models_cost_no_load_and_keep_last_stays_resident():
 def test_floor_counts_only_non_resident_models():
     jobs = jobs_for(20, 3)
     assert loads_floor(jobs, {BASES[0].key, BASES[1].key}) == 2
+
+
+def job(job_id: str, base: BaseModelSpec, text: str, temperature: float = 0.0, seed: int | None = None) -> Job:
+    sampling = SamplingParams(temperature=temperature, seed=seed)
+    return Job(job_id, base, GenerationRequest(request_id=f"r{job_id}", sampling=sampling,
+                                               messages=[{"role": "user", "content": text}]))
+
+
+def test_a_repeated_greedy_request_runs_once_and_every_job_gets_its_reply():
+    jobs = [job("0:0", BASES[0], "q0", seed=1), job("0:1", BASES[0], "q0", seed=2),  # same expert drawn twice
+            job("1:0", BASES[0], "q0"), job("1:1", BASES[1], "q0"), job("2:0", BASES[0], "q2")]
+    w = worker(budget_models=2)
+    seen: list[tuple[int, int]] = []
+    out = execute(jobs, w, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (5, 5)  # the copies count as done
+    backend = w.backend(BASES[0])
+    assert isinstance(backend, MockBackend) and backend.generate_calls == 1
+    assert sorted(out) == sorted(j.job_id for j in jobs)
+    assert out["0:0"].text == out["0:1"].text == out["1:0"].text != out["2:0"].text
+    assert [out[j.job_id].request_id for j in jobs] == [j.request.request_id for j in jobs]
+    unique, copies = coalesce(jobs)
+    assert [j.job_id for j in unique] == ["0:0", "1:1", "2:0"]
+    assert [j.job_id for j in copies["0:0"]] == ["0:1", "1:0"]
+
+
+@pytest.mark.parametrize("differ", ["sampled", "model", "max_tokens"])
+def test_requests_that_may_reply_differently_all_run(differ: str):
+    a = job("a", BASES[0], "q", temperature=0.7 if differ == "sampled" else 0.0, seed=1)
+    b = job("b", BASES[1] if differ == "model" else BASES[0], "q",
+            temperature=0.7 if differ == "sampled" else 0.0, seed=2)
+    if differ == "max_tokens":
+        b.request.sampling.max_tokens = 3
+    unique, copies = coalesce([a, b])
+    assert [j.job_id for j in unique] == ["a", "b"] and copies == {}

@@ -1,13 +1,21 @@
-"""DeviceWorker's shutdown: every model unloaded, and what a backend keeps beside its weights
-(a vLLM backend's warm worker process) ended too, so a shut-down worker leaves nothing running."""
+"""DeviceWorker's shutdown (every model unloaded, and what a backend keeps beside its weights,
+a vLLM backend's warm worker process, ended too) and its prefetch: the next stage's model loading
+on a background thread beside the current stage's generation, within the budget."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+from experts.backend import BackendError
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec
+from experts.types import BaseModelSpec, Generation, GenerationRequest
 from experts.vllm_backend import EngineConfig, VLLMBackend, VLLMEngine
+from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.planner import Job, loads_floor
 from orchestrator.scheduling.worker import DeviceWorker
 from tests.conftest import MakeHFFolder
 from tests.experts.test_vllm_backend import MockVLLMEngine
@@ -36,3 +44,104 @@ def test_shutdown_unloads_every_model_and_closes_backends_that_keep_a_process(
     assert isinstance(vllm, VLLMBackend) and not vllm.is_asleep
     worker.ensure_loaded(vllm_spec)
     assert len(engines) == 2 and vllm.loads == 2  # a new engine after shutdown, not a wake-up
+
+
+class BackgroundMock(MockBackend):
+    """A mock whose load can run beside another model's generation, with hooks to order them."""
+
+    loads_in_background = True
+
+    def __init__(self, key: str, memory: int = 100 * 2**20, fail: bool = False):
+        super().__init__(key, memory)
+        self.load_started, self.may_finish = threading.Event(), threading.Event()
+        self.may_finish.set()
+        self.load_thread: str | None = None
+        self.fail = fail
+
+    def load(self) -> None:
+        self.load_started.set()
+        self.load_thread = threading.current_thread().name
+        assert self.may_finish.wait(WAIT_S), "the test never let the load finish"
+        if self.fail:
+            self.fail = False
+            raise BackendError(f"{self.base_model_key}: weights unreadable")
+        super().load()
+
+
+WAIT_S = 30.0
+A, B, C = (BaseModelSpec(kind="mock", source=s) for s in "abc")
+
+
+def background_worker(budget_models: int, **backends: BackgroundMock) -> DeviceWorker:
+    return DeviceWorker("cpu", budget_models * 100 * 2**20,
+                        lambda spec: backends.get(spec.source) or BackgroundMock(spec.key))
+
+
+def test_prefetch_loads_beside_a_generation_and_the_next_use_adopts_it() -> None:
+    b = BackgroundMock(B.key)
+    b.may_finish.clear()
+    worker = background_worker(2, b=b)
+    worker.ensure_loaded(A)
+    assert worker.prefetch(B, {A.key, B.key})
+    assert b.load_started.wait(WAIT_S)
+    # the load is held open, yet the worker still generates on the resident model
+    assert len(worker.generate(A, [request("while b loads")])) == 1
+    assert worker.resident() == {A.key} and not worker.prefetch(B)  # not twice
+    b.may_finish.set()
+    assert worker.ensure_loaded(B) is b and b.loads == 1
+    assert b.load_thread is not None and b.load_thread.startswith("cpu-prefetch")
+    assert worker.resident() == {A.key, B.key} and [e[1:] for e in worker.events][-1] == ("load", B.key)
+
+
+def test_prefetch_never_evicts_what_remains_and_skips_backends_that_load_in_process() -> None:
+    worker = background_worker(1)
+    worker.ensure_loaded(A)
+    assert not worker.prefetch(B, {A.key, B.key})  # only room by evicting A, which a stage still needs
+    assert worker.resident() == {A.key} and worker.total_loads() == 1
+    assert worker.prefetch(B, {B.key})  # A is done with: it makes room
+    assert worker.ensure_loaded(B) and worker.resident() == {B.key}
+    in_process = DeviceWorker("cpu", 2**40, lambda spec: MockBackend(spec.key))
+    assert not in_process.prefetch(A) and in_process.total_loads() == 0
+
+
+def test_a_failed_prefetch_raises_at_first_use_and_the_next_use_loads_again() -> None:
+    worker = background_worker(2, b=BackgroundMock(B.key, fail=True))
+    assert worker.prefetch(B)
+    with pytest.raises(BackendError, match="weights unreadable"):
+        worker.ensure_loaded(B)
+    assert worker.resident() == set()
+    assert worker.ensure_loaded(B).is_loaded and worker.resident() == {B.key}
+
+
+def test_shutdown_waits_for_a_prefetch_and_unloads_it() -> None:
+    b = BackgroundMock(B.key)
+    b.may_finish.clear()
+    worker = background_worker(2, b=b)
+    assert worker.prefetch(B) and b.load_started.wait(WAIT_S)
+    stopping = threading.Thread(target=worker.shutdown)
+    stopping.start()  # with the load still held open
+    b.may_finish.set()
+    stopping.join(WAIT_S)
+    worker._loader.submit(lambda: None).result()  # every background load has ended by now
+    assert b.loads == 1 and not b.is_loaded and worker.resident() == set()
+
+
+def test_execute_starts_the_next_stage_load_while_the_current_stage_generates() -> None:
+    """Stage A's generation waits until B's load has begun: without the overlap it would time out."""
+    b, c = BackgroundMock(B.key), BackgroundMock(C.key)
+
+    class WaitsForB(BackgroundMock):
+        def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+            assert b.load_started.wait(WAIT_S), "B did not start loading during A's generation"
+            return super().generate(requests)
+
+    worker = background_worker(3, a=WaitsForB(A.key), b=b, c=c)
+    jobs = [Job(f"{i}", base, request(f"q{i}")) for i, base in enumerate([A, B, C, A, B])]
+    out = execute(jobs, worker, keep_last=C.key)
+    assert sorted(out) == sorted(j.job_id for j in jobs)
+    assert worker.total_loads() == loads_floor(jobs, set()) == 3
+    assert b.load_thread is not None and b.load_thread.startswith("cpu-prefetch")
+
+
+def request(text: str) -> GenerationRequest:
+    return GenerationRequest.model_validate({"request_id": text, "messages": [{"role": "user", "content": text}]})
