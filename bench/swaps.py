@@ -14,8 +14,8 @@ would sit idle. `--recruit router` keeps the router's draws.
 `--backend vllm` runs the same three models through vLLM (exported from the packaged GGUFs,
 docs/vllm.md) instead of llama.cpp: there a load is an engine start, as on a GPU server, and the
 worker's memory budget is raised to hold all three engines (float32 on a CPU without bf16).
-Measured here (30 queries, k=3, quiet 2-core machine): llama.cpp 1.62x; vLLM 5.34x on the code
-that runs greedy repeats once (4.95x and 5.78x before it), loads at the floor and identical
+Measured here (30 queries, k=3, quiet 2-core machine): llama.cpp 1.62x; vLLM 5.34x and 6.05x on
+the code that runs greedy repeats once (4.95x and 5.78x before it), loads at the floor and identical
 answers in all (docs/vllm.md).
 
     python bench/swaps.py [--queries 30] [--k 3] [--max-tokens 8] [--recruit uniform|router]
