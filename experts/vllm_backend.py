@@ -182,7 +182,6 @@ def to_vllm_sampling(s: SamplingParams) -> dict[str, Any]:
 class VLLMBackend:
     """ExpertBackend over vLLM. `spec.source` is an HF folder or `package:<name>`."""
 
-
     def __init__(
         self,
         spec: BaseModelSpec,
@@ -289,9 +288,10 @@ class VLLMBackend:
 
     def _recycle_if_grown(self) -> None:
         """End an idle worker that has grown too much since its first engine stopped."""
-        growth = self._process.idle_growth() if self._process is not None else None
-        if self._process is not None and growth is not None and growth > RECYCLE_GROWTH_BYTES:
-            self._process.close()
+        process = self._process
+        growth = process.idle_growth() if process is not None else None
+        if process is not None and growth is not None and growth > RECYCLE_GROWTH_BYTES:
+            process.close()
             self._process = None
 
     def memory_bytes(self) -> int:

@@ -37,8 +37,8 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     out: dict[str, Generation] = {}
     for i, stage in enumerate(stages):
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
-        worker.ensure_loaded(stage.base, protect)
-        if i + 1 < len(stages):
+        if i + 1 < len(stages):  # this stage's model in first, so the next one's load fits beside it
+            worker.ensure_loaded(stage.base, protect)
             worker.prefetch(stages[i + 1].base, protect)
         for start in range(0, len(stage.jobs), chunk):
             part = stage.jobs[start:start + chunk]

@@ -3,10 +3,10 @@
 One worker per device (the CPU here, each GPU elsewhere). It is the only thing that touches
 its backends, under one lock, because llama.cpp and vLLM engines are not safe to share.
 
-The one exception is a prefetch: a backend whose weights load outside this process (vLLM's
-engine lives in its own worker process, `loads_in_background = True`) may load the next stage's
-model on a background thread while the lock is held for another model's generation. It loads
-only into free budget, never evicting a model a remaining stage needs.
+The one exception is a prefetch: a backend that says `loads_in_background` (a vLLM engine on a
+GPU: it loads in its own worker process, beside the GPU work) may load the next stage's model on
+a background thread while the lock is held for another model's generation. It loads only into
+free budget, never evicting a model a remaining stage needs.
 """
 
 from __future__ import annotations
