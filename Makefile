@@ -23,3 +23,4 @@ test-fast: setup
 lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports

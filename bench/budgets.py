@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bench.budgets_replay import replay_accuracy_vs_budget  # noqa: E402
 from bench.budgets_replay import report as report_replay  # noqa: E402
-from orchestrator.routing.budgets import (  # noqa: E402
+from orchestrator.budgets.solver import (  # noqa: E402
     AggregationCost,
     Budget,
     BudgetDecision,

@@ -35,10 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.replay_profiles import is_open_small
 from bench.routing_quality import COT_TOKENS, PoolBench, build_corpus
 from experts.cost_model import model_cost
 from experts.devices import CostEstimate, DeviceProfile, load_devices
-from orchestrator.routing.budgets import (
+from orchestrator.aggregation.vote import weighted_vote
+from orchestrator.budgets.solver import (
     Budget,
     Candidate,
     InfeasibleBudget,
@@ -46,10 +48,8 @@ from orchestrator.routing.budgets import (
     subset_cost,
     weighted_vote_profile,
 )
+from orchestrator.domain import ExpertScore
 from orchestrator.routing.knn_router import KnnRouter
-from orchestrator.routing.recruit import ExpertScore
-from orchestrator.routing.replay_pool import is_open_small
-from orchestrator.routing.voting import weighted_vote
 from skills.embedder import Embedder
 
 EDGE, SERVER = "jetson-agx-orin", "h100-server"

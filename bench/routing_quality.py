@@ -34,21 +34,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
+from bench.replay_profiles import is_open_small, nearest_skills, replay_evidence, routing_text, skill_vocabulary  # noqa: E402
 from experts.cost_model import model_cost  # noqa: E402
 from experts.replay import Recording, load_recording  # noqa: E402
+from orchestrator.aggregation.reliability import AnswerReliability  # noqa: E402
+from orchestrator.aggregation.vote import log_odds_weight, weighted_vote  # noqa: E402
+from orchestrator.domain import ExpertScore, RecruitMode  # noqa: E402
+from orchestrator.pools.loader import expert_name, split_questions  # noqa: E402
 from orchestrator.routing.knn_router import KnnRouter  # noqa: E402
-from orchestrator.routing.recruit import ExpertScore, RecruitMode, recruit  # noqa: E402
-from orchestrator.routing.replay_pool import (  # noqa: E402
-    expert_name,
-    is_open_small,
-    nearest_skills,
-    replay_evidence,
-    routing_text,
-    skill_vocabulary,
-    split_questions,
-)
+from orchestrator.routing.recruit import recruit  # noqa: E402
 from orchestrator.routing.router import Router, SymbolicRouter  # noqa: E402
-from orchestrator.routing.voting import AnswerReliability, log_odds_weight, weighted_vote  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
 
 K_MAX = 5

@@ -32,15 +32,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from experts.factory import make_backend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
-from orchestrator.observability.probe import Probe
-from orchestrator.pipeline import Decision, Outcome, Pipeline, QueryInput
-from orchestrator.pool_config import (
+from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.pipeline import Pipeline
+from orchestrator.pools.schema import (
     ArithmeticSource,
     GenerationBudget,
     MMLUSource,
@@ -48,9 +48,10 @@ from orchestrator.pool_config import (
     ValidationConfig,
     ValidationSource,
 )
+from orchestrator.probe import Probe
 from orchestrator.scheduling.executor import execute_naive
 from orchestrator.scheduling.worker import BackendFactory
-from orchestrator.settings import Settings
+from orchestrator.settings import BackendSettings, Settings
 from skills.datasets import format_prompt, load_mmlu
 from skills.embedder import Embedder
 
@@ -77,7 +78,7 @@ def bench_pool(max_tokens: int, backend: str = "llamacpp") -> PoolConfig:
 def uniform_recruits(decisions: Sequence[Decision], experts: Collection[str], k: int) -> list[Decision]:
     """The decisions with k recruits each drawn uniformly with replacement, seeded by the query."""
     names = sorted(experts)
-    return [replace(d, recruited=random.Random(d.seed).choices(names, k=k)) for d in decisions]
+    return [d.model_copy(update={"recruited": random.Random(d.seed).choices(names, k=k)}) for d in decisions]
 
 
 class LoadClock(Probe):
@@ -99,7 +100,7 @@ class Run:
     load_s: float
 
 
-def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decisions: list[Decision]) -> Run:
+def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[Ask], decisions: list[Decision]) -> Run:
     c.worker.shutdown()  # both runs start cold
     clock = c.worker.probe = LoadClock()
     loads, start, cpu = c.worker.total_loads(), time.perf_counter(), time.process_time()
@@ -109,7 +110,7 @@ def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[QueryInput], decis
 
 
 def texts(outcomes: list[Outcome]) -> list[list[str]]:
-    return [[a.generation.text for a in o.answers] for o in outcomes]
+    return [[a.text for a in o.answers] for o in outcomes]
 
 
 def say(msg: str) -> None:
@@ -118,7 +119,7 @@ def say(msg: str) -> None:
 
 def bench_settings(data_dir: Path, backend: str) -> Settings:
     if backend == "vllm":
-        return Settings(data_dir=data_dir, memory_budget_gb=VLLM_MEMORY_BUDGET_GB)
+        return Settings(data_dir=data_dir, backends=BackendSettings(memory_budget_gb=VLLM_MEMORY_BUDGET_GB))
     return Settings(data_dir=data_dir)
 
 
@@ -130,12 +131,12 @@ def run(n: int, k: int, max_tokens: int, data_dir: Path, recruitment: str = "uni
     say("profiling the bench pool (once)")
     c.bootstrap(lambda done, total: say(f"profiled {done}/{total}") if done == total or done % 16 == 0 else None)
     questions = load_mmlu("test", per_subject=1, seed=1)[:n]
-    inputs = [QueryInput(format_prompt(q), k=k, mode="sample", seed=i) for i, q in enumerate(questions)]
+    inputs = [Ask(text=format_prompt(q), k=k, mode="sample", seed=i) for i, q in enumerate(questions)]
     pool = c.pool.snapshot
     decisions = c.pipeline.route(pool, inputs)
     if recruitment == "uniform":
         decisions = uniform_recruits(decisions, pool.experts, k)
-    naive = Pipeline(c.worker, c.embedder, c.pipeline.limits, executor=execute_naive)
+    naive = Pipeline(c.worker, c.embedder, c.pipeline.planner, c.pipeline.limits, executor=execute_naive)
     say("ours: batched by base model")
     ours = timed_run(c, c.pipeline, inputs, decisions)
     say(f"ours took {ours.wall_s:.1f} s; naive: load → generate → unload per call")

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from experts.backend import ModelSourceError
 from experts.gguf import GGUFInfo, check_gguf
+from experts.options import BackendOptions
 
 PACKAGE_PREFIX = "package:"
+DEFAULT_MODELS_DIR = BackendOptions().models_dir
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,9 @@ CATALOG: dict[str, PackagedModel] = {
 }
 
 
-def data_dir() -> Path:
-    """Where assembled models live: $SKILLROUTE_DATA_DIR, else ~/.cache/skillroute."""
-    root = os.environ.get("SKILLROUTE_DATA_DIR") or Path.home() / ".cache" / "skillroute"
-    return Path(root).expanduser() / "models"
+def models_dir(cache: Path | None = None) -> Path:
+    """Where assembled models live: `cache` (the service passes its data dir's), else the default."""
+    return cache if cache is not None else DEFAULT_MODELS_DIR
 
 
 def _module_dir(module: str) -> Path | None:
@@ -206,8 +207,8 @@ def _assemble(model: PackagedModel, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _cached_path(model: PackagedModel) -> Path:
-    return data_dir() / f"{model.name}.gguf"
+def _cached_path(model: PackagedModel, cache: Path | None = None) -> Path:
+    return models_dir(cache) / f"{model.name}.gguf"
 
 
 # Files verified in this process, keyed by what would change if the file did: later resolves
@@ -243,14 +244,15 @@ def _from_cache(model: PackagedModel, dest: Path) -> bool:
     return True
 
 
-def resolve_packaged(name: str) -> Path:
-    """Path to a verified GGUF for catalog model `name`, assembling it on first use."""
+def resolve_packaged(name: str, cache: Path | None = None) -> Path:
+    """Path to a verified GGUF for catalog model `name`, assembling it (into `cache`, else the
+    default models folder) on first use."""
     model = _get(name)
     if model.file:
         path = _module_dirs(model)[0] / model.file
         _verify_in_package(model, path)
         return path
-    dest = _cached_path(model)
+    dest = _cached_path(model, cache)
     if not _from_cache(model, dest):
         _assemble(model, dest)
         _verified.add(_stamp(dest))
@@ -261,12 +263,12 @@ def _is_installed(model: PackagedModel) -> bool:
     return all(_module_dir(m) is not None for m in model.modules)
 
 
-def list_packaged() -> list[PackagedModelInfo]:
+def list_packaged(cache: Path | None = None) -> list[PackagedModelInfo]:
     """Every catalog model and whether this environment can serve it (no file is read)."""
     out = []
     for m in CATALOG.values():
         installed = _is_installed(m)
-        cached = installed if m.file else _cached_path(m).is_file()
+        cached = installed if m.file else _cached_path(m, cache).is_file()
         out.append(
             PackagedModelInfo(
                 m.name, installed, cached, m.instruct, m.architecture, m.size, m.pip_command
@@ -275,10 +277,10 @@ def list_packaged() -> list[PackagedModelInfo]:
     return out
 
 
-def resolve_source(source: str) -> Path:
+def resolve_source(source: str, cache: Path | None = None) -> Path:
     """A llamacpp spec's source: `package:<catalog name>` or a path to a GGUF file."""
     if source.startswith(PACKAGE_PREFIX):
-        return resolve_packaged(source[len(PACKAGE_PREFIX):].strip())
+        return resolve_packaged(source[len(PACKAGE_PREFIX):].strip(), cache)
     path = Path(source).expanduser()
     check_gguf(path)
     return path

@@ -20,6 +20,7 @@ from typing import Any
 
 from experts.backend import BackendError, ModelSourceError
 from experts.catalog import resolve_packaged
+from experts.options import BackendOptions
 
 # Written last: its presence means every other file in the folder is complete.
 DONE_MARKER = ".skillroute-export-done"
@@ -28,26 +29,23 @@ DONE_MARKER = ".skillroute-export-done"
 EXPORT_DTYPE = "bfloat16"
 
 
-def hf_dir() -> Path:
-    """Where exported folders live: $SKILLROUTE_DATA_DIR/hf, else ~/.cache/skillroute/hf."""
-    root = os.environ.get("SKILLROUTE_DATA_DIR") or Path.home() / ".cache" / "skillroute"
-    return Path(root).expanduser() / "hf"
-
-
-def exported_path(name: str) -> Path:
-    return hf_dir() / name
+def exported_path(name: str, cache: Path | None = None) -> Path:
+    """Where the folder of catalog model `name` lives: under `cache`, else the default hf/ folder."""
+    return (cache if cache is not None else BackendOptions().hf_dir) / name
 
 
 def is_exported(folder: Path) -> bool:
     return (folder / DONE_MARKER).is_file()
 
 
-def export_packaged(name: str, dest: Path | None = None) -> Path:
-    """The HF folder for catalog model `name`, exporting it from its GGUF on first use."""
-    folder = dest or exported_path(name)
+def export_packaged(name: str, dest: Path | None = None, cache: Path | None = None,
+                    models: Path | None = None) -> Path:
+    """The HF folder for catalog model `name` (at `dest`, else under `cache`), exporting it on
+    first use from its GGUF (assembled under `models`)."""
+    folder = dest or exported_path(name, cache)
     if is_exported(folder):
         return folder
-    gguf = resolve_packaged(name)  # verified bytes: size, digest, architecture, chat template
+    gguf = resolve_packaged(name, models)  # verified bytes: size, digest, architecture, chat template
     _export(gguf, folder)
     return folder
 

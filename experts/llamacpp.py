@@ -46,11 +46,9 @@ ALIGN_TOKENS = 32
 
 
 def default_threads() -> int:
-    """$SKILLROUTE_LLAMA_THREADS, else all cores this process may use (llama-cpp-python's own
-    default is half). On a CPU shared with other busy processes use fewer: llama.cpp's OpenMP
-    threads spin at barriers, and 2 threads on 2 oversubscribed cores ran 5x slower than 1."""
-    if os.environ.get("SKILLROUTE_LLAMA_THREADS"):
-        return max(1, int(os.environ["SKILLROUTE_LLAMA_THREADS"]))
+    """All cores this process may use (llama-cpp-python's own default is half). On a CPU shared
+    with other busy processes set fewer (`backends.llama_threads`): llama.cpp's OpenMP threads
+    spin at barriers, and 2 threads on 2 oversubscribed cores ran 5x slower than 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -60,8 +58,9 @@ def default_threads() -> int:
 class LlamaCppBackend:
     """ExpertBackend over llama-cpp-python. `spec.source` is a GGUF path or `package:<name>`."""
 
-    def __init__(self, spec: BaseModelSpec, n_threads: int | None = None):
+    def __init__(self, spec: BaseModelSpec, n_threads: int | None = None, models_dir: Path | None = None):
         self.spec = spec
+        self.models_dir = models_dir  # where packaged models are assembled (None: the default)
         self.base_model_key = spec.key
         self.loads = 0
         self.n_threads = n_threads or default_threads()
@@ -83,7 +82,7 @@ class LlamaCppBackend:
 
     def validate(self) -> None:
         """Find the file (assembling a packaged model once) and check its header; no weights."""
-        self._path = resolve_source(self.spec.source)
+        self._path = resolve_source(self.spec.source, self.models_dir)
         self._info = check_gguf(self._path)
 
     def _ensure_validated(self) -> tuple[Path, GGUFInfo]:

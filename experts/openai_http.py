@@ -9,7 +9,6 @@ themselves (continuous batching): sending them one by one would waste the server
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,12 +20,6 @@ import httpx
 from experts.backend import BackendError, ModelSourceError
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
-API_KEY_ENVS = ("SKILLROUTE_OPENAI_API_KEY", "OPENAI_API_KEY")
-
-
-def _env_api_key() -> str | None:
-    return next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None)
-
 
 def _reason(exc: httpx.HTTPError) -> str:
     return str(exc) or type(exc).__name__
@@ -34,8 +27,8 @@ def _reason(exc: httpx.HTTPError) -> str:
 
 class OpenAIHTTPBackend:
     """ExpertBackend over HTTP. `spec.source` is the base URL (…/v1), `spec.model` the served
-    model (if unset, the first one the server lists). The key comes from `api_key`, else
-    $SKILLROUTE_OPENAI_API_KEY, else $OPENAI_API_KEY, else none is sent."""
+    model (if unset, the first one the server lists). `api_key` is sent as a bearer token when
+    given (the service passes its `backends.openai_api_key` setting)."""
 
     def __init__(
         self,
@@ -51,7 +44,7 @@ class OpenAIHTTPBackend:
         self.base_url = spec.source.rstrip("/")
         self.model: str | None = spec.model
         self.max_concurrency = max(1, max_concurrency)
-        self._api_key = api_key or _env_api_key()
+        self._api_key = api_key
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._connect_timeout_s = connect_timeout_s
         self._client: httpx.Client | None = None

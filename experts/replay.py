@@ -32,6 +32,7 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest
 QUESTIONS_FILE = "questions.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 NO_ANSWER_TEXT = "No answer."  # what a model whose recorded reply had no choice says
+COT_TOKENS = 256  # the chain of thought a recorded model is charged for before its letter
 _NULL_CELLS = {"", "none", "nan", "null", "na", "n/a"}
 
 
@@ -249,7 +250,7 @@ class ReplayBackend:
     `memory_bytes` is the real model's simulated footprint, not the recording's.
     """
 
-    def __init__(self, folder: str | Path, model: str, cot_tokens: int = 256):
+    def __init__(self, folder: str | Path, model: str, cot_tokens: int = COT_TOKENS):
         self.folder = Path(folder)
         self.model = model
         self.base_model_key = BaseModelSpec(kind="replay", source=str(folder), model=model).key

@@ -14,7 +14,13 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class SamplingParams(BaseModel):
+class Strict(BaseModel):
+    """A shape a user writes (a pool file, a registration): an unknown field is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(Strict):
     """Sampling for one generation; temperature 0 is greedy and reproducible."""
 
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
@@ -43,7 +49,7 @@ class Generation(BaseModel):
 BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
 
 
-class BaseModelSpec(BaseModel):
+class BaseModelSpec(Strict):
     """Where a base model's weights (or server) are. Experts over one spec share one load.
 
     `source` is read per kind: llamacpp -> a GGUF path or `package:<catalog name>`;
@@ -62,7 +68,7 @@ class BaseModelSpec(BaseModel):
         return f"{self.kind}:{self.source}" + (f"#{self.model}" if self.model else "")
 
 
-class ExpertPlacement(BaseModel):
+class ExpertPlacement(Strict):
     """Where an expert runs, for latency and energy budgets: a device of `experts/devices.yaml`.
 
     Experts on one device (and `instance`, where a kind of device has several copies) run one
@@ -70,15 +76,13 @@ class ExpertPlacement(BaseModel):
     expert: H100 servers of its own, where its recorded model's replies are costed).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     device: str | None = Field(default=None, min_length=1, max_length=64)
     instance: str | None = Field(default=None, min_length=1, max_length=64)
     params_b: float | None = Field(default=None, gt=0, le=10_000,
                                    description="Billions of parameters per token; unset: read from the model's name.")
 
 
-class ExpertSpec(BaseModel):
+class ExpertSpec(Strict):
     """An expert is a base model plus an optional persona and its sampling parameters."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from experts.backend import BackendError, ModelSourceError
+from experts.options import BackendOptions
 from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams
-from experts.vllm_host import START_TIMEOUT_S, WorkerProcess
+from experts.vllm_host import START_TIMEOUT_S, WorkerProcess, vllm_python
 
 PACKAGE_PREFIX = "package:"
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
@@ -158,13 +159,14 @@ def _check_safetensors(path: Path) -> None:
         raise ModelSourceError(f"{path} is not a complete safetensors file ({size} bytes)")
 
 
-def resolve_folder(source: str) -> Path:
+def resolve_folder(source: str, options: BackendOptions | None = None) -> Path:
     """A vllm spec's source: an HF folder, or `package:<catalog name>` (exported once from the
-    packaged GGUF, see experts/hf_export.py)."""
+    packaged GGUF into the options' hf/ folder, see experts/hf_export.py)."""
     if source.startswith(PACKAGE_PREFIX):
         from experts.hf_export import export_packaged
 
-        return export_packaged(source[len(PACKAGE_PREFIX):].strip())
+        opts = options or BackendOptions()
+        return export_packaged(source[len(PACKAGE_PREFIX):].strip(), cache=opts.hf_dir, models=opts.models_dir)
     return Path(source).expanduser()
 
 
@@ -191,8 +193,10 @@ class VLLMBackend:
         gpu_memory_utilization: float | None = None,
         dtype: str | None = None,
         background_loads: bool | None = None,
+        options: BackendOptions | None = None,
     ):
         self.spec = spec
+        self.options = options or BackendOptions()
         self.base_model_key = spec.key
         self.loads = 0  # engines really started
         self.wakes = 0  # fast swaps: a sleeping engine woken instead of a new one started
@@ -228,7 +232,7 @@ class VLLMBackend:
         return self._engine is not None and self._asleep
 
     def validate(self) -> None:
-        folder = resolve_folder(self.spec.source)
+        folder = resolve_folder(self.spec.source, self.options)
         self._weights = check_hf_folder(folder)
         self._folder = folder
 
@@ -247,7 +251,7 @@ class VLLMBackend:
 
     def _engine_in_process(self, config: EngineConfig) -> VLLMEngine:
         if self._process is None or not self._process.alive:
-            self._process = WorkerProcess()
+            self._process = WorkerProcess(vllm_python(self.options.vllm_python))
         return WorkerEngine(config, self._process)
 
     def load(self) -> None:

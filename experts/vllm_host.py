@@ -32,10 +32,9 @@ START_TIMEOUT_S = 900.0
 CALL_TIMEOUT_S = 1800.0
 
 
-def vllm_python() -> str:
-    """The interpreter that has vLLM: $SKILLROUTE_VLLM_PYTHON, else the repo's .venv-vllm,
-    else this interpreter if vLLM happens to be installed beside us (e.g. a GPU image)."""
-    configured = os.environ.get("SKILLROUTE_VLLM_PYTHON")
+def vllm_python(configured: str | None = None) -> str:
+    """The interpreter that has vLLM: `configured` (the `backends.vllm_python` setting), else the
+    repo's .venv-vllm, else this interpreter if vLLM is installed beside us (e.g. a GPU image)."""
     if configured:
         return configured
     if REPO_VENV_PYTHON.is_file():
@@ -44,17 +43,17 @@ def vllm_python() -> str:
         return sys.executable
     raise BackendError(
         "vLLM is not installed: run scripts/setup_vllm.sh (makes .venv-vllm) "
-        "or set SKILLROUTE_VLLM_PYTHON to a python that can import vllm"
+        "or set SKILLROUTE_VLLM_PYTHON (backends.vllm_python) to a python that can import vllm"
     )
 
 
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for leaked in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # our venv's numpy would break vLLM
-        env.pop(leaked, None)
-    # No hub on this machine: fail fast on a bad folder instead of retrying downloads.
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    return env
+def worker_command(python: str) -> list[str]:
+    """The worker's command line, its environment adjusted by env(1): our venv's paths must not
+    leak in (our numpy would break vLLM's), and with no hub a bad folder must fail fast instead of
+    retrying downloads. The rest of the environment is inherited as it is."""
+    unset = [arg for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") for arg in ("-u", name)]
+    offline = ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"]
+    return ["env", *unset, *offline, python, "-I", str(WORKER_SCRIPT)]
 
 
 class WorkerProcess:
@@ -66,9 +65,9 @@ class WorkerProcess:
         # nobody drains would stall it; the tail goes into error messages.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [python, "-I", str(WORKER_SCRIPT)],
+            worker_command(python),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            text=True, encoding="utf-8", env=_worker_env(),
+            text=True, encoding="utf-8",
             start_new_session=True,  # its own process group: close() can stop vLLM's children too
         )
         self._lines: queue.Queue[str | None] = queue.Queue()

@@ -87,7 +87,7 @@ class Host:
         if self.on_cpu:
             # The engine core runs in this process: a separate one would cost another
             # interpreter and vLLM import per start, and a CPU has no device work to overlap.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.llm: Any = None
         self.ready = {
             "platform": str(current_platform.device_type),

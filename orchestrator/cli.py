@@ -45,10 +45,12 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 def _container(pool: Path | None) -> SkillRoute:
     from orchestrator.container import SkillRoute
-    from orchestrator.pool_config import load_pool_config
+    from orchestrator.pools.loader import load_pool_config
+    from orchestrator.store.db import migrate
 
     settings = get_settings()
     path = pool or Path(settings.pool)
+    migrate(settings.db_url)  # commands that only read or register still need the schema
     return SkillRoute(settings, load_pool_config(path))
 
 
@@ -87,14 +89,13 @@ def serve(host: Annotated[str | None, typer.Option()] = None, port: Annotated[in
 
     c = _container(pool)
     _prepare(c)
-    uvicorn.run(create_app(c), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(c, owns_container=True), host=host, port=port, log_level="info")
 
 
 def _prepare(c: SkillRoute) -> None:
-    """Profile what is unprofiled (progress shown) and answer queries a crash left unfinished."""
+    """Start the service (progress shown): profile what is unprofiled, answer what a crash left."""
     with progress_bar("profiling experts") as report:
-        c.bootstrap(report)
-    recovered = c.queries.recover()
+        recovered = c.start(report)
     if recovered:
         console.print(f"answered {recovered} queries left unfinished by the last run")
     console.print(f"pool ready: {len(c.pool.snapshot.experts)} experts, aggregator {c.pool.snapshot.aggregator}")
@@ -117,11 +118,12 @@ def ask(query: str, k: Annotated[int, typer.Option(min=1, max=8)] = 3, pool: Poo
         body = httpx.post(f"{url}/v1/queries", json={"query": query, "k": k, "seed": seed}, timeout=600).json()
     else:
         from orchestrator.api.schemas import QueryResponse
-        from orchestrator.pipeline import QueryInput
+        from orchestrator.domain import Ask
 
         c = _bootstrapped(pool)
-        qid = c.queries.ask([QueryInput(query, k, seed=seed)])[0]
+        qid = c.queries.ask([Ask(text=query, k=k, seed=seed)])[0]
         body = QueryResponse.from_row(c.queries.get(qid)).model_dump(mode="json")
+        c.close()
     console.print_json(json.dumps(body))
 
 

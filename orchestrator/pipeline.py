@@ -1,9 +1,11 @@
-"""The one place that wires skills → routing → scheduling → experts → aggregation.
+"""The one place that wires skills → routing → budgets → scheduling → experts → aggregation.
 
-A batch is routed whole first, then every expert generation of the batch runs grouped by base
-model (each loaded at most once), then every aggregation runs on the aggregator, which the
-planner kept resident by running its model last. A query with a latency or energy budget
-recruits the exact best subset within it instead (`routing/budget_plan.py`, MoE^2).
+`route` reads a batch of admitted queries: each text is embedded once, and that one embedding
+both finds the query's skills and places it for the router; a query with a latency or energy
+budget gets the exact best subset within it (MoE^2, `budgets.planner`) instead of the router's
+draws. `answer` runs decisions already made: every expert generation of the batch grouped by
+base model (each loaded at most once), then every aggregation on the aggregator, which the
+planner keeps resident by running its model last (or a weighted vote where no LLM aggregates).
 """
 
 from __future__ import annotations
@@ -11,212 +13,185 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from experts.backend import BackendError
-from experts.replay import load_recording
-from experts.types import Generation
-from orchestrator.aggregation import AggregationMode, aggregation_prompt, final_answer, vote_answer
-from orchestrator.observability.probe import NULL_PROBE, Probe
-from orchestrator.pool import PoolSnapshot
-from orchestrator.routing.budget_plan import BudgetPlan, BudgetPlanner, PoolView, QueryBudget, TokenLimits
-from orchestrator.routing.recruit import ExpertScore, RecruitMode, recruit
-from orchestrator.routing.voting import AnswerReliability
+from experts.traits import check_prompt, prompt_scope
+from experts.types import BaseModelSpec, Generation
+from orchestrator.aggregation.prompt import AggregationMode, aggregation_prompt
+from orchestrator.aggregation.vote import vote_answer
+from orchestrator.budgets.planner import BudgetPlan, BudgetPlanner, PoolView, TokenLimits, measured
+from orchestrator.budgets.solver import InfeasibleBudget
+from orchestrator.domain import (
+    Answer,
+    Ask,
+    Decision,
+    ExpertScore,
+    NoExperts,
+    Outcome,
+    Role,
+    SkillMatch,
+    Unanswerable,
+    UnknownExpert,
+)
+from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.recruit import recruit
+from orchestrator.routing.snapshot import PoolSnapshot
 from orchestrator.scheduling.executor import Executor, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 from skills.embedder import Embedder
-from skills.vocabulary import SkillMatch
+from skills.vocabulary import SkillMatch as VocabularyMatch
 
-
-class NoExpertsError(RuntimeError):
-    """The pool has no profiled expert to recruit yet."""
-
-
-class NotRecorded(ValueError):
-    """A query a replay pool cannot answer: its recording holds no such question."""
-
-    def __init__(self, index: int, message: str):
-        super().__init__(message)
-        self.index = index
+DIRECT = "direct"  # the router name of a query that named its expert
 
 
 @dataclass(frozen=True)
-class QueryInput:
-    text: str
-    k: int = 3
-    mode: RecruitMode | None = None  # None: the router's preferred mode
-    seed: int | None = None
-    budget: QueryBudget | None = None  # set: recruit the best subset within it (k is its size cap)
-
-
-@dataclass
-class Decision:
-    skills: list[SkillMatch]
-    scores: list[ExpertScore]
-    recruited: list[str]
-    aggregator: str | None
-    router: str
-    mode: RecruitMode | Literal["budget"]
-    seed: int
-    plan: BudgetPlan | None = None
-
-    @property
-    def budget(self) -> QueryBudget | None:
-        return self.plan.budget if self.plan else None
-
-    @property
-    def predicted_latency_s(self) -> float | None:
-        return self.plan.decision.latency_s if self.plan else None
-
-    @property
-    def predicted_energy_j(self) -> float | None:
-        return self.plan.decision.energy_j if self.plan else None
-
-
-@dataclass
-class Answer:
-    expert: str
-    role: str  # expert | aggregator
-    generation: Generation
-
-
-@dataclass
-class Outcome:
-    decision: Decision
-    answers: list[Answer] = field(default_factory=list)
-    text: str = ""
-    latency_s: float = 0.0
-    stages_s: float = 0.0  # wall time of the batch's expert and aggregation stages
-
-    @property
-    def answer(self) -> str:
-        return final_answer(self.text)
-
-
-@dataclass
 class GenerationLimits:
     expert_max_tokens: int = 96
     aggregator_max_tokens: int = 96
 
 
 class Pipeline:
-    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
-
-    def __init__(self, worker: DeviceWorker, embedder: Embedder, limits: GenerationLimits | None = None,
-                 skills_per_query: int = 3, executor: Executor = execute, aggregation: AggregationMode = "llm"):
-        self.worker, self.embedder, self.executor = worker, embedder, executor
+    def __init__(self, worker: DeviceWorker, embedder: Embedder, planner: BudgetPlanner | None = None,
+                 limits: GenerationLimits | None = None, skills_per_query: int = 3, executor: Executor = execute,
+                 aggregation: AggregationMode = "llm", probe: Probe = NULL_PROBE):
+        self.worker, self.embedder, self.executor, self.probe = worker, embedder, executor, probe
+        self.planner = planner or BudgetPlanner()
         self.limits = limits or GenerationLimits()
         self.skills_per_query = skills_per_query
         self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
-        self.planner = BudgetPlanner()
 
-    def route(self, pool: PoolSnapshot, inputs: Sequence[QueryInput]) -> list[Decision]:
-        """Skills, scores and recruits for every query, without generating anything."""
+    # ------------------------------------------------------------------ routing
+
+    def route(self, pool: PoolSnapshot, asks: Sequence[Ask]) -> list[Decision]:
+        """A decision for every query, generating nothing; raises a `QueryError` naming the
+        first query that cannot be taken (no expert, none able to answer it, no budget fit)."""
         started = time.perf_counter()
-        decisions = self._route(pool, inputs)
+        if not pool.experts:
+            raise NoExperts("no profiled expert in the pool yet")
+        routed = [i for i, a in enumerate(asks) if a.expert is None]
+        texts = [asks[i].text for i in routed]
+        embeddings = self.embedder.encode(texts)
+        skills = pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
+        found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
+        decisions = [self._decide(pool, i, a, *found.get(i, (None, []))) for i, a in enumerate(asks)]
         self.probe.routed(decisions, time.perf_counter() - started)
         return decisions
 
-    def check_recorded(self, pool: PoolSnapshot, inputs: Sequence[QueryInput]) -> None:
-        """Raise NotRecorded for a query that a replay expert of the pool could not find."""
-        folders = {s.base.source for s in pool.experts.values() if s.base.kind == "replay"}
-        for i, q in enumerate(inputs):
-            for folder in folders:
-                try:
-                    load_recording(folder).find_question(q.text)
-                except BackendError as exc:
-                    raise NotRecorded(i, str(exc)) from exc
+    def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, emb: np.ndarray | None,
+                matches: Sequence[VocabularyMatch]) -> Decision:
+        eligible = self._eligible(pool, index, ask)
+        seed = ask.seed if ask.seed is not None else random.randrange(2**31)
+        if ask.expert is not None:
+            return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None)
+        skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
+        scores = [s for s in pool.router.score([m.skill for m in skills], emb) if s.name in eligible]
+        if ask.budget is not None:
+            plan = self._plan(pool, index, ask, scores)
+            return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,
+                                 plan.record())
+        mode = ask.mode or pool.router.preferred_mode
+        chosen = recruit(scores, ask.k, mode, random.Random(seed))
+        return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator)
 
-    def check_budgets(self, pool: PoolSnapshot, inputs: Sequence[QueryInput]) -> None:
-        """Raise InfeasibleBudget for a budgeted query no expert fits, before any work is stored."""
-        budgeted = [q for q in inputs if q.budget is not None]
-        if budgeted:
-            self._route(pool, budgeted)
+    def _eligible(self, pool: PoolSnapshot, index: int, ask: Ask) -> set[str]:
+        """The experts whose backend can answer this query (`experts.traits.check_prompt`)."""
+        names = [ask.expert] if ask.expert is not None else list(pool.experts)
+        if ask.expert is not None and ask.expert not in pool.experts:
+            raise UnknownExpert(f"the model {ask.expert!r} does not exist; GET /v1/models lists them", index, "model")
+        verdicts: dict[str, str | None] = {}
+        for name in names:
+            base = pool.experts[name].base
+            if (scope := prompt_scope(base)) not in verdicts:
+                verdicts[scope] = _refusal(base, ask.text)
+        eligible = {n for n in names if verdicts[prompt_scope(pool.experts[n].base)] is None}
+        if not eligible:
+            reason = next(v for v in verdicts.values() if v is not None)
+            raise Unanswerable(reason, index)
+        return eligible
 
-    def _route(self, pool: PoolSnapshot, inputs: Sequence[QueryInput]) -> list[Decision]:
-        if not pool.experts:
-            raise NoExpertsError("no profiled expert in the pool yet")
-        texts = [q.text for q in inputs]
-        matches = pool.vocabulary.nearest_for_texts(texts, self.skills_per_query)
-        embeddings = self.embedder.encode(texts)
-        return [self._decide(pool, q, m, e) for q, m, e in zip(inputs, matches, embeddings, strict=True)]
-
-    def _decide(self, pool: PoolSnapshot, q: QueryInput, skills: list[SkillMatch], emb: np.ndarray) -> Decision:
-        seed = q.seed if q.seed is not None else random.randrange(2**31)
-        scores = pool.router.score([m.skill for m in skills], emb)
-        if q.budget is not None:
-            plan = self._plan(pool, q, scores)
-            return Decision(skills, scores, list(plan.chosen), pool.aggregator, pool.router.name, "budget", seed, plan)
-        mode = q.mode or pool.router.preferred_mode
-        chosen = recruit(scores, q.k, mode, random.Random(seed))
-        return Decision(skills, scores, chosen, pool.aggregator, pool.router.name, mode, seed)
-
-    def _plan(self, pool: PoolSnapshot, q: QueryInput, scores: list[ExpertScore]) -> BudgetPlan:
-        assert q.budget is not None
-        view = PoolView(pool.experts, pool.aggregator, pool.router.name, self.aggregation)
+    def _plan(self, pool: PoolSnapshot, index: int, ask: Ask, scores: list[ExpertScore]) -> BudgetPlan:
+        assert ask.budget is not None
+        view = PoolView(pool.experts, pool.aggregator, pool.router.calibrated, self.aggregation)
         tokens = TokenLimits(self.limits.expert_max_tokens, self.limits.aggregator_max_tokens)
-        return self.planner.plan(view, q.text, scores, q.budget, q.k, tokens)
+        try:
+            return self.planner.plan(view, ask.text, scores, ask.budget, ask.k, tokens)
+        except InfeasibleBudget as exc:
+            exc.index = index
+            raise
 
-    def answer(self, pool: PoolSnapshot, inputs: Sequence[QueryInput],
-               decisions: Sequence[Decision] | None = None) -> list[Outcome]:
-        """Route (unless given decisions), generate batched by model, then aggregate."""
+    # ------------------------------------------------------------------ answering
+
+    def answer(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[Outcome]:
+        """Generate batched by model, then aggregate; the decisions were made at admission."""
         started = time.perf_counter()
-        decisions = list(decisions) if decisions is not None else self.route(pool, inputs)
-        outcomes = [Outcome(d) for d in decisions]
-        agg_key = pool.experts[pool.aggregator].base.key if pool.aggregator else None
-        stages = time.perf_counter()
-        self._run_experts(pool, inputs, outcomes, agg_key)
-        self._run_aggregation(pool, inputs, outcomes)
-        done = time.perf_counter()
+        outcomes = [Outcome(decision=d) for d in decisions]
+        agg_key = pool.experts[pool.aggregator].base.key if pool.aggregator in pool.experts else None
+        self._run_experts(pool, asks, outcomes, agg_key)
+        self._run_aggregation(pool, asks, outcomes)
+        elapsed = time.perf_counter() - started
         for o in outcomes:
-            o.latency_s, o.stages_s = done - started, done - stages
-        self.planner.observe(pool.experts, [(a.expert, a.generation) for o in outcomes for a in o.answers])
+            o.latency_s = o.stages_s = elapsed
+            if o.decision.budget is not None:
+                budget = measured(o.decision.budget, elapsed, self.planner.power_w)
+                o.decision = o.decision.model_copy(update={"budget": budget})
+        self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers])
         self.probe.answered(outcomes)
         return outcomes
 
-    def _run_experts(self, pool: PoolSnapshot, inputs: Sequence[QueryInput], outcomes: list[Outcome],
+    def _run_experts(self, pool: PoolSnapshot, asks: Sequence[Ask], outcomes: list[Outcome],
                      agg_key: str | None) -> None:
         jobs = []
-        for qi, (q, o) in enumerate(zip(inputs, outcomes, strict=True)):
+        for qi, (ask, o) in enumerate(zip(asks, outcomes, strict=True)):
             for j, name in enumerate(o.decision.recruited):
                 spec = pool.experts[name]
-                req = spec.request(f"{qi}:{j}", q.text, self.limits.expert_max_tokens)
+                req = spec.request(f"{qi}:{j}", ask.text, self.limits.expert_max_tokens)
                 # an expert drawn twice answers twice: give the second draw its own sample
                 req.sampling = req.sampling.model_copy(update={"seed": (req.sampling.seed or 0) + j})
                 jobs.append(Job(req.request_id, spec.base, req))
         gens = self.executor(jobs, self.worker, keep_last=agg_key)
         for qi, o in enumerate(outcomes):
-            o.answers = [Answer(n, "expert", gens[f"{qi}:{j}"]) for j, n in enumerate(o.decision.recruited)]
-            o.text = o.answers[0].generation.text if o.answers else ""
+            o.answers = [_answer(n, "expert", gens[f"{qi}:{j}"]) for j, n in enumerate(o.decision.recruited)]
+            o.text = o.answers[0].text if o.answers else ""
 
-    def _run_aggregation(self, pool: PoolSnapshot, inputs: Sequence[QueryInput], outcomes: list[Outcome]) -> None:
+    def _run_aggregation(self, pool: PoolSnapshot, asks: Sequence[Ask], outcomes: list[Outcome]) -> None:
+        todo = [qi for qi, o in enumerate(outcomes) if len(o.answers) >= 2]
         if self.aggregation == "vote":
-            for o in outcomes:
-                _vote(o, pool.router.reliability)
+            for qi in todo:
+                _vote(outcomes[qi], pool)
             return
         agg = pool.aggregator
-        todo = [qi for qi, o in enumerate(outcomes) if len(o.answers) >= 2]
-        if not agg or not todo:
+        if not agg or agg not in pool.experts or not todo:
             return
         spec = pool.experts[agg]
         jobs = []
         for qi in todo:
-            prompt = aggregation_prompt(inputs[qi].text, [a.generation.text for a in outcomes[qi].answers])
+            prompt = aggregation_prompt(asks[qi].text, [a.text for a in outcomes[qi].answers])
             req = spec.request(f"{qi}:agg", prompt, self.limits.aggregator_max_tokens)
             jobs.append(Job(req.request_id, spec.base, req))
         gens = self.executor(jobs, self.worker)
         for qi in todo:
-            gen = gens[f"{qi}:agg"]
-            outcomes[qi].answers.append(Answer(agg, "aggregator", gen))
-            outcomes[qi].text = gen.text
+            outcomes[qi].answers.append(_answer(agg, "aggregator", gens[f"{qi}:agg"]))
+            outcomes[qi].text = outcomes[qi].answers[-1].text
 
 
-def _vote(o: Outcome, reliability: AnswerReliability | None) -> None:
+def _refusal(base: BaseModelSpec, text: str) -> str | None:
+    try:
+        check_prompt(base, text)
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def _answer(expert: str, role: Role, g: Generation) -> Answer:
+    return Answer(expert=expert, role=role, text=g.text, prompt_tokens=g.prompt_tokens,
+                  completion_tokens=g.completion_tokens, latency_s=g.latency_s)
+
+
+def _vote(o: Outcome, pool: PoolSnapshot) -> None:
     """Aggregate by the router-weighted vote of the answers' letters (no aggregator stage)."""
-    if len(o.answers) >= 2:
-        result = vote_answer([(a.expert, a.generation.text) for a in o.answers], o.decision.scores, reliability)
-        o.text = f"Answer: {result.answer}" if result.answer else o.text
+    result = vote_answer([(a.expert, a.text) for a in o.answers], o.decision.experts, pool.router.reliability)
+    o.text = f"Answer: {result.answer}" if result.answer else o.text

@@ -1,44 +1,143 @@
-"""One settings class for the service (env prefix SKILLROUTE_), plus where things live on disk."""
+"""The one settings object (environment prefix SKILLROUTE_), built once and passed down.
+
+Sections nest: `SKILLROUTE_DATABASE__URL`, `SKILLROUTE_BATCHING__WAIT_MS`, … . The short flat
+names the README has always documented (`SKILLROUTE_DATABASE_URL`, `SKILLROUTE_ADMIN_KEY`,
+`OPENAI_API_KEY`, `RAY_ADDRESS`, …) still work: `FlatNames` maps each onto its section field,
+below the nested form in priority. Nothing else in the project reads the environment; the
+experts/ backends take what they need from `Settings.backends` as arguments.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from experts.options import DEFAULT_DATA_DIR, BackendOptions
 
 DEFAULT_POOL = Path(__file__).parent / "pools" / "default.yaml"
 
 
-def default_data_dir() -> Path:
-    return Path.home() / ".cache" / "skillroute"
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(Section):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; unset: SQLite under data_dir.")
+
+
+class AuthSettings(Section):
+    admin_key: SecretStr | None = None
+    require_client_keys: bool = False
+    key_requests_per_minute: int = Field(default=600, ge=1, description="For keys created without their own limit.")
+
+
+class BudgetSettings(Section):
+    devices_file: str | None = Field(default=None, description="Device profiles; unset: experts/devices.yaml.")
+
+
+class BackendSettings(Section):
+    memory_budget_gb: float = Field(default=8.0, gt=0, description="What may stay resident on a device.")
+    llama_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; unset: every core.")
+    vllm_python: str | None = Field(default=None, description="A python that imports vllm; unset: .venv-vllm.")
+    openai_api_key: SecretStr | None = Field(default=None, description="Sent to OpenAI-compatible experts.")
+
+
+class BatchingSettings(Section):
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    wait_ms: float = Field(default=50.0, ge=0, le=10_000)
+
+
+class RaySettings(Section):
+    address: str | None = Field(default=None, description="Join this cluster; unset: start Ray embedded.")
+    auth_mode: str = Field(default="disabled", description="RAY_AUTH_MODE (Ray 2.60 else writes a token to $HOME).")
+
+
+# flat name → (section, field): the names the README and the manifests have used
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "SKILLROUTE_DATABASE_URL": ("database", "url"),
+    "SKILLROUTE_ADMIN_KEY": ("auth", "admin_key"),
+    "SKILLROUTE_REQUIRE_CLIENT_KEYS": ("auth", "require_client_keys"),
+    "SKILLROUTE_KEY_REQUESTS_PER_MINUTE": ("auth", "key_requests_per_minute"),
+    "SKILLROUTE_DEVICES_FILE": ("budgets", "devices_file"),
+    "SKILLROUTE_MEMORY_BUDGET_GB": ("backends", "memory_budget_gb"),
+    "SKILLROUTE_LLAMA_THREADS": ("backends", "llama_threads"),
+    "SKILLROUTE_VLLM_PYTHON": ("backends", "vllm_python"),
+    "SKILLROUTE_OPENAI_API_KEY": ("backends", "openai_api_key"),
+    "OPENAI_API_KEY": ("backends", "openai_api_key"),
+    "SKILLROUTE_BATCH_MAX": ("batching", "max_batch"),
+    "SKILLROUTE_BATCH_WAIT_MS": ("batching", "wait_ms"),
+    "RAY_ADDRESS": ("ray", "address"),
+    "RAY_AUTH_MODE": ("ray", "auth_mode"),
+}
+
+
+class FlatNames(EnvSettingsSource):
+    """The flat environment names of `FLAT_NAMES`, as nested values (the first name set wins)."""
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, (section, key) in FLAT_NAMES.items():
+            value = self.env_vars.get(name.lower())  # the source lower-cases names (case-insensitive)
+            if value is not None:
+                out.setdefault(section, {}).setdefault(key, value)
+        return out
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_", env_nested_delimiter="__", extra="forbid")
 
-    data_dir: Path = Field(default_factory=default_data_dir)
-    database_url: str | None = None
+    data_dir: Path = DEFAULT_DATA_DIR
     pool: str = str(DEFAULT_POOL)
     host: str = "127.0.0.1"
     port: int = 8000
     default_k: int = Field(default=3, ge=1, le=8)
     recruit_mode: Literal["sample", "topk", "dynamic"] | None = None  # None: the router's preferred mode
     router: Literal["symbolic", "knn"] = "symbolic"
-    memory_budget_gb: float = Field(default=8.0, gt=0)
-    seed: int = 0
-    batch_max: int = Field(default=32, ge=1, le=1024)
-    batch_wait_ms: float = Field(default=50.0, ge=0, le=10_000)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    backends: BackendSettings = Field(default_factory=BackendSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FlatNames(settings_cls), dotenv_settings, file_secret_settings
 
     @property
     def db_url(self) -> str:
         """SQLite file under the data dir unless a URL (Postgres, say) is given."""
-        if self.database_url:
-            return self.database_url
+        if self.database.url:
+            return self.database.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.data_dir / 'skillroute.db'}"
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.backends.memory_budget_gb * 2**30)
+
+    def backend_options(self) -> BackendOptions:
+        b = self.backends
+        key = b.openai_api_key.get_secret_value() if b.openai_api_key else None
+        return BackendOptions(data_dir=self.data_dir, llama_threads=b.llama_threads, vllm_python=b.vllm_python,
+                              openai_api_key=key)
 
 
 @lru_cache

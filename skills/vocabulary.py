@@ -115,10 +115,19 @@ class SkillVocabulary:
         self, texts: Sequence[str], m: int = 3, min_similarity: float = 0.0
     ) -> list[list[SkillMatch]]:
         """`nearest_for_text` for many texts in one encode (profiling a whole question set)."""
+        if self._state[2] is None or m < 1:
+            return [[] for _ in texts]
+        return self.nearest_for_embeddings(texts, self.embedder.encode(list(texts)), m, min_similarity)
+
+    def nearest_for_embeddings(
+        self, texts: Sequence[str], embeddings: np.ndarray, m: int = 3, min_similarity: float = 0.0
+    ) -> list[list[SkillMatch]]:
+        """`nearest_for_texts` for texts already embedded (by this vocabulary's embedder): a
+        query routed by its embedding is matched to skills from that one embedding."""
         names, _, matrix = self._state
         if matrix is None or m < 1:
             return [[] for _ in texts]
-        sims = self.embedder.encode(list(texts)) @ matrix.T
+        sims = np.asarray(embeddings) @ matrix.T
         # A stable sort on −similarity keeps vocabulary order among exact ties.
         order = np.argsort(-sims, axis=1, kind="stable")[:, :m]
         return [

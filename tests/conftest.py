@@ -1,5 +1,5 @@
-"""Fixtures every test package shares: the real MMLU-Pro replay corpus and slices of it, and
-tiny HF-format model folders for the vLLM backend."""
+"""Fixtures every test package shares: one real MiniLM embedder, the real MMLU-Pro replay corpus
+and slices of it, and tiny HF-format model folders for the vLLM backend."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from experts.replay import Recording, load_recording, write_recording
+from skills.embedder import Embedder, get_embedder
 
 REPLAY = Path(__file__).resolve().parents[1].parent / "shared/data/mmlu_pro_replay"
 SliceRecording = Callable[[Path, Sequence[str], int], Path]
 MakeHFFolder = Callable[[Path, dict[str, object]], Path]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """One real MiniLM for every test: loading it once keeps the suite quick."""
+    return get_embedder()
 
 
 @pytest.fixture(scope="session")

@@ -114,16 +114,25 @@ function renderTimeline(tl) {
 }
 
 function renderBudget(b) {
-  document.getElementById("budget-note").textContent = b.note;
-  document.getElementById("budget-flag").textContent = b.available ? "live" : "placeholder: budgets not wired yet";
+  // budgeted queries only: what the solver predicted for the chosen experts against the wall
+  // clock, with the budget asked for as a line
+  const qs = b.queries;
+  document.getElementById("budget-note").textContent = qs.length
+    ? `${qs.length} budgeted quer${qs.length === 1 ? "y" : "ies"} among the recent ones`
+    : "no budgeted query among the recent ones: send latency_ms or energy_j";
+  const names = ["predicted latency (s)", "measured latency (s)", "latency budget (s)"];
   chart("budget").setOption({
     animation: false,
-    grid: { left: 50, right: 16, top: 24, bottom: 28 },
-    legend: { top: 0, data: ["measured latency (s)"] },
+    grid: { left: 50, right: 16, top: 30, bottom: 28 },
+    legend: { top: 0, data: names },
     tooltip: { trigger: "axis" },
-    xAxis: { type: "category", data: b.latency.map((x) => `#${x.id}`) },
+    xAxis: { type: "category", data: qs.map((x) => `#${x.id}`) },
     yAxis: { type: "value", name: "s" },
-    series: [{ name: "measured latency (s)", type: "bar", data: b.latency.map((x) => x.measured_s) }],
+    series: [
+      { name: names[0], type: "bar", data: qs.map((x) => x.predicted_latency_s) },
+      { name: names[1], type: "bar", data: qs.map((x) => x.measured_latency_s) },
+      { name: names[2], type: "line", step: "middle", data: qs.map((x) => x.latency_budget_s) },
+    ],
   }, true);
 }
 

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.api.errors import error_body
+from orchestrator.container import SkillRoute
 from orchestrator.services.errors import Forbidden, RateLimited, Unauthorized
-from orchestrator.services.keys import AccessControl, AuthSettings, Caller, KeyService, Role
+from orchestrator.services.keys import AccessControl, Caller, Role
 
 READS = {"GET", "HEAD", "OPTIONS"}
 # writes that ask a question rather than change the pool
@@ -46,9 +47,9 @@ def get_caller(request: Request) -> Caller:
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 
 
-def install_auth(app: FastAPI, settings: AuthSettings | None = None) -> None:
-    """Access control over the app's container store; settings default to the SKILLROUTE_ env."""
-    app.state.access = AccessControl(KeyService(app.state.skillroute.db), settings or AuthSettings())
+def install_auth(app: FastAPI, container: SkillRoute) -> None:
+    """Access control over the container's keys, by its settings' `auth` section."""
+    app.state.access = AccessControl(container.keys, container.settings.auth)
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:

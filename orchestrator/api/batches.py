@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.api.deps import Budgets, Container, RowId
 from orchestrator.api.schemas import QueryRequest
-from orchestrator.pipeline import QueryInput
-from orchestrator.services.batches import BatchEntry, BatchService, counts
+from orchestrator.services.batches import BatchEntry, counts
 from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, BatchItem
+from orchestrator.store.repositories.queries import decision_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 MAX_BATCH = 1000
-
-
-def get_batches(c: Container) -> BatchService:
-    return BatchService(c.db, c.queries)
-
-
-Batches = Annotated[BatchService, Depends(get_batches)]
 
 
 class BatchQuery(QueryRequest):
@@ -71,7 +65,7 @@ class BatchOut(BaseModel):
 
 
 def _result(item: BatchItem) -> BatchResult:
-    q, d = item.query, item.query.decision
+    q, d = item.query, decision_of(item.query)
     return BatchResult(custom_id=item.custom_id, query_id=q.id, status=q.status, answer=q.answer, error=q.error,
                        recruited=list(d.recruited) if d else [], aggregator=d.aggregator if d else None)
 
@@ -82,16 +76,16 @@ def _owner(caller: Caller) -> int | None:
 
 
 @router.post("", response_model=BatchOut, status_code=202)
-def create_batch(batches: Batches, budgets: Budgets, caller: CurrentCaller, body: BatchCreate,
-                 response: Response) -> BatchOut:
-    """Queue the queries behind the live traffic's batching window; poll the Location for results."""
-    entries = [BatchEntry(QueryInput(q.query, q.k, q.mode, q.seed, budgets.resolve(q.latency_ms, q.energy_j)),
-                          q.custom_id) for q in body.queries]
-    batch_id = batches.submit(entries, caller.key_id)
+async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, body: BatchCreate,
+                       response: Response) -> BatchOut:
+    """Queue the queries behind the live traffic's batching window; poll the Location for results.
+    A query that cannot be taken refuses the batch (4xx naming it) and nothing is stored."""
+    entries = [BatchEntry(q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)), q.custom_id) for q in body.queries]
+    batch_id = await run_in_threadpool(c.batches.submit, entries, caller.key_id)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
-    return BatchOut.from_row(batches.get(batch_id))
+    return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id))
 
 
 @router.get("/{batch_id}", response_model=BatchOut)
-def get_batch(batches: Batches, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
-    return BatchOut.from_row(batches.get(batch_id, _owner(caller)))
+async def get_batch(c: Container, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
+    return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id, _owner(caller)))

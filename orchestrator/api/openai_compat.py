@@ -11,33 +11,20 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
-from orchestrator.api.deps import Budgets, Container
-from orchestrator.api.schemas import BudgetFields, BudgetOut, ExpertScoreOut, SkillOut
-from orchestrator.routing.recruit import RecruitMode
+from orchestrator.api.deps import Budgets, Container, answered
+from orchestrator.api.schemas import BudgetFields, RecruitModeField
+from orchestrator.domain import Ask, Decision, RecruitMode
+from orchestrator.services.admission import ModelNotFound
 from orchestrator.services.budgets import BudgetService
-from orchestrator.services.chat import (
-    AUTO,
-    ChatQuery,
-    ChatResult,
-    ChatService,
-    ModelNotFound,
-    conversation_text,
-    text_chunks,
-)
+from orchestrator.services.chat import AUTO, ChatResult, conversation_text, text_chunks
 from orchestrator.services.errors import ServiceError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-def get_chat(c: Container) -> ChatService:
-    return ChatService(c.db, c.pool, c.pipeline, c.queries)
-
-
-Chat = Annotated[ChatService, Depends(get_chat)]
 
 
 class TextPart(BaseModel):
@@ -73,16 +60,19 @@ class ChatCompletionRequest(BudgetFields):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Accepted; experts keep their own.")
     max_tokens: int | None = Field(default=None, ge=1, description="Accepted; the pool's limits apply.")
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
-    mode: Literal["sample", "topk", "dynamic"] | None = Field(default=None, description="skillroute: recruit mode.")
+    mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
 
-    def to_query(self, default_k: int, default_mode: RecruitMode | None, budgets: BudgetService) -> ChatQuery:
-        """Budgets (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
+    def to_ask(self, default_k: int, default_mode: RecruitMode | None, budgets: BudgetService) -> Ask:
+        """`auto` routes; another model names the expert that answers alone. Budgets
+        (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
         text = conversation_text([(m.role, m.text()) for m in self.messages])
-        if self.model != AUTO and (self.latency_ms is not None or self.energy_j is not None):
-            raise ServiceError("latency_ms and energy_j choose experts, so they need model 'auto'",
-                               "latency_ms" if self.latency_ms is not None else "energy_j")
-        budget = budgets.resolve(self.latency_ms, self.energy_j) if self.model == AUTO else None
-        return ChatQuery(text, self.model, self.k or default_k, self.mode or default_mode, self.seed, budget)
+        if self.model != AUTO:
+            if self.latency_ms is not None or self.energy_j is not None:
+                raise ServiceError("latency_ms and energy_j choose experts, so they need model 'auto'",
+                                   "latency_ms" if self.latency_ms is not None else "energy_j")
+            return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model)
+        budget = budgets.resolve(self.latency_ms, self.energy_j)
+        return Ask(text=text, k=self.k or default_k, mode=self.mode or default_mode, seed=self.seed, budget=budget)
 
 
 class Usage(BaseModel):
@@ -103,17 +93,11 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
-class SkillrouteInfo(BaseModel):
+class SkillrouteInfo(Decision):
+    """The stored decision record of the query that answered this chat, with its id and answer."""
+
     query_id: int
-    experts: list[str] = Field(description="The recruited experts, repeats included.")
-    aggregator: str | None
-    router: str | None
-    mode: str | None
-    seed: int | None
-    skills: list[SkillOut]
-    scores: list[ExpertScoreOut]
     answer: str | None = Field(description="The reply's final answer line.")
-    budget: BudgetOut | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -140,17 +124,12 @@ class ModelList(BaseModel):
 
 
 def skillroute_info(r: ChatResult) -> SkillrouteInfo:
-    d, picks = r.query.decision, list(r.query.decision.recruited) if r.query.decision else []
-    scores = [ExpertScoreOut(**x, recruited=picks.count(x["name"])) for x in (d.experts if d else [])]
-    return SkillrouteInfo(query_id=r.query.id, experts=picks, aggregator=d.aggregator if d else None,
-                          router=d.router if d else None, mode=d.mode if d else None, seed=d.seed if d else None,
-                          skills=[SkillOut(**m) for m in (d.skills if d else [])], scores=scores, answer=r.query.answer,
-                          budget=BudgetOut.model_validate(d.budget) if d and d.budget else None)
+    return SkillrouteInfo(**r.decision.model_dump(), query_id=r.query.id, answer=r.query.answer)
 
 
 def decision_headers(info: SkillrouteInfo) -> dict[str, str]:
     """Header values must be latin-1: anything else in a skill name is escaped, not dropped."""
-    raw = {"query-id": str(info.query_id), "experts": ",".join(info.experts), "aggregator": info.aggregator or "",
+    raw = {"query-id": str(info.query_id), "experts": ",".join(info.recruited), "aggregator": info.aggregator or "",
            "skills": ",".join(dict.fromkeys(s.skill for s in info.skills)), "router": info.router or "",
            "seed": "" if info.seed is None else str(info.seed)}
     return {f"x-skillroute-{k}": v.encode("ascii", "backslashreplace").decode() for k, v in raw.items()}
@@ -184,10 +163,11 @@ def sse_events(c: ChatCompletion, include_usage: bool) -> Iterator[str]:
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A completion, or with stream=true its chunks as server-sent events."}})
-def chat_completions(c: Container, chat: Chat, budgets: Budgets, body: ChatCompletionRequest,
-                     response: Response) -> Any:
+async def chat_completions(c: Container, budgets: Budgets, body: ChatCompletionRequest, response: Response) -> Any:
     """Answer a chat: routed to k experts and aggregated (`auto`), or one named expert."""
-    result = chat.complete(body.to_query(c.settings.default_k, c.settings.recruit_mode, budgets))
+    ask = body.to_ask(c.settings.default_k, c.settings.recruit_mode, budgets)
+    (query_id,) = await answered(c.queries, [ask])
+    result = await run_in_threadpool(c.chat.result, query_id)
     info = skillroute_info(result)
     reply, headers = completion(result, info), decision_headers(info)
     if body.stream:
@@ -199,14 +179,14 @@ def chat_completions(c: Container, chat: Chat, budgets: Budgets, body: ChatCompl
 
 
 @router.get("/models", response_model=ModelList)
-def list_models(chat: Chat) -> ModelList:
+async def list_models(c: Container) -> ModelList:
     """`auto` (routed) and every ready expert, as OpenAI model cards."""
-    return ModelList(data=[ModelCard(id=m) for m in chat.models()])
+    return ModelList(data=[ModelCard(id=m) for m in c.chat.models()])
 
 
 @router.get("/models/{model}", response_model=ModelCard)
-def get_model(chat: Chat, model: Annotated[str, Path(max_length=64)]) -> ModelCard:
-    if model not in chat.models():
+async def get_model(c: Container, model: Annotated[str, Path(max_length=64)]) -> ModelCard:
+    if model not in c.chat.models():
         raise ModelNotFound(f"the model {model!r} does not exist", "model")
     return ModelCard(id=model)
 

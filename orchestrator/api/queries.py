@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body
+from starlette.concurrency import run_in_threadpool
 
-from orchestrator.api.deps import Budgets, Container, RowId
+from orchestrator.api.deps import Budgets, Container, RowId, answered
 from orchestrator.api.schemas import QueryRequest, QueryResponse
-from orchestrator.pipeline import QueryInput
 from orchestrator.services.errors import ServiceError
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -17,7 +17,7 @@ MAX_BATCH = 64
 
 
 @router.post("", response_model=QueryResponse | list[QueryResponse])
-def create_query(
+async def create_query(
     c: Container, budgets: Budgets, body: Annotated[QueryRequest | list[QueryRequest], Body()]
 ) -> QueryResponse | list[QueryResponse]:
     """Answer a query (or a list of up to 64, batched so each model loads once).
@@ -27,12 +27,11 @@ def create_query(
     items = body if isinstance(body, list) else [body]
     if not 1 <= len(items) <= MAX_BATCH:
         raise ServiceError(f"a batch holds 1 to {MAX_BATCH} queries, got {len(items)}", "body")
-    ids = c.queries.ask([QueryInput(q.query, q.k, q.mode, q.seed, budgets.resolve(q.latency_ms, q.energy_j))
-                         for q in items])
-    out = [QueryResponse.from_row(c.queries.get(i)) for i in ids]
+    ids = await answered(c.queries, [q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)) for q in items])
+    out = [QueryResponse.from_row(q) for q in await run_in_threadpool(c.queries.get_many, ids)]
     return out if isinstance(body, list) else out[0]
 
 
 @router.get("/{query_id}", response_model=QueryResponse)
-def get_query(c: Container, query_id: RowId) -> QueryResponse:
-    return QueryResponse.from_row(c.queries.get(query_id))
+async def get_query(c: Container, query_id: RowId) -> QueryResponse:
+    return QueryResponse.from_row(await run_in_threadpool(c.queries.get, query_id))

@@ -1,4 +1,6 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API (queries, experts); the OpenAI ones live in
+`openai_compat`. Every reply that shows a routing decision is the stored `domain.Decision`
+record itself, its fields at the top level of the reply, so they read alike everywhere."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
+from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget
 from orchestrator.store.models import Expert, Query
+from orchestrator.store.repositories.queries import answers_of, decision_of
+
+RecruitModeField = Literal["sample", "topk", "dynamic"]
 
 
 class BudgetFields(BaseModel):
@@ -24,63 +30,18 @@ class QueryRequest(BudgetFields):
 
     query: str = Field(min_length=1, max_length=8000, description="The question to answer.")
     k: int = Field(default=3, ge=1, le=8, description="How many experts to recruit (under a budget: at most).")
-    mode: Literal["sample", "topk", "dynamic"] | None = Field(
+    mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes sampling reproducible.")
 
-
-class SkillOut(BaseModel):
-    keyword: str
-    skill: str
-    similarity: float
+    def to_ask(self, budget: QueryBudget | None) -> Ask:
+        return Ask(text=self.query, k=self.k, mode=self.mode, seed=self.seed, budget=budget)
 
 
-class ExpertScoreOut(BaseModel):
-    name: str
-    suitability: float
-    competence: float
-    weight: float
-    recruited: int = Field(description="How many of the k draws picked this expert.")
+class QueryResponse(Decision):
+    """A stored query: its decision record's fields, its status, answer and every generation."""
 
-
-class GenerationOut(BaseModel):
-    expert: str
-    role: str
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-
-
-class BudgetCandidateOut(BaseModel):
-    expert: str
-    quality: float = Field(description="The router's estimate that this expert answers right.")
-    latency_s: float = Field(description="Predicted on its device, alone.")
-    energy_j: float
-    device: str | None = Field(description="The device it runs on (experts on one device run in turn).")
-
-
-class BudgetOut(BaseModel):
-    latency_ms: float | None
-    energy_j: float | None
-    k_max: int
-    from_key: list[str] = Field(description="Limits taken from the API key's defaults.")
-    chosen: list[str] = Field(description="The exact best subset within the budget.")
-    predicted_quality: float
-    predicted_latency_s: float
-    predicted_energy_j: float
-    measured_latency_s: float | None = Field(
-        default=None, description="Wall time of the expert and aggregation stages (of the query's batch).")
-    measured_energy_j: float | None = None
-    measured_energy_basis: str | None = None
-    solver_nodes: int
-    local_slowdown: float | None = Field(
-        default=None, description="How much slower this shared CPU ran than its profile lately (applied).")
-    candidates: list[BudgetCandidateOut]
-
-
-class QueryResponse(BaseModel):
     id: int
     status: str
     query: str
@@ -88,27 +49,17 @@ class QueryResponse(BaseModel):
     answer: str | None
     error: str | None
     latency_s: float | None
-    skills: list[SkillOut] = []
-    experts: list[ExpertScoreOut] = []
-    recruited: list[str] = []
-    aggregator: str | None = None
-    router: str | None = None
-    seed: int | None = None
-    budget: BudgetOut | None = None
-    generations: list[GenerationOut] = []
+    generations: list[Answer] = []
+    # None only for a query a release before 0004 stored without ever routing it
+    router: str | None = None  # type: ignore[assignment]
+    mode: DecisionMode | None = None  # type: ignore[assignment]
+    seed: int | None = None  # type: ignore[assignment]
 
     @classmethod
     def from_row(cls, q: Query) -> QueryResponse:
-        d = q.decision
-        picks = list(d.recruited) if d else []
-        scores = [ExpertScoreOut(**x, recruited=picks.count(x["name"])) for x in (d.experts if d else [])]
-        return cls(
-            id=q.id, status=q.status, query=q.text, k=q.k, answer=q.answer, error=q.error, latency_s=q.latency_s,
-            skills=[SkillOut(**m) for m in (d.skills if d else [])], experts=scores, recruited=picks,
-            aggregator=d.aggregator if d else None, router=d.router if d else None, seed=d.seed if d else None,
-            budget=BudgetOut.model_validate(d.budget) if d and d.budget else None,
-            generations=[GenerationOut.model_validate(g, from_attributes=True) for g in q.generations],
-        )
+        d = decision_of(q)
+        return cls(**(d.model_dump() if d else {}), id=q.id, status=q.status, query=q.text, k=q.k, answer=q.answer,
+                   error=q.error, latency_s=q.latency_s, generations=answers_of(q))
 
 
 class ExpertCreate(BaseModel):

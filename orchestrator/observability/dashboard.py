@@ -1,7 +1,8 @@
 """What the web dashboard shows, as one JSON-ready dict the page polls.
 
 Reads the store through `DashboardRepository` and the live scheduling state (the worker's
-residency timeline, the batching window); shapes it for the charts and nothing else.
+residency timeline, the batching window); shapes it for the charts and nothing else. A recent
+decision is its stored record (`domain.Decision`) as it is, beside the query's status and answer.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.pool import PoolState
+from orchestrator.domain import Decision
 from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.dashboard import DashboardRepository
+from orchestrator.store.repositories.queries import decision_of
 
 MAX_SKILLS = 24  # heatmap rows: the skills recent queries matched first, then the most telling ones
 SHARE_BUCKETS = 20
 MAX_SEGMENTS = 200
-BUDGET_NOTE = ("Budgets are not wired into routing yet: measured latency per query is shown; predicted "
-               "latency and energy against the budget appear here once decisions carry them.")
+RECENT_BATCHES = 50
 
 State = dict[str, Any]
 
@@ -40,7 +42,7 @@ class DashboardService:
         with self.db.session() as s:
             repo = DashboardRepository(s)
             experts, scores = repo.experts(), repo.skill_scores()
-            decisions = [decision_row(q) for q in repo.recent_queries(limit)]
+            decisions = [decision_row(q, decision_of(q)) for q in repo.recent_queries(limit)]
             recruits = repo.recruitments()
         matched = [sk for sk, _ in Counter(m["skill"] for d in decisions for m in d["skills"]).most_common()]
         return {
@@ -50,22 +52,32 @@ class DashboardService:
             "heatmap": heatmap(scores, matched),
             "decisions": decisions,
             "recruitment": recruitment_share(recruits),
-            "timeline": residency(self.worker.name, self.worker.events),
-            "scheduling": {"queue_depth": self.window.depth(), "batch_sizes": self.window.batch_sizes[-50:]},
-            "budgets": {"available": False, "note": BUDGET_NOTE,
-                        "latency": [{"id": d["id"], "measured_s": d["latency_s"]} for d in reversed(decisions)]},
+            "timeline": residency(self.worker.name, self.worker.timeline()),
+            "scheduling": {"queue_depth": self.window.depth(),
+                           "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]},
+            "budgets": budget_use(decisions),
         }
 
 
-def decision_row(q: Query) -> State:
-    d = q.decision
-    picks = list(d.recruited) if d else []
-    experts = sorted(d.experts if d else [], key=lambda x: -x["weight"])
+def decision_row(q: Query, d: Decision | None) -> State:
+    """The query's decision record as stored (empty fields while it has none), and how it went."""
+    record = d.model_dump(mode="json") if d else {"skills": [], "experts": [], "recruited": [], "aggregator": None,
+                                                  "router": None, "mode": None, "seed": None, "budget": None}
     return {"id": q.id, "query": q.text, "status": q.status, "created_at": epoch(q.created_at),
-            "skills": list(d.skills) if d else [], "recruited": picks,
-            "experts": [{**x, "recruited": picks.count(x["name"])} for x in experts],
-            "aggregator": d.aggregator if d else None, "router": d.router if d else None,
-            "answer": q.answer, "error": q.error, "latency_s": q.latency_s}
+            "answer": q.answer, "error": q.error, "latency_s": q.latency_s, **record}
+
+
+def budget_use(decisions: Sequence[State]) -> State:
+    """Predicted against measured latency and energy of the recent budgeted queries, oldest first."""
+    rows = []
+    for d in reversed(decisions):
+        b = d.get("budget")
+        if b:
+            rows.append({"id": d["id"], "latency_budget_s": None if b["latency_ms"] is None else b["latency_ms"] / 1e3,
+                         "predicted_latency_s": b["predicted_latency_s"], "measured_latency_s": b["measured_latency_s"],
+                         "energy_budget_j": b["energy_j"], "predicted_energy_j": b["predicted_energy_j"],
+                         "measured_energy_j": b["measured_energy_j"]})
+    return {"queries": rows}
 
 
 def heatmap(scores: Sequence[tuple[str, str, float]], matched: Sequence[str]) -> State:

@@ -2,27 +2,23 @@
 
 A per-app `CollectorRegistry` (not the process-global default) lets tests and benches build
 several apps in one process without "duplicated timeseries" errors. Counters that can be read
-from state the service already keeps (the worker's residency timeline, the window's queue) are
+from state the service already keeps (the worker's residency counts, the window's queue) are
 collected at scrape time instead of being counted twice; everything else is recorded by the
 `Probe` hooks. Dashboards and alerts rely on these names: rename only with the Grafana JSON.
 """
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.observability.probe import Probe
+from orchestrator.domain import Decision, Outcome
+from orchestrator.probe import Probe
 
-if TYPE_CHECKING:
-    from orchestrator.pipeline import Decision, Outcome
-
-Events = Callable[[], Sequence[tuple[float, str, str]]]
+Counts = Callable[[], Mapping[str, tuple[int, int]]]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -32,27 +28,27 @@ ENERGY_BUCKETS = (0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 
 
 class ResidencyCollector(Collector):
-    """Loads, unloads and resident models per worker, read from the worker's residency timeline.
+    """Loads, unloads and resident models per worker, read from the worker's residency counts.
 
     Read at scrape time because under Ray the loads happen in the worker actor's process: the
-    timeline is the one record that reaches this process either way.
+    worker's counts are the one record that reaches this process either way.
     """
 
-    def __init__(self, worker: str, events: Events):
-        self.worker, self.events = worker, events
+    def __init__(self, worker: str, counts: Counts):
+        self.worker, self.counts = worker, counts
 
     def collect(self) -> Iterable[Metric]:
-        events = list(self.events())
+        counts = dict(self.counts())
         labels = ["worker", "model"]
         loads = CounterMetricFamily("skillroute_model_loads", "Base model loads per worker.", labels=labels)
         unloads = CounterMetricFamily("skillroute_model_unloads", "Base model unloads per worker.", labels=labels)
         resident = GaugeMetricFamily("skillroute_model_resident", "1 while the base model is loaded on the worker.",
                                      labels=labels)
-        counts = Tally((kind, key) for _, kind, key in events)
-        for key in sorted({k for _, _, k in events}):
-            loads.add_metric([self.worker, key], counts["load", key])
-            unloads.add_metric([self.worker, key], counts["unload", key])
-            resident.add_metric([self.worker, key], 1.0 if counts["load", key] > counts["unload", key] else 0.0)
+        for key in sorted(counts):
+            n_loads, n_unloads = counts[key]
+            loads.add_metric([self.worker, key], n_loads)
+            unloads.add_metric([self.worker, key], n_unloads)
+            resident.add_metric([self.worker, key], 1.0 if n_loads > n_unloads else 0.0)
         return [loads, unloads, resident]
 
 
@@ -114,7 +110,8 @@ class Metrics(Probe):
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.latency_budget = Histogram("skillroute_query_latency_budget_seconds", "Latency budgets asked for.",
                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.energy_measured = Histogram("skillroute_query_energy_joules", "Measured energy of a query's generations.",
+        self.energy_measured = Histogram("skillroute_query_energy_joules",
+                                         "Energy of a budgeted query: local power x measured wall time (estimate).",
                                          buckets=ENERGY_BUCKETS, registry=r)
         self.energy_predicted = Histogram("skillroute_query_predicted_energy_joules",
                                           "Energy the budget solver predicted for the chosen experts.",
@@ -126,10 +123,10 @@ class Metrics(Probe):
         for resource in ("latency", "energy"):
             self.over_budget.labels(resource=resource)
 
-    def watch(self, worker: str, events: Events, queue_depth: Callable[[], int],
+    def watch(self, worker: str, counts: Counts, queue_depth: Callable[[], int],
               pool_size: Callable[[], int]) -> None:
-        """Read these at scrape time: the worker's residency timeline, the window's queue, the pool."""
-        self.registry.register(ResidencyCollector(worker, events))
+        """Read these at scrape time: the worker's residency counts, the window's queue, the pool."""
+        self.registry.register(ResidencyCollector(worker, counts))
         self.queue_depth.set_function(lambda: float(queue_depth()))
         self.pool_experts.set_function(lambda: float(pool_size()))
 
@@ -157,25 +154,26 @@ class Metrics(Probe):
     def answered(self, outcomes: Sequence[Outcome]) -> None:
         for o in outcomes:
             for a in o.answers:
-                g = a.generation
-                self.completion_tokens.labels(a.expert, a.role).inc(g.completion_tokens)
-                self.prompt_tokens.labels(a.expert, a.role).inc(g.prompt_tokens)
-                self.generation_seconds.labels(a.expert, a.role).observe(g.latency_s)
+                self.completion_tokens.labels(a.expert, a.role).inc(a.completion_tokens)
+                self.prompt_tokens.labels(a.expert, a.role).inc(a.prompt_tokens)
+                self.generation_seconds.labels(a.expert, a.role).observe(a.latency_s)
                 if a.role == "aggregator":
                     self.aggregations.labels(a.expert).inc()
             self._costs(o)
 
     def _costs(self, o: Outcome) -> None:
-        """Measured latency always; energy, predictions and budgets when the outcome carries them."""
+        """Measured latency always; predicted and measured cost against the budget when it has one."""
         self.latency_measured.observe(o.latency_s)
-        energy = _measured_energy(o)
-        if energy is not None:
-            self.energy_measured.observe(energy)
-        _observe_if(self.latency_predicted, _attr(o.decision, "predicted_latency_s"))
-        _observe_if(self.energy_predicted, _attr(o.decision, "predicted_energy_j"))
-        budget = getattr(o.decision, "budget", None)
-        self._against_budget("latency", self.latency_budget, o.latency_s, _attr(budget, "latency_s"))
-        self._against_budget("energy", self.energy_budget, energy, _attr(budget, "energy_j"))
+        b = o.decision.budget
+        if b is None:
+            return
+        self.latency_predicted.observe(b.predicted_latency_s)
+        self.energy_predicted.observe(b.predicted_energy_j)
+        if b.measured_energy_j is not None:
+            self.energy_measured.observe(b.measured_energy_j)
+        limit_s = None if b.latency_ms is None else b.latency_ms / 1e3
+        self._against_budget("latency", self.latency_budget, b.measured_latency_s, limit_s)
+        self._against_budget("energy", self.energy_budget, b.measured_energy_j, b.energy_j)
 
     def _against_budget(self, resource: str, hist: Histogram, measured: float | None, limit: float | None) -> None:
         if limit is None:
@@ -186,21 +184,3 @@ class Metrics(Probe):
 
     def queries_finished(self, status: str, count: int) -> None:
         self.queries.labels(status).inc(count)
-
-
-def _attr(obj: object, name: str) -> float | None:
-    """A numeric field the budget work will add to decisions; absent or None until then."""
-    value = getattr(obj, name, None) if obj is not None else None
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _observe_if(hist: Histogram, value: float | None) -> None:
-    if value is not None:
-        hist.observe(value)
-
-
-def _measured_energy(o: Outcome) -> float | None:
-    """Sum of the generations' `energy_j` where backends report it (replay experts will)."""
-    values = [_attr(a.generation, "energy_j") for a in o.answers]
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None

@@ -38,9 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.routing.recruit import ExpertScore, RecruitMode
-from orchestrator.routing.router import RoutingEvidence
-from orchestrator.routing.voting import DEFAULT_OPTIONS, AnswerReliability, log_odds_weight
+from orchestrator.aggregation.reliability import AnswerReliability
+from orchestrator.aggregation.vote import DEFAULT_OPTIONS, log_odds_weight
+from orchestrator.domain import ExpertScore, RecruitMode
+from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.recruit import score
 
 NEIGHBOURS_GRID = (10, 25, 50, 100, 200, 400)
 TEMPERATURE_GRID = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
@@ -161,6 +163,7 @@ class KnnRouter:
 
     name = "knn"
     preferred_mode: RecruitMode = "topk"  # p̂ is a ranking; sampling would discard its order
+    calibrated = True  # suitability is p̂, a probability the budget solver can use as quality
 
     def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None, n_options: int = DEFAULT_OPTIONS):
         self.evidence = evidence
@@ -194,7 +197,7 @@ class KnnRouter:
 
     def _scores(self, p: np.ndarray) -> list[ExpertScore]:
         scores = [
-            ExpertScore(n, float(pi), float(self._prior[i]), log_odds_weight(float(pi), self.n_options))
+            score(n, float(pi), float(self._prior[i]), log_odds_weight(float(pi), self.n_options))
             for i, (n, pi) in enumerate(zip(self.experts, p, strict=True))
         ]
         return sorted(scores, key=lambda x: (-x.suitability, x.name))

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
-RecruitMode = Literal["sample", "topk", "dynamic"]
+from orchestrator.domain import ExpertScore, RecruitMode
 
 
-@dataclass(frozen=True)
-class ExpertScore:
-    name: str
-    suitability: float
-    competence: float
-    weight: float
+def score(name: str, suitability: float, competence: float, weight: float) -> ExpertScore:
+    return ExpertScore(name=name, suitability=suitability, competence=competence, weight=weight)
 
 
 def local_suitability(profiles: Mapping[str, Mapping[str, float]], skills: Sequence[str]) -> dict[str, float]:
@@ -36,9 +30,9 @@ def score_experts(suitability: Mapping[str, float], competence: Mapping[str, flo
     if not positive and suitability:
         low = min(suitability.values())
         positive = {n: s - low + 1.0 for n, s in suitability.items()}
-    scores = [ExpertScore(n, s, competence.get(n, 0.0), s * competence.get(n, 0.0)) for n, s in positive.items()]
+    scores = [score(n, s, competence.get(n, 0.0), s * competence.get(n, 0.0)) for n, s in positive.items()]
     if scores and sum(x.weight for x in scores) <= 0:  # all γ zero: fall back to suitability alone
-        scores = [ExpertScore(x.name, x.suitability, x.competence, x.suitability) for x in scores]
+        scores = [score(x.name, x.suitability, x.competence, x.suitability) for x in scores]
     return sorted(scores, key=lambda x: (-x.weight, x.name))
 
 

@@ -7,44 +7,20 @@ service runs. `SymbolicRouter` is the published Symbolic-MoE scorer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from orchestrator.routing.recruit import ExpertScore, RecruitMode, local_suitability, score_experts
-from orchestrator.routing.voting import AnswerReliability
-from skills.profiling import global_competence
-
-
-@dataclass
-class RoutingEvidence:
-    """What profiling produced for the current pool.
-
-    `profiles` maps expert → skill → Σ±1; `question_embeddings` (n × d, L2-normalised) and
-    `correct` (expert → n booleans, aligned with the embeddings) are the per-question records
-    that learned routers use; they are None for a pool profiled without them. `labels` (one per
-    question: its MMLU subject or MMLU-Pro category, when the source has one) let the k-NN router
-    shrink towards an expert's accuracy on the query's likely topic instead of overall.
-    `choices` (expert → the option letter each answer picked, None when it picked none) let
-    a vote weigh an answer by how reliable the expert is when it picks that letter.
-    """
-
-    profiles: dict[str, dict[str, float]]
-    question_embeddings: np.ndarray | None = None
-    correct: dict[str, np.ndarray] | None = None
-    labels: list[str] | None = None
-    choices: dict[str, list[str | None]] | None = None
-    competence: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.competence:
-            self.competence = global_competence({n: sum(p.values()) for n, p in self.profiles.items()})
+from orchestrator.aggregation.reliability import AnswerReliability
+from orchestrator.domain import ExpertScore, RecruitMode
+from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.recruit import local_suitability, score_experts
 
 
 class Router(Protocol):
     name: str
     preferred_mode: RecruitMode  # how a query that names no recruitment mode recruits
+    calibrated: bool  # suitability is an estimated P(correct), not a relative weight
     reliability: AnswerReliability | None  # per-letter vote offsets, for routers with log-odds weights
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None) -> list[ExpertScore]:
@@ -57,6 +33,7 @@ class SymbolicRouter:
 
     name = "symbolic"
     preferred_mode: RecruitMode = "sample"  # the paper draws k experts from the weights
+    calibrated = False
     reliability: AnswerReliability | None = None  # S_i·γ_i weights are not log-odds: as published
 
     def __init__(self, evidence: RoutingEvidence):
@@ -67,3 +44,16 @@ class SymbolicRouter:
         return score_experts(suitability, self.evidence.competence)
 
 
+
+
+def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
+    """`knn` (question-level neighbours, bench/routing_quality.py) needs per-question records;
+    a pool profiled without them falls back to the published Symbolic-MoE scorer."""
+    if name == "knn":
+        from orchestrator.routing.knn_router import EvidenceError, KnnRouter
+
+        try:
+            return KnnRouter(evidence)
+        except EvidenceError:
+            return SymbolicRouter(evidence)
+    return SymbolicRouter(evidence)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from orchestrator.observability.probe import NULL_PROBE, Probe
+from orchestrator.probe import NULL_PROBE, Probe
 
 T = TypeVar("T")
 R = TypeVar("R")
+RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metrics keep them all)
 
 
 @dataclass
@@ -29,19 +31,21 @@ class _Submission(Generic[T, R]):
 
 
 class BatchingWindow(Generic[T, R]):
-    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
-
     def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int = 32, max_wait_s: float = 0.05,
-                 name: str = "batching-window"):
-        self._run = run_batch
+                 name: str = "batching-window", probe: Probe = NULL_PROBE):
+        self._run, self.probe = run_batch, probe
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
-        self.batch_sizes: list[int] = []  # every executed batch's size, for metrics and tests
+        self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, items: Sequence[T]) -> Future[list[R]]:
+        """Queue the items; the future resolves to their results in order. It is running from
+        the start, so a caller that stops waiting (a dropped client) cannot cancel work that
+        others share: the items run and their results are kept."""
         sub: _Submission[T, R] = _Submission(list(items))
+        sub.future.set_running_or_notify_cancel()
         self._q.put(sub)
         return sub.future
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,23 +21,24 @@ from dataclasses import dataclass
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
 from experts.types import BaseModelSpec, Generation, GenerationRequest
-from orchestrator.observability.probe import NULL_PROBE, Probe
+from orchestrator.probe import NULL_PROBE, Probe
 
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
+Event = tuple[float, str, str]  # (time, load | unload, base model key)
+TIMELINE_EVENTS = 2000  # the residency timeline keeps the newest events; counts keep them all
 
 
 class DeviceWorker:
-    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
-
     def __init__(self, name: str = "cpu", memory_budget_bytes: int = 8 * 2**30,
-                 factory: BackendFactory = make_backend):
-        self.name = name
+                 factory: BackendFactory = make_backend, probe: Probe = NULL_PROBE):
+        self.name, self.probe = name, probe
         self.memory_budget = memory_budget_bytes
         self._factory = factory
         self._backends: dict[str, ExpertBackend] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident keys, least recent first
         self.lock = threading.RLock()
-        self.events: list[tuple[float, str, str]] = []  # (time, load|unload, key): the residency timeline
+        self.events: deque[Event] = deque(maxlen=TIMELINE_EVENTS)  # the residency timeline, newest last
+        self.event_counts: Counter[tuple[str, str]] = Counter()  # (load | unload, key) → how many, ever
         self._loading: dict[str, Future[Loaded]] = {}  # prefetches under way, by key
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
 
@@ -92,7 +93,7 @@ class DeviceWorker:
     def _adopt(self, key: str, loaded: Loaded) -> None:
         self.probe.model_loaded(self.name, key, loaded.seconds)
         self._lru[key] = None
-        self.events.append((loaded.at, "load", key))
+        self._record(loaded.at, "load", key)
 
     def _make_room(self, need: int, protect: set[str]) -> None:
         """Evict least-recently-used models that no upcoming stage needs until `need` fits."""
@@ -111,7 +112,19 @@ class DeviceWorker:
             if key in self._lru:
                 self._backends[key].unload()
                 del self._lru[key]
-                self.events.append((time.time(), "unload", key))
+                self._record(time.time(), "unload", key)
+
+    def _record(self, at: float, kind: str, key: str) -> None:
+        self.events.append((at, kind, key))
+        self.event_counts[kind, key] += 1
+
+    def timeline(self) -> list[Event]:
+        return list(self.events)
+
+    def residency_counts(self) -> dict[str, tuple[int, int]]:
+        """Base model key → (loads, unloads) since the worker started."""
+        keys = {k for _, k in self.event_counts}
+        return {k: (self.event_counts["load", k], self.event_counts["unload", k]) for k in keys}
 
     def _settle(self, key: str) -> None:
         """Finish a prefetch of `key` before anything else touches it; its failure is dropped

@@ -1,8 +1,9 @@
 """Batches: many queries accepted at once and answered in the background.
 
-They are stored first (so a crash loses none: `QueryService.recover` answers what is left), then
-fed to the same batching window as live traffic, in window-sized chunks so live queries can
-share the device between them. A batch's status is read from its queries, never kept apart.
+They are admitted like any query (checked, routed, stored with the batch in one transaction, so
+a crash loses none: `QueryService.recover` answers what is left), then fed to the same batching
+window as live traffic, in window-sized chunks so live queries can share the device between
+them. A batch's status is read from its queries, never kept apart.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.pipeline import QueryInput
+from orchestrator.domain import Ask
 from orchestrator.services.errors import NotFound
-from orchestrator.services.queries import QueryService, request_record
+from orchestrator.services.queries import QueryService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Batch
 from orchestrator.store.repositories.batches import BatchRepository
-from orchestrator.store.repositories.queries import QueryRepository
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BatchEntry:
-    query: QueryInput
+    ask: Ask
     custom_id: str | None = None
 
 
@@ -51,16 +51,13 @@ class BatchService:
         self.db, self.queries = db, queries
 
     def submit(self, entries: Sequence[BatchEntry], key_id: int | None = None) -> int:
-        """Store the batch and its queries, queue them, and return the batch id at once (a budget
-        no expert fits is refused first, with nothing stored)."""
-        self.queries.check_budgets([e.query for e in entries])
-        with self.db.session() as s:
-            ids = [QueryRepository(s).accept(e.query.text, e.query.k, request_record(e.query)).id for e in entries]
-            batch_id = BatchRepository(s).add([(q, e.custom_id) for q, e in zip(ids, entries, strict=True)], key_id).id
-        items = list(zip(ids, [e.query for e in entries], strict=True))
+        """Admit the batch and queue its queries; returns the batch id at once. A query that
+        cannot be taken refuses the whole batch with its 4xx, and nothing is stored."""
+        admission = self.queries.admission
+        batch_id, admitted = admission.admit_batch([e.ask for e in entries], [e.custom_id for e in entries], key_id)
         size = self.queries.window.max_batch
-        for start in range(0, len(items), size):
-            self.queries.window.submit(items[start:start + size]).add_done_callback(_log_failure)
+        for start in range(0, len(admitted), size):
+            self.queries.window.submit(admitted[start:start + size]).add_done_callback(_log_failure)
         return batch_id
 
     def get(self, batch_id: int, key_id: int | None = None) -> Batch:

@@ -7,18 +7,17 @@ a tighter latency. No limit from either side means no budget: the query is route
 
 from __future__ import annotations
 
-from orchestrator.routing.budget_plan import QueryBudget
-from orchestrator.routing.budgets import InfeasibleBudget
+from orchestrator.budgets.solver import InfeasibleBudget
+from orchestrator.domain import QueryBudget
 from orchestrator.services.errors import BudgetInfeasible
 from orchestrator.services.keys import Caller, KeyBudget, KeyService
-from orchestrator.store.db import Database
 
 
 class BudgetService:
     """One caller's budgets: its key's defaults are read once per request."""
 
-    def __init__(self, db: Database, caller: Caller):
-        self.defaults = KeyService(db).budget(caller.key_id)
+    def __init__(self, keys: KeyService, caller: Caller):
+        self.defaults = keys.budget(caller.key_id)
 
     def resolve(self, latency_ms: float | None, energy_j: float | None) -> QueryBudget | None:
         """The budget a query with these request fields runs under; None: unbudgeted."""
@@ -33,7 +32,7 @@ def merge(request: KeyBudget, key: KeyBudget) -> QueryBudget | None:
     from_key = tuple(name for name, mine, theirs in (("latency_ms", request.latency_ms, key.latency_ms),
                                                      ("energy_j", request.energy_j, key.energy_j))
                      if mine is None and theirs is not None)
-    return QueryBudget(None if latency_ms is None else latency_ms / 1e3, energy_j, from_key)
+    return QueryBudget(latency_s=None if latency_ms is None else latency_ms / 1e3, energy_j=energy_j, from_key=from_key)
 
 
 def infeasible(exc: InfeasibleBudget, budget: QueryBudget | None, where: str = "") -> BudgetInfeasible:

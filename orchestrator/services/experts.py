@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from experts.backend import BackendError
+from experts.devices import DeviceProfile
 from experts.types import ExpertSpec
-from orchestrator.pool import PoolState
-from orchestrator.profiling import ProfilingService
-from orchestrator.routing.budget_plan import device_name, device_table
+from orchestrator.budgets.planner import device_name
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
+from orchestrator.services.pool import PoolState
+from orchestrator.services.profiling import ProfilingService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -21,25 +22,26 @@ from orchestrator.store.repositories.experts import ExpertRepository
 log = logging.getLogger(__name__)
 
 
-def check_placement(spec: ExpertSpec) -> None:
+def check_placement(spec: ExpertSpec, devices: Mapping[str, DeviceProfile]) -> None:
     """Every expert runs somewhere budgets can cost: a device of the device profiles."""
-    devices, name = device_table(), device_name(spec)
+    name = device_name(spec)
     if name not in devices:
         raise Unprocessable(f"expert {spec.name!r} is placed on unknown device {name!r}; "
                             f"known: {', '.join(sorted(devices))}", "placement.device")
 
 
 class ExpertService:
-    def __init__(self, db: Database, worker: DeviceWorker, pool: PoolState, profiler: ProfilingService):
-        self.db, self.worker, self.pool, self.profiler = db, worker, pool, profiler
-        self.queue = ProfilingQueue(self._profile_batch)
+    def __init__(self, db: Database, worker: DeviceWorker, pool: PoolState, profiler: ProfilingService,
+                 devices: Mapping[str, DeviceProfile]):
+        self.db, self.worker, self.pool, self.profiler, self.devices = db, worker, pool, profiler, devices
+        self.queue = ProfilingQueue(lambda ids: self._profile_batch(ids))
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
         """Validate and load the model first: a bad model is refused and nothing is stored."""
         with self.db.session() as s:
             if ExpertRepository(s).by_name(spec.name) is not None:
                 raise Conflict(f"an expert named {spec.name!r} already exists", "name")
-        check_placement(spec)
+        check_placement(spec, self.devices)
         self.check_loads(spec)
         with self.db.session() as s:
             row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")
@@ -97,9 +99,9 @@ class ExpertService:
 class ProfilingQueue:
     """One background thread profiles submitted experts in order; `join` waits for it to drain."""
 
-    def __init__(self, work: object):
+    def __init__(self, work: Callable[[list[int]], None]):
         self._work = work
-        self._q: queue.Queue[list[int]] = queue.Queue()
+        self._q: queue.Queue[list[int] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="profiler", daemon=True)
         self._thread.start()
 
@@ -109,10 +111,15 @@ class ProfilingQueue:
     def join(self) -> None:
         self._q.join()
 
+    def close(self) -> None:
+        """Finish what was submitted, then stop the thread."""
+        self._q.put(None)
+        self._thread.join(timeout=30)
+
     def _loop(self) -> None:
-        while True:
-            ids = self._q.get()
+        while (ids := self._q.get()) is not None:
             try:
-                self._work(ids)  # type: ignore[operator]
+                self._work(ids)
             finally:
                 self._q.task_done()
+        self._q.task_done()

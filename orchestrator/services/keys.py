@@ -18,10 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from orchestrator.services.errors import Forbidden, NotFound, RateLimited, ServiceError, Unauthorized
+from orchestrator.settings import AuthSettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import ApiKey
 from orchestrator.store.repositories.keys import KeyRepository
@@ -30,14 +28,6 @@ Role = Literal["admin", "client"]
 KEY_PREFIX = "sk-sr-"
 # scrypt's standard interactive cost; a verified key is cached, so each key pays it once per process
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
-
-
-class AuthSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_")
-
-    admin_key: SecretStr | None = None
-    require_client_keys: bool = False
-    key_requests_per_minute: int = Field(default=600, ge=1, description="For keys created without their own limit.")
 
 
 @dataclass(frozen=True)

@@ -1,82 +1,68 @@
-"""Answering queries: accept (stored first), route, generate, store the decision and answers."""
+"""Answering admitted queries: the batching window, storing outcomes, recovery, reading back.
+
+Concurrent requests share one window, so their generation is batched by model too. A query is
+answered exactly as it was admitted: its stored request and decision are what runs, here and
+after a crash (`recover`).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any
+from concurrent.futures import Future
 
-from orchestrator.observability.probe import NULL_PROBE, Probe
-from orchestrator.pipeline import NoExpertsError, NotRecorded, Outcome, Pipeline, QueryInput
-from orchestrator.pool import PoolState
-from orchestrator.routing.budget_plan import QueryBudget
-from orchestrator.routing.budgets import InfeasibleBudget
+from orchestrator.domain import Ask, QueryError
+from orchestrator.pipeline import Pipeline
+from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.window import BatchingWindow
-from orchestrator.services.budgets import infeasible
-from orchestrator.services.errors import NotFound, NotReady, Unprocessable
+from orchestrator.services.admission import Admission, Admitted
+from orchestrator.services.errors import NotFound
+from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
-from orchestrator.store.repositories.queries import QueryRepository
+from orchestrator.store.repositories.queries import QueryRepository, ask_of, decision_of
+
+log = logging.getLogger(__name__)
 
 
 class QueryService:
-    probe: Probe = NULL_PROBE  # the app's metrics, once instrumented
+    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, admission: Admission,
+                 max_batch: int = 32, max_wait_s: float = 0.05, probe: Probe = NULL_PROBE):
+        self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
+        self.window: BatchingWindow[Admitted, int] = BatchingWindow(self._run_items, max_batch, max_wait_s,
+                                                                    probe=probe)
 
-    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, max_batch: int = 32,
-                 max_wait_s: float = 0.05):
-        self.db, self.pool, self.pipeline = db, pool, pipeline
-        # concurrent requests share one window, so their generation is batched by model too
-        self.window: BatchingWindow[tuple[int, QueryInput], int] = BatchingWindow(
-            self._run_items, max_batch, max_wait_s
-        )
+    def submit(self, asks: Sequence[Ask]) -> Future[list[int]]:
+        """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
+        future resolves to their ids once they are answered or failed."""
+        return self.window.submit(self.admission.admit(asks))
 
-    def ask(self, inputs: Sequence[QueryInput]) -> list[int]:
-        """Answer queries; returns the stored ids (failed ones are stored as failed).
+    def ask(self, asks: Sequence[Ask]) -> list[int]:
+        """`submit` and wait: the CLI's and the tests' way in."""
+        return self.submit(asks).result()
 
-        A budget no expert fits, or a question a replay pool has no recording of, is refused
-        (422) before anything is stored."""
-        self.check_recorded(inputs)
-        self.check_budgets(inputs)
-        with self.db.session() as s:
-            ids = [QueryRepository(s).accept(q.text, q.k, request_record(q)).id for q in inputs]
-        return self.window.submit(list(zip(ids, inputs, strict=True))).result()
+    def _run_items(self, items: list[Admitted]) -> list[int]:
+        self.run(items)
+        return [i.query_id for i in items]
 
-    def check_recorded(self, inputs: Sequence[QueryInput]) -> None:
-        try:
-            self.pipeline.check_recorded(self.pool.snapshot, inputs)
-        except NotRecorded as exc:
-            where = f"query {exc.index}: " if len(inputs) > 1 else ""
-            raise Unprocessable(f"{where}{exc}", "query") from exc
-
-    def check_budgets(self, inputs: Sequence[QueryInput]) -> None:
-        """Route each budgeted query once ahead (routing is cheap next to generating)."""
+    def run(self, items: Sequence[Admitted]) -> None:
+        """Answer one batch as admitted, storing everything it produced."""
         snapshot = self.pool.snapshot
-        for i, q in enumerate(inputs):
-            try:
-                self.pipeline.check_budgets(snapshot, [q])
-            except InfeasibleBudget as exc:
-                raise infeasible(exc, q.budget, f"query {i}: " if len(inputs) > 1 else "") from exc
-            except NoExpertsError:
-                return  # stored as failed and answered 503 like any query to an empty pool
-
-    def _run_items(self, items: list[tuple[int, QueryInput]]) -> list[int]:
-        self.run([i for i, _ in items], [q for _, q in items])
-        return [i for i, _ in items]
-
-    def run(self, ids: Sequence[int], inputs: Sequence[QueryInput]) -> None:
-        """Route and answer one batch on the device, storing everything it produced."""
+        runnable = [i for i in items if set(i.decision.recruited) <= snapshot.experts.keys()]
+        gone = [i.query_id for i in items if not set(i.decision.recruited) <= snapshot.experts.keys()]
+        if gone:  # recovered after its expert left the pool: it fails alone
+            self._fail(gone, "an expert this query was routed to is no longer in the pool")
+        if not runnable:
+            return
         try:
-            outcomes = self.pipeline.answer(self.pool.snapshot, inputs)
-        except NoExpertsError as exc:
-            self._fail(ids, str(exc))
-            raise NotReady(str(exc)) from exc
+            outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable])
         except Exception as exc:
-            self._fail(ids, f"{type(exc).__name__}: {exc}")
+            self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
         with self.db.session() as s:
-            for qid, out in zip(ids, outcomes, strict=True):
-                store_outcome(QueryRepository(s), qid, out)
-        self.probe.queries_finished("done", len(ids))
+            for item, out in zip(runnable, outcomes, strict=True):
+                QueryRepository(s).finish(item.query_id, out)
+        self.probe.queries_finished("done", len(runnable))
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:
@@ -87,43 +73,29 @@ class QueryService:
     def get(self, query_id: int) -> Query:
         with self.db.session() as s:
             row = QueryRepository(s).get(query_id)
-            if row is None:
-                raise NotFound(f"no query with id {query_id}", "id")
-            return row
+        if row is None:
+            raise NotFound(f"no query with id {query_id}", "id")
+        return row
+
+    def get_many(self, ids: Sequence[int]) -> list[Query]:
+        with self.db.session() as s:
+            return QueryRepository(s).get_many(ids)
 
     def recover(self) -> int:
-        """Answer queries that were accepted but never finished (a crash mid-batch)."""
+        """Answer queries that were accepted but never finished (a crash mid-batch), each as it
+        was admitted: its stored request and decision (rows from before decisions were stored
+        at admission are routed again, with their stored seed)."""
         with self.db.session() as s:
-            pending = [(q.id, input_from_record(q.text, q.k, q.request)) for q in QueryRepository(s).pending()]
-        if pending:
-            self.window.submit(pending).result()
+            pending = [(q.id, ask_of(q), decision_of(q)) for q in QueryRepository(s).pending()]
+        items = [Admitted(qid, ask, d) if d is not None else self._reroute(qid, ask) for qid, ask, d in pending]
+        ready = [i for i in items if i is not None]
+        if ready and (error := self.window.submit(ready).exception()) is not None:
+            log.warning("recovered queries failed: %s", error)  # each is stored as failed
         return len(pending)
 
-
-def request_record(q: QueryInput) -> dict[str, Any]:
-    """What `input_from_record` needs, besides the text and k, to ask a query again."""
-    budget = asdict(q.budget) if q.budget else None
-    return {"mode": q.mode, "seed": q.seed, "budget": budget}
-
-
-def input_from_record(text: str, k: int, record: dict[str, Any] | None) -> QueryInput:
-    r = record or {}
-    b = r.get("budget")
-    budget = QueryBudget(b["latency_s"], b["energy_j"], tuple(b.get("from_key") or ())) if b else None
-    return QueryInput(text, k, r.get("mode"), r.get("seed"), budget)
-
-
-def store_outcome(repo: QueryRepository, qid: int, out: Outcome) -> None:
-    """Write a finished query's decision, generations and answer (routed or direct)."""
-    d = out.decision
-    repo.save_decision(
-        qid, router=d.router, mode=d.mode, seed=d.seed, aggregator=d.aggregator if len(d.recruited) > 1 else None,
-        skills=[asdict(m) for m in d.skills], experts=[asdict(x) for x in d.scores], recruited=list(d.recruited),
-        budget=d.plan.record(out.stages_s) if d.plan else None,
-    )
-    repo.add_generations(qid, [
-        {"expert": a.expert, "role": a.role, "text": a.generation.text, "latency_s": a.generation.latency_s,
-         "prompt_tokens": a.generation.prompt_tokens, "completion_tokens": a.generation.completion_tokens}
-        for a in out.answers
-    ])
-    repo.finish(qid, out.answer, out.latency_s)
+    def _reroute(self, query_id: int, ask: Ask) -> Admitted | None:
+        try:
+            return Admitted(query_id, ask, self.pipeline.route(self.pool.snapshot, [ask])[0])
+        except QueryError as exc:
+            self._fail([query_id], exc.message)
+            return None

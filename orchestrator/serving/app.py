@@ -5,8 +5,8 @@ Two ways in:
   the worker actors and profiles the pool through them (with a progress bar), then Serve runs
   the ingress and the driver blocks until Ctrl-C or SIGTERM.
 - On a cluster, KubeRay's serveConfigV2 imports `orchestrator.serving.app:app` (built from
-  SKILLROUTE_* environment variables); the replica spawns the actors and profiles what is
-  unprofiled itself.
+  SKILLROUTE_* environment variables); the replica spawns the actors, and its app's lifespan
+  profiles what is unprofiled and answers what a crash left.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ray.serve import Application
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.pool_config import load_pool_config
+from orchestrator.pools.loader import load_pool_config
 from orchestrator.serving.remote_worker import RemoteWorker
 from orchestrator.serving.worker_actor import NAMESPACE, local_cores, spawn_all
 from orchestrator.settings import Settings, get_settings
@@ -32,27 +32,23 @@ APP_NAME = "skillroute"
 Log = Callable[[str], None]
 
 
-def budget_bytes(settings: Settings) -> int:
-    return int(settings.memory_budget_gb * 2**30)
-
-
 def device_worker(settings: Settings, cpu_reservation: float) -> RemoteWorker:
     """Spawn (or find) every device's actor; the pipeline drives the preferred one."""
-    actors = spawn_all(budget_bytes(settings), cpu_reservation)
+    actors = spawn_all(settings.memory_budget_bytes, cpu_reservation, settings.backend_options())
     return RemoteWorker(next(iter(actors.values())))
 
 
 class SkillRouteIngress:
-    """One Serve replica: a SkillRoute whose worker is the device actor's proxy."""
+    """One Serve replica: a SkillRoute whose worker is the device actor's proxy. Its app's
+    lifespan starts it (a no-op where `skillroute serve` already profiled the pool) and closes it."""
 
     def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0):
         worker = device_worker(settings, cpu_reservation)
         self.container = SkillRoute(settings, load_pool_config(pool_path), worker=worker)
-        self.container.bootstrap()  # a no-op when `skillroute serve` has already profiled the pool
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__: the app needs the container the constructor built."""
-        return create_app(self.container)
+        return create_app(self.container, owns_container=True)
 
 
 # Applied as calls, not decorators, so mypy sees a Deployment. One replica: it owns profiling on a
@@ -75,15 +71,16 @@ def build_app(settings: Settings | None = None, pool_path: str | Path | None = N
 app = build_app()
 
 
-def init_ray(dashboard: bool) -> str:
-    """Join the cluster at $RAY_ADDRESS, else start one embedded here; returns the dashboard URL.
+def init_ray(settings: Settings, dashboard: bool) -> str:
+    """Join the cluster at `ray.address` ($RAY_ADDRESS), else start one embedded here; returns the
+    dashboard URL.
 
     The dashboard process also serves Ray's state API (`ray list actors`) and Serve's REST API;
     without it only the core processes run (~1 GB less memory) and `ray.util.state` cannot answer.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray 2.60 writes a token under $HOME
-    if os.environ.get("RAY_ADDRESS"):
-        ctx = ray.init(namespace=NAMESPACE)
+    os.environ["RAY_AUTH_MODE"] = settings.ray.auth_mode  # Ray reads it from the environment
+    if settings.ray.address:
+        ctx = ray.init(address=settings.ray.address, namespace=NAMESPACE)
     else:
         ctx = ray.init(num_cpus=local_cores(), namespace=NAMESPACE, include_dashboard=dashboard,
                        dashboard_host="127.0.0.1")
@@ -103,8 +100,8 @@ def prepare_pool(settings: Settings, pool_path: Path, worker: RemoteWorker,
 def run_serve(settings: Settings, pool_path: Path, host: str, port: int, prepare: Callable[[SkillRoute], None],
               *, dashboard: bool = True, log: Log = print) -> None:
     """Run the service under Ray Serve until interrupted, then stop what was started."""
-    embedded = not os.environ.get("RAY_ADDRESS")
-    dashboard_url = init_ray(dashboard)
+    embedded = not settings.ray.address
+    dashboard_url = init_ray(settings, dashboard)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine

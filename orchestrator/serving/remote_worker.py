@@ -88,14 +88,12 @@ class RemoteWorker(DeviceWorker):
         self.name, self.memory_budget = str(info["device"]), int(info["memory_budget"])
         self.lock = threading.RLock()  # only for callers that expect one; the actor serialises the device
 
-    @property
-    def events(self) -> list[tuple[float, str, str]]:
-        """The actor's residency timeline (a copy: appending here changes nothing)."""
-        return [tuple(e) for e in call(self.actor.events.remote())]
+    def timeline(self) -> list[tuple[float, str, str]]:
+        """The actor's residency timeline (a copy)."""
+        return [(float(t), str(kind), str(key)) for t, kind, key in call(self.actor.timeline.remote())]
 
-    @events.setter
-    def events(self, value: list[tuple[float, str, str]]) -> None:
-        raise AttributeError("the residency timeline is kept by the device's actor")
+    def residency_counts(self) -> dict[str, tuple[int, int]]:
+        return {k: (int(a), int(b)) for k, (a, b) in call(self.actor.residency_counts.remote()).items()}
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
         return RemoteBackend(self.actor, base)

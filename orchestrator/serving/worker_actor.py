@@ -8,6 +8,7 @@ same device, and a replica restart does not drop the loaded weights.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import ray
 from ray.actor import ActorHandle
 
 from experts.factory import make_backend
+from experts.options import BackendOptions
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 
@@ -97,8 +99,11 @@ class WorkerActor:
     def loads_by_model(self) -> dict[str, int]:
         return self.worker.loads_by_model()
 
-    def events(self) -> list[tuple[float, str, str]]:
-        return list(self.worker.events)
+    def timeline(self) -> list[tuple[float, str, str]]:
+        return self.worker.timeline()
+
+    def residency_counts(self) -> dict[str, tuple[int, int]]:
+        return self.worker.residency_counts()
 
     def info(self) -> dict[str, Any]:
         return {"device": self.worker.name, "memory_budget": self.worker.memory_budget, "pid": os.getpid()}
@@ -118,6 +123,9 @@ def spawn(device: Device, memory_budget_bytes: int, factory: BackendFactory = ma
     return cast("ActorHandle[WorkerActor]", handle)
 
 
-def spawn_all(memory_budget_bytes: int, cpu_reservation: float) -> dict[str, ActorHandle[WorkerActor]]:
-    """One actor per device of the cluster, keyed by device name, preferred device first."""
-    return {d.name: spawn(d, memory_budget_bytes) for d in cluster_devices(cpu_reservation)}
+def spawn_all(memory_budget_bytes: int, cpu_reservation: float,
+              options: BackendOptions | None = None) -> dict[str, ActorHandle[WorkerActor]]:
+    """One actor per device of the cluster, keyed by device name, preferred device first; its
+    backends are built with the service's backend options."""
+    factory = functools.partial(make_backend, options=options or BackendOptions())
+    return {d.name: spawn(d, memory_budget_bytes, factory) for d in cluster_devices(cpu_reservation)}

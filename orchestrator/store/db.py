@@ -30,12 +30,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def migrate(url: str) -> None:
-    """Bring the database to the newest schema (idempotent)."""
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database to the newest schema, or to `revision` (idempotent)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)
 
 
 class Database:

@@ -94,7 +94,7 @@ class Query(Base):
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     latency_s: Mapped[float | None] = mapped_column(Float, default=None)
-    # how it was asked (mode, seed, budget): a query recovered after a crash is asked the same way
+    # the whole request (`domain.Ask`): a query recovered after a crash is asked the same way
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
@@ -105,19 +105,13 @@ class Query(Base):
 
 
 class RoutingDecision(Base):
+    """A query's routing decision, stored as the record it is (`domain.Decision` as JSON)."""
+
     __tablename__ = "routing_decisions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     query_id: Mapped[int] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), unique=True)
-    router: Mapped[str] = mapped_column(String(32))
-    mode: Mapped[str] = mapped_column(String(16))
-    seed: Mapped[int | None] = mapped_column(Integer)
-    skills: Mapped[list[Any]] = mapped_column(JSON)  # [{keyword, skill, similarity}]
-    experts: Mapped[list[Any]] = mapped_column(JSON)  # [{name, suitability, competence, weight}]
-    recruited: Mapped[list[Any]] = mapped_column(JSON)  # names, repeats allowed
-    aggregator: Mapped[str | None] = mapped_column(String(64))
-    # a budgeted query's limits, candidates, chosen subset, predicted and measured cost (BudgetPlan.record)
-    budget: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     query: Mapped[Query] = relationship(back_populates="decision")
 

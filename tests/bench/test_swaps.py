@@ -15,7 +15,7 @@ import pytest
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec
-from orchestrator.pipeline import Decision
+from orchestrator.domain import Decision
 from skills.embedder import get_embedder
 
 
@@ -25,8 +25,7 @@ def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
 
 
 def decision(seed: int, recruited: list[str]) -> Decision:
-    return Decision(skills=[], scores=[], recruited=recruited, aggregator="agg", router="symbolic", mode="sample",
-                    seed=seed)
+    return Decision(recruited=recruited, aggregator="agg", router="symbolic", mode="sample", seed=seed)
 
 
 def test_uniform_recruits_spread_over_the_pool_reproducibly(bench: ModuleType) -> None:
@@ -63,5 +62,5 @@ def test_the_vllm_variant_runs_the_same_models_with_room_for_all_three(bench: Mo
     llama, vllm = bench.bench_pool(8), bench.bench_pool(8, "vllm")
     assert [e.base.kind for e in vllm.experts] == ["vllm"] * 3
     assert [e.base.source for e in vllm.experts] == [e.base.source for e in llama.experts]
-    budgets = [bench.bench_settings(tmp_path, b).memory_budget_gb for b in ("vllm", "llamacpp")]
+    budgets = [bench.bench_settings(tmp_path, b).backends.memory_budget_gb for b in ("vllm", "llamacpp")]
     assert budgets[0] >= 16 > budgets[1]  # three float32 engines: 0.5 + 2.4 + 6.8 GB

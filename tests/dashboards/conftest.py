@@ -11,4 +11,4 @@ assert _spec is not None and _spec.loader is not None
 _shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shared)
 
-embedder, container, client = _shared.embedder, _shared.container, _shared.client  # re-exported fixtures
+container, client = _shared.container, _shared.client  # re-exported fixtures

@@ -19,7 +19,7 @@ N_PARTS = 11  # more than 9, so a name sort (part1, part10, part11, part2, ...) 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test assembles into its own cache, never the user's."""
-    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(catalog, "DEFAULT_MODELS_DIR", tmp_path / "data" / "models")
     return tmp_path / "data" / "models"
 
 
@@ -77,7 +77,7 @@ def test_missing_part_package_names_pip_command(
     monkeypatch.setitem(sys.modules, "fakemodel_part7", None)  # makes find_spec fail
     with pytest.raises(ModelSourceError, match=r"needs package\(s\) fakemodel-part7: pip install"):
         resolve_packaged("fake-model")
-    assert not catalog.data_dir().exists() or not any(catalog.data_dir().iterdir())
+    assert not catalog.models_dir().exists() or not any(catalog.models_dir().iterdir())
 
 
 def test_wrong_model_name_in_metadata_is_refused(
@@ -88,7 +88,7 @@ def test_wrong_model_name_in_metadata_is_refused(
     monkeypatch.setitem(CATALOG, "fake-model", impostor)
     with pytest.raises(ModelSourceError, match="names itself 'Fake Model 1B Instruct'"):
         resolve_packaged("fake-model")
-    assert not any(catalog.data_dir().iterdir())  # the refused file was not kept
+    assert not any(catalog.models_dir().iterdir())  # the refused file was not kept
 
 
 def test_chat_model_without_chat_template_is_refused(
@@ -173,3 +173,12 @@ def test_real_qwen_05b_assembles_and_verifies(data_dir: Path) -> None:
     assert path.read_bytes()[:4] == b"GGUF"
     assert info.size_bytes == model.size
     assert info.architecture == "qwen2" and "0.5b" in (info.name or "").lower()
+
+
+def test_a_given_cache_folder_is_where_parts_are_assembled(fake_parts: tuple[PackagedModel, bytes],
+                                                          tmp_path: Path, data_dir: Path) -> None:
+    """The service passes its data dir's models/ folder (`BackendOptions.models_dir`)."""
+    path = resolve_packaged("fake-model", cache=tmp_path / "elsewhere")
+    assert path == tmp_path / "elsewhere" / "fake-model.gguf" and path.read_bytes() == fake_parts[1]
+    assert resolve_source("package:fake-model", tmp_path / "elsewhere") == path
+    assert not data_dir.exists()  # the default folder was never touched

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.factory import make_backend
 from experts.openai_http import OpenAIHTTPBackend
+from experts.options import BackendOptions
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
 
 SERVED = ["tiny-chat", "other-model"]
@@ -155,13 +156,15 @@ def test_sampling_is_forwarded(base: str, rec: Recorder) -> None:
     assert (body["seed"], body["stop"]) == (5, ["\n"])
 
 
-def test_api_key_from_argument_or_environment(base: str, rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SKILLROUTE_OPENAI_API_KEY", raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
-    for b in (backend(base, api_key="sk-arg"), backend(base)):
+def test_the_api_key_given_is_sent_and_the_environment_is_not_read(
+    base: str, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")  # the service's settings read it, not the backend
+    for b in (backend(base, api_key="sk-arg"), make_backend(BaseModelSpec(kind="openai", source=base),
+                                                            BackendOptions(openai_api_key="sk-opt")), backend(base)):
         b.load()
         b.generate([req(0, "hi")])
-    assert rec.auth == ["Bearer sk-arg", "Bearer sk-env"]
+    assert rec.auth == ["Bearer sk-arg", "Bearer sk-opt", None]
 
 
 def test_load_is_bookkeeping_counted_once(base: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from experts import hf_export, vllm_backend, vllm_host
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.factory import make_backend
+from experts.options import BackendOptions
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
 from experts.vllm_backend import (
     Conversation,
@@ -71,7 +72,8 @@ def hf_folder(tmp_path: Path, make_hf_folder: MakeHFFolder) -> Path:
 
 
 def make(
-    folder: Path | str, sleep_mode: bool | None = True, platform_sleeps: bool = True
+    folder: Path | str, sleep_mode: bool | None = True, platform_sleeps: bool = True,
+    options: BackendOptions | None = None,
 ) -> tuple[VLLMBackend, list[MockVLLMEngine]]:
     """A backend over mock engines; `platform_sleeps` is what the engine decides when the
     backend leaves sleep mode to the platform (sleep_mode=None)."""
@@ -83,7 +85,7 @@ def make(
         return engines[-1]
 
     spec = BaseModelSpec(kind="vllm", source=str(folder), n_ctx=1024)
-    return VLLMBackend(spec, engine_factory=factory, sleep_mode=sleep_mode), engines
+    return VLLMBackend(spec, engine_factory=factory, sleep_mode=sleep_mode, options=options), engines
 
 
 def ask(request_id: str, text: str, system: str | None = None, **sampling: Any) -> GenerationRequest:
@@ -277,9 +279,7 @@ def test_a_worker_that_dies_is_an_error_with_its_log(tmp_path: Path) -> None:
 
 
 def test_the_vllm_interpreter_is_found_or_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("SKILLROUTE_VLLM_PYTHON", "/opt/vllm/bin/python")
-    assert vllm_host.vllm_python() == "/opt/vllm/bin/python"
-    monkeypatch.delenv("SKILLROUTE_VLLM_PYTHON")
+    assert vllm_host.vllm_python("/opt/vllm/bin/python") == "/opt/vllm/bin/python"  # backends.vllm_python
     monkeypatch.setattr(vllm_host, "REPO_VENV_PYTHON", tmp_path / "absent")
     monkeypatch.setattr(vllm_host.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendError, match="scripts/setup_vllm.sh"):
@@ -291,12 +291,12 @@ def test_a_package_source_uses_the_cached_export(
 ) -> None:
     """`package:<name>` resolves to the exported folder; a finished export (its marker written
     last) is reused as is, so validate() costs no conversion."""
-    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path / "data"))
-    cached = hf_export.exported_path("smollm2-135m-instruct")
+    options = BackendOptions(data_dir=tmp_path / "data")
+    cached = hf_export.exported_path("smollm2-135m-instruct", options.hf_dir)
     cached.parent.mkdir(parents=True)
     hf_folder.rename(cached)
     assert not hf_export.is_exported(cached)
     (cached / hf_export.DONE_MARKER).write_text("done\n")
-    backend, engines = make("package:smollm2-135m-instruct")
+    backend, engines = make("package:smollm2-135m-instruct", options=options)
     backend.load()
     assert engines[0].config.model == str(cached)

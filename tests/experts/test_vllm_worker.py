@@ -11,6 +11,7 @@ import pytest
 
 from experts import vllm_backend
 from experts.backend import BackendError
+from experts.options import BackendOptions
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
 from experts.vllm_backend import EngineConfig, VLLMBackend, WorkerEngine
 from experts.vllm_host import WorkerProcess
@@ -21,7 +22,7 @@ FAKE_VLLM = Path(__file__).with_name("fake_vllm")
 
 @pytest.fixture
 def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Points the backend at an interpreter that finds the fake vLLM; returns the file where
+    """Writes an interpreter that finds the fake vLLM (`fake_python`); returns the file where
     every engine built is logged as `<pid> <model> <dtype> <kwargs>`."""
     python = tmp_path / "python"
     runner = (f"import runpy, sys; sys.path.insert(0, {str(FAKE_VLLM)!r}); "
@@ -29,9 +30,13 @@ def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     python.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -I -c "{runner}" "$@"\n')  # shift: drop our -I
     python.chmod(0o755)
     log = tmp_path / "engines.log"
-    monkeypatch.setenv("SKILLROUTE_VLLM_PYTHON", str(python))
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))  # the worker inherits the environment
     return log
+
+
+def fake_python(engine_log: Path) -> BackendOptions:
+    """The backend options that point vLLM's interpreter at the fake (`backends.vllm_python`)."""
+    return BackendOptions(vllm_python=str(engine_log.with_name("python")))
 
 
 @pytest.fixture
@@ -45,7 +50,8 @@ def ask(text: str) -> GenerationRequest:
 
 
 def test_unload_stops_the_engine_and_load_starts_one_in_the_same_process(engine_log: Path, folder: Path) -> None:
-    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32")
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
+                          options=fake_python(engine_log))
     backend.load()
     assert [g.text for g in backend.generate([ask("hi"), ask("a b c")])] == ["smol says hi", "smol says a b"]
     first = backend._engine
@@ -69,7 +75,8 @@ def test_a_worker_that_grew_is_replaced_at_the_next_load(
     engine, the backend ends the worker and the next load starts a fresh one."""
     monkeypatch.setenv("FAKE_VLLM_LEAK_MB", "40")
     monkeypatch.setattr(vllm_backend, "RECYCLE_GROWTH_BYTES", 100 * 2**20)
-    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32")
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
+                          options=fake_python(engine_log))
     pids = []
     for _ in range(5):
         backend.load()
@@ -84,7 +91,7 @@ def test_a_worker_that_grew_is_replaced_at_the_next_load(
 
 
 def test_a_failed_request_leaves_the_worker_serving(engine_log: Path, folder: Path) -> None:
-    process = WorkerProcess()
+    process = WorkerProcess(fake_python(engine_log).vllm_python)
     assert process.ready["platform"] == "cpu" and process.ready["sleep_available"] is False
     with pytest.raises(BackendError, match="chat: RuntimeError: no engine is running"):
         process.call({"op": "chat", "conversations": [], "sampling": []})

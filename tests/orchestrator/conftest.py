@@ -10,9 +10,8 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.pool_config import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
+from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.settings import Settings
-from skills.embedder import Embedder, get_embedder
 
 SUBJECTS = ["high school mathematics", "world religions", "college chemistry", "jurisprudence"]
 
@@ -29,11 +28,6 @@ def mock_expert(name: str, base: str, persona: str | None = None) -> ExpertSpec:
 def small_pool(experts: list[ExpertSpec]) -> PoolConfig:
     sources = [ArithmeticSource(n=6), MMLUSource(per_subject=2, subjects=SUBJECTS)]
     return PoolConfig(validation=ValidationConfig(sources=sources), experts=experts)
-
-
-@pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    return get_embedder()
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.pipeline import QueryInput
-from orchestrator.pool_config import ArithmeticSource, GenerationBudget, MMLUSource, PoolConfig, ValidationConfig
+from orchestrator.domain import Ask
+from orchestrator.pools.schema import ArithmeticSource, GenerationBudget, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.settings import Settings
 from orchestrator.store.models import GenerationRow, RoutingDecision
 
@@ -57,11 +57,12 @@ def test_batch_of_20_queries_loads_each_base_model_at_most_once(real):
     real.worker.shutdown()
     before = real.worker.loads_by_model()
     pairs = [(a, b) for a in range(11, 31) for b in (7,)][:20]
-    inputs = [QueryInput(f"What is {a}*{b}? Reply with the number.", k=3, seed=i) for i, (a, b) in enumerate(pairs)]
-    outcomes = real.pipeline.answer(real.pool.snapshot, inputs)
+    inputs = [Ask(text=f"What is {a}*{b}? Reply with the number.", k=3, seed=i) for i, (a, b) in enumerate(pairs)]
+    snapshot = real.pool.snapshot
+    outcomes = real.pipeline.answer(snapshot, inputs, real.pipeline.route(snapshot, inputs))
     loads = {k: n - before.get(k, 0) for k, n in real.worker.loads_by_model().items()}
     assert loads and all(n <= 1 for n in loads.values()), loads
-    texts = [a.generation.text for o in outcomes for a in o.answers]
+    texts = [a.text for o in outcomes for a in o.answers]
     assert len(texts) >= 60 and len(set(texts)) > 20  # real, varied generation, not canned text
     right = sum(str(a * b) in o.text for (a, b), o in zip(pairs, outcomes, strict=True))
     assert right >= 4, [o.text for o in outcomes]

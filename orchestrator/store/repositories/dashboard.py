@@ -35,11 +35,11 @@ class DashboardRepository:
     def recruitments(self, since: datetime | None = None, limit: int = 5000) -> Sequence[tuple[datetime, list[Any]]]:
         """(query time, recruited names) of the newest routed queries, oldest first.
 
-        Names stay a JSON list (repeats count), so the shares are summed in Python: JSON arrays
-        do not aggregate the same way in SQLite and Postgres.
+        Names stay a JSON list inside the decision record (repeats count), so the shares are
+        summed in Python: JSON arrays do not aggregate the same way in SQLite and Postgres.
         """
-        stmt = select(Query.created_at, RoutingDecision.recruited).join(RoutingDecision.query)
+        stmt = select(Query.created_at, RoutingDecision.record).join(RoutingDecision.query)
         if since is not None:
             stmt = stmt.where(Query.created_at >= since)
         rows = self.session.execute(stmt.order_by(Query.id.desc()).limit(limit)).all()
-        return [(t, list(r)) for t, r in reversed(rows)]
+        return [(t, list(r.get("recruited", []))) for t, r in reversed(rows)]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from orchestrator.domain import Answer, Ask, Decision, Outcome
 from orchestrator.store.models import GenerationRow, Query, RoutingDecision
 
 
@@ -15,9 +15,12 @@ class QueryRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def accept(self, text: str, k: int, request: dict[str, Any] | None = None) -> Query:
-        """Write the query before any work, so an accepted query survives a crash."""
-        row = Query(text=text, k=k, status="accepted", request=request)
+    def accept(self, ask: Ask, decision: Decision | None = None) -> Query:
+        """Write the query (and the decision made for it) before any work, so an accepted query
+        survives a crash and is asked again exactly as it was admitted."""
+        row = Query(text=ask.text, k=ask.k, status="accepted", request=ask.model_dump(mode="json"))
+        if decision is not None:
+            row.decision = RoutingDecision(record=decision.model_dump(mode="json"))
         self.session.add(row)
         self.session.flush()
         return row
@@ -26,25 +29,48 @@ class QueryRepository:
         opts = [selectinload(Query.decision), selectinload(Query.generations)]
         return self.session.get(Query, query_id, options=opts)
 
+    def get_many(self, ids: Sequence[int]) -> list[Query]:
+        """The queries with these ids, in the order given (missing ids are skipped)."""
+        opts = [selectinload(Query.decision), selectinload(Query.generations)]
+        rows = {q.id: q for q in self.session.scalars(select(Query).where(Query.id.in_(ids)).options(*opts))}
+        return [rows[i] for i in ids if i in rows]
+
     def recent(self, limit: int = 50) -> Sequence[Query]:
         stmt = select(Query).order_by(Query.id.desc()).limit(limit)
         return self.session.scalars(stmt.options(selectinload(Query.decision))).all()
 
     def pending(self) -> Sequence[Query]:
-        return self.session.scalars(select(Query).where(Query.status == "accepted").order_by(Query.id)).all()
+        stmt = select(Query).where(Query.status == "accepted").options(selectinload(Query.decision))
+        return self.session.scalars(stmt.order_by(Query.id)).all()
 
-    def save_decision(self, query_id: int, **fields: Any) -> None:
-        self.session.add(RoutingDecision(query_id=query_id, **fields))
-
-    def add_generations(self, query_id: int, rows: Sequence[dict[str, Any]]) -> None:
-        self.session.add_all(GenerationRow(query_id=query_id, **r) for r in rows)
-
-    def finish(self, query_id: int, answer: str, latency_s: float) -> None:
-        row = self.session.get(Query, query_id)
-        if row is not None:
-            row.status, row.answer, row.latency_s = "done", answer, latency_s
+    def finish(self, query_id: int, out: Outcome) -> None:
+        """A finished query: its decision as it ran, every generation, the final answer."""
+        row = self.get(query_id)
+        if row is None:
+            return
+        record = out.decision.model_dump(mode="json")
+        if row.decision is None:
+            row.decision = RoutingDecision(record=record)
+        else:
+            row.decision.record = record
+        self.session.add_all(GenerationRow(query_id=query_id, **a.model_dump()) for a in out.answers)
+        row.status, row.answer, row.latency_s = "done", out.answer, out.latency_s
 
     def fail(self, query_id: int, error: str) -> None:
         row = self.session.get(Query, query_id)
         if row is not None:
             row.status, row.error = "failed", error
+
+
+def ask_of(row: Query) -> Ask:
+    """How a stored query was asked (rows from before the whole request was stored have only
+    mode, seed and budget beside the text and k)."""
+    return Ask.model_validate({"text": row.text, "k": row.k, **(row.request or {})})
+
+
+def decision_of(row: Query) -> Decision | None:
+    return Decision.model_validate(row.decision.record) if row.decision is not None else None
+
+
+def answers_of(row: Query) -> list[Answer]:
+    return [Answer.model_validate(g, from_attributes=True) for g in row.generations]

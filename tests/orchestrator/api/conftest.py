@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from orchestrator.container import SkillRoute
-from orchestrator.pool_config import ArithmeticSource, PoolConfig, ValidationConfig
+from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
 from orchestrator.settings import Settings
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from orchestrator.api.app import create_app
 from orchestrator.services.keys import KeyService, RateLimiter
+from orchestrator.settings import Settings
 from orchestrator.store.models import ApiKey
 
 NEW_EXPERT = {"name": "delta", "model": {"kind": "mock", "source": "m2"}}
@@ -19,10 +20,12 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def app_with(container, monkeypatch):  # type: ignore[no-untyped-def]
-    """An app built after the env is set, as a deployment would start it."""
+    """An app built after the env is set, as a deployment would start it: the settings are read
+    from the environment (the flat names the README documents) and handed to the app."""
     def build(**env: str) -> TestClient:
         for name, value in env.items():
             monkeypatch.setenv(f"SKILLROUTE_{name.upper()}", value)
+        container.settings = Settings(data_dir=container.settings.data_dir)
         return TestClient(create_app(container))
     return build
 

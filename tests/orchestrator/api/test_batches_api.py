@@ -25,7 +25,7 @@ def test_batch_is_accepted_then_answered_through_the_shared_window(client, conta
     assert body["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
     assert [x["custom_id"] for x in body["results"]] == [f"q{i}" for i in range(5)]
     assert all(x["answer"] and len(x["recruited"]) == 2 for x in body["results"])
-    assert sum(container.queries.window.batch_sizes[windows_before:]) == 5  # the live window ran them
+    assert sum(list(container.queries.window.batch_sizes)[windows_before:]) == 5  # the live window ran them
     single = client.get(f"/v1/queries/{body['results'][0]['query_id']}").json()
     assert single["answer"] == body["results"][0]["answer"]
 

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
 from orchestrator.api.app import create_app
+from orchestrator.budgets.planner import LOCAL_DEVICE, device_table
 from orchestrator.container import SkillRoute
-from orchestrator.pool_config import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
-from orchestrator.routing.budget_plan import LOCAL_DEVICE, device_table
+from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.services.keys import KeyBudget, KeyService
 from orchestrator.settings import Settings
 from orchestrator.store.models import Query

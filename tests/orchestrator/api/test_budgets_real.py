@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.pool_config import AggregatorConfig, ArithmeticSource, GenerationBudget, PoolConfig, ValidationConfig
+from orchestrator.pools.schema import AggregatorConfig, ArithmeticSource, GenerationBudget, PoolConfig, ValidationConfig
 from orchestrator.settings import Settings
 from orchestrator.store.models import GenerationRow
 

@@ -6,6 +6,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.settings import Settings
+from tests.orchestrator.conftest import mock_or_real
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -43,19 +46,18 @@ def test_queries_fill_routing_generation_and_scheduling_metrics(client, containe
     assert ("skillroute_queue_depth", frozenset()) in m
 
 
-def test_loads_unloads_and_residency_follow_the_worker_timeline(client, container):
+def test_loads_unloads_and_residency_follow_the_worker(client, container):
     container.worker.shutdown()
+    before = value(scrape(client), "skillroute_model_load_seconds_count")
     client.post("/v1/queries", json={"query": "Who wrote the Analects?", "k": 3, "seed": 2})
     m = scrape(client)
-    loads = {k: 0 for _, _, k in container.worker.events}
-    for _, kind, key in container.worker.events:
-        loads[key] += kind == "load"
-    for key, n in loads.items():
-        assert value(m, "skillroute_model_loads_total", worker="cpu", model=key) == n
+    counts = container.worker.residency_counts()
+    for key, (loads, unloads) in counts.items():
+        assert value(m, "skillroute_model_loads_total", worker="cpu", model=key) == loads
+        assert value(m, "skillroute_model_unloads_total", worker="cpu", model=key) == unloads
     resident = container.worker.resident()
     assert {dict(ls)["model"] for (n, ls), v in m.items() if n == "skillroute_model_resident" and v == 1} == resident
-    assert value(m, "skillroute_model_load_seconds_count") == len(resident)  # loaded once each since shutdown
-    assert value(m, "skillroute_model_unloads_total") >= len(loads) - len(resident)
+    assert value(m, "skillroute_model_load_seconds_count") - before == len(resident)  # once each since shutdown
 
 
 def test_errors_are_counted_by_route_template(client):
@@ -75,12 +77,17 @@ def test_budget_metrics_are_exported_before_budgets_land(client):
     assert value(m, "skillroute_budget_exceeded_total", resource="latency") == 0
 
 
-def test_each_app_has_its_own_registry(container):
-    """A second app over the same process must not hit "duplicated timeseries"."""
-    with TestClient(create_app(container)) as a, TestClient(create_app(container)) as b:
+def test_each_container_has_its_own_registry(container, tmp_path, embedder):
+    """Metrics belong to the service (its parts were given them when built): two apps over one
+    container share them, and a second service in the process never hits "duplicated timeseries"."""
+    other = SkillRoute(Settings(data_dir=tmp_path / "other"), container.pool_config, factory=mock_or_real,
+                       embedder=embedder)
+    with TestClient(create_app(container)) as a, TestClient(create_app(container)) as b, \
+            TestClient(create_app(other, owns_container=True)) as c:
         a.get("/health")
         assert value(scrape(a), "skillroute_http_requests_total", endpoint="/health") == 1
-        assert value(scrape(b), "skillroute_http_requests_total", endpoint="/health") == 0
+        assert value(scrape(b), "skillroute_http_requests_total", endpoint="/health") == 1
+        assert value(scrape(c), "skillroute_http_requests_total", endpoint="/health") == 0
 
 
 def test_dashboard_state_shows_the_queries(client, container):

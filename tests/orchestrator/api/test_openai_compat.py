@@ -15,7 +15,7 @@ def test_official_openai_client_gets_a_completion_and_a_stream(container, serve)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused-in-open-mode", max_retries=0)
         done = client.chat.completions.create(model="auto", messages=ASK, seed=4)
         assert done.choices[0].message.content and done.model == container.pool.snapshot.aggregator
-        assert done.model_extra["skillroute"]["experts"] and done.usage.total_tokens > 0
+        assert done.model_extra["skillroute"]["recruited"] and done.usage.total_tokens > 0
         chunks = list(client.chat.completions.create(model="auto", messages=ASK, seed=4, stream=True))
         assert all(c.object == "chat.completion.chunk" for c in chunks)
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == done.choices[0].message.content
@@ -28,11 +28,11 @@ def test_reply_names_the_aggregator_and_carries_the_decision(client, container):
     assert r.status_code == 200, r.text
     body, info = r.json(), r.json()["skillroute"]
     assert body["object"] == "chat.completion" and body["model"] == info["aggregator"]
-    assert r.headers["x-skillroute-experts"].split(",") == info["experts"] and len(info["experts"]) == 3
+    assert r.headers["x-skillroute-experts"].split(",") == info["recruited"] and len(info["recruited"]) == 3
     assert r.headers["x-skillroute-aggregator"] == info["aggregator"]
     assert r.headers["x-skillroute-query-id"] == str(info["query_id"]) and r.headers["x-skillroute-skills"]
     stored = client.get(f"/v1/queries/{info['query_id']}").json()
-    assert stored["recruited"] == info["experts"]
+    assert stored["recruited"] == info["recruited"]
     assert body["choices"][0]["message"]["content"] == stored["generations"][-1]["text"]
 
 
@@ -40,7 +40,7 @@ def test_an_expert_name_asks_that_expert_alone(client):
     r = client.post("/v1/chat/completions", json={"model": "gamma", "messages": ASK})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == "gamma" and body["skillroute"]["experts"] == ["gamma"]
+    assert body["model"] == "gamma" and body["skillroute"]["recruited"] == ["gamma"]
     assert body["skillroute"]["aggregator"] is None and body["skillroute"]["router"] == "direct"
     roles = [g["role"] for g in client.get(f"/v1/queries/{body['skillroute']['query_id']}").json()["generations"]]
     assert roles == ["expert"]

@@ -19,7 +19,7 @@ def test_query_returns_answer_experts_with_skills_and_scores_and_aggregator(clie
     assert roles == ["expert", "expert", "expert", "aggregator"]
     with container.db.session() as s:
         assert s.scalar(select(func.count()).select_from(GenerationRow)) == 4
-        assert s.scalar(select(RoutingDecision.recruited)) == body["recruited"]
+        assert s.scalar(select(RoutingDecision.record))["recruited"] == body["recruited"]
     assert client.get(f"/v1/queries/{body['id']}").json() == body
 
 

@@ -15,19 +15,24 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from experts.replay import load_recording
+from experts.replay import RecordedQuestion, load_recording
+from orchestrator.aggregation.vote import weighted_vote
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.pipeline import QueryInput
-from orchestrator.pool_config import PoolConfigError, load_pool_config
-from orchestrator.routing.replay_pool import expert_name, question_prompt, split_questions
-from orchestrator.routing.voting import weighted_vote
+from orchestrator.domain import Ask
+from orchestrator.pools.loader import PoolConfigError, expert_name, load_pool_config, split_questions
 from orchestrator.settings import Settings
 from orchestrator.store.models import Query
+from skills.datasets import LabelledQuestion, format_prompt
 from skills.embedder import Embedder
 
 MODELS = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b", "Meta-Llama-3_1-8B-Instruct"]
 SliceRecording = Callable[[Path, Sequence[str], int], Path]
+
+
+def question_prompt(q: RecordedQuestion) -> str:
+    """A corpus question as the service's own prompt format shows it (stem and lettered options)."""
+    return format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,7 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited_on_restart(
     second.bootstrap()
     rec = load_recording(folder)
     _, test = split_questions(rec, 0.5, seed=0)
-    inputs = [QueryInput(question_prompt(rec.questions[q]), k=1) for q in test]
+    inputs = [Ask(text=question_prompt(rec.questions[q]), k=1) for q in test]
     firsts = Counter(d.recruited[0] for d in second.pipeline.route(second.pool.snapshot, inputs))
     second.close()
     assert firsts.most_common(1)[0][0] == expert_name(late)

@@ -1,17 +1,15 @@
-"""The k-NN router and weighted voting, on evidence whose right answer is known by construction."""
+"""The k-NN router, on evidence whose right answer is known by construction."""
 
 from __future__ import annotations
-
-import math
-import random
 
 import numpy as np
 import pytest
 
+from orchestrator.aggregation.vote import log_odds_weight, vote_by_scores
+from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.knn_router import LABEL_SMOOTHING, EvidenceError, KnnParams, KnnRouter, LabelPrior, fit_params
 from orchestrator.routing.recruit import recruit
-from orchestrator.routing.router import Router, RoutingEvidence
-from orchestrator.routing.voting import AnswerReliability, log_odds_weight, vote_by_scores, weighted_vote
+from orchestrator.routing.router import Router
 
 
 def _two_topics(n: int = 200, seed: int = 0) -> tuple[RoutingEvidence, np.ndarray, np.ndarray]:
@@ -85,35 +83,6 @@ def test_needs_embeddings_and_marks() -> None:
         KnnRouter(RoutingEvidence({"a": {}}, np.eye(3, dtype=np.float32), {"a": np.array([True, False])}))
 
 
-def test_log_odds_weight_is_zero_at_chance_and_grows_with_accuracy() -> None:
-    assert log_odds_weight(0.1, 10) == pytest.approx(1e-6)
-    assert log_odds_weight(0.5, 10) == pytest.approx(math.log(9))
-    assert log_odds_weight(0.9, 4) > log_odds_weight(0.6, 4) > log_odds_weight(0.3, 4)
-
-
-def test_weighted_vote_sums_weights_and_ignores_abstentions() -> None:
-    answers = [("strong", "A"), ("weak1", "B"), ("weak2", "B"), ("silent", None)]
-    assert weighted_vote(answers, {"strong": 3.0, "weak1": 1.0, "weak2": 1.0, "silent": 9.0}).answer == "A"
-    result = weighted_vote(answers, {"strong": 1.5, "weak1": 1.0, "weak2": 1.0})
-    assert (result.answer, result.confidence) == ("B", pytest.approx(2 / 3.5))
-    assert weighted_vote([("x", None)], {"x": 1.0}).answer is None
-
-
-def test_vote_ties_break_by_heaviest_voter_then_letter_whatever_the_order() -> None:
-    weights = {"a": 2.0, "b": 1.0, "c": 1.0, "d": 2.0}
-    answers = [("a", "C"), ("b", "D"), ("c", "D")]
-    for _ in range(5):
-        random.shuffle(answers)
-        assert weighted_vote(answers, weights).answer == "C"
-    assert weighted_vote([("a", "B"), ("d", "A")], weights).answer == "A"
-
-
-def test_vote_by_scores_uses_the_router_weights() -> None:
-    evidence, centres, _ = _two_topics()
-    scores = KnnRouter(evidence).score([], centres[0])
-    assert vote_by_scores([("maths", "A"), ("law", "B"), ("mid", "B")], scores).answer == "A"
-
-
 def test_topic_prior_leave_one_out_equals_refitting_without_the_question() -> None:
     rng = np.random.default_rng(3)
     labels = [str(x) for x in rng.integers(0, 3, 40)]
@@ -142,22 +111,7 @@ def test_topic_labels_sharpen_estimates_when_few_neighbours_are_close() -> None:
     assert p["maths"] > 0.8 and p["law"] < 0.35
 
 
-def test_answer_reliability_discounts_a_letter_the_expert_picks_by_habit() -> None:
-    """"biased" says A half the time and is then right 10% of the time; elsewhere 70%."""
-    rng = np.random.default_rng(5)
-    says_a = rng.random(600) < 0.5
-    right = np.where(says_a, rng.random(600) < 0.1, rng.random(600) < 0.7)
-    choices = ["A" if a else "BCD"[i % 3] for i, a in enumerate(says_a)]
-    reliability = AnswerReliability({"biased": right}, {"biased": choices})
-    assert reliability.offset("biased", "A") < -1.0 < 0.5 < reliability.offset("biased", "B")
-    assert reliability.offset("biased", "J") == 0.0 and reliability.offset("other", "A") == 0.0
-    weights = {"biased": 2.0, "steady": 1.5}
-    assert weighted_vote([("biased", "A"), ("steady", "C")], weights).answer == "A"
-    assert weighted_vote([("biased", "A"), ("steady", "C")], weights, reliability).answer == "C"
-
-
-def test_answer_reliability_shrinkage_grows_when_letters_carry_no_signal() -> None:
-    rng = np.random.default_rng(6)
-    right = rng.random(2000) < 0.5
-    choices = [rng.choice(list("ABCD")) for _ in range(2000)]
-    assert AnswerReliability({"x": right}, {"x": choices}).smoothing >= 50.0
+def test_vote_by_scores_uses_the_router_weights() -> None:
+    evidence, centres, _ = _two_topics()
+    scores = KnnRouter(evidence).score([], centres[0])
+    assert vote_by_scores([("maths", "A"), ("law", "B"), ("mid", "B")], scores).answer == "A"

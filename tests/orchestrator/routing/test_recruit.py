@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 
+from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.recruit import local_suitability, recruit, score_experts
-from orchestrator.routing.router import RoutingEvidence, SymbolicRouter
+from orchestrator.routing.router import SymbolicRouter
 
 PROFILES = {"a": {"math": 3.0, "law": -1.0}, "b": {"math": 1.0, "law": 2.0}, "c": {"math": -2.0, "law": 1.0}}
 
@@ -59,7 +60,7 @@ def test_empty_pool_recruits_nobody():
 
 
 def test_knn_router_needs_question_records_and_falls_back_to_symbolic():
-    from orchestrator.pool import build_router
+    from orchestrator.routing.router import build_router
 
     assert build_router(RoutingEvidence(PROFILES), "knn").name == "symbolic"
     assert build_router(RoutingEvidence(PROFILES), "symbolic").name == "symbolic"

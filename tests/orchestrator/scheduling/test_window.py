@@ -33,7 +33,7 @@ def test_concurrent_submissions_close_one_full_batch():
     for t in threads:
         t.join()
     assert all(f.result(timeout=10) == [f"Q{i}"] for i, f in futures)
-    assert window.batch_sizes == [5] and sorted(batches[0]) == [f"q{i}" for i in range(5)]
+    assert list(window.batch_sizes) == [5] and sorted(batches[0]) == [f"q{i}" for i in range(5)]
     window.close()
 
 
@@ -41,7 +41,7 @@ def test_lone_query_is_not_held_for_a_full_batch():
     _, run = recorder()
     window = BatchingWindow(run, max_batch=1000, max_wait_s=0.01)
     assert window.submit(["alone"]).result(timeout=10) == ["ALONE"]
-    assert window.batch_sizes == [1]
+    assert list(window.batch_sizes) == [1]
     window.close()
 
 
@@ -64,4 +64,32 @@ def test_a_failing_batch_fails_every_caller_in_it():
         with pytest.raises(ValueError, match="device lost"):
             f.result(timeout=10)
     assert window.submit(["z"]) is not None  # the runner survives a failed batch
+    window.close()
+
+
+def test_batch_sizes_kept_for_the_dashboard_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.scheduling import window as window_module
+
+    monkeypatch.setattr(window_module, "RECENT_BATCHES", 3)
+    _, run = recorder()
+    window = BatchingWindow(run, max_batch=1, max_wait_s=0)
+    for i in range(5):
+        window.submit([f"q{i}"] * (i + 1)).result(timeout=10)
+    assert list(window.batch_sizes) == [3, 4, 5]  # the newest three; older ones dropped
+    window.close()
+
+
+def test_a_caller_that_stops_waiting_cannot_cancel_work_others_share() -> None:
+    gate, (batches, run) = threading.Event(), recorder()
+
+    def held(items: list[str]) -> list[str]:
+        gate.wait(10)
+        return run(items)
+
+    window = BatchingWindow(held, max_batch=2, max_wait_s=30)
+    dropped, kept = window.submit(["a"]), window.submit(["b"])
+    assert not dropped.cancel()  # a dropped client's future is already running
+    gate.set()
+    assert kept.result(timeout=10) == ["B"] and dropped.result(timeout=10) == ["A"]
+    assert batches == [["a", "b"]]
     window.close()

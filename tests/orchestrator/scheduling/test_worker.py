@@ -145,3 +145,16 @@ def test_execute_starts_the_next_stage_load_while_the_current_stage_generates() 
 
 def request(text: str) -> GenerationRequest:
     return GenerationRequest.model_validate({"request_id": text, "messages": [{"role": "user", "content": text}]})
+
+
+def test_the_residency_timeline_is_bounded_and_the_counts_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.scheduling import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "TIMELINE_EVENTS", 10)
+    a, b = BaseModelSpec(kind="mock", source="a"), BaseModelSpec(kind="mock", source="b")
+    worker = DeviceWorker(memory_budget_bytes=150 * 2**20, factory=lambda s: MockBackend(s.key))  # room for one
+    for _ in range(20):
+        worker.ensure_loaded(a)
+        worker.ensure_loaded(b)  # evicts a
+    assert len(worker.timeline()) == 10 and worker.timeline()[-1][1:] == ("load", b.key)
+    assert worker.residency_counts() == {a.key: (20, 20), b.key: (20, 19)}  # every load and unload counted

@@ -18,8 +18,8 @@ from experts.factory import make_backend
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
-from orchestrator.pipeline import QueryInput
-from orchestrator.pool_config import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig, ValidationSource
+from orchestrator.domain import Ask, Outcome
+from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig, ValidationSource
 from orchestrator.services.errors import Unprocessable
 from orchestrator.serving.remote_worker import RemoteWorker
 from orchestrator.serving.worker_actor import Device, spawn
@@ -57,6 +57,12 @@ def remote(cluster: None) -> Iterator[RemoteWorker]:
     ray.kill(actor)  # detached actors outlive their creator: each test gets a fresh device
 
 
+def answer(c: SkillRoute, asks: list[Ask]) -> list[Outcome]:
+    """Route, then answer: the pipeline's two steps, as admission and the window run them."""
+    snapshot = c.pool.snapshot
+    return c.pipeline.answer(snapshot, asks, c.pipeline.route(snapshot, asks))
+
+
 def containers(tmp_path: Path, embedder: Embedder, remote: RemoteWorker) -> tuple[SkillRoute, SkillRoute]:
     inline = SkillRoute(Settings(data_dir=tmp_path / "inline"), pool(), factory=mock_or_real, embedder=embedder)
     on_ray = SkillRoute(Settings(data_dir=tmp_path / "ray"), pool(), embedder=embedder, worker=remote)
@@ -70,12 +76,12 @@ def test_pipeline_through_the_actor_answers_like_inline_with_loads_at_the_floor(
     assert on_ray.pool.snapshot.aggregator == inline.pool.snapshot.aggregator
     remote.shutdown()  # start cold so every base model must be loaded
     before = remote.total_loads()
-    inputs = [QueryInput(f"What is {i}*{i + 3}?", k=3, seed=i) for i in range(12)]
-    ours = on_ray.pipeline.answer(on_ray.pool.snapshot, inputs)
-    theirs = inline.pipeline.answer(inline.pool.snapshot, inputs)
+    inputs = [Ask(text=f"What is {i}*{i + 3}?", k=3, seed=i) for i in range(12)]
+    ours = answer(on_ray, inputs)
+    theirs = answer(inline, inputs)
     assert [o.text for o in ours] == [o.text for o in theirs]
     assert remote.total_loads() - before == 2  # m1 and m2, once each, across the process boundary
-    assert [e[1] for e in remote.events][-2:] == ["load", "load"]
+    assert [e[1] for e in remote.timeline()][-2:] == ["load", "load"]
     inline.close()
 
 
@@ -91,7 +97,7 @@ def test_a_bad_model_is_refused_with_the_backends_own_message(tmp_path, embedder
 
 def test_closing_a_container_leaves_the_actors_models_resident(tmp_path, embedder, remote):
     _, on_ray = containers(tmp_path, embedder, remote)
-    on_ray.pipeline.answer(on_ray.pool.snapshot, [QueryInput("What is 2+2?", k=1, seed=0)])
+    answer(on_ray, [Ask(text="What is 2+2?", k=1, seed=0)])
     resident = remote.resident()
     on_ray.close()
     assert resident and remote.resident() == resident

@@ -5,10 +5,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.domain import Answer, Ask, Decision, Outcome
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.models import Base
 from orchestrator.store.repositories.experts import ExpertRepository
-from orchestrator.store.repositories.queries import QueryRepository
+from orchestrator.store.repositories.queries import QueryRepository, answers_of, decision_of
 from orchestrator.store.repositories.state import StateRepository
 
 
@@ -36,7 +37,7 @@ def test_migrate_is_idempotent(db):
 
 def test_failed_unit_of_work_writes_nothing(db):
     with pytest.raises(RuntimeError), db.session() as s:
-        QueryRepository(s).accept("lost?", 3)
+        QueryRepository(s).accept(Ask(text="lost?"))
         raise RuntimeError("boom")
     with db.session() as s:
         assert QueryRepository(s).recent() == []
@@ -44,16 +45,16 @@ def test_failed_unit_of_work_writes_nothing(db):
 
 def test_query_lifecycle_and_pending(db):
     with db.session() as s:
-        qid = QueryRepository(s).accept("What is 2+2?", 3).id
+        decision = Decision.made("symbolic", "sample", 1, [], [], ["e1"], None)
+        qid = QueryRepository(s).accept(Ask(text="What is 2+2?"), decision).id
     with db.session() as s:
         assert [q.id for q in QueryRepository(s).pending()] == [qid]
-        QueryRepository(s).save_decision(qid, router="symbolic", mode="sample", seed=1, skills=[], experts=[],
-                                         recruited=["e1"], aggregator=None)
-        QueryRepository(s).add_generations(qid, [{"expert": "e1", "role": "expert", "text": "4"}])
-        QueryRepository(s).finish(qid, "4", 0.5)
+        answer = Answer(expert="e1", role="expert", text="Answer: 4")
+        QueryRepository(s).finish(qid, Outcome(decision=decision, answers=[answer], text=answer.text, latency_s=0.5))
     with db.session() as s:
         q = QueryRepository(s).get(qid)
-        assert (q.status, q.answer, q.decision.recruited, q.generations[0].text) == ("done", "4", ["e1"], "4")
+        assert (q.status, q.answer, q.generations[0].text) == ("done", "4", "Answer: 4")
+        assert decision_of(q) == decision and answers_of(q) == [answer]  # the records, as they were
         assert QueryRepository(s).pending() == []
 
 
@@ -85,3 +86,31 @@ def test_state_put_get_replace(db):
         StateRepository(s).put("aggregator", {"name": "b"})
     with db.session() as s:
         assert StateRepository(s).get("aggregator") == {"name": "b"}
+
+
+def test_0004_folds_a_stored_decision_into_its_record(tmp_path):
+    """Rows written field by field before 0004 read back as the same decision record."""
+    import json
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0003")
+    old = Database(url)
+    with old.engine.begin() as conn:
+        conn.execute(text("INSERT INTO queries (id, text, k, status, created_at) VALUES (1, 'q', 2, 'done', "
+                          "'2026-01-01 00:00:00')"))
+        skills = json.dumps([{"keyword": "q", "skill": "math", "similarity": 0.5}])
+        experts = json.dumps([{"name": "a", "suitability": 2.0, "competence": 0.5, "weight": 1.0}])
+        conn.execute(text(
+            "INSERT INTO routing_decisions (query_id, router, mode, seed, skills, experts, recruited, aggregator) "
+            "VALUES (1, 'symbolic', 'sample', 5, :skills, :experts, '[\"a\", \"a\"]', 'a')"),
+            {"skills": skills, "experts": experts})
+    old.engine.dispose()
+    migrate(url)
+    db = Database(url)
+    with db.session() as s:
+        d = decision_of(QueryRepository(s).get(1))
+    assert d is not None and (d.router, d.mode, d.seed, d.recruited, d.aggregator) == ("symbolic", "sample", 5,
+                                                                                       ["a", "a"], "a")
+    assert d.experts[0].name == "a" and d.experts[0].recruited == 2 and d.skills[0].skill == "math"

@@ -10,10 +10,11 @@ early. With an aggregator LLM, its cost (it reads every answer, then writes) is 
 term and the quality is noisy-or (it can take any member's right answer); a pool that
 aggregates by vote pays nothing to aggregate and is scored by the weighted-vote quality.
 
-Placement: the spec's device, else this machine's CPU; a replay expert's recorded model runs by
-default on H100 servers of its own, where the replay backend costs its replies. Experts on one
+Placement: the spec's device, else its backend's default device (`experts.traits`: this
+machine's CPU for the models we run; a recorded model's H100 servers of its own, where the replay
+backend costs its replies). Experts on one
 device share it: on the embedded pool every expert runs on this CPU, so a subset's latency is
-the sum of its members' plus aggregation (`budget_limits`). This CPU is shared with other work,
+the sum of its members' plus aggregation (`_limits`). This CPU is shared with other work,
 so its profile is scaled online by what the service's own recent llama.cpp/vLLM generations
 took against their prediction (`experts.calibration.Slowdown`, a high quantile).
 
@@ -28,15 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from experts.calibration import Run, Slowdown, slowed
-from experts.cost_model import DEFAULT_DEVICE, ModelCost, ModelSize, parse_model_size
+from experts.cost_model import ModelCost, ModelSize, parse_model_size
 from experts.devices import CostEstimate, DeviceProfile, load_devices
-from experts.replay import ReplayBackend
-from experts.types import ExpertSpec, Generation
-from orchestrator.aggregation import aggregation_prompt
-from orchestrator.routing.budgets import (
+from experts.traits import LOCAL_DEVICE, traits
+from experts.types import ExpertSpec
+from orchestrator.aggregation.prompt import aggregation_prompt
+from orchestrator.budgets.solver import (
     AggregationCost,
     Budget,
     BudgetDecision,
@@ -45,36 +44,16 @@ from orchestrator.routing.budgets import (
     quality_from_weights,
     solve,
 )
-from orchestrator.routing.recruit import ExpertScore
+from orchestrator.domain import Answer, BudgetCandidate, BudgetRecord, ExpertScore, QueryBudget
 
-LOCAL_DEVICE = "local-cpu"  # where this process runs its experts: what measured energy is charged to
-COMPUTED_HERE = ("llamacpp", "vllm")  # backends whose reply times are this machine's compute
 TEMPLATE_TOKENS = 16  # chat template tokens around a system prompt and a user turn
 ANSWER_TOKENS_EXTRA = 8  # "Response i:" and spacing around each answer the aggregator reads
 
 
-class BudgetSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SKILLROUTE_")
-
-    devices_file: str | None = None  # device profiles; unset: the packaged experts/devices.yaml
-
-
 @lru_cache(maxsize=4)
 def device_table(path: str | None = None) -> dict[str, DeviceProfile]:
-    """Device profiles by name, from `path` (or $SKILLROUTE_DEVICES_FILE, or the packaged file)."""
-    return load_devices(path or BudgetSettings().devices_file)
-
-
-@dataclass(frozen=True)
-class QueryBudget:
-    """What a query may spend; `from_key` names the limits its API key's defaults supplied."""
-
-    latency_s: float | None = None
-    energy_j: float | None = None
-    from_key: tuple[str, ...] = ()
-
-    def limits(self, k_max: int) -> Budget:
-        return Budget(self.latency_s, self.energy_j, k_max)
+    """Device profiles by name, from `path` (the `budgets.devices_file` setting) or the packaged file."""
+    return load_devices(path)
 
 
 @dataclass(frozen=True)
@@ -89,7 +68,7 @@ class PoolView:
 
     experts: Mapping[str, ExpertSpec]
     aggregator: str | None
-    router: str
+    calibrated: bool  # the router's suitability is P(correct) (k-NN), not a relative weight
     aggregation: str = "llm"  # or "vote": no aggregator LLM
 
 
@@ -99,32 +78,33 @@ class BudgetPlan:
     k_max: int
     decision: BudgetDecision
     candidates: list[Candidate]
-    measured_power_w: float  # the local device's draw, for the measured-energy estimate
     local_slowdown: float | None = None  # the online correction applied to the local profile
 
     @property
     def chosen(self) -> tuple[str, ...]:
         return self.decision.chosen
 
-    def record(self, stages_s: float | None = None) -> dict[str, object]:
-        """JSON for the stored decision: the budget, the subset, predicted and measured cost."""
+    def record(self) -> BudgetRecord:
+        """The decision's budget part: the limits, the subset, its predicted cost."""
         b, d = self.budget, self.decision
-        out: dict[str, object] = {
-            "latency_ms": None if b.latency_s is None else b.latency_s * 1e3, "energy_j": b.energy_j,
-            "k_max": self.k_max, "from_key": list(b.from_key), "chosen": list(d.chosen),
-            "predicted_quality": d.quality, "predicted_latency_s": d.latency_s,
-            "predicted_energy_j": d.energy_j, "solver_nodes": d.nodes, "local_slowdown": self.local_slowdown,
-            "candidates": [_candidate(c) for c in self.candidates],
-        }
-        if stages_s is not None:
-            out.update(measured_latency_s=stages_s, measured_energy_j=self.measured_power_w * stages_s,
-                       measured_energy_basis=f"{LOCAL_DEVICE} power_w x measured wall time (estimate)")
-        return out
+        return BudgetRecord(
+            latency_ms=None if b.latency_s is None else b.latency_s * 1e3, energy_j=b.energy_j,
+            k_max=self.k_max, from_key=list(b.from_key), chosen=list(d.chosen), predicted_quality=d.quality,
+            predicted_latency_s=d.latency_s, predicted_energy_j=d.energy_j, solver_nodes=d.nodes,
+            local_slowdown=self.local_slowdown, candidates=[_candidate(c) for c in self.candidates])
 
 
-def _candidate(c: Candidate) -> dict[str, object]:
-    return {"expert": c.name, "quality": c.quality, "latency_s": c.latency_s, "energy_j": c.energy_j,
-            "device": c.device}
+def _candidate(c: Candidate) -> BudgetCandidate:
+    return BudgetCandidate(expert=c.name, quality=c.quality, latency_s=c.latency_s, energy_j=c.energy_j,
+                           device=c.device)
+
+
+def measured(record: BudgetRecord, stages_s: float, power_w: float) -> BudgetRecord:
+    """The record with what the batch really took: its stages' wall time, and energy as the
+    local device's power over that time (no power counter is readable here: an estimate)."""
+    return record.model_copy(update={
+        "measured_latency_s": stages_s, "measured_energy_j": power_w * stages_s,
+        "measured_energy_basis": f"{LOCAL_DEVICE} power_w x measured wall time (estimate)"})
 
 
 def text_tokens(text: str) -> int:
@@ -144,22 +124,18 @@ def expert_params_b(spec: ExpertSpec) -> float:
 
 
 def device_name(spec: ExpertSpec) -> str:
+    """Where the expert runs: its placement's device, else its backend's default device."""
     if spec.placement.device is not None:
         return spec.placement.device
-    return DEFAULT_DEVICE if spec.base.kind == "replay" else LOCAL_DEVICE
+    return traits(spec.base).default_device
 
 
 def slot(spec: ExpertSpec) -> str:
     """The physical device: experts with equal slots run one after another."""
     instance = spec.placement.instance
-    if instance is None and spec.placement.device is None and spec.base.kind == "replay":
-        instance = spec.name  # a recorded model is served by servers of its own
+    if instance is None and spec.placement.device is None and traits(spec.base).own_device:
+        instance = spec.name  # e.g. a recorded model, served by servers of its own
     return device_name(spec) + (f"#{instance}" if instance else "")
-
-
-def output_tokens(spec: ExpertSpec, limit: int) -> int:
-    """What a reply is charged: the token limit, or a replay expert's recorded chain of thought."""
-    return ReplayBackend.from_spec(spec.base).cot_tokens if spec.base.kind == "replay" else limit
 
 
 class BudgetPlanner:
@@ -167,6 +143,7 @@ class BudgetPlanner:
 
     def __init__(self, devices: Mapping[str, DeviceProfile] | None = None, slowdown: Slowdown | None = None):
         self.profiles: dict[str, DeviceProfile] = dict(devices if devices is not None else device_table())
+        self.power_w = self.profiles[LOCAL_DEVICE].power_w if LOCAL_DEVICE in self.profiles else 0.0
         self.slowdown = slowdown or Slowdown()
 
     @property
@@ -177,10 +154,10 @@ class BudgetPlanner:
             return self.profiles
         return {**self.profiles, LOCAL_DEVICE: slowed(self.profiles[LOCAL_DEVICE], factor)}
 
-    def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[tuple[str, Generation]]) -> None:
+    def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer]) -> None:
         """Learn the local slowdown from replies computed on this machine (not mock or remote)."""
-        runs = [Run(expert_params_b(spec), g.prompt_tokens, g.completion_tokens, g.latency_s)
-                for name, g in replies if (spec := experts.get(name)) is not None and _computed_here(spec)]
+        runs = [Run(expert_params_b(spec), a.prompt_tokens, a.completion_tokens, a.latency_s)
+                for a in replies if (spec := experts.get(a.expert)) is not None and _computed_here(spec)]
         if runs and LOCAL_DEVICE in self.profiles:
             self.slowdown.observe(self.profiles[LOCAL_DEVICE], runs)
 
@@ -190,17 +167,17 @@ class BudgetPlanner:
         cands = self.candidates(pool, text, scores, tokens)
         agg = self.aggregation(pool, text, tokens)
         quality: QualityName = "weighted_vote" if pool.aggregation == "vote" else "noisy_or"
-        decision = solve(cands, budget.limits(k_max), quality, agg)
-        power = self.profiles[LOCAL_DEVICE].power_w
-        return BudgetPlan(budget, k_max, decision, cands, power, self.slowdown.factor())
+        decision = solve(cands, Budget(budget.latency_s, budget.energy_j, k_max), quality, agg)
+        return BudgetPlan(budget, k_max, decision, cands, self.slowdown.factor())
 
     def candidates(self, pool: PoolView, text: str, scores: Sequence[ExpertScore],
                    tokens: TokenLimits) -> list[Candidate]:
-        quality = _quality(scores, pool.router)
+        quality = _quality(scores, pool.calibrated)
         cands = []
         for s in scores:
             spec = pool.experts[s.name]
-            cost = self.cost(spec, _prompt_tokens(spec, text), output_tokens(spec, tokens.expert_max_tokens))
+            output = traits(spec.base).output_tokens(tokens.expert_max_tokens)
+            cost = self.cost(spec, _prompt_tokens(spec, text), output)
             cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, slot(spec)))
         # the solver keeps the first of equally good subsets: offer the cheaper expert first
         return sorted(cands, key=lambda c: (-c.quality, c.latency_s, c.energy_j, c.name))
@@ -227,12 +204,12 @@ class BudgetPlanner:
 
 
 def _computed_here(spec: ExpertSpec) -> bool:
-    return device_name(spec) == LOCAL_DEVICE and spec.base.kind in COMPUTED_HERE
+    return device_name(spec) == LOCAL_DEVICE and traits(spec.base).computes_here
 
 
-def _quality(scores: Sequence[ExpertScore], router: str) -> dict[str, float]:
+def _quality(scores: Sequence[ExpertScore], calibrated: bool) -> dict[str, float]:
     """The k-NN router's suitability is a calibrated P(correct); Symbolic-MoE's weights are not."""
-    if router == "knn":
+    if calibrated:
         return {s.name: min(max(s.suitability, 0.0), 1.0) for s in scores}
     return quality_from_weights(scores)
 

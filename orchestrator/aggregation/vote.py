@@ -8,28 +8,20 @@ are the optimal weighted majority for independent voters (Nitzan & Paroush 1982)
 right with probability p among m options outvotes two experts at p' exactly when its evidence
 ratio p(m−1)/(1−p) exceeds theirs combined. An expert that gave no choice casts no vote.
 
-Which option an expert picked says something too: small models lean on some letters (position
-bias), so a vote for a letter the expert picks often and wrongly is worth less than a vote for
-one it picks rarely and rightly. `AnswerReliability` measures this on the profiling answers —
-the expert's accuracy when it picked letter c, shrunk towards its overall accuracy — and moves
-the vote's log-odds by logit(acc_i|c) − logit(acc_i) (a one-coin Dawid–Skene correction).
-The shrinkage is fitted on the profiling answers alone by leave-one-out log-loss. On the
-MMLU-Pro replay corpus it added ~0.5–0.8 points to the open ≤13B pool at k=3 (seeds 0–2).
+A vote may be corrected by the expert's per-letter reliability (`reliability.AnswerReliability`).
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from orchestrator.routing.recruit import ExpertScore
+from orchestrator.aggregation.reliability import P_CLIP, AnswerReliability
+from orchestrator.domain import ExpertScore
+from skills.grading import LETTERS, extract_choice
 
 DEFAULT_OPTIONS = 10  # MMLU-Pro; the options count only shifts every log-odds weight alike
-_P_CLIP = 1e-3
 _MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
 
 
@@ -47,58 +39,8 @@ class VoteResult:
 
 def log_odds_weight(p: float, n_options: int = DEFAULT_OPTIONS) -> float:
     """log(p·(m−1)/(1−p)): zero at chance (p = 1/m), floored just above zero below it."""
-    p = min(max(p, _P_CLIP), 1.0 - _P_CLIP)
+    p = min(max(p, P_CLIP), 1.0 - P_CLIP)
     return max(math.log(p * (max(n_options, 2) - 1) / (1.0 - p)), _MIN_WEIGHT)
-
-
-SMOOTHING_GRID = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, _P_CLIP), 1.0 - _P_CLIP)
-    return math.log(p / (1.0 - p))
-
-
-class AnswerReliability:
-    """Per (expert, letter) log-odds offsets from the profiling answers (see module doc)."""
-
-    def __init__(self, correct: Mapping[str, np.ndarray], choices: Mapping[str, Sequence[str | None]]):
-        cells = {n: _letter_cells(correct[n], choices[n]) for n in correct if n in choices}
-        overall = {n: float(np.mean(correct[n])) if len(correct[n]) else 0.0 for n in cells}
-        self.smoothing = _fit_smoothing(cells, overall)
-        self._offsets = {
-            (n, c): _logit((hits + self.smoothing * overall[n]) / (total + self.smoothing)) - _logit(overall[n])
-            for n, by_letter in cells.items()
-            for c, (hits, total) in by_letter.items()
-        }
-
-    def offset(self, expert: str, choice: str) -> float:
-        return self._offsets.get((expert, choice), 0.0)
-
-
-def _letter_cells(marks: np.ndarray, choices: Sequence[str | None]) -> dict[str, tuple[int, int]]:
-    """letter → (times right, times picked)."""
-    cells: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ok, c in zip(np.asarray(marks, dtype=bool).tolist(), choices, strict=True):
-        if c is not None:
-            cells[c][0] += int(ok)
-            cells[c][1] += 1
-    return {c: (hits, total) for c, (hits, total) in cells.items()}
-
-
-def _fit_smoothing(cells: Mapping[str, Mapping[str, tuple[int, int]]], overall: Mapping[str, float]) -> float:
-    """The shrinkage with the lowest leave-one-out log-loss of acc_i|c over every profiling answer."""
-
-    def loss(s: float) -> float:
-        total = 0.0
-        for n, by_letter in cells.items():
-            for hits, picked in by_letter.values():
-                right = (hits - 1 + s * overall[n]) / (picked - 1 + s)  # each answer left out of its cell
-                wrong = (hits + s * overall[n]) / (picked - 1 + s)
-                total -= hits * math.log(max(right, _P_CLIP)) + (picked - hits) * math.log(max(1 - wrong, _P_CLIP))
-        return total
-
-    return min(SMOOTHING_GRID, key=loss)
 
 
 def weighted_vote(
@@ -134,3 +76,11 @@ def vote_by_scores(
 ) -> VoteResult:
     """Weighted vote with the router's per-query weights (what the service aggregates with)."""
     return weighted_vote(answers, {s.name: s.weight for s in scores}, reliability)
+
+
+def vote_answer(
+    answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore], reliability: AnswerReliability | None = None
+) -> VoteResult:
+    """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any."""
+    letters = [(expert, extract_choice(text, len(LETTERS))) for expert, text in answers]
+    return vote_by_scores(letters, scores, reliability)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from experts.types import ExpertSpec
-from orchestrator.aggregation import aggregation_prompt
-from orchestrator.pool import AGGREGATOR_KEY
-from orchestrator.pool_config import PoolConfig, ValidationSource
-from orchestrator.routing.replay_pool import profiling_split
+from orchestrator.aggregation.prompt import aggregation_prompt
+from orchestrator.pools.loader import profiling_split
+from orchestrator.pools.schema import PoolConfig, ValidationSource
 from orchestrator.scheduling.executor import execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.db import Database
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository

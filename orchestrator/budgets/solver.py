@@ -4,12 +4,12 @@ MoE^2 (Jin et al. 2025, arXiv 2501.09410): experts run in parallel on their devi
 subset's latency is the slowest member's (transfer + prefill + decode) plus the aggregation
 step, and its energy is the members' sum plus aggregation. Candidates that name the same
 `device` share it and run one after another, so their latencies add there: the latency is the
-busiest device's total (`budget_limits`; on the embedded pool, where every expert runs on this
+busiest device's total (`_limits`; on the embedded pool, where every expert runs on this
 machine's CPU, that is the plain sum, which is what a wall clock measures). `solve` finds the exact optimum of
 
     max Q(S)  s.t.  latency(S) <= L,  energy(S) <= E,  1 <= |S| <= k_max
 
-by branch and bound over boxes of {0,1}^N (`budget_search`, whose docstring says why the
+by branch and bound over boxes of {0,1}^N (`_search`, whose docstring says why the
 answer is exact). `brute_force` enumerates every subset; the tests and `bench/budgets.py`
 hold the two equal.
 
@@ -34,29 +34,33 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from experts.devices import DeviceProfile, Placement, estimate_cost
-from orchestrator.routing.budget_limits import (
-    Groups,
-    Limits,
-    device_groups,
-    limits_feasible,
-    members_latency,
+from orchestrator.budgets._limits import Groups, Limits, device_groups, limits_feasible, members_latency
+from orchestrator.budgets._quality import (
+    QualityName,
+    QualitySpec,
+    monotone,
+    noisy_or,
+    noisy_or_profile,
+    quality_from_weights,
+    quality_model,
+    weighted_vote,
+    weighted_vote_profile,
 )
-from orchestrator.routing.budget_search import BoxSearch, QualityModel
-from orchestrator.routing.recruit import ExpertScore
+from orchestrator.budgets._search import BoxSearch, QualityModel
+from orchestrator.domain import ExpertScore, QueryError
 
 __all__ = [
     "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
     "QualityModel", "QualityName", "QualitySpec", "brute_force", "candidates_from_scores",
-    "monotone", "noisy_or", "quality_from_weights", "solve", "subset_cost", "weighted_vote",
+    "monotone", "noisy_or", "noisy_or_profile", "quality_from_weights", "solve", "subset_cost", "weighted_vote",
+    "weighted_vote_profile",
 ]
 
-QualityName = Literal["noisy_or", "weighted_vote"]
-QualitySpec = QualityName | QualityModel | Callable[[Sequence[int]], float]
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class CheapOption:
     energy_j: float
 
 
-class InfeasibleBudget(ValueError):
+class InfeasibleBudget(QueryError, ValueError):
     """No single expert fits the budget; names the fastest and the least-energy expert."""
 
     def __init__(self, budget: Budget, fastest: CheapOption, least_energy: CheapOption):
@@ -178,71 +182,6 @@ class BudgetDecision:
     energy_j: float
     nodes: int
     method: str = "branch_and_bound"
-
-
-# ---------------------------------------------------------------- quality functions
-
-
-def _log_gain(qs: Sequence[float]) -> tuple[float, ...]:
-    return tuple(math.inf if q >= 1.0 else -math.log1p(-q) for q in qs)
-
-
-def noisy_or(qs: Sequence[float]) -> QualityModel:
-    """Q(S) = 1 - Π_{i in S} (1 - q_i): some member is right (independent errors)."""
-    return _ranked(tuple(qs), noisy_or_profile)
-
-
-def noisy_or_profile(p: Sequence[float]) -> float:
-    return 1.0 - math.prod(1.0 - x for x in p)
-
-
-def weighted_vote(qs: Sequence[float]) -> QualityModel:
-    """Bayes-weighted vote over open answers: P(>= 2 right) + P(only the most reliable right)."""
-    # Q <= noisy-or (nobody right -> the vote is wrong), so the noisy-or envelope bounds it.
-    return _ranked(tuple(qs), weighted_vote_profile)
-
-
-def weighted_vote_profile(p: Sequence[float]) -> float:
-    if not p:
-        return 0.0
-    none, one = _none_and_exactly_one(p)
-    star = max(range(len(p)), key=p.__getitem__)
-    only_star = p[star] * math.prod(1.0 - x for k, x in enumerate(p) if k != star)
-    return max(0.0, 1.0 - none - one + only_star)
-
-
-def _ranked(qs: tuple[float, ...], profile: Callable[[Sequence[float]], float]) -> QualityModel:
-    def value(members: Sequence[int]) -> float:
-        return profile([qs[i] for i in members])
-
-    return QualityModel(value, profile=profile, qualities=qs, log_gain=_log_gain(qs))
-
-
-def _none_and_exactly_one(p: Sequence[float]) -> tuple[float, float]:
-    """P(no member right) and P(exactly one right), by a two-state recursion (no division)."""
-    none, one = 1.0, 0.0
-    for x in p:
-        none, one = none * (1.0 - x), one * (1.0 - x) + none * x
-    return none, one
-
-
-def monotone(fn: Callable[[Sequence[int]], float], submodular: bool = False) -> QualityModel:
-    """Wrap any monotone set function over candidate indices (distinct, any order). The bound
-    is Q of the upper corner; declare `submodular` (diminishing gains) for a much tighter one."""
-    return QualityModel(fn, submodular=submodular)
-
-
-def _model(quality: QualitySpec, candidates: Sequence[Candidate]) -> QualityModel:
-    qs = [c.quality for c in candidates]
-    if isinstance(quality, QualityModel):
-        return quality
-    if quality == "noisy_or":
-        return noisy_or(qs)
-    if quality == "weighted_vote":
-        return weighted_vote(qs)
-    if callable(quality):
-        return monotone(quality)
-    raise ValueError(f"unknown quality function {quality!r}")
 
 
 # ---------------------------------------------------------------- solving
@@ -307,7 +246,7 @@ def solve(
     """The exact best subset; raises InfeasibleBudget when no single expert fits."""
     _check(candidates)
     agg = aggregation or AggregationCost()
-    lim, model = _limits(budget, agg, len(candidates)), _model(quality, candidates)
+    lim, model = _limits(budget, agg, len(candidates)), quality_model(quality, [c.quality for c in candidates])
     lat = [c.latency_s for c in candidates]
     en = [c.energy_j for c in candidates]
     singles = [i for i in range(len(candidates)) if limits_feasible((i,), lat, en, lim)]
@@ -360,7 +299,7 @@ def brute_force(
     """Reference: score every feasible subset of size 1..k_max (exponential; tests only)."""
     _check(candidates)
     agg = aggregation or AggregationCost()
-    lim, model = _limits(budget, agg, len(candidates)), _model(quality, candidates)
+    lim, model = _limits(budget, agg, len(candidates)), quality_model(quality, [c.quality for c in candidates])
     lat = [c.latency_s for c in candidates]
     en = [c.energy_j for c in candidates]
     groups = _groups(candidates)
@@ -379,14 +318,6 @@ def brute_force(
 
 
 # ---------------------------------------------------------------- from the router
-
-
-def quality_from_weights(scores: Sequence[ExpertScore], q_max: float = 0.9) -> dict[str, float]:
-    """Heuristic q_i = q_max · w_i / max w (until per-skill accuracy is calibrated)."""
-    top = max((s.weight for s in scores), default=0.0)
-    if top <= 0:
-        return {s.name: 0.0 for s in scores}
-    return {s.name: q_max * max(s.weight, 0.0) / top for s in scores}
 
 
 def candidates_from_scores(

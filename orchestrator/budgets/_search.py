@@ -7,7 +7,7 @@ Q(S) subject to
     energy(S)  = sum_{i in S} e_i + aggE(|S|) <= E,      1 <= |S| <= k_max,
 
 with aggL, aggE non-decreasing in |S| (zero for a single expert). Where experts share a device
-the max is over devices of the latencies each device adds up (`budget_limits`); everything
+the max is over devices of the latencies each device adds up (`_limits`); everything
 below holds for both, and the reduction then caps a free j by the time its device has left. Every constraint is
 non-decreasing under inclusion, so the feasible family is *down-closed*: a subset of a
 feasible set is feasible (as long as it is non-empty).
@@ -53,7 +53,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.routing.budget_limits import Groups, Limits, device_loads, limits_feasible, members_latency
+from orchestrator.budgets._limits import Groups, Limits, device_loads, limits_feasible, members_latency
 
 __all__ = ["BoxSearch", "Limits", "QualityModel", "limits_feasible"]
 

@@ -1,18 +1,15 @@
 """The hooks the worker, batching window, pipeline and query service call as they work.
 
-`Probe` does nothing; `Metrics` overrides it. Components hold a probe as a class attribute
-defaulting to `NULL_PROBE`, so they run uninstrumented (benches, the CLI, the worker actor)
-until `observability.instrument` gives them the app's metrics. This module imports nothing
-from the service, so the scheduling and pipeline modules can import it without a cycle.
+`Probe` does nothing; `observability.metrics.Metrics` overrides it. Each component is given its
+probe when it is built (the container hands every part the app's metrics), defaulting to
+`NULL_PROBE`, so benches, the CLI and the worker actor run uninstrumented.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from orchestrator.pipeline import Decision, Outcome
+from orchestrator.domain import Decision, Outcome
 
 
 class Probe:

@@ -8,22 +8,24 @@ import pytest
 
 from experts.devices import estimate_cost, load_devices
 from experts.replay import ReplayBackend
-from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, Generation
-from orchestrator.routing.budget_plan import (
+from experts.traits import traits
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from orchestrator.budgets.planner import (
     TEMPLATE_TOKENS,
     BudgetPlanner,
     PoolView,
-    QueryBudget,
     TokenLimits,
     device_name,
     device_table,
     expert_params_b,
-    output_tokens,
+    measured,
     slot,
     text_tokens,
 )
-from orchestrator.routing.budgets import InfeasibleBudget
-from orchestrator.routing.recruit import ExpertScore
+from orchestrator.budgets.solver import InfeasibleBudget
+from orchestrator.domain import Answer, ExpertScore, QueryBudget
+from orchestrator.routing.recruit import score as expert_score
+from orchestrator.settings import Settings
 
 TOKENS = TokenLimits(expert_max_tokens=64, aggregator_max_tokens=32)
 
@@ -35,7 +37,7 @@ def spec(name: str, source: str, device: str = "local-cpu", params_b: float | No
 
 
 def score(name: str, p: float) -> ExpertScore:
-    return ExpertScore(name, p, 0.5, p)
+    return expert_score(name, p, 0.5, p)
 
 
 def test_an_expert_defaults_to_the_local_cpu_and_reads_its_size_from_the_model_name() -> None:
@@ -55,15 +57,15 @@ def test_a_replay_expert_runs_on_servers_of_its_own_and_is_costed_like_its_repli
     big, small = replay("big", "Llama-2-70b-hf"), replay("small", "Mistral-7B-v0.1")
     assert (slot(big), slot(small)) == ("h100-server#big", "h100-server#small")  # in parallel
     planner = BudgetPlanner()
-    predicted = planner.cost(big, 100, output_tokens(big, 24))
+    predicted = planner.cost(big, 100, traits(big.base).output_tokens(24))
     backend = ReplayBackend("/rec", "Llama-2-70b-hf")
-    assert output_tokens(big, 24) == backend.cot_tokens
+    assert traits(big.base).output_tokens(24) == backend.cot_tokens
     assert predicted == backend.estimate(100)  # tensor-parallel over the H100s its weights need
 
 
 def test_experts_sharing_the_cpu_add_their_latencies_and_the_aggregator_follows() -> None:
     experts = {n: spec(n, "/m.gguf", params_b=p) for n, p in (("a", 0.5), ("b", 0.5), ("c", 0.135))}
-    pool = PoolView(experts, "a", "knn")
+    pool = PoolView(experts, "a", calibrated=True)
     planner = BudgetPlanner()
     cands = {c.name: c for c in planner.candidates(pool, "What is 2+2?", [score(n, 0.6) for n in experts], TOKENS)}
     plan = planner.plan(pool, "What is 2+2?", [score(n, 0.6) for n in experts], QueryBudget(), 3, TOKENS)
@@ -81,16 +83,16 @@ def cands_prompt(s: ExpertSpec) -> int:
 
 def test_knn_suitability_is_the_quality_and_a_symbolic_weight_is_scaled() -> None:
     experts = {"a": spec("a", "/m.gguf", params_b=0.5), "b": spec("b", "/m.gguf", params_b=0.5)}
-    scores = [ExpertScore("a", 0.7, 0.5, 4.0), ExpertScore("b", 0.4, 0.5, 1.0)]
-    knn = BudgetPlanner().candidates(PoolView(experts, None, "knn"), "q", scores, TOKENS)
+    scores = [expert_score("a", 0.7, 0.5, 4.0), expert_score("b", 0.4, 0.5, 1.0)]
+    knn = BudgetPlanner().candidates(PoolView(experts, None, calibrated=True), "q", scores, TOKENS)
     assert {c.name: c.quality for c in knn} == {"a": 0.7, "b": 0.4}
-    symbolic = BudgetPlanner().candidates(PoolView(experts, None, "symbolic"), "q", scores, TOKENS)
+    symbolic = BudgetPlanner().candidates(PoolView(experts, None, calibrated=False), "q", scores, TOKENS)
     assert {c.name: c.quality for c in symbolic} == {"a": pytest.approx(0.9), "b": pytest.approx(0.225)}
 
 
 def test_equally_good_experts_go_cheapest_first() -> None:
     experts = {"big": spec("big", "/m.gguf", params_b=1.5), "small": spec("small", "/m.gguf", params_b=0.135)}
-    plan = BudgetPlanner().plan(PoolView(experts, None, "knn"), "q", [score("big", 0.5), score("small", 0.5)],
+    plan = BudgetPlanner().plan(PoolView(experts, None, True), "q", [score("big", 0.5), score("small", 0.5)],
                                 QueryBudget(), 1, TOKENS)
     assert plan.chosen == ("small",)
 
@@ -99,7 +101,7 @@ def test_a_tight_budget_picks_fewer_and_an_impossible_one_names_the_fastest() ->
     experts = {"edge": spec("edge", "/e-7b.gguf", "jetson-agx-orin"), "cpu": spec("cpu", "/c.gguf", params_b=0.135),
                "server": spec("server", "/s-70b.gguf", "h100-server")}
     scores = [score("server", 0.8), score("edge", 0.6), score("cpu", 0.3)]
-    pool, planner = PoolView(experts, "server", "knn"), BudgetPlanner()
+    pool, planner = PoolView(experts, "server", calibrated=True), BudgetPlanner()
     cands = {c.name: c for c in planner.candidates(pool, "q", scores, TOKENS)}
     loose = planner.plan(pool, "q", scores, QueryBudget(latency_s=1e4), 3, TOKENS)
     tight_s = min(c.latency_s for c in cands.values()) * 1.01
@@ -113,25 +115,26 @@ def test_a_tight_budget_picks_fewer_and_an_impossible_one_names_the_fastest() ->
 
 def test_record_shows_budget_choice_prediction_and_measured_energy_basis() -> None:
     experts = {"a": spec("a", "/m.gguf", params_b=0.5)}
-    plan = BudgetPlanner().plan(PoolView(experts, None, "knn"), "q", [score("a", 0.5)],
-                                QueryBudget(latency_s=1e3, from_key=("latency_ms",)), 2, TOKENS)
-    rec = plan.record(stages_s=2.0)
-    assert (rec["latency_ms"], rec["energy_j"], rec["k_max"], rec["from_key"]) == (1e6, None, 2, ["latency_ms"])
-    assert rec["chosen"] == ["a"] and rec["predicted_latency_s"] == plan.decision.latency_s
-    assert rec["measured_energy_j"] == pytest.approx(2.0 * load_devices()["local-cpu"].power_w)
-    assert "measured_latency_s" not in plan.record()
+    planner = BudgetPlanner()
+    plan = planner.plan(PoolView(experts, None, True), "q", [score("a", 0.5)],
+                        QueryBudget(latency_s=1e3, from_key=("latency_ms",)), 2, TOKENS)
+    rec = measured(plan.record(), 2.0, planner.power_w)
+    assert (rec.latency_ms, rec.energy_j, rec.k_max, rec.from_key) == (1e6, None, 2, ["latency_ms"])
+    assert rec.chosen == ["a"] and rec.predicted_latency_s == plan.decision.latency_s
+    assert rec.measured_latency_s == 2.0
+    assert rec.measured_energy_j == pytest.approx(2.0 * load_devices()["local-cpu"].power_w)
+    assert plan.record().measured_latency_s is None
 
 
-def test_a_devices_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_devices_file_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "devices.yaml"
     path.write_text("devices:\n  - {name: local-cpu, tier: local, tokens_per_s_at_1b: 5, "
                     "prefill_tokens_per_s_at_1b: 50, power_w: 3, memory_gb: 4, transfer_latency_ms: 0}\n")
     monkeypatch.setenv("SKILLROUTE_DEVICES_FILE", str(path))
-    device_table.cache_clear()
-    try:
-        assert BudgetPlanner().devices["local-cpu"].power_w == 3
-    finally:
-        device_table.cache_clear()
+    settings = Settings()
+    assert settings.budgets.devices_file == str(path)
+    assert BudgetPlanner(device_table(settings.budgets.devices_file)).devices["local-cpu"].power_w == 3
+    assert BudgetPlanner().devices["local-cpu"].power_w != 3  # the packaged file, unless told
 
 
 def test_replies_computed_here_teach_the_local_slowdown_and_mock_ones_do_not() -> None:
@@ -139,11 +142,11 @@ def test_replies_computed_here_teach_the_local_slowdown_and_mock_ones_do_not() -
     fake = ExpertSpec(name="fake", base=BaseModelSpec(kind="mock", source="m"))
     planner = BudgetPlanner()
     before = planner.cost(real, 40, 24).latency_s
-    instant = Generation(request_id="x", text="", prompt_tokens=40, completion_tokens=24, latency_s=0.0)
-    planner.observe({"fake": fake}, [("fake", instant)] * 5)
+    instant = Answer(expert="fake", role="expert", text="", prompt_tokens=40, completion_tokens=24, latency_s=0.0)
+    planner.observe({"fake": fake}, [instant] * 5)
     assert planner.slowdown.factor() is None and planner.cost(real, 40, 24).latency_s == before
-    slow = instant.model_copy(update={"latency_s": 4 * before})
-    planner.observe({"real": real}, [("real", slow)] * 5)
+    slow = instant.model_copy(update={"expert": "real", "latency_s": 4 * before})
+    planner.observe({"real": real}, [slow] * 5)
     assert planner.cost(real, 40, 24).latency_s == pytest.approx(4 * before)
-    plan = planner.plan(PoolView({"real": real}, None, "knn"), "q", [score("real", 0.5)], QueryBudget(), 1, TOKENS)
-    assert plan.record()["local_slowdown"] == pytest.approx(4.0)
+    plan = planner.plan(PoolView({"real": real}, None, True), "q", [score("real", 0.5)], QueryBudget(), 1, TOKENS)
+    assert plan.record().local_slowdown == pytest.approx(4.0)

@@ -1,19 +1,16 @@
-"""The routable pool: ready experts, the router built from their profiles, the aggregator.
-
-A `PoolSnapshot` is immutable; the service swaps in a new one when profiling finishes, so a
-query in flight always sees one consistent pool and a new expert joins without a restart.
-"""
+"""The live pool: the current `PoolSnapshot`, rebuilt from the store when profiles change."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from experts.types import ExpertSpec
-from orchestrator.routing.router import Router, RoutingEvidence, SymbolicRouter
+from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.router import build_router
+from orchestrator.routing.snapshot import PoolSnapshot
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -24,15 +21,6 @@ from skills.grading import extract_choice
 from skills.vocabulary import SkillVocabulary
 
 AGGREGATOR_KEY = "aggregator"
-
-
-@dataclass(frozen=True)
-class PoolSnapshot:
-    experts: dict[str, ExpertSpec]
-    router: Router
-    vocabulary: SkillVocabulary
-    aggregator: str | None
-    competence: dict[str, float] = field(default_factory=dict)
 
 
 def load_evidence(
@@ -67,19 +55,6 @@ def _answer_records(
         if questions[i].payload.get("kind", "choice") == "choice" and options:
             choices[name][i] = extract_choice(a.text, len(options))
     return correct, choices
-
-
-def build_router(evidence: RoutingEvidence, name: str = "symbolic") -> Router:
-    """`knn` (question-level neighbours, bench/routing_quality.py) needs per-question records;
-    a pool profiled without them falls back to the published Symbolic-MoE scorer."""
-    if name == "knn":
-        from orchestrator.routing.knn_router import EvidenceError, KnnRouter
-
-        try:
-            return KnnRouter(evidence)
-        except EvidenceError:
-            return SymbolicRouter(evidence)
-    return SymbolicRouter(evidence)
 
 
 class PoolState:

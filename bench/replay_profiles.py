@@ -1,85 +1,33 @@
-"""A pool of replay experts from a recording folder, and its routing evidence.
+"""Replay-corpus helpers the benchmarks share (not a script): which models are small and open,
+what routing embeds for a question, and a replay pool's routing evidence read straight from the
+recording.
 
-Every model column of the folder's `predictions.csv.gz` becomes one expert, so a model added to
-the folder later joins the pool, is profiled from its recorded answers on the profiling split and
-can be recruited, with no code change. Profiling a replay expert needs no generation: its graded
-answers are in the recording, so `replay_evidence` reads them directly (the same marks the
-service's generic profiling run gets by asking each `ReplayBackend`, as a test checks).
+Profiling a replay expert needs no generation: its graded answers are in the recording, so
+`replay_evidence` reads them directly (the same marks the service's profiling run gets by asking
+each `ReplayBackend`, as tests/bench/test_replay_profiles.py checks).
 """
 
 from __future__ import annotations
 
-import random
-import re
-from collections import defaultdict
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from experts.backend import ModelSourceError
-from experts.cost_model import parse_model_size
-from experts.replay import RecordedQuestion, Recording, load_recording
-from experts.types import BaseModelSpec, ExpertSpec
-from orchestrator.pool_config import (
-    AggregatorConfig,
-    GenerationBudget,
-    MMLUProSource,
-    PoolConfig,
-    PoolConfigError,
-    ValidationConfig,
-)
-from orchestrator.routing.router import RoutingEvidence
-from skills.datasets import LabelledQuestion, format_prompt
-from skills.embedder import Embedder
-from skills.profiling import build_profile
-from skills.vocabulary import SEED_SKILLS, SkillVocabulary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+
+from experts.cost_model import parse_model_size  # noqa: E402
+from experts.replay import RecordedQuestion, Recording, load_recording  # noqa: E402
+from orchestrator.pools.loader import expert_name  # noqa: E402
+from orchestrator.routing.router import RoutingEvidence  # noqa: E402
+from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
+from skills.embedder import Embedder  # noqa: E402
+from skills.profiling import build_profile  # noqa: E402
+from skills.vocabulary import SEED_SKILLS, SkillVocabulary  # noqa: E402
 
 OPEN_SMALL_MAX_PARAMS = 13e9
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")
-
-
-def expert_name(model: str) -> str:
-    """A valid expert name for a recorded model column (ExpertSpec allows [A-Za-z0-9_.-], 64)."""
-    name = _NAME_BAD.sub("-", model.strip()).strip("-_.")[:64]
-    return name or "model"
-
-
-def replay_pool(folder: str | Path, models: Sequence[str] | None = None) -> list[ExpertSpec]:
-    """One replay expert per recorded model (all columns, or the named ones, in folder order)."""
-    recording = load_recording(folder)
-    wanted = list(models) if models is not None else recording.models
-    if missing := [m for m in wanted if not recording.has_model(m)]:
-        raise ValueError(f"models not recorded in {recording.folder}: {', '.join(missing)}")
-    source = str(recording.folder)
-    return [ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m)) for m in wanted]
-
-
-def replay_pool_config(folder: str | Path, test_size: float = 0.5, seed: int = 0) -> PoolConfig:
-    """The pool `skillroute serve --pool replay:FOLDER` runs: every recorded model, profiled from
-    its recorded answers on the same seeded profiling split the routing benchmark uses, routed
-    by the k-NN router and aggregated by weighted voting (no replay expert can read answers)."""
-    try:
-        experts = replay_pool(folder)
-    except ModelSourceError as exc:
-        raise PoolConfigError(f"invalid replay pool {folder}: {exc}") from exc
-    path = str(load_recording(folder).folder)
-    source = MMLUProSource(path=path, split="profiling", test_size=test_size, split_seed=seed)
-    return PoolConfig(
-        name=f"replay:{path}",
-        validation=ValidationConfig(sources=[source], seed=seed),
-        generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8),
-        aggregator=AggregatorConfig(mode="vote"),
-        router="knn",
-        experts=experts,
-    )
-
-
-def profiling_split(folder: str | Path, split: str, test_size: float, seed: int) -> set[str]:
-    """The question ids of one part of `split_questions`."""
-    profiling, test = split_questions(load_recording(folder), test_size, seed)
-    return set(profiling if split == "profiling" else test)
 
 
 def is_open_small(model: str, max_params: float = OPEN_SMALL_MAX_PARAMS) -> bool:
@@ -87,29 +35,6 @@ def is_open_small(model: str, max_params: float = OPEN_SMALL_MAX_PARAMS) -> bool
     what fits on one modest GPU. Mixtral-8x7B (46.7B total, 12.9B active) is not small."""
     size = parse_model_size(model)
     return size.source != "estimate" and size.total_params <= max_params
-
-
-def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[list[str], list[str]]:
-    """Profiling and test question ids, stratified by category and drawn by `seed`.
-
-    Only questions recorded for every model take part, so each method is scored on the same set.
-    """
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test size must be a fraction in (0, 1), got {test_size}")
-    by_category: dict[str, list[str]] = defaultdict(list)
-    for qid, q in recording.questions.items():
-        if all(recording.recorded(m, qid) for m in recording.models):
-            by_category[q.category].append(qid)
-    rng = random.Random(seed)
-    profiling: list[str] = []
-    test: list[str] = []
-    for category in sorted(by_category):
-        ids = by_category[category]
-        rng.shuffle(ids)
-        n_test = round(len(ids) * test_size)
-        test += ids[:n_test]
-        profiling += ids[n_test:]
-    return profiling, test
 
 
 def question_prompt(q: RecordedQuestion) -> str:
@@ -133,6 +58,7 @@ def correct_marks(recording: Recording, models: Sequence[str], question_ids: Seq
         expert_name(m): np.array([recording.answer(m, q) == g for q, g in zip(question_ids, gold, strict=True)])
         for m in models
     }
+
 
 
 @dataclass

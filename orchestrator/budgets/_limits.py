@@ -10,7 +10,7 @@ so their latencies add. In general the latency is the busiest device's total,
 which is the MoE^2 max when no two members share a device and the plain sum when all do.
 Candidates carry a device *group*; `None` groups mean "no two share a device" (the fast path).
 The sum per device is still non-decreasing under inclusion, so the feasible family stays
-down-closed and the branch and bound stays exact (`budget_search`).
+down-closed and the branch and bound stays exact (`_search`).
 """
 
 from __future__ import annotations

@@ -11,15 +11,16 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from experts.devices import Placement, load_devices
-from orchestrator.routing.budget_search import BoxSearch, limits_feasible
-from orchestrator.routing.budgets import (
+from orchestrator.budgets._limits import limits_feasible
+from orchestrator.budgets._quality import quality_model
+from orchestrator.budgets._search import BoxSearch
+from orchestrator.budgets.solver import (
     AggregationCost,
     Budget,
     Candidate,
     InfeasibleBudget,
     QualityModel,
     _limits,
-    _model,
     brute_force,
     candidates_from_scores,
     monotone,
@@ -29,7 +30,7 @@ from orchestrator.routing.budgets import (
     subset_cost,
     weighted_vote,
 )
-from orchestrator.routing.recruit import ExpertScore
+from orchestrator.routing.recruit import score as expert_score
 
 Instance = tuple[list[Candidate], Budget, AggregationCost]
 
@@ -246,7 +247,7 @@ def test_candidates_from_router_scores_and_placement() -> None:
     devices = load_devices()
     placement = Placement(devices={"small": "local-cpu", "big": "h100-server"},
                           params_b={"small": 0.5, "big": 70.0})
-    scores = [ExpertScore("big", 3.0, 1.0, 3.0), ExpertScore("small", 1.0, 1.0, 1.5)]
+    scores = [expert_score("big", 3.0, 1.0, 3.0), expert_score("small", 1.0, 1.0, 1.5)]
     q = quality_from_weights(scores)
     assert q == {"big": pytest.approx(0.9), "small": pytest.approx(0.45)}
     cands = candidates_from_scores(scores, placement, devices, prompt_tokens=200,
@@ -275,7 +276,7 @@ def test_every_box_bound_is_at_least_the_box_optimum(quality: str) -> None:
     for _ in range(300):
         n = rng.randint(2, 9)
         cands, budget, agg = random_instance(rng, n)
-        model = _model(quality_for(quality, cands, rng), cands)  # type: ignore[arg-type]
+        model = quality_model(quality_for(quality, cands, rng), [c.quality for c in cands])  # type: ignore[arg-type]
         lim = _limits(budget, agg, n)
         lat, en = [c.latency_s for c in cands], [c.energy_j for c in cands]
         lo = tuple(i for i in range(n) if rng.random() < 0.2)

@@ -1,0 +1,28 @@
+"""What the backends are told by whoever builds them: paths, threads, credentials.
+
+experts/ reads no environment: the service's settings (`orchestrator.settings`) fill one of
+these and hand it to `experts.factory.make_backend`; a script or test builds its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "skillroute"
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    data_dir: Path = DEFAULT_DATA_DIR  # assembled GGUFs under models/, exported HF folders under hf/
+    llama_threads: int | None = None  # None: every core this process may use
+    vllm_python: str | None = None  # None: the repository's .venv-vllm, else this interpreter
+    openai_api_key: str | None = None  # sent to OpenAI-compatible servers; None: no key
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir.expanduser() / "models"
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.data_dir.expanduser() / "hf"

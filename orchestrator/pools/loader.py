@@ -1,0 +1,110 @@
+"""Loads a pool: a YAML file, or `replay:FOLDER` (every model recorded in a replay folder).
+
+A replay source makes every model column of the folder's `predictions.csv.gz` one expert, so a
+model added to the folder later joins the pool, is profiled from its recorded answers on the
+profiling split and can be recruited, with no code change. The split is the one
+`bench/routing_quality.py` uses, so the service and the benchmark profile on the same questions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from experts.backend import ModelSourceError
+from experts.replay import Recording, load_recording
+from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.pools.schema import AggregatorConfig, GenerationBudget, MMLUProSource, PoolConfig, ValidationConfig
+
+REPLAY_PREFIX = "replay:"
+
+
+class PoolConfigError(ValueError):
+    pass
+
+
+def load_pool_config(path: str | Path) -> PoolConfig:
+    """The pool a file or a `replay:` source describes; a bad one names the file and the field."""
+    if str(path).startswith(REPLAY_PREFIX):
+        try:
+            return replay_pool_config(str(path)[len(REPLAY_PREFIX):])
+        except (ValueError, ModelSourceError) as exc:
+            raise PoolConfigError(f"invalid replay pool {path}: {exc}") from exc
+    p = Path(path)
+    if not p.is_file():
+        raise PoolConfigError(f"pool file not found: {p}")
+    try:
+        return PoolConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise PoolConfigError(f"invalid pool file {p}: {exc}") from exc
+
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def expert_name(model: str) -> str:
+    """A valid expert name for a recorded model column (ExpertSpec allows [A-Za-z0-9_.-], 64)."""
+    name = _NAME_BAD.sub("-", model.strip()).strip("-_.")[:64]
+    return name or "model"
+
+
+def replay_pool(folder: str | Path, models: Sequence[str] | None = None) -> list[ExpertSpec]:
+    """One replay expert per recorded model (all columns, or the named ones, in folder order)."""
+    recording = load_recording(folder)
+    wanted = list(models) if models is not None else recording.models
+    if missing := [m for m in wanted if not recording.has_model(m)]:
+        raise ValueError(f"models not recorded in {recording.folder}: {', '.join(missing)}")
+    source = str(recording.folder)
+    return [ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m)) for m in wanted]
+
+
+def replay_pool_config(folder: str | Path, test_size: float = 0.5, seed: int = 0) -> PoolConfig:
+    """The pool `skillroute serve --pool replay:FOLDER` runs: every recorded model, profiled from
+    its recorded answers on the same seeded profiling split the routing benchmark uses, routed
+    by the k-NN router and aggregated by weighted voting (no replay expert can read answers)."""
+    experts = replay_pool(folder)
+    path = str(load_recording(folder).folder)
+    source = MMLUProSource(path=path, split="profiling", test_size=test_size, split_seed=seed)
+    return PoolConfig(
+        name=f"replay:{path}",
+        validation=ValidationConfig(sources=[source], seed=seed),
+        generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8),
+        aggregator=AggregatorConfig(mode="vote"),
+        router="knn",
+        experts=experts,
+    )
+
+
+def profiling_split(folder: str | Path, split: str, test_size: float, seed: int) -> set[str]:
+    """The question ids of one part of `split_questions`."""
+    profiling, test = split_questions(load_recording(folder), test_size, seed)
+    return set(profiling if split == "profiling" else test)
+
+
+def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[list[str], list[str]]:
+    """Profiling and test question ids, stratified by category and drawn by `seed`.
+
+    Only questions recorded for every model take part, so each method is scored on the same set.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test size must be a fraction in (0, 1), got {test_size}")
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for qid, q in recording.questions.items():
+        if all(recording.recorded(m, qid) for m in recording.models):
+            by_category[q.category].append(qid)
+    rng = random.Random(seed)
+    profiling: list[str] = []
+    test: list[str] = []
+    for category in sorted(by_category):
+        ids = by_category[category]
+        rng.shuffle(ids)
+        n_test = round(len(ids) * test_size)
+        test += ids[:n_test]
+        profiling += ids[n_test:]
+    return profiling, test

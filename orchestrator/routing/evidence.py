@@ -1,0 +1,34 @@
+"""What routers learn from: the profiles and per-question records that profiling produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skills.profiling import global_competence
+
+
+@dataclass
+class RoutingEvidence:
+    """What profiling produced for the current pool.
+
+    `profiles` maps expert → skill → Σ±1; `question_embeddings` (n × d, L2-normalised) and
+    `correct` (expert → n booleans, aligned with the embeddings) are the per-question records
+    that learned routers use; they are None for a pool profiled without them. `labels` (one per
+    question: its MMLU subject or MMLU-Pro category, when the source has one) let the k-NN router
+    shrink towards an expert's accuracy on the query's likely topic instead of overall.
+    `choices` (expert → the option letter each answer picked, None when it picked none) let
+    a vote weigh an answer by how reliable the expert is when it picks that letter.
+    """
+
+    profiles: dict[str, dict[str, float]]
+    question_embeddings: np.ndarray | None = None
+    correct: dict[str, np.ndarray] | None = None
+    labels: list[str] | None = None
+    choices: dict[str, list[str | None]] | None = None
+    competence: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.competence:
+            self.competence = global_competence({n: sum(p.values()) for n, p in self.profiles.items()})

@@ -1,0 +1,84 @@
+"""The one way a query comes in, whichever endpoint it came through.
+
+`/v1/queries`, `/v1/batches` and `/v1/chat/completions` (routed or to a named expert) admit
+their queries here: each is checked and routed once (its text embedded once), then stored with
+its whole request and the decision made for it, in one transaction, before any generation. A
+query that cannot be taken — an empty pool, a question no expert can answer, an unknown expert,
+a budget no expert fits — is refused with a 4xx naming it, and nothing of its request is stored.
+`/v1/routes` runs the same checks and routing and stores nothing. Recovery after a crash reads
+back exactly what was admitted (`queries.QueryService.recover`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.budgets.solver import InfeasibleBudget
+from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExpert
+from orchestrator.pipeline import Pipeline
+from orchestrator.services.budgets import infeasible
+from orchestrator.services.errors import NotFound, NotReady, ServiceError, Unprocessable
+from orchestrator.services.pool import PoolState
+from orchestrator.store.db import Database
+from orchestrator.store.repositories.batches import BatchRepository
+from orchestrator.store.repositories.queries import QueryRepository
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A stored query and what it will run: the request as asked and the decision made for it."""
+
+    query_id: int
+    ask: Ask
+    decision: Decision
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Admission:
+    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline):
+        self.db, self.pool, self.pipeline = db, pool, pipeline
+
+    def route(self, asks: Sequence[Ask]) -> list[Decision]:
+        """The decisions for these queries, or the 4xx of the first one that cannot be taken."""
+        try:
+            return self.pipeline.route(self.pool.snapshot, asks)
+        except QueryError as exc:
+            raise refusal(exc, len(asks), asks[exc.index]) from exc
+
+    def admit(self, asks: Sequence[Ask]) -> list[Admitted]:
+        """Route, then store every query with its request and decision (all or none)."""
+        decisions = self.route(asks)
+        with self.db.session() as s:
+            repo = QueryRepository(s)
+            ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
+        return _admitted(ids, asks, decisions)
+
+    def admit_batch(self, asks: Sequence[Ask], custom_ids: Sequence[str | None],
+                    key_id: int | None = None) -> tuple[int, list[Admitted]]:
+        """`admit` for a batch: its queries and the batch that lists them are one transaction."""
+        decisions = self.route(asks)
+        with self.db.session() as s:
+            repo = QueryRepository(s)
+            ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
+            batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
+        return batch_id, _admitted(ids, asks, decisions)
+
+
+def _admitted(ids: Sequence[int], asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[Admitted]:
+    return [Admitted(i, a, d) for i, a, d in zip(ids, asks, decisions, strict=True)]
+
+
+def refusal(exc: QueryError, count: int, ask: Ask) -> ServiceError:
+    """The reply a query that cannot be taken gets; a list names which query it was."""
+    where = f"query {exc.index}: " if count > 1 else ""
+    if isinstance(exc, NoExperts):
+        return NotReady(exc.message)
+    if isinstance(exc, UnknownExpert):
+        return ModelNotFound(exc.message, exc.param)
+    if isinstance(exc, InfeasibleBudget):
+        return infeasible(exc, ask.budget, where)
+    return Unprocessable(f"{where}{exc.message}", exc.param)

@@ -1,0 +1,81 @@
+"""The pool loader: pool files (unknown fields are errors naming them and the file) and
+`replay:` sources (an expert per recorded model, the seeded split)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from experts.replay import load_recording
+from orchestrator.pools.loader import PoolConfigError, expert_name, load_pool_config, replay_pool, split_questions
+from orchestrator.settings import DEFAULT_POOL
+
+KEPT = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b"]
+LATE = "gemini-1.5-pro-002"
+PER_CATEGORY = 5
+SliceRecording = Callable[[Path, Sequence[str], int], Path]  # the conftest fixture's signature
+
+
+@pytest.fixture(scope="module")
+def folder(slice_recording: SliceRecording, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return slice_recording(tmp_path_factory.mktemp("pool"), [*KEPT, LATE], PER_CATEGORY)
+
+
+def test_one_replay_expert_per_recorded_model(folder: Path) -> None:
+    pool = replay_pool(folder)
+    assert [e.name for e in pool] == [*KEPT, LATE]
+    assert {e.base.kind for e in pool} == {"replay"}
+    assert [e.base.model for e in pool] == [*KEPT, LATE]
+    assert {e.base.source for e in pool} == {str(folder.resolve())}
+    assert [e.name for e in replay_pool(folder, ["gemma-7b"])] == ["gemma-7b"]
+    with pytest.raises(ValueError, match="not recorded .*: gpt-5"):
+        replay_pool(folder, ["gpt-5"])
+
+
+def test_expert_names_are_valid_for_any_column() -> None:
+    assert expert_name("Meta-Llama-3_1-8B-Instruct") == "Meta-Llama-3_1-8B-Instruct"
+    assert expert_name("org/model name (v2)") == "org-model-name-v2"
+
+
+def test_split_is_seeded_stratified_and_disjoint(folder: Path) -> None:
+    rec = load_recording(folder)
+    profiling, test = split_questions(rec, 0.4, seed=3)
+    assert split_questions(rec, 0.4, seed=3) == (profiling, test)
+    assert split_questions(rec, 0.4, seed=4) != (profiling, test)
+    assert not set(profiling) & set(test) and len(profiling) + len(test) == len(rec.questions)
+    per_category = Counter(rec.questions[q].category for q in test)
+    assert set(per_category.values()) == {2}  # round(5 × 0.4) of each category
+    with pytest.raises(ValueError, match="fraction"):
+        split_questions(rec, 1.0, seed=0)
+
+
+def test_the_packaged_pool_loads() -> None:
+    pool = load_pool_config(DEFAULT_POOL)
+    assert [e.name for e in pool.experts] == ["qwen-stem", "qwen-humanities", "smollm2"]
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("name: p\nvalidation: {keyword_mode: llm}\n", "validation.keyword_mode"),
+    ("name: p\ngeneration: {expert_max_token: 9}\n", "generation.expert_max_token"),
+    ("experts:\n  - {name: a, base: {kind: mock, source: x}, sytem_prompt: hi}\n", "experts.0.sytem_prompt"),
+    ("experts:\n  - {name: a, base: {kind: mock, source: x, modle: y}}\n", "experts.0.base.modle"),
+    ("experts:\n  - {name: a, base: {kind: mock, source: x}, sampling: {temprature: 1}}\n",
+     "experts.0.sampling.temprature"),
+])
+def test_a_typo_in_a_pool_file_is_an_error_naming_the_field_and_the_file(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text(text)
+    with pytest.raises(PoolConfigError) as err:
+        load_pool_config(path)
+    message = str(err.value)
+    assert str(path) in message and field in message and "Extra inputs are not permitted" in message
+
+
+def test_a_missing_file_or_recording_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PoolConfigError, match="pool file not found"):
+        load_pool_config(tmp_path / "absent.yaml")
+    with pytest.raises(PoolConfigError, match="invalid replay pool .*nowhere"):
+        load_pool_config(f"replay:{tmp_path / 'nowhere'}")
