@@ -13,8 +13,8 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 def health(c: Container) -> dict[str, object]:
     snap = c.pool.snapshot
-    return {"status": "ok", "experts_ready": len(snap.experts), "aggregator": snap.aggregator,
-            "resident_models": sorted(c.worker.resident())}
+    return {"status": "ok", "pool": c.pool_config.name, "experts_ready": len(snap.experts),
+            "aggregator": snap.aggregator, "resident_models": sorted(c.worker.resident())}
 
 
 @router.get("/ready", responses={503: {"description": "No expert is profiled and ready yet."}})

@@ -54,6 +54,8 @@ from orchestrator.budgets._quality import (
 from orchestrator.budgets._search import BoxSearch, QualityModel
 from orchestrator.domain import ExpertScore, QueryError
 
+Costs = tuple[list[float], list[float]]  # each candidate's latency and energy, alone
+
 __all__ = [
     "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
     "QualityModel", "QualityName", "QualitySpec", "brute_force", "candidates_from_scores",
@@ -228,9 +230,14 @@ def _decision(candidates: Sequence[Candidate], members: Sequence[int], value: fl
     return BudgetDecision(names, idx, value, latency, energy, nodes, method)
 
 
-def _check(candidates: Sequence[Candidate]) -> None:
+def _problem(candidates: Sequence[Candidate], budget: Budget, quality: QualitySpec,
+             aggregation: AggregationModel | None) -> tuple[AggregationModel, Limits, QualityModel, Costs]:
+    """What `solve` and `brute_force` both search: aggregation, limits, quality model, costs."""
     if not candidates:
         raise ValueError("no candidate experts to choose from")
+    agg = aggregation or AggregationCost()
+    lim, model = _limits(budget, agg, len(candidates)), quality_model(quality, [c.quality for c in candidates])
+    return agg, lim, model, ([c.latency_s for c in candidates], [c.energy_j for c in candidates])
 
 
 def _groups(candidates: Sequence[Candidate]) -> Groups:
@@ -244,11 +251,7 @@ def solve(
     aggregation: AggregationModel | None = None,
 ) -> BudgetDecision:
     """The exact best subset; raises InfeasibleBudget when no single expert fits."""
-    _check(candidates)
-    agg = aggregation or AggregationCost()
-    lim, model = _limits(budget, agg, len(candidates)), quality_model(quality, [c.quality for c in candidates])
-    lat = [c.latency_s for c in candidates]
-    en = [c.energy_j for c in candidates]
+    agg, lim, model, (lat, en) = _problem(candidates, budget, quality, aggregation)
     singles = [i for i in range(len(candidates)) if limits_feasible((i,), lat, en, lim)]
     if not singles:
         raise _infeasible(candidates, budget)
@@ -297,11 +300,7 @@ def brute_force(
     aggregation: AggregationModel | None = None,
 ) -> BudgetDecision:
     """Reference: score every feasible subset of size 1..k_max (exponential; tests only)."""
-    _check(candidates)
-    agg = aggregation or AggregationCost()
-    lim, model = _limits(budget, agg, len(candidates)), quality_model(quality, [c.quality for c in candidates])
-    lat = [c.latency_s for c in candidates]
-    en = [c.energy_j for c in candidates]
+    agg, lim, model, (lat, en) = _problem(candidates, budget, quality, aggregation)
     groups = _groups(candidates)
     best: tuple[int, ...] | None = None
     best_value, seen = -math.inf, 0

@@ -7,6 +7,7 @@ personas share it. Results are stored, so a restart reuses them instead of profi
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from skills.profiling import build_profile, global_competence
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary
 
 Progress = Callable[[int, int], None]
+PROGRESS_WRITE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,18 @@ class ProfilingService:
         return Job(req.request_id, spec.base, req)
 
     def _track(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None) -> Progress:
+        """Progress to the caller's bar at every step, to the store (what GET /v1/experts shows)
+        at most once per PROGRESS_WRITE_S: a recorded pool answers thousands of questions a
+        second, and a transaction per step would cost more than the answers."""
+        last = -PROGRESS_WRITE_S
+
         def report(done: int, total: int) -> None:
-            with self.db.session() as s:
-                for eid, _ in experts:
-                    ExpertRepository(s).set_progress(eid, done, total)
+            nonlocal last
+            if done == total or time.monotonic() - last >= PROGRESS_WRITE_S:
+                last = time.monotonic()
+                with self.db.session() as s:
+                    for eid, _ in experts:
+                        ExpertRepository(s).set_progress(eid, done, total)
             if progress:
                 progress(done, total)
 

@@ -93,4 +93,5 @@ def test_ready_is_503_while_no_expert_is_ready(empty_container):
     with TestClient(create_app(empty_container)) as tc:
         r = tc.get("/ready")
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
-        assert tc.get("/health").status_code == 200
+        health = tc.get("/health")
+        assert health.status_code == 200 and health.json()["pool"] == empty_container.pool_config.name

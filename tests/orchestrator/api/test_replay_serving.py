@@ -84,6 +84,26 @@ def test_a_question_outside_the_recording_is_a_422_and_stores_nothing(replay_ser
         assert s.scalar(select(func.count()).select_from(Query).where(Query.text.contains("Mars"))) == 0
 
 
+def test_a_batch_with_a_question_outside_the_recording_is_a_422_naming_it_and_stores_nothing(
+    replay_service, serve
+) -> None:
+    c, folder = replay_service
+    rec = load_recording(folder)
+    _, test = split_questions(rec, 0.5, seed=0)
+    queries = [{"query": question_prompt(rec.questions[q]), "k": 2} for q in test[:3]]
+    queries.insert(2, {"query": "What is the capital of Mars?", "k": 2})
+    with c.db.session() as s:
+        before = s.scalar(select(func.count()).select_from(Query))
+    with serve(create_app(c)) as url:
+        r = httpx.post(f"{url}/v1/batches", json={"queries": queries}, timeout=60)
+        dry = httpx.post(f"{url}/v1/routes", json={"query": "What is the capital of Mars?"}, timeout=60)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith("query 2: no recorded question")
+    assert dry.status_code == 422 and "no recorded question" in dry.json()["error"]["message"]  # routes check too
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query)) == before
+
+
 def test_replay_pool_of_a_missing_folder_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(PoolConfigError, match="not found"):
         load_pool_config(f"replay:{tmp_path / 'nowhere'}")

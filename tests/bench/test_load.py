@@ -1,0 +1,31 @@
+"""bench/load.py against a live service over a mock pool: what it reports, keys and counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.settings import Settings
+from skills.embedder import Embedder
+from tests.live_server import live_server
+from tests.orchestrator.conftest import mock_expert, mock_or_real, small_pool
+
+
+def test_load_reports_latency_throughput_and_errors_per_endpoint(
+    load_bench: Callable[[str], ModuleType], tmp_path: Path, embedder: Embedder
+) -> None:
+    bench = load_bench("load")
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
+    c = SkillRoute(Settings(data_dir=tmp_path), pool, factory=mock_or_real, embedder=embedder)
+    c.start()
+    with live_server(create_app(c)) as url:
+        res = bench.run(url, "mock pool", clients=20, requests=60)
+    c.close()
+    for part in (res, res["routes"]):
+        assert part["requests"] == 60 and part["errors"] == 0 and part["errors_by_status"] == {}
+        assert 0 < part["p50_s"] <= part["p99_s"] and part["qps"] > 0
+    assert res["path"] == "/v1/queries" and res["routes"]["path"] == "/v1/routes"
+    assert res["p50_ratio_queries_over_routes"] > 0

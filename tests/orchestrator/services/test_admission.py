@@ -1,0 +1,120 @@
+"""One admission path: every way a query comes in is routed once (its text embedded once), stored
+with its whole request and decision, and answered (or recovered after a crash) as admitted."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from orchestrator.api.app import create_app
+from orchestrator.api.openai_compat import ChatCompletionRequest
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Decision
+from orchestrator.services.budgets import BudgetService
+from orchestrator.services.keys import Caller
+from orchestrator.store.models import Batch, Query
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_or_real
+
+GENEROUS = {"latency_ms": 3_600_000, "energy_j": 1e8}
+
+
+class CountingEmbedder(Embedder):
+    """The real embedder, counting every text it is asked to encode (a cache hit counts too)."""
+
+    def __init__(self, inner: Embedder):
+        super().__init__()
+        self.inner, self.texts = inner, Counter[str]()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts.update(texts)
+        return self.inner.encode(texts)
+
+
+@pytest.fixture
+def counted(container: SkillRoute, embedder: Embedder) -> Iterator[tuple[TestClient, CountingEmbedder]]:
+    """The mock pool's service with its embedder counting, started before counting begins."""
+    counting = CountingEmbedder(embedder)
+    c = SkillRoute(container.settings, container.pool_config, factory=mock_or_real, embedder=counting)
+    with TestClient(create_app(c, owns_container=True)) as client:
+        counting.texts.clear()  # what starting embedded (the profiling questions) is not a query's
+        yield client, counting
+
+
+def stored(c: SkillRoute) -> tuple[int, int]:
+    """How many queries and batches the store holds."""
+    with c.db.session() as s:
+        queries, batches = (s.scalar(select(func.count()).select_from(t)) or 0 for t in (Query, Batch))
+    return queries, batches
+
+
+def post(client: TestClient, path: str, body: Any) -> Any:
+    r = client.post(path, json=body)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def test_each_query_text_is_embedded_once_whichever_way_it_came(counted) -> None:  # type: ignore[no-untyped-def]
+    client, counting = counted
+    post(client, "/v1/queries", {"query": "plain query", "k": 2, "seed": 1})
+    post(client, "/v1/queries", {"query": "budgeted query", "k": 2, "seed": 1, **GENEROUS})
+    post(client, "/v1/queries", [{"query": "listed one", "seed": 2}, {"query": "listed two", "seed": 3}])
+    post(client, "/v1/chat/completions", {"model": "auto", "seed": 1,
+                                          "messages": [{"role": "user", "content": "chat query"}]})
+    post(client, "/v1/chat/completions", {"model": "auto", "seed": 1, **GENEROUS,
+                                          "messages": [{"role": "user", "content": "budgeted chat"}]})
+    post(client, "/v1/routes", {"query": "dry run", "seed": 1, **GENEROUS})
+    texts = ["plain query", "budgeted query", "listed one", "listed two", "chat query", "budgeted chat", "dry run"]
+    assert {t: counting.texts[t] for t in texts} == dict.fromkeys(texts, 1)
+    assert set(counting.texts) == set(texts)  # and nothing else was embedded for them
+
+
+def test_a_direct_chat_embeds_nothing(counted) -> None:  # type: ignore[no-untyped-def]
+    client, counting = counted
+    post(client, "/v1/chat/completions", {"model": "gamma", "messages": [{"role": "user", "content": "direct"}]})
+    assert counting.texts == Counter()  # a named expert is not routed
+
+
+def test_the_replies_carry_the_one_stored_decision_record(client) -> None:  # type: ignore[no-untyped-def]
+    question, seed = "Which gas do plants absorb for photosynthesis?", 7
+    fields = list(Decision.model_fields)
+    dry = post(client, "/v1/routes", {"query": question, "k": 3, "seed": seed})
+    full = post(client, "/v1/queries", {"query": question, "k": 3, "seed": seed})
+    chat = post(client, "/v1/chat/completions", {"model": "auto", "k": 3, "seed": seed,
+                                                 "messages": [{"role": "user", "content": question}]})
+    rows = {r["id"]: r for r in client.get("/dashboard/api/state").json()["decisions"]}
+    records = [dry, full, chat["skillroute"], rows[full["id"]], rows[chat["skillroute"]["query_id"]]]
+    assert all(Decision.model_validate({f: r[f] for f in fields}) == Decision.model_validate(dry) for r in records)
+    assert dry["recruited"] and dry["experts"] and dry["skills"]  # a real decision, not an empty one
+
+
+def test_a_direct_chat_interrupted_before_it_ran_is_answered_by_its_expert_on_restart(
+    container: SkillRoute, embedder: Embedder
+) -> None:
+    body = ChatCompletionRequest(model="gamma", messages=[{"role": "user", "content": "What is 9*9?"}])
+    ask = body.to_ask(3, None, BudgetService(container.keys, Caller(None)))  # what the endpoint admits
+    (admitted,) = container.admission.admit([ask])  # stored; then the process dies before the window ran it
+    container.close()
+    restarted = SkillRoute(container.settings, container.pool_config, factory=mock_or_real, embedder=embedder)
+    assert restarted.start() == 1
+    row = restarted.queries.get(admitted.query_id)
+    restarted.close()
+    assert row.status == "done" and [(g.expert, g.role) for g in row.generations] == [("gamma", "expert")]
+    assert row.decision is not None and row.decision.record["router"] == "direct"
+    assert row.request is not None and row.request["expert"] == "gamma"
+
+
+def test_a_query_no_expert_can_take_stores_nothing_and_names_it(client, container) -> None:  # type: ignore[no-untyped-def]
+    before = stored(container)
+    r = client.post("/v1/chat/completions", json={"model": "nobody", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found" and "nobody" in r.text
+    r = client.post("/v1/batches", json={"queries": [{"query": "fine", **GENEROUS},
+                                                     {"query": "too tight", "latency_ms": 1e-6}]})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("query 1: infeasible budget")
+    assert stored(container) == before
