@@ -50,6 +50,7 @@ from orchestrator.pools.schema import (
 )
 from orchestrator.probe import Probe
 from orchestrator.scheduling.executor import execute_naive
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import BackendFactory
 from orchestrator.settings import BackendSettings, Settings
 from skills.datasets import format_prompt, load_mmlu
@@ -101,11 +102,12 @@ class Run:
 
 
 def timed_run(c: SkillRoute, pipeline: Pipeline, inputs: list[Ask], decisions: list[Decision]) -> Run:
-    c.worker.shutdown()  # both runs start cold
-    clock = c.worker.probe = LoadClock()
-    loads, start, cpu = c.worker.total_loads(), time.perf_counter(), time.process_time()
+    worker = c.fleet[c.fleet.default]
+    worker.shutdown()  # both runs start cold
+    clock = worker.probe = LoadClock()
+    loads, start, cpu = worker.total_loads(), time.perf_counter(), time.process_time()
     outcomes = pipeline.answer(c.pool.snapshot, inputs, decisions)
-    return Run(outcomes, time.perf_counter() - start, time.process_time() - cpu, c.worker.total_loads() - loads,
+    return Run(outcomes, time.perf_counter() - start, time.process_time() - cpu, worker.total_loads() - loads,
                clock.seconds)
 
 
@@ -136,7 +138,7 @@ def run(n: int, k: int, max_tokens: int, data_dir: Path, recruitment: str = "uni
     decisions = c.pipeline.route(pool, inputs)
     if recruitment == "uniform":
         decisions = uniform_recruits(decisions, pool.experts, k)
-    naive = Pipeline(c.worker, c.embedder, c.pipeline.planner, c.pipeline.limits, executor=execute_naive)
+    naive = Pipeline(Fleet(c.fleet.workers, executor=execute_naive), c.embedder, c.pipeline.planner, c.pipeline.limits)
     say("ours: batched by base model")
     ours = timed_run(c, c.pipeline, inputs, decisions)
     say(f"ours took {ours.wall_s:.1f} s; naive: load → generate → unload per call")

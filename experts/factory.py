@@ -28,5 +28,5 @@ def make_backend(spec: BaseModelSpec, options: BackendOptions | None = None) -> 
     if spec.kind == "replay":
         from experts.replay import ReplayBackend
 
-        return ReplayBackend.from_spec(spec)
+        return ReplayBackend.from_spec(spec, opts.replay_time_scale)
     raise BackendError(f"backend kind {spec.kind!r} is not available in this build")

@@ -137,6 +137,8 @@ class LlamaCppBackend:
             return [self._one(self._llm, r) for r in requests]
 
     def _one(self, llm: Any, request: GenerationRequest) -> Generation:
+        """One request; a request that cannot be answered (its prompt does not fit n_ctx, its
+        time ran out) is answered with its error, and the batch goes on."""
         s = request.sampling
         started = time.perf_counter()
         try:
@@ -151,10 +153,34 @@ class LlamaCppBackend:
                 max_tokens=s.max_tokens,
                 seed=s.seed,
                 stop=s.stop or None,
+                logits_processor=_deadline(request.timeout_s),
             )
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
-            raise BackendError(f"{self.base_model_key} request {request.request_id}: {exc}") from exc
+            return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
+        except _TimedOut:
+            return Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
+                                     time.perf_counter() - started)
         return _to_generation(request.request_id, out, time.perf_counter() - started)
+
+
+class _TimedOut(Exception):
+    """Raised between two tokens once a request's time is up: llama.cpp stops there."""
+
+
+def _deadline(timeout_s: float | None) -> Any:
+    """A logits processor that ends generation when `timeout_s` has passed (None: no limit)."""
+    if timeout_s is None:
+        return None
+    import llama_cpp
+
+    deadline = time.monotonic() + timeout_s
+
+    def check(input_ids: Any, scores: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise _TimedOut
+        return scores
+
+    return llama_cpp.LogitsProcessorList([check])
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:
@@ -212,3 +238,22 @@ def _aligned_llama_class(base: type) -> type:
             return super().generate(tokens, *args, **kwargs)
 
     return AlignedLlama
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary(path: str) -> Any:
+    """The model's tokenizer alone (llama.cpp reads no weights for it), to count prompt tokens."""
+    import llama_cpp
+
+    return llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+
+
+_vocabulary_lock = threading.Lock()
+
+
+def count_tokens(source: str, texts: Sequence[str], models_dir: Path | None = None) -> int:
+    """Tokens the model's tokenizer makes of these texts (a chat template adds a few more)."""
+    path = resolve_source(source, models_dir)
+    with _vocabulary_lock:
+        vocab = _vocabulary(str(path))
+        return sum(len(vocab.tokenize(t.encode("utf-8"), add_bos=False, special=False)) for t in texts)

@@ -18,6 +18,7 @@ class BackendOptions:
     llama_threads: int | None = None  # None: every core this process may use
     vllm_python: str | None = None  # None: the repository's .venv-vllm, else this interpreter
     openai_api_key: str | None = None  # sent to OpenAI-compatible servers; None: no key
+    replay_time_scale: float = 0.0  # > 0: a replay reply takes its simulated latency x this, for real
 
     @property
     def models_dir(self) -> Path:

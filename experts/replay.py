@@ -17,6 +17,7 @@ import csv
 import gzip
 import json
 import re
+import time
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -250,8 +251,9 @@ class ReplayBackend:
     `memory_bytes` is the real model's simulated footprint, not the recording's.
     """
 
-    def __init__(self, folder: str | Path, model: str, cot_tokens: int = COT_TOKENS):
+    def __init__(self, folder: str | Path, model: str, cot_tokens: int = COT_TOKENS, time_scale: float = 0.0):
         self.folder = Path(folder)
+        self.time_scale = time_scale  # > 0: each reply takes its simulated latency x this, for real
         self.model = model
         self.base_model_key = BaseModelSpec(kind="replay", source=str(folder), model=model).key
         self.cost: ModelCost = model_cost(model)
@@ -261,10 +263,10 @@ class ReplayBackend:
         self._recording: Recording | None = None
 
     @classmethod
-    def from_spec(cls, spec: BaseModelSpec) -> ReplayBackend:
+    def from_spec(cls, spec: BaseModelSpec, time_scale: float = 0.0) -> ReplayBackend:
         if spec.kind != "replay" or not spec.model:
             raise ModelSourceError(f"a replay expert needs kind 'replay' and a model name, got {spec.key}")
-        return cls(spec.source, spec.model)
+        return cls(spec.source, spec.model, time_scale=time_scale)
 
     @property
     def is_loaded(self) -> bool:
@@ -297,11 +299,20 @@ class ReplayBackend:
         return [self._reply(self._recording, r) for r in requests]
 
     def _reply(self, recording: Recording, request: GenerationRequest) -> Generation:
+        """The recorded letter; a question it lacks, or a reply slower than the request's
+        timeout, is this request's error alone."""
         user = "\n".join(m.content for m in request.messages if m.role == "user")
-        letter = recording.answer(self.model, recording.find_question(user))
-        text = f"Answer: {letter}" if letter else NO_ANSWER_TEXT
         prompt_tokens = _approx_tokens(request)
         cost = self.estimate(prompt_tokens)
+        timeout = request.timeout_s
+        self._spend(cost.latency_s if timeout is None else min(cost.latency_s, timeout))
+        if timeout is not None and cost.latency_s > timeout:
+            return Generation.failed(request.request_id, f"timed out after {timeout:g} s", timeout)
+        try:
+            letter = recording.answer(self.model, recording.find_question(user))
+        except BackendError as exc:
+            return Generation.failed(request.request_id, str(exc))
+        text = f"Answer: {letter}" if letter else NO_ANSWER_TEXT
         self.energy_j += cost.energy_j
         return Generation(
             request_id=request.request_id,
@@ -310,6 +321,11 @@ class ReplayBackend:
             completion_tokens=self.cot_tokens,
             latency_s=cost.latency_s,
         )
+
+
+    def _spend(self, simulated_s: float) -> None:
+        if self.time_scale > 0:
+            time.sleep(simulated_s * self.time_scale)
 
 
 def _approx_tokens(request: GenerationRequest) -> int:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from experts.backend import BackendError
 from experts.cost_model import DEFAULT_DEVICE as SERVER_DEVICE
+from experts.options import BackendOptions
 from experts.replay import COT_TOKENS, load_recording
-from experts.types import BaseModelSpec
+from experts.types import BaseModelSpec, ExpertSpec
 
 LOCAL_DEVICE = "local-cpu"  # this machine's CPU, the device profile the embedded pool runs on
+TEMPLATE_TOKENS = 16  # what a chat template adds around a system prompt and a user turn
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,36 @@ def traits(spec: BaseModelSpec) -> BackendTraits:
     return _TRAITS[spec.kind]
 
 
-def prompt_scope(spec: BaseModelSpec) -> str:
-    """What `check_prompt`'s verdict depends on: bases with equal scopes are checked once."""
-    return f"replay:{spec.source}" if spec.kind == "replay" else spec.key
+def prompt_scope(spec: ExpertSpec, max_tokens: int) -> str:
+    """What `check_prompt`'s verdict depends on: experts with equal scopes are checked once."""
+    if spec.base.kind == "replay":
+        return f"replay:{spec.base.source}"  # a recording holds a question or not, whoever asks
+    return f"{spec.base.key}|{max_tokens}|{spec.system_prompt or ''}"
 
 
-def check_prompt(spec: BaseModelSpec, text: str) -> None:
-    """Raise BackendError, naming why, when this base model cannot answer `text` at all."""
-    if spec.kind == "replay":
-        load_recording(spec.source).find_question(text)  # a recording answers only what it holds
+def check_prompt(spec: ExpertSpec, text: str, max_tokens: int, options: BackendOptions | None = None) -> None:
+    """Raise BackendError, naming why, when this expert cannot answer `text` at all: a recording
+    that lacks the question, a prompt that with `max_tokens` to answer overflows the context."""
+    base = spec.base
+    if base.kind == "replay":
+        load_recording(base.source).find_question(text)
+    elif base.kind in ("llamacpp", "vllm"):
+        used = prompt_tokens(spec, text, options or BackendOptions())
+        if used + max_tokens > base.n_ctx:
+            raise BackendError(f"the prompt is {used} tokens and {spec.name} answers in up to {max_tokens}: over its "
+                               f"context window of {base.n_ctx} tokens")
+
+
+def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
+    """The prompt's tokens as the expert's own tokenizer counts them, with its chat template."""
+    texts = [spec.system_prompt or "", text]
+    if spec.base.kind == "llamacpp":
+        from experts.llamacpp import count_tokens
+
+        return count_tokens(spec.base.source, texts, options.models_dir) + TEMPLATE_TOKENS
+    from experts.vllm_backend import count_tokens as count_hf_tokens
+
+    return count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS
 
 
 __all__ = ["LOCAL_DEVICE", "BackendError", "BackendTraits", "check_prompt", "prompt_scope", "traits"]

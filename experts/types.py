@@ -31,19 +31,29 @@ class SamplingParams(Strict):
 
 
 class GenerationRequest(BaseModel):
-    """One chat completion to run; `request_id` ties the reply back to its caller."""
+    """One chat completion to run; `request_id` ties the reply back to its caller. `timeout_s`
+    bounds this one request: a backend that cannot finish it in time answers it with an error."""
 
     request_id: str
     messages: list[ChatMessage]
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    timeout_s: float | None = None
 
 
 class Generation(BaseModel):
+    """One request's reply, or (`error` set, `text` empty) why this request alone failed; a
+    backend that fails as a whole (a dead engine, a lost worker) raises instead."""
+
     request_id: str
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, request_id: str, error: str, latency_s: float = 0.0) -> Generation:
+        return cls(request_id=request_id, text="", latency_s=latency_s, error=error)
 
 
 BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
@@ -69,13 +79,17 @@ class BaseModelSpec(Strict):
 
 
 class ExpertPlacement(Strict):
-    """Where an expert runs, for latency and energy budgets: a device of `experts/devices.yaml`.
+    """Where an expert runs: a worker of the deployment (`workers:` in the devices file, or this
+    machine's `cpu`), and the device profile its latency and energy are predicted on.
 
-    Experts on one device (and `instance`, where a kind of device has several copies) run one
-    after another on it. Unset: this machine's CPU, where the embedded pool runs (a replay
-    expert: H100 servers of its own, where its recorded model's replies are costed).
+    `worker` names the worker; unset, the placement planner picks one (personas over one base
+    share it; what must stay resident fits). `device` names a profile of `experts/devices.yaml`;
+    unset, the worker's own (or, for a replay expert off any named worker, H100 servers of its
+    own, where its recorded model's replies are costed). Experts on one device (and `instance`,
+    where a kind of device has several copies) run one after another on it.
     """
 
+    worker: str | None = Field(default=None, min_length=1, max_length=64)
     device: str | None = Field(default=None, min_length=1, max_length=64)
     instance: str | None = Field(default=None, min_length=1, max_length=64)
     params_b: float | None = Field(default=None, gt=0, le=10_000,
@@ -90,6 +104,8 @@ class ExpertSpec(Strict):
     system_prompt: str | None = Field(default=None, max_length=4000)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement)
+    timeout_s: float | None = Field(default=None, gt=0, le=3600,
+                                    description="How long one of its generations may take; unset: no limit.")
 
     def request(self, request_id: str, user_text: str, max_tokens: int | None = None) -> GenerationRequest:
         """A request that speaks to this expert: its persona first, then the user's text."""
@@ -98,4 +114,5 @@ class ExpertSpec(Strict):
         sampling = self.sampling
         if max_tokens is not None:
             sampling = sampling.model_copy(update={"max_tokens": max_tokens})
-        return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)
+        return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling,
+                                 timeout_s=self.timeout_s)

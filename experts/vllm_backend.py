@@ -338,3 +338,16 @@ def _to_generation(request_id: str, out: EngineOutput, latency_s: float) -> Gene
         request_id=request_id, text=out.text, prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens, latency_s=latency_s,
     )
+
+
+@cache
+def _tokenizer(folder: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def count_tokens(source: str, texts: Sequence[str], options: BackendOptions | None = None) -> int:
+    """Tokens the model's own tokenizer (from its HF folder) makes of these texts."""
+    tokenizer = _tokenizer(str(resolve_folder(source, options)))
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)

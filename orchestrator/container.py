@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from experts.devices import DeviceProfile
 from experts.factory import make_backend
-from experts.types import ExpertSpec
+from experts.types import BaseModelSpec, ExpertSpec
+from experts.workers import LOCAL_GPU_PROFILE, LOCAL_PROFILE, WorkerSpec, declared_workers, local_workers, memory_bytes
 from orchestrator.budgets.planner import BudgetPlanner, device_table
 from orchestrator.observability.metrics import Metrics
 from orchestrator.pipeline import GenerationLimits, Pipeline
 from orchestrator.pools.schema import PoolConfig
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 from orchestrator.services.admission import Admission
 from orchestrator.services.batches import BatchService
 from orchestrator.services.chat import ChatService
+from orchestrator.services.deployment import Deployment
 from orchestrator.services.experts import ExpertService
 from orchestrator.services.keys import KeyService
 from orchestrator.services.pool import PoolState
@@ -37,37 +41,46 @@ Progress = Callable[[int, int], None]
 
 class SkillRoute:
     def __init__(self, settings: Settings, pool: PoolConfig, factory: BackendFactory | None = None,
-                 embedder: Embedder | None = None, worker: DeviceWorker | None = None):
-        """`worker` injects a device owned elsewhere (a Ray actor's proxy); `close` leaves it running."""
+                 embedder: Embedder | None = None, workers: Mapping[str, DeviceWorker] | None = None):
+        """`workers` injects devices owned elsewhere (Ray actors' proxies, by worker name);
+        `close` leaves them running. Without them, each worker of the deployment is built here."""
         self.settings, self.pool_config = settings, pool
         self.metrics = Metrics()
         self.db = Database(settings.db_url)
-        factory = factory or functools.partial(make_backend, options=settings.backend_options())
-        self._owns_worker = worker is None
-        self.worker = worker or DeviceWorker("cpu", settings.memory_budget_bytes, factory, probe=self.metrics)
         self.embedder = embedder or get_embedder()
-        self._build_services(settings, pool)
+        profiles = device_table(settings.budgets.devices_file)
+        specs = deployment_workers(settings, profiles, workers)
+        factory = factory or functools.partial(make_backend, options=settings.backend_options())
+        self._owns_workers = workers is None
+        self.fleet = Fleet(workers or {w.name: DeviceWorker(w.name, memory_bytes(w, profiles), factory, self.metrics)
+                                       for w in specs})
+        self.deployment = Deployment(specs, profiles, self._model_size)
+        self._build_services(settings, pool, profiles)
         self._started, self._start_lock = False, threading.Lock()
 
-    def _build_services(self, settings: Settings, pool: PoolConfig) -> None:
-        devices = device_table(settings.budgets.devices_file)
-        self.profiler = ProfilingService(self.db, self.worker, self.embedder, pool)
+    def _build_services(self, settings: Settings, pool: PoolConfig, profiles: Mapping[str, DeviceProfile]) -> None:
         aggregation = pool.aggregator.mode
-        self.pool = PoolState(self.db, self.profiler.dataset, self.embedder, pool.router or settings.router,
-                              llm_aggregator=aggregation == "llm")
+        self.pool = PoolState(self.db, pool.validation.dataset_key(), self.embedder, self.deployment,
+                              pool.router or settings.router, llm_aggregator=aggregation == "llm")
+        self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
-        self.pipeline = Pipeline(self.worker, self.embedder, BudgetPlanner(devices), limits,
-                                 pool.validation.skills_per_question, aggregation=aggregation, probe=self.metrics)
+        self.pipeline = Pipeline(self.fleet, self.embedder, BudgetPlanner(profiles), limits,
+                                 pool.validation.skills_per_question, aggregation, self.metrics,
+                                 settings.backend_options())
         self.admission = Admission(self.db, self.pool, self.pipeline)
         b = settings.batching
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,
                                     b.wait_ms / 1000, probe=self.metrics)
-        self.experts = ExpertService(self.db, self.worker, self.pool, self.profiler, devices)
+        self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
         self.keys = KeyService(self.db)
-        self.metrics.watch(self.worker.name, self.worker.residency_counts, self.queries.window.depth,
-                           lambda: len(self.pool.snapshot.experts))
+        self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()},
+                           self.queries.window.depth, lambda: len(self.pool.snapshot.experts))
+
+    def _model_size(self, base: BaseModelSpec) -> int:
+        """A base model's resident size, as the first worker's backend reads it (no load)."""
+        return self.fleet[self.fleet.default].backend(base).memory_bytes()
 
     def start(self, progress: Progress | None = None) -> int:
         """Bring the service up once: schema, profiles, then the queries a crash left unfinished
@@ -101,9 +114,26 @@ class SkillRoute:
         self.pool.refresh()
 
     def close(self) -> None:
-        """Stop the window and the profiler, unload an owned worker, release the store (idempotent)."""
+        """Stop the window and the profiler, unload owned workers, release the store (idempotent)."""
         self.queries.window.close()
         self.experts.queue.close()
-        if self._owns_worker:
-            self.worker.shutdown()
+        if self._owns_workers:
+            self.fleet.shutdown()
         self.db.engine.dispose()
+
+
+def deployment_workers(settings: Settings, profiles: Mapping[str, DeviceProfile],
+                       injected: Mapping[str, DeviceWorker] | None) -> list[WorkerSpec]:
+    """The deployment's workers: the devices file's, else this machine's CPU; a worker injected
+    under a name the file does not declare (the Ray runtime's GPU workers, a test's own device)
+    is costed on a profile of its name if there is one, else as this machine's CPU."""
+    declared = declared_workers(settings.budgets.devices_file, profiles)
+    specs = declared or local_workers(settings.backends.memory_budget_gb)
+    if injected is None:
+        return specs
+    known = {w.name: w for w in specs}
+    return [known.get(n) or WorkerSpec(name=n, device=_profile_of(n, profiles)) for n in injected]
+
+
+def _profile_of(worker: str, profiles: Mapping[str, DeviceProfile]) -> str:
+    return LOCAL_GPU_PROFILE if worker.startswith("gpu") and LOCAL_GPU_PROFILE in profiles else LOCAL_PROFILE

@@ -97,8 +97,26 @@ class BudgetRecord(Record):
     candidates: list[BudgetCandidate]
 
 
+class Failure(Record):
+    """A generation that failed, and why; the failure is this query's alone."""
+
+    expert: str
+    role: Role
+    error: str
+
+
+class DeviceTime(Record):
+    """One worker's part in the query's batch: predicted (device profile) and measured seconds."""
+
+    worker: str
+    device: str
+    predicted_s: float
+    measured_s: float | None = None
+
+
 class Decision(Record):
-    """Who answers a query and why: its skills, every eligible expert's score, the draws."""
+    """Who answers a query and why: its skills, every eligible expert's score, the draws; once
+    answered, which generations failed, who stood in for them, and each device's time."""
 
     router: str = Field(description="symbolic | knn | direct (a named expert, unrouted).")
     mode: DecisionMode
@@ -108,6 +126,15 @@ class Decision(Record):
     recruited: list[str] = Field(default_factory=list, description="Who answers, repeats included (k draws).")
     aggregator: str | None = Field(default=None, description="Who aggregates; none when one answer needs none.")
     budget: BudgetRecord | None = Field(default=None, description="With a budget: the subset and its cost.")
+    failures: list[Failure] = Field(default_factory=list, description="Generations that failed, and why.")
+    fallbacks: list[str] = Field(default_factory=list,
+                                 description="Next-ranked experts recruited in place of failed ones.")
+    devices: list[DeviceTime] = Field(default_factory=list,
+                                      description="Per worker the query used: the batch's predicted and measured time.")
+
+    def as_routed(self) -> Decision:
+        """The record as routing made it, before answering added failures, stand-ins and times."""
+        return self.model_copy(update={"failures": [], "fallbacks": [], "devices": []})
 
     @classmethod
     def made(cls, router: str, mode: DecisionMode, seed: int, skills: Sequence[SkillMatch],
@@ -138,7 +165,8 @@ class Outcome(Record):
     answers: list[Answer] = Field(default_factory=list)
     text: str = ""
     latency_s: float = 0.0
-    stages_s: float = 0.0  # wall time of the batch's expert and aggregation stages
+    stages_s: float = 0.0  # wall time of the query's expert and aggregation stages
+    error: str | None = None  # set: no generation of this query succeeded (it fails alone)
 
     @property
     def answer(self) -> str:

@@ -32,7 +32,7 @@ def page() -> FileResponse:
 @router.get("/api/state")
 def state(c: Container, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
     """Pool profiles, recent decisions, recruitment share, residency timeline, queue, budgets."""
-    service = DashboardService(c.db, c.pool, c.worker, c.queries.window)
+    service = DashboardService(c.db, c.pool, c.fleet, c.queries.window)
     return service.state(limit)
 
 

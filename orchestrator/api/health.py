@@ -13,8 +13,10 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 def health(c: Container) -> dict[str, object]:
     snap = c.pool.snapshot
+    resident = {name: sorted(keys) for name, keys in c.fleet.resident().items()}
     return {"status": "ok", "pool": c.pool_config.name, "experts_ready": len(snap.experts),
-            "aggregator": snap.aggregator, "resident_models": sorted(c.worker.resident())}
+            "aggregator": snap.aggregator, "resident_models": sorted({k for keys in resident.values() for k in keys}),
+            "workers": resident}
 
 
 @router.get("/ready", responses={503: {"description": "No expert is profiled and ready yet."}})

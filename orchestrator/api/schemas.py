@@ -71,7 +71,8 @@ class ExpertCreate(BaseModel):
     system_prompt: str | None = Field(default=None, max_length=4000)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement,
-                                       description="Where it runs, for budgets (default: this machine's CPU).")
+                                       description="Its worker and device profile (default: planned).")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")
 
 
 class Progress(BaseModel):
@@ -90,13 +91,17 @@ class ExpertOut(BaseModel):
     accuracy: float | None
     error: str | None
     placement: ExpertPlacement
+    worker: str | None = Field(default=None, description="The worker it runs on (planned unless placed); "
+                                                         "none while it is failed.")
+    timeout_s: float | None = None
     profile: dict[str, float] | None = None
 
     @classmethod
-    def from_row(cls, e: Expert, with_profile: bool = False) -> ExpertOut:
+    def from_row(cls, e: Expert, with_profile: bool = False, worker: str | None = None) -> ExpertOut:
         profile = {s.skill: s.score for s in sorted(e.skills, key=lambda s: -s.score)} if with_profile else None
         return cls(id=e.id, name=e.name, status=e.status, base_model_key=e.base_model_key,
                    system_prompt=e.spec.get("system_prompt"), model=e.spec["base"],
                    progress=Progress(done=e.progress_done, total=e.progress_total),
-                   accuracy=e.accuracy, error=e.error, profile=profile,
+                   accuracy=e.accuracy, error=e.error, profile=profile, worker=worker,
+                   timeout_s=e.spec.get("timeout_s"),
                    placement=ExpertPlacement.model_validate(e.spec.get("placement") or {}))

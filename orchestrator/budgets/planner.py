@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from experts.calibration import Run, Slowdown, slowed
@@ -34,6 +34,7 @@ from experts.cost_model import ModelCost, ModelSize, parse_model_size
 from experts.devices import CostEstimate, DeviceProfile, load_devices
 from experts.traits import LOCAL_DEVICE, traits
 from experts.types import ExpertSpec
+from experts.workers import WorkerSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.budgets.solver import (
     AggregationCost,
@@ -63,13 +64,26 @@ class TokenLimits:
 
 
 @dataclass(frozen=True)
+class Site:
+    """Where an expert's replies are costed (a device profile), and which device it shares:
+    experts with equal slots run one after another, different slots in parallel."""
+
+    device: str
+    slot: str
+
+
+@dataclass(frozen=True)
 class PoolView:
-    """The part of the pool a plan needs: specs (with placements) and the aggregator."""
+    """The part of the pool a plan needs: specs (with placements), sites, the aggregator."""
 
     experts: Mapping[str, ExpertSpec]
     aggregator: str | None
     calibrated: bool  # the router's suitability is P(correct) (k-NN), not a relative weight
     aggregation: str = "llm"  # or "vote": no aggregator LLM
+    sites: Mapping[str, Site] = field(default_factory=dict)  # by expert; absent: as its placement says
+
+    def site(self, name: str) -> Site:
+        return self.sites.get(name) or site(self.experts[name])
 
 
 @dataclass(frozen=True)
@@ -123,19 +137,30 @@ def expert_params_b(spec: ExpertSpec) -> float:
     return expert_size(spec).active_params / 1e9
 
 
-def device_name(spec: ExpertSpec) -> str:
-    """Where the expert runs: its placement's device, else its backend's default device."""
+def device_name(spec: ExpertSpec, worker: WorkerSpec | None = None) -> str:
+    """The device profile an expert is costed on: its placement's, else its worker's, else its
+    backend's default (a kind with devices of its own, a recording, keeps its default)."""
     if spec.placement.device is not None:
         return spec.placement.device
-    return traits(spec.base).default_device
+    t = traits(spec.base)
+    return worker.device if worker is not None and not t.own_device else t.default_device
 
 
 def slot(spec: ExpertSpec) -> str:
-    """The physical device: experts with equal slots run one after another."""
+    """The physical device off any worker: experts with equal slots run one after another."""
     instance = spec.placement.instance
     if instance is None and spec.placement.device is None and traits(spec.base).own_device:
         instance = spec.name  # e.g. a recorded model, served by servers of its own
     return device_name(spec) + (f"#{instance}" if instance else "")
+
+
+def site(spec: ExpertSpec, worker: WorkerSpec | None = None) -> Site:
+    """On a worker of its own device an expert is costed as that worker and shares it; costed
+    on another device than it runs on (a recording on this CPU), it is costed as placed."""
+    device = device_name(spec, worker)
+    if worker is not None and device == worker.device:
+        return Site(device, worker.name)
+    return Site(device, slot(spec))
 
 
 class BudgetPlanner:
@@ -154,10 +179,13 @@ class BudgetPlanner:
             return self.profiles
         return {**self.profiles, LOCAL_DEVICE: slowed(self.profiles[LOCAL_DEVICE], factor)}
 
-    def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer]) -> None:
+    def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer],
+                sites: Mapping[str, Site] | None = None) -> None:
         """Learn the local slowdown from replies computed on this machine (not mock or remote)."""
+        where = sites or {}
         runs = [Run(expert_params_b(spec), a.prompt_tokens, a.completion_tokens, a.latency_s)
-                for a in replies if (spec := experts.get(a.expert)) is not None and _computed_here(spec)]
+                for a in replies if (spec := experts.get(a.expert)) is not None
+                and _computed_here(spec, where.get(a.expert) or site(spec))]
         if runs and LOCAL_DEVICE in self.profiles:
             self.slowdown.observe(self.profiles[LOCAL_DEVICE], runs)
 
@@ -177,17 +205,24 @@ class BudgetPlanner:
         for s in scores:
             spec = pool.experts[s.name]
             output = traits(spec.base).output_tokens(tokens.expert_max_tokens)
-            cost = self.cost(spec, _prompt_tokens(spec, text), output)
-            cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, slot(spec)))
+            where = pool.site(s.name)
+            cost = self.cost(spec, _prompt_tokens(spec, text), output, where)
+            cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, where.slot))
         # the solver keeps the first of equally good subsets: offer the cheaper expert first
         return sorted(cands, key=lambda c: (-c.quality, c.latency_s, c.energy_j, c.name))
 
-    def cost(self, spec: ExpertSpec, prompt_tokens: int, output_tokens: int) -> CostEstimate:
-        """One reply of `spec` where it is placed (tensor-parallel where its weights need it)."""
-        return ModelCost(expert_size(spec), self.device(spec)).estimate(prompt_tokens, output_tokens)
+    def cost(self, spec: ExpertSpec, prompt_tokens: int, output_tokens: int, where: Site | None = None
+             ) -> CostEstimate:
+        """One reply of `spec` at its site (tensor-parallel where its weights need it)."""
+        return ModelCost(expert_size(spec), self.device(spec, where)).estimate(prompt_tokens, output_tokens)
 
-    def device(self, spec: ExpertSpec) -> DeviceProfile:
-        name, devices = device_name(spec), self.devices
+    def reply_cost(self, spec: ExpertSpec, text: str, max_tokens: int, where: Site | None = None) -> CostEstimate:
+        """One reply of `spec` to `text` (with its persona and chat template) at its site."""
+        output = traits(spec.base).output_tokens(max_tokens)
+        return self.cost(spec, _prompt_tokens(spec, text), output, where)
+
+    def device(self, spec: ExpertSpec, where: Site | None = None) -> DeviceProfile:
+        name, devices = (where or site(spec)).device, self.devices
         if name not in devices:
             raise KeyError(f"expert {spec.name!r} is placed on unknown device {name!r}")
         return devices[name]
@@ -197,14 +232,14 @@ class BudgetPlanner:
         if pool.aggregation == "vote" or pool.aggregator is None or pool.aggregator not in pool.experts:
             return AggregationCost()
         spec = pool.experts[pool.aggregator]
-        device = self.device(spec)
+        device = self.device(spec, pool.site(pool.aggregator))
         prompt = text_tokens(aggregation_prompt(text, [])) + _prompt_tokens(spec, "")
         answer = tokens.expert_max_tokens + ANSWER_TOKENS_EXTRA
         return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, tokens.aggregator_max_tokens)
 
 
-def _computed_here(spec: ExpertSpec) -> bool:
-    return device_name(spec) == LOCAL_DEVICE and traits(spec.base).computes_here
+def _computed_here(spec: ExpertSpec, where: Site) -> bool:
+    return where.device == LOCAL_DEVICE and traits(spec.base).computes_here
 
 
 def _quality(scores: Sequence[ExpertScore], calibrated: bool) -> dict[str, float]:

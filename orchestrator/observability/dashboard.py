@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.domain import Decision
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.window import BatchingWindow
-from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
@@ -35,7 +35,7 @@ State = dict[str, Any]
 class DashboardService:
     db: Database
     pool: PoolState
-    worker: DeviceWorker
+    fleet: Fleet
     window: BatchingWindow[Any, Any]
 
     def state(self, limit: int = 20) -> State:
@@ -52,7 +52,7 @@ class DashboardService:
             "heatmap": heatmap(scores, matched),
             "decisions": decisions,
             "recruitment": recruitment_share(recruits),
-            "timeline": residency(self.worker.name, self.worker.timeline()),
+            "timeline": residency({n: w.timeline() for n, w in self.fleet.workers.items()}),
             "scheduling": {"queue_depth": self.window.depth(),
                            "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]},
             "budgets": budget_use(decisions),
@@ -108,16 +108,18 @@ def recruitment_share(rows: Sequence[tuple[datetime, list[Any]]]) -> State:
     return {"experts": experts, "times": [times[0] + k * width for k in keys], "shares": shares}
 
 
-def residency(worker: str, events: Sequence[tuple[float, str, str]]) -> State:
-    """Load → unload intervals per model from the worker's timeline; `end` None = still resident."""
-    loaded: dict[str, float] = {}
+def residency(timelines: Mapping[str, Sequence[tuple[float, str, str]]]) -> State:
+    """Load → unload intervals per worker and model from each worker's timeline; `end` None =
+    still resident. One lane per (worker, model): the residency view per device."""
     segments: list[State] = []
-    for t, kind, key in events:
-        if kind == "load":
-            loaded[key] = t
-        elif key in loaded:
-            segments.append({"worker": worker, "model": key, "start": loaded.pop(key), "end": t})
-    segments += [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
+    for worker, events in timelines.items():
+        loaded: dict[str, float] = {}
+        for t, kind, key in events:
+            if kind == "load":
+                loaded[key] = t
+            elif key in loaded:
+                segments.append({"worker": worker, "model": key, "start": loaded.pop(key), "end": t})
+        segments += [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
     segments.sort(key=lambda s: s["start"])
     return {"now": time.time(), "segments": segments[-MAX_SEGMENTS:]}
 

@@ -123,10 +123,11 @@ class Metrics(Probe):
         for resource in ("latency", "energy"):
             self.over_budget.labels(resource=resource)
 
-    def watch(self, worker: str, counts: Counts, queue_depth: Callable[[], int],
+    def watch(self, workers: Mapping[str, Counts], queue_depth: Callable[[], int],
               pool_size: Callable[[], int]) -> None:
-        """Read these at scrape time: the worker's residency counts, the window's queue, the pool."""
-        self.registry.register(ResidencyCollector(worker, counts))
+        """Read these at scrape time: each worker's residency counts, the window's queue, the pool."""
+        for worker, counts in workers.items():
+            self.registry.register(ResidencyCollector(worker, counts))
         self.queue_depth.set_function(lambda: float(queue_depth()))
         self.pool_experts.set_function(lambda: float(pool_size()))
 

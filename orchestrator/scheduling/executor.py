@@ -4,28 +4,37 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from experts.types import Generation
-from orchestrator.scheduling.planner import Job, plan_stages
+from orchestrator.scheduling.planner import Job, Stage, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
 Progress = Callable[[int, int], None]
 
 
+Emit = Callable[[dict[str, Generation]], None]
+
+
 class Executor(Protocol):
     def __call__(self, jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-                 progress: Progress | None = None, chunk: int = 16) -> dict[str, Generation]: ...
+                 progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None
+                 ) -> dict[str, Generation]: ...
 
 
 def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-            progress: Progress | None = None, chunk: int = 16) -> dict[str, Generation]:
+            progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None) -> dict[str, Generation]:
     """Generate every job; each base model is loaded at most once for the whole batch.
 
-    Stages are cut into chunks only so progress can be reported; the model stays resident
-    between chunks because every remaining stage's model (and `keep_last`) is protected.
-    Once a stage's model is in, the next stage's starts loading beside its generation where
-    the backend allows (DeviceWorker.prefetch).
+    Stages are cut into chunks so progress can be reported and finished replies handed on
+    (`emit`) while the rest run; the model stays resident between chunks because every
+    remaining stage's model (and `keep_last`) is protected. Once a stage's model is in, the next
+    stage's starts loading beside its generation where the backend allows (DeviceWorker.prefetch).
+
+    A failure stays with the jobs it hit: a model that will not load fails its stage's jobs, a
+    generate call that raises (a lost worker, a crashed engine) fails that chunk's, each with
+    the error as its reply's `error`, and the other stages still run.
 
     Greedy jobs that repeat an earlier one (same model, same messages, temperature 0: an
     expert drawn twice for a query, or one question asked twice in a window) run once and
@@ -37,19 +46,46 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     out: dict[str, Generation] = {}
     for i, stage in enumerate(stages):
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
-        if i + 1 < len(stages):  # this stage's model in first, so the next one's load fits beside it
-            worker.ensure_loaded(stage.base, protect)
-            worker.prefetch(stages[i + 1].base, protect)
+        failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
         for start in range(0, len(stage.jobs), chunk):
             part = stage.jobs[start:start + chunk]
-            gens = worker.generate(stage.base, [j.request for j in part], protect)
-            for job, gen in zip(part, gens, strict=True):
-                out[job.job_id] = gen
-                out.update((c.job_id, gen.model_copy(update={"request_id": c.request.request_id}))
-                           for c in copies.get(job.job_id, []))
+            gens = failed[start:start + chunk] if failed else _guarded(
+                part, partial(worker.generate, stage.base, [j.request for j in part], protect))
+            done = _with_copies(part, gens, copies)
+            out.update(done)
+            if emit:
+                emit(done)
             if progress:
                 progress(len(out), len(jobs))
     return out
+
+
+def _with_copies(part: Sequence[Job], gens: Sequence[Generation], copies: dict[str, list[Job]]
+                 ) -> dict[str, Generation]:
+    """Each job's reply, and the same reply under each coalesced copy's own request id."""
+    done = {}
+    for job, gen in zip(part, gens, strict=True):
+        done[job.job_id] = gen
+        done.update((c.job_id, gen.model_copy(update={"request_id": c.request.request_id}))
+                    for c in copies.get(job.job_id, []))
+    return done
+
+
+def _load(worker: DeviceWorker, stages: Sequence[Stage], i: int, protect: set[str]) -> None:
+    """This stage's model in first, so the next one's load fits beside it (where it may load)."""
+    if i + 1 < len(stages):
+        worker.ensure_loaded(stages[i].base, protect)
+        worker.prefetch(stages[i + 1].base, protect)
+
+
+def _guarded(jobs: Sequence[Job], work: Callable[[], object]) -> list[Generation]:
+    """`work`'s result; if it raises, an empty list becomes every job failed with its error."""
+    try:
+        result = work()
+    except Exception as exc:  # the failure belongs to these jobs alone
+        error = f"{type(exc).__name__}: {exc}"
+        return [Generation.failed(j.request.request_id, error) for j in jobs]
+    return list(result) if isinstance(result, list) else []
 
 
 def coalesce(jobs: Sequence[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
@@ -80,7 +116,7 @@ def greedy_key(job: Job) -> str | None:
 
 
 def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-                  progress: Progress | None = None, chunk: int = 16) -> dict[str, Generation]:
+                  progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None) -> dict[str, Generation]:
     """The baseline we beat: every job loads its model, generates alone and unloads it.
 
     This is what per-query serving does (and what Symbolic-MoE's offline code does per model,
@@ -88,8 +124,10 @@ def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | No
     """
     out: dict[str, Generation] = {}
     for job in jobs:
-        out[job.job_id] = worker.generate(job.base, [job.request])[0]
+        out[job.job_id] = _guarded([job], partial(worker.generate, job.base, [job.request]))[0]
         worker.unload(job.base.key)
+        if emit:
+            emit({job.job_id: out[job.job_id]})
         if progress:
             progress(len(out), len(jobs))
     return out

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from experts.backend import BackendError
-from experts.devices import DeviceProfile
 from experts.types import ExpertSpec
-from orchestrator.budgets.planner import device_name
-from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.pool import PoolState
 from orchestrator.services.profiling import ProfilingService
@@ -22,18 +20,9 @@ from orchestrator.store.repositories.experts import ExpertRepository
 log = logging.getLogger(__name__)
 
 
-def check_placement(spec: ExpertSpec, devices: Mapping[str, DeviceProfile]) -> None:
-    """Every expert runs somewhere budgets can cost: a device of the device profiles."""
-    name = device_name(spec)
-    if name not in devices:
-        raise Unprocessable(f"expert {spec.name!r} is placed on unknown device {name!r}; "
-                            f"known: {', '.join(sorted(devices))}", "placement.device")
-
-
 class ExpertService:
-    def __init__(self, db: Database, worker: DeviceWorker, pool: PoolState, profiler: ProfilingService,
-                 devices: Mapping[str, DeviceProfile]):
-        self.db, self.worker, self.pool, self.profiler, self.devices = db, worker, pool, profiler, devices
+    def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService):
+        self.db, self.fleet, self.pool, self.profiler = db, fleet, pool, profiler
         self.queue = ProfilingQueue(lambda ids: self._profile_batch(ids))
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
@@ -41,7 +30,7 @@ class ExpertService:
         with self.db.session() as s:
             if ExpertRepository(s).by_name(spec.name) is not None:
                 raise Conflict(f"an expert named {spec.name!r} already exists", "name")
-        check_placement(spec, self.devices)
+        self.pool.deployment.check(spec)  # a worker and a device the deployment has
         self.check_loads(spec)
         with self.db.session() as s:
             row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")
@@ -50,14 +39,16 @@ class ExpertService:
         return row
 
     def check_loads(self, spec: ExpertSpec) -> None:
+        """Load the model on the worker it will run on: a bad model is refused (422) there."""
+        worker = self.fleet[self.pool.worker_for(spec)]
         try:
-            self.worker.backend(spec.base).validate()
-            self.worker.ensure_loaded(spec.base)
+            worker.backend(spec.base).validate()
+            worker.ensure_loaded(spec.base)
         except BackendError as exc:
-            self.worker.forget(spec.base.key)
+            worker.forget(spec.base.key)
             raise Unprocessable(str(exc), "model.source") from exc
         except Exception as exc:  # llama.cpp raises ValueError for a GGUF it cannot load
-            self.worker.forget(spec.base.key)
+            worker.forget(spec.base.key)
             raise Unprocessable(f"model failed to load: {exc}", "model.source") from exc
 
     def all(self) -> Sequence[Expert]:

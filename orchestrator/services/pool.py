@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from experts.types import ExpertSpec
+from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.router import build_router
-from orchestrator.routing.snapshot import PoolSnapshot
+from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -58,11 +59,12 @@ def _answer_records(
 
 
 class PoolState:
-    """Holds the current snapshot; `refresh` rebuilds it from the store."""
+    """Holds the current snapshot; `refresh` rebuilds it from the store, placement included."""
 
-    def __init__(self, db: Database, dataset: str, embedder: Embedder, router_name: str = "symbolic",
-                 llm_aggregator: bool = True):
+    def __init__(self, db: Database, dataset: str, embedder: Embedder, deployment: Deployment,
+                 router_name: str = "symbolic", llm_aggregator: bool = True):
         self.db, self.dataset, self.embedder, self.router_name = db, dataset, embedder, router_name
+        self.deployment = deployment
         self.llm_aggregator = llm_aggregator  # False: answers are voted on, no aggregator expert
         self._lock = threading.Lock()
         self._snapshot: PoolSnapshot | None = None
@@ -82,8 +84,20 @@ class PoolState:
             agg = None
         elif agg not in experts:  # not benchmarked yet: fall back to the most competent expert
             agg = max(evidence.competence, key=lambda n: evidence.competence[n], default=None)
-        snap = PoolSnapshot(experts, build_router(evidence, self.router_name),
-                            SkillVocabulary(skills, self.embedder), agg, dict(evidence.competence))
+        snap = PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
+                            agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers))
         with self._lock:
             self._snapshot = snap
         return snap
+
+    def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
+        """Where every stored expert that has not failed runs (and `extra`, not stored yet)."""
+        with self.db.session() as s:
+            rows = [r for r in ExpertRepository(s).list() if r.status != "failed"]
+            specs = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
+        if extra is not None:
+            specs[extra.name] = extra
+        return self.deployment.plan(specs)
+
+    def worker_for(self, spec: ExpertSpec) -> str:
+        return self.placement(spec)[spec.name]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,8 @@ from experts.types import ExpertSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.pools.loader import profiling_split
 from orchestrator.pools.schema import PoolConfig, ValidationSource
-from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
-from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.db import Database
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -56,8 +56,11 @@ def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
 
 
 class ProfilingService:
-    def __init__(self, db: Database, worker: DeviceWorker, embedder: Embedder, config: PoolConfig):
-        self.db, self.worker, self.embedder, self.config = db, worker, embedder, config
+    """Profiles experts on the workers they run on (`placement`: expert name → worker name)."""
+
+    def __init__(self, db: Database, fleet: Fleet, embedder: Embedder, config: PoolConfig,
+                 placement: Callable[[], Mapping[str, str]]):
+        self.db, self.fleet, self.embedder, self.config, self.placement = db, fleet, embedder, config, placement
         self.dataset = config.validation.dataset_key()
 
     def validation_set(self) -> list[ValidationItem]:
@@ -78,13 +81,29 @@ class ProfilingService:
         return [(q.id, dataclasses.asdict(q), [m.skill for m in ms]) for q, ms in zip(questions, matches, strict=True)]
 
     def profile(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None = None) -> None:
-        """Every expert answers every validation question (one batch); store graded profiles."""
+        """Every expert answers every validation question (one batch, each on its worker, the
+        workers at once); store graded profiles. An expert most of whose answers failed (a
+        model that will not load, a lost server) is marked failed with the first error."""
         items = self.validation_set()
-        jobs = [self._job(eid, spec, it) for eid, spec in experts for it in items]
-        gens = execute(jobs, self.worker, progress=self._track(experts, progress))
+        jobs = self._by_worker([(spec, self._job(eid, spec, it)) for eid, spec in experts for it in items])
+        gens = self.fleet.execute(jobs, progress=self._track(experts, progress))
         for eid, _spec in experts:
-            graded = [(it, gens[f"{eid}:{it.row_id}"].text) for it in items]
-            self._save(eid, graded)
+            replies = [gens[f"{eid}:{it.row_id}"] for it in items]
+            errors = [g.error for g in replies if g.error is not None]
+            if len(errors) * 2 > len(replies):
+                self._fail(eid, f"profiling failed: {errors[0]}")
+                continue
+            self._save(eid, [(it, g.text) for it, g in zip(items, replies, strict=True)])
+
+    def _by_worker(self, jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
+        where, out = self.placement(), defaultdict(list)
+        for spec, job in jobs:
+            out[where.get(spec.name, self.fleet.default)].append(job)
+        return out
+
+    def _fail(self, expert_id: int, error: str) -> None:
+        with self.db.session() as s:
+            ExpertRepository(s).set_status(expert_id, "failed", error)
 
     def _job(self, eid: int, spec: ExpertSpec, item: ValidationItem) -> Job:
         max_tokens = self.config.generation.profiling_max_tokens
@@ -149,8 +168,8 @@ class ProfilingService:
             for ti, t in enumerate(tasks):
                 prompt = aggregation_prompt(format_prompt(t.question), t.responses)
                 req = spec.request(f"{name}|{ti}", prompt, max_tokens)
-                jobs.append(Job(req.request_id, spec.base, req))
-        gens = execute(jobs, self.worker, progress=progress)
+                jobs.append((spec, Job(req.request_id, spec.base, req)))
+        gens = self.fleet.execute(self._by_worker(jobs), progress=progress)  # a failed one grades wrong
         return {n: sum(_grade(t.question, gens[f"{n}|{ti}"].text) for ti, t in enumerate(tasks)) / len(tasks)
                 for n in specs}
 

@@ -62,7 +62,10 @@ class QueryService:
         with self.db.session() as s:
             for item, out in zip(runnable, outcomes, strict=True):
                 QueryRepository(s).finish(item.query_id, out)
-        self.probe.queries_finished("done", len(runnable))
+        failed = sum(o.error is not None for o in outcomes)
+        self.probe.queries_finished("done", len(runnable) - failed)
+        if failed:
+            self.probe.queries_finished("failed", failed)
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import ray
@@ -21,21 +21,27 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from experts.workers import declared_workers
 from orchestrator.api.app import create_app
+from orchestrator.budgets.planner import device_table
 from orchestrator.container import SkillRoute
 from orchestrator.pools.loader import load_pool_config
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import NAMESPACE, local_cores, spawn_all
+from orchestrator.serving.worker_actor import NAMESPACE, cluster_workers, local_cores, spawn_all
 from orchestrator.settings import Settings, get_settings
 
 APP_NAME = "skillroute"
 Log = Callable[[str], None]
 
 
-def device_worker(settings: Settings, cpu_reservation: float) -> RemoteWorker:
-    """Spawn (or find) every device's actor; the pipeline drives the preferred one."""
-    actors = spawn_all(settings.memory_budget_bytes, cpu_reservation, settings.backend_options())
-    return RemoteWorker(next(iter(actors.values())))
+def device_workers(settings: Settings, cpu_reservation: float) -> dict[str, RemoteWorker]:
+    """Spawn (or find) every worker's actor, pinned to its node; each experts' generations run
+    on the actor of the worker they are placed on."""
+    profiles = device_table(settings.budgets.devices_file)
+    declared = declared_workers(settings.budgets.devices_file, profiles)
+    workers = cluster_workers(declared, settings.backends.memory_budget_gb, cpu_reservation)
+    actors = spawn_all(workers, profiles, settings.backend_options())
+    return {name: RemoteWorker(actor) for name, actor in actors.items()}
 
 
 class SkillRouteIngress:
@@ -43,8 +49,8 @@ class SkillRouteIngress:
     lifespan starts it (a no-op where `skillroute serve` already profiled the pool) and closes it."""
 
     def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0):
-        worker = device_worker(settings, cpu_reservation)
-        self.container = SkillRoute(settings, load_pool_config(pool_path), worker=worker)
+        workers = device_workers(settings, cpu_reservation)
+        self.container = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__: the app needs the container the constructor built."""
@@ -87,14 +93,14 @@ def init_ray(settings: Settings, dashboard: bool) -> str:
     return ctx.dashboard_url or ""
 
 
-def prepare_pool(settings: Settings, pool_path: Path, worker: RemoteWorker,
+def prepare_pool(settings: Settings, pool_path: Path, workers: Mapping[str, RemoteWorker],
                  prepare: Callable[[SkillRoute], None]) -> None:
-    """Profile and recover in this process, through the actor, so its models start resident."""
-    c = SkillRoute(settings, load_pool_config(pool_path), worker=worker)
+    """Profile and recover in this process, through the actors, so their models start resident."""
+    c = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
     try:
         prepare(c)
     finally:
-        c.close()  # leaves the injected worker (and its loaded models) running
+        c.close()  # leaves the injected workers (and their loaded models) running
 
 
 def run_serve(settings: Settings, pool_path: Path, host: str, port: int, prepare: Callable[[SkillRoute], None],
@@ -105,9 +111,9 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, prepare
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
-        worker = device_worker(settings, cores)
+        workers = device_workers(settings, cores)
         log_cluster(dashboard_url, log)
-        prepare_pool(settings, pool_path, worker, prepare)
+        prepare_pool(settings, pool_path, workers, prepare)
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(settings, pool_path, cores), name=APP_NAME, route_prefix="/")
         log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r})")

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
 
+from experts.devices import DeviceProfile
 from experts.factory import make_backend
 from experts.options import BackendOptions
 from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.workers import LOCAL_GPU_PROFILE, WorkerSpec, local_workers, memory_bytes
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 
 NAMESPACE = "skillroute"
+RESOURCE_SHARE = 0.01  # of a node's custom resource per worker: up to 100 workers on one node
 # Calls run on threads so /health (resident) answers while a long generate holds the device;
 # the DeviceWorker's lock still lets only one call touch the backends at a time.
 MAX_CONCURRENCY = 16
@@ -34,23 +36,15 @@ def actor_name(device: str) -> str:
     return f"skillroute-worker-{device}"
 
 
-@dataclass(frozen=True)
-class Device:
-    """One device and what its actor reserves from Ray's scheduler."""
-
-    name: str
-    num_cpus: float
-    num_gpus: float = 0.0
-
-
-def cluster_devices(cpu_reservation: float) -> list[Device]:
-    """The CPU plus one device per GPU the cluster reports; GPUs come first, as the preferred device.
-
-    A GPU actor reserves its GPU but no CPU, so the CPU actor can reserve every core without
-    leaving a GPU actor unschedulable.
-    """
+def cluster_workers(declared: Sequence[WorkerSpec], memory_gb: float, cpu_reservation: float) -> list[WorkerSpec]:
+    """The deployment's workers under Ray: those the devices file declares, else this machine's
+    CPU (reserving `cpu_reservation` cores for llama.cpp) and one worker per GPU the cluster has.
+    A GPU worker reserves its GPU and no CPU, so the CPU worker can reserve every core."""
+    if declared:
+        return list(declared)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    return [Device(f"gpu{i}", 0.0, 1.0) for i in range(gpus)] + [Device("cpu", cpu_reservation)]
+    return ([WorkerSpec(name=f"gpu{i}", device=LOCAL_GPU_PROFILE, gpus=1.0) for i in range(gpus)]
+            + local_workers(memory_gb, cpu_reservation))
 
 
 def local_cores() -> int:
@@ -109,23 +103,28 @@ class WorkerActor:
         return {"device": self.worker.name, "memory_budget": self.worker.memory_budget, "pid": os.getpid()}
 
 
-def spawn(device: Device, memory_budget_bytes: int, factory: BackendFactory = make_backend
+def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory = make_backend
           ) -> ActorHandle[WorkerActor]:
-    """Get the device's actor, creating it if no one has yet (idempotent across replicas).
+    """Get the worker's actor, creating it if no one has yet (idempotent across replicas).
 
-    `factory` travels to the actor by value (tests pass one that builds mock backends).
+    Pinned to its node by the custom resource the node advertises (a small share of it, so
+    several workers can live on one node), and restarted by Ray if its process dies: the next
+    call finds a fresh actor that reloads its models on demand. A call in flight when it died
+    is not retried (its jobs fail, and the pipeline recruits stand-ins). `factory` travels to
+    the actor by value (tests pass one that builds mock backends).
     """
+    resources = {worker.resource: RESOURCE_SHARE} if worker.resource else {}
     handle = ray.remote(WorkerActor).options(
-        name=actor_name(device.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=device.num_cpus, num_gpus=device.num_gpus, max_concurrency=MAX_CONCURRENCY,
-    ).remote(device.name, memory_budget_bytes, factory)
+        name=actor_name(worker.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        num_cpus=worker.cpus, num_gpus=worker.gpus, resources=resources, max_concurrency=MAX_CONCURRENCY,
+        max_restarts=-1, max_task_retries=0,
+    ).remote(worker.name, memory_budget_bytes, factory)
     # Ray types `.remote()` as "a handle or the class itself"; at runtime it is always a handle.
     return cast("ActorHandle[WorkerActor]", handle)
 
 
-def spawn_all(memory_budget_bytes: int, cpu_reservation: float,
+def spawn_all(workers: Sequence[WorkerSpec], profiles: Mapping[str, DeviceProfile],
               options: BackendOptions | None = None) -> dict[str, ActorHandle[WorkerActor]]:
-    """One actor per device of the cluster, keyed by device name, preferred device first; its
-    backends are built with the service's backend options."""
+    """One actor per worker, by worker name; its backends are built with the service's options."""
     factory = functools.partial(make_backend, options=options or BackendOptions())
-    return {d.name: spawn(d, memory_budget_bytes, factory) for d in cluster_devices(cpu_reservation)}
+    return {w.name: spawn(w, memory_bytes(w, profiles), factory) for w in workers}

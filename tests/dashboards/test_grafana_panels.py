@@ -62,7 +62,7 @@ def test_metric_name_parser() -> None:
 @pytest.fixture
 def exported(client) -> set[str]:
     """Sample names of a scrape taken after a batch, a cold reload and an error."""
-    client.app.state.skillroute.worker.shutdown()  # so loads, unloads and load times are recorded
+    client.app.state.skillroute.fleet["cpu"].shutdown()  # so loads, unloads and load times are recorded
     client.post("/v1/queries", json=[{"query": f"What is {i} + {i}?", "k": 3, "seed": i} for i in range(3)])
     client.get("/v1/queries/424242")
     text = client.get("/metrics").text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from experts.replay import (
     load_recording,
     write_recording,
 )
-from experts.types import BaseModelSpec, ExpertSpec, Generation
+from experts.types import BaseModelSpec, ChatMessage, ExpertSpec, Generation, GenerationRequest
 from skills.datasets import LabelledQuestion, format_prompt
 from skills.grading import extract_choice, grade
 
@@ -118,9 +119,14 @@ def test_every_corpus_question_is_found_from_its_own_prompt(real: Recording) -> 
     assert wrong == []
 
 
-def test_unknown_question_is_a_clear_error(backend: ReplayBackend) -> None:
-    with pytest.raises(BackendError, match="no recorded question .* 'What is the airspeed"):
-        _ask(backend, "What is the airspeed velocity of an unladen swallow?")
+def test_unknown_question_is_a_clear_error_of_that_request_alone(backend: ReplayBackend, folder: Path) -> None:
+    unknown = _generate(backend, "What is the airspeed velocity of an unladen swallow?")
+    assert unknown.text == "" and re.search(r"no recorded question .* 'What is the airspeed", unknown.error or "")
+    known = next(iter(load_recording(folder).questions.values())).question
+    asked = [GenerationRequest(request_id=str(i), messages=[ChatMessage(role="user", content=t)])
+             for i, t in enumerate(["What is the airspeed?", known])]
+    bad, good = backend.generate(asked)
+    assert bad.error and good.error is None and good.text.startswith(("Answer:", "No answer"))
 
 
 def test_question_without_a_recording_for_the_model_names_both(folder: Path, tmp_path: Path) -> None:
@@ -131,8 +137,8 @@ def test_question_without_a_recording_for_the_model_names_both(folder: Path, tmp
         fh.write("question_id,only-model\n")  # the question exists but no row records it
     b = ReplayBackend(partial, "only-model")
     b.load()
-    with pytest.raises(BackendError, match=f"only-model has no recorded answer for question {first.question_id}"):
-        _ask(b, first.question)
+    assert f"only-model has no recorded answer for question {first.question_id}" in (_generate(b, first.question).error
+                                                                                    or "")
 
 
 def test_missing_model_or_folder_fail_validation(folder: Path, tmp_path: Path) -> None:

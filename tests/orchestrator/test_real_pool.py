@@ -54,13 +54,13 @@ def test_pool_is_profiled_with_real_answers(real):
 
 
 def test_batch_of_20_queries_loads_each_base_model_at_most_once(real):
-    real.worker.shutdown()
-    before = real.worker.loads_by_model()
+    real.fleet["cpu"].shutdown()
+    before = real.fleet["cpu"].loads_by_model()
     pairs = [(a, b) for a in range(11, 31) for b in (7,)][:20]
     inputs = [Ask(text=f"What is {a}*{b}? Reply with the number.", k=3, seed=i) for i, (a, b) in enumerate(pairs)]
     snapshot = real.pool.snapshot
     outcomes = real.pipeline.answer(snapshot, inputs, real.pipeline.route(snapshot, inputs))
-    loads = {k: n - before.get(k, 0) for k, n in real.worker.loads_by_model().items()}
+    loads = {k: n - before.get(k, 0) for k, n in real.fleet["cpu"].loads_by_model().items()}
     assert loads and all(n <= 1 for n in loads.values()), loads
     texts = [a.text for o in outcomes for a in o.answers]
     assert len(texts) >= 60 and len(set(texts)) > 20  # real, varied generation, not canned text

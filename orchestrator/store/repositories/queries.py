@@ -44,7 +44,8 @@ class QueryRepository:
         return self.session.scalars(stmt.order_by(Query.id)).all()
 
     def finish(self, query_id: int, out: Outcome) -> None:
-        """A finished query: its decision as it ran, every generation, the final answer."""
+        """A finished query: its decision as it ran, every generation, the final answer (or,
+        when no generation succeeded, its error)."""
         row = self.get(query_id)
         if row is None:
             return
@@ -54,7 +55,10 @@ class QueryRepository:
         else:
             row.decision.record = record
         self.session.add_all(GenerationRow(query_id=query_id, **a.model_dump()) for a in out.answers)
-        row.status, row.answer, row.latency_s = "done", out.answer, out.latency_s
+        if out.error is not None:  # every generation failed: the query fails alone, its decision kept
+            row.status, row.error, row.latency_s = "failed", out.error, out.latency_s
+        else:
+            row.status, row.answer, row.latency_s = "done", out.answer, out.latency_s
 
     def fail(self, query_id: int, error: str) -> None:
         row = self.session.get(Query, query_id)

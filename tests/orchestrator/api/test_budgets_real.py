@@ -84,12 +84,12 @@ def test_measured_latency_respects_a_tight_budget_on_the_local_pool(local: Skill
 
 
 def test_an_infeasible_budget_on_the_local_pool_is_422_and_generates_nothing(local: SkillRoute, url: str) -> None:
-    before = local.worker.total_loads(), _generations(local)
+    before = local.fleet["cpu"].total_loads(), _generations(local)
     r = post(url, "/v1/queries", {"query": QUESTION, "latency_ms": 1})
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["param"] == "latency_ms" and err["fastest"]["expert"] in err["message"]
-    assert (local.worker.total_loads(), _generations(local)) == before
+    assert (local.fleet["cpu"].total_loads(), _generations(local)) == before
 
 
 def _generations(local: SkillRoute) -> int:

@@ -27,7 +27,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_queries_fill_routing_generation_and_scheduling_metrics(client, container):
-    container.worker.shutdown()  # cold start, so this test's query must load its models
+    container.fleet["cpu"].shutdown()  # cold start, so this test's query must load its models
     bodies = [client.post("/v1/queries", json={"query": f"What is {i}*7?", "k": 3, "seed": i}).json()
               for i in range(2)]
     m = scrape(client)
@@ -47,15 +47,15 @@ def test_queries_fill_routing_generation_and_scheduling_metrics(client, containe
 
 
 def test_loads_unloads_and_residency_follow_the_worker(client, container):
-    container.worker.shutdown()
+    container.fleet["cpu"].shutdown()
     before = value(scrape(client), "skillroute_model_load_seconds_count")
     client.post("/v1/queries", json={"query": "Who wrote the Analects?", "k": 3, "seed": 2})
     m = scrape(client)
-    counts = container.worker.residency_counts()
+    counts = container.fleet["cpu"].residency_counts()
     for key, (loads, unloads) in counts.items():
         assert value(m, "skillroute_model_loads_total", worker="cpu", model=key) == loads
         assert value(m, "skillroute_model_unloads_total", worker="cpu", model=key) == unloads
-    resident = container.worker.resident()
+    resident = container.fleet["cpu"].resident()
     assert {dict(ls)["model"] for (n, ls), v in m.items() if n == "skillroute_model_resident" and v == 1} == resident
     assert value(m, "skillroute_model_load_seconds_count") - before == len(resident)  # once each since shutdown
 
@@ -99,6 +99,6 @@ def test_dashboard_state_shows_the_queries(client, container):
     heat = state["heatmap"]
     assert set(heat["experts"]) == {"alpha", "beta", "gamma"}
     assert {s["skill"] for s in body["skills"]} <= set(heat["matched"]) <= set(heat["skills"])
-    assert {m for s in state["timeline"]["segments"] for m in [s["model"]]} >= container.worker.resident()
+    assert {m for s in state["timeline"]["segments"] for m in [s["model"]]} >= container.fleet["cpu"].resident()
     assert set(state["recruitment"]["experts"]) >= set(body["recruited"])
     assert client.get("/dashboard").status_code == 200

@@ -30,12 +30,12 @@ def test_same_seed_same_decision(client):
 
 
 def test_batch_of_20_loads_each_base_model_once(client, container):
-    container.worker.shutdown()  # start cold so every base model must be loaded
-    before = container.worker.total_loads()
+    container.fleet["cpu"].shutdown()  # start cold so every base model must be loaded
+    before = container.fleet["cpu"].total_loads()
     qs = [{"query": f"What is {i}*{i + 3}?", "k": 3, "seed": i} for i in range(20)]
     r = client.post("/v1/queries", json=qs)
     assert r.status_code == 200 and len(r.json()) == 20
-    assert container.worker.total_loads() - before == 2  # m1 and m2, once each
+    assert container.fleet["cpu"].total_loads() - before == 2  # m1 and m2, once each
     assert all(q["status"] == "done" for q in r.json())
 
 

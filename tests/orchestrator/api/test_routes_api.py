@@ -29,10 +29,10 @@ def test_route_of_messages_matches_the_chat_of_those_messages(client):
 
 
 def test_route_generates_nothing_and_stores_nothing(client, container):
-    before = container.worker.total_loads()
-    container.worker.shutdown()
+    before = container.fleet["cpu"].total_loads()
+    container.fleet["cpu"].shutdown()
     dry = route(client, query=QUESTION, k=3)
-    assert container.worker.resident() == set() and container.worker.total_loads() == before
+    assert container.fleet["cpu"].resident() == set() and container.fleet["cpu"].total_loads() == before
     assert isinstance(dry["seed"], int) and route(client, query=QUESTION, k=3, seed=dry["seed"]) == dry
 
 

@@ -90,7 +90,9 @@ def test_the_replies_carry_the_one_stored_decision_record(client) -> None:  # ty
                                                  "messages": [{"role": "user", "content": question}]})
     rows = {r["id"]: r for r in client.get("/dashboard/api/state").json()["decisions"]}
     records = [dry, full, chat["skillroute"], rows[full["id"]], rows[chat["skillroute"]["query_id"]]]
-    assert all(Decision.model_validate({f: r[f] for f in fields}) == Decision.model_validate(dry) for r in records)
+    routed = Decision.model_validate(dry)
+    assert all(Decision.model_validate({f: r[f] for f in fields}).as_routed() == routed for r in records)
+    assert all(r["devices"] for r in records[1:])  # and the answered ones say where they ran
     assert dry["recruited"] and dry["experts"] and dry["skills"]  # a real decision, not an empty one
 
 

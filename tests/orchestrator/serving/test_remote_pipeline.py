@@ -17,12 +17,13 @@ from experts.backend import ExpertBackend
 from experts.factory import make_backend
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
+from experts.workers import WorkerSpec
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, Outcome
 from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig, ValidationSource
 from orchestrator.services.errors import Unprocessable
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import Device, spawn
+from orchestrator.serving.worker_actor import spawn
 from orchestrator.settings import Settings
 from skills.embedder import Embedder
 
@@ -52,7 +53,7 @@ def cluster() -> Iterator[None]:
 
 @pytest.fixture
 def remote(cluster: None) -> Iterator[RemoteWorker]:
-    actor = spawn(Device("test", num_cpus=0), 2**30, mock_or_real)
+    actor = spawn(WorkerSpec(name="test", device="local-cpu"), 2**30, mock_or_real)
     yield RemoteWorker(actor)
     ray.kill(actor)  # detached actors outlive their creator: each test gets a fresh device
 
@@ -65,7 +66,7 @@ def answer(c: SkillRoute, asks: list[Ask]) -> list[Outcome]:
 
 def containers(tmp_path: Path, embedder: Embedder, remote: RemoteWorker) -> tuple[SkillRoute, SkillRoute]:
     inline = SkillRoute(Settings(data_dir=tmp_path / "inline"), pool(), factory=mock_or_real, embedder=embedder)
-    on_ray = SkillRoute(Settings(data_dir=tmp_path / "ray"), pool(), embedder=embedder, worker=remote)
+    on_ray = SkillRoute(Settings(data_dir=tmp_path / "ray"), pool(), embedder=embedder, workers={"test": remote})
     for c in (inline, on_ray):
         c.bootstrap()
     return inline, on_ray

@@ -1,0 +1,46 @@
+"""The one place that wires skills → routing → budgets → scheduling → experts → aggregation.
+
+`route` decides for a batch of admitted queries, generating nothing (`decide`); `answer` runs
+decisions already made across the deployment's workers (`batch`): every expert generation on
+its expert's worker, the workers at once, each query aggregated as soon as its answers are in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from experts.options import BackendOptions
+from orchestrator.budgets.planner import BudgetPlanner
+from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.pipeline.batch import BatchRun
+from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
+from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.scheduling.fleet import Fleet
+from skills.embedder import Embedder
+
+__all__ = ["DIRECT", "GenerationLimits", "Pipeline", "PoolSnapshot"]
+
+
+class Pipeline:
+    def __init__(self, fleet: Fleet, embedder: Embedder, planner: BudgetPlanner | None = None,
+                 limits: GenerationLimits | None = None, skills_per_query: int = 3, aggregation: str = "llm",
+                 probe: Probe = NULL_PROBE, options: BackendOptions | None = None, fallback: bool = True):
+        self.fleet, self.embedder, self.probe = fleet, embedder, probe
+        self.planner = planner or BudgetPlanner()
+        self.limits = limits or GenerationLimits()
+        self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
+        self.fallback = fallback  # a failed expert's next-ranked stand-in, for routed queries
+        self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options)
+
+    def route(self, pool: PoolSnapshot, asks: Sequence[Ask]) -> list[Decision]:
+        """Skills, scores and recruits for every query, generating nothing."""
+        return self.decider.route(pool, asks)
+
+    def answer(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[Outcome]:
+        """Generate across the workers, then aggregate; the decisions were made at admission."""
+        outcomes = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
+                            self.fallback).run()
+        self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
+        self.probe.answered(outcomes)
+        return outcomes

@@ -1,0 +1,220 @@
+"""Answering a batch of decided queries across the fleet: experts, stand-ins, aggregation.
+
+Every expert generation goes to the worker its expert runs on, and the workers run at once
+(`scheduling.fleet`); a query's aggregation is queued as soon as its own expert answers are in.
+A failed generation fails only that answer. For a routed query the next-ranked expert that can
+take it stands in (once per failed draw; under a budget, only one that fits it alone); a query
+with at least one good answer is still aggregated and answered, and one left with none fails
+alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
+expert's reply. The decision records every failure, every stand-in, and each worker's predicted
+and measured time in the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from experts.types import ExpertSpec, Generation
+from orchestrator.aggregation.prompt import aggregation_prompt
+from orchestrator.aggregation.vote import vote_answer
+from orchestrator.budgets.planner import BudgetPlanner, measured
+from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
+from orchestrator.pipeline.decide import DIRECT, GenerationLimits
+from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.scheduling.fleet import Dispatch, Fleet
+from orchestrator.scheduling.planner import Job
+
+
+@dataclass
+class _Query:
+    ask: Ask
+    decision: Decision
+    outstanding: int = 0
+    answers: dict[int, Answer] = field(default_factory=dict)  # draw position → its answer
+    failures: list[Failure] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    workers: set[str] = field(default_factory=set)
+    aggregate: Answer | None = None
+    text: str = ""
+    error: str | None = None
+    done_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    query: int
+    draw: int  # -1: the aggregation
+    expert: str
+
+
+class BatchRun:
+    def __init__(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision], fleet: Fleet,
+                 planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True):
+        self.pool, self.fleet, self.planner, self.limits = pool, fleet, planner, limits
+        self.aggregation, self.fallback = aggregation, fallback
+        self.queries = [_Query(a, d) for a, d in zip(asks, decisions, strict=True)]
+        self.sites = pool.sites()
+        self._sent: dict[str, _Sent] = {}
+        self._predicted: dict[str, float] = {}
+        self._lock, self._open = threading.Lock(), len(self.queries)
+        self._started = time.perf_counter()
+        self._dispatch: Dispatch = fleet.dispatch(self._reply, self._keep_last())
+        self._held: dict[str, list[Job]] | None = None
+
+    def run(self) -> list[Outcome]:
+        with self._lock:
+            self._held = {}  # the first jobs go out together, one take per worker
+            for qi, q in enumerate(self.queries):
+                for j, name in enumerate(q.decision.recruited):
+                    self._send_expert(qi, j, name)
+                if not q.outstanding:
+                    self._experts_done(qi)
+            held, self._held = self._held, None
+            for worker, jobs in held.items():
+                self._dispatch.submit(worker, jobs)
+        busy = self._dispatch.wait()
+        return [self._outcome(q, busy) for q in self.queries]
+
+    # ------------------------------------------------------------------ sending
+
+    def _keep_last(self) -> dict[str, str]:
+        """Per worker, the aggregators' model the batch will need last (kept resident)."""
+        if self.aggregation != "llm":
+            return {}
+        aggregators = [q.decision.aggregator for q in self.queries if q.decision.aggregator in self.pool.experts]
+        keep: dict[str, str] = {}
+        for agg in sorted(set(aggregators), key=aggregators.count):  # the most used wins a shared worker
+            keep[self._worker(agg)] = self.pool.experts[agg].base.key
+        return keep
+
+    def _worker(self, expert: str) -> str:
+        return self.pool.worker_of(expert, self.fleet.default)
+
+    def _send(self, job_id: str, sent: _Sent, spec: ExpertSpec, text: str, max_tokens: int, seed_offset: int) -> None:
+        req = spec.request(job_id, text, max_tokens)
+        # an expert drawn twice answers twice: give each draw its own sample
+        req.sampling = req.sampling.model_copy(update={"seed": (req.sampling.seed or 0) + seed_offset})
+        worker = self._worker(sent.expert)
+        self._sent[job_id] = sent
+        self.queries[sent.query].workers.add(worker)
+        cost = self.planner.reply_cost(spec, text, max_tokens, self.sites[sent.expert])
+        self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s
+        job = Job(job_id, spec.base, req)
+        if self._held is not None:
+            self._held.setdefault(worker, []).append(job)
+        else:
+            self._dispatch.submit(worker, [job])
+
+    def _send_expert(self, qi: int, draw: int, name: str) -> None:
+        q = self.queries[qi]
+        q.outstanding += 1
+        q.tried.add(name)
+        attempt = len(q.tried)
+        self._send(f"{qi}:{draw}:{attempt}", _Sent(qi, draw, name), self.pool.experts[name], q.ask.text,
+                   self.limits.expert_max_tokens, draw)
+
+    # ------------------------------------------------------------------ replies
+
+    def _reply(self, job_id: str, gen: Generation) -> None:
+        with self._lock:
+            sent = self._sent.pop(job_id)
+            if sent.draw < 0:
+                self._aggregated(sent, gen)
+                return
+            q = self.queries[sent.query]
+            if gen.error is None:
+                q.answers[sent.draw] = _answer(sent.expert, "expert", gen)
+            else:
+                q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
+                if (stand_in := self._stand_in(q)) is not None:
+                    q.fallbacks.append(stand_in)
+                    self._send_expert(sent.query, sent.draw, stand_in)
+            q.outstanding -= 1
+            if not q.outstanding:
+                self._experts_done(sent.query)
+
+    def _stand_in(self, q: _Query) -> str | None:
+        """The next-ranked expert not tried yet for this query, when it may have one."""
+        if not self.fallback or q.decision.router == DIRECT:
+            return None
+        allowed = _within_budget(q.decision)
+        return next((s.name for s in q.decision.experts
+                     if s.name not in q.tried and (allowed is None or s.name in allowed)), None)
+
+    def _experts_done(self, qi: int) -> None:
+        q = self.queries[qi]
+        answers = [q.answers[j] for j in sorted(q.answers)]
+        if not answers:
+            errors = "; ".join(f"{f.expert}: {f.error}" for f in q.failures) or "no expert was recruited"
+            self._finish(q, "", f"every expert failed: {errors}")
+        elif len(answers) == 1:
+            self._finish(q, answers[0].text)
+        elif self.aggregation == "vote":
+            self._finish(q, _voted(answers, q, self.pool))
+        elif (agg := q.decision.aggregator) is not None and agg in self.pool.experts:
+            prompt = aggregation_prompt(q.ask.text, [a.text for a in answers])
+            self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,
+                       self.limits.aggregator_max_tokens, 0)
+        else:
+            self._finish(q, answers[0].text)
+
+    def _aggregated(self, sent: _Sent, gen: Generation) -> None:
+        q = self.queries[sent.query]
+        if gen.error is None:
+            q.aggregate = _answer(sent.expert, "aggregator", gen)
+            self._finish(q, gen.text)
+            return
+        q.failures.append(Failure(expert=sent.expert, role="aggregator", error=gen.error))
+        self._finish(q, _best_ranked(q).text)
+
+    def _finish(self, q: _Query, text: str, error: str | None = None) -> None:
+        q.text, q.error, q.done_at = text, error, time.perf_counter()
+        self._open -= 1
+        if not self._open:
+            self._dispatch.finish()
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _outcome(self, q: _Query, busy: dict[str, float]) -> Outcome:
+        latency = (q.done_at or time.perf_counter()) - self._started
+        devices = [DeviceTime(worker=w, device=self._device(w), predicted_s=self._predicted.get(w, 0.0),
+                              measured_s=busy.get(w)) for w in sorted(q.workers)]
+        budget = q.decision.budget and measured(q.decision.budget, latency, self.planner.power_w)
+        decision = q.decision.model_copy(update={"failures": q.failures, "fallbacks": q.fallbacks,
+                                                 "devices": devices, "budget": budget})
+        answers = [q.answers[j] for j in sorted(q.answers)] + ([q.aggregate] if q.aggregate else [])
+        return Outcome(decision=decision, answers=answers, text=q.text, latency_s=latency, stages_s=latency,
+                       error=q.error)
+
+    def _device(self, worker: str) -> str:
+        spec = self.pool.workers.get(worker)
+        return spec.device if spec is not None else worker
+
+
+def _answer(expert: str, role: Role, g: Generation) -> Answer:
+    return Answer(expert=expert, role=role, text=g.text, prompt_tokens=g.prompt_tokens,
+                  completion_tokens=g.completion_tokens, latency_s=g.latency_s)
+
+
+def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
+    """The router-weighted vote of the answers' letters (no aggregator stage)."""
+    result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability)
+    return f"Answer: {result.answer}" if result.answer else answers[0].text
+
+
+def _best_ranked(q: _Query) -> Answer:
+    rank = {s.name: i for i, s in enumerate(q.decision.experts)}
+    return min((q.answers[j] for j in sorted(q.answers)), key=lambda a: rank.get(a.expert, len(rank)))
+
+
+def _within_budget(d: Decision) -> set[str] | None:
+    """Under a budget, the experts that fit it alone (a stand-in must not break it); else None."""
+    if d.budget is None:
+        return None
+    b = d.budget
+    fast = {c.expert for c in b.candidates if b.latency_ms is None or c.latency_s * 1e3 <= b.latency_ms}
+    return {c.expert for c in b.candidates if c.expert in fast and (b.energy_j is None or c.energy_j <= b.energy_j)}

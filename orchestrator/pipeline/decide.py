@@ -1,0 +1,115 @@
+"""Routing a batch of admitted queries: skills → routing → budgets, generating nothing.
+
+Each text is embedded once, and that one embedding both finds the query's skills and places it
+for the router. Only experts that can take the query are scored (`experts.traits.check_prompt`:
+a recording that lacks it, a prompt over an expert's context window); a query none can take is
+refused, naming why. A query with a latency or energy budget gets the exact best subset within
+it (MoE^2, `budgets.planner`) instead of the router's draws.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from experts.backend import BackendError
+from experts.options import BackendOptions
+from experts.traits import check_prompt, prompt_scope
+from experts.types import ExpertSpec
+from orchestrator.budgets.planner import BudgetPlan, BudgetPlanner, PoolView, TokenLimits
+from orchestrator.budgets.solver import InfeasibleBudget
+from orchestrator.domain import Ask, Decision, ExpertScore, NoExperts, SkillMatch, Unanswerable, UnknownExpert
+from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.recruit import recruit
+from skills.embedder import Embedder
+from skills.vocabulary import SkillMatch as VocabularyMatch
+
+DIRECT = "direct"  # the router name of a query that named its expert
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    expert_max_tokens: int = 96
+    aggregator_max_tokens: int = 96
+
+    def tokens(self) -> TokenLimits:
+        return TokenLimits(self.expert_max_tokens, self.aggregator_max_tokens)
+
+
+class Decider:
+    def __init__(self, embedder: Embedder, planner: BudgetPlanner, limits: GenerationLimits,
+                 skills_per_query: int = 3, aggregation: str = "llm", probe: Probe = NULL_PROBE,
+                 options: BackendOptions | None = None):
+        self.embedder, self.planner, self.limits, self.probe = embedder, planner, limits, probe
+        self.skills_per_query, self.aggregation = skills_per_query, aggregation
+        self.options = options or BackendOptions()  # how an expert's tokenizer is found
+
+    def route(self, pool: PoolSnapshot, asks: Sequence[Ask]) -> list[Decision]:
+        """A decision for every query; raises a `QueryError` naming the first query that cannot
+        be taken (no expert, none able to answer it, an unknown expert, no budget fit)."""
+        started = time.perf_counter()
+        if not pool.experts:
+            raise NoExperts("no profiled expert in the pool yet")
+        routed = [i for i, a in enumerate(asks) if a.expert is None]
+        texts = [asks[i].text for i in routed]
+        embeddings = self.embedder.encode(texts)
+        skills = pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
+        found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
+        decisions = [self._decide(pool, i, a, *found.get(i, (None, []))) for i, a in enumerate(asks)]
+        self.probe.routed(decisions, time.perf_counter() - started)
+        return decisions
+
+    def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, emb: np.ndarray | None,
+                matches: Sequence[VocabularyMatch]) -> Decision:
+        eligible = self.eligible(pool, index, ask)
+        seed = ask.seed if ask.seed is not None else random.randrange(2**31)
+        if ask.expert is not None:
+            return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None)
+        skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
+        scores = [s for s in pool.router.score([m.skill for m in skills], emb) if s.name in eligible]
+        if ask.budget is not None:
+            plan = self._plan(pool, index, ask, scores)
+            return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,
+                                 plan.record())
+        mode = ask.mode or pool.router.preferred_mode
+        chosen = recruit(scores, ask.k, mode, random.Random(seed))
+        return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator)
+
+    def eligible(self, pool: PoolSnapshot, index: int, ask: Ask) -> set[str]:
+        """The experts that can take this query; none is an `Unanswerable` naming why."""
+        if ask.expert is not None and ask.expert not in pool.experts:
+            raise UnknownExpert(f"the model {ask.expert!r} does not exist; GET /v1/models lists them", index, "model")
+        names = [ask.expert] if ask.expert is not None else list(pool.experts)
+        verdicts: dict[str, str | None] = {}
+        refused = {}
+        for name in names:
+            spec, max_tokens = pool.experts[name], self.limits.expert_max_tokens
+            scope = prompt_scope(spec, max_tokens)
+            if scope not in verdicts:
+                verdicts[scope] = self._refusal(spec, ask.text, max_tokens)
+            refused[name] = verdicts[scope]
+        eligible = {n for n, why in refused.items() if why is None}
+        if not eligible:
+            raise Unanswerable(next(why for why in refused.values() if why is not None), index)
+        return eligible
+
+    def _refusal(self, spec: ExpertSpec, text: str, max_tokens: int) -> str | None:
+        try:
+            check_prompt(spec, text, max_tokens, self.options)
+        except BackendError as exc:
+            return str(exc)
+        return None
+
+    def _plan(self, pool: PoolSnapshot, index: int, ask: Ask, scores: list[ExpertScore]) -> BudgetPlan:
+        assert ask.budget is not None
+        view = PoolView(pool.experts, pool.aggregator, pool.router.calibrated, self.aggregation, pool.sites())
+        try:
+            return self.planner.plan(view, ask.text, scores, ask.budget, ask.k, self.limits.tokens())
+        except InfeasibleBudget as exc:
+            exc.index = index
+            raise

@@ -1,0 +1,35 @@
+"""The routable pool at one moment: ready experts, the router over their evidence, the skill
+vocabulary, the aggregator, and where each expert runs and is costed.
+
+A `PoolSnapshot` is immutable; the service (`services.pool.PoolState`) swaps in a new one when
+the pool changes (an expert profiled, registered or removed: placement is planned again), so a
+query in flight always sees one consistent pool and a new expert joins without a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from experts.types import ExpertSpec
+from experts.workers import WorkerSpec
+from orchestrator.budgets.planner import Site, site
+from orchestrator.routing.router import Router
+from skills.vocabulary import SkillVocabulary
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    experts: dict[str, ExpertSpec]
+    router: Router
+    vocabulary: SkillVocabulary
+    aggregator: str | None
+    competence: dict[str, float] = field(default_factory=dict)
+    placement: dict[str, str] = field(default_factory=dict)  # expert → the worker it runs on
+    workers: dict[str, WorkerSpec] = field(default_factory=dict)
+
+    def worker_of(self, expert: str, default: str) -> str:
+        return self.placement.get(expert, default)
+
+    def sites(self) -> dict[str, Site]:
+        """Each expert's costing site: its worker's device where it runs on one of its own."""
+        return {n: site(spec, self.workers.get(self.placement.get(n, ""))) for n, spec in self.experts.items()}

@@ -1,0 +1,129 @@
+"""The deployment's device workers, run at once: a batch's jobs go to their own worker.
+
+Each worker takes the jobs queued for it, runs them by the planner's rules for one device
+(resident models first, its `keep_last` model last, each base loaded at most once per take),
+hands each reply on as soon as its chunk is done, and takes what was queued meanwhile. The
+workers do this on threads of their own, so devices work in parallel: a batch takes as long
+as its busiest device (MoE^2's max over devices, a sum within one). A caller may queue more
+jobs while the batch runs (a fallback for a failed expert, an aggregation whose answers are
+in) until it says the batch is over.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from experts.types import Generation
+from orchestrator.scheduling.executor import Executor, Progress, execute
+from orchestrator.scheduling.planner import Job
+from orchestrator.scheduling.worker import DeviceWorker
+
+OnReply = Callable[[str, Generation], None]
+
+
+class Fleet:
+    def __init__(self, workers: Mapping[str, DeviceWorker], executor: Executor = execute):
+        if not workers:
+            raise ValueError("a fleet needs at least one worker")
+        self.workers, self.executor = dict(workers), executor
+        self.default = next(iter(self.workers))
+
+    def __getitem__(self, name: str) -> DeviceWorker:
+        return self.workers[name]
+
+    def resident(self) -> dict[str, set[str]]:
+        return {name: w.resident() for name, w in self.workers.items()}
+
+    def dispatch(self, on_reply: OnReply, keep_last: Mapping[str, str] | None = None) -> Dispatch:
+        return Dispatch(self, on_reply, dict(keep_last or {}))
+
+    def execute(self, jobs: Mapping[str, Sequence[Job]], progress: Progress | None = None) -> dict[str, Generation]:
+        """Every worker's jobs at once; every reply (or failure) by job id."""
+        out: dict[str, Generation] = {}
+        total, lock = sum(len(j) for j in jobs.values()), threading.Lock()
+
+        def reply(job_id: str, gen: Generation) -> None:
+            with lock:
+                out[job_id] = gen
+                if progress:
+                    progress(len(out), total)
+
+        run = self.dispatch(reply)
+        for worker, batch in jobs.items():
+            run.submit(worker, batch)
+        run.finish()
+        run.wait()
+        return out
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            w.shutdown()
+
+
+@dataclass
+class _Queue:
+    jobs: list[Job] = field(default_factory=list)
+    busy_s: float = 0.0
+    thread: threading.Thread | None = None
+
+
+class Dispatch:
+    """One batch's run over the fleet (see the module doc)."""
+
+    def __init__(self, fleet: Fleet, on_reply: OnReply, keep_last: dict[str, str]):
+        self.fleet, self.on_reply, self.keep_last = fleet, on_reply, keep_last
+        self._queues: dict[str, _Queue] = {}
+        self._cond = threading.Condition()
+        self._finished = False
+
+    def submit(self, worker: str, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        with self._cond:
+            queue = self._queues.setdefault(worker, _Queue())
+            queue.jobs.extend(jobs)
+            if queue.thread is None:
+                queue.thread = threading.Thread(target=self._work, args=(worker, queue), daemon=True,
+                                                name=f"device-{worker}")
+                queue.thread.start()
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """No more jobs will come: each worker stops once its queue is empty."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def wait(self) -> dict[str, float]:
+        """Wait for every worker to stop; the seconds each spent working on this batch."""
+        for queue in list(self._queues.values()):
+            assert queue.thread is not None
+            queue.thread.join()
+        return {name: q.busy_s for name, q in self._queues.items()}
+
+    def _take(self, queue: _Queue) -> list[Job]:
+        with self._cond:
+            while not queue.jobs and not self._finished:
+                self._cond.wait()
+            jobs, queue.jobs = queue.jobs, []
+            return jobs
+
+    def _work(self, name: str, queue: _Queue) -> None:
+        while jobs := self._take(queue):
+            started, pending = time.perf_counter(), {j.job_id: j for j in jobs}
+            try:
+                self.fleet.executor(jobs, self.fleet[name], keep_last=self.keep_last.get(name),
+                                    emit=partial(self._hand_on, pending=pending))
+            except Exception as exc:  # a bug of ours: what was not handed on fails, nothing hangs
+                self._hand_on({i: Generation.failed(j.request.request_id, f"{type(exc).__name__}: {exc}")
+                               for i, j in pending.items()}, pending)
+            queue.busy_s += time.perf_counter() - started
+
+    def _hand_on(self, done: Mapping[str, Generation], pending: dict[str, Job]) -> None:
+        for job_id, gen in done.items():
+            pending.pop(job_id, None)
+            self.on_reply(job_id, gen)

@@ -1,0 +1,89 @@
+"""Which worker each expert runs on.
+
+An expert whose placement names a worker runs there. The others are planned: experts over one
+base model stay together (one load serves every persona over it) and follow any of them that
+is pinned; a base whose placement names a device profile goes to a worker of that profile when
+the deployment has one. Bases are placed largest first, each on the worker with the least work
+planned among those where it still fits beside what is already placed, so what must stay
+resident fits each device and a batch's experts spread over devices that run at once. A base
+that fits nowhere goes to the worker with the most memory, where it is swapped in and out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from experts.types import BaseModelSpec, ExpertSpec
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A worker as the planner sees it: its device profile and its memory budget."""
+
+    name: str
+    device: str
+    memory_bytes: int
+
+
+@dataclass
+class _Load:
+    used: int = 0
+    work: float = 0.0
+    bases: list[str] = field(default_factory=list)
+
+
+class PlacementError(ValueError):
+    """An expert names a worker the deployment does not have."""
+
+
+def plan_placement(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
+                   memory: Callable[[BaseModelSpec], int]) -> dict[str, str]:
+    """Expert name → worker name, for every expert (see the module doc)."""
+    if not slots:
+        raise PlacementError("the deployment has no worker to place experts on")
+    by_name = {s.name: s for s in slots}
+    groups: dict[str, list[ExpertSpec]] = defaultdict(list)
+    for spec in experts.values():
+        groups[spec.base.key].append(spec)
+    loads = {s.name: _Load() for s in slots}
+    pinned = {key: _pinned(group, by_name) for key, group in groups.items()}
+    sizes = {key: memory(group[0].base) for key, group in groups.items()}
+    chosen: dict[str, str] = {}
+    for key, worker in pinned.items():
+        if worker is not None:
+            chosen[key] = worker
+            _add(loads[worker], key, sizes[key], len(groups[key]))
+    for key in sorted((k for k, w in pinned.items() if w is None), key=lambda k: (-sizes[k], k)):
+        chosen[key] = _best(_devices_asked(groups[key], slots), loads, sizes[key])
+        _add(loads[chosen[key]], key, sizes[key], len(groups[key]))
+    return {spec.name: chosen[spec.base.key] for spec in experts.values()}
+
+
+def _pinned(group: Sequence[ExpertSpec], slots: Mapping[str, Slot]) -> str | None:
+    named = sorted({s.placement.worker for s in group if s.placement.worker is not None})
+    for name in named:
+        if name not in slots:
+            raise PlacementError(f"expert placed on unknown worker {name!r}; the deployment has "
+                                 f"{', '.join(sorted(slots))}")
+    return named[0] if named else None  # personas over one base pinned apart: the first name wins
+
+
+def _devices_asked(group: Sequence[ExpertSpec], slots: Sequence[Slot]) -> list[Slot]:
+    asked = {s.placement.device for s in group if s.placement.device is not None}
+    matching = [s for s in slots if s.device in asked]
+    return matching or list(slots)
+
+
+def _best(candidates: Sequence[Slot], loads: Mapping[str, _Load], size: int) -> str:
+    fitting = [s for s in candidates if loads[s.name].used + size <= s.memory_bytes]
+    if fitting:
+        return min(fitting, key=lambda s: (loads[s.name].work, loads[s.name].used, s.name)).name
+    return max(candidates, key=lambda s: (s.memory_bytes, s.name)).name
+
+
+def _add(load: _Load, key: str, size: int, experts: int) -> None:
+    load.used += size
+    load.work += experts  # each expert over the base is recruited in its own right
+    load.bases.append(key)

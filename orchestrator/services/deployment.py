@@ -1,0 +1,54 @@
+"""The deployment as the services see it: its workers, and where each expert runs on them.
+
+Placement is planned over every stored expert that has not failed (`scheduling.placement`), so
+an expert being profiled already has its worker, and planned again whenever the pool changes:
+an expert registered, profiled or removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from experts.devices import DeviceProfile
+from experts.types import BaseModelSpec, ExpertSpec
+from experts.workers import WorkerSpec, memory_bytes
+from orchestrator.budgets.planner import device_name
+from orchestrator.scheduling.placement import PlacementError, Slot, plan_placement
+from orchestrator.services.errors import Unprocessable
+
+log = logging.getLogger(__name__)
+UNKNOWN_SIZE = 2**30  # what a model whose size cannot be read here is planned as
+
+
+class Deployment:
+    def __init__(self, workers: Sequence[WorkerSpec], profiles: Mapping[str, DeviceProfile],
+                 memory: Callable[[BaseModelSpec], int]):
+        self.workers = {w.name: w for w in workers}
+        self.profiles, self._memory = dict(profiles), memory
+        self.slots = [Slot(w.name, w.device, memory_bytes(w, profiles)) for w in workers]
+
+    def plan(self, experts: Mapping[str, ExpertSpec]) -> dict[str, str]:
+        """Expert name → worker name (stored experts that name an unknown worker were refused)."""
+        return plan_placement(experts, self.slots, self._size)
+
+    def check(self, spec: ExpertSpec) -> None:
+        """A 422 naming the problem when the expert is placed where nothing can run or cost it."""
+        worker = spec.placement.worker
+        if worker is not None and worker not in self.workers:
+            raise Unprocessable(f"expert {spec.name!r} is placed on unknown worker {worker!r}; the deployment has "
+                                f"{', '.join(sorted(self.workers))}", "placement.worker")
+        device = device_name(spec, self.workers.get(worker or ""))
+        if device not in self.profiles:
+            raise Unprocessable(f"expert {spec.name!r} is placed on unknown device {device!r}; "
+                                f"known: {', '.join(sorted(self.profiles))}", "placement.device")
+
+    def _size(self, base: BaseModelSpec) -> int:
+        try:
+            return max(int(self._memory(base)), 0)
+        except Exception as exc:  # a model this process cannot read (a file on another node)
+            log.info("planning %s at %d bytes: %s", base.key, UNKNOWN_SIZE, exc)
+            return UNKNOWN_SIZE
+
+
+__all__ = ["Deployment", "PlacementError"]

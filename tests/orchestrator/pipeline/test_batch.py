@@ -1,0 +1,130 @@
+"""A batch across three workers: devices run at once, a query aggregates as soon as its own
+answers are in, and a failure (an error, a timeout) stays with its query, whose next-ranked
+expert stands in. Mock experts, pinned to workers declared in a devices file; their faults
+and hand-offs are events, so nothing here waits on a clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.routing.recruit import score
+from orchestrator.settings import BudgetSettings, Settings
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import small_pool
+
+PACKAGED = Path(__file__).resolve().parents[3] / "experts" / "devices.yaml"
+WORKERS = "\nworkers:\n" + "".join(f"  - {{name: w{i}, device: local-cpu, memory_gb: 4}}\n" for i in (1, 2, 3))
+EXPERTS = {"alpha": ("m1", "w1"), "beta": ("m2", "w2"), "gamma": ("m3", "w3"), "delta": ("m4", "w1")}
+WAIT_S = 20  # an event not set by then means the order under test did not happen
+
+
+class Faults:
+    """What each mock base does besides answering, keyed by a marker in the question."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(3, timeout=WAIT_S)
+        self.aggregated = threading.Event()
+
+    def __call__(self, base: str, request: GenerationRequest) -> str | None:
+        text = "\n".join(m.content for m in request.messages)
+        if "TOGETHER" in text and "Response 1" not in text:
+            self.barrier.wait()  # breaks (an error) unless three devices run at once
+        if "FAIL" in text and base == "m2":
+            return "boom: m2 cannot answer this"
+        if "AFTER" in text and base == "m3":
+            return None if self.aggregated.wait(WAIT_S) else "the other query was never aggregated"
+        if "AFTER" in text and "Response 1" in text and "m3" not in text:
+            self.aggregated.set()  # an aggregation of the query that did not wait for m3
+        return None
+
+
+@pytest.fixture
+def service(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, Faults]]:
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(PACKAGED.read_text() + WORKERS)
+    faults = Faults()
+
+    def slow(request: GenerationRequest) -> float:  # delta takes a second on SLOW: past its timeout
+        return 1.0 if any("SLOW" in m.content for m in request.messages) else 0.0
+
+    def mocks(spec: BaseModelSpec) -> MockBackend:
+        return MockBackend(spec.key, fault=lambda r: faults(spec.source, r), delay_s=slow if spec.source == "m4" else 0)
+
+    experts = [ExpertSpec(name=n, base=BaseModelSpec(kind="mock", source=b), placement=ExpertPlacement(worker=w),
+                          timeout_s=0.05 if n == "delta" else None) for n, (b, w) in EXPERTS.items()]
+    settings = Settings(data_dir=tmp_path / "data", budgets=BudgetSettings(devices_file=str(devices)))
+    c = SkillRoute(settings, small_pool(experts), factory=mocks, embedder=embedder)
+    c.start()
+    yield c, faults
+    c.close()
+
+
+def decided(recruited: list[str], ranked: list[str], aggregator: str = "alpha") -> Decision:
+    scores = [score(n, 1.0 - i / 10, 0.5, 1.0 - i / 10) for i, n in enumerate(ranked)]
+    return Decision.made("symbolic", "topk", 0, [], scores, recruited, aggregator)
+
+
+def answer(c: SkillRoute, *queries: tuple[str, Decision]) -> list[Outcome]:
+    asks = [Ask(text=t, k=len(d.recruited)) for t, d in queries]
+    return c.pipeline.answer(c.pool.snapshot, asks, [d for _, d in queries])
+
+
+def test_experts_run_on_their_own_workers_and_the_workers_run_at_once(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    assert c.pool.placement() == {n: w for n, (_, w) in EXPERTS.items()}
+    (out,) = answer(c, ("TOGETHER: what is 2+2?", decided(["alpha", "beta", "gamma"], ["alpha", "beta", "gamma"])))
+    assert out.error is None and out.decision.failures == []  # the barrier held: three devices at once
+    assert [d.worker for d in out.decision.devices] == ["w1", "w2", "w3"]
+    assert all(d.measured_s is not None and d.predicted_s > 0 for d in out.decision.devices)
+    assert [a.role for a in out.answers] == ["expert", "expert", "expert", "aggregator"]
+    assert c.fleet["w2"].resident() == {"mock:m2"} and c.fleet["w3"].resident() == {"mock:m3"}
+
+
+def test_a_query_aggregates_as_soon_as_its_own_answers_are_in(service) -> None:  # type: ignore[no-untyped-def]
+    c, faults = service
+    quick = ("AFTER quick", decided(["alpha", "beta"], ["alpha", "beta"]))
+    waits = ("AFTER waits", decided(["alpha", "gamma"], ["alpha", "gamma"]))  # gamma waits for quick's aggregation
+    first, second = answer(c, quick, waits)
+    assert faults.aggregated.is_set() and first.error is None and second.error is None
+    assert second.decision.failures == [] and second.answers[-1].role == "aggregator"
+
+
+def test_a_failed_expert_fails_only_its_answer_and_the_next_ranked_stands_in(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    bad = ("FAIL: what is 3+5?", decided(["alpha", "beta"], ["beta", "alpha", "gamma", "delta"]))
+    good = ("what is 3+5?", decided(["alpha", "beta"], ["beta", "alpha", "gamma", "delta"]))
+    failed, fine = answer(c, bad, good)
+    assert [(f.expert, f.role) for f in failed.decision.failures] == [("beta", "expert")]
+    assert "boom" in failed.decision.failures[0].error and failed.decision.fallbacks == ["gamma"]
+    assert [a.expert for a in failed.answers] == ["alpha", "gamma", "alpha"] and failed.error is None
+    assert fine.decision.failures == [] and [a.expert for a in fine.answers] == ["alpha", "beta", "alpha"]
+
+
+def test_a_timeout_is_a_failure_of_that_answer_alone(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    (out,) = answer(c, ("SLOW: what is 1+1?", decided(["delta", "alpha"], ["delta", "alpha", "beta"])))
+    assert [(f.expert, f.error) for f in out.decision.failures] == [("delta", "timed out after 0.05 s")]
+    assert out.decision.fallbacks == ["beta"] and out.error is None
+
+
+def test_a_query_left_with_no_answer_fails_alone_naming_why(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    direct = Decision.made("direct", "topk", 0, [], [], ["beta"], None)  # a named expert: no stand-in
+    lost, fine = answer(c, ("FAIL: hello", direct), ("hello", decided(["alpha"], ["alpha"])))
+    assert lost.error == "every expert failed: beta: boom: m2 cannot answer this" and lost.answers == []
+    assert fine.error is None and fine.text
+
+
+def test_an_aggregator_that_fails_leaves_the_best_ranked_answer(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    (out,) = answer(c, ("FAIL: which?", decided(["alpha", "gamma"], ["gamma", "alpha"], aggregator="beta")))
+    assert [(f.expert, f.role) for f in out.decision.failures] == [("beta", "aggregator")]
+    assert out.text == out.answers[1].text and out.answers[1].expert == "gamma"

@@ -1,0 +1,67 @@
+"""Planned placement: personas share their base's worker, pins hold, memory fits, work spreads."""
+
+from __future__ import annotations
+
+import pytest
+
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from orchestrator.scheduling.placement import PlacementError, Slot, plan_placement
+
+GB = 2**30
+SIZES = {"big": 6 * GB, "mid": 3 * GB, "small": 1 * GB, "tiny": GB // 4}
+
+
+def expert(name: str, base: str, worker: str | None = None, device: str | None = None) -> ExpertSpec:
+    return ExpertSpec(name=name, base=BaseModelSpec(kind="mock", source=base),
+                      placement=ExpertPlacement(worker=worker, device=device))
+
+
+def size(base: BaseModelSpec) -> int:
+    return SIZES[base.source]
+
+
+def pool(*specs: ExpertSpec) -> dict[str, ExpertSpec]:
+    return {s.name: s for s in specs}
+
+
+def test_personas_over_one_base_share_its_worker() -> None:
+    slots = [Slot("a", "local-cpu", 8 * GB), Slot("b", "local-cpu", 8 * GB)]
+    placed = plan_placement(pool(expert("stem", "mid"), expert("law", "mid"), expert("chat", "small")), slots, size)
+    assert placed["stem"] == placed["law"] != placed["chat"]  # the other base spreads to the idle worker
+
+
+def test_a_pin_holds_and_its_base_mates_follow() -> None:
+    slots = [Slot("a", "local-cpu", 8 * GB), Slot("b", "local-cpu", 8 * GB)]
+    placed = plan_placement(pool(expert("x", "mid", worker="b"), expert("y", "mid")), slots, size)
+    assert placed == {"x": "b", "y": "b"}
+    with pytest.raises(PlacementError, match="unknown worker 'c'.*a, b"):
+        plan_placement(pool(expert("z", "mid", worker="c")), slots, size)
+
+
+def test_what_must_stay_resident_fits_each_device() -> None:
+    slots = [Slot("small-box", "local-cpu", 4 * GB), Slot("big-box", "local-cpu", 8 * GB)]
+    placed = plan_placement(pool(expert("b", "big"), expert("m", "mid"), expert("s", "small")), slots, size)
+    used = {w: sum(SIZES[e.base.source] for e in [expert("b", "big"), expert("m", "mid"), expert("s", "small")]
+                   if placed[e.name] == w) for w in ("small-box", "big-box")}
+    assert placed["b"] == "big-box" and all(used[s.name] <= s.memory_bytes for s in slots)
+
+
+def test_a_base_that_fits_nowhere_goes_to_the_largest_worker() -> None:
+    slots = [Slot("a", "local-cpu", 2 * GB), Slot("b", "local-cpu", 4 * GB)]
+    assert plan_placement(pool(expert("b", "big")), slots, size) == {"b": "b"}
+
+
+def test_a_device_asked_for_picks_its_workers() -> None:
+    slots = [Slot("cpu", "local-cpu", 8 * GB), Slot("edge-1", "jetson-agx-orin", 8 * GB),
+             Slot("edge-2", "jetson-agx-orin", 8 * GB)]
+    specs = pool(*(expert(f"e{i}", f"b{i}", device="jetson-agx-orin") for i in range(4)))
+    placed = plan_placement(specs, slots, lambda b: GB)
+    assert set(placed.values()) == {"edge-1", "edge-2"}  # never the CPU, and both edge boxes used
+    assert sorted(placed.values()).count("edge-1") == 2
+
+
+def test_work_spreads_over_equal_workers() -> None:
+    slots = [Slot(f"w{i}", "h100-server", 64 * GB) for i in range(3)]
+    specs = pool(*(expert(f"e{i}", f"b{i}") for i in range(9)))
+    placed = plan_placement(specs, slots, lambda b: GB)
+    assert sorted(list(placed.values()).count(w) for w in ("w0", "w1", "w2")) == [3, 3, 3]
