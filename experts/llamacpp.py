@@ -141,46 +141,44 @@ class LlamaCppBackend:
         time ran out) is answered with its error, and the batch goes on."""
         s = request.sampling
         started = time.perf_counter()
+        args = {
+            "messages": [m.model_dump() for m in request.messages],
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            # OpenAI semantics, as the HTTP and vLLM backends sample: llama-cpp-python
+            # would otherwise add top_k=40 and min_p=0.05 to every sampled request.
+            "top_k": 0,
+            "min_p": 0.0,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "stop": s.stop or None,
+        }
         try:
-            out = llm.create_chat_completion(
-                messages=[m.model_dump() for m in request.messages],
-                temperature=s.temperature,
-                top_p=s.top_p,
-                # OpenAI semantics, as the HTTP and vLLM backends sample: llama-cpp-python
-                # would otherwise add top_k=40 and min_p=0.05 to every sampled request.
-                top_k=0,
-                min_p=0.0,
-                max_tokens=s.max_tokens,
-                seed=s.seed,
-                stop=s.stop or None,
-                logits_processor=_deadline(request.timeout_s),
-            )
+            if request.timeout_s is None:
+                out = llm.create_chat_completion(**args)
+                return _to_generation(request.request_id, out, time.perf_counter() - started)
+            return _streamed(llm, request, args, started)
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
-        except _TimedOut:
-            return Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
-                                     time.perf_counter() - started)
-        return _to_generation(request.request_id, out, time.perf_counter() - started)
 
 
-class _TimedOut(Exception):
-    """Raised between two tokens once a request's time is up: llama.cpp stops there."""
-
-
-def _deadline(timeout_s: float | None) -> Any:
-    """A logits processor that ends generation when `timeout_s` has passed (None: no limit)."""
-    if timeout_s is None:
-        return None
-    import llama_cpp
-
-    deadline = time.monotonic() + timeout_s
-
-    def check(input_ids: Any, scores: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise _TimedOut
-        return scores
-
-    return llama_cpp.LogitsProcessorList([check])
+def _streamed(llm: Any, request: GenerationRequest, args: dict[str, Any], started: float) -> Generation:
+    """A request with a time limit: its tokens streamed, and generation stopped (the stream
+    closed) once the limit passes. The same sampling as unstreamed, so greedy text is the same."""
+    assert request.timeout_s is not None
+    deadline, pieces = started + request.timeout_s, []
+    stream = llm.create_chat_completion(stream=True, **args)
+    try:
+        for chunk in stream:
+            pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+            if time.perf_counter() > deadline:
+                return Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
+                                         time.perf_counter() - started)
+    finally:
+        stream.close()
+    generated = sum(1 for p in pieces if p)
+    return Generation(request_id=request.request_id, text="".join(pieces), completion_tokens=generated,
+                      prompt_tokens=max(int(llm.n_tokens) - generated, 0), latency_s=time.perf_counter() - started)
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:

@@ -304,9 +304,9 @@ class ReplayBackend:
         user = "\n".join(m.content for m in request.messages if m.role == "user")
         prompt_tokens = _approx_tokens(request)
         cost = self.estimate(prompt_tokens)
-        timeout = request.timeout_s
-        self._spend(cost.latency_s if timeout is None else min(cost.latency_s, timeout))
-        if timeout is not None and cost.latency_s > timeout:
+        taken, timeout = cost.latency_s * (self.time_scale or 1.0), request.timeout_s  # in this run's seconds
+        self._spend(taken if timeout is None else min(taken, timeout))
+        if timeout is not None and taken > timeout:
             return Generation.failed(request.request_id, f"timed out after {timeout:g} s", timeout)
         try:
             letter = recording.answer(self.model, recording.find_question(user))
@@ -323,9 +323,9 @@ class ReplayBackend:
         )
 
 
-    def _spend(self, simulated_s: float) -> None:
+    def _spend(self, seconds: float) -> None:
         if self.time_scale > 0:
-            time.sleep(simulated_s * self.time_scale)
+            time.sleep(seconds)
 
 
 def _approx_tokens(request: GenerationRequest) -> int:

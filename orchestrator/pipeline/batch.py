@@ -59,7 +59,8 @@ class BatchRun:
         self.queries = [_Query(a, d) for a, d in zip(asks, decisions, strict=True)]
         self.sites = pool.sites()
         self._sent: dict[str, _Sent] = {}
-        self._predicted: dict[str, float] = {}
+        self._predicted: dict[str, float] = {}  # per worker: its jobs' predicted seconds
+        self._greedy: set[tuple[str, str, str]] = set()
         self._lock, self._open = threading.Lock(), len(self.queries)
         self._started = time.perf_counter()
         self._dispatch: Dispatch = fleet.dispatch(self._reply, self._keep_last())
@@ -101,8 +102,10 @@ class BatchRun:
         worker = self._worker(sent.expert)
         self._sent[job_id] = sent
         self.queries[sent.query].workers.add(worker)
-        cost = self.planner.reply_cost(spec, text, max_tokens, self.sites[sent.expert])
-        self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s
+        if req.sampling.temperature > 0 or (worker, sent.expert, text) not in self._greedy:
+            self._greedy.add((worker, sent.expert, text))  # a greedy repeat runs once (coalesced)
+            cost = self.planner.reply_cost(spec, text, max_tokens, self.sites[sent.expert])
+            self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s
         job = Job(job_id, spec.base, req)
         if self._held is not None:
             self._held.setdefault(worker, []).append(job)

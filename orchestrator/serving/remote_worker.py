@@ -13,11 +13,15 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
-from experts.backend import ExpertBackend
+from experts.backend import BackendError, ExpertBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 from orchestrator.scheduling.worker import DeviceWorker
+
+
+class WorkerLost(BackendError):
+    """The worker's actor died during a call (its process crashed or was killed)."""
 
 
 def call(ref: Any) -> Any:
@@ -109,7 +113,11 @@ class RemoteWorker(DeviceWorker):
 
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
                  protect: Collection[str] = ()) -> list[Generation]:
-        return list(call(self.actor.generate.remote(base, list(requests), set(protect))))
+        try:
+            return list(call(self.actor.generate.remote(base, list(requests), set(protect))))
+        except RayActorError as exc:  # the executor fails these requests alone; Ray restarts the actor
+            raise WorkerLost(f"worker {self.name} was lost mid-generation ({type(exc).__name__}); "
+                             "Ray restarts it and it reloads its models on demand") from exc
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         call(self.actor.ensure_loaded.remote(base, set(protect)))

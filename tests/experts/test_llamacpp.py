@@ -205,6 +205,21 @@ def test_stop_and_max_tokens_are_honoured(smol: LlamaCppBackend) -> None:
     assert short.completion_tokens == 3
 
 
+@pytest.mark.slow
+def test_a_request_that_cannot_be_answered_fails_alone_in_its_batch(smol: LlamaCppBackend) -> None:
+    """A prompt over n_ctx and a request out of time are each that request's error; the rest
+    of the batch is answered."""
+    too_long = ask("long", " ".join(str(i) for i in range(3000)), max_tokens=8)
+    out_of_time = ask("slow", "Count from one to two hundred.", max_tokens=400).model_copy(update={"timeout_s": 0.05})
+    fine = ask("fine", "What is the capital of France?", max_tokens=8)
+    long, slow, ok = smol.generate([too_long, out_of_time, fine])
+    assert long.error and "context window" in long.error and long.text == ""
+    assert slow.error == "timed out after 0.05 s" and slow.latency_s < 5
+    assert ok.error is None and ok.text and ok.completion_tokens == 8
+    in_time = smol.generate([fine.model_copy(update={"timeout_s": 60.0})])[0]  # streamed, stopped by no one
+    assert (in_time.text, in_time.completion_tokens) == (ok.text, ok.completion_tokens)  # the same greedy tokens
+
+
 def rss_bytes(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))

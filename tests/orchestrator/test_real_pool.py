@@ -6,19 +6,22 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import uvicorn
 from sqlalchemy import func, select
 
+from experts.options import BackendOptions
+from experts.traits import prompt_tokens
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.pools.schema import ArithmeticSource, GenerationBudget, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.settings import Settings
-from orchestrator.store.models import GenerationRow, RoutingDecision
+from orchestrator.store.models import GenerationRow, Query, RoutingDecision
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +108,21 @@ def test_http_query_answers_and_stores_decision_and_generations(real, base_url):
             RoutingDecision.query_id == body["id"])) == 1
         assert s.scalar(select(func.count()).select_from(GenerationRow).where(
             GenerationRow.query_id == body["id"])) == 4
+
+
+def test_a_prompt_over_every_context_window_is_a_422_and_the_query_beside_it_is_answered(real, base_url):
+    """A 7,600-token question and "What is 3+5?" sent at once: the long one is refused before
+    anything is stored, naming the context window; the short one is answered as usual."""
+    long_text = "Add up: " + " ".join(str(i) for i in range(1800))
+    assert prompt_tokens(real.pool.snapshot.experts["qwen-stem"], long_text, BackendOptions()) >= 7600
+    chat = {"model": "auto", "k": 2, "seed": 1}
+    bodies = [{**chat, "messages": [{"role": "user", "content": long_text}]},
+              {**chat, "messages": [{"role": "user", "content": "What is 3+5?"}]}]
+    with ThreadPoolExecutor(2) as pool:
+        long_reply, short_reply = pool.map(
+            lambda b: httpx.post(f"{base_url}/v1/chat/completions", json=b, timeout=600), bodies)
+    assert long_reply.status_code == 422, long_reply.text
+    assert "context window of 2048 tokens" in long_reply.json()["error"]["message"]
+    assert short_reply.status_code == 200 and short_reply.json()["choices"][0]["message"]["content"].strip()
+    with real.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query).where(Query.text == long_text)) == 0

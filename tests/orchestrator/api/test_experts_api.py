@@ -1,7 +1,5 @@
 """POST/GET /v1/experts: a new expert joins without restart; bad models are refused whole."""
 
-
-
 def count(client) -> int:
     return len(client.get("/v1/experts").json())
 
@@ -59,3 +57,26 @@ def test_get_expert_shows_profile_and_unknown_is_404(client):
     detail = client.get(f"/v1/experts/{first['id']}").json()
     assert detail["status"] == "ready" and isinstance(detail["profile"], dict) and detail["profile"]
     assert client.get("/v1/experts/4242").status_code == 404
+
+
+def test_each_expert_shows_the_worker_it_runs_on(client):
+    experts = client.get("/v1/experts").json()
+    assert {e["worker"] for e in experts} == {"cpu"}  # no devices file: this machine's CPU worker
+    assert client.get(f"/v1/experts/{experts[0]['id']}").json()["worker"] == "cpu"
+
+
+def test_a_worker_or_device_the_deployment_lacks_is_422_and_stores_nothing(client):
+    before = count(client)
+    for placement, field in (({"worker": "edge-9"}, "unknown worker 'edge-9'"),
+                             ({"device": "quantum-box"}, "unknown device 'quantum-box'")):
+        r = client.post("/v1/experts", json={"name": "far", "model": {"kind": "mock", "source": "m1"},
+                                             "placement": placement})
+        assert r.status_code == 422 and field in r.json()["error"]["message"], r.text
+    assert count(client) == before
+
+
+def test_a_timeout_is_kept_with_the_expert(client, container):
+    r = client.post("/v1/experts", json={"name": "quick", "model": {"kind": "mock", "source": "m2"}, "timeout_s": 2.5})
+    assert r.status_code == 202 and r.json()["timeout_s"] == 2.5
+    container.experts.queue.join()
+    assert container.pool.snapshot.experts["quick"].timeout_s == 2.5
