@@ -25,43 +25,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
+from bench.replay_profiles import devices_file, replay_service_pool, split_test_prompts  # noqa: E402
 from experts.factory import make_backend  # noqa: E402
 from experts.options import BackendOptions  # noqa: E402
 from orchestrator.container import SkillRoute  # noqa: E402
 from orchestrator.domain import Ask, Decision, Outcome  # noqa: E402
-from orchestrator.pools.loader import replay_pool, split_questions  # noqa: E402
-from orchestrator.pools.schema import (  # noqa: E402
-    AggregatorConfig,
-    GenerationBudget,
-    MMLUProSource,
-    PoolConfig,
-    ValidationConfig,
-)
+from orchestrator.pools.schema import PoolConfig  # noqa: E402
 from orchestrator.settings import BudgetSettings, Settings  # noqa: E402
-from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mmlu_pro_replay"
 MODELS = ["Llama-2-7b-hf", "Llama-2-13b-hf", "Meta-Llama-3-8B", "Meta-Llama-3_1-8B-Instruct", "Mistral-7B-v0.1",
           "Mistral-7B-Instruct-v0.2", "gemma-7b", "mathstral-7B", "Phi-3-mini-4k-instruct"]
-PACKAGED = Path(__file__).resolve().parents[1] / "experts" / "devices.yaml"
 
 
 def pool(folder: str) -> PoolConfig:
-    source = MMLUProSource(path=folder, split="profiling", limit=120)
-    return PoolConfig(name="devices-bench", router="knn", aggregator=AggregatorConfig(mode="vote"),
-                      validation=ValidationConfig(sources=[source]), experts=replay_pool(folder, MODELS),
-                      generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8))
-
-
-def devices_file(root: Path, workers: int) -> str:
-    path = root / f"devices-{workers}.yaml"
-    path.write_text(PACKAGED.read_text() + "\nworkers:\n" + "".join(
-        f"  - {{name: server-{i}, device: h100-server}}\n" for i in range(workers)))
-    return str(path)
+    return replay_service_pool(folder, MODELS, "devices-bench")
 
 
 def service(folder: str, data: Path, workers: int, scale: float) -> SkillRoute:
-    settings = Settings(data_dir=data, budgets=BudgetSettings(devices_file=devices_file(data, workers)))
+    servers = [{"name": f"server-{i}", "device": "h100-server"} for i in range(workers)]
+    path = devices_file(data / f"devices-{workers}.yaml", servers)
+    settings = Settings(data_dir=data, budgets=BudgetSettings(devices_file=path))
     factory = functools.partial(make_backend, options=BackendOptions(replay_time_scale=scale))
     c = SkillRoute(settings, pool(folder), factory=factory)
     c.start()
@@ -70,13 +54,7 @@ def service(folder: str, data: Path, workers: int, scale: float) -> SkillRoute:
 
 def batch(folder: str, c: SkillRoute, n: int, k: int) -> tuple[list[Ask], list[Decision]]:
     """Test-split questions, each with k distinct experts drawn uniformly (seeded by the query)."""
-    from experts.replay import load_recording
-
-    rec = load_recording(folder)
-    _, test = split_questions(rec, 0.5, 0)
-    qs = [rec.questions[q] for q in test[:n]]
-    asks = [Ask(text=format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category)),
-                k=k, seed=i) for i, q in enumerate(qs)]
+    asks = [Ask(text=t, k=k, seed=i) for i, t in enumerate(split_test_prompts(folder, n))]
     names = sorted(c.pool.snapshot.experts)
     decisions = [d.model_copy(update={"recruited": random.Random(d.seed).sample(names, k)})
                  for d in c.pipeline.route(c.pool.snapshot, asks)]

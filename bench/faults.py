@@ -29,32 +29,23 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
+from bench.replay_profiles import devices_file, replay_service_pool, split_test_prompts  # noqa: E402
 from experts.backend import ExpertBackend  # noqa: E402
 from experts.factory import make_backend  # noqa: E402
 from experts.options import BackendOptions  # noqa: E402
-from experts.replay import load_recording  # noqa: E402
 from experts.types import BaseModelSpec, Generation, GenerationRequest  # noqa: E402
 from experts.workers import WorkerSpec  # noqa: E402
 from orchestrator.container import SkillRoute  # noqa: E402
 from orchestrator.domain import Ask  # noqa: E402
-from orchestrator.pools.loader import replay_pool, split_questions  # noqa: E402
-from orchestrator.pools.schema import (  # noqa: E402
-    AggregatorConfig,
-    GenerationBudget,
-    MMLUProSource,
-    PoolConfig,
-    ValidationConfig,
-)
+from orchestrator.pools.schema import PoolConfig  # noqa: E402
 from orchestrator.services.batches import BatchEntry  # noqa: E402
 from orchestrator.serving.remote_worker import RemoteWorker  # noqa: E402
 from orchestrator.serving.worker_actor import NAMESPACE, actor_name, spawn  # noqa: E402
 from orchestrator.settings import BudgetSettings, Settings  # noqa: E402
-from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mmlu_pro_replay"
 MODELS = ["Llama-2-7b-hf", "Meta-Llama-3-8B", "Mistral-7B-v0.1", "gemma-7b", "mathstral-7B", "Phi-3-mini-4k-instruct"]
 WORKERS = ["w1", "w2", "w3"]
-PACKAGED = Path(__file__).resolve().parents[1] / "experts" / "devices.yaml"
 TIMEOUT_S = 1.0  # each expert's timeout; an injected slow generation outlasts it
 SCALE = 0.01  # replay replies take their simulated latency x this, so the batch takes a while
 
@@ -93,26 +84,16 @@ def chaotic_backend(spec: BaseModelSpec, errors: float, timeouts: float) -> Chao
 
 
 def pool(folder: str) -> PoolConfig:
-    experts = [s.model_copy(update={"timeout_s": TIMEOUT_S}) for s in replay_pool(folder, MODELS)]
-    return PoolConfig(name="faults-bench", router="knn", aggregator=AggregatorConfig(mode="vote"),
-                      validation=ValidationConfig(sources=[MMLUProSource(path=folder, split="profiling", limit=120)]),
-                      generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8),
-                      experts=experts)
+    return replay_service_pool(folder, MODELS, "faults-bench", timeout_s=TIMEOUT_S)
 
 
 def settings(data: Path) -> Settings:
-    devices = data / "devices.yaml"
-    devices.write_text(PACKAGED.read_text() + "\nworkers:\n" + "".join(
-        f"  - {{name: {w}, device: h100-server, resource: {w}}}\n" for w in WORKERS))
-    return Settings(data_dir=data, budgets=BudgetSettings(devices_file=str(devices)))
+    workers = [{"name": w, "device": "h100-server", "resource": w} for w in WORKERS]
+    return Settings(data_dir=data, budgets=BudgetSettings(devices_file=devices_file(data / "devices.yaml", workers)))
 
 
 def asks(folder: str, n: int, k: int) -> list[Ask]:
-    rec = load_recording(folder)
-    _, test = split_questions(rec, 0.5, 0)
-    qs = [rec.questions[q] for q in test[:n]]
-    return [Ask(text=format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category)),
-                k=k, mode="topk") for q in qs]
+    return [Ask(text=t, k=k, mode="topk") for t in split_test_prompts(folder, n)]
 
 
 def statuses(c: SkillRoute, ids: Sequence[int]) -> dict[str, int]:

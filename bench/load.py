@@ -29,9 +29,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from experts.replay import load_recording  # noqa: E402
-from orchestrator.pools.loader import REPLAY_PREFIX, split_questions  # noqa: E402
-from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
+from bench.replay_profiles import split_test_prompts  # noqa: E402
+from orchestrator.pools.loader import REPLAY_PREFIX  # noqa: E402
 
 DEFAULT_POOL = f"{REPLAY_PREFIX}{Path(__file__).resolve().parents[2] / 'shared/data/mmlu_pro_replay'}"
 
@@ -40,10 +39,7 @@ def questions(pool: str, n: int) -> list[str]:
     """`n` questions the pool can answer: a replay pool's test split, else arithmetic."""
     if not pool.startswith(REPLAY_PREFIX):
         return [f"What is {i} times {i + 7}?" for i in range(n)]
-    rec = load_recording(pool[len(REPLAY_PREFIX):])
-    _, test = split_questions(rec, 0.5, 0)
-    qs = [rec.questions[q] for q in test[:n]]
-    return [format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category)) for q in qs]
+    return split_test_prompts(pool[len(REPLAY_PREFIX):], n)
 
 
 async def drive(url: str, path: str, bodies: list[dict[str, object]], clients: int) -> dict[str, object]:

@@ -15,13 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from experts.cost_model import parse_model_size  # noqa: E402
 from experts.replay import RecordedQuestion, Recording, load_recording  # noqa: E402
-from orchestrator.pools.loader import expert_name  # noqa: E402
-from orchestrator.routing.router import RoutingEvidence  # noqa: E402
+from orchestrator.pools.loader import expert_name, replay_pool, split_questions  # noqa: E402
+from orchestrator.pools.schema import (  # noqa: E402
+    AggregatorConfig,
+    GenerationBudget,
+    MMLUProSource,
+    PoolConfig,
+    ValidationConfig,
+)
+from orchestrator.routing.evidence import RoutingEvidence  # noqa: E402
 from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
 from skills.profiling import build_profile  # noqa: E402
@@ -120,3 +128,31 @@ def profile_replay_pool(
     embeddings = embedder.encode([routing_text(recording.questions[q]) for q in question_ids])
     skills = nearest_skills(skill_vocabulary(recording, embedder), embeddings, skills_per_question)
     return replay_evidence(recording, question_ids, embeddings, skills, models)
+
+
+# ---------------------------------------------------------------- service-level benches
+
+PACKAGED_DEVICES = Path(__file__).resolve().parents[1] / "experts" / "devices.yaml"
+
+
+def replay_service_pool(folder: str, models: Sequence[str], name: str, timeout_s: float | None = None,
+                        profiling_questions: int = 120) -> PoolConfig:
+    """A pool of the named recorded models, profiled on part of the profiling split, voted."""
+    experts = [s.model_copy(update={"timeout_s": timeout_s}) for s in replay_pool(folder, models)]
+    source = MMLUProSource(path=folder, split="profiling", limit=profiling_questions)
+    return PoolConfig(name=name, router="knn", aggregator=AggregatorConfig(mode="vote"),
+                      validation=ValidationConfig(sources=[source]), experts=experts,
+                      generation=GenerationBudget(profiling_max_tokens=8, expert_max_tokens=8, aggregator_max_tokens=8))
+
+
+def devices_file(path: Path, workers: Sequence[dict[str, str]]) -> str:
+    """The packaged device profiles with these workers declared beside them."""
+    path.write_text(PACKAGED_DEVICES.read_text() + "\n" + yaml.safe_dump({"workers": list(workers)}))
+    return str(path)
+
+
+def split_test_prompts(folder: str, n: int) -> list[str]:
+    """The first `n` test-split questions, as the service's prompt format shows them."""
+    rec = load_recording(folder)
+    _, test = split_questions(rec, 0.5, 0)
+    return [question_prompt(rec.questions[q]) for q in test[:n]]
