@@ -67,6 +67,17 @@ def check_prompt(spec: ExpertSpec, text: str, max_tokens: int, options: BackendO
                                f"context window of {base.n_ctx} tokens")
 
 
+def known_answer(spec: BaseModelSpec, text: str) -> str | None:
+    """The gold answer to `text` where this kind of backend knows it (a recording's), else None."""
+    if spec.kind != "replay":
+        return None
+    recording = load_recording(spec.source)
+    try:
+        return recording.questions[recording.find_question(text)].answer
+    except BackendError:
+        return None
+
+
 def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
     """The prompt's tokens as the expert's own tokenizer counts them, with its chat template."""
     texts = [spec.system_prompt or "", text]
@@ -79,4 +90,4 @@ def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
     return count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS
 
 
-__all__ = ["LOCAL_DEVICE", "BackendError", "BackendTraits", "check_prompt", "prompt_scope", "traits"]
+__all__ = ["LOCAL_DEVICE", "BackendError", "BackendTraits", "check_prompt", "known_answer", "prompt_scope", "traits"]

@@ -20,6 +20,7 @@ from orchestrator.budgets.planner import BudgetPlanner, device_table
 from orchestrator.observability.metrics import Metrics
 from orchestrator.pipeline import GenerationLimits, Pipeline
 from orchestrator.pools.schema import PoolConfig
+from orchestrator.routing.learning import CompetitionPolicy
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 from orchestrator.services.admission import Admission
@@ -27,6 +28,7 @@ from orchestrator.services.batches import BatchService
 from orchestrator.services.chat import ChatService
 from orchestrator.services.deployment import Deployment
 from orchestrator.services.experts import ExpertService
+from orchestrator.services.feedback import FeedbackService
 from orchestrator.services.keys import KeyService
 from orchestrator.services.pool import PoolState
 from orchestrator.services.profiling import ProfilingService
@@ -60,13 +62,15 @@ class SkillRoute:
 
     def _build_services(self, settings: Settings, pool: PoolConfig, profiles: Mapping[str, DeviceProfile]) -> None:
         aggregation = pool.aggregator.mode
+        learning = settings.learning
         self.pool = PoolState(self.db, pool.validation.dataset_key(), self.embedder, self.deployment,
-                              pool.router or settings.router, llm_aggregator=aggregation == "llm")
+                              pool.router or settings.router, aggregation == "llm", learning.refit_every)
         self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
+        policy = CompetitionPolicy(learning.competition_rate, learning.per_minute)
         self.pipeline = Pipeline(self.fleet, self.embedder, BudgetPlanner(profiles), limits,
                                  pool.validation.skills_per_question, aggregation, self.metrics,
-                                 settings.backend_options())
+                                 settings.backend_options(), policy=policy, explore_rate=learning.explore_rate)
         self.admission = Admission(self.db, self.pool, self.pipeline)
         b = settings.batching
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,
@@ -75,8 +79,10 @@ class SkillRoute:
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
         self.keys = KeyService(self.db)
+        self.feedback = FeedbackService(self.db, self.pool, self.embedder, self.metrics)
         self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()},
                            self.queries.window.depth, lambda: len(self.pool.snapshot.experts))
+        self.metrics.watch_evidence(self.pool.evidence_counts)
 
     def _model_size(self, base: BaseModelSpec) -> int:
         """A base model's resident size, as the first worker's backend reads it (no load)."""

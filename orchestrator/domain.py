@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 RecruitMode = Literal["sample", "topk", "dynamic"]
 DecisionMode = Literal["sample", "topk", "dynamic", "budget"]
-Role = Literal["expert", "aggregator"]
+Role = Literal["expert", "aggregator", "competitor"]  # a competitor answers only to be scored
 
 
 class Record(BaseModel):
@@ -131,20 +131,28 @@ class Decision(Record):
                                  description="Next-ranked experts recruited in place of failed ones.")
     devices: list[DeviceTime] = Field(default_factory=list,
                                       description="Per worker the query used: the batch's predicted and measured time.")
+    competition: bool = Field(default=False, description="Every eligible expert answered, to teach the router.")
+    competitors: list[str] = Field(default_factory=list,
+                                   description="Experts that answered only to be scored (a competition's others, "
+                                               "or a new expert explored); their answers are not aggregated.")
+    competition_scores: dict[str, float] = Field(
+        default_factory=dict, description="Each scored expert's mark (1 right, 0 wrong) against gold or consensus.")
 
     def as_routed(self) -> Decision:
-        """The record as routing made it, before answering added failures, stand-ins and times."""
-        return self.model_copy(update={"failures": [], "fallbacks": [], "devices": []})
+        """The record as routing made it, before answering added failures, stand-ins, times, scores."""
+        return self.model_copy(update={"failures": [], "fallbacks": [], "devices": [], "competition_scores": {}})
 
     @classmethod
     def made(cls, router: str, mode: DecisionMode, seed: int, skills: Sequence[SkillMatch],
              scores: Sequence[ExpertScore], recruited: Sequence[str], aggregator: str | None,
-             budget: BudgetRecord | None = None) -> Decision:
+             budget: BudgetRecord | None = None, competitors: Sequence[str] = (), competition: bool = False
+             ) -> Decision:
         """The record, with each score's draw count and no aggregator for a lone answer."""
         picks = list(recruited)
         experts = [s.model_copy(update={"recruited": picks.count(s.name)}) for s in scores]
         return cls(router=router, mode=mode, seed=seed, skills=list(skills), experts=experts, recruited=picks,
-                   aggregator=aggregator if len(picks) > 1 else None, budget=budget)
+                   aggregator=aggregator if len(picks) > 1 else None, budget=budget, competitors=list(competitors),
+                   competition=competition)
 
 
 class Answer(Record):

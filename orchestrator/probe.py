@@ -28,5 +28,8 @@ class Probe:
     def queries_finished(self, status: str, count: int) -> None:
         """`count` queries reached a final status (done | failed) in the store."""
 
+    def learned(self, sources: Sequence[str]) -> None:
+        """The router learned a lesson from each of these (competition | explore | feedback)."""
+
 
 NULL_PROBE = Probe()

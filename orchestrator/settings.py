@@ -57,6 +57,15 @@ class BatchingSettings(Section):
     wait_ms: float = Field(default=50.0, ge=0, le=10_000)
 
 
+class LearningSettings(Section):
+    """How the router learns from traffic (orchestrator/routing/learning.py)."""
+
+    competition_rate: float = Field(default=0.05, ge=0, le=1, description="Share of routed queries that compete.")
+    explore_rate: float = Field(default=0.1, ge=0, le=1, description="Share on which a new expert answers as an extra.")
+    per_minute: int = Field(default=30, ge=0, description="At most this many competitions and explorations a minute.")
+    refit_every: int = Field(default=200, ge=1, description="Lessons between refitting the k-NN router's parameters.")
+
+
 class RaySettings(Section):
     address: str | None = Field(default=None, description="Join this cluster; unset: start Ray embedded.")
     auth_mode: str = Field(default="disabled", description="RAY_AUTH_MODE (Ray 2.60 else writes a token to $HOME).")
@@ -111,6 +120,7 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     backends: BackendSettings = Field(default_factory=BackendSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

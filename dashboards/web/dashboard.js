@@ -136,13 +136,30 @@ function renderBudget(b) {
   }, true);
 }
 
+function renderLearning(l) {
+  // what the router has learned from: competitions, explorations of new experts, feedback,
+  // and how many marks of each expert it knows (profiling and lessons together)
+  const counts = Object.entries(l.lessons).map(([k, v]) => `${v} ${k}`).join(" · ");
+  const exploring = l.exploring.length ? ` · exploring ${l.exploring.join(", ")}` : "";
+  document.getElementById("learning-note").textContent = `lessons: ${counts}${exploring}`;
+  const names = Object.keys(l.evidence);
+  chart("learning").setOption({
+    animation: false,
+    grid: { left: 50, right: 16, top: 10, bottom: 48 },
+    tooltip: { trigger: "axis" },
+    xAxis: { type: "category", data: names, axisLabel: { interval: 0, rotate: names.length > 6 ? 30 : 0 } },
+    yAxis: { type: "value", name: "marks" },
+    series: [{ name: "observed marks", type: "bar", data: names.map((n) => l.evidence[n]) }],
+  }, true);
+}
+
 async function refresh() {
   try {
     const res = await fetch(STATE_URL, { cache: "no-store" });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const s = await res.json();
     renderStats(s); renderHeatmap(s.heatmap); renderShare(s.recruitment);
-    renderDecisions(s.decisions); renderTimeline(s.timeline); renderBudget(s.budgets);
+    renderDecisions(s.decisions); renderTimeline(s.timeline); renderBudget(s.budgets); renderLearning(s.learning);
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.ready = "1";
     document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);

@@ -29,9 +29,12 @@ def _logit(p: float) -> float:
 class AnswerReliability:
     """Per (expert, letter) log-odds offsets from the profiling answers (see module doc)."""
 
-    def __init__(self, correct: Mapping[str, np.ndarray], choices: Mapping[str, Sequence[str | None]]):
+    def __init__(self, correct: Mapping[str, np.ndarray], choices: Mapping[str, Sequence[str | None]],
+                 observed: Mapping[str, np.ndarray] | None = None):
+        """`observed` (per expert, per question) says which marks are known; unset: all. A
+        question an expert did not answer has no choice either (None), so it adds to no cell."""
         cells = {n: _letter_cells(correct[n], choices[n]) for n in correct if n in choices}
-        overall = {n: float(np.mean(correct[n])) if len(correct[n]) else 0.0 for n in cells}
+        overall = {n: _accuracy(correct[n], (observed or {}).get(n)) for n in cells}
         self.smoothing = _fit_smoothing(cells, overall)
         self._offsets = {
             (n, c): _logit((hits + self.smoothing * overall[n]) / (total + self.smoothing)) - _logit(overall[n])
@@ -41,6 +44,11 @@ class AnswerReliability:
 
     def offset(self, expert: str, choice: str) -> float:
         return self._offsets.get((expert, choice), 0.0)
+
+
+def _accuracy(marks: np.ndarray, observed: np.ndarray | None) -> float:
+    seen = np.ones(len(marks), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    return float(np.mean(np.asarray(marks, dtype=bool)[seen])) if seen.any() else 0.0
 
 
 def _letter_cells(marks: np.ndarray, choices: Sequence[str | None]) -> dict[str, tuple[int, int]]:

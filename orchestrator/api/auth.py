@@ -29,7 +29,8 @@ def required_role(method: str, path: str) -> Role | None:
     path = path.rstrip("/") or "/"
     if method in READS:
         return "client" if path.startswith("/v1/") else None
-    return "client" if path in QUERY_WRITES else "admin"
+    feedback = path.startswith("/v1/queries/") and path.endswith("/feedback")  # a client judging an answer
+    return "client" if path in QUERY_WRITES or feedback else "admin"
 
 
 def guard(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:

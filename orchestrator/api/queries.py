@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import Budgets, Container, RowId, answered
-from orchestrator.api.schemas import QueryRequest, QueryResponse
+from orchestrator.api.schemas import FeedbackOut, FeedbackRequest, QueryRequest, QueryResponse
 from orchestrator.services.errors import ServiceError
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -30,6 +30,15 @@ async def create_query(
     ids = await answered(c.queries, [q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)) for q in items])
     out = [QueryResponse.from_row(q) for q in await run_in_threadpool(c.queries.get_many, ids)]
     return out if isinstance(body, list) else out[0]
+
+
+@router.post("/{query_id}/feedback", response_model=FeedbackOut)
+async def give_feedback(c: Container, query_id: RowId, body: FeedbackRequest) -> FeedbackOut:
+    """Say whether the answer was right (`correct`) or what it should have been (`answer`): the
+    experts that answered are marked, and the router learns from it. Given again, it replaces
+    the first (it counts once)."""
+    verdict = await run_in_threadpool(c.feedback.give, query_id, body.correct, body.answer)
+    return FeedbackOut(query_id=verdict.query_id, experts=verdict.marks, replaced=verdict.replaced)
 
 
 @router.get("/{query_id}", response_model=QueryResponse)

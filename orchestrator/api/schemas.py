@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
 from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget
@@ -60,6 +60,25 @@ class QueryResponse(Decision):
         d = decision_of(q)
         return cls(**(d.model_dump() if d else {}), id=q.id, status=q.status, query=q.text, k=q.k, answer=q.answer,
                    error=q.error, latency_s=q.latency_s, generations=answers_of(q))
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    correct: bool | None = Field(default=None, description="Was the service's answer right?")
+    answer: str | None = Field(default=None, min_length=1, max_length=2000, description="…or the right answer.")
+
+    @model_validator(mode="after")
+    def _one(self) -> FeedbackRequest:
+        if (self.correct is None) == (self.answer is None):
+            raise ValueError("give exactly one of `correct` and `answer`")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    query_id: int
+    experts: dict[str, bool] = Field(description="Each answering expert as marked (right or wrong).")
+    replaced: bool = Field(description="The query had feedback already: this one now counts instead.")
 
 
 class ExpertCreate(BaseModel):

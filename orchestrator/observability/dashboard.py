@@ -21,6 +21,7 @@ from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.dashboard import DashboardRepository
+from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import decision_of
 
 MAX_SKILLS = 24  # heatmap rows: the skills recent queries matched first, then the most telling ones
@@ -44,6 +45,7 @@ class DashboardService:
             experts, scores = repo.experts(), repo.skill_scores()
             decisions = [decision_row(q, decision_of(q)) for q in repo.recent_queries(limit)]
             recruits = repo.recruitments()
+            lessons = LessonRepository(s).counts()
         matched = [sk for sk, _ in Counter(m["skill"] for d in decisions for m in d["skills"]).most_common()]
         return {
             "generated_at": time.time(),
@@ -56,6 +58,9 @@ class DashboardService:
             "scheduling": {"queue_depth": self.window.depth(),
                            "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]},
             "budgets": budget_use(decisions),
+            "learning": {"lessons": {k: lessons.get(k, 0) for k in ("competition", "explore", "feedback")},
+                         "evidence": dict(sorted(self.pool.evidence_counts().items())),
+                         "exploring": sorted(self.pool.snapshot.uncertain)},
         }
 
 

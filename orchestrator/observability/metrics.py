@@ -52,6 +52,20 @@ class ResidencyCollector(Collector):
         return [loads, unloads, resident]
 
 
+class EvidenceCollector(Collector):
+    """How many of each expert's marks the router knows: its certainty, one series per expert."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]):
+        self.counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("skillroute_expert_evidence", "Observed marks of each expert the router knows.",
+                                   labels=["expert"])
+        for expert, n in sorted(self.counts().items()):
+            family.add_metric([expert], float(n))
+        return [family]
+
+
 class Metrics(Probe):
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -82,6 +96,10 @@ class Metrics(Probe):
         self.queries = Counter("skillroute_queries", "Queries that reached a final status.", ["status"], registry=r)
         for status in ("done", "failed"):
             self.queries.labels(status=status)
+        self.lessons = Counter("skillroute_lessons", "What the router learned from: competitions, explorations, "
+                               "feedback.", ["source"], registry=r)
+        for source in ("competition", "explore", "feedback"):
+            self.lessons.labels(source=source)
 
     def _scheduling(self) -> None:
         r = self.registry
@@ -185,3 +203,11 @@ class Metrics(Probe):
 
     def queries_finished(self, status: str, count: int) -> None:
         self.queries.labels(status).inc(count)
+
+    def learned(self, sources: Sequence[str]) -> None:
+        for source in sources:
+            self.lessons.labels(source).inc()
+
+    def watch_evidence(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Each expert's observed marks (profiling and lessons), read at scrape time."""
+        self.registry.register(EvidenceCollector(counts))

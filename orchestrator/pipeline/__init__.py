@@ -7,7 +7,9 @@ its expert's worker, the workers at once, each query aggregated as soon as its a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from experts.options import BackendOptions
 from orchestrator.budgets.planner import BudgetPlanner
@@ -16,31 +18,44 @@ from orchestrator.pipeline.batch import BatchRun
 from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.learning import CompetitionPolicy, Lesson
 from orchestrator.scheduling.fleet import Fleet
 from skills.embedder import Embedder
 
 __all__ = ["DIRECT", "GenerationLimits", "Pipeline", "PoolSnapshot"]
 
 
+Learn = Callable[[int, Lesson], None]  # (the query's place in the batch, what it taught)
+
+
 class Pipeline:
     def __init__(self, fleet: Fleet, embedder: Embedder, planner: BudgetPlanner | None = None,
                  limits: GenerationLimits | None = None, skills_per_query: int = 3, aggregation: str = "llm",
-                 probe: Probe = NULL_PROBE, options: BackendOptions | None = None, fallback: bool = True):
+                 probe: Probe = NULL_PROBE, options: BackendOptions | None = None, fallback: bool = True,
+                 policy: CompetitionPolicy | None = None, explore_rate: float = 0.0):
         self.fleet, self.embedder, self.probe = fleet, embedder, probe
         self.planner = planner or BudgetPlanner()
         self.limits = limits or GenerationLimits()
         self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
         self.fallback = fallback  # a failed expert's next-ranked stand-in, for routed queries
-        self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options)
+        self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options,
+                               policy, explore_rate)
 
-    def route(self, pool: PoolSnapshot, asks: Sequence[Ask]) -> list[Decision]:
+    def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
         """Skills, scores and recruits for every query, generating nothing."""
-        return self.decider.route(pool, asks)
+        return self.decider.route(pool, asks, dry_run)
 
-    def answer(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[Outcome]:
-        """Generate across the workers, then aggregate; the decisions were made at admission."""
-        outcomes = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
-                            self.fallback).run()
+    def answer(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision],
+               embeddings: Sequence[np.ndarray | None] | None = None, learn: Learn | None = None) -> list[Outcome]:
+        """Generate across the workers, then aggregate; the decisions were made at admission.
+        A competed or explored query (its embedding given) teaches the router a lesson, handed
+        to `learn` with the query's place in the batch."""
+        run = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
+                       self.fallback, embeddings)
+        outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
+        for index, lesson in run.lessons.items():
+            if learn is not None:
+                learn(index, lesson)
         self.probe.answered(outcomes)
         return outcomes

@@ -17,6 +17,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from experts.traits import known_answer
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import vote_answer
@@ -24,6 +27,7 @@ from orchestrator.budgets.planner import BudgetPlanner, measured
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
 from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.routing.learning import Lesson, scored
 from orchestrator.scheduling.fleet import Dispatch, Fleet
 from orchestrator.scheduling.planner import Job
 
@@ -32,8 +36,11 @@ from orchestrator.scheduling.planner import Job
 class _Query:
     ask: Ask
     decision: Decision
+    embedding: np.ndarray | None = None
     outstanding: int = 0
     answers: dict[int, Answer] = field(default_factory=dict)  # draw position → its answer
+    scored: dict[str, Answer] = field(default_factory=dict)  # competitors' answers, for the lesson
+    marks: dict[str, bool] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     tried: set[str] = field(default_factory=set)
@@ -47,16 +54,19 @@ class _Query:
 @dataclass(frozen=True)
 class _Sent:
     query: int
-    draw: int  # -1: the aggregation
+    draw: int  # the position of a recruited expert's draw; -1: the aggregation; -2: a competitor
     expert: str
 
 
 class BatchRun:
     def __init__(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision], fleet: Fleet,
-                 planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True):
+                 planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True,
+                 embeddings: Sequence[np.ndarray | None] | None = None):
         self.pool, self.fleet, self.planner, self.limits = pool, fleet, planner, limits
         self.aggregation, self.fallback = aggregation, fallback
-        self.queries = [_Query(a, d) for a, d in zip(asks, decisions, strict=True)]
+        embs = embeddings or [None] * len(asks)
+        self.queries = [_Query(a, d, e) for a, d, e in zip(asks, decisions, embs, strict=True)]
+        self.lessons: dict[int, Lesson] = {}  # query's place → what its competition or exploration taught
         self.sites = pool.sites()
         self._sent: dict[str, _Sent] = {}
         self._predicted: dict[str, float] = {}  # per worker: its jobs' predicted seconds
@@ -72,6 +82,8 @@ class BatchRun:
             for qi, q in enumerate(self.queries):
                 for j, name in enumerate(q.decision.recruited):
                     self._send_expert(qi, j, name)
+                for name in q.decision.competitors:
+                    self._send_competitor(qi, name)
                 if not q.outstanding:
                     self._experts_done(qi)
             held, self._held = self._held, None
@@ -120,16 +132,24 @@ class BatchRun:
         self._send(f"{qi}:{draw}:{attempt}", _Sent(qi, draw, name), self.pool.experts[name], q.ask.text,
                    self.limits.expert_max_tokens, draw)
 
+    def _send_competitor(self, qi: int, name: str) -> None:
+        q = self.queries[qi]
+        q.outstanding += 1
+        self._send(f"{qi}:c:{name}", _Sent(qi, -2, name), self.pool.experts[name], q.ask.text,
+                   self.limits.expert_max_tokens, 0)
+
     # ------------------------------------------------------------------ replies
 
     def _reply(self, job_id: str, gen: Generation) -> None:
         with self._lock:
             sent = self._sent.pop(job_id)
-            if sent.draw < 0:
+            if sent.draw == -1:
                 self._aggregated(sent, gen)
                 return
             q = self.queries[sent.query]
-            if gen.error is None:
+            if sent.draw == -2:
+                self._competed(q, sent, gen)
+            elif gen.error is None:
                 q.answers[sent.draw] = _answer(sent.expert, "expert", gen)
             else:
                 q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
@@ -139,6 +159,12 @@ class BatchRun:
             q.outstanding -= 1
             if not q.outstanding:
                 self._experts_done(sent.query)
+
+    def _competed(self, q: _Query, sent: _Sent, gen: Generation) -> None:
+        if gen.error is None:
+            q.scored[sent.expert] = _answer(sent.expert, "competitor", gen)
+        else:
+            q.failures.append(Failure(expert=sent.expert, role="competitor", error=gen.error))
 
     def _stand_in(self, q: _Query) -> str | None:
         """The next-ranked expert not tried yet for this query, when it may have one."""
@@ -151,6 +177,8 @@ class BatchRun:
     def _experts_done(self, qi: int) -> None:
         q = self.queries[qi]
         answers = [q.answers[j] for j in sorted(q.answers)]
+        if q.scored:
+            self._score(qi, q, answers)
         if not answers:
             errors = "; ".join(f"{f.expert}: {f.error}" for f in q.failures) or "no expert was recruited"
             self._finish(q, "", f"every expert failed: {errors}")
@@ -164,6 +192,17 @@ class BatchRun:
                        self.limits.aggregator_max_tokens, 0)
         else:
             self._finish(q, answers[0].text)
+
+    def _score(self, qi: int, q: _Query, answers: Sequence[Answer]) -> None:
+        """Mark every answer of a competed (or explored) query, and keep the lesson it taught."""
+        texts = {a.expert: a.text for a in answers} | {e: a.text for e, a in q.scored.items()}
+        weights = {s.name: s.weight for s in q.decision.experts}
+        gold = next((g for e in texts if (g := known_answer(self.pool.experts[e].base, q.ask.text))), None)
+        q.marks, letters, _ = scored(texts, weights, self.pool.router.reliability, gold)
+        if q.embedding is not None:
+            source = "competition" if q.decision.competition else "explore"
+            skills = tuple(m.skill for m in q.decision.skills)
+            self.lessons[qi] = Lesson(q.embedding, skills, q.marks, letters, source)
 
     def _aggregated(self, sent: _Sent, gen: Generation) -> None:
         q = self.queries[sent.query]
@@ -187,9 +226,11 @@ class BatchRun:
         devices = [DeviceTime(worker=w, device=self._device(w), predicted_s=self._predicted.get(w, 0.0),
                               measured_s=busy.get(w)) for w in sorted(q.workers)]
         budget = q.decision.budget and measured(q.decision.budget, latency, self.planner.power_w)
+        scores = {e: float(ok) for e, ok in q.marks.items()}
         decision = q.decision.model_copy(update={"failures": q.failures, "fallbacks": q.fallbacks,
-                                                 "devices": devices, "budget": budget})
-        answers = [q.answers[j] for j in sorted(q.answers)] + ([q.aggregate] if q.aggregate else [])
+                                                 "devices": devices, "budget": budget, "competition_scores": scores})
+        answers = ([q.answers[j] for j in sorted(q.answers)] + list(q.scored.values())
+                   + ([q.aggregate] if q.aggregate else []))
         return Outcome(decision=decision, answers=answers, text=q.text, latency_s=latency, stages_s=latency,
                        error=q.error)
 

@@ -25,6 +25,7 @@ from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, ExpertScore, NoExperts, SkillMatch, Unanswerable, UnknownExpert
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.learning import CompetitionPolicy
 from orchestrator.routing.recruit import recruit
 from skills.embedder import Embedder
 from skills.vocabulary import SkillMatch as VocabularyMatch
@@ -44,14 +45,22 @@ class GenerationLimits:
 class Decider:
     def __init__(self, embedder: Embedder, planner: BudgetPlanner, limits: GenerationLimits,
                  skills_per_query: int = 3, aggregation: str = "llm", probe: Probe = NULL_PROBE,
-                 options: BackendOptions | None = None):
+                 options: BackendOptions | None = None, policy: CompetitionPolicy | None = None,
+                 explore_rate: float = 0.0):
         self.embedder, self.planner, self.limits, self.probe = embedder, planner, limits, probe
         self.skills_per_query, self.aggregation = skills_per_query, aggregation
         self.options = options or BackendOptions()  # how an expert's tokenizer is found
+        self.policy, self.explore_rate = policy, explore_rate  # None: the router never competes
 
-    def route(self, pool: PoolSnapshot, asks: Sequence[Ask]) -> list[Decision]:
-        """A decision for every query; raises a `QueryError` naming the first query that cannot
-        be taken (no expert, none able to answer it, an unknown expert, no budget fit)."""
+    def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
+        return self.route_embedded(pool, asks, dry_run)[0]
+
+    def route_embedded(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False
+                       ) -> tuple[list[Decision], list[np.ndarray | None]]:
+        """A decision for every query, and each routed query's embedding; raises a `QueryError`
+        naming the first query that cannot be taken (no expert, none able to answer it, an unknown
+        expert, no budget fit). A dry run (/v1/routes) decides competitions without spending
+        the per-minute cap."""
         started = time.perf_counter()
         if not pool.experts:
             raise NoExperts("no profiled expert in the pool yet")
@@ -60,12 +69,12 @@ class Decider:
         embeddings = self.embedder.encode(texts)
         skills = pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
         found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
-        decisions = [self._decide(pool, i, a, *found.get(i, (None, []))) for i, a in enumerate(asks)]
+        decisions = [self._decide(pool, i, a, *found.get(i, (None, [])), dry_run=dry_run) for i, a in enumerate(asks)]
         self.probe.routed(decisions, time.perf_counter() - started)
-        return decisions
+        return decisions, [found[i][0] if i in found else None for i in range(len(asks))]
 
     def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, emb: np.ndarray | None,
-                matches: Sequence[VocabularyMatch]) -> Decision:
+                matches: Sequence[VocabularyMatch], dry_run: bool = False) -> Decision:
         eligible = self.eligible(pool, index, ask)
         seed = ask.seed if ask.seed is not None else random.randrange(2**31)
         if ask.expert is not None:
@@ -77,8 +86,24 @@ class Decider:
             return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,
                                  plan.record())
         mode = ask.mode or pool.router.preferred_mode
-        chosen = recruit(scores, ask.k, mode, random.Random(seed))
-        return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator)
+        chosen = recruit([s for s in scores if s.name not in pool.uncertain], ask.k, mode, random.Random(seed))
+        competitors, competition = self._competitors(pool, seed, eligible, chosen, dry_run)
+        return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator,
+                             competitors=competitors, competition=competition)
+
+    def _competitors(self, pool: PoolSnapshot, seed: int, eligible: set[str], chosen: Sequence[str],
+                     dry_run: bool) -> tuple[list[str], bool]:
+        """Who answers only to be scored: every other eligible expert when the query competes,
+        else a new (uncertain) expert explored now and then; both within the per-minute cap."""
+        if self.policy is None:
+            return [], False
+        others = sorted(eligible - set(chosen))
+        if others and self.policy.fires(seed, dry_run=dry_run):
+            return others, True
+        explore = [n for n in others if n in pool.uncertain]
+        if explore and self.policy.fires(seed, "explore", self.explore_rate, dry_run):
+            return explore[:1], False
+        return [], False
 
     def eligible(self, pool: PoolSnapshot, index: int, ask: Ask) -> set[str]:
         """The experts that can take this query; none is an `Unanswerable` naming why."""

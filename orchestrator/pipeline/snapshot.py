@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from experts.types import ExpertSpec
 from experts.workers import WorkerSpec
 from orchestrator.budgets.planner import Site, site
+from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.router import Router
 from skills.vocabulary import SkillVocabulary
 
@@ -26,6 +27,8 @@ class PoolSnapshot:
     competence: dict[str, float] = field(default_factory=dict)
     placement: dict[str, str] = field(default_factory=dict)  # expert → the worker it runs on
     workers: dict[str, WorkerSpec] = field(default_factory=dict)
+    evidence: RoutingEvidence | None = None  # what the router was built from (it learns on top)
+    uncertain: frozenset[str] = frozenset()  # new experts explored, not yet recruited
 
     def worker_of(self, expert: str, default: str) -> str:
         return self.placement.get(expert, default)

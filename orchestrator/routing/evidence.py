@@ -20,6 +20,9 @@ class RoutingEvidence:
     shrink towards an expert's accuracy on the query's likely topic instead of overall.
     `choices` (expert → the option letter each answer picked, None when it picked none) let
     a vote weigh an answer by how reliable the expert is when it picks that letter.
+    `observed` (expert → n booleans) says which marks are known: profiling knows every expert's,
+    a learned question (a competition, feedback) only those of the experts that answered it;
+    None: all are known.
     """
 
     profiles: dict[str, dict[str, float]]
@@ -28,6 +31,7 @@ class RoutingEvidence:
     labels: list[str] | None = None
     choices: dict[str, list[str | None]] | None = None
     competence: dict[str, float] = field(default_factory=dict)
+    observed: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not self.competence:

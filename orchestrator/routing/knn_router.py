@@ -28,6 +28,12 @@ took it to 50.0%.
 K, τ, α and K_c (0: no topic prior) are fitted on the profiling questions alone by
 leave-one-out log-loss of p̂ (each question's estimate from its neighbours and its topic's
 accuracy, itself excluded), so the test split is never seen.
+
+The memory grows with traffic (`routing.learning`): a competition adds a query every expert
+answered, feedback one that only the answering experts did. An expert's mark on a question it
+did not answer is unobserved, not wrong: every sum above runs over observed marks only
+(`observed`, n × experts), so an expert seen on few neighbours leans on its prior, as one seen on
+none leans on it entirely. With every mark observed (profiling alone) nothing changes.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ TEMPERATURE_GRID = (0.01, 0.02, 0.05, 0.1, 0.3, 1.0)
 PRIOR_GRID = (1.0, 3.0, 10.0, 30.0)
 LABEL_NEIGHBOURS_GRID = (0, 25, 50, 100, 200)  # 0: the prior is the overall accuracy
 LABEL_SMOOTHING = 2.0  # a small topic leans on the expert's overall accuracy (pseudo-questions)
+UNSEEN_ACCURACY = 0.5  # the prior of an expert with no observed mark at all (a new one)
 
 
 @dataclass(frozen=True)
@@ -63,24 +70,44 @@ class EvidenceError(ValueError):
     """The routing evidence lacks what a learned router needs (embeddings, per-question marks)."""
 
 
-def _matrix(evidence: RoutingEvidence) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Expert names, embeddings (n × d) and correctness (n × experts) from the evidence."""
+@dataclass(frozen=True)
+class Memory:
+    """The evidence as matrices: names, embeddings (n × d), marks and observed (n × experts)."""
+
+    names: list[str]
+    emb: np.ndarray
+    marks: np.ndarray
+    observed: np.ndarray
+
+    @property
+    def overall(self) -> np.ndarray:
+        """Each expert's accuracy over its observed marks."""
+        seen = self.observed.sum(axis=0)
+        return np.where(seen > 0, (self.marks * self.observed).sum(axis=0) / np.maximum(seen, 1), UNSEEN_ACCURACY)
+
+
+def _memory(evidence: RoutingEvidence) -> Memory:
     if evidence.question_embeddings is None or not evidence.correct:
         raise EvidenceError("the k-NN router needs question embeddings and per-question correctness")
     names = sorted(evidence.correct)
     emb = np.asarray(evidence.question_embeddings, dtype=np.float32)
     marks = np.stack([np.asarray(evidence.correct[n], dtype=np.float32) for n in names], axis=1)
+    seen = evidence.observed or {}
+    observed = np.stack([np.asarray(seen[n], dtype=np.float32) if n in seen else np.ones(len(emb), np.float32)
+                         for n in names], axis=1)
     if marks.shape[0] != emb.shape[0] or emb.shape[0] == 0:
         raise EvidenceError(f"{emb.shape[0]} embeddings but {marks.shape[0]} marks per expert")
-    return names, emb, marks
+    return Memory(names, emb, marks * observed, observed)
 
 
-def estimate(sims: np.ndarray, marks: np.ndarray, prior: np.ndarray, params: KnnParams) -> np.ndarray:
-    """p̂ for queries × experts from their top-K similarities (queries × K) and the marks of
-    those neighbours (queries × K × experts)."""
+def estimate(sims: np.ndarray, marks: np.ndarray, observed: np.ndarray, prior: np.ndarray,
+             params: KnnParams) -> np.ndarray:
+    """p̂ for queries × experts from their top-K similarities (queries × K) and the marks and
+    observed masks of those neighbours (queries × K × experts)."""
     weights = np.exp((sims - 1.0) / params.temperature)
     hits = np.einsum("qk,qke->qe", weights, marks)
-    return (hits + params.prior_strength * prior) / (weights.sum(axis=1)[:, None] + params.prior_strength)
+    mass = np.einsum("qk,qke->qe", weights, observed)
+    return (hits + params.prior_strength * prior) / (mass + params.prior_strength)
 
 
 def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +123,12 @@ class LabelPrior:
     """Each expert's accuracy per topic label, and P(label | query) from the labels of the
     query's nearest profiling questions: the topic-level prior of p̂ (see module doc)."""
 
-    def __init__(self, labels: Sequence[str], marks: np.ndarray):
+    def __init__(self, labels: Sequence[str], memory: Memory):
         names = sorted(set(labels))
         self.codes = np.array([names.index(x) for x in labels]) if labels else np.zeros(0, dtype=int)
         self.onehot = np.eye(len(names), dtype=np.float32)[self.codes]
-        self.marks, self.overall = marks, marks.mean(axis=0)
-        self.counts, self.sizes = self.onehot.T @ marks, self.onehot.sum(axis=0)[:, None]
+        self.marks, self.observed, self.overall = memory.marks, memory.observed, memory.overall
+        self.counts, self.sizes = self.onehot.T @ self.marks, self.onehot.T @ self.observed
         self.accuracy = (self.counts + LABEL_SMOOTHING * self.overall) / (self.sizes + LABEL_SMOOTHING)
 
     def prior(self, idx: np.ndarray, k: int) -> np.ndarray:
@@ -117,37 +144,40 @@ class LabelPrior:
         share = self.onehot[idx[:, :k]].mean(axis=1)
         own = self.codes[rows]
         acc_without = (self.counts[own] - self.marks[rows] + LABEL_SMOOTHING * self.overall) / (
-            self.sizes[own] - 1 + LABEL_SMOOTHING
+            self.sizes[own] - self.observed[rows] + LABEL_SMOOTHING
         )
         own_share = share[np.arange(len(rows)), own][:, None]
         return share @ self.accuracy + own_share * (acc_without - self.accuracy[own])
 
 
-def _log_loss(p: np.ndarray, truth: np.ndarray) -> float:
+def _log_loss(p: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> float:
     p = np.clip(p, 1e-4, 1 - 1e-4)
-    return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+    losses = -(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+    return float((losses * observed).sum() / max(float(observed.sum()), 1.0))
 
 
-def fit_params(
-    emb: np.ndarray, marks: np.ndarray, labels: Sequence[str] | None = None, max_questions: int = 4000, seed: int = 0
-) -> KnnParams:
-    """The grid point with the lowest leave-one-out log-loss of p̂ on the profiling questions."""
+def fit_params(memory: Memory, labels: Sequence[str] | None = None, max_questions: int = 4000,
+               seed: int = 0) -> KnnParams:
+    """The grid point with the lowest leave-one-out log-loss of p̂ over the observed marks."""
+    emb, marks, observed = memory.emb, memory.marks, memory.observed
     rows = np.arange(len(emb))
     if len(rows) > max_questions:  # bound the n × n similarity block; a sample ranks as well
         rows = np.random.default_rng(seed).choice(rows, max_questions, replace=False)
     sims = emb[rows] @ emb.T
     sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out
     idx, vals = _top(sims, max(*NEIGHBOURS_GRID, *LABEL_NEIGHBOURS_GRID))
-    topic = LabelPrior(labels, marks) if labels else None
+    topic = LabelPrior(labels, memory) if labels else None
     label_grid = LABEL_NEIGHBOURS_GRID if topic else (0,)
-    priors = {kc: (topic.loo_prior(rows, idx, kc) if topic else marks.mean(axis=0)) for kc in label_grid}
-    truth, near = marks[rows], marks[idx]
+    overall = np.broadcast_to(memory.overall, (len(rows), len(memory.names)))
+    priors = {kc: (topic.loo_prior(rows, idx, kc) if topic else overall) for kc in label_grid}
+    truth, seen, near, near_seen = marks[rows], observed[rows], marks[idx], observed[idx]
     best: tuple[float, KnnParams] | None = None
     for k, tau in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID):
         weights = np.exp((vals[:, :k] - 1.0) / tau)
-        hits, mass = np.einsum("qk,qke->qe", weights, near[:, :k]), weights.sum(axis=1)[:, None]
+        hits = np.einsum("qk,qke->qe", weights, near[:, :k])
+        mass = np.einsum("qk,qke->qe", weights, near_seen[:, :k])
         for (kc, prior), alpha in itertools.product(priors.items(), PRIOR_GRID):  # cheap: sums are made
-            loss = _log_loss((hits + alpha * prior) / (mass + alpha), truth)
+            loss = _log_loss((hits + alpha * prior) / (mass + alpha), truth, seen)
             if best is None or loss < best[0]:
                 best = (loss, KnnParams(k, tau, alpha, kc))
     assert best is not None
@@ -159,6 +189,7 @@ class KnnRouter:
 
     Each `ExpertScore` carries suitability = p̂ for this query, competence = the expert's overall
     profiling accuracy, weight = log-odds of p̂ (what `voting.vote_by_scores` weighs votes by).
+    `params` given (a router rebuilt as its memory grows) skip the leave-one-out fit.
     """
 
     name = "knn"
@@ -167,22 +198,24 @@ class KnnRouter:
 
     def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None, n_options: int = DEFAULT_OPTIONS):
         self.evidence = evidence
-        self.experts, self._emb, self._marks = _matrix(evidence)
-        labels = evidence.labels if evidence.labels and len(evidence.labels) == len(self._emb) else None
-        self.params = params or fit_params(self._emb, self._marks, labels)
+        self.memory = _memory(evidence)
+        self.experts = self.memory.names
+        labels = evidence.labels if evidence.labels and len(evidence.labels) == len(self.memory.emb) else None
+        self.params = params or fit_params(self.memory, labels)
         self.n_options = n_options
-        self._prior = self._marks.mean(axis=0)
-        self._topic = LabelPrior(labels, self._marks) if labels else None
-        choices = evidence.choices
-        self.reliability = AnswerReliability(evidence.correct or {}, choices) if choices else None
+        self._prior = self.memory.overall
+        self._topic = LabelPrior(labels, self.memory) if labels else None
+        choices, seen = evidence.choices, evidence.observed
+        self.reliability = AnswerReliability(evidence.correct or {}, choices, seen) if choices else None
 
     def estimate(self, query_embeddings: np.ndarray) -> np.ndarray:
         """p̂ for each query (rows) and expert (columns, in `self.experts` order)."""
         q = np.atleast_2d(np.asarray(query_embeddings, dtype=np.float32))
         k, kc = self.params.neighbours, self.params.label_neighbours if self._topic else 0
-        idx, vals = _top(q @ self._emb.T, max(k, kc))
+        idx, vals = _top(q @ self.memory.emb.T, max(k, kc))
         prior = self._topic.prior(idx, kc) if self._topic else self._prior
-        return estimate(vals[:, :k], self._marks[idx[:, :k]], prior, self.params)
+        near = idx[:, :k]
+        return estimate(vals[:, :k], self.memory.marks[near], self.memory.observed[near], prior, self.params)
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
         """Every expert, best first; without an embedding, by overall profiling accuracy.

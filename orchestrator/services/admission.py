@@ -12,7 +12,9 @@ back exactly what was admitted (`queries.QueryService.recover`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExpert
@@ -27,11 +29,13 @@ from orchestrator.store.repositories.queries import QueryRepository
 
 @dataclass(frozen=True)
 class Admitted:
-    """A stored query and what it will run: the request as asked and the decision made for it."""
+    """A stored query and what it will run: the request as asked and the decision made for it
+    (and, not stored, the query's embedding, which a competition's lesson needs)."""
 
     query_id: int
     ask: Ask
     decision: Decision
+    embedding: np.ndarray | None = field(default=None, compare=False)
 
 
 class ModelNotFound(NotFound):
@@ -43,33 +47,38 @@ class Admission:
         self.db, self.pool, self.pipeline = db, pool, pipeline
 
     def route(self, asks: Sequence[Ask]) -> list[Decision]:
-        """The decisions for these queries, or the 4xx of the first one that cannot be taken."""
+        """The decisions for these queries (a dry run: nothing will run them), or the 4xx of the
+        first one that cannot be taken."""
+        return self._routed(asks, dry_run=True)[0]
+
+    def _routed(self, asks: Sequence[Ask], dry_run: bool = False) -> tuple[list[Decision], list[np.ndarray | None]]:
         try:
-            return self.pipeline.route(self.pool.snapshot, asks)
+            return self.pipeline.decider.route_embedded(self.pool.snapshot, asks, dry_run)
         except QueryError as exc:
             raise refusal(exc, len(asks), asks[exc.index]) from exc
 
     def admit(self, asks: Sequence[Ask]) -> list[Admitted]:
         """Route, then store every query with its request and decision (all or none)."""
-        decisions = self.route(asks)
+        decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
             repo = QueryRepository(s)
             ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
-        return _admitted(ids, asks, decisions)
+        return _admitted(ids, asks, decisions, embeddings)
 
     def admit_batch(self, asks: Sequence[Ask], custom_ids: Sequence[str | None],
                     key_id: int | None = None) -> tuple[int, list[Admitted]]:
         """`admit` for a batch: its queries and the batch that lists them are one transaction."""
-        decisions = self.route(asks)
+        decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
             repo = QueryRepository(s)
             ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
             batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
-        return batch_id, _admitted(ids, asks, decisions)
+        return batch_id, _admitted(ids, asks, decisions, embeddings)
 
 
-def _admitted(ids: Sequence[int], asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[Admitted]:
-    return [Admitted(i, a, d) for i, a, d in zip(ids, asks, decisions, strict=True)]
+def _admitted(ids: Sequence[int], asks: Sequence[Ask], decisions: Sequence[Decision],
+              embeddings: Sequence[np.ndarray | None]) -> list[Admitted]:
+    return [Admitted(i, a, d, e) for i, a, d, e in zip(ids, asks, decisions, embeddings, strict=True)]
 
 
 def refusal(exc: QueryError, count: int, ask: Ask) -> ServiceError:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from experts.types import ExpertSpec
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.knn_router import KnnRouter
+from orchestrator.routing.learning import CERTAIN_AFTER, Lesson, learned, observed_counts
 from orchestrator.routing.router import build_router
 from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
@@ -26,48 +30,63 @@ AGGREGATOR_KEY = "aggregator"
 
 def load_evidence(
     db: Database, dataset: str, embedder: Embedder
-) -> tuple[dict[str, ExpertSpec], RoutingEvidence, list[str]]:
-    """Ready experts, their profiles and per-question records, and the profiled skill names."""
+) -> tuple[dict[str, ExpertSpec], RoutingEvidence, list[str], set[str]]:
+    """The experts routing may use (ready ones, and those still profiling, to explore), their
+    profiles and per-question records with what traffic taught since, the profiled skill names,
+    and which experts are not profiled yet."""
     with db.session() as s:
-        rows = ExpertRepository(s).list(status="ready")
+        rows = [r for r in ExpertRepository(s).list() if r.status in ("ready", "profiling")]
         experts = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
         profiles = {r.name: {sk.skill: sk.score for sk in r.skills} for r in rows}
         questions = ValidationRepository(s).questions(dataset)
         answers = ValidationRepository(s).answers([r.id for r in rows])
         texts = [q.payload["question"] for q in questions]
         labels = [str(q.payload.get("subject", "")) for q in questions]
-        correct, choices = _answer_records(questions, answers, {r.id: r.name for r in rows})
+        correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
+        lessons = LessonRepository(s).all()
+        profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = embedder.encode(texts) if texts else None
-    return experts, RoutingEvidence(profiles, embeddings, correct, labels, choices), skills
+    base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed)
+    return experts, learned(base, [_known(x, experts) for x in lessons]), skills, profiling
+
+
+def _known(lesson: Lesson, experts: Mapping[str, ExpertSpec]) -> Lesson:
+    """The lesson's marks of experts still in the pool (one removed since teaches nothing)."""
+    marks = {e: m for e, m in lesson.marks.items() if e in experts}
+    return replace(lesson, marks=marks, choices={e: c for e, c in lesson.choices.items() if e in experts})
 
 
 def _answer_records(
     questions: Sequence[ValidationQuestion], answers: Sequence[ValidationAnswer], names: dict[int, str]
-) -> tuple[dict[str, np.ndarray], dict[str, list[str | None]]]:
-    """Per expert, per question: was it right, and which option letter did it pick (if any)."""
+) -> tuple[dict[str, np.ndarray], dict[str, list[str | None]], dict[str, np.ndarray]]:
+    """Per expert, per question: was it right, which option letter did it pick (if any), and is
+    its answer on record at all (not yet, for an expert still being profiled)."""
     index = {q.id: i for i, q in enumerate(questions)}
     correct = {n: np.zeros(len(questions), dtype=bool) for n in names.values()}
+    observed = {n: np.zeros(len(questions), dtype=bool) for n in names.values()}
     choices: dict[str, list[str | None]] = {n: [None] * len(questions) for n in names.values()}
     for a in answers:
         i, name = index[a.question_id], names[a.expert_id]
-        correct[name][i] = a.correct
+        correct[name][i], observed[name][i] = a.correct, True
         options = questions[i].payload.get("options") or ()
         if questions[i].payload.get("kind", "choice") == "choice" and options:
             choices[name][i] = extract_choice(a.text, len(options))
-    return correct, choices
+    return correct, choices, observed
 
 
 class PoolState:
-    """Holds the current snapshot; `refresh` rebuilds it from the store, placement included."""
+    """Holds the current snapshot; `refresh` rebuilds it from the store, placement included, and
+    `learn` adds what traffic taught to it at once (and to the store, so a restart keeps it)."""
 
     def __init__(self, db: Database, dataset: str, embedder: Embedder, deployment: Deployment,
-                 router_name: str = "symbolic", llm_aggregator: bool = True):
+                 router_name: str = "symbolic", llm_aggregator: bool = True, refit_every: int = 200):
         self.db, self.dataset, self.embedder, self.router_name = db, dataset, embedder, router_name
-        self.deployment = deployment
+        self.deployment, self.refit_every = deployment, refit_every
         self.llm_aggregator = llm_aggregator  # False: answers are voted on, no aggregator expert
         self._lock = threading.Lock()
         self._snapshot: PoolSnapshot | None = None
+        self._since_fit = 0  # lessons learned since the router's parameters were last fitted
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -77,18 +96,38 @@ class PoolState:
         return self._snapshot
 
     def refresh(self) -> PoolSnapshot:
-        experts, evidence, skills = load_evidence(self.db, self.dataset, self.embedder)
+        experts, evidence, skills, profiling = load_evidence(self.db, self.dataset, self.embedder)
         with self.db.session() as s:
             agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
+        uncertain = _uncertain(evidence, profiling)
         if not self.llm_aggregator:
             agg = None
-        elif agg not in experts:  # not benchmarked yet: fall back to the most competent expert
-            agg = max(evidence.competence, key=lambda n: evidence.competence[n], default=None)
+        elif agg not in experts:  # not benchmarked yet: fall back to the most competent profiled expert
+            agg = max((n for n in evidence.competence if n not in uncertain), key=evidence.competence.__getitem__,
+                      default=None)
         snap = PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
-                            agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers))
+                            agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers),
+                            evidence, uncertain)
         with self._lock:
-            self._snapshot = snap
+            self._snapshot, self._since_fit = snap, 0
         return snap
+
+    def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> None:
+        """Keep the lessons (query id, lesson) and route by them from now on. A lesson that
+        replaces an earlier one of its query (feedback given again) rebuilds from the store, so
+        it counts once."""
+        with self.db.session() as s:
+            fresh = [LessonRepository(s).add(lesson, qid) for qid, lesson in lessons]
+        if not all(fresh):
+            self.refresh()
+            return
+        built = self.snapshot  # outside the lock: building it takes the lock
+        with self._lock:
+            snap = self._snapshot or built
+            self._since_fit += len(lessons)
+            refit = self._since_fit >= self.refit_every
+            self._snapshot = _taught(snap, [x for _, x in lessons], self.router_name, refit)
+            self._since_fit = 0 if refit else self._since_fit
 
     def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
         """Where every stored expert that has not failed runs (and `extra`, not stored yet)."""
@@ -101,3 +140,26 @@ class PoolState:
 
     def worker_for(self, spec: ExpertSpec) -> str:
         return self.placement(spec)[spec.name]
+
+    def evidence_counts(self) -> dict[str, int]:
+        """Each expert's observed marks, profiling and lessons together."""
+        evidence = self.snapshot.evidence
+        return observed_counts(evidence) if evidence is not None else {}
+
+
+def _uncertain(evidence: RoutingEvidence, profiling: set[str]) -> frozenset[str]:
+    """Experts not profiled yet with too little evidence to be recruited (they are explored)."""
+    counts = observed_counts(evidence)
+    return frozenset(n for n in profiling if counts.get(n, 0) < CERTAIN_AFTER)
+
+
+def _taught(snap: PoolSnapshot, lessons: Sequence[Lesson], router_name: str, refit: bool) -> PoolSnapshot:
+    """The snapshot with the lessons in its evidence and a router rebuilt on it (the k-NN
+    router keeps its fitted parameters unless it is time to fit them again)."""
+    assert snap.evidence is not None
+    evidence = learned(snap.evidence, lessons)
+    params = getattr(snap.router, "params", None)
+    router = KnnRouter(evidence, None if refit else params) if isinstance(snap.router, KnnRouter) \
+        else build_router(evidence, router_name)
+    still = frozenset(n for n in snap.uncertain if observed_counts(evidence).get(n, 0) < CERTAIN_AFTER)
+    return replace(snap, router=router, evidence=evidence, competence=dict(evidence.competence), uncertain=still)

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from orchestrator.domain import Ask, QueryError
 from orchestrator.pipeline import Pipeline
 from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.learning import Lesson
 from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import NotFound
@@ -54,14 +55,20 @@ class QueryService:
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
         if not runnable:
             return
+        taught: list[tuple[int | None, Lesson]] = []
         try:
-            outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable])
+            outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
+                                            [i.embedding for i in runnable],
+                                            learn=lambda at, lesson: taught.append((runnable[at].query_id, lesson)))
         except Exception as exc:
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
         with self.db.session() as s:
             for item, out in zip(runnable, outcomes, strict=True):
                 QueryRepository(s).finish(item.query_id, out)
+        if taught:
+            self.pool.learn(taught)
+            self.probe.learned([lesson.source for _, lesson in taught])
         failed = sum(o.error is not None for o in outcomes)
         self.probe.queries_finished("done", len(runnable) - failed)
         if failed:

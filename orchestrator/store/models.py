@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -177,3 +177,21 @@ class BatchItem(Base):
 
     batch: Mapped[Batch] = relationship(back_populates="items")
     query: Mapped[Query] = relationship()
+
+
+class LessonRow(Base):
+    """What one query taught the router (`routing.learning.Lesson`): its embedding and skills,
+    and each answering expert's mark and choice. One of each source per query: feedback given
+    again replaces the first, so it counts once."""
+
+    __tablename__ = "lessons"
+    __table_args__ = (UniqueConstraint("query_id", "source"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int | None] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), default=None)
+    source: Mapped[str] = mapped_column(String(16), index=True)  # competition | explore | feedback
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
+    skills: Mapped[list[Any]] = mapped_column(JSON)
+    marks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    choices: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -8,10 +8,9 @@ from types import ModuleType
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.settings import Settings
 from skills.embedder import Embedder
 from tests.live_server import live_server
-from tests.orchestrator.conftest import mock_expert, mock_or_real, small_pool
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 
 def test_load_reports_latency_throughput_and_errors_per_endpoint(
@@ -19,7 +18,7 @@ def test_load_reports_latency_throughput_and_errors_per_endpoint(
 ) -> None:
     bench = load_bench("load")
     pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
-    c = SkillRoute(Settings(data_dir=tmp_path), pool, factory=mock_or_real, embedder=embedder)
+    c = SkillRoute(quiet_settings(tmp_path), pool, factory=mock_or_real, embedder=embedder)
     c.start()
     with live_server(create_app(c)) as url:
         res = bench.run(url, "mock pool", clients=20, requests=60)

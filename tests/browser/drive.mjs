@@ -25,7 +25,7 @@ try {
     heatmap: { experts: JSON.parse(document.querySelector("#heatmap").dataset.experts),
       matched: JSON.parse(document.querySelector("#heatmap").dataset.matched),
       texts: [...document.querySelectorAll("#heatmap svg text")].map((t) => t.textContent) },
-    charts: Object.fromEntries(["share", "timeline", "budget"].map((id) =>
+    charts: Object.fromEntries(["share", "timeline", "budget", "learning"].map((id) =>
       [id, document.querySelectorAll(`#${id} svg path, #${id} svg rect`).length])),
     polls: Number(document.body.dataset.polls),
   }));

@@ -11,7 +11,7 @@ from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
-from orchestrator.settings import Settings
+from orchestrator.settings import LearningSettings, Settings
 
 SUBJECTS = ["high school mathematics", "world religions", "college chemistry", "jurisprudence"]
 
@@ -30,11 +30,18 @@ def small_pool(experts: list[ExpertSpec]) -> PoolConfig:
     return PoolConfig(validation=ValidationConfig(sources=sources), experts=experts)
 
 
+def quiet_settings(data_dir, **fields):  # type: ignore[no-untyped-def]
+    """Settings whose router never competes or explores on its own, so a test's queries run
+    exactly what they were routed to (tests/orchestrator/services/test_learning.py turns it on)."""
+    quiet = LearningSettings(competition_rate=0.0, explore_rate=0.0)
+    return Settings(data_dir=data_dir, learning=quiet, **fields)
+
+
 @pytest.fixture
 def container(tmp_path, embedder):
     experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
                mock_expert("gamma", "m2")]
-    c = SkillRoute(Settings(data_dir=tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
     c.bootstrap()
     yield c
     c.close()

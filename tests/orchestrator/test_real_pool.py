@@ -20,8 +20,8 @@ from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.pools.schema import ArithmeticSource, GenerationBudget, MMLUSource, PoolConfig, ValidationConfig
-from orchestrator.settings import Settings
 from orchestrator.store.models import GenerationRow, Query, RoutingDecision
+from tests.orchestrator.conftest import quiet_settings
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def real_pool() -> PoolConfig:
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory, embedder) -> Iterator[SkillRoute]:
-    c = SkillRoute(Settings(data_dir=tmp_path_factory.mktemp("real")), real_pool(), embedder=embedder)
+    c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("real")), real_pool(), embedder=embedder)
     c.bootstrap()
     yield c
     c.close()

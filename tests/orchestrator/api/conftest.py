@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
-from orchestrator.settings import Settings
 from tests.live_server import live_server
+from tests.orchestrator.conftest import quiet_settings
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def serve():  # type: ignore[no-untyped-def]
 def empty_container(tmp_path, embedder):  # type: ignore[no-untyped-def]
     """A service whose pool has no expert yet (nothing to route to)."""
     pool = PoolConfig(validation=ValidationConfig(sources=[ArithmeticSource(n=2)]), experts=[])
-    c = SkillRoute(Settings(data_dir=tmp_path), pool, embedder=embedder)
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder)
     c.bootstrap()
     yield c
     c.close()

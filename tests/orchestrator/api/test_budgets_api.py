@@ -20,8 +20,8 @@ from orchestrator.budgets.planner import LOCAL_DEVICE, device_table
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.services.keys import KeyBudget, KeyService
-from orchestrator.settings import Settings
 from orchestrator.store.models import Query
+from tests.orchestrator.conftest import quiet_settings
 
 QUESTION = "What is 17*23?"
 LOOSE: dict[str, Any] = {"latency_ms": 3_600_000, "energy_j": 1e8}
@@ -38,7 +38,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[
                placed("server", "m2", "h100-server", 70.0)]
     mmlu = MMLUSource(per_subject=2, subjects=["world religions", "jurisprudence"])
     pool = PoolConfig(validation=ValidationConfig(sources=[ArithmeticSource(n=4), mmlu]), experts=experts)
-    c = SkillRoute(Settings(data_dir=tmp_path_factory.mktemp("budgets")), pool,
+    c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("budgets")), pool,
                    factory=lambda spec: MockBackend(spec.key), embedder=embedder)
     c.bootstrap()
     with TestClient(create_app(c)) as tc:

@@ -19,8 +19,8 @@ from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig, ArithmeticSource, GenerationBudget, PoolConfig, ValidationConfig
-from orchestrator.settings import Settings
 from orchestrator.store.models import GenerationRow
+from tests.orchestrator.conftest import quiet_settings
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def local(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[S
     # slower and far less steadily (bench/calibrate_cpu.py); the test needs steady timings.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SKILLROUTE_LLAMA_THREADS", "1")
-        c = SkillRoute(Settings(data_dir=tmp_path_factory.mktemp("budgets-real")), local_pool(), embedder=embedder)
+        c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("budgets-real")), local_pool(), embedder=embedder)
         c.bootstrap()
         yield c
     c.close()

@@ -7,8 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.settings import Settings
-from tests.orchestrator.conftest import mock_or_real
+from tests.orchestrator.conftest import mock_or_real, quiet_settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -80,7 +79,7 @@ def test_budget_metrics_are_exported_before_budgets_land(client):
 def test_each_container_has_its_own_registry(container, tmp_path, embedder):
     """Metrics belong to the service (its parts were given them when built): two apps over one
     container share them, and a second service in the process never hits "duplicated timeseries"."""
-    other = SkillRoute(Settings(data_dir=tmp_path / "other"), container.pool_config, factory=mock_or_real,
+    other = SkillRoute(quiet_settings(tmp_path / "other"), container.pool_config, factory=mock_or_real,
                        embedder=embedder)
     with TestClient(create_app(container)) as a, TestClient(create_app(container)) as b, \
             TestClient(create_app(other, owns_container=True)) as c:
@@ -101,4 +100,6 @@ def test_dashboard_state_shows_the_queries(client, container):
     assert {s["skill"] for s in body["skills"]} <= set(heat["matched"]) <= set(heat["skills"])
     assert {m for s in state["timeline"]["segments"] for m in [s["model"]]} >= container.fleet["cpu"].resident()
     assert set(state["recruitment"]["experts"]) >= set(body["recruited"])
+    assert state["learning"]["evidence"] == container.pool.evidence_counts() and state["learning"]["lessons"] == {
+        "competition": 0, "explore": 0, "feedback": 0}
     assert client.get("/dashboard").status_code == 200

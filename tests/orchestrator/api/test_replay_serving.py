@@ -21,10 +21,10 @@ from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.pools.loader import PoolConfigError, expert_name, load_pool_config, split_questions
-from orchestrator.settings import Settings
 from orchestrator.store.models import Query
 from skills.datasets import LabelledQuestion, format_prompt
 from skills.embedder import Embedder
+from tests.orchestrator.conftest import quiet_settings
 
 MODELS = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b", "Meta-Llama-3_1-8B-Instruct"]
 SliceRecording = Callable[[Path, Sequence[str], int], Path]
@@ -38,7 +38,7 @@ def question_prompt(q: RecordedQuestion) -> str:
 @pytest.fixture(scope="module")
 def replay_service(slice_recording: SliceRecording, tmp_path_factory: pytest.TempPathFactory, embedder: Embedder):
     folder = slice_recording(tmp_path_factory.mktemp("rec"), MODELS, 6)
-    c = SkillRoute(Settings(data_dir=tmp_path_factory.mktemp("data")), load_pool_config(f"replay:{folder}"),
+    c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("data")), load_pool_config(f"replay:{folder}"),
                    embedder=embedder)
     c.bootstrap()
     yield c, folder
@@ -113,7 +113,7 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited_on_restart(
     slice_recording: SliceRecording, tmp_path: Path, embedder: Embedder
 ) -> None:
     late = "gemini-1.5-pro-002"  # far stronger than the others: once profiled it must lead
-    folder, settings = tmp_path / "rec", Settings(data_dir=tmp_path / "data")
+    folder, settings = tmp_path / "rec", quiet_settings(tmp_path / "data")
     slice_recording(folder, MODELS[:3], 4)
     first = SkillRoute(settings, load_pool_config(f"replay:{folder}"), embedder=embedder)
     first.bootstrap()

@@ -16,9 +16,9 @@ from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, Generation
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, Decision, Outcome
 from orchestrator.routing.recruit import score
-from orchestrator.settings import BudgetSettings, Settings
+from orchestrator.settings import BudgetSettings
 from skills.embedder import Embedder
-from tests.orchestrator.conftest import small_pool
+from tests.orchestrator.conftest import quiet_settings, small_pool
 
 PACKAGED = Path(__file__).resolve().parents[3] / "experts" / "devices.yaml"
 WORKERS = "\nworkers:\n" + "".join(f"  - {{name: w{i}, device: local-cpu, memory_gb: 4}}\n" for i in (1, 2, 3))
@@ -60,7 +60,7 @@ def service(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, Fa
 
     experts = [ExpertSpec(name=n, base=BaseModelSpec(kind="mock", source=b), placement=ExpertPlacement(worker=w),
                           timeout_s=0.05 if n == "delta" else None) for n, (b, w) in EXPERTS.items()]
-    settings = Settings(data_dir=tmp_path / "data", budgets=BudgetSettings(devices_file=str(devices)))
+    settings = quiet_settings(tmp_path / "data", budgets=BudgetSettings(devices_file=str(devices)))
     c = SkillRoute(settings, small_pool(experts), factory=mocks, embedder=embedder)
     c.start()
     yield c, faults

@@ -7,9 +7,22 @@ import pytest
 
 from orchestrator.aggregation.vote import log_odds_weight, vote_by_scores
 from orchestrator.routing.evidence import RoutingEvidence
-from orchestrator.routing.knn_router import LABEL_SMOOTHING, EvidenceError, KnnParams, KnnRouter, LabelPrior, fit_params
+from orchestrator.routing.knn_router import (
+    LABEL_SMOOTHING,
+    EvidenceError,
+    KnnParams,
+    KnnRouter,
+    LabelPrior,
+    Memory,
+    fit_params,
+)
 from orchestrator.routing.recruit import recruit
 from orchestrator.routing.router import Router
+
+
+def memory(emb: np.ndarray, marks: np.ndarray) -> Memory:
+    """Every mark observed, as profiling gives them."""
+    return Memory([f"e{i}" for i in range(marks.shape[1])], emb.astype(np.float32), marks, np.ones_like(marks))
 
 
 def _two_topics(n: int = 200, seed: int = 0) -> tuple[RoutingEvidence, np.ndarray, np.ndarray]:
@@ -63,7 +76,7 @@ def test_leave_one_out_fit_prefers_local_evidence_when_topics_matter() -> None:
     evidence, _, _ = _two_topics(n=300)
     correct = evidence.correct or {}
     marks = np.stack([correct[n] for n in sorted(correct)], axis=1).astype(np.float32)
-    params = fit_params(np.asarray(evidence.question_embeddings), marks)
+    params = fit_params(memory(np.asarray(evidence.question_embeddings), marks))
     assert isinstance(params, KnnParams)
     assert params.neighbours <= 100  # a topic holds ~150 questions: more neighbours would mix them
 
@@ -89,10 +102,10 @@ def test_topic_prior_leave_one_out_equals_refitting_without_the_question() -> No
     marks = (rng.random((40, 2)) < 0.5).astype(np.float32)
     idx = np.array([rng.permutation(40)[:6] for _ in range(40)])
     rows = np.arange(40)
-    loo = LabelPrior(labels, marks).loo_prior(rows, idx, 6)
+    loo = LabelPrior(labels, memory(np.zeros((40, 2)), marks)).loo_prior(rows, idx, 6)
     for j in (0, 7, 21):
         keep = rows != j
-        kept = LabelPrior([lb for i, lb in enumerate(labels) if i != j], marks[keep])
+        kept = LabelPrior([lb for i, lb in enumerate(labels) if i != j], memory(np.zeros((39, 2)), marks[keep]))
         # what it leaves out is the question's own mark; the smoothing target (overall accuracy) keeps it
         kept.accuracy = (kept.counts + LABEL_SMOOTHING * marks.mean(axis=0)) / (kept.sizes + LABEL_SMOOTHING)
         names = sorted(set(labels))

@@ -24,8 +24,8 @@ from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, 
 from orchestrator.services.errors import Unprocessable
 from orchestrator.serving.remote_worker import RemoteWorker
 from orchestrator.serving.worker_actor import spawn
-from orchestrator.settings import Settings
 from skills.embedder import Embedder
+from tests.orchestrator.conftest import quiet_settings
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,8 @@ def answer(c: SkillRoute, asks: list[Ask]) -> list[Outcome]:
 
 
 def containers(tmp_path: Path, embedder: Embedder, remote: RemoteWorker) -> tuple[SkillRoute, SkillRoute]:
-    inline = SkillRoute(Settings(data_dir=tmp_path / "inline"), pool(), factory=mock_or_real, embedder=embedder)
-    on_ray = SkillRoute(Settings(data_dir=tmp_path / "ray"), pool(), embedder=embedder, workers={"test": remote})
+    inline = SkillRoute(quiet_settings(tmp_path / "inline"), pool(), factory=mock_or_real, embedder=embedder)
+    on_ray = SkillRoute(quiet_settings(tmp_path / "ray"), pool(), embedder=embedder, workers={"test": remote})
     for c in (inline, on_ray):
         c.bootstrap()
     return inline, on_ray

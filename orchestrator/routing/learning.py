@@ -1,0 +1,158 @@
+"""The router learns from its traffic: competitions, exploration and feedback (CompeteSMoE).
+
+CompeteSMoE (Fsoft-AIC/CompeteSMoE) now and then lets every expert of a layer answer, scores
+each by its response and trains the router to predict the winners. For whole LLMs: on a sampled
+share of routed queries every eligible expert answers (a competition); each answer is scored
+against the gold answer where one is known (a recording's, a user's feedback), else against
+the reliability-weighted consensus of all the answers. The result is a `Lesson`: the query's
+embedding and skills, and each answering expert's mark. Lessons extend the router's evidence
+(`learned`): the k-NN memory gains the query as a row (marks of experts that did not answer it
+stay unobserved), each answering expert's skill profile moves ±1 per skill, and competence is
+recomputed. An expert registered while the service runs has no evidence yet: it is explored
+(answers as an extra, scored like a competitor) until it has `CERTAIN_AFTER` observed marks.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.aggregation.reliability import AnswerReliability
+from orchestrator.aggregation.vote import weighted_vote
+from orchestrator.domain import final_answer
+from orchestrator.routing.evidence import RoutingEvidence
+from skills.grading import LETTERS, extract_choice
+from skills.profiling import global_competence
+
+CERTAIN_AFTER = 20  # observed marks after which an expert joins normal recruitment
+LABEL_NEIGHBOURS = 10  # a lesson's topic label: the commonest among its nearest remembered rows
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """What one answered query taught: each answering expert's mark (right or not) and choice."""
+
+    embedding: np.ndarray
+    skills: tuple[str, ...]
+    marks: Mapping[str, bool]
+    choices: Mapping[str, str | None] = field(default_factory=dict)
+    source: str = "competition"  # competition | explore | feedback
+
+
+def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson]) -> RoutingEvidence:
+    """The evidence with these lessons added (see the module doc); the original is unchanged."""
+    if not lessons:
+        return evidence
+    names = sorted(set(evidence.profiles) | {n for x in lessons for n in x.marks})
+    base = evidence.question_embeddings
+    n_old = 0 if base is None else len(base)
+    emb = np.vstack([*([] if base is None else [base]), *[x.embedding[None, :] for x in lessons]]).astype(np.float32)
+    correct, observed, choices = _columns(evidence, lessons, names, n_old)
+    labels = _labels(evidence, emb, n_old)
+    profiles = _profiles(evidence.profiles, lessons, names)
+    competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
+    return RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed)
+
+
+def _columns(evidence: RoutingEvidence, lessons: Sequence[Lesson], names: Sequence[str], n_old: int
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str | None]]]:
+    old_correct, old_seen, old_choices = evidence.correct or {}, evidence.observed or {}, evidence.choices or {}
+    correct, observed, choices = {}, {}, {}
+    for n in names:
+        had = n in old_correct
+        correct[n] = np.concatenate([old_correct[n] if had else np.zeros(n_old, bool),
+                                     [bool(x.marks.get(n, False)) for x in lessons]])
+        seen_old = old_seen.get(n, np.ones(n_old, bool)) if had else np.zeros(n_old, bool)
+        observed[n] = np.concatenate([np.asarray(seen_old, bool), [n in x.marks for x in lessons]])
+        choices[n] = [*(old_choices.get(n) or [None] * n_old), *(x.choices.get(n) for x in lessons)]
+    return correct, observed, choices
+
+
+def _labels(evidence: RoutingEvidence, emb: np.ndarray, n_old: int) -> list[str] | None:
+    """Old rows keep theirs; a lesson gets the commonest label among its nearest old rows."""
+    old = evidence.labels
+    if not old or len(old) != n_old or n_old == 0:
+        return None
+    sims = emb[n_old:] @ emb[:n_old].T
+    near = np.argsort(-sims, axis=1)[:, :LABEL_NEIGHBOURS]
+    return [*old, *(Counter(old[j] for j in row).most_common(1)[0][0] for row in near)]
+
+
+def _profiles(profiles: Mapping[str, Mapping[str, float]], lessons: Sequence[Lesson], names: Sequence[str]
+              ) -> dict[str, dict[str, float]]:
+    out = {n: dict(profiles.get(n, {})) for n in names}
+    for x in lessons:
+        for expert, right in x.marks.items():
+            for skill in x.skills:
+                out[expert][skill] = out[expert].get(skill, 0.0) + (1.0 if right else -1.0)
+    return out
+
+
+def observed_counts(evidence: RoutingEvidence) -> dict[str, int]:
+    """How many marks of each expert are known (how certain its estimate is)."""
+    seen = evidence.observed or {}
+    return {n: int(np.sum(seen[n])) if n in seen else len(c) for n, c in (evidence.correct or {}).items()}
+
+
+# ------------------------------------------------------------------ scoring answers
+
+
+def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability: AnswerReliability | None,
+           gold: str | None = None) -> tuple[dict[str, bool], dict[str, str | None], str | None]:
+    """Each answer's mark against the gold answer, else against the weighted consensus of all of
+    them; with each one's option letter (None: not a choice), and the reference used."""
+    letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
+    if any(v is not None for v in letters.values()):
+        ref = gold.strip().upper() if gold else weighted_vote(list(letters.items()), weights, reliability).answer
+        return {e: c is not None and c == ref for e, c in letters.items()}, letters, ref
+    finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
+    ref = _normal(gold) if gold else _plurality(finals, weights)
+    return {e: bool(ref) and f == ref for e, f in finals.items()}, dict.fromkeys(answers), ref
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def _plurality(finals: Mapping[str, str], weights: Mapping[str, float]) -> str | None:
+    support: dict[str, float] = {}
+    for expert, f in finals.items():
+        if f:
+            support[f] = support.get(f, 0.0) + max(weights.get(expert, 0.0), 1e-6)
+    return min(support, key=lambda f: (-support[f], f)) if support else None
+
+
+# ------------------------------------------------------------------ when to compete
+
+
+class CompetitionPolicy:
+    """Fires on a share of routed queries (by each query's seed, so a replay is the same), at
+    most `per_minute` in any minute (competitions and explorations together)."""
+
+    def __init__(self, rate: float = 0.05, per_minute: int = 30, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.per_minute, self.clock = rate, per_minute, clock
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def fires(self, seed: int, salt: str = "compete", rate: float | None = None, dry_run: bool = False) -> bool:
+        """Whether this query (by its seed) competes; a dry run (a route shown, not run) asks the
+        seed alone and spends nothing of the cap."""
+        if random.Random(f"{salt}:{seed}").random() >= (self.rate if rate is None else rate):
+            return False
+        return dry_run or self._take()
+
+    def _take(self) -> bool:
+        now = self.clock()
+        with self._lock:
+            while self._recent and self._recent[0] <= now - 60:
+                self._recent.popleft()
+            if len(self._recent) >= self.per_minute:
+                return False
+            self._recent.append(now)
+            return True

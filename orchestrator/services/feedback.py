@@ -1,0 +1,65 @@
+"""Feedback on an answered query: it moves the evidence of the experts that answered it.
+
+`{"answer": ...}` gives the gold answer: each answering expert is marked right or wrong against
+it. `{"correct": true}` says the service's answer was right: each expert is marked against it.
+`{"correct": false}` says it was wrong: the experts that gave it are marked wrong, and the others
+stay unmarked (a wrong answer does not say which other answer was right). The marks become a
+lesson of the router (`routing.learning`), one per query: feedback given again replaces the
+first, so the same feedback twice counts once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.domain import Decision
+from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.routing.learning import Lesson, scored
+from orchestrator.services.errors import Conflict, NotFound
+from orchestrator.services.pool import PoolState
+from orchestrator.store.db import Database
+from orchestrator.store.repositories.lessons import LessonRepository
+from orchestrator.store.repositories.queries import QueryRepository, decision_of
+from skills.embedder import Embedder
+
+
+@dataclass(frozen=True)
+class Verdict:
+    query_id: int
+    marks: dict[str, bool]  # each answering expert marked: right or wrong
+    replaced: bool  # this query had feedback already; it now counts as this one
+
+
+class FeedbackService:
+    def __init__(self, db: Database, pool: PoolState, embedder: Embedder, probe: Probe = NULL_PROBE):
+        self.db, self.pool, self.embedder, self.probe = db, pool, embedder, probe
+
+    def give(self, query_id: int, correct: bool | None = None, answer: str | None = None) -> Verdict:
+        """Mark the query's experts (see the module doc); 404 for an unknown query, 409 for one
+        that has no answer to judge yet."""
+        with self.db.session() as s:
+            row = QueryRepository(s).get(query_id)
+            had = bool(row and any(r.source == "feedback" for r in LessonRepository(s).for_query(query_id)))
+        if row is None:
+            raise NotFound(f"no query with id {query_id}", "query_id")
+        decision = decision_of(row)
+        if row.status != "done" or decision is None or row.answer is None:
+            raise Conflict(f"query {query_id} has no answer to judge (it is {row.status})", "query_id")
+        texts = {g.expert: g.text for g in row.generations if g.role in ("expert", "competitor")}
+        marks, letters = self._marks(texts, decision, row.answer, correct, answer)
+        if marks:
+            lesson = Lesson(self.embedder.encode([row.text])[0], tuple(m.skill for m in decision.skills), marks,
+                            {e: letters.get(e) for e in marks}, "feedback")
+            self.pool.learn([(query_id, lesson)])
+            self.probe.learned(["feedback"])
+        return Verdict(query_id, marks, had)
+
+    def _marks(self, texts: dict[str, str], decision: Decision, final: str, correct: bool | None,
+               answer: str | None) -> tuple[dict[str, bool], dict[str, str | None]]:
+        weights = {s.name: s.weight for s in decision.experts}
+        reliability = self.pool.snapshot.router.reliability
+        if answer is not None or correct:
+            marks, letters, _ = scored(texts, weights, reliability, answer if answer is not None else final)
+            return marks, letters
+        agrees, letters, _ = scored(texts, weights, reliability, final)  # the answer was wrong
+        return {e: False for e, same in agrees.items() if same}, letters

@@ -1,0 +1,45 @@
+"""Lessons the router learned from traffic, kept so a restart keeps what it learned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from orchestrator.routing.learning import Lesson
+from orchestrator.store.models import LessonRow
+
+
+class LessonRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def add(self, lesson: Lesson, query_id: int | None = None) -> bool:
+        """Store a lesson; one per query and source (a repeat replaces the first). True when the
+        query had none of this source yet."""
+        replaced = False
+        if query_id is not None:
+            stmt = delete(LessonRow).where(LessonRow.query_id == query_id, LessonRow.source == lesson.source)
+            replaced = bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        self.session.add(LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
+                                   embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
+                                   marks=dict(lesson.marks), choices=dict(lesson.choices)))
+        return not replaced
+
+    def all(self) -> list[Lesson]:
+        rows = self.session.scalars(select(LessonRow).order_by(LessonRow.id)).all()
+        return [_lesson(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        stmt = select(LessonRow.source, func.count()).group_by(LessonRow.source)
+        return {source: int(n) for source, n in self.session.execute(stmt)}
+
+    def for_query(self, query_id: int) -> Sequence[LessonRow]:
+        return self.session.scalars(select(LessonRow).where(LessonRow.query_id == query_id)).all()
+
+
+def _lesson(r: LessonRow) -> Lesson:
+    return Lesson(np.frombuffer(r.embedding, dtype="<f4").copy(), tuple(r.skills),
+                  {k: bool(v) for k, v in r.marks.items()}, dict(r.choices), r.source)

@@ -1,0 +1,115 @@
+"""The router learns from its traffic: a competition changes the stored evidence and the next
+decision (and a restart keeps it), feedback moves the answering experts' evidence once, and a
+new expert is explored before it is recruited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
+from orchestrator.settings import LearningSettings, Settings
+from orchestrator.store.models import LessonRow
+from orchestrator.store.repositories.experts import ExpertRepository
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+QUESTION = "Which gas do plants absorb for photosynthesis?"
+EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
+           mock_expert("gamma", "m2")]
+
+
+def service(data: Path, embedder: Embedder, rate: float = 1.0, explore: float | None = None) -> SkillRoute:
+    learning = LearningSettings(competition_rate=rate, explore_rate=rate if explore is None else explore,
+                                per_minute=1000)
+    pool = small_pool(EXPERTS).model_copy(update={"router": "knn"})
+    return SkillRoute(Settings(data_dir=data, learning=learning), pool, factory=mock_or_real, embedder=embedder)
+
+
+@pytest.fixture
+def competing(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, TestClient]]:
+    c = service(tmp_path, embedder)
+    with TestClient(create_app(c, owns_container=True)) as client:
+        yield c, client
+
+
+def lessons(c: SkillRoute) -> int:
+    with c.db.session() as s:
+        return s.scalar(select(func.count()).select_from(LessonRow)) or 0
+
+
+def estimates(client: TestClient) -> dict[str, float]:
+    r = client.post("/v1/routes", json={"query": QUESTION, "k": 1, "seed": 1})
+    assert r.status_code == 200, r.text
+    return {e["name"]: e["suitability"] for e in r.json()["experts"]}
+
+
+def test_a_competition_teaches_the_router_and_a_restart_keeps_it(competing, tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    c, client = competing
+    before, counts = estimates(client), c.pool.evidence_counts()
+    body = client.post("/v1/queries", json={"query": QUESTION, "k": 1, "seed": 1}).json()
+    assert body["competition"] and sorted([*body["recruited"], *body["competitors"]]) == ["alpha", "beta", "gamma"]
+    assert set(body["competition_scores"]) == {"alpha", "beta", "gamma"}
+    assert {g["role"] for g in body["generations"]} == {"expert", "competitor"}
+    assert lessons(c) == 1 and all(c.pool.evidence_counts()[n] == counts[n] + 1 for n in counts)
+    learned = estimates(client)
+    right = {n for n, v in body["competition_scores"].items() if v == 1.0}
+    assert all(learned[n] > before[n] for n in right) and all(learned[n] < before[n] for n in set(learned) - right)
+    metrics = client.get("/metrics").text
+    assert 'skillroute_lessons_total{source="competition"} 1.0' in metrics
+    assert all(f'skillroute_expert_evidence{{expert="{n}"}} {c.pool.evidence_counts()[n]}.0' in metrics for n in counts)
+    client.close()
+    restarted = service(tmp_path, embedder, rate=0.0)
+    with TestClient(create_app(restarted, owns_container=True)) as again:
+        assert estimates(again) == pytest.approx(learned)  # the lesson came back from the store
+
+
+def test_feedback_moves_the_answering_experts_once(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(EXPERTS), factory=mock_or_real, embedder=embedder)
+    with TestClient(create_app(c, owns_container=True)) as client:
+        body = client.post("/v1/queries", json={"query": QUESTION, "k": 2, "mode": "topk"}).json()
+        counts = c.pool.evidence_counts()
+        r = client.post(f"/v1/queries/{body['id']}/feedback", json={"correct": True})
+        assert r.status_code == 200 and not r.json()["replaced"], r.text
+        marked = r.json()["experts"]
+        assert set(marked) == set(body["recruited"])
+        moved = {n: c.pool.evidence_counts()[n] - counts[n] for n in counts}
+        assert moved == {n: int(n in marked) for n in counts}
+        again = client.post(f"/v1/queries/{body['id']}/feedback", json={"correct": True}).json()
+        assert again["replaced"] and again["experts"] == marked
+        assert {n: c.pool.evidence_counts()[n] - counts[n] for n in counts} == moved  # counted once
+        assert lessons(c) == 1
+        wrong = client.post(f"/v1/queries/{body['id']}/feedback", json={"correct": False}).json()
+        assert set(wrong["experts"]) <= set(marked) and not any(wrong["experts"].values())
+
+
+def test_feedback_errors_name_the_problem_and_change_nothing(client, container) -> None:  # type: ignore[no-untyped-def]
+    qid = client.post("/v1/queries", json={"query": QUESTION, "k": 1}).json()["id"]
+    for body in ({}, {"correct": True, "answer": "B"}, {"correct": "maybe"}, {"answer": ""}, {"verdict": "ok"}):
+        r = client.post(f"/v1/queries/{qid}/feedback", json=body)
+        assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error", body
+    missing = client.post("/v1/queries/987654/feedback", json={"correct": True})
+    assert missing.status_code == 404 and "987654" in missing.json()["error"]["message"]
+    assert lessons(container) == 0
+
+
+def test_a_new_expert_is_explored_before_it_is_recruited(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    c = service(tmp_path, embedder, rate=0.0, explore=1.0)  # no competitions; every query explores
+    c.start()
+    row = c.experts.register(mock_expert("delta", "m3"), profile=False)
+    with c.db.session() as s:
+        ExpertRepository(s).set_status(row.id, "profiling")  # registered, its profile not in yet
+    snap = c.pool.refresh()
+    assert "delta" in snap.uncertain and "delta" in snap.experts
+    ask = Ask(text=QUESTION, k=3, mode="topk", seed=5)
+    decision = c.pipeline.route(snap, [ask])[0]
+    assert "delta" not in decision.recruited and decision.competitors == ["delta"] and not decision.competition
+    c.queries.ask([ask])
+    assert c.pool.evidence_counts()["delta"] == 1  # its explored answer was scored and learned
+    c.close()
