@@ -1,6 +1,6 @@
 """Does the router learn from its traffic? Competitions and feedback on a stream of recorded queries.
 
-    python bench/learning.py DATA_DIR [--seed-questions 300] [--segments 6] [--seed 0] [--json]
+    python bench/learning.py DATA_DIR [--seed-questions 300] [--segments 6] [--seeds 0 1 2 3 4] [--json]
 
 The k-NN router is profiled on a small seed set (about 300 questions, stratified by category),
 then the remaining questions of the replay folder arrive in a seeded order as live traffic. Each
@@ -14,15 +14,19 @@ the router learns while the stream runs (orchestrator/routing/learning.py, the s
   joins the router's memory;
 - feedback 10%: that share of queries is marked by a user against gold: the recruited experts'
   marks only;
-- profiled on everything: a reference, fitted on the seed set and the whole stream with gold.
+- profiled on everything: a reference with gold on the seed set and the whole stream, cross-
+  fitted (each half of the stream is routed by a router that never saw that half).
 
-One open model (--withheld) is unknown at the start and registered after the first third of the
-stream: the learning variants explore it (it answers as an extra on a capped share of queries)
-until it has enough evidence, then recruit it where it does well; the static router (and the
-reference) know it from the start. Prints accuracy per stream segment of each variant on each
-pool, the withheld model's share of recruitment per segment and where it is recruited most, and
-`last_segment_gain_open`: the best learning variant's last segment minus the static router's,
-on the open <=13B pool, in points.
+One open model (--withheld) is registered after the first third of the stream with no profile
+(as if its profiling had not run): every variant sees the same registration, and only a router
+that learns can use it (the learners explore it, answering as an extra on a capped share of
+queries, until it has enough evidence, then recruit it where it does well; the static router
+never does). `static_all_profiled` is the static router that knew it from the start (profiled on
+the seed set with the others), the stronger baseline. Prints accuracy per stream segment of each
+variant on each pool (mean over the seeds, and each seed's), the withheld model's share of
+recruitment per segment, and `last_segment_gain_open`: the best learning variant's last segment
+minus the static router's on the open <=13B pool, in points, as the mean over seeds (each seed's
+is printed too); `last_segment_gain_open_vs_all_profiled` is the same against the stronger one.
 """
 
 from __future__ import annotations
@@ -193,67 +197,136 @@ def _only(evidence: RoutingEvidence, names: Sequence[str], blank: str | None = N
     return RoutingEvidence(profiles, evidence.question_embeddings, correct, evidence.labels, choices, observed=observed)
 
 
-def reference(s: Stream, models: list[str], segments: int) -> dict[str, object]:
-    """The router profiled on the seed set and the whole stream, with gold (an upper reference)."""
-    ids = s.seed_ids + s.stream_ids
-    emb = np.vstack([s.emb_seed, s.emb_stream])
-    evidence = replay_evidence(s.recording, ids, emb, s.skills_seed + s.skills_stream, models).evidence
-    run = Run(s, models, Variant("everything", learns=False), segments)
-    run.router = KnnRouter(evidence)
-    return run.run()
+class CrossFitted(Run):
+    """Routes each half of the stream with a router profiled on the seed set and the other half."""
+
+    def __init__(self, s: Stream, models: list[str], segments: int):
+        super().__init__(s, models, Variant("profiled_on_everything", learns=False), segments)
+        self.half = len(s.stream_ids) // 2
+        first, second = np.arange(self.half), np.arange(self.half, len(s.stream_ids))
+        self.routers = [self._router_without(first, second, models), self._router_without(second, first, models)]
+
+    def _router_without(self, held: np.ndarray, used: np.ndarray, models: list[str]) -> KnnRouter:
+        s = self.s
+        ids = s.seed_ids + [s.stream_ids[j] for j in used]
+        emb = np.vstack([s.emb_seed, s.emb_stream[used]])
+        skills = s.skills_seed + [s.skills_stream[j] for j in used]
+        return KnnRouter(replay_evidence(s.recording, ids, emb, skills, models).evidence)
+
+    def _recruit(self, i: int) -> tuple[list[str], dict[str, float]]:
+        self.router = self.routers[int(i >= self.half)]
+        return super()._recruit(i)
 
 
-def bench(folder: str, n_seed: int, segments: int, seed: int, withheld: str,
-          cache_dir: Path | None) -> dict[str, object]:
-    started = time.perf_counter()
-    s = build_stream(folder, n_seed, seed, cache_dir, Embedder())
-    pools = {"open_le_13b": [m for m in s.recording.models if is_open_small(m)], "all": list(s.recording.models)}
-    out: dict[str, object] = {"seed": seed, "n_seed": len(s.seed_ids), "n_stream": len(s.stream_ids),
-                              "segments": {}, "withheld": withheld}
+LEARNERS = ("competition_5", "competition_20", "feedback_10")
+POOLS = ("open_le_13b", "all")
+
+
+def one_seed(s: Stream, pools: dict[str, list[str]], segments: int, withheld: str) -> dict[str, object]:
+    """Every variant on every pool over one seed's stream."""
+    out: dict[str, object] = {}
     for pool, models in pools.items():
         hold = expert_name(withheld) if withheld in models else None
-        variants = [Variant("static", learns=False), Variant("competition_5", compete=0.05, withheld=hold),
+        variants = [Variant("static", learns=False, withheld=hold), Variant("static_all_profiled", learns=False),
+                    Variant("competition_5", compete=0.05, withheld=hold),
                     Variant("competition_20", compete=0.20, withheld=hold),
                     Variant("feedback_10", feedback=0.10, withheld=hold)]
         results = {v.name: Run(s, models, v, segments).run() for v in variants}
-        results["profiled_on_everything"] = reference(s, models, segments)
-        out["segments"][pool] = results  # type: ignore[index]
-    open_results = out["segments"]["open_le_13b"]  # type: ignore[index]
-    static_last = open_results["static"]["accuracy"][-1]
-    best = max(open_results[v]["accuracy"][-1] for v in ("competition_5", "competition_20", "feedback_10"))
-    out["last_segment_gain_open"] = round(100 * (best - static_last), 2)
-    out["wall_s"] = round(time.perf_counter() - started, 1)
+        results["profiled_on_everything"] = CrossFitted(s, models, segments).run()
+        out[pool] = results
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def summary(per_seed: dict[int, dict[str, object]]) -> dict[str, object]:
+    """Mean accuracy per segment over the seeds, and the last-segment gains (mean and each seed's)."""
+    runs = list(per_seed.values())
+    segments = {pool: {name: {"accuracy": _mean([r[pool][name]["accuracy"] for r in runs]),  # type: ignore[index]
+                              "withheld_share": _mean_or_none([r[pool][name]["withheld_share"] for r in runs])}  # type: ignore[index]
+                       for name in runs[0][pool]}  # type: ignore[attr-defined]
+                for pool in runs[0]}
+    return {"segments": segments, **_gains(per_seed, "static", ""), **_gains(per_seed, "static_all_profiled",
+                                                                              "_vs_all_profiled")}
+
+
+def _gains(per_seed: dict[int, dict[str, object]], baseline: str, suffix: str) -> dict[str, object]:
+    """The learner with the best mean last-segment gain over `baseline` on the open pool."""
+    def gain(r: dict[str, object], v: str) -> float:
+        pool = r["open_le_13b"]
+        return 100 * (pool[v]["accuracy"][-1] - pool[baseline]["accuracy"][-1])  # type: ignore[index]
+
+    each = {v: [gain(r, v) for r in per_seed.values()] for v in LEARNERS}
+    best = max(LEARNERS, key=lambda v: float(np.mean(each[v])))
+    return {f"last_segment_gain_open{suffix}": round(float(np.mean(each[best])), 2),
+            f"last_segment_gain_open{suffix}_detail": {v: {"per_seed": [round(g, 2) for g in each[v]],
+                                                           "mean": round(float(np.mean(each[v])), 2),
+                                                           "std": round(float(np.std(each[v])), 2)}
+                                                       for v in LEARNERS},
+            f"best_learner{suffix}": best}
+
+
+def _mean(rows: list[list[float]]) -> list[float]:
+    return [round(float(x), 4) for x in np.mean(np.asarray(rows), axis=0)]
+
+
+def _mean_or_none(rows: list[object]) -> list[float] | None:
+    return None if rows[0] is None else _mean(rows)  # type: ignore[arg-type]
+
+
+def bench(folder: str, n_seed: int, segments: int, seeds: Sequence[int], withheld: str, cache_dir: Path | None,
+          embedder: Embedder | None = None, pools: Sequence[str] = POOLS) -> dict[str, object]:
+    started, embedder = time.perf_counter(), embedder or Embedder()
+    per_seed: dict[int, dict[str, object]] = {}
+    for seed in seeds:
+        s = build_stream(folder, n_seed, seed, cache_dir, embedder)
+        members = {"open_le_13b": [m for m in s.recording.models if is_open_small(m)], "all": list(s.recording.models)}
+        per_seed[seed] = one_seed(s, {p: members[p] for p in pools}, segments, withheld)
+    return {"seeds": list(seeds), "n_seed": len(s.seed_ids), "n_stream": len(s.stream_ids), "withheld": withheld,
+            **summary(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> int:
+    """Run the benchmark; `embedder` lets a caller share an already loaded model."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_dir")
     ap.add_argument("--seed-questions", type=int, default=300)
     ap.add_argument("--segments", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--withheld", default="mathstral-7B", help="a model registered only after a third of the stream")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skillroute" / "embeddings")
+    ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
+    ap.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS), help="open_le_13b is always run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    res = bench(args.data_dir, args.seed_questions, args.segments, args.seed, args.withheld, args.cache_dir)
+    cache_dir = None if args.no_cache else args.cache_dir
+    pools = ["open_le_13b", *(p for p in args.pools if p != "open_le_13b")]  # the gains are read from it
+    res = bench(args.data_dir, args.seed_questions, args.segments, args.seeds, args.withheld, cache_dir, embedder,
+                pools)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"# learning from traffic: {res['n_seed']} seed questions, a stream of {res['n_stream']}, seed {res['seed']}")
+    show(res)
+    return 0
+
+
+def show(res: dict[str, object]) -> None:
+    print(f"# learning from traffic: {res['n_seed']} seed questions, a stream of {res['n_stream']}, "
+          f"seeds {', '.join(map(str, res['seeds']))}")  # type: ignore[call-overload]
     for pool, results in res["segments"].items():  # type: ignore[attr-defined]
-        print(f"\n## pool {pool}: accuracy per stream segment")
+        print(f"\n## pool {pool}: accuracy per stream segment (mean over seeds)")
         for name, r in results.items():
-            accs = " ".join(f"{100 * a:5.1f}" for a in r["accuracy"])
-            print(f"{name:24s} {accs}   ({r['lessons']} lessons)")
+            print(f"{name:24s} " + " ".join(f"{100 * a:5.1f}" for a in r["accuracy"]))
         for name, r in results.items():
-            if r.get("withheld_share"):
+            if r.get("withheld_share") and name not in ("static", "static_all_profiled", "profiled_on_everything"):
                 shares = " ".join(f"{100 * x:5.1f}" for x in r["withheld_share"])
                 print(f"{res['withheld']} share of recruitment ({name}): {shares}")
-    gain = res["last_segment_gain_open"]
-    print(f"\nlast segment, best learning variant minus static, open <=13B: {gain:+.2f} points")
+    for suffix, label in (("", "static"), ("_vs_all_profiled", "static_all_profiled")):
+        print(f"\nlast segment minus {label}, open <=13B, points, per seed (mean ± sd):")
+        for v, d in res[f"last_segment_gain_open{suffix}_detail"].items():  # type: ignore[attr-defined]
+            each = " ".join(f"{g:+5.1f}" for g in d["per_seed"])
+            print(f"  {v:16s} {each}   {d['mean']:+.2f} ± {d['std']:.2f}")
+        print(f"  best learner ({res[f'best_learner{suffix}']}): {res[f'last_segment_gain_open{suffix}']:+.2f}")
     print(f"wall time {res['wall_s']} s")
-    return 0
 
 
 if __name__ == "__main__":

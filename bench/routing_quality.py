@@ -1,6 +1,6 @@
 """Routing quality on real recorded answers: does routing beat the best single model?
 
-    python bench/routing_quality.py DATA_DIR [--json] [--seed S] [--test-size F]
+    python bench/routing_quality.py DATA_DIR [--json] [--seeds 0 1 2 3 4] [--test-size F]
 
 DATA_DIR is any folder of the replay format (questions.jsonl.gz, predictions.csv.gz). Questions
 are split, stratified by category and seeded, into a profiling part and a test part. Experts are
@@ -8,6 +8,8 @@ profiled on the profiling part only: Symbolic-MoE profiles over skills from the 
 path (nearest seed skills, no keyword LLM at this scale) plus the question's category, and the
 k-NN router's per-question evidence; every choice (best single expert, per-category experts, the
 router's fitted parameters) is made there. Each test number below touches the test part once.
+Every figure is reported per seed (split) and as the mean and spread over the seeds (0-4 unless
+told): a change that helps one split and not the mean is not a gain.
 
 No aggregator LLM can read thousands of answers here, so every multi-expert method aggregates by
 profile-weighted voting: each recruited expert's letter votes with its router weight (S_i·γ_i for
@@ -227,7 +229,37 @@ def pools_of(recording: Recording) -> dict[str, list[str]]:
     return {"all": list(recording.models), "open_le_13b": [m for m in recording.models if is_open_small(m)]}
 
 
-def as_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]:
+def as_json(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, object]:
+    """`pools`: each method's mean accuracy over the seeds; `spread`: its standard deviation;
+    `per_seed`: every seed's own pools and details."""
+    per_seed = {str(seed): _seed_json(results, corpus) for seed, (corpus, results) in runs.items()}
+    names = next(iter(runs.values()))[1].keys()
+    pools: dict[str, object] = {}
+    spread: dict[str, object] = {}
+    for name in names:
+        values = [results[name].accuracy for _, results in runs.values()]
+        pools[name] = {k: round(float(np.mean([v[k] for v in values])), 4) for k in values[0]}
+        pools[name]["n_test"] = len(next(iter(runs.values()))[0].test)  # type: ignore[index]
+        spread[name] = {k: round(float(np.std([v[k] for v in values])), 4) for k in values[0]}
+    return {"seeds": list(runs), "pools": pools, "spread": spread, "gain_router_k3": _gains(runs), "per_seed": per_seed}
+
+
+def _gains(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, dict[str, object]]:
+    """Router k=3 minus the best single expert, in points: each seed's and their mean."""
+    out: dict[str, dict[str, object]] = {}
+    for name, each in _gain_points(runs).items():
+        out[name] = {"per_seed": [round(g, 2) for g in each], "mean": round(float(np.mean(each)), 2),
+                     "std": round(float(np.std(each)), 2)}
+    return out
+
+
+def _gain_points(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, list[float]]:
+    names = next(iter(runs.values()))[1]
+    return {n: [100 * (r[n].accuracy["router_k3"] - r[n].accuracy["best_single"]) for _, r in runs.values()]
+            for n in names}
+
+
+def _seed_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]:
     pools: dict[str, object] = {}
     for name, r in results.items():
         accuracy = {k: round(v, 4) for k, v in r.accuracy.items()}
@@ -241,13 +273,7 @@ def as_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]
         }
         for name, r in results.items()
     }
-    return {
-        "pools": pools,
-        "details": details,
-        "n_profiling": len(corpus.profiling),
-        "n_test": len(corpus.test),
-        "seed": corpus.seed,
-    }
+    return {"pools": pools, "details": details, "n_profiling": len(corpus.profiling), "n_test": len(corpus.test)}
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -278,11 +304,27 @@ def print_pool(name: str, r: PoolResult) -> None:
             print(f"  {key:18s} {r.energy_kj[key]:8.1f} kJ  {100 * acc[key]:5.1f}%")
 
 
+def print_seeds(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> None:
+    """Each seed's headline figures, then their mean and spread."""
+    gains = _gain_points(runs)
+    for name in next(iter(runs.values()))[1]:
+        print(f"\n## pool {name} over seeds {', '.join(map(str, runs))} (test accuracy, %)")
+        print(f"{'method':58s} " + " ".join(f"{'s' + str(s):>6s}" for s in runs) + f" {'mean':>6s} {'sd':>5s}")
+        for key, label in HEADLINE:
+            each = [100 * r[name].accuracy[key] for _, r in runs.values()]
+            cells = " ".join(f"{v:6.1f}" for v in each)
+            print(f"{label:58s} {cells} {np.mean(each):6.1f} {np.std(each):5.1f}")
+        g = gains[name]
+        cells = " ".join(f"{v:+6.1f}" for v in g)
+        print(f"{'router k=3 minus best single (points)':58s} {cells} {np.mean(g):+6.1f} {np.std(g):5.1f}")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("data_dir", help="a replay folder: questions.jsonl.gz + predictions.csv.gz")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the splits to run and average")
+    ap.add_argument("--seed", type=int, help="one split only (the same as --seeds S)")
     ap.add_argument("--test-size", type=float, default=0.5, help="share of questions held out for test")
     ap.add_argument(
         "--cache-dir",
@@ -291,7 +333,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where question embeddings are kept between runs",
     )
     ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.seed is not None:
+        args.seeds = [args.seed]
+    return args
 
 
 def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> int:
@@ -299,24 +344,31 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     args = parse_args(argv)
     started = time.perf_counter()
     cache_dir = None if args.no_cache else args.cache_dir
-    corpus = build_corpus(args.data_dir, args.test_size, args.seed, cache_dir, embedder)
-    embedded = time.perf_counter() - started
-    results = {name: run_pool(corpus, models) for name, models in pools_of(corpus.recording).items() if models}
+    embedder = embedder or Embedder()
+    runs: dict[int, tuple[Corpus, dict[str, PoolResult]]] = {}
+    for seed in dict.fromkeys(args.seeds):
+        corpus = build_corpus(args.data_dir, args.test_size, seed, cache_dir, embedder)
+        runs[seed] = corpus, {name: run_pool(corpus, models) for name, models in pools_of(corpus.recording).items()
+                              if models}
     if args.json:
-        print(json.dumps(as_json(results, corpus), indent=2))
+        print(json.dumps(as_json(runs), indent=2))
         return 0
+    corpus = next(iter(runs.values()))[0]
     print(f"# routing quality on {corpus.recording.folder}")
     print(
-        f"seed {corpus.seed}; split stratified by category: {len(corpus.profiling)} profiling, "
+        f"seeds {', '.join(map(str, runs))}; each split stratified by category: {len(corpus.profiling)} profiling, "
         f"{len(corpus.test)} test questions (test share {args.test_size})"
     )
     print(
         "skills: embedding fast path (3 nearest seed skills) + the category; aggregation: "
         "profile-weighted voting, no aggregator LLM"
     )
-    for name, r in results.items():
-        print_pool(name, r)
-    print(f"\nwall time {time.perf_counter() - started:.1f} s (embedding and skills {embedded:.1f} s)")
+    for seed, (_, results) in runs.items():
+        print(f"\n# seed {seed}")
+        for name, r in results.items():
+            print_pool(name, r)
+    print_seeds(runs)
+    print(f"\nwall time {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -19,6 +19,7 @@ from experts.workers import LOCAL_GPU_PROFILE, LOCAL_PROFILE, WorkerSpec, declar
 from orchestrator.budgets.planner import BudgetPlanner, device_table
 from orchestrator.observability.metrics import Metrics
 from orchestrator.pipeline import GenerationLimits, Pipeline
+from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pools.schema import PoolConfig
 from orchestrator.routing.learning import CompetitionPolicy
 from orchestrator.scheduling.fleet import Fleet
@@ -68,9 +69,12 @@ class SkillRoute:
         self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         policy = CompetitionPolicy(learning.competition_rate, learning.per_minute)
+        v = pool.validation
+        keywords = (KeywordReader(self.fleet, v.keyword_samples, seed=v.seed), str(v.keyword_expert)) \
+            if v.keyword_mode == "llm" else None
         self.pipeline = Pipeline(self.fleet, self.embedder, BudgetPlanner(profiles), limits,
-                                 pool.validation.skills_per_question, aggregation, self.metrics,
-                                 settings.backend_options(), policy=policy, explore_rate=learning.explore_rate)
+                                 v.skills_per_question, aggregation, self.metrics, settings.backend_options(),
+                                 policy=policy, explore_rate=learning.explore_rate, keywords=keywords)
         self.admission = Admission(self.db, self.pool, self.pipeline)
         b = settings.batching
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from experts.types import ChatMessage, Generation, GenerationRequest, SamplingParams
 
 MAX_KEYWORD_CHARS = 20
+MAX_KEYWORDS = 5
 _MARKER = re.compile(r"keywords\s*:", re.IGNORECASE)
 _STRIP = " \t\"'`*_#-•[]<>"
 
@@ -46,8 +47,10 @@ def parse_keywords(text: str) -> list[str]:
     return out
 
 
-def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2) -> list[str]:
-    """Keywords named by at least `min_count` samples, in first-seen order.
+def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int = MAX_KEYWORDS) -> list[str]:
+    """Keywords named by at least `min_count` samples, in first-seen order; at most `most` (the
+    prompt asks for 2-5): the best agreed, ties to the first seen. Small models sometimes copy
+    the prompt's example list whole, which would otherwise give a question ten "skills".
 
     A keyword counts once per sample (repeating it inside one reply is not agreement). When no
     keyword reaches `min_count`, the first non-empty sample's keywords are returned: with every
@@ -62,9 +65,10 @@ def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2) -> list[st
             if counts[keyword] == 1:
                 order.append(keyword)
     agreed = [k for k in order if counts[k] >= min_count]
-    if agreed:
-        return agreed
-    return list(dict.fromkeys(next((s for s in samples if s), [])))
+    if not agreed:
+        return list(dict.fromkeys(next((s for s in samples if s), [])))[:most]
+    kept = set(sorted(agreed, key=lambda k: (-counts[k], order.index(k)))[:most])
+    return [k for k in agreed if k in kept]
 
 
 def keyword_requests(

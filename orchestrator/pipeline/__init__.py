@@ -16,6 +16,7 @@ from orchestrator.budgets.planner import BudgetPlanner
 from orchestrator.domain import Ask, Decision, Outcome
 from orchestrator.pipeline.batch import BatchRun
 from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
+from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy, Lesson
@@ -32,14 +33,15 @@ class Pipeline:
     def __init__(self, fleet: Fleet, embedder: Embedder, planner: BudgetPlanner | None = None,
                  limits: GenerationLimits | None = None, skills_per_query: int = 3, aggregation: str = "llm",
                  probe: Probe = NULL_PROBE, options: BackendOptions | None = None, fallback: bool = True,
-                 policy: CompetitionPolicy | None = None, explore_rate: float = 0.0):
+                 policy: CompetitionPolicy | None = None, explore_rate: float = 0.0,
+                 keywords: tuple[KeywordReader, str] | None = None):
         self.fleet, self.embedder, self.probe = fleet, embedder, probe
         self.planner = planner or BudgetPlanner()
         self.limits = limits or GenerationLimits()
         self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
         self.fallback = fallback  # a failed expert's next-ranked stand-in, for routed queries
         self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options,
-                               policy, explore_rate)
+                               policy, explore_rate, keywords)
 
     def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
         """Skills, scores and recruits for every query, generating nothing."""

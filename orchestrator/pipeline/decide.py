@@ -23,6 +23,7 @@ from experts.types import ExpertSpec
 from orchestrator.budgets.planner import BudgetPlan, BudgetPlanner, PoolView, TokenLimits
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, ExpertScore, NoExperts, SkillMatch, Unanswerable, UnknownExpert
+from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy
@@ -46,11 +47,12 @@ class Decider:
     def __init__(self, embedder: Embedder, planner: BudgetPlanner, limits: GenerationLimits,
                  skills_per_query: int = 3, aggregation: str = "llm", probe: Probe = NULL_PROBE,
                  options: BackendOptions | None = None, policy: CompetitionPolicy | None = None,
-                 explore_rate: float = 0.0):
+                 explore_rate: float = 0.0, keywords: tuple[KeywordReader, str] | None = None):
         self.embedder, self.planner, self.limits, self.probe = embedder, planner, limits, probe
         self.skills_per_query, self.aggregation = skills_per_query, aggregation
         self.options = options or BackendOptions()  # how an expert's tokenizer is found
         self.policy, self.explore_rate = policy, explore_rate  # None: the router never competes
+        self.keywords = keywords  # (reader, keyword expert): skills from the keyword LLM
 
     def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
         return self.route_embedded(pool, asks, dry_run)[0]
@@ -67,11 +69,20 @@ class Decider:
         routed = [i for i, a in enumerate(asks) if a.expert is None]
         texts = [asks[i].text for i in routed]
         embeddings = self.embedder.encode(texts)
-        skills = pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
+        skills = self._skills(pool, texts, embeddings)
         found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
         decisions = [self._decide(pool, i, a, *found.get(i, (None, [])), dry_run=dry_run) for i, a in enumerate(asks)]
         self.probe.routed(decisions, time.perf_counter() - started)
         return decisions, [found[i][0] if i in found else None for i in range(len(asks))]
+
+    def _skills(self, pool: PoolSnapshot, texts: list[str], embeddings: np.ndarray) -> list[list[VocabularyMatch]]:
+        """Each query's skills: its keywords (read by the keyword LLM) mapped to the nearest
+        profiled skills, or, the fast default, the skills nearest its embedding."""
+        if self.keywords is None or self.keywords[1] not in pool.experts or not texts:
+            return pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
+        reader, name = self.keywords
+        found = reader.read(pool.experts[name], pool.worker_of(name, reader.fleet.default), texts)
+        return [pool.vocabulary.map_keywords(kws) for kws in found]
 
     def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, emb: np.ndarray | None,
                 matches: Sequence[VocabularyMatch], dry_run: bool = False) -> Decision:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import ExpertSpec
 
@@ -51,7 +51,14 @@ def _default_sources() -> list[ValidationSource]:
 
 
 class ValidationConfig(Strict):
+    """The profiling set, and how a question's skills are read: `embedding` (the fast default:
+    the question's nearest seed skills by embedding) or `llm` (Symbolic-MoE: the keyword expert
+    names 2-5 keywords, `keyword_samples` times; keywords several samples agree on are kept)."""
+
     sources: list[ValidationSource] = Field(default_factory=lambda: _default_sources())
+    keyword_mode: Literal["embedding", "llm"] = "embedding"
+    keyword_expert: str | None = Field(default=None, description="The expert that reads keywords in llm mode.")
+    keyword_samples: int = Field(default=5, ge=1, le=16)
     skills_per_question: int = Field(default=3, ge=1, le=8)
     seed: int = 0
 
@@ -80,3 +87,11 @@ class PoolConfig(Strict):
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     router: Literal["symbolic", "knn"] | None = None  # None: the service's setting
     experts: list[ExpertSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keyword_expert_is_in_the_pool(self) -> PoolConfig:
+        v = self.validation
+        if v.keyword_mode == "llm" and v.keyword_expert not in {e.name for e in self.experts}:
+            raise ValueError(f"validation.keyword_expert: keyword_mode llm needs an expert of the pool, got "
+                             f"{v.keyword_expert!r}")
+        return self

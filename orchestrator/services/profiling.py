@@ -16,6 +16,7 @@ from typing import Any
 
 from experts.types import ExpertSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
+from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pools.loader import profiling_split
 from orchestrator.pools.schema import PoolConfig, ValidationSource
 from orchestrator.scheduling.fleet import Fleet
@@ -76,9 +77,17 @@ class ProfilingService:
     def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str]]]:
         cfg = self.config.validation
         questions = [q for src in cfg.sources for q in load_source(src, cfg.seed)]
-        vocab = SkillVocabulary(SEED_SKILLS, self.embedder)
-        matches = vocab.nearest_for_texts([q.question for q in questions], cfg.skills_per_question)
-        return [(q.id, dataclasses.asdict(q), [m.skill for m in ms]) for q, ms in zip(questions, matches, strict=True)]
+        skills = self._keywords([q.question for q in questions]) if cfg.keyword_mode == "llm" else [
+            [m.skill for m in ms] for ms in SkillVocabulary(SEED_SKILLS, self.embedder).nearest_for_texts(
+                [q.question for q in questions], cfg.skills_per_question)]
+        return [(q.id, dataclasses.asdict(q), s) for q, s in zip(questions, skills, strict=True)]
+
+    def _keywords(self, texts: list[str]) -> list[list[str]]:
+        """Symbolic-MoE's profiling skills: the keyword expert's agreed keywords per question."""
+        name = self.config.validation.keyword_expert
+        spec = next(e for e in self.config.experts if e.name == name)
+        reader = KeywordReader(self.fleet, self.config.validation.keyword_samples, seed=self.config.validation.seed)
+        return reader.read(spec, self.placement().get(spec.name, self.fleet.default), texts)
 
     def profile(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None = None) -> None:
         """Every expert answers every validation question (one batch, each on its worker, the

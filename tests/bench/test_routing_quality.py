@@ -32,12 +32,27 @@ def test_json_report_has_every_pool_and_method(
     argv = [str(folder), "--json", "--seed", "7", "--test-size", "0.5", "--no-cache"]
     assert bench.main(argv, embedder=get_embedder()) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["pools"]) == {"all", "open_le_13b"}
-    for pool in report["pools"].values():
+    assert set(report["pools"]) == {"all", "open_le_13b"} and report["seeds"] == [7]
+    run = report["per_seed"]["7"]
+    for pool in run["pools"].values():
         assert (pool["n_test"], pool["seed"]) == (42, 7)  # 14 categories × round(6 × 0.5)
         assert all(0.0 <= pool[key] <= pool["oracle"] for key in HEADLINE)
-    assert report["details"]["open_le_13b"]["models"] == MODELS[:3]
-    assert report["details"]["all"]["best_single"] == "gemini-1.5-pro-002"
+    assert run["details"]["open_le_13b"]["models"] == MODELS[:3]
+    assert run["details"]["all"]["best_single"] == "gemini-1.5-pro-002"
+    assert report["pools"]["all"]["router_k3"] == run["pools"]["all"]["router_k3"]  # one seed: its own mean
+
+
+def test_several_seeds_print_each_figure_and_the_mean(
+    bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main([str(folder), "--json", "--seeds", "3", "4", "--no-cache"], embedder=get_embedder()) == 0
+    report = json.loads(capsys.readouterr().out)
+    gain = report["gain_router_k3"]["open_le_13b"]
+    each = [report["per_seed"][s]["pools"]["open_le_13b"] for s in ("3", "4")]
+    assert gain["per_seed"] == pytest.approx([100 * (p["router_k3"] - p["best_single"]) for p in each], abs=0.02)
+    assert gain["mean"] == pytest.approx(sum(gain["per_seed"]) / 2, abs=0.01)
+    mean = report["pools"]["open_le_13b"]["router_k3"]
+    assert mean == pytest.approx((each[0]["router_k3"] + each[1]["router_k3"]) / 2, abs=1e-4)
 
 
 def test_tables_name_seed_split_pool_and_aggregation(
@@ -45,7 +60,8 @@ def test_tables_name_seed_split_pool_and_aggregation(
 ) -> None:
     assert bench.main([str(folder), "--seed", "7", "--no-cache"], embedder=get_embedder()) == 0
     out = capsys.readouterr().out
-    assert "seed 7" in out and "42 profiling, 42 test" in out
+    assert "seeds 7" in out and "# seed 7" in out and "router k=3 minus best single" in out
+    assert "42 profiling, 42 test" in out
     assert "profile-weighted voting" in out
     assert "## pool open_le_13b: 3 experts: Llama-2-7b-hf, Meta-Llama-3_1-8B-Instruct, mathstral-7B" in out
     assert "accuracy vs expert calls" in out and "accuracy vs cost" in out

@@ -80,3 +80,10 @@ def test_keywords_from_generations_groups_by_question() -> None:
     assert out["q#1"] == ["algebra", "logic"]
     assert out["q2"] == ["tax"]  # no agreement: sample 0 wins whatever the reply order
     assert out["q3"] == []
+
+
+def test_consolidation_keeps_at_most_five_of_the_best_agreed() -> None:
+    copied = ["psychology", "virology", "behavioral theory", "microbiology", "diplomacy", "finance"]
+    samples = [["france", *copied], ["france", *copied[:4]], ["france", "europe", *copied]]
+    assert consolidate(samples) == ["france", "psychology", "virology", "behavioral theory", "microbiology"]
+    assert consolidate([["a", "b", "c", "d", "e", "f", "g"]]) == ["a", "b", "c", "d", "e"]  # no agreement: first, cut

@@ -58,7 +58,7 @@ def test_the_packaged_pool_loads() -> None:
 
 
 @pytest.mark.parametrize(("text", "field"), [
-    ("name: p\nvalidation: {keyword_mode: llm}\n", "validation.keyword_mode"),
+    ("name: p\nvalidation: {keyword_mod: llm}\n", "validation.keyword_mod"),
     ("name: p\ngeneration: {expert_max_token: 9}\n", "generation.expert_max_token"),
     ("experts:\n  - {name: a, base: {kind: mock, source: x}, sytem_prompt: hi}\n", "experts.0.sytem_prompt"),
     ("experts:\n  - {name: a, base: {kind: mock, source: x, modle: y}}\n", "experts.0.base.modle"),
@@ -72,6 +72,13 @@ def test_a_typo_in_a_pool_file_is_an_error_naming_the_field_and_the_file(tmp_pat
         load_pool_config(path)
     message = str(err.value)
     assert str(path) in message and field in message and "Extra inputs are not permitted" in message
+
+
+def test_keyword_llm_mode_must_name_an_expert_of_the_pool(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text("name: p\nvalidation: {keyword_mode: llm, keyword_expert: nobody}\n")
+    with pytest.raises(PoolConfigError, match="validation.keyword_expert: keyword_mode llm needs an expert"):
+        load_pool_config(path)
 
 
 def test_a_missing_file_or_recording_is_named(tmp_path: Path) -> None:

@@ -1,0 +1,34 @@
+"""The keyword LLM, as Symbolic-MoE reads a question's skills: the paper's prompt to the pool's
+keyword expert, sampled several times, the keywords the samples agree on kept (`skills.keywords`).
+
+The samples run as generations of the keyword expert on its own worker, beside the pool's
+other work. `read` gives each text its keywords; mapping them to the nearest profiled skill is
+the skill vocabulary's (`SkillVocabulary.map_keywords`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from experts.types import ExpertSpec
+from orchestrator.scheduling.fleet import Fleet
+from orchestrator.scheduling.planner import Job
+from skills.keywords import keyword_requests, keywords_from_generations
+
+MAX_TOKENS = 32  # a keyword line; the paper's replies are one short line
+
+
+class KeywordReader:
+    def __init__(self, fleet: Fleet, samples: int = 5, temperature: float = 0.7, seed: int = 0):
+        self.fleet, self.samples, self.temperature, self.seed = fleet, samples, temperature, seed
+
+    def read(self, expert: ExpertSpec, worker: str, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's agreed keywords (lower-cased, at most 20 characters each, as the paper
+        parses them); a text whose samples share none gets its first sample's."""
+        ids = [str(i) for i in range(len(texts))]
+        # the paper asks the keyword model plainly: the expert's base model, without its persona
+        jobs = [Job(r.request_id, expert.base, r) for qid, text in zip(ids, texts, strict=True)
+                for r in keyword_requests(qid, text, self.samples, self.temperature, MAX_TOKENS, self.seed)]
+        replies = self.fleet.execute({worker: jobs})
+        found = keywords_from_generations(ids, [g for g in replies.values() if g.error is None])
+        return [found[qid] for qid in ids]

@@ -1,0 +1,71 @@
+"""The keyword LLM, as Symbolic-MoE reads skills: profiling questions and live queries get the
+keyword expert's agreed keywords, mapped to the nearest profiled skill, and decisions show the
+keywords themselves. A mock keyword expert checks the wiring; a packaged model checks it real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
+from orchestrator.pipeline.keywords import KeywordReader
+from orchestrator.pools.schema import PoolConfig, ValidationConfig
+from orchestrator.scheduling.fleet import Fleet
+from orchestrator.scheduling.worker import DeviceWorker
+from skills.embedder import Embedder
+from skills.vocabulary import SEED_SKILLS, SkillVocabulary
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+READER = BaseModelSpec(kind="mock", source="reader")
+
+
+def factory(spec: BaseModelSpec) -> MockBackend:
+    if spec.source == "reader":  # reads every question as botany: its keywords are what the samples agree on
+        return MockBackend(spec.key, answer="Sure. Keywords: Photosynthesis, plant biology., chlorophyll")
+    return mock_or_real(spec)
+
+
+def keyword_pool() -> PoolConfig:
+    experts = [mock_expert("alpha", "m1"), mock_expert("gamma", "m2"), ExpertSpec(name="reader", base=READER)]
+    base = small_pool(experts)
+    validation = ValidationConfig(sources=base.validation.sources, keyword_mode="llm", keyword_expert="reader",
+                                  keyword_samples=3)
+    return base.model_copy(update={"validation": validation})
+
+
+def test_profiling_and_routing_read_skills_with_the_keyword_expert(tmp_path: Path, embedder: Embedder) -> None:
+    c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=factory, embedder=embedder)
+    c.start()
+    assert {s for it in c.profiler.validation_set() for s in it.skills} == {"photosynthesis", "plant biology",
+                                                                           "chlorophyll"}
+    decision = c.pipeline.route(c.pool.snapshot, [Ask(text="Why are leaves green?", k=2, seed=1)])[0]
+    assert [m.keyword for m in decision.skills] == ["photosynthesis", "plant biology", "chlorophyll"]
+    assert all(m.skill == m.keyword and m.similarity == pytest.approx(1.0, abs=1e-5) for m in decision.skills)
+    c.close()
+
+
+def test_a_keyword_mode_without_its_expert_is_refused() -> None:
+    with pytest.raises(ValueError, match="keyword_expert.*needs an expert of the pool"):
+        PoolConfig(validation=ValidationConfig(keyword_mode="llm", keyword_expert="nobody"))
+
+
+@pytest.mark.slow
+def test_a_packaged_model_reads_keywords_the_papers_way(embedder: Embedder) -> None:
+    pytest.importorskip("llama_cpp")
+    from experts.factory import make_backend
+
+    qwen = ExpertSpec(name="qwen", base=BaseModelSpec(kind="llamacpp", source="package:qwen2.5-coder-0.5b-instruct"))
+    fleet = Fleet({"cpu": DeviceWorker("cpu", 8 * 2**30, make_backend)})
+    questions = ["What is the capital of France?", "Which enzyme unwinds DNA during replication?"]
+    found = KeywordReader(fleet, samples=5).read(qwen, "cpu", questions)
+    fleet.shutdown()
+    for keywords in found:
+        assert 1 <= len(keywords) <= 5, found
+        assert all(k == k.lower() and "." not in k and 0 < len(k) <= 20 for k in keywords)  # the paper's parse
+    skills = SkillVocabulary(SEED_SKILLS, embedder).map_keywords(found[1])
+    assert [m.keyword for m in skills] == found[1] and all(m.skill in SEED_SKILLS for m in skills)
+    print("keywords:", found, "->", [m.skill for m in skills])
