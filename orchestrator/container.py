@@ -68,7 +68,8 @@ class SkillRoute:
                               pool.router or settings.router, aggregation == "llm", learning.refit_every)
         self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
-        policy = CompetitionPolicy(learning.competition_rate, learning.per_minute)
+        policy = CompetitionPolicy(learning.competition_rate, learning.per_minute,
+                                   consensus_teaches=learning.consensus_teaches)
         v = pool.validation
         keywords = (KeywordReader(self.fleet, v.keyword_samples, seed=v.seed), str(v.keyword_expert)) \
             if v.keyword_mode == "llm" else None

@@ -64,6 +64,9 @@ class LearningSettings(Section):
     explore_rate: float = Field(default=0.1, ge=0, le=1, description="Share on which a new expert answers as an extra.")
     per_minute: int = Field(default=30, ge=0, description="At most this many competitions and explorations a minute.")
     refit_every: int = Field(default=200, ge=1, description="Lessons between refitting the k-NN router's parameters.")
+    consensus_teaches: bool = Field(
+        default=False, description="A competition scored by consensus alone (no gold) teaches the router; off: it "
+        "waits for feedback (consensus lessons measured to hurt, see routing/learning.py).")
 
 
 class RaySettings(Section):

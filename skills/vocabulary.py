@@ -128,13 +128,14 @@ class SkillVocabulary:
         if matrix is None or m < 1:
             return [[] for _ in texts]
         sims = np.asarray(embeddings) @ matrix.T
+        # No keyword is read on this path: the whole query is matched, so `keyword` stays empty.
         # A stable sort on −similarity keeps vocabulary order among exact ties.
         order = np.argsort(-sims, axis=1, kind="stable")[:, :m]
         return [
             [
-                SkillMatch(text[:40], names[j], float(sims[i, j]))
+                SkillMatch("", names[j], float(sims[i, j]))
                 for j in order[i]
                 if sims[i, j] >= min_similarity
             ]
-            for i, text in enumerate(texts)
+            for i in range(len(texts))
         ]

@@ -56,8 +56,9 @@ class Pipeline:
                        self.fallback, embeddings)
         outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
+        policy = self.decider.policy
         for index, lesson in run.lessons.items():
-            if learn is not None:
+            if learn is not None and (policy is None or policy.teaches(lesson)):
                 learn(index, lesson)
         self.probe.answered(outcomes)
         return outcomes

@@ -202,7 +202,8 @@ class BatchRun:
         if q.embedding is not None:
             source = "competition" if q.decision.competition else "explore"
             skills = tuple(m.skill for m in q.decision.skills)
-            self.lessons[qi] = Lesson(q.embedding, skills, q.marks, letters, source)
+            reference = "gold" if gold is not None else "consensus"
+            self.lessons[qi] = Lesson(q.embedding, skills, q.marks, letters, source, reference)
 
     def _aggregated(self, sent: _Sent, gen: Generation) -> None:
         q = self.queries[sent.query]

@@ -43,6 +43,7 @@ class Lesson:
     marks: Mapping[str, bool]
     choices: Mapping[str, str | None] = field(default_factory=dict)
     source: str = "competition"  # competition | explore | feedback
+    reference: str = "gold"  # what the marks were made against: gold | consensus
 
 
 def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson]) -> RoutingEvidence:
@@ -133,10 +134,19 @@ def _plurality(finals: Mapping[str, str], weights: Mapping[str, float]) -> str |
 
 class CompetitionPolicy:
     """Fires on a share of routed queries (by each query's seed, so a replay is the same), at
-    most `per_minute` in any minute (competitions and explorations together)."""
+    most `per_minute` in any minute (competitions and explorations together).
 
-    def __init__(self, rate: float = 0.05, per_minute: int = 30, clock: Callable[[], float] = time.monotonic):
+    A competition scored by consensus alone (no gold known) teaches only with `consensus_teaches`:
+    consensus marks the expert that is right against the crowd wrong exactly where it is worth
+    most, and on the replay corpus (bench/learning.py, seeds 0-4) such lessons cost the all-22
+    pool 1.8 points at a 5% rate and gained nothing on the open pool. Its answers are still
+    stored with their scores, and feedback with the answer turns them into a lesson on every
+    expert that competed. Explorations always teach: a new expert has no other evidence."""
+
+    def __init__(self, rate: float = 0.05, per_minute: int = 30, clock: Callable[[], float] = time.monotonic,
+                 consensus_teaches: bool = False):
         self.rate, self.per_minute, self.clock = rate, per_minute, clock
+        self.consensus_teaches = consensus_teaches
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
 
@@ -146,6 +156,9 @@ class CompetitionPolicy:
         if random.Random(f"{salt}:{seed}").random() >= (self.rate if rate is None else rate):
             return False
         return dry_run or self._take()
+
+    def teaches(self, lesson: Lesson) -> bool:
+        return lesson.reference == "gold" or lesson.source != "competition" or self.consensus_teaches
 
     def _take(self) -> bool:
         now = self.clock()

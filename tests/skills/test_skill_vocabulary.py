@@ -50,7 +50,7 @@ def test_empty_vocabulary_maps_nothing(embedder: Embedder) -> None:
 def test_nearest_for_text_fast_path(vocab: SkillVocabulary) -> None:
     text = "Solve for x: 3x + 5 = 20. What is the value of x in this linear equation?"
     matches = vocab.nearest_for_text(text, m=3)
-    assert len(matches) == 3 and matches[0].keyword == text[:40]
+    assert len(matches) == 3 and matches[0].keyword == ""  # no keyword was read
     assert [m.similarity for m in matches] == sorted((m.similarity for m in matches), reverse=True)
     assert any("mathematics" in m.skill or m.skill == "abstract algebra" for m in matches)
     assert vocab.nearest_for_text(text, m=3, min_similarity=0.99) == []

@@ -25,9 +25,10 @@ EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1",
            mock_expert("gamma", "m2")]
 
 
-def service(data: Path, embedder: Embedder, rate: float = 1.0, explore: float | None = None) -> SkillRoute:
+def service(data: Path, embedder: Embedder, rate: float = 1.0, explore: float | None = None,
+            consensus: bool = True) -> SkillRoute:
     learning = LearningSettings(competition_rate=rate, explore_rate=rate if explore is None else explore,
-                                per_minute=1000)
+                                per_minute=1000, consensus_teaches=consensus)
     pool = small_pool(EXPERTS).model_copy(update={"router": "knn"})
     return SkillRoute(Settings(data_dir=data, learning=learning), pool, factory=mock_or_real, embedder=embedder)
 
@@ -68,6 +69,18 @@ def test_a_competition_teaches_the_router_and_a_restart_keeps_it(competing, tmp_
     restarted = service(tmp_path, embedder, rate=0.0)
     with TestClient(create_app(restarted, owns_container=True)) as again:
         assert estimates(again) == pytest.approx(learned)  # the lesson came back from the store
+
+
+def test_by_default_a_consensus_competition_waits_for_feedback_to_teach(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    c = service(tmp_path, embedder, consensus=False)
+    with TestClient(create_app(c, owns_container=True)) as client:
+        counts = c.pool.evidence_counts()
+        body = client.post("/v1/queries", json={"query": QUESTION, "k": 1, "seed": 1}).json()
+        assert body["competition"] and set(body["competition_scores"]) == {"alpha", "beta", "gamma"}
+        assert lessons(c) == 0 and c.pool.evidence_counts() == counts  # scored and shown, not taught
+        r = client.post(f"/v1/queries/{body['id']}/feedback", json={"answer": "Carbon dioxide"})
+        assert set(r.json()["experts"]) == {"alpha", "beta", "gamma"}  # every competitor is marked
+        assert lessons(c) == 1 and all(c.pool.evidence_counts()[n] == counts[n] + 1 for n in counts)
 
 
 def test_feedback_moves_the_answering_experts_once(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
