@@ -1,14 +1,22 @@
 """Load on a running service: N concurrent clients over real HTTP, routing alone vs answering.
 
     python bench/load.py [--url http://127.0.0.1:8000 | --pool replay:../shared/data/mmlu_pro_replay]
-                         [--clients 200] [--requests 600] [--json]
+                         [--runtime inline|ray] [--clients 200] [--requests 600] [--rounds 1]
+                         [--mixed] [--json]
 
 Each client sends its next request as soon as its last one is answered, first to /v1/routes
-(the decision alone) and then to /v1/queries (decision, generation, storage). Without --url the
-service starts here, inline (one process, uvicorn on a free port) over --pool with a throwaway
-data directory. On a replay pool the questions are the recording's test split, so every one can
-be answered; on any other pool they are arithmetic questions. Prints, per endpoint, errors by
-status, p50 and p99 latency and throughput, and the ratio of answering to routing at p50.
+(the decision alone) and then to /v1/queries (decision, generation, storage), each over its own
+questions (no query's embedding is cached by the routing phase). Without --url the service is
+started here as users start it (`skillroute serve --runtime …` in its own process, a throwaway
+data directory) and stopped after. On a replay pool the questions are the recording's test
+split, so every one can be answered; on any other pool they are arithmetic questions.
+
+Prints, per endpoint, errors by status, p50 and p99 latency and throughput (the JSON's top level
+is /v1/queries: `errors`, `qps`, `p50_s`, `p99_s`). `--rounds N` repeats the /v1/queries phase
+with new questions and prints the server's resident memory after each (`rss_mib`). `--mixed`
+measures short queries (max_tokens 16) alone, then beside long ones (a long preamble and
+max_tokens 512, a quarter of the clients), and prints the short queries' p50 both ways and
+their ratio (`mixed`).
 """
 
 from __future__ import annotations
@@ -18,11 +26,9 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -30,9 +36,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from bench.replay_profiles import split_test_prompts  # noqa: E402
+from bench.served import Served, serve  # noqa: E402
 from orchestrator.pools.loader import REPLAY_PREFIX  # noqa: E402
 
 DEFAULT_POOL = f"{REPLAY_PREFIX}{Path(__file__).resolve().parents[2] / 'shared/data/mmlu_pro_replay'}"
+PREAMBLE = "Read the whole context before you answer. " * 100  # ~800 words (a query holds 8,000 characters)
+Body = dict[str, object]
 
 
 def questions(pool: str, n: int) -> list[str]:
@@ -42,7 +51,7 @@ def questions(pool: str, n: int) -> list[str]:
     return split_test_prompts(pool[len(REPLAY_PREFIX):], n)
 
 
-async def drive(url: str, path: str, bodies: list[dict[str, object]], clients: int) -> dict[str, object]:
+async def drive(url: str, path: str, bodies: Sequence[Body], clients: int) -> dict[str, object]:
     """`clients` concurrent senders through `bodies`; latency per request and the wall clock."""
     pending, latencies, statuses = iter(bodies), [], Counter[str]()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -64,61 +73,102 @@ async def drive(url: str, path: str, bodies: list[dict[str, object]], clients: i
 
 
 def summary(path: str, latencies: list[float], statuses: Counter[str], wall_s: float) -> dict[str, object]:
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     errors = {s: n for s, n in statuses.items() if s != "200"}
     return {"path": path, "requests": len(latencies), "errors": sum(errors.values()), "errors_by_status": errors,
             "p50_s": round(cuts[49], 4), "p99_s": round(cuts[98], 4), "qps": round(len(latencies) / wall_s, 1),
             "wall_s": round(wall_s, 2)}
 
 
-@contextmanager
-def inline_service(pool: str) -> Iterator[str]:
-    """The service as `skillroute serve --runtime inline` runs it, on a free port, until the block ends."""
-    from orchestrator.api.app import create_app
-    from orchestrator.container import SkillRoute
-    from orchestrator.pools.loader import load_pool_config
-    from orchestrator.settings import Settings
-    from tests.live_server import live_server
-
-    with tempfile.TemporaryDirectory() as data:
-        c = SkillRoute(Settings(data_dir=Path(data)), load_pool_config(pool))
-        print(f"[load] starting the service over {pool} (profiles once)", file=sys.stderr, flush=True)
-        c.start()
-        with live_server(create_app(c, owns_container=True), ready_within_s=120) as url:
-            yield url
-        c.close()
+def bodies_of(texts: Sequence[str], offset: int = 0, **extra: object) -> list[Body]:
+    return [{"query": t, "k": 3, "seed": offset + i, **extra} for i, t in enumerate(texts)]
 
 
-def run(url: str, pool: str, clients: int, requests: int) -> dict[str, object]:
-    texts = questions(pool, requests)
-    bodies: list[dict[str, object]] = [{"query": t, "k": 3, "seed": i} for i, t in enumerate(texts)]
-    routes = asyncio.run(drive(url, "/v1/routes", bodies, clients))
-    queries = asyncio.run(drive(url, "/v1/queries", bodies, clients))
+def run(url: str, pool: str, clients: int, requests: int, rounds: int = 1, served: Served | None = None
+        ) -> dict[str, object]:
+    """Routes over one set of questions, then `rounds` of queries over fresh ones each."""
+    texts = questions(pool, requests * (1 + rounds))
+    routes = asyncio.run(drive(url, "/v1/routes", bodies_of(texts[:requests]), clients))
+    phases, rss = [], []
+    for r in range(1, rounds + 1):
+        chunk = texts[r * requests:(r + 1) * requests]
+        phases.append(asyncio.run(drive(url, "/v1/queries", bodies_of(chunk, r * requests), clients)))
+        if served is not None:
+            rss.append(served.rss_mib())
+    queries = phases[-1]
     ratio = float(queries["p50_s"]) / max(float(routes["p50_s"]), 1e-9)  # type: ignore[arg-type]
-    return {**queries, "clients": clients, "pool": pool, "routes": routes,
+    return {**queries, "clients": clients, "pool": pool, "routes": routes, "rounds": phases, "rss_mib": rss,
             "p50_ratio_queries_over_routes": round(ratio, 2)}
 
 
-def main() -> None:
+def mixed(url: str, pool: str, clients: int, requests: int) -> dict[str, object]:
+    """The short queries' p50 alone, then with long ones sent beside them by a quarter of the clients."""
+    texts = questions(pool, 3 * requests)
+    short = bodies_of(texts[:requests], 10_000, max_tokens=16)
+    alone = asyncio.run(drive(url, "/v1/queries", short, clients))
+    short_again = bodies_of(texts[requests:2 * requests], 20_000, max_tokens=16)
+    long = [{**b, "query": PREAMBLE + str(b["query"])} for b in
+            bodies_of(texts[2 * requests:], 30_000, max_tokens=512)]
+    long_clients = max(1, clients // 4)
+
+    async def both() -> tuple[dict[str, object], dict[str, object]]:
+        return await asyncio.gather(drive(url, "/v1/queries", short_again, clients - long_clients),
+                                    drive(url, "/v1/queries", long, long_clients))
+
+    beside, longs = asyncio.run(both())
+    ratio = float(beside["p50_s"]) / max(float(alone["p50_s"]), 1e-9)  # type: ignore[arg-type]
+    return {"short_alone": alone, "short_with_long": beside, "long": longs,
+            "short_p50_ratio_with_over_without": round(ratio, 2)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", help="a running service; unset: start one inline over --pool")
-    ap.add_argument("--pool", default=DEFAULT_POOL, help="the questions' source (and the inline service's pool)")
+    ap.add_argument("--url", help="a running service; unset: start one over --pool")
+    ap.add_argument("--pool", default=DEFAULT_POOL, help="the questions' source (and the started service's pool)")
+    ap.add_argument("--runtime", choices=["inline", "ray"], default="inline", help="how the started service runs")
     ap.add_argument("--clients", type=int, default=200)
-    ap.add_argument("--requests", type=int, default=600, help="per endpoint")
+    ap.add_argument("--requests", type=int, default=600, help="per endpoint (and per round)")
+    ap.add_argument("--rounds", type=int, default=1, help="query phases, each over new questions")
+    ap.add_argument("--mixed", action="store_true", help="short queries alone vs beside long ones")
+    ap.add_argument("--time-scale", type=float, default=0.0, help="started replay pool: simulated latency x this")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.url:
-        res = run(args.url, args.pool, args.clients, args.requests)
+        res = measure(args, args.url, None)
     else:
-        with inline_service(args.pool) as url:
-            res = run(url, args.pool, args.clients, args.requests)
-    if args.json:
+        with serve(args.pool, args.runtime, args.time_scale) as served:
+            res = measure(args, served.url, served)
+    show(res, args.json)
+
+
+def measure(args: argparse.Namespace, url: str, served: Served | None) -> dict[str, object]:
+    if args.mixed:
+        return {"clients": args.clients, "pool": args.pool, "mixed": mixed(url, args.pool, args.clients, args.requests)}
+    return run(url, args.pool, args.clients, args.requests, args.rounds, served)
+
+
+def show(res: dict[str, object], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(res))
         return
-    for part in (res["routes"], res):
-        print(f"{part['path']:>12}: {part['requests']} requests, errors {part['errors_by_status'] or 0}, "  # type: ignore[index]
-              f"p50 {part['p50_s']} s, p99 {part['p99_s']} s, {part['qps']} queries/s")  # type: ignore[index]
+    if "mixed" in res:
+        m = res["mixed"]
+        for name in ("short_alone", "short_with_long", "long"):
+            print(_line(name, m[name]))  # type: ignore[index]
+        print(f"short queries' p50 with long ones / without: {m['short_p50_ratio_with_over_without']}x")  # type: ignore[index]
+        return
+    print(_line("/v1/routes", res["routes"]))
+    for i, phase in enumerate(res["rounds"], 1):  # type: ignore[attr-defined]
+        print(_line(f"/v1/queries #{i}", phase))
+    if res["rss_mib"]:
+        print(f"server resident memory after each round (MiB): {res['rss_mib']}")
     print(f"answering / routing at p50: {res['p50_ratio_queries_over_routes']}x")
+
+
+def _line(name: str, part: object) -> str:
+    p = part  # a summary() dict
+    return (f"{name:>16}: {p['requests']} requests, errors {p['errors_by_status'] or 0}, "  # type: ignore[index]
+            f"p50 {p['p50_s']} s, p99 {p['p99_s']} s, {p['qps']} queries/s")  # type: ignore[index]
 
 
 if __name__ == "__main__":

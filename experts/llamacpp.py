@@ -23,14 +23,15 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from experts.backend import BackendError, ModelSourceError
 from experts.catalog import resolve_source
 from experts.gguf import GGUFInfo, check_gguf
-from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.streaming import collect
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 
 # Resident memory beyond the weights and the KV cache: tokenizer tables and the touched part of
 # the compute buffers. Fitted to RSS growth after load + generation at n_ctx=2048 without mmap
@@ -136,49 +137,69 @@ class LlamaCppBackend:
                 raise BackendError(f"{self.base_model_key}: generate() before load()")
             return [self._one(self._llm, r) for r in requests]
 
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        """The reply's text as llama.cpp samples it, then the whole reply: the same sampling as
+        `generate`, so the same greedy text, and the same per-request errors and time limit.
+        The model stays locked to this stream until it ends: iterate it to the end (or close it)."""
+        with self._lock:
+            if self._llm is None:
+                raise BackendError(f"{self.base_model_key}: generate() before load()")
+            yield from self._tokens(self._llm, request, time.perf_counter())
+
     def _one(self, llm: Any, request: GenerationRequest) -> Generation:
         """One request; a request that cannot be answered (its prompt does not fit n_ctx, its
         time ran out) is answered with its error, and the batch goes on."""
-        s = request.sampling
         started = time.perf_counter()
-        args = {
-            "messages": [m.model_dump() for m in request.messages],
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            # OpenAI semantics, as the HTTP and vLLM backends sample: llama-cpp-python
-            # would otherwise add top_k=40 and min_p=0.05 to every sampled request.
-            "top_k": 0,
-            "min_p": 0.0,
-            "max_tokens": s.max_tokens,
-            "seed": s.seed,
-            "stop": s.stop or None,
-        }
+        if request.timeout_s is not None:  # streamed, so generation stops once the time is up
+            return collect(self._tokens(llm, request, started))
         try:
-            if request.timeout_s is None:
-                out = llm.create_chat_completion(**args)
-                return _to_generation(request.request_id, out, time.perf_counter() - started)
-            return _streamed(llm, request, args, started)
+            out = llm.create_chat_completion(**_arguments(request))
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
+        return _to_generation(request.request_id, out, time.perf_counter() - started)
+
+    def _tokens(self, llm: Any, request: GenerationRequest, started: float) -> Iterator[StreamEvent]:
+        """Each piece llama.cpp writes, then the reply; past the request's time limit generation
+        stops (the stream is closed) and the reply is its timeout."""
+        deadline = None if request.timeout_s is None else started + request.timeout_s
+        pieces: list[str] = []
+        stream = None
+        try:  # a prompt that does not fit n_ctx raises before any token, eagerly or at the first
+            stream = llm.create_chat_completion(stream=True, **_arguments(request))
+            for chunk in stream:
+                if piece := chunk["choices"][0]["delta"].get("content") or "":
+                    pieces.append(piece)
+                    yield piece
+                if deadline is not None and time.perf_counter() > deadline:
+                    yield Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
+                                            time.perf_counter() - started)
+                    return
+        except ValueError as exc:
+            yield Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
+            return
+        finally:
+            if stream is not None:
+                stream.close()  # stops llama.cpp generating (a timeout, or a caller that left)
+        yield Generation(request_id=request.request_id, text="".join(pieces), completion_tokens=len(pieces),
+                         prompt_tokens=max(int(llm.n_tokens) - len(pieces), 0),
+                         latency_s=time.perf_counter() - started)
 
 
-def _streamed(llm: Any, request: GenerationRequest, args: dict[str, Any], started: float) -> Generation:
-    """A request with a time limit: its tokens streamed, and generation stopped (the stream
-    closed) once the limit passes. The same sampling as unstreamed, so greedy text is the same."""
-    assert request.timeout_s is not None
-    deadline, pieces = started + request.timeout_s, []
-    stream = llm.create_chat_completion(stream=True, **args)
-    try:
-        for chunk in stream:
-            pieces.append(chunk["choices"][0]["delta"].get("content") or "")
-            if time.perf_counter() > deadline:
-                return Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
-                                         time.perf_counter() - started)
-    finally:
-        stream.close()
-    generated = sum(1 for p in pieces if p)
-    return Generation(request_id=request.request_id, text="".join(pieces), completion_tokens=generated,
-                      prompt_tokens=max(int(llm.n_tokens) - generated, 0), latency_s=time.perf_counter() - started)
+def _arguments(request: GenerationRequest) -> dict[str, Any]:
+    """llama-cpp-python's arguments for a request's sampling."""
+    s = request.sampling
+    return {
+        "messages": [m.model_dump() for m in request.messages],
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        # OpenAI semantics, as the HTTP and vLLM backends sample: llama-cpp-python
+        # would otherwise add top_k=40 and min_p=0.05 to every sampled request.
+        "top_k": 0,
+        "min_p": 0.0,
+        "max_tokens": s.max_tokens,
+        "seed": s.seed,
+        "stop": s.stop or None,
+    }
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:

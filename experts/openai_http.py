@@ -9,16 +9,17 @@ themselves (continuous batching): sending them one by one would waste the server
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from experts.backend import BackendError, ModelSourceError
-from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 
 
 def _reason(exc: httpx.HTTPError) -> str:
@@ -135,6 +136,56 @@ class OpenAIHTTPBackend:
                 f"{reply.text[:300]}"
             )
         return _to_generation(request.request_id, reply, time.perf_counter() - started)
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        """The server's own stream of the reply (`stream: true`), each piece as it arrives, then
+        the reply with the usage the server sends last (`stream_options.include_usage`)."""
+        client = self._client
+        if client is None:
+            raise BackendError(f"{self.base_model_key}: generate() before load()")
+        url, started = f"{self.base_url}/chat/completions", time.perf_counter()
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        pieces: list[str] = []
+        usage: dict[str, Any] = {}
+        try:
+            with client.stream("POST", url, json=body) as reply:
+                if reply.status_code != 200:
+                    raise BackendError(f"{url} answered HTTP {reply.status_code} to request {request.request_id}: "
+                                       f"{reply.read()[:300].decode(errors='replace')}")
+                for chunk in _sse_chunks(reply, request.request_id):
+                    usage = chunk.get("usage") or usage
+                    for piece in _delta_texts(chunk):
+                        pieces.append(piece)
+                        yield piece
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
+        yield Generation(request_id=request.request_id, text="".join(pieces),
+                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                         completion_tokens=int(usage.get("completion_tokens") or len(pieces)),
+                         latency_s=time.perf_counter() - started)
+
+
+def _sse_chunks(reply: httpx.Response, request_id: str) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of a server-sent event stream, up to `data: [DONE]`."""
+    for line in reply.iter_lines():
+        data = line.removeprefix("data:").strip() if line.startswith("data:") else None
+        if data == "[DONE]":
+            return
+        if data:
+            try:
+                chunk = json.loads(data)
+            except ValueError as exc:
+                raise BackendError(f"request {request_id}: not a stream chunk: {data[:300]}") from exc
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise BackendError(f"request {request_id}: the server's stream failed: {chunk['error']}")
+            yield chunk
+
+
+def _delta_texts(chunk: dict[str, Any]) -> Iterator[str]:
+    for choice in chunk.get("choices") or []:
+        if text := (choice.get("delta") or {}).get("content"):
+            yield str(text)
+
 
 
 def _served_models(url: str, reply: httpx.Response) -> list[str]:

@@ -56,6 +56,11 @@ class Generation(BaseModel):
         return cls(request_id=request_id, text="", latency_s=latency_s, error=error)
 
 
+# What a token stream yields: text pieces as they are generated, then the whole reply once
+# (`experts.streaming`).
+StreamEvent = str | Generation
+
+
 BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
 
 

@@ -22,17 +22,20 @@ from rich.table import Table
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from orchestrator.container import SkillRoute
     from orchestrator.services.keys import KeyService
     from orchestrator.store.models import Expert
 
 app = typer.Typer(help="Answer each query with the right few expert LLMs.", no_args_is_help=True)
-experts_app = typer.Typer(help="Register and list experts.", no_args_is_help=True)
+experts_app = typer.Typer(help="Register, list, change and remove experts.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 console = Console()
 
 PoolOpt = Annotated[Path | None, typer.Option(help="Pool YAML (default: the packaged embedded pool).")]
 UrlOpt = Annotated[str | None, typer.Option(help="Talk to a running service instead of working in-process.")]
+KeyOpt = Annotated[str | None, typer.Option(help="API key for --url (the admin key, to change experts).")]
 
 
 @contextmanager
@@ -74,31 +77,24 @@ def serve(host: Annotated[str | None, typer.Option()] = None, port: Annotated[in
           = Runtime.ray,
           dashboard: Annotated[bool, typer.Option(help="Ray dashboard + state API (ray runtime; ~1 GB).")] = True,
           ) -> None:
-    """Profile what is unprofiled, then serve the REST API."""
+    """Serve the REST API at once; loading or profiling the pool and answering the queries a crash
+    left run behind it (GET /ready is 503 naming what still runs, 200 when done)."""
     settings: Settings = get_settings()
     host, port = host or settings.host, port or settings.port
     if runtime is Runtime.ray:
         from orchestrator.serving.app import run_serve
 
         log = functools.partial(console.print, soft_wrap=True, highlight=False)  # one line each: easy to grep
-        run_serve(settings, pool or Path(settings.pool), host, port, _prepare, dashboard=dashboard, log=log)
+        run_serve(settings, pool or Path(settings.pool), host, port, dashboard=dashboard, log=log)
         return
     import uvicorn
 
     from orchestrator.api.app import create_app
 
-    c = _container(pool)
-    _prepare(c)
-    uvicorn.run(create_app(c, owns_container=True), host=host, port=port, log_level="info")
-
-
-def _prepare(c: SkillRoute) -> None:
-    """Start the service (progress shown): profile what is unprofiled, answer what a crash left."""
-    with progress_bar("profiling experts") as report:
-        recovered = c.start(report)
-    if recovered:
-        console.print(f"answered {recovered} queries left unfinished by the last run")
-    console.print(f"pool ready: {len(c.pool.snapshot.experts)} experts, aggregator {c.pool.snapshot.aggregator}")
+    app = create_app(_container(pool), owns_container=True, background_start=True)
+    # keep-alive past the default 5 s: under load a starved loop could close a connection a
+    # client is already reusing (seen as ReadErrors at 200 concurrent clients)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=75)
 
 
 @app.command()
@@ -168,20 +164,128 @@ def experts_add(
 
 
 def _add_remote(url: str, body: dict[str, Any]) -> None:
-    import time
-
     import httpx
 
     r = httpx.post(f"{url}/v1/experts", json=body, timeout=120)
     if r.status_code >= 400:
         console.print(f"[red]refused ({r.status_code}):[/red] {r.json()['error']['message']}")
         raise typer.Exit(2)
-    eid = r.json()["id"]
-    with progress_bar(f"profiling {body['name']}") as report:
-        while (e := httpx.get(f"{url}/v1/experts/{eid}", timeout=30).json())["status"] == "profiling":
+    with httpx.Client(base_url=url) as http:
+        _print_experts([_follow(http, r.json())])
+
+
+def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
+    """The expert once a remote server has profiled it, with its progress shown meanwhile."""
+    import time
+
+    with progress_bar(f"profiling {e['name']}") as report:
+        while e["status"] == "profiling":
             report(e["progress"]["done"], e["progress"]["total"] or 1)
             time.sleep(0.5)  # polling a remote server's progress, not waiting for readiness
-    _print_experts([e])
+            e = http.get(f"/v1/experts/{e['id']}", timeout=30).json()
+    return e
+
+
+@experts_app.command("update")
+def experts_update(
+    ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID")],
+    system_prompt: Annotated[str | None, typer.Option(help="A new persona ('' clears it); profiled again.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature; profiled again.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling; profiled again.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Its answers' token limit; profiled again.")] = None,
+    worker: Annotated[str | None, typer.Option(help="Run it on this worker of the deployment.")] = None,
+    device: Annotated[str | None, typer.Option(help="Cost it on this device profile.")] = None,
+    timeout_s: Annotated[float | None, typer.Option(help="How long one of its generations may take.")] = None,
+    enabled: Annotated[bool | None, typer.Option("--enable/--disable", help="Route to it, or keep it loaded "
+                                                                             "but never route to it.")] = None,
+    pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None,
+) -> None:
+    """Change an expert; a changed persona (prompt or sampling) is profiled again (progress shown)."""
+    body = _given(sampling=_given(temperature=temperature, top_p=top_p, max_tokens=max_tokens) or None,
+                  placement=_given(worker=worker, device=device) or None, timeout_s=timeout_s, enabled=enabled)
+    if system_prompt is not None:
+        body["system_prompt"] = system_prompt or None
+    if url:
+        with _client(url, key) as http:
+            r = http.patch(f"/v1/experts/{_remote_id(http, ref)}", json=body)
+            _print_experts([_follow(http, _accepted(r))])
+        return
+    _update_here(ref, body, pool)
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _update_here(ref: str, body: dict[str, Any], pool: Path | None) -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.api.schemas import ExpertUpdate
+    from orchestrator.services.experts import ExpertChange
+
+    try:
+        change = ExpertUpdate.model_validate(body)
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"]) from exc
+    c = _container(pool)
+    with _refusals():
+        row, profiling = c.experts.update(c.experts.find(ref).id, ExpertChange(change.spec_changes(), change.enabled),
+                                          background=False)
+    if profiling:
+        with progress_bar(f"profiling {row.name}") as report:
+            c.experts.profile_now([row.id], report)
+    _print_experts([_expert_dict(c.experts.get(row.id))])
+
+
+@experts_app.command("remove")
+def experts_remove(ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID")], pool: PoolOpt = None,
+                   url: UrlOpt = None, key: KeyOpt = None) -> None:
+    """Stop routing to an expert and unload its model where nothing else uses it; its history stays."""
+    if url:
+        with _client(url, key) as http:
+            _print_experts([_accepted(http.delete(f"/v1/experts/{_remote_id(http, ref)}"))])
+        return
+    c = _container(pool)
+    with _refusals():
+        row = c.experts.remove(c.experts.find(ref).id)
+    _print_experts([_expert_dict(row)])
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A service's refusal (a 4xx over HTTP) printed, and exit code 2."""
+    from orchestrator.services.errors import ServiceError
+
+    try:
+        yield
+    except ServiceError as exc:
+        console.print(f"[red]refused:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+def _client(url: str, key: str | None) -> httpx.Client:
+    import httpx
+
+    return httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def _remote_id(http: httpx.Client, ref: str) -> int:
+    """An expert's id on a running service, from its id or name."""
+    if ref.isdigit():
+        return int(ref)
+    found = [e["id"] for e in _accepted(http.get("/v1/experts")) if e["name"] == ref]
+    if not found:
+        console.print(f"[red]no expert named {ref!r}[/red]")
+        raise typer.Exit(2)
+    return int(found[0])
+
+
+def _accepted(r: httpx.Response) -> Any:
+    """The reply's JSON, or the refusal printed and exit code 2."""
+    if r.status_code >= 400:
+        console.print(f"[red]refused ({r.status_code}):[/red] {r.json()['error']['message']}")
+        raise typer.Exit(2)
+    return r.json()
 
 
 def _expert_dict(e: Expert) -> dict[str, Any]:

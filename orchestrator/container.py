@@ -1,14 +1,18 @@
 """The composition root: one settings object in, the store, device worker, pool, pipeline and
 services built and wired once, each given its metrics probe here.
 
-Building does no work: `start` (called by the app's lifespan, or by the CLI with a progress
-bar) migrates the schema, profiles what is unprofiled and answers what a crash left; `close`
-stops the batching window and the profiler and, when it owns the device worker, unloads it.
+Building does no work. Starting migrates the schema, loads (or first profiles) the pool and
+answers what a crash left: `start` does it all here (the CLI's commands, tests);
+`start_in_background` (the app's lifespan) only migrates before returning, so HTTP is served
+at once, and runs the rest on a thread, its progress in `startup` (what /ready reports).
+`close` stops the batching window and the profiler and, when it owns the device worker,
+unloads it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable, Mapping
 
@@ -30,16 +34,19 @@ from orchestrator.services.chat import ChatService
 from orchestrator.services.deployment import Deployment
 from orchestrator.services.experts import ExpertService
 from orchestrator.services.feedback import FeedbackService
+from orchestrator.services.idempotency import IdempotencyService
 from orchestrator.services.keys import KeyService
 from orchestrator.services.pool import PoolState
 from orchestrator.services.profiling import ProfilingService
 from orchestrator.services.queries import QueryService
+from orchestrator.services.startup import StartupState
 from orchestrator.settings import Settings
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.repositories.experts import ExpertRepository
 from skills.embedder import Embedder, get_embedder
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class SkillRoute:
@@ -59,7 +66,8 @@ class SkillRoute:
                                        for w in specs})
         self.deployment = Deployment(specs, profiles, self._model_size)
         self._build_services(settings, pool, profiles)
-        self._started, self._start_lock = False, threading.Lock()
+        self.startup = StartupState()
+        self._started, self._bootstrapped, self._start_lock = False, False, threading.Lock()
 
     def _build_services(self, settings: Settings, pool: PoolConfig, profiles: Mapping[str, DeviceProfile]) -> None:
         aggregation = pool.aggregator.mode
@@ -79,11 +87,12 @@ class SkillRoute:
         self.admission = Admission(self.db, self.pool, self.pipeline)
         b = settings.batching
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,
-                                    b.wait_ms / 1000, probe=self.metrics)
+                                    b.wait_ms / 1000, probe=self.metrics, max_batch_tokens=b.max_batch_tokens)
         self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
         self.keys = KeyService(self.db)
+        self.idempotency = IdempotencyService(self.db, settings.idempotency.retention_hours * 3600)
         self.feedback = FeedbackService(self.db, self.pool, self.embedder, self.metrics)
         self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()},
                            self.queries.window.depth, lambda: len(self.pool.snapshot.experts))
@@ -94,15 +103,55 @@ class SkillRoute:
         return self.fleet[self.fleet.default].backend(base).memory_bytes()
 
     def start(self, progress: Progress | None = None) -> int:
-        """Bring the service up once: schema, profiles, then the queries a crash left unfinished
-        (answered as they were admitted). Returns how many were recovered."""
+        """Bring the service up here and now: schema, profiles, then the queries a crash left
+        unfinished (answered as they were admitted). Returns how many were recovered (0 when
+        it was started already)."""
+        through = self._begin()
+        return 0 if through is None else self._finish(through, progress)
+
+    def start_in_background(self) -> None:
+        """The app's start: the schema and a note of what the last run left, then return, so
+        HTTP is served at once; loading the pool and recovery run on a thread behind it."""
+        through = self._begin()
+        if through is None:
+            return
+        if self._bootstrapped and not self.queries.pending_count(through):
+            self.startup.update(phase="ready")  # nothing left to run: ready at once
+            return
+        threading.Thread(target=self._finish_logged, args=(through,), name="skillroute-start", daemon=True).start()
+
+    def _begin(self) -> int | None:
+        """Claim the one start (None if it was claimed), migrate, and return the newest query id:
+        what is pending up to it the last run left; anything later is live traffic."""
         with self._start_lock:
             if self._started:
-                return 0
-            self.bootstrap(progress)
-            recovered = self.queries.recover()
+                return None
             self._started = True
-            return recovered
+        self.startup.update(phase="loading", pool_loaded=self._bootstrapped)
+        migrate(self.settings.db_url)
+        return self.queries.watermark()
+
+    def _finish(self, through: int, progress: Progress | None) -> int:
+        try:
+            if not self._bootstrapped:
+                self.bootstrap(progress)
+            self.startup.update(phase="recovering", pool_loaded=True)
+            recovered = self.queries.recover(through, lambda left: self.startup.update(recovering=left))
+        except Exception as exc:
+            self.startup.update(phase="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.startup.update(phase="ready")
+        return recovered
+
+    def _finish_logged(self, through: int) -> None:
+        try:
+            recovered = self._finish(through, None)
+        except Exception:
+            log.exception("start-up failed")  # /ready says so too, until a restart
+            return
+        snap = self.pool.snapshot
+        log.info("ready: %d experts, aggregator %s; %d queries left by the last run answered",
+                 len(snap.experts), snap.aggregator, recovered)
 
     def bootstrap(self, progress: Progress | None = None) -> None:
         """Migrate the store, register the pool file's new experts, profile whatever is
@@ -120,9 +169,21 @@ class SkillRoute:
             with self.db.session() as s:
                 rows = [ExpertRepository(s).get(i) for i in pending]
                 todo = [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows if r is not None]
-            self.profiler.profile(todo, progress)
+            if self.startup.status.phase == "loading":  # a start's, not a caller's own bootstrap
+                self.startup.update(phase="profiling")
+            self.profiler.profile(todo, self._profiling_progress(progress))
         self.profiler.choose_aggregator()
         self.pool.refresh()
+        self._bootstrapped = True
+
+    def _profiling_progress(self, progress: Progress | None) -> Progress:
+        def report(done: int, total: int) -> None:
+            if self.startup.status.phase == "profiling":  # a bootstrap outside a start leaves it be
+                self.startup.update(profiled=(done, total))
+            if progress is not None:
+                progress(done, total)
+
+        return report
 
     def close(self) -> None:
         """Stop the window and the profiler, unload owned workers, release the store (idempotent)."""

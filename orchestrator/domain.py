@@ -48,6 +48,13 @@ class Ask(Record):
     seed: int | None = None
     budget: QueryBudget | None = None  # set: the best subset within it (k is its size cap)
     expert: str | None = None
+    # OpenAI's sampling asks, for every generation of the query (pipeline/sampling.py)
+    max_tokens: int | None = Field(default=None, ge=1, description="Lowers the pool's token limits.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Replaces the experts' own.")
+    stop: tuple[str, ...] = Field(default=(), max_length=4, description="Generation ends at any of these.")
+    # Transport, not the query: the live client's stream (pipeline/stream.py). Never stored,
+    # so the stored request is the same streamed or not, and a recovery streams to no one.
+    stream_to: str | None = Field(default=None, exclude=True)
 
 
 class SkillMatch(Record):

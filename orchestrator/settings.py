@@ -50,11 +50,15 @@ class BackendSettings(Section):
     llama_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; unset: every core.")
     vllm_python: str | None = Field(default=None, description="A python that imports vllm; unset: .venv-vllm.")
     openai_api_key: SecretStr | None = Field(default=None, description="Sent to OpenAI-compatible experts.")
+    replay_time_scale: float = Field(default=0.0, ge=0, le=100,
+                                     description="> 0: a replay reply takes its simulated latency x this, for real.")
 
 
 class BatchingSettings(Section):
     max_batch: int = Field(default=32, ge=1, le=1024)
     wait_ms: float = Field(default=50.0, ge=0, le=10_000)
+    max_batch_tokens: int = Field(default=65_536, ge=1, description="A batch closes once its queries' predicted "
+                                  "prompt and output tokens reach this, so long queries cannot hold short ones.")
 
 
 class LearningSettings(Section):
@@ -67,6 +71,19 @@ class LearningSettings(Section):
     consensus_teaches: bool = Field(
         default=False, description="A competition scored by consensus alone (no gold) teaches the router; off: it "
         "waits for feedback (consensus lessons measured to hurt, see routing/learning.py).")
+
+
+class IdempotencySettings(Section):
+    """`Idempotency-Key` on POSTs: a retry returns the first request's queries or batch."""
+
+    retention_hours: float = Field(default=24.0, gt=0, le=24 * 365,
+                                   description="A key is remembered this long, then purged.")
+    retry_wait_s: float = Field(default=300.0, gt=0, le=3600,
+                                description="How long a retry waits for the first request's queries to finish.")
+
+
+class HttpSettings(Section):
+    max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="Larger request bodies get a 413, unparsed.")
 
 
 class RaySettings(Section):
@@ -124,6 +141,8 @@ class Settings(BaseSettings):
     backends: BackendSettings = Field(default_factory=BackendSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod
@@ -150,7 +169,7 @@ class Settings(BaseSettings):
         b = self.backends
         key = b.openai_api_key.get_secret_value() if b.openai_api_key else None
         return BackendOptions(data_dir=self.data_dir, llama_threads=b.llama_threads, vllm_python=b.vllm_python,
-                              openai_api_key=key)
+                              openai_api_key=key, replay_time_scale=b.replay_time_scale)
 
 
 @lru_cache

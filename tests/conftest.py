@@ -1,16 +1,27 @@
 """Fixtures every test package shares: one real MiniLM embedder, the real MMLU-Pro replay corpus
-and slices of it, and tiny HF-format model folders for the vLLM backend."""
+and slices of it, tiny HF-format model folders for the vLLM backend, and the database a test runs
+on (SQLite, and Postgres too for the modules of BOTH_DATABASES)."""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.engine import make_url
 
 from experts.replay import Recording, load_recording, write_recording
+from orchestrator.settings import DatabaseSettings
 from skills.embedder import Embedder, get_embedder
 
 REPLAY = Path(__file__).resolve().parents[1].parent / "shared/data/mmlu_pro_replay"
@@ -62,3 +73,79 @@ def make_hf_folder() -> MakeHFFolder:
         return folder
 
     return make
+
+
+# The store, its migrations and a representative set of service and API tests run on SQLite and on
+# Postgres: every test here that uses `database_url` (directly, or through `database`, `container`,
+# `client`) is run once per database, ids `[sqlite]` and `[postgres]`. Elsewhere a test may opt in
+# with @pytest.mark.both_databases; unmarked tests elsewhere keep SQLite alone.
+BOTH_DATABASES = ("orchestrator/store/", "orchestrator/services/test_admission.py",
+                  "orchestrator/services/test_query_recovery.py", "orchestrator/services/test_learning.py",
+                  "orchestrator/services/test_rate_limits.py", "orchestrator/api/test_queries_api.py",
+                  "orchestrator/api/test_batches_api.py", "orchestrator/api/test_auth.py")
+TESTS = Path(__file__).resolve().parent
+POSTGRES_SCRIPT = TESTS.parent / "scripts" / "postgres.sh"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_databases: run the test on SQLite and on Postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames and _on_both(metafunc):
+        metafunc.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
+def _on_both(metafunc: pytest.Metafunc) -> bool:
+    where = Path(metafunc.definition.path).resolve().relative_to(TESTS).as_posix()
+    marked = metafunc.definition.get_closest_marker("both_databases") is not None
+    return marked or where.startswith(BOTH_DATABASES)
+
+
+def _postgres_missing(reason: str) -> NoReturn:
+    """CI installs and starts PostgreSQL (.ci/run), so there a missing server fails; locally it skips."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server's URL (its `postgres` maintenance database): the one CI started
+    (SKILLROUTE_TEST_POSTGRES_URL, from scripts/postgres.sh), else a private one this session
+    starts with that script and stops at the end."""
+    if url := os.environ.get("SKILLROUTE_TEST_POSTGRES_URL"):
+        yield url
+        return
+    if not (glob.glob("/usr/lib/postgresql/*/bin/pg_ctl") or shutil.which("pg_ctl")):
+        _postgres_missing("PostgreSQL is not installed (apt-get install postgresql): the [postgres] tests need it")
+    folder = tempfile.mkdtemp(prefix="skillroute-pg-")  # under /tmp: the postgres user must reach it as root
+    started = subprocess.run([str(POSTGRES_SCRIPT), "start", folder], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"scripts/postgres.sh could not start PostgreSQL: {started.stderr.strip()}")
+    try:
+        yield started.stdout.strip().partition("=")[2]
+    finally:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop", folder], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The test's own empty database: SQLite in its tmp dir (the file Settings(data_dir=tmp_path)
+    uses), or, under the `postgres` parameter, a fresh database on `postgres_server`, dropped after."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'skillroute.db'}"
+        return
+    server = make_url(request.getfixturevalue("postgres_server"))
+    name = f"skillroute_test_{uuid.uuid4().hex[:12]}"
+    with DatabaseJanitor(user=server.username or "postgres", password=server.password, host=server.host or "",
+                         port=server.port or 5432, dbname=name):
+        yield server.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database(database_url: str) -> DatabaseSettings:
+    """The settings' `database` section for `database_url`; SQLite stays the default under the data dir."""
+    return DatabaseSettings() if database_url.startswith("sqlite") else DatabaseSettings(url=database_url)

@@ -113,27 +113,39 @@ function renderTimeline(tl) {
   }, true);
 }
 
+const BUDGET_SERIES = {
+  budget: { unit: "s", label: "latency", predicted: "predicted_latency_s", measured: "measured_latency_s",
+    limit: "latency_budget_s" },
+  "budget-energy": { unit: "J", label: "energy", predicted: "predicted_energy_j", measured: "measured_energy_j",
+    limit: "energy_budget_j" },
+};
+
 function renderBudget(b) {
-  // budgeted queries only: what the solver predicted for the chosen experts against the wall
-  // clock, with the budget asked for as a line
+  // budgeted queries only: what the solver predicted for the chosen experts against what the
+  // query took (wall time; energy as the device's power over it), with the budget asked for as a line
   const qs = b.queries;
   document.getElementById("budget-note").textContent = qs.length
     ? `${qs.length} budgeted quer${qs.length === 1 ? "y" : "ies"} among the recent ones`
     : "no budgeted query among the recent ones: send latency_ms or energy_j";
-  const names = ["predicted latency (s)", "measured latency (s)", "latency budget (s)"];
-  chart("budget").setOption({
-    animation: false,
-    grid: { left: 50, right: 16, top: 30, bottom: 28 },
-    legend: { top: 0, data: names },
-    tooltip: { trigger: "axis" },
-    xAxis: { type: "category", data: qs.map((x) => `#${x.id}`) },
-    yAxis: { type: "value", name: "s" },
-    series: [
-      { name: names[0], type: "bar", data: qs.map((x) => x.predicted_latency_s) },
-      { name: names[1], type: "bar", data: qs.map((x) => x.measured_latency_s) },
-      { name: names[2], type: "line", step: "middle", data: qs.map((x) => x.latency_budget_s) },
-    ],
-  }, true);
+  for (const [id, s] of Object.entries(BUDGET_SERIES)) {
+    const names = [`predicted ${s.label} (${s.unit})`, `measured ${s.label} (${s.unit})`, `${s.label} budget (${s.unit})`];
+    const series = [qs.map((x) => x[s.predicted]), qs.map((x) => x[s.measured]), qs.map((x) => x[s.limit])];
+    document.getElementById(id).setAttribute("data-series", JSON.stringify(
+      { ids: qs.map((x) => x.id), predicted: series[0], measured: series[1], budget: series[2] }));
+    chart(id).setOption({
+      animation: false,
+      grid: { left: 64, right: 16, top: 30, bottom: 28 },
+      legend: { top: 0, data: names },
+      tooltip: { trigger: "axis" },
+      xAxis: { type: "category", data: qs.map((x) => `#${x.id}`) },
+      yAxis: { type: "value", axisLabel: { formatter: `{value} ${s.unit}` } },
+      series: [
+        { name: names[0], type: "bar", data: series[0] },
+        { name: names[1], type: "bar", data: series[1] },
+        { name: names[2], type: "line", step: "middle", data: series[2] },
+      ],
+    }, true);
+  }
 }
 
 function renderLearning(l) {

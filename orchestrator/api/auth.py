@@ -1,12 +1,19 @@
 """Who may call what: one policy for every route, applied as an app-wide dependency.
 
-Reads under /v1 and query submissions need a client key (only when client keys are required);
-every other write — registering, changing, deleting or profiling experts, now and later —
-needs the admin key once one is configured. Probes and docs stay open.
+Reads under /v1, query submissions, and what shows the service's traffic (/metrics, the
+dashboard and its data) need a client key (only when client keys are required); every other
+write — registering, changing, deleting or profiling experts, now and later — needs the admin
+key once one is configured. Probes, docs and the dashboard's static scripts stay open.
+
+A key travels as `Authorization: Bearer <key>`. A browser cannot send that header when it
+opens a page, so the key is also taken as the password of HTTP Basic credentials, and the
+dashboard's 401 asks for them: the browser prompts once and sends them with its polls too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -25,19 +32,42 @@ QUERY_WRITES = {"/v1/queries", "/v1/chat/completions", "/v1/routes", "/v1/batche
 bearer = HTTPBearer(auto_error=False, description="An API key: `skillroute keys create --admin|--client`.")
 
 
+def shows_traffic(path: str) -> bool:
+    """/metrics and the dashboard: what was asked, who answered, at what cost."""
+    return path == "/metrics" or path == "/dashboard" or path.startswith("/dashboard/")
+
+
 def required_role(method: str, path: str) -> Role | None:
     path = path.rstrip("/") or "/"
     if method in READS:
-        return "client" if path.startswith("/v1/") else None
+        return "client" if path.startswith("/v1/") or shows_traffic(path) else None
     feedback = path.startswith("/v1/queries/") and path.endswith("/feedback")  # a client judging an answer
     return "client" if path in QUERY_WRITES or feedback else "admin"
 
 
 def guard(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
     access: AccessControl = request.app.state.access
-    caller = access.check(required_role(request.method, request.url.path), creds.credentials if creds else None)
+    token = creds.credentials if creds else basic_password(request.headers.get("authorization"))
+    caller = access.check(required_role(request.method, request.url.path), token)
     request.state.caller = caller  # batches remember which key submitted them
     return caller
+
+
+def basic_password(header: str | None) -> str | None:
+    """The password of `Authorization: Basic …` (the user name is ignored), else None."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
+
+
+def challenge(path: str) -> str:
+    """Basic for the dashboard (so a browser prompts for the key), Bearer for the API."""
+    return 'Basic realm="skillroute", charset="UTF-8"' if shows_traffic(path) and path != "/metrics" else "Bearer"
 
 
 def get_caller(request: Request) -> Caller:
@@ -53,9 +83,9 @@ def install_auth(app: FastAPI, container: SkillRoute) -> None:
     app.state.access = AccessControl(container.keys, container.settings.auth)
 
     @app.exception_handler(Unauthorized)
-    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
         body = error_body(exc.message, "invalid_request_error", None, exc.code)
-        return JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(body, 401, headers={"WWW-Authenticate": challenge(request.url.path.rstrip("/"))})
 
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:

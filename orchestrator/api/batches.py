@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
-from orchestrator.api.deps import Budgets, Container, RowId
+from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId
 from orchestrator.api.schemas import QueryRequest
 from orchestrator.services.batches import BatchEntry, counts
 from orchestrator.services.keys import Caller
@@ -76,16 +76,18 @@ def _owner(caller: Caller) -> int | None:
 
 
 @router.post("", response_model=BatchOut, status_code=202)
-async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, body: BatchCreate,
+async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, once: Idempotent, body: BatchCreate,
                        response: Response) -> BatchOut:
     """Queue the queries behind the live traffic's batching window; poll the Location for results.
-    A query that cannot be taken refuses the batch (4xx naming it) and nothing is stored."""
+    A query that cannot be taken refuses the batch (4xx naming it) and nothing is stored. Sent
+    again with the same `Idempotency-Key`, the first request's batch is returned."""
     entries = [BatchEntry(q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)), q.custom_id) for q in body.queries]
-    batch_id = await run_in_threadpool(c.batches.submit, entries, caller.key_id)
+    batch_id = await once.batch(entries, caller.key_id, body)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id))
 
 
 @router.get("/{batch_id}", response_model=BatchOut)
-async def get_batch(c: Container, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
+async def get_batch(c: RawContainer, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
+    """The batch's progress and results (readable while the service is still starting)."""
     return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id, _owner(caller)))

@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
+from orchestrator.services.batches import BatchEntry
 from orchestrator.services.budgets import BudgetService
+from orchestrator.services.errors import NotReady
+from orchestrator.services.idempotency import HEADER, Claim, Prior, fingerprint, scope_of
 from orchestrator.services.queries import QueryService
 
 
-def get_container(request: Request) -> SkillRoute:
+def get_raw_container(request: Request) -> SkillRoute:
     container: SkillRoute = request.app.state.skillroute
     return container
+
+
+RawContainer = Annotated[SkillRoute, Depends(get_raw_container)]  # for the probes, whatever the start-up phase
+
+
+def get_container(c: RawContainer) -> SkillRoute:
+    """The container once its pool is loaded; while a start is still loading or profiling it, a
+    503 naming what is running (routing then would load the pool again, once per request)."""
+    status = c.startup.status
+    if not status.serving:
+        raise NotReady(status.describe())
+    return c
 
 
 Container = Annotated[SkillRoute, Depends(get_container)]
@@ -39,3 +57,63 @@ async def answered(queries: QueryService, asks: Sequence[Ask]) -> list[int]:
     without holding a thread, so any number of requests can wait on the batching window."""
     future = await run_in_threadpool(queries.submit, asks)
     return await asyncio.wrap_future(future)
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """A POST that may carry an `Idempotency-Key`: sent again with it, the first request's
+    queries or batch come back instead of new ones (orchestrator/services/idempotency.py)."""
+
+    c: SkillRoute
+    scope: str
+    endpoint: str
+    key: str | None
+
+    def claim(self, body: object) -> Claim | None:
+        return None if self.key is None else Claim(self.scope, self.key, self.endpoint, fingerprint(body))
+
+    async def answered(self, asks: Sequence[Ask], body: object) -> list[int]:
+        """`answered`, once per key: a retry awaits the first request's queries instead."""
+        queries = self.c.queries
+        done = await run_in_threadpool(self.c.idempotency.once, self.claim(body),
+                                       lambda claim: queries.submit(asks, claim))
+        if isinstance(done, Future):
+            return await asyncio.wrap_future(done)
+        assert isinstance(done, Prior)
+        await settled(queries, done.query_ids, self.c.settings.idempotency.retry_wait_s)
+        return done.query_ids
+
+    async def batch(self, entries: Sequence[BatchEntry], key_id: int | None, body: object) -> int:
+        """Submit the batch, once per key; returns its id (a retry: the first request's)."""
+        done = await run_in_threadpool(self.c.idempotency.once, self.claim(body),
+                                       lambda claim: self.c.batches.submit(entries, key_id, claim))
+        if isinstance(done, Prior):
+            assert done.batch_id is not None  # a key first sent to /v1/batches names its batch
+            return done.batch_id
+        return done
+
+
+def get_idempotent(
+    request: Request, c: Container, caller: CurrentCaller,
+    key: Annotated[str | None, Header(alias=HEADER, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+                                      description="Sent again with the same key (and body), the request "
+                                                  "returns what the first one created instead of creating it "
+                                                  "again. Visible ASCII, 1-255 characters.")] = None,
+) -> IdempotentRequest:
+    route = request.scope.get("route")
+    return IdempotentRequest(c, scope_of(caller.key_id), str(getattr(route, "path", request.url.path)), key)
+
+
+Idempotent = Annotated[IdempotentRequest, Depends(get_idempotent)]
+
+
+async def settled(queries: QueryService, ids: Sequence[int], within_s: float) -> None:
+    """Wait, holding no thread, until none of the queries is still accepted (being answered by
+    the window, or by the recovery of a restart) or `within_s` has passed."""
+    deadline, pause = time.monotonic() + within_s, 0.05
+    while time.monotonic() < deadline:
+        rows = await run_in_threadpool(queries.get_many, ids)
+        if all(q.status != "accepted" for q in rows):
+            return
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # between polls of the store
+        pause = min(pause * 2, 1.0)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.api.deps import Budgets, Container, RowId, answered
+from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId
 from orchestrator.api.schemas import FeedbackOut, FeedbackRequest, QueryRequest, QueryResponse
 from orchestrator.services.errors import ServiceError
 
@@ -18,16 +18,18 @@ MAX_BATCH = 64
 
 @router.post("", response_model=QueryResponse | list[QueryResponse])
 async def create_query(
-    c: Container, budgets: Budgets, body: Annotated[QueryRequest | list[QueryRequest], Body()]
+    c: Container, budgets: Budgets, once: Idempotent, body: Annotated[QueryRequest | list[QueryRequest], Body()]
 ) -> QueryResponse | list[QueryResponse]:
     """Answer a query (or a list of up to 64, batched so each model loads once).
 
     With a budget (`latency_ms`, `energy_j`, or the API key's defaults) the experts are the exact
-    best subset within it; a budget no expert fits is a 422 naming the cheapest options."""
+    best subset within it; a budget no expert fits is a 422 naming the cheapest options. Sent
+    again with the same `Idempotency-Key`, the first request's queries are returned (awaited
+    if they are still being answered), not asked again."""
     items = body if isinstance(body, list) else [body]
     if not 1 <= len(items) <= MAX_BATCH:
         raise ServiceError(f"a batch holds 1 to {MAX_BATCH} queries, got {len(items)}", "body")
-    ids = await answered(c.queries, [q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)) for q in items])
+    ids = await once.answered([q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)) for q in items], body)
     out = [QueryResponse.from_row(q) for q in await run_in_threadpool(c.queries.get_many, ids)]
     return out if isinstance(body, list) else out[0]
 
@@ -42,5 +44,6 @@ async def give_feedback(c: Container, query_id: RowId, body: FeedbackRequest) ->
 
 
 @router.get("/{query_id}", response_model=QueryResponse)
-async def get_query(c: Container, query_id: RowId) -> QueryResponse:
+async def get_query(c: RawContainer, query_id: RowId) -> QueryResponse:
+    """A stored query (readable while the service is still starting)."""
     return QueryResponse.from_row(await run_in_threadpool(c.queries.get, query_id))

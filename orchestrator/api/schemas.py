@@ -34,9 +34,13 @@ class QueryRequest(BudgetFields):
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes sampling reproducible.")
+    max_tokens: int | None = Field(default=None, ge=1, le=4096,
+                                   description="The most each expert and the aggregator write; only lowers the "
+                                               "pool's limits (and the query's predicted work in the window).")
 
     def to_ask(self, budget: QueryBudget | None) -> Ask:
-        return Ask(text=self.query, k=self.k, mode=self.mode, seed=self.seed, budget=budget)
+        return Ask(text=self.query, k=self.k, mode=self.mode, seed=self.seed, budget=budget,
+                   max_tokens=self.max_tokens)
 
 
 class QueryResponse(Decision):
@@ -111,8 +115,10 @@ class ExpertOut(BaseModel):
     error: str | None
     placement: ExpertPlacement
     worker: str | None = Field(default=None, description="The worker it runs on (planned unless placed); "
-                                                         "none while it is failed.")
+                                                         "none while it is failed, and once removed.")
     timeout_s: float | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    enabled: bool = Field(default=True, description="False while disabled or removed: never routed to.")
     profile: dict[str, float] | None = None
 
     @classmethod
@@ -122,5 +128,33 @@ class ExpertOut(BaseModel):
                    system_prompt=e.spec.get("system_prompt"), model=e.spec["base"],
                    progress=Progress(done=e.progress_done, total=e.progress_total),
                    accuracy=e.accuracy, error=e.error, profile=profile, worker=worker,
-                   timeout_s=e.spec.get("timeout_s"),
+                   timeout_s=e.spec.get("timeout_s"), enabled=e.status not in ("disabled", "removed"),
+                   sampling=SamplingParams.model_validate(e.spec.get("sampling") or {}),
                    placement=ExpertPlacement.model_validate(e.spec.get("placement") or {}))
+
+
+class ExpertUpdate(BaseModel):
+    """PATCH /v1/experts/{id}: only what is given changes; `sampling` and `placement` change only
+    the keys they give. A null `system_prompt`, `timeout_s` or placement key clears it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = Field(default=None, max_length=4000, description="Its persona (re-profiled).")
+    sampling: SamplingParams | None = Field(default=None, description="Sampling keys to change (re-profiled).")
+    placement: ExpertPlacement | None = Field(default=None, description="Placement keys to change (re-planned).")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")
+    enabled: bool | None = Field(default=None, description="false: kept and loaded, never routed to; true: back.")
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ExpertUpdate:
+        given = self.model_fields_set
+        if not given:
+            raise ValueError(f"nothing to change: give one of {', '.join(type(self).model_fields)}")
+        nulls = [f for f in ("sampling", "placement", "enabled") if f in given and getattr(self, f) is None]
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null")
+        return self
+
+    def spec_changes(self) -> dict[str, Any]:
+        """The given fields of the expert's spec (of sampling and placement, the keys given)."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude={"enabled"})

@@ -18,6 +18,7 @@ from orchestrator.pipeline.batch import BatchRun
 from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
 from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.pipeline.stream import StreamHub
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy, Lesson
 from orchestrator.scheduling.fleet import Fleet
@@ -40,6 +41,7 @@ class Pipeline:
         self.limits = limits or GenerationLimits()
         self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
         self.fallback = fallback  # a failed expert's next-ranked stand-in, for routed queries
+        self.streams = StreamHub()  # live clients of streamed queries, by their Ask.stream_to
         self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options,
                                policy, explore_rate, keywords)
 
@@ -53,7 +55,7 @@ class Pipeline:
         A competed or explored query (its embedding given) teaches the router a lesson, handed
         to `learn` with the query's place in the batch."""
         run = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
-                       self.fallback, embeddings)
+                       self.fallback, embeddings, self.streams)
         outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
         policy = self.decider.policy

@@ -26,7 +26,9 @@ from orchestrator.aggregation.vote import vote_answer
 from orchestrator.budgets.planner import BudgetPlanner, measured
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
+from orchestrator.pipeline.sampling import asked
 from orchestrator.pipeline.snapshot import PoolSnapshot
+from orchestrator.pipeline.stream import StreamHub, sink_for
 from orchestrator.routing.learning import Lesson, scored
 from orchestrator.scheduling.fleet import Dispatch, Fleet
 from orchestrator.scheduling.planner import Job
@@ -61,8 +63,9 @@ class _Sent:
 class BatchRun:
     def __init__(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision], fleet: Fleet,
                  planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True,
-                 embeddings: Sequence[np.ndarray | None] | None = None):
+                 embeddings: Sequence[np.ndarray | None] | None = None, streams: StreamHub | None = None):
         self.pool, self.fleet, self.planner, self.limits = pool, fleet, planner, limits
+        self.streams = streams  # live clients of streamed queries (pipeline/stream.py)
         self.aggregation, self.fallback = aggregation, fallback
         embs = embeddings or [None] * len(asks)
         self.queries = [_Query(a, d, e) for a, d, e in zip(asks, decisions, embs, strict=True)]
@@ -108,18 +111,21 @@ class BatchRun:
         return self.pool.worker_of(expert, self.fleet.default)
 
     def _send(self, job_id: str, sent: _Sent, spec: ExpertSpec, text: str, max_tokens: int, seed_offset: int) -> None:
-        req = spec.request(job_id, text, max_tokens)
+        q = self.queries[sent.query]
+        req = asked(spec.request(job_id, text, max_tokens), q.ask)
         # an expert drawn twice answers twice: give each draw its own sample
         req.sampling = req.sampling.model_copy(update={"seed": (req.sampling.seed or 0) + seed_offset})
         worker = self._worker(sent.expert)
         self._sent[job_id] = sent
-        self.queries[sent.query].workers.add(worker)
+        q.workers.add(worker)
         if req.sampling.temperature > 0 or (worker, sent.expert, text) not in self._greedy:
             self._greedy.add((worker, sent.expert, text))  # a greedy repeat runs once (coalesced)
-            cost = self.planner.reply_cost(spec, text, max_tokens, self.sites[sent.expert])
+            cost = self.planner.reply_cost(spec, text, req.sampling.max_tokens, self.sites[sent.expert])
             self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s
         job = Job(job_id, spec.base, req)
-        if self._held is not None:
+        if (sink := sink_for(self.streams, q.ask, q.decision, sent.draw)) is not None:
+            self._dispatch.submit_stream(worker, job, sink)  # a client watches this reply being written
+        elif self._held is not None:
             self._held.setdefault(worker, []).append(job)
         else:
             self._dispatch.submit(worker, [job])

@@ -29,6 +29,7 @@ from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy
 from orchestrator.routing.recruit import recruit
 from skills.embedder import Embedder
+from skills.question_text import question_part
 from skills.vocabulary import SkillMatch as VocabularyMatch
 
 DIRECT = "direct"  # the router name of a query that named its expert
@@ -68,7 +69,7 @@ class Decider:
             raise NoExperts("no profiled expert in the pool yet")
         routed = [i for i, a in enumerate(asks) if a.expert is None]
         texts = [asks[i].text for i in routed]
-        embeddings = self.embedder.encode(texts)
+        embeddings = self.embedder.encode([question_part(t) for t in texts])  # as the memory is embedded
         skills = self._skills(pool, texts, embeddings)
         found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
         decisions = [self._decide(pool, i, a, *found.get(i, (None, [])), dry_run=dry_run) for i, a in enumerate(asks)]

@@ -12,6 +12,7 @@ from orchestrator.scheduling.planner import Job, Stage, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
 Progress = Callable[[int, int], None]
+CHUNK_TOKENS = 4096  # predicted tokens per generate call: a long job runs alone, short ones 16 at a time
 
 
 Emit = Callable[[dict[str, Generation]], None]
@@ -36,6 +37,10 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     generate call that raises (a lost worker, a crashed engine) fails that chunk's, each with
     the error as its reply's `error`, and the other stages still run.
 
+    Within a stage the shortest jobs (predicted prompt + output tokens) go first and a chunk
+    holds at most CHUNK_TOKENS of work, so a short query's generation waits for at most one long
+    one on its device, not for a batch of them.
+
     Greedy jobs that repeat an earlier one (same model, same messages, temperature 0: an
     expert drawn twice for a query, or one question asked twice in a window) run once and
     share its reply: at temperature 0 the seed changes nothing, so a second run would only
@@ -47,9 +52,9 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     for i, stage in enumerate(stages):
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
         failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
-        for start in range(0, len(stage.jobs), chunk):
-            part = stage.jobs[start:start + chunk]
-            gens = failed[start:start + chunk] if failed else _guarded(
+        refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
+        for part in _chunks(sorted(stage.jobs, key=job_tokens), chunk):
+            gens = [refused[j.job_id] for j in part] if refused else _guarded(
                 part, partial(worker.generate, stage.base, [j.request for j in part], protect))
             done = _with_copies(part, gens, copies)
             out.update(done)
@@ -58,6 +63,26 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
             if progress:
                 progress(len(out), len(jobs))
     return out
+
+
+def job_tokens(job: Job) -> int:
+    """A job's predicted work: its prompt (~4/3 tokens a word) and the most it may generate."""
+    words = sum(len(m.content.split()) for m in job.request.messages)
+    return round(words * 4 / 3) + job.request.sampling.max_tokens
+
+
+def _chunks(jobs: Sequence[Job], most: int) -> list[list[Job]]:
+    """Consecutive runs of at most `most` jobs and CHUNK_TOKENS predicted tokens (one job at least)."""
+    out: list[list[Job]] = []
+    part: list[Job] = []
+    tokens = 0
+    for job in jobs:
+        if part and (len(part) >= most or tokens + job_tokens(job) > CHUNK_TOKENS):
+            out.append(part)
+            part, tokens = [], 0
+        part.append(job)
+        tokens += job_tokens(job)
+    return [*out, part] if part else out
 
 
 def _with_copies(part: Sequence[Job], gens: Sequence[Generation], copies: dict[str, list[Job]]

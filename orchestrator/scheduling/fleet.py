@@ -23,6 +23,7 @@ from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 
 OnReply = Callable[[str, Generation], None]
+OnPiece = Callable[[str], None]  # a streamed job's text, piece by piece as it is generated; must not raise
 
 
 class Fleet:
@@ -67,6 +68,7 @@ class Fleet:
 @dataclass
 class _Queue:
     jobs: list[Job] = field(default_factory=list)
+    streams: list[tuple[Job, OnPiece]] = field(default_factory=list)
     busy_s: float = 0.0
     thread: threading.Thread | None = None
 
@@ -84,13 +86,23 @@ class Dispatch:
         if not jobs:
             return
         with self._cond:
-            queue = self._queues.setdefault(worker, _Queue())
-            queue.jobs.extend(jobs)
-            if queue.thread is None:
-                queue.thread = threading.Thread(target=self._work, args=(worker, queue), daemon=True,
-                                                name=f"device-{worker}")
-                queue.thread.start()
+            self._queue(worker).jobs.extend(jobs)
             self._cond.notify_all()
+
+    def submit_stream(self, worker: str, job: Job, on_piece: OnPiece) -> None:
+        """A job whose text is handed to `on_piece` as it is generated (a client is watching);
+        its reply still comes to `on_reply`. The worker runs it before its next batch of jobs."""
+        with self._cond:
+            self._queue(worker).streams.append((job, on_piece))
+            self._cond.notify_all()
+
+    def _queue(self, worker: str) -> _Queue:
+        queue = self._queues.setdefault(worker, _Queue())
+        if queue.thread is None:
+            queue.thread = threading.Thread(target=self._work, args=(worker, queue), daemon=True,
+                                            name=f"device-{worker}")
+            queue.thread.start()
+        return queue
 
     def finish(self) -> None:
         """No more jobs will come: each worker stops once its queue is empty."""
@@ -105,23 +117,48 @@ class Dispatch:
             queue.thread.join()
         return {name: q.busy_s for name, q in self._queues.items()}
 
-    def _take(self, queue: _Queue) -> list[Job]:
+    def _take(self, queue: _Queue) -> tuple[list[tuple[Job, OnPiece]], list[Job]]:
         with self._cond:
-            while not queue.jobs and not self._finished:
+            while not queue.jobs and not queue.streams and not self._finished:
                 self._cond.wait()
-            jobs, queue.jobs = queue.jobs, []
-            return jobs
+            streams, jobs = queue.streams, queue.jobs
+            queue.streams, queue.jobs = [], []
+            return streams, jobs
 
     def _work(self, name: str, queue: _Queue) -> None:
-        while jobs := self._take(queue):
-            started, pending = time.perf_counter(), {j.job_id: j for j in jobs}
-            try:
-                self.fleet.executor(jobs, self.fleet[name], keep_last=self.keep_last.get(name),
-                                    emit=partial(self._hand_on, pending=pending))
-            except Exception as exc:  # a bug of ours: what was not handed on fails, nothing hangs
-                self._hand_on({i: Generation.failed(j.request.request_id, f"{type(exc).__name__}: {exc}")
-                               for i, j in pending.items()}, pending)
+        while True:
+            streams, jobs = self._take(queue)
+            if not streams and not jobs:
+                return
+            started = time.perf_counter()
+            for job, on_piece in streams:  # first: someone is watching these
+                self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
+            if jobs:
+                self._run(name, jobs)
             queue.busy_s += time.perf_counter() - started
+
+    def _run(self, name: str, jobs: list[Job]) -> None:
+        pending = {j.job_id: j for j in jobs}
+        try:
+            self.fleet.executor(jobs, self.fleet[name], keep_last=self.keep_last.get(name),
+                                emit=partial(self._hand_on, pending=pending))
+        except Exception as exc:  # a bug of ours: what was not handed on fails, nothing hangs
+            self._hand_on({i: Generation.failed(j.request.request_id, f"{type(exc).__name__}: {exc}")
+                           for i, j in pending.items()}, pending)
+
+    def _stream(self, name: str, job: Job, on_piece: OnPiece) -> Generation:
+        """Run one job as a stream, handing its pieces on; its reply, or its failure."""
+        keep = self.keep_last.get(name)
+        reply: Generation | None = None
+        try:
+            for event in self.fleet[name].stream(job.base, job.request, {keep} if keep else ()):
+                if isinstance(event, Generation):
+                    reply = event
+                else:
+                    on_piece(event)
+        except Exception as exc:  # the failure is this job's alone, as in a batch
+            return Generation.failed(job.request.request_id, f"{type(exc).__name__}: {exc}")
+        return reply or Generation.failed(job.request.request_id, "the stream ended without a reply")
 
     def _hand_on(self, done: Mapping[str, Generation], pending: dict[str, Job]) -> None:
         for job_id, gen in done.items():

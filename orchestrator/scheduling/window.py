@@ -1,7 +1,11 @@
 """The online batching window: queries that arrive close together are answered as one batch.
 
 A batch closes when it holds `max_batch` queries or `max_wait_s` after its first query
-arrived, whichever is first, so a lone query waits at most `max_wait_s`. One runner thread
+arrived, whichever is first, so a lone query waits at most `max_wait_s`. With `max_wait_s` 0
+a batch is whatever was queued when the runner got to it: nothing waits for a timer, and under
+load the requests that arrive while one batch runs form the next. With `weigh` (an item's
+predicted work, e.g. prompt and output tokens) a batch also closes once it holds `max_work`,
+so one batch of long queries cannot hold a short one for long. One runner thread
 executes batches in order: the device does one batch at a time, which is what keeps model
 loads at the planner's floor. Submissions are never split across batches.
 """
@@ -32,9 +36,11 @@ class _Submission(Generic[T, R]):
 
 class BatchingWindow(Generic[T, R]):
     def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int = 32, max_wait_s: float = 0.05,
-                 name: str = "batching-window", probe: Probe = NULL_PROBE):
+                 name: str = "batching-window", probe: Probe = NULL_PROBE,
+                 weigh: Callable[[T], float] | None = None, max_work: float = float("inf")):
         self._run, self.probe = run_batch, probe
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.weigh, self.max_work = weigh, max_work
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -66,18 +72,29 @@ class BatchingWindow(Generic[T, R]):
 
     def _gather(self, first: _Submission[T, R]) -> tuple[list[_Submission[T, R]], bool]:
         """Take submissions until the batch is full or the window since `first` has passed."""
-        batch, size = [first], len(first.items)
+        batch, size, work = [first], len(first.items), self._work(first)
         deadline = time.monotonic() + self.max_wait_s
-        while size < self.max_batch and (left := deadline - time.monotonic()) > 0:
+        while size < self.max_batch and work < self.max_work:
             try:
-                nxt = self._q.get(timeout=left)
+                nxt = self._next(deadline)
             except queue.Empty:
                 break
             if nxt is None:
                 return batch, True
             batch.append(nxt)
-            size += len(nxt.items)
+            size, work = size + len(nxt.items), work + self._work(nxt)
         return batch, False
+
+    def _work(self, sub: _Submission[T, R]) -> float:
+        return sum(map(self.weigh, sub.items)) if self.weigh else 0.0
+
+    def _next(self, deadline: float) -> _Submission[T, R] | None:
+        """The next submission before `deadline`; with no wait, only one already queued."""
+        if self.max_wait_s <= 0:
+            return self._q.get_nowait()
+        if (left := deadline - time.monotonic()) <= 0:
+            raise queue.Empty
+        return self._q.get(timeout=left)
 
     def _execute(self, batch: list[_Submission[T, R]]) -> None:
         items = [x for sub in batch for x in sub.items]

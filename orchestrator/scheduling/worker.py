@@ -14,13 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
-from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.streaming import stream_of
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from orchestrator.probe import NULL_PROBE, Probe
 
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
@@ -64,6 +65,16 @@ class DeviceWorker:
             backend = self.ensure_loaded(base, protect)
             self._lru.move_to_end(base.key)
             return backend.generate(requests)
+
+    def stream(self, base: BaseModelSpec, request: GenerationRequest,
+               protect: Collection[str] = ()) -> Iterator[StreamEvent]:
+        """One request's reply as it is generated (`experts.streaming`): text pieces, then its
+        Generation. The device is held until the stream ends, as for a generate call, so the
+        caller iterates it to the end (or closes it) on the thread that started it."""
+        with self.lock:
+            backend = self.ensure_loaded(base, protect)
+            self._lru.move_to_end(base.key)
+            yield from stream_of(backend, request)
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         with self.lock:

@@ -21,9 +21,11 @@ from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExp
 from orchestrator.pipeline import Pipeline
 from orchestrator.services.budgets import infeasible
 from orchestrator.services.errors import NotFound, NotReady, ServiceError, Unprocessable
+from orchestrator.services.idempotency import Claim
 from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.repositories.batches import BatchRepository
+from orchestrator.store.repositories.idempotency import IdempotencyRepository
 from orchestrator.store.repositories.queries import QueryRepository
 
 
@@ -57,22 +59,28 @@ class Admission:
         except QueryError as exc:
             raise refusal(exc, len(asks), asks[exc.index]) from exc
 
-    def admit(self, asks: Sequence[Ask]) -> list[Admitted]:
-        """Route, then store every query with its request and decision (all or none)."""
+    def admit(self, asks: Sequence[Ask], claim: Claim | None = None) -> list[Admitted]:
+        """Route, then store every query with its request and decision (all or none), and the
+        request's idempotency key with them (a key stored first raises KeyTaken, storing nothing)."""
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
             repo = QueryRepository(s)
             ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
+            if claim is not None:
+                IdempotencyRepository(s).add(claim.row(query_ids=ids))
         return _admitted(ids, asks, decisions, embeddings)
 
     def admit_batch(self, asks: Sequence[Ask], custom_ids: Sequence[str | None],
-                    key_id: int | None = None) -> tuple[int, list[Admitted]]:
-        """`admit` for a batch: its queries and the batch that lists them are one transaction."""
+                    key_id: int | None = None, claim: Claim | None = None) -> tuple[int, list[Admitted]]:
+        """`admit` for a batch: its queries, the batch that lists them and its idempotency key
+        are one transaction."""
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
             repo = QueryRepository(s)
             ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
             batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
+            if claim is not None:
+                IdempotencyRepository(s).add(claim.row(batch_id=batch_id))
         return batch_id, _admitted(ids, asks, decisions, embeddings)
 
 

@@ -1,9 +1,10 @@
 """Batches: many queries accepted at once and answered in the background.
 
 They are admitted like any query (checked, routed, stored with the batch in one transaction, so
-a crash loses none: `QueryService.recover` answers what is left), then fed to the same batching
-window as live traffic, in window-sized chunks so live queries can share the device between
-them. A batch's status is read from its queries, never kept apart.
+a crash loses none: the next start's `QueryService.recover` answers what is left, and a batch
+interrupted by a crash completes), then fed to the same batching window as live traffic, in
+window-sized chunks so live queries can share the device between them. A batch's status is
+read from its queries, never kept apart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 
 from orchestrator.domain import Ask
 from orchestrator.services.errors import NotFound
+from orchestrator.services.idempotency import Claim
 from orchestrator.services.queries import QueryService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Batch
@@ -50,11 +52,12 @@ class BatchService:
     def __init__(self, db: Database, queries: QueryService):
         self.db, self.queries = db, queries
 
-    def submit(self, entries: Sequence[BatchEntry], key_id: int | None = None) -> int:
+    def submit(self, entries: Sequence[BatchEntry], key_id: int | None = None, claim: Claim | None = None) -> int:
         """Admit the batch and queue its queries; returns the batch id at once. A query that
-        cannot be taken refuses the whole batch with its 4xx, and nothing is stored."""
-        admission = self.queries.admission
-        batch_id, admitted = admission.admit_batch([e.ask for e in entries], [e.custom_id for e in entries], key_id)
+        cannot be taken refuses the whole batch with its 4xx, and nothing is stored. A `claim`
+        (idempotency key) is stored with the batch; KeyTaken, nothing stored, if it was taken."""
+        asks, custom_ids = [e.ask for e in entries], [e.custom_id for e in entries]
+        batch_id, admitted = self.queries.admission.admit_batch(asks, custom_ids, key_id, claim)
         size = self.queries.window.max_batch
         for start in range(0, len(admitted), size):
             self.queries.window.submit(admitted[start:start + size]).add_done_callback(_log_failure)

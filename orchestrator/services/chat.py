@@ -2,24 +2,41 @@
 
 Both are admitted like every query (`admission.Admission`): a direct call is stored with the
 expert it named, so a recovery after a crash asks that same expert. They share the batching
-window with every other query.
+window with every other query. A streamed chat is the same query with a live client: once it is
+admitted (its id and decision known, for the headers) the final generation's text reaches the
+client as it is generated (`pipeline.stream`), and when the query is stored the client gets the
+stored reply's end, the same reply a plain call would read.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
-from orchestrator.domain import Decision
+from orchestrator.domain import Ask, Decision
+from orchestrator.pipeline import GenerationLimits
+from orchestrator.pipeline.stream import StreamHub, TooManyStreams
+from orchestrator.services.admission import Admitted
 from orchestrator.services.errors import NotReady, ServiceError
+from orchestrator.services.idempotency import Claim, IdempotencyService, Prior
 from orchestrator.services.pool import PoolState
 from orchestrator.services.queries import QueryService
-from orchestrator.store.models import Query
-from orchestrator.store.repositories.queries import decision_of
+from orchestrator.store.models import GenerationRow, Query
+from orchestrator.store.repositories.queries import ask_of, decision_of
 
 AUTO = "auto"
 MAX_PROMPT_CHARS = 32_000
+MAX_PIECES = 8192  # pieces one stream buffers; beyond them the rest comes from the stored reply
+
+FinishReason = Literal["stop", "length"]
+Started = tuple[Admitted, Future[list[int]]]  # the admitted query, and its answer to come
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,7 @@ class ChatResult:
     decision: Decision
     content: str  # the final reply: the aggregator's (or the lone expert's) whole text
     model: str  # who wrote `content`
+    finish_reason: FinishReason = "stop"  # "length": the reply was cut at its token limit
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -47,14 +65,19 @@ def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
     return text
 
 
-def text_chunks(text: str) -> Iterator[str]:
-    """The reply in word-sized pieces (each keeps its trailing space), for streaming."""
-    yield from re.findall(r"\s*\S+\s*", text) or [text]
+def finish_reason(reply: GenerationRow, ask: Ask, limits: GenerationLimits) -> FinishReason:
+    """"length" when the reply used every token it was allowed (the pool's limit for its role,
+    lowered by the ask's `max_tokens`), as OpenAI reports a cut reply; else "stop"."""
+    limit = limits.aggregator_max_tokens if reply.role == "aggregator" else limits.expert_max_tokens
+    if ask.max_tokens is not None:
+        limit = min(limit, ask.max_tokens)
+    return "length" if reply.completion_tokens >= limit else "stop"
 
 
 class ChatService:
     def __init__(self, pool: PoolState, queries: QueryService):
         self.pool, self.queries = pool, queries
+        self.hub: StreamHub = queries.pipeline.streams
 
     def models(self) -> list[str]:
         """What `model` may name: auto, then every ready expert."""
@@ -64,7 +87,119 @@ class ChatService:
         """The answered query as a chat reply; a failed one is a 503 with its error."""
         row = self.queries.get(query_id)
         decision = decision_of(row)
-        if row.status != "done" or not row.generations or decision is None:
+        replies = [g for g in row.generations if g.role != "competitor"]  # competitors are only scored
+        if row.status != "done" or not replies or decision is None:
             raise NotReady(row.error or "the query was not answered")
-        last = row.generations[-1]
-        return ChatResult(row, decision, last.text, last.expert)
+        last = replies[-1]
+        return ChatResult(row, decision, last.text, last.expert,
+                          finish_reason(last, ask_of(row), self.queries.pipeline.limits))
+
+    async def stream(self, ask: Ask, claim: Claim | None = None,
+                     idempotency: IdempotencyService | None = None) -> ChatStream | Prior:
+        """Admit the chat (a 4xx, nothing stored, if it cannot be taken) with a channel open for
+        its reply's pieces; the stream knows its query id and decision at once. Under an
+        idempotency key seen before: the first request's query (`Prior`), not a new one."""
+        channel = TokenChannel(asyncio.get_running_loop())
+        stream_id = uuid.uuid4().hex
+        try:
+            self.hub.open(stream_id, channel.push)
+        except TooManyStreams as exc:
+            raise NotReady(str(exc)) from exc
+        ask = ask.model_copy(update={"stream_to": stream_id})
+        try:
+            started = await asyncio.to_thread(self._start_once, ask, claim, idempotency)
+        except BaseException:
+            self.hub.close(stream_id)
+            raise
+        if isinstance(started, Prior):
+            self.hub.close(stream_id)
+            return started
+        item, future = started
+        future.add_done_callback(lambda _: self._ended(stream_id, channel))
+        return ChatStream(self, item, channel, stream_id)
+
+    def _ended(self, stream_id: str, channel: TokenChannel) -> None:
+        """The query is stored: nothing more will be generated for its client. Its sink goes
+        now even if the response never began (a client gone before its headers)."""
+        self.hub.close(stream_id)
+        channel.end()
+
+    def _start_once(self, ask: Ask, claim: Claim | None, idempotency: IdempotencyService | None) -> Started | Prior:
+        if idempotency is None:
+            return self._start(ask, claim)
+        return idempotency.once(claim, partial(self._start, ask))
+
+    def _start(self, ask: Ask, claim: Claim | None) -> Started:
+        """`QueryService.submit`'s two steps, keeping the admitted query (its id and decision)."""
+        items = self.queries.admission.admit([ask], claim)
+        return items[0], self.queries.window.submit(items)
+
+    async def replay(self, query_id: int) -> ChatStream:
+        """A stored chat as a stream with nothing left to generate (a retried request's)."""
+        row = await asyncio.to_thread(self.queries.get, query_id)
+        decision = decision_of(row)
+        if decision is None:
+            raise NotReady(row.error or "the query was not routed")
+        channel = TokenChannel(asyncio.get_running_loop())
+        channel.end()
+        return ChatStream(self, Admitted(query_id, ask_of(row), decision), channel, "")
+
+
+class TokenChannel:
+    """Pieces from a device thread to the event loop of the response that sends them, in order,
+    ending with None once the query is stored. Bounded: past `limit` pieces it drops the rest,
+    which then comes from the stored reply."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = MAX_PIECES):
+        self._loop, self._queue = loop, asyncio.Queue[str | None]()
+        self._left, self._lock = limit, threading.Lock()
+
+    def push(self, piece: str) -> None:
+        with self._lock:
+            if self._left <= 0:
+                return
+            self._left -= 1
+        self._put(piece)
+
+    def end(self) -> None:
+        self._put(None)
+
+    def _put(self, item: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one is listening any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> str | None:
+        return await self._queue.get()
+
+
+class ChatStream:
+    """One streamed chat: its query id and decision, its reply's pieces as they are generated,
+    then the stored reply (and what of it the pieces did not carry)."""
+
+    def __init__(self, service: ChatService, item: Admitted, channel: TokenChannel, stream_id: str):
+        self.query_id, self.decision = item.query_id, item.decision
+        self._service, self._channel, self._stream_id = service, channel, stream_id
+        self._sent: list[str] = []
+
+    @property
+    def writer(self) -> str:
+        """Who writes the reply as routed: the aggregator, else the lone expert."""
+        return self.decision.aggregator or next(iter(self.decision.recruited), AUTO)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The reply's text as it is generated, until the query is stored."""
+        try:
+            while (piece := await self._channel.get()) is not None:
+                self._sent.append(piece)
+                yield piece
+        finally:
+            self._service.hub.close(self._stream_id)
+
+    async def result(self) -> ChatResult:
+        return await asyncio.to_thread(self._service.result, self.query_id)
+
+    def rest(self, content: str) -> str | None:
+        """What of the stored reply the pieces have not carried; None when they carried
+        something else (the streamed generation failed part way and another wrote the reply)."""
+        sent = "".join(self._sent)
+        return content[len(sent):] if content.startswith(sent) else None

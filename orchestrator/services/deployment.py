@@ -27,6 +27,9 @@ class Deployment:
         self.workers = {w.name: w for w in workers}
         self.profiles, self._memory = dict(profiles), memory
         self.slots = [Slot(w.name, w.device, memory_bytes(w, profiles)) for w in workers]
+        # base model key → size: read once, as reading may wait on a worker busy generating
+        # (its lock), and placement is planned on every read of the experts
+        self._sizes: dict[str, int] = {}
 
     def plan(self, experts: Mapping[str, ExpertSpec]) -> dict[str, str]:
         """Expert name → worker name (stored experts that name an unknown worker were refused)."""
@@ -44,8 +47,11 @@ class Deployment:
                                 f"known: {', '.join(sorted(self.profiles))}", "placement.device")
 
     def _size(self, base: BaseModelSpec) -> int:
+        if base.key in self._sizes:
+            return self._sizes[base.key]
         try:
-            return max(int(self._memory(base)), 0)
+            size = self._sizes[base.key] = max(int(self._memory(base)), 0)
+            return size
         except Exception as exc:  # a model this process cannot read (a file on another node)
             log.info("planning %s at %d bytes: %s", base.key, UNKNOWN_SIZE, exc)
             return UNKNOWN_SIZE

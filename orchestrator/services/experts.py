@@ -1,39 +1,69 @@
-"""Registering experts: check the model really loads, store it, profile it in the background."""
+"""Experts over their life: register (the model checked where it will run, stored, profiled in the
+background), change, disable, enable and remove.
+
+Every change is checked whole before anything is written, so a refused one changes nothing, and
+the pool snapshot is rebuilt as soon as it is stored: routing follows at once. A changed persona
+(system prompt or sampling: what its answers are) is profiled again as a new expert is: its old
+profile, graded answers and lesson marks stop counting, and until the new profile is in it is
+explored, never recruited. Removal is a soft delete: the row and all that names it (queries,
+generations, lessons) stay readable, its name is never given to another expert (the history
+that names it stays its own), and its model is unloaded from every worker where no remaining
+expert runs on it.
+"""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
 
 from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
-from orchestrator.services.pool import PoolState
-from orchestrator.services.profiling import ProfilingService
+from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
+from orchestrator.services.profiling import ProfilingService, Progress
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.lessons import LessonRepository
+from orchestrator.store.repositories.state import StateRepository
 
 log = logging.getLogger(__name__)
+CHANGEABLE = ("system_prompt", "sampling", "placement", "timeout_s")
+MERGED = ("sampling", "placement")  # a change names only the keys it changes
+
+
+@dataclass(frozen=True)
+class ExpertChange:
+    """What to change: fields of `ExpertSpec` (of `sampling` and `placement`, the keys given),
+    and `enabled` (None: as it is)."""
+
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool | None = None
 
 
 class ExpertService:
     def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService):
         self.db, self.fleet, self.pool, self.profiler = db, fleet, pool, profiler
-        self.queue = ProfilingQueue(lambda ids: self._profile_batch(ids))
+        self.queue = ProfilingQueue(lambda ids: self.profile_now(ids))
+        self._lock = threading.RLock()  # one change at a time, each seeing the ones before it
+        self._in_flight: set[int] = set()  # experts whose profiling run is under way
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
         """Validate and load the model first: a bad model is refused and nothing is stored."""
-        with self.db.session() as s:
-            if ExpertRepository(s).by_name(spec.name) is not None:
-                raise Conflict(f"an expert named {spec.name!r} already exists", "name")
-        self.pool.deployment.check(spec)  # a worker and a device the deployment has
-        self.check_loads(spec)
-        with self.db.session() as s:
-            row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")
+        with self._lock:
+            with self.db.session() as s:
+                _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
+            self.pool.deployment.check(spec)  # a worker and a device the deployment has
+            self.check_loads(spec)
+            with self.db.session() as s:
+                row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")
         if profile:
             self.queue.submit([row.id])
         return row
@@ -51,6 +81,46 @@ class ExpertService:
             worker.forget(spec.base.key)
             raise Unprocessable(f"model failed to load: {exc}", "model.source") from exc
 
+    def update(self, expert_id: int, change: ExpertChange, background: bool = True) -> tuple[Expert, bool]:
+        """Apply the change whole or not at all. True with the row when the expert is profiled
+        again (by the background queue, or by the caller's `profile_now` when not `background`)."""
+        with self._lock:
+            row = self._changeable(expert_id)
+            old = ExpertSpec.model_validate(row.spec)
+            new = merged(old, change.spec)
+            persona = (old.system_prompt, old.sampling) != (new.system_prompt, new.sampling)
+            if persona and expert_id in self._in_flight:
+                raise Conflict(f"expert {row.name!r} is being profiled now; change its persona once that is done",
+                               "id")
+            moved = new.placement != old.placement
+            if moved:
+                self.pool.deployment.check(new)
+                self.check_loads(new)  # on the worker it moves to
+            status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona)
+            self._store(row, new, status, persona)
+            self.pool.refresh()  # placement planned again, routing as changed
+            if moved:
+                self._release(old.base.key)  # on the worker it left, if nothing else runs on it there
+        if profile and background:
+            self.queue.submit([expert_id])
+        return self.get(expert_id), profile
+
+    def remove(self, expert_id: int) -> Expert:
+        """Stop routing to the expert now and unload its model where nothing else needs it; its
+        records stay. Removing a removed expert changes nothing."""
+        with self._lock:
+            row = self.get(expert_id)
+            if row.status == "removed":
+                return row
+            with self.db.session() as s:
+                ExpertRepository(s).set_lifecycle(expert_id, "removed")
+                chosen = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name") == row.name
+            self.pool.refresh()
+            self._release(row.base_model_key)
+        if chosen:  # pick the aggregator again among the rest, as after a profiling run
+            self.queue.submit([])
+        return self.get(expert_id)
+
     def all(self) -> Sequence[Expert]:
         with self.db.session() as s:
             return ExpertRepository(s).list()
@@ -62,29 +132,128 @@ class ExpertService:
             raise NotFound(f"no expert with id {expert_id}", "id")
         return row
 
+    def find(self, ref: str) -> Expert:
+        """An expert by id (all digits) or by name."""
+        if ref.isdigit():
+            return self.get(int(ref))
+        with self.db.session() as s:
+            row = ExpertRepository(s).by_name(ref)
+        if row is None:
+            raise NotFound(f"no expert named {ref!r}", "name")
+        return row
+
     def pending_profiles(self) -> list[int]:
         """Experts stored but not yet profiled (a new pool, or a crash mid-profile)."""
         with self.db.session() as s:
             return [r.id for r in ExpertRepository(s).list() if r.status in ("registered", "profiling")]
 
-    def _profile_batch(self, ids: Sequence[int]) -> None:
-        with self.db.session() as s:
-            rows = [ExpertRepository(s).get(i) for i in ids]
-            todo = [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows if r is not None]
-            for eid, _ in todo:
-                ExpertRepository(s).set_status(eid, "profiling")
+    def profile_now(self, ids: Sequence[int], progress: Progress | None = None) -> None:
+        """Profile these experts (those not removed meanwhile), choose the aggregator again and
+        rebuild the pool snapshot."""
+        todo = self._begin(ids)
         try:
-            self.profiler.profile(todo)
+            if todo:
+                self.profiler.profile(todo, progress)
             self.profiler.choose_aggregator()
         except Exception as exc:
             log.exception("profiling failed")
             self._mark_failed([e for e, _ in todo], f"profiling failed: {exc}")
+        finally:
+            with self._lock:
+                self._in_flight.difference_update(e for e, _ in todo)
         self.pool.refresh()
+
+    def _begin(self, ids: Sequence[int]) -> list[tuple[int, ExpertSpec]]:
+        """Read the specs to profile and mark them in flight, under the lock: a persona change
+        lands either before (and is what gets profiled) or is refused until the run is done."""
+        with self._lock, self.db.session() as s:
+            repo = ExpertRepository(s)
+            rows = [r for i in ids if (r := repo.get(i)) is not None and r.status != "removed"]
+            for r in rows:
+                repo.set_status(r.id, "profiling")
+            self._in_flight.update(r.id for r in rows)
+            return [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows]
+
+    def _changeable(self, expert_id: int) -> Expert:
+        row = self.get(expert_id)
+        if row.status == "removed":
+            raise Conflict(f"expert {expert_id} ({row.name!r}) was removed; a removed expert cannot be changed", "id")
+        return row
+
+    def _store(self, row: Expert, spec: ExpertSpec, status: str, persona: bool) -> None:
+        with self.db.session() as s:
+            repo = ExpertRepository(s)
+            repo.set_spec(row.id, spec)
+            if persona:
+                repo.reset_profile(row.id)
+                _forget_persona(StateRepository(s), LessonRepository(s).last_id(), row.name)
+            if status != row.status:
+                repo.set_lifecycle(row.id, status)
+
+    def _release(self, key: str) -> None:
+        """Unload a base model from every worker where no remaining expert over it runs (a
+        disabled expert still counts: it stays loaded, ready to be enabled)."""
+        placement = self.pool.placement()
+        with self.db.session() as s:
+            users = [r.name for r in ExpertRepository(s).list() if r.base_model_key == key and r.name in placement]
+        needed = {placement[n] for n in users}
+        for name, worker in self.fleet.workers.items():
+            if name not in needed and key in worker.resident():
+                worker.unload(key)
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:
             for eid in ids:
                 ExpertRepository(s).set_status(eid, "failed", error)
+
+
+def merged(old: ExpertSpec, change: Mapping[str, Any]) -> ExpertSpec:
+    """The spec with the change applied; a 422 naming the field when it is not a valid spec."""
+    unknown = sorted(set(change) - set(CHANGEABLE))
+    if unknown:
+        raise Unprocessable(f"cannot change {', '.join(unknown)}; what can change: {', '.join(CHANGEABLE)}",
+                            unknown[0])
+    data = old.model_dump(mode="json")
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if key in MERGED and value is not None else value
+    try:
+        return ExpertSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Unprocessable(f"{where}: {first['msg']}", where) from exc
+
+
+def next_status(current: str, profiled: bool, enabled: bool | None, persona: bool) -> tuple[str, bool]:
+    """The status after a change, and whether the expert must be profiled (again). A disabled
+    expert is still profiled after a persona change, so it is ready when it is enabled."""
+    if enabled is False:
+        return "disabled", persona
+    if enabled and current == "disabled":
+        return ("ready", False) if profiled and not persona else ("profiling", True)
+    if persona:
+        return ("disabled" if current == "disabled" else "profiling"), True
+    return current, False
+
+
+def _check_name_free(row: Expert | None, name: str) -> None:
+    if row is None:
+        return
+    if row.status == "removed":
+        raise Conflict(f"the name {name!r} belonged to expert {row.id}, removed; a name is never reused, so the "
+                       "queries, generations and lessons that name it stay its own: choose another name", "name")
+    raise Conflict(f"an expert named {name!r} already exists", "name")
+
+
+def _forget_persona(state: StateRepository, last_lesson: int, name: str) -> None:
+    """What judged the old persona stops counting: its marks in the lessons so far, and its
+    score as an aggregator (it is benchmarked again after its new profile)."""
+    state.put(STALE_LESSONS_KEY, {**(state.get(STALE_LESSONS_KEY) or {}), name: last_lesson})
+    chosen = state.get(AGGREGATOR_KEY)
+    if chosen:
+        scores = {n: v for n, v in chosen.get("accuracy", {}).items() if n != name}
+        state.put(AGGREGATOR_KEY, {"name": None if chosen.get("name") == name else chosen.get("name"),
+                                   "accuracy": scores})
 
 
 class ProfilingQueue:

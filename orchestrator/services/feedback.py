@@ -21,6 +21,7 @@ from orchestrator.store.db import Database
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository, decision_of
 from skills.embedder import Embedder
+from skills.question_text import question_part
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class FeedbackService:
         texts = {g.expert: g.text for g in row.generations if g.role in ("expert", "competitor")}
         marks, letters = self._marks(texts, decision, row.answer, correct, answer)
         if marks:
-            lesson = Lesson(self.embedder.encode([row.text])[0], tuple(m.skill for m in decision.skills), marks,
+            embedding = self.embedder.encode([question_part(row.text)])[0]
+            lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
                             {e: letters.get(e) for e in marks}, "feedback")
             self.pool.learn([(query_id, lesson)])
             self.probe.learned(["feedback"])

@@ -13,7 +13,6 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -23,6 +22,7 @@ from orchestrator.settings import AuthSettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import ApiKey
 from orchestrator.store.repositories.keys import KeyRepository
+from orchestrator.store.repositories.rate_limits import RateLimitRepository
 
 Role = Literal["admin", "client"]
 KEY_PREFIX = "sk-sr-"
@@ -123,24 +123,16 @@ class KeyService:
 
 
 class RateLimiter:
-    """A sliding one-minute log per key: at most `limit` requests in any 60 s."""
+    """A sliding one-minute log per key: at most `limit` requests in any 60 s, counted in the
+    store, so every process and Serve replica on one database shares each key's limit."""
 
-    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.window_s, self.clock = window_s, clock
-        self._hits: dict[int, deque[float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, db: Database, window_s: float = 60.0, clock: Callable[[], float] = time.time):
+        self.db, self.window_s, self.clock = db, window_s, clock
 
     def hit(self, key_id: int, limit: int) -> float | None:
         """Count a request; returns None if allowed, else the seconds until one is."""
-        now = self.clock()
-        with self._lock:
-            log = self._hits.setdefault(key_id, deque())
-            while log and log[0] <= now - self.window_s:
-                log.popleft()
-            if len(log) >= limit:
-                return log[0] + self.window_s - now
-            log.append(now)
-            return None
+        with self.db.session() as s:
+            return RateLimitRepository(s).hit(key_id, self.clock(), self.window_s, limit)
 
 
 class AccessControl:
@@ -148,7 +140,7 @@ class AccessControl:
 
     def __init__(self, keys: KeyService, settings: AuthSettings, limiter: RateLimiter | None = None):
         self.keys, self.settings = keys, settings
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter or RateLimiter(keys.db)
 
     def check(self, role: Role | None, token: str | None) -> Caller:
         if role is None:

@@ -26,6 +26,7 @@ from skills.grading import extract_choice
 from skills.vocabulary import SkillVocabulary
 
 AGGREGATOR_KEY = "aggregator"
+STALE_LESSONS_KEY = "stale_lessons"  # expert → the last lesson before its persona changed
 
 
 def load_evidence(
@@ -44,7 +45,7 @@ def load_evidence(
         labels = [str(q.payload.get("subject", "")) for q in questions]
         correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
-        lessons = LessonRepository(s).all()
+        lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY))
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = embedder.encode(texts) if texts else None
     base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed)
@@ -130,9 +131,10 @@ class PoolState:
             self._since_fit = 0 if refit else self._since_fit
 
     def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
-        """Where every stored expert that has not failed runs (and `extra`, not stored yet)."""
+        """Where every stored expert that has not failed or been removed runs (and `extra`, not
+        stored yet); a disabled one keeps its place, ready to be enabled again."""
         with self.db.session() as s:
-            rows = [r for r in ExpertRepository(s).list() if r.status != "failed"]
+            rows = [r for r in ExpertRepository(s).list() if r.status not in ("failed", "removed")]
             specs = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
         if extra is not None:
             specs[extra.name] = extra

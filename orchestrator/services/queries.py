@@ -8,16 +8,19 @@ after a crash (`recover`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
+from functools import partial
 
-from orchestrator.domain import Ask, QueryError
+from orchestrator.domain import Ask, Decision, QueryError
 from orchestrator.pipeline import Pipeline
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
 from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import NotFound
+from orchestrator.services.idempotency import Claim
 from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
@@ -28,15 +31,19 @@ log = logging.getLogger(__name__)
 
 class QueryService:
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, admission: Admission,
-                 max_batch: int = 32, max_wait_s: float = 0.05, probe: Probe = NULL_PROBE):
+                 max_batch: int = 32, max_wait_s: float = 0.05, probe: Probe = NULL_PROBE,
+                 max_batch_tokens: float = float("inf")):
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
+        weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)
         self.window: BatchingWindow[Admitted, int] = BatchingWindow(self._run_items, max_batch, max_wait_s,
-                                                                    probe=probe)
+                                                                    probe=probe, weigh=weigh,
+                                                                    max_work=max_batch_tokens)
 
-    def submit(self, asks: Sequence[Ask]) -> Future[list[int]]:
+    def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[int]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
-        future resolves to their ids once they are answered or failed."""
-        return self.window.submit(self.admission.admit(asks))
+        future resolves to their ids once they are answered or failed. A `claim` (idempotency
+        key) is stored with them; KeyTaken, nothing stored, if another request stored it first."""
+        return self.window.submit(self.admission.admit(asks, claim))
 
     def ask(self, asks: Sequence[Ask]) -> list[int]:
         """`submit` and wait: the CLI's and the tests' way in."""
@@ -49,8 +56,9 @@ class QueryService:
     def run(self, items: Sequence[Admitted]) -> None:
         """Answer one batch as admitted, storing everything it produced."""
         snapshot = self.pool.snapshot
-        runnable = [i for i in items if set(i.decision.recruited) <= snapshot.experts.keys()]
-        gone = [i.query_id for i in items if not set(i.decision.recruited) <= snapshot.experts.keys()]
+        present = snapshot.experts.keys()
+        runnable = [_without_gone_competitors(i, present) for i in items if set(i.decision.recruited) <= present]
+        gone = [i.query_id for i in items if not set(i.decision.recruited) <= present]
         if gone:  # recovered after its expert left the pool: it fails alone
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
         if not runnable:
@@ -64,8 +72,7 @@ class QueryService:
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
         with self.db.session() as s:
-            for item, out in zip(runnable, outcomes, strict=True):
-                QueryRepository(s).finish(item.query_id, out)
+            QueryRepository(s).finish_many([(i.query_id, out) for i, out in zip(runnable, outcomes, strict=True)])
         if taught:
             self.pool.learn(taught)
             self.probe.learned([lesson.source for _, lesson in taught])
@@ -91,17 +98,45 @@ class QueryService:
         with self.db.session() as s:
             return QueryRepository(s).get_many(ids)
 
-    def recover(self) -> int:
+    def watermark(self) -> int:
+        """The newest query id now: a start takes what is pending up to it as left by the last
+        run (queries admitted after it are live traffic, already in the window)."""
+        with self.db.session() as s:
+            return QueryRepository(s).last_id()
+
+    def pending_count(self, through: int | None = None) -> int:
+        with self.db.session() as s:
+            return QueryRepository(s).pending_count(through)
+
+    def recover(self, through: int | None = None, left: Callable[[int], None] | None = None) -> int:
         """Answer queries that were accepted but never finished (a crash mid-batch), each as it
         was admitted: its stored request and decision (rows from before decisions were stored
-        at admission are routed again, with their stored seed)."""
+        at admission are routed again, with their stored seed). `through`: only ids up to it.
+
+        They go to the window in window-sized chunks, as a batch's do, so live queries share the
+        device between them; `left(n)` hears how many are still unanswered. A query that cannot
+        be read back or routed again, or whose expert left the pool, fails alone (stored as
+        failed with its error). Returns how many were pending."""
         with self.db.session() as s:
-            pending = [(q.id, ask_of(q), decision_of(q)) for q in QueryRepository(s).pending()]
-        items = [Admitted(qid, ask, d) if d is not None else self._reroute(qid, ask) for qid, ask, d in pending]
-        ready = [i for i in items if i is not None]
-        if ready and (error := self.window.submit(ready).exception()) is not None:
-            log.warning("recovered queries failed: %s", error)  # each is stored as failed
+            pending = [(q.id, _read_back(q)) for q in QueryRepository(s).pending(through)]
+        for qid, error in [(qid, r) for qid, r in pending if isinstance(r, str)]:
+            self._fail([qid], error)
+        items = [self._restored(qid, *r) for qid, r in pending if not isinstance(r, str)]
+        self._answer_in_chunks([i for i in items if i is not None], left or (lambda _: None))
         return len(pending)
+
+    def _restored(self, query_id: int, ask: Ask, decision: Decision | None) -> Admitted | None:
+        return Admitted(query_id, ask, decision) if decision is not None else self._reroute(query_id, ask)
+
+    def _answer_in_chunks(self, items: list[Admitted], left: Callable[[int], None]) -> None:
+        size, remaining = self.window.max_batch, len(items)
+        left(remaining)
+        chunks = [items[at:at + size] for at in range(0, len(items), size)]
+        for chunk, done in [(c, self.window.submit(c)) for c in chunks]:  # all queued, then awaited in order
+            if (error := done.exception()) is not None:
+                log.warning("recovered queries failed: %s", error)  # each is stored as failed
+            remaining -= len(chunk)
+            left(remaining)
 
     def _reroute(self, query_id: int, ask: Ask) -> Admitted | None:
         try:
@@ -109,3 +144,28 @@ class QueryService:
         except QueryError as exc:
             self._fail([query_id], exc.message)
             return None
+
+
+def predicted_tokens(item: Admitted, most: int) -> float:
+    """A query's predicted work, what bounds a window's batch: its prompt (~4/3 tokens a word)
+    and the most each answering expert may write, once per expert that answers it."""
+    prompt = len(item.ask.text.split()) * 4 / 3
+    out = min(item.ask.max_tokens or most, most)
+    return (prompt + out) * max(1, len(item.decision.recruited) + len(item.decision.competitors))
+
+
+def _without_gone_competitors(item: Admitted, present: Collection[str]) -> Admitted:
+    """A competitor removed since admission only drops out of the competition (it answers
+    only to be scored); the query still runs."""
+    kept = [n for n in item.decision.competitors if n in present]
+    if len(kept) == len(item.decision.competitors):
+        return item
+    return replace(item, decision=item.decision.model_copy(update={"competitors": kept}))
+
+
+def _read_back(row: Query) -> tuple[Ask, Decision | None] | str:
+    """The stored request and decision, or why they cannot be read (the query then fails alone)."""
+    try:
+        return ask_of(row), decision_of(row)
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return f"could not be read back to answer after a restart: {exc}"

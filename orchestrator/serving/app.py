@@ -1,60 +1,78 @@
 """The Ray Serve application: the REST API as a Serve ingress over the device worker actors.
 
-Two ways in:
+Two ways in, one start: the replica's app lifespan migrates the schema and serves HTTP at
+once, then loads (or first profiles) the pool through the worker actors and answers what a
+crash left, on a thread behind it; /ready is 503 naming what still runs until it is done.
 - `skillroute serve` calls `run_serve`: Ray starts embedded on this machine, the driver spawns
-  the worker actors and profiles the pool through them (with a progress bar), then Serve runs
-  the ingress and the driver blocks until Ctrl-C or SIGTERM.
+  the worker actors, Serve runs the ingress, and the driver logs the start's progress (read
+  from /ready) and blocks until Ctrl-C or SIGTERM. The driver itself profiles and recovers
+  nothing, so nothing runs twice.
 - On a cluster, KubeRay's serveConfigV2 imports `orchestrator.serving.app:app` (built from
-  SKILLROUTE_* environment variables); the replica spawns the actors, and its app's lifespan
-  profiles what is unprofiled and answers what a crash left.
+  SKILLROUTE_* environment variables); the replica spawns the actors and starts the same way.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import ray
 from fastapi import FastAPI
 from ray import serve
+from ray.actor import ActorHandle
 from ray.serve import Application
 
 from experts.workers import declared_workers
-from orchestrator.api.app import create_app
 from orchestrator.budgets.planner import device_table
-from orchestrator.container import SkillRoute
 from orchestrator.pools.loader import load_pool_config
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import NAMESPACE, cluster_workers, local_cores, spawn_all
+from orchestrator.serving.worker_actor import NAMESPACE, WorkerActor, cluster_workers, local_cores, spawn_all
 from orchestrator.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from orchestrator.container import SkillRoute
 
 APP_NAME = "skillroute"
 Log = Callable[[str], None]
 
 
-def device_workers(settings: Settings, cpu_reservation: float) -> dict[str, RemoteWorker]:
-    """Spawn (or find) every worker's actor, pinned to its node; each experts' generations run
-    on the actor of the worker they are placed on."""
+def spawn_workers(settings: Settings, cpu_reservation: float) -> dict[str, ActorHandle[WorkerActor]]:
+    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run."""
     profiles = device_table(settings.budgets.devices_file)
     declared = declared_workers(settings.budgets.devices_file, profiles)
     workers = cluster_workers(declared, settings.backends.memory_budget_gb, cpu_reservation)
-    actors = spawn_all(workers, profiles, settings.backend_options())
-    return {name: RemoteWorker(actor) for name, actor in actors.items()}
+    return spawn_all(workers, profiles, settings.backend_options())
+
+
+def device_workers(settings: Settings, cpu_reservation: float) -> dict[str, RemoteWorker]:
+    """Every worker's actor as a device worker; each expert's generations run on the actor of
+    the worker it is placed on."""
+    return {name: RemoteWorker(actor) for name, actor in spawn_workers(settings, cpu_reservation).items()}
 
 
 class SkillRouteIngress:
     """One Serve replica: a SkillRoute whose worker is the device actor's proxy. Its app's
-    lifespan starts it (a no-op where `skillroute serve` already profiled the pool) and closes it."""
+    lifespan starts it in the background (the one start, however the replica was deployed) and
+    closes it."""
 
     def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0):
+        # imported here, in the replica: the driver never builds the service, and a restart's
+        # driver reaches Ray sooner without importing the whole of it
+        from orchestrator.container import SkillRoute
+
         workers = device_workers(settings, cpu_reservation)
-        self.container = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
+        self.container: SkillRoute = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__: the app needs the container the constructor built."""
-        return create_app(self.container, owns_container=True)
+        from orchestrator.api.app import create_app
+
+        return create_app(self.container, owns_container=True, background_start=True)
 
 
 # Applied as calls, not decorators, so mypy sees a Deployment. One replica: it owns profiling on a
@@ -93,36 +111,54 @@ def init_ray(settings: Settings, dashboard: bool) -> str:
     return ctx.dashboard_url or ""
 
 
-def prepare_pool(settings: Settings, pool_path: Path, workers: Mapping[str, RemoteWorker],
-                 prepare: Callable[[SkillRoute], None]) -> None:
-    """Profile and recover in this process, through the actors, so their models start resident."""
-    c = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
-    try:
-        prepare(c)
-    finally:
-        c.close()  # leaves the injected workers (and their loaded models) running
-
-
-def run_serve(settings: Settings, pool_path: Path, host: str, port: int, prepare: Callable[[SkillRoute], None],
-              *, dashboard: bool = True, log: Log = print) -> None:
+def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dashboard: bool = True,
+              log: Log = print) -> None:
     """Run the service under Ray Serve until interrupted, then stop what was started."""
     embedded = not settings.ray.address
     dashboard_url = init_ray(settings, dashboard)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
-        workers = device_workers(settings, cores)
+        spawn_workers(settings, cores)  # not awaited: the actors boot while Serve starts
         log_cluster(dashboard_url, log)
-        prepare_pool(settings, pool_path, workers, prepare)
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(settings, pool_path, cores), name=APP_NAME, route_prefix="/")
-        log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r})")
+        log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r}); starting up behind it")
+        watch_start(f"http://{_local(host)}:{port}", log)
         while True:
             signal.pause()
     except KeyboardInterrupt:
         log("shutting down")
     finally:
         stop(embedded)
+
+
+def watch_start(url: str, log: Log, every_s: float = 1.0) -> None:
+    """Log the replica's start as /ready reports it (each change once) until it is ready."""
+    said = ""
+    with httpx.Client(timeout=10) as http:
+        while True:
+            try:
+                r = http.get(f"{url}/ready")
+                line, ready = _ready_line(r.status_code, r.json()), r.status_code == 200
+            except (httpx.TransportError, ValueError):  # not up yet, or not our JSON yet
+                line, ready = said, False
+            if line != said:
+                log(line)
+                said = line
+            if ready:
+                return
+            time.sleep(every_s)  # the interval between polls; Ctrl-C interrupts it
+
+
+def _ready_line(status: int, body: Any) -> str:
+    if status == 200:
+        return f"ready: {body.get('experts_ready')} experts, aggregator {body.get('aggregator')}"
+    return str(body.get("error", {}).get("message", body)) if isinstance(body, dict) else str(body)
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def log_cluster(dashboard_url: str, log: Log) -> None:

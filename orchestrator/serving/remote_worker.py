@@ -8,7 +8,7 @@ None of the parent's state is used; each call is one remote call to the device's
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import ray
@@ -16,7 +16,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayTaskError
 
 from experts.backend import BackendError, ExpertBackend
-from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from orchestrator.scheduling.worker import DeviceWorker
 
 
@@ -116,8 +116,21 @@ class RemoteWorker(DeviceWorker):
         try:
             return list(call(self.actor.generate.remote(base, list(requests), set(protect))))
         except RayActorError as exc:  # the executor fails these requests alone; Ray restarts the actor
-            raise WorkerLost(f"worker {self.name} was lost mid-generation ({type(exc).__name__}); "
-                             "Ray restarts it and it reloads its models on demand") from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: RayActorError) -> WorkerLost:
+        return WorkerLost(f"worker {self.name} was lost mid-generation ({type(exc).__name__}); "
+                          "Ray restarts it and it reloads its models on demand")
+
+    def stream(self, base: BaseModelSpec, request: GenerationRequest,
+               protect: Collection[str] = ()) -> Iterator[StreamEvent]:
+        """The actor's stream, piece by piece as each leaves the actor (a Ray streaming generator)."""
+        refs: Any = self.actor.stream.options(num_returns="streaming").remote(base, request, set(protect))
+        try:
+            for ref in refs:
+                yield call(ref)
+        except RayActorError as exc:
+            raise self._lost(exc) from exc
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         call(self.actor.ensure_loaded.remote(base, set(protect)))

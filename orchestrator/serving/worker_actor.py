@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import ray
@@ -19,7 +19,7 @@ from ray.actor import ActorHandle
 from experts.devices import DeviceProfile
 from experts.factory import make_backend
 from experts.options import BackendOptions
-from experts.types import BaseModelSpec, Generation, GenerationRequest
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from experts.workers import LOCAL_GPU_PROFILE, WorkerSpec, local_workers, memory_bytes
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 
@@ -64,6 +64,12 @@ class WorkerActor:
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
                  protect: Collection[str] = ()) -> list[Generation]:
         return self.worker.generate(base, requests, protect)
+
+    def stream(self, base: BaseModelSpec, request: GenerationRequest,
+               protect: Collection[str] = ()) -> Iterator[StreamEvent]:
+        """A Ray streaming generator: each piece leaves the actor as it is generated (the
+        caller asks with `num_returns="streaming"`), the Generation last."""
+        yield from self.worker.stream(base, request, protect)
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> None:
         self.worker.ensure_loaded(base, protect)  # the backend itself cannot leave the process

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -30,12 +33,47 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database to the newest schema, or to `revision` (idempotent)."""
+def alembic_config(url: str) -> Config:
+    """Alembic's view of this project's migrations on the database at `url`."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, revision)
+    # alembic reads main options through configparser, where a literal % (a quoted password) must be doubled
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database to the newest schema, or to `revision` (idempotent). Replicas starting
+    together on one database take turns, so the first migrates and the others find it done (two at
+    once would both create the first table, and all but one fail); alembic's context is global to
+    the process, so its threads take turns too."""
+    with _IN_PROCESS, _across_processes(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+_IN_PROCESS = threading.Lock()
+MIGRATION_LOCK = 7_241_302_166  # the Postgres advisory lock id every skillroute migration takes
+
+
+@contextmanager
+def _across_processes(url: str) -> Iterator[None]:
+    """Postgres: a session advisory lock, released when its connection closes. SQLite: an flock
+    on a file beside the database (the database file itself carries SQLite's own locks)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK})
+                yield
+        finally:
+            engine.dispose()
+    elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        with open(f"{parsed.database}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
+    else:
+        yield
 
 
 class Database:

@@ -195,3 +195,34 @@ class LessonRow(Base):
     marks: Mapped[dict[str, Any]] = mapped_column(JSON)
     choices: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a client sent with a POST, and what that first request created: its
+    queries or its batch. Unique per scope (the client's API key, or anonymous), so a retry
+    finds the first request's result; written in the same transaction as what it points to."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("scope", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))  # "key:<api key id>" | "anonymous"
+    key: Mapped[str] = mapped_column(String(255))
+    endpoint: Mapped[str] = mapped_column(String(32))  # the path it was sent to
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical request body
+    query_ids: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class RateLimitHit(Base):
+    """One request a key's rate limit counted (services/keys.py RateLimiter). Kept in the store so
+    every Serve replica counts against the same limit; a hit older than the window is deleted when
+    the key is next counted, so a key holds at most its limit of rows."""
+
+    __tablename__ = "rate_limit_hits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    # unix time in seconds: replicas share the wall clock, never one process's monotonic clock
+    at: Mapped[float] = mapped_column(Float)

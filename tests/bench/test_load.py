@@ -21,10 +21,16 @@ def test_load_reports_latency_throughput_and_errors_per_endpoint(
     c = SkillRoute(quiet_settings(tmp_path), pool, factory=mock_or_real, embedder=embedder)
     c.start()
     with live_server(create_app(c)) as url:
-        res = bench.run(url, "mock pool", clients=20, requests=60)
+        res = bench.run(url, "mock pool", clients=20, requests=60, rounds=2)
+        mixed = bench.mixed(url, "mock pool", clients=8, requests=24)
     c.close()
     for part in (res, res["routes"]):
         assert part["requests"] == 60 and part["errors"] == 0 and part["errors_by_status"] == {}
         assert 0 < part["p50_s"] <= part["p99_s"] and part["qps"] > 0
     assert res["path"] == "/v1/queries" and res["routes"]["path"] == "/v1/routes"
     assert res["p50_ratio_queries_over_routes"] > 0
+    assert len(res["rounds"]) == 2 and res["rounds"][-1]["p50_s"] == res["p50_s"]
+    assert res["rss_mib"] == []  # a service this bench did not start: its memory is not read
+    for name in ("short_alone", "short_with_long", "long"):
+        assert mixed[name]["requests"] == 24 and mixed[name]["errors"] == 0, mixed[name]
+    assert mixed["short_p50_ratio_with_over_without"] > 0

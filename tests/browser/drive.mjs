@@ -1,5 +1,6 @@
 // Drives Debian's headless Chromium over the dashboard and prints what it shows as JSON.
 // Usage: node drive.mjs <dashboard url> <screenshot path> <min decision rows>
+// DASHBOARD_KEY: an API key, given as the browser's HTTP Basic password when the page asks.
 import { chromium } from "playwright-core";
 
 const [url, shot, minRows] = process.argv.slice(2);
@@ -8,7 +9,9 @@ const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgrou
 
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ARGS });
 try {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 1300 } });
+  const key = process.env.DASHBOARD_KEY;
+  const page = await browser.newPage({ viewport: { width: 1440, height: 1300 },
+    httpCredentials: key ? { username: "skillroute", password: key } : undefined });
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
@@ -25,8 +28,11 @@ try {
     heatmap: { experts: JSON.parse(document.querySelector("#heatmap").dataset.experts),
       matched: JSON.parse(document.querySelector("#heatmap").dataset.matched),
       texts: [...document.querySelectorAll("#heatmap svg text")].map((t) => t.textContent) },
-    charts: Object.fromEntries(["share", "timeline", "budget", "learning"].map((id) =>
+    charts: Object.fromEntries(["share", "timeline", "budget", "budget-energy", "learning"].map((id) =>
       [id, document.querySelectorAll(`#${id} svg path, #${id} svg rect`).length])),
+    budget: Object.fromEntries(["budget", "budget-energy"].map((id) => [id, {
+      series: JSON.parse(document.getElementById(id).dataset.series || "null"),
+      texts: [...document.querySelectorAll(`#${id} svg text`)].map((t) => t.textContent) }])),
     polls: Number(document.body.dataset.polls),
   }));
   await page.screenshot({ path: shot, fullPage: true });

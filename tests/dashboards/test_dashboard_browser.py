@@ -9,12 +9,14 @@ profiling, and what is under test here is the page, not the models. Chromium is 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,14 @@ import pytest
 import uvicorn
 
 from orchestrator.api.app import create_app
+from orchestrator.settings import AuthSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "browser" / "drive.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACT = ROOT / "test-artifacts" / "dashboard.png"
 QUERIES = ["What is 17*23?", "Who wrote the Analects?", "Balance the equation H2 + O2 -> H2O"]
+BUDGET = {"latency_ms": 3_600_000, "energy_j": 1e8}
 
 
 def missing_browser() -> str | None:
@@ -49,6 +53,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(container) -> Iterator[str]:
+    with serving(container) as url:
+        yield url
+
+
+@contextmanager
+def serving(container) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app under a real uvicorn in a thread; yields its base URL."""
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(container), host="127.0.0.1", port=port, log_level="warning"))
@@ -63,10 +73,12 @@ def server(container) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def drive(url: str, min_rows: int) -> dict[str, Any]:
+def drive(url: str, min_rows: int, key: str | None = None) -> dict[str, Any]:
+    """What the page shows; with `key`, the browser answers the page's login prompt with it."""
     ARTIFACT.parent.mkdir(exist_ok=True)
+    env = {**os.environ, **({"DASHBOARD_KEY": key} if key else {})}
     out = subprocess.run(["node", str(DRIVER), url, str(ARTIFACT), str(min_rows)],
-                         capture_output=True, text=True, timeout=120, check=False)
+                         capture_output=True, text=True, timeout=120, check=False, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     shown: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return shown
@@ -76,6 +88,7 @@ def drive(url: str, min_rows: int) -> dict[str, Any]:
 def test_dashboard_shows_the_queries_just_made(server):
     with httpx.Client(base_url=server, timeout=60) as http:
         made = [http.post("/v1/queries", json={"query": q, "k": 3, "seed": i}).json() for i, q in enumerate(QUERIES)]
+        made.append(http.post("/v1/queries", json={"query": "What is 6*7?", "k": 2, **BUDGET}).json())
     assert all(b["status"] == "done" for b in made)
     shown = drive(f"{server}/dashboard", len(made))
     assert shown["errors"] == []
@@ -93,3 +106,22 @@ def test_dashboard_shows_the_queries_just_made(server):
     assert {f"★ {s}" for s in matched} <= texts and {"alpha", "beta", "gamma"} <= texts
     assert all(n > 0 for n in shown["charts"].values()), shown["charts"]
     assert ARTIFACT.stat().st_size > 10_000
+    budget = made[-1]["budget"]  # the budget panel: predicted vs measured latency and energy, as stored
+    latency, energy = shown["budget"]["budget"], shown["budget"]["budget-energy"]
+    assert latency["series"] == {"ids": [made[-1]["id"]], "predicted": [budget["predicted_latency_s"]],
+                                 "measured": [budget["measured_latency_s"]], "budget": [3600]}
+    assert energy["series"] == {"ids": [made[-1]["id"]], "predicted": [budget["predicted_energy_j"]],
+                                "measured": [budget["measured_energy_j"]], "budget": [1e8]}
+    assert {"predicted energy (J)", "measured energy (J)", "energy budget (J)"} <= set(energy["texts"])
+    assert {"predicted latency (s)", "measured latency (s)"} <= set(latency["texts"])
+
+
+@pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")
+def test_with_client_keys_required_the_browser_signs_in_with_a_key(container):
+    container.settings = container.settings.model_copy(update={"auth": AuthSettings(require_client_keys=True)})
+    _, key = container.keys.create("viewer", "client")
+    with serving(container) as url:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            made = http.post("/v1/queries", json={"query": QUERIES[0], "k": 3, "seed": 1}).json()
+        shown = drive(f"{url}/dashboard", 1, key=key)
+    assert shown["errors"] == [] and made["id"] in {r["id"] for r in shown["rows"]}

@@ -12,7 +12,7 @@ from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.catalog import resolve_source
 from experts.factory import make_backend
 from experts.llamacpp import LlamaCppBackend
-from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
+from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
 SMOL = "package:smollm2-135m-instruct"
 QWEN = "package:qwen2.5-coder-0.5b-instruct"
@@ -243,3 +243,27 @@ def test_memory_estimate_matches_resident_growth() -> None:
     b.unload()
     assert abs(b.memory_bytes() - grown) < 0.1 * grown, (b.memory_bytes() >> 20, grown >> 20)
     assert anon_grown > resolve_source(QWEN).stat().st_size, (anon_grown >> 20, grown >> 20)
+
+
+@pytest.mark.slow
+def test_stream_hands_on_each_token_as_it_is_sampled(smol: LlamaCppBackend) -> None:
+    """The same greedy text as generate, arriving token by token: the first piece comes long
+    before the reply is done; a stop string and a prompt over n_ctx behave as in generate."""
+    import time
+
+    r = ask("s", "Count from one to twenty in words.", system="You are a helpful assistant.", max_tokens=32)
+    whole = smol.generate([r])[0]
+    arrivals, events, started = [], [], time.perf_counter()
+    for event in smol.stream(r):
+        arrivals.append(time.perf_counter() - started)
+        events.append(event)
+    pieces, last = events[:-1], events[-1]
+    assert isinstance(last, Generation) and last.error is None
+    assert "".join(str(p) for p in pieces) == last.text == whole.text
+    assert len(pieces) >= 20 and last.completion_tokens == whole.completion_tokens == 32
+    assert arrivals[0] < arrivals[-1] / 2, arrivals
+    word = whole.text.split()[3]
+    stopped = list(smol.stream(r.model_copy(update={"sampling": r.sampling.model_copy(update={"stop": [word]})})))
+    assert stopped[-1].text == whole.text[:whole.text.index(word)]  # type: ignore[union-attr]
+    too_long = list(smol.stream(ask("long", " ".join(str(i) for i in range(3000)), max_tokens=8)))
+    assert len(too_long) == 1 and "context window" in str(too_long[0].error)  # type: ignore[union-attr]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import threading
 import time
@@ -13,13 +15,13 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.factory import make_backend
 from experts.openai_http import OpenAIHTTPBackend
 from experts.options import BackendOptions
-from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
+from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
 SERVED = ["tiny-chat", "other-model"]
 
@@ -41,6 +43,19 @@ def _completion(body: dict[str, Any]) -> dict[str, Any]:
     message = {"role": "assistant", "content": text}
     return {"object": "chat.completion", "model": body["model"], "usage": usage,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+
+def _events(body: dict[str, Any]) -> Iterator[str]:
+    """The completion as OpenAI's stream: a role chunk, a chunk a word, the finish, the usage."""
+    done = _completion(body)
+    words = re.findall(r"\S+\s*", done["choices"][0]["message"]["content"])
+    deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in words), {}]
+    for i, delta in enumerate(deltas):
+        finish = "stop" if i == len(deltas) - 1 else None
+        yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield f"data: {json.dumps({'choices': [], 'usage': done['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def make_app(rec: Recorder) -> FastAPI:
@@ -67,6 +82,8 @@ def make_app(rec: Recorder) -> FastAPI:
         rec.in_flight -= 1
         if body["messages"][-1]["content"] == "FAIL":
             return JSONResponse({"error": "boom"}, status_code=500)
+        if body.get("stream"):
+            return StreamingResponse(_events(body), media_type="text/event-stream")
         return _completion(body)
 
     return app
@@ -209,3 +226,16 @@ def test_failed_request_names_it(base: str) -> None:
     b.load()
     with pytest.raises(BackendError, match="HTTP 500 to request r1"):
         b.generate([req(0, "fine"), req(1, "FAIL")])
+
+
+def test_stream_hands_on_the_servers_pieces_and_its_usage(base: str, rec: Recorder) -> None:
+    b = backend(base)
+    b.load()
+    events = list(b.stream(req(0, "tell me more")))
+    pieces, last = events[:-1], events[-1]
+    assert pieces == ["echo: ", "tell ", "me ", "more"] and rec.bodies[-1]["stream"] is True
+    assert isinstance(last, Generation) and last.text == "echo: tell me more"
+    assert last.text == b.generate([req(0, "tell me more")])[0].text
+    assert (last.prompt_tokens, last.completion_tokens) == (5, 4)  # the server's usage chunk
+    with pytest.raises(BackendError, match="HTTP 500"):
+        list(b.stream(req(1, "FAIL")))

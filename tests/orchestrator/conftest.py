@@ -38,10 +38,12 @@ def quiet_settings(data_dir, **fields):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def container(tmp_path, embedder):
+def container(tmp_path, embedder, database):
+    """`database`: SQLite under tmp_path, or Postgres too where tests/conftest.py's BOTH_DATABASES says."""
     experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
                mock_expert("gamma", "m2")]
-    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
+    c = SkillRoute(quiet_settings(tmp_path, database=database), small_pool(experts), factory=mock_or_real,
+                   embedder=embedder)
     c.bootstrap()
     yield c
     c.close()

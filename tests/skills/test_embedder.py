@@ -69,3 +69,27 @@ def test_concurrent_encodes_agree(embedder: Embedder) -> None:
     for t in threads:
         t.join()
     assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)
+
+
+def test_concurrent_callers_share_model_calls() -> None:
+    """Callers that arrive while the model is busy are embedded together, each getting its own
+    rows: 16 concurrent one-text requests take fewer than 16 model calls, and every row equals
+    the text embedded alone."""
+    fresh = Embedder(cache_size=0)
+    texts = [f"a question about topic {i}, asked by client {i}" for i in range(16)]
+    alone = np.stack([Embedder(cache_size=0).encode([t])[0] for t in texts])
+    fresh.encode(["warm the model up"])
+    calls_before, gate = fresh.calls, threading.Barrier(len(texts))
+    rows: dict[int, np.ndarray] = {}
+
+    def ask(i: int) -> None:
+        gate.wait()  # all start together, as concurrent requests do
+        rows[i] = fresh.encode([texts[i]])[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fresh.calls - calls_before < len(texts)
+    assert all(np.allclose(rows[i], alone[i], atol=1e-5) for i in range(len(texts)))

@@ -1,4 +1,8 @@
-"""Experts, their skill profiles and profiling progress."""
+"""Experts, their skill profiles and profiling progress.
+
+An expert's status is `registered → profiling → ready | failed`, or one a user set: `disabled`
+(kept and loaded, never routed to) and `removed` (a soft delete: the row and every record that
+names it stay readable; it never comes back)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from experts.types import ExpertSpec
-from orchestrator.store.models import Expert, SkillScore
+from orchestrator.store.models import Expert, SkillScore, ValidationAnswer
+
+HELD = ("disabled", "removed")  # statuses only a user's change sets and lifts
 
 
 class ExpertRepository:
@@ -35,9 +41,33 @@ class ExpertRepository:
         return self.session.scalars(stmt).all()
 
     def set_status(self, expert_id: int, status: str, error: str | None = None) -> None:
+        """A profiling outcome. A disabled or removed expert keeps its status: a profile that
+        finishes after the user's change must not bring the expert back into routing."""
+        row = self.session.get(Expert, expert_id)
+        if row is not None and row.status not in HELD:
+            row.status, row.error = status, error
+
+    def set_lifecycle(self, expert_id: int, status: str) -> None:
+        """A user's change of status (disable, enable, remove, re-profile): always applies."""
         row = self.session.get(Expert, expert_id)
         if row is not None:
-            row.status, row.error = status, error
+            row.status, row.error = status, None
+
+    def set_spec(self, expert_id: int, spec: ExpertSpec) -> None:
+        row = self.session.get(Expert, expert_id)
+        if row is not None:
+            row.spec, row.base_model_key = spec.model_dump(mode="json"), spec.base.key
+
+    def reset_profile(self, expert_id: int) -> None:
+        """Forget the expert's profile and graded validation answers (its persona changed: they
+        describe answers it no longer gives), so it is profiled afresh."""
+        self.session.execute(delete(SkillScore).where(SkillScore.expert_id == expert_id))
+        self.session.execute(delete(ValidationAnswer).where(ValidationAnswer.expert_id == expert_id))
+        row = self.session.get(Expert, expert_id)
+        if row is not None:
+            self.session.expire(row, ["skills"])
+            row.accuracy = row.profile_total = None
+            row.progress_done = row.progress_total = 0
 
     def set_progress(self, expert_id: int, done: int, total: int) -> None:
         row = self.session.get(Expert, expert_id)
@@ -51,10 +81,3 @@ class ExpertRepository:
         row = self.session.get(Expert, expert_id)
         if row is not None:
             row.accuracy, row.profile_total = accuracy, float(sum(scores.values()))
-
-    def delete(self, expert_id: int) -> bool:
-        row = self.session.get(Expert, expert_id)
-        if row is None:
-            return False
-        self.session.delete(row)
-        return True

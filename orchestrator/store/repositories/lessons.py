@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -28,9 +29,14 @@ class LessonRepository:
                                    marks=dict(lesson.marks), choices=dict(lesson.choices)))
         return not replaced
 
-    def all(self) -> list[Lesson]:
+    def all(self, stale: Mapping[str, int] | None = None) -> list[Lesson]:
+        """Every lesson, oldest first. `stale` (expert → lesson id) leaves out an expert's marks
+        in lessons up to that id: they judged answers of a persona it no longer has."""
         rows = self.session.scalars(select(LessonRow).order_by(LessonRow.id)).all()
-        return [_lesson(r) for r in rows]
+        return [_fresh(_lesson(r), r.id, stale) if stale else _lesson(r) for r in rows]
+
+    def last_id(self) -> int:
+        return int(self.session.scalar(select(func.max(LessonRow.id))) or 0)
 
     def counts(self) -> dict[str, int]:
         stmt = select(LessonRow.source, func.count()).group_by(LessonRow.source)
@@ -38,6 +44,12 @@ class LessonRepository:
 
     def for_query(self, query_id: int) -> Sequence[LessonRow]:
         return self.session.scalars(select(LessonRow).where(LessonRow.query_id == query_id)).all()
+
+
+def _fresh(lesson: Lesson, lesson_id: int, stale: Mapping[str, int]) -> Lesson:
+    keep = [e for e in lesson.marks if lesson_id > stale.get(e, 0)]
+    return replace(lesson, marks={e: lesson.marks[e] for e in keep},
+                   choices={e: c for e, c in lesson.choices.items() if e in keep})
 
 
 def _lesson(r: LessonRow) -> Lesson:

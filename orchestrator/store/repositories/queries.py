@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -39,22 +39,45 @@ class QueryRepository:
         stmt = select(Query).order_by(Query.id.desc()).limit(limit)
         return self.session.scalars(stmt.options(selectinload(Query.decision))).all()
 
-    def pending(self) -> Sequence[Query]:
+    def pending(self, through: int | None = None) -> Sequence[Query]:
+        """Accepted, never finished queries (those with ids up to `through`, if given), oldest first."""
         stmt = select(Query).where(Query.status == "accepted").options(selectinload(Query.decision))
+        if through is not None:
+            stmt = stmt.where(Query.id <= through)
         return self.session.scalars(stmt.order_by(Query.id)).all()
+
+    def pending_count(self, through: int | None = None) -> int:
+        stmt = select(func.count()).select_from(Query).where(Query.status == "accepted")
+        if through is not None:
+            stmt = stmt.where(Query.id <= through)
+        return int(self.session.scalar(stmt) or 0)
+
+    def last_id(self) -> int:
+        """The newest query's id (0 when there is none)."""
+        return int(self.session.scalar(select(func.max(Query.id))) or 0)
 
     def finish(self, query_id: int, out: Outcome) -> None:
         """A finished query: its decision as it ran, every generation, the final answer (or,
         when no generation succeeded, its error)."""
-        row = self.get(query_id)
-        if row is None:
-            return
+        self.finish_many([(query_id, out)])
+
+    def finish_many(self, finished: Sequence[tuple[int, Outcome]]) -> None:
+        """`finish` for a whole batch: one read of its rows (decisions only; the generations
+        are only added), so storing a batch costs a few statements, not a few per query."""
+        ids = [qid for qid, _ in finished]
+        stmt = select(Query).where(Query.id.in_(ids)).options(selectinload(Query.decision))
+        rows = {q.id: q for q in self.session.scalars(stmt)}
+        for qid, out in finished:
+            if (row := rows.get(qid)) is not None:
+                self._finished(row, out)
+
+    def _finished(self, row: Query, out: Outcome) -> None:
         record = out.decision.model_dump(mode="json")
         if row.decision is None:
             row.decision = RoutingDecision(record=record)
         else:
             row.decision.record = record
-        self.session.add_all(GenerationRow(query_id=query_id, **a.model_dump()) for a in out.answers)
+        self.session.add_all(GenerationRow(query_id=row.id, **a.model_dump()) for a in out.answers)
         if out.error is not None:  # every generation failed: the query fails alone, its decision kept
             row.status, row.error, row.latency_s = "failed", out.error, out.latency_s
         else:

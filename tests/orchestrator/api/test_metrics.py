@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -103,3 +104,35 @@ def test_dashboard_state_shows_the_queries(client, container):
     assert state["learning"]["evidence"] == container.pool.evidence_counts() and state["learning"]["lessons"] == {
         "competition": 0, "explore": 0, "feedback": 0}
     assert client.get("/dashboard").status_code == 200
+
+
+BUDGETED = {"query": "What is 12*12?", "k": 2, "seed": 3, "latency_ms": 3_600_000, "energy_j": 1e8}
+
+
+def test_a_budgeted_query_records_its_predicted_and_measured_energy(client):
+    before = scrape(client)
+    assert value(before, "skillroute_query_energy_joules_count") == 0
+    body = client.post("/v1/queries", json=BUDGETED).json()
+    budget = body["budget"]
+    assert body["status"] == "done" and budget["measured_energy_j"] > 0, body
+    m = scrape(client)
+    assert value(m, "skillroute_query_energy_joules_count") == 1
+    assert value(m, "skillroute_query_energy_joules_sum") == pytest.approx(budget["measured_energy_j"])
+    assert value(m, "skillroute_query_predicted_energy_joules_sum") == pytest.approx(budget["predicted_energy_j"])
+    assert value(m, "skillroute_query_energy_budget_joules_sum") == pytest.approx(1e8)
+    assert value(m, "skillroute_query_predicted_latency_seconds_sum") == pytest.approx(budget["predicted_latency_s"])
+    client.post("/v1/queries", json={"query": "What is 2+2?", "k": 2, "seed": 1})  # no budget: no energy sample
+    assert value(scrape(client), "skillroute_query_energy_joules_count") == 1
+
+
+def test_the_dashboard_budget_panel_shows_predicted_and_measured_latency_and_energy(client):
+    client.post("/v1/queries", json={"query": "What is 2+2?", "k": 2, "seed": 1})
+    asked = [client.post("/v1/queries", json={**BUDGETED, "seed": i}).json() for i in range(2)]
+    rows = client.get("/dashboard/api/state").json()["budgets"]["queries"]
+    assert [r["id"] for r in rows] == [b["id"] for b in asked]  # budgeted ones only, oldest first
+    for row, body in zip(rows, asked, strict=True):
+        b = body["budget"]
+        assert row == {"id": body["id"], "latency_budget_s": 3600.0, "energy_budget_j": 1e8,
+                       "predicted_latency_s": b["predicted_latency_s"], "measured_latency_s": b["measured_latency_s"],
+                       "predicted_energy_j": b["predicted_energy_j"], "measured_energy_j": b["measured_energy_j"]}
+        assert row["measured_energy_j"] > 0 and row["predicted_energy_j"] > 0

@@ -3,6 +3,7 @@
 from sqlalchemy import func, select
 
 from orchestrator.store.models import GenerationRow, RoutingDecision
+from orchestrator.store.repositories.queries import QueryRepository, ask_of
 
 
 def test_query_returns_answer_experts_with_skills_and_scores_and_aggregator(client, container):
@@ -71,3 +72,13 @@ def test_unknown_query_is_404(client):
 def test_health_reports_ready_pool(client):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["experts_ready"] == 3
+
+
+def test_max_tokens_is_stored_with_the_query_and_bounds_are_checked(client, container):
+    r = client.post("/v1/queries", json={"query": "What is 2 + 2?", "k": 1, "max_tokens": 16})
+    assert r.status_code == 200, r.text
+    with container.db.session() as s:
+        assert ask_of(QueryRepository(s).get(r.json()["id"])).max_tokens == 16  # recovery reruns it as asked
+    for bad in (0, 5000, "many"):
+        r = client.post("/v1/queries", json={"query": "What is 2 + 2?", "max_tokens": bad})
+        assert r.status_code == 422 and r.json()["error"]["param"].endswith("max_tokens"), r.text

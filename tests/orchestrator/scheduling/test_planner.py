@@ -5,7 +5,7 @@ import pytest
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, GenerationRequest, SamplingParams
-from orchestrator.scheduling.executor import coalesce, execute
+from orchestrator.scheduling.executor import CHUNK_TOKENS, coalesce, execute, job_tokens
 from orchestrator.scheduling.planner import Job, loads_floor, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
@@ -93,3 +93,17 @@ def test_requests_that_may_reply_differently_all_run(differ: str):
         b.request.sampling.max_tokens = 3
     unique, copies = coalesce([a, b])
     assert [j.job_id for j in unique] == ["a", "b"] and copies == {}
+
+
+def test_short_jobs_run_first_and_a_long_one_runs_alone():
+    """Within a stage: shortest predicted work first, and a chunk never holds more than
+    CHUNK_TOKENS of it, so a short query waits for at most one long job on its device."""
+    long_text = "word " * 4000  # ~5,300 tokens: over a chunk's budget on its own
+    jobs = [job("long", BASES[0], long_text), *(job(f"s{i}", BASES[0], f"short {i}") for i in range(20))]
+    w = worker(budget_models=1)
+    order: list[list[str]] = []
+    out = execute(jobs, w, emit=lambda done: order.append(sorted(done)))
+    assert sorted(out) == sorted(j.job_id for j in jobs)
+    assert "long" not in {x for chunk in order[:-1] for x in chunk}  # every short one before it
+    assert order[-1] == ["long"] and [len(c) for c in order] == [16, 4, 1]
+    assert job_tokens(jobs[0]) > CHUNK_TOKENS > job_tokens(jobs[1]) * 16

@@ -93,3 +93,32 @@ def test_a_caller_that_stops_waiting_cannot_cancel_work_others_share() -> None:
     assert kept.result(timeout=10) == ["B"] and dropped.result(timeout=10) == ["A"]
     assert batches == [["a", "b"]]
     window.close()
+
+
+def test_a_batch_closes_once_it_holds_its_predicted_work():
+    batches, run = recorder()
+    window = BatchingWindow(run, max_batch=100, max_wait_s=30, weigh=len, max_work=10)  # work: the item's length
+    futures = [window.submit([x]) for x in ("aaaaaa", "bbbbbb", "c", "d", "eeeeeeeeee")]
+    assert [f.result(timeout=10) for f in futures] == [["AAAAAA"], ["BBBBBB"], ["C"], ["D"], ["EEEEEEEEEE"]]
+    assert batches == [["aaaaaa", "bbbbbb"], ["c", "d", "eeeeeeeeee"]]  # each closed by work, not by 30 s
+    window.close()
+
+
+def test_without_a_wait_a_batch_is_what_queued_while_the_last_one_ran():
+    release, started = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        started.set()
+        assert release.wait(timeout=10)
+        return items
+
+    window = BatchingWindow(run, max_batch=100, max_wait_s=0)
+    first = window.submit(["lone"])
+    assert started.wait(timeout=10)  # a lone request runs at once, no timer
+    rest = [window.submit([f"q{i}"]) for i in range(3)]
+    release.set()
+    assert first.result(timeout=10) == ["lone"] and [f.result(timeout=10) for f in rest] == [["q0"], ["q1"], ["q2"]]
+    assert batches == [["lone"], ["q0", "q1", "q2"]]
+    window.close()

@@ -126,3 +126,15 @@ def test_a_new_expert_is_explored_before_it_is_recruited(tmp_path, embedder) -> 
     c.queries.ask([ask])
     assert c.pool.evidence_counts()["delta"] == 1  # its explored answer was scored and learned
     c.close()
+
+
+def test_a_competitor_removed_before_its_query_runs_drops_out_and_the_query_is_answered(competing) -> None:  # type: ignore[no-untyped-def]
+    c, _ = competing
+    admitted = c.queries.admission.admit([Ask(text=QUESTION, k=1, seed=1)])
+    competitors = admitted[0].decision.competitors
+    assert admitted[0].decision.competition and competitors
+    c.experts.remove(c.experts.find(competitors[0]).id)  # it leaves the pool while the query waits
+    c.queries.run(admitted)
+    row = c.queries.get(admitted[0].query_id)
+    assert row.status == "done" and row.answer
+    assert competitors[0] not in {g.expert for g in row.generations}

@@ -70,6 +70,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, slice_recording: SliceRec
         settings = Settings(data_dir=root / "data", budgets=BudgetSettings(devices_file=str(devices)))
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(settings, pool, cpu_reservation=0), name="skillroute", route_prefix="/")
+        wait_ready(f"http://127.0.0.1:{port}")  # the replica profiles the pool behind its HTTP
         yield f"http://127.0.0.1:{port}", folder
     finally:
         serve.shutdown()
@@ -81,6 +82,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, slice_recording: SliceRec
 def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+def wait_ready(url: str, within_s: float = 300) -> None:
+    deadline = time.monotonic() + within_s
+    while httpx.get(f"{url}/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, f"not ready within {within_s}s"
+        time.sleep(0.2)  # polling the replica's readiness
 
 
 def wait_done(url: str, batch_id: int, within_s: float = 300) -> dict[str, object]:

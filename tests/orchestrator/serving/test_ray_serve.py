@@ -1,9 +1,9 @@
 """`skillroute serve` under real Ray Serve: a subprocess, real SmolLM2 weights, real HTTP.
 
-The server starts embedded Ray, a worker actor for the CPU, profiles a tiny pool through it and
-serves the API from a Serve replica. The test talks to it only over HTTP and through Ray's
-state API, as an operator would. Teardown interrupts the server, which shuts its own cluster
-down; if it hangs, its process group is killed (never `ray stop`, which would stop every Ray
+The server starts embedded Ray, a worker actor for the CPU, and serves the API from a Serve
+replica, which profiles a tiny pool through the actor behind its HTTP. The test talks to it
+only over HTTP and through Ray's state API, as an operator would. Teardown interrupts the server,
+which shuts its own cluster down; if it hangs, its process group is killed (never `ray stop`, which would stop every Ray
 on this machine, other people's included).
 """
 
@@ -88,13 +88,14 @@ def start(tmp_path: Path) -> Server:
 
 
 def wait_ready(server: Server) -> None:
-    """Poll /health until the Serve replica answers; fail at once if the server died."""
+    """Poll /ready until the Serve replica has profiled the pool behind its HTTP (/health answers
+    long before); fail at once if the server died."""
     deadline = time.monotonic() + STARTUP_S
     with httpx.Client(timeout=5) as http:
         while time.monotonic() < deadline:
             assert server.proc.poll() is None, f"server exited early:\n{server.tail()}"
             try:
-                if http.get(f"{server.url}/health").status_code == 200:
+                if http.get(f"{server.url}/ready").status_code == 200:
                     return
             except httpx.TransportError:
                 pass

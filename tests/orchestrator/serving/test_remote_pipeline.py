@@ -6,7 +6,6 @@ process boundary: same answers as inline, loads still at the floor, errors still
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,16 +42,8 @@ def pool() -> PoolConfig:
     return PoolConfig(validation=ValidationConfig(sources=sources), experts=experts)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=1, include_dashboard=False, namespace="skillroute-test")
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
-def remote(cluster: None) -> Iterator[RemoteWorker]:
+def remote(local_ray: None) -> Iterator[RemoteWorker]:
     actor = spawn(WorkerSpec(name="test", device="local-cpu"), 2**30, mock_or_real)
     yield RemoteWorker(actor)
     ray.kill(actor)  # detached actors outlive their creator: each test gets a fresh device

@@ -13,15 +13,6 @@ from orchestrator.store.repositories.queries import QueryRepository, answers_of,
 from orchestrator.store.repositories.state import StateRepository
 
 
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.engine.dispose()
-
-
 def spec(name: str = "e1") -> ExpertSpec:
     return ExpertSpec(name=name, base=BaseModelSpec(kind="llamacpp", source="/m.gguf"))
 
@@ -88,13 +79,13 @@ def test_state_put_get_replace(db):
         assert StateRepository(s).get("aggregator") == {"name": "b"}
 
 
-def test_0004_folds_a_stored_decision_into_its_record(tmp_path):
+def test_0004_folds_a_stored_decision_into_its_record(database_url):
     """Rows written field by field before 0004 read back as the same decision record."""
     import json
 
     from sqlalchemy import text
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = database_url
     migrate(url, "0003")
     old = Database(url)
     with old.engine.begin() as conn:

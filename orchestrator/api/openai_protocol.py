@@ -1,0 +1,201 @@
+"""The OpenAI chat-completions protocol as skillroute speaks it: the request, the reply, the
+stream's chunks and the model list, field for field as the published schema
+(openai/openai-openapi: CreateChatCompletionRequest/Response, CreateChatCompletionStreamResponse,
+ListModelsResponse) has them. Where the schema says a field is present but nullable (a message's
+`refusal`, a choice's `logprobs`, a chunk's `finish_reason`) it is sent as null; where it says
+optional (`system_fingerprint`) it is left out rather than sent as null. `skillroute`, the
+query's stored decision record, is the one extra field (OpenAI clients keep it in
+`model_extra`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.api.schemas import BudgetFields, RecruitModeField
+from orchestrator.domain import Ask, Decision, RecruitMode
+from orchestrator.services.budgets import BudgetService
+from orchestrator.services.chat import AUTO, ChatResult, conversation_text
+from orchestrator.services.errors import ServiceError
+
+FinishReason = Literal["stop", "length"]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str = Field(max_length=32_000)
+
+
+class ChatMessageIn(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(default=None, description="Text, or text parts; images are refused.")
+    name: str | None = Field(default=None, max_length=64)
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(default=False, description="A last chunk, before [DONE], with the usage.")
+
+
+class ChatCompletionRequest(BudgetFields):
+    # unknown OpenAI parameters (logprobs, tools, …) are accepted and ignored, as vLLM does
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=64, description="`auto` routes; an expert's name asks it alone.")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
+    stream: bool = Field(default=False, description="The reply as server-sent events, token by token.")
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes the routing draw reproducible.")
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced.")
+    temperature: float | None = Field(default=None, ge=0, le=2,
+                                      description="Every generation of the query samples at it.")
+    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                   description="Caps every generation of the query, below the pool's own limits.")
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                              description="The same as `max_tokens` (wins where both are given).")
+    stop: str | list[str] | None = Field(default=None, description="Up to 4 sequences that end a generation.")
+    k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
+    mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
+
+    @model_validator(mode="after")
+    def _stops(self) -> ChatCompletionRequest:
+        stops = self.stop_sequences()
+        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError("`stop` takes up to 4 non-empty sequences of at most 256 characters")
+        return self
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def to_ask(self, default_k: int, default_mode: RecruitMode | None, budgets: BudgetService) -> Ask:
+        """`auto` routes; another model names the expert that answers alone. Budgets
+        (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
+        text = conversation_text([(m.role, m.text()) for m in self.messages])
+        sampling: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens,
+                                    "temperature": self.temperature, "stop": self.stop_sequences()}
+        if self.model != AUTO:
+            if self.latency_ms is not None or self.energy_j is not None:
+                raise ServiceError("latency_ms and energy_j choose experts, so they need model 'auto'",
+                                   "latency_ms" if self.latency_ms is not None else "energy_j")
+            return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model,
+                       **sampling)
+        budget = budgets.resolve(self.latency_ms, self.energy_j)
+        return Ask(text=text, k=self.k or default_k, mode=self.mode or default_mode, seed=self.seed, budget=budget,
+                   **sampling)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = Field(default=None, description="Always null: no expert refuses by policy here.")
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: FinishReason = "stop"
+    logprobs: None = None
+
+
+class SkillrouteInfo(Decision):
+    """The stored decision record of the query that answered this chat, with its id and answer."""
+
+    query_id: int
+    answer: str | None = Field(description="The reply's final answer line.")
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    skillroute: SkillrouteInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "skillroute"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def skillroute_info(r: ChatResult) -> SkillrouteInfo:
+    return SkillrouteInfo(**r.decision.model_dump(), query_id=r.query.id, answer=r.query.answer)
+
+
+def usage_of(r: ChatResult) -> Usage:
+    prompt, done = r.usage
+    return Usage(prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done)
+
+
+def completion(r: ChatResult, info: SkillrouteInfo) -> ChatCompletion:
+    return ChatCompletion(id=completion_id(r.query.id), created=int(r.query.created_at.timestamp()), model=r.model,
+                          choices=[Choice(message=ChatMessageOut(content=r.content), finish_reason=r.finish_reason)],
+                          usage=usage_of(r), skillroute=info)
+
+
+def completion_id(query_id: int) -> str:
+    return f"chatcmpl-{query_id}"
+
+
+def decision_headers(query_id: int, decision: Decision) -> dict[str, str]:
+    """The decision as `x-skillroute-*` headers. Header values must be latin-1: anything else in
+    a skill name is escaped, not dropped."""
+    raw = {"query-id": str(query_id), "experts": ",".join(decision.recruited), "aggregator": decision.aggregator or "",
+           "skills": ",".join(dict.fromkeys(s.skill for s in decision.skills)), "router": decision.router or "",
+           "seed": str(decision.seed)}
+    return {f"x-skillroute-{k}": v.encode("ascii", "backslashreplace").decode() for k, v in raw.items()}
+
+
+class ChunkWriter:
+    """The `chat.completion.chunk` events of one streamed reply, as `data: …` SSE lines: every
+    chunk carries the same id, created and model; `usage` is null on each until the last
+    (empty-choices) chunk when the client asked for it, and absent otherwise."""
+
+    def __init__(self, query_id: int, created: int, model: str, include_usage: bool):
+        self.head: dict[str, Any] = {"id": completion_id(query_id), "object": "chat.completion.chunk",
+                                     "created": created, "model": model}
+        self.include_usage = include_usage
+
+    def delta(self, delta: dict[str, Any], finish: FinishReason | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self._event({**self.head, "choices": [choice], **self._usage(None), **extra})
+
+    def usage(self, usage: Usage) -> str:
+        return self._event({**self.head, "choices": [], "usage": usage.model_dump()})
+
+    def _usage(self, usage: None) -> dict[str, None]:
+        return {"usage": usage} if self.include_usage else {}
+
+    @staticmethod
+    def _event(body: dict[str, Any]) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+
+def sse_error(error: ServiceError) -> str:
+    """An error after the stream began (its headers are sent): OpenAI's shape as one event."""
+    body = {"message": error.message, "type": error.code, "param": error.param, "code": error.code}
+    return f"data: {json.dumps({'error': body})}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"

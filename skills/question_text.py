@@ -1,0 +1,25 @@
+"""The part of a query its skills are read from: the question itself.
+
+The router's memory embeds each validation question's text alone (`services/pool.py`), so a
+live query is embedded the same way: the text before its first option line ("A. …", "(b) …",
+"Options:"), without a "Question:" label and without a reply-format line. Embedding the whole
+prompt instead measured worse (+4.31 points over the best single model on the open pool, against
++4.70 for the question alone, bench/routing_quality.py) and costs more: the options and the
+instruction often triple the tokens the embedding model reads.
+"""
+
+from __future__ import annotations
+
+import re
+
+_OPTION_LINE = re.compile(r"(?mi)^\s*(?:\(?[a-p][.):]|options?:)(?:\s|$)")
+_LABEL = re.compile(r"^\s*(?:question|q)\s*[:.]\s*", re.IGNORECASE)
+_REPLY_LINE = re.compile(r"(?mi)^\s*reply with 'answer:.*$")
+
+
+def question_part(text: str) -> str:
+    """The question of a query; the whole text where stripping would leave nothing."""
+    found = _OPTION_LINE.search(text)
+    head = text[: found.start()] if found else _REPLY_LINE.sub("", text)
+    question = _LABEL.sub("", head).strip()
+    return question or text

@@ -1,0 +1,148 @@
+"""The OpenAI shape, exactly: replies, stream chunks and model cards parse strictly as the
+`openai` package's own types (generated from openai/openai-openapi), with no field of ours
+beyond `skillroute`; max_tokens, temperature and stop reach the generations on every path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from openai.types import Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, GenerationRequest
+from orchestrator.container import SkillRoute
+from orchestrator.store.repositories.queries import ask_of
+
+ASK = [{"role": "user", "content": "What is 12*12?"}]
+CHAT = "/v1/chat/completions"
+
+
+def strictly(model: type[BaseModel], body: dict[str, Any], ours: set[str] = frozenset()) -> BaseModel:  # type: ignore[assignment]
+    """Parse `body` as the OpenAI type, strictly, and check no object in it has a field the type
+    lacks (the openai types accept extras silently), but for `ours` at the top."""
+    parsed = model.model_validate(body, strict=True)
+    assert set(parsed.model_extra or {}) == ours & set(body), parsed.model_extra
+    _no_extras(parsed, top=True)
+    return parsed
+
+
+def _no_extras(value: object, top: bool = False) -> None:
+    if isinstance(value, BaseModel):
+        assert top or not value.model_extra, f"{type(value).__name__} has fields OpenAI's lacks: {value.model_extra}"
+        for name in type(value).model_fields:
+            _no_extras(getattr(value, name))
+    elif isinstance(value, list):
+        for item in value:
+            _no_extras(item)
+
+
+def sse(client: TestClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with client.stream("POST", CHAT, json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
+    return [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+
+
+def requests_of(c: SkillRoute) -> list[GenerationRequest]:
+    out = []
+    for source in ("m1", "m2"):
+        backend = c.fleet["cpu"].backend(BaseModelSpec(kind="mock", source=source))
+        assert isinstance(backend, MockBackend)
+        out += list(backend.requests)
+        backend.requests.clear()
+    return out
+
+
+def test_a_completion_is_the_published_shape(client: TestClient) -> None:
+    r = client.post(CHAT, json={"model": "auto", "messages": ASK, "seed": 2})
+    body = r.json()
+    strictly(ChatCompletion, body, {"skillroute"})
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage", "skillroute"}  # no null fingerprint
+    (choice,) = body["choices"]
+    assert choice.keys() == {"index", "message", "finish_reason", "logprobs"} and choice["logprobs"] is None
+    assert choice["message"].keys() == {"role", "content", "refusal"} and choice["message"]["refusal"] is None
+    assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_chunks_are_the_published_shape(client: TestClient, include_usage: bool) -> None:
+    events = sse(client, {"model": "auto", "messages": ASK, "seed": 2,
+                          "stream_options": {"include_usage": include_usage}})
+    chunks = events[:-1] if include_usage else events
+    for chunk in chunks:
+        strictly(ChatCompletionChunk, chunk, {"skillroute"})
+        assert chunk["choices"][0].keys() == {"index", "delta", "logprobs", "finish_reason"}
+        assert chunk["choices"][0]["logprobs"] is None and ("usage" in chunk) == include_usage
+        assert "system_fingerprint" not in chunk and chunk.get("usage") is None
+    assert len({(c["id"], c["created"], c["model"]) for c in events}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks]
+    assert reasons[:-1] == [None] * (len(chunks) - 1) and reasons[-1] == "stop"  # null until the end
+    assert chunks[-1]["choices"][0]["delta"] == {} and "skillroute" in chunks[-1]
+    assert all("skillroute" not in c for c in chunks[:-1])
+    if include_usage:
+        last = strictly(ChatCompletionChunk, events[-1])
+        assert events[-1]["choices"] == [] and last.usage is not None and last.usage.total_tokens > 0  # type: ignore[attr-defined]
+
+
+def test_models_are_the_published_shape(client: TestClient) -> None:
+    listed = client.get("/v1/models").json()
+    assert listed.keys() == {"object", "data"} and listed["object"] == "list"
+    for card in listed["data"]:
+        strictly(Model, card)
+        assert card.keys() == {"id", "object", "created", "owned_by"}
+    strictly(Model, client.get("/v1/models/auto").json())
+
+
+def test_max_tokens_and_stop_change_what_the_official_client_gets(client: TestClient, container: SkillRoute) -> None:
+    oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    full = oai.chat.completions.create(model="gamma", messages=ASK)  # type: ignore[arg-type]
+    cut = oai.chat.completions.create(model="gamma", messages=ASK, max_tokens=1)  # type: ignore[arg-type]
+    newer = oai.chat.completions.create(model="gamma", messages=ASK, max_completion_tokens=2)  # type: ignore[arg-type]
+    stopped = oai.chat.completions.create(model="gamma", messages=ASK, stop="(")  # type: ignore[arg-type]
+    text = full.choices[0].message.content or ""
+    assert len(text.split()) == 3 and full.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text.split()[0] + " " and cut.choices[0].finish_reason == "length"
+    assert newer.choices[0].message.content == " ".join(text.split()[:2]) + " " and newer.usage.completion_tokens == 2  # type: ignore[union-attr]
+    assert stopped.choices[0].message.content == text[:text.index("(")]
+    chunks = list(oai.chat.completions.create(model="gamma", messages=ASK, max_tokens=1, stream=True))  # type: ignore[arg-type]
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut.choices[0].message.content
+
+
+def test_temperature_max_tokens_and_stop_reach_every_routed_generation(client: TestClient,
+                                                                       container: SkillRoute) -> None:
+    requests_of(container)
+    greedy = client.post(CHAT, json={"model": "auto", "messages": ASK, "seed": 3, "k": 3}).json()
+    assert all(r.sampling.temperature == 0.0 for r in requests_of(container))
+    body = {"model": "auto", "messages": ASK, "seed": 3, "k": 3, "temperature": 0.9, "max_tokens": 3, "stop": [")"]}
+    sampled = client.post(CHAT, json=body).json()
+    sent = requests_of(container)
+    assert {r.request_id.split(":")[1] for r in sent} == {"0", "1", "2", "agg"}  # each draw and the aggregator
+    assert all((r.sampling.temperature, r.sampling.max_tokens, r.sampling.stop) == (0.9, 3, [")"]) for r in sent)
+    assert sampled["choices"][0]["message"]["content"] != greedy["choices"][0]["message"]["content"]
+    stored = container.queries.get(sampled["skillroute"]["query_id"])
+    ask = ask_of(stored)  # stored with the query, so a recovery asks it the same way
+    assert (ask.temperature, ask.max_tokens, ask.stop, ask.stream_to) == (0.9, 3, (")",), None)
+    assert all(g.completion_tokens <= 3 and ")" not in g.text for g in stored.generations)
+
+
+def test_bad_sampling_asks_are_422_naming_the_field(client: TestClient) -> None:
+    cases = [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [""]}, "stop"), ({"max_tokens": 0}, "max_tokens"),
+             ({"temperature": 2.5}, "temperature"), ({"max_completion_tokens": -1}, "max_completion_tokens")]
+    for extra, field in cases:
+        r = client.post(CHAT, json={"model": "auto", "messages": ASK, **extra})
+        assert r.status_code == 422 and field in r.json()["error"]["message"], (extra, r.text)
+    assert container_has_no_queries(client)
+
+
+def container_has_no_queries(client: TestClient) -> bool:
+    return client.get("/v1/queries/1").status_code == 404  # nothing refused was stored

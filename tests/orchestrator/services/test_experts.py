@@ -1,0 +1,175 @@
+"""ExpertService over its lifetime on the mock pool: what a persona change forgets (profile,
+graded answers, lesson marks, aggregator score), what a profiling run finishing late may not
+undo (a removal, a disable), and unloading per worker when two workers share a base model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
+from orchestrator.container import SkillRoute
+from orchestrator.routing.learning import CERTAIN_AFTER, Lesson
+from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.services.errors import Conflict, Unprocessable
+from orchestrator.services.experts import ExpertChange, merged, next_status
+from orchestrator.services.pool import AGGREGATOR_KEY
+from orchestrator.store.repositories.state import StateRepository
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+PERSONA = ExpertChange({"system_prompt": "You are a historian."})
+
+
+def eid(c: SkillRoute, name: str) -> int:
+    return c.experts.find(name).id
+
+
+def status(c: SkillRoute, name: str) -> str:
+    return c.experts.find(name).status
+
+
+def teach(c: SkillRoute, n: int, marks: dict[str, bool]) -> None:
+    dim = len(c.embedder.encode(["x"])[0])
+    c.pool.learn([(None, Lesson(np.ones(dim, dtype=np.float32), ("arithmetic",), marks)) for _ in range(n)])
+
+
+@pytest.mark.parametrize(("current", "profiled", "enabled", "persona", "expected"), [
+    ("ready", True, None, False, ("ready", False)), ("ready", True, None, True, ("profiling", True)),
+    ("ready", True, False, False, ("disabled", False)), ("ready", True, False, True, ("disabled", True)),
+    ("disabled", True, True, False, ("ready", False)), ("disabled", False, True, False, ("profiling", True)),
+    ("disabled", True, None, True, ("disabled", True)), ("failed", False, None, True, ("profiling", True)),
+    ("profiling", False, True, False, ("profiling", False)),
+])
+def test_next_status(current: str, profiled: bool, enabled: bool | None, persona: bool,
+                     expected: tuple[str, bool]) -> None:
+    assert next_status(current, profiled, enabled, persona) == expected
+
+
+def test_merged_changes_only_the_keys_given_and_names_what_is_wrong() -> None:
+    old = ExpertSpec(name="a", base=BaseModelSpec(kind="mock", source="m1"), system_prompt="p",
+                     placement=ExpertPlacement(device="h100-server", params_b=7.0))
+    new = merged(old, {"sampling": {"top_p": 0.5}, "placement": {"device": None}})
+    assert new.sampling.top_p == 0.5 and new.sampling.max_tokens == old.sampling.max_tokens
+    assert new.placement == ExpertPlacement(params_b=7.0) and new.system_prompt == "p"
+    with pytest.raises(Unprocessable, match="cannot change base, name"):
+        merged(old, {"name": "b", "base": {}})
+    with pytest.raises(Unprocessable, match="sampling.temperature"):
+        merged(old, {"sampling": {"temperature": 7}})
+
+
+def test_a_persona_change_forgets_what_judged_the_old_one(container: SkillRoute) -> None:
+    teach(container, CERTAIN_AFTER + 5, {"alpha": True, "gamma": False})
+    gamma_before = container.pool.evidence_counts()["gamma"]
+    assert gamma_before == container.pool.evidence_counts()["beta"] + CERTAIN_AFTER + 5
+    row, profiling = container.experts.update(eid(container, "alpha"), PERSONA, background=False)
+    assert profiling and row.status == "profiling" and row.accuracy is None and row.skills == []
+    # its lesson marks no longer count, so it is explored (uncertain), never recruited; others keep theirs
+    assert container.pool.evidence_counts()["alpha"] == 0 and "alpha" in container.pool.snapshot.uncertain
+    assert container.pool.evidence_counts()["gamma"] == gamma_before
+    container.experts.profile_now([row.id])
+    counts = container.pool.evidence_counts()
+    assert status(container, "alpha") == "ready" and counts["alpha"] == counts["beta"]  # no lessons
+    assert "alpha" not in container.pool.snapshot.uncertain
+
+
+def test_the_aggregator_is_benchmarked_again_after_its_persona_changes(container: SkillRoute) -> None:
+    def chosen() -> dict[str, object]:
+        with container.db.session() as s:
+            return StateRepository(s).get(AGGREGATOR_KEY) or {}
+
+    name = str(chosen()["name"])
+    container.experts.update(eid(container, name), PERSONA, background=False)
+    assert chosen()["name"] is None and name not in chosen()["accuracy"]  # type: ignore[operator]
+    assert container.pool.snapshot.aggregator != name  # not aggregating on a stale benchmark meanwhile
+    container.experts.profile_now([eid(container, name)])
+    assert name in chosen()["accuracy"] and chosen()["name"] is not None  # type: ignore[operator]
+    container.experts.remove(eid(container, str(chosen()["name"])))
+    container.experts.queue.join()  # the aggregator is chosen again among the rest
+    assert chosen()["name"] in container.pool.snapshot.experts
+
+
+def test_a_disabled_expert_profiled_meanwhile_stays_disabled_until_enabled(container: SkillRoute) -> None:
+    alpha = eid(container, "alpha")
+    container.experts.update(alpha, PERSONA, background=False)
+    container.experts.update(alpha, ExpertChange(enabled=False), background=False)
+    container.experts.profile_now([alpha])
+    assert status(container, "alpha") == "disabled" and container.experts.get(alpha).accuracy is not None
+    row, profiling = container.experts.update(alpha, ExpertChange(enabled=True))
+    assert row.status == "ready" and not profiling and "alpha" in container.pool.snapshot.experts
+
+
+@pytest.fixture
+def held(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, threading.Event, threading.Event]]:
+    """The mock pool whose generations wait on `gate` (open at first); `entered` is set when one waits."""
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+
+    def wait(_: GenerationRequest) -> float:
+        entered.set()
+        assert gate.wait(30), "the test never opened the gate"
+        return 0.0
+
+    experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona")]
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, delay_s=wait))
+    c.bootstrap()
+    yield c, gate, entered
+    gate.set()
+    c.close()
+
+
+def test_a_profiling_run_under_way_neither_takes_a_persona_change_nor_undoes_a_removal(held) -> None:
+    c, gate, entered = held
+    alpha = eid(c, "alpha")
+    c.experts.update(alpha, PERSONA, background=False)
+    gate.clear()
+    entered.clear()
+    run = threading.Thread(target=c.experts.profile_now, args=([alpha],))
+    run.start()
+    assert entered.wait(30)  # the run is generating now
+    with pytest.raises(Conflict, match="being profiled"):
+        c.experts.update(alpha, ExpertChange({"system_prompt": "Another one."}))
+    assert c.experts.find("alpha").spec["system_prompt"] == "You are a historian."
+    c.experts.remove(alpha)  # beta shares m1: nothing to unload, so nothing waits on the worker
+    gate.set()
+    run.join(30)
+    assert status(c, "alpha") == "removed" and "alpha" not in c.pool.snapshot.experts
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, embedder: Embedder) -> Iterator[SkillRoute]:
+    """Two devices; alpha on `cpu` and beta on `edge` share base m1, gamma (m2) is on `cpu`."""
+    def on(name: str, base: str, worker: str) -> ExpertSpec:
+        return mock_expert(name, base).model_copy(update={"placement": ExpertPlacement(worker=worker)})
+
+    workers = {n: DeviceWorker(n, 8 * 2**30, mock_or_real) for n in ("cpu", "edge")}
+    experts = [on("alpha", "m1", "cpu"), on("beta", "m1", "edge"), on("gamma", "m2", "cpu")]
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), embedder=embedder, workers=workers)
+    c.bootstrap()
+    yield c
+    c.close()
+
+
+def test_a_model_is_unloaded_from_the_worker_nothing_runs_it_on_any_more(two_workers: SkillRoute) -> None:
+    c = two_workers
+    for worker in ("cpu", "edge"):
+        c.fleet[worker].ensure_loaded(BaseModelSpec(kind="mock", source="m1"))
+    c.experts.remove(eid(c, "alpha"))
+    assert "mock:m1" not in c.fleet["cpu"].resident() and "mock:m1" in c.fleet["edge"].resident()
+    row, profiling = c.experts.update(eid(c, "gamma"), ExpertChange({"placement": {"worker": "edge"}}))
+    assert not profiling and c.pool.snapshot.placement["gamma"] == "edge"
+    assert "mock:m2" in c.fleet["edge"].resident() and "mock:m2" not in c.fleet["cpu"].resident()
+
+
+def test_a_worker_the_deployment_lacks_is_refused_and_changes_nothing(two_workers: SkillRoute) -> None:
+    c = two_workers
+    before, snap = c.experts.find("gamma").spec, c.pool.snapshot
+    with pytest.raises(Unprocessable, match="unknown worker 'edge-9'"):
+        c.experts.update(eid(c, "gamma"), ExpertChange({"placement": {"worker": "edge-9"}, "timeout_s": 3}))
+    assert c.experts.find("gamma").spec == before and c.pool.snapshot is snap
