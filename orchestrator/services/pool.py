@@ -42,14 +42,33 @@ def load_evidence(
         questions = ValidationRepository(s).questions(dataset)
         answers = ValidationRepository(s).answers([r.id for r in rows])
         texts = [q.payload["question"] for q in questions]
+        stored = [(q.id, q.embedding) for q in questions]
         labels = [str(q.payload.get("subject", "")) for q in questions]
         correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
         lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY))
         profiling = {r.name for r in rows if r.status != "ready"}
-    embeddings = embedder.encode(texts) if texts else None
+    embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
     base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed)
     return experts, learned(base, [_known(x, experts) for x in lessons]), skills, profiling
+
+
+def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],
+                        stored: Sequence[tuple[int, bytes | None]]) -> np.ndarray:
+    """The validation questions' embeddings as profiling stored them; any without one (a set
+    stored before they were kept) is embedded now and stored, so the next start reads it. The
+    embedding model is the packaged one, fixed: a stored row of the wrong size is embedded again."""
+    rows = [np.frombuffer(blob, dtype=np.float32) if blob else None for _, blob in stored]
+    width = max((len(r) for r in rows if r is not None), default=0)
+    missing = [i for i, r in enumerate(rows) if r is None or len(r) != width]
+    if missing:
+        fresh = embedder.encode([texts[i] for i in missing])
+        with db.session() as s:
+            ValidationRepository(s).set_embeddings([(stored[i][0], v.tobytes()) for i, v in zip(missing, fresh,
+                                                                                                  strict=True)])
+        for i, v in zip(missing, fresh, strict=True):
+            rows[i] = v
+    return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
 
 
 def _known(lesson: Lesson, experts: Mapping[str, ExpertSpec]) -> Lesson:

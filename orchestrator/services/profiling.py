@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experts.types import ExpertSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.pipeline.keywords import KeywordReader
@@ -74,13 +76,18 @@ class ProfilingService:
                 rows = ValidationRepository(s).questions(self.dataset)
             return [ValidationItem(r.id, LabelledQuestion(**_as_question(r.payload)), list(r.skills)) for r in rows]
 
-    def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str]]]:
+    def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str], bytes]]:
+        """Each question with its skills and its embedding (embedded once: it reads the skills
+        and is stored for the router's memory, so no start embeds the set again)."""
         cfg = self.config.validation
         questions = [q for src in cfg.sources for q in load_source(src, cfg.seed)]
-        skills = self._keywords([q.question for q in questions]) if cfg.keyword_mode == "llm" else [
-            [m.skill for m in ms] for ms in SkillVocabulary(SEED_SKILLS, self.embedder).nearest_for_texts(
-                [q.question for q in questions], cfg.skills_per_question)]
-        return [(q.id, dataclasses.asdict(q), s) for q, s in zip(questions, skills, strict=True)]
+        texts = [q.question for q in questions]
+        embeddings = self.embedder.encode(texts)
+        skills = self._keywords(texts) if cfg.keyword_mode == "llm" else [
+            [m.skill for m in ms] for ms in SkillVocabulary(SEED_SKILLS, self.embedder).nearest_for_embeddings(
+                texts, embeddings, cfg.skills_per_question)]
+        return [(q.id, dataclasses.asdict(q), s, e.astype(np.float32).tobytes())
+                for q, s, e in zip(questions, skills, embeddings, strict=True)]
 
     def _keywords(self, texts: list[str]) -> list[list[str]]:
         """Symbolic-MoE's profiling skills: the keyword expert's agreed keywords per question."""

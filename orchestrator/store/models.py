@@ -59,6 +59,9 @@ class ValidationQuestion(Base):
     qid: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # LabelledQuestion fields
     skills: Mapped[list[Any]] = mapped_column(JSON)
+    # the question's float32 embedding (skills/embedder.py), read back at every start instead of
+    # embedding thousands of questions again; None until first computed (a row from before 0008)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
 
 
 class ValidationAnswer(Base):

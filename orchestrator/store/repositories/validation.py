@@ -19,12 +19,18 @@ class ValidationRepository:
         stmt = select(ValidationQuestion).where(ValidationQuestion.dataset == dataset)
         return self.session.scalars(stmt.order_by(ValidationQuestion.id)).all()
 
-    def add_questions(self, dataset: str, rows: Sequence[tuple[str, dict[str, Any], list[str]]]) -> None:
-        """Store (qid, payload, skills) rows; the set is written once and then reused."""
+    def add_questions(self, dataset: str, rows: Sequence[tuple[str, dict[str, Any], list[str], bytes | None]]
+                      ) -> None:
+        """Store (qid, payload, skills, embedding) rows; the set is written once and then reused."""
         self.session.add_all(
-            ValidationQuestion(dataset=dataset, qid=qid, payload=payload, skills=skills)
-            for qid, payload, skills in rows
+            ValidationQuestion(dataset=dataset, qid=qid, payload=payload, skills=skills, embedding=embedding)
+            for qid, payload, skills, embedding in rows
         )
+
+    def set_embeddings(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Store (question row id, float32 embedding bytes) for questions that had none."""
+        for row_id, blob in rows:
+            self.session.get_one(ValidationQuestion, row_id).embedding = blob
 
     def save_answers(self, expert_id: int, answers: Sequence[tuple[int, str, bool]]) -> None:
         """Replace this expert's graded answers: (question row id, text, correct)."""
