@@ -44,14 +44,18 @@ class Served:
 
 
 @contextmanager
-def serve(pool: str, runtime: str = "inline", time_scale: float = 0.0) -> Iterator[Served]:
-    with tempfile.TemporaryDirectory() as data:
+def serve(pool: str, runtime: str = "inline", time_scale: float = 0.0, data_dir: str | None = None
+          ) -> Iterator[Served]:
+    """`data_dir`: a store to reuse (profiled already, the start only loads it); unset, a
+    throwaway one."""
+    with tempfile.TemporaryDirectory() as scratch:
+        data = data_dir or scratch
         port = _free_port()
         env = {**os.environ, "SKILLROUTE_DATA_DIR": data, "SKILLROUTE_BACKENDS__REPLAY_TIME_SCALE": str(time_scale)}
         cmd = [str(CLI), "serve", "--runtime", runtime, "--pool", pool, "--host", "127.0.0.1", "--port", str(port)]
         if runtime == "ray":
             cmd.append("--no-dashboard")
-        log = Path(data) / "server.log"
+        log = Path(scratch) / "server.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
