@@ -81,7 +81,8 @@ def make_hf_folder() -> MakeHFFolder:
 # with @pytest.mark.both_databases; unmarked tests elsewhere keep SQLite alone.
 BOTH_DATABASES = ("orchestrator/store/", "orchestrator/services/test_admission.py",
                   "orchestrator/services/test_query_recovery.py", "orchestrator/services/test_learning.py",
-                  "orchestrator/services/test_rate_limits.py", "orchestrator/api/test_queries_api.py",
+                  "orchestrator/services/test_rate_limits.py", "orchestrator/services/test_pool.py",
+                  "orchestrator/api/test_queries_api.py",
                   "orchestrator/api/test_batches_api.py", "orchestrator/api/test_auth.py")
 TESTS = Path(__file__).resolve().parent
 POSTGRES_SCRIPT = TESTS.parent / "scripts" / "postgres.sh"
@@ -149,3 +150,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def database(database_url: str) -> DatabaseSettings:
     """The settings' `database` section for `database_url`; SQLite stays the default under the data dir."""
     return DatabaseSettings() if database_url.startswith("sqlite") else DatabaseSettings(url=database_url)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many tests ran on each database, so the output shows both (with -q too)."""
+    ran = {db: {outcome: sum(f"[{db}" in getattr(r, "nodeid", "") for r in terminalreporter.stats.get(outcome, [])
+                             if getattr(r, "when", "call") == "call")
+                for outcome in ("passed", "failed", "skipped")} for db in ("sqlite", "postgres")}
+    if any(sum(counts.values()) for counts in ran.values()):
+        terminalreporter.write_line("databases: " + "; ".join(
+            f"[{db}] " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+            for db, counts in ran.items()))
