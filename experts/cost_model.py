@@ -67,6 +67,11 @@ _MOE = re.compile(r"(?<![\d.])(\d+)x(\d+(?:\.\d+)?)b(?![a-z])")
 _DENSE = re.compile(r"(?<![\d.x])(\d+(?:\.\d+)?)([bm])(?![a-z])")
 
 
+def approx_tokens(text: str) -> float:
+    """~4/3 tokens a word: what a model's tokenizer would count, near enough, without loading one."""
+    return len(text.split()) * 4 / 3
+
+
 def _normalise(name: str) -> str:
     return re.sub(r"[_.\s]+", "-", name.strip().lower().split("/")[-1])
 

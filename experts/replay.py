@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from experts.backend import BackendError, ModelSourceError
-from experts.cost_model import ModelCost, model_cost
+from experts.cost_model import ModelCost, approx_tokens, model_cost
 from experts.devices import CostEstimate
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
@@ -179,7 +179,7 @@ class Recording:
         longest corpus question of at least `_SCAN_MIN_WORDS` words inside the message (a short
         one like "Inflation" would match any message that mentions the word)."""
         norm = normalise_text(message)
-        keys = [norm, normalise_text(_strip_options(message))]
+        keys = [norm, normalise_text(strip_options(message))]
         keys += [normalise_text(_strip_label(line)) for line in message.splitlines()]
         for key in keys:
             if key in self._by_text:
@@ -215,7 +215,7 @@ def _strip_label(text: str) -> str:
     return _LABEL.sub("", text)
 
 
-def _strip_options(text: str) -> str:
+def strip_options(text: str) -> str:
     """The part of a message before its first option line ("A. …", "(b) …", "Options:")."""
     m = _OPTION_LINE.search(text)
     return _strip_label(text[: m.start()] if m else text)
@@ -329,6 +329,5 @@ class ReplayBackend:
 
 
 def _approx_tokens(request: GenerationRequest) -> int:
-    """~4/3 tokens per word: what the real model's tokenizer would count, near enough."""
-    words = sum(len(m.content.split()) for m in request.messages)
-    return max(1, round(words * 4 / 3))
+    """The request's prompt tokens as a real tokenizer would count them, near enough."""
+    return max(1, round(sum(approx_tokens(m.content) for m in request.messages)))

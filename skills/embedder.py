@@ -115,13 +115,14 @@ class Embedder:
         return mine.result()
 
     def _embed_group(self, group: list[tuple[list[str], Future[np.ndarray]]]) -> None:
+        unique = list(dict.fromkeys(t for texts, _ in group for t in texts))
         try:
-            vectors = self._embed(list(dict.fromkeys(t for texts, _ in group for t in texts)))
+            vectors = self._embed(unique)
         except BaseException as exc:  # every caller of the group learns why
             for _, future in group:
                 future.set_exception(exc)
             raise
-        rows = dict(zip(dict.fromkeys(t for texts, _ in group for t in texts), vectors, strict=True))
+        rows = dict(zip(unique, vectors, strict=True))
         for texts, future in group:
             future.set_result(np.stack([rows[t] for t in texts]))
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import re
 
-_OPTION_LINE = re.compile(r"(?mi)^\s*(?:\(?[a-p][.):]|options?:)(?:\s|$)")
-_LABEL = re.compile(r"^\s*(?:question|q)\s*[:.]\s*", re.IGNORECASE)
+from experts.replay import strip_options
+
 _REPLY_LINE = re.compile(r"(?mi)^\s*reply with 'answer:.*$")
 
 
 def question_part(text: str) -> str:
-    """The question of a query; the whole text where stripping would leave nothing."""
-    found = _OPTION_LINE.search(text)
-    head = text[: found.start()] if found else _REPLY_LINE.sub("", text)
-    question = _LABEL.sub("", head).strip()
-    return question or text
+    """The question of a query (the part a replay recording is looked up by, too: the text
+    before its first option line, its label dropped); the whole text where that leaves nothing."""
+    return _REPLY_LINE.sub("", strip_options(text)).strip() or text

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
+from experts.cost_model import approx_tokens
 from experts.types import Generation
 from orchestrator.scheduling.planner import Job, Stage, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
@@ -67,8 +68,7 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
 
 def job_tokens(job: Job) -> int:
     """A job's predicted work: its prompt (~4/3 tokens a word) and the most it may generate."""
-    words = sum(len(m.content.split()) for m in job.request.messages)
-    return round(words * 4 / 3) + job.request.sampling.max_tokens
+    return round(sum(approx_tokens(m.content) for m in job.request.messages)) + job.request.sampling.max_tokens
 
 
 def _chunks(jobs: Sequence[Job], most: int) -> list[list[Job]]:

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 
+from experts.cost_model import approx_tokens
 from orchestrator.domain import Ask, Decision, QueryError
 from orchestrator.pipeline import Pipeline
 from orchestrator.probe import NULL_PROBE, Probe
@@ -149,7 +150,7 @@ class QueryService:
 def predicted_tokens(item: Admitted, most: int) -> float:
     """A query's predicted work, what bounds a window's batch: its prompt (~4/3 tokens a word)
     and the most each answering expert may write, once per expert that answers it."""
-    prompt = len(item.ask.text.split()) * 4 / 3
+    prompt = approx_tokens(item.ask.text)
     out = min(item.ask.max_tokens or most, most)
     return (prompt + out) * max(1, len(item.decision.recruited) + len(item.decision.competitors))
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from orchestrator.container import SkillRoute
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -26,3 +30,13 @@ def load_script(name: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def load_bench() -> Callable[[str], ModuleType]:
     return load_script
+
+
+@pytest.fixture
+def mock_service(tmp_path: Path, embedder: Embedder) -> Iterator[SkillRoute]:
+    """A started service over two mock experts on two base models, for the load benches."""
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
+    c = SkillRoute(quiet_settings(tmp_path), pool, factory=mock_or_real, embedder=embedder)
+    c.start()
+    yield c
+    c.close()

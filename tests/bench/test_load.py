@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from skills.embedder import Embedder
 from tests.live_server import live_server
-from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 
 def test_load_reports_latency_throughput_and_errors_per_endpoint(
-    load_bench: Callable[[str], ModuleType], tmp_path: Path, embedder: Embedder
+    load_bench: Callable[[str], ModuleType], mock_service: SkillRoute
 ) -> None:
     bench = load_bench("load")
-    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
-    c = SkillRoute(quiet_settings(tmp_path), pool, factory=mock_or_real, embedder=embedder)
-    c.start()
-    with live_server(create_app(c)) as url:
+    with live_server(create_app(mock_service)) as url:
         res = bench.run(url, "mock pool", clients=20, requests=60, rounds=2)
         mixed = bench.mixed(url, "mock pool", clients=8, requests=24)
-    c.close()
     for part in (res, res["routes"]):
         assert part["requests"] == 60 and part["errors"] == 0 and part["errors_by_status"] == {}
         assert 0 < part["p50_s"] <= part["p99_s"] and part["qps"] > 0

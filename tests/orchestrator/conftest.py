@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,8 +16,21 @@ from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.settings import LearningSettings, Settings
+from skills.embedder import Embedder
 
 SUBJECTS = ["high school mathematics", "world religions", "college chemistry", "jurisprudence"]
+
+
+class CountingEmbedder(Embedder):
+    """The real embedder, counting every text it is asked to encode (a cache hit counts too)."""
+
+    def __init__(self, inner: Embedder):
+        super().__init__()
+        self.inner, self.texts = inner, Counter[str]()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts.update(texts)
+        return self.inner.encode(texts)
 
 
 def mock_or_real(spec: BaseModelSpec):  # type: ignore[no-untyped-def]

@@ -4,10 +4,9 @@ with its whole request and decision, and answered (or recovered after a crash) a
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -20,21 +19,9 @@ from orchestrator.services.budgets import BudgetService
 from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, Query
 from skills.embedder import Embedder
-from tests.orchestrator.conftest import mock_or_real
+from tests.orchestrator.conftest import CountingEmbedder, mock_or_real
 
 GENEROUS = {"latency_ms": 3_600_000, "energy_j": 1e8}
-
-
-class CountingEmbedder(Embedder):
-    """The real embedder, counting every text it is asked to encode (a cache hit counts too)."""
-
-    def __init__(self, inner: Embedder):
-        super().__init__()
-        self.inner, self.texts = inner, Counter[str]()
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts.update(texts)
-        return self.inner.encode(texts)
 
 
 @pytest.fixture

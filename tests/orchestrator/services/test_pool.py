@@ -3,9 +3,6 @@ every start (a restart, a new Serve replica) instead of being embedded again."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-
 import numpy as np
 from sqlalchemy import update
 
@@ -13,19 +10,7 @@ from orchestrator.container import SkillRoute
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
-from tests.orchestrator.conftest import mock_or_real
-
-
-class Counting(Embedder):
-    """The real embedder, counting the texts it is asked to embed."""
-
-    def __init__(self, inner: Embedder):
-        super().__init__()
-        self.inner, self.texts = inner, Counter[str]()
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts.update(texts)
-        return self.inner.encode(texts)
+from tests.orchestrator.conftest import CountingEmbedder, mock_or_real
 
 
 def stored(c: SkillRoute) -> list[ValidationQuestion]:
@@ -46,7 +31,7 @@ def test_profiling_stores_each_question_embedding_and_a_restart_reads_them(conta
     first = rows[0]
     assert np.allclose(np.frombuffer(first.embedding or b"", dtype=np.float32),
                        embedder.encode([first.payload["question"]])[0], atol=1e-5)
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     again = restarted(container, counting)
     assert not {r.payload["question"] for r in rows} & set(counting.texts)  # none embedded again
     assert len(again.pool.snapshot.experts) == len(container.pool.snapshot.experts)
@@ -57,7 +42,7 @@ def test_a_set_stored_without_embeddings_is_embedded_once_then_read(container: S
                                                                     embedder: Embedder) -> None:
     with container.db.session() as s:
         s.execute(update(ValidationQuestion).values(embedding=None))  # a set stored before 0008
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     restarted(container, counting).close()
     assert sum(counting.texts.values()) >= len(stored(container))
     assert all(r.embedding for r in stored(container))
