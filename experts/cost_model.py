@@ -67,6 +67,7 @@ _MOE = re.compile(r"(?<![\d.])(\d+)x(\d+(?:\.\d+)?)b(?![a-z])")
 _DENSE = re.compile(r"(?<![\d.x])(\d+(?:\.\d+)?)([bm])(?![a-z])")
 
 
+@lru_cache(maxsize=16_384)  # bounded; the batcher, executor and replay ask per prompt
 def approx_tokens(text: str) -> float:
     """~4/3 tokens a word: what a model's tokenizer would count, near enough, without loading one."""
     return len(text.split()) * 4 / 3

@@ -145,6 +145,7 @@ class Recording:
         self.questions = {q.question_id: q for q in _read_questions(_data_file(folder, QUESTIONS_FILE))}
         self.models, self._answers = _read_predictions(_data_file(folder, PREDICTIONS_FILE))
         self._by_text: dict[str, list[str]] = {}
+        self._found: dict[str, str] = {}  # message → question id, insertion-ordered (see find_question)
         for q in self.questions.values():
             self._by_text.setdefault(normalise_text(q.question), []).append(q.question_id)
         # Longest first, so a scan finds "Define poverty in Europe." before "Define poverty."
@@ -166,7 +167,18 @@ class Recording:
         return self._answers[model][question_id]
 
     def find_question(self, message: str) -> str:
-        """The id of the corpus question that the message asks (see `_candidates`)."""
+        """The id of the corpus question that the message asks (see `_candidates`). Recent
+        messages are remembered: profiling sends every question once per model, and routing
+        looks each query up again when it is answered."""
+        found = self._found.get(message)
+        if found is None:
+            found = self._find(message)
+            if len(self._found) >= _FOUND_CACHE:
+                self._found.pop(next(iter(self._found)))  # bounded: the oldest goes first
+            self._found[message] = found
+        return found
+
+    def _find(self, message: str) -> str:
         ids = self._candidates(message)
         if not ids:
             raise BackendError(f"no recorded question in {self.folder} matches the message {_clip(message)!r}")
@@ -209,6 +221,7 @@ class Recording:
 _OPTION_LINE = re.compile(r"(?mi)^\s*(?:\(?[a-p][.):]|options?:)(?:\s|$)")
 _LABEL = re.compile(r"^\s*(?:question|q)\s*[:.]\s*", re.IGNORECASE)
 _SCAN_MIN_WORDS = 6
+_FOUND_CACHE = 8192  # messages whose question id is remembered (a validation set is ~3,000)
 
 
 def _strip_label(text: str) -> str:
@@ -236,12 +249,26 @@ def _load_cached(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> R
     return Recording(folder)
 
 
-def load_recording(folder: str | Path) -> Recording:
-    """The recording in `folder`, read once and shared by all of its replay experts."""
+_CHECK_EVERY_S = 1.0  # how stale a lookup may be: routing asks for the recording per decision
+_checked: dict[str | Path, tuple[float, Recording]] = {}
+
+
+def load_recording(folder: str | Path, recent: bool = False) -> Recording:
+    """The recording in `folder`, read once and shared by all of its replay experts; an edited
+    recording is read again. `recent`: the one seen in the last second will do (the folder's
+    files are not looked at again), for callers on every routing decision's path."""
+    now = time.monotonic()
+    seen = _checked.get(folder)
+    if recent and seen is not None and now - seen[0] < _CHECK_EVERY_S:
+        return seen[1]
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
         raise ModelSourceError(f"recording folder not found: {path}")
-    return _load_cached(path, _signature(path))
+    recording = _load_cached(path, _signature(path))
+    if len(_checked) > 64:  # bounded: a few folders in practice
+        _checked.clear()
+    _checked[folder] = (now, recording)
+    return recording
 
 
 class ReplayBackend:

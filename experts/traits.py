@@ -26,6 +26,9 @@ class BackendTraits:
     own_device: bool = False  # every expert of the kind runs on servers of its own (never shares)
     computes_here: bool = False  # its reply times are this machine's compute (calibrates local-cpu)
     fixed_output_tokens: int | None = None  # a reply's cost whatever the limit (a recorded one)
+    # replies are looked up, not computed: a generate call may hold this many requests (sized for
+    # the trip to a worker actor, not for compute); None: chunks bounded by predicted tokens
+    lookup_chunk: int | None = None
 
     def output_tokens(self, limit: int) -> int:
         """The output tokens a reply is charged: the token limit, unless the kind fixes it."""
@@ -39,7 +42,7 @@ _TRAITS = {
     "openai": BackendTraits(),  # another server's compute, placed where its placement says
     "mock": BackendTraits(),
     # a recorded real model: costed on the server its size needs, one per expert
-    "replay": BackendTraits(SERVER_DEVICE, own_device=True, fixed_output_tokens=COT_TOKENS),
+    "replay": BackendTraits(SERVER_DEVICE, own_device=True, fixed_output_tokens=COT_TOKENS, lookup_chunk=1024),
 }
 
 
@@ -59,7 +62,7 @@ def check_prompt(spec: ExpertSpec, text: str, max_tokens: int, options: BackendO
     that lacks the question, a prompt that with `max_tokens` to answer overflows the context."""
     base = spec.base
     if base.kind == "replay":
-        load_recording(base.source).find_question(text)
+        load_recording(base.source, recent=True).find_question(text)
     elif base.kind in ("llamacpp", "vllm"):
         used = prompt_tokens(spec, text, options or BackendOptions())
         if used + max_tokens > base.n_ctx:
@@ -71,7 +74,7 @@ def known_answer(spec: BaseModelSpec, text: str) -> str | None:
     """The gold answer to `text` where this kind of backend knows it (a recording's), else None."""
     if spec.kind != "replay":
         return None
-    recording = load_recording(spec.source)
+    recording = load_recording(spec.source, recent=True)
     try:
         return recording.questions[recording.find_question(text)].answer
     except BackendError:

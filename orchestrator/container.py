@@ -57,7 +57,7 @@ class SkillRoute:
         self.settings, self.pool_config = settings, pool
         self.metrics = Metrics()
         self.db = Database(settings.db_url)
-        self.embedder = embedder or get_embedder()
+        self.embedder = embedder or get_embedder(settings.embedding.kind, settings.embedding.cache_dir)
         profiles = device_table(settings.budgets.devices_file)
         specs = deployment_workers(settings, profiles, workers)
         factory = factory or functools.partial(make_backend, options=settings.backend_options())
@@ -154,6 +154,12 @@ class SkillRoute:
                  len(snap.experts), snap.aggregator, recovered)
 
     def bootstrap(self, progress: Progress | None = None) -> None:
+        """`prepare`, then load the pool it stored for routing."""
+        self.prepare(progress)
+        self.pool.refresh()
+        self._bootstrapped = True
+
+    def prepare(self, progress: Progress | None = None) -> None:
         """Migrate the store, register the pool file's new experts, profile whatever is
         unprofiled, pick the aggregator. Profiles live in the database, so a restart with the
         same pool profiles nothing."""
@@ -173,8 +179,6 @@ class SkillRoute:
                 self.startup.update(phase="profiling")
             self.profiler.profile(todo, self._profiling_progress(progress))
         self.profiler.choose_aggregator()
-        self.pool.refresh()
-        self._bootstrapped = True
 
     def _profiling_progress(self, progress: Progress | None) -> Progress:
         def report(done: int, total: int) -> None:

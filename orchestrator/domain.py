@@ -156,7 +156,9 @@ class Decision(Record):
              ) -> Decision:
         """The record, with each score's draw count and no aggregator for a lone answer."""
         picks = list(recruited)
-        experts = [s.model_copy(update={"recruited": picks.count(s.name)}) for s in scores]
+        counts = {s.name: picks.count(s.name) for s in scores}
+        experts = [s if s.recruited == counts[s.name] else s.model_copy(update={"recruited": counts[s.name]})
+                   for s in scores]  # copies only what changes: a decision scores every expert in the pool
         return cls(router=router, mode=mode, seed=seed, skills=list(skills), experts=experts, recruited=picks,
                    aggregator=aggregator if len(picks) > 1 else None, budget=budget, competitors=list(competitors),
                    competition=competition)

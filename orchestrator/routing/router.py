@@ -27,6 +27,10 @@ class Router(Protocol):
         """Every eligible expert with its weight for this query, best first."""
         ...
 
+    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
+        """`score` for many queries (rows of `query_embeddings`, each with its skills)."""
+        ...
+
 
 class SymbolicRouter:
     """Symbolic-MoE as published: w_i = S_i·γ_i over the mapped skills."""
@@ -42,6 +46,9 @@ class SymbolicRouter:
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
         suitability = local_suitability(self.evidence.profiles, skills)
         return score_experts(suitability, self.evidence.competence)
+
+    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
+        return [self.score(s) for s in skills]
 
 
 

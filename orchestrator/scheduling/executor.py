@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
 from experts.cost_model import approx_tokens
+from experts.traits import traits
 from experts.types import Generation
 from orchestrator.scheduling.planner import Job, Stage, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
@@ -54,7 +54,8 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
         failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
         refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
-        for part in _chunks(sorted(stage.jobs, key=job_tokens), chunk):
+        lookup = traits(stage.base).lookup_chunk
+        for part in _chunks(stage.jobs, lookup or chunk, None if lookup else CHUNK_TOKENS):
             gens = [refused[j.job_id] for j in part] if refused else _guarded(
                 part, partial(worker.generate, stage.base, [j.request for j in part], protect))
             done = _with_copies(part, gens, copies)
@@ -71,17 +72,17 @@ def job_tokens(job: Job) -> int:
     return round(sum(approx_tokens(m.content) for m in job.request.messages)) + job.request.sampling.max_tokens
 
 
-def _chunks(jobs: Sequence[Job], most: int) -> list[list[Job]]:
-    """Consecutive runs of at most `most` jobs and CHUNK_TOKENS predicted tokens (one job at least)."""
+def _chunks(jobs: Sequence[Job], most: int, most_tokens: int | None) -> list[list[Job]]:
+    """The jobs, shortest first, in runs of at most `most` jobs and `most_tokens` predicted tokens (one at least)."""
     out: list[list[Job]] = []
     part: list[Job] = []
     tokens = 0
-    for job in jobs:
-        if part and (len(part) >= most or tokens + job_tokens(job) > CHUNK_TOKENS):
+    for size, job in sorted(((job_tokens(j), j) for j in jobs), key=lambda x: x[0]):  # shortest first
+        if part and (len(part) >= most or (most_tokens is not None and tokens + size > most_tokens)):
             out.append(part)
             part, tokens = [], 0
         part.append(job)
-        tokens += job_tokens(job)
+        tokens += size
     return [*out, part] if part else out
 
 
@@ -115,7 +116,7 @@ def _guarded(jobs: Sequence[Job], work: Callable[[], object]) -> list[Generation
 
 def coalesce(jobs: Sequence[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
     """The jobs to run, and for each of them the later greedy jobs that are the same request."""
-    first: dict[str, Job] = {}
+    first: dict[object, Job] = {}
     unique: list[Job] = []
     copies: dict[str, list[Job]] = {}
     for job in jobs:
@@ -129,15 +130,14 @@ def coalesce(jobs: Sequence[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
     return unique, copies
 
 
-def greedy_key(job: Job) -> str | None:
+def greedy_key(job: Job) -> tuple[str, tuple[tuple[str, str], ...], str] | None:
     """What determines a greedy job's reply (model, messages, sampling but the seed); None if
     it samples, where two runs rightly differ."""
     req = job.request
     if req.sampling.temperature > 0:
         return None
-    sampling = req.sampling.model_dump(mode="json", exclude={"seed"})
-    messages = [m.model_dump(mode="json") for m in req.messages]
-    return json.dumps([job.base.key, messages, sampling], sort_keys=True)
+    sampling = repr(req.sampling.model_dump(exclude={"seed"}))  # fields in declaration order
+    return job.base.key, tuple((m.role, m.content) for m in req.messages), sampling
 
 
 def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,

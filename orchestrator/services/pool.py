@@ -16,13 +16,14 @@ from orchestrator.routing.learning import CERTAIN_AFTER, Lesson, learned, observ
 from orchestrator.routing.router import build_router
 from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
-from orchestrator.store.models import ValidationAnswer, ValidationQuestion
+from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.state import StateRepository
-from orchestrator.store.repositories.validation import ValidationRepository
+from orchestrator.store.repositories.validation import AnswerRow, ValidationRepository
 from skills.embedder import Embedder
 from skills.grading import extract_choice
+from skills.question_text import question_part
 from skills.vocabulary import SkillVocabulary
 
 AGGREGATOR_KEY = "aggregator"
@@ -46,6 +47,7 @@ def load_evidence(
         labels = [str(q.payload.get("subject", "")) for q in questions]
         correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
+        _embed_lessons_again(LessonRepository(s), embedder)
         lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY))
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
@@ -57,10 +59,10 @@ def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],
                         stored: Sequence[tuple[int, bytes | None]]) -> np.ndarray:
     """The validation questions' embeddings as profiling stored them; any without one (a set
     stored before they were kept) is embedded now and stored, so the next start reads it. The
-    embedding model is the packaged one, fixed: a stored row of the wrong size is embedded again."""
+    embedding kind can change (settings.embedding.kind; each has its own width): a stored row of
+    another width is embedded again."""
     rows = [np.frombuffer(blob, dtype=np.float32) if blob else None for _, blob in stored]
-    width = max((len(r) for r in rows if r is not None), default=0)
-    missing = [i for i, r in enumerate(rows) if r is None or len(r) != width]
+    missing = [i for i, r in enumerate(rows) if r is None or len(r) != embedder.dim]
     if missing:
         fresh = embedder.encode([texts[i] for i in missing])
         with db.session() as s:
@@ -71,6 +73,16 @@ def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],
     return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
 
 
+def _embed_lessons_again(lessons: LessonRepository, embedder: Embedder) -> None:
+    """Lessons embedded by another embedding kind get their query embedded by this one (a
+    lesson whose query is gone cannot be, and is forgotten)."""
+    stale = lessons.of_other_width(embedder.dim)
+    texts = [question_part(text) for _, text in stale if text is not None]
+    vectors = iter(embedder.encode(texts)) if texts else iter(())
+    for row, text in stale:
+        lessons.set_embedding(row, next(vectors) if text is not None else None)
+
+
 def _known(lesson: Lesson, experts: Mapping[str, ExpertSpec]) -> Lesson:
     """The lesson's marks of experts still in the pool (one removed since teaches nothing)."""
     marks = {e: m for e, m in lesson.marks.items() if e in experts}
@@ -78,7 +90,7 @@ def _known(lesson: Lesson, experts: Mapping[str, ExpertSpec]) -> Lesson:
 
 
 def _answer_records(
-    questions: Sequence[ValidationQuestion], answers: Sequence[ValidationAnswer], names: dict[int, str]
+    questions: Sequence[ValidationQuestion], answers: Sequence[AnswerRow], names: dict[int, str]
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str | None]], dict[str, np.ndarray]]:
     """Per expert, per question: was it right, which option letter did it pick (if any), and is
     its answer on record at all (not yet, for an expert still being profiled)."""

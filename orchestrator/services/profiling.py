@@ -101,7 +101,9 @@ class ProfilingService:
         workers at once); store graded profiles. An expert most of whose answers failed (a
         model that will not load, a lost server) is marked failed with the first error."""
         items = self.validation_set()
-        jobs = self._by_worker([(spec, self._job(eid, spec, it)) for eid, spec in experts for it in items])
+        prompts = [format_prompt(it.question) for it in items]  # once, not once per expert
+        jobs = self._by_worker([(spec, self._job(eid, spec, it.row_id, prompt))
+                                for eid, spec in experts for it, prompt in zip(items, prompts, strict=True)])
         gens = self.fleet.execute(jobs, progress=self._track(experts, progress))
         for eid, _spec in experts:
             replies = [gens[f"{eid}:{it.row_id}"] for it in items]
@@ -121,9 +123,9 @@ class ProfilingService:
         with self.db.session() as s:
             ExpertRepository(s).set_status(expert_id, "failed", error)
 
-    def _job(self, eid: int, spec: ExpertSpec, item: ValidationItem) -> Job:
+    def _job(self, eid: int, spec: ExpertSpec, row_id: int, prompt: str) -> Job:
         max_tokens = self.config.generation.profiling_max_tokens
-        req = spec.request(f"{eid}:{item.row_id}", format_prompt(item.question), max_tokens)
+        req = spec.request(f"{eid}:{row_id}", prompt, max_tokens)
         return Job(req.request_id, spec.base, req)
 
     def _track(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None) -> Progress:

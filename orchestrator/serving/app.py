@@ -5,8 +5,9 @@ once, then loads (or first profiles) the pool through the worker actors and answ
 crash left, on a thread behind it; /ready is 503 naming what still runs until it is done.
 - `skillroute serve` calls `run_serve`: Ray starts embedded on this machine, the driver spawns
   the worker actors, Serve runs the ingress, and the driver logs the start's progress (read
-  from /ready) and blocks until Ctrl-C or SIGTERM. The driver itself profiles and recovers
-  nothing, so nothing runs twice.
+  from /ready) and blocks until Ctrl-C or SIGTERM. The driver recovers nothing and profiles
+  only a pool of recordings (`prepare_lookups`: its profiling is a lookup, done while Ray
+  starts, before the replica is deployed, so nothing runs twice); the replica loads it.
 - On a cluster, KubeRay's serveConfigV2 imports `orchestrator.serving.app:app` (built from
   SKILLROUTE_* environment variables); the replica spawns the actors and starts the same way.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ from ray import serve
 from ray.actor import ActorHandle
 from ray.serve import Application
 
+from experts.traits import traits
 from experts.workers import declared_workers
 from orchestrator.budgets.planner import device_table
 from orchestrator.pools.loader import load_pool_config
@@ -111,10 +114,50 @@ def init_ray(settings: Settings, dashboard: bool) -> str:
     return ctx.dashboard_url or ""
 
 
+def prepare_lookups(settings: Settings, pool_path: Path, log: Log) -> threading.Thread | None:
+    """A pool whose every expert is a recording (its replies are lookups, no model to place) is
+    profiled here, in the driver, on a thread while Ray starts: 66,154 recorded answers then
+    cost no trips to a worker actor. None for any other pool (the replica profiles it, on the
+    workers the experts are placed on). A failure here is logged; the replica then profiles."""
+    pool = load_pool_config(pool_path)
+    if not pool.experts or not all(traits(e.base).lookup_chunk for e in pool.experts):
+        return None
+
+    def prepare() -> None:
+        from orchestrator.container import SkillRoute
+
+        container = SkillRoute(settings, pool)
+        try:
+            container.prepare(coarse_progress(log))
+        except Exception as exc:  # noqa: BLE001 - the replica's start profiles what is left
+            log(f"profiling the recordings here failed ({type(exc).__name__}: {exc}); the replica will")
+        finally:
+            container.close()
+
+    thread = threading.Thread(target=prepare, name="prepare-lookups", daemon=True)
+    thread.start()
+    return thread
+
+
+def coarse_progress(log: Log, steps: int = 10) -> Callable[[int, int], None]:
+    """Log profiling progress in tenths, not per answer."""
+    shown = -1
+
+    def report(done: int, total: int) -> None:
+        nonlocal shown
+        step = done * steps // max(total, 1)
+        if step != shown:
+            shown = step
+            log(f"profiling recordings: {done}/{total} answers")
+
+    return report
+
+
 def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dashboard: bool = True,
               log: Log = print) -> None:
     """Run the service under Ray Serve until interrupted, then stop what was started."""
     embedded = not settings.ray.address
+    preparing = prepare_lookups(settings, pool_path, log)
     dashboard_url = init_ray(settings, dashboard)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
@@ -122,6 +165,8 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dash
         spawn_workers(settings, cores)  # not awaited: the actors boot while Serve starts
         log_cluster(dashboard_url, log)
         serve.start(http_options={"host": host, "port": port})
+        if preparing is not None:
+            preparing.join()  # before the replica exists: it must find the profiles stored
         serve.run(build_app(settings, pool_path, cores), name=APP_NAME, route_prefix="/")
         log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r}); starting up behind it")
         watch_start(f"http://{_local(host)}:{port}", log)

@@ -25,7 +25,7 @@ class CountingEmbedder(Embedder):
     """The real embedder, counting every text it is asked to encode (a cache hit counts too)."""
 
     def __init__(self, inner: Embedder):
-        super().__init__()
+        super().__init__(kind=inner.kind)
         self.inner, self.texts = inner, Counter[str]()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

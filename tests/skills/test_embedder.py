@@ -1,4 +1,5 @@
-"""The packaged all-MiniLM-L6-v2, loaded for real and offline."""
+"""The packaged all-MiniLM-L6-v2, loaded for real and offline, and the static embedding
+distilled from it (the default kind)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from skills.embedder import Embedder, EmbedderUnavailable, default_model_path, get_embedder
+from skills.embedder import DIMS, Embedder, EmbedderUnavailable, default_model_path, get_embedder
 
 
 def test_model_ships_in_the_package() -> None:
@@ -24,25 +25,47 @@ def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         Embedder().encode(["x"])
 
 
-def test_shape_dtype_and_unit_norm(embedder: Embedder) -> None:
-    vectors = embedder.encode(["algebra", "world religions", "algebra"])
-    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+@pytest.fixture(scope="module")
+def transformer() -> Embedder:
+    return get_embedder("transformer")
+
+
+@pytest.fixture(params=["static", "transformer"])
+def each_kind(request: pytest.FixtureRequest, embedder: Embedder, transformer: Embedder) -> Embedder:
+    return embedder if request.param == "static" else transformer
+
+
+def test_shape_dtype_and_unit_norm(each_kind: Embedder) -> None:
+    vectors = each_kind.encode(["algebra", "world religions", "algebra"])
+    assert vectors.shape == (3, DIMS[each_kind.kind]) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(vectors[0], vectors[2])
-    assert embedder.dim == 384
+    assert each_kind.dim == {"static": 256, "transformer": 384}[each_kind.kind]
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_similarity_is_meaningful(embedder: Embedder) -> None:
-    algebra, maths, religions = embedder.encode(
+def test_similarity_is_meaningful(each_kind: Embedder) -> None:
+    algebra, maths, religions = each_kind.encode(
         ["algebra", "high school mathematics", "world religions"]
     )
     assert algebra @ maths > algebra @ religions + 0.1
 
 
+def test_static_neighbours_agree_with_the_transformer(embedder: Embedder, transformer: Embedder) -> None:
+    """The distilled embedding keeps the transformer's sense of which subject is near which."""
+    subjects = ["organic chemistry", "criminal law", "macroeconomics", "cell biology", "calculus",
+                "world history", "moral philosophy", "electrical circuits"]
+    queries = ["What is the derivative of x squared?", "Which court hears appeals of a felony verdict?",
+               "What raises the price level across an economy?", "Which organelle makes ATP?",
+               "Which functional group defines an alcohol?", "Is lying ever permitted, on Kant's view?"]
+    picks = [(k.encode(queries) @ k.encode(subjects).T).argmax(axis=1) for k in (embedder, transformer)]
+    assert list(picks[0]) == list(picks[1]) == [4, 1, 2, 3, 0, 6]
+
+
 def test_empty_input_and_shared_instance(embedder: Embedder) -> None:
-    assert embedder.encode([]).shape == (0, 384)
-    assert get_embedder() is get_embedder()
+    assert embedder.encode([]).shape == (0, embedder.dim)
+    assert get_embedder() is get_embedder() is embedder
+    assert get_embedder("transformer") is not embedder
 
 
 def test_cache_is_bounded_and_results_stable() -> None:
@@ -75,9 +98,9 @@ def test_concurrent_callers_share_model_calls() -> None:
     """Callers that arrive while the model is busy are embedded together, each getting its own
     rows: 16 concurrent one-text requests take fewer than 16 model calls, and every row equals
     the text embedded alone."""
-    fresh = Embedder(cache_size=0)
+    fresh = Embedder(cache_size=0, kind="transformer")  # the slow kind: calls overlap for sure
     texts = [f"a question about topic {i}, asked by client {i}" for i in range(16)]
-    alone = np.stack([Embedder(cache_size=0).encode([t])[0] for t in texts])
+    alone = np.stack([Embedder(cache_size=0, kind="transformer").encode([t])[0] for t in texts])
     fresh.encode(["warm the model up"])
     calls_before, gate = fresh.calls, threading.Barrier(len(texts))
     rows: dict[int, np.ndarray] = {}

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from orchestrator.routing.learning import Lesson
-from orchestrator.store.models import LessonRow
+from orchestrator.store.models import LessonRow, Query
 
 
 class LessonRepository:
@@ -34,6 +34,19 @@ class LessonRepository:
         in lessons up to that id: they judged answers of a persona it no longer has."""
         rows = self.session.scalars(select(LessonRow).order_by(LessonRow.id)).all()
         return [_fresh(_lesson(r), r.id, stale) if stale else _lesson(r) for r in rows]
+
+    def of_other_width(self, dim: int) -> list[tuple[LessonRow, str | None]]:
+        """Lessons whose embedding is not `dim` wide (made by another embedding model), each
+        with its query's text when the query is kept."""
+        stmt = select(LessonRow, Query.text).outerjoin(Query, Query.id == LessonRow.query_id)
+        return [(r, text) for r, text in self.session.execute(stmt).all() if len(r.embedding) != 4 * dim]
+
+    def set_embedding(self, row: LessonRow, vector: np.ndarray | None) -> None:
+        """Store the lesson's new embedding; None forgets the lesson (nothing to embed again)."""
+        if vector is None:
+            self.session.delete(row)
+        else:
+            row.embedding = np.asarray(vector, dtype="<f4").tobytes()
 
     def last_id(self) -> int:
         return int(self.session.scalar(select(func.max(LessonRow.id))) or 0)

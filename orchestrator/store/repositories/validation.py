@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, delete, insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
+
+AnswerRow = Row[int, int, str, bool]  # expert_id, question_id, text, correct
 
 
 class ValidationRepository:
@@ -34,13 +36,15 @@ class ValidationRepository:
 
     def save_answers(self, expert_id: int, answers: Sequence[tuple[int, str, bool]]) -> None:
         """Replace this expert's graded answers: (question row id, text, correct)."""
-        for old in self.session.scalars(select(ValidationAnswer).where(ValidationAnswer.expert_id == expert_id)):
-            self.session.delete(old)
-        self.session.flush()
-        self.session.add_all(
-            ValidationAnswer(expert_id=expert_id, question_id=qid, text=text, correct=ok) for qid, text, ok in answers
-        )
+        # bulk statements, not one ORM object per row: a recorded pool saves 66,154 answers at start
+        self.session.execute(delete(ValidationAnswer).where(ValidationAnswer.expert_id == expert_id))
+        if answers:
+            self.session.execute(insert(ValidationAnswer), [
+                {"expert_id": expert_id, "question_id": qid, "text": text, "correct": ok} for qid, text, ok in answers])
 
-    def answers(self, expert_ids: Sequence[int]) -> Sequence[ValidationAnswer]:
-        stmt = select(ValidationAnswer).where(ValidationAnswer.expert_id.in_(expert_ids))
-        return self.session.scalars(stmt.order_by(ValidationAnswer.id)).all()
+    def answers(self, expert_ids: Sequence[int]) -> Sequence[AnswerRow]:
+        """(expert_id, question_id, text, correct) rows, oldest first: plain rows, not ORM
+        objects, as every start reads all of them (66,154 for the recorded pool)."""
+        a = ValidationAnswer
+        stmt = select(a.expert_id, a.question_id, a.text, a.correct).where(a.expert_id.in_(expert_ids))
+        return self.session.execute(stmt.order_by(a.id)).all()

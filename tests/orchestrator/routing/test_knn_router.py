@@ -62,7 +62,7 @@ def test_scores_carry_estimate_overall_accuracy_and_log_odds_weight() -> None:
     for s in scores:
         assert s.competence == pytest.approx(float(np.mean(evidence.correct[s.name])))  # type: ignore[index]
         assert s.weight == pytest.approx(log_odds_weight(s.suitability))
-    assert router.score_batch(np.stack([centres[0]]))[0] == scores
+    assert router.score_batch([[]], np.stack([centres[0]]))[0] == scores
 
 
 def test_without_an_embedding_ranks_by_overall_accuracy() -> None:

@@ -7,9 +7,11 @@ import numpy as np
 from sqlalchemy import update
 
 from orchestrator.container import SkillRoute
-from orchestrator.store.models import ValidationQuestion
+from orchestrator.routing.learning import Lesson
+from orchestrator.store.models import LessonRow, Query, ValidationQuestion
+from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.validation import ValidationRepository
-from skills.embedder import Embedder
+from skills.embedder import Embedder, get_embedder
 from tests.orchestrator.conftest import CountingEmbedder, mock_or_real
 
 
@@ -49,3 +51,24 @@ def test_a_set_stored_without_embeddings_is_embedded_once_then_read(container: S
     counting.texts.clear()
     restarted(container, counting).close()
     assert not {r.payload["question"] for r in stored(container)} & set(counting.texts)
+
+
+def test_a_change_of_embedding_kind_embeds_the_memory_and_the_lessons_again(container: SkillRoute) -> None:
+    """Stored vectors of another kind (another width) are embedded again by the one in use: the
+    validation set, and each lesson whose query is kept; a lesson without one is forgotten."""
+    with container.db.session() as s:
+        query = Query(text="What is 6 times 7?", k=3)
+        s.add(query)
+        s.flush()
+        marks = {next(iter(container.pool.snapshot.experts)): True}
+        for qid in (query.id, None):
+            LessonRepository(s).add(Lesson(np.ones(container.embedder.dim, dtype=np.float32), ("arithmetic",),
+                                           marks), qid)
+    transformer = get_embedder("transformer")
+    restarted(container, transformer).close()
+    assert {len(r.embedding or b"") for r in stored(container)} == {4 * transformer.dim}
+    with container.db.session() as s:
+        rows = s.query(LessonRow).all()
+        assert [r.query_id for r in rows] == [query.id]
+        assert np.allclose(np.frombuffer(rows[0].embedding, dtype="<f4"),
+                           transformer.encode(["What is 6 times 7?"])[0], atol=1e-5)
