@@ -51,7 +51,7 @@ def scored(name: str, found: list[list[SkillMatch]], subjects: list[str], second
 def bench(per_subject: int, model: str, samples: int) -> dict[str, object]:
     questions = load_mmlu("validation", per_subject=per_subject, seed=0)
     texts, subjects = [q.question for q in questions], [q.subject for q in questions]
-    vocab = SkillVocabulary(SEED_SKILLS, Embedder())
+    vocab = SkillVocabulary(SEED_SKILLS, Embedder(kind="transformer"))  # what skills are read with (settings: auto)
     started = time.perf_counter()
     by_embedding = vocab.nearest_for_texts(texts, 3)
     embedding_s = time.perf_counter() - started

@@ -10,8 +10,9 @@
   recruitment), timed at the client: HTTP, admission, the store, the batching window and the
   worker are all inside the figure.
 
-Both run in one process tree on the same machine, alternating prompt by prompt so that noise
-from other work falls on both; each is warmed with one untimed prompt. Greedy decoding makes the
+Both run in one process tree on the same machine, alternating prompt by prompt (each first
+half the time) so that noise from other work falls on both; each is warmed with one untimed
+prompt. Greedy decoding makes the
 two generate the same tokens (both counts are printed to show it).
 
 JSON keys: `ratio` (service seconds ÷ direct seconds), `service_s`, `direct_s`, `service_tokens`,
@@ -99,9 +100,10 @@ def measure(model: str, n: int, max_tokens: int) -> dict[str, object]:
             httpx.Client(base_url=served.url, timeout=600) as http:
         via_service(http, "Say hello.", 8)  # warm both: first calls allocate
         direct.ask("Say hello.", 8)
-        for prompt in prompts:
-            for name, call in (("service", lambda p=prompt: via_service(http, p, max_tokens)),
-                               ("direct", lambda p=prompt: direct.ask(p, max_tokens))):
+        for i, prompt in enumerate(prompts):
+            calls = [("service", lambda p=prompt: via_service(http, p, max_tokens)),
+                     ("direct", lambda p=prompt: direct.ask(p, max_tokens))]
+            for name, call in calls[::-1] if i % 2 else calls:  # each goes first half the time
                 seconds, tokens = timed(call)
                 totals[name][0] += seconds
                 totals[name][1] += tokens
@@ -114,7 +116,7 @@ def measure(model: str, n: int, max_tokens: int) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="package:qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

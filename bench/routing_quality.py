@@ -83,7 +83,7 @@ def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.nd
     """Embeddings of the texts, kept on disk by content (in sorted order, so every seed's split
     of the same corpus shares one file) so a second run skips the model."""
     unique = sorted(set(texts))
-    key = hashlib.sha256("\x00".join([embedder.model_path, *unique]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\x00".join([embedder.model_path, embedder.kind, *unique]).encode()).hexdigest()[:24]
     path = cache_dir / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
         vectors = np.load(path)

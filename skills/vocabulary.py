@@ -129,8 +129,12 @@ class SkillVocabulary:
             return [[] for _ in texts]
         sims = np.asarray(embeddings) @ matrix.T
         # No keyword is read on this path: the whole query is matched, so `keyword` stays empty.
-        # A stable sort on −similarity keeps vocabulary order among exact ties.
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :m]
+        # The m best by a partial sort (a vocabulary holds hundreds of skills), then a stable sort
+        # of those on −similarity, by vocabulary order among exact ties.
+        m = min(m, sims.shape[1])
+        top = np.sort(np.argpartition(-sims, m - 1, axis=1)[:, :m], axis=1)
+        ranks = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        order = np.take_along_axis(top, ranks, axis=1)
         return [
             [
                 SkillMatch("", names[j], float(sims[i, j]))

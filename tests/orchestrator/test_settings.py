@@ -1,0 +1,44 @@
+"""The one settings object's derived choices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from orchestrator.container import SkillRoute
+from orchestrator.pools.loader import load_pool_config
+from orchestrator.settings import EmbeddingSettings, Settings, embedding_kind
+from tests.orchestrator.conftest import mock_expert, mock_or_real, small_pool
+
+SliceRecording = Callable[[Path, Sequence[str], int], Path]
+
+
+@pytest.mark.parametrize(("kind", "router", "chosen"), [
+    ("auto", "knn", "static"), ("auto", "symbolic", "transformer"),
+    ("static", "symbolic", "static"), ("transformer", "knn", "transformer"),
+])
+def test_embedding_kind_follows_the_router_unless_set(kind: str, router: str, chosen: str) -> None:
+    assert embedding_kind(kind, router) == chosen
+
+
+def test_each_pool_gets_the_embedding_its_router_wants(tmp_path: Path, slice_recording: SliceRecording) -> None:
+    """The skill-based router reads skills with the transformer; a recorded pool, routed by k-NN,
+    embeds statically; the environment can force either."""
+    folder = slice_recording(tmp_path / "rec", ["gemma-7b"], 1)
+    for pool, kind, expected in [(small_pool([mock_expert("a", "m")]), "auto", "transformer"),
+                                 (load_pool_config(f"replay:{folder}"), "auto", "static"),
+                                 (small_pool([mock_expert("a", "m")]), "static", "static")]:
+        settings = Settings(data_dir=tmp_path / "data", embedding=EmbeddingSettings(kind=kind))  # type: ignore[arg-type]
+        c = SkillRoute(settings, pool, factory=mock_or_real)
+        assert c.embedder.kind == expected
+        c.close()
+
+
+def test_the_kind_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLROUTE_EMBEDDING__KIND", "static")
+    assert Settings().embedding.kind == "static"
+    monkeypatch.setenv("SKILLROUTE_EMBEDDING__KIND", "bert")
+    with pytest.raises(ValueError, match="embedding.kind"):
+        Settings()
