@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -101,6 +102,20 @@ def wait_done(url: str, batch_id: int, within_s: float = 300) -> dict[str, objec
     raise TimeoutError(f"batch {batch_id} never completed")
 
 
+def finished_generations(workers: set[str], names: dict[str, str], within_s: float = 60) -> list[Any]:
+    """The finished `WorkerActor.generate` tasks, once every worker has one on record: workers
+    report task events to the state API in the background (about once a second), so a task
+    that has just finished may not be listed yet. Replies are looked up 1,024 to a call, so
+    each worker runs only a few generate tasks, and the last may still be unreported."""
+    deadline = time.monotonic() + within_s
+    while True:
+        tasks = [t for t in list_tasks(filters=[("name", "=", "WorkerActor.generate")], limit=10_000)
+                 if t.state == "FINISHED"]
+        if {names.get(t.actor_id) for t in tasks} >= workers or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.5)  # polling the state API, which has no way to wait for an event
+
+
 def test_each_generation_runs_on_its_placements_node(deployed: tuple[str, Path]) -> None:
     url, folder = deployed
     experts = {e["name"]: e["worker"] for e in httpx.get(f"{url}/v1/experts", timeout=30).json()}
@@ -116,8 +131,7 @@ def test_each_generation_runs_on_its_placements_node(deployed: tuple[str, Path])
     actor_node = {a.actor_id: node_of.get(a.node_id) for a in list_actors(filters=[("class_name", "=", "WorkerActor")])
                   if a.state == "ALIVE"}
     names = {a.actor_id: a.name for a in list_actors(filters=[("class_name", "=", "WorkerActor")])}
-    tasks = [t for t in list_tasks(filters=[("name", "=", "WorkerActor.generate")], limit=10_000)
-             if t.state == "FINISHED"]
+    tasks = finished_generations({actor_name(n) for n in NODES}, names)
     ran = Counter((names[t.actor_id], node_of.get(t.node_id)) for t in tasks)
     assert {w for w, _ in ran} == {actor_name(n) for n in NODES}  # every worker generated
     assert all(actor_name(node) == worker for worker, node in ran), ran  # and only on its own node
