@@ -1,6 +1,6 @@
 """Service overhead: the same generations through the service and from llama.cpp called directly.
 
-    python bench/overhead.py [--model package:qwen2.5-coder-0.5b-instruct] [--prompts 12]
+    python bench/overhead.py [--model package:qwen2.5-coder-0.5b-instruct] [--prompts 16]
                              [--max-tokens 48] [--json]
 
 - direct: `llama_cpp.Llama` on the model file (the n_ctx and threads the service gives it),
@@ -12,8 +12,8 @@
 
 Both run in one process tree on the same machine, alternating prompt by prompt (each first
 half the time) so that noise from other work falls on both; each is warmed with one untimed
-prompt. Greedy decoding makes the
-two generate the same tokens (both counts are printed to show it).
+prompt. Greedy decoding makes the two generate the same tokens (both counts are printed to
+show it).
 
 JSON keys: `ratio` (service seconds ÷ direct seconds), `service_s`, `direct_s`, `service_tokens`,
 `direct_tokens`, `prompts`, `model`.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -71,6 +72,11 @@ _DENSE = re.compile(r"(?<![\d.x])(\d+(?:\.\d+)?)([bm])(?![a-z])")
 def approx_tokens(text: str) -> float:
     """~4/3 tokens a word: what a model's tokenizer would count, near enough, without loading one."""
     return len(text.split()) * 4 / 3
+
+
+def approx_prompt_tokens(contents: Iterable[str]) -> int:
+    """`approx_tokens` over a prompt's messages, rounded once."""
+    return round(sum(approx_tokens(c) for c in contents))
 
 
 def _normalise(name: str) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from experts.backend import BackendError, ModelSourceError
-from experts.cost_model import ModelCost, approx_tokens, model_cost
+from experts.cost_model import ModelCost, approx_prompt_tokens, model_cost
 from experts.devices import CostEstimate
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
@@ -357,4 +357,4 @@ class ReplayBackend:
 
 def _approx_tokens(request: GenerationRequest) -> int:
     """The request's prompt tokens as a real tokenizer would count them, near enough."""
-    return max(1, round(sum(approx_tokens(m.content) for m in request.messages)))
+    return max(1, approx_prompt_tokens(m.content for m in request.messages))

@@ -9,6 +9,7 @@ shaped from it, so renaming a field is one change here, checked by pydantic on t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -156,7 +157,7 @@ class Decision(Record):
              ) -> Decision:
         """The record, with each score's draw count and no aggregator for a lone answer."""
         picks = list(recruited)
-        counts = {s.name: picks.count(s.name) for s in scores}
+        counts = Counter(picks)
         experts = [s if s.recruited == counts[s.name] else s.model_copy(update={"recruited": counts[s.name]})
                    for s in scores]  # copies only what changes: a decision scores every expert in the pool
         return cls(router=router, mode=mode, seed=seed, skills=list(skills), experts=experts, recruited=picks,

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from experts.options import DEFAULT_DATA_DIR, BackendOptions
+from skills.embedder import DEFAULT_CACHE_DIR, EmbeddingKind
 
 DEFAULT_POOL = Path(__file__).parent / "pools" / "default.yaml"
 
@@ -94,11 +95,11 @@ class EmbeddingSettings(Section):
         "question against question, routes as well); transformer: the sentence-transformer itself (~20 ms a "
         "question; reads a question's skills far better: 60% against 36% subject hits, bench/keywords.py); auto: "
         "static under the k-NN router, transformer under the skill-based symbolic one.")
-    cache_dir: Path = Field(default=DEFAULT_DATA_DIR / "embedders",
+    cache_dir: Path = Field(default=DEFAULT_CACHE_DIR,
                             description="Where the distilled static model is built once, for every data dir.")
 
 
-def embedding_kind(kind: str, router: str) -> Literal["static", "transformer"]:
+def embedding_kind(kind: str, router: str) -> EmbeddingKind:
     """The embedding a pool routed by `router` uses (see `EmbeddingSettings.kind`)."""
     if kind == "auto":
         return "static" if router == "knn" else "transformer"

@@ -175,7 +175,9 @@ _shared_lock = threading.Lock()
 def get_embedder(kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR) -> Embedder:
     """The process-wide embedder of this kind (the model is loaded once, on first encode)."""
     with _shared_lock:
-        return _shared.setdefault((kind, cache_dir), Embedder(kind=kind, cache_dir=cache_dir))
+        if (kind, cache_dir) not in _shared:
+            _shared[kind, cache_dir] = Embedder(kind=kind, cache_dir=cache_dir)
+        return _shared[kind, cache_dir]
 
 
 if __name__ == "__main__":  # `python -m skills.embedder`: build the static embedding now (set-up runs it)

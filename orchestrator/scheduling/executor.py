@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
-from experts.cost_model import approx_tokens
+from experts.cost_model import approx_prompt_tokens
 from experts.traits import traits
 from experts.types import Generation
 from orchestrator.scheduling.planner import Job, Stage, plan_stages
@@ -69,7 +69,7 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
 
 def job_tokens(job: Job) -> int:
     """A job's predicted work: its prompt (~4/3 tokens a word) and the most it may generate."""
-    return round(sum(approx_tokens(m.content) for m in job.request.messages)) + job.request.sampling.max_tokens
+    return approx_prompt_tokens(m.content for m in job.request.messages) + job.request.sampling.max_tokens
 
 
 def _chunks(jobs: Sequence[Job], most: int, most_tokens: int | None) -> list[list[Job]]:

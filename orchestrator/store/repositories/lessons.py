@@ -38,8 +38,9 @@ class LessonRepository:
     def of_other_width(self, dim: int) -> list[tuple[LessonRow, str | None]]:
         """Lessons whose embedding is not `dim` wide (made by another embedding model), each
         with its query's text when the query is kept."""
-        stmt = select(LessonRow, Query.text).outerjoin(Query, Query.id == LessonRow.query_id)
-        return [(r, text) for r, text in self.session.execute(stmt).all() if len(r.embedding) != 4 * dim]
+        stmt = (select(LessonRow, Query.text).outerjoin(Query, Query.id == LessonRow.query_id)
+                .where(func.length(LessonRow.embedding) != 4 * dim))  # bytes: float32 rows
+        return [(r, text) for r, text in self.session.execute(stmt).all()]
 
     def set_embedding(self, row: LessonRow, vector: np.ndarray | None) -> None:
         """Store the lesson's new embedding; None forgets the lesson (nothing to embed again)."""
