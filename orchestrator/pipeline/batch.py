@@ -188,12 +188,12 @@ class BatchRun:
         if not answers:
             errors = "; ".join(f"{f.expert}: {f.error}" for f in q.failures) or "no expert was recruited"
             self._finish(q, "", f"every expert failed: {errors}")
-        elif len(answers) == 1:
-            self._finish(q, answers[0].text)
+        elif len({a.text.strip() for a in answers}) == 1:
+            self._finish(q, answers[0].text)  # one answer, or one greedy expert drawn k times
         elif self.aggregation == "vote":
             self._finish(q, _voted(answers, q, self.pool))
         elif (agg := q.decision.aggregator) is not None and agg in self.pool.experts:
-            prompt = aggregation_prompt(q.ask.text, [a.text for a in answers])
+            prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
             self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,
                        self.limits.aggregator_max_tokens, 0)
         else:
@@ -258,8 +258,15 @@ def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
 
 
 def _best_ranked(q: _Query) -> Answer:
+    return _ranked(q, [q.answers[j] for j in sorted(q.answers)])[0]
+
+
+def _ranked(q: _Query, answers: Sequence[Answer]) -> list[Answer]:
+    """The answers by the router's rank of their expert, best first (stable for repeats). The
+    aggregator sees them in this order: the small models here lean on Response 1 (Qwen2.5-1.5B
+    copied a wrong first response over two right ones), so the first should be the likeliest."""
     rank = {s.name: i for i, s in enumerate(q.decision.experts)}
-    return min((q.answers[j] for j in sorted(q.answers)), key=lambda a: rank.get(a.expert, len(rank)))
+    return sorted(answers, key=lambda a: rank.get(a.expert, len(rank)))
 
 
 def _within_budget(d: Decision) -> set[str] | None:

@@ -128,3 +128,18 @@ def test_an_aggregator_that_fails_leaves_the_best_ranked_answer(service) -> None
     (out,) = answer(c, ("FAIL: which?", decided(["alpha", "gamma"], ["gamma", "alpha"], aggregator="beta")))
     assert [(f.expert, f.role) for f in out.decision.failures] == [("beta", "aggregator")]
     assert out.text == out.answers[1].text and out.answers[1].expert == "gamma"
+
+
+def test_the_aggregator_reads_the_best_ranked_answer_first(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    (out,) = answer(c, ("which is it?", decided(["gamma", "alpha"], ["alpha", "gamma"], aggregator="beta")))
+    texts = {a.expert: a.text for a in out.answers if a.role == "expert"}
+    prompt = "\n".join(m.content for m in c.fleet["w2"].backend(BaseModelSpec(kind="mock", source="m2"))
+                       .requests[-1].messages)  # type: ignore[attr-defined]
+    assert prompt.index(texts["alpha"]) < prompt.index(texts["gamma"])  # drawn second, ranked first
+
+
+def test_one_expert_drawn_k_times_is_not_aggregated(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service
+    (out,) = answer(c, ("what is 6*7?", decided(["alpha", "alpha", "alpha"], ["alpha", "beta"], aggregator="beta")))
+    assert [a.role for a in out.answers] == ["expert"] * 3 and out.text == out.answers[0].text

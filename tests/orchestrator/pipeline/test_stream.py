@@ -71,7 +71,8 @@ def test_only_the_final_generation_of_a_streamed_query_streams() -> None:
 
 
 def test_a_streamed_batch_answers_as_an_unstreamed_one_and_streams_the_final_text(container: SkillRoute) -> None:
-    asks = [Ask(text=Q, k=3, seed=4), Ask(text=Q, k=1, seed=4), Ask(text="What is 3+5?", k=3, seed=1)]
+    # topk: three different experts, so there is something to aggregate
+    asks = [Ask(text=Q, k=3, mode="topk", seed=4), Ask(text=Q, k=1, seed=4), Ask(text="What is 3+5?", k=3, seed=1)]
     plain = run(container, asks)
     sinks = {"agg": Sink(), "lone": Sink()}
     for stream_id, sink in sinks.items():

@@ -12,6 +12,7 @@ import pytest
 from experts.replay import load_recording
 from orchestrator.pools.loader import PoolConfigError, expert_name, load_pool_config, replay_pool, split_questions
 from orchestrator.settings import DEFAULT_POOL
+from skills.datasets import load_mmlu
 
 KEPT = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b"]
 LATE = "gemini-1.5-pro-002"
@@ -54,7 +55,9 @@ def test_split_is_seeded_stratified_and_disjoint(folder: Path) -> None:
 
 def test_the_packaged_pool_loads() -> None:
     pool = load_pool_config(DEFAULT_POOL)
-    assert [e.name for e in pool.experts] == ["qwen-stem", "qwen-humanities", "smollm2"]
+    assert [e.name for e in pool.experts] == ["qwen-1.5b", "qwen-0.5b", "smollm2"]
+    mmlu = load_mmlu("validation", per_subject=1, subjects=pool.validation.sources[0].subjects)  # type: ignore[union-attr]
+    assert len(mmlu) == 12  # every listed subject exists in the packaged MMLU
 
 
 @pytest.mark.parametrize(("text", "field"), [

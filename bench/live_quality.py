@@ -1,0 +1,104 @@
+"""Live quality of a pool: routed answers against each expert alone, on questions profiling never saw.
+
+The pool (the embedded `orchestrator/pools/default.yaml` unless `--pool` names another file) is
+profiled once, or its stored profiles are reused from `--data-dir` (by default where `make serve`
+keeps them). Then N questions of the packaged MMLU's test split are asked; that split is disjoint
+from the validation split profiling draws from (`skills/datasets.py`), and the N are drawn evenly
+over its 57 subjects by `--seed`. Every question is asked routed (k experts recruited the way the
+service does by default, seeded per question, then aggregated) and to each expert alone (an
+`Ask` naming the expert, as `model=<expert>` does over HTTP), all through the service's pipeline.
+Each arm prints its accuracy with a Wilson 95 % interval and its wall time.
+
+    python bench/live_quality.py [--n 100] [--k 3] [--seed 0] [--pool FILE] [--data-dir DIR] [--json]
+
+JSON keys: `n`, `routed` and `experts` (name → `accuracy`, `low`, `high`, `wall_s`),
+`best_single` (the best expert alone), `routed_minus_best` (points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
+
+from bench.keywords import interval  # noqa: E402
+from orchestrator.container import SkillRoute  # noqa: E402
+from orchestrator.domain import Ask  # noqa: E402
+from orchestrator.pools.loader import load_pool_config  # noqa: E402
+from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
+from skills.datasets import LabelledQuestion, format_prompt, load_mmlu  # noqa: E402
+from skills.grading import grade  # noqa: E402
+
+SUBJECTS = 57
+
+
+def held_out(n: int, seed: int) -> list[LabelledQuestion]:
+    """n test-split questions, about n/57 from each subject, in a seeded order."""
+    pool = load_mmlu("test", per_subject=math.ceil(n / SUBJECTS), seed=seed)
+    return random.Random(seed).sample(pool, n)
+
+
+def ask_all(c: SkillRoute, asks: list[Ask], questions: list[LabelledQuestion]) -> dict[str, float]:
+    """Route and answer the asks as one batch (as the service batches); accuracy and interval."""
+    start = time.perf_counter()
+    snapshot = c.pool.snapshot
+    outcomes = c.pipeline.answer(snapshot, asks, c.pipeline.route(snapshot, asks))
+    wall = time.perf_counter() - start
+    hits = sum(grade(o.text, q.answer, q.kind, n_options=len(q.options)) for o, q in zip(outcomes, questions,
+                                                                                        strict=True))
+    low, high = interval(hits, len(questions))
+    return {"accuracy": round(hits / len(questions), 4), "low": round(low, 4), "high": round(high, 4),
+            "hits": hits, "wall_s": round(wall, 1)}
+
+
+def say(msg: str) -> None:
+    print(f"[live_quality] {msg}", file=sys.stderr, flush=True)
+
+
+def run(n: int, k: int, seed: int, pool_file: Path, data_dir: Path | None) -> dict[str, object]:
+    settings = Settings(data_dir=data_dir) if data_dir else Settings()
+    c = SkillRoute(settings, load_pool_config(pool_file))
+    say(f"profiling the pool into {settings.data_dir} (stored profiles are reused)")
+    c.bootstrap(lambda done, total: say(f"profiled {done}/{total}") if done == total or done % 20 == 0 else None)
+    questions = held_out(n, seed)
+    prompts = [format_prompt(q) for q in questions]
+    say(f"{n} held-out questions, routed (k={k})")
+    routed = ask_all(c, [Ask(text=p, k=k, seed=i) for i, p in enumerate(prompts)], questions)
+    say(f"routed: {routed}")
+    alone: dict[str, dict[str, float]] = {}
+    for name in sorted(c.pool.snapshot.experts):
+        alone[name] = ask_all(c, [Ask(text=p, expert=name) for p in prompts], questions)
+        say(f"{name} alone: {alone[name]}")
+    c.close()
+    best = max(alone, key=lambda e: alone[e]["accuracy"])
+    return {"n": n, "k": k, "seed": seed, "routed": routed, "experts": alone, "best_single": best,
+            "routed_minus_best": round(100 * (routed["accuracy"] - alone[best]["accuracy"]), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
+    ap.add_argument("--data-dir", type=Path, default=None, help="default: the service's data directory")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = run(args.n, args.k, args.seed, args.pool, args.data_dir)
+    if args.json:
+        print(json.dumps(res))
+        return
+    for name, arm in [("routed", res["routed"]), *res["experts"].items()]:  # type: ignore[union-attr]
+        print(f"{name:>12}: {100 * arm['accuracy']:.1f} % [{100 * arm['low']:.1f}, {100 * arm['high']:.1f}]"
+              f"  {arm['wall_s']} s")
+    print(f"routed − best single ({res['best_single']}): {res['routed_minus_best']:+.1f} points")
+
+
+if __name__ == "__main__":
+    main()
