@@ -31,8 +31,11 @@ from bench.keywords import interval  # noqa: E402
 from orchestrator.container import SkillRoute  # noqa: E402
 from orchestrator.domain import Ask  # noqa: E402
 from orchestrator.pools.loader import load_pool_config  # noqa: E402
+from orchestrator.pools.schema import PoolConfig  # noqa: E402
+from orchestrator.scheduling.worker import BackendFactory  # noqa: E402
 from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
 from skills.datasets import LabelledQuestion, format_prompt, load_mmlu  # noqa: E402
+from skills.embedder import Embedder  # noqa: E402
 from skills.grading import grade  # noqa: E402
 
 SUBJECTS = 57
@@ -61,9 +64,10 @@ def say(msg: str) -> None:
     print(f"[live_quality] {msg}", file=sys.stderr, flush=True)
 
 
-def run(n: int, k: int, seed: int, pool_file: Path, data_dir: Path | None) -> dict[str, object]:
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
-    c = SkillRoute(settings, load_pool_config(pool_file))
+def run(n: int, k: int, seed: int, pool: PoolConfig, settings: Settings, factory: BackendFactory | None = None,
+        embedder: Embedder | None = None) -> dict[str, object]:
+    """Both arms over `pool`; `factory` and `embedder` are for tests (mock weights)."""
+    c = SkillRoute(settings, pool, factory=factory, embedder=embedder)
     say(f"profiling the pool into {settings.data_dir} (stored profiles are reused)")
     c.bootstrap(lambda done, total: say(f"profiled {done}/{total}") if done == total or done % 20 == 0 else None)
     questions = held_out(n, seed)
@@ -90,7 +94,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="default: the service's data directory")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(args.n, args.k, args.seed, args.pool, args.data_dir)
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    res = run(args.n, args.k, args.seed, load_pool_config(args.pool), settings)
     if args.json:
         print(json.dumps(res))
         return

@@ -188,7 +188,7 @@ class BatchRun:
         if not answers:
             errors = "; ".join(f"{f.expert}: {f.error}" for f in q.failures) or "no expert was recruited"
             self._finish(q, "", f"every expert failed: {errors}")
-        elif len({a.text.strip() for a in answers}) == 1:
+        elif len({(a.expert, a.text.strip()) for a in answers}) == 1:
             self._finish(q, answers[0].text)  # one answer, or one greedy expert drawn k times
         elif self.aggregation == "vote":
             self._finish(q, _voted(answers, q, self.pool))
