@@ -43,8 +43,10 @@ def readme_chat_question() -> str:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("default-pool")), load_pool_config(DEFAULT_POOL))
-    with TestClient(create_app(c)) as tc:  # the app's start profiles the pool
+    c.bootstrap()  # profiles the pool (minutes), so the app starts ready
+    with TestClient(create_app(c)) as tc:
         yield tc
+    c.close()
 
 
 def test_the_readme_has_the_examples_this_test_asks() -> None:
