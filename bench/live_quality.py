@@ -11,7 +11,7 @@ Each arm prints its accuracy with a Wilson 95 % interval and its wall time.
 
     python bench/live_quality.py [--n 100] [--k 3] [--seed 0] [--pool FILE] [--data-dir DIR] [--json]
 
-JSON keys: `n`, `routed` and `experts` (name → `accuracy`, `low`, `high`, `wall_s`),
+JSON keys: `n`, `k`, `seed`, `routed` and `experts` (name → `accuracy`, `low`, `high`, `hits`, `wall_s`),
 `best_single` (the best expert alone), `routed_minus_best` (points).
 """
 

@@ -143,4 +143,3 @@ def test_one_expert_drawn_k_times_is_not_aggregated(service) -> None:  # type: i
     c, _ = service
     (out,) = answer(c, ("what is 6*7?", decided(["alpha", "alpha", "alpha"], ["alpha", "beta"], aggregator="beta")))
     assert [a.role for a in out.answers] == ["expert"] * 3 and out.text == out.answers[0].text
-
