@@ -117,8 +117,8 @@ def ask(query: str, k: Annotated[int, typer.Option(min=1, max=8)] = 3, pool: Poo
         from orchestrator.domain import Ask
 
         c = _bootstrapped(pool)
-        qid = c.queries.ask([Ask(text=query, k=k, seed=seed)])[0]
-        body = QueryResponse.from_row(c.queries.get(qid)).model_dump(mode="json")
+        (row,) = c.queries.ask([Ask(text=query, k=k, seed=seed)])
+        body = QueryResponse.from_row(row).model_dump(mode="json")
         c.close()
     console.print_json(json.dumps(body))
 

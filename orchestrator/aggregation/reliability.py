@@ -12,7 +12,7 @@ MMLU-Pro replay corpus it added ~0.5–0.8 points to the open ≤13B pool at k=3
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,13 +52,15 @@ def _accuracy(marks: np.ndarray, observed: np.ndarray | None) -> float:
 
 
 def _letter_cells(marks: np.ndarray, choices: Sequence[str | None]) -> dict[str, tuple[int, int]]:
-    """letter → (times right, times picked)."""
-    cells: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ok, c in zip(np.asarray(marks, dtype=bool).tolist(), choices, strict=True):
+    """letter → (times right, times picked). Counted in C (`Counter` over pairs): the router is
+    rebuilt with this for every batch that teaches it something, over every profiling answer."""
+    pairs = Counter(zip(choices, np.asarray(marks, dtype=bool).tolist(), strict=True))
+    cells: dict[str, tuple[int, int]] = {}
+    for (c, ok), n in pairs.items():
         if c is not None:
-            cells[c][0] += int(ok)
-            cells[c][1] += 1
-    return {c: (hits, total) for c, (hits, total) in cells.items()}
+            hits, total = cells.get(c, (0, 0))
+            cells[c] = (hits + n * ok, total + n)
+    return cells
 
 
 def _fit_smoothing(cells: Mapping[str, Mapping[str, tuple[int, int]]], overall: Mapping[str, float]) -> float:

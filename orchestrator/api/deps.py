@@ -20,9 +20,12 @@ from orchestrator.services.budgets import BudgetService
 from orchestrator.services.errors import NotReady
 from orchestrator.services.idempotency import HEADER, Claim, Prior, fingerprint, scope_of
 from orchestrator.services.queries import QueryService
+from orchestrator.store.models import Query
 
 
-def get_raw_container(request: Request) -> SkillRoute:
+# The dependencies below that touch no store are `async def`: FastAPI runs a plain `def` on a
+# worker thread, and at a hundred requests a second those hops cost more than the work.
+async def get_raw_container(request: Request) -> SkillRoute:
     container: SkillRoute = request.app.state.skillroute
     return container
 
@@ -30,7 +33,7 @@ def get_raw_container(request: Request) -> SkillRoute:
 RawContainer = Annotated[SkillRoute, Depends(get_raw_container)]  # for the probes, whatever the start-up phase
 
 
-def get_container(c: RawContainer) -> SkillRoute:
+async def get_container(c: RawContainer) -> SkillRoute:
     """The container once its pool is loaded; while a start is still loading or profiling it, a
     503 naming what is running (routing then would load the pool again, once per request)."""
     status = c.startup.status
@@ -42,21 +45,16 @@ def get_container(c: RawContainer) -> SkillRoute:
 Container = Annotated[SkillRoute, Depends(get_container)]
 
 
-def get_budgets(c: Container, caller: CurrentCaller) -> BudgetService:
-    return BudgetService(c.keys, caller)
+async def get_budgets(c: Container, caller: CurrentCaller) -> BudgetService:
+    if caller.key_id is None:  # no key, no defaults to read
+        return BudgetService(None, caller)
+    return await run_in_threadpool(BudgetService, c.keys, caller)
 
 
 Budgets = Annotated[BudgetService, Depends(get_budgets)]  # request budgets over the caller key's defaults
 
 # a row id as a path parameter: SQLite/Postgres integers are 64-bit, so anything larger is a 422, not a 500
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-
-async def answered(queries: QueryService, asks: Sequence[Ask]) -> list[int]:
-    """Admit the queries (on a worker thread: it routes and writes) and await their answers
-    without holding a thread, so any number of requests can wait on the batching window."""
-    future = await run_in_threadpool(queries.submit, asks)
-    return await asyncio.wrap_future(future)
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,10 @@ class IdempotentRequest:
     def claim(self, body: object) -> Claim | None:
         return None if self.key is None else Claim(self.scope, self.key, self.endpoint, fingerprint(body))
 
-    async def answered(self, asks: Sequence[Ask], body: object) -> list[int]:
-        """`answered`, once per key: a retry awaits the first request's queries instead."""
+    async def answered(self, asks: Sequence[Ask], body: object) -> list[Query]:
+        """Admit the queries (on a worker thread: it routes and writes) and await their stored
+        rows without holding a thread, so any number of requests can wait on the batching
+        window; once per key: a retry awaits the first request's queries instead."""
         queries = self.c.queries
         done = await run_in_threadpool(self.c.idempotency.once, self.claim(body),
                                        lambda claim: queries.submit(asks, claim))
@@ -81,7 +81,7 @@ class IdempotentRequest:
             return await asyncio.wrap_future(done)
         assert isinstance(done, Prior)
         await settled(queries, done.query_ids, self.c.settings.idempotency.retry_wait_s)
-        return done.query_ids
+        return await run_in_threadpool(queries.get_many, done.query_ids)
 
     async def batch(self, entries: Sequence[BatchEntry], key_id: int | None, body: object) -> int:
         """Submit the batch, once per key; returns its id (a retry: the first request's)."""
@@ -93,7 +93,7 @@ class IdempotentRequest:
         return done
 
 
-def get_idempotent(
+async def get_idempotent(
     request: Request, c: Container, caller: CurrentCaller,
     key: Annotated[str | None, Header(alias=HEADER, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
                                       description="Sent again with the same key (and body), the request "

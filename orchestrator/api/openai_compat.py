@@ -18,7 +18,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import Budgets, Container, Idempotent, settled
 from orchestrator.api.openai_protocol import (
@@ -60,9 +59,9 @@ async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, bod
         return StreamingResponse(sse_events(stream, writer), media_type="text/event-stream",
                                  headers={**decision_headers(stream.query_id, stream.decision),
                                           "Cache-Control": "no-cache"})
-    (query_id,) = await once.answered([ask], body)  # an Idempotency-Key seen before: the first request's query
-    result = await run_in_threadpool(c.chat.result, query_id)
-    response.headers.update(decision_headers(query_id, result.decision))
+    (row,) = await once.answered([ask], body)  # an Idempotency-Key seen before: the first request's query
+    result = c.chat.result_of(row)
+    response.headers.update(decision_headers(row.id, result.decision))
     return completion(result, skillroute_info(result))
 
 

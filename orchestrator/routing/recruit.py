@@ -16,7 +16,10 @@ from orchestrator.domain import ExpertScore, RecruitMode
 
 
 def score(name: str, suitability: float, competence: float, weight: float) -> ExpertScore:
-    return ExpertScore(name=name, suitability=suitability, competence=competence, weight=weight)
+    # built unvalidated: the router computed these floats itself, once per expert per query,
+    # and validating them cost more than the k-NN estimate they came from
+    return ExpertScore.model_construct(name=name, suitability=float(suitability), competence=float(competence),
+                                       weight=float(weight), recruited=0)
 
 
 def local_suitability(profiles: Mapping[str, Mapping[str, float]], skills: Sequence[str]) -> dict[str, float]:

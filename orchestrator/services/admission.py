@@ -11,6 +11,7 @@ back exactly what was admitted (`queries.QueryService.recover`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import numpy as np
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExpert
 from orchestrator.pipeline import Pipeline
+from orchestrator.scheduling.combiner import Combiner
 from orchestrator.services.budgets import infeasible
 from orchestrator.services.errors import NotFound, NotReady, ServiceError, Unprocessable
 from orchestrator.services.idempotency import Claim
@@ -40,6 +42,9 @@ class Admitted:
     embedding: np.ndarray | None = field(default=None, compare=False)
 
 
+Routed = tuple[list[Decision], list[np.ndarray | None]]  # decisions and embeddings, one per query
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
@@ -47,13 +52,14 @@ class ModelNotFound(NotFound):
 class Admission:
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline):
         self.db, self.pool, self.pipeline = db, pool, pipeline
+        self._together: Combiner[list[Ask], list[Admitted]] = Combiner(self._admit_group)
 
     def route(self, asks: Sequence[Ask]) -> list[Decision]:
         """The decisions for these queries (a dry run: nothing will run them), or the 4xx of the
         first one that cannot be taken."""
         return self._routed(asks, dry_run=True)[0]
 
-    def _routed(self, asks: Sequence[Ask], dry_run: bool = False) -> tuple[list[Decision], list[np.ndarray | None]]:
+    def _routed(self, asks: Sequence[Ask], dry_run: bool = False) -> Routed:
         try:
             return self.pipeline.decider.route_embedded(self.pool.snapshot, asks, dry_run)
         except QueryError as exc:
@@ -61,14 +67,44 @@ class Admission:
 
     def admit(self, asks: Sequence[Ask], claim: Claim | None = None) -> list[Admitted]:
         """Route, then store every query with its request and decision (all or none), and the
-        request's idempotency key with them (a key stored first raises KeyTaken, storing nothing)."""
+        request's idempotency key with them (a key stored first raises KeyTaken, storing nothing).
+        Requests without a key that arrive together are routed and stored together (`Combiner`:
+        one matrix product, one commit); a refusal still stays with the request it names."""
+        if claim is None:
+            return self._together.call(list(asks))
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
-            repo = QueryRepository(s)
-            ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
-            if claim is not None:
-                IdempotencyRepository(s).add(claim.row(query_ids=ids))
+            ids = QueryRepository(s).accept_many(asks, decisions)
+            IdempotencyRepository(s).add(claim.row(query_ids=ids))
         return _admitted(ids, asks, decisions, embeddings)
+
+    def _admit_group(self, calls: list[list[Ask]]) -> list[list[Admitted] | BaseException]:
+        routed = self._route_group(calls)
+        taken = [(asks, r) for asks, r in zip(calls, routed, strict=True) if not isinstance(r, BaseException)]
+        with self.db.session() as s:
+            ids = iter(QueryRepository(s).accept_many([a for asks, _ in taken for a in asks],
+                                                       [d for _, (decisions, _) in taken for d in decisions]))
+        admitted = iter(_admitted([next(ids) for _ in asks], asks, *r) for asks, r in taken)
+        return [r if isinstance(r, BaseException) else next(admitted) for r in routed]
+
+    def _route_group(self, calls: list[list[Ask]]) -> list[Routed | BaseException]:
+        """Every call's decisions from one routing pass; if some query cannot be taken, each
+        call is routed on its own, so the refusal goes to its request alone."""
+        flat = [a for asks in calls for a in asks]
+        try:
+            decisions, embeddings = self._routed(flat)
+        except ServiceError as exc:
+            if len(calls) == 1:
+                return [exc]
+            return [self._route_alone(asks) for asks in calls]
+        cuts = list(itertools.accumulate(len(asks) for asks in calls))
+        return [(decisions[a:b], embeddings[a:b]) for a, b in itertools.pairwise([0, *cuts])]
+
+    def _route_alone(self, asks: Sequence[Ask]) -> Routed | BaseException:
+        try:
+            return self._routed(asks)
+        except ServiceError as exc:
+            return exc
 
     def admit_batch(self, asks: Sequence[Ask], custom_ids: Sequence[str | None],
                     key_id: int | None = None, claim: Claim | None = None) -> tuple[int, list[Admitted]]:
@@ -76,8 +112,7 @@ class Admission:
         are one transaction."""
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
-            repo = QueryRepository(s)
-            ids = [repo.accept(a, d).id for a, d in zip(asks, decisions, strict=True)]
+            ids = QueryRepository(s).accept_many(asks, decisions)
             batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
             if claim is not None:
                 IdempotencyRepository(s).add(claim.row(batch_id=batch_id))

@@ -20,7 +20,7 @@ from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.queries import QueryService
 from orchestrator.store.db import Database
-from orchestrator.store.models import Batch
+from orchestrator.store.models import Batch, Query
 from orchestrator.store.repositories.batches import BatchRepository
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class BatchService:
         return row
 
 
-def _log_failure(done: Future[list[int]]) -> None:
+def _log_failure(done: Future[list[Query]]) -> None:
     # the queries themselves are already stored as failed; this only leaves a trace in the log
     if done.exception() is not None:
         log.warning("a batch chunk failed: %s", done.exception())

@@ -36,7 +36,7 @@ MAX_PROMPT_CHARS = 32_000
 MAX_PIECES = 8192  # pieces one stream buffers; beyond them the rest comes from the stored reply
 
 FinishReason = Literal["stop", "length"]
-Started = tuple[Admitted, Future[list[int]]]  # the admitted query, and its answer to come
+Started = tuple[Admitted, Future[list[Query]]]  # the admitted query, and its answer to come
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,10 @@ class ChatService:
 
     def result(self, query_id: int) -> ChatResult:
         """The answered query as a chat reply; a failed one is a 503 with its error."""
-        row = self.queries.get(query_id)
+        return self.result_of(self.queries.get(query_id))
+
+    def result_of(self, row: Query) -> ChatResult:
+        """`result` of a stored row already at hand."""
         decision = decision_of(row)
         replies = [g for g in row.generations if g.role != "competitor"]  # competitors are only scored
         if row.status != "done" or not replies or decision is None:

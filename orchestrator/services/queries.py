@@ -36,26 +36,30 @@ class QueryService:
                  max_batch_tokens: float = float("inf")):
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
         weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)
-        self.window: BatchingWindow[Admitted, int] = BatchingWindow(self._run_items, max_batch, max_wait_s,
+        self.window: BatchingWindow[Admitted, Query] = BatchingWindow(self._run_items, max_batch, max_wait_s,
                                                                     probe=probe, weigh=weigh,
                                                                     max_work=max_batch_tokens)
 
-    def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[int]]:
+    def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
-        future resolves to their ids once they are answered or failed. A `claim` (idempotency
+        future resolves to their stored rows once they are answered or failed. A `claim` (idempotency
         key) is stored with them; KeyTaken, nothing stored, if another request stored it first."""
         return self.window.submit(self.admission.admit(asks, claim))
 
-    def ask(self, asks: Sequence[Ask]) -> list[int]:
+    def ask(self, asks: Sequence[Ask]) -> list[Query]:
         """`submit` and wait: the CLI's and the tests' way in."""
         return self.submit(asks).result()
 
-    def _run_items(self, items: list[Admitted]) -> list[int]:
-        self.run(items)
-        return [i.query_id for i in items]
+    def _run_items(self, items: list[Admitted]) -> list[Query]:
+        """The batch's rows as stored: those it finished as they were written, the few it
+        failed before running (an expert gone) read back."""
+        rows = self.run(items)
+        rows.update((q.id, q) for q in self.get_many([i.query_id for i in items if i.query_id not in rows]))
+        return [rows[i.query_id] for i in items]
 
-    def run(self, items: Sequence[Admitted]) -> None:
-        """Answer one batch as admitted, storing everything it produced."""
+    def run(self, items: Sequence[Admitted]) -> dict[int, Query]:
+        """Answer one batch as admitted, storing everything it produced; returns the rows it
+        finished, by id."""
         snapshot = self.pool.snapshot
         present = snapshot.experts.keys()
         runnable = [_without_gone_competitors(i, present) for i in items if set(i.decision.recruited) <= present]
@@ -63,7 +67,7 @@ class QueryService:
         if gone:  # recovered after its expert left the pool: it fails alone
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
         if not runnable:
-            return
+            return {}
         taught: list[tuple[int | None, Lesson]] = []
         try:
             outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
@@ -73,7 +77,8 @@ class QueryService:
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
         with self.db.session() as s:
-            QueryRepository(s).finish_many([(i.query_id, out) for i, out in zip(runnable, outcomes, strict=True)])
+            finished = [(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)]
+            rows = {r.id: r for r in QueryRepository(s).finish_many(finished)}
         if taught:
             self.pool.learn(taught)
             self.probe.learned([lesson.source for _, lesson in taught])
@@ -81,6 +86,7 @@ class QueryService:
         self.probe.queries_finished("done", len(runnable) - failed)
         if failed:
             self.probe.queries_finished("failed", failed)
+        return rows
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:
@@ -96,6 +102,8 @@ class QueryService:
         return row
 
     def get_many(self, ids: Sequence[int]) -> list[Query]:
+        if not ids:
+            return []
         with self.db.session() as s:
             return QueryRepository(s).get_many(ids)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -18,11 +19,24 @@ class QueryRepository:
     def accept(self, ask: Ask, decision: Decision | None = None) -> Query:
         """Write the query (and the decision made for it) before any work, so an accepted query
         survives a crash and is asked again exactly as it was admitted."""
+        row = self._row(ask, decision)
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def accept_many(self, asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[int]:
+        """`accept` for many queries in one flush (the inserts go as one multi-row statement
+        each for queries and decisions, not one round trip per row); their ids, in order."""
+        rows = [self._row(a, d) for a, d in zip(asks, decisions, strict=True)]
+        self.session.add_all(rows)
+        self.session.flush()
+        return [r.id for r in rows]
+
+    @staticmethod
+    def _row(ask: Ask, decision: Decision | None) -> Query:
         row = Query(text=ask.text, k=ask.k, status="accepted", request=ask.model_dump(mode="json"))
         if decision is not None:
             row.decision = RoutingDecision(record=decision.model_dump(mode="json"))
-        self.session.add(row)
-        self.session.flush()
         return row
 
     def get(self, query_id: int) -> Query | None:
@@ -59,34 +73,56 @@ class QueryRepository:
     def finish(self, query_id: int, out: Outcome) -> None:
         """A finished query: its decision as it ran, every generation, the final answer (or,
         when no generation succeeded, its error)."""
-        self.finish_many([(query_id, out)])
+        row = self.session.get(Query, query_id)
+        if row is not None:
+            self.finish_many([(query_id, ask_of(row), out)])
 
-    def finish_many(self, finished: Sequence[tuple[int, Outcome]]) -> None:
-        """`finish` for a whole batch: one read of its rows (decisions only; the generations
-        are only added), so storing a batch costs a few statements, not a few per query."""
-        ids = [qid for qid, _ in finished]
-        stmt = select(Query).where(Query.id.in_(ids)).options(selectinload(Query.decision))
-        rows = {q.id: q for q in self.session.scalars(stmt)}
-        for qid, out in finished:
-            if (row := rows.get(qid)) is not None:
-                self._finished(row, out)
-
-    def _finished(self, row: Query, out: Outcome) -> None:
-        record = out.decision.model_dump(mode="json")
-        if row.decision is None:
-            row.decision = RoutingDecision(record=record)
-        else:
-            row.decision.record = record
-        self.session.add_all(GenerationRow(query_id=row.id, **a.model_dump()) for a in out.answers)
-        if out.error is not None:  # every generation failed: the query fails alone, its decision kept
-            row.status, row.error, row.latency_s = "failed", out.error, out.latency_s
-        else:
-            row.status, row.answer, row.latency_s = "done", out.answer, out.latency_s
+    def finish_many(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> list[Query]:
+        """`finish` for a whole batch in four statements whatever its size (an UPDATE of the
+        queries, one of their decisions, an INSERT of the generations, each one executemany;
+        and a read of which decisions exist). Returns each query as it now stands in the store,
+        built from what was written rather than read back: a reply needs no second read."""
+        ids = [qid for qid, _, _ in finished]
+        stmt = select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision).where(Query.id.in_(ids))
+        stored = {qid: (created, decision_id is not None) for qid, created, decision_id in self.session.execute(stmt)}
+        decided = {qid for qid, (_, has) in stored.items() if has}
+        rows = [_finished_row(qid, stored[qid][0], ask, out) for qid, ask, out in finished if qid in stored]
+        conn = self.session.connection()
+        conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_error": r.error,
+                                "b_latency": r.latency_s} for r in rows])
+        records = [(r.id, r.decision.record) for r in rows if r.decision is not None]
+        if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records if qid in decided]:
+            conn.execute(_REDECIDE, changed)
+        if new := [{"query_id": qid, "record": rec} for qid, rec in records if qid not in decided]:
+            conn.execute(insert(RoutingDecision), new)  # rows from before decisions were stored at admission
+        if generations := [{"query_id": g.query_id, "expert": g.expert, "role": g.role, "text": g.text,
+                            "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                            "latency_s": g.latency_s} for r in rows for g in r.generations]:
+            conn.execute(insert(GenerationRow), generations)
+        return rows
 
     def fail(self, query_id: int, error: str) -> None:
         row = self.session.get(Query, query_id)
         if row is not None:
             row.status, row.error = "failed", error
+
+
+_FINISH = update(Query).where(Query.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), answer=bindparam("b_answer"), error=bindparam("b_error"),
+    latency_s=bindparam("b_latency"))
+_REDECIDE = update(RoutingDecision).where(RoutingDecision.query_id == bindparam("b_qid")).values(
+    record=bindparam("b_record"))
+
+
+def _finished_row(query_id: int, created_at: datetime, ask: Ask, out: Outcome) -> Query:
+    """The stored row of a query `finish_many` finished, as it was written (not attached to a session)."""
+    failed = out.error is not None  # every generation failed: the query fails alone, its decision kept
+    row = Query(id=query_id, text=ask.text, k=ask.k, request=ask.model_dump(mode="json"), created_at=created_at,
+                status="failed" if failed else "done", answer=None if failed else out.answer,
+                error=out.error, latency_s=out.latency_s)
+    row.decision = RoutingDecision(query_id=query_id, record=out.decision.model_dump(mode="json"))
+    row.generations = [GenerationRow(query_id=query_id, **a.model_dump()) for a in out.answers]
+    return row
 
 
 def ask_of(row: Query) -> Ask:

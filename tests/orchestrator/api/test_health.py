@@ -94,7 +94,8 @@ def test_http_is_served_while_a_crash_s_queries_are_recovered_behind_it(tmp_path
         live = c.queries.submit([Ask(text="What is 9*9?", k=2, mode="topk", seed=9)])  # admitted during recovery
         gate.set()
         until(lambda: client.get("/ready").status_code == 200)
-        (live_id,) = live.result(timeout=60)
+        (live_row,) = live.result(timeout=60)
+    live_id = live_row.id
     rows = c.queries.get_many([a.query_id for a in left] + [live_id])
     assert [r.status for r in rows] == ["done"] * 6
     experts = [[g.expert for g in r.generations if g.role == "expert"] for r in rows]

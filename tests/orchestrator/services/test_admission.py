@@ -14,10 +14,12 @@ from sqlalchemy import func, select
 from orchestrator.api.app import create_app
 from orchestrator.api.openai_compat import ChatCompletionRequest
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Decision
+from orchestrator.domain import Ask, Decision
+from orchestrator.services.admission import ModelNotFound
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, Query
+from orchestrator.store.repositories.queries import decision_of
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import CountingEmbedder, mock_or_real
 
@@ -107,3 +109,15 @@ def test_a_query_no_expert_can_take_stores_nothing_and_names_it(client, containe
                                                      {"query": "too tight", "latency_ms": 1e-6}]})
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("query 1: infeasible budget")
     assert stored(container) == before
+
+
+def test_requests_admitted_together_are_stored_together_and_a_refusal_stays_with_its_own(container) -> None:  # type: ignore[no-untyped-def]
+    before = stored(container)
+    calls = [[Ask(text="What is 2+2?", k=2, seed=1)], [Ask(text="who?", expert="nobody")],
+             [Ask(text="What is 3+3?", k=2, seed=2), Ask(text="What is 4+4?", k=1, seed=3)]]
+    first, refused, last = container.admission._admit_group(calls)
+    assert isinstance(refused, ModelNotFound) and "nobody" in refused.message
+    assert [a.ask.text for a in first + last] == ["What is 2+2?", "What is 3+3?", "What is 4+4?"]
+    assert stored(container) == (before[0] + 3, before[1])
+    rows = container.queries.get_many([a.query_id for a in first + last])
+    assert [decision_of(r) for r in rows] == [a.decision for a in first + last]
