@@ -32,6 +32,7 @@ class RoutingEvidence:
     choices: dict[str, list[str | None]] | None = None
     competence: dict[str, float] = field(default_factory=dict)
     observed: dict[str, np.ndarray] | None = None
+    learned_rows: int = 0  # how many of the last rows came from traffic (`routing.learning`), not profiling
 
     def __post_init__(self) -> None:
         if not self.competence:

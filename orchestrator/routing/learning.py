@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from skills.grading import LETTERS, extract_choice
 from skills.profiling import global_competence
 
 CERTAIN_AFTER = 20  # observed marks after which an expert joins normal recruitment
+MAX_LEARNED_ROWS = 20_000  # the k-NN memory keeps this many rows from traffic, the newest (profiling's all)
 LABEL_NEIGHBOURS = 10  # a lesson's topic label: the commonest among its nearest remembered rows
 
 
@@ -46,8 +47,10 @@ class Lesson:
     reference: str = "gold"  # what the marks were made against: gold | consensus
 
 
-def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson]) -> RoutingEvidence:
-    """The evidence with these lessons added (see the module doc); the original is unchanged."""
+def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int = MAX_LEARNED_ROWS
+            ) -> RoutingEvidence:
+    """The evidence with these lessons added (see the module doc), keeping the newest `max_rows`
+    learned rows; the original is unchanged."""
     if not lessons:
         return evidence
     names = sorted(set(evidence.profiles) | {n for x in lessons for n in x.marks})
@@ -58,7 +61,25 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson]) -> RoutingEvid
     labels = _labels(evidence, emb, n_old)
     profiles = _profiles(evidence.profiles, lessons, names)
     competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
-    return RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed)
+    grown = RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed,
+                            evidence.learned_rows + len(lessons))
+    return _bounded(grown, max_rows)
+
+
+def _bounded(evidence: RoutingEvidence, max_rows: int) -> RoutingEvidence:
+    """The evidence with at most `max_rows` learned rows, the oldest dropped: the memory does
+    not grow with traffic without end (profiles and competence keep every lesson: they are sums)."""
+    drop = evidence.learned_rows - max_rows
+    if drop <= 0 or evidence.question_embeddings is None:
+        return evidence
+    start = len(evidence.question_embeddings) - evidence.learned_rows
+    keep = np.r_[0:start, start + drop:len(evidence.question_embeddings)]
+    labels = evidence.labels
+    return replace(evidence, question_embeddings=evidence.question_embeddings[keep],
+                   correct={n: c[keep] for n, c in (evidence.correct or {}).items()},
+                   observed={n: o[keep] for n, o in (evidence.observed or {}).items()},
+                   choices={n: [c[i] for i in keep] for n, c in (evidence.choices or {}).items()},
+                   labels=None if labels is None else [labels[i] for i in keep], learned_rows=max_rows)
 
 
 def _columns(evidence: RoutingEvidence, lessons: Sequence[Lesson], names: Sequence[str], n_old: int

@@ -1,0 +1,39 @@
+"""Lessons extend the k-NN memory, which keeps the newest `max_rows` rows from traffic and every
+row from profiling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.learning import Lesson, learned
+
+
+def profiled(n: int) -> RoutingEvidence:
+    emb = np.eye(8, dtype=np.float32)[:n]
+    return RoutingEvidence({"a": {"x": 1.0}, "b": {"x": -1.0}}, emb, {"a": np.ones(n, bool), "b": np.zeros(n, bool)},
+                           [f"p{i}" for i in range(n)], {"a": ["A"] * n, "b": ["B"] * n})
+
+
+def lesson(i: int) -> Lesson:
+    emb = np.full(8, 0.1 * (i + 1), dtype=np.float32)
+    return Lesson(emb, ("x",), {"a": i % 2 == 0}, {"a": "ABCDEFGHIJ"[i]})
+
+
+def test_the_memory_keeps_the_newest_learned_rows_and_every_profiled_one() -> None:
+    grown = profiled(3)
+    for i in range(5):
+        grown = learned(grown, [lesson(i)], max_rows=2)
+    assert grown.learned_rows == 2 and grown.question_embeddings is not None
+    assert len(grown.question_embeddings) == 5 and grown.labels is not None and len(grown.labels) == 5
+    assert np.allclose(grown.question_embeddings[:3], np.eye(8)[:3])  # profiling's rows, all kept
+    assert np.allclose(grown.question_embeddings[3:, 0], [0.4, 0.5])  # the two newest lessons
+    assert grown.correct is not None and grown.correct["a"].tolist() == [True, True, True, False, True]
+    assert grown.observed is not None and grown.observed["b"].tolist() == [True, True, True, False, False]
+    assert grown.choices is not None and grown.choices["a"] == ["A", "A", "A", "D", "E"]
+    assert grown.profiles["a"]["x"] == 1.0 + 1 - 1 + 1 - 1 + 1  # profiles keep every lesson
+
+
+def test_under_the_cap_nothing_is_dropped() -> None:
+    grown = learned(profiled(3), [lesson(i) for i in range(4)], max_rows=10)
+    assert grown.learned_rows == 4 and grown.question_embeddings is not None and len(grown.question_embeddings) == 7
