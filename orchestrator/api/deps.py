@@ -46,8 +46,8 @@ Container = Annotated[SkillRoute, Depends(get_container)]
 
 
 async def get_budgets(c: Container, caller: CurrentCaller) -> BudgetService:
-    if caller.key_id is None:  # no key, no defaults to read
-        return BudgetService(None, caller)
+    if caller.key_id is None:  # no key: `KeyService.budget` reads nothing, so no worker thread
+        return BudgetService(c.keys, caller)
     return await run_in_threadpool(BudgetService, c.keys, caller)
 
 

@@ -16,8 +16,8 @@ from orchestrator.services.keys import Caller, KeyBudget, KeyService
 class BudgetService:
     """One caller's budgets: its key's defaults are read once per request."""
 
-    def __init__(self, keys: KeyService | None, caller: Caller):
-        self.defaults = keys.budget(caller.key_id) if keys is not None else KeyBudget()
+    def __init__(self, keys: KeyService, caller: Caller):
+        self.defaults = keys.budget(caller.key_id)
 
     def resolve(self, latency_ms: float | None, energy_j: float | None) -> QueryBudget | None:
         """The budget a query with these request fields runs under; None: unbudgeted."""

@@ -81,8 +81,10 @@ class KeyService:
 
     def budget(self, key_id: int | None) -> KeyBudget:
         """The key's default budgets; none for no key (open mode, the env admin key)."""
+        if key_id is None:
+            return KeyBudget()  # read nothing: a request without a key is answered without the store
         with self.db.session() as s:
-            row = KeyRepository(s).get(key_id) if key_id is not None else None
+            row = KeyRepository(s).get(key_id)
             return KeyBudget(row.default_latency_ms, row.default_energy_j) if row else KeyBudget()
 
     def verify(self, token: str) -> ApiKey | None:

@@ -85,19 +85,17 @@ class QueryRepository:
         ids = [qid for qid, _, _ in finished]
         stmt = select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision).where(Query.id.in_(ids))
         stored = {qid: (created, decision_id is not None) for qid, created, decision_id in self.session.execute(stmt)}
-        decided = {qid for qid, (_, has) in stored.items() if has}
-        rows = [_finished_row(qid, stored[qid][0], ask, out) for qid, ask, out in finished if qid in stored]
+        kept = [(qid, ask, out) for qid, ask, out in finished if qid in stored]
+        rows = [_finished_row(qid, stored[qid][0], ask, out) for qid, ask, out in kept]
         conn = self.session.connection()
         conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_error": r.error,
                                 "b_latency": r.latency_s} for r in rows])
         records = [(r.id, r.decision.record) for r in rows if r.decision is not None]
-        if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records if qid in decided]:
+        if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records if stored[qid][1]]:
             conn.execute(_REDECIDE, changed)
-        if new := [{"query_id": qid, "record": rec} for qid, rec in records if qid not in decided]:
+        if new := [{"query_id": qid, "record": rec} for qid, rec in records if not stored[qid][1]]:
             conn.execute(insert(RoutingDecision), new)  # rows from before decisions were stored at admission
-        if generations := [{"query_id": g.query_id, "expert": g.expert, "role": g.role, "text": g.text,
-                            "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-                            "latency_s": g.latency_s} for r in rows for g in r.generations]:
+        if generations := [{"query_id": qid, **a.model_dump()} for qid, _, out in kept for a in out.answers]:
             conn.execute(insert(GenerationRow), generations)
         return rows
 
