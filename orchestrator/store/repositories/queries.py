@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -85,8 +86,8 @@ class QueryRepository:
         ids = [qid for qid, _, _ in finished]
         stmt = select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision).where(Query.id.in_(ids))
         stored = {qid: (created, decision_id is not None) for qid, created, decision_id in self.session.execute(stmt)}
-        kept = [(qid, ask, out) for qid, ask, out in finished if qid in stored]
-        rows = [_finished_row(qid, stored[qid][0], ask, out) for qid, ask, out in kept]
+        kept = [(qid, ask, out, [a.model_dump() for a in out.answers]) for qid, ask, out in finished if qid in stored]
+        rows = [_finished_row(qid, stored[qid][0], ask, out, answers) for qid, ask, out, answers in kept]
         conn = self.session.connection()
         conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_error": r.error,
                                 "b_latency": r.latency_s} for r in rows])
@@ -95,7 +96,7 @@ class QueryRepository:
             conn.execute(_REDECIDE, changed)
         if new := [{"query_id": qid, "record": rec} for qid, rec in records if not stored[qid][1]]:
             conn.execute(insert(RoutingDecision), new)  # rows from before decisions were stored at admission
-        if generations := [{"query_id": qid, **a.model_dump()} for qid, _, out in kept for a in out.answers]:
+        if generations := [{"query_id": qid, **a} for qid, _, _, answers in kept for a in answers]:
             conn.execute(insert(GenerationRow), generations)
         return rows
 
@@ -112,14 +113,15 @@ _REDECIDE = update(RoutingDecision).where(RoutingDecision.query_id == bindparam(
     record=bindparam("b_record"))
 
 
-def _finished_row(query_id: int, created_at: datetime, ask: Ask, out: Outcome) -> Query:
+def _finished_row(query_id: int, created_at: datetime, ask: Ask, out: Outcome,
+                  answers: Sequence[dict[str, Any]]) -> Query:
     """The stored row of a query `finish_many` finished, as it was written (not attached to a session)."""
     failed = out.error is not None  # every generation failed: the query fails alone, its decision kept
     row = Query(id=query_id, text=ask.text, k=ask.k, request=ask.model_dump(mode="json"), created_at=created_at,
                 status="failed" if failed else "done", answer=None if failed else out.answer,
                 error=out.error, latency_s=out.latency_s)
     row.decision = RoutingDecision(query_id=query_id, record=out.decision.model_dump(mode="json"))
-    row.generations = [GenerationRow(query_id=query_id, **a.model_dump()) for a in out.answers]
+    row.generations = [GenerationRow(query_id=query_id, **a) for a in answers]  # `out.answers`, dumped once
     return row
 
 
