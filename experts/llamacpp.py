@@ -8,7 +8,8 @@ profiling run's instructions) only evaluate what differs.
 Greedy answers must not depend on what ran before (profiles and replays compare them), and
 plain llama-cpp-python prefix reuse breaks that: on Qwen2.5-0.5B Q4_K_M a cached prompt gave
 first-token logits up to 0.33 away from a fresh evaluation, and different greedy text. So the
-prompt cache is reused only in position-aligned chunks (`_align_prompt`), which is bit-exact.
+prompt cache is reused only in chunks cut where the prompt alone decides (`_align_prompt`),
+which is bit-exact.
 
 Weights are read into process memory (`use_mmap=False`), not mapped: a load then costs what
 moving weights onto a device costs (SmolLM2 0.27 s, Qwen2.5-0.5B 1.2 s, Qwen2.5-1.5B 2.1 s here,
@@ -41,13 +42,15 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEv
 # there is one copy.
 _BASE_OVERHEAD = 8 * 2**20
 _PER_VOCAB_ENTRY = 320
-# Prompt tokens are evaluated in chunks ending at fixed absolute positions (see `_align_prompt`):
-# 8, 16, then every ALIGN_TOKENS. Small chunks first, so the chat template's short shared prefix
-# (~20 tokens) is reused; 32 after, so a long prompt is batched well and a long shared persona is
-# reused to within 32 tokens. Measured on Qwen2.5-0.5B, 2 cores, against plain llama-cpp-python
-# reusing any prefix: 32-token chunks from the start cost +45% on 12 short questions (the
-# template was evaluated again every time) and +16% on 300-word prompts; 8-token chunks +3% and
-# +63%.
+# Prompt tokens before the last message are evaluated in chunks ending at fixed absolute
+# positions, 8, 16, then every ALIGN_TOKENS, and at the last message's start (`_chunk_ends`); the
+# rest in one pass. Small chunks first, so a persona that differs after the template's first
+# tokens still reuses them; 32 after, so a long prompt is batched well and a long shared persona
+# is reused to within 32 tokens. Measured on Qwen2.5-0.5B, 2 cores, against plain
+# llama-cpp-python reusing any prefix: 32-token chunks from the start cost +45% on 12 short
+# questions (the template was evaluated again every time) and +16% on 300-word prompts; 8-token
+# chunks +3% and +63%; fixed ends alone, with the last prompt token evaluated on its own, cost
+# +23% on short questions (three passes where plain reuse makes one).
 ALIGN_TOKENS = 32
 _FIRST_ENDS = (8, 16)
 
@@ -159,6 +162,7 @@ class LlamaCppBackend:
         if request.timeout_s is not None:  # streamed, so generation stops once the time is up
             return collect(self._tokens(llm, request, started))
         try:
+            llm.content = _last_content(request)
             out = llm.create_chat_completion(**_arguments(request))
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
@@ -171,6 +175,7 @@ class LlamaCppBackend:
         pieces: list[str] = []
         stream = None
         try:  # a prompt that does not fit n_ctx raises before any token, eagerly or at the first
+            llm.content = _last_content(request)
             stream = llm.create_chat_completion(stream=True, **_arguments(request))
             for chunk in stream:
                 if piece := chunk["choices"][0]["delta"].get("content") or "":
@@ -208,6 +213,10 @@ def _arguments(request: GenerationRequest) -> dict[str, Any]:
     }
 
 
+def _last_content(request: GenerationRequest) -> str:
+    return request.messages[-1].content if request.messages else ""
+
+
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:
     usage = out.get("usage") or {}
     return Generation(
@@ -228,37 +237,63 @@ def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     return n
 
 
-def _align_prompt(llm: Any, tokens: list[int]) -> None:
+def _content_start(llm: Any, tokens: Sequence[int], content: str) -> int:
+    """Where the last message's text begins among the prompt's tokens (0 when it is not found):
+    everything before it is the template, the persona and the earlier turns. Its first token is
+    left out of the search, since it may have merged with what precedes it."""
+    body = llm.tokenize(content.encode("utf-8"), add_bos=False, special=False)[1:] if content else []
+    if not body:
+        return 0
+    first = body[0]
+    for i in range(len(tokens) - len(body), 0, -1):
+        if tokens[i] == first and list(tokens[i : i + len(body)]) == body:
+            return i - 1
+    return 0
+
+
+def _chunk_ends(n: int, anchor: int) -> tuple[int, ...]:
+    """Where a prompt of n tokens is cut before its tail: the fixed ends (8, 16, 32, 64, …)
+    below `last`, then `last` itself, the start of the tail that generate() evaluates in one
+    pass. `last` is the last message's start (`anchor`), or, under a long last message, the
+    fixed end at least 32 tokens before the prompt's end, so its shared head is reused too."""
+    last = max(min(anchor, n - 1), _boundary_at_most(max(n - 1 - ALIGN_TOKENS, 0)), 0)
+    ends, end = [], _next_boundary(0)
+    while end < last:
+        ends.append(end)
+        end = _next_boundary(end)
+    return (*ends, last) if last > 0 else ()
+
+
+def _align_prompt(llm: Any, tokens: list[int], anchor: int) -> None:
     """Put the KV cache in the state a fresh context would reach for this prompt.
 
     llama.cpp's numbers depend on how tokens are batched (a row computed in a batch of 37 is
     not bit-equal to the same row alone), and llama-cpp-python reuses whatever prefix is
     cached, so the batching, and with it a greedy answer, would depend on the previous request.
-    Here every prompt's KV is computed in fixed chunks aligned to absolute positions; only
-    whole chunks are reused, and the last prompt token is left for generate(), which always
-    evaluates it alone. The first logits are then a function of the prompt alone, and shared
-    prefixes (a persona, a few-shot preamble) are still evaluated once.
+    Here the prompt is cut at ends that depend on the prompt alone (`_chunk_ends`): each chunk
+    is evaluated in one pass, a cached chunk is reused only where it ended at the same place,
+    and generate() evaluates the tail from the last end in one pass. The first logits are then
+    a function of the prompt alone; the template and a persona shared with the previous request
+    are not evaluated again, and a short question costs one pass, as with plain reuse.
     """
-    n = len(tokens) - 1
-    reusable = min(llm.n_tokens, llm.aligned_upto)
-    keep = _boundary_at_most(_common_prefix(llm.input_ids[:reusable].tolist(), tokens[:n]))
+    ends = _chunk_ends(len(tokens), anchor)
+    cached = set(llm.aligned_ends)
+    same = _common_prefix(llm.input_ids[: min(llm.n_tokens, max(cached, default=0))].tolist(), tokens)
+    keep = max((e for e in ends if e in cached and e <= same), default=0)
     llm.n_tokens = keep  # eval() drops the KV cache beyond n_tokens
-    start = keep
-    while start < n:
-        end = min(n, _next_boundary(start))
-        llm.eval(tokens[start:end])
-        start = end
-    # A trailing partial chunk was batched by this prompt's length: not reusable by others.
-    llm.aligned_upto = _boundary_at_most(max(n, 0))
+    llm.aligned_ends = ()  # until every chunk is in: an eval that fails leaves nothing to reuse
+    for end in (e for e in ends if e > keep):
+        llm.eval(tokens[llm.n_tokens : end])
+    llm.aligned_ends = ends
 
 
 def _next_boundary(position: int) -> int:
-    """The first chunk end (8, 16, 32, 64, 96, …) after `position`."""
+    """The first fixed end (8, 16, 32, 64, 96, …) after `position`."""
     return next((e for e in _FIRST_ENDS if e > position), (position // ALIGN_TOKENS + 1) * ALIGN_TOKENS)
 
 
 def _boundary_at_most(n: int) -> int:
-    """The last chunk end (0, 8, 16, 32, 64, 96, …) at or below `n`."""
+    """The last fixed end (0, 8, 16, 32, 64, 96, …) at or below `n`."""
     if n >= ALIGN_TOKENS:
         return n // ALIGN_TOKENS * ALIGN_TOKENS
     return max((e for e in _FIRST_ENDS if e <= n), default=0)
@@ -266,15 +301,17 @@ def _boundary_at_most(n: int) -> int:
 
 @functools.cache
 def _aligned_llama_class(base: type) -> type:
-    """llama_cpp.Llama whose generate() aligns the prompt cache first (imported lazily)."""
+    """llama_cpp.Llama whose generate() aligns the prompt cache first (imported lazily).
+    `content`, set before each chat completion, is the last message's text (`_content_start`)."""
 
     class AlignedLlama(base):
-        aligned_upto = 0
+        aligned_ends: tuple[int, ...] = ()
+        content = ""
 
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
             tokens = list(tokens)
             if kwargs.get("reset", True):
-                _align_prompt(self, tokens)
+                _align_prompt(self, tokens, _content_start(self, tokens, self.content))
             return super().generate(tokens, *args, **kwargs)
 
     return AlignedLlama

@@ -57,7 +57,8 @@ class BackendSettings(Section):
 
 class BatchingSettings(Section):
     max_batch: int = Field(default=32, ge=1, le=1024)
-    wait_ms: float = Field(default=50.0, ge=0, le=10_000)
+    wait_ms: float = Field(default=0.0, ge=0, le=10_000, description="How long a batch waits for more queries "
+                           "after its first; 0: it takes what queued while the previous batch ran.")
     max_batch_tokens: int = Field(default=65_536, ge=1, description="A batch closes once its queries' predicted "
                                   "prompt and output tokens reach this, so long queries cannot hold short ones.")
 

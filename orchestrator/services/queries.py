@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 class QueryService:
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, admission: Admission,
-                 max_batch: int = 32, max_wait_s: float = 0.05, probe: Probe = NULL_PROBE,
+                 max_batch: int = 32, max_wait_s: float = 0.0, probe: Probe = NULL_PROBE,
                  max_batch_tokens: float = float("inf")):
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
         weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)

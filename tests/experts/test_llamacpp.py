@@ -11,7 +11,7 @@ import pytest
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.catalog import resolve_source
 from experts.factory import make_backend
-from experts.llamacpp import LlamaCppBackend
+from experts.llamacpp import LlamaCppBackend, _chunk_ends
 from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
 SMOL = "package:smollm2-135m-instruct"
@@ -106,10 +106,11 @@ def test_prompt_evaluation_uses_the_configured_threads(smol: LlamaCppBackend) ->
 @pytest.mark.slow
 def test_batch_of_three_real_generations(smol: LlamaCppBackend) -> None:
     batch = [
-        # With the model's default persona this greedy answer is French nonsense on llama.cpp
-        # (an fp32 run of the same weights says Paris, by a 0.35 logit margin); any persona
-        # or rewording gives "The capital of France is Paris."
-        ask("a", "What is the capital of France?", system="You are a helpful assistant.", max_tokens=24),
+        # With the model's default persona, or "You are a helpful assistant.", this greedy
+        # answer is French nonsense on llama.cpp evaluating the prompt in one pass ("La" beats
+        # "The" by 0.14; an fp32 run of the same weights says Paris, by 0.35); this persona
+        # gives "The capital of France is Paris." for this wording and another.
+        ask("a", "What is the capital of France?", system="Answer in one sentence.", max_tokens=24),
         ask("b", "Name a color.", system="Answer with one word.", max_tokens=8),
         ask("c", "Write a short greeting.", max_tokens=16, temperature=0.8, seed=3),
     ]
@@ -149,6 +150,16 @@ def first_token_logits(b: LlamaCppBackend, question: str) -> list[float]:
     return list(np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)))
 
 
+def test_chunk_ends_are_the_prompts_own() -> None:
+    """Cuts depend on the prompt's length and its last message's start, never on what ran before."""
+    assert _chunk_ends(38, 24) == (8, 16, 24)  # a short question: the template, then one pass
+    assert _chunk_ends(170, 150) == (8, 16, 32, 64, 96, 128, 150)  # a long persona, reused whole
+    long_question = _chunk_ends(300, 24)  # a long last message: its head is reused in 32s
+    assert long_question[-1] == 256 and 24 not in long_question
+    assert _chunk_ends(10, 40) == (8, 9)  # the last prompt token is always left to generate()
+    assert _chunk_ends(5, 0) == ()
+
+
 @pytest.mark.slow
 def test_prompt_cache_does_not_change_the_numbers(qwen: LlamaCppBackend) -> None:
     """Bit-exact logits whatever ran before. Plain llama-cpp-python prefix reuse fails this
@@ -184,7 +195,7 @@ def test_prompt_cache_is_still_used(qwen: LlamaCppBackend, monkeypatch: pytest.M
     evaluated.clear()
     second = qwen.generate([ask("2", "What is 3+3?", system=persona, max_tokens=1)])[0]
     assert second.prompt_tokens == first.prompt_tokens
-    assert sum(evaluated) < 2 * 32  # the differing tail, at most one aligned chunk before it
+    assert len(evaluated) == 1 and sum(evaluated) < 32  # the question and what follows it, in one pass
 
 
 @pytest.mark.slow
@@ -196,7 +207,7 @@ def test_seeded_sampling_repeats(smol: LlamaCppBackend) -> None:
 
 @pytest.mark.slow
 def test_stop_and_max_tokens_are_honoured(smol: LlamaCppBackend) -> None:
-    q, persona = "What is the capital of France?", "You are a helpful assistant."
+    q, persona = "What is the capital of France?", "Answer in one sentence."
     full = smol.generate([ask("f", q, system=persona, max_tokens=24)])[0].text
     cut = full.index("Paris")
     stopped = smol.generate([ask("s", q, system=persona, max_tokens=24, stop=["Paris"])])[0]
