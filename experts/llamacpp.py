@@ -239,9 +239,10 @@ def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
 
 def _content_start(llm: Any, tokens: Sequence[int], content: str) -> int:
     """Where the last message's text begins among the prompt's tokens (0 when it is not found):
-    everything before it is the template, the persona and the earlier turns. Its first token is
-    left out of the search, since it may have merged with what precedes it."""
-    body = llm.tokenize(content.encode("utf-8"), add_bos=False, special=False)[1:] if content else []
+    everything before it is the template, the persona and the earlier turns. Its first and last
+    tokens are left out of the search, since they may have merged with what surrounds them."""
+    whole = llm.tokenize(content.encode("utf-8"), add_bos=False, special=False) if content else []
+    body = whole[1:-1] if len(whole) > 2 else whole[1:]
     if not body:
         return 0
     first = body[0]
