@@ -162,7 +162,6 @@ class LlamaCppBackend:
         if request.timeout_s is not None:  # streamed, so generation stops once the time is up
             return collect(self._tokens(llm, request, started))
         try:
-            llm.content = _last_content(request)
             out = llm.create_chat_completion(**_arguments(request))
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
             return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
@@ -175,7 +174,6 @@ class LlamaCppBackend:
         pieces: list[str] = []
         stream = None
         try:  # a prompt that does not fit n_ctx raises before any token, eagerly or at the first
-            llm.content = _last_content(request)
             stream = llm.create_chat_completion(stream=True, **_arguments(request))
             for chunk in stream:
                 if piece := chunk["choices"][0]["delta"].get("content") or "":
@@ -211,10 +209,6 @@ def _arguments(request: GenerationRequest) -> dict[str, Any]:
         "seed": s.seed,
         "stop": s.stop or None,
     }
-
-
-def _last_content(request: GenerationRequest) -> str:
-    return request.messages[-1].content if request.messages else ""
 
 
 def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Generation:
@@ -303,11 +297,16 @@ def _boundary_at_most(n: int) -> int:
 @functools.cache
 def _aligned_llama_class(base: type) -> type:
     """llama_cpp.Llama whose generate() aligns the prompt cache first (imported lazily).
-    `content`, set before each chat completion, is the last message's text (`_content_start`)."""
+    `content` is the last message's text of the chat completion being made (`_content_start`)."""
 
     class AlignedLlama(base):
         aligned_ends: tuple[int, ...] = ()
         content = ""
+
+        def create_chat_completion(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Any:
+            text = messages[-1].get("content") if messages else None
+            self.content = text if isinstance(text, str) else ""
+            return super().create_chat_completion(messages=messages, **kwargs)
 
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
             tokens = list(tokens)

@@ -5,11 +5,11 @@ arrived, whichever is first, so a lone query waits at most `max_wait_s`. With `m
 (the default) a batch is whatever was queued when the runner got to it: nothing waits for a
 timer, and under load the requests that arrive while one batch runs form the next. A timer
 only delays a lone query: 50 ms of it was 7% of a short answer from the 0.5B model
-(`bench/overhead.py`), and at 200 clients the batches formed while the runner was busy anyway. With `weigh` (an item's
-predicted work, e.g. prompt and output tokens) a batch also closes once it holds `max_work`,
-so one batch of long queries cannot hold a short one for long. One runner thread
-executes batches in order: the device does one batch at a time, which is what keeps model
-loads at the planner's floor. Submissions are never split across batches.
+(`bench/overhead.py`), and at 200 clients the batches formed while the runner was busy anyway.
+With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
+it holds `max_work`, so one batch of long queries cannot hold a short one for long. One runner
+thread executes batches in order: the device does one batch at a time, which is what keeps
+model loads at the planner's floor. Submissions are never split across batches.
 """
 
 from __future__ import annotations
