@@ -75,7 +75,7 @@ class SkillRoute:
         aggregation = pool.aggregator.mode
         learning = settings.learning
         self.pool = PoolState(self.db, pool.validation.dataset_key(), self.embedder, self.deployment,
-                              pool.router or settings.router, aggregation == "llm", learning.refit_every)
+                              pool.router or settings.router, aggregation != "vote", learning.refit_every)
         self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         policy = CompetitionPolicy(learning.competition_rate, learning.per_minute,
@@ -85,7 +85,8 @@ class SkillRoute:
             if v.keyword_mode == "llm" else None
         self.pipeline = Pipeline(self.fleet, self.embedder, BudgetPlanner(profiles), limits,
                                  v.skills_per_question, aggregation, self.metrics, settings.backend_options(),
-                                 policy=policy, explore_rate=learning.explore_rate, keywords=keywords)
+                                 policy=policy, explore_rate=learning.explore_rate, keywords=keywords,
+                                 recruit=pool.recruit)
         self.admission = Admission(self.db, self.pool, self.pipeline)
         b = settings.batching
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,

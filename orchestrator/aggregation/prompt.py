@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-AggregationMode = Literal["llm", "vote"]
+AggregationMode = Literal["llm", "vote", "auto"]
 
 AGGREGATION_INSTRUCTIONS = (
     "You have been provided with a set of responses from various expert models to the question "

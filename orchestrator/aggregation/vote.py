@@ -9,11 +9,18 @@ right with probability p among m options outvotes two experts at p' exactly when
 ratio p(m−1)/(1−p) exceeds theirs combined. An expert that gave no choice casts no vote.
 
 A vote may be corrected by the expert's per-letter reliability (`reliability.AnswerReliability`).
+
+`lettered_vote` is the `auto` aggregation of a pool with an aggregator LLM: a question with
+lettered options whose every answer picked one is decided by the vote, and only the rest go to
+the aggregator. On the embedded pool's held-out MMLU (bench/live_quality.py) the aggregator,
+Qwen2.5-1.5B, followed the 0.5B's wrong letter where the two disagreed, while the vote of the
+same answers kept the 1.5B's.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +30,7 @@ from skills.grading import LETTERS, extract_choice
 
 DEFAULT_OPTIONS = 10  # MMLU-Pro; the options count only shifts every log-odds weight alike
 _MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-P])[.):]\s")  # "A. …", "B) …", "(C) …"
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,27 @@ def vote_answer(
     """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any."""
     letters = [(expert, extract_choice(text, len(LETTERS))) for expert, text in answers]
     return vote_by_scores(letters, scores, reliability)
+
+
+def option_count(question: str) -> int:
+    """How many lettered options the question offers: its option lines A, B, … in a row."""
+    letters = {m.group(1) for m in _OPTION_LINE.finditer(question)}
+    n = 0
+    while n < len(LETTERS) and LETTERS[n] in letters:
+        n += 1
+    return n
+
+
+def lettered_vote(question: str, answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore],
+                  reliability: AnswerReliability | None = None) -> str | None:
+    """The reply the vote decides, when the question has lettered options (two or more) and
+    every answer picked one: the winning letter's answer from its heaviest voter, reasoning
+    kept. None when the vote cannot decide, so the aggregator reads the answers instead."""
+    n = option_count(question)
+    letters = [(expert, extract_choice(text, n)) for expert, text in answers]
+    if n < 2 or any(choice is None for _, choice in letters):
+        return None
+    result = vote_by_scores(letters, scores, reliability)
+    weight = {s.name: s.weight for s in scores}
+    backers = [(e, t) for (e, t), (_, c) in zip(answers, letters, strict=True) if c == result.answer]
+    return max(backers, key=lambda et: weight.get(et[0], 0.0))[1]

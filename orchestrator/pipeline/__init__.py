@@ -13,7 +13,7 @@ import numpy as np
 
 from experts.options import BackendOptions
 from orchestrator.budgets.planner import BudgetPlanner
-from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.domain import Ask, Decision, Outcome, RecruitMode
 from orchestrator.pipeline.batch import BatchRun
 from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
 from orchestrator.pipeline.keywords import KeywordReader
@@ -35,15 +35,15 @@ class Pipeline:
                  limits: GenerationLimits | None = None, skills_per_query: int = 3, aggregation: str = "llm",
                  probe: Probe = NULL_PROBE, options: BackendOptions | None = None, fallback: bool = True,
                  policy: CompetitionPolicy | None = None, explore_rate: float = 0.0,
-                 keywords: tuple[KeywordReader, str] | None = None):
+                 keywords: tuple[KeywordReader, str] | None = None, recruit: RecruitMode | None = None):
         self.fleet, self.embedder, self.probe = fleet, embedder, probe
         self.planner = planner or BudgetPlanner()
         self.limits = limits or GenerationLimits()
-        self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools)
+        self.aggregation = aggregation  # "vote": no LLM reads the answers (replay pools); "auto": not lettered ones
         self.fallback = fallback  # a failed expert's next-ranked stand-in, for routed queries
         self.streams = StreamHub()  # live clients of streamed queries, by their Ask.stream_to
         self.decider = Decider(embedder, self.planner, self.limits, skills_per_query, aggregation, probe, options,
-                               policy, explore_rate, keywords)
+                               policy, explore_rate, keywords, recruit)
 
     def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
         """Skills, scores and recruits for every query, generating nothing."""

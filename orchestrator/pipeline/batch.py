@@ -22,7 +22,7 @@ import numpy as np
 from experts.traits import known_answer
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
-from orchestrator.aggregation.vote import vote_answer
+from orchestrator.aggregation.vote import lettered_vote, vote_answer
 from orchestrator.budgets.planner import BudgetPlanner, measured
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
@@ -99,7 +99,7 @@ class BatchRun:
 
     def _keep_last(self) -> dict[str, str]:
         """Per worker, the aggregators' model the batch will need last (kept resident)."""
-        if self.aggregation != "llm":
+        if self.aggregation == "vote":
             return {}
         aggregators = [q.decision.aggregator for q in self.queries if q.decision.aggregator in self.pool.experts]
         keep: dict[str, str] = {}
@@ -192,6 +192,10 @@ class BatchRun:
             self._finish(q, answers[0].text)  # one answer, or one greedy expert drawn k times
         elif self.aggregation == "vote":
             self._finish(q, _voted(answers, q, self.pool))
+        elif self.aggregation == "auto" and (voted := lettered_vote(
+                q.ask.text, [(a.expert, a.text) for a in answers], q.decision.experts,
+                self.pool.router.reliability)) is not None:
+            self._finish(q, voted)
         elif (agg := q.decision.aggregator) is not None and agg in self.pool.experts:
             prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
             self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,

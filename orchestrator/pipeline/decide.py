@@ -22,7 +22,16 @@ from experts.traits import check_prompt, prompt_scope
 from experts.types import ExpertSpec
 from orchestrator.budgets.planner import BudgetPlan, BudgetPlanner, PoolView, TokenLimits
 from orchestrator.budgets.solver import InfeasibleBudget
-from orchestrator.domain import Ask, Decision, ExpertScore, NoExperts, SkillMatch, Unanswerable, UnknownExpert
+from orchestrator.domain import (
+    Ask,
+    Decision,
+    ExpertScore,
+    NoExperts,
+    RecruitMode,
+    SkillMatch,
+    Unanswerable,
+    UnknownExpert,
+)
 from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
@@ -48,12 +57,14 @@ class Decider:
     def __init__(self, embedder: Embedder, planner: BudgetPlanner, limits: GenerationLimits,
                  skills_per_query: int = 3, aggregation: str = "llm", probe: Probe = NULL_PROBE,
                  options: BackendOptions | None = None, policy: CompetitionPolicy | None = None,
-                 explore_rate: float = 0.0, keywords: tuple[KeywordReader, str] | None = None):
+                 explore_rate: float = 0.0, keywords: tuple[KeywordReader, str] | None = None,
+                 recruit_mode: RecruitMode | None = None):
         self.embedder, self.planner, self.limits, self.probe = embedder, planner, limits, probe
         self.skills_per_query, self.aggregation = skills_per_query, aggregation
         self.options = options or BackendOptions()  # how an expert's tokenizer is found
         self.policy, self.explore_rate = policy, explore_rate  # None: the router never competes
         self.keywords = keywords  # (reader, keyword expert): skills from the keyword LLM
+        self.recruit_mode = recruit_mode  # the pool's mode for a query naming none; None: the router's
 
     def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
         return self.route_embedded(pool, asks, dry_run)[0]
@@ -100,7 +111,7 @@ class Decider:
             plan = self._plan(pool, index, ask, scores)
             return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,
                                  plan.record())
-        mode = ask.mode or pool.router.preferred_mode
+        mode = ask.mode or self.recruit_mode or pool.router.preferred_mode
         chosen = recruit([s for s in scores if s.name not in pool.uncertain], ask.k, mode, random.Random(seed))
         competitors, competition = self._competitors(pool, seed, eligible, chosen, dry_run)
         return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator,

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import ExpertSpec
+from orchestrator.domain import RecruitMode
 
 
 class Strict(BaseModel):
@@ -75,7 +76,12 @@ class GenerationBudget(Strict):
 
 
 class AggregatorConfig(Strict):
-    mode: Literal["llm", "vote"] = "llm"  # vote: router-weighted vote of the letters, no LLM (replay)
+    """How recruited answers become one: `llm` (Symbolic-MoE: the aggregator expert reads them),
+    `vote` (the router-weighted vote of their option letters, no LLM: replay pools), or `auto`
+    (the vote where the question offers lettered options and every answer picked one, the
+    aggregator otherwise: free-text questions, or an answer that gave no letter)."""
+
+    mode: Literal["llm", "vote", "auto"] = "llm"
     fixed: str | None = None  # skip the benchmark and use this expert
     tasks: int = Field(default=8, ge=1)
 
@@ -86,6 +92,7 @@ class PoolConfig(Strict):
     generation: GenerationBudget = Field(default_factory=GenerationBudget)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     router: Literal["symbolic", "knn"] | None = None  # None: the service's setting
+    recruit: RecruitMode | None = None  # how a query naming no mode recruits; None: the router's own
     experts: list[ExpertSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Weighted voting: log-odds weights, abstentions, order-free ties, the router's weights."""
+"""Weighted voting: log-odds weights, abstentions, order-free ties, the router's weights, and
+the `auto` aggregation's vote on lettered questions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 
 import pytest
 
-from orchestrator.aggregation.vote import log_odds_weight, weighted_vote
+from orchestrator.aggregation.vote import lettered_vote, log_odds_weight, option_count, weighted_vote
+from orchestrator.routing.recruit import score
 
 
 def test_log_odds_weight_is_zero_at_chance_and_grows_with_accuracy() -> None:
@@ -31,3 +33,29 @@ def test_vote_ties_break_by_heaviest_voter_then_letter_whatever_the_order() -> N
         random.shuffle(answers)
         assert weighted_vote(answers, weights).answer == "C"
     assert weighted_vote([("a", "B"), ("d", "A")], weights).answer == "A"
+
+
+LETTERED = "Which gas do plants take in?\nA. Oxygen\nB) Carbon dioxide\n(C) Helium\nReply with 'Answer: <letter>'."
+
+
+def test_option_count_reads_the_lettered_option_lines_in_a_row() -> None:
+    assert option_count(LETTERED) == 3
+    assert option_count("What is 17*23?") == 0
+    assert option_count("Pick one:\nB. two\nC. three") == 0  # no A: not a list of options
+    assert option_count("Q\nA. x\nB. y\nD. z") == 2
+
+
+def test_lettered_vote_keeps_the_heaviest_backer_s_reasoning() -> None:
+    scores = [score("big", 1.0, 0.6, 2.0), score("small", 1.0, 0.3, 0.5), score("tiny", 1.0, 0.2, 0.4)]
+    answers = [("small", "Answer: A. Oxygen feeds them."), ("big", "Answer: B, they fix carbon."),
+               ("tiny", "Answer: A")]
+    assert lettered_vote(LETTERED, answers, scores) == "Answer: B, they fix carbon."  # 2.0 > 0.5 + 0.4
+    heavier = [score("big", 1.0, 0.6, 0.8), *scores[1:]]
+    assert lettered_vote(LETTERED, answers, heavier) == "Answer: A. Oxygen feeds them."  # 0.9 > 0.8
+
+
+def test_lettered_vote_leaves_free_text_and_unlettered_answers_to_the_aggregator() -> None:
+    scores = [score("big", 1.0, 0.6, 2.0), score("small", 1.0, 0.3, 0.5)]
+    assert lettered_vote("What is 17*23?", [("big", "Answer: 391"), ("small", "Answer: 401")], scores) is None
+    assert lettered_vote(LETTERED, [("big", "Answer: B"), ("small", "Plants breathe.")], scores) is None
+    assert lettered_vote(LETTERED, [("big", "Answer: B"), ("small", "Answer: F")], scores) is None  # no option F

@@ -15,10 +15,11 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.pools.schema import AggregatorConfig
 from orchestrator.routing.recruit import score
 from orchestrator.settings import BudgetSettings
 from skills.embedder import Embedder
-from tests.orchestrator.conftest import quiet_settings, small_pool
+from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
 
 PACKAGED = Path(__file__).resolve().parents[3] / "experts" / "devices.yaml"
 WORKERS = "\nworkers:\n" + "".join(f"  - {{name: w{i}, device: local-cpu, memory_gb: 4}}\n" for i in (1, 2, 3))
@@ -143,3 +144,24 @@ def test_one_expert_drawn_k_times_is_not_aggregated(service) -> None:  # type: i
     c, _ = service
     (out,) = answer(c, ("what is 6*7?", decided(["alpha", "alpha", "alpha"], ["alpha", "beta"], aggregator="beta")))
     assert [a.role for a in out.answers] == ["expert"] * 3 and out.text == out.answers[0].text
+
+
+LETTERED = "Which gas do plants take in?\nA. Oxygen\nB. Carbon dioxide\nReply with 'Answer: <letter>'."
+
+
+def test_auto_aggregation_votes_on_lettered_answers_and_asks_the_aggregator_otherwise(
+        tmp_path: Path, embedder: Embedder) -> None:
+    replies = {"m1": "Answer: B, as photosynthesis fixes carbon.", "m2": "Answer: A"}
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode="auto", fixed="beta")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, answer=replies[spec.source]))
+    c.start()
+    try:
+        voted, free = answer(c, (LETTERED, decided(["beta", "alpha"], ["alpha", "beta"])),
+                             ("What is 2+2?", decided(["beta", "alpha"], ["alpha", "beta"], aggregator="beta")))
+    finally:
+        c.close()
+    assert voted.text == replies["m1"] and [a.role for a in voted.answers] == ["expert", "expert"]  # alpha outweighs
+    assert [a.role for a in free.answers] == ["expert", "expert", "aggregator"]
+    assert free.text == replies["m2"]  # the aggregator beta's, where the vote would take alpha's
