@@ -112,7 +112,7 @@ def lettered_vote(question: str, answers: Sequence[tuple[str, str]], scores: Seq
     letters = [(expert, extract_choice(text, n)) for expert, text in answers]
     if n < 2 or any(choice is None for _, choice in letters):
         return None
-    result = vote_by_scores(letters, scores, reliability)
     weight = {s.name: s.weight for s in scores}
+    result = weighted_vote(letters, weight, reliability)
     backers = [(e, t) for (e, t), (_, c) in zip(answers, letters, strict=True) if c == result.answer]
     return max(backers, key=lambda et: weight.get(et[0], 0.0))[1]

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import ExpertSpec
+from orchestrator.aggregation.prompt import AggregationMode
 from orchestrator.domain import RecruitMode
 
 
@@ -81,7 +82,7 @@ class AggregatorConfig(Strict):
     (the vote where the question offers lettered options and every answer picked one, the
     aggregator otherwise: free-text questions, or an answer that gave no letter)."""
 
-    mode: Literal["llm", "vote", "auto"] = "llm"
+    mode: AggregationMode = "llm"
     fixed: str | None = None  # skip the benchmark and use this expert
     tasks: int = Field(default=8, ge=1)
 
