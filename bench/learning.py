@@ -1,6 +1,6 @@
 """Does the router learn from its traffic? Competitions and feedback on a stream of recorded queries.
 
-    python bench/learning.py DATA_DIR [--seed-questions 300] [--segments 6] [--seeds 0 1 2 3 4] [--json]
+    python bench/learning.py DATA_DIR [--seed-questions 300] [--segments 6] [--seeds 0 1 2 3 4] [--draws 3] [--json]
 
 The k-NN router is profiled on a small seed set (about 300 questions, stratified by category),
 then the remaining questions of the replay folder arrive in a seeded order as live traffic. Each
@@ -12,8 +12,8 @@ the router learns while the stream runs (orchestrator/routing/learning.py, the s
 - competition 5% / 20%: that share of queries is a competition: every expert answers, each answer
   is marked against the reliability-weighted consensus of all of them (no gold), and the query
   joins the router's memory;
-- feedback 10%: that share of queries is marked by a user against gold: the recruited experts'
-  marks only;
+- feedback 10%: that share of queries is marked by a user against gold: the marks of the experts
+  that answered it only;
 - profiled on everything: a reference with gold on the seed set and the whole stream, cross-
   fitted (each half of the stream is routed by a router that never saw that half).
 
@@ -21,12 +21,22 @@ One open model (--withheld) is registered after the first third of the stream wi
 (as if its profiling had not run): every variant sees the same registration, and only a router
 that learns can use it (the learners explore it, answering as an extra on a capped share of
 queries, until it has enough evidence, then recruit it where it does well; the static router
-never does). `static_all_profiled` is the static router that knew it from the start (profiled on
-the seed set with the others), the stronger baseline. Prints accuracy per stream segment of each
-variant on each pool (mean over the seeds, and each seed's), the withheld model's share of
-recruitment per segment, and `last_segment_gain_open`: the best learning variant's last segment
-minus the static router's on the open <=13B pool, in points, as the mean over seeds (each seed's
-is printed too); `last_segment_gain_open_vs_all_profiled` is the same against the stronger one.
+never does). An explorer answers beside the recruited experts, so feedback on its query marks it
+too, as the service's feedback marks every expert that answered. `static_all_profiled` is the
+static router that knew it from the start (profiled on the seed set with the others), the
+stronger baseline.
+
+Which queries compete, get feedback or explore is a random draw, and on one seed's stream the
+last segment of feedback_10 moved by up to 1.6 points between draws alone; so each
+learner runs `--draws` times per seed (3) and its accuracy is the mean over them.
+
+Prints accuracy per stream segment of each variant on each pool (mean over the seeds, and each
+seed's), the withheld model's share of recruitment per segment (beside the learners', that of
+the routers that knew it from the start) and, once registered, on the categories it leads (is
+the pool's most accurate model on) against elsewhere, and `last_segment_gain_open`:
+the best learning variant's last segment minus the static router's on the open <=13B pool, in
+points, as the mean over seeds (each seed's is printed too); `last_segment_gain_open_vs_all_profiled`
+is the same against the stronger one.
 """
 
 from __future__ import annotations
@@ -112,14 +122,29 @@ class Variant:
     feedback: float = 0.0
     learns: bool = True
     withheld: str | None = None
+    draw: int = 0  # which draw of the queries that compete, get feedback or explore
     lessons: list[Lesson] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The withheld model's share of recruitment: per segment, and once registered on the
+    categories it leads (is the pool's most accurate model on) against elsewhere."""
+
+    name: str
+    led: frozenset[str]
+
+    def shares(self, per_segment: Sequence[Counter[str]], where: dict[bool, Counter[str]]) -> dict[str, object]:
+        return {"withheld_share": [c[self.name] / max(c.total(), 1) for c in per_segment],
+                "withheld_share_led": [where[x][self.name] / max(where[x].total(), 1) for x in (True, False)]
+                if self.led else None}
 
 
 class Run:
     """One variant over the stream: route, vote, learn; accuracy and recruitment per segment."""
 
-    def __init__(self, s: Stream, models: list[str], variant: Variant, segments: int):
-        self.s, self.v, self.segments = s, variant, segments
+    def __init__(self, s: Stream, models: list[str], variant: Variant, segments: int, watch: Watch | None = None):
+        self.s, self.v, self.segments, self.watch = s, variant, segments, watch
         self.names = [expert_name(m) for m in models]
         self.model_of = dict(zip(self.names, models, strict=True))
         base = replay_evidence(s.recording, s.seed_ids, s.emb_seed, s.skills_seed, models).evidence
@@ -131,7 +156,7 @@ class Run:
     def run(self) -> dict[str, object]:
         n, per = len(self.s.stream_ids), -(-len(self.s.stream_ids) // self.segments)
         right, share = [0] * self.segments, [Counter[str]() for _ in range(self.segments)]
-        joined = n // 3
+        joined, where = n // 3, {True: Counter[str](), False: Counter[str]()}
         for i, qid in enumerate(self.s.stream_ids):
             if i == joined and self.v.withheld:
                 self.known.append(self.v.withheld)
@@ -139,14 +164,15 @@ class Run:
             seg = i // per
             chosen, weights = self._recruit(i)
             share[seg].update(chosen)
+            if i >= joined and self.watch:
+                where[self.s.recording.questions[qid].category in self.watch.led].update(chosen)
             letters = {e: self.s.recording.answer(self.model_of[e], qid) for e in chosen}
             voted = weighted_vote(list(letters.items()), weights, self.router.reliability).answer
             right[seg] += voted == self._gold(qid)
             self._learn(i, qid, chosen, weights)
         sizes = [min(per, n - k * per) for k in range(self.segments)]
         return {"accuracy": [r / z for r, z in zip(right, sizes, strict=True)],
-                "withheld_share": [c[self.v.withheld] / max(c.total(), 1) for c in share] if self.v.withheld else None,
-                "lessons": len(self.v.lessons)}
+                **(self.watch.shares(share, where) if self.watch else {}), "lessons": len(self.v.lessons)}
 
     def _recruit(self, i: int) -> tuple[list[str], dict[str, float]]:
         scores = [x for x in self.router.score([], self.s.emb_stream[i]) if x.name in self.known]
@@ -158,15 +184,19 @@ class Run:
         return self.s.recording.questions[qid].answer
 
     def _learn(self, i: int, qid: str, chosen: list[str], weights: dict[str, float]) -> None:
+        """What this query teaches. An explorer answers beside the recruited experts whatever
+        else happens, so feedback on its query marks it too, as the service's feedback marks
+        every expert that answered."""
         if not self.v.learns:
             return
-        rng = random.Random(f"{self.v.name}:{i}")
+        rng = random.Random(f"{self.v.name}:{self.v.draw}:{i}")
         draw = rng.random()
+        explore = self._uncertain() if rng.random() < EXPLORE_RATE else []
         if draw < self.v.compete:
             self._lesson(i, qid, self.known, weights, gold=None, source="competition")
         elif draw < self.v.compete + self.v.feedback:
-            self._lesson(i, qid, chosen, weights, gold=self._gold(qid), source="feedback")
-        elif (explore := self._uncertain()) and rng.random() < EXPLORE_RATE:
+            self._lesson(i, qid, [*chosen, *explore], weights, gold=self._gold(qid), source="feedback")
+        elif explore:
             self._lesson(i, qid, [*chosen, *explore], weights, gold=None, source="explore")
 
     def _uncertain(self) -> list[str]:
@@ -200,8 +230,8 @@ def _only(evidence: RoutingEvidence, names: Sequence[str], blank: str | None = N
 class CrossFitted(Run):
     """Routes each half of the stream with a router profiled on the seed set and the other half."""
 
-    def __init__(self, s: Stream, models: list[str], segments: int):
-        super().__init__(s, models, Variant("profiled_on_everything", learns=False), segments)
+    def __init__(self, s: Stream, models: list[str], segments: int, watch: Watch | None = None):
+        super().__init__(s, models, Variant("profiled_on_everything", learns=False), segments, watch)
         self.half = len(s.stream_ids) // 2
         first, second = np.arange(self.half), np.arange(self.half, len(s.stream_ids))
         self.routers = [self._router_without(first, second, models), self._router_without(second, first, models)]
@@ -218,30 +248,62 @@ class CrossFitted(Run):
         return super()._recruit(i)
 
 
-LEARNERS = ("competition_5", "competition_20", "feedback_10")
+# each learner: (share of queries that compete, share that get feedback)
+LEARNERS = {"competition_5": (0.05, 0.0), "competition_20": (0.20, 0.0), "feedback_10": (0.0, 0.10)}
 POOLS = ("open_le_13b", "all")
+DRAWS = 3
 
 
-def one_seed(s: Stream, pools: dict[str, list[str]], segments: int, withheld: str) -> dict[str, object]:
-    """Every variant on every pool over one seed's stream."""
+def one_seed(s: Stream, pools: dict[str, list[str]], segments: int, withheld: str, draws: int = DRAWS
+             ) -> dict[str, object]:
+    """Every variant on every pool over one seed's stream; each learner over `draws` draws."""
     out: dict[str, object] = {}
     for pool, models in pools.items():
         hold = expert_name(withheld) if withheld in models else None
-        variants = [Variant("static", learns=False, withheld=hold), Variant("static_all_profiled", learns=False),
-                    Variant("competition_5", compete=0.05, withheld=hold),
-                    Variant("competition_20", compete=0.20, withheld=hold),
-                    Variant("feedback_10", feedback=0.10, withheld=hold)]
-        results = {v.name: Run(s, models, v, segments).run() for v in variants}
-        results["profiled_on_everything"] = CrossFitted(s, models, segments).run()
+        watch = Watch(hold, led_by(s.recording, models, withheld)) if hold else None
+        results = {"static": Run(s, models, Variant("static", learns=False, withheld=hold), segments, watch).run(),
+                   "static_all_profiled": Run(s, models, Variant("static_all_profiled", learns=False), segments,
+                                              watch).run()}
+        for name, (compete, feedback) in LEARNERS.items():
+            runs = [Run(s, models, Variant(name, compete, feedback, withheld=hold, draw=d), segments, watch).run()
+                    for d in range(draws)]
+            results[name] = _over_draws(runs)
+        results["profiled_on_everything"] = CrossFitted(s, models, segments, watch).run()
         out[pool] = results
     return out
+
+
+def led_by(rec: Recording, models: Sequence[str], model: str) -> frozenset[str]:
+    """The categories on which `model` is the most accurate of `models` over the recording."""
+    if model not in models:
+        return frozenset()
+    by_category: dict[str, list[str]] = {}
+    for q, x in rec.questions.items():
+        by_category.setdefault(x.category, []).append(q)
+
+    def accuracy(m: str, ids: list[str]) -> float:
+        return sum(rec.answer(m, q) == rec.questions[q].answer for q in ids) / len(ids)
+
+    return frozenset(c for c, ids in by_category.items() if max(models, key=lambda m: accuracy(m, ids)) == model)
+
+
+def _over_draws(runs: list[dict[str, object]]) -> dict[str, object]:
+    """A learner's mean over its draws (which queries competed, got feedback or explored)."""
+    shares = [r.get("withheld_share") for r in runs]
+    return {"accuracy": _mean([r["accuracy"] for r in runs]),  # type: ignore[misc]
+            "accuracy_per_draw": [r["accuracy"] for r in runs],
+            "withheld_share": _mean_or_none(shares),
+            "withheld_share_led": _mean_or_none([r.get("withheld_share_led") for r in runs]),
+            "lessons": float(np.mean([r["lessons"] for r in runs]))}  # type: ignore[misc]
 
 
 def summary(per_seed: dict[int, dict[str, object]]) -> dict[str, object]:
     """Mean accuracy per segment over the seeds, and the last-segment gains (mean and each seed's)."""
     runs = list(per_seed.values())
     segments = {pool: {name: {"accuracy": _mean([r[pool][name]["accuracy"] for r in runs]),  # type: ignore[index]
-                              "withheld_share": _mean_or_none([r[pool][name]["withheld_share"] for r in runs])}  # type: ignore[index]
+                              "withheld_share": _mean_or_none([r[pool][name].get("withheld_share") for r in runs]),  # type: ignore[index]
+                              "withheld_share_led": _mean_or_none([r[pool][name].get("withheld_share_led")  # type: ignore[index]
+                                                                   for r in runs])}
                        for name in runs[0][pool]}  # type: ignore[attr-defined]
                 for pool in runs[0]}
     return {"segments": segments, **_gains(per_seed, "static", ""), **_gains(per_seed, "static_all_profiled",
@@ -273,14 +335,15 @@ def _mean_or_none(rows: list[object]) -> list[float] | None:
 
 
 def bench(folder: str, n_seed: int, segments: int, seeds: Sequence[int], withheld: str, cache_dir: Path | None,
-          embedder: Embedder | None = None, pools: Sequence[str] = POOLS) -> dict[str, object]:
+          embedder: Embedder | None = None, pools: Sequence[str] = POOLS, draws: int = DRAWS) -> dict[str, object]:
     started, embedder = time.perf_counter(), embedder or Embedder()
     per_seed: dict[int, dict[str, object]] = {}
     for seed in seeds:
         s = build_stream(folder, n_seed, seed, cache_dir, embedder)
         members = {"open_le_13b": [m for m in s.recording.models if is_open_small(m)], "all": list(s.recording.models)}
-        per_seed[seed] = one_seed(s, {p: members[p] for p in pools}, segments, withheld)
-    return {"seeds": list(seeds), "n_seed": len(s.seed_ids), "n_stream": len(s.stream_ids), "withheld": withheld,
+        per_seed[seed] = one_seed(s, {p: members[p] for p in pools}, segments, withheld, draws)
+    return {"seeds": list(seeds), "draws": draws, "n_seed": len(s.seed_ids), "n_stream": len(s.stream_ids),
+            "withheld": withheld,
             **summary(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
             "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -292,6 +355,7 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     ap.add_argument("--seed-questions", type=int, default=300)
     ap.add_argument("--segments", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--draws", type=int, default=DRAWS, help="draws of the learning queries per learner and seed")
     ap.add_argument("--withheld", default="mathstral-7B", help="a model registered only after a third of the stream")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skillroute" / "embeddings")
     ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
@@ -301,7 +365,7 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     cache_dir = None if args.no_cache else args.cache_dir
     pools = ["open_le_13b", *(p for p in args.pools if p != "open_le_13b")]  # the gains are read from it
     res = bench(args.data_dir, args.seed_questions, args.segments, args.seeds, args.withheld, cache_dir, embedder,
-                pools)
+                pools, args.draws)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -311,15 +375,18 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
 
 def show(res: dict[str, object]) -> None:
     print(f"# learning from traffic: {res['n_seed']} seed questions, a stream of {res['n_stream']}, "
-          f"seeds {', '.join(map(str, res['seeds']))}")  # type: ignore[call-overload]
+          f"seeds {', '.join(map(str, res['seeds']))}, each learner the mean of {res['draws']} draws")  # type: ignore[call-overload]
     for pool, results in res["segments"].items():  # type: ignore[attr-defined]
         print(f"\n## pool {pool}: accuracy per stream segment (mean over seeds)")
         for name, r in results.items():
             print(f"{name:24s} " + " ".join(f"{100 * a:5.1f}" for a in r["accuracy"]))
         for name, r in results.items():
-            if r.get("withheld_share") and name not in ("static", "static_all_profiled", "profiled_on_everything"):
+            if r.get("withheld_share") and name != "static":
                 shares = " ".join(f"{100 * x:5.1f}" for x in r["withheld_share"])
                 print(f"{res['withheld']} share of recruitment ({name}): {shares}")
+                if r.get("withheld_share_led"):
+                    led, rest = r["withheld_share_led"]
+                    print(f"  once registered: {100 * led:.1f} on the categories it leads, {100 * rest:.1f} elsewhere")
     for suffix, label in (("", "static"), ("_vs_all_profiled", "static_all_profiled")):
         print(f"\nlast segment minus {label}, open <=13B, points, per seed (mean ± sd):")
         for v, d in res[f"last_segment_gain_open{suffix}_detail"].items():  # type: ignore[attr-defined]

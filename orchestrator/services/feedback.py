@@ -5,7 +5,8 @@ it. `{"correct": true}` says the service's answer was right: each expert is mark
 `{"correct": false}` says it was wrong: the experts that gave it are marked wrong, and the others
 stay unmarked (a wrong answer does not say which other answer was right). The marks become a
 lesson of the router (`routing.learning`), one per query: feedback given again replaces the
-first, so the same feedback twice counts once.
+first, so the same feedback twice counts once, and feedback replaces the lesson an explored or
+competed query taught against the consensus of its answers.
 """
 
 from __future__ import annotations

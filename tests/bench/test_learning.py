@@ -21,7 +21,8 @@ def report(load_bench: Callable[[str], ModuleType], slice_recording: Callable[[P
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = slice_recording(tmp_path_factory.mktemp("learning"), MODELS, 30)
     bench = load_bench("learning")
-    argv = [str(folder), "--json", "--seed-questions", "60", "--segments", "3", "--seeds", "0", "--no-cache"]
+    argv = [str(folder), "--json", "--seed-questions", "60", "--segments", "3", "--seeds", "0", "--draws", "2",
+            "--no-cache"]
     out = io.StringIO()  # a module-scoped fixture cannot use capsys
     with contextlib.redirect_stdout(out):
         assert bench.main(argv, embedder=get_embedder()) == 0
@@ -44,5 +45,15 @@ def test_only_learners_learn_and_recruit_the_late_model(report: dict[str, object
     assert run["static"]["lessons"] == 0 and run["static_all_profiled"]["lessons"] == 0
     assert run["competition_20"]["lessons"] > run["competition_5"]["lessons"] > 0
     assert run["static"]["withheld_share"] == [0.0, 0.0, 0.0]  # never profiled, so never recruited
+    assert run["static_all_profiled"]["withheld_share"][0] > 0.0  # profiled from the start
     share = run["competition_20"]["withheld_share"]
     assert share[0] == 0.0 and share[-1] > 0.0  # registered after the first third, then learned
+
+
+def test_each_learner_is_the_mean_over_its_draws(report: dict[str, object]) -> None:
+    run = report["per_seed"]["0"]["open_le_13b"]  # type: ignore[index]
+    assert report["draws"] == 2
+    for name in ("competition_5", "competition_20", "feedback_10"):
+        draws = run[name]["accuracy_per_draw"]
+        assert len(draws) == 2 and all(len(d) == 3 for d in draws)
+        assert run[name]["accuracy"] == pytest.approx([(a + b) / 2 for a, b in zip(*draws, strict=True)], abs=1e-4)

@@ -18,11 +18,16 @@ class LessonRepository:
         self.session = session
 
     def add(self, lesson: Lesson, query_id: int | None = None) -> bool:
-        """Store a lesson; one per query and source (a repeat replaces the first). True when the
-        query had none of this source yet."""
+        """Store a lesson; one per query and source (a repeat replaces the first). Feedback
+        replaces every earlier lesson of its query: an explored or competed query's answers were
+        marked against their consensus, and feedback marks the same answers against the truth,
+        so the query would otherwise count twice with marks that disagree. True when nothing of
+        the query was replaced."""
         replaced = False
         if query_id is not None:
-            stmt = delete(LessonRow).where(LessonRow.query_id == query_id, LessonRow.source == lesson.source)
+            stmt = delete(LessonRow).where(LessonRow.query_id == query_id)
+            if lesson.source != "feedback":
+                stmt = stmt.where(LessonRow.source == lesson.source)
             replaced = bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
         self.session.add(LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
                                    embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),

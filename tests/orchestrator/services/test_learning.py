@@ -128,6 +128,24 @@ def test_a_new_expert_is_explored_before_it_is_recruited(tmp_path, embedder) -> 
     c.close()
 
 
+def test_feedback_on_an_explored_query_replaces_its_consensus_lesson(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    c = service(tmp_path, embedder, rate=0.0, explore=1.0)
+    c.start()
+    row = c.experts.register(mock_expert("delta", "m3"), profile=False)
+    with c.db.session() as s:
+        ExpertRepository(s).set_status(row.id, "profiling")
+    c.pool.refresh()
+    query = c.queries.ask([Ask(text=QUESTION, k=1, mode="topk", seed=5)])[0]
+    counts = c.pool.evidence_counts()
+    assert lessons(c) == 1 and counts["delta"] == 1  # the exploration, marked against the consensus
+    verdict = c.feedback.give(query.id, answer="Carbon dioxide")
+    assert "delta" in verdict.marks and not verdict.replaced  # the explorer is marked against the truth
+    with c.db.session() as s:
+        assert s.scalars(select(LessonRow.source)).all() == ["feedback"]
+    assert c.pool.evidence_counts() == counts  # the query counts once, with the truth's marks
+    c.close()
+
+
 def test_a_competitor_removed_before_its_query_runs_drops_out_and_the_query_is_answered(competing) -> None:  # type: ignore[no-untyped-def]
     c, _ = competing
     admitted = c.queries.admission.admit([Ask(text=QUESTION, k=1, seed=1)])
