@@ -27,8 +27,8 @@ static router that knew it from the start (profiled on the seed set with the oth
 stronger baseline.
 
 Which queries compete, get feedback or explore is a random draw, and on one seed's stream the
-last segment of feedback_10 moved by up to 1.6 points between draws alone; so each
-learner runs `--draws` times per seed (3) and its accuracy is the mean over them.
+last segment of feedback_10 moved by up to 1.6 points between draws alone; so each learner runs
+`--draws` times per seed (3) and its accuracy is the mean over them.
 
 Prints accuracy per stream segment of each variant on each pool (mean over the seeds, and each
 seed's), the withheld model's share of recruitment per segment (beside the learners', that of
@@ -343,8 +343,7 @@ def bench(folder: str, n_seed: int, segments: int, seeds: Sequence[int], withhel
         members = {"open_le_13b": [m for m in s.recording.models if is_open_small(m)], "all": list(s.recording.models)}
         per_seed[seed] = one_seed(s, {p: members[p] for p in pools}, segments, withheld, draws)
     return {"seeds": list(seeds), "draws": draws, "n_seed": len(s.seed_ids), "n_stream": len(s.stream_ids),
-            "withheld": withheld,
-            **summary(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
+            "withheld": withheld, **summary(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
