@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId
-from orchestrator.api.schemas import QueryRequest
+from orchestrator.api.schemas import QueryRequest, StorableText
 from orchestrator.services.batches import BatchEntry, counts
 from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, BatchItem
@@ -23,7 +23,7 @@ MAX_BATCH = 1000
 
 
 class BatchQuery(QueryRequest):
-    custom_id: str | None = Field(default=None, max_length=64, description="Yours, echoed in the results.")
+    custom_id: StorableText | None = Field(default=None, max_length=64, description="Yours, echoed in the results.")
 
 
 class BatchCreate(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.api.schemas import BudgetFields, RecruitModeField
+from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision, RecruitMode
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.chat import AUTO, ChatResult, conversation_text
@@ -26,13 +26,14 @@ FinishReason = Literal["stop", "length"]
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str = Field(max_length=32_000)
+    text: StorableText = Field(max_length=32_000)
 
 
 class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = Field(default=None, description="Text, or text parts; images are refused.")
-    name: str | None = Field(default=None, max_length=64)
+    content: StorableText | list[TextPart] | None = Field(default=None,
+                                                         description="Text, or text parts; images are refused.")
+    name: StorableText | None = Field(default=None, max_length=64)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -60,7 +61,8 @@ class ChatCompletionRequest(BudgetFields):
                                    description="Caps every generation of the query, below the pool's own limits.")
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1,
                                               description="The same as `max_tokens` (wins where both are given).")
-    stop: str | list[str] | None = Field(default=None, description="Up to 4 sequences that end a generation.")
+    stop: StorableText | list[StorableText] | None = Field(default=None,
+                                                         description="Up to 4 sequences that end a generation.")
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
     mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
 

@@ -4,9 +4,9 @@ record itself, its fields at the top level of the reply, so they read alike ever
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
 from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget
@@ -14,6 +14,18 @@ from orchestrator.store.models import Expert, Query
 from orchestrator.store.repositories.queries import answers_of, decision_of
 
 RecruitModeField = Literal["sample", "topk", "dynamic"]
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+# Text a request may carry into the store. PostgreSQL's text columns refuse NUL, so a query
+# holding one was routed, then failed its insert (a 500) and with it every request admitted
+# beside it, while SQLite took it: it is refused at the door instead, a 422 on either database.
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 class BudgetFields(BaseModel):
@@ -28,7 +40,7 @@ class BudgetFields(BaseModel):
 class QueryRequest(BudgetFields):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=8000, description="The question to answer.")
+    query: StorableText = Field(min_length=1, max_length=8000, description="The question to answer.")
     k: int = Field(default=3, ge=1, le=8, description="How many experts to recruit (under a budget: at most).")
     mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
@@ -70,7 +82,8 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     correct: bool | None = Field(default=None, description="Was the service's answer right?")
-    answer: str | None = Field(default=None, min_length=1, max_length=2000, description="…or the right answer.")
+    answer: StorableText | None = Field(default=None, min_length=1, max_length=2000,
+                                        description="…or the right answer.")
 
     @model_validator(mode="after")
     def _one(self) -> FeedbackRequest:
@@ -91,7 +104,7 @@ class ExpertCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     model: BaseModelSpec = Field(description="kind llamacpp: source is a GGUF path or package:<name>; "
                                              "kind openai: source is the server's /v1 URL and model its model name.")
-    system_prompt: str | None = Field(default=None, max_length=4000)
+    system_prompt: StorableText | None = Field(default=None, max_length=4000)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement,
                                        description="Its worker and device profile (default: planned).")
@@ -139,7 +152,7 @@ class ExpertUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    system_prompt: str | None = Field(default=None, max_length=4000, description="Its persona (re-profiled).")
+    system_prompt: StorableText | None = Field(default=None, max_length=4000, description="Its persona (re-profiled).")
     sampling: SamplingParams | None = Field(default=None, description="Sampling keys to change (re-profiled).")
     placement: ExpertPlacement | None = Field(default=None, description="Placement keys to change (re-planned).")
     timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")

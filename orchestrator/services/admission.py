@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExpert
@@ -79,13 +80,28 @@ class Admission:
         return _admitted(ids, asks, decisions, embeddings)
 
     def _admit_group(self, calls: list[list[Ask]]) -> list[list[Admitted] | BaseException]:
+        """Route the calls together and store them in one commit; if that commit fails, each
+        call is stored on its own, so a failure stays with the request it came from."""
         routed = self._route_group(calls)
         taken = [(asks, r) for asks, r in zip(calls, routed, strict=True) if not isinstance(r, BaseException)]
+        try:
+            stored: list[list[Admitted] | BaseException] = list(self._store(taken))
+        except SQLAlchemyError:
+            stored = [self._store_alone(asks, r) for asks, r in taken]
+        admitted = iter(stored)
+        return [r if isinstance(r, BaseException) else next(admitted) for r in routed]
+
+    def _store(self, taken: Sequence[tuple[list[Ask], Routed]]) -> list[list[Admitted]]:
         with self.db.session() as s:
             ids = iter(QueryRepository(s).accept_many([a for asks, _ in taken for a in asks],
                                                        [d for _, (decisions, _) in taken for d in decisions]))
-        admitted = iter(_admitted([next(ids) for _ in asks], asks, *r) for asks, r in taken)
-        return [r if isinstance(r, BaseException) else next(admitted) for r in routed]
+        return [_admitted([next(ids) for _ in asks], asks, *r) for asks, r in taken]
+
+    def _store_alone(self, asks: list[Ask], routed: Routed) -> list[Admitted] | BaseException:
+        try:
+            return self._store([(asks, routed)])[0]
+        except SQLAlchemyError as exc:
+            return exc
 
     def _route_group(self, calls: list[list[Ask]]) -> list[Routed | BaseException]:
         """Every call's decisions from one routing pass; if some query cannot be taken, each

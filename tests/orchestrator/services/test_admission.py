@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.api.app import create_app
 from orchestrator.api.openai_compat import ChatCompletionRequest
@@ -121,3 +122,27 @@ def test_requests_admitted_together_are_stored_together_and_a_refusal_stays_with
     assert stored(container) == (before[0] + 3, before[1])
     rows = container.queries.get_many([a.query_id for a in first + last])
     assert [decision_of(r) for r in rows] == [a.decision for a in first + last]
+
+
+def test_text_the_store_cannot_hold_is_refused_before_anything_is_stored(client, container) -> None:  # type: ignore[no-untyped-def]
+    before = stored(container)
+    chat = [{"role": "user", "content": [{"type": "text", "text": "2+2?\u0000"}]}]
+    for path, body, field in [("/v1/queries", {"query": "2+2?\u0000"}, "query"),
+                              ("/v1/routes", {"query": "2+2?\u0000"}, "query"),
+                              ("/v1/chat/completions", {"model": "auto", "messages": chat}, "text"),
+                              ("/v1/batches", {"queries": [{"query": "fine", "custom_id": "a\u0000"}]}, "custom_id")]:
+        r = client.post(path, json=body)
+        message = r.json()["error"]["message"]
+        assert r.status_code == 422 and field in message and "NUL" in message, (path, r.text)
+    assert stored(container) == before
+
+
+def test_a_write_that_fails_stays_with_the_request_it_came_from(container) -> None:  # type: ignore[no-untyped-def]
+    before = stored(container)
+    nul = Ask(text="What is 3+3?\x00", k=2, seed=2)  # past the API's check: PostgreSQL refuses to store it
+    fine, other = container.admission._admit_group([[Ask(text="What is 2+2?", k=2, seed=1)], [nul]])
+    assert [a.ask.text for a in fine] == ["What is 2+2?"]
+    if container.db.engine.dialect.name == "postgresql":
+        assert isinstance(other, SQLAlchemyError) and stored(container) == (before[0] + 1, before[1])
+    else:  # SQLite stores it: both are admitted
+        assert [a.ask for a in other] == [nul] and stored(container) == (before[0] + 2, before[1])
