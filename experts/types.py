@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
 
@@ -50,6 +50,13 @@ class Generation(BaseModel):
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+
+    @field_validator("text", "error")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """NUL becomes U+FFFD: PostgreSQL's text columns refuse it, and a batch's answers are
+        stored in one statement, so one model emitting it would fail every query beside it."""
+        return None if value is None else value.replace("\x00", "\ufffd")
 
     @classmethod
     def failed(cls, request_id: str, error: str, latency_s: float = 0.0) -> Generation:

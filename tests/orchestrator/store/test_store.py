@@ -4,7 +4,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from experts.types import BaseModelSpec, ExpertSpec
+from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.models import Base
@@ -47,6 +47,22 @@ def test_query_lifecycle_and_pending(db):
         assert (q.status, q.answer, q.generations[0].text) == ("done", "4", "Answer: 4")
         assert decision_of(q) == decision and answers_of(q) == [answer]  # the records, as they were
         assert QueryRepository(s).pending() == []
+
+
+def test_a_generation_holding_nul_is_stored_on_every_database(db):
+    """A model that emits NUL (PostgreSQL's text columns refuse it) is stored with U+FFFD instead,
+    so its query, and the others finished in the same statement, are not lost."""
+    gen = Generation(request_id="r1", text="Answer: 4\x00")
+    assert gen.text == "Answer: 4\ufffd" and Generation(request_id="r2", text="", error="x\x00").error == "x\ufffd"
+    with db.session() as s:
+        decision = Decision.made("symbolic", "sample", 1, [], [], ["e1"], None)
+        qids = [QueryRepository(s).accept(Ask(text=t), decision).id for t in ("What is 2+2?", "What is 3+3?")]
+    answers = [Answer(expert="e1", role="expert", text=t) for t in (gen.text, "Answer: 6")]
+    with db.session() as s:
+        QueryRepository(s).finish_many([(qid, Ask(text="q"), Outcome(decision=decision, answers=[a], text=a.text))
+                                        for qid, a in zip(qids, answers, strict=True)])
+    with db.session() as s:
+        assert [QueryRepository(s).get(q).generations[0].text for q in qids] == ["Answer: 4\ufffd", "Answer: 6"]
 
 
 def test_profile_is_replaced_whole(db):
