@@ -59,6 +59,7 @@ from bench.replay_profiles import (  # noqa: E402
     is_open_small,
     nearest_skills,
     replay_evidence,
+    routing_embedder,
     routing_text,
     skill_vocabulary,
 )
@@ -336,7 +337,7 @@ def _mean_or_none(rows: list[object]) -> list[float] | None:
 
 def bench(folder: str, n_seed: int, segments: int, seeds: Sequence[int], withheld: str, cache_dir: Path | None,
           embedder: Embedder | None = None, pools: Sequence[str] = POOLS, draws: int = DRAWS) -> dict[str, object]:
-    started, embedder = time.perf_counter(), embedder or Embedder()
+    started, embedder = time.perf_counter(), embedder or routing_embedder()
     per_seed: dict[int, dict[str, object]] = {}
     for seed in seeds:
         s = build_stream(folder, n_seed, seed, cache_dir, embedder)
@@ -361,10 +362,9 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     ap.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS), help="open_le_13b is always run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    cache_dir = None if args.no_cache else args.cache_dir
     pools = ["open_le_13b", *(p for p in args.pools if p != "open_le_13b")]  # the gains are read from it
-    res = bench(args.data_dir, args.seed_questions, args.segments, args.seeds, args.withheld, cache_dir, embedder,
-                pools, args.draws)
+    res = bench(args.data_dir, args.seed_questions, args.segments, args.seeds, args.withheld,
+                None if args.no_cache else args.cache_dir, embedder, pools, args.draws)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -30,8 +30,9 @@ from orchestrator.pools.schema import (  # noqa: E402
     ValidationConfig,
 )
 from orchestrator.routing.evidence import RoutingEvidence  # noqa: E402
+from orchestrator.settings import embedding_kind  # noqa: E402
 from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
-from skills.embedder import Embedder  # noqa: E402
+from skills.embedder import Embedder, EmbeddingKind  # noqa: E402
 from skills.profiling import build_profile  # noqa: E402
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary  # noqa: E402
 
@@ -114,6 +115,12 @@ def replay_evidence(
     choices = {expert_name(m): [recording.answer(m, q) for q in question_ids] for m in models}
     evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices)
     return ReplayProfile(evidence, list(question_ids), tagged)
+
+
+def routing_embedder(kind: EmbeddingKind | None = None) -> Embedder:
+    """The embedder the service routes a replay pool with (k-NN router, the default kind), or
+    `kind` where a bench compares kinds."""
+    return Embedder(kind=kind or embedding_kind("auto", "knn"))
 
 
 def profile_replay_pool(

@@ -1,13 +1,15 @@
 """Routing quality on real recorded answers: does routing beat the best single model?
 
     python bench/routing_quality.py DATA_DIR [--json] [--seeds 0 1 2 3 4] [--test-size F]
+                                    [--embedding static|transformer|both]
 
 DATA_DIR is any folder of the replay format (questions.jsonl.gz, predictions.csv.gz). Questions
 are split, stratified by category and seeded, into a profiling part and a test part. Experts are
 profiled on the profiling part only: Symbolic-MoE profiles over skills from the embedding fast
 path (nearest seed skills, no keyword LLM at this scale) plus the question's category, and the
-k-NN router's per-question evidence; every choice (best single expert, per-category experts, the
-router's fitted parameters) is made there. Each test number below touches the test part once.
+k-NN router's per-question evidence (questions embedded as the service embeds them for the
+k-NN router unless --embedding says otherwise); every choice (best single expert, per-category
+experts, the router's fitted parameters) is made there. Each test number below touches the test part once.
 Every figure is reported per seed (split) and as the mean and spread over the seeds (0-4 unless
 told): a change that helps one split and not the mean is not a gain.
 
@@ -36,7 +38,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from bench.replay_profiles import is_open_small, nearest_skills, replay_evidence, routing_text, skill_vocabulary  # noqa: E402
+from bench.replay_profiles import (  # noqa: E402
+    is_open_small,
+    nearest_skills,
+    replay_evidence,
+    routing_embedder,
+    routing_text,
+    skill_vocabulary,
+)
 from experts.cost_model import model_cost  # noqa: E402
 from experts.replay import Recording, load_recording  # noqa: E402
 from orchestrator.aggregation.reliability import AnswerReliability  # noqa: E402
@@ -102,7 +111,7 @@ def build_corpus(
     recording = load_recording(folder)
     profiling, test = split_questions(recording, test_size, seed)
     texts = [routing_text(recording.questions[q]) for q in profiling + test]
-    embedder = embedder or Embedder()
+    embedder = embedder or routing_embedder()
     vectors = embed(embedder, texts, cache_dir)
     skills = nearest_skills(skill_vocabulary(recording, embedder), vectors)
     n = len(profiling)
@@ -333,6 +342,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where question embeddings are kept between runs",
     )
     ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
+    ap.add_argument("--embedding", choices=["static", "transformer", "both"],
+                    help="embed questions with this kind (default: the service's, for the k-NN router)")
     args = ap.parse_args(argv)
     if args.seed is not None:
         args.seeds = [args.seed]
@@ -344,7 +355,7 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
     args = parse_args(argv)
     started = time.perf_counter()
     cache_dir = None if args.no_cache else args.cache_dir
-    embedder = embedder or Embedder()
+    embedder = embedder or routing_embedder(args.embedding)
     runs: dict[int, tuple[Corpus, dict[str, PoolResult]]] = {}
     for seed in dict.fromkeys(args.seeds):
         corpus = build_corpus(args.data_dir, args.test_size, seed, cache_dir, embedder)
@@ -360,8 +371,8 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
         f"{len(corpus.test)} test questions (test share {args.test_size})"
     )
     print(
-        "skills: embedding fast path (3 nearest seed skills) + the category; aggregation: "
-        "profile-weighted voting, no aggregator LLM"
+        f"questions embedded {embedder.kind}; skills: embedding fast path (3 nearest seed skills) + the category; "
+        "aggregation: profile-weighted voting, no aggregator LLM"
     )
     for seed, (_, results) in runs.items():
         print(f"\n# seed {seed}")

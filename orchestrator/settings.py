@@ -91,11 +91,13 @@ class HttpSettings(Section):
 class EmbeddingSettings(Section):
     """How query and question texts are embedded (skills/embedder.py)."""
 
-    kind: Literal["auto", "static", "transformer"] = Field(
-        default="auto", description="static: model2vec distilled from all-MiniLM-L6-v2 (a lookup; the k-NN router, "
-        "question against question, routes as well); transformer: the sentence-transformer itself (~20 ms a "
-        "question; reads a question's skills far better: 60% against 36% subject hits, bench/keywords.py); auto: "
-        "static under the k-NN router, transformer under the skill-based symbolic one.")
+    kind: Literal["auto", "static", "transformer", "both"] = Field(
+        default="auto", description="static: model2vec distilled from all-MiniLM-L6-v2 (a lookup); transformer: the "
+        "sentence-transformer itself (~20 ms a question; reads a question's skills far better: 60% against 36% "
+        "subject hits, bench/keywords.py); both: the two side by side, a k-NN neighbour near under both views "
+        "(+0.1-0.2 points routed on the replay corpus, but a decision waits ~24 ms for the transformer: README, "
+        "Load); auto: static under the k-NN router (question against question it routes as well, for 0.3 ms), "
+        "transformer under the skill-based symbolic one.")
     cache_dir: Path = Field(default=DEFAULT_CACHE_DIR,
                             description="Where the distilled static model is built once, for every data dir.")
 
@@ -104,7 +106,7 @@ def embedding_kind(kind: str, router: str) -> EmbeddingKind:
     """The embedding a pool routed by `router` uses (see `EmbeddingSettings.kind`)."""
     if kind == "auto":
         return "static" if router == "knn" else "transformer"
-    return "static" if kind == "static" else "transformer"
+    return "static" if kind == "static" else "both" if kind == "both" else "transformer"
 
 
 class RaySettings(Section):

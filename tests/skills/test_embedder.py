@@ -30,9 +30,14 @@ def transformer() -> Embedder:
     return get_embedder("transformer")
 
 
-@pytest.fixture(params=["static", "transformer"])
-def each_kind(request: pytest.FixtureRequest, embedder: Embedder, transformer: Embedder) -> Embedder:
-    return embedder if request.param == "static" else transformer
+@pytest.fixture(scope="module")
+def both() -> Embedder:
+    return get_embedder("both")
+
+
+@pytest.fixture(params=["static", "transformer", "both"])
+def each_kind(request: pytest.FixtureRequest, embedder: Embedder, transformer: Embedder, both: Embedder) -> Embedder:
+    return {"static": embedder, "transformer": transformer, "both": both}[request.param]
 
 
 def test_shape_dtype_and_unit_norm(each_kind: Embedder) -> None:
@@ -40,7 +45,7 @@ def test_shape_dtype_and_unit_norm(each_kind: Embedder) -> None:
     assert vectors.shape == (3, DIMS[each_kind.kind]) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(vectors[0], vectors[2])
-    assert each_kind.dim == {"static": 256, "transformer": 384}[each_kind.kind]
+    assert each_kind.dim == {"static": 256, "transformer": 384, "both": 640}[each_kind.kind]
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
@@ -60,6 +65,16 @@ def test_static_neighbours_agree_with_the_transformer(embedder: Embedder, transf
                "Which functional group defines an alcohol?", "Is lying ever permitted, on Kant's view?"]
     picks = [(k.encode(queries) @ k.encode(subjects).T).argmax(axis=1) for k in (embedder, transformer)]
     assert list(picks[0]) == list(picks[1]) == [4, 1, 2, 3, 0, 6]
+
+
+def test_both_kinds_side_by_side_average_their_similarities(embedder: Embedder, transformer: Embedder,
+                                                             both: Embedder) -> None:
+    """`both` is the static and the transformer embedding of a text side by side: its cosine of
+    two texts is the mean of theirs, so a k-NN neighbour must be near under both views."""
+    texts = ["Which organelle makes ATP?", "What is the derivative of x squared?", "Who wrote the Republic?"]
+    cosines = [(v @ v.T) for v in (embedder.encode(texts), transformer.encode(texts), both.encode(texts))]
+    assert np.allclose(cosines[2], (cosines[0] + cosines[1]) / 2, atol=1e-5)
+    assert np.allclose(both.encode(texts)[:, :256] * np.sqrt(2), embedder.encode(texts), atol=1e-5)
 
 
 def test_empty_input_and_shared_instance(embedder: Embedder) -> None:
