@@ -182,7 +182,8 @@ def replay_accuracy_vs_budget(folder: str | Path, questions: int, seed: int, cac
         if models not in pools:  # server and mixed share one pool and its router: only costs differ
             bench = PoolBench(corpus, list(models))
             router = KnnRouter(bench.profile.evidence)
-            pools[models] = bench, router.score_batch([[]] * len(rows), corpus.emb_test[rows])
+            pools[models] = bench, router.score_batch([[]] * len(rows), corpus.emb_test[rows],
+                                                      [bench.n_options[r] for r in rows])
         curves = sweep(queries(*pools[models], rows, placement, devices))
         result["placements"][placement] = {  # type: ignore[index]
             "models": {m: device_of(m, placement) for m in models}, **curves}

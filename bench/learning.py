@@ -33,10 +33,9 @@ last segment of feedback_10 moved by up to 1.6 points between draws alone; so ea
 Prints accuracy per stream segment of each variant on each pool (mean over the seeds, and each
 seed's), the withheld model's share of recruitment per segment (beside the learners', that of
 the routers that knew it from the start) and, once registered, on the categories it leads (is
-the pool's most accurate model on) against elsewhere, and `last_segment_gain_open`:
-the best learning variant's last segment minus the static router's on the open <=13B pool, in
-points, as the mean over seeds (each seed's is printed too); `last_segment_gain_open_vs_all_profiled`
-is the same against the stronger one.
+the pool's most accurate model on) against elsewhere, and `last_segment_gain_open`: the best
+learning variant's last segment minus the static router's on the open <=13B pool, in points, as
+the mean over seeds (each seed's too); `last_segment_gain_open_vs_all_profiled` against the stronger one.
 """
 
 from __future__ import annotations
@@ -59,11 +58,10 @@ from bench.replay_profiles import (  # noqa: E402
     is_open_small,
     nearest_skills,
     replay_evidence,
-    routing_embedder,
     routing_text,
     skill_vocabulary,
 )
-from bench.routing_quality import embed  # noqa: E402
+from bench.routing_quality import embed, routing_embedder  # noqa: E402
 from experts.replay import Recording, load_recording  # noqa: E402
 from orchestrator.aggregation.vote import weighted_vote  # noqa: E402
 from orchestrator.pools.loader import expert_name  # noqa: E402
@@ -176,7 +174,8 @@ class Run:
                 **(self.watch.shares(share, where) if self.watch else {}), "lessons": len(self.v.lessons)}
 
     def _recruit(self, i: int) -> tuple[list[str], dict[str, float]]:
-        scores = [x for x in self.router.score([], self.s.emb_stream[i]) if x.name in self.known]
+        options = len(self.s.recording.questions[self.s.stream_ids[i]].options)  # the vote's chance level
+        scores = [x for x in self.router.score([], self.s.emb_stream[i], options) if x.name in self.known]
         counts = observed_counts(self.router.evidence)
         certain = [x for x in scores if counts.get(x.name, 0) >= CERTAIN_AFTER]
         return recruit(certain, K, "topk"), {x.name: x.weight for x in scores}

@@ -132,6 +132,7 @@ class PoolBench:
         marks = self.profile.evidence.correct or {}
         self.prof_accuracy = {n: float(np.mean(marks[n])) for n in self.names}
         self.tokens = [_prompt_tokens(rec, q) for q in test]
+        self.n_options = [len(rec.questions[q].options) for q in test]  # each question's chance level
         self._scored: dict[str, list[list[ExpertScore]]] = {}
         self._costs = {n: model_cost(m) for n, m in self.model_of.items()}
 
@@ -174,7 +175,8 @@ class PoolBench:
         """Each test question's scores, once per router (k only changes what is recruited)."""
         if router.name not in self._scored:
             self._scored[router.name] = [
-                router.score(skills, self.c.emb_test[i]) for i, skills in enumerate(self.c.skills_test)
+                router.score(skills, self.c.emb_test[i], self.n_options[i])
+                for i, skills in enumerate(self.c.skills_test)
             ]
         return self._scored[router.name]
 

@@ -28,7 +28,7 @@ from orchestrator.aggregation.reliability import P_CLIP, AnswerReliability
 from orchestrator.domain import ExpertScore
 from skills.grading import LETTERS, extract_choice
 
-DEFAULT_OPTIONS = 10  # MMLU-Pro; the options count only shifts every log-odds weight alike
+DEFAULT_OPTIONS = 10  # MMLU-Pro's; the chance level assumed where a question's own count is unknown
 _MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
 _OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-P])[.):]\s")  # "A. …", "B) …", "(C) …"
 

@@ -20,6 +20,7 @@ from experts.backend import BackendError
 from experts.options import BackendOptions
 from experts.traits import check_prompt, prompt_scope
 from experts.types import ExpertSpec
+from orchestrator.aggregation.vote import option_count
 from orchestrator.budgets.planner import BudgetPlan, BudgetPlanner, PoolView, TokenLimits
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import (
@@ -83,7 +84,9 @@ class Decider:
         embeddings = self.embedder.encode([question_part(t) for t in texts])  # as the memory is embedded
         skills = self._skills(pool, texts, embeddings)
         # one matrix product for every routed query, not one per query
-        scores = pool.router.score_batch([[m.skill for m in ms] for ms in skills], embeddings) if routed else []
+        options = [option_count(t) for t in texts]  # each query's chance level, for calibrated weights
+        scores = pool.router.score_batch([[m.skill for m in ms] for ms in skills], embeddings, options) \
+            if routed else []
         found = {i: (ms, sc) for i, ms, sc in zip(routed, skills, scores, strict=True)}
         decisions = [self._decide(pool, i, a, *found.get(i, ([], [])), dry_run=dry_run) for i, a in enumerate(asks)]
         self.probe.routed(decisions, time.perf_counter() - started)

@@ -23,12 +23,15 @@ class Router(Protocol):
     calibrated: bool  # suitability is an estimated P(correct), not a relative weight
     reliability: AnswerReliability | None  # per-letter vote offsets, for routers with log-odds weights
 
-    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None) -> list[ExpertScore]:
-        """Every eligible expert with its weight for this query, best first."""
+    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None, n_options: int = 0
+              ) -> list[ExpertScore]:
+        """Every eligible expert with its weight for this query, best first. `n_options`: how many
+        lettered options the query offers (0: free text), the chance level of a calibrated weight."""
         ...
 
-    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
-        """`score` for many queries (rows of `query_embeddings`, each with its skills)."""
+    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray,
+                    n_options: Sequence[int] | None = None) -> list[list[ExpertScore]]:
+        """`score` for many queries (rows of `query_embeddings`, each with its skills and options)."""
         ...
 
 
@@ -43,11 +46,13 @@ class SymbolicRouter:
     def __init__(self, evidence: RoutingEvidence):
         self.evidence = evidence
 
-    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None) -> list[ExpertScore]:
-        suitability = local_suitability(self.evidence.profiles, skills)
+    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None, n_options: int = 0
+              ) -> list[ExpertScore]:
+        suitability = local_suitability(self.evidence.profiles, skills)  # S·γ has no chance level
         return score_experts(suitability, self.evidence.competence)
 
-    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray) -> list[list[ExpertScore]]:
+    def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray,
+                    n_options: Sequence[int] | None = None) -> list[list[ExpertScore]]:
         return [self.score(s) for s in skills]
 
 

@@ -1,12 +1,18 @@
 """Recruitment's mode: the pool's own (`recruit:` in its file) for a query that names none, the
-router's preferred one where the pool names none either, and a query's own above both."""
+router's preferred one where the pool names none either, and a query's own above both; and the
+chance level a calibrated router weighs a query against."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Ask
+from orchestrator.domain import Ask, ExpertScore
+from orchestrator.routing.router import Router
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
@@ -34,3 +40,34 @@ def test_the_pool_s_recruit_mode_is_what_a_query_naming_none_gets(tmp_path: Path
 def test_without_one_the_router_s_preferred_mode_recruits(tmp_path: Path, embedder: Embedder) -> None:
     (mode, _, _), _ = modes(tmp_path, embedder, None)
     assert mode == "sample"  # the Symbolic-MoE router's, the service's default router
+
+
+class OptionsSeen:
+    """The pool's real router, noting the option counts each batch is scored with."""
+
+    def __init__(self, router: Router):
+        self.router, self.seen = router, list[list[int]]()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.router, name)
+
+    def score_batch(self, skills: Sequence[Sequence[str]], embeddings: np.ndarray,
+                    n_options: Sequence[int] | None = None) -> list[list[ExpertScore]]:
+        self.seen.append(list(n_options or []))
+        return self.router.score_batch(skills, embeddings, n_options)
+
+
+def test_each_query_is_scored_with_its_own_option_count(tmp_path: Path, embedder: Embedder) -> None:
+    """The chance level a calibrated router weighs against (tests/orchestrator/routing/
+    test_knn_router.py): four lettered options, or none for free text."""
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(EXPERTS).model_copy(update={"router": "knn"}),
+                   factory=mock_or_real, embedder=embedder)
+    c.bootstrap()
+    try:
+        spy = OptionsSeen(c.pool.snapshot.router)
+        lettered = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nReply with 'Answer: <letter>'."
+        asks = [Ask(text=lettered, k=2, seed=3), Ask(text="Which is a prime: 4, 6, 7 or 9?", k=2, seed=3)]
+        decisions = c.pipeline.route(replace(c.pool.snapshot, router=spy), asks)  # type: ignore[arg-type]
+    finally:
+        c.close()
+    assert spy.seen == [[4, 0]] and [d.router for d in decisions] == ["knn", "knn"]

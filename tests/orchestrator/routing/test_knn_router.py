@@ -65,6 +65,23 @@ def test_scores_carry_estimate_overall_accuracy_and_log_odds_weight() -> None:
     assert router.score_batch([[]], np.stack([centres[0]]))[0] == scores
 
 
+def test_weights_are_log_odds_against_the_querys_own_chance_level() -> None:
+    """Among 4 options an expert right 20% of the time is guessing: its vote weighs nothing and
+    dynamic recruitment stops before it. Among 10 (or free text, counted as 10) it is above
+    chance. The ranking is the same either way. (Every question alike: p̂ is each accuracy.)"""
+    emb = np.tile(np.eye(8, dtype=np.float32)[0], (100, 1))
+    correct = {n: np.arange(100) % 20 < 20 * p for n, p in (("good", 0.6), ("fair", 0.45), ("guess", 0.2))}
+    router = KnnRouter(RoutingEvidence({n: {} for n in correct}, emb, correct))
+    four, ten, free = (router.score_batch([[]], emb[:1], [m])[0] for m in (4, 10, 0))
+    assert [s.name for s in four] == [s.name for s in ten] == [s.name for s in free] == ["good", "fair", "guess"]
+    assert [s.suitability for s in four] == pytest.approx([0.6, 0.45, 0.2])
+    assert four[2].weight == pytest.approx(0.0, abs=1e-5) and ten[2].weight == pytest.approx(np.log(0.2 * 9 / 0.8))
+    assert [s.weight for s in free] == [s.weight for s in ten] == [s.weight for s in router.score([], emb[0])]
+    assert [s.weight for s in four] == [log_odds_weight(s.suitability, 4) for s in four]
+    assert recruit(four, 3, "dynamic", p=0.95) == ["good", "fair"]
+    assert recruit(ten, 3, "dynamic", p=0.95) == ["good", "fair", "guess"]
+
+
 def test_without_an_embedding_ranks_by_overall_accuracy() -> None:
     evidence, _, _ = _two_topics()
     overall = {n: float(np.mean(c)) for n, c in (evidence.correct or {}).items()}
