@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
@@ -106,7 +106,7 @@ def embedding_kind(kind: str, router: str) -> EmbeddingKind:
     """The embedding a pool routed by `router` uses (see `EmbeddingSettings.kind`)."""
     if kind == "auto":
         return "static" if router == "knn" else "transformer"
-    return "static" if kind == "static" else "both" if kind == "both" else "transformer"
+    return cast(EmbeddingKind, kind) if kind in get_args(EmbeddingKind) else "transformer"
 
 
 class RaySettings(Section):

