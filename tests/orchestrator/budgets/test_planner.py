@@ -150,3 +150,17 @@ def test_replies_computed_here_teach_the_local_slowdown_and_mock_ones_do_not() -
     assert planner.cost(real, 40, 24).latency_s == pytest.approx(4 * before)
     plan = planner.plan(PoolView({"real": real}, None, True), "q", [score("real", 0.5)], QueryBudget(), 1, TOKENS)
     assert plan.record().local_slowdown == pytest.approx(4.0)
+
+
+def test_an_auto_pool_costs_a_lettered_question_as_a_vote_and_free_text_with_its_aggregator() -> None:
+    """Under `auto` the vote decides a question with lettered options (pipeline/batch.py): no
+    aggregator runs, so none is costed; free text still goes to the aggregator LLM."""
+    experts = {n: spec(n, "/m.gguf", params_b=0.5) for n in ("a", "b", "c")}
+    pool, planner = PoolView(experts, "a", calibrated=True, aggregation="auto"), BudgetPlanner()
+    lettered = "Which is prime?\nA. 4\nB. 7\nC. 9\nD. 12"
+    scores = [score(n, 0.6) for n in experts]
+    assert planner.aggregation(pool, lettered, TOKENS).latency(3) == 0.0
+    assert planner.aggregation(pool, "What is 2+2?", TOKENS).latency(3) > 0.0
+    plan = planner.plan(pool, lettered, scores, QueryBudget(), 3, TOKENS)
+    assert len(plan.chosen) == 3  # three voters at 0.6 beat one: the weighted-vote quality
+    assert plan.decision.latency_s == pytest.approx(sum(c.latency_s for c in plan.candidates))
