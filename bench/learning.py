@@ -224,7 +224,8 @@ def _only(evidence: RoutingEvidence, names: Sequence[str], blank: str | None = N
     observed = {n: np.full(n_rows, n != blank) for n in keep}
     choices = {n: [None if n == blank else c for c in (evidence.choices or {})[n]] for n in keep}
     profiles = {n: ({} if n == blank else evidence.profiles[n]) for n in keep}
-    return RoutingEvidence(profiles, evidence.question_embeddings, correct, evidence.labels, choices, observed=observed)
+    return RoutingEvidence(profiles, evidence.question_embeddings, correct, evidence.labels, choices,
+                           observed=observed, options=evidence.options)
 
 
 class CrossFitted(Run):

@@ -29,7 +29,7 @@ from orchestrator.pools.schema import (  # noqa: E402
     PoolConfig,
     ValidationConfig,
 )
-from orchestrator.routing.evidence import RoutingEvidence  # noqa: E402
+from orchestrator.routing.evidence import RoutingEvidence, typical_options  # noqa: E402
 from orchestrator.settings import embedding_kind  # noqa: E402
 from skills.datasets import LabelledQuestion, format_prompt  # noqa: E402
 from skills.embedder import Embedder, EmbeddingKind  # noqa: E402
@@ -113,7 +113,9 @@ def replay_evidence(
     profiles = {name: build_profile(name, zip(tagged, ok.tolist(), strict=True)).scores for name, ok in marks.items()}
     labels = [recording.questions[q].category for q in question_ids]
     choices = {expert_name(m): [recording.answer(m, q) for q in question_ids] for m in models}
-    evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices)
+    options = typical_options(len(recording.questions[q].options) for q in question_ids)
+    evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices,
+                               options=options)
     return ReplayProfile(evidence, list(question_ids), tagged)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +25,9 @@ class RoutingEvidence:
     `observed` (expert → n booleans) says which marks are known: profiling knows every expert's,
     a learned question (a competition, feedback) only those of the experts that answered it;
     None: all are known.
+    `options` is how many lettered options its questions offered (the median of those with
+    two or more; None: unknown): the chance level an expert's accuracy on them was measured at,
+    against which the k-NN router weighs a free-text query, which has none of its own.
     """
 
     profiles: dict[str, dict[str, float]]
@@ -33,7 +38,14 @@ class RoutingEvidence:
     competence: dict[str, float] = field(default_factory=dict)
     observed: dict[str, np.ndarray] | None = None
     learned_rows: int = 0  # how many of the last rows came from traffic (`routing.learning`), not profiling
+    options: int | None = None
 
     def __post_init__(self) -> None:
         if not self.competence:
             self.competence = global_competence({n: sum(p.values()) for n, p in self.profiles.items()})
+
+
+def typical_options(counts: Iterable[int]) -> int | None:
+    """The median option count of the questions that offer lettered options (None: none do)."""
+    lettered = [n for n in counts if n >= 2]
+    return round(statistics.median(lettered)) if lettered else None

@@ -62,7 +62,7 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int 
     profiles = _profiles(evidence.profiles, lessons, names)
     competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
     grown = RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed,
-                            evidence.learned_rows + len(lessons))
+                            evidence.learned_rows + len(lessons), evidence.options)
     return _bounded(grown, max_rows)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from experts.types import ExpertSpec
 from orchestrator.pipeline.snapshot import PoolSnapshot
-from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.evidence import RoutingEvidence, typical_options
 from orchestrator.routing.knn_router import KnnRouter
 from orchestrator.routing.learning import CERTAIN_AFTER, Lesson, learned, observed_counts
 from orchestrator.routing.router import build_router
@@ -51,7 +51,8 @@ def load_evidence(
         lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY))
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
-    base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed)
+    options = typical_options(len(q.payload.get("options") or ()) for q in questions)
+    base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed, options=options)
     return experts, learned(base, [_known(x, experts) for x in lessons]), skills, profiling
 
 

@@ -67,8 +67,9 @@ def test_scores_carry_estimate_overall_accuracy_and_log_odds_weight() -> None:
 
 def test_weights_are_log_odds_against_the_querys_own_chance_level() -> None:
     """Among 4 options an expert right 20% of the time is guessing: its vote weighs nothing and
-    dynamic recruitment stops before it. Among 10 (or free text, counted as 10) it is above
-    chance. The ranking is the same either way. (Every question alike: p̂ is each accuracy.)"""
+    dynamic recruitment stops before it. Among 10 (or free text, against evidence that does
+    not say its questions' option count: 10) it is above chance. The ranking is the same
+    either way. (Every question alike: p̂ is each accuracy.)"""
     emb = np.tile(np.eye(8, dtype=np.float32)[0], (100, 1))
     correct = {n: np.arange(100) % 20 < 20 * p for n, p in (("good", 0.6), ("fair", 0.45), ("guess", 0.2))}
     router = KnnRouter(RoutingEvidence({n: {} for n in correct}, emb, correct))
@@ -80,6 +81,22 @@ def test_weights_are_log_odds_against_the_querys_own_chance_level() -> None:
     assert [s.weight for s in four] == [log_odds_weight(s.suitability, 4) for s in four]
     assert recruit(four, 3, "dynamic", p=0.95) == ["good", "fair"]
     assert recruit(ten, 3, "dynamic", p=0.95) == ["good", "fair", "guess"]
+
+
+def test_free_text_is_weighed_against_the_chance_level_of_the_evidences_questions() -> None:
+    """Free text has no options of its own: an expert at chance on the 4-option questions its
+    p̂ was measured on (20% right) adds no weight, as among 4 options; evidence that does not
+    say how many options its questions had is weighed as 10."""
+    emb = np.tile(np.eye(8, dtype=np.float32)[0], (100, 1))
+    correct = {n: np.arange(100) % 20 < 20 * p for n, p in (("good", 0.6), ("guess", 0.2))}
+    four = KnnRouter(RoutingEvidence({n: {} for n in correct}, emb, correct, options=4))
+    unknown = KnnRouter(RoutingEvidence({n: {} for n in correct}, emb, correct))
+    free, lettered = (four.score_batch([[]], emb[:1], [m])[0] for m in (0, 10))
+    assert [s.weight for s in free] == [s.weight for s in four.score([], emb[0], 4)]
+    assert free[1].name == "guess" and free[1].weight == pytest.approx(0.0, abs=1e-5)
+    assert recruit(free, 3, "dynamic", p=0.95) == ["good"]
+    assert lettered[1].weight == pytest.approx(np.log(0.2 * 9 / 0.8))  # a 10-option query: its own
+    assert unknown.score([], emb[0])[1].weight == pytest.approx(np.log(0.2 * 9 / 0.8))
 
 
 def test_without_an_embedding_ranks_by_overall_accuracy() -> None:

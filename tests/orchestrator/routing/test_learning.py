@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.routing.evidence import RoutingEvidence
+from orchestrator.routing.evidence import RoutingEvidence, typical_options
 from orchestrator.routing.learning import Lesson, learned
 
 
@@ -37,3 +37,11 @@ def test_the_memory_keeps_the_newest_learned_rows_and_every_profiled_one() -> No
 def test_under_the_cap_nothing_is_dropped() -> None:
     grown = learned(profiled(3), [lesson(i) for i in range(4)], max_rows=10)
     assert grown.learned_rows == 4 and grown.question_embeddings is not None and len(grown.question_embeddings) == 7
+
+
+def test_typical_options_is_the_median_over_lettered_questions_and_lessons_keep_it() -> None:
+    assert typical_options([4, 4, 10, 0, 0, 0]) == 4 and typical_options([10, 9, 10]) == 10
+    assert typical_options([0, 1]) is None and typical_options([]) is None
+    evidence = profiled(3)
+    evidence.options = 4
+    assert learned(evidence, [lesson(0)]).options == 4

@@ -8,6 +8,7 @@ from sqlalchemy import update
 
 from orchestrator.container import SkillRoute
 from orchestrator.routing.learning import Lesson
+from orchestrator.services.pool import load_evidence
 from orchestrator.store.models import LessonRow, Query, ValidationQuestion
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.validation import ValidationRepository
@@ -72,3 +73,10 @@ def test_a_change_of_embedding_kind_embeds_the_memory_and_the_lessons_again(cont
         assert [r.query_id for r in rows] == [query.id]
         assert np.allclose(np.frombuffer(rows[0].embedding, dtype="<f4"),
                            transformer.encode(["What is 6 times 7?"])[0], atol=1e-5)
+
+
+def test_the_evidence_knows_how_many_options_its_questions_offered(container: SkillRoute, embedder: Embedder) -> None:
+    """Free text is weighed against it (routing/knn_router.py): the packaged MMLU's 4."""
+    counts = [len(r.payload.get("options") or ()) for r in stored(container)]
+    _, evidence, _, _ = load_evidence(container.db, container.pool.dataset, embedder)
+    assert evidence.options == 4 == max(counts)
