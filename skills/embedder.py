@@ -86,7 +86,7 @@ class Embedder:
         return DIMS[self.kind]
 
     def _load(self, part: str) -> Any:
-        return _model(part, self.model_path, self._cache_dir)  # the path first: a missing package names it
+        return _model(part, self.model_path, self._cache_dir)[0]  # the path first: a missing package names it
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text, in order; repeated and recently seen texts are encoded once."""
@@ -130,7 +130,8 @@ class Embedder:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
-        parts = [_encode(part, self._load(part), texts) for part in _PARTS[self.kind]]
+        parts = [_encode_shared(part, _model(part, self.model_path, self._cache_dir), texts)
+                 for part in _PARTS[self.kind]]
         return parts[0] if len(parts) == 1 else np.hstack(parts) / np.float32(np.sqrt(len(parts)))
 
     def _remember(self, vectors: dict[str, np.ndarray]) -> None:
@@ -163,17 +164,24 @@ def _encode(part: str, model: Any, texts: list[str]) -> np.ndarray:
 
 # Each model once per process, whichever embedders use it: a `transformer` embedder (skill
 # names) beside a `both` one (the k-NN router) would otherwise hold two copies (~90 MB each).
-_loaded: dict[tuple[str, str, Path | None], Any] = {}
+# Each comes with a lock: a fast tokenizer sets its truncation state on every call and is not
+# safe to call from two threads at once, and each embedder serialises only its own calls.
+_loaded: dict[tuple[str, str, Path | None], tuple[Any, threading.Lock]] = {}
 _loaded_lock = threading.Lock()
 
 
-def _model(part: str, path: str, cache_dir: Path) -> Any:
+def _model(part: str, path: str, cache_dir: Path) -> tuple[Any, threading.Lock]:
     key = (part, path, cache_dir if part == "static" else None)  # the transformer needs no cache
     with _loaded_lock:
         if key not in _loaded:
             _force_offline()
-            _loaded[key] = _static(path, cache_dir) if part == "static" else _transformer(path)
+            _loaded[key] = (_static(path, cache_dir) if part == "static" else _transformer(path), threading.Lock())
         return _loaded[key]
+
+
+def _encode_shared(part: str, model: tuple[Any, threading.Lock], texts: list[str]) -> np.ndarray:
+    with model[1]:
+        return _encode(part, model[0], texts)
 
 
 def _static(path: str, cache_dir: Path) -> Any:

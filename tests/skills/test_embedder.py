@@ -91,6 +91,27 @@ def test_kinds_share_the_models_they_have_in_common(embedder: Embedder, transfor
     assert both._load("static") is embedder._load("static") is Embedder()._load("static")
 
 
+def test_kinds_sharing_a_model_can_embed_at_once(transformer: Embedder, both: Embedder) -> None:
+    """Embedders of two kinds calling the one shared transformer from four threads each get
+    their own rows, as each gets them alone."""
+    texts = [f"a question about topic {i}" for i in range(24)]
+    alone = {k.kind: k.encode(texts) for k in (transformer, both)}
+    fresh = [Embedder(cache_size=0, kind=k) for k in ("transformer", "both") for _ in range(2)]
+    rows: dict[int, np.ndarray] = {}
+    gate = threading.Barrier(len(fresh))
+
+    def work(i: int) -> None:
+        gate.wait()
+        rows[i] = fresh[i].encode(texts)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(fresh))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.allclose(rows[i], alone[e.kind], atol=1e-5) for i, e in enumerate(fresh))
+
+
 def test_cache_is_bounded_and_results_stable() -> None:
     small = Embedder(cache_size=2)
     first = small.encode(["a", "b", "c"])
