@@ -24,6 +24,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,7 +71,7 @@ class Embedder:
     def __init__(self, model_path: str | None = None, cache_size: int = 4096,
                  kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE_DIR):
         self._model_path, self.kind, self._cache_dir = model_path, kind, cache_dir
-        self._lock = threading.RLock()  # loading, the cache and the waiting list
+        self._lock = threading.RLock()  # the cache and the waiting list
         self._infer = threading.Lock()  # one model call at a time: whoever holds it embeds the group
         self._waiting: list[tuple[list[str], Future[np.ndarray]]] = []
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -85,8 +86,8 @@ class Embedder:
     def dim(self) -> int:
         return DIMS[self.kind]
 
-    def _load(self, part: str) -> Any:
-        return _model(part, self.model_path, self._cache_dir)[0]  # the path first: a missing package names it
+    def _load(self, part: str) -> _Shared:
+        return _model(part, self.model_path, self._cache_dir)  # the path first: a missing package names it
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text, in order; repeated and recently seen texts are encoded once."""
@@ -130,8 +131,7 @@ class Embedder:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
-        parts = [_encode_shared(part, _model(part, self.model_path, self._cache_dir), texts)
-                 for part in _PARTS[self.kind]]
+        parts = [self._load(part).encode(texts) for part in _PARTS[self.kind]]
         return parts[0] if len(parts) == 1 else np.hstack(parts) / np.float32(np.sqrt(len(parts)))
 
     def _remember(self, vectors: dict[str, np.ndarray]) -> None:
@@ -166,22 +166,30 @@ def _encode(part: str, model: Any, texts: list[str]) -> np.ndarray:
 # names) beside a `both` one (the k-NN router) would otherwise hold two copies (~90 MB each).
 # Each comes with a lock: a fast tokenizer sets its truncation state on every call and is not
 # safe to call from two threads at once, and each embedder serialises only its own calls.
-_loaded: dict[tuple[str, str, Path | None], tuple[Any, threading.Lock]] = {}
+@dataclass
+class _Shared:
+    """One loaded model of one part, and the lock its callers take."""
+
+    part: str
+    model: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            return _encode(self.part, self.model, texts)
+
+
+_loaded: dict[tuple[str, str, Path | None], _Shared] = {}
 _loaded_lock = threading.Lock()
 
 
-def _model(part: str, path: str, cache_dir: Path) -> tuple[Any, threading.Lock]:
+def _model(part: str, path: str, cache_dir: Path) -> _Shared:
     key = (part, path, cache_dir if part == "static" else None)  # the transformer needs no cache
     with _loaded_lock:
         if key not in _loaded:
             _force_offline()
-            _loaded[key] = (_static(path, cache_dir) if part == "static" else _transformer(path), threading.Lock())
+            _loaded[key] = _Shared(part, _static(path, cache_dir) if part == "static" else _transformer(path))
         return _loaded[key]
-
-
-def _encode_shared(part: str, model: tuple[Any, threading.Lock], texts: list[str]) -> np.ndarray:
-    with model[1]:
-        return _encode(part, model[0], texts)
 
 
 def _static(path: str, cache_dir: Path) -> Any:

@@ -103,6 +103,13 @@ def option_count(question: str) -> int:
     return n
 
 
+def vote_decides(mode: str, question: str) -> bool:
+    """Whether aggregation `mode` votes on `question` instead of asking the aggregator LLM:
+    always under `vote`; under `auto`, when it has lettered options (`lettered_vote` falls
+    back to the aggregator only when an answer picks none)."""
+    return mode == "vote" or (mode == "auto" and option_count(question) >= 2)
+
+
 def lettered_vote(question: str, answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore],
                   reliability: AnswerReliability | None = None) -> str | None:
     """The reply the vote decides, when the question has lettered options (two or more) and

@@ -9,7 +9,7 @@ Predicting the whole `max_tokens` makes the prediction an upper bound whenever a
 early. With an aggregator LLM, its cost (it reads every answer, then writes) is the aggregation
 term and the quality is noisy-or (it can take any member's right answer); a pool that
 aggregates by vote pays nothing to aggregate and is scored by the weighted-vote quality; so
-does an `auto` pool's lettered question, which the vote decides (`voted`).
+does an `auto` pool's lettered question, which the vote decides (`vote_decides`).
 
 Placement: the spec's device, else its backend's default device (`experts.traits`: this
 machine's CPU for the models we run; a recorded model's H100 servers of its own, where the replay
@@ -37,7 +37,7 @@ from experts.traits import LOCAL_DEVICE, traits
 from experts.types import ExpertSpec
 from experts.workers import WorkerSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
-from orchestrator.aggregation.vote import option_count
+from orchestrator.aggregation.vote import vote_decides
 from orchestrator.budgets.solver import (
     AggregationCost,
     Budget,
@@ -196,7 +196,7 @@ class BudgetPlanner:
         """The exact best subset of the scored experts; raises InfeasibleBudget if none fits."""
         cands = self.candidates(pool, text, scores, tokens)
         agg = self.aggregation(pool, text, tokens)
-        quality: QualityName = "weighted_vote" if voted(pool, text) else "noisy_or"
+        quality: QualityName = "weighted_vote" if vote_decides(pool.aggregation, text) else "noisy_or"
         decision = solve(cands, Budget(budget.latency_s, budget.energy_j, k_max), quality, agg)
         return BudgetPlan(budget, k_max, decision, cands, self.slowdown.factor())
 
@@ -231,20 +231,14 @@ class BudgetPlanner:
 
     def aggregation(self, pool: PoolView, text: str, tokens: TokenLimits) -> AggregationCost:
         """The aggregator reads the question and every answer, then writes its own."""
-        if voted(pool, text) or pool.aggregator is None or pool.aggregator not in pool.experts:
+        # an `auto` vote that falls back to the aggregator (an answer with no letter) is not costed
+        if vote_decides(pool.aggregation, text) or pool.aggregator is None or pool.aggregator not in pool.experts:
             return AggregationCost()
         spec = pool.experts[pool.aggregator]
         device = self.device(spec, pool.site(pool.aggregator))
         prompt = text_tokens(aggregation_prompt(text, [])) + _prompt_tokens(spec, "")
         answer = tokens.expert_max_tokens + ANSWER_TOKENS_EXTRA
         return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, tokens.aggregator_max_tokens)
-
-
-def voted(pool: PoolView, text: str) -> bool:
-    """Whether the answers to `text` are voted, not read by the aggregator LLM: always under
-    `vote`; under `auto`, a question with lettered options (pipeline/batch.py). An `auto` vote
-    falls back to the aggregator when an answer picks no letter; the plan costs the usual case."""
-    return pool.aggregation == "vote" or (pool.aggregation == "auto" and option_count(text) >= 2)
 
 
 def _computed_here(spec: ExpertSpec, where: Site) -> bool:

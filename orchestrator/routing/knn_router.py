@@ -206,13 +206,13 @@ class KnnRouter:
     preferred_mode: RecruitMode = "topk"  # p̂ is a ranking; sampling would discard its order
     calibrated = True  # suitability is p̂, a probability the budget solver can use as quality
 
-    def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None, n_options: int = DEFAULT_OPTIONS):
+    def __init__(self, evidence: RoutingEvidence, params: KnnParams | None = None):
         self.evidence = evidence
         self.memory = _memory(evidence)
         self.experts = self.memory.names
         labels = evidence.labels if evidence.labels and len(evidence.labels) == len(self.memory.emb) else None
         self.params = params or fit_params(self.memory, labels)
-        self.n_options = evidence.options or n_options  # free text's chance level (see `_scores`)
+        self.n_options = evidence.options or DEFAULT_OPTIONS  # free text's chance level (see `_scores`)
         self._prior = self.memory.overall
         self._topic = LabelPrior(labels, self.memory) if labels else None
         choices, seen = evidence.choices, evidence.observed
