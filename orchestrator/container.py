@@ -38,6 +38,7 @@ from orchestrator.services.feedback import FeedbackService
 from orchestrator.services.idempotency import IdempotencyService
 from orchestrator.services.keys import KeyService
 from orchestrator.services.pool import PoolState
+from orchestrator.services.pool_file import sync_pool_file
 from orchestrator.services.profiling import ProfilingService
 from orchestrator.services.queries import QueryService
 from orchestrator.services.startup import StartupState
@@ -88,9 +89,8 @@ class SkillRoute:
                                  policy=policy, explore_rate=learning.explore_rate, keywords=keywords,
                                  recruit=pool.recruit)
         self.admission = Admission(self.db, self.pool, self.pipeline)
-        b = settings.batching
-        self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, b.max_batch,
-                                    b.wait_ms / 1000, probe=self.metrics, max_batch_tokens=b.max_batch_tokens)
+        self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, settings.batching,
+                                    probe=self.metrics)
         self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
@@ -168,15 +168,11 @@ class SkillRoute:
         gc.freeze()
 
     def prepare(self, progress: Progress | None = None) -> None:
-        """Migrate the store, register the pool file's new experts, profile whatever is
-        unprofiled, pick the aggregator. Profiles live in the database, so a restart with the
-        same pool profiles nothing."""
+        """Migrate the store, bring the stored experts in line with the pool file
+        (`services.pool_file`), profile whatever is unprofiled, pick the aggregator. Profiles
+        live in the database, so a restart with the same pool profiles nothing."""
         migrate(self.settings.db_url)
-        with self.db.session() as s:
-            known = {r.name for r in ExpertRepository(s).list()}
-        for spec in self.pool_config.experts:
-            if spec.name not in known:
-                self.experts.register(spec, profile=False)
+        sync_pool_file(self.experts, self.db, self.pool_config.experts)
         pending = self.experts.pending_profiles()
         if pending:
             self.experts.queue.join()

@@ -2,9 +2,9 @@
 
 A batch closes when it holds `max_batch` queries or `max_wait_s` after its first query
 arrived, whichever is first, so a lone query waits at most `max_wait_s`. With `max_wait_s` 0
-(the default) a batch is whatever was queued when the runner got to it: nothing waits for a
-timer, and under load the requests that arrive while one batch runs form the next. A timer
-only delays a lone query: 50 ms of it was 7% of a short answer from the 0.5B model
+(the settings' default `batching.wait_ms`) a batch is whatever was queued when the runner got
+to it: nothing waits for a timer, and under load the requests that arrive while one batch runs
+form the next. A timer only delays a lone query: 50 ms of it was 7% of a short answer from the 0.5B model
 (`bench/overhead.py`), and at 200 clients the batches formed while the runner was busy anyway.
 With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
 it holds `max_work`, so one batch of long queries cannot hold a short one for long. One runner
@@ -37,7 +37,7 @@ class _Submission(Generic[T, R]):
 
 
 class BatchingWindow(Generic[T, R]):
-    def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int = 32, max_wait_s: float = 0.0,
+    def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int, max_wait_s: float,
                  name: str = "batching-window", probe: Probe = NULL_PROBE,
                  weigh: Callable[[T], float] | None = None, max_work: float = float("inf")):
         self._run, self.probe = run_batch, probe

@@ -23,6 +23,7 @@ from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.pool import PoolState
+from orchestrator.settings import BatchingSettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository, ask_of, decision_of
@@ -32,13 +33,12 @@ log = logging.getLogger(__name__)
 
 class QueryService:
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, admission: Admission,
-                 max_batch: int = 32, max_wait_s: float = 0.0, probe: Probe = NULL_PROBE,
-                 max_batch_tokens: float = float("inf")):
+                 batching: BatchingSettings, probe: Probe = NULL_PROBE):
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
         weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)
-        self.window: BatchingWindow[Admitted, Query] = BatchingWindow(self._run_items, max_batch, max_wait_s,
-                                                                    probe=probe, weigh=weigh,
-                                                                    max_work=max_batch_tokens)
+        self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
+            self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
+            max_work=batching.max_batch_tokens)
 
     def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the

@@ -1,0 +1,107 @@
+"""A start serves what its pool file says, over whatever the data directory already holds.
+
+The database outlives the pool file: a data directory made by an earlier file (or an earlier
+release's packaged pool) still holds that file's experts. Each start therefore brings the
+stored experts in line with the file: an expert new to it is registered; one whose persona,
+sampling, placement or timeout changed in it is changed as `PATCH /v1/experts/{id}` would
+(a persona change is profiled again); one an earlier start took from the file and the file no
+longer names is removed (its records stay, as after `DELETE`), and comes back, profile and
+all, if the file names it again: switching a data directory between two pool files works both
+ways. One of the file's experts removed over the API stays removed (the user's act outlives the
+file). Experts registered over the API are not the file's and stay. What each start took from the
+file is kept in the state table; a data directory from before that record cannot tell the file's
+old experts from the API's, so they are kept and logged.
+
+An expert whose base model changed under the same name is refused with the start: a name is
+never reused, so the stored queries and lessons that name it stay that model's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from experts.types import ExpertSpec
+from orchestrator.services.experts import CHANGEABLE, ExpertChange, ExpertService
+from orchestrator.store.db import Database
+from orchestrator.store.models import Expert
+from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.state import StateRepository
+
+log = logging.getLogger(__name__)
+
+POOL_FILE_KEY = "pool_file"  # state: {"experts": the file's names at the last start, "retired": those it removed}
+
+
+class PoolFileConflict(RuntimeError):
+    """The pool file names a stored expert with another base model."""
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What a start did to match its pool file (names)."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    kept: list[str]  # stored, not the file's, and not known to be an earlier file's
+    deleted: list[str]  # the file's, removed over the API: they stay removed
+
+
+def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertSpec]) -> Synced:
+    """Register, change and remove stored experts so that the pool file's are what is served;
+    every conflict is found before anything changes."""
+    rows = {r.name: r for r in experts.all()}
+    with db.session() as s:
+        state = StateRepository(s).get(POOL_FILE_KEY) or {}
+    earlier, retired = set(state.get("experts", [])), set(state.get("retired", []))
+    deleted = {n for n, r in rows.items() if r.status == "removed" and n not in retired}  # over the API
+    changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
+    named = {s.name for s in specs}
+    added = [experts.register(s, profile=False).name for s in specs if s.name not in rows]
+    _revive(db, [rows[n] for n in changes if rows[n].status == "removed"])
+    changed = [n for n, c in changes.items() if c]
+    for name in changed:
+        experts.update(rows[name].id, ExpertChange(changes[name]), background=False)  # the start profiles it
+    live = {n for n, r in rows.items() if r.status != "removed" and n not in named}
+    removed = [experts.remove(rows[n].id).name for n in sorted(live & earlier)]
+    with db.session() as s:
+        StateRepository(s).put(POOL_FILE_KEY, {"experts": sorted(named),
+                                               "retired": sorted((retired - named) | set(removed))})
+    synced = Synced(added, changed, removed, sorted(live - earlier), sorted(named & deleted))
+    _report(synced)
+    return synced
+
+
+def spec_changes(row: Expert, spec: ExpertSpec) -> dict[str, Any]:
+    """The changeable fields the file sets differently from the stored expert; a conflict when
+    what differs cannot change (the base model)."""
+    old, new = ExpertSpec.model_validate(row.spec).model_dump(mode="json"), spec.model_dump(mode="json")
+    fixed = sorted(k for k in old if k not in CHANGEABLE and old[k] != new[k])
+    if fixed:
+        raise PoolFileConflict(
+            f"the pool file's expert {spec.name!r} has another {', '.join(fixed)} than the one stored under that "
+            "name; a name is never reused, so the queries that name it stay that model's: rename it in the file, "
+            "or start on a new data directory (SKILLROUTE_DATA_DIR)")
+    return {k: new[k] for k in CHANGEABLE if old[k] != new[k]}
+
+
+def _revive(db: Database, rows: Sequence[Expert]) -> None:
+    """Experts an earlier start removed because its file did not name them: the same expert,
+    back with its profile (or to be profiled, if it never finished)."""
+    with db.session() as s:
+        for row in rows:
+            ExpertRepository(s).set_lifecycle(row.id, "ready" if row.accuracy is not None else "registered")
+
+
+def _report(synced: Synced) -> None:
+    for verb, names in [("registered", synced.added), ("changed", synced.changed), ("removed", synced.removed)]:
+        if names:
+            log.info("pool file: %s %s", verb, ", ".join(names))
+    if synced.kept:
+        log.warning("pool file: kept %s, stored but not in the file (registered over the API, or by a pool file "
+                    "from before starts recorded theirs); DELETE /v1/experts/{id} removes one", ", ".join(synced.kept))
+    if synced.deleted:
+        log.info("pool file: %s stay removed (removed over the API)", ", ".join(synced.deleted))

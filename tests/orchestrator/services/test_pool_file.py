@@ -1,0 +1,64 @@
+"""A start over a data directory an earlier pool file made: the file's experts are what is
+served (`services.pool_file`), and what the API registered stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experts.types import BaseModelSpec, ExpertSpec
+from orchestrator.container import SkillRoute
+from orchestrator.services.pool_file import PoolFileConflict
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+ALPHA, BETA, GAMMA = mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1"), mock_expert("gamma", "m2")
+
+
+def start(data_dir: Path, embedder: Embedder, experts: list[ExpertSpec]) -> SkillRoute:
+    c = SkillRoute(quiet_settings(data_dir), small_pool(experts), embedder=embedder, factory=mock_or_real)
+    c.bootstrap()
+    return c
+
+
+def states(c: SkillRoute) -> dict[str, tuple[str, float | None]]:
+    return {e.name: (e.status, e.accuracy) for e in c.experts.all()}
+
+
+def test_a_start_serves_its_files_experts_and_keeps_the_apis(tmp_path: Path, embedder: Embedder) -> None:
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    c.experts.register(mock_expert("delta", "m2"), profile=False)  # over the API, not the file's
+    c.experts.profile_now([c.experts.find("delta").id])
+    first = states(c)
+    c.close()
+    c = start(tmp_path, embedder, [ALPHA.model_copy(update={"system_prompt": "You are a historian."}), BETA])
+    now = states(c)
+    assert set(c.pool.snapshot.experts) == {"alpha", "beta", "delta"} and now["gamma"][0] == "removed"
+    assert c.experts.find("alpha").spec["system_prompt"] == "You are a historian." and now["alpha"][0] == "ready"
+    assert now["beta"] == first["beta"] and now["delta"] == first["delta"]
+    c.close()
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])  # back to the first file: gamma returns, profile and all
+    assert states(c)["gamma"] == first["gamma"] and "gamma" in c.pool.snapshot.experts
+    c.close()
+
+
+def test_a_name_is_never_reused_and_a_conflict_changes_nothing(tmp_path: Path, embedder: Embedder) -> None:
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    before = states(c)
+    c.close()
+    c = SkillRoute(quiet_settings(tmp_path), embedder=embedder, factory=mock_or_real,
+                   pool=small_pool([ALPHA.model_copy(update={"base": BaseModelSpec(kind="mock", source="m3")}), BETA]))
+    with pytest.raises(PoolFileConflict, match="'alpha' has another base"):
+        c.bootstrap()
+    assert states(c) == before
+    c.close()
+
+
+def test_the_files_expert_removed_over_the_api_stays_removed(tmp_path: Path, embedder: Embedder) -> None:
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    c.experts.remove(c.experts.find("gamma").id)
+    c.close()
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    assert states(c)["gamma"][0] == "removed" and set(c.pool.snapshot.experts) == {"alpha", "beta"}
+    c.close()
