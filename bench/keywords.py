@@ -37,7 +37,9 @@ def interval(hits: int, n: int) -> tuple[float, float]:
         return 0.0, 0.0
     p, z = hits / n, 1.96
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    # at 0 or n hits the bound is exactly 0 or 1; the arithmetic lands a rounding off it ("-0.0")
+    return (0.0 if hits == 0 else low), (1.0 if hits == n else high)
 
 
 def scored(name: str, found: list[list[SkillMatch]], subjects: list[str], seconds: float) -> dict[str, object]:

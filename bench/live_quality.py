@@ -9,10 +9,16 @@ service does by default, seeded per question, then aggregated) and to each exper
 `Ask` naming the expert, as `model=<expert>` does over HTTP), all through the service's pipeline.
 Each arm prints its accuracy with a Wilson 95 % interval and its wall time.
 
-    python bench/live_quality.py [--n 100] [--k 3] [--seed 0] [--pool FILE] [--data-dir DIR] [--json]
+`--questions arithmetic` asks free text instead ("What is 17*23?", graded by the number): no
+options, so the vote cannot decide and what is measured is whom the router recruits for free
+text and what the aggregator makes of it. They are drawn by `--seed` and none is a question the
+pool profiles on.
 
-JSON keys: `n`, `k`, `seed`, `routed` and `experts` (name → `accuracy`, `low`, `high`, `hits`, `wall_s`),
-`best_single` (the best expert alone), `routed_minus_best` (points).
+    python bench/live_quality.py [--n 100] [--k 3] [--seed 0] [--questions mmlu|arithmetic]
+                                 [--pool FILE] [--data-dir DIR] [--json]
+
+JSON keys: `n`, `k`, `seed`, `questions`, `routed` and `experts` (name → `accuracy`, `low`, `high`,
+`hits`, `wall_s`), `best_single` (the best expert alone), `routed_minus_best` (points).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from orchestrator.domain import Ask  # noqa: E402
 from orchestrator.pools.loader import load_pool_config  # noqa: E402
 from orchestrator.pools.schema import PoolConfig  # noqa: E402
 from orchestrator.scheduling.worker import BackendFactory  # noqa: E402
+from orchestrator.services.profiling import load_source  # noqa: E402
 from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
-from skills.datasets import LabelledQuestion, format_prompt, load_mmlu  # noqa: E402
+from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
 from skills.grading import grade  # noqa: E402
 
@@ -45,6 +52,15 @@ def held_out(n: int, seed: int) -> list[LabelledQuestion]:
     """n test-split questions, about n/57 from each subject, in a seeded order."""
     pool = load_mmlu("test", per_subject=math.ceil(n / SUBJECTS), seed=seed)
     return random.Random(seed).sample(pool, n)
+
+
+def held_out_arithmetic(n: int, seed: int, pool: PoolConfig) -> list[LabelledQuestion]:
+    """n distinct computed problems drawn by `seed`, none the same text as one the pool profiles
+    on (the profiling draw uses the pool's validation seed, which a bench seed may equal)."""
+    v = pool.validation
+    profiled = {q.question for s in v.sources if s.kind == "arithmetic" for q in load_source(s, v.seed)}
+    fresh = {q.question: q for q in arithmetic_questions(2 * n + len(profiled), seed) if q.question not in profiled}
+    return list(fresh.values())[:n]
 
 
 def ask_all(c: SkillRoute, asks: list[Ask], questions: list[LabelledQuestion]) -> dict[str, float]:
@@ -65,14 +81,14 @@ def say(msg: str) -> None:
 
 
 def run(n: int, k: int, seed: int, pool: PoolConfig, settings: Settings, factory: BackendFactory | None = None,
-        embedder: Embedder | None = None) -> dict[str, object]:
-    """Both arms over `pool`; `factory` and `embedder` are for tests (mock weights)."""
+        embedder: Embedder | None = None, kind: str = "mmlu") -> dict[str, object]:
+    """Both arms over `pool` on `kind` questions; `factory` and `embedder` are for tests (mock weights)."""
     c = SkillRoute(settings, pool, factory=factory, embedder=embedder)
     say(f"profiling the pool into {settings.data_dir} (stored profiles are reused)")
     c.bootstrap(lambda done, total: say(f"profiled {done}/{total}") if done == total or done % 20 == 0 else None)
-    questions = held_out(n, seed)
+    questions = held_out(n, seed) if kind == "mmlu" else held_out_arithmetic(n, seed, pool)
     prompts = [format_prompt(q) for q in questions]
-    say(f"{n} held-out questions, routed (k={k})")
+    say(f"{n} held-out {kind} questions, routed (k={k})")
     routed = ask_all(c, [Ask(text=p, k=k, seed=i) for i, p in enumerate(prompts)], questions)
     say(f"routed: {routed}")
     alone: dict[str, dict[str, float]] = {}
@@ -81,7 +97,7 @@ def run(n: int, k: int, seed: int, pool: PoolConfig, settings: Settings, factory
         say(f"{name} alone: {alone[name]}")
     c.close()
     best = max(alone, key=lambda e: alone[e]["accuracy"])
-    return {"n": n, "k": k, "seed": seed, "routed": routed, "experts": alone, "best_single": best,
+    return {"n": n, "k": k, "seed": seed, "questions": kind, "routed": routed, "experts": alone, "best_single": best,
             "routed_minus_best": round(100 * (routed["accuracy"] - alone[best]["accuracy"]), 2)}
 
 
@@ -90,12 +106,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--questions", choices=["mmlu", "arithmetic"], default="mmlu",
+                    help="held-out MMLU (lettered) or computed arithmetic (free text)")
     ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
     ap.add_argument("--data-dir", type=Path, default=None, help="default: the service's data directory")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
-    res = run(args.n, args.k, args.seed, load_pool_config(args.pool), settings)
+    res = run(args.n, args.k, args.seed, load_pool_config(args.pool), settings, kind=args.questions)
     if args.json:
         print(json.dumps(res))
         return

@@ -5,11 +5,14 @@ here the pool is two mock experts, so what is checked is what the bench asks and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from skills.datasets import load_mmlu
+from orchestrator.pools.loader import load_pool_config
+from orchestrator.settings import DEFAULT_POOL
+from skills.datasets import arithmetic_questions, load_mmlu
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
@@ -24,6 +27,15 @@ def test_the_questions_are_held_out_from_profiling_and_spread_over_subjects(
     assert [q.id for q in bench.held_out(100, seed=0)] == [q.id for q in questions]
 
 
+def test_free_text_questions_are_none_the_pool_profiles_on(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("live_quality")
+    pool = load_pool_config(DEFAULT_POOL)  # profiles on arithmetic drawn with its seed, 0
+    profiled = {q.question for q in arithmetic_questions(4, pool.validation.seed)}
+    questions = bench.held_out_arithmetic(50, 0, pool)  # the same seed: the same first draws
+    assert len({q.question for q in questions}) == 50 and not {q.question for q in questions} & profiled
+    assert all(not q.options and q.kind == "number" for q in questions)
+
+
 def test_every_arm_is_reported_with_its_interval(load_bench: Callable[[str], ModuleType], tmp_path: Path,
                                                 embedder: Embedder) -> None:
     bench = load_bench("live_quality")
@@ -33,4 +45,12 @@ def test_every_arm_is_reported_with_its_interval(load_bench: Callable[[str], Mod
     for arm in [res["routed"], *res["experts"].values()]:
         assert 0 <= arm["low"] <= arm["accuracy"] <= arm["high"] <= 1 and arm["hits"] == round(8 * arm["accuracy"])
     best = res["experts"][res["best_single"]]["accuracy"]
+    assert res["questions"] == "mmlu"
     assert res["routed_minus_best"] == round(100 * (res["routed"]["accuracy"] - best), 2)
+
+
+def test_an_interval_at_no_or_every_hit_is_bounded_by_zero_and_one(load_bench: Callable[[str], ModuleType]) -> None:
+    bench = load_bench("live_quality")
+    low, high = bench.interval(0, 60)
+    assert json.dumps(round(low, 4)) == "0.0" and 0 < high < 0.1  # not "-0.0" in the report
+    assert bench.interval(60, 60)[1] == 1.0
