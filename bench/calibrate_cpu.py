@@ -9,8 +9,12 @@ packages are installed) through the service's own `LlamaCppBackend`, each once t
 weights in, then over short and long prompts with 8, 32 and 64 output tokens, and fits the
 profile's throughput and overheads (`experts/calibration.py`). Prints the fitted numbers for
 `experts/devices.yaml`, and measured / predicted latency per run for both the packaged and the
-fitted profile. The 1-minute load average is printed beside them: on a CPU shared with other
-work every number here moves with it.
+fitted profile, over all runs and each model's median. Then the online correction the planner
+applies (`experts.calibration.Slowdown`, its 0.9 quantile of measured / predicted) is compared
+two ways over the same runs: one factor for the device, and each model's own: each model's
+median measured / corrected prediction, where 1 is exact and below 1 over-predicts. The
+1-minute load average is printed beside them: on a CPU shared with other work every number here
+moves with it.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from experts.calibration import Run, fit_profile, prediction_errors  # noqa: E402
+from experts.calibration import Run, Slowdown, fit_profile, prediction_errors  # noqa: E402
 from experts.catalog import list_packaged  # noqa: E402
 from experts.cost_model import parse_model_size  # noqa: E402
-from experts.devices import load_devices  # noqa: E402
+from experts.devices import DeviceProfile, load_devices  # noqa: E402
 from experts.llamacpp import LlamaCppBackend  # noqa: E402
 from experts.types import BaseModelSpec, ExpertSpec  # noqa: E402
 
@@ -65,9 +69,27 @@ def summary(ratios: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(ratios), "max": max(ratios), "min": min(ratios)}
 
 
+def by_model(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, float]:
+    """Each model's median measured / predicted latency."""
+    return {m: round(statistics.median(prediction_errors(profile, rs)), 3) for m, rs in sized.items()}
+
+
+def corrected(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, dict[str, float]]:
+    """Each model's median measured / predicted after the planner's correction: the device's
+    one factor (as before models had their own) against each model's own factor."""
+    tracker = Slowdown(window=sum(len(rs) for rs in sized.values()))
+    for m, rs in sized.items():
+        tracker.observe(profile, rs, m)
+    device = tracker.factor() or 1.0
+    raw = {m: statistics.median(prediction_errors(profile, rs)) for m, rs in sized.items()}
+    return {"device_factor": {m: round(r / device, 3) for m, r in raw.items()},
+            "own_factor": {m: round(r / (tracker.factor(m) or 1.0), 3) for m, r in raw.items()}}
+
+
 def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
     load_before = os.getloadavg()[0]
-    runs = [r for m in models for r in measure(m, repeats)]
+    sized = {m: measure(m, repeats) for m in models}
+    runs = [r for rs in sized.values() for r in rs]
     base = load_devices()["local-cpu"]
     threads = LlamaCppBackend(BaseModelSpec(kind="llamacpp", source="unused")).n_threads
     label = f"bench/calibrate_cpu.py: {len(runs)} llama.cpp runs, {threads} threads, load average {load_before:.1f}"
@@ -79,6 +101,8 @@ def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
         "fitted": {k: getattr(fitted, k) for k in keys},
         "measured_over_predicted": {"packaged": summary(prediction_errors(base, runs)),
                                     "fitted": summary(prediction_errors(fitted, runs))},
+        "by_model": {"packaged": by_model(base, sized), "fitted": by_model(fitted, sized)},
+        "corrected_by_model": corrected(base, sized),
     }
 
 
@@ -90,6 +114,9 @@ def report(r: dict[str, object]) -> None:
     for name, s in r["measured_over_predicted"].items():  # type: ignore[attr-defined]
         print(f"measured / predicted latency, {name} profile: median {s['median']:.2f} "
               f"(min {s['min']:.2f}, max {s['max']:.2f})")
+    print("each model's median measured / predicted (packaged profile corrected online: device_factor, own_factor):")
+    for name, per in [*r["by_model"].items(), *r["corrected_by_model"].items()]:  # type: ignore[attr-defined]
+        print(f"    {name:13s} " + "  ".join(f"{m} {v:.2f}" for m, v in per.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ delivers now, and most replies come in under their prediction.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,23 +73,47 @@ def slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
 
 
 class Slowdown:
-    """measured / predicted latency of the recent generations on one device, and its quantile."""
+    """measured / predicted latency of the recent generations on one device, and its quantile,
+    for the device as a whole and for each model on it.
 
-    def __init__(self, window: int = 32, quantile: float = 0.9, min_runs: int = 3):
-        self.quantile, self.min_runs = quantile, min_runs
+    One law cannot fit every model: on this CPU the packaged Qwen2.5-1.5B decodes nearly as fast
+    per token as the 0.5B (both pay for a 151k-token vocabulary each step; bench/calibrate_cpu.py
+    prints each model's error), so the profile over-predicts one and under-predicts the other, and
+    one shared quantile, set by the model the profile under-predicts most, scaled the other's
+    already high prediction further up. A model with `min_runs` of its own is corrected by its
+    own recent runs; until then by the device's."""
+
+    def __init__(self, window: int = 32, quantile: float = 0.9, min_runs: int = 3, max_models: int = 256):
+        self.window, self.quantile, self.min_runs, self.max_models = window, quantile, min_runs, max_models
         self._ratios: deque[float] = deque(maxlen=window)
+        self._by_model: OrderedDict[str, deque[float]] = OrderedDict()  # least recently run first
         self._lock = threading.Lock()
 
-    def observe(self, profile: DeviceProfile, runs: Sequence[Run]) -> None:
-        """Record runs against `profile` (the uncorrected one, so the factor does not compound)."""
+    def observe(self, profile: DeviceProfile, runs: Sequence[Run], model: str | None = None) -> None:
+        """Record runs (of `model`, when named) against `profile`, the uncorrected one, so the
+        factor does not compound."""
         timed = [r for r in runs if r.prompt_tokens + r.output_tokens > 0 and r.latency_s > 0]
+        ratios = prediction_errors(profile, timed)
         with self._lock:
-            self._ratios.extend(prediction_errors(profile, timed))
+            self._ratios.extend(ratios)
+            if model is not None and ratios:
+                self._own(model).extend(ratios)
 
-    def factor(self) -> float | None:
-        """The quantile of the recent ratios; None until `min_runs` were seen."""
+    def factor(self, model: str | None = None) -> float | None:
+        """The quantile of the model's recent ratios once it has `min_runs`, else of the
+        device's; None until the device has `min_runs`."""
         with self._lock:
-            ratios = sorted(self._ratios)
+            own = self._by_model.get(model) if model is not None else None
+            ratios = sorted(own if own is not None and len(own) >= self.min_runs else self._ratios)
         if len(ratios) < self.min_runs:
             return None
         return ratios[min(len(ratios) - 1, int(self.quantile * len(ratios)))]
+
+    def _own(self, model: str) -> deque[float]:
+        """The model's ratios, made most recent; the least recently run model is forgotten past
+        `max_models` (a bound: models come and go with registrations)."""
+        ratios = self._by_model.pop(model, None) or deque(maxlen=self.window)
+        self._by_model[model] = ratios
+        while len(self._by_model) > self.max_models:
+            self._by_model.popitem(last=False)
+        return ratios

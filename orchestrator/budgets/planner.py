@@ -26,6 +26,7 @@ CPU profile's `power_w` x that time: an estimate, since no power counters are re
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -183,13 +184,18 @@ class BudgetPlanner:
 
     def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer],
                 sites: Mapping[str, Site] | None = None) -> None:
-        """Learn the local slowdown from replies computed on this machine (not mock or remote)."""
-        where = sites or {}
-        runs = [Run(expert_params_b(spec), a.prompt_tokens, a.completion_tokens, a.latency_s)
-                for a in replies if (spec := experts.get(a.expert)) is not None
-                and _computed_here(spec, where.get(a.expert) or site(spec))]
-        if runs and LOCAL_DEVICE in self.profiles:
-            self.slowdown.observe(self.profiles[LOCAL_DEVICE], runs)
+        """Learn the local slowdown, the device's and each base model's, from replies computed
+        on this machine (not mock or remote)."""
+        if LOCAL_DEVICE not in self.profiles:
+            return
+        where, runs = sites or {}, defaultdict[str, list[Run]](list)
+        for a in replies:
+            spec = experts.get(a.expert)
+            if spec is not None and _computed_here(spec, where.get(a.expert) or site(spec)):
+                runs[spec.base.key].append(Run(expert_params_b(spec), a.prompt_tokens, a.completion_tokens,
+                                               a.latency_s))
+        for model, timed in runs.items():
+            self.slowdown.observe(self.profiles[LOCAL_DEVICE], timed, model)
 
     def plan(self, pool: PoolView, text: str, scores: Sequence[ExpertScore], budget: QueryBudget,
              k_max: int, tokens: TokenLimits) -> BudgetPlan:
@@ -224,10 +230,13 @@ class BudgetPlanner:
         return self.cost(spec, _prompt_tokens(spec, text), output, where)
 
     def device(self, spec: ExpertSpec, where: Site | None = None) -> DeviceProfile:
-        name, devices = (where or site(spec)).device, self.devices
-        if name not in devices:
+        """The profile `spec` is costed on; this machine's scaled by its base model's recent
+        slowdown (`Slowdown`: one law does not fit every model here)."""
+        name = (where or site(spec)).device
+        if name not in self.profiles:
             raise KeyError(f"expert {spec.name!r} is placed on unknown device {name!r}")
-        return devices[name]
+        factor = self.slowdown.factor(spec.base.key) if name == LOCAL_DEVICE else None
+        return self.profiles[name] if factor is None else slowed(self.profiles[name], factor)
 
     def aggregation(self, pool: PoolView, text: str, tokens: TokenLimits) -> AggregationCost:
         """The aggregator reads the question and every answer, then writes its own."""

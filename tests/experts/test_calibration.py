@@ -55,3 +55,17 @@ def test_slowdown_is_a_high_quantile_of_measured_over_predicted() -> None:
     slow = slowed(base, 3.0)
     assert estimate_cost(slow, 0.5, 40, 24).latency_s == pytest.approx(3.0 * predicted)
     assert slow.power_w == base.power_w
+
+
+def test_each_model_is_corrected_by_its_own_runs_once_it_has_enough() -> None:
+    base = load_devices()["local-cpu"]
+    tracker = Slowdown(window=10, quantile=0.9, min_runs=3, max_models=2)
+    predicted = estimate_cost(base, 0.5, 40, 24).latency_s
+    tracker.observe(base, [Run(0.5, 40, 24, predicted * 2.0)] * 3, "slow")
+    tracker.observe(base, [Run(0.5, 40, 24, predicted * 0.5)] * 2, "fast")
+    assert tracker.factor("fast") == pytest.approx(2.0)  # two runs of its own: the device's until a third
+    tracker.observe(base, [Run(0.5, 40, 24, predicted * 0.5)], "fast")
+    assert tracker.factor("fast") == pytest.approx(0.5) and tracker.factor("slow") == pytest.approx(2.0)
+    assert tracker.factor("unseen") == tracker.factor() == pytest.approx(2.0)
+    tracker.observe(base, [Run(0.5, 40, 24, predicted)] * 3, "third")  # past max_models: "slow" is forgotten
+    assert tracker.factor("slow") == tracker.factor() and tracker.factor("fast") == pytest.approx(0.5)

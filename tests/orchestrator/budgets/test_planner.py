@@ -152,6 +152,21 @@ def test_replies_computed_here_teach_the_local_slowdown_and_mock_ones_do_not() -
     assert plan.record().local_slowdown == pytest.approx(4.0)
 
 
+def test_each_base_model_here_is_costed_by_its_own_recent_replies() -> None:
+    """One shared factor, set by the model the profile under-predicts, scaled the other's
+    already high prediction further up (the 1.5B's, on this CPU)."""
+    slow, fast = spec("slow", "/slow.gguf", params_b=0.5), spec("fast", "/fast.gguf", params_b=1.5)
+    persona = fast.model_copy(update={"name": "persona"})  # the same base model: the same speed
+    planner = BudgetPlanner()
+    before = {s.name: planner.cost(s, 40, 24).latency_s for s in (slow, fast)}
+    reply = Answer(expert="slow", role="expert", text="", prompt_tokens=40, completion_tokens=24, latency_s=0.0)
+    planner.observe({"slow": slow, "fast": fast}, [reply.model_copy(update={"latency_s": 3 * before["slow"]})] * 5
+                    + [reply.model_copy(update={"expert": "fast", "latency_s": before["fast"] / 2})] * 5)
+    assert planner.cost(slow, 40, 24).latency_s == pytest.approx(3 * before["slow"])
+    assert planner.cost(fast, 40, 24).latency_s == pytest.approx(before["fast"] / 2)
+    assert planner.cost(persona, 40, 24).latency_s == pytest.approx(before["fast"] / 2)
+
+
 def test_an_auto_pool_costs_a_lettered_question_as_a_vote_and_free_text_with_its_aggregator() -> None:
     """Under `auto` the vote decides a question with lettered options (pipeline/batch.py): no
     aggregator runs, so none is costed; free text still goes to the aggregator LLM."""
