@@ -101,7 +101,7 @@ def _report(synced: Synced) -> None:
         if names:
             log.info("pool file: %s %s", verb, ", ".join(names))
     if synced.kept:
-        log.warning("pool file: kept %s, stored but not in the file (registered over the API, or by a pool file "
+        log.info("pool file: kept %s, stored but not in the file (registered over the API, or by a pool file "
                     "from before starts recorded theirs); DELETE /v1/experts/{id} removes one", ", ".join(synced.kept))
     if synced.deleted:
         log.info("pool file: %s stay removed (removed over the API)", ", ".join(synced.deleted))
