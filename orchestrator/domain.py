@@ -101,7 +101,9 @@ class BudgetRecord(Record):
     measured_energy_basis: str | None = None
     solver_nodes: int
     local_slowdown: float | None = Field(
-        default=None, description="How much slower this shared CPU ran than its profile lately (applied).")
+        default=None, description="How much slower this shared CPU ran than its profile lately. Applied to a "
+        "model with fewer than 3 recent replies of its own; one with more is scaled by its own ratio (each "
+        "candidate's predicted cost is after it).")
     candidates: list[BudgetCandidate]
 
 

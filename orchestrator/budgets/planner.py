@@ -95,7 +95,7 @@ class BudgetPlan:
     k_max: int
     decision: BudgetDecision
     candidates: list[Candidate]
-    local_slowdown: float | None = None  # the online correction applied to the local profile
+    local_slowdown: float | None = None  # the device's online correction (a model with replies: its own)
 
     @property
     def chosen(self) -> tuple[str, ...]:
