@@ -138,7 +138,8 @@ class SkillRoute:
         try:
             if not self._bootstrapped:
                 self.bootstrap(progress)
-            self.startup.update(phase="recovering", pool_loaded=True)
+            # phase and count at once: /ready must never say "recovering 0" while queries wait
+            self.startup.update(phase="recovering", pool_loaded=True, recovering=self.queries.pending_count(through))
             recovered = self.queries.recover(through, lambda left: self.startup.update(recovering=left))
         except Exception as exc:
             self.startup.update(phase="failed", error=f"{type(exc).__name__}: {exc}")
