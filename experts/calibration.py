@@ -77,11 +77,12 @@ class Slowdown:
     for the device as a whole and for each model on it.
 
     One law cannot fit every model: on this CPU the packaged Qwen2.5-1.5B decodes nearly as fast
-    per token as the 0.5B (both pay for a 151k-token vocabulary each step; bench/calibrate_cpu.py
-    prints each model's error), so the profile over-predicts one and under-predicts the other, and
-    one shared quantile, set by the model the profile under-predicts most, scaled the other's
-    already high prediction further up. A model with `min_runs` of its own is corrected by its
-    own recent runs; until then by the device's."""
+    per token as the 0.5B (bench/calibrate_cpu.py prints each model's error; that both pay most
+    for their 151k-token vocabulary each step is a guess, not measured), so the profile
+    over-predicts one and under-predicts the other, and one shared quantile, set by the model
+    the profile under-predicts most, scaled the other's already high prediction further up. A
+    model with `min_runs` of its own is corrected by its own recent runs; until then by the
+    device's."""
 
     def __init__(self, window: int = 32, quantile: float = 0.9, min_runs: int = 3, max_models: int = 256):
         self.window, self.quantile, self.min_runs, self.max_models = window, quantile, min_runs, max_models

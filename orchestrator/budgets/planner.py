@@ -17,7 +17,8 @@ backend costs its replies). Experts on one
 device share it: on the embedded pool every expert runs on this CPU, so a subset's latency is
 the sum of its members' plus aggregation (`_limits`). This CPU is shared with other work,
 so its profile is scaled online by what the service's own recent llama.cpp/vLLM generations
-took against their prediction (`experts.calibration.Slowdown`, a high quantile).
+took against their prediction (`experts.calibration.Slowdown`, a high quantile): each base
+model's own once it has replied a few times, the device's until then.
 
 Measured cost: the wall time of the expert and aggregation stages, and energy as the local
 CPU profile's `power_w` x that time: an estimate, since no power counters are readable here.
@@ -173,14 +174,6 @@ class BudgetPlanner:
         self.profiles: dict[str, DeviceProfile] = dict(devices if devices is not None else device_table())
         self.power_w = self.profiles[LOCAL_DEVICE].power_w if LOCAL_DEVICE in self.profiles else 0.0
         self.slowdown = slowdown or Slowdown()
-
-    @property
-    def devices(self) -> dict[str, DeviceProfile]:
-        """The profiles as predictions use them: the local one scaled by its recent slowdown."""
-        factor = self.slowdown.factor()
-        if factor is None or LOCAL_DEVICE not in self.profiles:
-            return self.profiles
-        return {**self.profiles, LOCAL_DEVICE: slowed(self.profiles[LOCAL_DEVICE], factor)}
 
     def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer],
                 sites: Mapping[str, Site] | None = None) -> None:

@@ -121,6 +121,18 @@ class ExpertService:
             self.queue.submit([])
         return self.get(expert_id)
 
+    def revive(self, expert_id: int) -> Expert:
+        """Bring a removed expert back as it was: with its profile, or to be profiled if it never
+        finished one. Reviving one that is not removed changes nothing."""
+        with self._lock:
+            row = self.get(expert_id)
+            if row.status != "removed":
+                return row
+            with self.db.session() as s:
+                ExpertRepository(s).set_lifecycle(expert_id, "ready" if row.accuracy is not None else "registered")
+            self.pool.refresh()
+        return self.get(expert_id)
+
     def all(self) -> Sequence[Expert]:
         with self.db.session() as s:
             return ExpertRepository(s).list()

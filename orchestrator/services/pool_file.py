@@ -27,7 +27,6 @@ from experts.types import ExpertSpec
 from orchestrator.services.experts import CHANGEABLE, ExpertChange, ExpertService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
-from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,8 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
     named = {s.name for s in specs}
     added = [experts.register(s, profile=False).name for s in specs if s.name not in rows]
-    _revive(db, [rows[n] for n in changes if rows[n].status == "removed"])
+    for name in (n for n in changes if rows[n].status == "removed"):
+        experts.revive(rows[name].id)  # an earlier file's expert, back with its profile
     changed = [n for n, c in changes.items() if c]
     for name in changed:
         experts.update(rows[name].id, ExpertChange(changes[name]), background=False)  # the start profiles it
@@ -88,20 +88,12 @@ def spec_changes(row: Expert, spec: ExpertSpec) -> dict[str, Any]:
     return {k: new[k] for k in CHANGEABLE if old[k] != new[k]}
 
 
-def _revive(db: Database, rows: Sequence[Expert]) -> None:
-    """Experts an earlier start removed because its file did not name them: the same expert,
-    back with its profile (or to be profiled, if it never finished)."""
-    with db.session() as s:
-        for row in rows:
-            ExpertRepository(s).set_lifecycle(row.id, "ready" if row.accuracy is not None else "registered")
-
-
 def _report(synced: Synced) -> None:
     for verb, names in [("registered", synced.added), ("changed", synced.changed), ("removed", synced.removed)]:
         if names:
             log.info("pool file: %s %s", verb, ", ".join(names))
     if synced.kept:
         log.info("pool file: kept %s, stored but not in the file (registered over the API, or by a pool file "
-                    "from before starts recorded theirs); DELETE /v1/experts/{id} removes one", ", ".join(synced.kept))
+                 "from before starts recorded theirs); DELETE /v1/experts/{id} removes one", ", ".join(synced.kept))
     if synced.deleted:
         log.info("pool file: %s stay removed (removed over the API)", ", ".join(synced.deleted))

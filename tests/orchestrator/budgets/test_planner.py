@@ -133,8 +133,8 @@ def test_a_devices_file_from_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("SKILLROUTE_DEVICES_FILE", str(path))
     settings = Settings()
     assert settings.budgets.devices_file == str(path)
-    assert BudgetPlanner(device_table(settings.budgets.devices_file)).devices["local-cpu"].power_w == 3
-    assert BudgetPlanner().devices["local-cpu"].power_w != 3  # the packaged file, unless told
+    assert BudgetPlanner(device_table(settings.budgets.devices_file)).profiles["local-cpu"].power_w == 3
+    assert BudgetPlanner().profiles["local-cpu"].power_w != 3  # the packaged file, unless told
 
 
 def test_replies_computed_here_teach_the_local_slowdown_and_mock_ones_do_not() -> None:

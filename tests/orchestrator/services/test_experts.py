@@ -173,3 +173,13 @@ def test_a_worker_the_deployment_lacks_is_refused_and_changes_nothing(two_worker
     with pytest.raises(Unprocessable, match="unknown worker 'edge-9'"):
         c.experts.update(eid(c, "gamma"), ExpertChange({"placement": {"worker": "edge-9"}, "timeout_s": 3}))
     assert c.experts.find("gamma").spec == before and c.pool.snapshot is snap
+
+
+def test_a_removed_expert_revived_is_routed_again_with_its_profile(two_workers: SkillRoute) -> None:
+    c = two_workers
+    gamma = c.experts.find("gamma")
+    c.experts.remove(gamma.id)
+    assert "gamma" not in c.pool.snapshot.experts
+    back = c.experts.revive(gamma.id)
+    assert back.status == "ready" and back.accuracy == gamma.accuracy and "gamma" in c.pool.snapshot.experts
+    assert c.experts.revive(gamma.id).status == "ready"  # one not removed: unchanged
