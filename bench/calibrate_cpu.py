@@ -14,7 +14,9 @@ applies (`experts.calibration.Slowdown`, its 0.9 quantile of measured / predicte
 two ways over the same runs: one factor for the device, and each model's own: each model's
 median measured / corrected prediction, where 1 is exact and below 1 over-predicts. The
 1-minute load average is printed beside them: on a CPU shared with other work every number here
-moves with it.
+moves with it. Last, each model's prefill rate alone: one output token after prompts of about
+40, 160 and 420 tokens, the slope of latency over prompt tokens, beside the profile's rate.
+Every prompt starts with its own nonce, since llama.cpp reuses a cached prompt prefix.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from experts.calibration import Run, Slowdown, fit_profile, prediction_errors  # noqa: E402
@@ -37,9 +41,11 @@ from experts.llamacpp import LlamaCppBackend  # noqa: E402
 from experts.types import BaseModelSpec, ExpertSpec  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
+SENTENCE = "The Roman Empire had many emperors, wars, laws and reforms."
 SHORT = "What is 17*23? Explain step by step."
-LONG = " ".join(["The Roman Empire had many emperors, wars, laws and reforms."] * 12) + " Summarise it."
+LONG = " ".join([SENTENCE] * 12) + " Summarise it."
 OUTPUT_TOKENS = (8, 32, 64)
+PREFILL_SENTENCES = (1, 10, 30)  # about 40, 160 and 420 prompt tokens with the chat template
 
 
 def installed_models() -> list[str]:
@@ -47,8 +53,9 @@ def installed_models() -> list[str]:
     return [m for m in MODELS if m in ready]
 
 
-def measure(model: str, repeats: int) -> list[Run]:
-    """Warm the model once, then time every prompt x output length `repeats` times."""
+def measure(model: str, repeats: int) -> tuple[list[Run], list[Run]]:
+    """Warm the model once, then time every prompt x output length `repeats` times; then its
+    prefill alone."""
     spec = ExpertSpec(name="calibration", base=BaseModelSpec(kind="llamacpp", source=f"package:{model}"),
                       system_prompt="You are a helpful assistant.")
     backend = LlamaCppBackend(spec.base)
@@ -59,10 +66,37 @@ def measure(model: str, repeats: int) -> list[Run]:
     for text in (SHORT, LONG):
         for out in OUTPUT_TOKENS:
             for i in range(repeats):
-                gen = backend.generate([spec.request(f"{out}-{i}", f"{text} ({out}, {i})", out)])[0]
+                # the nonce leads: llama.cpp reuses a cached prompt prefix, and a live query shares
+                # only the system prompt with the one before it
+                gen = backend.generate([spec.request(f"{out}-{i}", f"({out}, {i}) {text}", out)])[0]
                 runs.append(Run(params_b, gen.prompt_tokens, gen.completion_tokens, gen.latency_s))
+    prefill = prefill_runs(backend, spec, params_b, repeats)
     backend.unload()
+    return runs, prefill
+
+
+def prefill_runs(backend: LlamaCppBackend, spec: ExpertSpec, params_b: float, repeats: int) -> list[Run]:
+    """One output token after prompts of growing length: the slope of latency over prompt
+    tokens is the model's prefill rate here."""
+    runs = []
+    for n in PREFILL_SENTENCES:
+        for i in range(repeats):
+            text = f"[{n}.{i}] " + " ".join([SENTENCE] * n)
+            gen = backend.generate([spec.request(f"p{n}-{i}", text, 1)])[0]
+            runs.append(Run(params_b, gen.prompt_tokens, gen.completion_tokens, gen.latency_s))
     return runs
+
+
+def prefill_rates(profile: DeviceProfile, prefill: dict[str, list[Run]]) -> dict[str, dict[str, float]]:
+    """Each model's measured prefill tokens/s (least-squares slope) beside the profile's (its
+    per-prompt-token overhead included)."""
+    rates = {}
+    for m, rs in prefill.items():
+        slope = float(np.polyfit([r.prompt_tokens for r in rs], [r.latency_s for r in rs], 1)[0])
+        params_b = rs[0].params_b
+        rates[m] = {"measured_tokens_per_s": round(1 / slope, 1), "measured_at_1b": round(params_b / slope, 1),
+                    "profile_tokens_per_s": round(profile.prefill_tokens_per_s(params_b), 1)}
+    return rates
 
 
 def summary(ratios: Sequence[float]) -> dict[str, float]:
@@ -88,13 +122,15 @@ def corrected(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, 
 
 def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
     load_before = os.getloadavg()[0]
-    sized = {m: measure(m, repeats) for m in models}
+    measured = {m: measure(m, repeats) for m in models}
+    sized, prefill = {m: r[0] for m, r in measured.items()}, {m: r[1] for m, r in measured.items()}
     runs = [r for rs in sized.values() for r in rs]
     base = load_devices()["local-cpu"]
     threads = LlamaCppBackend(BaseModelSpec(kind="llamacpp", source="unused")).n_threads
     label = f"bench/calibrate_cpu.py: {len(runs)} llama.cpp runs, {threads} threads, load average {load_before:.1f}"
-    fitted = fit_profile(base, runs, label)
-    keys = ("tokens_per_s_at_1b", "prefill_tokens_per_s_at_1b", "call_overhead_ms", "token_overhead_ms")
+    fitted = fit_profile(base, runs + [r for rs in prefill.values() for r in rs], label)
+    keys = ("tokens_per_s_at_1b", "prefill_tokens_per_s_at_1b", "call_overhead_ms", "token_overhead_ms",
+            "prompt_token_overhead_ms")
     return {
         "models": list(models), "threads": threads, "runs": [r.__dict__ for r in runs],
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
@@ -103,6 +139,7 @@ def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
                                     "fitted": summary(prediction_errors(fitted, runs))},
         "by_model": {"packaged": by_model(base, sized), "fitted": by_model(fitted, sized)},
         "corrected_by_model": corrected(base, sized),
+        "prefill_by_model": prefill_rates(base, prefill),
     }
 
 
@@ -117,6 +154,10 @@ def report(r: dict[str, object]) -> None:
     print("each model's median measured / predicted (packaged profile corrected online: device_factor, own_factor):")
     for name, per in [*r["by_model"].items(), *r["corrected_by_model"].items()]:  # type: ignore[attr-defined]
         print(f"    {name:13s} " + "  ".join(f"{m} {v:.2f}" for m, v in per.items()))
+    print("prefill tokens/s, measured (slope over prompt length) / packaged profile:")
+    for m, rate in r["prefill_by_model"].items():  # type: ignore[attr-defined]
+        print(f"    {m}: {rate['measured_tokens_per_s']:.0f} / {rate['profile_tokens_per_s']:.0f} "
+              f"(measured x params: {rate['measured_at_1b']:.0f} at 1B)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

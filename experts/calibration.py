@@ -43,12 +43,14 @@ class Run:
 def fit_profile(base: DeviceProfile, runs: Sequence[Run], label: str) -> DeviceProfile:
     """`base` with its throughput and overheads refitted to `runs` (transfer and power kept)."""
     sizes = {r.params_b for r in runs}
-    if len(runs) < 4 or len(sizes) < 2:
-        raise ValueError(f"calibration needs >= 4 runs over >= 2 model sizes, got {len(runs)} over {len(sizes)}")
-    a = np.array([[r.params_b * r.prompt_tokens, r.params_b * r.output_tokens, 1.0, r.output_tokens] for r in runs])
+    if len(runs) < 5 or len(sizes) < 2:
+        raise ValueError(f"calibration needs >= 5 runs over >= 2 model sizes, got {len(runs)} over {len(sizes)}")
+    a = np.array([[r.params_b * r.prompt_tokens, r.params_b * r.output_tokens, 1.0, r.output_tokens, r.prompt_tokens]
+                  for r in runs])
     y = np.array([max(r.latency_s - base.transfer_latency_ms / 1e3, 0.0) for r in runs])
-    (inv_prefill, inv_decode, call_s, token_s), _ = nnls(a, y)
-    update = {"call_overhead_ms": call_s * 1e3, "token_overhead_ms": token_s * 1e3, "calibrated_from": label}
+    (inv_prefill, inv_decode, call_s, token_s, prompt_s), _ = nnls(a, y)
+    update: dict[str, object] = {"call_overhead_ms": call_s * 1e3, "token_overhead_ms": token_s * 1e3,
+                                 "prompt_token_overhead_ms": prompt_s * 1e3, "calibrated_from": label}
     if inv_prefill > 0:
         update["prefill_tokens_per_s_at_1b"] = 1.0 / inv_prefill
     if inv_decode > 0:
@@ -69,6 +71,7 @@ def slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
         "prefill_tokens_per_s_at_1b": profile.prefill_tokens_per_s_at_1b / factor,
         "call_overhead_ms": profile.call_overhead_ms * factor,
         "token_overhead_ms": profile.token_overhead_ms * factor,
+        "prompt_token_overhead_ms": profile.prompt_token_overhead_ms * factor,
     })
 
 

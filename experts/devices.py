@@ -6,10 +6,12 @@ and roughly right:
 - decode is memory-bandwidth bound at batch 1, so tokens/s scales ~ 1/params:
   ``decode_tps = tokens_per_s_at_1b / params_b`` (the same for prefill, which is compute bound
   and also linear in params);
-- latency = transfer (router <-> device round trip plus payload) + prefill + decode, plus two
+- latency = transfer (router <-> device round trip plus payload) + prefill + decode, plus three
   fixed overheads a small model on a CPU cannot hide (0 for the accelerators): one per call
-  (chat template, tokenising, sampler set-up) and one per generated token (sampling and the
-  Python loop around each step), fitted from measured runs (`experts/calibration.py`);
+  (chat template, tokenising, sampler set-up), one per generated token (sampling and the
+  Python loop around each step) and one per prompt token (work that does not shrink with the
+  model: on this CPU SmolLM2-135M reads a prompt only ~1.3x faster than the 0.5B), fitted from
+  measured runs (`experts/calibration.py`);
 - energy = power x compute time, i.e. joules/token = power_w / tokens_per_s. Transfer time is
   not charged: the device idles while the bytes travel, and the radio/NIC cost is tiny next
   to the accelerator's.
@@ -52,13 +54,16 @@ class DeviceProfile(BaseModel):
     transfer_latency_ms: float = Field(ge=0, description="router <-> device RTT + payload")
     call_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost of one generation")
     token_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost per output token")
+    prompt_token_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost per prompt token")
     calibrated_from: str | None = None
 
     def decode_tokens_per_s(self, params_b: float) -> float:
         return self.tokens_per_s_at_1b / _positive_params(params_b)
 
     def prefill_tokens_per_s(self, params_b: float) -> float:
-        return self.prefill_tokens_per_s_at_1b / _positive_params(params_b)
+        """Prompt tokens/s, the per-prompt-token overhead included (every reader of a prompt pays it)."""
+        seconds = _positive_params(params_b) / self.prefill_tokens_per_s_at_1b + self.prompt_token_overhead_ms / 1e3
+        return 1.0 / seconds
 
     def joules_per_token(self, params_b: float) -> float:
         return self.power_w / self.decode_tokens_per_s(params_b)

@@ -13,7 +13,8 @@ from experts.devices import estimate_cost, load_devices
 def test_fit_recovers_the_profile_that_made_the_runs() -> None:
     base = load_devices()["local-cpu"]
     truth = base.model_copy(update={"tokens_per_s_at_1b": 9.0, "prefill_tokens_per_s_at_1b": 120.0,
-                                    "call_overhead_ms": 40.0, "token_overhead_ms": 6.0})
+                                    "call_overhead_ms": 40.0, "token_overhead_ms": 6.0,
+                                    "prompt_token_overhead_ms": 3.0})
     rng = random.Random(1)
     runs = []
     for _ in range(30):
@@ -24,6 +25,7 @@ def test_fit_recovers_the_profile_that_made_the_runs() -> None:
     assert fitted.tokens_per_s_at_1b == pytest.approx(9.0, rel=0.1)
     assert fitted.prefill_tokens_per_s_at_1b == pytest.approx(120.0, rel=0.2)
     assert fitted.token_overhead_ms == pytest.approx(6.0, rel=0.2)
+    assert fitted.prompt_token_overhead_ms == pytest.approx(3.0, rel=0.2)
     assert fitted.power_w == base.power_w and fitted.calibrated_from == "synthetic"
     ratios = prediction_errors(fitted, runs)
     assert max(abs(r - 1) for r in ratios) < 0.1

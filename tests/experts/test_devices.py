@@ -49,6 +49,16 @@ def test_local_cpu_matches_the_decode_speeds_measured_here(
         assert measured / 1.4 < predicted < measured * 1.05  # never faster than measured
 
 
+def test_local_cpu_reads_prompts_at_the_rates_measured_here(devices: dict[str, DeviceProfile]) -> None:
+    # bench/calibrate_cpu.py prefill_by_model: 205 / 154 / 66-74 prompt tokens/s; the tiny model
+    # reads slower than 1/params says, which the per-prompt-token overhead carries
+    cpu = devices["local-cpu"]
+    for params_b, measured in ((0.135, 205.0), (0.5, 154.0), (1.5, 70.0)):
+        assert measured / 1.25 < cpu.prefill_tokens_per_s(params_b) < measured * 1.25
+    one = estimate_cost(cpu, 0.135, 1, 0).latency_s - estimate_cost(cpu, 0.135, 0, 0).latency_s
+    assert one == pytest.approx(1 / cpu.prefill_tokens_per_s(0.135))  # the cost model reads the same rate
+
+
 def test_servers_outrun_the_edge_and_the_cpu(devices: dict[str, DeviceProfile]) -> None:
     speed = {n: estimate_cost(d, 7.0, 200, 100).latency_s for n, d in devices.items()}
     assert speed["local-cpu"] > speed["jetson-agx-orin"] > speed["h100-server"]
