@@ -15,13 +15,13 @@ import functools
 import gc
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from experts.devices import DeviceProfile
 from experts.factory import make_backend
-from experts.types import BaseModelSpec, ExpertSpec
+from experts.types import BaseModelSpec, ExpertSpec, Generation
 from experts.workers import LOCAL_GPU_PROFILE, LOCAL_PROFILE, WorkerSpec, declared_workers, local_workers, memory_bytes
-from orchestrator.budgets.planner import BudgetPlanner, device_table
+from orchestrator.budgets.planner import BudgetPlanner, device_table, site
 from orchestrator.observability.metrics import Metrics
 from orchestrator.pipeline import GenerationLimits, Pipeline
 from orchestrator.pipeline.keywords import KeywordReader
@@ -77,14 +77,16 @@ class SkillRoute:
         learning = settings.learning
         self.pool = PoolState(self.db, pool.validation.dataset_key(), self.embedder, self.deployment,
                               pool.router or settings.router, aggregation != "vote", learning.refit_every)
-        self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement)
+        planner = BudgetPlanner(profiles)
+        self.profiler = ProfilingService(self.db, self.fleet, self.embedder, pool, self.pool.placement,
+                                         timed=self._profiled)
         limits = GenerationLimits(pool.generation.expert_max_tokens, pool.generation.aggregator_max_tokens)
         policy = CompetitionPolicy(learning.competition_rate, learning.per_minute,
                                    consensus_teaches=learning.consensus_teaches)
         v = pool.validation
         keywords = (KeywordReader(self.fleet, v.keyword_samples, seed=v.seed), str(v.keyword_expert)) \
             if v.keyword_mode == "llm" else None
-        self.pipeline = Pipeline(self.fleet, self.embedder, BudgetPlanner(profiles), limits,
+        self.pipeline = Pipeline(self.fleet, self.embedder, planner, limits,
                                  v.skills_per_question, aggregation, self.metrics, settings.backend_options(),
                                  policy=policy, explore_rate=learning.explore_rate, keywords=keywords,
                                  recruit=pool.recruit)
@@ -104,6 +106,12 @@ class SkillRoute:
     def _model_size(self, base: BaseModelSpec) -> int:
         """A base model's resident size, as the first worker's backend reads it (no load)."""
         return self.fleet[self.fleet.default].backend(base).memory_bytes()
+
+    def _profiled(self, spec: ExpertSpec, worker: str, replies: Sequence[Generation]) -> None:
+        """A profiling run's replies teach the budgets what each model takes on this machine, so
+        its first budgeted query is costed by its own runs (`BudgetPlanner.record`)."""
+        where = site(spec, self.deployment.workers.get(worker))
+        self.pipeline.planner.record((spec, where, g) for g in replies)
 
     def start(self, progress: Progress | None = None) -> int:
         """Bring the service up here and now: schema, profiles, then the queries a crash left

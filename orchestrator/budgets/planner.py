@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 from experts.calibration import Run, Slowdown, slowed
 from experts.cost_model import ModelCost, ModelSize, parse_model_size
@@ -53,6 +54,17 @@ from orchestrator.domain import Answer, BudgetCandidate, BudgetRecord, ExpertSco
 
 TEMPLATE_TOKENS = 16  # chat template tokens around a system prompt and a user turn
 ANSWER_TOKENS_EXTRA = 8  # "Response i:" and spacing around each answer the aggregator reads
+
+
+class Timed(Protocol):
+    """What a reply says of its cost: a query's `Answer`, a profiling run's `Generation`."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def latency_s(self) -> float: ...
 
 
 @lru_cache(maxsize=4)
@@ -177,16 +189,21 @@ class BudgetPlanner:
 
     def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer],
                 sites: Mapping[str, Site] | None = None) -> None:
-        """Learn the local slowdown, the device's and each base model's, from replies computed
-        on this machine (not mock or remote)."""
+        """Learn the local slowdown from a batch's replies (see `record`)."""
+        where = sites or {}
+        self.record([(experts[a.expert], where.get(a.expert), a) for a in replies if a.expert in experts])
+
+    def record(self, replies: Iterable[tuple[ExpertSpec, Site | None, Timed]]) -> None:
+        """Learn the local slowdown, the device's and each base model's, from replies (each with
+        its expert and site) computed on this machine (not mock or remote): a query's, or a
+        profiling run's, so each model is costed by its own runs before its first query."""
         if LOCAL_DEVICE not in self.profiles:
             return
-        where, runs = sites or {}, defaultdict[str, list[Run]](list)
-        for a in replies:
-            spec = experts.get(a.expert)
-            if spec is not None and _computed_here(spec, where.get(a.expert) or site(spec)):
-                runs[spec.base.key].append(Run(expert_params_b(spec), a.prompt_tokens, a.completion_tokens,
-                                               a.latency_s))
+        runs = defaultdict[str, list[Run]](list)
+        for spec, where, r in replies:
+            if _computed_here(spec, where or site(spec)):
+                runs[spec.base.key].append(Run(expert_params_b(spec), r.prompt_tokens, r.completion_tokens,
+                                               r.latency_s))
         for model, timed in runs.items():
             self.slowdown.observe(self.profiles[LOCAL_DEVICE], timed, model)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from experts.types import ExpertSpec
+from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pools.loader import profiling_split
@@ -36,6 +36,7 @@ from skills.profiling import build_profile, global_competence
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary
 
 Progress = Callable[[int, int], None]
+Timings = Callable[[ExpertSpec, str, Sequence[Generation]], None]  # (expert, its worker, its replies)
 PROGRESS_WRITE_S = 1.0
 
 
@@ -62,8 +63,9 @@ class ProfilingService:
     """Profiles experts on the workers they run on (`placement`: expert name → worker name)."""
 
     def __init__(self, db: Database, fleet: Fleet, embedder: Embedder, config: PoolConfig,
-                 placement: Callable[[], Mapping[str, str]]):
+                 placement: Callable[[], Mapping[str, str]], timed: Timings | None = None):
         self.db, self.fleet, self.embedder, self.config, self.placement = db, fleet, embedder, config, placement
+        self.timed = timed  # told each expert's replies and worker: what they took teaches the budgets
         self.dataset = config.validation.dataset_key()
 
     def validation_set(self) -> list[ValidationItem]:
@@ -100,24 +102,29 @@ class ProfilingService:
         """Every expert answers every validation question (one batch, each on its worker, the
         workers at once); store graded profiles. An expert most of whose answers failed (a
         model that will not load, a lost server) is marked failed with the first error."""
-        items = self.validation_set()
+        items, where = self.validation_set(), self.placement()
         prompts = [format_prompt(it.question) for it in items]  # once, not once per expert
-        jobs = self._by_worker([(spec, self._job(eid, spec, it.row_id, prompt))
-                                for eid, spec in experts for it, prompt in zip(items, prompts, strict=True)])
+        jobs = self._by_worker(where, [(spec, self._job(eid, spec, it.row_id, prompt))
+                                       for eid, spec in experts for it, prompt in zip(items, prompts, strict=True)])
         gens = self.fleet.execute(jobs, progress=self._track(experts, progress))
-        for eid, _spec in experts:
+        for eid, spec in experts:
             replies = [gens[f"{eid}:{it.row_id}"] for it in items]
+            self._tell(spec, where, replies)
             errors = [g.error for g in replies if g.error is not None]
             if len(errors) * 2 > len(replies):
                 self._fail(eid, f"profiling failed: {errors[0]}")
                 continue
             self._save(eid, [(it, g.text) for it, g in zip(items, replies, strict=True)])
 
-    def _by_worker(self, jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
-        where, out = self.placement(), defaultdict(list)
+    def _by_worker(self, where: Mapping[str, str], jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
+        out = defaultdict(list)
         for spec, job in jobs:
             out[where.get(spec.name, self.fleet.default)].append(job)
         return out
+
+    def _tell(self, spec: ExpertSpec, where: Mapping[str, str], replies: Sequence[Generation]) -> None:
+        if self.timed is not None:
+            self.timed(spec, where.get(spec.name, self.fleet.default), [g for g in replies if g.error is None])
 
     def _fail(self, expert_id: int, error: str) -> None:
         with self.db.session() as s:
@@ -187,7 +194,10 @@ class ProfilingService:
                 prompt = aggregation_prompt(format_prompt(t.question), t.responses)
                 req = spec.request(f"{name}|{ti}", prompt, max_tokens)
                 jobs.append((spec, Job(req.request_id, spec.base, req)))
-        gens = self.fleet.execute(self._by_worker(jobs), progress=progress)  # a failed one grades wrong
+        where = self.placement()
+        gens = self.fleet.execute(self._by_worker(where, jobs), progress=progress)  # a failed one grades wrong
+        for name, spec in specs.items():
+            self._tell(spec, where, [gens[f"{name}|{ti}"] for ti in range(len(tasks))])
         return {n: sum(_grade(t.question, gens[f"{n}|{ti}"].text) for ti, t in enumerate(tasks)) / len(tasks)
                 for n in specs}
 

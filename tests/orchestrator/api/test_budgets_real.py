@@ -60,6 +60,12 @@ def post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{url}{path}", json=body, timeout=600)
 
 
+def test_profiling_costs_each_model_by_its_own_runs_before_any_query(local: SkillRoute) -> None:
+    # runs first in this module: the pool's profiling (4 questions each) is all it has seen
+    slowdown = local.pipeline.planner.slowdown
+    assert slowdown.factor(QWEN.key) is not None and slowdown.factor(SMOL.key) is not None
+
+
 def test_measured_latency_respects_a_tight_budget_on_the_local_pool(local: SkillRoute, url: str) -> None:
     warm = [post(url, "/v1/queries", {"query": q, "k": 3, "mode": "topk"}) for q in
             (QUESTION, "Name the capital of France and one fact about it.", "What is 7+8? Reply with the number.")]

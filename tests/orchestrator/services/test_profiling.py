@@ -1,0 +1,31 @@
+"""ProfilingService tells the budgets what each expert's profiling replies took, and where
+(the real llama.cpp path: tests/orchestrator/api/test_budgets_real.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from experts.types import ExpertSpec, Generation
+from orchestrator.container import SkillRoute
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+
+def test_each_expert_s_profiling_replies_are_told_with_its_worker(
+        tmp_path: Path, embedder: Embedder) -> None:
+    experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("gamma", "m2")]
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
+    told: list[tuple[str, str, int]] = []
+
+    def tell(spec: ExpertSpec, worker: str, replies: Sequence[Generation]) -> None:
+        assert all(g.error is None and g.latency_s >= 0 for g in replies)
+        told.append((spec.name, worker, len(replies)))
+
+    c.profiler.timed = tell
+    try:
+        c.bootstrap()
+        questions = len(c.profiler.validation_set())
+        assert sorted(told) == [("alpha", c.fleet.default, questions), ("gamma", c.fleet.default, questions)]
+    finally:
+        c.close()
