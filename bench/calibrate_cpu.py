@@ -11,7 +11,8 @@ profile's throughput and overheads (`experts/calibration.py`). Prints the fitted
 `experts/devices.yaml`, and measured / predicted latency per run for both the packaged and the
 fitted profile, over all runs and each model's median. Then the online correction the planner
 applies (`experts.calibration.Slowdown`, its 0.9 quantile of measured / predicted) is compared
-two ways over the same runs: one factor for the device, and each model's own: each model's
+three ways over the same runs: one factor for the device, each model's own, and each model's
+own reading and writing scales (what the planner applies): each model's
 median measured / corrected prediction, where 1 is exact and below 1 over-predicts. The
 1-minute load average is printed beside them: on a CPU shared with other work every number here
 moves with it. Last, each model's prefill rate alone: one output token after prompts of about
@@ -33,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from experts.calibration import Run, Slowdown, fit_profile, prediction_errors  # noqa: E402
+from experts.calibration import Run, Slowdown, fit_profile, prediction_errors, slowed  # noqa: E402
 from experts.catalog import list_packaged  # noqa: E402
 from experts.cost_model import parse_model_size  # noqa: E402
 from experts.devices import DeviceProfile, load_devices  # noqa: E402
@@ -110,14 +111,17 @@ def by_model(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, f
 
 def corrected(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, dict[str, float]]:
     """Each model's median measured / predicted after the planner's correction: the device's
-    one factor (as before models had their own) against each model's own factor."""
+    one factor (as before models had their own), each model's own factor, and each model's own
+    reading and writing scales (`Slowdown.factors`, what the planner applies)."""
     tracker = Slowdown(window=sum(len(rs) for rs in sized.values()))
     for m, rs in sized.items():
         tracker.observe(profile, rs, m)
     device = tracker.factor() or 1.0
     raw = {m: statistics.median(prediction_errors(profile, rs)) for m, rs in sized.items()}
+    split = {m: slowed(profile, *(tracker.factors(m) or (1.0, 1.0))) for m in sized}
     return {"device_factor": {m: round(r / device, 3) for m, r in raw.items()},
-            "own_factor": {m: round(r / (tracker.factor(m) or 1.0), 3) for m, r in raw.items()}}
+            "own_factor": {m: round(r / (tracker.factor(m) or 1.0), 3) for m, r in raw.items()},
+            "own_split": {m: round(statistics.median(prediction_errors(split[m], rs)), 3) for m, rs in sized.items()}}
 
 
 def run(repeats: int, models: Sequence[str]) -> dict[str, object]:

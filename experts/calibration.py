@@ -13,8 +13,9 @@ which errs on the slow side rather than predicting a free prefill.
 On a CPU other work shares, speed moves with the load (here, with other jobs running, the same
 generation took 2 s one minute and 20 s the next). `Slowdown` keeps predictions honest online:
 it scales every time of the profile by a high quantile of measured / predicted latency over the
-last generations the service ran there, so a budget is checked against what this device
-delivers now, and most replies come in under their prediction.
+last generations the service ran there (each model's own, reading and writing apart where its
+runs tell them apart), so a budget is checked against what this device delivers now, and most
+replies come in under their prediction.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import numpy as np
 from scipy.optimize import nnls
 
 from experts.devices import DeviceProfile, estimate_cost
+
+MIN_SHARE_SPREAD = 0.3  # runs whose writing shares span less cannot tell reading from writing
+SPLIT_BOUND = 4.0  # how far either split scale may stray from the single factor
 
 
 @dataclass(frozen=True)
@@ -64,60 +68,122 @@ def prediction_errors(profile: DeviceProfile, runs: Sequence[Run]) -> list[float
             for r in runs]
 
 
-def slowed(profile: DeviceProfile, factor: float) -> DeviceProfile:
-    """The profile with every compute time multiplied by `factor` (transfer and power kept)."""
+def slowed(profile: DeviceProfile, factor: float, writing: float | None = None) -> DeviceProfile:
+    """The profile with every compute time multiplied by `factor` (transfer and power kept); with
+    `writing`, the time to write the reply (decode) by that instead."""
+    write = factor if writing is None else writing
     return profile.model_copy(update={
-        "tokens_per_s_at_1b": profile.tokens_per_s_at_1b / factor,
+        "tokens_per_s_at_1b": profile.tokens_per_s_at_1b / write,
         "prefill_tokens_per_s_at_1b": profile.prefill_tokens_per_s_at_1b / factor,
         "call_overhead_ms": profile.call_overhead_ms * factor,
-        "token_overhead_ms": profile.token_overhead_ms * factor,
+        "token_overhead_ms": profile.token_overhead_ms * write,
         "prompt_token_overhead_ms": profile.prompt_token_overhead_ms * factor,
     })
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One run against the uncorrected profile: the predicted time to read the prompt (with the
+    call's overhead and transfer), to write the reply, and what the run took."""
+
+    read_s: float
+    write_s: float
+    latency_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.latency_s / (self.read_s + self.write_s)
+
+    @property
+    def writing_share(self) -> float:
+        return self.write_s / (self.read_s + self.write_s)
+
+
+def timing(profile: DeviceProfile, run: Run) -> Timing:
+    read = estimate_cost(profile, run.params_b, run.prompt_tokens, 0).latency_s
+    whole = estimate_cost(profile, run.params_b, run.prompt_tokens, run.output_tokens).latency_s
+    return Timing(read, whole - read, run.latency_s)
+
+
+def split_factors(timings: Sequence[Timing], quantile: float) -> tuple[float, float] | None:
+    """(reading, writing) scales fitted apart by non-negative least squares, then both raised by
+    the quantile of measured / fitted; None when the runs cannot tell the two apart (too alike in
+    how much of each is writing) or the fit puts nothing on one. Neither scale strays past
+    `SPLIT_BOUND` times the single factor: a few runs must not make a part nearly free."""
+    shares = [t.writing_share for t in timings]
+    if max(shares) - min(shares) < MIN_SHARE_SPREAD:
+        return None
+    a = np.array([[t.read_s, t.write_s] for t in timings])
+    y = np.array([t.latency_s for t in timings])
+    (read, write), _ = nnls(a, y)
+    if read <= 0 or write <= 0:
+        return None
+    safety = _quantile(y / (a @ [read, write]), quantile)
+    single = _quantile([t.ratio for t in timings], quantile)
+    low, high = single / SPLIT_BOUND, single * SPLIT_BOUND
+    return float(np.clip(read * safety, low, high)), float(np.clip(write * safety, low, high))
+
+
+def _quantile(values: Sequence[float] | np.ndarray, quantile: float) -> float:
+    ordered = sorted(float(v) for v in values)
+    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
 
 class Slowdown:
     """measured / predicted latency of the recent generations on one device, and its quantile,
     for the device as a whole and for each model on it.
 
-    One law cannot fit every model: on this CPU the packaged Qwen2.5-1.5B decodes nearly as fast
-    per token as the 0.5B (bench/calibrate_cpu.py prints each model's error; that both pay most
-    for their 151k-token vocabulary each step is a guess, not measured), so the profile
+    One law cannot fit every model: on this CPU the packaged Qwen2.5-1.5B decodes a token only
+    ~1.5x slower than the 0.5B with 3x its parameters (bench/calibrate_cpu.py prints each model's
+    error; that both pay much for their 151k-token vocabulary each step is a guess, not
+    measured), so the profile
     over-predicts one and under-predicts the other, and one shared quantile, set by the model
     the profile under-predicts most, scaled the other's already high prediction further up. A
     model with `min_runs` of its own is corrected by its own recent runs; until then by the
-    device's."""
+    device's. Nor does one factor fit one model: with the measured prefill the 1.5B reads a
+    prompt as predicted and writes ~1.7x faster, so a factor set by prompt-heavy runs (MMLU
+    profiling) over-predicts its long replies. Once its runs mix short and long replies enough,
+    reading and writing are scaled apart (`factors`, `split_factors`)."""
 
     def __init__(self, window: int = 32, quantile: float = 0.9, min_runs: int = 3, max_models: int = 256):
         self.window, self.quantile, self.min_runs, self.max_models = window, quantile, min_runs, max_models
         self._ratios: deque[float] = deque(maxlen=window)
-        self._by_model: OrderedDict[str, deque[float]] = OrderedDict()  # least recently run first
+        self._by_model: OrderedDict[str, deque[Timing]] = OrderedDict()  # least recently run first
         self._lock = threading.Lock()
 
     def observe(self, profile: DeviceProfile, runs: Sequence[Run], model: str | None = None) -> None:
         """Record runs (of `model`, when named) against `profile`, the uncorrected one, so the
         factor does not compound."""
-        timed = [r for r in runs if r.prompt_tokens + r.output_tokens > 0 and r.latency_s > 0]
-        ratios = prediction_errors(profile, timed)
+        timings = [timing(profile, r) for r in runs if r.prompt_tokens + r.output_tokens > 0 and r.latency_s > 0]
         with self._lock:
-            self._ratios.extend(ratios)
-            if model is not None and ratios:
-                self._own(model).extend(ratios)
+            self._ratios.extend(t.ratio for t in timings)
+            if model is not None and timings:
+                self._own(model).extend(timings)
 
     def factor(self, model: str | None = None) -> float | None:
         """The quantile of the model's recent ratios once it has `min_runs`, else of the
         device's; None until the device has `min_runs`."""
         with self._lock:
             own = self._by_model.get(model) if model is not None else None
-            ratios = sorted(own if own is not None and len(own) >= self.min_runs else self._ratios)
-        if len(ratios) < self.min_runs:
-            return None
-        return ratios[min(len(ratios) - 1, int(self.quantile * len(ratios)))]
+            ratios = [t.ratio for t in own] if own is not None and len(own) >= self.min_runs else list(self._ratios)
+        return _quantile(ratios, self.quantile) if len(ratios) >= self.min_runs else None
 
-    def _own(self, model: str) -> deque[float]:
-        """The model's ratios, made most recent; the least recently run model is forgotten past
+    def factors(self, model: str) -> tuple[float, float] | None:
+        """(reading, writing) scales for the model: fitted apart once its runs tell them apart
+        (`split_factors`), else `factor` for both; None while `factor` is."""
+        with self._lock:
+            own = list(self._by_model.get(model, ()))
+        split = split_factors(own, self.quantile) if len(own) >= self.min_runs else None
+        if split is not None:
+            return split
+        single = self.factor(model)
+        return None if single is None else (single, single)
+
+    def _own(self, model: str) -> deque[Timing]:
+        """The model's timings, made most recent; the least recently run model is forgotten past
         `max_models` (a bound: models come and go with registrations)."""
-        ratios = self._by_model.pop(model, None) or deque(maxlen=self.window)
-        self._by_model[model] = ratios
+        timings = self._by_model.pop(model, None) or deque(maxlen=self.window)
+        self._by_model[model] = timings
         while len(self._by_model) > self.max_models:
             self._by_model.popitem(last=False)
-        return ratios
+        return timings

@@ -241,12 +241,13 @@ class BudgetPlanner:
 
     def device(self, spec: ExpertSpec, where: Site | None = None) -> DeviceProfile:
         """The profile `spec` is costed on; this machine's scaled by its base model's recent
-        slowdown (`Slowdown`: one law does not fit every model here)."""
+        slowdown, reading and writing apart where its runs tell them apart (`Slowdown.factors`:
+        one law does not fit every model here)."""
         name = (where or site(spec)).device
         if name not in self.profiles:
             raise KeyError(f"expert {spec.name!r} is placed on unknown device {name!r}")
-        factor = self.slowdown.factor(spec.base.key) if name == LOCAL_DEVICE else None
-        return self.profiles[name] if factor is None else slowed(self.profiles[name], factor)
+        factors = self.slowdown.factors(spec.base.key) if name == LOCAL_DEVICE else None
+        return self.profiles[name] if factors is None else slowed(self.profiles[name], *factors)
 
     def aggregation(self, pool: PoolView, text: str, tokens: TokenLimits) -> AggregationCost:
         """The aggregator reads the question and every answer, then writes its own."""

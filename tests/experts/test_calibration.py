@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from experts.calibration import Run, Slowdown, fit_profile, prediction_errors, slowed
+from experts.calibration import (
+    SPLIT_BOUND,
+    Run,
+    Slowdown,
+    fit_profile,
+    prediction_errors,
+    slowed,
+    split_factors,
+    timing,
+)
 from experts.devices import estimate_cost, load_devices
 
 
@@ -71,3 +80,34 @@ def test_each_model_is_corrected_by_its_own_runs_once_it_has_enough() -> None:
     assert tracker.factor("unseen") == tracker.factor() == pytest.approx(2.0)
     tracker.observe(base, [Run(0.5, 40, 24, predicted)] * 3, "third")  # past max_models: "slow" is forgotten
     assert tracker.factor("slow") == tracker.factor() and tracker.factor("fast") == pytest.approx(0.5)
+
+
+def test_reading_and_writing_are_scaled_apart_once_the_runs_tell_them_apart() -> None:
+    # the 1.5B here: prompts read as the profile says, replies written ~1.7x faster
+    base = load_devices()["local-cpu"]
+    truth = slowed(base, 1.0, 0.6)
+    runs = [Run(1.5, prompt, out, estimate_cost(truth, 1.5, prompt, out).latency_s)
+            for prompt, out in [(200, 4), (400, 8), (30, 96), (60, 64), (120, 32)]]
+    tracker = Slowdown(window=10, quantile=0.9, min_runs=3)
+    tracker.observe(base, runs[:2], "qwen")
+    tracker.observe(base, [runs[0]], "qwen")
+    read, write = tracker.factors("qwen") or (0.0, 0.0)
+    assert read == write == tracker.factor("qwen")  # prompt-heavy runs alone: one factor for both
+    tracker.observe(base, runs[2:], "qwen")
+    read, write = tracker.factors("qwen") or (0.0, 0.0)
+    assert read == pytest.approx(1.0, rel=0.02) and write == pytest.approx(0.6, rel=0.02)
+    for prompt, out in [(300, 2), (20, 128)]:  # a reply of either kind is now costed as it runs
+        corrected = estimate_cost(slowed(base, read, write), 1.5, prompt, out).latency_s
+        assert corrected == pytest.approx(estimate_cost(truth, 1.5, prompt, out).latency_s, rel=0.02)
+    assert tracker.factors("unseen") == (tracker.factor(), tracker.factor())
+
+
+def test_a_split_never_strays_far_from_the_single_factor() -> None:
+    base = load_devices()["local-cpu"]
+    truth = slowed(base, 8.0, 0.5)  # reading 16x dearer than writing, relative to the profile
+    timings = [timing(base, Run(0.5, p, o, estimate_cost(truth, 0.5, p, o).latency_s))
+               for p, o in [(300, 2), (10, 100), (10, 90)]]
+    read, write = split_factors(timings, 0.9) or (0.0, 0.0)
+    single = max(t.ratio for t in timings)  # the 0.9 quantile of three
+    assert read == pytest.approx(8.0, rel=0.02)  # within bounds: as fitted
+    assert write == pytest.approx(single / SPLIT_BOUND) and write > 0.5  # fitted 0.5: held at the bound
