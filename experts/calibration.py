@@ -170,14 +170,20 @@ class Slowdown:
 
     def factors(self, model: str) -> tuple[float, float] | None:
         """(reading, writing) scales for the model: fitted apart once its runs tell them apart
-        (`split_factors`), else `factor` for both; None while `factor` is."""
+        (`split_factors`), else `factor` for both; None while `factor` is. Runs alike in mix
+        speak for the part they are mostly made of: the other is not scaled below the profile
+        (a model profiled on long prompts and short answers has not shown how fast it writes)."""
         with self._lock:
             own = list(self._by_model.get(model, ()))
-        split = split_factors(own, self.quantile) if len(own) >= self.min_runs else None
+        if len(own) < self.min_runs:
+            single = self.factor(model)
+            return None if single is None else (single, single)
+        split = split_factors(own, self.quantile)
         if split is not None:
             return split
-        single = self.factor(model)
-        return None if single is None else (single, single)
+        single = _quantile([t.ratio for t in own], self.quantile)
+        writing = float(np.mean([t.writing_share for t in own])) >= 0.5
+        return (max(single, 1.0), single) if writing else (single, max(single, 1.0))
 
     def _own(self, model: str) -> deque[Timing]:
         """The model's timings, made most recent; the least recently run model is forgotten past

@@ -92,7 +92,8 @@ def test_reading_and_writing_are_scaled_apart_once_the_runs_tell_them_apart() ->
     tracker.observe(base, runs[:2], "qwen")
     tracker.observe(base, [runs[0]], "qwen")
     read, write = tracker.factors("qwen") or (0.0, 0.0)
-    assert read == write == tracker.factor("qwen")  # prompt-heavy runs alone: one factor for both
+    assert read == tracker.factor("qwen") < 1  # prompt-heavy runs alone: their factor reads,
+    assert write == 1.0  # and writing, which they did not show, is not scaled below the profile
     tracker.observe(base, runs[2:], "qwen")
     read, write = tracker.factors("qwen") or (0.0, 0.0)
     assert read == pytest.approx(1.0, rel=0.02) and write == pytest.approx(0.6, rel=0.02)
@@ -111,3 +112,13 @@ def test_a_split_never_strays_far_from_the_single_factor() -> None:
     single = max(t.ratio for t in timings)  # the 0.9 quantile of three
     assert read == pytest.approx(8.0, rel=0.02)  # within bounds: as fitted
     assert write == pytest.approx(single / SPLIT_BOUND) and write > 0.5  # fitted 0.5: held at the bound
+
+
+def test_runs_alike_in_mix_scale_only_the_part_they_are_made_of() -> None:
+    base = load_devices()["local-cpu"]
+    fast_writer = slowed(base, 1.0, 0.5)
+    tracker = Slowdown(window=10, quantile=0.9, min_runs=3)
+    tracker.observe(base, [Run(0.5, 10, out, estimate_cost(fast_writer, 0.5, 10, out).latency_s)
+                           for out in (90, 100, 110)], "chatty")
+    read, write = tracker.factors("chatty") or (0.0, 0.0)
+    assert write == tracker.factor("chatty") < 0.6 and read == 1.0  # long replies, short prompts

@@ -42,11 +42,11 @@ def test_packaged_defaults_cover_every_tier(devices: dict[str, DeviceProfile]) -
 def test_local_cpu_matches_the_decode_speeds_measured_here(
     devices: dict[str, DeviceProfile],
 ) -> None:
-    # shared/MODELS.md: SmolLM2-135M ~120, Qwen2.5-0.5B ~43, Qwen2.5-1.5B ~20 tok/s.
+    # bench/calibrate_cpu.py, per model: 12.7 / 28.7 / ~41.5 ms a reply token (78.7 / 34.8 / 24 tok/s)
     cpu = devices["local-cpu"]
-    for params_b, measured in ((0.135, 120.0), (0.494, 43.0), (1.54, 20.0)):
+    for params_b, measured, slack in ((0.135, 78.7, 1.05), (0.5, 34.8, 1.05), (1.5, 24.0, 1.8)):
         predicted = 100 / estimate_cost(cpu, params_b, 0, 100).latency_s  # with the per-token overhead
-        assert measured / 1.4 < predicted < measured * 1.05  # never faster than measured
+        assert measured / slack < predicted < measured * 1.05  # never faster than measured
 
 
 def test_local_cpu_reads_prompts_at_the_rates_measured_here(devices: dict[str, DeviceProfile]) -> None:

@@ -159,12 +159,15 @@ def test_each_base_model_here_is_costed_by_its_own_recent_replies() -> None:
     persona = fast.model_copy(update={"name": "persona"})  # the same base model: the same speed
     planner = BudgetPlanner()
     before = {s.name: planner.cost(s, 40, 24).latency_s for s in (slow, fast)}
+    reading = planner.cost(fast, 40, 0).latency_s
     reply = Answer(expert="slow", role="expert", text="", prompt_tokens=40, completion_tokens=24, latency_s=0.0)
     planner.observe({"slow": slow, "fast": fast}, [reply.model_copy(update={"latency_s": 3 * before["slow"]})] * 5
                     + [reply.model_copy(update={"expert": "fast", "latency_s": before["fast"] / 2})] * 5)
     assert planner.cost(slow, 40, 24).latency_s == pytest.approx(3 * before["slow"])
-    assert planner.cost(fast, 40, 24).latency_s == pytest.approx(before["fast"] / 2)
-    assert planner.cost(persona, 40, 24).latency_s == pytest.approx(before["fast"] / 2)
+    # these replies are mostly writing: it is scaled by their factor, reading not below the profile
+    fast_now = reading + (before["fast"] - reading) / 2
+    assert planner.cost(fast, 40, 24).latency_s == pytest.approx(fast_now) and fast_now < before["fast"]
+    assert planner.cost(persona, 40, 24).latency_s == pytest.approx(fast_now)
 
 
 def test_an_auto_pool_costs_a_lettered_question_as_a_vote_and_free_text_with_its_aggregator() -> None:
