@@ -155,7 +155,8 @@ def report(r: dict[str, object]) -> None:
     for name, s in r["measured_over_predicted"].items():  # type: ignore[attr-defined]
         print(f"measured / predicted latency, {name} profile: median {s['median']:.2f} "
               f"(min {s['min']:.2f}, max {s['max']:.2f})")
-    print("each model's median measured / predicted (packaged profile corrected online: device_factor, own_factor):")
+    print("each model's median measured / predicted (packaged profile corrected online: device_factor, "
+          "own_factor, own_split):")
     for name, per in [*r["by_model"].items(), *r["corrected_by_model"].items()]:  # type: ignore[attr-defined]
         print(f"    {name:13s} " + "  ".join(f"{m} {v:.2f}" for m, v in per.items()))
     print("prefill tokens/s, measured (slope over prompt length) / packaged profile:")
