@@ -136,9 +136,9 @@ class Slowdown:
     One law cannot fit every model: on this CPU the packaged Qwen2.5-1.5B decodes a token only
     ~1.5x slower than the 0.5B with 3x its parameters (bench/calibrate_cpu.py prints each model's
     error; that both pay much for their 151k-token vocabulary each step is a guess, not
-    measured), so the profile
-    over-predicts one and under-predicts the other, and one shared quantile, set by the model
-    the profile under-predicts most, scaled the other's already high prediction further up. A
+    measured), so the profile over-predicts one and under-predicts the other, and one shared
+    quantile, set by the model the profile under-predicts most, scaled the other's already high
+    prediction further up. A
     model with `min_runs` of its own is corrected by its own recent runs; until then by the
     device's. Nor does one factor fit one model: with the measured prefill the 1.5B reads a
     prompt as predicted and writes ~1.7x faster, so a factor set by prompt-heavy runs (MMLU
