@@ -13,7 +13,10 @@ fitted profile, over all runs and each model's median. Then the online correctio
 applies (`experts.calibration.Slowdown`, its 0.9 quantile of measured / predicted) is compared
 three ways over the same runs: one factor for the device, each model's own, and each model's
 own reading and writing scales (what the planner applies): each model's
-median measured / corrected prediction, where 1 is exact and below 1 over-predicts. The
+median measured / corrected prediction, where 1 is exact and below 1 over-predicts. These are
+fitted on the runs they score; `own_split_other_prompt` is held out: the split fitted on the
+short prompt's runs scores the long prompt's, and the other way round (its median, and its
+worst run as `own_split_other_prompt_worst`). The
 1-minute load average is printed beside them: on a CPU shared with other work every number here
 moves with it. Last, each model's prefill rate alone: one output token after prompts of about
 40, 160 and 420 tokens, the slope of latency over prompt tokens, beside the profile's rate.
@@ -119,9 +122,26 @@ def corrected(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, 
     device = tracker.factor() or 1.0
     raw = {m: statistics.median(prediction_errors(profile, rs)) for m, rs in sized.items()}
     split = {m: slowed(profile, *(tracker.factors(m) or (1.0, 1.0))) for m in sized}
+    held = {m: held_out(profile, m, rs) for m, rs in sized.items()}
     return {"device_factor": {m: round(r / device, 3) for m, r in raw.items()},
             "own_factor": {m: round(r / (tracker.factor(m) or 1.0), 3) for m, r in raw.items()},
-            "own_split": {m: round(statistics.median(prediction_errors(split[m], rs)), 3) for m, rs in sized.items()}}
+            "own_split": {m: round(statistics.median(prediction_errors(split[m], rs)), 3) for m, rs in sized.items()},
+            "own_split_other_prompt": {m: round(statistics.median(e), 3) for m, e in held.items()},
+            "own_split_other_prompt_worst": {m: round(max(e), 3) for m, e in held.items()}}
+
+
+def held_out(profile: DeviceProfile, model: str, runs: Sequence[Run]) -> list[float]:
+    """Measured / corrected over each prompt's runs, the split fitted on the other prompt's runs
+    alone: how a correction learned from one kind of request predicts another (the rows above
+    are fitted on the runs they score)."""
+    cut = statistics.median(r.prompt_tokens for r in runs)  # SHORT and LONG lie far apart
+    short, long = [r for r in runs if r.prompt_tokens <= cut], [r for r in runs if r.prompt_tokens > cut]
+    errors = []
+    for fit, scored in ((short, long), (long, short)):
+        tracker = Slowdown(window=len(fit))
+        tracker.observe(profile, fit, model)
+        errors += prediction_errors(slowed(profile, *(tracker.factors(model) or (1.0, 1.0))), scored)
+    return errors
 
 
 def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
@@ -156,7 +176,7 @@ def report(r: dict[str, object]) -> None:
         print(f"measured / predicted latency, {name} profile: median {s['median']:.2f} "
               f"(min {s['min']:.2f}, max {s['max']:.2f})")
     print("each model's median measured / predicted (packaged profile corrected online: device_factor, "
-          "own_factor, own_split):")
+          "own_factor, own_split, own_split_other_prompt held out):")
     for name, per in [*r["by_model"].items(), *r["corrected_by_model"].items()]:  # type: ignore[attr-defined]
         print(f"    {name:13s} " + "  ".join(f"{m} {v:.2f}" for m, v in per.items()))
     print("prefill tokens/s, measured (slope over prompt length) / packaged profile:")

@@ -16,7 +16,7 @@ from experts.calibration import (
     split_factors,
     timing,
 )
-from experts.devices import estimate_cost, load_devices
+from experts.devices import DeviceProfile, estimate_cost, load_devices
 
 
 def test_fit_recovers_the_profile_that_made_the_runs() -> None:
@@ -122,3 +122,31 @@ def test_runs_alike_in_mix_scale_only_the_part_they_are_made_of() -> None:
                            for out in (90, 100, 110)], "chatty")
     read, write = tracker.factors("chatty") or (0.0, 0.0)
     assert write == tracker.factor("chatty") < 0.6 and read == 1.0  # long replies, short prompts
+
+
+def _cached(truth_profile: DeviceProfile, prompt: int, out: int, saved_tokens: int = 30) -> Run:
+    """A 0.5B run on `truth_profile` whose first `saved_tokens` prompt tokens were cached (llama.cpp
+    reuses the prefix the last call shared: the template and system prompt)."""
+    full = estimate_cost(truth_profile, 0.5, prompt, out).latency_s
+    saved = estimate_cost(truth_profile, 0.5, saved_tokens, 0).latency_s
+    return Run(0.5, prompt, out, full - saved)
+
+
+def test_a_fixed_saving_per_call_is_not_taken_for_fast_reading() -> None:
+    base = load_devices()["local-cpu"]
+    truth = slowed(base, 1.0, 0.7)
+    runs = [_cached(truth, p, o) for p, o in [(40, 8), (40, 64), (400, 2), (200, 32), (60, 96), (300, 8)]]
+    read, write = split_factors([timing(base, r) for r in runs], 0.9) or (0.0, 0.0)
+    assert read == pytest.approx(1.0, rel=0.05) and write == pytest.approx(0.7, rel=0.05)
+    long = estimate_cost(slowed(base, read, write), 0.5, 800, 4).latency_s
+    assert long >= _cached(truth, 800, 4).latency_s  # a longer prompt than any seen: not under-predicted
+
+
+def test_reading_seen_on_short_prompts_alone_is_not_scaled_below_the_profile() -> None:
+    base = load_devices()["local-cpu"]
+    truth = slowed(base, 1.0, 0.7)
+    runs = [_cached(truth, 40, o) for o in (4, 8, 16, 32, 64, 96)]  # a short chat prompt, replies of every length
+    read, write = split_factors([timing(base, r) for r in runs], 0.9) or (0.0, 0.0)
+    assert read == 1.0 and write < 0.8  # the saving would pass for reading at ~half the rate
+    long = estimate_cost(slowed(base, read, write), 0.5, 400, 4).latency_s
+    assert long >= _cached(truth, 400, 4).latency_s
