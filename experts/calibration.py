@@ -125,16 +125,23 @@ def split_factors(timings: Sequence[Timing], quantile: float) -> tuple[float, fl
     read, write = np.array([t.read_s for t in timings]), np.array([t.write_s for t in timings])
     y = np.array([t.latency_s for t in timings])
     spans = read.min() > 0 and read.max() >= READ_SPAN * read.min() and len(y) > 3
-    fixed = [np.ones_like(y), -np.ones_like(y)] if spans else []  # a saving or a cost per call
-    (r, w, *c), _ = nnls(np.column_stack([read, write, *fixed]), y)
+    r, w, saving = _fit(read, write, y, per_call=spans)
     if r <= 0 or w <= 0:
         return None
-    saving = min(c[0] - c[1], 0.0) if c else 0.0  # a cost per call is left to the quantile to cover
     safety = _quantile(y / (r * read + w * write + saving), quantile)
     r, w = r * safety, w * safety
     single = _quantile([t.ratio for t in timings], quantile)
     low, high = single / SPLIT_BOUND, single * SPLIT_BOUND
     return float(np.clip(r if spans else max(r, 1.0), low, high)), float(np.clip(w, low, high))
+
+
+def _fit(read: np.ndarray, write: np.ndarray, y: np.ndarray, per_call: bool) -> tuple[float, float, float]:
+    """(reading, writing, saving) scales by non-negative least squares; with `per_call`, beside a
+    free intercept whose negative part is the saving (0 or less). A positive intercept, a cost
+    per call, is left out: the quantile that raises both scales covers it."""
+    fixed = [np.ones_like(y), -np.ones_like(y)] if per_call else []
+    (r, w, *c), _ = nnls(np.column_stack([read, write, *fixed]), y)
+    return float(r), float(w), min(c[0] - c[1], 0.0) if c else 0.0
 
 
 def _quantile(values: Sequence[float] | np.ndarray, quantile: float) -> float:
