@@ -121,7 +121,7 @@ def corrected(profile: DeviceProfile, sized: dict[str, list[Run]]) -> dict[str, 
         tracker.observe(profile, rs, m)
     device = tracker.factor() or 1.0
     raw = {m: statistics.median(prediction_errors(profile, rs)) for m, rs in sized.items()}
-    split = {m: slowed(profile, *(tracker.factors(m) or (1.0, 1.0))) for m in sized}
+    split = {m: split_profile(profile, m, rs) for m, rs in sized.items()}
     held = {m: held_out(profile, m, rs) for m, rs in sized.items()}
     return {"device_factor": {m: round(r / device, 3) for m, r in raw.items()},
             "own_factor": {m: round(r / (tracker.factor(m) or 1.0), 3) for m, r in raw.items()},
@@ -138,10 +138,16 @@ def held_out(profile: DeviceProfile, model: str, runs: Sequence[Run]) -> list[fl
     short, long = [r for r in runs if r.prompt_tokens <= cut], [r for r in runs if r.prompt_tokens > cut]
     errors = []
     for fit, scored in ((short, long), (long, short)):
-        tracker = Slowdown(window=len(fit))
-        tracker.observe(profile, fit, model)
-        errors += prediction_errors(slowed(profile, *(tracker.factors(model) or (1.0, 1.0))), scored)
+        errors += prediction_errors(split_profile(profile, model, fit), scored)
     return errors
+
+
+def split_profile(profile: DeviceProfile, model: str, runs: Sequence[Run]) -> DeviceProfile:
+    """The profile scaled as the planner scales it for `model` after these runs of its own
+    (`Slowdown.factors`: reading and writing apart where the runs tell them apart)."""
+    tracker = Slowdown(window=len(runs))
+    tracker.observe(profile, runs, model)
+    return slowed(profile, *(tracker.factors(model) or (1.0, 1.0)))
 
 
 def run(repeats: int, models: Sequence[str]) -> dict[str, object]:
