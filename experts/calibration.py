@@ -181,6 +181,12 @@ class Slowdown:
             if model is not None and timings:
                 self._own(model).extend(timings)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing observed yet."""
+        with self._lock:
+            return not self._ratios
+
     def factor(self, model: str | None = None) -> float | None:
         """The quantile of the model's recent ratios once it has `min_runs`, else of the
         device's; None until the device has `min_runs`."""

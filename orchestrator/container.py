@@ -42,6 +42,7 @@ from orchestrator.services.pool_file import sync_pool_file
 from orchestrator.services.profiling import ProfilingService
 from orchestrator.services.queries import QueryService
 from orchestrator.services.startup import StartupState
+from orchestrator.services.timings import restore_timings
 from orchestrator.settings import Settings, embedding_kind
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -182,6 +183,7 @@ class SkillRoute:
         live in the database, so a restart with the same pool profiles nothing."""
         migrate(self.settings.db_url)
         sync_pool_file(self.experts, self.db, self.pool_config.experts)
+        restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
         pending = self.experts.pending_profiles()
         if pending:
             self.experts.queue.join()

@@ -201,11 +201,15 @@ class BudgetPlanner:
             return
         runs = defaultdict[str, list[Run]](list)
         for spec, where, r in replies:
-            if _computed_here(spec, where or site(spec)):
+            if self.learns_from(spec, where):
                 runs[spec.base.key].append(Run(expert_params_b(spec), r.prompt_tokens, r.completion_tokens,
                                                r.latency_s))
         for model, timed in runs.items():
             self.slowdown.observe(self.profiles[LOCAL_DEVICE], timed, model)
+
+    def learns_from(self, spec: ExpertSpec, where: Site | None = None) -> bool:
+        """Whether `spec`'s replies at its site teach the local slowdown (`record`)."""
+        return LOCAL_DEVICE in self.profiles and _computed_here(spec, where or site(spec))
 
     def plan(self, pool: PoolView, text: str, scores: Sequence[ExpertScore], budget: QueryBudget,
              k_max: int, tokens: TokenLimits) -> BudgetPlan:

@@ -27,7 +27,7 @@ from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.db import Database
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
-from orchestrator.store.repositories.validation import ValidationRepository
+from orchestrator.store.repositories.validation import Graded, ValidationRepository
 from skills.aggregator_bench import SyntheticTask, build_synthetic_tasks, pick_aggregator
 from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu, load_mmlu_pro
 from skills.embedder import Embedder
@@ -114,7 +114,7 @@ class ProfilingService:
             if len(errors) * 2 > len(replies):
                 self._fail(eid, f"profiling failed: {errors[0]}")
                 continue
-            self._save(eid, [(it, g.text) for it, g in zip(items, replies, strict=True)])
+            self._save(eid, list(zip(items, replies, strict=True)))
 
     def _by_worker(self, where: Mapping[str, str], jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
         out = defaultdict(list)
@@ -153,11 +153,12 @@ class ProfilingService:
 
         return report
 
-    def _save(self, expert_id: int, graded: list[tuple[ValidationItem, str]]) -> None:
-        marks = [(it, text, _grade(it.question, text)) for it, text in graded]
-        profile = build_profile(str(expert_id), [(it.skills, ok) for it, _, ok in marks])
+    def _save(self, expert_id: int, replies: list[tuple[ValidationItem, Generation]]) -> None:
+        graded = [_graded(it, g) for it, g in replies]
+        marks = [(it.skills, a.correct) for (it, _), a in zip(replies, graded, strict=True)]
+        profile = build_profile(str(expert_id), marks)
         with self.db.session() as s:
-            ValidationRepository(s).save_answers(expert_id, [(it.row_id, t, ok) for it, t, ok in marks])
+            ValidationRepository(s).save_answers(expert_id, graded)
             ExpertRepository(s).save_profile(expert_id, profile.scores, profile.accuracy)
             ExpertRepository(s).set_status(expert_id, "ready")
 
@@ -210,6 +211,14 @@ class ProfilingService:
 
 def _grade(q: LabelledQuestion, text: str) -> bool:
     return grade(text, q.answer, q.kind, n_options=max(len(q.options), 2))
+
+
+def _graded(item: ValidationItem, reply: Generation) -> Graded:
+    """The answer graded, with what its reply took unless it failed (no timing to learn from)."""
+    ok = _grade(item.question, reply.text)
+    if reply.error is not None:
+        return Graded(item.row_id, reply.text, ok)
+    return Graded(item.row_id, reply.text, ok, reply.prompt_tokens, reply.completion_tokens, reply.latency_s)
 
 
 def _as_question(payload: dict[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,11 @@ class ValidationAnswer(Base):
     question_id: Mapped[int] = mapped_column(ForeignKey("validation_questions.id", ondelete="CASCADE"))
     text: Mapped[str] = mapped_column(Text)
     correct: Mapped[bool] = mapped_column()
+    # what the reply took (None: a failed reply, or a row from before 0009): a restart reads the
+    # local ones back, so the budgets cost each model by its own runs before its first query
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    latency_s: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
 
 
 class AppState(Base):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -99,6 +99,13 @@ class QueryRepository:
         if generations := [{"query_id": qid, **a} for qid, _, _, answers in kept for a in answers]:
             conn.execute(insert(GenerationRow), generations)
         return rows
+
+    def timings(self, experts: Sequence[str], limit: int) -> list[Row[str, int, int, float]]:
+        """(expert, prompt_tokens, completion_tokens, latency_s) of these experts' last `limit`
+        generations together, oldest first."""
+        g = GenerationRow
+        stmt = select(g.expert, g.prompt_tokens, g.completion_tokens, g.latency_s).where(g.expert.in_(experts))
+        return list(reversed(self.session.execute(stmt.order_by(g.id.desc()).limit(limit)).all()))
 
     def fail(self, query_id: int, error: str) -> None:
         row = self.session.get(Query, query_id)

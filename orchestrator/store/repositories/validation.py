@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, delete, insert, select
 from sqlalchemy.orm import Session
@@ -11,6 +11,18 @@ from sqlalchemy.orm import Session
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
 
 AnswerRow = Row[int, int, str, bool]  # expert_id, question_id, text, correct
+TimingRow = Row[int, int | None, int | None, float | None]  # expert_id, prompt_tokens, completion_tokens, latency_s
+
+
+class Graded(NamedTuple):
+    """One graded answer to store; its reply's timing unset when it failed (nothing to learn)."""
+
+    question_id: int
+    text: str
+    correct: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
 
 
 class ValidationRepository:
@@ -34,13 +46,12 @@ class ValidationRepository:
         for row_id, blob in rows:
             self.session.get_one(ValidationQuestion, row_id).embedding = blob
 
-    def save_answers(self, expert_id: int, answers: Sequence[tuple[int, str, bool]]) -> None:
-        """Replace this expert's graded answers: (question row id, text, correct)."""
+    def save_answers(self, expert_id: int, answers: Sequence[Graded]) -> None:
+        """Replace this expert's graded answers."""
         # bulk statements, not one ORM object per row: a recorded pool saves 66,154 answers at start
         self.session.execute(delete(ValidationAnswer).where(ValidationAnswer.expert_id == expert_id))
         if answers:
-            self.session.execute(insert(ValidationAnswer), [
-                {"expert_id": expert_id, "question_id": qid, "text": text, "correct": ok} for qid, text, ok in answers])
+            self.session.execute(insert(ValidationAnswer), [{"expert_id": expert_id, **a._asdict()} for a in answers])
 
     def answers(self, expert_ids: Sequence[int]) -> Sequence[AnswerRow]:
         """(expert_id, question_id, text, correct) rows, oldest first: plain rows, not ORM
@@ -48,3 +59,10 @@ class ValidationRepository:
         a = ValidationAnswer
         stmt = select(a.expert_id, a.question_id, a.text, a.correct).where(a.expert_id.in_(expert_ids))
         return self.session.execute(stmt.order_by(a.id)).all()
+
+    def timings(self, expert_ids: Sequence[int], limit: int) -> list[TimingRow]:
+        """The last `limit` timed answers of these experts together, oldest first."""
+        a = ValidationAnswer
+        stmt = select(a.expert_id, a.prompt_tokens, a.completion_tokens, a.latency_s).where(
+            a.expert_id.in_(expert_ids), a.latency_s.is_not(None))
+        return list(reversed(self.session.execute(stmt.order_by(a.id.desc()).limit(limit)).all()))

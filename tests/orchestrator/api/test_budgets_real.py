@@ -98,6 +98,23 @@ def test_an_infeasible_budget_on_the_local_pool_is_422_and_generates_nothing(loc
     assert (local.fleet["cpu"].total_loads(), _generations(local)) == before
 
 
+def test_a_restart_costs_each_model_as_the_running_service_did(local: SkillRoute, embedder: Any) -> None:
+    """Runs last: after profiling and the queries above, a restarted service (a new process's
+    container on the same store) has each model's correction before its first query."""
+    slowdown = local.pipeline.planner.slowdown
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKILLROUTE_LLAMA_THREADS", "1")
+        restarted = SkillRoute(local.settings, local_pool(), embedder=embedder)
+        try:
+            restarted.bootstrap()
+            again = restarted.pipeline.planner.slowdown
+            assert local.fleet["cpu"].total_loads() > 0 and restarted.fleet["cpu"].total_loads() == 0
+            for base in (QWEN, SMOL):
+                assert again.factors(base.key) == slowdown.factors(base.key) is not None
+        finally:
+            restarted.close()
+
+
 def _generations(local: SkillRoute) -> int:
     with local.db.session() as s:
         return s.scalar(select(func.count()).select_from(GenerationRow)) or 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from experts.types import ExpertSpec, Generation
 from orchestrator.container import SkillRoute
+from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
@@ -27,5 +29,20 @@ def test_each_expert_s_profiling_replies_are_told_with_its_worker(
         c.bootstrap()
         questions = len(c.profiler.validation_set())
         assert sorted(told) == [("alpha", c.fleet.default, questions), ("gamma", c.fleet.default, questions)]
+    finally:
+        c.close()
+
+
+def test_each_profiling_answer_is_stored_with_what_its_reply_took(tmp_path: Path, embedder: Embedder) -> None:
+    """What a restart reads back to cost each model by its own runs (`services.timings`)."""
+    experts = [mock_expert("alpha", "m1"), mock_expert("gamma", "m2")]
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder)
+    try:
+        c.bootstrap()
+        with c.db.session() as s:
+            ids = [e.id for e in ExpertRepository(s).list()]
+            timed = ValidationRepository(s).timings(ids, 10_000)
+        assert len(timed) == len(ids) * len(c.profiler.validation_set())
+        assert all(r.prompt_tokens > 0 and r.latency_s >= 0 for r in timed)
     finally:
         c.close()

@@ -11,6 +11,7 @@ from orchestrator.store.models import Base
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.queries import QueryRepository, answers_of, decision_of
 from orchestrator.store.repositories.state import StateRepository
+from orchestrator.store.repositories.validation import Graded, ValidationRepository
 
 
 def spec(name: str = "e1") -> ExpertSpec:
@@ -75,6 +76,32 @@ def test_profile_is_replaced_whole(db):
         e = ExpertRepository(s).get(eid)
         assert {k.skill: k.score for k in e.skills} == {"physics": 1.0}
         assert (e.accuracy, e.profile_total) == (0.7, 1.0)
+
+
+def test_timings_read_back_each_expert_set_s_last_runs_oldest_first(db):
+    """Profiling answers keep what their reply took (a failed one nothing); both stores give the
+    last `limit` runs of the experts asked for, in the order they ran."""
+    with db.session() as s:
+        ids = [ExpertRepository(s).add(spec(n)).id for n in ("e1", "e2", "other")]
+        for eid in ids:
+            ValidationRepository(s).add_questions(f"d{eid}", [(f"q{eid}", {}, [], None)])
+        qid = {eid: ValidationRepository(s).questions(f"d{eid}")[0].id for eid in ids}
+        ValidationRepository(s).save_answers(ids[0], [Graded(qid[ids[0]], "A", True, 10, 2, 0.5)])
+        ValidationRepository(s).save_answers(ids[1], [Graded(qid[ids[1]], "", False)])  # failed: untimed
+        ValidationRepository(s).save_answers(ids[2], [Graded(qid[ids[2]], "B", False, 11, 3, 0.7)])
+        decision = Decision.made("symbolic", "sample", 1, [], [], ["e1"], None)
+        queries = [QueryRepository(s).accept(Ask(text=f"q{i}"), decision).id for i in range(3)]
+    answers = [Answer(expert=e, role="expert", text="x", prompt_tokens=i, completion_tokens=1, latency_s=i / 10)
+               for i, e in enumerate(("e1", "e2", "other"))]
+    with db.session() as s:
+        QueryRepository(s).finish_many([(q, Ask(text="q"), Outcome(decision=decision, answers=[a], text="x"))
+                                        for q, a in zip(queries, answers, strict=True)])
+    with db.session() as s:
+        assert [tuple(r) for r in ValidationRepository(s).timings(ids[:2], 5)] == [(ids[0], 10, 2, 0.5)]
+        assert [tuple(r) for r in ValidationRepository(s).timings(ids, 1)] == [(ids[2], 11, 3, 0.7)]
+        assert [tuple(r) for r in QueryRepository(s).timings(["e1", "e2"], 5)] == [("e1", 0, 1, 0.0),
+                                                                                   ("e2", 1, 1, 0.1)]
+        assert [r.expert for r in QueryRepository(s).timings(["e1", "e2", "other"], 2)] == ["e2", "other"]
 
 
 def test_duplicate_expert_name_is_refused_by_the_schema(db):
