@@ -173,12 +173,13 @@ class BatchRun:
             q.failures.append(Failure(expert=sent.expert, role="competitor", error=gen.error))
 
     def _stand_in(self, q: _Query) -> str | None:
-        """The next-ranked expert not tried yet for this query, when it may have one."""
+        """The next-ranked expert not tried yet for this query, when it may have one. The ranking
+        was made at admission: an expert removed or disabled since then is no longer in the pool."""
         if not self.fallback or q.decision.router == DIRECT:
             return None
         allowed = _within_budget(q.decision)
-        return next((s.name for s in q.decision.experts
-                     if s.name not in q.tried and (allowed is None or s.name in allowed)), None)
+        return next((s.name for s in q.decision.experts if s.name not in q.tried and s.name in self.pool.experts
+                     and (allowed is None or s.name in allowed)), None)
 
     def _experts_done(self, qi: int) -> None:
         q = self.queries[qi]

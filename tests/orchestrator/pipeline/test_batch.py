@@ -109,6 +109,13 @@ def test_a_failed_expert_fails_only_its_answer_and_the_next_ranked_stands_in(ser
     assert fine.decision.failures == [] and [a.expert for a in fine.answers] == ["alpha", "beta", "alpha"]
 
 
+def test_an_expert_ranked_at_admission_but_gone_since_does_not_stand_in(service) -> None:  # type: ignore[no-untyped-def]
+    c, _ = service  # "ghost" was removed after the query was ranked: the next one present stands in
+    (out,) = answer(c, ("FAIL: what is 4+4?", decided(["alpha", "beta"], ["beta", "alpha", "ghost", "gamma"])))
+    assert out.decision.fallbacks == ["gamma"] and out.error is None
+    assert [a.expert for a in out.answers] == ["alpha", "gamma", "alpha"]
+
+
 def test_a_timeout_is_a_failure_of_that_answer_alone(service) -> None:  # type: ignore[no-untyped-def]
     c, _ = service
     (out,) = answer(c, ("SLOW: what is 1+1?", decided(["delta", "alpha"], ["delta", "alpha", "beta"])))
