@@ -118,14 +118,25 @@ class Embedder:
         return mine.result()
 
     def _embed_group(self, group: list[tuple[list[str], Future[np.ndarray]]]) -> None:
-        unique = list(dict.fromkeys(t for texts, _ in group for t in texts))
+        """Settle every waiting caller. When the shared call fails, each caller is embedded alone,
+        so the failure stays with the caller whose text caused it, not every request beside it."""
         try:
-            vectors = self._embed(unique)
-        except BaseException as exc:  # every caller of the group learns why
+            self._settle(group)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            for member in group:
+                self._embed_group([member])
+        except BaseException as exc:  # an interrupt: nobody waits forever, and it goes on up
             for _, future in group:
-                future.set_exception(exc)
+                if not future.done():
+                    future.set_exception(exc)
             raise
-        rows = dict(zip(unique, vectors, strict=True))
+
+    def _settle(self, group: list[tuple[list[str], Future[np.ndarray]]]) -> None:
+        unique = list(dict.fromkeys(t for texts, _ in group for t in texts))
+        rows = dict(zip(unique, self._embed(unique), strict=True))
         for texts, future in group:
             future.set_result(np.stack([rows[t] for t in texts]))
 

@@ -4,6 +4,7 @@ record itself, its fields at the top level of the reply, so they read alike ever
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -14,17 +15,22 @@ from orchestrator.store.models import Expert, Query
 from orchestrator.store.repositories.queries import answers_of, decision_of
 
 RecruitModeField = Literal["sample", "topk", "dynamic"]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _storable(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain the NUL character (U+0000)")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode: a lone surrogate (U+D800 to U+DFFF) is not a character")
     return value
 
 
 # Text a request may carry into the store. PostgreSQL's text columns refuse NUL, so a query
 # holding one was routed, then failed its insert (a 500) and with it every request admitted
 # beside it, while SQLite took it: it is refused at the door instead, a 422 on either database.
+# A lone surrogate (JSON's "\ud800" escape) is no character either: the embedder's tokenizer
+# refused it, failing every request embedded in the same group, so it is refused here too.
 StorableText = Annotated[str, AfterValidator(_storable)]
 
 
@@ -41,7 +47,8 @@ class QueryRequest(BudgetFields):
     model_config = ConfigDict(extra="forbid")
 
     query: StorableText = Field(min_length=1, max_length=8000, description="The question to answer.")
-    k: int = Field(default=3, ge=1, le=8, description="How many experts to recruit (under a budget: at most).")
+    k: int | None = Field(default=None, ge=1, le=8, description="How many experts to recruit (under a budget: at "
+                          "most); unset: the service's `default_k` (3).")
     mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
@@ -50,8 +57,8 @@ class QueryRequest(BudgetFields):
                                    description="The most each expert and the aggregator write; only lowers the "
                                                "pool's limits (and the query's predicted work in the window).")
 
-    def to_ask(self, budget: QueryBudget | None) -> Ask:
-        return Ask(text=self.query, k=self.k, mode=self.mode, seed=self.seed, budget=budget,
+    def to_ask(self, budget: QueryBudget | None, default_k: int) -> Ask:
+        return Ask(text=self.query, k=self.k or default_k, mode=self.mode, seed=self.seed, budget=budget,
                    max_tokens=self.max_tokens)
 
 

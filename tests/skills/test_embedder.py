@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -160,3 +161,15 @@ def test_concurrent_callers_share_model_calls() -> None:
         t.join()
     assert fresh.calls - calls_before < len(texts)
     assert all(np.allclose(rows[i], alone[i], atol=1e-5) for i in range(len(texts)))
+
+
+def test_a_text_that_breaks_a_shared_call_fails_its_own_caller_alone() -> None:
+    """Callers embedded together: one text the tokenizer refuses (a lone surrogate) fails the
+    group's call, and then only its own caller; the others get their rows."""
+    fresh = Embedder(cache_size=0)
+    good, bad, other = Future(), Future(), Future()  # type: ignore[var-annotated]
+    fresh._embed_group([(["what is 2+2?"], good), (["broken \ud800"], bad), (["who wrote Hamlet?", "x"], other)])
+    assert np.allclose(good.result(0), fresh.encode(["what is 2+2?"]), atol=1e-6)
+    assert other.result(0).shape == (2, fresh.dim)
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the tokenizer raises, it is this caller's
+        bad.result(0)

@@ -3,6 +3,7 @@ with its whole request and decision, and answered (or recovered after a crash) a
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -90,7 +91,7 @@ def test_a_direct_chat_interrupted_before_it_ran_is_answered_by_its_expert_on_re
     container: SkillRoute, embedder: Embedder
 ) -> None:
     body = ChatCompletionRequest(model="gamma", messages=[{"role": "user", "content": "What is 9*9?"}])
-    ask = body.to_ask(3, None, BudgetService(container.keys, Caller(None)))  # what the endpoint admits
+    ask = body.to_ask(3, BudgetService(container.keys, Caller(None)))  # what the endpoint admits
     (admitted,) = container.admission.admit([ask])  # stored; then the process dies before the window ran it
     container.close()
     restarted = SkillRoute(container.settings, container.pool_config, factory=mock_or_real, embedder=embedder)
@@ -134,6 +135,21 @@ def test_text_the_store_cannot_hold_is_refused_before_anything_is_stored(client,
         r = client.post(path, json=body)
         message = r.json()["error"]["message"]
         assert r.status_code == 422 and field in message and "NUL" in message, (path, r.text)
+    assert stored(container) == before
+
+
+def test_a_lone_surrogate_is_refused_before_anything_is_stored(client, container) -> None:  # type: ignore[no-untyped-def]
+    """JSON's "\\ud800" escape is no character: the embedder's tokenizer failed on it, and with
+    it every request embedded in the same group. Sent as escapes (json.dumps), as a client would."""
+    before = stored(container)
+    chat = [{"role": "user", "content": "2+2? \ud800"}]
+    for path, body, field in [("/v1/chat/completions", {"model": "auto", "messages": chat}, "content"),
+                              ("/v1/chat/completions", {"model": "auto", "stop": ["\udfff"],
+                                                        "messages": [{"role": "user", "content": "2+2?"}]}, "stop"),
+                              ("/v1/routes", {"messages": chat}, "content")]:
+        r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 422 and field in message and "surrogate" in message, (path, r.text)
     assert stored(container) == before
 
 
