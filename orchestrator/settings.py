@@ -47,7 +47,8 @@ class BudgetSettings(Section):
 
 
 class BackendSettings(Section):
-    memory_budget_gb: float = Field(default=8.0, gt=0, description="What may stay resident on a device.")
+    memory_budget_gb: float = Field(default=8.0, gt=0, description="What may stay resident on the "
+                                  "local CPU worker (a devices file's workers give their own `memory_gb`).")
     llama_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; unset: every core.")
     vllm_python: str | None = Field(default=None, description="A python that imports vllm; unset: .venv-vllm.")
     openai_api_key: SecretStr | None = Field(default=None, description="Sent to OpenAI-compatible experts.")
@@ -61,6 +62,8 @@ class BatchingSettings(Section):
                            "after its first; 0: it takes what queued while the previous batch ran.")
     max_batch_tokens: int = Field(default=65_536, ge=1, description="A batch closes once its queries' predicted "
                                   "prompt and output tokens reach this, so long queries cannot hold short ones.")
+    max_waiting: int = Field(default=10_000, ge=1, description="Queries waiting for a batch past which a new "
+                             "request is refused (503, Retry-After) before anything of it is stored.")
 
 
 class LearningSettings(Section):
@@ -155,8 +158,8 @@ class Settings(BaseSettings):
     pool: str = str(DEFAULT_POOL)
     host: str = "127.0.0.1"
     port: int = 8000
-    default_k: int = Field(default=3, ge=1, le=8)
-    recruit_mode: Literal["sample", "topk", "dynamic"] | None = None  # None: the router's preferred mode
+    default_k: int = Field(default=3, ge=1, le=8, description="Experts recruited for a query that names no k, "
+                           "on every entry point (the recruit mode is the pool file's `recruit:`).")
     router: Literal["symbolic", "knn"] = "symbolic"
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -184,10 +187,6 @@ class Settings(BaseSettings):
             return self.database.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.data_dir / 'skillroute.db'}"
-
-    @property
-    def memory_budget_bytes(self) -> int:
-        return int(self.backends.memory_budget_gb * 2**30)
 
     def backend_options(self) -> BackendOptions:
         b = self.backends

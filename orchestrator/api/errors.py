@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.services.errors import BudgetInfeasible, ServiceError
+from orchestrator.services.errors import BudgetInfeasible, Busy, ServiceError
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -20,6 +20,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.code, exc.param, exc.code), exc.status_code)
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.code, exc.param, exc.code), exc.status_code,
+                            headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(BudgetInfeasible)
     async def _budget(_: Request, exc: BudgetInfeasible) -> JSONResponse:

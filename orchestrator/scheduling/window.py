@@ -44,6 +44,7 @@ class BatchingWindow(Generic[T, R]):
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.weigh, self.max_work = weigh, max_work
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
+        self._waiting, self._count_lock = 0, threading.Lock()  # items queued, not yet taken into a batch
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -54,12 +55,21 @@ class BatchingWindow(Generic[T, R]):
         others share: the items run and their results are kept."""
         sub: _Submission[T, R] = _Submission(list(items))
         sub.future.set_running_or_notify_cancel()
+        self._counted(len(sub.items))
         self._q.put(sub)
         return sub.future
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting the one being executed)."""
         return self._q.qsize()
+
+    def waiting(self) -> int:
+        """Items waiting for a batch (not counting the batch being executed)."""
+        return self._waiting
+
+    def _counted(self, change: int) -> None:
+        with self._count_lock:
+            self._waiting += change
 
     def close(self) -> None:
         self._q.put(None)
@@ -100,6 +110,7 @@ class BatchingWindow(Generic[T, R]):
 
     def _execute(self, batch: list[_Submission[T, R]]) -> None:
         items = [x for sub in batch for x in sub.items]
+        self._counted(-len(items))
         self.batch_sizes.append(len(items))
         self.probe.batch_executed(len(items))
         try:

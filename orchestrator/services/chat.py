@@ -134,6 +134,7 @@ class ChatService:
 
     def _start(self, ask: Ask, claim: Claim | None) -> Started:
         """`QueryService.submit`'s two steps, keeping the admitted query (its id and decision)."""
+        self.queries.make_room(1)
         items = self.queries.admission.admit([ask], claim)
         return items[0], self.queries.window.submit(items)
 

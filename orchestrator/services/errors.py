@@ -38,6 +38,13 @@ class NotReady(ServiceError):
     status_code, code = 503, "not_ready"
 
 
+class Busy(ServiceError):
+    """Too many queries wait to be answered: the request is refused before anything is stored."""
+
+    status_code, code = 503, "overloaded"
+    retry_after_s = 5
+
+
 class Unauthorized(ServiceError):
     status_code, code = 401, "invalid_api_key"
 

@@ -20,7 +20,7 @@ from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
 from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.services.admission import Admission, Admitted
-from orchestrator.services.errors import NotFound
+from orchestrator.services.errors import Busy, NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.pool import PoolState
 from orchestrator.settings import BatchingSettings
@@ -39,12 +39,22 @@ class QueryService:
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
             self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens)
+        self.max_waiting = batching.max_waiting
 
     def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
         future resolves to their stored rows once they are answered or failed. A `claim` (idempotency
         key) is stored with them; KeyTaken, nothing stored, if another request stored it first."""
+        self.make_room(len(asks))
         return self.window.submit(self.admission.admit(asks, claim))
+
+    def make_room(self, n: int) -> None:
+        """Busy (503, nothing stored) when `n` more queries would take the window's backlog past
+        `max_waiting`. What is accepted is never dropped, so the backlog is bounded at the door; a
+        request meeting an empty backlog is taken whatever its size (a batch has a size limit)."""
+        if (waiting := self.window.waiting()) and waiting + n > self.max_waiting:
+            raise Busy(f"{waiting} queries are waiting to be answered (the bound is {self.max_waiting}): "
+                       "try again later")
 
     def ask(self, asks: Sequence[Ask]) -> list[Query]:
         """`submit` and wait: the CLI's and the tests' way in."""

@@ -1,10 +1,26 @@
-"""The window bounds a batch by the predicted work of its queries (prompt and output tokens)."""
+"""The window bounds a batch by the predicted work of its queries (prompt and output tokens),
+and the service bounds the window's backlog at the door."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, GenerationRequest
+from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.services.queries import predicted_tokens
+from orchestrator.settings import BatchingSettings
+from orchestrator.store.models import Query
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
+
+WAIT_S = 30  # an event not set by then means the order under test did not happen
 
 
 def test_a_query_weighs_its_prompt_and_output_once_per_answering_expert(container: SkillRoute) -> None:
@@ -18,3 +34,40 @@ def test_a_query_weighs_its_prompt_and_output_once_per_answering_expert(containe
     assert window.max_work == container.settings.batching.max_batch_tokens
     assert window.weigh is not None and window.weigh(long) == predicted_tokens(long, most)
     container.queries.run([short, long])  # admitted queries are answered, not left pending
+
+
+def test_a_backlog_past_its_bound_refuses_new_requests_before_storing_anything(tmp_path: Path,
+                                                                                embedder: Embedder) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(request: GenerationRequest) -> str | None:  # a query marked HOLD keeps the runner busy
+        if not any("HOLD" in m.content for m in request.messages):
+            return None
+        started.set()
+        return None if gate.wait(WAIT_S) else "the gate never opened"
+
+    def mocks(spec: BaseModelSpec) -> MockBackend:
+        return MockBackend(spec.key, fault=hold)
+
+    settings = quiet_settings(tmp_path, batching=BatchingSettings(max_batch=1, max_waiting=2))
+    c = SkillRoute(settings, small_pool([mock_expert("alpha", "m1")]), factory=mocks, embedder=embedder)
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "one too many"}]}
+    with TestClient(create_app(c, owns_container=True)) as client:
+        first = c.queries.submit([Ask(text="HOLD: what is 1+1?", k=1)])
+        assert started.wait(WAIT_S)  # the runner holds the first batch: what follows waits
+        queued = [c.queries.submit([Ask(text=f"What is {i}+{i}?", k=1)]) for i in (2, 3)]
+        before = _stored(c)
+        for path, body in [("/v1/queries", {"query": "one too many"}), ("/v1/chat/completions", chat),
+                           ("/v1/batches", {"queries": [{"query": "one too many"}]})]:
+            r = client.post(path, json=body)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "5", (path, r.text)
+            assert r.json()["error"]["message"].startswith("2 queries are waiting to be answered"), r.text
+        assert _stored(c) == before
+        gate.set()
+        assert [q.error for f in (first, *queued) for q in f.result(WAIT_S)] == [None, None, None]
+        assert client.post("/v1/queries", json={"query": "room again", "k": 1}).status_code == 200
+
+
+def _stored(c: SkillRoute) -> int:
+    with c.db.session() as s:
+        return s.scalar(select(func.count()).select_from(Query)) or 0
