@@ -104,31 +104,32 @@ def profile(pool: PoolOpt = None) -> None:
     _print_experts([_expert_dict(e) for e in c.experts.all()])
 
 
+KOpt = Annotated[int | None, typer.Option(min=1, max=8, help="Experts to recruit (default: the service's default_k).")]
+
+
 @app.command()
-def ask(query: str, k: Annotated[int, typer.Option(min=1, max=8)] = 3, pool: PoolOpt = None,
-        url: UrlOpt = None, seed: int | None = None) -> None:
+def ask(query: str, k: KOpt = None, pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None,
+        seed: int | None = None) -> None:
     """Answer one query and show who answered it."""
     if url:
-        import httpx
-
-        body = httpx.post(f"{url}/v1/queries", json={"query": query, "k": k, "seed": seed}, timeout=600).json()
+        with _client(url, key) as http:
+            body = _accepted(http.post("/v1/queries", json=_given(query=query, k=k, seed=seed), timeout=600))
     else:
         from orchestrator.api.schemas import QueryResponse
         from orchestrator.domain import Ask
 
         c = _bootstrapped(pool)
-        (row,) = c.queries.ask([Ask(text=query, k=k, seed=seed)])
+        (row,) = c.queries.ask([Ask(text=query, k=k or c.settings.default_k, seed=seed)])
         body = QueryResponse.from_row(row).model_dump(mode="json")
         c.close()
     console.print_json(json.dumps(body))
 
 
 @experts_app.command("list")
-def experts_list(pool: PoolOpt = None, url: UrlOpt = None) -> None:
+def experts_list(pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None) -> None:
     if url:
-        import httpx
-
-        _print_experts(httpx.get(f"{url}/v1/experts", timeout=30).json())
+        with _client(url, key) as http:
+            _print_experts(_accepted(http.get("/v1/experts")))
         return
     _print_experts([_expert_dict(e) for e in _container(pool).experts.all()])
 
@@ -140,12 +141,13 @@ def experts_add(
     kind: Annotated[str, typer.Option(help="llamacpp | openai")] = "llamacpp",
     model: Annotated[str | None, typer.Option(help="Served model name (openai kind).")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="The expert's persona.")] = None,
-    pool: PoolOpt = None, url: UrlOpt = None,
+    pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None,
 ) -> None:
     """Register an expert; it is checked, stored and profiled (progress shown)."""
     body = {"name": name, "model": {"kind": kind, "source": source, "model": model}, "system_prompt": system_prompt}
     if url:
-        _add_remote(url, body)
+        with _client(url, key) as http:
+            _print_experts([_follow(http, _accepted(http.post("/v1/experts", json=body)))])
         return
     from experts.types import ExpertSpec
     from orchestrator.services.errors import ServiceError
@@ -161,17 +163,6 @@ def experts_add(
         c.profiler.profile([(row.id, spec)], report)
     c.profiler.choose_aggregator()
     _print_experts([_expert_dict(c.experts.get(row.id))])
-
-
-def _add_remote(url: str, body: dict[str, Any]) -> None:
-    import httpx
-
-    r = httpx.post(f"{url}/v1/experts", json=body, timeout=120)
-    if r.status_code >= 400:
-        console.print(f"[red]refused ({r.status_code}):[/red] {r.json()['error']['message']}")
-        raise typer.Exit(2)
-    with httpx.Client(base_url=url) as http:
-        _print_experts([_follow(http, r.json())])
 
 
 def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:

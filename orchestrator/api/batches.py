@@ -81,7 +81,8 @@ async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, on
     """Queue the queries behind the live traffic's batching window; poll the Location for results.
     A query that cannot be taken refuses the batch (4xx naming it) and nothing is stored. Sent
     again with the same `Idempotency-Key`, the first request's batch is returned."""
-    entries = [BatchEntry(q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)), q.custom_id) for q in body.queries]
+    k = c.settings.default_k
+    entries = [BatchEntry(q.to_ask(budgets.resolve(q.latency_ms, q.energy_j), k), q.custom_id) for q in body.queries]
     batch_id = await once.batch(entries, caller.key_id, body)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id))

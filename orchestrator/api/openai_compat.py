@@ -51,7 +51,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, body: ChatCompletionRequest,
                            response: Response) -> Any:
     """Answer a chat: routed to k experts and aggregated (`auto`), or one named expert."""
-    ask = body.to_ask(c.settings.default_k, c.settings.recruit_mode, budgets)
+    ask = body.to_ask(c.settings.default_k, budgets)
     if body.stream:
         stream = await _stream(c, once, ask, body)
         writer = ChunkWriter(stream.query_id, int(time.time()), stream.writer,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
-from orchestrator.domain import Ask, Decision, RecruitMode
+from orchestrator.domain import Ask, Decision
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.chat import AUTO, ChatResult, conversation_text
 from orchestrator.services.errors import ServiceError
@@ -76,7 +76,7 @@ class ChatCompletionRequest(BudgetFields):
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
-    def to_ask(self, default_k: int, default_mode: RecruitMode | None, budgets: BudgetService) -> Ask:
+    def to_ask(self, default_k: int, budgets: BudgetService) -> Ask:
         """`auto` routes; another model names the expert that answers alone. Budgets
         (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
         text = conversation_text([(m.role, m.text()) for m in self.messages])
@@ -89,7 +89,7 @@ class ChatCompletionRequest(BudgetFields):
             return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model,
                        **sampling)
         budget = budgets.resolve(self.latency_ms, self.energy_j)
-        return Ask(text=text, k=self.k or default_k, mode=self.mode or default_mode, seed=self.seed, budget=budget,
+        return Ask(text=text, k=self.k or default_k, mode=self.mode, seed=self.seed, budget=budget,
                    **sampling)
 
 

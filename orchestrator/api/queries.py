@@ -29,7 +29,8 @@ async def create_query(
     items = body if isinstance(body, list) else [body]
     if not 1 <= len(items) <= MAX_BATCH:
         raise ServiceError(f"a batch holds 1 to {MAX_BATCH} queries, got {len(items)}", "body")
-    rows = await once.answered([q.to_ask(budgets.resolve(q.latency_ms, q.energy_j)) for q in items], body)
+    k = c.settings.default_k
+    rows = await once.answered([q.to_ask(budgets.resolve(q.latency_ms, q.energy_j), k) for q in items], body)
     out = [QueryResponse.from_row(q) for q in rows]
     return out if isinstance(body, list) else out[0]
 

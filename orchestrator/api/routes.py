@@ -25,7 +25,7 @@ class RouteRequest(BudgetFields):
     query: StorableText | None = Field(default=None, min_length=1, max_length=8000, description="The question, or…")
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=256,
                                                  description="…a chat, read as /v1/chat/completions reads it.")
-    k: int = Field(default=3, ge=1, le=8)
+    k: int | None = Field(default=None, ge=1, le=8, description="Unset: the service's `default_k` (3).")
     mode: RecruitModeField | None = None  # None: the router's preferred mode
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Unset: one is drawn and returned.")
 
@@ -44,5 +44,5 @@ class RouteRequest(BudgetFields):
 async def create_route(c: Container, budgets: Budgets, body: RouteRequest) -> Decision:
     """Route a query without answering it (under a budget: the experts and their predicted cost)."""
     budget = budgets.resolve(body.latency_ms, body.energy_j)
-    ask = Ask(text=body.text(), k=body.k, mode=body.mode, seed=body.seed, budget=budget)
+    ask = Ask(text=body.text(), k=body.k or c.settings.default_k, mode=body.mode, seed=body.seed, budget=budget)
     return (await run_in_threadpool(c.admission.route, [ask]))[0]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator import cli
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
-from orchestrator.settings import get_settings
+from orchestrator.settings import AuthSettings, get_settings
 from tests.live_server import live_server
 
 runner = CliRunner()
@@ -85,3 +85,23 @@ def test_update_and_remove_over_http_with_the_admin_key(container, wide: None) -
         assert r.exit_code == 0 and "removed" in r.output and container.experts.find("gamma").status == "removed"
         missing = runner.invoke(app, ["experts", "update", "nobody", "--enable", *key])
         assert missing.exit_code == 2 and "no expert named 'nobody'" in missing.output
+
+
+def test_add_list_and_ask_over_http_send_the_key_given(container, wide: None) -> None:  # type: ignore[no-untyped-def]
+    """Once keys are required (an admin key to register, a client key to ask or list), every verb
+    that talks to a running service sends `--key`; without it, each is refused naming the 401."""
+    container.settings = container.settings.model_copy(update={"auth": AuthSettings(require_client_keys=True)})
+    _, admin = container.keys.create("ops", "admin")
+    _, client = container.keys.create("app", "client")
+    add = ["experts", "add", "delta", "--kind", "mock", "--source", "m2"]
+    with live_server(create_app(container)) as url:
+        for verb in (add, ["experts", "list"], ["ask", "What is 2+2?", "--k", "1", "--seed", "1"]):
+            refused = runner.invoke(app, [*verb, "--url", url])
+            assert refused.exit_code == 2 and "refused (401)" in refused.output, (verb, refused.output)
+        r = runner.invoke(app, [*add, "--url", url, "--key", admin])
+        assert r.exit_code == 0 and "delta" in r.output and "ready" in r.output, r.output
+        r = runner.invoke(app, ["experts", "list", "--url", url, "--key", client])
+        assert r.exit_code == 0 and "delta" in r.output, r.output
+        r = runner.invoke(app, ["ask", "What is 2+2?", "--url", url, "--key", client, "--seed", "1"])
+        assert r.exit_code == 0 and '"status": "done"' in r.output, r.output
+        assert f'"k": {container.settings.default_k}' in r.output  # no --k: the service's default

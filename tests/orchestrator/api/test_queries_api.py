@@ -82,3 +82,15 @@ def test_max_tokens_is_stored_with_the_query_and_bounds_are_checked(client, cont
     for bad in (0, 5000, "many"):
         r = client.post("/v1/queries", json={"query": "What is 2 + 2?", "max_tokens": bad})
         assert r.status_code == 422 and r.json()["error"]["param"].endswith("max_tokens"), r.text
+
+
+def test_a_query_naming_no_k_gets_the_service_s_default_on_every_entry_point(client, container):
+    container.settings = container.settings.model_copy(update={"default_k": 2})
+    chat = {"model": "auto", "seed": 1, "messages": [{"role": "user", "content": "What is 6*7?"}]}
+    assert client.post("/v1/queries", json={"query": "What is 6*7?", "seed": 1}).json()["k"] == 2
+    assert len(client.post("/v1/routes", json={"query": "What is 6*7?", "seed": 1}).json()["recruited"]) == 2
+    chatted = client.post("/v1/chat/completions", json=chat).headers["x-skillroute-query-id"]
+    batched = client.post("/v1/batches", json={"queries": [{"query": "What is 6*7?", "seed": 1}]}).json()
+    for query_id in (chatted, batched["results"][0]["query_id"]):
+        assert client.get(f"/v1/queries/{query_id}").json()["k"] == 2
+    assert client.post("/v1/queries", json={"query": "What is 6*7?", "seed": 1, "k": 1}).json()["k"] == 1
