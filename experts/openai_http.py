@@ -124,39 +124,64 @@ class OpenAIHTTPBackend:
         return body
 
     def _one(self, client: httpx.Client, request: GenerationRequest) -> Generation:
-        url = f"{self.base_url}/chat/completions"
+        """The reply, or this request's own failure: the server refusing it (an error status, a
+        prompt past its context) or it running past its `timeout_s` fails it alone, not the other
+        requests of the batch. A server that cannot be reached fails them all (BackendError)."""
+        url, rid = f"{self.base_url}/chat/completions", request.request_id
         started = time.perf_counter()
         try:
-            reply = client.post(url, json=self._body(request))
+            reply = client.post(url, json=self._body(request), timeout=self._timeout_of(request))
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            if request.timeout_s is None:
+                raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
+            return Generation.failed(rid, f"timed out after {request.timeout_s:g} s", time.perf_counter() - started)
         except httpx.HTTPError as exc:
-            raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
+            raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
         if reply.status_code != 200:
-            raise BackendError(
-                f"{url} answered HTTP {reply.status_code} to request {request.request_id}: "
-                f"{reply.text[:300]}"
-            )
-        return _to_generation(request.request_id, reply, time.perf_counter() - started)
+            return Generation.failed(rid, f"{url} answered HTTP {reply.status_code} to request {rid}: "
+                                     f"{reply.text[:300]}", time.perf_counter() - started)
+        try:
+            return _to_generation(rid, reply, time.perf_counter() - started)
+        except BackendError as exc:  # a malformed reply is this request's
+            return Generation.failed(rid, str(exc), time.perf_counter() - started)
+
+    def _timeout_of(self, request: GenerationRequest) -> httpx.Timeout:
+        """The request's own `timeout_s` as the wait for each read of its reply. A completion
+        that is not streamed arrives whole at its end, so that bounds the generation."""
+        if request.timeout_s is None:
+            return self._timeout
+        return httpx.Timeout(request.timeout_s, connect=self._connect_timeout_s)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         """The server's own stream of the reply (`stream: true`), each piece as it arrives, then
-        the reply with the usage the server sends last (`stream_options.include_usage`)."""
+        the reply with the usage the server sends last (`stream_options.include_usage`). Past the
+        request's `timeout_s` the stream is closed (the server stops) and the reply is its timeout."""
         client = self._client
         if client is None:
             raise BackendError(f"{self.base_model_key}: generate() before load()")
         url, started = f"{self.base_url}/chat/completions", time.perf_counter()
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        deadline = None if request.timeout_s is None else started + request.timeout_s
         pieces: list[str] = []
         usage: dict[str, Any] = {}
         try:
-            with client.stream("POST", url, json=body) as reply:
+            with client.stream("POST", url, json=body, timeout=self._timeout_of(request)) as reply:
                 if reply.status_code != 200:
                     raise BackendError(f"{url} answered HTTP {reply.status_code} to request {request.request_id}: "
                                        f"{reply.read()[:300].decode(errors='replace')}")
                 for chunk in _sse_chunks(reply, request.request_id):
+                    if deadline is not None and time.perf_counter() > deadline:
+                        raise httpx.ReadTimeout("past the request's timeout")
                     usage = chunk.get("usage") or usage
                     for piece in _delta_texts(chunk):
                         pieces.append(piece)
                         yield piece
+        except httpx.ReadTimeout as exc:
+            if request.timeout_s is None:
+                raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
+            yield Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
+                                    time.perf_counter() - started)
+            return
         except httpx.HTTPError as exc:
             raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
         yield Generation(request_id=request.request_id, text="".join(pieces),

@@ -25,14 +25,16 @@ class SamplingParams(Strict):
 
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=128, ge=1, le=4096)
+    max_tokens: int = Field(default=128, ge=1, le=4096, description="An expert's most tokens an answer; the "
+                            "pool's `generation.*_max_tokens` and a query's own may only lower it.")
     seed: int | None = 0
     stop: list[str] = Field(default_factory=list)
 
 
 class GenerationRequest(BaseModel):
     """One chat completion to run; `request_id` ties the reply back to its caller. `timeout_s`
-    bounds this one request: a backend that cannot finish it in time answers it with an error."""
+    bounds this one request: a backend that cannot finish it in time answers it with an error
+    (llama.cpp, OpenAI HTTP, replay; vLLM's engine runs a batch to its end and cannot)."""
 
     request_id: str
     messages: list[ChatMessage]
@@ -120,11 +122,13 @@ class ExpertSpec(Strict):
                                     description="How long one of its generations may take; unset: no limit.")
 
     def request(self, request_id: str, user_text: str, max_tokens: int | None = None) -> GenerationRequest:
-        """A request that speaks to this expert: its persona first, then the user's text."""
+        """A request that speaks to this expert: its persona first, then the user's text. A caller's
+        `max_tokens` (the pool's limit for the task) caps the expert's own, never raises it: an
+        expert registered to answer tersely does so everywhere, profiling included."""
         messages = [ChatMessage(role="system", content=self.system_prompt)] if self.system_prompt else []
         messages.append(ChatMessage(role="user", content=user_text))
         sampling = self.sampling
         if max_tokens is not None:
-            sampling = sampling.model_copy(update={"max_tokens": max_tokens})
+            sampling = sampling.model_copy(update={"max_tokens": min(max_tokens, sampling.max_tokens)})
         return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling,
                                  timeout_s=self.timeout_s)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from experts.options import BackendOptions
 from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
 SERVED = ["tiny-chat", "other-model"]
+SLOW_S = 2.0  # how long the server takes over a SLOW request (past the tests' timeouts)
 
 
 @dataclass
@@ -58,6 +60,13 @@ def _events(body: dict[str, Any]) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
+async def _slow_events(body: dict[str, Any]) -> Any:
+    """The stream, a piece every SLOW_S / 4 seconds."""
+    for event in _events(body):
+        await asyncio.sleep(SLOW_S / 4)
+        yield event
+
+
 def make_app(rec: Recorder) -> FastAPI:
     app = FastAPI()
 
@@ -82,8 +91,11 @@ def make_app(rec: Recorder) -> FastAPI:
         rec.in_flight -= 1
         if body["messages"][-1]["content"] == "FAIL":
             return JSONResponse({"error": "boom"}, status_code=500)
+        if body["messages"][-1]["content"] == "SLOW":
+            await asyncio.sleep(SLOW_S)
         if body.get("stream"):
-            return StreamingResponse(_events(body), media_type="text/event-stream")
+            return StreamingResponse(_slow_events(body) if "DRIP" in body["messages"][-1]["content"]
+                                     else _events(body), media_type="text/event-stream")
         return _completion(body)
 
     return app
@@ -221,11 +233,35 @@ def test_server_answering_an_error_status(server: tuple[str, Recorder]) -> None:
         backend(server[0] + "/broken/v1").validate()
 
 
-def test_failed_request_names_it(base: str) -> None:
+def test_a_request_the_server_refuses_fails_alone_naming_it(base: str) -> None:
     b = backend(base)
     b.load()
-    with pytest.raises(BackendError, match="HTTP 500 to request r1"):
-        b.generate([req(0, "fine"), req(1, "FAIL")])
+    fine, failed, also = b.generate([req(0, "fine"), req(1, "FAIL"), req(2, "also fine")])
+    assert fine.error is None and also.error is None and also.text == "echo: also fine"
+    assert failed.text == "" and failed.error is not None and "HTTP 500 to request r1" in failed.error
+
+
+def test_a_request_past_its_timeout_fails_alone(base: str) -> None:
+    b = backend(base)
+    b.load()
+    slow, fine = b.generate([req(0, "SLOW").model_copy(update={"timeout_s": 0.3}), req(1, "fine")])
+    assert slow.error == "timed out after 0.3 s" and fine.error is None
+    assert 0.3 <= slow.latency_s < SLOW_S
+
+
+def test_a_stream_past_its_timeout_ends_in_its_timeout(base: str) -> None:
+    b = backend(base)
+    b.load()
+    *pieces, reply = b.stream(req(0, "DRIP DRIP DRIP DRIP DRIP").model_copy(update={"timeout_s": SLOW_S}))
+    assert isinstance(reply, Generation) and reply.error == f"timed out after {SLOW_S:g} s"
+    assert 0 < len(pieces) < 5  # some pieces came, the stream was cut before the rest
+
+
+def test_a_server_that_cannot_be_reached_fails_the_batch() -> None:
+    b = backend(f"http://127.0.0.1:{free_port()}/v1")
+    b._client = httpx.Client()  # as if loaded while the server was up
+    with pytest.raises(BackendError, match="request r0"):
+        b.generate([req(0, "fine")])
 
 
 def test_stream_hands_on_the_servers_pieces_and_its_usage(base: str, rec: Recorder) -> None:
