@@ -33,6 +33,7 @@ from skills.profiling import global_competence
 CERTAIN_AFTER = 20  # observed marks after which an expert joins normal recruitment
 MAX_LEARNED_ROWS = 20_000  # the k-NN memory keeps this many rows from traffic, the newest (profiling's all)
 LABEL_NEIGHBOURS = 10  # a lesson's topic label: the commonest among its nearest remembered rows
+LABEL_BLOCK = 1024  # lessons labelled per matrix product (bounds its memory)
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,16 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int 
     if not lessons:
         return evidence
     names = sorted(set(evidence.profiles) | {n for x in lessons for n in x.marks})
+    rows = lessons[-max_rows:]  # older ones would be dropped below: never stacked (they may come unembedded)
     base = evidence.question_embeddings
     n_old = 0 if base is None else len(base)
-    emb = np.vstack([*([] if base is None else [base]), *[x.embedding[None, :] for x in lessons]]).astype(np.float32)
-    correct, observed, choices = _columns(evidence, lessons, names, n_old)
+    emb = np.vstack([*([] if base is None else [base]), *[x.embedding[None, :] for x in rows]]).astype(np.float32)
+    correct, observed, choices = _columns(evidence, rows, names, n_old)
     labels = _labels(evidence, emb, n_old)
-    profiles = _profiles(evidence.profiles, lessons, names)
+    profiles = _profiles(evidence.profiles, lessons, names)  # every lesson: profiles are sums
     competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
     grown = RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed,
-                            evidence.learned_rows + len(lessons), evidence.options)
+                            evidence.learned_rows + len(rows), evidence.options)
     return _bounded(grown, max_rows)
 
 
@@ -101,9 +103,19 @@ def _labels(evidence: RoutingEvidence, emb: np.ndarray, n_old: int) -> list[str]
     old = evidence.labels
     if not old or len(old) != n_old or n_old == 0:
         return None
-    sims = emb[n_old:] @ emb[:n_old].T
-    near = np.argsort(-sims, axis=1)[:, :LABEL_NEIGHBOURS]
-    return [*old, *(Counter(old[j] for j in row).most_common(1)[0][0] for row in near)]
+    return [*old, *(Counter(old[j] for j in row).most_common(1)[0][0] for row in _nearest_old(emb, n_old))]
+
+
+def _nearest_old(emb: np.ndarray, n_old: int) -> np.ndarray:
+    """Each new row's LABEL_NEIGHBOURS nearest old rows, nearest first, a block of new rows at a
+    time: a full new × old similarity matrix at 20,000 lessons was gigabytes."""
+    k, out = min(LABEL_NEIGHBOURS, n_old), []
+    for start in range(n_old, len(emb), LABEL_BLOCK):
+        sims = emb[start:start + LABEL_BLOCK] @ emb[:n_old].T
+        idx = np.sort(np.argpartition(-sims, k - 1, axis=1)[:, :k], axis=1)  # ties: the older row first
+        order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
+        out.append(np.take_along_axis(idx, order, axis=1))
+    return np.vstack(out) if out else np.zeros((0, k), dtype=int)
 
 
 def _profiles(profiles: Mapping[str, Mapping[str, float]], lessons: Sequence[Lesson], names: Sequence[str]

@@ -12,7 +12,7 @@ from experts.types import ExpertSpec
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.routing.evidence import RoutingEvidence, typical_options
 from orchestrator.routing.knn_router import KnnRouter
-from orchestrator.routing.learning import CERTAIN_AFTER, Lesson, learned, observed_counts
+from orchestrator.routing.learning import CERTAIN_AFTER, MAX_LEARNED_ROWS, Lesson, learned, observed_counts
 from orchestrator.routing.router import build_router
 from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
@@ -48,7 +48,7 @@ def load_evidence(
         correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
         _embed_lessons_again(LessonRepository(s), embedder)
-        lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY))
+        lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY), embedded=MAX_LEARNED_ROWS)
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
     options = typical_options(len(q.payload.get("options") or ()) for q in questions)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from orchestrator.routing.learning import Lesson
 from orchestrator.store.models import LessonRow, Query
@@ -34,11 +34,25 @@ class LessonRepository:
                                    marks=dict(lesson.marks), choices=dict(lesson.choices)))
         return not replaced
 
-    def all(self, stale: Mapping[str, int] | None = None) -> list[Lesson]:
+    def all(self, stale: Mapping[str, int] | None = None, embedded: int | None = None) -> list[Lesson]:
         """Every lesson, oldest first. `stale` (expert → lesson id) leaves out an expert's marks
-        in lessons up to that id: they judged answers of a persona it no longer has."""
-        rows = self.session.scalars(select(LessonRow).order_by(LessonRow.id)).all()
-        return [_fresh(_lesson(r), r.id, stale) if stale else _lesson(r) for r in rows]
+        in lessons up to that id: they judged answers of a persona it no longer has. With
+        `embedded`, only the newest that many carry their embedding and older ones an empty one:
+        the k-NN memory keeps only the newest rows and profiles read only skills and marks, so a
+        start reads a bounded number of vectors however much traffic has taught."""
+        cut = self._first_embedded(embedded)
+        old = select(LessonRow).options(defer(LessonRow.embedding)).where(LessonRow.id < cut)
+        rows = [*self.session.scalars(old.order_by(LessonRow.id)).all(),
+                *self.session.scalars(select(LessonRow).where(LessonRow.id >= cut).order_by(LessonRow.id)).all()]
+        lessons = [_lesson(r, with_embedding=r.id >= cut) for r in rows]
+        return [_fresh(x, r.id, stale) for x, r in zip(lessons, rows, strict=True)] if stale else lessons
+
+    def _first_embedded(self, embedded: int | None) -> int:
+        """The id from which lessons are read with their embedding (0: all of them)."""
+        if embedded is None:
+            return 0
+        newest = select(LessonRow.id).order_by(LessonRow.id.desc()).offset(max(embedded - 1, 0)).limit(1)
+        return int(self.session.scalar(newest) or 0) if embedded > 0 else int(self.last_id()) + 1
 
     def of_other_width(self, dim: int) -> list[tuple[LessonRow, str | None]]:
         """Lessons whose embedding is not `dim` wide (made by another embedding model), each
@@ -71,6 +85,7 @@ def _fresh(lesson: Lesson, lesson_id: int, stale: Mapping[str, int]) -> Lesson:
                    choices={e: c for e, c in lesson.choices.items() if e in keep})
 
 
-def _lesson(r: LessonRow) -> Lesson:
-    return Lesson(np.frombuffer(r.embedding, dtype="<f4").copy(), tuple(r.skills),
+def _lesson(r: LessonRow, with_embedding: bool = True) -> Lesson:
+    embedding = np.frombuffer(r.embedding, dtype="<f4").copy() if with_embedding else np.zeros(0, np.float32)
+    return Lesson(embedding, tuple(r.skills),
                   {k: bool(v) for k, v in r.marks.items()}, dict(r.choices), r.source)

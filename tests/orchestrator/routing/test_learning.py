@@ -34,6 +34,21 @@ def test_the_memory_keeps_the_newest_learned_rows_and_every_profiled_one() -> No
     assert grown.profiles["a"]["x"] == 1.0 + 1 - 1 + 1 - 1 + 1  # profiles keep every lesson
 
 
+def test_lessons_past_the_cap_given_at_once_count_in_profiles_alone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A restart hands every stored lesson over at once: only the newest `max_rows` are stacked
+    and labelled (with the labels' product a block at a time), as if they had come one by one."""
+    monkeypatch.setattr("orchestrator.routing.learning.LABEL_BLOCK", 1)
+    one_by_one = profiled(3)
+    for i in range(5):
+        one_by_one = learned(one_by_one, [lesson(i)], max_rows=2)
+    at_once = learned(profiled(3), [lesson(i) for i in range(5)], max_rows=2)
+    assert at_once.question_embeddings is not None and one_by_one.question_embeddings is not None
+    assert np.array_equal(at_once.question_embeddings, one_by_one.question_embeddings)
+    assert at_once.labels == one_by_one.labels == ["p0", "p1", "p2", "p0", "p0"]
+    assert at_once.learned_rows == 2 and at_once.profiles == one_by_one.profiles
+    assert at_once.correct is not None and at_once.correct["a"].tolist() == [True, True, True, False, True]
+
+
 def test_under_the_cap_nothing_is_dropped() -> None:
     grown = learned(profiled(3), [lesson(i) for i in range(4)], max_rows=10)
     assert grown.learned_rows == 4 and grown.question_embeddings is not None and len(grown.question_embeddings) == 7

@@ -1,14 +1,17 @@
 """The store: migrations match the models, writes are whole or nothing, profiles replace."""
 
+import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
+from orchestrator.routing.learning import Lesson
 from orchestrator.store.db import Database, migrate
 from orchestrator.store.models import Base
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository, answers_of, decision_of
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import Graded, ValidationRepository
@@ -24,7 +27,14 @@ def test_migrations_produce_exactly_the_models_schema(db):
 
 
 def test_migrate_is_idempotent(db):
+    """Every start migrates: on a migrated store it changes neither the schema nor what is stored."""
+    with db.session() as s:
+        ExpertRepository(s).add(spec())
     migrate(db.url)
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    with db.session() as s:
+        assert [e.name for e in ExpertRepository(s).list()] == ["e1"]
 
 
 def test_failed_unit_of_work_writes_nothing(db):
@@ -102,6 +112,21 @@ def test_timings_read_back_each_expert_set_s_last_runs_oldest_first(db):
         assert [tuple(r) for r in QueryRepository(s).timings(["e1", "e2"], 5)] == [("e1", 0, 1, 0.0),
                                                                                    ("e2", 1, 1, 0.1)]
         assert [r.expert for r in QueryRepository(s).timings(["e1", "e2", "other"], 2)] == ["e2", "other"]
+
+
+def test_lessons_past_the_newest_few_are_read_without_their_embedding(db):
+    """A start needs only the newest lessons' vectors (the memory keeps those) and every lesson's
+    marks (profiles are sums): older ones come with an empty embedding, marks and skills intact."""
+    with db.session() as s:
+        for i in range(5):
+            LessonRepository(s).add(Lesson(np.full(4, i, dtype=np.float32), ("x",), {"e1": i % 2 == 0}))
+    with db.session() as s:
+        every, bounded = LessonRepository(s).all(), LessonRepository(s).all(embedded=2)
+        stale = LessonRepository(s).all({"e1": LessonRepository(s).last_id() - 1}, embedded=0)
+    assert [len(x.embedding) for x in every] == [4] * 5 and [len(x.embedding) for x in bounded] == [0, 0, 0, 4, 4]
+    assert [x.embedding[0] for x in bounded[3:]] == [3.0, 4.0]
+    assert [(x.skills, dict(x.marks)) for x in bounded] == [(x.skills, dict(x.marks)) for x in every]
+    assert [dict(x.marks) for x in stale] == [{}, {}, {}, {}, {"e1": True}] and not any(len(x.embedding) for x in stale)
 
 
 def test_duplicate_expert_name_is_refused_by_the_schema(db):
