@@ -2,7 +2,8 @@
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware: it sees the status of streamed responses
 and of unhandled exceptions alike. The route *template* (/v1/queries/{query_id}) is the label,
-never the raw path, so ids cannot blow up the number of series.
+never the raw path, so ids cannot blow up the number of series; likewise a method outside HTTP's
+own is counted as OTHER (an HTTP parser may pass any token through as the method).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.observability.metrics import Metrics
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class MetricsMiddleware:
@@ -33,7 +36,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            self.metrics.observe_request(scope["method"], endpoint(scope), status, time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.metrics.observe_request(method, endpoint(scope), status, time.perf_counter() - started)
 
 
 def endpoint(scope: Scope) -> str:

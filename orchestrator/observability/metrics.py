@@ -119,9 +119,13 @@ class Metrics(Probe):
                                             labels, buckets=LATENCY_BUCKETS, registry=r)
 
     def _budgets(self) -> None:
-        """Predicted vs measured cost per query, and the budgets asked for (once decisions carry them)."""
+        """Predicted vs measured cost per budgeted query, and the budgets asked for; measured latency of
+        every query too (most carry no budget, so it is kept apart from the budgeted one)."""
         r = self.registry
         self.latency_measured = Histogram("skillroute_query_latency_seconds", "Measured latency of a query's batch.",
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.latency_budgeted = Histogram("skillroute_query_budgeted_latency_seconds",
+                                          "Measured latency of a budgeted query's batch (what its budget is held to).",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.latency_predicted = Histogram("skillroute_query_predicted_latency_seconds",
                                            "Latency the budget solver predicted for the chosen experts.",
@@ -186,6 +190,8 @@ class Metrics(Probe):
         b = o.decision.budget
         if b is None:
             return
+        if b.measured_latency_s is not None:
+            self.latency_budgeted.observe(b.measured_latency_s)
         self.latency_predicted.observe(b.predicted_latency_s)
         self.energy_predicted.observe(b.predicted_energy_j)
         if b.measured_energy_j is not None:

@@ -43,6 +43,7 @@ def test_queries_fill_routing_generation_and_scheduling_metrics(client, containe
     assert value(m, "skillroute_tokens_generated_total", role="aggregator") > 0
     assert value(m, "skillroute_batch_size_count") == 2 and value(m, "skillroute_batch_size_sum") == 2
     assert value(m, "skillroute_query_latency_seconds_count") == 2
+    assert value(m, "skillroute_query_budgeted_latency_seconds_count") == 0  # neither had a budget
     assert ("skillroute_queue_depth", frozenset()) in m
 
 
@@ -67,6 +68,14 @@ def test_errors_are_counted_by_route_template(client):
     assert value(m, "skillroute_http_errors_total", endpoint="/v1/queries/{query_id}", status="404") == 1
     assert value(m, "skillroute_http_errors_total", endpoint="/v1/queries", status="422") == 1
     assert value(m, "skillroute_http_requests_total", endpoint="/v1/queries/{query_id}") == 1  # ids never a label
+
+
+def test_a_method_outside_http_s_own_is_counted_as_other(client):
+    for method in ("BREW", "X-1", "GET"):
+        client.request(method, "/health")
+    m = scrape(client)
+    assert value(m, "skillroute_http_requests_total", method="OTHER", endpoint="/health") == 2
+    assert {dict(ls)["method"] for (n, ls) in m if n == "skillroute_http_requests_total"} <= {"GET", "OTHER", "POST"}
 
 
 def test_budget_metrics_are_exported_before_budgets_land(client):
@@ -118,6 +127,7 @@ def test_a_budgeted_query_records_its_predicted_and_measured_energy(client):
     m = scrape(client)
     assert value(m, "skillroute_query_energy_joules_count") == 1
     assert value(m, "skillroute_query_energy_joules_sum") == pytest.approx(budget["measured_energy_j"])
+    assert value(m, "skillroute_query_budgeted_latency_seconds_sum") == pytest.approx(budget["measured_latency_s"])
     assert value(m, "skillroute_query_predicted_energy_joules_sum") == pytest.approx(budget["predicted_energy_j"])
     assert value(m, "skillroute_query_energy_budget_joules_sum") == pytest.approx(1e8)
     assert value(m, "skillroute_query_predicted_latency_seconds_sum") == pytest.approx(budget["predicted_latency_s"])
