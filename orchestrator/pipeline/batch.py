@@ -7,15 +7,18 @@ take it stands in (once per failed draw; under a budget, only one that fits it a
 with at least one good answer is still aggregated and answered, and one left with none fails
 alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
 expert's reply. The decision records every failure, every stand-in, and each worker's predicted
-and measured time in the batch.
+and measured time in the batch. A step of one query that raises (a bug, a recording that will
+not read) fails that query alone, naming the error; the others, and the batch, go on.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -32,6 +35,8 @@ from orchestrator.pipeline.stream import StreamHub, sink_for
 from orchestrator.routing.learning import Lesson, scored
 from orchestrator.scheduling.fleet import Dispatch, Fleet
 from orchestrator.scheduling.planner import Job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,18 +87,33 @@ class BatchRun:
     def run(self) -> list[Outcome]:
         with self._lock:
             self._held = {}  # the first jobs go out together, one take per worker
-            for qi, q in enumerate(self.queries):
-                for j, name in enumerate(q.decision.recruited):
-                    self._send_expert(qi, j, name)
-                for name in q.decision.competitors:
-                    self._send_competitor(qi, name)
-                if not q.outstanding:
-                    self._experts_done(qi)
+            for qi in range(len(self.queries)):
+                self._guarded(qi, partial(self._start, qi))
             held, self._held = self._held, None
             for worker, jobs in held.items():
                 self._dispatch.submit(worker, jobs)
         busy = self._dispatch.wait()
         return [self._outcome(q, busy) for q in self.queries]
+
+    def _start(self, qi: int) -> None:
+        q = self.queries[qi]
+        for j, name in enumerate(q.decision.recruited):
+            self._send_expert(qi, j, name)
+        for name in q.decision.competitors:
+            self._send_competitor(qi, name)
+        if not q.outstanding:
+            self._experts_done(qi)
+
+    def _guarded(self, qi: int, step: Callable[[], None]) -> None:
+        """Run one step of query `qi`. If it raises, the query fails alone, naming the error, and
+        its later replies are dropped: left unfinished it would hold the batch, and the window
+        behind it, for good."""
+        try:
+            step()
+        except Exception as exc:
+            log.exception("query %d of the batch failed in the pipeline", qi)
+            if (q := self.queries[qi]).done_at is None:
+                self._finish(q, "", f"internal error: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ sending
 
@@ -149,22 +169,26 @@ class BatchRun:
     def _reply(self, job_id: str, gen: Generation) -> None:
         with self._lock:
             sent = self._sent.pop(job_id)
-            if sent.draw == -1:
-                self._aggregated(sent, gen)
-                return
-            q = self.queries[sent.query]
-            if sent.draw == -2:
-                self._competed(q, sent, gen)
-            elif gen.error is None:
-                q.answers[sent.draw] = _answer(sent.expert, "expert", gen)
-            else:
-                q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
-                if (stand_in := self._stand_in(q)) is not None:
-                    q.fallbacks.append(stand_in)
-                    self._send_expert(sent.query, sent.draw, stand_in)
-            q.outstanding -= 1
-            if not q.outstanding:
-                self._experts_done(sent.query)
+            if self.queries[sent.query].done_at is None:  # else it failed already: nothing waits for this
+                self._guarded(sent.query, partial(self._replied, sent, gen))
+
+    def _replied(self, sent: _Sent, gen: Generation) -> None:
+        if sent.draw == -1:
+            self._aggregated(sent, gen)
+            return
+        q = self.queries[sent.query]
+        q.outstanding -= 1  # first: a stand-in sent below counts itself
+        if sent.draw == -2:
+            self._competed(q, sent, gen)
+        elif gen.error is None:
+            q.answers[sent.draw] = _answer(sent.expert, "expert", gen)
+        else:
+            q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
+            if (stand_in := self._stand_in(q)) is not None:
+                q.fallbacks.append(stand_in)
+                self._send_expert(sent.query, sent.draw, stand_in)
+        if not q.outstanding:
+            self._experts_done(sent.query)
 
     def _competed(self, q: _Query, sent: _Sent, gen: Generation) -> None:
         if gen.error is None:

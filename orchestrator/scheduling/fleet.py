@@ -11,6 +11,7 @@ in) until it says the batch is over.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,8 @@ from experts.types import Generation
 from orchestrator.scheduling.executor import Executor, Progress, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
 
 OnReply = Callable[[str, Generation], None]
 OnPiece = Callable[[str], None]  # a streamed job's text, piece by piece as it is generated; must not raise
@@ -163,4 +166,7 @@ class Dispatch:
     def _hand_on(self, done: Mapping[str, Generation], pending: dict[str, Job]) -> None:
         for job_id, gen in done.items():
             pending.pop(job_id, None)
-            self.on_reply(job_id, gen)
+            try:
+                self.on_reply(job_id, gen)
+            except Exception:  # the handler's own failure: the other replies are still handed on
+                log.exception("handing on the reply to job %s failed", job_id)

@@ -116,6 +116,32 @@ def test_an_expert_ranked_at_admission_but_gone_since_does_not_stand_in(service)
     assert [a.expert for a in out.answers] == ["alpha", "gamma", "alpha"]
 
 
+def test_a_query_whose_own_step_raises_fails_alone_and_the_batch_goes_on(service) -> None:  # type: ignore[no-untyped-def]
+    """A competitor the pool lacks raises as its job is sent: that query fails naming it, and the
+    query beside it is answered (before, the whole batch failed with its error)."""
+    c, _ = service
+    ghost = Decision.made("symbolic", "topk", 0, [], [], ["alpha"], None, competitors=["ghost"], competition=True)
+    lost, fine = answer(c, ("what is 5+5?", ghost), ("what is 6+6?", decided(["alpha", "beta"], ["alpha", "beta"])))
+    assert lost.error == "internal error: KeyError: 'ghost'" and fine.error is None and fine.text
+
+
+def test_a_reply_whose_handling_raises_fails_its_query_alone(service, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Scoring a competed query reads its recording's gold answer; a recording that will not read
+    (a half-written file) fails that query alone. Before, its batch, and the window behind it,
+    waited for good."""
+    c, _ = service
+
+    def unreadable(base: BaseModelSpec, text: str) -> str | None:
+        raise OSError("the recording is half-written")
+
+    monkeypatch.setattr("orchestrator.pipeline.batch.known_answer", unreadable)
+    competed = Decision.made("symbolic", "topk", 0, [], [], ["alpha"], None, competitors=["beta"], competition=True)
+    other = decided(["alpha", "gamma"], ["alpha", "gamma"])
+    lost, fine = answer(c, ("what is 7+7?", competed), ("what is 8+8?", other))
+    assert lost.error == "internal error: OSError: the recording is half-written"
+    assert fine.error is None and fine.text and [a.role for a in fine.answers] == ["expert", "expert", "aggregator"]
+
+
 def test_a_timeout_is_a_failure_of_that_answer_alone(service) -> None:  # type: ignore[no-untyped-def]
     c, _ = service
     (out,) = answer(c, ("SLOW: what is 1+1?", decided(["delta", "alpha"], ["delta", "alpha", "beta"])))
