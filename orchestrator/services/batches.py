@@ -74,6 +74,8 @@ class BatchService:
 
 
 def _log_failure(done: Future[list[Query]]) -> None:
-    # the queries themselves are already stored as failed; this only leaves a trace in the log
+    # a chunk that raised left its queries stored as failed (the pipeline failed), or accepted where
+    # the store took nothing at all (QueryService._store), for the next start to answer; this
+    # leaves a trace in the log
     if done.exception() is not None:
         log.warning("a batch chunk failed: %s", done.exception())

@@ -13,8 +13,10 @@ from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from experts.cost_model import approx_tokens
-from orchestrator.domain import Ask, Decision, QueryError
+from orchestrator.domain import Ask, Decision, Outcome, QueryError
 from orchestrator.pipeline import Pipeline
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
@@ -86,17 +88,42 @@ class QueryService:
         except Exception as exc:
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
-        with self.db.session() as s:
-            finished = [(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)]
-            rows = {r.id: r for r in QueryRepository(s).finish_many(finished)}
+        rows = self._store([(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)])
         if taught:
-            self.pool.learn(taught)
-            self.probe.learned([lesson.source for _, lesson in taught])
+            self._learn(taught)
         failed = sum(o.error is not None for o in outcomes)
         self.probe.queries_finished("done", len(runnable) - failed)
         if failed:
             self.probe.queries_finished("failed", failed)
         return rows
+
+    def _store(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> dict[int, Query]:
+        """Store the answered queries together; if that fails (a lock timeout, a dropped
+        connection), each alone, and one that still cannot be stored is stored as failed, naming
+        why: left `accepted`, its client would wait until a restart recovered it. A store that
+        takes nothing at all raises, and the next start recovers the batch."""
+        try:
+            with self.db.session() as s:
+                return {r.id: r for r in QueryRepository(s).finish_many(finished)}
+        except SQLAlchemyError:
+            log.exception("storing %d answered queries together failed; storing each alone", len(finished))
+        rows: dict[int, Query] = {}
+        for item in finished:
+            try:
+                with self.db.session() as s:
+                    rows.update((r.id, r) for r in QueryRepository(s).finish_many([item]))
+            except SQLAlchemyError as exc:
+                self._fail([item[0]], f"its answer could not be stored: {type(exc).__name__}: {exc}"[:2000])
+        return rows
+
+    def _learn(self, taught: list[tuple[int | None, Lesson]]) -> None:
+        """Teach the router; the queries are stored already, so a failure here loses lessons only."""
+        try:
+            self.pool.learn(taught)
+        except Exception:
+            log.exception("learning from %d answered queries failed; they are stored", len(taught))
+            return
+        self.probe.learned([lesson.source for _, lesson in taught])
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:
@@ -153,7 +180,7 @@ class QueryService:
         chunks = [items[at:at + size] for at in range(0, len(items), size)]
         for chunk, done in [(c, self.window.submit(c)) for c in chunks]:  # all queued, then awaited in order
             if (error := done.exception()) is not None:
-                log.warning("recovered queries failed: %s", error)  # each is stored as failed
+                log.warning("recovered queries failed: %s", error)  # failed, or accepted for the next start
             remaining -= len(chunk)
             left(remaining)
 

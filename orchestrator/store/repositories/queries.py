@@ -82,12 +82,18 @@ class QueryRepository:
         """`finish` for a whole batch in four statements whatever its size (an UPDATE of the
         queries, one of their decisions, an INSERT of the generations, each one executemany;
         and a read of which decisions exist). Returns each query as it now stands in the store,
-        built from what was written rather than read back: a reply needs no second read."""
+        built from what was written rather than read back: a reply needs no second read. A query
+        finished already (answered by another replica's recovery, say) is left as it is, and
+        left out of what is returned: its first answer stands, with its generations, once."""
         ids = [qid for qid, _, _ in finished]
-        stmt = select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision).where(Query.id.in_(ids))
+        stmt = (select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision)
+                .where(Query.id.in_(ids), Query.status == "accepted")
+                .with_for_update(of=Query))  # PostgreSQL: a replica finishing the same query waits, then skips it
         stored = {qid: (created, decision_id is not None) for qid, created, decision_id in self.session.execute(stmt)}
         kept = [(qid, ask, out, [a.model_dump() for a in out.answers]) for qid, ask, out in finished if qid in stored]
         rows = [_finished_row(qid, stored[qid][0], ask, out, answers) for qid, ask, out, answers in kept]
+        if not rows:
+            return []
         conn = self.session.connection()
         conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_error": r.error,
                                 "b_latency": r.latency_s} for r in rows])
@@ -108,8 +114,9 @@ class QueryRepository:
         return list(reversed(self.session.execute(stmt.order_by(g.id.desc()).limit(limit)).all()))
 
     def fail(self, query_id: int, error: str) -> None:
+        """Fail a query still accepted; one finished already keeps its outcome."""
         row = self.session.get(Query, query_id)
-        if row is not None:
+        if row is not None and row.status == "accepted":
             row.status, row.error = "failed", error
 
 

@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, GenerationRequest
@@ -71,3 +72,26 @@ def test_a_backlog_past_its_bound_refuses_new_requests_before_storing_anything(t
 def _stored(c: SkillRoute) -> int:
     with c.db.session() as s:
         return s.scalar(select(func.count()).select_from(Query)) or 0
+
+
+def test_an_answer_the_store_refuses_fails_its_query_alone_and_the_rest_are_stored(container: SkillRoute) -> None:
+    """The database refuses one query's generations (fault injected at the driver's door): the
+    batch is stored again query by query, that query stored as failed naming why, the other done.
+    Before, the whole batch stayed `accepted` until a restart and every client got a 500."""
+    asks = [Ask(text="What is 2+2?", k=1, seed=1), Ask(text="What is 3+3?", k=1, seed=1)]
+    items = container.queries.admission.admit(asks)
+    poisoned = items[0].query_id
+
+    def refuse(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("INSERT INTO generations") and any(
+                row.get("query_id") == poisoned for row in context.compiled_parameters):
+            raise OperationalError(statement, {}, Exception("the store refused this row"))
+
+    event.listen(container.db.engine, "before_cursor_execute", refuse)
+    try:
+        container.queries.run(items)
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", refuse)
+    lost, kept = container.queries.get_many([i.query_id for i in items])
+    assert (lost.status, kept.status) == ("failed", "done") and kept.answer
+    assert lost.error is not None and lost.error.startswith("its answer could not be stored: OperationalError")

@@ -60,6 +60,27 @@ def test_query_lifecycle_and_pending(db):
         assert QueryRepository(s).pending() == []
 
 
+def test_a_query_finished_already_keeps_its_first_outcome(db):
+    """Two replicas that both recovered one query both answer it: the store keeps the first
+    answer and its generations once, and a later failure does not overwrite it."""
+    decision = Decision.made("symbolic", "sample", 1, [], [], ["e1"], None)
+    with db.session() as s:
+        qid = QueryRepository(s).accept(Ask(text="What is 2+2?"), decision).id
+    first, second = (Answer(expert="e1", role="expert", text=t) for t in ("Answer: 4", "Answer: 5"))
+    stored = []
+    for answer in (first, second):
+        with db.session() as s:
+            stored.append([r.answer for r in QueryRepository(s).finish_many(
+                [(qid, Ask(text="What is 2+2?"), Outcome(decision=decision, answers=[answer], text=answer.text))])])
+    assert stored == [["4"], []]  # the second finds it finished: nothing written, nothing returned
+    with db.session() as s:
+        QueryRepository(s).fail(qid, "too late")
+    with db.session() as s:
+        (row,) = QueryRepository(s).get_many([qid])
+        assert (row.status, row.answer, row.error) == ("done", "4", None)
+        assert [g.text for g in row.generations] == ["Answer: 4"]
+
+
 def test_a_generation_holding_nul_is_stored_on_every_database(db):
     """A model that emits NUL (PostgreSQL's text columns refuse it) is stored with U+FFFD instead,
     so its query, and the others finished in the same statement, are not lost."""
