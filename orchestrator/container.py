@@ -36,6 +36,7 @@ from orchestrator.services.deployment import Deployment
 from orchestrator.services.experts import ExpertService
 from orchestrator.services.feedback import FeedbackService
 from orchestrator.services.idempotency import IdempotencyService
+from orchestrator.services.instances import Instance
 from orchestrator.services.keys import KeyService
 from orchestrator.services.pool import PoolState
 from orchestrator.services.pool_file import sync_pool_file
@@ -91,9 +92,10 @@ class SkillRoute:
                                  v.skills_per_question, aggregation, self.metrics, settings.backend_options(),
                                  policy=policy, explore_rate=learning.explore_rate, keywords=keywords,
                                  recruit=pool.recruit)
-        self.admission = Admission(self.db, self.pool, self.pipeline)
+        self.instance = Instance(self.db, settings.recovery)
+        self.admission = Admission(self.db, self.pool, self.pipeline, self.instance.id)
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, settings.batching,
-                                    probe=self.metrics)
+                                    self.instance, probe=self.metrics)
         self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
@@ -141,6 +143,7 @@ class SkillRoute:
             self._started = True
         self.startup.update(phase="loading", pool_loaded=self._bootstrapped)
         migrate(self.settings.db_url)
+        self._alive()
         return self.queries.watermark()
 
     def _finish(self, through: int, progress: Progress | None) -> int:
@@ -182,6 +185,7 @@ class SkillRoute:
         (`services.pool_file`), profile whatever is unprofiled, pick the aggregator. Profiles
         live in the database, so a restart with the same pool profiles nothing."""
         migrate(self.settings.db_url)
+        self._alive()
         sync_pool_file(self.experts, self.db, self.pool_config.experts)
         restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
         pending = self.experts.pending_profiles()
@@ -204,12 +208,24 @@ class SkillRoute:
 
         return report
 
+    def _alive(self) -> None:
+        """Say this service is alive (before it admits or recovers anything), and keep saying so;
+        once it is ready, each heartbeat also takes over what services that died left."""
+        self.instance.beat()
+        self.instance.keep_beating(self._adopt)
+
+    def _adopt(self) -> None:
+        if self.startup.status.phase == "ready":
+            self.queries.adopt()
+
     def close(self) -> None:
         """Stop the window and the profiler, unload owned workers, release the store (idempotent)."""
+        self.instance.stop()
         self.queries.window.close()
         self.experts.queue.close()
         if self._owns_workers:
             self.fleet.shutdown()
+        self.instance.close()  # last: what the window left unanswered is a dead service's from here
         self.db.engine.dispose()
 
 

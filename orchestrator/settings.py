@@ -87,6 +87,16 @@ class IdempotencySettings(Section):
                                 description="How long a retry waits for the first request's queries to finish.")
 
 
+class RecoverySettings(Section):
+    """How services sharing one database tell whose accepted queries are orphaned
+    (services/instances.py)."""
+
+    heartbeat_s: float = Field(default=10.0, gt=0, le=3600, description="How often a running service says it "
+                               "is alive (and takes over a dead one's queries).")
+    dead_after_s: float = Field(default=60.0, gt=0, le=86_400, description="A service silent this long is dead: "
+                                "another takes over its accepted queries.")
+
+
 class HttpSettings(Section):
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="Larger request bodies get a 413, unparsed.")
 
@@ -169,6 +179,7 @@ class Settings(BaseSettings):
     learning: LearningSettings = Field(default_factory=LearningSettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 

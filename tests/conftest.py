@@ -82,6 +82,7 @@ def make_hf_folder() -> MakeHFFolder:
 BOTH_DATABASES = ("orchestrator/store/", "orchestrator/services/test_admission.py",
                   "orchestrator/services/test_query_recovery.py", "orchestrator/services/test_learning.py",
                   "orchestrator/services/test_rate_limits.py", "orchestrator/services/test_pool.py",
+                  "orchestrator/services/test_instances.py",
                   "orchestrator/api/test_queries_api.py",
                   "orchestrator/api/test_batches_api.py", "orchestrator/api/test_auth.py")
 TESTS = Path(__file__).resolve().parent

@@ -51,8 +51,9 @@ class ModelNotFound(NotFound):
 
 
 class Admission:
-    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline):
+    def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, owner: str | None = None):
         self.db, self.pool, self.pipeline = db, pool, pipeline
+        self.owner = owner  # the running service that answers what it admits (services/instances.py)
         self._together: Combiner[list[Ask], list[Admitted]] = Combiner(self._admit_group)
 
     def route(self, asks: Sequence[Ask]) -> list[Decision]:
@@ -75,7 +76,7 @@ class Admission:
             return self._together.call(list(asks))
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
-            ids = QueryRepository(s).accept_many(asks, decisions)
+            ids = QueryRepository(s).accept_many(asks, decisions, self.owner)
             IdempotencyRepository(s).add(claim.row(query_ids=ids))
         return _admitted(ids, asks, decisions, embeddings)
 
@@ -94,7 +95,8 @@ class Admission:
     def _store(self, taken: Sequence[tuple[list[Ask], Routed]]) -> list[list[Admitted]]:
         with self.db.session() as s:
             ids = iter(QueryRepository(s).accept_many([a for asks, _ in taken for a in asks],
-                                                       [d for _, (decisions, _) in taken for d in decisions]))
+                                                       [d for _, (decisions, _) in taken for d in decisions],
+                                                       self.owner))
         return [_admitted([next(ids) for _ in asks], asks, *r) for asks, r in taken]
 
     def _store_alone(self, asks: list[Ask], routed: Routed) -> list[Admitted] | BaseException:
@@ -128,7 +130,7 @@ class Admission:
         are one transaction."""
         decisions, embeddings = self._routed(asks)
         with self.db.session() as s:
-            ids = QueryRepository(s).accept_many(asks, decisions)
+            ids = QueryRepository(s).accept_many(asks, decisions, self.owner)
             batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
             if claim is not None:
                 IdempotencyRepository(s).add(claim.row(batch_id=batch_id))

@@ -24,6 +24,7 @@ from orchestrator.scheduling.window import BatchingWindow
 from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import Busy, NotFound
 from orchestrator.services.idempotency import Claim
+from orchestrator.services.instances import Instance
 from orchestrator.services.pool import PoolState
 from orchestrator.settings import BatchingSettings
 from orchestrator.store.db import Database
@@ -31,12 +32,14 @@ from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository, ask_of, decision_of
 
 log = logging.getLogger(__name__)
+ADOPT_AT_ONCE = 500  # queries one heartbeat takes over from dead services (the rest: the next beats)
 
 
 class QueryService:
     def __init__(self, db: Database, pool: PoolState, pipeline: Pipeline, admission: Admission,
-                 batching: BatchingSettings, probe: Probe = NULL_PROBE):
+                 batching: BatchingSettings, instance: Instance, probe: Probe = NULL_PROBE):
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
+        self.instance = instance  # this service: the owner of what it admits, and who is alive
         weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
             self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
@@ -162,14 +165,42 @@ class QueryService:
         They go to the window in window-sized chunks, as a batch's do, so live queries share the
         device between them; `left(n)` hears how many are still unanswered. A query that cannot
         be read back or routed again, or whose expert left the pool, fails alone (stored as
-        failed with its error). Returns how many were pending."""
+        failed with its error). Only queries this service may take are answered: its own, and
+        those never owned or owned by a dead service (services/instances.py), which it takes over;
+        a live service's are left to it. Returns how many it took."""
+        live, me = self.instance.live(), self.instance.id
         with self.db.session() as s:
-            pending = [(q.id, _read_back(q)) for q in QueryRepository(s).pending(through)]
-        for qid, error in [(qid, r) for qid, r in pending if isinstance(r, str)]:
+            repo = QueryRepository(s)
+            repo.claim(me, live, repo.last_id() if through is None else through)
+        with self.db.session() as s:
+            taken, items = self._restore(QueryRepository(s).pending(through, owner=me))
+        self._answer_in_chunks(items, left or (lambda _: None))
+        return taken
+
+    def adopt(self) -> list[Future[list[Query]]]:
+        """Take over the accepted queries of services that died while this one runs (at most
+        ADOPT_AT_ONCE, oldest first) and queue them; the futures of their chunks, not waited
+        for: the heartbeat calls this, and a heartbeat held up would make this one look dead."""
+        live, me = self.instance.live(), self.instance.id
+        with self.db.session() as s:
+            ids = QueryRepository(s).adopt(me, live, ADOPT_AT_ONCE)
+        if not ids:
+            return []
+        log.warning("taking over %d queries of services that stopped", len(ids))
+        items, size = self._restore(self.get_many(ids))[1], self.window.max_batch
+        chunks = [self.window.submit(items[at:at + size]) for at in range(0, len(items), size)]
+        for done in chunks:
+            done.add_done_callback(_logged)
+        return chunks
+
+    def _restore(self, rows: Sequence[Query]) -> tuple[int, list[Admitted]]:
+        """How many rows, and the ones that can be asked again as admitted; one that cannot be
+        read back or routed again is stored as failed, naming why."""
+        read = [(q.id, _read_back(q)) for q in rows]
+        for qid, error in [(qid, r) for qid, r in read if isinstance(r, str)]:
             self._fail([qid], error)
-        items = [self._restored(qid, *r) for qid, r in pending if not isinstance(r, str)]
-        self._answer_in_chunks([i for i in items if i is not None], left or (lambda _: None))
-        return len(pending)
+        items = [self._restored(qid, *r) for qid, r in read if not isinstance(r, str)]
+        return len(read), [i for i in items if i is not None]
 
     def _restored(self, query_id: int, ask: Ask, decision: Decision | None) -> Admitted | None:
         return Admitted(query_id, ask, decision) if decision is not None else self._reroute(query_id, ask)
@@ -190,6 +221,11 @@ class QueryService:
         except QueryError as exc:
             self._fail([query_id], exc.message)
             return None
+
+
+def _logged(done: Future[list[Query]]) -> None:
+    if (error := done.exception()) is not None:
+        log.warning("queries taken over failed: %s", error)  # failed, or accepted for the next taker
 
 
 def predicted_tokens(item: Admitted, most: int) -> float:

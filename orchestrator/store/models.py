@@ -105,6 +105,8 @@ class Query(Base):
     # the whole request (`domain.Ask`): a query recovered after a crash is asked the same way
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # the running service (`instances.id`) that answers it while accepted; none: from before owners
+    owner: Mapped[str | None] = mapped_column(String(32), default=None)
 
     decision: Mapped[RoutingDecision | None] = relationship(back_populates="query", cascade="all, delete-orphan")
     generations: Mapped[list[GenerationRow]] = relationship(
@@ -137,6 +139,18 @@ class GenerationRow(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
 
     query: Mapped[Query] = relationship(back_populates="generations")
+
+
+class Instance(Base):
+    """A running service (one Serve replica, one `skillroute serve`) and its last heartbeat: how
+    replicas on one database tell a live owner of accepted queries from a dead one."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):

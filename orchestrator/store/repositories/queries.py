@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -17,25 +17,26 @@ class QueryRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def accept(self, ask: Ask, decision: Decision | None = None) -> Query:
+    def accept(self, ask: Ask, decision: Decision | None = None, owner: str | None = None) -> Query:
         """Write the query (and the decision made for it) before any work, so an accepted query
-        survives a crash and is asked again exactly as it was admitted."""
-        row = self._row(ask, decision)
+        survives a crash and is asked again exactly as it was admitted; `owner`: the running
+        service that answers it."""
+        row = self._row(ask, decision, owner)
         self.session.add(row)
         self.session.flush()
         return row
 
-    def accept_many(self, asks: Sequence[Ask], decisions: Sequence[Decision]) -> list[int]:
+    def accept_many(self, asks: Sequence[Ask], decisions: Sequence[Decision], owner: str | None = None) -> list[int]:
         """`accept` for many queries in one flush (the inserts go as one multi-row statement
         each for queries and decisions, not one round trip per row); their ids, in order."""
-        rows = [self._row(a, d) for a, d in zip(asks, decisions, strict=True)]
+        rows = [self._row(a, d, owner) for a, d in zip(asks, decisions, strict=True)]
         self.session.add_all(rows)
         self.session.flush()
         return [r.id for r in rows]
 
     @staticmethod
-    def _row(ask: Ask, decision: Decision | None) -> Query:
-        row = Query(text=ask.text, k=ask.k, status="accepted", request=ask.model_dump(mode="json"))
+    def _row(ask: Ask, decision: Decision | None, owner: str | None) -> Query:
+        row = Query(text=ask.text, k=ask.k, status="accepted", request=ask.model_dump(mode="json"), owner=owner)
         if decision is not None:
             row.decision = RoutingDecision(record=decision.model_dump(mode="json"))
         return row
@@ -54,12 +55,31 @@ class QueryRepository:
         stmt = select(Query).order_by(Query.id.desc()).limit(limit)
         return self.session.scalars(stmt.options(selectinload(Query.decision))).all()
 
-    def pending(self, through: int | None = None) -> Sequence[Query]:
-        """Accepted, never finished queries (those with ids up to `through`, if given), oldest first."""
+    def pending(self, through: int | None = None, owner: str | None = None) -> Sequence[Query]:
+        """Accepted, never finished queries (those with ids up to `through`, and `owner`'s, if
+        given), oldest first."""
         stmt = select(Query).where(Query.status == "accepted").options(selectinload(Query.decision))
         if through is not None:
             stmt = stmt.where(Query.id <= through)
+        if owner is not None:
+            stmt = stmt.where(Query.owner == owner)
         return self.session.scalars(stmt.order_by(Query.id)).all()
+
+    def claim(self, owner: str, live: Collection[str], through: int) -> None:
+        """Make `owner` the owner of every accepted query up to `through` whose owner is not in
+        `live` (or was never named): a start takes over what dead services left."""
+        self.session.execute(update(Query).where(_orphaned(live), Query.id <= through).values(owner=owner))
+
+    def adopt(self, owner: str, live: Collection[str], most: int) -> list[int]:
+        """Take over up to `most` accepted queries whose owner is not in `live`, oldest first;
+        the ids taken. The UPDATE checks the owner again, so of two services adopting at once
+        each query goes to one (the other sees it owned by a live service)."""
+        ids = list(self.session.scalars(select(Query.id).where(_orphaned(live)).order_by(Query.id).limit(most)))
+        if not ids:
+            return []
+        self.session.execute(update(Query).where(Query.id.in_(ids), _orphaned(live)).values(owner=owner))
+        return list(self.session.scalars(select(Query.id).where(Query.id.in_(ids), Query.owner == owner)
+                                         .order_by(Query.id)))
 
     def pending_count(self, through: int | None = None) -> int:
         stmt = select(func.count()).select_from(Query).where(Query.status == "accepted")
@@ -118,6 +138,10 @@ class QueryRepository:
         row = self.session.get(Query, query_id)
         if row is not None and row.status == "accepted":
             row.status, row.error = "failed", error
+
+
+def _orphaned(live: Collection[str]) -> ColumnElement[bool]:
+    return and_(Query.status == "accepted", or_(Query.owner.is_(None), Query.owner.not_in(list(live))))
 
 
 _FINISH = update(Query).where(Query.id == bindparam("b_id")).values(

@@ -81,6 +81,23 @@ def test_a_query_finished_already_keeps_its_first_outcome(db):
         assert [g.text for g in row.generations] == ["Answer: 4"]
 
 
+def test_a_start_claims_and_a_heartbeat_adopts_only_queries_no_live_service_owns(db):
+    with db.session() as s:
+        repo = QueryRepository(s)
+        ids = {o: repo.accept(Ask(text=f"owned by {o}"), owner=o).id for o in ("live", "dead", None, "me")}
+        late = [repo.accept(Ask(text=f"late {i}"), owner="gone").id for i in range(3)]
+    live = {"me", "live"}
+    with db.session() as s:
+        QueryRepository(s).claim("me", live, through=ids["me"])
+    with db.session() as s:
+        owners = {o: row.owner for o, row in zip(ids, QueryRepository(s).get_many(list(ids.values())), strict=True)}
+        assert owners == {"live": "live", "dead": "me", None: "me", "me": "me"}
+        assert [q.id for q in QueryRepository(s).pending(owner="me")] == [ids["dead"], ids[None], ids["me"]]
+    with db.session() as s:  # what "gone" owned, two at a time, oldest first; a live one's never
+        taken = [QueryRepository(s).adopt("me", live, 2) for _ in range(3)]
+    assert taken == [late[:2], late[2:], []]
+
+
 def test_a_generation_holding_nul_is_stored_on_every_database(db):
     """A model that emits NUL (PostgreSQL's text columns refuse it) is stored with U+FFFD instead,
     so its query, and the others finished in the same statement, are not lost."""

@@ -1,0 +1,98 @@
+"""Which running service answers each accepted query, so services sharing one database never
+answer each other's live queries, and a dead one's are taken over without waiting for a restart.
+
+Each service (one container: a Serve replica, a `skillroute serve`) is an instance: a random id,
+its host and process id, and a heartbeat row in `instances` renewed every `heartbeat_s`. A query
+names the instance that accepted it (`queries.owner`). An owner is dead when its row is gone (it
+closed, or was silent long enough to be forgotten), when it has been silent for `dead_after_s`,
+or when it ran on this host and its process is gone: a crash here is seen at once, so a restart
+answers what it left without waiting out the silence. A start answers the accepted queries up to
+its mark that were never owned or whose owner is dead (`QueryService.recover`); while it runs,
+every heartbeat takes over up to ADOPT_AT_ONCE queries of owners that died since
+(`QueryService.adopt`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from orchestrator.settings import RecoverySettings
+from orchestrator.store.db import Database
+from orchestrator.store.models import Instance as InstanceRow
+from orchestrator.store.repositories.instances import InstanceRepository
+
+log = logging.getLogger(__name__)
+
+
+class Instance:
+    def __init__(self, db: Database, settings: RecoverySettings):
+        self.db, self.settings = db, settings
+        self.id, self.host, self.pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._row = False  # whether a beat wrote this service's row (a service never started has none)
+
+    def beat(self) -> None:
+        """Say this service is alive, and forget services silent for longer than a dead one is."""
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            InstanceRepository(s).beat(self.id, self.host, self.pid, now)
+            InstanceRepository(s).forget_older_than(now - timedelta(seconds=self.settings.dead_after_s))
+        self._row = True
+
+    def live(self) -> set[str]:
+        """The ids of the services alive now, this one among them."""
+        with self.db.session() as s:
+            rows = InstanceRepository(s).all()
+        return {r.id for r in rows if self._alive(r)} | {self.id}
+
+    def _alive(self, row: InstanceRow) -> bool:
+        seen = row.seen_at if row.seen_at.tzinfo is not None else row.seen_at.replace(tzinfo=UTC)  # SQLite: naive
+        recent = datetime.now(UTC) - seen <= timedelta(seconds=self.settings.dead_after_s)
+        return recent and (row.host != self.host or row.pid == self.pid or _running(row.pid))
+
+    def keep_beating(self, each: Callable[[], None]) -> None:
+        """Beat every `heartbeat_s` on a thread of its own, then run `each` (taking over a dead
+        service's queries); idempotent."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, args=(each,), name="skillroute-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _loop(self, each: Callable[[], None]) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            try:
+                self.beat()
+                each()
+            except Exception:  # a store that is away now may be back at the next beat
+                log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        """Stop beating (and taking over); the row stays until `close`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def close(self) -> None:
+        """Stop beating and remove this service's row: what it still owns is a dead one's now."""
+        self.stop()
+        if self._row:
+            with self.db.session() as s:
+                InstanceRepository(s).remove(self.id)
+            self._row = False
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this id runs on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

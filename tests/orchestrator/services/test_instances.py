@@ -1,0 +1,74 @@
+"""Services sharing one database: each answers its own accepted queries, a start takes over only
+what dead services left, and a running one adopts a service's queries once it is dead (its row
+gone, silent too long, or its process gone from this host). Two containers in this process on
+one store stand for two replicas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
+from orchestrator.store.repositories.instances import InstanceRepository
+from orchestrator.store.repositories.queries import QueryRepository
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_or_real
+
+WAIT_S = 60  # a chunk not answered by then means the order under test did not happen
+
+
+@pytest.fixture
+def other(container: SkillRoute, embedder: Embedder) -> Iterator[SkillRoute]:
+    """A second service on the first one's store and pool."""
+    c = SkillRoute(container.settings, container.pool_config, factory=mock_or_real, embedder=embedder)
+    c.bootstrap()
+    yield c
+    c.close()
+
+
+def owned_by(c: SkillRoute, instance: str, text: str) -> int:
+    with c.db.session() as s:
+        return QueryRepository(s).accept(Ask(text=text, k=1, mode="topk", seed=1), owner=instance).id
+
+
+def test_a_live_service_s_queries_are_its_own_until_it_closes(container: SkillRoute, other: SkillRoute) -> None:
+    (mine,) = container.admission.admit([Ask(text="What is 2+2?", k=1, mode="topk", seed=1)])
+    assert other.queries.recover() == 0 and other.queries.adopt() == []
+    assert container.queries.get(mine.query_id).status == "accepted"  # the first service's to answer
+    container.instance.close()  # it stopped with the query unanswered
+    for done in other.queries.adopt():
+        done.result(WAIT_S)
+    row = other.queries.get(mine.query_id)
+    assert (row.status, row.owner) == ("done", other.instance.id) and row.answer
+
+
+def test_a_service_silent_too_long_or_whose_process_is_gone_is_dead(container: SkillRoute) -> None:
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone_pid = int(ended.stdout)  # a process of this host that has exited
+    now, me = datetime.now(UTC), container.instance
+    with container.db.session() as s:
+        InstanceRepository(s).beat("elsewhere", "another-host", 1, now)
+        InstanceRepository(s).beat("silent", "another-host", 1, now - timedelta(seconds=me.settings.dead_after_s + 5))
+        InstanceRepository(s).beat("crashed", me.host, gone_pid, now)
+    assert me.live() == {me.id, "elsewhere"}
+    queries = {o: owned_by(container, o, f"asked of {o}") for o in ("elsewhere", "silent", "crashed")}
+    for done in container.queries.adopt():
+        done.result(WAIT_S)
+    rows = dict(zip(queries, container.queries.get_many(list(queries.values())), strict=True))
+    assert {o: r.status for o, r in rows.items()} == {"elsewhere": "accepted", "silent": "done", "crashed": "done"}
+
+
+def test_a_start_recovers_what_a_crashed_service_of_this_host_left(container: SkillRoute) -> None:
+    """A restart after a crash here answers its leftovers at once: the dead process is seen at
+    once, not after `dead_after_s` of silence."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with container.db.session() as s:
+        InstanceRepository(s).beat("before-the-crash", container.instance.host, int(ended.stdout), datetime.now(UTC))
+    left = owned_by(container, "before-the-crash", "What is 9+9?")
+    assert container.queries.recover(container.queries.watermark()) == 1
+    assert container.queries.get(left).status == "done"
