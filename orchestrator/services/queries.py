@@ -154,8 +154,10 @@ class QueryService:
             return QueryRepository(s).last_id()
 
     def pending_count(self, through: int | None = None) -> int:
+        """Accepted queries (up to `through`) this service would recover: not a live one's."""
+        live = self.instance.live()
         with self.db.session() as s:
-            return QueryRepository(s).pending_count(through)
+            return QueryRepository(s).pending_count(through, self.instance.id, live)
 
     def recover(self, through: int | None = None, left: Callable[[int], None] | None = None) -> int:
         """Answer queries that were accepted but never finished (a crash mid-batch), each as it

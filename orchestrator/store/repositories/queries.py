@@ -81,10 +81,15 @@ class QueryRepository:
         return list(self.session.scalars(select(Query.id).where(Query.id.in_(ids), Query.owner == owner)
                                          .order_by(Query.id)))
 
-    def pending_count(self, through: int | None = None) -> int:
+    def pending_count(self, through: int | None = None, owner: str | None = None,
+                      live: Collection[str] = ()) -> int:
+        """How many queries are accepted (up to `through`); with `owner`, only those it may take:
+        its own, and those no service in `live` owns."""
         stmt = select(func.count()).select_from(Query).where(Query.status == "accepted")
         if through is not None:
             stmt = stmt.where(Query.id <= through)
+        if owner is not None:
+            stmt = stmt.where(or_(Query.owner == owner, _orphaned([*live, owner])))
         return int(self.session.scalar(stmt) or 0)
 
     def last_id(self) -> int:

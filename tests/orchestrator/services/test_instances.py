@@ -38,9 +38,11 @@ def owned_by(c: SkillRoute, instance: str, text: str) -> int:
 
 def test_a_live_service_s_queries_are_its_own_until_it_closes(container: SkillRoute, other: SkillRoute) -> None:
     (mine,) = container.admission.admit([Ask(text="What is 2+2?", k=1, mode="topk", seed=1)])
+    assert other.queries.pending_count() == 0 and container.queries.pending_count() == 1
     assert other.queries.recover() == 0 and other.queries.adopt() == []
     assert container.queries.get(mine.query_id).status == "accepted"  # the first service's to answer
     container.instance.close()  # it stopped with the query unanswered
+    assert other.queries.pending_count() == 1  # what a start of `other` would now say it recovers
     for done in other.queries.adopt():
         done.result(WAIT_S)
     row = other.queries.get(mine.query_id)
