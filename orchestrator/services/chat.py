@@ -74,6 +74,12 @@ def finish_reason(reply: GenerationRow, ask: Ask, limits: GenerationLimits) -> F
     return "length" if reply.completion_tokens >= limit else "stop"
 
 
+def _writer(replies: Sequence[GenerationRow], content: str) -> GenerationRow | None:
+    """The generation that wrote the final reply: the aggregator's, else the first-ranked expert
+    whose reply it is (a lettered vote answers with its heaviest voter's reply)."""
+    return next((g for g in sorted(replies, key=lambda g: g.role != "aggregator") if g.text == content), None)
+
+
 class ChatService:
     def __init__(self, pool: PoolState, queries: QueryService):
         self.pool, self.queries = pool, queries
@@ -93,9 +99,12 @@ class ChatService:
         replies = [g for g in row.generations if g.role != "competitor"]  # competitors are only scored
         if row.status != "done" or not replies or decision is None:
             raise NotReady(row.error or "the query was not answered")
-        last = replies[-1]
-        return ChatResult(row, decision, last.text, last.expert,
-                          finish_reason(last, ask_of(row), self.queries.pipeline.limits))
+        content = replies[-1].text if row.reply is None else row.reply  # None: stored before replies were
+        writer = _writer(replies, content)
+        if writer is None:  # a vote's own reply ("Answer: B"): no one generation wrote it
+            return ChatResult(row, decision, content, AUTO)
+        return ChatResult(row, decision, content, writer.expert,
+                          finish_reason(writer, ask_of(row), self.queries.pipeline.limits))
 
     async def stream(self, ask: Ask, claim: Claim | None = None,
                      idempotency: IdempotencyService | None = None) -> ChatStream | Prior:

@@ -100,6 +100,8 @@ class Query(Base):
     # accepted → done | failed: the row is written before any work so nothing accepted is lost
     status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
     answer: Mapped[str | None] = mapped_column(Text, default=None)
+    # the final reply whole, whichever way it was reached (an aggregator, a vote, a lone expert)
+    reply: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     latency_s: Mapped[float | None] = mapped_column(Float, default=None)
     # the whole request (`domain.Ask`): a query recovered after a crash is asked the same way

@@ -120,8 +120,8 @@ class QueryRepository:
         if not rows:
             return []
         conn = self.session.connection()
-        conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_error": r.error,
-                                "b_latency": r.latency_s} for r in rows])
+        conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_reply": r.reply,
+                                "b_error": r.error, "b_latency": r.latency_s} for r in rows])
         records = [(r.id, r.decision.record) for r in rows if r.decision is not None]
         if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records if stored[qid][1]]:
             conn.execute(_REDECIDE, changed)
@@ -150,7 +150,7 @@ def _orphaned(live: Collection[str]) -> ColumnElement[bool]:
 
 
 _FINISH = update(Query).where(Query.id == bindparam("b_id")).values(
-    status=bindparam("b_status"), answer=bindparam("b_answer"), error=bindparam("b_error"),
+    status=bindparam("b_status"), answer=bindparam("b_answer"), reply=bindparam("b_reply"), error=bindparam("b_error"),
     latency_s=bindparam("b_latency"))
 _REDECIDE = update(RoutingDecision).where(RoutingDecision.query_id == bindparam("b_qid")).values(
     record=bindparam("b_record"))
@@ -162,6 +162,7 @@ def _finished_row(query_id: int, created_at: datetime, ask: Ask, out: Outcome,
     failed = out.error is not None  # every generation failed: the query fails alone, its decision kept
     row = Query(id=query_id, text=ask.text, k=ask.k, request=ask.model_dump(mode="json"), created_at=created_at,
                 status="failed" if failed else "done", answer=None if failed else out.answer,
+                reply=None if failed else out.text,
                 error=out.error, latency_s=out.latency_s)
     row.decision = RoutingDecision(query_id=query_id, record=out.decision.model_dump(mode="json"))
     row.generations = [GenerationRow(query_id=query_id, **a) for a in answers]  # `out.answers`, dumped once

@@ -5,7 +5,11 @@ import json
 import openai
 from fastapi.testclient import TestClient
 
+from experts.mock import MockBackend
 from orchestrator.api.app import create_app
+from orchestrator.container import SkillRoute
+from orchestrator.pools.schema import AggregatorConfig
+from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
 
 ASK = [{"role": "user", "content": "What is 12*12?"}]
 
@@ -95,3 +99,22 @@ def test_ready_is_503_while_no_expert_is_ready(empty_container):
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
         health = tc.get("/health")
         assert health.status_code == 200 and health.json()["pool"] == empty_container.pool_config.name
+
+
+def test_a_voted_reply_is_the_vote_s_not_the_last_expert_s(tmp_path, embedder):
+    """A vote pool answers with the weighted vote; the chat reply is that answer, named after
+    the expert that wrote it, even when the last answer drawn lost the vote."""
+    replies = {"m1": "Answer: B", "m2": "Answer: A"}
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode="vote")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, answer=replies[spec.source]))
+    with TestClient(create_app(c, owns_container=True)) as client:
+        r = client.post("/v1/chat/completions", json={"model": "auto", "messages": ASK, "k": 2, "mode": "topk"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        stored = client.get(f"/v1/queries/{body['skillroute']['query_id']}").json()
+    first, last = stored["generations"][0], stored["generations"][-1]
+    assert first["text"] != last["text"]  # the two disagreed: the first-ranked, heavier one won
+    assert body["choices"][0]["message"]["content"] == f"Answer: {stored['answer']}" == first["text"]
+    assert body["model"] == first["expert"]

@@ -1,5 +1,6 @@
-"""query owners: each accepted query names the running service that answers it, and each
-service keeps a heartbeat, so replicas on one database recover only a dead one's queries
+"""query owners and replies: each accepted query names the running service that answers it,
+and each service keeps a heartbeat, so replicas on one database recover only a dead one's
+queries; a finished query keeps its final reply whole (a vote's is no generation's text)
 
 Revision ID: 0010
 Revises: 0009
@@ -23,9 +24,11 @@ def upgrade() -> None:
                     sa.PrimaryKeyConstraint('id'))
     with op.batch_alter_table('queries', schema=None) as batch_op:
         batch_op.add_column(sa.Column('owner', sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column('reply', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('queries', schema=None) as batch_op:
+        batch_op.drop_column('reply')
         batch_op.drop_column('owner')
     op.drop_table('instances')
