@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
-from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId
+from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId, reader_of
 from orchestrator.api.schemas import QueryRequest, StorableText
 from orchestrator.services.batches import BatchEntry, counts
-from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, BatchItem
 from orchestrator.store.repositories.queries import decision_of
 
@@ -70,11 +69,6 @@ def _result(item: BatchItem) -> BatchResult:
                        recruited=list(d.recruited) if d else [], aggregator=d.aggregator if d else None)
 
 
-def _owner(caller: Caller) -> int | None:
-    """Whose batches the caller may read: admins and open mode see all, a client key its own."""
-    return caller.key_id if caller.role == "client" else None
-
-
 @router.post("", response_model=BatchOut, status_code=202)
 async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, once: Idempotent, body: BatchCreate,
                        response: Response) -> BatchOut:
@@ -91,4 +85,4 @@ async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, on
 @router.get("/{batch_id}", response_model=BatchOut)
 async def get_batch(c: RawContainer, caller: CurrentCaller, batch_id: RowId) -> BatchOut:
     """The batch's progress and results (readable while the service is still starting)."""
-    return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id, _owner(caller)))
+    return BatchOut.from_row(await run_in_threadpool(c.batches.get, batch_id, reader_of(caller)))

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -19,6 +19,7 @@ from orchestrator.services.batches import BatchEntry
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.errors import NotReady
 from orchestrator.services.idempotency import HEADER, Claim, Prior, fingerprint, scope_of
+from orchestrator.services.keys import Caller
 from orchestrator.services.queries import QueryService
 from orchestrator.store.models import Query
 
@@ -66,15 +67,20 @@ class IdempotentRequest:
     scope: str
     endpoint: str
     key: str | None
+    reader: int | None = None  # the client key asking: its queries are its own to read and judge
 
     def claim(self, body: object) -> Claim | None:
         return None if self.key is None else Claim(self.scope, self.key, self.endpoint, fingerprint(body))
+
+    def stamped(self, asks: Sequence[Ask]) -> list[Ask]:
+        """The asks as the client key that sent them (`Ask.key_id`)."""
+        return [a.model_copy(update={"key_id": self.reader}) for a in asks] if self.reader else list(asks)
 
     async def answered(self, asks: Sequence[Ask], body: object) -> list[Query]:
         """Admit the queries (on a worker thread: it routes and writes) and await their stored
         rows without holding a thread, so any number of requests can wait on the batching
         window; once per key: a retry awaits the first request's queries instead."""
-        queries = self.c.queries
+        queries, asks = self.c.queries, self.stamped(asks)
         done = await run_in_threadpool(self.c.idempotency.once, self.claim(body),
                                        lambda claim: queries.submit(asks, claim))
         if isinstance(done, Future):
@@ -85,6 +91,7 @@ class IdempotentRequest:
 
     async def batch(self, entries: Sequence[BatchEntry], key_id: int | None, body: object) -> int:
         """Submit the batch, once per key; returns its id (a retry: the first request's)."""
+        entries = [replace(e, ask=a) for e, a in zip(entries, self.stamped([e.ask for e in entries]), strict=True)]
         done = await run_in_threadpool(self.c.idempotency.once, self.claim(body),
                                        lambda claim: self.c.batches.submit(entries, key_id, claim))
         if isinstance(done, Prior):
@@ -101,7 +108,14 @@ async def get_idempotent(
                                                   "again. Visible ASCII, 1-255 characters.")] = None,
 ) -> IdempotentRequest:
     route = request.scope.get("route")
-    return IdempotentRequest(c, scope_of(caller.key_id), str(getattr(route, "path", request.url.path)), key)
+    return IdempotentRequest(c, scope_of(caller.key_id), str(getattr(route, "path", request.url.path)), key,
+                             reader_of(caller))
+
+
+def reader_of(caller: Caller) -> int | None:
+    """Whose queries and batches the caller may read: admins and open mode all, a client key its own
+    (and anonymous ones)."""
+    return caller.key_id if caller.role == "client" else None
 
 
 Idempotent = Annotated[IdempotentRequest, Depends(get_idempotent)]

@@ -68,7 +68,7 @@ async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, bod
 async def _stream(c: Container, once: Idempotent, ask: Ask, body: ChatCompletionRequest) -> ChatStream:
     """The chat admitted with a live channel; a retry under a known Idempotency-Key streams the
     first request's query once it is answered."""
-    started = await c.chat.stream(ask, once.claim(body), c.idempotency)
+    started = await c.chat.stream(once.stamped([ask])[0], once.claim(body), c.idempotency)
     if not isinstance(started, Prior):
         return started
     await settled(c.queries, started.query_ids, c.settings.idempotency.retry_wait_s)

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId
+from orchestrator.api.auth import CurrentCaller
+from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId, reader_of
 from orchestrator.api.schemas import FeedbackOut, FeedbackRequest, QueryRequest, QueryResponse
 from orchestrator.services.errors import ServiceError
 
@@ -36,15 +37,16 @@ async def create_query(
 
 
 @router.post("/{query_id}/feedback", response_model=FeedbackOut)
-async def give_feedback(c: Container, query_id: RowId, body: FeedbackRequest) -> FeedbackOut:
+async def give_feedback(c: Container, caller: CurrentCaller, query_id: RowId, body: FeedbackRequest) -> FeedbackOut:
     """Say whether the answer was right (`correct`) or what it should have been (`answer`): the
     experts that answered are marked, and the router learns from it. Given again, it replaces
     the first (it counts once)."""
-    verdict = await run_in_threadpool(c.feedback.give, query_id, body.correct, body.answer)
+    verdict = await run_in_threadpool(c.feedback.give, query_id, body.correct, body.answer, reader_of(caller))
     return FeedbackOut(query_id=verdict.query_id, experts=verdict.marks, replaced=verdict.replaced)
 
 
 @router.get("/{query_id}", response_model=QueryResponse)
-async def get_query(c: RawContainer, query_id: RowId) -> QueryResponse:
-    """A stored query (readable while the service is still starting)."""
-    return QueryResponse.from_row(await run_in_threadpool(c.queries.get, query_id))
+async def get_query(c: RawContainer, caller: CurrentCaller, query_id: RowId) -> QueryResponse:
+    """A stored query (readable while the service is still starting); a client key reads only its
+    own and anonymous ones (another key's is a 404, as if it did not exist)."""
+    return QueryResponse.from_row(await run_in_threadpool(c.queries.get, query_id, reader_of(caller)))

@@ -18,6 +18,7 @@ from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson, scored
 from orchestrator.services.errors import Conflict, NotFound
 from orchestrator.services.pool import PoolState
+from orchestrator.services.queries import readable
 from orchestrator.store.db import Database
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository, decision_of
@@ -36,13 +37,14 @@ class FeedbackService:
     def __init__(self, db: Database, pool: PoolState, embedder: Embedder, probe: Probe = NULL_PROBE):
         self.db, self.pool, self.embedder, self.probe = db, pool, embedder, probe
 
-    def give(self, query_id: int, correct: bool | None = None, answer: str | None = None) -> Verdict:
-        """Mark the query's experts (see the module doc); 404 for an unknown query, 409 for one
-        that has no answer to judge yet."""
+    def give(self, query_id: int, correct: bool | None = None, answer: str | None = None,
+             reader: int | None = None) -> Verdict:
+        """Mark the query's experts (see the module doc); 404 for an unknown query (or, for a
+        client key `reader`, one another key asked), 409 for one that has no answer to judge yet."""
         with self.db.session() as s:
             row = QueryRepository(s).get(query_id)
             had = bool(row and any(r.source == "feedback" for r in LessonRepository(s).for_query(query_id)))
-        if row is None:
+        if row is None or not readable(row, reader):
             raise NotFound(f"no query with id {query_id}", "query_id")
         decision = decision_of(row)
         if row.status != "done" or decision is None or row.answer is None:

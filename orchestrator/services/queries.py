@@ -134,10 +134,11 @@ class QueryService:
                 QueryRepository(s).fail(qid, error)
         self.probe.queries_finished("failed", len(ids))
 
-    def get(self, query_id: int) -> Query:
+    def get(self, query_id: int, reader: int | None = None) -> Query:
+        """The stored query; with `reader` (a client key), only one it asked or nobody's."""
         with self.db.session() as s:
             row = QueryRepository(s).get(query_id)
-        if row is None:
+        if row is None or not readable(row, reader):
             raise NotFound(f"no query with id {query_id}", "id")
         return row
 
@@ -223,6 +224,11 @@ class QueryService:
         except QueryError as exc:
             self._fail([query_id], exc.message)
             return None
+
+
+def readable(row: Query, reader: int | None) -> bool:
+    """Whether the client key `reader` (None: an admin, or open mode) may see the query."""
+    return reader is None or (row.request or {}).get("key_id") in (None, reader)
 
 
 def _logged(done: Future[list[Query]]) -> None:

@@ -106,6 +106,30 @@ def test_batches_are_visible_only_to_the_key_that_sent_them(app_with, container,
     assert client.get(f"/v1/batches/{bid}", headers=bearer(theirs)).status_code == 404
 
 
+def test_a_client_key_reads_and_judges_only_its_own_queries(app_with, container, keys):
+    """Queries, chats, batches' queries and streams a key sent are its own: another client key
+    gets the 404 an unknown id gets (ids are sequential: no probing), for reading and feedback."""
+    client = app_with(require_client_keys="true")
+    (_, mine), (_, theirs) = keys.create("client", "client"), keys.create("client", "client")
+    _, admin = keys.create("ops", "admin")
+    asked = client.post("/v1/queries", json={"query": "What is 3+3?", "k": 1, "seed": 0}, headers=bearer(mine))
+    chat = client.post("/v1/chat/completions", json=CHAT, headers=bearer(mine))
+    batch = client.post("/v1/batches", json={"queries": [{"query": "What is 4+4?", "k": 1, "seed": 0}]},
+                        headers=bearer(mine))
+    ids = [asked.json()["id"], chat.json()["skillroute"]["query_id"], batch.json()["results"][0]["query_id"]]
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(mine)) as r:
+        ids.append(int(r.headers["x-skillroute-query-id"]))
+        r.read()
+    for qid in ids:
+        assert client.get(f"/v1/queries/{qid}", headers=bearer(mine)).status_code == 200
+        assert client.get(f"/v1/queries/{qid}", headers=bearer(admin)).status_code == 200
+        other = client.get(f"/v1/queries/{qid}", headers=bearer(theirs))
+        assert other.status_code == 404 and f"no query with id {qid}" in other.json()["error"]["message"]
+    feedback = f"/v1/queries/{ids[0]}/feedback"
+    assert client.post(feedback, json={"correct": True}, headers=bearer(theirs)).status_code == 404
+    assert client.post(feedback, json={"correct": True}, headers=bearer(mine)).status_code == 200
+
+
 @pytest.fixture
 def keys(container):  # type: ignore[no-untyped-def]
     """Keys made in the same store the app's access control reads."""
