@@ -143,7 +143,9 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
     them; with each one's option letter (None: not a choice), and the reference used."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
     if any(v is not None for v in letters.values()):
-        ref = gold.strip().upper() if gold else weighted_vote(list(letters.items()), weights, reliability).answer
+        # a gold answer is read as the answers are: "B. Paris" and "The answer is (B)." are B
+        ref = (extract_choice(gold, len(LETTERS)) or gold.strip().upper()) if gold \
+            else weighted_vote(list(letters.items()), weights, reliability).answer
         return {e: c is not None and c == ref for e, c in letters.items()}, letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
     ref = _normal(gold) if gold else _plurality(finals, weights)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from orchestrator.routing.learning import Lesson
@@ -22,7 +23,19 @@ class LessonRepository:
         replaces every earlier lesson of its query: an explored or competed query's answers were
         marked against their consensus, and feedback marks the same answers against the truth,
         so the query would otherwise count twice with marks that disagree. True when nothing of
-        the query was replaced."""
+        the query was replaced.
+
+        Two requests storing one query's lesson at once (a retried feedback) both find nothing to
+        replace on PostgreSQL, and the second's insert meets the first's row: it is tried once
+        more, in a savepoint, now replacing that row, instead of failing its request."""
+        try:
+            with self.session.begin_nested():
+                return self._replace(lesson, query_id)
+        except IntegrityError:
+            with self.session.begin_nested():
+                return self._replace(lesson, query_id)
+
+    def _replace(self, lesson: Lesson, query_id: int | None) -> bool:
         replaced = False
         if query_id is not None:
             stmt = delete(LessonRow).where(LessonRow.query_id == query_id)
@@ -32,6 +45,7 @@ class LessonRepository:
         self.session.add(LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
                                    embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
                                    marks=dict(lesson.marks), choices=dict(lesson.choices)))
+        self.session.flush()
         return not replaced
 
     def all(self, stale: Mapping[str, int] | None = None, embedded: int | None = None) -> list[Lesson]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.routing.evidence import RoutingEvidence, typical_options
-from orchestrator.routing.learning import Lesson, learned
+from orchestrator.routing.learning import Lesson, learned, scored
 
 
 def profiled(n: int) -> RoutingEvidence:
@@ -60,3 +60,13 @@ def test_typical_options_is_the_median_over_lettered_questions_and_lessons_keep_
     evidence = profiled(3)
     evidence.options = 4
     assert learned(evidence, [lesson(0)]).options == 4
+
+
+def test_a_gold_answer_is_read_as_the_answers_are() -> None:
+    """Feedback's `correct: true` judges against the stored answer, which is rarely a bare letter:
+    "B. Paris" and "The correct answer is (B)." both mean B."""
+    answers = {"right": "Answer: B", "wrong": "Answer: C", "none": "I cannot tell."}
+    for gold in ("B", "B. Paris", "The correct answer is (B).", " b "):
+        marks, letters, ref = scored(answers, {}, None, gold)
+        assert ref == "B" and marks == {"right": True, "wrong": False, "none": False}, gold
+    assert scored(answers, {}, None, "Paris")[0] == {"right": False, "wrong": False, "none": False}

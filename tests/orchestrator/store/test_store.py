@@ -1,9 +1,13 @@
 """The store: migrations match the models, writes are whole or nothing, profiles replace."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -165,6 +169,43 @@ def test_lessons_past_the_newest_few_are_read_without_their_embedding(db):
     assert [x.embedding[0] for x in bounded[3:]] == [3.0, 4.0]
     assert [(x.skills, dict(x.marks)) for x in bounded] == [(x.skills, dict(x.marks)) for x in every]
     assert [dict(x.marks) for x in stale] == [{}, {}, {}, {}, {"e1": True}] and not any(len(x.embedding) for x in stale)
+
+
+def test_two_feedbacks_on_one_query_at_once_both_succeed_and_one_lesson_stays(db):
+    """PostgreSQL: the second request's insert waits on the first's uncommitted row, then meets
+    it; it replaces that row instead of failing (SQLite takes one writer at a time)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises the two writers whole")
+    with db.session() as s:
+        qid = QueryRepository(s).accept(Ask(text="What is 2+2?")).id
+    lesson = Lesson(np.ones(4, dtype=np.float32), ("x",), {"e1": True}, source="feedback")
+    results: list[bool | BaseException] = []
+
+    def second() -> None:
+        try:
+            with db.session() as s:
+                results.append(LessonRepository(s).add(lesson, qid))
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            results.append(exc)
+
+    with db.session() as s:
+        assert LessonRepository(s).add(lesson, qid)  # stored, not committed yet
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_a_lock(db):  # polls PostgreSQL itself for the second's wait
+            assert time.monotonic() < deadline and thread.is_alive(), results
+            time.sleep(0.01)
+    thread.join(30)
+    assert results == [False]  # it replaced the first one's lesson
+    with db.session() as s:
+        assert len(LessonRepository(s).for_query(qid)) == 1
+
+
+def _waiting_on_a_lock(db: Database) -> bool:
+    with db.engine.connect() as conn:
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND datname = current_database()")).scalar())
 
 
 def test_duplicate_expert_name_is_refused_by_the_schema(db):
