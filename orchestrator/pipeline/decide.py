@@ -110,12 +110,15 @@ class Decider:
             return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None)
         skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
         scores = [s for s in ranked if s.name in eligible]
+        certain = [s for s in scores if s.name not in pool.uncertain]  # the rest are explored, never recruited
+        if not certain:
+            raise NoExperts("every expert that can take this query is still being profiled", index)
         if ask.budget is not None:
-            plan = self._plan(pool, index, ask, scores)
+            plan = self._plan(pool, index, ask, certain)
             return Decision.made(pool.router.name, "budget", seed, skills, scores, plan.chosen, pool.aggregator,
                                  plan.record())
         mode = ask.mode or self.recruit_mode or pool.router.preferred_mode
-        chosen = recruit([s for s in scores if s.name not in pool.uncertain], ask.k, mode, random.Random(seed))
+        chosen = recruit(certain, ask.k, mode, random.Random(seed))
         competitors, competition = self._competitors(pool, seed, eligible, chosen, dry_run)
         return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator,
                              competitors=competitors, competition=competition)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Ask
+from orchestrator.domain import Ask, NoExperts, QueryBudget
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -123,8 +123,16 @@ def test_a_new_expert_is_explored_before_it_is_recruited(tmp_path, embedder) -> 
     ask = Ask(text=QUESTION, k=3, mode="topk", seed=5)
     decision = c.pipeline.route(snap, [ask])[0]
     assert "delta" not in decision.recruited and decision.competitors == ["delta"] and not decision.competition
+    budgeted = ask.model_copy(update={"budget": QueryBudget(latency_s=3600.0, energy_j=1e8)})
+    assert "delta" not in c.pipeline.route(snap, [budgeted])[0].recruited  # a budget recruits no uncertain one
     c.queries.ask([ask])
     assert c.pool.evidence_counts()["delta"] == 1  # its explored answer was scored and learned
+    with c.db.session() as s:  # every expert being profiled again: nothing may be recruited yet
+        for e in ExpertRepository(s).list():
+            ExpertRepository(s).set_status(e.id, "profiling")
+    for each in (ask, budgeted):
+        with pytest.raises(NoExperts, match="still being profiled"):
+            c.pipeline.route(c.pool.refresh(), [each])
     c.close()
 
 
