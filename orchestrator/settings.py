@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -95,6 +95,14 @@ class RecoverySettings(Section):
                                "is alive (and takes over a dead one's queries).")
     dead_after_s: float = Field(default=60.0, gt=0, le=86_400, description="A service silent this long is dead: "
                                 "another takes over its accepted queries.")
+
+    @model_validator(mode="after")
+    def _beats_before_death(self) -> RecoverySettings:
+        # a live service must beat at least twice in that time, or its live queries are taken from it
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise ValueError(f"dead_after_s ({self.dead_after_s:g}) must be at least twice heartbeat_s "
+                             f"({self.heartbeat_s:g}): a live service would be taken for dead")
+        return self
 
 
 class HttpSettings(Section):

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.container import SkillRoute
 from orchestrator.pools.loader import load_pool_config
@@ -43,3 +44,11 @@ def test_the_kind_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SKILLROUTE_EMBEDDING__KIND", "bert")
     with pytest.raises(ValueError, match="embedding.kind"):
         Settings()
+
+
+def test_a_service_is_not_taken_for_dead_between_two_of_its_own_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLROUTE_RECOVERY__HEARTBEAT_S", "40")
+    with pytest.raises(ValidationError, match="dead_after_s \\(60\\) must be at least twice heartbeat_s \\(40\\)"):
+        Settings()
+    monkeypatch.setenv("SKILLROUTE_RECOVERY__DEAD_AFTER_S", "80")
+    assert Settings().recovery.dead_after_s == 80
