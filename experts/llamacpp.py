@@ -180,8 +180,7 @@ class LlamaCppBackend:
                     pieces.append(piece)
                     yield piece
                 if deadline is not None and time.perf_counter() > deadline:
-                    yield Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
-                                            time.perf_counter() - started)
+                    yield Generation.timed_out(request, time.perf_counter() - started)
                     return
         except ValueError as exc:
             yield Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)

@@ -80,7 +80,7 @@ class MockBackend:
         if delay:
             time.sleep(delay if timeout is None else min(delay, timeout))
         if timeout is not None and delay > timeout:
-            yield Generation.failed(request.request_id, f"timed out after {timeout:g} s", timeout)
+            yield Generation.timed_out(request, timeout)
             return
         if self._fault is not None and (error := self._fault(request)) is not None:
             yield Generation.failed(request.request_id, error)

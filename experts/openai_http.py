@@ -134,7 +134,7 @@ class OpenAIHTTPBackend:
         except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             if request.timeout_s is None:
                 raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
-            return Generation.failed(rid, f"timed out after {request.timeout_s:g} s", time.perf_counter() - started)
+            return Generation.timed_out(request, time.perf_counter() - started)
         except httpx.HTTPError as exc:
             raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
         if reply.status_code != 200:
@@ -179,8 +179,7 @@ class OpenAIHTTPBackend:
         except httpx.ReadTimeout as exc:
             if request.timeout_s is None:
                 raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
-            yield Generation.failed(request.request_id, f"timed out after {request.timeout_s:g} s",
-                                    time.perf_counter() - started)
+            yield Generation.timed_out(request, time.perf_counter() - started)
             return
         except httpx.HTTPError as exc:
             raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc

@@ -334,7 +334,7 @@ class ReplayBackend:
         taken, timeout = cost.latency_s * (self.time_scale or 1.0), request.timeout_s  # in this run's seconds
         self._spend(taken if timeout is None else min(taken, timeout))
         if timeout is not None and taken > timeout:
-            return Generation.failed(request.request_id, f"timed out after {timeout:g} s", timeout)
+            return Generation.timed_out(request, timeout)
         try:
             letter = recording.answer(self.model, recording.find_question(user))
         except BackendError as exc:

@@ -64,6 +64,11 @@ class Generation(BaseModel):
     def failed(cls, request_id: str, error: str, latency_s: float = 0.0) -> Generation:
         return cls(request_id=request_id, text="", latency_s=latency_s, error=error)
 
+    @classmethod
+    def timed_out(cls, request: GenerationRequest, latency_s: float) -> Generation:
+        """The reply of a request that ran past its `timeout_s`, as every backend words it."""
+        return cls.failed(request.request_id, f"timed out after {request.timeout_s:g} s", latency_s)
+
 
 # What a token stream yields: text pieces as they are generated, then the whole reply once
 # (`experts.streaming`).
