@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from orchestrator.settings import RecoverySettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import Instance as InstanceRow
+from orchestrator.store.models import aware
 from orchestrator.store.repositories.instances import InstanceRepository
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ class Instance:
         return {r.id for r in rows if self._alive(r)} | {self.id}
 
     def _alive(self, row: InstanceRow) -> bool:
-        seen = row.seen_at if row.seen_at.tzinfo is not None else row.seen_at.replace(tzinfo=UTC)  # SQLite: naive
-        recent = datetime.now(UTC) - seen <= timedelta(seconds=self.settings.dead_after_s)
+        recent = datetime.now(UTC) - aware(row.seen_at) <= timedelta(seconds=self.settings.dead_after_s)
         return recent and (row.host != self.host or row.pid == self.pid or _running(row.pid))
 
     def keep_beating(self, each: Callable[[], None]) -> None:
