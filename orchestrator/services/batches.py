@@ -9,9 +9,7 @@ read from its queries, never kept apart.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,10 +18,8 @@ from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.queries import QueryService
 from orchestrator.store.db import Database
-from orchestrator.store.models import Batch, Query
+from orchestrator.store.models import Batch
 from orchestrator.store.repositories.batches import BatchRepository
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,9 +55,7 @@ class BatchService:
         self.queries.make_room(len(entries))
         asks, custom_ids = [e.ask for e in entries], [e.custom_id for e in entries]
         batch_id, admitted = self.queries.admission.admit_batch(asks, custom_ids, key_id, claim)
-        size = self.queries.window.max_batch
-        for start in range(0, len(admitted), size):
-            self.queries.window.submit(admitted[start:start + size]).add_done_callback(_log_failure)
+        self.queries.queue(admitted, "a batch chunk")
         return batch_id
 
     def get(self, batch_id: int, key_id: int | None = None) -> Batch:
@@ -71,11 +65,3 @@ class BatchService:
         if row is None or (key_id is not None and row.key_id not in (None, key_id)):
             raise NotFound(f"no batch with id {batch_id}", "batch_id")
         return row
-
-
-def _log_failure(done: Future[list[Query]]) -> None:
-    # a chunk that raised left its queries stored as failed (the pipeline failed), or accepted where
-    # the store took nothing at all (QueryService._store), for the next start to answer; this
-    # leaves a trace in the log
-    if done.exception() is not None:
-        log.warning("a batch chunk failed: %s", done.exception())

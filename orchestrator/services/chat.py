@@ -142,10 +142,9 @@ class ChatService:
         return idempotency.once(claim, partial(self._start, ask))
 
     def _start(self, ask: Ask, claim: Claim | None) -> Started:
-        """`QueryService.submit`'s two steps, keeping the admitted query (its id and decision)."""
-        self.queries.make_room(1)
-        items = self.queries.admission.admit([ask], claim)
-        return items[0], self.queries.window.submit(items)
+        """`QueryService.start`, keeping the admitted query (its id and decision)."""
+        items, done = self.queries.start([ask], claim)
+        return items[0], done
 
     async def replay(self, query_id: int) -> ChatStream:
         """A stored chat as a stream with nothing left to generate (a retried request's)."""

@@ -50,8 +50,13 @@ class QueryService:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
         future resolves to their stored rows once they are answered or failed. A `claim` (idempotency
         key) is stored with them; KeyTaken, nothing stored, if another request stored it first."""
+        return self.start(asks, claim)[1]
+
+    def start(self, asks: Sequence[Ask], claim: Claim | None = None) -> tuple[list[Admitted], Future[list[Query]]]:
+        """`submit`, keeping the admitted queries (their ids and decisions) beside the future."""
         self.make_room(len(asks))
-        return self.window.submit(self.admission.admit(asks, claim))
+        items = self.admission.admit(asks, claim)
+        return items, self.window.submit(items)
 
     def make_room(self, n: int) -> None:
         """Busy (503, nothing stored) when `n` more queries would take the window's backlog past
@@ -190,10 +195,17 @@ class QueryService:
         if not ids:
             return []
         log.warning("taking over %d queries of services that stopped", len(ids))
-        items, size = self._restore(self.get_many(ids))[1], self.window.max_batch
-        chunks = [self.window.submit(items[at:at + size]) for at in range(0, len(items), size)]
-        for done in chunks:
-            done.add_done_callback(_logged)
+        return [done for _, done in self.queue(self._restore(self.get_many(ids))[1], "queries taken over")]
+
+    def queue(self, items: Sequence[Admitted], what: str) -> list[tuple[int, Future[list[Query]]]]:
+        """Queue admitted queries in window-sized chunks, as a batch's are, so live queries share
+        the device between them; each chunk's size and future. A chunk that raises is logged as
+        `what`: its queries were stored as failed (the pipeline failed), or left accepted where the
+        store took nothing at all (`_store`), for the next start to answer."""
+        size = self.window.max_batch
+        chunks = [(len(c), self.window.submit(c)) for c in (items[at:at + size] for at in range(0, len(items), size))]
+        for _, done in chunks:
+            done.add_done_callback(partial(_log_failed, what))
         return chunks
 
     def _restore(self, rows: Sequence[Query]) -> tuple[int, list[Admitted]]:
@@ -209,13 +221,11 @@ class QueryService:
         return Admitted(query_id, ask, decision) if decision is not None else self._reroute(query_id, ask)
 
     def _answer_in_chunks(self, items: list[Admitted], left: Callable[[int], None]) -> None:
-        size, remaining = self.window.max_batch, len(items)
+        remaining = len(items)
         left(remaining)
-        chunks = [items[at:at + size] for at in range(0, len(items), size)]
-        for chunk, done in [(c, self.window.submit(c)) for c in chunks]:  # all queued, then awaited in order
-            if (error := done.exception()) is not None:
-                log.warning("recovered queries failed: %s", error)  # failed, or accepted for the next start
-            remaining -= len(chunk)
+        for size, done in self.queue(items, "recovered queries"):  # all queued, then awaited in order
+            done.exception()  # waits; a failure is logged by `queue`
+            remaining -= size
             left(remaining)
 
     def _reroute(self, query_id: int, ask: Ask) -> Admitted | None:
@@ -231,9 +241,9 @@ def readable(row: Query, reader: int | None) -> bool:
     return reader is None or (row.request or {}).get("key_id") in (None, reader)
 
 
-def _logged(done: Future[list[Query]]) -> None:
+def _log_failed(what: str, done: Future[list[Query]]) -> None:
     if (error := done.exception()) is not None:
-        log.warning("queries taken over failed: %s", error)  # failed, or accepted for the next taker
+        log.warning("%s failed: %s", what, error)
 
 
 def predicted_tokens(item: Admitted, most: int) -> float:
