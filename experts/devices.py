@@ -55,6 +55,11 @@ class DeviceProfile(BaseModel):
     call_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost of one generation")
     token_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost per output token")
     prompt_token_overhead_ms: float = Field(default=0.0, ge=0, description="fixed cost per prompt token")
+    tensor_parallel: bool = Field(
+        default=False,
+        description="a model too big for one device runs over several of them (a server node); "
+        "otherwise the profile is a single device and a model runs on it alone",
+    )
     calibrated_from: str | None = None
 
     def decode_tokens_per_s(self, params_b: float) -> float:

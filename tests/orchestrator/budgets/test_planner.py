@@ -182,3 +182,14 @@ def test_an_auto_pool_costs_a_lettered_question_as_a_vote_and_free_text_with_its
     plan = planner.plan(pool, lettered, scores, QueryBudget(), 3, TOKENS)
     assert len(plan.chosen) == 3  # three voters at 0.6 beat one: the weighted-vote quality
     assert plan.decision.latency_s == pytest.approx(sum(c.latency_s for c in plan.candidates))
+
+
+@pytest.mark.parametrize("device", ["local-cpu", "rtx4090-workstation", "jetson-agx-orin"])
+def test_a_model_on_a_single_device_is_costed_on_that_device_alone(device: str) -> None:
+    """No tensor-parallel discount where the profile is one device: a 14B on the CPU used to be
+    predicted 2.8x faster than the device cost model says, and faster than a 13.7B."""
+    planner, profile = BudgetPlanner(), load_devices()[device]
+    costs = [planner.cost(spec("e", "/m.gguf", device, params_b=b), 100, 96) for b in (7.0, 13.7, 13.8, 34.0)]
+    for b, cost in zip((7.0, 13.7, 13.8, 34.0), costs, strict=True):
+        assert cost.latency_s == pytest.approx(estimate_cost(profile, b, 100, 96).latency_s)
+    assert [c.latency_s for c in costs] == sorted(c.latency_s for c in costs)
