@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
@@ -12,6 +13,7 @@ from experts.types import Generation
 from orchestrator.scheduling.planner import Job, Stage, plan_stages
 from orchestrator.scheduling.worker import DeviceWorker
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CHUNK_TOKENS = 4096  # predicted tokens per generate call: a long job runs alone, short ones 16 at a time
 
@@ -98,10 +100,21 @@ def _with_copies(part: Sequence[Job], gens: Sequence[Generation], copies: dict[s
 
 
 def _load(worker: DeviceWorker, stages: Sequence[Stage], i: int, protect: set[str]) -> None:
-    """This stage's model in first, so the next one's load fits beside it (where it may load)."""
+    """This stage's model in first, so the next one's load fits beside it (where it may load).
+    Loaded here for the last stage too: a model that will not load fails its stage once, where
+    each chunk's generate call would try (and wait for) the load again."""
+    worker.ensure_loaded(stages[i].base, protect)
     if i + 1 < len(stages):
-        worker.ensure_loaded(stages[i].base, protect)
-        worker.prefetch(stages[i + 1].base, protect)
+        _prefetch(worker, stages[i + 1], protect)
+
+
+def _prefetch(worker: DeviceWorker, stage: Stage, protect: set[str]) -> None:
+    """Start the next stage's load; one that cannot start is that stage's to fail, when its own
+    load raises the same error, never the jobs of the stage running now."""
+    try:
+        worker.prefetch(stage.base, protect)
+    except Exception:
+        log.warning("prefetching %s failed; its stage will load it itself", stage.key, exc_info=True)
 
 
 def _guarded(jobs: Sequence[Job], work: Callable[[], object]) -> list[Generation]:

@@ -84,6 +84,7 @@ class DeviceWorker:
                 self._adopt(base.key, pending.result())  # a failed prefetch raises its error here
             elif not backend.is_loaded:
                 self._make_room(backend.memory_bytes(), {base.key, *protect})
+                self._make_room(backend.memory_bytes(), {base.key})  # the budget outranks `protect`
                 self._adopt(base.key, _timed_load(backend))
             return backend
 
@@ -107,7 +108,10 @@ class DeviceWorker:
         self._record(loaded.at, "load", key)
 
     def _make_room(self, need: int, protect: set[str]) -> None:
-        """Evict least-recently-used models that no upcoming stage needs until `need` fits."""
+        """Evict least-recently-used models outside `protect` until `need` fits. A load calls it
+        twice: sparing what upcoming stages (and the kept aggregator) need, then, if that is not
+        enough, sparing only itself: a model reloaded later costs time, one loaded past the
+        memory budget fails on a GPU (out of memory)."""
         for key in list(self._lru):
             if self._used() + need <= self.memory_budget:
                 return

@@ -107,3 +107,57 @@ def test_short_jobs_run_first_and_a_long_one_runs_alone():
     assert "long" not in {x for chunk in order[:-1] for x in chunk}  # every short one before it
     assert order[-1] == ["long"] and [len(c) for c in order] == [16, 4, 1]
     assert job_tokens(jobs[0]) > CHUNK_TOKENS > job_tokens(jobs[1]) * 16
+
+
+class WontLoad(MockBackend):
+    """A model whose load fails (unreadable weights), counting the attempts."""
+
+    def load(self) -> None:
+        self.loads += 1
+        raise RuntimeError("weights unreadable")
+
+
+@pytest.mark.parametrize("order", ["alone", "last stage", "first stage"])
+def test_a_model_that_will_not_load_is_tried_once_and_fails_its_own_jobs_alone(order: str):
+    broken = BaseModelSpec(kind="mock", source="broken")
+    backends: dict[str, MockBackend] = {}
+
+    def factory(spec: BaseModelSpec) -> MockBackend:
+        return backends.setdefault(spec.key, WontLoad(spec.key) if spec == broken else MockBackend(spec.key))
+
+    bad = [job(f"b{i}", broken, f"q{i}") for i in range(64)]
+    good = [] if order == "alone" else [job(f"g{i}", BASES[0], f"q{i}") for i in range(8)]
+    w = DeviceWorker("cpu", factory=factory)
+    out = execute([*bad, *good] if order == "first stage" else [*good, *bad], w)
+    assert backends[broken.key].loads == 1  # once for the batch, not once per chunk of 16
+    assert all(out[j.job_id].error and "weights unreadable" in out[j.job_id].error for j in bad)
+    assert all(out[j.job_id].error is None for j in good)
+
+
+def test_a_next_model_that_cannot_prefetch_fails_its_own_stage_not_the_one_running():
+    class Unreadable(MockBackend):
+        loads_in_background = True  # as a vLLM backend, which checks its folder for memory_bytes
+
+        def memory_bytes(self) -> int:
+            raise RuntimeError("model-00001.safetensors is not a complete safetensors file")
+
+    broken = BaseModelSpec(kind="mock", source="broken")
+    w = DeviceWorker("gpu0", factory=lambda s: Unreadable(s.key) if s == broken else MockBackend(s.key))
+    out = execute([job("good-1", BASES[0], "q1"), job("good-2", BASES[0], "q2"), job("bad", broken, "q3")], w)
+    assert out["good-1"].error is None and out["good-2"].error is None
+    assert out["bad"].error and "safetensors" in out["bad"].error
+
+
+def test_the_kept_aggregator_gives_way_when_the_next_models_do_not_fit_beside_it():
+    """`keep_last` keeps the aggregator's model resident between batches only where memory
+    allows: a worker that fits one model loaded the experts' beside it, past its budget."""
+    w = worker(budget_models=1)
+    peak = 0
+
+    def sample(done: dict[str, object]) -> None:
+        nonlocal peak
+        peak = max(peak, sum(w.backend(b).memory_bytes() for b in BASES if w.backend(b).is_loaded))
+
+    execute([job("agg", BASES[3], "aggregate")], w, keep_last=BASES[3].key)
+    execute([job("a", BASES[0], "qa"), job("b", BASES[1], "qb")], w, keep_last=BASES[3].key, emit=sample)
+    assert peak <= w.memory_budget
