@@ -226,7 +226,7 @@ class BudgetPlanner:
         cands = []
         for s in scores:
             spec = pool.experts[s.name]
-            output = traits(spec.base).output_tokens(tokens.expert_max_tokens)
+            output = traits(spec.base).output_tokens(min(tokens.expert_max_tokens, spec.sampling.max_tokens))
             where = pool.site(s.name)
             cost = self.cost(spec, _prompt_tokens(spec, text), output, where)
             cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, where.slot))
@@ -262,7 +262,8 @@ class BudgetPlanner:
         device = self.device(spec, pool.site(pool.aggregator))
         prompt = text_tokens(aggregation_prompt(text, [])) + _prompt_tokens(spec, "")
         answer = tokens.expert_max_tokens + ANSWER_TOKENS_EXTRA
-        return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, tokens.aggregator_max_tokens)
+        writes = min(tokens.aggregator_max_tokens, spec.sampling.max_tokens)  # as `ExpertSpec.request` caps it
+        return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, writes)
 
 
 def _computed_here(spec: ExpertSpec, where: Site) -> bool:

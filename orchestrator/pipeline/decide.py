@@ -37,7 +37,7 @@ from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy
-from orchestrator.routing.recruit import recruit
+from orchestrator.routing.recruit import recruit, score
 from skills.embedder import Embedder
 from skills.question_text import question_part
 from skills.vocabulary import SkillMatch as VocabularyMatch
@@ -50,8 +50,11 @@ class GenerationLimits:
     expert_max_tokens: int = 96
     aggregator_max_tokens: int = 96
 
-    def tokens(self) -> TokenLimits:
-        return TokenLimits(self.expert_max_tokens, self.aggregator_max_tokens)
+    def tokens(self, asked: int | None = None) -> TokenLimits:
+        """The pool's limits, lowered by a query's own `max_tokens` (`asked`) as its generations
+        are (`sampling.asked`)."""
+        cap = asked or max(self.expert_max_tokens, self.aggregator_max_tokens)
+        return TokenLimits(min(self.expert_max_tokens, cap), min(self.aggregator_max_tokens, cap))
 
 
 class Decider:
@@ -107,7 +110,7 @@ class Decider:
         eligible = self.eligible(pool, index, ask)
         seed = ask.seed if ask.seed is not None else random.randrange(2**31)
         if ask.expert is not None:
-            return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None)
+            return self._direct(pool, index, ask, seed)
         skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
         scores = [s for s in ranked if s.name in eligible]
         certain = [s for s in scores if s.name not in pool.uncertain]  # the rest are explored, never recruited
@@ -122,6 +125,14 @@ class Decider:
         competitors, competition = self._competitors(pool, seed, eligible, chosen, dry_run)
         return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator,
                              competitors=competitors, competition=competition)
+
+    def _direct(self, pool: PoolSnapshot, index: int, ask: Ask, seed: int) -> Decision:
+        """The expert the query named; under a budget, only if it fits it (an `InfeasibleBudget`
+        naming the expert's cost otherwise), where the budget was once passed over unread. It is
+        not scored (nothing is chosen), so the plan weighs it as certain: only its cost counts."""
+        assert ask.expert is not None
+        plan = self._plan(pool, index, ask, [score(ask.expert, 1.0, 1.0, 1.0)]) if ask.budget is not None else None
+        return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None, plan.record() if plan else None)
 
     def _competitors(self, pool: PoolSnapshot, seed: int, eligible: set[str], chosen: Sequence[str],
                      dry_run: bool) -> tuple[list[str], bool]:
@@ -145,7 +156,8 @@ class Decider:
         verdicts: dict[str, str | None] = {}
         refused = {}
         for name in names:
-            spec, max_tokens = pool.experts[name], self.limits.expert_max_tokens
+            spec = pool.experts[name]
+            max_tokens = min(self.limits.tokens(ask.max_tokens).expert_max_tokens, spec.sampling.max_tokens)
             scope = prompt_scope(spec, max_tokens)
             if scope not in verdicts:
                 verdicts[scope] = self._refusal(spec, ask.text, max_tokens)
@@ -166,7 +178,7 @@ class Decider:
         assert ask.budget is not None
         view = PoolView(pool.experts, pool.aggregator, pool.router.calibrated, self.aggregation, pool.sites())
         try:
-            return self.planner.plan(view, ask.text, scores, ask.budget, ask.k, self.limits.tokens())
+            return self.planner.plan(view, ask.text, scores, ask.budget, ask.k, self.limits.tokens(ask.max_tokens))
         except InfeasibleBudget as exc:
             exc.index = index
             raise

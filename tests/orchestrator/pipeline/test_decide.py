@@ -1,6 +1,6 @@
 """Recruitment's mode: the pool's own (`recruit:` in its file) for a query that names none, the
 router's preferred one where the pool names none either, and a query's own above both; and the
-chance level a calibrated router weighs a query against."""
+chance level a calibrated router weighs a query against; and the tokens a budget is planned at."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, SamplingParams
+from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Ask, ExpertScore
+from orchestrator.domain import Ask, ExpertScore, QueryBudget
 from orchestrator.routing.router import Router
+from orchestrator.settings import BudgetSettings
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
+DEVICES_FILE = Path(__file__).resolve().parents[3] / "experts" / "devices.yaml"
 EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
            mock_expert("gamma", "m2")]
 
@@ -71,3 +76,28 @@ def test_each_query_is_scored_with_its_own_option_count(tmp_path: Path, embedder
     finally:
         c.close()
     assert spy.seen == [[4, 0]] and [d.router for d in decisions] == ["knn", "knn"]
+
+
+def test_a_budget_is_planned_at_the_tokens_the_query_and_the_expert_allow(tmp_path: Path, embedder: Embedder) -> None:
+    """A query's own `max_tokens` and an expert's `sampling.max_tokens` cap its replies, so they
+    cap what its budget is planned at: a latency only the short reply meets was a 422 before."""
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(DEVICES_FILE.read_text() + "workers:\n  - {name: w1, device: local-cpu, memory_gb: 4}\n")
+    terse = ExpertSpec(name="terse", base=BaseModelSpec(kind="mock", source="m2"),
+                       sampling=SamplingParams(max_tokens=4), placement=ExpertPlacement(worker="w1", params_b=0.5))
+    wordy = ExpertSpec(name="wordy", base=BaseModelSpec(kind="mock", source="m1"),
+                       placement=ExpertPlacement(worker="w1", params_b=0.5))
+    settings = quiet_settings(tmp_path / "data", budgets=BudgetSettings(devices_file=str(devices)))
+    c = SkillRoute(settings, small_pool([wordy, terse]), factory=mock_or_real, embedder=embedder)
+    c.bootstrap()
+    try:
+        tight = QueryBudget(latency_s=0.5, energy_j=None)  # 4 tokens fit in it, the pool's 96 do not
+        default = c.pipeline.route(c.pool.snapshot, [Ask(text="What is 2+2?", k=2, budget=tight)])
+        assert default[0].recruited == ["terse"]  # its own 4 tokens fit; wordy's 96 do not
+        short = Ask(text="What is 2+2?", budget=tight, max_tokens=4, expert="wordy")
+        named = c.pipeline.route(c.pool.snapshot, [short])
+        assert named[0].budget is not None and named[0].recruited == ["wordy"]
+        with pytest.raises(InfeasibleBudget, match="wordy"):  # a named expert meets the budget too
+            c.pipeline.route(c.pool.snapshot, [Ask(text="What is 2+2?", budget=tight, expert="wordy")])
+    finally:
+        c.close()
