@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from orchestrator.domain import Decision
@@ -68,7 +68,7 @@ def decision_row(q: Query, d: Decision | None) -> State:
     """The query's decision record as stored (empty fields while it has none), and how it went."""
     record = d.model_dump(mode="json") if d else {"skills": [], "experts": [], "recruited": [], "aggregator": None,
                                                   "router": None, "mode": None, "seed": None, "budget": None}
-    return {"id": q.id, "query": q.text, "status": q.status, "created_at": epoch(q.created_at),
+    return {"id": q.id, "query": q.text, "status": q.status, "created_at": q.created_at.timestamp(),
             "answer": q.answer, "error": q.error, "latency_s": q.latency_s, **record}
 
 
@@ -102,7 +102,7 @@ def recruitment_share(rows: Sequence[tuple[datetime, list[Any]]]) -> State:
     """Each expert's share of recruitments per time bucket, over the span of the given queries."""
     if not rows:
         return {"experts": [], "times": [], "shares": {}}
-    times = [epoch(t) for t, _ in rows]
+    times = [t.timestamp() for t, _ in rows]
     width = max((times[-1] - times[0]) / SHARE_BUCKETS, 1.0)
     buckets: dict[int, Counter[str]] = {}
     for t, (_, names) in zip(times, rows, strict=True):
@@ -127,8 +127,3 @@ def residency(timelines: Mapping[str, Sequence[tuple[float, str, str]]]) -> Stat
         segments += [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
     segments.sort(key=lambda s: s["start"])
     return {"now": time.time(), "segments": segments[-MAX_SEGMENTS:]}
-
-
-def epoch(t: datetime) -> float:
-    """SQLite hands back naive datetimes; they were written as UTC."""
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()

@@ -26,7 +26,7 @@ from pydantic_core import to_jsonable_python
 
 from orchestrator.services.errors import Conflict, Unprocessable
 from orchestrator.store.db import Database
-from orchestrator.store.models import IdempotencyKey, aware
+from orchestrator.store.models import IdempotencyKey
 from orchestrator.store.repositories.idempotency import IdempotencyRepository, KeyTaken
 
 HEADER = "Idempotency-Key"
@@ -98,7 +98,7 @@ class IdempotencyService:
             row = repo.get(claim.scope, claim.key)
             if row is None:
                 return None
-            if aware(row.created_at) < datetime.now(UTC) - self.retention:
+            if row.created_at < datetime.now(UTC) - self.retention:
                 repo.delete(row.id)  # past the window: the key is free again
                 return None
             _check_same(row, claim)

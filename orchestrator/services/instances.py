@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from orchestrator.settings import RecoverySettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import Instance as InstanceRow
-from orchestrator.store.models import aware
 from orchestrator.store.repositories.instances import InstanceRepository
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class Instance:
         return {r.id for r in rows if self._alive(r)} | {self.id}
 
     def _alive(self, row: InstanceRow) -> bool:
-        recent = datetime.now(UTC) - aware(row.seen_at) <= timedelta(seconds=self.settings.dead_after_s)
+        recent = datetime.now(UTC) - row.seen_at <= timedelta(seconds=self.settings.dead_after_s)
         return recent and (row.host != self.host or row.pid == self.pid or _running(row.pid))
 
     def keep_beating(self, each: Callable[[], None]) -> None:

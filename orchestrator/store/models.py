@@ -5,17 +5,32 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def aware(moment: datetime) -> datetime:
-    """A stored moment as UTC: SQLite hands back naive datetimes (stored as UTC), Postgres aware ones."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment stored as UTC and read back aware, on every database. SQLite keeps no zone: it
+    drops a bound value's offset unconverted and hands back naive datetimes, which Python then
+    takes for local time; PostgreSQL converts both ways itself. Same DDL as DateTime(timezone=True)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        # a naive value is taken as UTC already, as the store has always written them
+        return value.astimezone(UTC) if value is not None and value.tzinfo is not None else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        # a PostgreSQL value comes in the session's zone: one zone (UTC) for every reader
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -36,7 +51,7 @@ class Expert(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     profile_total: Mapped[float | None] = mapped_column(Float, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     skills: Mapped[list[SkillScore]] = relationship(back_populates="expert", cascade="all, delete-orphan")
 
@@ -111,7 +126,7 @@ class Query(Base):
     latency_s: Mapped[float | None] = mapped_column(Float, default=None)
     # the whole request (`domain.Ask`): a query recovered after a crash is asked the same way
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # the running service (`instances.id`) that answers it while accepted; none: from before owners
     owner: Mapped[str | None] = mapped_column(String(32), default=None)
 
@@ -157,7 +172,7 @@ class Instance(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiKey(Base):
@@ -176,8 +191,8 @@ class ApiKey(Base):
     # budgets for the key's queries that name none themselves (a request's own value wins)
     default_latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
     default_energy_j: Mapped[float | None] = mapped_column(Float, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class Batch(Base):
@@ -187,7 +202,7 @@ class Batch(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     items: Mapped[list[BatchItem]] = relationship(
         back_populates="batch", cascade="all, delete-orphan", order_by="BatchItem.position"
@@ -223,7 +238,7 @@ class LessonRow(Base):
     skills: Mapped[list[Any]] = mapped_column(JSON)
     marks: Mapped[dict[str, Any]] = mapped_column(JSON)
     choices: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class IdempotencyKey(Base):
@@ -241,7 +256,7 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical request body
     query_ids: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class RateLimitHit(Base):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from orchestrator.container import SkillRoute
@@ -24,3 +27,13 @@ def empty_container(tmp_path, embedder):  # type: ignore[no-untyped-def]
     c.bootstrap()
     yield c
     c.close()
+
+
+@pytest.fixture
+def tokyo_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time is UTC+9 (no DST), so a stored UTC moment read as local is 9 h off."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()  # TZ back before tzset reads it again
+    time.tzset()

@@ -1,6 +1,7 @@
 """/v1/batches: 202 at once, answered in the background through the live batching window."""
 
 import time
+from datetime import datetime, timedelta
 
 
 def wait_done(client, batch_id: int, headers=None, within_s: float = 60.0):  # type: ignore[no-untyped-def]
@@ -51,3 +52,12 @@ def test_bad_batches_are_4xx(client):
         assert r.status_code == 422 and "error" in r.json(), body
     assert client.get("/v1/batches/424242").status_code == 404
     assert client.get("/v1/batches/0").status_code == 422
+
+
+def test_a_batch_s_created_at_reads_back_in_utc_whatever_the_server_s_zone(client, tokyo_time):
+    """SQLite keeps no zone: the stored UTC moment came back naive (no offset in the JSON, where
+    PostgreSQL's carried one), and a client reads naive as its own local time."""
+    batch_id = client.post("/v1/batches", json={"queries": [{"query": "What is 2 + 3?"}]}).json()["id"]
+    created = datetime.fromisoformat(client.get(f"/v1/batches/{batch_id}").json()["created_at"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(created.timestamp() - time.time()) < 30

@@ -1,8 +1,10 @@
 """/v1/chat/completions and /v1/models: the official openai client over real HTTP, SSE, direct experts."""
 
 import json
+import time
 
 import openai
+import pytest
 from fastapi.testclient import TestClient
 
 from experts.mock import MockBackend
@@ -38,6 +40,16 @@ def test_reply_names_the_aggregator_and_carries_the_decision(client, container):
     stored = client.get(f"/v1/queries/{info['query_id']}").json()
     assert stored["recruited"] == info["recruited"]
     assert body["choices"][0]["message"]["content"] == stored["generations"][-1]["text"]
+
+
+@pytest.mark.both_databases
+def test_created_is_unix_time_whatever_the_server_s_zone(client, tokyo_time):
+    """`created` comes from the stored query's creation time, which SQLite handed back naive and
+    Python then read as local time: 9 h early under Asia/Tokyo."""
+    before = time.time()
+    r = client.post("/v1/chat/completions", json={"model": "auto", "messages": ASK})
+    assert r.status_code == 200, r.text
+    assert before - 2 <= r.json()["created"] <= time.time() + 1
 
 
 def test_an_expert_name_asks_that_expert_alone(client):

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
 from orchestrator.routing.learning import Lesson
 from orchestrator.store.db import Database, migrate
-from orchestrator.store.models import Base
+from orchestrator.store.models import Base, Instance
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.instances import InstanceRepository
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository, answers_of, decision_of
 from orchestrator.store.repositories.state import StateRepository
@@ -83,6 +85,17 @@ def test_a_query_finished_already_keeps_its_first_outcome(db):
         (row,) = QueryRepository(s).get_many([qid])
         assert (row.status, row.answer, row.error) == ("done", "4", None)
         assert [g.text for g in row.generations] == ["Answer: 4"]
+
+
+def test_moments_read_back_in_utc_on_every_database(db):
+    """A moment is stored as UTC whatever zone it was given in and read back aware, in UTC
+    (SQLite kept the wall time of any zone and handed it back naive)."""
+    moment = datetime(2024, 5, 1, 18, 30, tzinfo=timezone(timedelta(hours=9)))
+    with db.session() as s:
+        InstanceRepository(s).beat("i1", "host", 1, moment)
+    with db.session() as s:
+        seen = s.get(Instance, "i1").seen_at
+    assert seen == moment and seen.tzinfo == UTC and seen.hour == 9
 
 
 def test_a_start_claims_and_a_heartbeat_adopts_only_queries_no_live_service_owns(db):
