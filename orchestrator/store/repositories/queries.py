@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -104,32 +104,50 @@ class QueryRepository:
             self.finish_many([(query_id, ask_of(row), out)])
 
     def finish_many(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> list[Query]:
-        """`finish` for a whole batch in four statements whatever its size (an UPDATE of the
-        queries, one of their decisions, an INSERT of the generations, each one executemany;
-        and a read of which decisions exist). Returns each query as it now stands in the store,
-        built from what was written rather than read back: a reply needs no second read. A query
-        finished already (answered by another replica's recovery, say) is left as it is, and
-        left out of what is returned: its first answer stands, with its generations, once."""
-        ids = [qid for qid, _, _ in finished]
-        stmt = (select(Query.id, Query.created_at, RoutingDecision.id).outerjoin(Query.decision)
-                .where(Query.id.in_(ids), Query.status == "accepted")
-                .with_for_update(of=Query))  # PostgreSQL: a replica finishing the same query waits, then skips it
-        stored = {qid: (created, decision_id is not None) for qid, created, decision_id in self.session.execute(stmt)}
-        kept = [(qid, ask, out, [a.model_dump() for a in out.answers]) for qid, ask, out in finished if qid in stored]
-        rows = [_finished_row(qid, stored[qid][0], ask, out, answers) for qid, ask, out, answers in kept]
+        """`finish` for a whole batch in a fixed number of statements whatever its size (an UPDATE
+        claiming the queries, a read of which decisions exist, then an executemany each to fill in
+        the queries, update and insert their decisions and insert the generations). Returns each
+        query as it now stands in the store, built from what was written rather than read back: a
+        reply needs no second read. A query finished already (answered by another replica's
+        recovery, say) is left as it is, and left out of what is returned: its first answer
+        stands, with its generations, once."""
+        claimed = self._claim(finished)
+        kept = [(qid, ask, out, [a.model_dump() for a in out.answers]) for qid, ask, out in finished if qid in claimed]
+        rows = [_finished_row(qid, claimed[qid], ask, out, answers) for qid, ask, out, answers in kept]
         if not rows:
             return []
         conn = self.session.connection()
-        conn.execute(_FINISH, [{"b_id": r.id, "b_status": r.status, "b_answer": r.answer, "b_reply": r.reply,
-                                "b_error": r.error, "b_latency": r.latency_s} for r in rows])
-        records = [(r.id, r.decision.record) for r in rows if r.decision is not None]
-        if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records if stored[qid][1]]:
-            conn.execute(_REDECIDE, changed)
-        if new := [{"query_id": qid, "record": rec} for qid, rec in records if not stored[qid][1]]:
-            conn.execute(insert(RoutingDecision), new)  # rows from before decisions were stored at admission
+        conn.execute(_FINISH, [{"b_id": r.id, "b_answer": r.answer, "b_reply": r.reply, "b_error": r.error,
+                                "b_latency": r.latency_s} for r in rows])
+        self._decide(rows)
         if generations := [{"query_id": qid, **a} for qid, _, _, answers in kept for a in answers]:
             conn.execute(insert(GenerationRow), generations)
         return rows
+
+    def _claim(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> dict[int, datetime]:
+        """Mark those of these queries still accepted done (or failed, where every generation
+        failed) in one conditional UPDATE; the ids it changed, with their creation times. The
+        check and the write are one statement so that of two replicas finishing one query only
+        the first changes it: PostgreSQL re-checks a row another transaction held once that one
+        ends, SQLite lets one writer in at a time and the second reads what the first committed.
+        A check read apart from the write let both through on SQLite (FOR UPDATE is a no-op there)."""
+        failed = [qid for qid, _, out in finished if out.error is not None]
+        stmt = (update(Query).where(Query.id.in_([qid for qid, _, _ in finished]), Query.status == "accepted")
+                .values(status=case((Query.id.in_(failed), "failed"), else_="done"))
+                .returning(Query.id, Query.created_at))
+        return {qid: created for qid, created in self.session.connection().execute(stmt)}
+
+    def _decide(self, rows: Sequence[Query]) -> None:
+        """Store each finished query's decision as it ran: replace the one stored at admission,
+        or insert it for rows from before decisions were stored at admission."""
+        records = {r.id: r.decision.record for r in rows if r.decision is not None}
+        stored = set(self.session.scalars(select(RoutingDecision.query_id)
+                                          .where(RoutingDecision.query_id.in_(list(records)))))
+        conn = self.session.connection()
+        if changed := [{"b_qid": qid, "b_record": rec} for qid, rec in records.items() if qid in stored]:
+            conn.execute(_REDECIDE, changed)
+        if new := [{"query_id": qid, "record": rec} for qid, rec in records.items() if qid not in stored]:
+            conn.execute(insert(RoutingDecision), new)
 
     def timings(self, experts: Sequence[str], limit: int) -> list[Row[str, int, int, float]]:
         """(expert, prompt_tokens, completion_tokens, latency_s) of these experts' last `limit`
@@ -140,17 +158,18 @@ class QueryRepository:
 
     def fail(self, query_id: int, error: str) -> None:
         """Fail a query still accepted; one finished already keeps its outcome."""
-        row = self.session.get(Query, query_id)
-        if row is not None and row.status == "accepted":
-            row.status, row.error = "failed", error
+        # one conditional UPDATE, as in `_claim`: a replica finishing it meanwhile keeps its answer
+        self.session.execute(update(Query).where(Query.id == query_id, Query.status == "accepted")
+                             .values(status="failed", error=error))
 
 
 def _orphaned(live: Collection[str]) -> ColumnElement[bool]:
     return and_(Query.status == "accepted", or_(Query.owner.is_(None), Query.owner.not_in(list(live))))
 
 
+# fills in queries `_claim` changed in the same transaction (the status is set there already)
 _FINISH = update(Query).where(Query.id == bindparam("b_id")).values(
-    status=bindparam("b_status"), answer=bindparam("b_answer"), reply=bindparam("b_reply"), error=bindparam("b_error"),
+    answer=bindparam("b_answer"), reply=bindparam("b_reply"), error=bindparam("b_error"),
     latency_s=bindparam("b_latency"))
 _REDECIDE = update(RoutingDecision).where(RoutingDecision.query_id == bindparam("b_qid")).values(
     record=bindparam("b_record"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -85,6 +85,51 @@ def test_a_query_finished_already_keeps_its_first_outcome(db):
         (row,) = QueryRepository(s).get_many([qid])
         assert (row.status, row.answer, row.error) == ("done", "4", None)
         assert [g.text for g in row.generations] == ["Answer: 4"]
+
+
+def test_two_replicas_finishing_one_query_at_once_store_the_first_answer_alone(db):
+    """Replica A has finished the query but not committed when B finishes it too: B must find it
+    finished once A commits. SQLite ignored the FOR UPDATE that made B wait on PostgreSQL, and B
+    had read the query as accepted before A committed: both finished it, generations twice."""
+    decision = Decision.made("symbolic", "sample", 1, [], [], ["e1"], None)
+    with db.session() as s:
+        qid = QueryRepository(s).accept(Ask(text="What is 2+2?"), decision).id
+    other, results = Database(db.url), []  # a second replica: its own engine on the same database
+
+    def replica_b() -> None:
+        with other.session() as s:
+            results.append(QueryRepository(s).finish_many([_finished(qid, decision, "B")]))
+
+    try:
+        with db.session() as s:
+            assert len(QueryRepository(s).finish_many([_finished(qid, decision, "A")])) == 1
+            thread = threading.Thread(target=replica_b)
+            thread.start()
+            _wait_until_writing(db, other, thread)
+        thread.join(30)
+    finally:
+        other.engine.dispose()
+    assert results == [[]]
+    with db.session() as s:
+        row = QueryRepository(s).get(qid)
+        assert (row.reply, [g.text for g in row.generations]) == ("by A", ["by A"])
+
+
+def _finished(qid: int, decision: Decision, who: str) -> tuple[int, Ask, Outcome]:
+    answer = Answer(expert="e1", role="expert", text=f"by {who}")
+    return qid, Ask(text="What is 2+2?"), Outcome(decision=decision, answers=[answer], text=answer.text)
+
+
+def _wait_until_writing(db: Database, other: Database, thread: threading.Thread) -> None:
+    """Until B waits for A: on PostgreSQL, on a row lock; on SQLite, once B sends its first
+    write (which waits for A's write lock), B having read whatever it reads before it."""
+    writing = threading.Event()
+    event.listen(other.engine, "before_cursor_execute",
+                 lambda *a: writing.set() if a[2].lstrip().upper().startswith("UPDATE") else None)
+    deadline = time.monotonic() + 30
+    while not (_waiting_on_a_lock(db) if db.engine.dialect.name == "postgresql" else writing.is_set()):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
 
 
 def test_moments_read_back_in_utc_on_every_database(db):
