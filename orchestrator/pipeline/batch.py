@@ -3,7 +3,7 @@
 Every expert generation goes to the worker its expert runs on, and the workers run at once
 (`scheduling.fleet`); a query's aggregation is queued as soon as its own expert answers are in.
 A failed generation fails only that answer. For a routed query the next-ranked expert that can
-take it stands in (once per failed draw; under a budget, only one that fits it alone); a query
+take it stands in (once per failed draw; under a budget, only one that keeps the query within it); a query
 with at least one good answer is still aggregated and answered, and one left with none fails
 alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
 expert's reply. The decision records every failure, every stand-in, and each worker's predicted
@@ -27,6 +27,7 @@ from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import lettered_vote, vote_answer
 from orchestrator.budgets.planner import BudgetPlanner, measured
+from orchestrator.budgets.stand_in import stand_in_fits
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
 from orchestrator.pipeline.sampling import asked
@@ -184,7 +185,7 @@ class BatchRun:
             q.answers[sent.draw] = _answer(sent.expert, "expert", gen)
         else:
             q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
-            if (stand_in := self._stand_in(q)) is not None:
+            if (stand_in := self._stand_in(q, sent.expert)) is not None:
                 q.fallbacks.append(stand_in)
                 self._send_expert(sent.query, sent.draw, stand_in)
         if not q.outstanding:
@@ -196,14 +197,17 @@ class BatchRun:
         else:
             q.failures.append(Failure(expert=sent.expert, role="competitor", error=gen.error))
 
-    def _stand_in(self, q: _Query) -> str | None:
+    def _stand_in(self, q: _Query, replaced: str) -> str | None:
         """The next-ranked expert not tried yet for this query, when it may have one. The ranking
-        was made at admission: an expert removed or disabled since then is no longer in the pool."""
+        was made at admission: an expert removed or disabled since then is no longer in the pool.
+        Under a budget, only one that keeps the whole query within it (`budgets.stand_in`)."""
         if not self.fallback or q.decision.router == DIRECT:
             return None
-        allowed = _within_budget(q.decision)
+        budget = q.decision.budget
+        costed = {c.expert for c in budget.candidates} if budget else set()
         return next((s.name for s in q.decision.experts if s.name not in q.tried and s.name in self.pool.experts
-                     and (allowed is None or s.name in allowed)), None)
+                     and (budget is None or (s.name in costed and stand_in_fits(budget, [*q.tried], replaced,
+                                                                                s.name)))), None)
 
     def _experts_done(self, qi: int) -> None:
         q = self.queries[qi]
@@ -296,12 +300,3 @@ def _ranked(q: _Query, answers: Sequence[Answer]) -> list[Answer]:
     copied a wrong first response over two right ones), so the first should be the likeliest."""
     rank = {s.name: i for i, s in enumerate(q.decision.experts)}
     return sorted(answers, key=lambda a: rank.get(a.expert, len(rank)))
-
-
-def _within_budget(d: Decision) -> set[str] | None:
-    """Under a budget, the experts that fit it alone (a stand-in must not break it); else None."""
-    if d.budget is None:
-        return None
-    b = d.budget
-    fast = {c.expert for c in b.candidates if b.latency_ms is None or c.latency_s * 1e3 <= b.latency_ms}
-    return {c.expert for c in b.candidates if c.expert in fast and (b.energy_j is None or c.energy_j <= b.energy_j)}

@@ -14,7 +14,7 @@ import pytest
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.domain import Ask, BudgetCandidate, BudgetRecord, Decision, Outcome
 from orchestrator.pools.schema import AggregatorConfig
 from orchestrator.routing.recruit import score
 from orchestrator.settings import BudgetSettings
@@ -198,3 +198,20 @@ def test_auto_aggregation_votes_on_lettered_answers_and_asks_the_aggregator_othe
     assert voted.text == replies["m1"] and [a.role for a in voted.answers] == ["expert", "expert"]  # alpha outweighs
     assert [a.role for a in free.answers] == ["expert", "expert", "aggregator"]
     assert free.text == replies["m2"]  # the aggregator beta's, where the vote would take alpha's
+
+
+def test_under_a_budget_a_stand_in_must_keep_the_whole_query_within_it(service) -> None:  # type: ignore[no-untyped-def]
+    """beta fails. gamma (0.9 s) fits the 1.6 s budget alone, but starts only once beta has
+    failed (1.0 s); delta would run after alpha on w1. Neither keeps the query within 1.6 s, so
+    none stands in, where before gamma did, for 1.9 s."""
+    c, _ = service
+    costs = {"alpha": (1.0, "w1"), "beta": (1.0, "w2"), "gamma": (0.9, "w3"), "delta": (0.5, "w1")}
+    cands = [BudgetCandidate(expert=n, quality=0.5, latency_s=lat, energy_j=1.0, device=d)
+             for n, (lat, d) in costs.items()]
+    budget = BudgetRecord(latency_ms=1600, energy_j=None, k_max=2, from_key=[], chosen=["alpha", "beta"],
+                          predicted_quality=0.7, predicted_latency_s=1.0, predicted_energy_j=2.0, solver_nodes=1,
+                          candidates=cands)
+    d = decided(["alpha", "beta"], list(costs)).model_copy(update={"mode": "budget", "budget": budget})
+    (out,) = answer(c, ("FAIL: what is 9+9?", d))
+    assert [f.expert for f in out.decision.failures] == ["beta"] and out.decision.fallbacks == []
+    assert [a.expert for a in out.answers] == ["alpha"] and out.error is None

@@ -1,0 +1,52 @@
+"""Whether a stand-in keeps a budgeted query within its budget.
+
+When a recruited expert fails, the next-ranked one may stand in. Under a budget it must keep
+the whole query within it, not only fit alone: it runs beside the experts still answering
+(latencies add on a shared device) and after the one it replaces has failed, which at worst is
+at the end of that one's predicted time (on one device its time is in the device's turn anyway).
+Every expert tried keeps its charge (a failed one spent
+its energy), and the aggregation costs what the plan said (a stand-in replaces one answer with
+one, so the answers to aggregate do not grow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from orchestrator.budgets._limits import device_groups, members_latency
+from orchestrator.domain import BudgetCandidate, BudgetRecord
+
+
+def stand_in_fits(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str) -> bool:
+    """Whether `stand_in`, taking over from the failed `replaced`, keeps every expert `tried` so
+    far and the aggregation within the record's budget, as predicted."""
+    latency, energy = stand_in_cost(record, tried, replaced, stand_in)
+    within_latency = record.latency_ms is None or latency * 1e3 <= record.latency_ms
+    return within_latency and (record.energy_j is None or energy <= record.energy_j)
+
+
+def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str) -> tuple[float, float]:
+    """Predicted (latency_s, energy_j) of the query once `stand_in` has answered for `replaced`."""
+    by_name = {c.expert: c for c in record.candidates}
+    members = [by_name[n] for n in dict.fromkeys([*tried, stand_in])]
+    late = _start(by_name[replaced], by_name[stand_in])
+    lat = [c.latency_s + (late if c.expert == stand_in else 0.0) for c in members]
+    agg_latency, agg_energy = _aggregation(record, by_name)
+    latency = members_latency(range(len(members)), lat, device_groups([c.device for c in members]))
+    return latency + agg_latency, sum(c.energy_j for c in members) + agg_energy
+
+
+def _start(replaced: BudgetCandidate, stand_in: BudgetCandidate) -> float:
+    """When the stand-in may start, at worst: once the replaced expert has failed. On the same
+    device that time is already in the device's sum (its runs are in turn)."""
+    shared = replaced.device is not None and replaced.device == stand_in.device
+    return 0.0 if shared else replaced.latency_s
+
+
+def _aggregation(record: BudgetRecord, by_name: dict[str, BudgetCandidate]) -> tuple[float, float]:
+    """The plan's aggregation cost: its predicted totals less its experts' own."""
+    chosen = [by_name[n] for n in record.chosen]
+    experts_latency = members_latency(range(len(chosen)), [c.latency_s for c in chosen],
+                                      device_groups([c.device for c in chosen]))
+    return (max(record.predicted_latency_s - experts_latency, 0.0),
+            max(record.predicted_energy_j - sum(c.energy_j for c in chosen), 0.0))

@@ -1,0 +1,37 @@
+"""A stand-in under a budget keeps the whole query within it, not only itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.budgets.stand_in import stand_in_cost, stand_in_fits
+from orchestrator.domain import BudgetCandidate, BudgetRecord
+
+
+def record(candidates: list[tuple[str, float, float, str | None]], chosen: list[str], latency_s: float,
+           energy_j: float, budget_ms: float | None = None, budget_j: float | None = None) -> BudgetRecord:
+    cands = [BudgetCandidate(expert=n, quality=0.5, latency_s=lat, energy_j=e, device=d) for n, lat, e, d in candidates]
+    return BudgetRecord(latency_ms=budget_ms, energy_j=budget_j, k_max=3, from_key=[], chosen=chosen,
+                        predicted_quality=0.7, predicted_latency_s=latency_s, predicted_energy_j=energy_j,
+                        solver_nodes=1, candidates=cands)
+
+
+def test_a_stand_in_that_fits_alone_but_not_beside_the_others_on_its_device_is_refused() -> None:
+    """Three experts on one worker; the plan {alpha, beta} takes 8.6 s of an 8.61 s budget, plus
+    1 s to aggregate. gamma alone (7.25 s) fits; after alpha's failure, beside beta, it does not."""
+    shared = [("alpha", 4.3, 10.0, "w1"), ("beta", 4.3, 10.0, "w1"), ("gamma", 7.25, 10.0, "w1")]
+    r = record(shared, ["alpha", "beta"], latency_s=9.6, energy_j=25.0, budget_ms=9610)
+    assert stand_in_cost(r, ["alpha", "beta"], "alpha", "gamma") == pytest.approx((4.3 + 4.3 + 7.25 + 1.0, 35.0))
+    assert not stand_in_fits(r, ["alpha", "beta"], "alpha", "gamma")
+    cheap = record([*shared, ("delta", 0.005, 1.0, "w1")], ["alpha", "beta"], latency_s=9.6, energy_j=25.0,
+                   budget_ms=9610)
+    assert stand_in_fits(cheap, ["alpha", "beta"], "alpha", "delta")
+
+
+def test_a_stand_in_elsewhere_starts_once_the_replaced_expert_has_failed() -> None:
+    r = record([("alpha", 2.0, 5.0, "edge"), ("beta", 1.0, 5.0, "server")], ["alpha"], latency_s=2.0,
+               energy_j=5.0, budget_ms=2500, budget_j=20.0)
+    assert stand_in_cost(r, ["alpha"], "alpha", "beta") == pytest.approx((3.0, 10.0))  # 2 s, then 1 s
+    assert not stand_in_fits(r, ["alpha"], "alpha", "beta")
+    assert stand_in_fits(r.model_copy(update={"latency_ms": 3000.0}), ["alpha"], "alpha", "beta")
+    assert not stand_in_fits(r.model_copy(update={"latency_ms": 3000.0, "energy_j": 9.0}), ["alpha"], "alpha", "beta")
