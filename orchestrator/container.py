@@ -45,7 +45,7 @@ from orchestrator.services.queries import QueryService
 from orchestrator.services.startup import StartupState
 from orchestrator.services.timings import restore_timings
 from orchestrator.settings import Settings, embedding_kind
-from orchestrator.store.db import Database, migrate
+from orchestrator.store.db import Database, migrate, preparing
 from orchestrator.store.repositories.experts import ExpertRepository
 from skills.embedder import Embedder, get_embedder
 
@@ -183,21 +183,27 @@ class SkillRoute:
     def prepare(self, progress: Progress | None = None) -> None:
         """Migrate the store, bring the stored experts in line with the pool file
         (`services.pool_file`), profile whatever is unprofiled, pick the aggregator. Profiles
-        live in the database, so a restart with the same pool profiles nothing."""
+        live in the database, so a restart with the same pool profiles nothing. Replicas
+        starting together take turns (`store.db.preparing`): the later ones find it done."""
         migrate(self.settings.db_url)
         self._alive()
-        sync_pool_file(self.experts, self.db, self.pool_config.experts)
-        restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
+        with preparing(self.settings.db_url):
+            sync_pool_file(self.experts, self.db, self.pool_config.experts)
+            restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
+            self._profile_pending(progress)
+            self.profiler.choose_aggregator()
+
+    def _profile_pending(self, progress: Progress | None) -> None:
         pending = self.experts.pending_profiles()
-        if pending:
-            self.experts.queue.join()
-            with self.db.session() as s:
-                rows = [ExpertRepository(s).get(i) for i in pending]
-                todo = [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows if r is not None]
-            if self.startup.status.phase == "loading":  # a start's, not a caller's own bootstrap
-                self.startup.update(phase="profiling")
-            self.profiler.profile(todo, self._profiling_progress(progress))
-        self.profiler.choose_aggregator()
+        if not pending:
+            return
+        self.experts.queue.join()
+        with self.db.session() as s:
+            rows = [ExpertRepository(s).get(i) for i in pending]
+            todo = [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows if r is not None]
+        if self.startup.status.phase == "loading":  # a start's, not a caller's own bootstrap
+            self.startup.update(phase="profiling")
+        self.profiler.profile(todo, self._profiling_progress(progress))
 
     def _profiling_progress(self, progress: Progress | None) -> Progress:
         def report(done: int, total: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
@@ -25,6 +26,7 @@ from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.db import Database
+from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import Graded, ValidationRepository
@@ -70,13 +72,24 @@ class ProfilingService:
 
     def validation_set(self) -> list[ValidationItem]:
         """The stored profiling set, building (and storing) it on first use."""
+        rows = self._stored_set()
+        if not rows:
+            self._store_set(self._build_rows())
+            rows = self._stored_set()
+        return [ValidationItem(r.id, LabelledQuestion(**_as_question(r.payload)), list(r.skills)) for r in rows]
+
+    def _stored_set(self) -> Sequence[ValidationQuestion]:
         with self.db.session() as s:
-            rows = ValidationRepository(s).questions(self.dataset)
-            if not rows:
-                ValidationRepository(s).add_questions(self.dataset, self._build_rows())
-                s.flush()
-                rows = ValidationRepository(s).questions(self.dataset)
-            return [ValidationItem(r.id, LabelledQuestion(**_as_question(r.payload)), list(r.skills)) for r in rows]
+            return ValidationRepository(s).questions(self.dataset)
+
+    def _store_set(self, rows: Sequence[tuple[str, dict[str, Any], list[str], bytes]]) -> None:
+        """Store the set unless another service stored it first (two replicas' starts both
+        found none): its rows, built from the same configuration, are the ones read back."""
+        try:
+            with self.db.session() as s:
+                ValidationRepository(s).add_questions(self.dataset, rows)
+        except IntegrityError:
+            pass  # the other's set is whole: it was stored in one transaction
 
     def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str], bytes]]:
         """Each question with its skills and its embedding (embedded once: it reads the skills

@@ -47,16 +47,29 @@ def migrate(url: str, revision: str = "head") -> None:
     together on one database take turns, so the first migrates and the others find it done (two at
     once would both create the first table, and all but one fail); alembic's context is global to
     the process, so its threads take turns too."""
-    with _IN_PROCESS, _across_processes(url):
+    with _IN_PROCESS, _across_processes(url, MIGRATION_LOCK, "migrate"):
         command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def preparing(url: str) -> Iterator[None]:
+    """Held while a start prepares the pool (pool-file sync, validation set, profiling, the
+    aggregator): replicas starting together take turns, so the first does the work and the
+    others find it done (two at once both stored the validation set, and one failed on its
+    unique key). A lock of its own, not the migration's: a replica waiting here has migrated
+    and serves HTTP (/health) meanwhile. Threads of one process take turns too (each holds its
+    own connection or file descriptor)."""
+    with _across_processes(url, PREPARE_LOCK, "prepare"):
+        yield
 
 
 _IN_PROCESS = threading.Lock()
 MIGRATION_LOCK = 7_241_302_166  # the Postgres advisory lock id every skillroute migration takes
+PREPARE_LOCK = 7_241_302_167  # the one a start's prepare step takes
 
 
 @contextmanager
-def _across_processes(url: str) -> Iterator[None]:
+def _across_processes(url: str, lock_id: int, name: str) -> Iterator[None]:
     """Postgres: a session advisory lock, released when its connection closes. SQLite: an flock
     on a file beside the database (the database file itself carries SQLite's own locks)."""
     parsed = make_url(url)
@@ -64,12 +77,12 @@ def _across_processes(url: str) -> Iterator[None]:
         engine = create_engine(url, poolclass=NullPool)
         try:
             with engine.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK})
+                conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
                 yield
         finally:
             engine.dispose()
     elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        with open(f"{parsed.database}.migrate-lock", "a") as lock:
+        with open(f"{parsed.database}.{name}-lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             yield
     else:

@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from experts.types import ExpertSpec, Generation
 from orchestrator.container import SkillRoute
+from orchestrator.store.db import migrate
+from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
@@ -44,5 +48,26 @@ def test_each_profiling_answer_is_stored_with_what_its_reply_took(tmp_path: Path
             timed = ValidationRepository(s).timings(ids, 10_000)
         assert len(timed) == len(ids) * len(c.profiler.validation_set())
         assert all(r.prompt_tokens > 0 and r.latency_s >= 0 for r in timed)
+    finally:
+        c.close()
+
+
+def test_a_validation_set_another_service_stored_meanwhile_is_read_back(
+        tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two services found no set and built one each: the second's insert meets the first's rows
+    (unique dataset and qid), and it reads those instead of failing its start."""
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), factory=mock_or_real,
+                   embedder=embedder)
+    try:
+        migrate(c.settings.db_url)
+        stored = [it.row_id for it in c.profiler.validation_set()]
+        real, looked = ValidationRepository.questions, []
+
+        def none_the_first_time(repo: ValidationRepository, dataset: str) -> Sequence[ValidationQuestion]:
+            looked.append(dataset)  # the first look ran before the other service stored its set
+            return [] if len(looked) == 1 else real(repo, dataset)
+
+        monkeypatch.setattr(ValidationRepository, "questions", none_the_first_time)
+        assert [it.row_id for it in c.profiler.validation_set()] == stored
     finally:
         c.close()

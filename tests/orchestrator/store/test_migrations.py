@@ -14,6 +14,9 @@ from sqlalchemy.engine import make_url
 
 from orchestrator.store.db import Database, alembic_config, migrate
 from orchestrator.store.models import Base
+from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.validation import ValidationRepository
+from tests.orchestrator.conftest import small_pool
 
 
 def tables(url: str) -> set[str]:
@@ -66,3 +69,49 @@ def test_replicas_starting_together_migrate_once_and_all_start(database_url: str
     results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
     assert [code for code, _ in results] == [0, 0, 0], results
     assert schema_drift(database_url) == []
+
+
+REPLICA = """
+import sys, time
+from pathlib import Path
+from orchestrator.container import SkillRoute
+from orchestrator.settings import DatabaseSettings
+from skills.embedder import get_embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+
+url, data, gate, replicas = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
+           mock_expert("gamma", "m2")]
+c = SkillRoute(quiet_settings(data, database=DatabaseSettings(url=url)), small_pool(experts),
+               factory=mock_or_real, embedder=get_embedder())
+(gate / data.name).touch()  # built: start when every replica is (the moment a rollout starts them)
+deadline = time.monotonic() + 120
+while len(list(gate.iterdir())) < replicas and time.monotonic() < deadline:
+    time.sleep(0.005)
+try:
+    c.start()
+finally:
+    c.close()
+"""
+
+
+def test_replicas_starting_together_on_an_empty_store_all_start(database_url: str, tmp_path: Path) -> None:
+    """Two replicas start at the same moment on one empty database: each found no validation set
+    (and no experts) and stored its own, and one failed on the other's unique key. They take
+    turns at preparing the pool: the second finds it done, and every expert is profiled once."""
+    root, gate = Path(__file__).resolve().parents[3], tmp_path / "gate"
+    gate.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", REPLICA, database_url, str(tmp_path / f"r{i}"), str(gate), "2"],
+                              cwd=root, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()[-2000:] if p.stderr else "") for p in procs]
+    assert [code for code, _ in results] == [0, 0], results
+    db = Database(database_url)
+    try:
+        with db.session() as s:
+            experts = ExpertRepository(s).list()
+            assert sorted((r.name, r.status) for r in experts) == [("alpha", "ready"), ("beta", "ready"),
+                                                                    ("gamma", "ready")]
+            questions = ValidationRepository(s).questions(small_pool([]).validation.dataset_key())
+            assert len(ValidationRepository(s).answers([r.id for r in experts])) == 3 * len(questions)
+    finally:
+        db.engine.dispose()
