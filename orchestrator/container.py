@@ -146,10 +146,10 @@ class SkillRoute:
         self._alive()
         return self.queries.watermark()
 
-    def _finish(self, through: int, progress: Progress | None) -> int:
+    def _finish(self, through: int, progress: Progress | None, defer: bool = False) -> int:
         try:
             if not self._bootstrapped:
-                self.bootstrap(progress)
+                self.bootstrap(progress, defer=defer)
             # phase and count at once: /ready must never say "recovering 0" while queries wait
             self.startup.update(phase="recovering", pool_loaded=True, recovering=self.queries.pending_count(through))
             recovered = self.queries.recover(through, lambda left: self.startup.update(recovering=left))
@@ -161,7 +161,7 @@ class SkillRoute:
 
     def _finish_logged(self, through: int) -> None:
         try:
-            recovered = self._finish(through, None)
+            recovered = self._finish(through, None, defer=True)  # HTTP is up: profile behind it
         except Exception:
             log.exception("start-up failed")  # /ready says so too, until a restart
             return
@@ -169,9 +169,9 @@ class SkillRoute:
         log.info("ready: %d experts, aggregator %s; %d queries left by the last run answered",
                  len(snap.experts), snap.aggregator, recovered)
 
-    def bootstrap(self, progress: Progress | None = None) -> None:
+    def bootstrap(self, progress: Progress | None = None, defer: bool = False) -> None:
         """`prepare`, then load the pool it stored for routing."""
-        self.prepare(progress)
+        self.prepare(progress, defer)
         self.pool.refresh()
         self._bootstrapped = True
         # The loaded pool (a replay recording: ~10^5 objects) lives as long as the process; out of
@@ -180,23 +180,34 @@ class SkillRoute:
         gc.collect()
         gc.freeze()
 
-    def prepare(self, progress: Progress | None = None) -> None:
+    def prepare(self, progress: Progress | None = None, defer: bool = False) -> None:
         """Migrate the store, bring the stored experts in line with the pool file
         (`services.pool_file`), profile whatever is unprofiled, pick the aggregator. Profiles
         live in the database, so a restart with the same pool profiles nothing. Replicas
-        starting together take turns (`store.db.preparing`): the later ones find it done."""
+        starting together take turns (`store.db.preparing`): the later ones find it done.
+
+        With `defer` (the app's start, HTTP already up), experts left unprofiled while others are
+        ready (a restart mid-profiling, an expert new to the pool file) are handed to the
+        background profiler as a registered expert is, so the service routes at once; only a
+        pool with nothing ready yet is profiled here, as there is nothing to route to before."""
         migrate(self.settings.db_url)
         self._alive()
         with preparing(self.settings.db_url):
             sync_pool_file(self.experts, self.db, self.pool_config.experts)
             restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
-            self._profile_pending(progress)
+            behind = self._profile_pending(progress, defer)
             self.profiler.choose_aggregator()
+        if behind:  # after the aggregator choice: the queue's run chooses again once they are in
+            self.experts.queue.submit(behind)
 
-    def _profile_pending(self, progress: Progress | None) -> None:
+    def _profile_pending(self, progress: Progress | None, defer: bool) -> list[int]:
+        """Profile the experts stored but not profiled here, or with `defer` and an expert ready
+        already, return them for the background profiler."""
         pending = self.experts.pending_profiles()
         if not pending:
-            return
+            return []
+        if defer and self._any_ready():
+            return pending
         self.experts.queue.join()
         with self.db.session() as s:
             rows = [ExpertRepository(s).get(i) for i in pending]
@@ -204,6 +215,11 @@ class SkillRoute:
         if self.startup.status.phase == "loading":  # a start's, not a caller's own bootstrap
             self.startup.update(phase="profiling")
         self.profiler.profile(todo, self._profiling_progress(progress))
+        return []
+
+    def _any_ready(self) -> bool:
+        with self.db.session() as s:
+            return bool(ExpertRepository(s).list(status="ready"))
 
     def _profiling_progress(self, progress: Progress | None) -> Progress:
         def report(done: int, total: int) -> None:
