@@ -120,6 +120,8 @@ class PoolState:
         self._lock = threading.Lock()
         self._snapshot: PoolSnapshot | None = None
         self._since_fit = 0  # lessons learned since the router's parameters were last fitted
+        self._begun = 0  # refreshes begun: each takes the next number before it reads the store
+        self._shown = 0  # the number of the refresh the snapshot was built by
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -129,6 +131,21 @@ class PoolState:
         return self._snapshot
 
     def refresh(self) -> PoolSnapshot:
+        """Rebuild the snapshot from the store. Refreshes run side by side (none waits on
+        another's read), but one that began reading before a refresh already shown is dropped:
+        it may have read the store before a change that one saw (an expert removed), and
+        finishing last must not put that change back."""
+        with self._lock:
+            self._begun += 1
+            number = self._begun
+        snap = self._build()
+        with self._lock:
+            if number > self._shown:
+                self._snapshot, self._shown, self._since_fit = snap, number, 0
+            assert self._snapshot is not None
+            return self._snapshot
+
+    def _build(self) -> PoolSnapshot:
         experts, evidence, skills, profiling = load_evidence(self.db, self.dataset, self.embedder)
         with self.db.session() as s:
             agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
@@ -138,12 +155,9 @@ class PoolState:
         elif agg not in experts:  # not benchmarked yet: fall back to the most competent profiled expert
             agg = max((n for n in evidence.competence if n not in uncertain), key=evidence.competence.__getitem__,
                       default=None)
-        snap = PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
+        return PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
                             agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers),
                             evidence, uncertain)
-        with self._lock:
-            self._snapshot, self._since_fit = snap, 0
-        return snap
 
     def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> None:
         """Keep the lessons (query id, lesson) and route by them from now on. A lesson that

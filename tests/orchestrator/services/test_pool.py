@@ -1,15 +1,22 @@
 """The router's memory of validation questions is embedded once, at profiling, and read back at
-every start (a restart, a new Serve replica) instead of being embedded again."""
+every start (a restart, a new Serve replica) instead of being embedded again; the live snapshot
+follows the store in the order changes were made."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
+import pytest
 from sqlalchemy import update
 
+import orchestrator.services.pool as pool_module
 from orchestrator.container import SkillRoute
 from orchestrator.routing.learning import Lesson
 from orchestrator.services.pool import load_evidence
 from orchestrator.store.models import LessonRow, Query, ValidationQuestion
+from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder, get_embedder
@@ -80,3 +87,31 @@ def test_the_evidence_knows_how_many_options_its_questions_offered(container: Sk
     counts = [len(r.payload.get("options") or ()) for r in stored(container)]
     _, evidence, _, _ = load_evidence(container.db, container.pool.dataset, embedder)
     assert evidence.options == 4 == max(counts)
+
+
+def test_a_refresh_that_read_before_a_removal_does_not_bring_the_expert_back(
+        container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profiling run's refresh read the store, an expert was removed (and the pool refreshed),
+    then the first refresh finished: the snapshot must stay the one read after the removal."""
+    real, read, finish = pool_module.load_evidence, threading.Event(), threading.Event()
+
+    def held_after_reading(*args: Any) -> Any:
+        out = real(*args)
+        if threading.current_thread().name == "stale-refresh":
+            read.set()
+            assert finish.wait(60), "the test never let the stale refresh finish"
+        return out
+
+    monkeypatch.setattr(pool_module, "load_evidence", held_after_reading)
+    stale = threading.Thread(target=container.pool.refresh, name="stale-refresh")
+    stale.start()
+    try:
+        assert read.wait(60)
+        with container.db.session() as s:
+            ExpertRepository(s).set_lifecycle(container.experts.find("gamma").id, "removed")
+        assert "gamma" not in container.pool.refresh().experts
+    finally:
+        finish.set()
+        stale.join(60)
+    assert "gamma" not in container.pool.snapshot.experts
+    assert container.pool.snapshot.evidence is not None and "gamma" not in container.pool.snapshot.evidence.profiles
