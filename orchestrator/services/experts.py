@@ -9,6 +9,10 @@ explored, never recruited. Removal is a soft delete: the row and all that names 
 generations, lessons) stay readable, its name is never given to another expert (the history
 that names it stays its own), and its model is unloaded from every worker where no remaining
 expert runs on it.
+
+No change waits on a worker while it holds the service's lock (a worker is held for each generate
+chunk, many seconds of a profiling run): a model loads outside the lock and unloads on a thread of
+its own when the worker is busy, so a refusal (a taken name, a bad field) and a removal answer at once.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolSt
 from orchestrator.services.profiling import ProfilingService, Progress
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
-from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.state import StateRepository
 
 log = logging.getLogger(__name__)
 CHANGEABLE = ("system_prompt", "sampling", "placement", "timeout_s")
 MERGED = ("sampling", "placement")  # a change names only the keys it changes
+LOAD_TRIES = 3  # an update loads its model again when a concurrent change moved the expert meanwhile
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,19 @@ class ExpertChange:
     enabled: bool | None = None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A change checked whole against the stored expert: what it becomes and what that takes."""
+
+    row: Expert
+    old: ExpertSpec
+    new: ExpertSpec
+    persona: bool  # its system prompt or sampling changed: profiled again
+    moved: bool  # to another worker or device: its model is loaded there first
+    status: str
+    profile: bool
+
+
 class ExpertService:
     def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService):
         self.db, self.fleet, self.pool, self.profiler = db, fleet, pool, profiler
@@ -56,17 +74,35 @@ class ExpertService:
         self._in_flight: set[int] = set()  # experts whose profiling run is under way
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
-        """Validate and load the model first: a bad model is refused and nothing is stored."""
+        """Check the name and the deployment, then load the model: a refusal of any of them
+        stores nothing. The load runs outside the lock (it waits out the worker's generation)."""
         with self._lock:
-            with self.db.session() as s:
-                _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
+            self._check_name(spec.name)
             self.pool.deployment.check(spec)  # a worker and a device the deployment has
-            self.check_loads(spec)
-            with self.db.session() as s:
-                row = ExpertRepository(s).add(spec, status="profiling" if profile else "registered")
+        self.check_loads(spec)
+        try:
+            row = self._add(spec, "profiling" if profile else "registered")
+        except Conflict:
+            self._release(spec.base.key)  # loaded for nothing, unless another expert runs on it
+            raise
         if profile:
             self.queue.submit([row.id])
         return row
+
+    def _add(self, spec: ExpertSpec, status: str) -> Expert:
+        """Store the expert, its name checked again: another registration of it may have been
+        stored while the model loaded, here or by another service (the unique name decides)."""
+        try:
+            with self._lock, self.db.session() as s:
+                _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
+                return ExpertRepository(s).add(spec, status=status)
+        except NameTaken as exc:
+            self._check_name(spec.name)  # the same 409 as a name taken before
+            raise Conflict(f"an expert named {spec.name!r} already exists", "name") from exc
+
+    def _check_name(self, name: str) -> None:
+        with self.db.session() as s:
+            _check_name_free(ExpertRepository(s).by_name(name), name)
 
     def check_loads(self, spec: ExpertSpec) -> None:
         """Load the model on the worker it will run on: a bad model is refused (422) there."""
@@ -84,26 +120,40 @@ class ExpertService:
     def update(self, expert_id: int, change: ExpertChange, background: bool = True) -> tuple[Expert, bool]:
         """Apply the change whole or not at all. True with the row when the expert is profiled
         again (by the background queue, or by the caller's `profile_now` when not `background`)."""
-        with self._lock:
-            row = self._changeable(expert_id)
-            old = ExpertSpec.model_validate(row.spec)
-            new = merged(old, change.spec)
-            persona = (old.system_prompt, old.sampling) != (new.system_prompt, new.sampling)
-            if persona and expert_id in self._in_flight:
-                raise Conflict(f"expert {row.name!r} is being profiled now; change its persona once that is done",
-                               "id")
-            moved = new.placement != old.placement
-            if moved:
-                self.pool.deployment.check(new)
-                self.check_loads(new)  # on the worker it moves to
-            status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona)
-            self._store(row, new, status, persona)
-            self.pool.refresh()  # placement planned again, routing as changed
-            if moved:
-                self._release(old.base.key)  # on the worker it left, if nothing else runs on it there
-        if profile and background:
+        plan = self._apply_loaded(expert_id, change)
+        if plan.moved:
+            self._release(plan.old.base.key)  # on the worker it left, if nothing else runs on it there
+        if plan.profile and background:
             self.queue.submit([expert_id])
-        return self.get(expert_id), profile
+        return self.get(expert_id), plan.profile
+
+    def _apply_loaded(self, expert_id: int, change: ExpertChange) -> _Plan:
+        """Check and store the change under the lock; a move first loads the model where it
+        moves to, outside the lock, then checks again (the expert may have changed meanwhile)."""
+        loaded: ExpertSpec | None = None
+        for _ in range(LOAD_TRIES):
+            with self._lock:
+                plan = self._plan(expert_id, change)
+                if not plan.moved or plan.new == loaded:
+                    self._store(plan.row, plan.new, plan.status, plan.persona)
+                    self.pool.refresh()  # placement planned again, routing as changed
+                    return plan
+            self.check_loads(plan.new)  # on the worker it moves to
+            loaded = plan.new
+        raise Conflict(f"expert {expert_id} kept changing while its model loaded; try again", "id")
+
+    def _plan(self, expert_id: int, change: ExpertChange) -> _Plan:
+        row = self._changeable(expert_id)
+        old = ExpertSpec.model_validate(row.spec)
+        new = merged(old, change.spec)
+        persona = (old.system_prompt, old.sampling) != (new.system_prompt, new.sampling)
+        if persona and expert_id in self._in_flight:
+            raise Conflict(f"expert {row.name!r} is being profiled now; change its persona once that is done", "id")
+        moved = new.placement != old.placement
+        if moved:
+            self.pool.deployment.check(new)
+        status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona)
+        return _Plan(row, old, new, persona, moved, status, profile)
 
     def remove(self, expert_id: int) -> Expert:
         """Stop routing to the expert now and unload its model where nothing else needs it; its
@@ -116,7 +166,7 @@ class ExpertService:
                 ExpertRepository(s).set_lifecycle(expert_id, "removed")
                 chosen = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name") == row.name
             self.pool.refresh()
-            self._release(row.base_model_key)
+        self._release(row.base_model_key)
         if chosen:  # pick the aggregator again among the rest, as after a profiling run
             self.queue.submit([])
         return self.get(expert_id)
@@ -204,14 +254,37 @@ class ExpertService:
 
     def _release(self, key: str) -> None:
         """Unload a base model from every worker where no remaining expert over it runs (a
-        disabled expert still counts: it stays loaded, ready to be enabled)."""
+        disabled expert still counts: it stays loaded, ready to be enabled). A worker busy
+        generating is not waited for: a background thread unloads it there once it is free."""
+        for name in self._unneeded(key):
+            worker = self.fleet[name]
+            if not worker.lock.acquire(blocking=False):
+                threading.Thread(target=self._release_when_free, args=(name, key), daemon=True,
+                                 name=f"release-{name}-{key}").start()
+                continue
+            try:
+                worker.unload(key)
+            finally:
+                worker.lock.release()
+
+    def _release_when_free(self, name: str, key: str) -> None:
+        """Wait out the worker's generation, then unload if still nothing needs the model (an
+        expert over it may have come meanwhile); the store is read with the worker not held."""
+        try:
+            with self.fleet[name].lock:
+                pass
+            if name in self._unneeded(key):
+                self.fleet[name].unload(key)
+        except Exception:  # a thread of its own: nobody above it to tell
+            log.exception("unloading %s from worker %s failed", key, name)
+
+    def _unneeded(self, key: str) -> list[str]:
+        """The workers holding the model where no remaining expert over it runs."""
         placement = self.pool.placement()
         with self.db.session() as s:
             users = [r.name for r in ExpertRepository(s).list() if r.base_model_key == key and r.name in placement]
         needed = {placement[n] for n in users}
-        for name, worker in self.fleet.workers.items():
-            if name not in needed and key in worker.resident():
-                worker.unload(key)
+        return [name for name, w in self.fleet.workers.items() if name not in needed and key in w.resident()]
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
         with self.db.session() as s:

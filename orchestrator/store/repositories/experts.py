@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from experts.types import ExpertSpec
 from orchestrator.store.models import Expert, SkillScore, ValidationAnswer
 
 HELD = ("disabled", "removed")  # statuses only a user's change sets and lifts
+
+
+class NameTaken(Exception):
+    """Another expert took the name after it was checked (a second service on the store, or the
+    CLI beside a running one): the unique name decides the race, portably."""
 
 
 class ExpertRepository:
@@ -24,7 +30,10 @@ class ExpertRepository:
     def add(self, spec: ExpertSpec, status: str = "registered") -> Expert:
         row = Expert(name=spec.name, spec=spec.model_dump(mode="json"), base_model_key=spec.base.key, status=status)
         self.session.add(row)
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            raise NameTaken(spec.name) from exc
         return row
 
     def get(self, expert_id: int) -> Expert | None:

@@ -1,11 +1,12 @@
 """ExpertService over its lifetime on the mock pool: what a persona change forgets (profile,
 graded answers, lesson marks, aggregator score), what a profiling run finishing late may not
-undo (a removal, a disable), and unloading per worker when two workers share a base model."""
+undo (a removal, a disable), which writes answer while a run holds the worker, and unloading per
+worker when two workers share a base model."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, Unprocessable
 from orchestrator.services.experts import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY
+from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
@@ -122,6 +124,70 @@ def held(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, threa
     yield c, gate, entered
     gate.set()
     c.close()
+
+
+def answered_at_once(*calls: Callable[[], object]) -> list[object]:
+    """Each call's result or the error it raised, in order, on a thread that must end while the
+    gate is still closed: a call that waited on the worker (or on one that does) would not."""
+    out: list[object] = []
+
+    def run() -> None:
+        for call in calls:
+            try:
+                out.append(call())
+            except Exception as exc:
+                out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), f"only {len(out)} of {len(calls)} answered while the worker was busy"
+    return out
+
+
+def profiling_new(c: SkillRoute, gate: threading.Event, entered: threading.Event, name: str, base: str) -> int:
+    """Register an expert whose profiling run is then generating, held at the closed gate."""
+    gate.clear()
+    entered.clear()
+    expert_id = c.experts.register(mock_expert(name, base)).id
+    assert entered.wait(30)
+    return expert_id
+
+
+def test_refusals_changes_and_removals_answer_while_a_registration_waits_on_the_worker(held, monkeypatch) -> None:
+    c, gate, entered = held
+    delta = profiling_new(c, gate, entered, "delta", "m3")
+    loading, check_loads = threading.Event(), c.experts.check_loads
+
+    def noted(spec: ExpertSpec) -> None:
+        loading.set()
+        check_loads(spec)
+
+    monkeypatch.setattr(c.experts, "check_loads", noted)
+    slow = threading.Thread(target=c.experts.register, args=(mock_expert("eps", "m4"),), daemon=True)
+    slow.start()
+    assert loading.wait(30)  # eps's model waits for the worker the run holds
+    taken, disabled, removed = answered_at_once(
+        lambda: c.experts.register(mock_expert("alpha", "m5")),
+        lambda: c.experts.update(eid(c, "beta"), ExpertChange(enabled=False))[0].status,
+        lambda: c.experts.remove(delta).status)
+    assert isinstance(taken, Conflict) and "'alpha' already exists" in taken.message
+    assert (disabled, removed) == ("disabled", "removed")
+    gate.set()
+    slow.join(30)
+    c.experts.queue.join()
+    assert status(c, "eps") == "ready" and "alpha" in c.pool.snapshot.experts
+
+
+def test_a_name_another_service_stores_while_the_model_loads_is_the_same_409(container: SkillRoute,
+                                                                              monkeypatch) -> None:
+    """A registration another service has not committed is invisible to the name checks: the
+    unique name decides, refused as a name taken before is, and the model loaded for it freed."""
+    monkeypatch.setattr(ExpertRepository, "by_name", lambda self, name: None)
+    with pytest.raises(Conflict, match="'alpha' already exists"):
+        container.experts.register(mock_expert("alpha", "m3"))
+    assert [e.name for e in container.experts.all()].count("alpha") == 1
+    assert "mock:m3" not in container.fleet["cpu"].resident()
 
 
 def test_a_profiling_run_under_way_neither_takes_a_persona_change_nor_undoes_a_removal(held) -> None:
