@@ -41,6 +41,7 @@ from orchestrator.store.repositories.state import StateRepository
 log = logging.getLogger(__name__)
 CHANGEABLE = ("system_prompt", "sampling", "placement", "timeout_s")
 MERGED = ("sampling", "placement")  # a change names only the keys it changes
+DROPPED = ("failed", "removed")  # a profiling run's experts whose model it leaves unneeded
 LOAD_TRIES = 3  # an update loads its model again when a concurrent change moved the expert meanwhile
 
 
@@ -166,7 +167,9 @@ class ExpertService:
                 ExpertRepository(s).set_lifecycle(expert_id, "removed")
                 chosen = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name") == row.name
             self.pool.refresh()
-        self._release(row.base_model_key)
+            profiling = expert_id in self._in_flight  # its run would load the model again: it unloads it
+        if not profiling:
+            self._release(row.base_model_key)
         if chosen:  # pick the aggregator again among the rest, as after a profiling run
             self.queue.submit([])
         return self.get(expert_id)
@@ -211,7 +214,7 @@ class ExpertService:
 
     def profile_now(self, ids: Sequence[int], progress: Progress | None = None) -> None:
         """Profile these experts (those not removed meanwhile), choose the aggregator again and
-        rebuild the pool snapshot."""
+        rebuild the pool snapshot; unload the models of those that failed or were removed meanwhile."""
         todo = self._begin(ids)
         try:
             if todo:
@@ -224,6 +227,13 @@ class ExpertService:
             with self._lock:
                 self._in_flight.difference_update(e for e, _ in todo)
         self.pool.refresh()
+        self._release_dropped([e for e, _ in todo])
+
+    def _release_dropped(self, ids: Sequence[int]) -> None:
+        with self.db.session() as s:
+            rows = [r for i in ids if (r := ExpertRepository(s).get(i)) is not None]
+        for key in {r.base_model_key for r in rows if r.status in DROPPED}:
+            self._release(key)
 
     def _begin(self, ids: Sequence[int]) -> list[tuple[int, ExpertSpec]]:
         """Read the specs to profile and mark them in flight, under the lock: a persona change
@@ -314,6 +324,8 @@ def next_status(current: str, profiled: bool, enabled: bool | None, persona: boo
     expert is still profiled after a persona change, so it is ready when it is enabled."""
     if enabled is False:
         return "disabled", persona
+    if enabled and current == "failed":
+        return "profiling", True  # a retry: the model may load, or its server be back, now
     if enabled and current == "disabled":
         return ("ready", False) if profiled and not persona else ("profiling", True)
     if persona:

@@ -1,7 +1,7 @@
 """ExpertService over its lifetime on the mock pool: what a persona change forgets (profile,
 graded answers, lesson marks, aggregator score), what a profiling run finishing late may not
-undo (a removal, a disable), which writes answer while a run holds the worker, and unloading per
-worker when two workers share a base model."""
+undo (a removal, a disable), which writes answer while a run holds the worker, a failed expert's
+retry, and unloading per worker when two workers share a base model."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
 from orchestrator.container import SkillRoute
+from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
 from orchestrator.routing.learning import CERTAIN_AFTER, Lesson
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, Unprocessable
@@ -47,6 +48,7 @@ def teach(c: SkillRoute, n: int, marks: dict[str, bool]) -> None:
     ("disabled", True, True, False, ("ready", False)), ("disabled", False, True, False, ("profiling", True)),
     ("disabled", True, None, True, ("disabled", True)), ("failed", False, None, True, ("profiling", True)),
     ("profiling", False, True, False, ("profiling", False)),
+    ("failed", False, True, False, ("profiling", True)), ("failed", True, True, False, ("profiling", True)),
 ])
 def test_next_status(current: str, profiled: bool, enabled: bool | None, persona: bool,
                      expected: tuple[str, bool]) -> None:
@@ -118,7 +120,8 @@ def held(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, threa
         return 0.0
 
     experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona")]
-    c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), embedder=embedder,
+    pool = PoolConfig(validation=ValidationConfig(sources=[ArithmeticSource(n=40)]), experts=experts)  # 3 chunks
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
                    factory=lambda spec: MockBackend(spec.key, delay_s=wait))
     c.bootstrap()
     yield c, gate, entered
@@ -177,6 +180,44 @@ def test_refusals_changes_and_removals_answer_while_a_registration_waits_on_the_
     slow.join(30)
     c.experts.queue.join()
     assert status(c, "eps") == "ready" and "alpha" in c.pool.snapshot.experts
+
+
+def test_a_model_removed_mid_run_is_not_loaded_again_and_is_unloaded_when_the_run_ends(held) -> None:
+    c, gate, entered = held
+    delta = profiling_new(c, gate, entered, "delta", "m3")  # its run takes three chunks
+    assert answered_at_once(lambda: c.experts.remove(delta).status) == ["removed"]
+    gate.set()
+    c.experts.queue.join()
+    assert "mock:m3" not in c.fleet["cpu"].resident()
+    assert c.fleet["cpu"].residency_counts()["mock:m3"] == (1, 1)  # loaded by the registration only
+
+
+@pytest.fixture
+def flaky(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, set[str]]]:
+    """The mock pool, where every generation on a base model key in the set fails (its server lost)."""
+    down: set[str] = set()
+
+    def backend(spec: BaseModelSpec) -> MockBackend:
+        return MockBackend(spec.key, fault=lambda _: "backend down" if spec.key in down else None)
+
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), embedder=embedder,
+                   factory=backend)
+    c.bootstrap()
+    yield c, down
+    c.close()
+
+
+def test_a_failed_expert_frees_its_model_and_is_profiled_again_when_enabled(flaky) -> None:
+    c, down = flaky
+    down.add("mock:m3")
+    delta = c.experts.register(mock_expert("delta", "m3"), profile=False).id
+    c.experts.profile_now([delta])
+    assert c.experts.get(delta).status == "failed" and "mock:m3" not in c.fleet["cpu"].resident()
+    down.clear()  # the server is back
+    row, profiling = c.experts.update(delta, ExpertChange(enabled=True), background=False)
+    assert profiling and row.status == "profiling"
+    c.experts.profile_now([delta])
+    assert c.experts.get(delta).status == "ready" and "delta" in c.pool.snapshot.experts
 
 
 def test_a_name_another_service_stores_while_the_model_loads_is_the_same_409(container: SkillRoute,
