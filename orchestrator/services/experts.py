@@ -217,17 +217,28 @@ class ExpertService:
         rebuild the pool snapshot; unload the models of those that failed or were removed meanwhile."""
         todo = self._begin(ids)
         try:
-            if todo:
-                self.profiler.profile(todo, progress)
-            self.profiler.choose_aggregator()
-        except Exception as exc:
-            log.exception("profiling failed")
-            self._mark_failed([e for e, _ in todo], f"profiling failed: {exc}")
+            self._profile(todo, progress)
+            self._choose_aggregator()
         finally:
             with self._lock:
                 self._in_flight.difference_update(e for e, _ in todo)
         self.pool.refresh()
         self._release_dropped([e for e, _ in todo])
+
+    def _profile(self, todo: Sequence[tuple[int, ExpertSpec]], progress: Progress | None) -> None:
+        try:
+            if todo:
+                self.profiler.profile(todo, progress)
+        except Exception as exc:
+            log.exception("profiling failed")
+            self._mark_failed([e for e, _ in todo], f"profiling failed: {exc}")
+
+    def _choose_aggregator(self) -> None:
+        """Its failure fails no expert: their profiles are stored, and the next run chooses again."""
+        try:
+            self.profiler.choose_aggregator()
+        except Exception:
+            log.exception("choosing the aggregator failed; the experts profiled stay as they are")
 
     def _release_dropped(self, ids: Sequence[int]) -> None:
         with self.db.session() as s:
@@ -297,9 +308,12 @@ class ExpertService:
         return [name for name, w in self.fleet.workers.items() if name not in needed and key in w.resident()]
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
+        """A run that raised fails its experts, save those it had already stored ready."""
         with self.db.session() as s:
+            repo = ExpertRepository(s)
             for eid in ids:
-                ExpertRepository(s).set_status(eid, "failed", error)
+                if (row := repo.get(eid)) is not None and row.status != "ready":
+                    repo.set_status(eid, "failed", error)
 
 
 def merged(old: ExpertSpec, change: Mapping[str, Any]) -> ExpertSpec:

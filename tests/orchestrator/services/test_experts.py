@@ -220,6 +220,18 @@ def test_a_failed_expert_frees_its_model_and_is_profiled_again_when_enabled(flak
     assert c.experts.get(delta).status == "ready" and "delta" in c.pool.snapshot.experts
 
 
+def test_an_aggregator_choice_that_fails_fails_no_expert_just_profiled(container: SkillRoute, monkeypatch) -> None:
+    def fails() -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(container.profiler, "choose_aggregator", fails)
+    delta = container.experts.register(mock_expert("delta", "m3"), profile=False).id
+    container.experts.profile_now([delta])
+    row = container.experts.get(delta)
+    assert row.status == "ready" and row.error is None and row.accuracy is not None
+    assert "delta" in container.pool.snapshot.experts
+
+
 def test_a_name_another_service_stores_while_the_model_loads_is_the_same_409(container: SkillRoute,
                                                                               monkeypatch) -> None:
     """A registration another service has not committed is invisible to the name checks: the
