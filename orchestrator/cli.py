@@ -24,6 +24,7 @@ from orchestrator.settings import Settings, get_settings
 if TYPE_CHECKING:
     import httpx
 
+    from experts.types import ExpertSpec
     from orchestrator.container import SkillRoute
     from orchestrator.services.keys import KeyService
     from orchestrator.store.models import Expert
@@ -149,20 +150,29 @@ def experts_add(
         with _client(url, key) as http:
             _print_experts([_follow(http, _accepted(http.post("/v1/experts", json=body)))])
         return
-    from experts.types import ExpertSpec
-    from orchestrator.services.errors import ServiceError
-
+    spec = _new_expert(body)
     c = _container(pool)
-    spec = ExpertSpec(name=name, base=body["model"], system_prompt=system_prompt)  # type: ignore[arg-type]
-    try:
+    with _refusals():
         row = c.experts.register(spec, profile=False)
-    except ServiceError as exc:
-        console.print(f"[red]refused:[/red] {exc.message}")
-        raise typer.Exit(2) from exc
     with progress_bar(f"profiling {name}") as report:
         c.profiler.profile([(row.id, spec)], report)
     c.profiler.choose_aggregator()
     _print_experts([_expert_dict(c.experts.get(row.id))])
+
+
+def _new_expert(body: dict[str, Any]) -> ExpertSpec:
+    """The expert as POST /v1/experts reads it: a bad name or kind is refused naming the field
+    (exit 2, as the 422 over HTTP is), before anything is opened."""
+    from pydantic import ValidationError
+
+    from orchestrator.api.experts import spec_of
+    from orchestrator.api.schemas import ExpertCreate
+
+    try:
+        return spec_of(ExpertCreate.model_validate(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise typer.BadParameter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
 
 
 def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:

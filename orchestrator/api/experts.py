@@ -27,11 +27,15 @@ def shown(c: SkillRoute, row: Expert, with_profile: bool = False) -> ExpertOut:
 def create_expert(c: Container, body: ExpertCreate, response: Response) -> ExpertOut:
     """202: the model loaded (on the worker it will run on) and is stored; profiling runs now —
     poll GET /v1/experts/{id}."""
-    spec = ExpertSpec(name=body.name, base=body.model, system_prompt=body.system_prompt, sampling=body.sampling,
-                      placement=body.placement, timeout_s=body.timeout_s)
-    row = c.experts.register(spec)
+    row = c.experts.register(spec_of(body))
     response.headers["Location"] = f"/v1/experts/{row.id}"
     return shown(c, c.experts.get(row.id))
+
+
+def spec_of(body: ExpertCreate) -> ExpertSpec:
+    """The expert a registration describes (the CLI's in-process `experts add` reads it too)."""
+    return ExpertSpec(name=body.name, base=body.model, system_prompt=body.system_prompt, sampling=body.sampling,
+                      placement=body.placement, timeout_s=body.timeout_s)
 
 
 @router.get("", response_model=list[ExpertOut])

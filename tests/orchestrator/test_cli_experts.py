@@ -105,3 +105,17 @@ def test_add_list_and_ask_over_http_send_the_key_given(container, wide: None) ->
         r = runner.invoke(app, ["ask", "What is 2+2?", "--url", url, "--key", client, "--seed", "1"])
         assert r.exit_code == 0 and '"status": "done"' in r.output, r.output
         assert f'"k": {container.settings.default_k}' in r.output  # no --k: the service's default
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["bad name!", "--kind", "mock"], "name: String should match pattern"),
+    (["ok", "--kind", "foo"], "model.kind: Input should be"),
+])
+def test_add_in_process_refuses_a_bad_name_or_kind_as_the_api_does(container, monkeypatch: pytest.MonkeyPatch,
+                                                                   wide: None, args: list[str], named: str) -> None:
+    """Exit 2 naming the field, as the 422 over HTTP does, with nothing stored: not a traceback."""
+    monkeypatch.setattr(cli, "_container", lambda pool: container)
+    before = len(container.experts.all())
+    r = runner.invoke(app, ["experts", "add", *args, "--source", "m1"])
+    assert r.exit_code == 2 and named in r.output, r.output
+    assert len(container.experts.all()) == before
