@@ -1,19 +1,66 @@
-"""Every error leaves as the OpenAI error shape: {"error": {message, type, param, code}}."""
+"""Every error leaves as the OpenAI error shape: {"error": {message, type, param, code}}.
+
+A request that fails validation is a 422 on the native API but a 400 on the OpenAI-compatible
+routes (those tagged `OPENAI_TAG`): OpenAI and vLLM answer it so, and OpenAI's clients raise
+`BadRequestError` for it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from orchestrator.services.errors import BudgetInfeasible, Busy, ServiceError
 
+OPENAI_TAG = "openai"
+UNSUPPORTED_PARAMETER = "unsupported_parameter"  # OpenAI's codes for a parameter the service does not do
+UNSUPPORTED_VALUE = "unsupported_value"
+_OWN_CODES = frozenset({UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE})
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")  # a body field's JSON name; pydantic's union-branch labels are not
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def field_path(error: dict[str, Any]) -> str | None:
+    """The field a validation error is about, as a client names it (`messages.0.content`): its
+    place without pydantic's union-branch labels (`function-after[_storable(), str]`,
+    `list[TextPart]`); None for the body as a whole, or a body that is not JSON (whose loc
+    holds the offset of the bad character, not a field)."""
+    if error.get("type") == "json_invalid":
+        return None
+    where, *loc = error.get("loc") or ("body",)
+    return ".".join(str(p) for p in loc if where != "body" or _field_name(p)) or None
+
+
+def _field_name(part: int | str) -> bool:
+    return isinstance(part, int) or (_FIELD.fullmatch(part) is not None and part not in _TYPE_LABELS)
+
+
+def validation_error(exc: RequestValidationError, status: int) -> JSONResponse:
+    """All the request's errors in one message, naming the first one's field as `param`."""
+    errors = exc.errors() or [{}]
+    msg = "; ".join(f"{field_path(e) or 'body'}: {_message(e)}" for e in errors)
+    code = errors[0].get("type") if errors[0].get("type") in _OWN_CODES else "invalid_value"
+    return JSONResponse(error_body(msg, "invalid_request_error", field_path(errors[0]), code), status)
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":  # pydantic's "JSON decode error" alone does not say where
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'undecodable')})"
+    return str(error.get("msg", "invalid"))
+
+
+def _openai_route(request: Request) -> bool:
+    route = request.scope.get("route")
+    return isinstance(route, APIRoute) and OPENAI_TAG in route.tags
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -33,11 +80,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        msg = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(error_body(msg, "invalid_request_error", param, "invalid_value"), 422)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc, 400 if _openai_route(request) else 422)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import StreamingResponse
 
 from orchestrator.api.deps import Budgets, Container, Idempotent, settled
+from orchestrator.api.errors import OPENAI_TAG
 from orchestrator.api.openai_protocol import (
     SSE_DONE,
     ChatCompletion,
@@ -42,7 +43,7 @@ from orchestrator.services.idempotency import Prior
 
 __all__ = ["ChatMessageIn", "router"]  # ChatMessageIn: /v1/routes reads chats as this module does
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=[OPENAI_TAG])  # the tag makes a bad request a 400, as OpenAI's
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,

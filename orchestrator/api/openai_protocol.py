@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision
@@ -66,12 +66,13 @@ class ChatCompletionRequest(BudgetFields):
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
     mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
 
-    @model_validator(mode="after")
-    def _stops(self) -> ChatCompletionRequest:
-        stops = self.stop_sequences()
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
         if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
             raise ValueError("`stop` takes up to 4 non-empty sequences of at most 256 characters")
-        return self
+        return stop
 
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

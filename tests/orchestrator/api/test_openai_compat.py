@@ -90,14 +90,39 @@ def test_models_lists_auto_and_the_ready_experts(client):
 
 
 def test_bad_chats_are_4xx_in_openai_shape(client):
-    cases = [({"model": "nobody", "messages": ASK}, 404), ({"model": "auto", "messages": []}, 422),
-             ({"model": "auto", "messages": ASK, "n": 2}, 422),
-             ({"model": "auto", "messages": [{"role": "user", "content": "   "}]}, 400),
-             ({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422)]
-    for body, status in cases:
+    """A request that fails validation is a 400 invalid_request_error, as OpenAI's and vLLM's
+    (the native API's 422 made OpenAI clients raise UnprocessableEntityError), naming the field
+    as a client does: without pydantic's union labels."""
+    image = [{"type": "text", "text": "Hi"}, {"type": "image_url"}]
+    invalid = [({"messages": []}, "messages"), ({"n": 2}, "n"), ({"stop": 5}, "stop"), ({"stop": ["a"] * 5}, "stop"),
+               ({"messages": [{"role": "user", "content": image}]}, "messages.0.content"),
+               ({"messages": [{"role": "user", "content": {"a": 1}}]}, "messages.0.content")]
+    for extra, param in invalid:
+        r = client.post("/v1/chat/completions", json={"model": "auto", "messages": ASK, **extra})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["type"] == "invalid_request_error", (extra, r.text)
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param, (extra, error)
+        assert "[" not in error["message"] and "function-after" not in error["message"], error
+    for body, status in [({"model": "nobody", "messages": ASK}, 404),
+                         ({"model": "auto", "messages": [{"role": "user", "content": "   "}]}, 400)]:
         r = client.post("/v1/chat/completions", json=body)
-        assert r.status_code == status, (body, r.text)
-        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+
+
+def test_a_body_that_is_not_json_is_a_400_naming_no_field(client):
+    r = client.post("/v1/chat/completions", content=b'{"model": "auto",', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] is None, r.text
+    assert "not valid JSON" in r.json()["error"]["message"]
+    native = client.post("/v1/queries", content=b'{"query":', headers={"content-type": "application/json"})
+    assert native.status_code == 422 and native.json()["error"]["param"] is None, native.text  # the native API's own
+
+
+def test_the_official_client_raises_bad_request_for_a_bad_chat(client):
+    oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as raised:
+        oai.chat.completions.create(model="auto", messages=ASK, n=2)
+    assert raised.value.param == "n" and raised.value.type == "invalid_request_error"
+    assert raised.value.code == "invalid_value"
 
 
 def test_ready_and_docs(client):

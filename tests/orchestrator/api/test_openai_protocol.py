@@ -135,12 +135,13 @@ def test_temperature_max_tokens_and_stop_reach_every_routed_generation(client: T
     assert all(g.completion_tokens <= 3 and ")" not in g.text for g in stored.generations)
 
 
-def test_bad_sampling_asks_are_422_naming_the_field(client: TestClient) -> None:
+def test_bad_sampling_asks_are_400_naming_the_field(client: TestClient) -> None:
     cases = [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [""]}, "stop"), ({"max_tokens": 0}, "max_tokens"),
              ({"temperature": 2.5}, "temperature"), ({"max_completion_tokens": -1}, "max_completion_tokens")]
     for extra, field in cases:
         r = client.post(CHAT, json={"model": "auto", "messages": ASK, **extra})
-        assert r.status_code == 422 and field in r.json()["error"]["message"], (extra, r.text)
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (extra, r.text)
+        assert r.json()["error"]["param"] == field, r.text
     assert container_has_no_queries(client)
 
 
