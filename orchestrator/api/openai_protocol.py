@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE
 from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.budgets import BudgetService
@@ -22,6 +24,7 @@ from orchestrator.services.chat import AUTO, ChatResult, conversation_text
 from orchestrator.services.errors import ServiceError
 
 FinishReason = Literal["stop", "length"]
+_CHOICE_OF = {"tools": "tool_choice", "functions": "function_call"}  # what says whether tools may be called
 
 
 class TextPart(BaseModel):
@@ -45,16 +48,66 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(default=False, description="A last chunk, before [DONE], with the usage.")
 
 
-class ChatCompletionRequest(BudgetFields):
-    # unknown OpenAI parameters (logprobs, tools, …) are accepted and ignored, as vLLM does
+class Unimplemented(BaseModel):
+    """OpenAI parameters asking for what no expert here gives: tool calls, JSON output, log
+    probabilities. Ignored, they handed the client a reply it could not use as it asked (a
+    parse() of prose, no tool call); so they are refused, a 400 naming the parameter, as vLLM
+    refuses what it was not started to do. Their settings that ask for nothing pass."""
+
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description="Only `none`, or `auto` without tools.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Only with `tool_choice: none`: no expert "
+                                                                        "calls tools.")
+    function_call: str | dict[str, Any] | None = Field(default=None, description="Deprecated `tool_choice`: the same.")
+    functions: list[dict[str, Any]] | None = Field(default=None, description="Deprecated `tools`: the same.")
+    response_format: dict[str, Any] | None = Field(default=None, description='Only `{"type": "text"}`.')
+    logprobs: bool | None = Field(default=None, description="Only false: no log probabilities are reported.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Only 0.")
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_call(cls, choice: str | dict[str, Any] | None, info: ValidationInfo) -> str | dict[str, Any] | None:
+        if choice in (None, "none", "auto"):
+            return choice
+        asked = f"{choice!r}" if isinstance(choice, str) else "a named function"
+        raise PydanticCustomError(UNSUPPORTED_VALUE, f"{asked} asks for a tool call, and no expert here calls "
+                                                     "tools: only 'none' (or 'auto' without tools) is taken")
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, tools: list[dict[str, Any]] | None, info: ValidationInfo) -> list[dict[str, Any]] | None:
+        choice = _CHOICE_OF[str(info.field_name)]
+        if not tools or info.data.get(choice) == "none":  # the client expects no call: the tools change nothing
+            return tools
+        raise PydanticCustomError(UNSUPPORTED_PARAMETER, f"no expert here calls tools: they are taken only with "
+                                                         f"{choice} 'none'")
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+        if fmt is None or fmt.get("type") == "text":
+            return fmt
+        raise PydanticCustomError(UNSUPPORTED_VALUE, "replies are plain text: only {'type': 'text'} is taken "
+                                                     "(no JSON mode, no schema)")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, asked: bool | int | None) -> bool | int | None:
+        if not asked:
+            return asked
+        raise PydanticCustomError(UNSUPPORTED_PARAMETER, "no log probabilities are reported")
+
+
+class ChatCompletionRequest(BudgetFields, Unimplemented):
+    # other OpenAI parameters are accepted and ignored, as vLLM does, where ignoring them keeps
+    # the reply one the client can use (user, top_p, presence_penalty, …); `Unimplemented` refuses the rest
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=64, description="`auto` routes; an expert's name asks it alone.")
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
-    stream: bool = Field(default=False, description="The reply as server-sent events, token by token.")
+    stream: bool = Field(default=False, description="The reply as server-sent events, token by token (null: false).")
     stream_options: StreamOptions | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes the routing draw reproducible.")
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced.")
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced (null: 1).")
     temperature: float | None = Field(default=None, ge=0, le=2,
                                       description="Every generation of the query samples at it.")
     max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1,
@@ -65,6 +118,12 @@ class ChatCompletionRequest(BudgetFields):
                                                          description="Up to 4 sequences that end a generation.")
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
     mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
+
+    @field_validator("stream", "n", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
+        """OpenAI's schema has `stream` and `n` nullable, null meaning their default (false, 1)."""
+        return cls.model_fields[str(info.field_name)].default if value is None else value
 
     @field_validator("stop")
     @classmethod

@@ -147,3 +147,48 @@ def test_bad_sampling_asks_are_400_naming_the_field(client: TestClient) -> None:
 
 def container_has_no_queries(client: TestClient) -> bool:
     return client.get("/v1/queries/1").status_code == 404  # nothing refused was stored
+
+
+TOOLS = [{"type": "function", "function": {"name": "calc", "parameters": {"type": "object", "properties": {}}}}]
+
+
+class Value(BaseModel):
+    value: int
+
+
+def test_parameters_no_expert_honours_are_refused_naming_them(client: TestClient) -> None:
+    """Tool calls, JSON output and log probabilities were ignored: a 200 of prose the client
+    could not use as it asked (parse() failed on it, no tool call came). They are a 400 naming
+    the parameter, and nothing is stored; their settings that ask for nothing still pass."""
+    oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"tools": TOOLS}, "tools", "unsupported_parameter"),
+        ({"tools": TOOLS, "tool_choice": "auto"}, "tools", "unsupported_parameter"),
+        ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "calc"}}}, "tool_choice",
+         "unsupported_value"),
+        ({"extra_body": {"functions": [TOOLS[0]["function"]]}}, "functions", "unsupported_parameter"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
+        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter")]
+    for extra, param, code in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            oai.chat.completions.create(model="auto", messages=ASK, **extra)  # type: ignore[call-overload]
+        assert (refused.value.param, refused.value.code, refused.value.type) == (param, code, "invalid_request_error")
+    with pytest.raises(openai.BadRequestError) as parsed:
+        oai.chat.completions.parse(model="gamma", messages=ASK, response_format=Value)  # type: ignore[arg-type]
+    assert parsed.value.param == "response_format"
+    assert container_has_no_queries(client)
+    harmless: list[dict[str, Any]] = [  # their settings that ask for nothing are taken
+        {"tools": TOOLS, "tool_choice": "none"}, {"tool_choice": "auto"}, {"response_format": {"type": "text"}},
+        {"logprobs": False, "top_logprobs": 0}, {"user": "u1", "top_p": 0.5, "presence_penalty": 0.1}]
+    for extra in harmless:
+        done = oai.chat.completions.create(model="gamma", messages=ASK, **extra)  # type: ignore[call-overload]
+        assert done.choices[0].message.content and done.choices[0].message.tool_calls is None, extra
+
+
+def test_null_stream_and_n_are_their_defaults(client: TestClient) -> None:
+    """OpenAI's schema marks `stream` and `n` nullable (default false, 1): null was a 422."""
+    r = client.post(CHAT, json={"model": "gamma", "messages": ASK, "stream": None, "n": None})
+    assert r.status_code == 200, r.text
+    strictly(ChatCompletion, r.json(), {"skillroute"})
