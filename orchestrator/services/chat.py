@@ -49,8 +49,17 @@ class ChatResult:
 
     @property
     def usage(self) -> tuple[int, int]:
-        gens = self.query.generations
+        """The tokens of the generations the reply was made of, as `replies` has them."""
+        gens = replies(self.query)
         return sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens)
+
+
+def replies(row: Query) -> list[GenerationRow]:
+    """The generations the client's reply was made of: the recruited experts' (stand-ins
+    included) and the aggregator's. Competitors, and the new experts explored beside a query
+    (stored as competitors too), are only scored for the router: the client never asked for
+    them, so neither the reply nor its usage counts them."""
+    return [g for g in row.generations if g.role != "competitor"]
 
 
 def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
@@ -96,11 +105,11 @@ class ChatService:
     def result_of(self, row: Query) -> ChatResult:
         """`result` of a stored row already at hand."""
         decision = decision_of(row)
-        replies = [g for g in row.generations if g.role != "competitor"]  # competitors are only scored
-        if row.status != "done" or not replies or decision is None:
+        made_of = replies(row)
+        if row.status != "done" or not made_of or decision is None:
             raise NotReady(row.error or "the query was not answered")
-        content = replies[-1].text if row.reply is None else row.reply  # None: stored before replies were
-        writer = _writer(replies, content)
+        content = made_of[-1].text if row.reply is None else row.reply  # None: stored before replies were
+        writer = _writer(made_of, content)
         if writer is None:  # a vote's own reply ("Answer: B"): no one generation wrote it
             return ChatResult(row, decision, content, AUTO)
         return ChatResult(row, decision, content, writer.expert,

@@ -11,6 +11,7 @@ from experts.mock import MockBackend
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig
+from orchestrator.settings import LearningSettings
 from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
 
 ASK = [{"role": "user", "content": "What is 12*12?"}]
@@ -155,3 +156,28 @@ def test_a_voted_reply_is_the_vote_s_not_the_last_expert_s(tmp_path, embedder):
     assert first["text"] != last["text"]  # the two disagreed: the first-ranked, heavier one won
     assert body["choices"][0]["message"]["content"] == f"Answer: {stored['answer']}" == first["text"]
     assert body["model"] == first["expert"]
+
+
+def events_of(client, body):  # type: ignore[no-untyped-def]
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        return [json.loads(ln.removeprefix("data: ")) for ln in r.iter_lines() if ln.startswith("data: {")]
+
+
+def test_usage_counts_only_the_generations_the_reply_was_made_of(tmp_path, embedder):
+    """A competed query's competitors are scored for the router, not asked by the client: its
+    usage counted them while its reply left them out."""
+    settings = quiet_settings(tmp_path).model_copy(update={"learning": LearningSettings(competition_rate=1.0)})
+    pool = small_pool([mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
+                       mock_expert("gamma", "m2")])
+    c = SkillRoute(settings, pool, embedder=embedder, factory=lambda spec: MockBackend(spec.key))
+    with TestClient(create_app(c, owns_container=True)) as client:
+        body = {"model": "auto", "messages": ASK, "k": 1, "mode": "topk", "seed": 1}
+        r = client.post("/v1/chat/completions", json=body).json()
+        streamed = events_of(client, {**body, "stream_options": {"include_usage": True}})[-1]["usage"]
+        gens = client.get(f"/v1/queries/{r['skillroute']['query_id']}").json()["generations"]
+    assert r["skillroute"]["competition"] and {g["role"] for g in gens} == {"expert", "competitor"}
+    asked = [g for g in gens if g["role"] == "expert"]
+    expected = {"prompt_tokens": sum(g["prompt_tokens"] for g in asked),
+                "completion_tokens": sum(g["completion_tokens"] for g in asked)}
+    assert {k: r["usage"][k] for k in expected} == expected == {k: streamed[k] for k in expected}
