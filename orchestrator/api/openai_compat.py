@@ -6,8 +6,9 @@ headers and in the extra `skillroute` field, which OpenAI clients ignore. The sh
 `openai_protocol`; the work in `services.chat`.
 
 Streamed, the headers go as soon as the query is admitted and routed, then the final
-generation's tokens as they are generated, then a chunk with its `finish_reason` and the stored
-decision record, the usage on request (`stream_options.include_usage`), and `[DONE]`.
+generation's tokens as they are generated (the role's chunk with the first), then a chunk with
+its `finish_reason` and the stored decision record, the usage on request
+(`stream_options.include_usage`), and `[DONE]`. The chunks' `model` is the plain reply's.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from orchestrator.api.openai_protocol import (
 )
 from orchestrator.domain import Ask
 from orchestrator.services.admission import ModelNotFound
-from orchestrator.services.chat import ChatStream
+from orchestrator.services.chat import ChatResult, ChatStream
 from orchestrator.services.errors import NotReady, ServiceError
 from orchestrator.services.idempotency import Prior
 
@@ -55,7 +56,7 @@ async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, bod
     ask = body.to_ask(c.settings.default_k, budgets)
     if body.stream:
         stream = await _stream(c, once, ask, body)
-        writer = ChunkWriter(stream.query_id, int(time.time()), stream.writer,
+        writer = ChunkWriter(stream.query_id, int(time.time()),
                              bool(body.stream_options and body.stream_options.include_usage))
         return StreamingResponse(sse_events(stream, writer), media_type="text/event-stream",
                                  headers={**decision_headers(stream.query_id, stream.decision),
@@ -77,9 +78,13 @@ async def _stream(c: Container, once: Idempotent, ask: Ask, body: ChatCompletion
 
 
 async def sse_events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
-    """The reply as standard chat.completion.chunk events, token by token, ending in `[DONE]`."""
-    yield w.delta({"role": "assistant", "content": ""})
+    """The reply as standard chat.completion.chunk events, token by token, ending in `[DONE]`.
+    The first chunk waits for the first piece, or for the stored reply when none streamed (a
+    vote, answers all alike, an aggregator that failed): only then is its writer known, and
+    every chunk names the model a plain request's reply names."""
     async for piece in stream.pieces():
+        if not w.begun:
+            yield w.begin(stream.writer)  # pieces come only from the reply's routed final step
         yield w.delta({"content": piece})
     try:
         result = await stream.result()
@@ -91,6 +96,14 @@ async def sse_events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
         yield sse_error(exc)
         yield SSE_DONE
         return
+    async for event in _ending(result, rest, w):
+        yield event
+
+
+async def _ending(result: ChatResult, rest: str, w: ChunkWriter) -> AsyncIterator[str]:
+    """What of the stored reply the pieces did not carry, its finish and usage, and `[DONE]`."""
+    if not w.begun:
+        yield w.begin(result.model)
     if rest:
         yield w.delta({"content": rest})
     yield w.delta({}, result.finish_reason, skillroute=skillroute_info(result).model_dump(mode="json"))

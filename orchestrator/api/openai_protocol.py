@@ -232,12 +232,22 @@ def decision_headers(query_id: int, decision: Decision) -> dict[str, str]:
 class ChunkWriter:
     """The `chat.completion.chunk` events of one streamed reply, as `data: …` SSE lines: every
     chunk carries the same id, created and model; `usage` is null on each until the last
-    (empty-choices) chunk when the client asked for it, and absent otherwise."""
+    (empty-choices) chunk when the client asked for it, and absent otherwise. The model is
+    named by the first chunk (`begin`), once it is known who writes the reply."""
 
-    def __init__(self, query_id: int, created: int, model: str, include_usage: bool):
+    def __init__(self, query_id: int, created: int, include_usage: bool):
         self.head: dict[str, Any] = {"id": completion_id(query_id), "object": "chat.completion.chunk",
-                                     "created": created, "model": model}
+                                     "created": created, "model": None}
         self.include_usage = include_usage
+
+    @property
+    def begun(self) -> bool:
+        return self.head["model"] is not None
+
+    def begin(self, model: str) -> str:
+        """The first chunk, the role's, naming the model every chunk will carry."""
+        self.head["model"] = model
+        return self.delta({"role": "assistant", "content": ""})
 
     def delta(self, delta: dict[str, Any], finish: FinishReason | None = None, **extra: Any) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

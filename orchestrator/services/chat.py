@@ -204,7 +204,8 @@ class ChatStream:
 
     @property
     def writer(self) -> str:
-        """Who writes the reply as routed: the aggregator, else the lone expert."""
+        """Who writes the pieces that stream: the aggregator, else the lone expert (a reply that
+        streams no piece is written as its stored result says)."""
         return self.decision.aggregator or next(iter(self.decision.recruited), AUTO)
 
     async def pieces(self) -> AsyncIterator[str]:

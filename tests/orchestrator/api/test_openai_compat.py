@@ -164,6 +164,21 @@ def events_of(client, body):  # type: ignore[no-untyped-def]
         return [json.loads(ln.removeprefix("data: ")) for ln in r.iter_lines() if ln.startswith("data: {")]
 
 
+def test_a_vote_s_own_reply_names_the_same_model_streamed_or_not(tmp_path, embedder):
+    """A vote pool's reply ("Answer: C") is no one generation's: a plain request names it
+    `auto`; the stream named the first recruited expert, fixed before the vote was known."""
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2"), mock_expert("gamma", "m3")])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode="vote")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder, factory=lambda spec: MockBackend(spec.key))
+    with TestClient(create_app(c, owns_container=True)) as client:
+        body = {"model": "auto", "messages": ASK, "k": 3, "mode": "topk", "seed": 0}
+        plain = client.post("/v1/chat/completions", json=body).json()
+        events = events_of(client, body)
+    assert plain["model"] == "auto" and plain["choices"][0]["message"]["content"] == "Answer: C"
+    assert {e["model"] for e in events} == {"auto"}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "Answer: C"
+
+
 def test_usage_counts_only_the_generations_the_reply_was_made_of(tmp_path, embedder):
     """A competed query's competitors are scored for the router, not asked by the client: its
     usage counted them while its reply left them out."""
