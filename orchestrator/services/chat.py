@@ -156,14 +156,14 @@ class ChatService:
         return items[0], done
 
     async def replay(self, query_id: int) -> ChatStream:
-        """A stored chat as a stream with nothing left to generate (a retried request's)."""
+        """A stored chat as a stream with nothing left to generate (a retried request's). A query
+        that failed (or is still unanswered) raises the error a plain retry gets, before any
+        response begins: a 200 stream whose one event is the error hid it from the status."""
         row = await asyncio.to_thread(self.queries.get, query_id)
-        decision = decision_of(row)
-        if decision is None:
-            raise NotReady(row.error or "the query was not routed")
+        result = self.result_of(row)
         channel = TokenChannel(asyncio.get_running_loop())
         channel.end()
-        return ChatStream(self, Admitted(query_id, ask_of(row), decision), channel, "")
+        return ChatStream(self, Admitted(query_id, ask_of(row), result.decision), channel, "")
 
 
 class TokenChannel:

@@ -196,3 +196,21 @@ def test_usage_counts_only_the_generations_the_reply_was_made_of(tmp_path, embed
     expected = {"prompt_tokens": sum(g["prompt_tokens"] for g in asked),
                 "completion_tokens": sum(g["completion_tokens"] for g in asked)}
     assert {k: r["usage"][k] for k in expected} == expected == {k: streamed[k] for k in expected}
+
+
+def test_a_stream_retried_after_its_query_failed_gets_the_plain_retry_s_error(tmp_path, embedder):
+    """The retry of a failed streamed chat was a 200 stream whose one event was the error; a
+    plain retry's 503 is what it gets now, with the same error."""
+    broken: list[str] = []  # once the pool is profiled, every generation fails
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("gamma", "m2")])
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, fault=lambda r: next(iter(broken), None)))
+    with TestClient(create_app(c, owns_container=True)) as client:
+        broken.append("boom")
+        body = {"model": "gamma", "messages": ASK, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body, headers={"Idempotency-Key": "k1"}) as first:
+            assert first.status_code == 200 and '"error"' in first.read().decode()  # failed once streaming
+        retried = client.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "k1"})
+        plain = client.post("/v1/chat/completions", json={**body, "stream": False}, headers={"Idempotency-Key": "k2"})
+    assert retried.status_code == plain.status_code == 503 and retried.headers["content-type"] == "application/json"
+    assert retried.json()["error"]["message"] == plain.json()["error"]["message"] == "every expert failed: gamma: boom"
