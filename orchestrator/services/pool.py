@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,11 +19,12 @@ from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
-from orchestrator.store.repositories.lessons import LessonRepository
+from orchestrator.store.repositories.lessons import LessonRepository, Stored
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import AnswerRow, ValidationRepository
 from skills.embedder import Embedder
 from skills.grading import extract_choice
+from skills.profiling import global_competence
 from skills.question_text import question_part
 from skills.vocabulary import SkillVocabulary
 
@@ -30,9 +32,18 @@ AGGREGATOR_KEY = "aggregator"
 STALE_LESSONS_KEY = "stale_lessons"  # expert → the last lesson before its persona changed
 
 
-def load_evidence(
-    db: Database, dataset: str, embedder: Embedder
-) -> tuple[dict[str, ExpertSpec], RoutingEvidence, list[str], set[str]]:
+class Loaded(NamedTuple):
+    """What `load_evidence` read (see there); `lesson_ids` are the lessons behind the evidence's
+    learned rows, oldest first (a replaced lesson's row is found by its id)."""
+
+    experts: dict[str, ExpertSpec]
+    evidence: RoutingEvidence
+    skills: list[str]
+    profiling: set[str]
+    lesson_ids: list[int]
+
+
+def load_evidence(db: Database, dataset: str, embedder: Embedder) -> Loaded:
     """The experts routing may use (ready ones, and those still profiling, to explore), their
     profiles and per-question records with what traffic taught since, the profiled skill names,
     and which experts are not profiled yet."""
@@ -48,12 +59,13 @@ def load_evidence(
         correct, choices, observed = _answer_records(questions, answers, {r.id: r.name for r in rows})
         skills = sorted({sk for q in questions for sk in q.skills})
         _embed_lessons_again(LessonRepository(s), embedder)
-        lessons = LessonRepository(s).all(StateRepository(s).get(STALE_LESSONS_KEY), embedded=MAX_LEARNED_ROWS)
+        lessons = LessonRepository(s).with_ids(StateRepository(s).get(STALE_LESSONS_KEY), embedded=MAX_LEARNED_ROWS)
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
     options = typical_options(len(q.payload.get("options") or ()) for q in questions)
     base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed, options=options)
-    return experts, learned(base, [_known(x, experts) for x in lessons]), skills, profiling
+    evidence = learned(base, [_known(x, experts) for _, x in lessons])
+    return Loaded(experts, evidence, skills, profiling, _newest([i for i, _ in lessons], evidence.learned_rows))
 
 
 def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],
@@ -122,6 +134,7 @@ class PoolState:
         self._since_fit = 0  # lessons learned since the router's parameters were last fitted
         self._begun = 0  # refreshes begun: each takes the next number before it reads the store
         self._shown = 0  # the number of the refresh the snapshot was built by
+        self._lesson_ids: list[int] = []  # the lessons behind the snapshot's learned rows, oldest first
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -138,15 +151,15 @@ class PoolState:
         with self._lock:
             self._begun += 1
             number = self._begun
-        snap = self._build()
+        snap, ids = self._build()
         with self._lock:
             if number > self._shown:
-                self._snapshot, self._shown, self._since_fit = snap, number, 0
+                self._snapshot, self._shown, self._since_fit, self._lesson_ids = snap, number, 0, ids
             assert self._snapshot is not None
             return self._snapshot
 
-    def _build(self) -> PoolSnapshot:
-        experts, evidence, skills, profiling = load_evidence(self.db, self.dataset, self.embedder)
+    def _build(self) -> tuple[PoolSnapshot, list[int]]:
+        experts, evidence, skills, profiling, ids = load_evidence(self.db, self.dataset, self.embedder)
         with self.db.session() as s:
             agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
         uncertain = _uncertain(evidence, profiling)
@@ -157,24 +170,39 @@ class PoolState:
                       default=None)
         return PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
                             agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers),
-                            evidence, uncertain)
+                            evidence, uncertain), ids
 
     def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> None:
         """Keep the lessons (query id, lesson) and route by them from now on. A lesson that
-        replaces an earlier one of its query (feedback given again) rebuilds from the store, so
-        it counts once."""
-        with self.db.session() as s:
-            fresh = [LessonRepository(s).add(lesson, qid) for qid, lesson in lessons]
-        if not all(fresh):
-            self.refresh()
-            return
+        replaces earlier ones of its query (feedback given again) takes their rows and marks out
+        of the evidence first, so the query counts once, as a rebuild from the store counts it;
+        where that cannot be done exactly here, the pool is rebuilt from the store."""
+        stored, stale = self._store(lessons)
         built = self.snapshot  # outside the lock: building it takes the lock
+        taught = [x for _, x in lessons]
         with self._lock:
-            snap = self._snapshot or built
-            self._since_fit += len(lessons)
-            refit = self._since_fit >= self.refit_every
-            self._snapshot = _taught(snap, [x for _, x in lessons], self.router_name, refit)
-            self._since_fit = 0 if refit else self._since_fit
+            cut = _unlearned(self._snapshot or built, self._lesson_ids, stored, taught, stale)
+            if cut is not None:
+                self._teach(*cut, [x.id for x in stored], taught)
+        if cut is None:
+            self.refresh()
+
+    def _store(self, lessons: Sequence[tuple[int | None, Lesson]]) -> tuple[list[Stored], dict[str, int]]:
+        """Store the lessons; with what they replaced, which lessons each expert's marks stop
+        counting in (a persona changed since: `load_evidence` leaves those marks out)."""
+        with self.db.session() as s:
+            stored = [LessonRepository(s).store(lesson, qid) for qid, lesson in lessons]
+            stale = StateRepository(s).get(STALE_LESSONS_KEY) if any(x.replaced for x in stored) else None
+        return stored, stale or {}
+
+    def _teach(self, snap: PoolSnapshot, ids: list[int], new_ids: list[int], lessons: Sequence[Lesson]) -> None:
+        """Under the lock: the snapshot with the lessons added, and the ids of its learned rows."""
+        self._since_fit += len(lessons)
+        refit = self._since_fit >= self.refit_every
+        self._snapshot = _taught(snap, lessons, self.router_name, refit)
+        self._since_fit = 0 if refit else self._since_fit
+        assert self._snapshot.evidence is not None
+        self._lesson_ids = _newest([*ids, *new_ids], self._snapshot.evidence.learned_rows)
 
     def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
         """Where every stored expert that has not failed or been removed runs (and `extra`, not
@@ -211,3 +239,60 @@ def _taught(snap: PoolSnapshot, lessons: Sequence[Lesson], router_name: str, ref
         else build_router(evidence, router_name)
     still = frozenset(n for n in snap.uncertain if observed_counts(evidence).get(n, 0) < CERTAIN_AFTER)
     return replace(snap, router=router, evidence=evidence, competence=dict(evidence.competence), uncertain=still)
+
+
+def _newest(ids: Sequence[int], n: int) -> list[int]:
+    return list(ids[len(ids) - n:]) if n > 0 else []
+
+
+def _unlearned(snap: PoolSnapshot, ids: Sequence[int], stored: Sequence[Stored], lessons: Sequence[Lesson],
+               stale: Mapping[str, int]) -> tuple[PoolSnapshot, list[int]] | None:
+    """The snapshot without the lessons `stored` replaced (their rows, their marks in the
+    profiles), and the ids of the rows left; None where the result would not be exactly what a
+    rebuild from the store makes (see `_exact`)."""
+    old = [(i, x, new) for s, new in zip(stored, lessons, strict=True) for i, x in s.replaced]
+    if not old:
+        return snap, list(ids)
+    evidence = snap.evidence
+    if evidence is None or not all(_exact(i, x, new, snap.experts, stale) for i, x, new in old):
+        return None
+    at = {i: k for k, i in enumerate(ids)}
+    full = evidence.learned_rows >= MAX_LEARNED_ROWS  # older ones fell out of the memory: marks only
+    if any(i not in at and not (full and i < min(ids)) for i, _, _ in old):
+        return None
+    first = (0 if evidence.question_embeddings is None else len(evidence.question_embeddings)) - evidence.learned_rows
+    rows = [first + at[i] for i, _, _ in old if i in at]
+    gone = {i for i, _, _ in old}
+    return replace(snap, evidence=_without(evidence, rows, [x for _, x, _ in old])), [i for i in ids if i not in gone]
+
+
+def _exact(lesson_id: int, old: Lesson, new: Lesson, experts: Mapping[str, ExpertSpec],
+           stale: Mapping[str, int]) -> bool:
+    """Whether taking `old` out by its stored marks undoes what it added: they all counted (none
+    of an expert removed, or of a persona changed since), and `new` marks every expert on every
+    skill it did, so no profile entry is left that a rebuild would not have."""
+    counted = all(e in experts and lesson_id > stale.get(e, 0) for e in old.marks)
+    return counted and set(old.marks) <= set(new.marks) and set(old.skills) <= set(new.skills)
+
+
+def _without(evidence: RoutingEvidence, rows: Sequence[int], lessons: Sequence[Lesson]) -> RoutingEvidence:
+    """The evidence without these learned rows (indices into it) and the lessons' profile marks."""
+    profiles = {e: dict(p) for e, p in evidence.profiles.items()}
+    for x in lessons:
+        for expert, right in x.marks.items():
+            for skill in x.skills:
+                profiles[expert][skill] -= 1.0 if right else -1.0
+    competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
+    return replace(_rows_kept(evidence, rows), profiles=profiles, competence=competence)
+
+
+def _rows_kept(evidence: RoutingEvidence, rows: Sequence[int]) -> RoutingEvidence:
+    """The evidence without these learned rows, every per-row record cut alike."""
+    emb, labels, choices, seen = evidence.question_embeddings, evidence.labels, evidence.choices, evidence.observed
+    keep = np.setdiff1d(np.arange(0 if emb is None else len(emb)), rows)
+    return replace(evidence, question_embeddings=None if emb is None else emb[keep],
+                   correct={n: c[keep] for n, c in (evidence.correct or {}).items()},
+                   observed=None if seen is None else {n: o[keep] for n, o in seen.items()},
+                   choices=None if choices is None else {n: [c[i] for i in keep] for n, c in choices.items()},
+                   labels=None if labels is None else [labels[i] for i in keep],
+                   learned_rows=evidence.learned_rows - len(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -14,16 +15,27 @@ from orchestrator.routing.learning import Lesson
 from orchestrator.store.models import LessonRow, Query
 
 
+class Stored(NamedTuple):
+    """A stored lesson's id, and the earlier lessons of its query it replaced (id, lesson)."""
+
+    id: int
+    replaced: list[tuple[int, Lesson]]
+
+
 class LessonRepository:
     def __init__(self, session: Session):
         self.session = session
 
     def add(self, lesson: Lesson, query_id: int | None = None) -> bool:
+        """`store` the lesson; True when nothing of the query was replaced."""
+        return not self.store(lesson, query_id).replaced
+
+    def store(self, lesson: Lesson, query_id: int | None = None) -> Stored:
         """Store a lesson; one per query and source (a repeat replaces the first). Feedback
         replaces every earlier lesson of its query: an explored or competed query's answers were
         marked against their consensus, and feedback marks the same answers against the truth,
-        so the query would otherwise count twice with marks that disagree. True when nothing of
-        the query was replaced.
+        so the query would otherwise count twice with marks that disagree. Returns its id and
+        the lessons it replaced (what the live pool takes out of its evidence).
 
         Two requests storing one query's lesson at once (a retried feedback) both find nothing to
         replace on PostgreSQL, and the second's insert meets the first's row: it is tried once
@@ -35,31 +47,43 @@ class LessonRepository:
             with self.session.begin_nested():
                 return self._replace(lesson, query_id)
 
-    def _replace(self, lesson: Lesson, query_id: int | None) -> bool:
-        replaced = False
-        if query_id is not None:
-            stmt = delete(LessonRow).where(LessonRow.query_id == query_id)
-            if lesson.source != "feedback":
-                stmt = stmt.where(LessonRow.source == lesson.source)
-            replaced = bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
-        self.session.add(LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
-                                   embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
-                                   marks=dict(lesson.marks), choices=dict(lesson.choices)))
+    def _replace(self, lesson: Lesson, query_id: int | None) -> Stored:
+        replaced = self._delete_earlier(lesson, query_id) if query_id is not None else []
+        row = LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
+                        embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
+                        marks=dict(lesson.marks), choices=dict(lesson.choices))
+        self.session.add(row)
         self.session.flush()
-        return not replaced
+        return Stored(row.id, replaced)
+
+    def _delete_earlier(self, lesson: Lesson, query_id: int) -> list[tuple[int, Lesson]]:
+        """Delete what `lesson` replaces of its query; returned as deleted, in one statement (a
+        row stored meanwhile is deleted and returned too), their embeddings left unread."""
+        stmt = delete(LessonRow).where(LessonRow.query_id == query_id)
+        if lesson.source != "feedback":
+            stmt = stmt.where(LessonRow.source == lesson.source)
+        columns = (LessonRow.id, LessonRow.skills, LessonRow.marks, LessonRow.choices, LessonRow.source)
+        rows = self.session.execute(stmt.returning(*columns), execution_options={"synchronize_session": False})
+        return sorted((r.id, Lesson(np.zeros(0, np.float32), tuple(r.skills), {k: bool(v) for k, v in r.marks.items()},
+                                    dict(r.choices), r.source)) for r in rows)
 
     def all(self, stale: Mapping[str, int] | None = None, embedded: int | None = None) -> list[Lesson]:
-        """Every lesson, oldest first. `stale` (expert → lesson id) leaves out an expert's marks
-        in lessons up to that id: they judged answers of a persona it no longer has. With
-        `embedded`, only the newest that many carry their embedding and older ones an empty one:
-        the k-NN memory keeps only the newest rows and profiles read only skills and marks, so a
-        start reads a bounded number of vectors however much traffic has taught."""
+        """Every lesson, oldest first (`with_ids`, without their ids)."""
+        return [x for _, x in self.with_ids(stale, embedded)]
+
+    def with_ids(self, stale: Mapping[str, int] | None = None, embedded: int | None = None
+                 ) -> list[tuple[int, Lesson]]:
+        """Every lesson with its id, oldest first. `stale` (expert → lesson id) leaves out an
+        expert's marks in lessons up to that id: they judged answers of a persona it no longer
+        has. With `embedded`, only the newest that many carry their embedding and older ones an
+        empty one: the k-NN memory keeps only the newest rows and profiles read only skills and
+        marks, so a start reads a bounded number of vectors however much traffic has taught."""
         cut = self._first_embedded(embedded)
         old = select(LessonRow).options(defer(LessonRow.embedding)).where(LessonRow.id < cut)
         rows = [*self.session.scalars(old.order_by(LessonRow.id)).all(),
                 *self.session.scalars(select(LessonRow).where(LessonRow.id >= cut).order_by(LessonRow.id)).all()]
         lessons = [_lesson(r, with_embedding=r.id >= cut) for r in rows]
-        return [_fresh(x, r.id, stale) for x, r in zip(lessons, rows, strict=True)] if stale else lessons
+        return [(r.id, _fresh(x, r.id, stale) if stale else x) for x, r in zip(lessons, rows, strict=True)]
 
     def _first_embedded(self, embedded: int | None) -> int:
         """The id from which lessons are read with their embedding (0: all of them)."""
