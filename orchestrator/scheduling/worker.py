@@ -36,6 +36,7 @@ class DeviceWorker:
         self.memory_budget = memory_budget_bytes
         self._factory = factory
         self._backends: dict[str, ExpertBackend] = {}
+        self._specs: dict[str, BaseModelSpec] = {}  # what each backend was built from
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident keys, least recent first
         self.lock = threading.RLock()
         self.events: deque[Event] = deque(maxlen=TIMELINE_EVENTS)  # the residency timeline, newest last
@@ -44,9 +45,13 @@ class DeviceWorker:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
+        """The backend of `base`'s weights, built once. One built for another spec of the same
+        weights (a removed expert's other `n_ctx`) is built again unless it is loaded: experts
+        over loaded weights share them as they are (the registration checks they agree)."""
         with self.lock:
-            if base.key not in self._backends:
-                self._backends[base.key] = self._factory(base)
+            built = self._backends.get(base.key)
+            if built is None or (self._specs[base.key] != base and not built.is_loaded):
+                self._backends[base.key], self._specs[base.key] = self._factory(base), base
             return self._backends[base.key]
 
     def resident(self) -> set[str]:
@@ -153,6 +158,7 @@ class DeviceWorker:
         with self.lock:
             self.unload(key)
             self._backends.pop(key, None)
+            self._specs.pop(key, None)
 
     def shutdown(self) -> None:
         """Unload every model, and end whatever a backend keeps beside its weights (a vLLM

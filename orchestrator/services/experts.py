@@ -18,9 +18,8 @@ its own when the worker is busy, so a refusal (a taken name, a bad field) and a 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from orchestrator.scheduling.fleet import Fleet
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
 from orchestrator.services.profiling import ProfilingService, Progress
+from orchestrator.services.profiling_queue import ProfilingQueue
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
 from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
@@ -79,6 +79,7 @@ class ExpertService:
         stores nothing. The load runs outside the lock (it waits out the worker's generation)."""
         with self._lock:
             self._check_name(spec.name)
+            self._check_context(spec)
             self.pool.deployment.check(spec)  # a worker and a device the deployment has
         self.check_loads(spec)
         try:
@@ -104,6 +105,19 @@ class ExpertService:
     def _check_name(self, name: str) -> None:
         with self.db.session() as s:
             _check_name_free(ExpertRepository(s).by_name(name), name)
+
+    def _check_context(self, spec: ExpertSpec) -> None:
+        """Experts over the same weights share one loaded model, and so its context window: a
+        second one asking for another `model.n_ctx` was checked against its own and run with the
+        first's (a 512-token window serving prompts checked against 32,768)."""
+        with self.db.session() as s:
+            peers = [ExpertSpec.model_validate(r.spec) for r in ExpertRepository(s).list()
+                     if r.base_model_key == spec.base.key and r.status != "removed"]
+        other = next((p for p in peers if p.base.n_ctx != spec.base.n_ctx), None)
+        if other is not None:
+            raise Unprocessable(f"expert {spec.name!r} runs on the weights of {other.name!r}, loaded with model.n_ctx "
+                                f"{other.base.n_ctx}: experts over one model share its context window, so give it "
+                                "the same n_ctx", "model.n_ctx")
 
     def check_loads(self, spec: ExpertSpec) -> None:
         """Load the model on the worker it will run on: a bad model is refused (422) there."""
@@ -365,32 +379,3 @@ def _forget_persona(state: StateRepository, last_lesson: int, name: str) -> None
         scores = {n: v for n, v in chosen.get("accuracy", {}).items() if n != name}
         state.put(AGGREGATOR_KEY, {"name": None if chosen.get("name") == name else chosen.get("name"),
                                    "accuracy": scores})
-
-
-class ProfilingQueue:
-    """One background thread profiles submitted experts in order; `join` waits for it to drain."""
-
-    def __init__(self, work: Callable[[list[int]], None]):
-        self._work = work
-        self._q: queue.Queue[list[int] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="profiler", daemon=True)
-        self._thread.start()
-
-    def submit(self, ids: list[int]) -> None:
-        self._q.put(ids)
-
-    def join(self) -> None:
-        self._q.join()
-
-    def close(self) -> None:
-        """Finish what was submitted, then stop the thread."""
-        self._q.put(None)
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while (ids := self._q.get()) is not None:
-            try:
-                self._work(ids)
-            finally:
-                self._q.task_done()
-        self._q.task_done()

@@ -80,3 +80,14 @@ def test_a_timeout_is_kept_with_the_expert(client, container):
     assert r.status_code == 202 and r.json()["timeout_s"] == 2.5
     container.experts.queue.join()
     assert container.pool.snapshot.experts["quick"].timeout_s == 2.5
+
+
+def test_a_second_expert_over_loaded_weights_must_share_their_context_window(client):
+    """Experts over one model share its loaded instance: a different model.n_ctx was stored and
+    shown, prompts were checked against it, and the model ran with the first one's."""
+    before = count(client)
+    r = client.post("/v1/experts", json={"name": "wide", "model": {"kind": "mock", "source": "m1", "n_ctx": 32768}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "model.n_ctx"
+    assert "alpha" in r.json()["error"]["message"] and count(client) == before
+    same = {"name": "same", "model": {"kind": "mock", "source": "m1"}, "system_prompt": "Terse."}
+    assert client.post("/v1/experts", json=same).status_code == 202

@@ -158,3 +158,21 @@ def test_the_residency_timeline_is_bounded_and_the_counts_are_not(monkeypatch: p
         worker.ensure_loaded(b)  # evicts a
     assert len(worker.timeline()) == 10 and worker.timeline()[-1][1:] == ("load", b.key)
     assert worker.residency_counts() == {a.key: (20, 20), b.key: (20, 19)}  # every load and unload counted
+
+
+def test_weights_asked_for_with_another_context_window_are_built_again_unless_loaded() -> None:
+    """The backend cache is by weights (`BaseModelSpec.key` leaves n_ctx out): a backend built for
+    a removed expert's 512-token window served a later expert asking for 4,096."""
+    built: list[int] = []
+
+    def factory(spec: BaseModelSpec) -> MockBackend:
+        built.append(spec.n_ctx)
+        return MockBackend(spec.key)
+
+    worker = DeviceWorker(factory=factory)
+    short, wide = BaseModelSpec(kind="mock", source="m", n_ctx=512), BaseModelSpec(kind="mock", source="m", n_ctx=4096)
+    worker.ensure_loaded(short)
+    assert worker.backend(wide) is worker.backend(short) and built == [512]  # loaded: shared as it is
+    worker.unload(short.key)
+    worker.ensure_loaded(wide)
+    assert built == [512, 4096]
