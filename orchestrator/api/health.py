@@ -16,11 +16,13 @@ def health(c: RawContainer) -> dict[str, object]:
     """Answers as soon as HTTP is served, whatever the start is still doing."""
     status = c.startup.status
     snap = c.pool.snapshot if status.serving else None  # not while a start is still loading it
-    resident = {name: sorted(keys) for name, keys in c.fleet.resident().items()}
+    answers, unavailable = c.fleet.each(lambda w: w.resident())  # an unreachable worker is named, not a 500
+    resident = {name: sorted(keys) for name, keys in answers.items()}
     return {"status": "ok", "pool": c.pool_config.name, "startup": status.phase,
             "recovering": status.recovering, "experts_ready": len(snap.experts) if snap else 0,
             "aggregator": snap.aggregator if snap else None,
-            "resident_models": sorted({k for keys in resident.values() for k in keys}), "workers": resident}
+            "resident_models": sorted({k for keys in resident.values() for k in keys}), "workers": resident,
+            "unavailable_workers": unavailable}
 
 
 @router.get("/ready", responses={503: {"description": "Still starting (loading or profiling the pool, recovering "

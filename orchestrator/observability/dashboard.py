@@ -54,7 +54,7 @@ class DashboardService:
             "heatmap": heatmap(scores, matched),
             "decisions": decisions,
             "recruitment": recruitment_share(recruits),
-            "timeline": residency({n: w.timeline() for n, w in self.fleet.workers.items()}),
+            "timeline": self._timeline(),
             "scheduling": {"queue_depth": self.window.depth(),
                            "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]},
             "budgets": budget_use(decisions),
@@ -62,6 +62,11 @@ class DashboardService:
                          "evidence": dict(sorted(self.pool.evidence_counts().items())),
                          "exploring": sorted(self.pool.snapshot.uncertain)},
         }
+
+    def _timeline(self) -> State:
+        """The residency lanes of the workers that answer; the others named as unavailable."""
+        timelines, unavailable = self.fleet.each(lambda w: w.timeline())
+        return {**residency(timelines), "unavailable_workers": unavailable}
 
 
 def decision_row(q: Query, d: Decision | None) -> State:

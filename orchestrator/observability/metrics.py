@@ -9,6 +9,7 @@ collected at scrape time instead of being counted twice; everything else is reco
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 from orchestrator.domain import Decision, Outcome
 from orchestrator.probe import Probe
 
+log = logging.getLogger(__name__)
 Counts = Callable[[], Mapping[str, tuple[int, int]]]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -28,28 +30,44 @@ ENERGY_BUCKETS = (0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 
 
 class ResidencyCollector(Collector):
-    """Loads, unloads and resident models per worker, read from the worker's residency counts.
+    """Loads, unloads and resident models per worker, read from each worker's residency counts.
 
     Read at scrape time because under Ray the loads happen in the worker actor's process: the
-    worker's counts are the one record that reaches this process either way.
+    worker's counts are the one record that reaches this process either way. One collector for
+    every worker, so each metric is one family (a family per worker repeats its HELP line, which
+    Prometheus rejects). A worker that cannot answer (its actor lost, its node gone) reports
+    available 0 and no counts: one lost worker never fails the whole scrape.
     """
 
-    def __init__(self, worker: str, counts: Counts):
-        self.worker, self.counts = worker, counts
+    def __init__(self, workers: Mapping[str, Counts]):
+        self.workers = dict(workers)
 
     def collect(self) -> Iterable[Metric]:
-        counts = dict(self.counts())
         labels = ["worker", "model"]
         loads = CounterMetricFamily("skillroute_model_loads", "Base model loads per worker.", labels=labels)
         unloads = CounterMetricFamily("skillroute_model_unloads", "Base model unloads per worker.", labels=labels)
         resident = GaugeMetricFamily("skillroute_model_resident", "1 while the base model is loaded on the worker.",
                                      labels=labels)
-        for key in sorted(counts):
-            n_loads, n_unloads = counts[key]
-            loads.add_metric([self.worker, key], n_loads)
-            unloads.add_metric([self.worker, key], n_unloads)
-            resident.add_metric([self.worker, key], 1.0 if n_loads > n_unloads else 0.0)
-        return [loads, unloads, resident]
+        available = GaugeMetricFamily("skillroute_worker_available",
+                                      "1 while the worker answers (its actor is running), else 0.", labels=["worker"])
+        for worker, counts in self._counts().items():
+            available.add_metric([worker], 0.0 if counts is None else 1.0)
+            for key, (n_loads, n_unloads) in sorted((counts or {}).items()):
+                loads.add_metric([worker, key], n_loads)
+                unloads.add_metric([worker, key], n_unloads)
+                resident.add_metric([worker, key], 1.0 if n_loads > n_unloads else 0.0)
+        return [loads, unloads, resident, available]
+
+    def _counts(self) -> dict[str, Mapping[str, tuple[int, int]] | None]:
+        """Each worker's counts; None for one that did not answer (logged)."""
+        out: dict[str, Mapping[str, tuple[int, int]] | None] = {}
+        for worker, counts in self.workers.items():
+            try:
+                out[worker] = dict(counts())
+            except Exception as exc:  # any failure to read is this worker's, not the scrape's
+                log.warning("worker %s did not report its residency: %s", worker, exc)
+                out[worker] = None
+        return out
 
 
 class EvidenceCollector(Collector):
@@ -148,8 +166,7 @@ class Metrics(Probe):
     def watch(self, workers: Mapping[str, Counts], queue_depth: Callable[[], int],
               pool_size: Callable[[], int]) -> None:
         """Read these at scrape time: each worker's residency counts, the window's queue, the pool."""
-        for worker, counts in workers.items():
-            self.registry.register(ResidencyCollector(worker, counts))
+        self.registry.register(ResidencyCollector(workers))
         self.queue_depth.set_function(lambda: float(queue_depth()))
         self.pool_experts.set_function(lambda: float(pool_size()))
 

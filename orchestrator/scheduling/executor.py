@@ -50,7 +50,7 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     repeat the first's tokens.
     """
     unique, copies = coalesce(jobs)
-    stages = plan_stages(unique, worker.resident(), keep_last)
+    stages = plan_stages(unique, _resident(worker), keep_last)
     out: dict[str, Generation] = {}
     for i, stage in enumerate(stages):
         protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
@@ -106,6 +106,17 @@ def _load(worker: DeviceWorker, stages: Sequence[Stage], i: int, protect: set[st
     worker.ensure_loaded(stages[i].base, protect)
     if i + 1 < len(stages):
         _prefetch(worker, stages[i + 1], protect)
+
+
+def _resident(worker: DeviceWorker) -> set[str]:
+    """What the worker holds, to order the stages by; a worker that cannot say (its actor lost
+    or not placed) plans as if empty: ordering is a hint, and each stage's own load then fails
+    its jobs alone with the worker's error, where a raise here failed the whole batch."""
+    try:
+        return worker.resident()
+    except Exception:
+        log.warning("worker %s could not say what it holds; planning as if empty", worker.name, exc_info=True)
+        return set()
 
 
 def _prefetch(worker: DeviceWorker, stage: Stage, protect: set[str]) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 from experts.types import Generation
 from orchestrator.scheduling.executor import Executor, Progress, execute
@@ -24,6 +25,7 @@ from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OnReply = Callable[[str, Generation], None]
 OnPiece = Callable[[str], None]  # a streamed job's text, piece by piece as it is generated; must not raise
@@ -41,6 +43,19 @@ class Fleet:
 
     def resident(self) -> dict[str, set[str]]:
         return {name: w.resident() for name, w in self.workers.items()}
+
+    def each(self, read: Callable[[DeviceWorker], T]) -> tuple[dict[str, T], dict[str, str]]:
+        """`read` of every worker that answers, and why each other one did not: a status page
+        shows the workers it can reach and names the rest, where one lost worker failed it."""
+        answers: dict[str, T] = {}
+        unavailable: dict[str, str] = {}
+        for name, worker in self.workers.items():
+            try:
+                answers[name] = read(worker)
+            except Exception as exc:  # a lost actor, an absent node, a timeout: this worker alone
+                log.warning("worker %s did not answer a status read: %s", name, exc)
+                unavailable[name] = f"{type(exc).__name__}: {exc}"
+        return answers, unavailable
 
     def dispatch(self, on_reply: OnReply, keep_last: Mapping[str, str] | None = None) -> Dispatch:
         return Dispatch(self, on_reply, dict(keep_last or {}))
@@ -64,8 +79,12 @@ class Fleet:
         return out
 
     def shutdown(self) -> None:
-        for w in self.workers.values():
-            w.shutdown()
+        """Unload every worker's models; one that cannot be reached keeps the others' going."""
+        for name, w in self.workers.items():
+            try:
+                w.shutdown()
+            except Exception:  # a lost or absent worker's models are gone with its actor anyway
+                log.warning("worker %s could not be shut down", name, exc_info=True)
 
 
 @dataclass

@@ -29,8 +29,9 @@ from ray import serve
 from ray.actor import ActorHandle
 from ray.serve import Application
 
+from experts.devices import DeviceProfile
 from experts.traits import traits
-from experts.workers import declared_workers
+from experts.workers import WorkerSpec, declared_workers, memory_bytes
 from orchestrator.budgets.planner import device_table
 from orchestrator.pools.loader import load_pool_config
 from orchestrator.serving.remote_worker import RemoteWorker
@@ -44,18 +45,26 @@ APP_NAME = "skillroute"
 Log = Callable[[str], None]
 
 
-def spawn_workers(settings: Settings, cpu_reservation: float) -> dict[str, ActorHandle[WorkerActor]]:
-    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run."""
+def planned_workers(settings: Settings, cpu_reservation: float) -> tuple[list[WorkerSpec], dict[str, DeviceProfile]]:
+    """The deployment's workers and the device profiles their budgets come from."""
     profiles = device_table(settings.budgets.devices_file)
     declared = declared_workers(settings.budgets.devices_file, profiles)
-    workers = cluster_workers(declared, settings.backends.memory_budget_gb, cpu_reservation)
+    return cluster_workers(declared, settings.backends.memory_budget_gb, cpu_reservation), dict(profiles)
+
+
+def spawn_workers(settings: Settings, cpu_reservation: float) -> dict[str, ActorHandle[WorkerActor]]:
+    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run."""
+    workers, profiles = planned_workers(settings, cpu_reservation)
     return spawn_all(workers, profiles, settings.backend_options())
 
 
 def device_workers(settings: Settings, cpu_reservation: float) -> dict[str, RemoteWorker]:
     """Every worker's actor as a device worker; each expert's generations run on the actor of
-    the worker it is placed on."""
-    return {name: RemoteWorker(actor) for name, actor in spawn_workers(settings, cpu_reservation).items()}
+    the worker it is placed on. Nothing here waits for an actor to run: a worker whose node has
+    not joined is built all the same, unavailable until it has (its jobs fail, logged)."""
+    workers, profiles = planned_workers(settings, cpu_reservation)
+    actors = spawn_all(workers, profiles, settings.backend_options())
+    return {w.name: RemoteWorker(actors[w.name], w, memory_bytes(w, profiles)) for w in workers}
 
 
 class SkillRouteIngress:

@@ -3,28 +3,49 @@
 `RemoteWorker` subclasses DeviceWorker only for its interface: mypy then checks every override
 against the real signatures, and the container, pipeline, profiler and services accept it as is.
 None of the parent's state is used; each call is one remote call to the device's actor.
+
+An actor Ray cannot place (its node has not joined, or left) takes calls and never answers
+them, so no call is sent until the actor has answered a probe, and status reads wait a bounded
+time: an absent worker is one unavailable worker whose jobs fail with WorkerUnavailable, never
+a start, a /health or a scrape that hangs.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
 import ray
+from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from experts.backend import BackendError, ExpertBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
+from experts.workers import WorkerSpec
 from orchestrator.scheduling.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+READ_TIMEOUT_S = 2.0  # a status read (/health, /metrics, the dashboard) waits no longer for one worker
+REACH_TIMEOUT_S = 10.0  # the first call waits this long for an actor still booting or not yet placed
+RESTART_TIMEOUT_S = 10.0  # a retry waits this long for Ray to restart a lost actor
+RESTART_POLL_S = 0.2  # between asks while Ray restarts it (a restarting actor refuses calls at once)
 
 
 class WorkerLost(BackendError):
     """The worker's actor died during a call (its process crashed or was killed)."""
 
 
-def call(ref: Any) -> Any:
+class WorkerUnavailable(WorkerLost):
+    """The worker's actor is not running: its node has not joined (or left), or it did not answer."""
+
+
+def call(ref: Any, timeout: float | None = None) -> Any:
     """Wait for a remote call; an error raised in the actor is re-raised as itself.
 
     The services catch BackendError and turn its message into a 422, so callers must see the
@@ -32,22 +53,27 @@ def call(ref: Any) -> Any:
     remote traceback, stays chained as the cause.
     """
     try:
-        return ray.get(ref)
+        return ray.get(ref, timeout=timeout)
     except RayTaskError as exc:
         if isinstance(exc.cause, Exception):
             raise exc.cause from exc
         raise
 
 
+def greedy(request: GenerationRequest) -> bool:
+    """A greedy request's reply is the same however often it runs: safe to run again."""
+    return request.sampling.temperature == 0
+
+
 class RemoteBackend:
     """An ExpertBackend answered by the device's actor, which keeps the real one resident.
 
     `load` and `generate` go through the device worker, so its memory budget and residency
-    order stay right no matter who calls.
+    order stay right no matter who calls; every call goes through the worker's guard.
     """
 
-    def __init__(self, actor: ActorHandle[Any], base: BaseModelSpec):
-        self._actor, self._base = actor, base
+    def __init__(self, worker: RemoteWorker, base: BaseModelSpec):
+        self._worker, self._base = worker, base
         self.base_model_key = base.key
 
     @property
@@ -63,13 +89,13 @@ class RemoteBackend:
         return bool(self._member("is_loaded"))
 
     def load(self) -> None:
-        call(self._actor.ensure_loaded.remote(self._base))
+        self._worker.ensure_loaded(self._base)
 
     def unload(self) -> None:
-        call(self._actor.unload.remote(self._base.key))
+        self._worker.unload(self._base.key)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        return list(call(self._actor.generate.remote(self._base, list(requests))))
+        return self._worker.generate(self._base, requests)
 
     def memory_bytes(self) -> int:
         return int(self._member("memory_bytes"))
@@ -78,73 +104,173 @@ class RemoteBackend:
         self._member("validate")
 
     def _member(self, name: str) -> Any:
-        return call(self._actor.backend_member.remote(self._base, name))
+        return self._worker.ask("backend_member", self._base, name)
 
 
 class RemoteWorker(DeviceWorker):
-    """A device worker whose device lives in a Ray actor (see worker_actor.WorkerActor)."""
+    """A device worker whose device lives in a Ray actor (see worker_actor.WorkerActor).
+
+    Its name and budget come from the worker's spec, so building one asks the actor nothing
+    (the replica's constructor must not wait for a node that has not joined). Without a spec
+    (tests, benches) they are read from the actor, waiting at most RESTART_TIMEOUT_S."""
 
     actor: ActorHandle[Any]
 
-    def __init__(self, actor: ActorHandle[Any]):
-        info = call(actor.info.remote())
-        self.actor = actor
-        self.name, self.memory_budget = str(info["device"]), int(info["memory_budget"])
-        self.lock = threading.RLock()  # only for callers that expect one; the actor serialises the device
+    def __init__(self, actor: ActorHandle[Any], spec: WorkerSpec | None = None, memory_budget: int | None = None):
+        self.actor, self.lock = actor, threading.RLock()  # the lock only for callers that expect one
+        self.resource = spec.resource if spec else None
+        self._probe: ObjectRef[Any] | None = None  # the one unanswered probe while the actor is not up
+        self._probe_at, self._probe_lock = 0.0, threading.Lock()
+        self._answered, self._warned = False, False
+        self._gone = False  # a restart was waited for in vain: losses fail at once until it answers
+        if spec is not None and memory_budget is not None:
+            self.name, self.memory_budget = spec.name, memory_budget
+        else:
+            self.name = spec.name if spec else "?"
+            info = self._get(actor.info.remote(), RESTART_TIMEOUT_S)
+            self.name, self.memory_budget = str(info["device"]), int(info["memory_budget"])
+
+    def ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """One call to the actor, once it has answered a probe; a lost or unplaced actor (or,
+        with `timeout`, a late answer) raises WorkerLost / WorkerUnavailable, never Ray's error."""
+        self._reach(REACH_TIMEOUT_S if timeout is None else timeout)
+        return self._get(getattr(self.actor, method).remote(*args), timeout)
+
+    def _get(self, ref: Any, timeout: float | None) -> Any:
+        try:
+            answer = call(ref, timeout)
+        except GetTimeoutError as exc:
+            raise WorkerUnavailable(f"worker {self.name} did not answer within {timeout:g} s "
+                                    "(busy, or its node unreachable)") from exc
+        except RayActorError as exc:
+            raise self._lost(exc) from exc
+        self._gone = False
+        return answer
+
+    def _reach(self, wait_s: float) -> None:
+        """Return once the actor has answered a probe. One probe is out at a time; a call waits
+        for it at most `wait_s`, and only within REACH_TIMEOUT_S of its sending (the grace an
+        actor gets to boot): past that, calls fail at once while it stays unanswered."""
+        if self._answered:  # a placed actor that dies is refused at once by Ray, never hangs
+            return
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe, self._probe_at = self.actor.info.remote(), time.monotonic()
+            probe, grace = self._probe, self._probe_at + REACH_TIMEOUT_S - time.monotonic()
+        if not ray.wait([probe], timeout=max(0.0, min(wait_s, grace)))[0]:
+            if grace <= wait_s and not self._warned:
+                self._warned = True
+                log.warning("worker %s is unavailable: %s", self.name, self._missing())
+            raise WorkerUnavailable(f"worker {self.name} is unavailable: {self._missing()}")
+        with self._probe_lock:
+            self._probe = None if self._probe is probe else self._probe
+        self._get(probe, None)
+        if self._warned:
+            log.warning("worker %s is available again", self.name)
+        self._answered, self._warned = True, False
+
+    def _missing(self) -> str:
+        if self.resource:
+            return (f"its actor is not running; it is pinned to a node advertising the resource "
+                    f"{self.resource!r}, and none that has joined the cluster does")
+        return "its actor is not running; is there room on this node for the CPUs and GPUs it reserves?"
+
+    def _lost(self, exc: RayActorError, during: str = "call") -> WorkerLost:
+        return WorkerLost(f"worker {self.name} was lost mid-{during} ({type(exc).__name__}); "
+                          "Ray restarts it and it reloads its models on demand")
+
+    def _restarted(self) -> bool:
+        """Whether Ray has the lost actor back within RESTART_TIMEOUT_S (polled: a restarting
+        actor refuses calls at once, a restarted one answers)."""
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self._get(self.actor.info.remote(), left)
+                return True
+            except WorkerUnavailable:
+                return False
+            except WorkerLost:
+                time.sleep(RESTART_POLL_S)  # the poll interval while Ray restarts it
+        return False
+
+    def _once_more(self, work: Callable[[], T], lost: WorkerLost) -> T:
+        """`work` again once the lost actor is back; only for work whose rerun changes nothing."""
+        if isinstance(lost, WorkerUnavailable) or self._gone or not self._restarted():
+            self._gone = True
+            raise lost
+        log.warning("worker %s was lost mid-call and is back; running the call again", self.name)
+        return work()
 
     def timeline(self) -> list[tuple[float, str, str]]:
         """The actor's residency timeline (a copy)."""
-        return [(float(t), str(kind), str(key)) for t, kind, key in call(self.actor.timeline.remote())]
+        events = self.ask("timeline", timeout=READ_TIMEOUT_S)
+        return [(float(t), str(kind), str(key)) for t, kind, key in events]
 
     def residency_counts(self) -> dict[str, tuple[int, int]]:
-        return {k: (int(a), int(b)) for k, (a, b) in call(self.actor.residency_counts.remote()).items()}
+        counts = self.ask("residency_counts", timeout=READ_TIMEOUT_S)
+        return {k: (int(a), int(b)) for k, (a, b) in counts.items()}
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
-        return RemoteBackend(self.actor, base)
+        return RemoteBackend(self, base)
 
     def resident(self) -> set[str]:
-        return set(call(self.actor.resident.remote()))
+        return set(self.ask("resident", timeout=READ_TIMEOUT_S))
 
     def total_loads(self) -> int:
-        return int(call(self.actor.total_loads.remote()))
+        return int(self.ask("total_loads", timeout=READ_TIMEOUT_S))
 
     def loads_by_model(self) -> dict[str, int]:
-        return dict(call(self.actor.loads_by_model.remote()))
+        return dict(self.ask("loads_by_model", timeout=READ_TIMEOUT_S))
 
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
                  protect: Collection[str] = ()) -> list[Generation]:
+        """The actor's replies. A call the actor's death cut short runs once more, after Ray
+        restarted it, for its greedy requests (a rerun gives the very reply the lost call
+        would have); its sampled ones fail with the loss. The executor fails what still raises."""
         try:
-            return list(call(self.actor.generate.remote(base, list(requests), set(protect))))
-        except RayActorError as exc:  # the executor fails these requests alone; Ray restarts the actor
-            raise self._lost(exc) from exc
-
-    def _lost(self, exc: RayActorError) -> WorkerLost:
-        return WorkerLost(f"worker {self.name} was lost mid-generation ({type(exc).__name__}); "
-                          "Ray restarts it and it reloads its models on demand")
+            return list(self.ask("generate", base, list(requests), set(protect)))
+        except WorkerLost as lost:
+            rerun = [r for r in requests if greedy(r)]
+            if not rerun:
+                raise
+            again = self._once_more(lambda: self.ask("generate", base, rerun, set(protect)), lost)
+            return _merged(requests, again, f"{type(lost).__name__}: {lost}")
 
     def stream(self, base: BaseModelSpec, request: GenerationRequest,
                protect: Collection[str] = ()) -> Iterator[StreamEvent]:
-        """The actor's stream, piece by piece as each leaves the actor (a Ray streaming generator)."""
+        """The actor's stream, piece by piece as each leaves the actor (a Ray streaming generator).
+        Never rerun: its pieces may already be with the client."""
+        self._reach(REACH_TIMEOUT_S)
         refs: Any = self.actor.stream.options(num_returns="streaming").remote(base, request, set(protect))
         try:
             for ref in refs:
                 yield call(ref)
         except RayActorError as exc:
-            raise self._lost(exc) from exc
+            raise self._lost(exc, "generation") from exc
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
-        call(self.actor.ensure_loaded.remote(base, set(protect)))
-        return RemoteBackend(self.actor, base)
+        """Loaded on the actor; a load the actor's death cut short is tried once more (loading twice is harmless)."""
+        try:
+            self.ask("ensure_loaded", base, set(protect))
+        except WorkerLost as lost:
+            self._once_more(lambda: self.ask("ensure_loaded", base, set(protect)), lost)
+        return RemoteBackend(self, base)
 
     def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
-        return bool(call(self.actor.prefetch.remote(base, set(protect))))
+        return bool(self.ask("prefetch", base, set(protect)))
 
     def unload(self, key: str) -> None:
-        call(self.actor.unload.remote(key))
+        self.ask("unload", key)
 
     def forget(self, key: str) -> None:
-        call(self.actor.forget.remote(key))
+        self.ask("forget", key)
 
     def shutdown(self) -> None:
         """Unload everything on the device (the actor itself keeps running)."""
-        call(self.actor.shutdown.remote())
+        self.ask("shutdown")
+
+
+def _merged(requests: Sequence[GenerationRequest], again: Sequence[Generation], error: str) -> list[Generation]:
+    """Each request's reply from the rerun, in order; a request not rerun fails with `error`."""
+    by_id = {g.request_id: g for g in again}
+    return [by_id.get(r.request_id) or Generation.failed(r.request_id, error) for r in requests]

@@ -68,7 +68,8 @@ def test_http_is_served_while_the_pool_is_profiled_behind_it(tmp_path: Path, emb
         until(lambda: client.get("/ready").status_code == 200)
         assert client.get("/health").json() | {"workers": None, "resident_models": None} == {
             "status": "ok", "pool": c.pool_config.name, "startup": "ready", "recovering": 0, "experts_ready": 2,
-            "aggregator": c.pool.snapshot.aggregator, "workers": None, "resident_models": None}
+            "aggregator": c.pool.snapshot.aggregator, "workers": None, "resident_models": None,
+            "unavailable_workers": {}}
         answered = client.post("/v1/queries", json={"query": "What is 2+2?", "k": 1})
         assert answered.status_code == 200 and answered.json()["status"] == "done"
 
