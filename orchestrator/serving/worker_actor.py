@@ -9,12 +9,16 @@ same device, and a replica restart does not drop the loaded weights.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import ray
 from ray.actor import ActorHandle
+from ray.experimental import internal_kv
 
 from experts.devices import DeviceProfile
 from experts.factory import make_backend
@@ -23,7 +27,9 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEv
 from experts.workers import LOCAL_GPU_PROFILE, WorkerSpec, local_workers, memory_bytes
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 
+log = logging.getLogger(__name__)
 NAMESPACE = "skillroute"
+RESPAWN_TIMEOUT_S = 30.0  # for the name of a killed stale actor to be free again
 RESOURCE_SHARE = 0.01  # of a node's custom resource per worker: up to 100 workers on one node
 # Calls run on threads so /health (resident) answers while a long generate holds the device;
 # the DeviceWorker's lock still lets only one call touch the backends at a time.
@@ -39,12 +45,14 @@ def actor_name(device: str) -> str:
 def cluster_workers(declared: Sequence[WorkerSpec], memory_gb: float, cpu_reservation: float) -> list[WorkerSpec]:
     """The deployment's workers under Ray: those the devices file declares, else this machine's
     CPU (reserving `cpu_reservation` cores for llama.cpp) and one worker per GPU the cluster has.
-    A GPU worker reserves its GPU and no CPU, so the CPU worker can reserve every core."""
+    A GPU worker reserves its GPU and no CPU, so the CPU worker can reserve every core. The CPU
+    worker comes first: the first is the fleet's default worker (it sizes the models, and takes
+    an expert not placed yet), and a CPU-only backend there computes on the cores it reserves."""
     if declared:
         return list(declared)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    return ([WorkerSpec(name=f"gpu{i}", device=LOCAL_GPU_PROFILE, gpus=1.0) for i in range(gpus)]
-            + local_workers(memory_gb, cpu_reservation))
+    return local_workers(memory_gb, cpu_reservation) + [
+        WorkerSpec(name=f"gpu{i}", device=LOCAL_GPU_PROFILE, gpus=1.0) for i in range(gpus)]
 
 
 def local_cores() -> int:
@@ -116,9 +124,23 @@ def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory 
     Pinned to its node by the custom resource the node advertises (a small share of it, so
     several workers can live on one node), and restarted by Ray if its process dies: the next
     call finds a fresh actor that reloads its models on demand. A call in flight when it died
-    is not retried (its jobs fail, and the pipeline recruits stand-ins). `factory` travels to
-    the actor by value (tests pass one that builds mock backends).
+    is not retried by Ray (RemoteWorker reruns the greedy ones). `factory` travels to the
+    actor by value (tests pass one that builds mock backends).
+
+    An actor found under the name but made for other settings (an earlier deploy's budget,
+    pinning or backend options) is killed and made anew, with a warning: reusing it kept them.
     """
+    wanted = configuration(worker, memory_budget_bytes, factory)
+    made = _spawn(worker, memory_budget_bytes, factory)
+    if _recorded(worker.name) not in (None, wanted):
+        log.warning("worker %s's actor was made for other settings (%s); making it anew for %s",
+                    worker.name, _recorded(worker.name), wanted)
+        made = _respawn(made, worker, memory_budget_bytes, factory)
+    _record(worker.name, wanted)
+    return made
+
+
+def _spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory) -> ActorHandle[WorkerActor]:
     resources = {worker.resource: RESOURCE_SHARE} if worker.resource else {}
     handle = ray.remote(WorkerActor).options(
         name=actor_name(worker.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -127,6 +149,49 @@ def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory 
     ).remote(worker.name, memory_budget_bytes, factory)
     # Ray types `.remote()` as "a handle or the class itself"; at runtime it is always a handle.
     return cast("ActorHandle[WorkerActor]", handle)
+
+
+def _respawn(stale: ActorHandle[WorkerActor], worker: WorkerSpec, memory_budget_bytes: int,
+             factory: BackendFactory) -> ActorHandle[WorkerActor]:
+    """Kill the stale actor and make the worker's anew, once its name is free again."""
+    ray.kill(stale, no_restart=True)
+    deadline = time.monotonic() + RESPAWN_TIMEOUT_S
+    while _named(worker.name) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the poll interval while the GCS releases the dead actor's name
+    return _spawn(worker, memory_budget_bytes, factory)
+
+
+def _named(name: str) -> bool:
+    try:
+        ray.get_actor(actor_name(name), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory) -> str:
+    """What an actor is made with, as text stable across processes (no object addresses)."""
+    return json.dumps({"worker": worker.model_dump(), "memory_budget": memory_budget_bytes,
+                       "backends": _described(factory)}, sort_keys=True, default=str)
+
+
+def _described(factory: Any) -> str:
+    if isinstance(factory, functools.partial):
+        return f"{_described(factory.func)}(*{factory.args!r}, **{factory.keywords!r})"
+    if hasattr(factory, "__qualname__"):  # a function
+        return f"{factory.__module__}.{factory.__qualname__}"
+    return f"{type(factory).__module__}.{type(factory).__qualname__}({getattr(factory, '__dict__', {})!r})"
+
+
+# What each worker's actor was made with, kept in the cluster's key-value store beside it: read
+# without a call to the actor, which would wait forever for one whose node has not joined.
+def _recorded(name: str) -> str | None:
+    value = internal_kv._internal_kv_get(actor_name(name), namespace=NAMESPACE)
+    return value.decode() if value is not None else None
+
+
+def _record(name: str, wanted: str) -> None:
+    internal_kv._internal_kv_put(actor_name(name), wanted.encode(), overwrite=True, namespace=NAMESPACE)
 
 
 def spawn_all(workers: Sequence[WorkerSpec], profiles: Mapping[str, DeviceProfile],

@@ -1,6 +1,7 @@
-"""Workers whose actor is not there: a declared worker whose node has not joined, an actor that
-died for good, one whose process dies mid-call and is restarted by Ray. Ray runs in this
-process (one CPU, mock weights); a node that never joins is a custom resource no node has."""
+"""Workers whose actor is not there, or not theirs: a declared worker whose node has not joined,
+an actor that died for good, one whose process dies mid-call and is restarted by Ray, one left
+by an earlier deploy with other settings. Ray runs in this process (one CPU, mock weights); a
+node that never joins is a custom resource no node has."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from orchestrator.scheduling.fleet import Fleet
 from orchestrator.serving import remote_worker
 from orchestrator.serving.app import device_workers
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import spawn
+from orchestrator.serving.worker_actor import NAMESPACE, actor_name, spawn
 from orchestrator.settings import BudgetSettings, Settings
 
 pytestmark = pytest.mark.slow  # only because it starts Ray (~40 s for the module)
@@ -128,3 +129,15 @@ def test_a_greedy_call_cut_short_by_the_actors_death_runs_again_once_it_is_back(
     finally:
         ray.kill(worker.actor, no_restart=True)
 
+
+def test_an_actor_made_for_other_settings_is_made_anew_and_one_made_alike_is_kept(local_ray: None) -> None:
+    spec = WorkerSpec(name="stale-t", device="local-cpu")
+    old = spawn(spec, 2**30)
+    try:
+        assert ray.get(old.info.remote(), timeout=60)["memory_budget"] == 2**30
+        new = spawn(spec, 4 * 2**30)  # a redeploy with a larger budget
+        info = ray.get(new.info.remote(), timeout=60)
+        assert info["memory_budget"] == 4 * 2**30
+        assert ray.get(spawn(spec, 4 * 2**30).info.remote(), timeout=60)["pid"] == info["pid"]  # alike: kept
+    finally:
+        ray.kill(ray.get_actor(actor_name("stale-t"), namespace=NAMESPACE), no_restart=True)
