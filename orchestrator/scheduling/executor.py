@@ -114,8 +114,8 @@ def _resident(worker: DeviceWorker) -> set[str]:
     its jobs alone with the worker's error, where a raise here failed the whole batch."""
     try:
         return worker.resident()
-    except Exception:
-        log.warning("worker %s could not say what it holds; planning as if empty", worker.name, exc_info=True)
+    except Exception as exc:  # the worker's error names the cause; its traceback adds nothing
+        log.warning("worker %s could not say what it holds (%s); planning as if empty", worker.name, exc)
         return set()
 
 
