@@ -3,12 +3,14 @@
 The core (budgets, admission, calibration) asks these questions of every expert alike instead
 of testing for particular kinds: where an expert runs when its placement names no device,
 whether each expert of the kind has a device of its own, whether its reply times are this
-machine's compute, what a reply costs in output tokens, and whether it can answer a prompt.
+machine's compute, what kind of worker it computes on, what a reply costs in output tokens, and
+whether it can answer a prompt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from experts.backend import BackendError
 from experts.cost_model import DEFAULT_DEVICE as SERVER_DEVICE
@@ -29,16 +31,19 @@ class BackendTraits:
     # replies are looked up, not computed: a generate call may hold this many requests (sized for
     # the trip to a worker actor, not for compute); None: chunks bounded by predicted tokens
     lookup_chunk: int | None = None
+    # what its compute needs of a worker: "cpu" (llama.cpp here offloads no layer to a GPU: on a
+    # GPU worker it would compute on cores that worker never reserved), "gpu" (a vLLM engine),
+    # None: nothing (the compute is another server's, or none)
+    compute: Literal["cpu", "gpu"] | None = None
 
     def output_tokens(self, limit: int) -> int:
         """The output tokens a reply is charged: the token limit, unless the kind fixes it."""
         return self.fixed_output_tokens if self.fixed_output_tokens is not None else limit
 
 
-_COMPUTED_HERE = BackendTraits(computes_here=True)
 _TRAITS = {
-    "llamacpp": _COMPUTED_HERE,
-    "vllm": _COMPUTED_HERE,
+    "llamacpp": BackendTraits(computes_here=True, compute="cpu"),
+    "vllm": BackendTraits(computes_here=True, compute="gpu"),
     "openai": BackendTraits(),  # another server's compute, placed where its placement says
     "mock": BackendTraits(),
     # a recorded real model: costed on the server its size needs, one per expert

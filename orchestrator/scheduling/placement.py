@@ -3,10 +3,12 @@
 An expert whose placement names a worker runs there. The others are planned: experts over one
 base model stay together (one load serves every persona over it) and follow any of them that
 is pinned; a base whose placement names a device profile goes to a worker of that profile when
-the deployment has one. Bases are placed largest first, each on the worker with the least work
-planned among those where it still fits beside what is already placed, so what must stay
-resident fits each device and a batch's experts spread over devices that run at once. A base
-that fits nowhere goes to the worker with the most memory, where it is swapped in and out.
+the deployment has one, any other to a worker its kind computes on (a GPU engine to a GPU
+worker, llama.cpp, CPU only here, to one without) where there is one. Bases are placed largest
+first, each on the worker with the least work planned among those where it still fits beside
+what is already placed, so what must stay resident fits each device and a batch's experts
+spread over devices that run at once. A base that fits nowhere goes to the worker with the most
+memory, where it is swapped in and out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from experts.traits import traits
 from experts.types import BaseModelSpec, ExpertSpec
 
 
@@ -25,6 +28,7 @@ class Slot:
     name: str
     device: str
     memory_bytes: int
+    gpus: float = 0.0  # the GPUs it reserves: where a GPU engine belongs and a CPU-only one does not
 
 
 @dataclass
@@ -73,7 +77,15 @@ def _pinned(group: Sequence[ExpertSpec], slots: Mapping[str, Slot]) -> str | Non
 def _devices_asked(group: Sequence[ExpertSpec], slots: Sequence[Slot]) -> list[Slot]:
     asked = {s.placement.device for s in group if s.placement.device is not None}
     matching = [s for s in slots if s.device in asked]
-    return matching or list(slots)
+    return matching or _computes_on(group[0].base, slots)
+
+
+def _computes_on(base: BaseModelSpec, slots: Sequence[Slot]) -> list[Slot]:
+    """The workers `base`'s kind computes on (`traits.compute`), where the deployment has one:
+    a CPU-only model on a GPU worker competes with the CPU worker for cores neither shares out."""
+    need = traits(base).compute
+    fit = [s for s in slots if need is None or (s.gpus > 0) == (need == "gpu")]
+    return fit or list(slots)
 
 
 def _best(candidates: Sequence[Slot], loads: Mapping[str, _Load], size: int) -> str:

@@ -26,7 +26,7 @@ class Deployment:
                  memory: Callable[[BaseModelSpec], int]):
         self.workers = {w.name: w for w in workers}
         self.profiles, self._memory = dict(profiles), memory
-        self.slots = [Slot(w.name, w.device, memory_bytes(w, profiles)) for w in workers]
+        self.slots = [Slot(w.name, w.device, memory_bytes(w, profiles), w.gpus) for w in workers]
         # base model key → size: read once, as reading may wait on a worker busy generating
         # (its lock), and placement is planned on every read of the experts
         self._sizes: dict[str, int] = {}

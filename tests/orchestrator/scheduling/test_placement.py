@@ -65,3 +65,17 @@ def test_work_spreads_over_equal_workers() -> None:
     specs = pool(*(expert(f"e{i}", f"b{i}") for i in range(9)))
     placed = plan_placement(specs, slots, lambda b: GB)
     assert sorted(list(placed.values()).count(w) for w in ("w0", "w1", "w2")) == [3, 3, 3]
+
+
+def test_each_kind_goes_to_a_worker_it_computes_on_where_there_is_one() -> None:
+    """On a GPU machine the GPU worker has the memory and the fewest experts, yet llama.cpp here
+    computes on CPU cores alone: it was placed on the GPU worker, which reserves none."""
+    slots = [Slot("cpu", "local-cpu", 8 * GB), Slot("gpu0", "local-gpu", 24 * GB, gpus=1.0)]
+
+    def of(kind: str, name: str) -> ExpertSpec:
+        return ExpertSpec(name=name, base=BaseModelSpec(kind=kind, source=f"/models/{name}"))  # type: ignore[arg-type]
+
+    experts = pool(of("llamacpp", "gguf"), of("vllm", "hf"), expert("busy", "mid", worker="cpu"))
+    assert plan_placement(experts, slots, lambda base: GB) == {"gguf": "cpu", "hf": "gpu0", "busy": "cpu"}
+    cpu_only = [Slot("a", "local-cpu", 8 * GB), Slot("b", "local-cpu", 8 * GB)]
+    assert plan_placement(pool(of("vllm", "hf")), cpu_only, lambda base: GB)["hf"] in {"a", "b"}  # none better
