@@ -319,7 +319,8 @@ class ExpertService:
         with self.db.session() as s:
             users = [r.name for r in ExpertRepository(s).list() if r.base_model_key == key and r.name in placement]
         needed = {placement[n] for n in users}
-        return [name for name, w in self.fleet.workers.items() if name not in needed and key in w.resident()]
+        held, _ = self.fleet.each(lambda w: w.resident())  # a worker that cannot answer holds nothing to free
+        return [name for name, keys in held.items() if name not in needed and key in keys]
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
         """A run that raised fails its experts, save those it had already stored ready."""

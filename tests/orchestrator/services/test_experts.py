@@ -302,3 +302,17 @@ def test_a_removed_expert_revived_is_routed_again_with_its_profile(two_workers: 
     back = c.experts.revive(gamma.id)
     assert back.status == "ready" and back.accuracy == gamma.accuracy and "gamma" in c.pool.snapshot.experts
     assert c.experts.revive(gamma.id).status == "ready"  # one not removed: unchanged
+
+
+def test_a_removal_goes_through_while_another_worker_cannot_answer(two_workers: SkillRoute, monkeypatch) -> None:
+    """A worker whose node is away (serving/test_worker_faults.py has the real one) holds nothing
+    this process can free: removing an expert unloads what the others hold, where it raised."""
+    c = two_workers
+    c.fleet["cpu"].ensure_loaded(BaseModelSpec(kind="mock", source="m2"))
+
+    def away() -> set[str]:
+        raise RuntimeError("worker edge is unavailable: its node has not joined")
+
+    monkeypatch.setattr(c.fleet["edge"], "resident", away)
+    assert c.experts.remove(eid(c, "gamma")).status == "removed"
+    assert "mock:m2" not in c.fleet["cpu"].resident()
