@@ -32,7 +32,7 @@ from experts.backend import BackendError, ModelSourceError
 from experts.catalog import resolve_source
 from experts.gguf import GGUFInfo, check_gguf
 from experts.streaming import collect
-from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent, finish_reason_of
 
 # Resident memory beyond the weights and the KV cache: tokenizer tables and the touched part of
 # the compute buffers. Fitted to RSS growth after load + generation at n_ctx=2048 without mmap
@@ -172,11 +172,13 @@ class LlamaCppBackend:
         stops (the stream is closed) and the reply is its timeout."""
         deadline = None if request.timeout_s is None else started + request.timeout_s
         pieces: list[str] = []
-        stream = None
+        stream, finish = None, None
         try:  # a prompt that does not fit n_ctx raises before any token, eagerly or at the first
             stream = llm.create_chat_completion(stream=True, **_arguments(request))
             for chunk in stream:
-                if piece := chunk["choices"][0]["delta"].get("content") or "":
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish  # the last chunk's, with no text
+                if piece := choice["delta"].get("content") or "":
                     pieces.append(piece)
                     yield piece
                 if deadline is not None and time.perf_counter() > deadline:
@@ -190,7 +192,7 @@ class LlamaCppBackend:
                 stream.close()  # stops llama.cpp generating (a timeout, or a caller that left)
         yield Generation(request_id=request.request_id, text="".join(pieces), completion_tokens=len(pieces),
                          prompt_tokens=max(int(llm.n_tokens) - len(pieces), 0),
-                         latency_s=time.perf_counter() - started)
+                         latency_s=time.perf_counter() - started, finish_reason=finish_reason_of(finish))
 
 
 def _arguments(request: GenerationRequest) -> dict[str, Any]:
@@ -218,6 +220,7 @@ def _to_generation(request_id: str, out: dict[str, Any], latency_s: float) -> Ge
         prompt_tokens=int(usage.get("prompt_tokens", 0)),
         completion_tokens=int(usage.get("completion_tokens", 0)),
         latency_s=latency_s,
+        finish_reason=finish_reason_of(out["choices"][0].get("finish_reason")),
     )
 
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from experts.streaming import collect, word_pieces
-from experts.types import Generation, GenerationRequest, StreamEvent
+from experts.types import FinishReason, Generation, GenerationRequest, StreamEvent
 
 Fault = Callable[[GenerationRequest], str | None]  # a request's error, or None: it is answered
 Gate = Callable[[GenerationRequest, int], None]  # called before word i is written; may block
@@ -85,7 +85,7 @@ class MockBackend:
         if self._fault is not None and (error := self._fault(request)) is not None:
             yield Generation.failed(request.request_id, error)
             return
-        words = self._words(request)
+        words, finish = self._words(request)
         for i, word in enumerate(words):
             if self._gate is not None:
                 self._gate(request, i)
@@ -94,10 +94,12 @@ class MockBackend:
             yield word
         prompt = "\n".join(m.content for m in request.messages)
         yield Generation(request_id=request.request_id, text="".join(words), prompt_tokens=len(prompt.split()),
-                         completion_tokens=len(words), latency_s=self._token_delay_s * len(words))
+                         completion_tokens=len(words), latency_s=self._token_delay_s * len(words),
+                         finish_reason=finish)
 
-    def _words(self, request: GenerationRequest) -> list[str]:
-        """The reply's words: the answer cut at the first stop string, at most max_tokens words."""
+    def _words(self, request: GenerationRequest) -> tuple[list[str], FinishReason]:
+        """The reply's words: the answer cut at the first stop string, at most max_tokens words;
+        "length" only when max_tokens cut it (an answer exactly max_tokens long ended on its own)."""
         s = request.sampling
         prompt = "\n".join(m.content for m in request.messages)
         sampled = f"|{s.seed}|{s.temperature}" if s.temperature > 0 else ""  # greedy ignores the seed
@@ -105,4 +107,5 @@ class MockBackend:
         text = self._answer or f"Answer: {'ABCD'[int(digest, 16) % 4]} ({digest[:8]})"
         for stop in s.stop:
             text = text.split(stop, 1)[0] if stop else text
-        return word_pieces(text)[:s.max_tokens]
+        words = word_pieces(text)
+        return words[:s.max_tokens], "length" if len(words) > s.max_tokens else "stop"

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from experts.backend import BackendError, ModelSourceError
-from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
+from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent, finish_reason_of
 
 
 def _reason(exc: httpx.HTTPError) -> str:
@@ -164,6 +164,7 @@ class OpenAIHTTPBackend:
         deadline = None if request.timeout_s is None else started + request.timeout_s
         pieces: list[str] = []
         usage: dict[str, Any] = {}
+        finish: object = None  # the server's, on the chunk that ends the choice
         try:
             with client.stream("POST", url, json=body, timeout=self._timeout_of(request)) as reply:
                 if reply.status_code != 200:
@@ -173,6 +174,7 @@ class OpenAIHTTPBackend:
                     if deadline is not None and time.perf_counter() > deadline:
                         raise httpx.ReadTimeout("past the request's timeout")
                     usage = chunk.get("usage") or usage
+                    finish = _finish_of(chunk) or finish
                     for piece in _delta_texts(chunk):
                         pieces.append(piece)
                         yield piece
@@ -186,7 +188,7 @@ class OpenAIHTTPBackend:
         yield Generation(request_id=request.request_id, text="".join(pieces),
                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
                          completion_tokens=int(usage.get("completion_tokens") or len(pieces)),
-                         latency_s=time.perf_counter() - started)
+                         latency_s=time.perf_counter() - started, finish_reason=finish_reason_of(finish))
 
 
 def _sse_chunks(reply: httpx.Response, request_id: str) -> Iterator[dict[str, Any]]:
@@ -211,6 +213,10 @@ def _delta_texts(chunk: dict[str, Any]) -> Iterator[str]:
             yield str(text)
 
 
+def _finish_of(chunk: dict[str, Any]) -> object:
+    """The chunk's finish_reason (null on every chunk but the one that ends the choice)."""
+    return next((c.get("finish_reason") for c in chunk.get("choices") or [] if c.get("finish_reason")), None)
+
 
 def _served_models(url: str, reply: httpx.Response) -> list[str]:
     try:
@@ -223,6 +229,7 @@ def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> 
     try:
         data = reply.json()
         text = data["choices"][0]["message"].get("content") or ""
+        finish = data["choices"][0].get("finish_reason")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise BackendError(f"request {request_id}: not a chat completion: {reply.text[:300]}") from exc
     usage = data.get("usage") or {}
@@ -232,4 +239,5 @@ def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> 
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         latency_s=latency_s,
+        finish_reason=finish_reason_of(finish),
     )

@@ -347,6 +347,7 @@ class ReplayBackend:
             prompt_tokens=prompt_tokens,
             completion_tokens=self.cot_tokens,
             latency_s=cost.latency_s,
+            finish_reason="stop",  # a recorded answer is the model's whole reply, never one cut short
         )
 
 

@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
+# Why a generation ended, as OpenAI and vLLM say it: "stop" (an end-of-sequence token or a stop
+# string) or "length" (its max_tokens cut it).
+FinishReason = Literal["stop", "length"]
 
 
 class ChatMessage(BaseModel):
@@ -52,6 +55,8 @@ class Generation(BaseModel):
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    # None: the backend cannot tell (a chat reply then guesses from its tokens and its limit)
+    finish_reason: FinishReason | None = None
 
     @field_validator("text", "error")
     @classmethod
@@ -68,6 +73,12 @@ class Generation(BaseModel):
     def timed_out(cls, request: GenerationRequest, latency_s: float) -> Generation:
         """The reply of a request that ran past its `timeout_s`, as every backend words it."""
         return cls.failed(request.request_id, f"timed out after {request.timeout_s:g} s", latency_s)
+
+
+def finish_reason_of(reported: object) -> FinishReason | None:
+    """A backend's own finish reason as a Generation holds it: one it does not name "stop" or
+    "length" (vLLM's "abort", a server's "content_filter", none at all) is unknown."""
+    return "stop" if reported == "stop" else "length" if reported == "length" else None
 
 
 # What a token stream yields: text pieces as they are generated, then the whole reply once

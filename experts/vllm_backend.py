@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from experts.backend import BackendError, ModelSourceError
 from experts.options import BackendOptions
-from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams
+from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams, finish_reason_of
 from experts.vllm_host import START_TIMEOUT_S, WorkerProcess, vllm_python
 
 PACKAGE_PREFIX = "package:"
@@ -336,7 +336,7 @@ def _in_memory(stored_bytes: int, folder: Path, dtype: str | None) -> int:
 def _to_generation(request_id: str, out: EngineOutput, latency_s: float) -> Generation:
     return Generation(
         request_id=request_id, text=out.text, prompt_tokens=out.prompt_tokens,
-        completion_tokens=out.completion_tokens, latency_s=latency_s,
+        completion_tokens=out.completion_tokens, latency_s=latency_s, finish_reason=finish_reason_of(out.finish_reason),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 RecruitMode = Literal["sample", "topk", "dynamic"]
+FinishReason = Literal["stop", "length"]  # why a generation ended, as `experts.types` has it
 DecisionMode = Literal["sample", "topk", "dynamic", "budget"]
 Role = Literal["expert", "aggregator", "competitor"]  # a competitor answers only to be scored
 
@@ -178,6 +179,7 @@ class Answer(Record):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    finish_reason: FinishReason | None = None  # the backend's; None: it could not tell (or stored before)
 
 
 class Outcome(Record):

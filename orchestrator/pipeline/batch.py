@@ -281,7 +281,7 @@ class BatchRun:
 
 def _answer(expert: str, role: Role, g: Generation) -> Answer:
     return Answer(expert=expert, role=role, text=g.text, prompt_tokens=g.prompt_tokens,
-                  completion_tokens=g.completion_tokens, latency_s=g.latency_s)
+                  completion_tokens=g.completion_tokens, latency_s=g.latency_s, finish_reason=g.finish_reason)
 
 
 def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:

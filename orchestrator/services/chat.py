@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
 
-from orchestrator.domain import Ask, Decision
+from experts.types import finish_reason_of
+from orchestrator.domain import Ask, Decision, FinishReason
 from orchestrator.pipeline import GenerationLimits
 from orchestrator.pipeline.stream import StreamHub, TooManyStreams
 from orchestrator.services.admission import Admitted
@@ -35,7 +35,6 @@ AUTO = "auto"
 MAX_PROMPT_CHARS = 32_000
 MAX_PIECES = 8192  # pieces one stream buffers; beyond them the rest comes from the stored reply
 
-FinishReason = Literal["stop", "length"]
 Started = tuple[Admitted, Future[list[Query]]]  # the admitted query, and its answer to come
 
 
@@ -75,8 +74,16 @@ def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
 
 
 def finish_reason(reply: GenerationRow, ask: Ask, limits: GenerationLimits) -> FinishReason:
+    """Why the reply ended, as its backend said: "stop" (an end-of-sequence token or a stop
+    string), "length" (its max_tokens cut it). Unknown (a row stored before reasons were, a
+    backend that cannot tell): `guessed_finish`."""
+    return finish_reason_of(reply.finish_reason) or guessed_finish(reply, ask, limits)
+
+
+def guessed_finish(reply: GenerationRow, ask: Ask, limits: GenerationLimits) -> FinishReason:
     """"length" when the reply used every token it was allowed (the pool's limit for its role,
-    lowered by the ask's `max_tokens`), as OpenAI reports a cut reply; else "stop"."""
+    lowered by the ask's `max_tokens`); else "stop". Only a guess: a reply that ended on its own
+    exactly at the limit reads as cut, and one cut by its expert's own lower `max_tokens` as not."""
     limit = limits.aggregator_max_tokens if reply.role == "aggregator" else limits.expert_max_tokens
     if ask.max_tokens is not None:
         limit = min(limit, ask.max_tokens)

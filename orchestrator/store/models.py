@@ -159,6 +159,9 @@ class GenerationRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # stop | length, as the backend said (a chat reply's finish_reason); None: it could not tell,
+    # or the row is from before it was stored
+    finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
 
     query: Mapped[Query] = relationship(back_populates="generations")
 

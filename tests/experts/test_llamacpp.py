@@ -217,6 +217,21 @@ def test_stop_and_max_tokens_are_honoured(smol: LlamaCppBackend) -> None:
 
 
 @pytest.mark.slow
+def test_finish_reason_is_llama_cpp_s_own(smol: LlamaCppBackend) -> None:
+    """"stop" for a reply that ended on its own or at a stop string, "length" for one max_tokens
+    cut: generated whole, streamed, or generated under a time limit (streamed inside)."""
+    q, persona = "What is the capital of France?", "Answer in one sentence."
+    asked = [ask("f", q, system=persona, max_tokens=64), ask("s", q, system=persona, max_tokens=64, stop=["Paris"]),
+             ask("m", q, system=persona, max_tokens=3)]
+    replies = smol.generate(asked)
+    assert [g.finish_reason for g in replies] == ["stop", "stop", "length"] and replies[0].completion_tokens < 64
+    streamed = [list(smol.stream(r))[-1] for r in asked]
+    timed = smol.generate([r.model_copy(update={"timeout_s": 60.0}) for r in asked])
+    assert [g.finish_reason for g in streamed if isinstance(g, Generation)] == ["stop", "stop", "length"]
+    assert [g.finish_reason for g in timed] == ["stop", "stop", "length"]
+
+
+@pytest.mark.slow
 def test_a_request_that_cannot_be_answered_fails_alone_in_its_batch(smol: LlamaCppBackend) -> None:
     """A prompt over n_ctx and a request out of time are each that request's error; the rest
     of the batch is answered."""

@@ -54,3 +54,20 @@ def test_fixed_answer_and_memory() -> None:
     request = ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a")).request("x", "q")
     assert b.generate([request])[0].text == "Answer: B"
     assert b.memory_bytes() == 123
+
+
+def test_finish_reason_says_whether_max_tokens_cut_the_reply() -> None:
+    """"length" only where max_tokens cut the answer: one exactly max_tokens words long ended on
+    its own, and so did one a stop string ended, as a real model's EOS or stop match does."""
+    b = MockBackend("mock:a", answer="Answer: B (why)")  # three words
+    b.load()
+    expert = ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a"))
+    asked = {"whole": {}, "at the cap": {"max_tokens": 3}, "cut": {"max_tokens": 2},
+             "stopped": {"max_tokens": 2, "stop": [" ("]}}
+    requests = [expert.request(name, "q").model_copy(update={"sampling": expert.sampling.model_copy(update=s)})
+                for name, s in asked.items()]
+    replies = {g.request_id: (g.text, g.finish_reason) for g in b.generate(requests)}
+    assert replies == {"whole": ("Answer: B (why)", "stop"), "at the cap": ("Answer: B (why)", "stop"),
+                       "cut": ("Answer: B ", "length"), "stopped": ("Answer: B", "stop")}
+    streamed = [next(e for e in b.stream(r) if not isinstance(e, str)) for r in requests]
+    assert [(g.text, g.finish_reason) for g in streamed] == list(replies.values())

@@ -39,12 +39,15 @@ class Recorder:
 
 
 def _completion(body: dict[str, Any]) -> dict[str, Any]:
+    """The last message echoed, a word a token: cut at max_tokens ("length") as a server cuts it."""
     prompt = " ".join(m["content"] for m in body["messages"])
-    text = f"echo: {body['messages'][-1]['content']}"
+    words = re.findall(r"\S+\s*", f"echo: {body['messages'][-1]['content']}")
+    limit = body.get("max_tokens") or len(words)
+    text, finish = "".join(words[:limit]), "length" if len(words) > limit else "stop"
     usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
     message = {"role": "assistant", "content": text}
     return {"object": "chat.completion", "model": body["model"], "usage": usage,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
 
 def _events(body: dict[str, Any]) -> Iterator[str]:
@@ -53,7 +56,7 @@ def _events(body: dict[str, Any]) -> Iterator[str]:
     words = re.findall(r"\S+\s*", done["choices"][0]["message"]["content"])
     deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in words), {}]
     for i, delta in enumerate(deltas):
-        finish = "stop" if i == len(deltas) - 1 else None
+        finish = done["choices"][0]["finish_reason"] if i == len(deltas) - 1 else None
         yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
     if (body.get("stream_options") or {}).get("include_usage"):
         yield f"data: {json.dumps({'choices': [], 'usage': done['usage']})}\n\n"
@@ -275,3 +278,14 @@ def test_stream_hands_on_the_servers_pieces_and_its_usage(base: str, rec: Record
     assert (last.prompt_tokens, last.completion_tokens) == (5, 4)  # the server's usage chunk
     with pytest.raises(BackendError, match="HTTP 500"):
         list(b.stream(req(1, "FAIL")))
+
+
+def test_the_server_s_finish_reason_is_the_reply_s_streamed_or_not(base: str) -> None:
+    """"length" where the server's max_tokens cut the reply, "stop" where it ended on its own."""
+    b = backend(base)
+    b.load()
+    asked = [req(0, "tell me more"), req(1, "tell me more", max_tokens=2)]
+    plain = [(g.text, g.finish_reason) for g in b.generate(asked)]
+    assert plain == [("echo: tell me more", "stop"), ("echo: tell ", "length")]
+    streamed = [list(b.stream(r))[-1] for r in asked]
+    assert [(g.text, g.finish_reason) for g in streamed if isinstance(g, Generation)] == plain

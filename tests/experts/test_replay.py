@@ -127,6 +127,7 @@ def test_unknown_question_is_a_clear_error_of_that_request_alone(backend: Replay
              for i, t in enumerate(["What is the airspeed?", known])]
     bad, good = backend.generate(asked)
     assert bad.error and good.error is None and good.text.startswith(("Answer:", "No answer"))
+    assert (bad.finish_reason, good.finish_reason) == (None, "stop")  # a recorded answer is whole
 
 
 def test_question_without_a_recording_for_the_model_names_both(folder: Path, tmp_path: Path) -> None:

@@ -46,9 +46,10 @@ class MockVLLMEngine:
         return [self._answer(c, s) for c, s in zip(conversations, sampling, strict=True)]
 
     def _answer(self, conversation: Conversation, sampling: dict[str, Any]) -> EngineOutput:
-        words = f"echo {conversation[-1]['content']}".split()[: sampling["max_tokens"]]
+        whole = f"echo {conversation[-1]['content']}".split()
+        words = whole[: sampling["max_tokens"]]
         prompt = sum(len(m["content"].split()) for m in conversation)
-        return EngineOutput(" ".join(words), prompt, len(words), "stop")
+        return EngineOutput(" ".join(words), prompt, len(words), "length" if len(whole) > len(words) else "stop")
 
     def sleep(self, level: int = 1) -> None:
         self.calls.append(("sleep", level))
@@ -110,6 +111,7 @@ def test_a_batch_is_one_engine_call_in_request_order(hf_folder: Path) -> None:
     assert [g.request_id for g in out] == ["a", "b", "c"]
     assert [g.text for g in out] == ["echo one two three", "echo four", "echo five"]
     assert [(g.prompt_tokens, g.completion_tokens) for g in out] == [(3, 4), (3, 2), (2, 2)]
+    assert [g.finish_reason for g in out] == ["stop", "stop", "length"]  # the engine's own
     conversations, _ = engines[0].calls[0][1]
     assert conversations[1] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "four"}]
 

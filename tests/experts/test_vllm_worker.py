@@ -53,7 +53,8 @@ def test_unload_stops_the_engine_and_load_starts_one_in_the_same_process(engine_
     backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
                           options=fake_python(engine_log))
     backend.load()
-    assert [g.text for g in backend.generate([ask("hi"), ask("a b c")])] == ["smol says hi", "smol says a b"]
+    replies = backend.generate([ask("hi"), ask("a b c")])
+    assert [(g.text, g.finish_reason) for g in replies] == [("smol says hi", "stop"), ("smol says a b", "length")]
     first = backend._engine
     assert isinstance(first, WorkerEngine) and first.report["dtype"] == "float32" and not first.sleep_mode
     backend.unload()

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from experts.mock import MockBackend
+from experts.types import SamplingParams
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig
@@ -51,6 +52,36 @@ def test_created_is_unix_time_whatever_the_server_s_zone(client, tokyo_time):
     r = client.post("/v1/chat/completions", json={"model": "auto", "messages": ASK})
     assert r.status_code == 200, r.text
     assert before - 2 <= r.json()["created"] <= time.time() + 1
+
+
+def test_finish_reason_is_length_only_where_the_token_cap_cut_the_reply(client):
+    """The backend's own reason, streamed and not: a reply that ended on its own exactly at the
+    cap (gamma's and the aggregator's answers are 3 words), or at a stop string, is "stop"; it
+    was "length" whenever the reply's tokens reached the cap, so clients asked it to go on."""
+    oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    cases = [("gamma", {"max_tokens": 3}, "stop"), ("gamma", {"max_tokens": 2, "stop": " ("}, "stop"),
+             ("gamma", {"max_tokens": 2}, "length"), ("auto", {"max_tokens": 3}, "stop"),
+             ("auto", {"max_tokens": 2}, "length")]
+    for model, extra, expected in cases:
+        plain = oai.chat.completions.create(model=model, messages=ASK, **extra)
+        chunks = list(oai.chat.completions.create(model=model, messages=ASK, stream=True, **extra))
+        words = len((plain.choices[0].message.content or "").split())
+        assert words == extra["max_tokens"], (model, extra)  # every reply reached its cap (a word a token)
+        assert plain.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == expected, (model, extra)
+
+
+def test_a_reply_cut_by_its_expert_s_own_max_tokens_is_length(tmp_path, embedder):
+    """An expert's sampling.max_tokens below the pool's limit cuts its reply: that is "length",
+    though its tokens never reached the pool's limit (the guess said "stop")."""
+    terse = mock_expert("terse", "m2").model_copy(update={"sampling": SamplingParams(max_tokens=2)})
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([terse]), embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key))
+    with TestClient(create_app(c, owns_container=True)) as client:
+        oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+        plain = oai.chat.completions.create(model="terse", messages=ASK)
+        chunks = list(oai.chat.completions.create(model="terse", messages=ASK, stream=True))
+    assert plain.usage.completion_tokens == 2
+    assert plain.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_an_expert_name_asks_that_expert_alone(client):

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.store.db import Database, alembic_config, migrate
@@ -43,6 +43,28 @@ def test_upgrade_to_head_then_downgrade_to_base_then_up_again(database_url: str)
     assert tables(database_url) == set()
     migrate(database_url)
     assert schema_drift(database_url) == []
+
+
+def test_0011_keeps_earlier_generations_with_their_finish_reason_unknown(database_url: str) -> None:
+    """A generation stored before finish reasons were reads back with none (a chat reply then
+    guesses, as it did); down again, the column goes and the generation stays."""
+    migrate(database_url, "0010")
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO queries (id, text, k, status, created_at) "
+                              "VALUES (1, 'q', 1, 'done', '2026-01-01 00:00:00')"))
+            conn.execute(text("INSERT INTO generations (query_id, expert, role, text, prompt_tokens, "
+                              "completion_tokens, latency_s) VALUES (1, 'e1', 'expert', 'Answer: 4', 3, 96, 0.5)"))
+        migrate(database_url)
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT text, finish_reason FROM generations")).all() == [("Answer: 4", None)]
+        command.downgrade(alembic_config(database_url), "0010")
+        assert "finish_reason" not in {c["name"] for c in inspect(db.engine).get_columns("generations")}
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT text, completion_tokens FROM generations")).all() == [("Answer: 4", 96)]
+    finally:
+        db.engine.dispose()
 
 
 def test_a_url_with_percent_escapes_migrates(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

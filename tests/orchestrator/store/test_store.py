@@ -176,6 +176,24 @@ def test_a_generation_holding_nul_is_stored_on_every_database(db):
         assert [QueryRepository(s).get(q).generations[0].text for q in qids] == ["Answer: 4\ufffd", "Answer: 6"]
 
 
+def test_each_generation_keeps_its_finish_reason(db):
+    """The backend's reason (a chat reply's finish_reason) is written with each generation by the
+    finish path and read back, as the rows `finish_many` returns have it; unknown stays None."""
+    decision = Decision.made("symbolic", "sample", 1, [], [], ["e1", "e2"], "e1")
+    with db.session() as s:
+        qid = QueryRepository(s).accept(Ask(text="What is 2+2?"), decision).id
+    answers = [Answer(expert="e1", role="expert", text="Answer: 4", finish_reason="length"),
+               Answer(expert="e2", role="expert", text="Answer: 4"),
+               Answer(expert="e1", role="aggregator", text="Answer: 4", finish_reason="stop")]
+    with db.session() as s:
+        (written,) = QueryRepository(s).finish_many(
+            [(qid, Ask(text="What is 2+2?"), Outcome(decision=decision, answers=answers, text="Answer: 4"))])
+    with db.session() as s:
+        stored = QueryRepository(s).get(qid)
+        assert [g.finish_reason for g in stored.generations] == ["length", None, "stop"]
+        assert answers_of(stored) == answers == answers_of(written)
+
+
 def test_profile_is_replaced_whole(db):
     with db.session() as s:
         eid = ExpertRepository(s).add(spec()).id

@@ -39,6 +39,7 @@ class LLM:
 
 
 def _result(model: str, prompt: str, max_tokens: int) -> Any:
-    words = f"{os.path.basename(model)} says {prompt}".split()[:max_tokens]
-    completion = SimpleNamespace(text=" ".join(words), token_ids=list(range(len(words))), finish_reason="stop")
+    whole = f"{os.path.basename(model)} says {prompt}".split()
+    words, finish = whole[:max_tokens], "length" if len(whole) > max_tokens else "stop"
+    completion = SimpleNamespace(text=" ".join(words), token_ids=list(range(len(words))), finish_reason=finish)
     return SimpleNamespace(outputs=[completion], prompt_token_ids=list(range(len(prompt.split()))))
