@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from orchestrator.services.errors import Conflict, Unprocessable
@@ -65,8 +66,12 @@ def scope_of(key_id: int | None) -> str:
 
 
 def fingerprint(body: object) -> str:
-    """The body as canonical JSON, hashed: the same request however its JSON was spaced or ordered."""
-    text = json.dumps(to_jsonable_python(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The body as canonical JSON, hashed: the same request however its JSON was spaced or ordered.
+    A field at its default is left out, so `"stream": false` and no `stream` are one request, and
+    a field a later version adds (at its default) does not make a retry across the upgrade a
+    different body (it did: the whole model was dumped, defaults and all)."""
+    value = body.model_dump(mode="json", exclude_defaults=True) if isinstance(body, BaseModel) else body
+    text = json.dumps(to_jsonable_python(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
+from orchestrator.services.idempotency import fingerprint
 from orchestrator.services.keys import KeyService
 from orchestrator.settings import AuthSettings
 from orchestrator.store.models import Batch, IdempotencyKey, Query
@@ -118,3 +120,21 @@ def test_keys_past_the_retention_window_are_purged_and_free_again(client, contai
     with container.db.session() as s:
         s.execute(update(IdempotencyKey).values(created_at=past))
     assert container.idempotency.purge() == 2 and count(container, IdempotencyKey) == 0
+
+
+
+def test_a_field_a_later_version_adds_at_its_default_keeps_a_retry_the_same_request() -> None:
+    """A retry that spans an upgrade adding an optional request field (this one added several to
+    chat) was a 422 'different body': the whole model, defaults and all, was fingerprinted."""
+
+    class Before(BaseModel):
+        query: str
+        k: int = 3
+
+    class After(Before):
+        temperature: float | None = None
+        stream: bool = False
+
+    assert fingerprint(Before(query="q")) == fingerprint(After(query="q"))
+    assert fingerprint(Before(query="q", k=4)) == fingerprint(After(query="q", k=4, stream=False))
+    assert fingerprint(Before(query="q")) != fingerprint(After(query="q", stream=True))
