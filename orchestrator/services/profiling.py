@@ -119,7 +119,8 @@ class ProfilingService:
         prompts = [format_prompt(it.question) for it in items]  # once, not once per expert
         jobs = self._by_worker(where, [(spec, self._job(eid, spec, it.row_id, prompt))
                                        for eid, spec in experts for it, prompt in zip(items, prompts, strict=True)])
-        gens = self.fleet.execute(jobs, progress=self._track(experts, progress))
+        tracked = _Tracked(self.db, [eid for eid, _ in experts], len(items), progress)
+        gens = self.fleet.execute(jobs, progress=tracked.progress, done=tracked.answered)
         for eid, spec in experts:
             replies = [gens[f"{eid}:{it.row_id}"] for it in items]
             self._tell(spec, where, replies)
@@ -147,24 +148,6 @@ class ProfilingService:
         max_tokens = self.config.generation.profiling_max_tokens
         req = spec.request(f"{eid}:{row_id}", prompt, max_tokens)
         return Job(req.request_id, spec.base, req)
-
-    def _track(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None) -> Progress:
-        """Progress to the caller's bar at every step, to the store (what GET /v1/experts shows)
-        at most once per PROGRESS_WRITE_S: a recorded pool answers thousands of questions a
-        second, and a transaction per step would cost more than the answers."""
-        last = -PROGRESS_WRITE_S
-
-        def report(done: int, total: int) -> None:
-            nonlocal last
-            if done == total or time.monotonic() - last >= PROGRESS_WRITE_S:
-                last = time.monotonic()
-                with self.db.session() as s:
-                    for eid, _ in experts:
-                        ExpertRepository(s).set_progress(eid, done, total)
-            if progress:
-                progress(done, total)
-
-        return report
 
     def _save(self, expert_id: int, replies: list[tuple[ValidationItem, Generation]]) -> None:
         graded = [_graded(it, g) for it, g in replies]
@@ -236,3 +219,32 @@ def _graded(item: ValidationItem, reply: Generation) -> Graded:
 
 def _as_question(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "options": tuple(payload.get("options") or ())}
+
+
+class _Tracked:
+    """A run's progress: to the caller's bar at every step (the run's answers), to the store per
+    expert (its own answers of its own questions: what GET /v1/experts shows) at the start, so
+    its total shows before the first chunk ends, then at most once per PROGRESS_WRITE_S (a
+    recorded pool answers thousands of questions a second, and a transaction per step would
+    cost more than the answers). Each expert's job ids start with its id (`_job`)."""
+
+    def __init__(self, db: Database, ids: Sequence[int], questions: int, bar: Progress | None):
+        self.db, self.questions, self.bar = db, questions, bar
+        self.done = dict.fromkeys(ids, 0)
+        self.last = time.monotonic()
+        self._write()
+
+    def answered(self, job_id: str) -> None:
+        self.done[int(job_id.split(":", 1)[0])] += 1
+
+    def progress(self, done: int, total: int) -> None:
+        if done == total or time.monotonic() - self.last >= PROGRESS_WRITE_S:
+            self.last = time.monotonic()
+            self._write()
+        if self.bar:
+            self.bar(done, total)
+
+    def _write(self) -> None:
+        with self.db.session() as s:
+            for eid, n in self.done.items():
+                ExpertRepository(s).set_progress(eid, n, self.questions)

@@ -316,3 +316,18 @@ def test_a_removal_goes_through_while_another_worker_cannot_answer(two_workers: 
     monkeypatch.setattr(c.fleet["edge"], "resident", away)
     assert c.experts.remove(eid(c, "gamma")).status == "removed"
     assert "mock:m2" not in c.fleet["cpu"].resident()
+
+
+def test_progress_is_each_expert_s_own_and_shows_its_total_from_the_start(held) -> None:
+    """A run's combined count was written to every expert in it (alpha and beta, profiled
+    together at the start, each showed 80 of 80 for 40 questions), and nothing but 0 of 0 until
+    the first chunk came back."""
+    c, gate, entered = held
+    assert [(e.progress_done, e.progress_total) for e in c.experts.all()] == [(40, 40), (40, 40)]
+    delta = profiling_new(c, gate, entered, "delta", "m3")
+    row = c.experts.get(delta)
+    assert (row.progress_done, row.progress_total) == (0, 40)
+    gate.set()
+    c.experts.queue.join()
+    row = c.experts.get(delta)
+    assert (row.progress_done, row.progress_total) == (40, 40)
