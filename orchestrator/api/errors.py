@@ -2,7 +2,7 @@
 
 A request that fails validation is a 422 on the native API but a 400 on the OpenAI-compatible
 routes (those tagged `OPENAI_TAG`): OpenAI and vLLM answer it so, and OpenAI's clients raise
-`BadRequestError` for it."""
+`BadRequestError` for it. There a service error's `type` is OpenAI's category too (`error_type`)."""
 
 from __future__ import annotations
 
@@ -63,19 +63,28 @@ def _openai_route(request: Request) -> bool:
     return isinstance(route, APIRoute) and OPENAI_TAG in route.tags
 
 
+def error_type(request: Request, exc: ServiceError) -> str:
+    """A service error's `type`: on the OpenAI-compatible routes OpenAI's category, which its
+    clients and tools read (`invalid_request_error` with `code: model_not_found`, not
+    `model_not_found` twice); on the native API its code, as always."""
+    if not _openai_route(request):
+        return exc.code
+    return "server_error" if exc.status_code >= 500 else "invalid_request_error"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.code, exc.param, exc.code), exc.status_code)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, error_type(request, exc), exc.param, exc.code), exc.status_code)
 
     @app.exception_handler(Busy)
-    async def _busy(_: Request, exc: Busy) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.code, exc.param, exc.code), exc.status_code,
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, error_type(request, exc), exc.param, exc.code), exc.status_code,
                             headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(BudgetInfeasible)
-    async def _budget(_: Request, exc: BudgetInfeasible) -> JSONResponse:
-        body = error_body(exc.message, exc.code, exc.param, exc.code)
+    async def _budget(request: Request, exc: BudgetInfeasible) -> JSONResponse:
+        body = error_body(exc.message, error_type(request, exc), exc.param, exc.code)
         body["error"].update(exc.detail)  # the budget asked for, the fastest and the least-energy expert
         return JSONResponse(body, exc.status_code)
 

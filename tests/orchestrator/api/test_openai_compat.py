@@ -121,6 +121,19 @@ def test_models_lists_auto_and_the_ready_experts(client):
     assert client.get("/v1/models/nope").json()["error"]["code"] == "model_not_found"
 
 
+def test_a_service_error_on_an_openai_route_has_openai_s_type_and_keeps_its_code(client):
+    """OpenAI's clients and tools read `type` as a category: an unknown model is
+    `invalid_request_error` with `code: model_not_found` (it was `model_not_found` twice); the
+    native API keeps its code as the type."""
+    error = client.get("/v1/models/nope").json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "model_not_found")
+    chat = {"model": "nope", "messages": [{"role": "user", "content": "Hi"}]}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    native = client.get("/v1/queries/999999").json()["error"]
+    assert native["type"] == native["code"] == "not_found"
+
+
 def test_bad_chats_are_4xx_in_openai_shape(client):
     """A request that fails validation is a 400 invalid_request_error, as OpenAI's and vLLM's
     (the native API's 422 made OpenAI clients raise UnprocessableEntityError), naming the field
