@@ -8,9 +8,10 @@ A devices file may list them beside the device profiles:
 
 `device` names the profile its generations are costed with; `resource` is the custom resource
 the worker's Ray node advertises (`ray start --resources '{"edge-1": 1}'`), which pins the
-worker there; none: the node the service starts on. A file without `workers:` (the packaged
-one) means this machine alone: one `cpu` worker on the local-cpu profile (and, under Ray, one
-`gpu<i>` worker per GPU on the local-gpu profile).
+worker there; none: the node the service starts on (the `skillroute serve` driver's, else the
+Serve replica's), pinned there hard. A file without `workers:` (the packaged one) means this
+machine alone: one `cpu` worker on the local-cpu profile (and, under Ray, one `gpu<i>` worker
+per GPU on the local-gpu profile).
 """
 
 from __future__ import annotations

@@ -52,18 +52,20 @@ def planned_workers(settings: Settings, cpu_reservation: float) -> tuple[list[Wo
     return cluster_workers(declared, settings.backends.memory_budget_gb, cpu_reservation), dict(profiles)
 
 
-def spawn_workers(settings: Settings, cpu_reservation: float) -> dict[str, ActorHandle[WorkerActor]]:
-    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run."""
+def spawn_workers(settings: Settings, cpu_reservation: float, home: str | None = None
+                  ) -> dict[str, ActorHandle[WorkerActor]]:
+    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run.
+    `home`: the node a worker without `resource` runs on; none: this process's."""
     workers, profiles = planned_workers(settings, cpu_reservation)
-    return spawn_all(workers, profiles, settings.backend_options())
+    return spawn_all(workers, profiles, settings.backend_options(), home)
 
 
-def device_workers(settings: Settings, cpu_reservation: float) -> dict[str, RemoteWorker]:
+def device_workers(settings: Settings, cpu_reservation: float, home: str | None = None) -> dict[str, RemoteWorker]:
     """Every worker's actor as a device worker; each expert's generations run on the actor of
     the worker it is placed on. Nothing here waits for an actor to run: a worker whose node has
     not joined is built all the same, unavailable until it has (its jobs fail, logged)."""
     workers, profiles = planned_workers(settings, cpu_reservation)
-    actors = spawn_all(workers, profiles, settings.backend_options())
+    actors = spawn_all(workers, profiles, settings.backend_options(), home)
     return {w.name: RemoteWorker(actors[w.name], w, memory_bytes(w, profiles)) for w in workers}
 
 
@@ -72,12 +74,12 @@ class SkillRouteIngress:
     lifespan starts it in the background (the one start, however the replica was deployed) and
     closes it."""
 
-    def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0):
+    def __init__(self, settings: Settings, pool_path: str, cpu_reservation: float = 1.0, home: str | None = None):
         # imported here, in the replica: the driver never builds the service, and a restart's
         # driver reaches Ray sooner without importing the whole of it
         from orchestrator.container import SkillRoute
 
-        workers = device_workers(settings, cpu_reservation)
+        workers = device_workers(settings, cpu_reservation, home)
         self.container: SkillRoute = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -97,10 +99,11 @@ ingress = serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_op
 
 
 def build_app(settings: Settings | None = None, pool_path: str | Path | None = None,
-              cpu_reservation: float = 1.0) -> Application:
-    """The bound Serve application; `cpu_reservation` is what the CPU worker actor reserves."""
+              cpu_reservation: float = 1.0, home: str | None = None) -> Application:
+    """The bound Serve application; `cpu_reservation` is what the CPU worker actor reserves,
+    `home` the node id workers without a `resource` are pinned to (none: the replica's node)."""
     settings = settings or get_settings()
-    return ingress.bind(settings, str(pool_path or settings.pool), cpu_reservation)
+    return ingress.bind(settings, str(pool_path or settings.pool), cpu_reservation, home)
 
 
 # What KubeRay's serveConfigV2 imports (import_path: orchestrator.serving.app:app).
@@ -171,12 +174,19 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dash
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
-        spawn_workers(settings, cores)  # not awaited: the actors boot while Serve starts
+        # Workers without a `resource` run on this driver's node: `skillroute serve` was started
+        # here, with this machine's settings and data dir (GGUF files), and `cores` counts its
+        # CPUs. The replica spawns the actors too, but reserves no CPU and may land on any node;
+        # it is handed this node so both ask for the same placement (two homes would make each
+        # start kill the other's actors as stale). Under KubeRay there is no driver: the replica
+        # pins them to its own node.
+        home = ray.get_runtime_context().get_node_id()
+        spawn_workers(settings, cores, home)  # not awaited: the actors boot while Serve starts
         log_cluster(dashboard_url, log)
         serve.start(http_options={"host": host, "port": port})
         if preparing is not None:
             preparing.join()  # before the replica exists: it must find the profiles stored
-        serve.run(build_app(settings, pool_path, cores), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(settings, pool_path, cores, home), name=APP_NAME, route_prefix="/")
         log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r}); starting up behind it")
         watch_start(f"http://{_local(host)}:{port}", log)
         while True:

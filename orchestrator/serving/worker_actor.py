@@ -8,6 +8,7 @@ same device, and a replica restart does not drop the loaded weights.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any, cast
 import ray
 from ray.actor import ActorHandle
 from ray.experimental import internal_kv
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from experts.devices import DeviceProfile
 from experts.factory import make_backend
@@ -117,12 +119,14 @@ class WorkerActor:
         return {"device": self.worker.name, "memory_budget": self.worker.memory_budget, "pid": os.getpid()}
 
 
-def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory = make_backend
-          ) -> ActorHandle[WorkerActor]:
+def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory = make_backend,
+          home: str | None = None) -> ActorHandle[WorkerActor]:
     """Get the worker's actor, creating it if no one has yet (idempotent across replicas).
 
     Pinned to its node by the custom resource the node advertises (a small share of it, so
-    several workers can live on one node), and restarted by Ray if its process dies: the next
+    several workers can live on one node); a worker without one is pinned, hard, to `home`
+    (a Ray node id; none: this process's node), the node the service runs on, where its
+    data dir (GGUF files) is and whose CPU it is costed as. Restarted by Ray if its process dies: the next
     call finds a fresh actor that reloads its models on demand. A call in flight when it died
     is not retried by Ray (RemoteWorker reruns the greedy ones). `factory` travels to the
     actor by value (tests pass one that builds mock backends).
@@ -130,35 +134,43 @@ def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory 
     An actor found under the name but made for other settings (an earlier deploy's budget,
     pinning or backend options) is killed and made anew, with a warning: reusing it kept them.
     """
-    wanted = configuration(worker, memory_budget_bytes, factory)
-    made = _spawn(worker, memory_budget_bytes, factory)
+    node = None if worker.resource else (home or ray.get_runtime_context().get_node_id())
+    wanted = configuration(worker, memory_budget_bytes, factory, node)
+    made = _spawn(worker, memory_budget_bytes, factory, node)
     if _recorded(worker.name) not in (None, wanted):
         log.warning("worker %s's actor was made for other settings (%s); making it anew for %s",
                     worker.name, _recorded(worker.name), wanted)
-        made = _respawn(made, worker, memory_budget_bytes, factory)
+        made = _respawn(made, worker, memory_budget_bytes, factory, node)
     _record(worker.name, wanted)
     return made
 
 
-def _spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory) -> ActorHandle[WorkerActor]:
+def _spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory,
+           node: str | None) -> ActorHandle[WorkerActor]:
+    """`node`: the node id an unpinned worker (no `resource`) must run on; without it Ray would
+    place the actor on any node with room, away from the data dir and the CPU it is costed as.
+    Not soft: a node that cannot fit it leaves it pending (the autoscaler logs it infeasible)."""
     resources = {worker.resource: RESOURCE_SHARE} if worker.resource else {}
+    placement: dict[str, Any] = {}
+    if node is not None:
+        placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
     handle = ray.remote(WorkerActor).options(
         name=actor_name(worker.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=worker.cpus, num_gpus=worker.gpus, resources=resources, max_concurrency=MAX_CONCURRENCY,
-        max_restarts=-1, max_task_retries=0,
+        max_restarts=-1, max_task_retries=0, **placement,
     ).remote(worker.name, memory_budget_bytes, factory)
     # Ray types `.remote()` as "a handle or the class itself"; at runtime it is always a handle.
     return cast("ActorHandle[WorkerActor]", handle)
 
 
 def _respawn(stale: ActorHandle[WorkerActor], worker: WorkerSpec, memory_budget_bytes: int,
-             factory: BackendFactory) -> ActorHandle[WorkerActor]:
+             factory: BackendFactory, node: str | None) -> ActorHandle[WorkerActor]:
     """Kill the stale actor and make the worker's anew, once its name is free again."""
     ray.kill(stale, no_restart=True)
     deadline = time.monotonic() + RESPAWN_TIMEOUT_S
     while _named(worker.name) and time.monotonic() < deadline:
         time.sleep(0.05)  # the poll interval while the GCS releases the dead actor's name
-    return _spawn(worker, memory_budget_bytes, factory)
+    return _spawn(worker, memory_budget_bytes, factory, node)
 
 
 def _named(name: str) -> bool:
@@ -169,10 +181,17 @@ def _named(name: str) -> bool:
     return True
 
 
-def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory) -> str:
-    """What an actor is made with, as text stable across processes (no object addresses)."""
-    return json.dumps({"worker": worker.model_dump(), "memory_budget": memory_budget_bytes,
-                       "backends": _described(factory)}, sort_keys=True, default=str)
+def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory,
+                  node: str | None = None) -> str:
+    """What an actor is made with, as text stable across processes (no object addresses).
+
+    An unpinned worker's node is part of it: an actor made on another node (by a release that
+    did not pin it, or for a service that ran elsewhere) is made anew on this one. A worker
+    pinned by its resource records no node, so its settings read as before."""
+    made = {"worker": worker.model_dump(), "memory_budget": memory_budget_bytes, "backends": _described(factory)}
+    if node is not None:
+        made["node"] = node
+    return json.dumps(made, sort_keys=True, default=str)
 
 
 def _described(factory: Any) -> str:
@@ -195,7 +214,27 @@ def _record(name: str, wanted: str) -> None:
 
 
 def spawn_all(workers: Sequence[WorkerSpec], profiles: Mapping[str, DeviceProfile],
-              options: BackendOptions | None = None) -> dict[str, ActorHandle[WorkerActor]]:
-    """One actor per worker, by worker name; its backends are built with the service's options."""
+              options: BackendOptions | None = None, home: str | None = None
+              ) -> dict[str, ActorHandle[WorkerActor]]:
+    """One actor per worker, by worker name; its backends are built with the service's options.
+    `home`: the node unpinned workers run on (see `spawn`). A worker's actor left from an earlier
+    deploy that no longer declares it is killed: detached, it would hold its node's resources
+    and its models forever."""
     factory = functools.partial(make_backend, options=options or BackendOptions())
-    return {w.name: spawn(w, memory_bytes(w, profiles), factory) for w in workers}
+    made = {w.name: spawn(w, memory_bytes(w, profiles), factory, home) for w in workers}
+    retire_undeclared({actor_name(w.name) for w in workers})
+    return made
+
+
+def retire_undeclared(declared: Collection[str]) -> list[str]:
+    """Kill this namespace's worker actors whose names are not in `declared`, and forget their
+    recorded settings; returns the names killed. Read from the GCS, so no dashboard is needed."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    stale = sorted(a["name"] for a in named if a["namespace"] == NAMESPACE
+                   and a["name"].startswith(actor_name("")) and a["name"] not in declared)
+    for name in stale:
+        log.warning("worker actor %s is no longer declared; killing it to free its resources and models", name)
+        with contextlib.suppress(ValueError):  # gone meanwhile
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        internal_kv._internal_kv_del(name, namespace=NAMESPACE)
+    return stale
