@@ -4,9 +4,9 @@ When a recruited expert fails, the next-ranked one may stand in. Under a budget 
 the whole query within it, not only fit alone: it runs beside the experts still answering
 (latencies add on a shared device) and after the one it replaces has failed, which at worst is
 at the end of that one's predicted time (on one device its time is in the device's turn anyway).
-Every expert tried keeps its charge (a failed one spent
-its energy), and the aggregation costs what the plan said (a stand-in replaces one answer with
-one, so the answers to aggregate do not grow).
+Every expert tried keeps its charge (a failed one spent its energy), and the aggregation costs
+what the plan said (a stand-in replaces one answer with one, so the answers to aggregate do not
+grow).
 """
 
 from __future__ import annotations

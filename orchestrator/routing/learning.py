@@ -62,10 +62,20 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int 
     correct, observed, choices = _columns(evidence, rows, names, n_old)
     labels = _labels(evidence, emb, n_old)
     profiles = _profiles(evidence.profiles, lessons, names)  # every lesson: profiles are sums
-    competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
-    grown = RoutingEvidence(profiles, emb, correct, labels, choices, competence, observed,
+    grown = RoutingEvidence(profiles, emb, correct, labels, choices, _competence(profiles), observed,
                             evidence.learned_rows + len(rows), evidence.options)
     return _bounded(grown, max_rows)
+
+
+def unmarked(evidence: RoutingEvidence, lessons: Sequence[Lesson]) -> RoutingEvidence:
+    """The evidence with these lessons' marks taken back out of the profiles and competence:
+    what `learned` added for them there (their rows are the caller's to cut)."""
+    profiles = _profiles(evidence.profiles, lessons, list(evidence.profiles), sign=-1.0)
+    return replace(evidence, profiles=profiles, competence=_competence(profiles))
+
+
+def _competence(profiles: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return global_competence({n: sum(p.values()) for n, p in profiles.items()})
 
 
 def _bounded(evidence: RoutingEvidence, max_rows: int) -> RoutingEvidence:
@@ -118,13 +128,14 @@ def _nearest_old(emb: np.ndarray, n_old: int) -> np.ndarray:
     return np.vstack(out) if out else np.zeros((0, k), dtype=int)
 
 
-def _profiles(profiles: Mapping[str, Mapping[str, float]], lessons: Sequence[Lesson], names: Sequence[str]
-              ) -> dict[str, dict[str, float]]:
+def _profiles(profiles: Mapping[str, Mapping[str, float]], lessons: Sequence[Lesson], names: Sequence[str],
+              sign: float = 1.0) -> dict[str, dict[str, float]]:
+    """The profiles with each lesson's ±1 per marked expert and skill added (`sign` -1: taken out)."""
     out = {n: dict(profiles.get(n, {})) for n in names}
     for x in lessons:
         for expert, right in x.marks.items():
             for skill in x.skills:
-                out[expert][skill] = out[expert].get(skill, 0.0) + (1.0 if right else -1.0)
+                out[expert][skill] = out[expert].get(skill, 0.0) + sign * (1.0 if right else -1.0)
     return out
 
 

@@ -13,7 +13,14 @@ from experts.types import ExpertSpec
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.routing.evidence import RoutingEvidence, typical_options
 from orchestrator.routing.knn_router import KnnRouter
-from orchestrator.routing.learning import CERTAIN_AFTER, MAX_LEARNED_ROWS, Lesson, learned, observed_counts
+from orchestrator.routing.learning import (
+    CERTAIN_AFTER,
+    MAX_LEARNED_ROWS,
+    Lesson,
+    learned,
+    observed_counts,
+    unmarked,
+)
 from orchestrator.routing.router import build_router
 from orchestrator.services.deployment import Deployment
 from orchestrator.store.db import Database
@@ -24,7 +31,6 @@ from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import AnswerRow, ValidationRepository
 from skills.embedder import Embedder
 from skills.grading import extract_choice
-from skills.profiling import global_competence
 from skills.question_text import question_part
 from skills.vocabulary import SkillVocabulary
 
@@ -277,13 +283,7 @@ def _exact(lesson_id: int, old: Lesson, new: Lesson, experts: Mapping[str, Exper
 
 def _without(evidence: RoutingEvidence, rows: Sequence[int], lessons: Sequence[Lesson]) -> RoutingEvidence:
     """The evidence without these learned rows (indices into it) and the lessons' profile marks."""
-    profiles = {e: dict(p) for e, p in evidence.profiles.items()}
-    for x in lessons:
-        for expert, right in x.marks.items():
-            for skill in x.skills:
-                profiles[expert][skill] -= 1.0 if right else -1.0
-    competence = global_competence({n: sum(p.values()) for n, p in profiles.items()})
-    return replace(_rows_kept(evidence, rows), profiles=profiles, competence=competence)
+    return unmarked(_rows_kept(evidence, rows), lessons)
 
 
 def _rows_kept(evidence: RoutingEvidence, rows: Sequence[int]) -> RoutingEvidence:
