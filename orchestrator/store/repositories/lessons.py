@@ -26,10 +26,6 @@ class LessonRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def add(self, lesson: Lesson, query_id: int | None = None) -> bool:
-        """`store` the lesson; True when nothing of the query was replaced."""
-        return not self.store(lesson, query_id).replaced
-
     def store(self, lesson: Lesson, query_id: int | None = None) -> Stored:
         """Store a lesson; one per query and source (a repeat replaces the first). Feedback
         replaces every earlier lesson of its query: an explored or competed query's answers were
@@ -66,10 +62,6 @@ class LessonRepository:
         rows = self.session.execute(stmt.returning(*columns), execution_options={"synchronize_session": False})
         return sorted((r.id, Lesson(np.zeros(0, np.float32), tuple(r.skills), {k: bool(v) for k, v in r.marks.items()},
                                     dict(r.choices), r.source)) for r in rows)
-
-    def all(self, stale: Mapping[str, int] | None = None, embedded: int | None = None) -> list[Lesson]:
-        """Every lesson, oldest first (`with_ids`, without their ids)."""
-        return [x for _, x in self.with_ids(stale, embedded)]
 
     def with_ids(self, stale: Mapping[str, int] | None = None, embedded: int | None = None
                  ) -> list[tuple[int, Lesson]]:

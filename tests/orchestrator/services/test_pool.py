@@ -72,7 +72,7 @@ def test_a_change_of_embedding_kind_embeds_the_memory_and_the_lessons_again(cont
         s.flush()
         marks = {next(iter(container.pool.snapshot.experts)): True}
         for qid in (query.id, None):
-            LessonRepository(s).add(Lesson(np.ones(container.embedder.dim, dtype=np.float32), ("arithmetic",),
+            LessonRepository(s).store(Lesson(np.ones(container.embedder.dim, dtype=np.float32), ("arithmetic",),
                                            marks), qid)
     transformer = get_embedder("transformer")
     restarted(container, transformer).close()

@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event, text
+from sqlalchemy.orm import Session
 
 from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -232,15 +233,19 @@ def test_timings_read_back_each_expert_set_s_last_runs_oldest_first(db):
         assert [r.expert for r in QueryRepository(s).timings(["e1", "e2", "other"], 2)] == ["e2", "other"]
 
 
+def lessons(s: Session, stale: dict[str, int] | None = None, embedded: int | None = None) -> list[Lesson]:
+    return [x for _, x in LessonRepository(s).with_ids(stale, embedded)]
+
+
 def test_lessons_past_the_newest_few_are_read_without_their_embedding(db):
     """A start needs only the newest lessons' vectors (the memory keeps those) and every lesson's
     marks (profiles are sums): older ones come with an empty embedding, marks and skills intact."""
     with db.session() as s:
         for i in range(5):
-            LessonRepository(s).add(Lesson(np.full(4, i, dtype=np.float32), ("x",), {"e1": i % 2 == 0}))
+            LessonRepository(s).store(Lesson(np.full(4, i, dtype=np.float32), ("x",), {"e1": i % 2 == 0}))
     with db.session() as s:
-        every, bounded = LessonRepository(s).all(), LessonRepository(s).all(embedded=2)
-        stale = LessonRepository(s).all({"e1": LessonRepository(s).last_id() - 1}, embedded=0)
+        every, bounded = lessons(s), lessons(s, embedded=2)
+        stale = lessons(s, {"e1": LessonRepository(s).last_id() - 1}, embedded=0)
     assert [len(x.embedding) for x in every] == [4] * 5 and [len(x.embedding) for x in bounded] == [0, 0, 0, 4, 4]
     assert [x.embedding[0] for x in bounded[3:]] == [3.0, 4.0]
     assert [(x.skills, dict(x.marks)) for x in bounded] == [(x.skills, dict(x.marks)) for x in every]
@@ -260,12 +265,12 @@ def test_two_feedbacks_on_one_query_at_once_both_succeed_and_one_lesson_stays(db
     def second() -> None:
         try:
             with db.session() as s:
-                results.append(LessonRepository(s).add(lesson, qid))
+                results.append(not LessonRepository(s).store(lesson, qid).replaced)
         except BaseException as exc:  # noqa: BLE001 - the test reads it
             results.append(exc)
 
     with db.session() as s:
-        assert LessonRepository(s).add(lesson, qid)  # stored, not committed yet
+        assert not LessonRepository(s).store(lesson, qid).replaced  # stored, not committed yet
         thread = threading.Thread(target=second)
         thread.start()
         deadline = time.monotonic() + 30
