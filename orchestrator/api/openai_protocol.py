@@ -48,6 +48,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(default=False, description="A last chunk, before [DONE], with the usage.")
 
 
+def _sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    """OpenAI's `stop` (one string, a list, or none) as the sequences it names."""
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
+
 class Unimplemented(BaseModel):
     """OpenAI parameters asking for what no expert here gives: tool calls, JSON output, log
     probabilities. Ignored, they handed the client a reply it could not use as it asked (a
@@ -128,13 +133,13 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
+        stops = _sequences(stop)
         if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
             raise ValueError("`stop` takes up to 4 non-empty sequences of at most 256 characters")
         return stop
 
     def stop_sequences(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return _sequences(self.stop)
 
     def to_ask(self, default_k: int, budgets: BudgetService) -> Ask:
         """`auto` routes; another model names the expert that answers alone. Budgets
