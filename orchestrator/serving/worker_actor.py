@@ -137,9 +137,9 @@ def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory 
     node = None if worker.resource else (home or ray.get_runtime_context().get_node_id())
     wanted = configuration(worker, memory_budget_bytes, factory, node)
     made = _spawn(worker, memory_budget_bytes, factory, node)
-    if _recorded(worker.name) not in (None, wanted):
+    if (recorded := _recorded(worker.name)) not in (None, wanted):
         log.warning("worker %s's actor was made for other settings (%s); making it anew for %s",
-                    worker.name, _recorded(worker.name), wanted)
+                    worker.name, recorded, wanted)
         made = _respawn(made, worker, memory_budget_bytes, factory, node)
     _record(worker.name, wanted)
     return made
