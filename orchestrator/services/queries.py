@@ -8,7 +8,8 @@ after a crash (`recover`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
@@ -99,11 +100,17 @@ class QueryService:
         rows = self._store([(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)])
         if taught:
             self._learn(taught)
-        failed = sum(o.error is not None for o in outcomes)
-        self.probe.queries_finished("done", len(runnable) - failed)
-        if failed:
-            self.probe.queries_finished("failed", failed)
+        self._count(rows.values())
         return rows
+
+    def _count(self, stored: Iterable[Query]) -> None:
+        """Count what the batch stored, by status. An answer the store refused is counted by
+        `_fail`, which stored it failed; one it dropped (the query finished elsewhere) is not
+        counted again."""
+        statuses = Counter(q.status for q in stored)
+        for status in ("done", "failed"):
+            if statuses[status]:
+                self.probe.queries_finished(status, statuses[status])
 
     def _store(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> dict[int, Query]:
         """Store the answered queries together; if that fails (a lock timeout, a dropped
@@ -134,10 +141,17 @@ class QueryService:
         self.probe.learned([lesson.source for _, lesson in taught])
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
+        """Fail those of these queries still accepted, counting only those: one finished
+        meanwhile (another replica answered it) keeps its outcome and was counted where it ended.
+        `fail` reports nothing, so what is still accepted is read first, in the same session; a
+        replica finishing one between that read and the (conditional) write is miscounted only."""
         with self.db.session() as s:
-            for qid in ids:
-                QueryRepository(s).fail(qid, error)
-        self.probe.queries_finished("failed", len(ids))
+            repo = QueryRepository(s)
+            pending = [q.id for q in repo.get_many(ids) if q.status == "accepted"]
+            for qid in pending:
+                repo.fail(qid, error)
+        if pending:
+            self.probe.queries_finished("failed", len(pending))
 
     def get(self, query_id: int, reader: int | None = None) -> Query:
         """The stored query; with `reader` (a client key), only one it asked or nobody's."""
