@@ -3,10 +3,13 @@
 The prompt is the paper's, word for word; it is sampled `n_samples` times and only keywords
 that several samples agree on are kept (`consolidate`). Parsing follows the paper's
 `get_keywords` (text after the last "Keywords:", split on ",", strip, lower-case, drop ".",
-keep items of at most 20 characters) with three guards for small local models, which the
-paper's frontier keyword model did not need: the marker is matched case-insensitively, only
-the first non-empty line after it is read (small models keep talking after the list), and
-markdown/quote characters around items are stripped.
+keep items of at most 20 characters) with guards for small local models, which the paper's
+frontier keyword model did not need: the marker is matched case-insensitively, only the first
+non-empty line after it is read (small models keep talking after the list) unless that line
+starts a numbered or bulleted list (then the list's lines are read, one keyword each),
+markdown/quote characters (curly ones too) and list numbers around items are stripped,
+";" and the CJK commas separate as "," does, and the prompt's own `<keyword1>` echoed back is
+no keyword.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from experts.types import ChatMessage, Generation, GenerationRequest, SamplingPa
 
 MAX_KEYWORD_CHARS = 20
 MAX_KEYWORDS = 5
-_MARKER = re.compile(r"keywords\s*:", re.IGNORECASE)
-_STRIP = " \t\"'`*_#-•[]<>"
+_MARKER = re.compile(r"keywords\s*[:：]", re.IGNORECASE)
+_STRIP = " \t\"'`*_#-•[]<>\u201c\u201d\u2018\u2019«»「」『』"
+_SEPARATOR = re.compile(r"[,;，、；]")  # small models write the list as their language does
+_LIST_ITEM = re.compile(r"\s*(?:[-*•+]|\d{1,2}[.)])\s+")  # "- x", "* x", "1. x", "2) x"
+_PLACEHOLDER = re.compile(r"keywords?\s*\d*")  # the prompt's "<keyword1>, <keyword2>..." copied
 
 
 def keyword_prompt(question: str) -> str:
@@ -36,15 +42,35 @@ def keyword_prompt(question: str) -> str:
 
 def parse_keywords(text: str) -> list[str]:
     """Keywords in one reply, in order, without duplicates."""
-    markers = list(_MARKER.finditer(text))
-    tail = text[markers[-1].end() :] if markers else text
-    line = next((ln for ln in tail.splitlines() if ln.strip(_STRIP)), "")
     out: list[str] = []
-    for item in line.split(","):
-        keyword = item.strip().lower().replace(".", "").strip(_STRIP)
+    for item in (i for line in _keyword_lines(text) for i in _SEPARATOR.split(line)):
+        keyword = _clean(item)
         if keyword and len(keyword) <= MAX_KEYWORD_CHARS and keyword not in out:
             out.append(keyword)
     return out
+
+
+def _keyword_lines(text: str) -> list[str]:
+    """The first non-empty line after the last marker; a list started there is read whole (its
+    consecutive item lines), as a list puts one keyword on each line."""
+    markers = list(_MARKER.finditer(text))
+    tail = text[markers[-1].end() :] if markers else text
+    lines = [ln for ln in tail.splitlines() if ln.strip(_STRIP)]
+    if not lines or not _LIST_ITEM.match(lines[0]):
+        return lines[:1]
+    items = []
+    for line in lines:
+        if not _LIST_ITEM.match(line):
+            break  # the list is over: what follows is the model talking
+        items.append(line)
+    return items
+
+
+def _clean(item: str) -> str:
+    """One item as the paper keeps it (lower-cased, no "."), without list marks or quotes; ""
+    for the prompt's placeholder echoed back."""
+    keyword = _LIST_ITEM.sub("", item.strip(), count=1).lower().replace(".", "").strip(_STRIP)
+    return "" if _PLACEHOLDER.fullmatch(keyword) else keyword
 
 
 def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int = MAX_KEYWORDS) -> list[str]:

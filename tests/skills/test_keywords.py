@@ -39,6 +39,25 @@ def test_parse_without_marker_reads_the_text() -> None:
     assert parse_keywords("") == []
 
 
+def test_parse_reads_a_numbered_or_bulleted_list_one_keyword_a_line() -> None:
+    assert parse_keywords("Keywords:\n1. Algebra\n2) geometry.\n3. calculus\nThese cover it.") == [
+        "algebra", "geometry", "calculus"]
+    assert parse_keywords("Keywords:\n- algebra\n* geometry\n\nI chose these because") == ["algebra", "geometry"]
+    assert parse_keywords("Keywords: 1. algebra, 2. geometry") == ["algebra", "geometry"]
+    assert parse_keywords("Keywords: algebra\n- not a keyword") == ["algebra"]  # no list started: one line
+
+
+def test_parse_strips_curly_quotes_and_splits_on_semicolons_and_cjk_commas() -> None:
+    assert parse_keywords("Keywords: \u201calgebra\u201d, \u2018geometry\u2019") == ["algebra", "geometry"]
+    assert parse_keywords("Keywords: algebra; geometry；calculus") == ["algebra", "geometry", "calculus"]
+    assert parse_keywords("Keywords：代数，几何、química") == ["代数", "几何", "química"]
+
+
+def test_parse_drops_the_prompts_placeholders_echoed_back() -> None:
+    assert parse_keywords("Keywords: <keyword1>, <keyword2>...") == []
+    assert parse_keywords("Keywords: <keyword1>, virology") == ["virology"]
+
+
 def test_consolidate_keeps_repeated_in_first_seen_order() -> None:
     samples = [["law", "ethics"], ["ethics", "finance"], ["finance", "law"], ["tax"]]
     assert consolidate(samples) == ["law", "ethics", "finance"]
