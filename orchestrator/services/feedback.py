@@ -56,7 +56,8 @@ class FeedbackService:
             lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
                             {e: letters.get(e) for e in marks}, "feedback")
             self.pool.learn([(query_id, lesson)])
-            self.probe.learned(["feedback"])
+            if not had:  # feedback given again replaces its lesson: the store keeps one, so count one
+                self.probe.learned(["feedback"])
         return Verdict(query_id, marks, had)
 
     def _marks(self, texts: dict[str, str], decision: Decision, final: str, correct: bool | None,
