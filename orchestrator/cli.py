@@ -271,14 +271,16 @@ def _client(url: str, key: str | None) -> httpx.Client:
 
 
 def _remote_id(http: httpx.Client, ref: str) -> int:
-    """An expert's id on a running service, from its id or name."""
+    """An expert's id on a running service: the expert named `ref`, else (no expert has that
+    name) `ref` read as an id. The name first, as in-process (ExpertService.find): a name may be
+    all digits, and reading "1" as id 1 changed or removed another expert than the one named."""
+    found = [e["id"] for e in _accepted(http.get("/v1/experts")) if e["name"] == ref]
+    if found:
+        return int(found[0])
     if ref.isdigit():
         return int(ref)
-    found = [e["id"] for e in _accepted(http.get("/v1/experts")) if e["name"] == ref]
-    if not found:
-        console.print(f"[red]no expert named {ref!r}[/red]")
-        raise typer.Exit(2)
-    return int(found[0])
+    console.print(f"[red]no expert named {ref!r}[/red]")
+    raise typer.Exit(2)
 
 
 def _accepted(r: httpx.Response) -> Any:

@@ -212,13 +212,14 @@ class ExpertService:
         return row
 
     def find(self, ref: str) -> Expert:
-        """An expert by id (all digits) or by name."""
-        if ref.isdigit():
-            return self.get(int(ref))
+        """The expert named `ref`, else (no expert has that name) the one whose id `ref` spells.
+        The name first: a name may be all digits, and reading "1" as id 1 changed or removed
+        another expert than the one named."""
         with self.db.session() as s:
-            row = ExpertRepository(s).by_name(ref)
+            repo = ExpertRepository(s)
+            row = repo.by_name(ref) or (repo.get(int(ref)) if ref.isdigit() else None)
         if row is None:
-            raise NotFound(f"no expert named {ref!r}", "name")
+            raise NotFound(f"no expert named {ref!r}" + (f" nor with id {ref}" if ref.isdigit() else ""), "name")
         return row
 
     def pending_profiles(self) -> list[int]:
