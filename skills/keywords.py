@@ -104,15 +104,18 @@ def keyword_requests(
     temperature: float = 0.7,
     max_tokens: int = 32,
     seed: int = 0,
+    timeout_s: float | None = None,
 ) -> list[GenerationRequest]:
     """`n_samples` keyword requests for one question, ids f"{question_id}#kw{j}", seeds distinct
-    so that a seeded backend really draws different samples."""
+    so that a seeded backend really draws different samples; each gives up after the keyword
+    expert's `timeout_s` as its other requests do."""
     messages = [ChatMessage(role="user", content=keyword_prompt(question))]
     return [
         GenerationRequest(
             request_id=f"{question_id}#kw{j}",
             messages=messages,
             sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + j),
+            timeout_s=timeout_s,
         )
         for j in range(n_samples)
     ]

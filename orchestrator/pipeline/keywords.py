@@ -28,7 +28,8 @@ class KeywordReader:
         ids = [str(i) for i in range(len(texts))]
         # the paper asks the keyword model plainly: the expert's base model, without its persona
         jobs = [Job(r.request_id, expert.base, r) for qid, text in zip(ids, texts, strict=True)
-                for r in keyword_requests(qid, text, self.samples, self.temperature, MAX_TOKENS, self.seed)]
+                for r in keyword_requests(qid, text, self.samples, self.temperature, MAX_TOKENS, self.seed,
+                                          expert.timeout_s)]
         replies = self.fleet.execute({worker: jobs})
         found = keywords_from_generations(ids, [g for g in replies.values() if g.error is None])
         return [found[qid] for qid in ids]

@@ -53,6 +53,16 @@ def test_a_keyword_mode_without_its_expert_is_refused() -> None:
         PoolConfig(validation=ValidationConfig(keyword_mode="llm", keyword_expert="nobody"))
 
 
+def test_keyword_samples_give_up_after_the_keyword_experts_timeout() -> None:
+    asked: list[float | None] = []
+    backend = MockBackend(READER.key, answer="Keywords: botany", delay_s=lambda r: asked.append(r.timeout_s) or 0.0)
+    fleet = Fleet({"cpu": DeviceWorker("cpu", 2**30, lambda spec: backend)})
+    reader = ExpertSpec(name="reader", base=READER, timeout_s=0.25)
+    assert KeywordReader(fleet, samples=3).read(reader, "cpu", ["Why are leaves green?"]) == [["botany"]]
+    fleet.shutdown()
+    assert asked == [0.25, 0.25, 0.25]
+
+
 @pytest.mark.slow
 def test_a_packaged_model_reads_keywords_the_papers_way(embedder: Embedder) -> None:
     pytest.importorskip("llama_cpp")
