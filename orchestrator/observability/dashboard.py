@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from orchestrator.domain import Decision
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.window import BatchingWindow
+from orchestrator.scheduling.worker import Event
 from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
@@ -65,8 +66,10 @@ class DashboardService:
 
     def _timeline(self) -> State:
         """The residency lanes of the workers that answer; the others named as unavailable."""
-        timelines, unavailable = self.fleet.each(lambda w: w.timeline())
-        return {**residency(timelines), "unavailable_workers": unavailable}
+        read, unavailable = self.fleet.each(lambda w: (w.timeline(), w.resident()))
+        timelines = {name: events for name, (events, _) in read.items()}
+        return {**residency(timelines, {name: now for name, (_, now) in read.items()}),
+                "unavailable_workers": unavailable}
 
 
 def decision_row(q: Query, d: Decision | None) -> State:
@@ -118,17 +121,35 @@ def recruitment_share(rows: Sequence[tuple[datetime, list[Any]]]) -> State:
     return {"experts": experts, "times": [times[0] + k * width for k in keys], "shares": shares}
 
 
-def residency(timelines: Mapping[str, Sequence[tuple[float, str, str]]]) -> State:
+def residency(timelines: Mapping[str, Sequence[Event]],
+              resident: Mapping[str, Collection[str]] | None = None) -> State:
     """Load → unload intervals per worker and model from each worker's timeline; `end` None =
-    still resident. One lane per (worker, model): the residency view per device."""
+    still resident. One lane per (worker, model): the residency view per device. `resident`:
+    each worker's models loaded now, so one whose load aged out of its bounded timeline still
+    shows, open since the oldest event the timeline keeps."""
+    segments = [lane for worker, events in timelines.items()
+                for lane in _lanes(worker, events, (resident or {}).get(worker, ()))]
+    return {"now": time.time(), "segments": _newest(segments)}
+
+
+def _lanes(worker: str, events: Sequence[Event], resident: Collection[str]) -> list[State]:
+    loaded: dict[str, float] = {}
     segments: list[State] = []
-    for worker, events in timelines.items():
-        loaded: dict[str, float] = {}
-        for t, kind, key in events:
-            if kind == "load":
-                loaded[key] = t
-            elif key in loaded:
-                segments.append({"worker": worker, "model": key, "start": loaded.pop(key), "end": t})
-        segments += [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
-    segments.sort(key=lambda s: s["start"])
-    return {"now": time.time(), "segments": segments[-MAX_SEGMENTS:]}
+    for t, kind, key in events:
+        if kind == "load":
+            loaded[key] = t
+        elif key in loaded:
+            segments.append({"worker": worker, "model": key, "start": loaded.pop(key), "end": t})
+    since = events[0][0] if events else time.time()
+    loaded.update((k, since) for k in resident if k not in loaded)
+    return segments + [{"worker": worker, "model": k, "start": t, "end": None} for k, t in loaded.items()]
+
+
+def _newest(segments: list[State]) -> list[State]:
+    """Every open segment (a model resident now, however long ago it loaded), then the most
+    recently closed ones up to MAX_SEGMENTS in all; by start. Cutting by start dropped the
+    resident models first: they have the oldest starts."""
+    live = [s for s in segments if s["end"] is None]
+    closed = sorted((s for s in segments if s["end"] is not None), key=lambda s: s["end"])
+    room = max(0, MAX_SEGMENTS - len(live))
+    return sorted(live + closed[len(closed) - min(room, len(closed)):], key=lambda s: s["start"])
