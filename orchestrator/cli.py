@@ -16,23 +16,41 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
+from orchestrator.cli_remote import CliFailure, accepted, client, remote_id
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import httpx
+    from typer._click import Context  # typer vendors click: its groups take this Context
 
     from experts.types import ExpertSpec
     from orchestrator.container import SkillRoute
     from orchestrator.services.keys import KeyService
     from orchestrator.store.models import Expert
 
-app = typer.Typer(help="Answer each query with the right few expert LLMs.", no_args_is_help=True)
+console = Console()
+
+
+class Commands(TyperGroup):
+    """Every command's foreseeable failures printed as one line with their exit code, not as a
+    traceback: a user's mistake (a server not running, say) is not a bug."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliFailure as exc:
+            console.print(f"[red]{escape(exc.message)}[/red]", soft_wrap=True, highlight=False)
+            raise typer.Exit(exc.code) from exc
+
+
+app = typer.Typer(cls=Commands, help="Answer each query with the right few expert LLMs.", no_args_is_help=True)
 experts_app = typer.Typer(help="Register, list, change and remove experts.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
-console = Console()
 
 PoolOpt = Annotated[Path | None, typer.Option(help="Pool YAML (default: the packaged embedded pool).")]
 UrlOpt = Annotated[str | None, typer.Option(help="Talk to a running service instead of working in-process.")]
@@ -113,8 +131,8 @@ def ask(query: str, k: KOpt = None, pool: PoolOpt = None, url: UrlOpt = None, ke
         seed: int | None = None) -> None:
     """Answer one query and show who answered it."""
     if url:
-        with _client(url, key) as http:
-            body = _accepted(http.post("/v1/queries", json=_given(query=query, k=k, seed=seed), timeout=600))
+        with client(url, key) as http:
+            body = accepted(http.post("/v1/queries", json=_given(query=query, k=k, seed=seed), timeout=600))
     else:
         from orchestrator.api.schemas import QueryResponse
         from orchestrator.domain import Ask
@@ -129,8 +147,8 @@ def ask(query: str, k: KOpt = None, pool: PoolOpt = None, url: UrlOpt = None, ke
 @experts_app.command("list")
 def experts_list(pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None) -> None:
     if url:
-        with _client(url, key) as http:
-            _print_experts(_accepted(http.get("/v1/experts")))
+        with client(url, key) as http:
+            _print_experts(accepted(http.get("/v1/experts")))
         return
     _print_experts([_expert_dict(e) for e in _container(pool).experts.all()])
 
@@ -147,8 +165,8 @@ def experts_add(
     """Register an expert; it is checked, stored and profiled (progress shown)."""
     body = {"name": name, "model": {"kind": kind, "source": source, "model": model}, "system_prompt": system_prompt}
     if url:
-        with _client(url, key) as http:
-            _print_experts([_follow(http, _accepted(http.post("/v1/experts", json=body)))])
+        with client(url, key) as http:
+            _print_experts([_follow(http, accepted(http.post("/v1/experts", json=body)))])
         return
     spec = _new_expert(body)
     c = _container(pool)
@@ -183,7 +201,7 @@ def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
         while e["status"] == "profiling":
             report(e["progress"]["done"], e["progress"]["total"] or 1)
             time.sleep(0.5)  # polling a remote server's progress, not waiting for readiness
-            e = http.get(f"/v1/experts/{e['id']}", timeout=30).json()
+            e = accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
     return e
 
 
@@ -207,9 +225,9 @@ def experts_update(
     if system_prompt is not None:
         body["system_prompt"] = system_prompt or None
     if url:
-        with _client(url, key) as http:
-            r = http.patch(f"/v1/experts/{_remote_id(http, ref)}", json=body)
-            _print_experts([_follow(http, _accepted(r))])
+        with client(url, key) as http:
+            r = http.patch(f"/v1/experts/{remote_id(http, ref)}", json=body)
+            _print_experts([_follow(http, accepted(r))])
         return
     _update_here(ref, body, pool)
 
@@ -243,8 +261,8 @@ def experts_remove(ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID")], po
                    url: UrlOpt = None, key: KeyOpt = None) -> None:
     """Stop routing to an expert and unload its model where nothing else uses it; its history stays."""
     if url:
-        with _client(url, key) as http:
-            _print_experts([_accepted(http.delete(f"/v1/experts/{_remote_id(http, ref)}"))])
+        with client(url, key) as http:
+            _print_experts([accepted(http.delete(f"/v1/experts/{remote_id(http, ref)}"))])
         return
     c = _container(pool)
     with _refusals():
@@ -262,33 +280,6 @@ def _refusals() -> Iterator[None]:
     except ServiceError as exc:
         console.print(f"[red]refused:[/red] {exc.message}")
         raise typer.Exit(2) from exc
-
-
-def _client(url: str, key: str | None) -> httpx.Client:
-    import httpx
-
-    return httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"} if key else {})
-
-
-def _remote_id(http: httpx.Client, ref: str) -> int:
-    """An expert's id on a running service: the expert named `ref`, else (no expert has that
-    name) `ref` read as an id. The name first, as in-process (ExpertService.find): a name may be
-    all digits, and reading "1" as id 1 changed or removed another expert than the one named."""
-    found = [e["id"] for e in _accepted(http.get("/v1/experts")) if e["name"] == ref]
-    if found:
-        return int(found[0])
-    if ref.isdigit():
-        return int(ref)
-    console.print(f"[red]no expert named {ref!r}[/red]")
-    raise typer.Exit(2)
-
-
-def _accepted(r: httpx.Response) -> Any:
-    """The reply's JSON, or the refusal printed and exit code 2."""
-    if r.status_code >= 400:
-        console.print(f"[red]refused ({r.status_code}):[/red] {r.json()['error']['message']}")
-        raise typer.Exit(2)
-    return r.json()
 
 
 def _expert_dict(e: Expert) -> dict[str, Any]:

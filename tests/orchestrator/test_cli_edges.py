@@ -4,6 +4,11 @@ and with --url against a running service."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -36,3 +41,50 @@ def test_remove_by_an_all_digit_name_removes_that_expert_not_the_id(here: SkillR
     assert r.exit_code == 0, r.output
     assert here.experts.get(named.id).status == "removed"
     assert here.experts.get(alpha.id).status == "ready"  # the expert whose id the name spells is untouched
+
+
+@pytest.fixture
+def not_skillroute() -> Iterator[str]:
+    """A web server that is not skillroute: an HTML page for GET, a proxy's 502 page for POST."""
+    class Html(BaseHTTPRequestHandler):
+        def _page(self, status: int, text: str) -> None:
+            body = f"<html><body>{text}</body></html>".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 (the handler's protocol names it)
+            self._page(200, "It works!")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._page(502, "Bad Gateway")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_a_server_not_running_is_one_line_and_exit_1(here: SkillRoute) -> None:
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for verb in (["experts", "list"], ["ask", "What is 2+2?"], ["experts", "remove", "alpha"]):
+        r = runner.invoke(app, [*verb, "--url", url])
+        assert r.exit_code == 1 and f"cannot reach {url}" in r.output, (verb, r.output)
+        assert "Traceback" not in r.output and len(r.output.splitlines()) == 1, r.output
+
+
+def test_a_server_that_is_not_skillroute_is_named_not_a_traceback(here: SkillRoute, not_skillroute: str) -> None:
+    r = runner.invoke(app, ["experts", "list", "--url", not_skillroute])
+    assert r.exit_code == 1 and "did not answer as skillroute does" in r.output and "It works!" in r.output, r.output
+    r = runner.invoke(app, ["ask", "What is 2+2?", "--url", not_skillroute])
+    assert r.exit_code == 2 and "refused (502)" in r.output and "Bad Gateway" in r.output, r.output
+    assert "Traceback" not in r.output

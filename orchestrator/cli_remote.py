@@ -1,0 +1,68 @@
+"""The `skillroute` commands' `--url` side: talking to a running service over HTTP.
+
+What goes wrong here is a `CliFailure`, which the command group (orchestrator/cli.py) prints as
+one line with its exit code: a server that cannot be reached, or is not skillroute, is a user's
+mistake, not a bug to show a traceback for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class CliFailure(Exception):
+    """A command failed in a way its user can act on: `message` printed, exit `code`."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+@contextmanager
+def client(url: str, key: str | None) -> Iterator[httpx.Client]:
+    """A client on the service at `url`, sending `key` as the bearer token. A transport failure
+    (refused, timed out, not HTTP) or a reply not readable as HTTP fails with exit 1."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+            yield http
+    except httpx.HTTPError as exc:
+        raise CliFailure(f"cannot reach {url}: {exc}", 1) from exc
+
+
+def accepted(r: httpx.Response) -> Any:
+    """The reply's JSON. A refusal fails with exit 2 naming its message; a reply that is not
+    JSON (another server on that port, a proxy's error page) fails with exit 1 showing its start."""
+    if r.status_code >= 400:
+        raise CliFailure(f"refused ({r.status_code}): {_refusal(r)}", 2)
+    try:
+        return r.json()
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        raise CliFailure(f"{r.request.url} did not answer as skillroute does: {r.text[:200]!r}", 1) from exc
+
+
+def _refusal(r: httpx.Response) -> str:
+    """skillroute's error message, or the start of whatever else the server sent."""
+    try:
+        return str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200]
+
+
+def remote_id(http: httpx.Client, ref: str) -> int:
+    """An expert's id on a running service: the expert named `ref`, else (no expert has that
+    name) `ref` read as an id. The name first, as in-process (ExpertService.find): a name may be
+    all digits, and reading "1" as id 1 changed or removed another expert than the one named."""
+    found = [e["id"] for e in accepted(http.get("/v1/experts")) if e["name"] == ref]
+    if found:
+        return int(found[0])
+    if ref.isdigit():
+        return int(ref)
+    raise CliFailure(f"no expert named {ref!r}", 2)
