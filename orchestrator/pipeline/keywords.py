@@ -9,6 +9,7 @@ the skill vocabulary's (`SkillVocabulary.map_keywords`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from experts.types import ExpertSpec
 from orchestrator.scheduling.fleet import Fleet
@@ -18,13 +19,42 @@ from skills.keywords import keyword_requests, keywords_from_generations
 MAX_TOKENS = 32  # a keyword line; the paper's replies are one short line
 
 
+class KeywordsFailed(RuntimeError):
+    """The keyword expert could not read the profiling questions' skills."""
+
+
+@dataclass(frozen=True)
+class KeywordRead:
+    """Each text's agreed keywords, and the errors of the samples that failed (of `asked`)."""
+
+    keywords: list[list[str]]
+    errors: list[str]
+    asked: int
+
+    def required(self, expert: str) -> list[list[str]]:
+        """The keywords, or `KeywordsFailed` when most samples failed or a text got none: a
+        profiling set stored with such skills would profile nothing, and stay so for good."""
+        empty = sum(not k for k in self.keywords)
+        if len(self.errors) * 2 > self.asked or empty:
+            first = f" (first error: {self.errors[0]})" if self.errors else ""
+            raise KeywordsFailed(f"the keyword expert {expert!r} failed: {len(self.errors)} of {self.asked} "
+                                 f"keyword samples failed{first}, {empty} of {len(self.keywords)} questions "
+                                 "got no keywords")
+        return self.keywords
+
+
 class KeywordReader:
     def __init__(self, fleet: Fleet, samples: int = 5, temperature: float = 0.7, seed: int = 0):
         self.fleet, self.samples, self.temperature, self.seed = fleet, samples, temperature, seed
 
     def read(self, expert: ExpertSpec, worker: str, texts: Sequence[str]) -> list[list[str]]:
         """Each text's agreed keywords (lower-cased, at most 20 characters each, as the paper
-        parses them); a text whose samples share none gets its first sample's."""
+        parses them); a text whose samples share none gets its first sample's, one whose
+        samples all failed none."""
+        return self.read_reporting(expert, worker, texts).keywords
+
+    def read_reporting(self, expert: ExpertSpec, worker: str, texts: Sequence[str]) -> KeywordRead:
+        """`read`, with the failed samples' errors, for a caller that must not go on without."""
         ids = [str(i) for i in range(len(texts))]
         # the paper asks the keyword model plainly: the expert's base model, without its persona
         jobs = [Job(r.request_id, expert.base, r) for qid, text in zip(ids, texts, strict=True)
@@ -32,4 +62,5 @@ class KeywordReader:
                                           expert.timeout_s)]
         replies = self.fleet.execute({worker: jobs})
         found = keywords_from_generations(ids, [g for g in replies.values() if g.error is None])
-        return [found[qid] for qid in ids]
+        errors = [g.error for g in replies.values() if g.error is not None]
+        return KeywordRead([found[qid] for qid in ids], errors, len(jobs))

@@ -105,11 +105,14 @@ class ProfilingService:
                 for q, s, e in zip(questions, skills, embeddings, strict=True)]
 
     def _keywords(self, texts: list[str]) -> list[list[str]]:
-        """Symbolic-MoE's profiling skills: the keyword expert's agreed keywords per question."""
+        """Symbolic-MoE's profiling skills: the keyword expert's agreed keywords per question.
+        A failed keyword expert raises `KeywordsFailed` before anything is stored, so the run
+        fails visibly and a later one reads the keywords again."""
         name = self.config.validation.keyword_expert
         spec = next(e for e in self.config.experts if e.name == name)
         reader = KeywordReader(self.fleet, self.config.validation.keyword_samples, seed=self.config.validation.seed)
-        return reader.read(spec, self.placement().get(spec.name, self.fleet.default), texts)
+        worker = self.placement().get(spec.name, self.fleet.default)
+        return reader.read_reporting(spec, worker, texts).required(spec.name)
 
     def profile(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None = None) -> None:
         """Every expert answers every validation question (one batch, each on its worker, the

@@ -12,10 +12,11 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
-from orchestrator.pipeline.keywords import KeywordReader
+from orchestrator.pipeline.keywords import KeywordRead, KeywordReader, KeywordsFailed
 from orchestrator.pools.schema import PoolConfig, ValidationConfig
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
@@ -46,6 +47,39 @@ def test_profiling_and_routing_read_skills_with_the_keyword_expert(tmp_path: Pat
     assert [m.keyword for m in decision.skills] == ["photosynthesis", "plant biology", "chlorophyll"]
     assert all(m.skill == m.keyword and m.similarity == pytest.approx(1.0, abs=1e-5) for m in decision.skills)
     c.close()
+
+
+def test_a_failed_keyword_expert_fails_profiling_and_stores_no_set(tmp_path: Path, embedder: Embedder) -> None:
+    """All samples failing (or a question left without keywords) is an error naming the keyword
+    expert, not a validation set with no skills stored for good: the next start reads them."""
+    down = {"reader": True}
+
+    def flaky(spec: BaseModelSpec) -> MockBackend:
+        if spec.source != "reader":
+            return mock_or_real(spec)
+        return MockBackend(spec.key, answer="Keywords: Photosynthesis, chlorophyll",
+                           fault=lambda r: "keyword model down" if down["reader"] else None)
+
+    c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=flaky, embedder=embedder)
+    with pytest.raises(KeywordsFailed, match="'reader' failed: .*keyword model down"):
+        c.start()
+    with c.db.session() as s:
+        assert ValidationRepository(s).questions(c.profiler.dataset) == []
+    assert c.startup.status.phase == "failed"
+    c.close()
+    down["reader"] = False
+    c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=flaky, embedder=embedder)
+    c.start()
+    assert all(it.skills == ["photosynthesis", "chlorophyll"] for it in c.profiler.validation_set())
+    c.close()
+
+
+def test_keywords_are_required_unless_most_samples_answered_and_every_text_has_some() -> None:
+    assert KeywordRead([["law"], ["tax"]], ["down"], 4).required("reader") == [["law"], ["tax"]]
+    with pytest.raises(KeywordsFailed, match="3 of 4 keyword samples failed"):
+        KeywordRead([["law"], ["tax"]], ["down"] * 3, 4).required("reader")
+    with pytest.raises(KeywordsFailed, match="1 of 2 questions got no keywords"):
+        KeywordRead([["law"], []], [], 4).required("reader")
 
 
 def test_a_keyword_mode_without_its_expert_is_refused() -> None:
