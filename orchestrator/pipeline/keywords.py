@@ -8,15 +8,20 @@ the skill vocabulary's (`SkillVocabulary.map_keywords`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from experts.types import ExpertSpec
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from skills.keywords import keyword_requests, keywords_from_generations
+from skills.vocabulary import SkillMatch, SkillVocabulary
 
 MAX_TOKENS = 32  # a keyword line; the paper's replies are one short line
+log = logging.getLogger(__name__)
 
 
 class KeywordsFailed(RuntimeError):
@@ -64,3 +69,18 @@ class KeywordReader:
         found = keywords_from_generations(ids, [g for g in replies.values() if g.error is None])
         errors = [g.error for g in replies.values() if g.error is not None]
         return KeywordRead([found[qid] for qid in ids], errors, len(jobs))
+
+
+def skills_or_nearest(found: Sequence[list[str]], texts: Sequence[str], embeddings: np.ndarray,
+                      vocabulary: SkillVocabulary, per_text: int) -> list[list[SkillMatch]]:
+    """Each text's keywords mapped to profiled skills; a text the keyword expert read nothing
+    for (it failed or timed out) gets the skills nearest its embedding, with a warning, rather
+    than being routed with no skills at all."""
+    missing = [i for i, keywords in enumerate(found) if not keywords]
+    if missing:
+        log.warning("the keyword expert read no keywords for %d of %d queries: routed by their embedding's "
+                    "nearest skills instead", len(missing), len(found))
+    nearest = vocabulary.nearest_for_embeddings([texts[i] for i in missing], embeddings[missing], per_text) \
+        if missing else []
+    by_embedding = dict(zip(missing, nearest, strict=True))
+    return [by_embedding[i] if i in by_embedding else vocabulary.map_keywords(kws) for i, kws in enumerate(found)]

@@ -4,6 +4,7 @@ keywords themselves. A mock keyword expert checks the wiring; a packaged model c
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
-from orchestrator.pipeline.keywords import KeywordRead, KeywordReader, KeywordsFailed
+from orchestrator.pipeline.keywords import KeywordRead, KeywordReader, KeywordsFailed, skills_or_nearest
 from orchestrator.pools.schema import PoolConfig, ValidationConfig
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import DeviceWorker
@@ -80,6 +81,38 @@ def test_keywords_are_required_unless_most_samples_answered_and_every_text_has_s
         KeywordRead([["law"], ["tax"]], ["down"] * 3, 4).required("reader")
     with pytest.raises(KeywordsFailed, match="1 of 2 questions got no keywords"):
         KeywordRead([["law"], []], [], 4).required("reader")
+
+
+def test_a_text_the_keyword_expert_read_nothing_for_gets_its_embeddings_skills(
+        embedder: Embedder, caplog: pytest.LogCaptureFixture) -> None:
+    vocabulary = SkillVocabulary(SEED_SKILLS, embedder)
+    texts = ["Why are leaves green?", "What is the capital of France?"]
+    embeddings = embedder.encode(texts)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.pipeline.keywords"):
+        found = skills_or_nearest([["photosynthesis"], []], texts, embeddings, vocabulary, 3)
+    assert found[0] == vocabulary.map_keywords(["photosynthesis"])
+    assert found[1] == vocabulary.nearest_for_embeddings(texts[1:], embeddings[1:], 3)[0] and len(found[1]) == 3
+    assert "no keywords for 1 of 2 queries" in caplog.text
+
+
+def test_a_query_the_failed_keyword_expert_cannot_read_is_routed_by_embedding(
+        tmp_path: Path, embedder: Embedder) -> None:
+    """Needs decide.py's `_skills` to call `skills_or_nearest`; it routed with skills=[] before."""
+    down = {"reader": False}
+
+    def flaky(spec: BaseModelSpec) -> MockBackend:
+        if spec.source != "reader":
+            return mock_or_real(spec)
+        return MockBackend(spec.key, answer="Keywords: Photosynthesis, chlorophyll",
+                           fault=lambda r: "keyword model down" if down["reader"] else None)
+
+    c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=flaky, embedder=embedder)
+    c.start()
+    down["reader"] = True
+    decision = c.pipeline.route(c.pool.snapshot, [Ask(text="Why are leaves green?", k=2, seed=1)])[0]
+    c.close()
+    assert decision.skills and all(m.keyword == "" for m in decision.skills)  # the embedding's, not keywords
+    assert {m.skill for m in decision.skills} <= {"photosynthesis", "chlorophyll"}
 
 
 def test_a_keyword_mode_without_its_expert_is_refused() -> None:
