@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,7 @@ from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import httpx
+    from pydantic import BaseModel
     from typer._click import Context  # typer vendors click: its groups take this Context
 
     from experts.types import ExpertSpec
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from orchestrator.store.models import Expert
 
 console = Console()
+M = TypeVar("M", bound="BaseModel")
 
 
 class Commands(TyperGroup):
@@ -129,19 +131,30 @@ KOpt = Annotated[int | None, typer.Option(min=1, max=8, help="Experts to recruit
 @app.command()
 def ask(query: str, k: KOpt = None, pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None,
         seed: int | None = None) -> None:
-    """Answer one query and show who answered it."""
+    """Answer one query and show who answered it; exit 1 if it failed."""
     if url:
         with client(url, key) as http:
             body = accepted(http.post("/v1/queries", json=_given(query=query, k=k, seed=seed), timeout=600))
     else:
-        from orchestrator.api.schemas import QueryResponse
-        from orchestrator.domain import Ask
-
-        c = _bootstrapped(pool)
-        (row,) = c.queries.ask([Ask(text=query, k=k or c.settings.default_k, seed=seed)])
-        body = QueryResponse.from_row(row).model_dump(mode="json")
-        c.close()
+        body = _ask_here(_given(query=query, k=k, seed=seed), pool)
     console.print_json(json.dumps(body))
+    if any(q["status"] == "failed" for q in (body if isinstance(body, list) else [body])):
+        raise typer.Exit(1)  # a script must see that no answer came
+
+
+def _ask_here(fields: dict[str, Any], pool: Path | None) -> dict[str, Any]:
+    """The query answered in-process, read as POST /v1/queries reads it (an empty query is
+    refused, exit 2) and a refusal printed as over HTTP."""
+    from orchestrator.api.schemas import QueryRequest, QueryResponse
+
+    request = _validated(QueryRequest, fields)
+    c = _bootstrapped(pool)
+    try:
+        with _refusals():
+            (row,) = c.queries.ask([request.to_ask(None, c.settings.default_k)])
+        return QueryResponse.from_row(row).model_dump(mode="json")
+    finally:
+        c.close()
 
 
 @experts_app.command("list")
@@ -179,15 +192,20 @@ def experts_add(
 
 
 def _new_expert(body: dict[str, Any]) -> ExpertSpec:
-    """The expert as POST /v1/experts reads it: a bad name or kind is refused naming the field
-    (exit 2, as the 422 over HTTP is), before anything is opened."""
-    from pydantic import ValidationError
-
+    """The expert as POST /v1/experts reads it."""
     from orchestrator.api.experts import spec_of
     from orchestrator.api.schemas import ExpertCreate
 
+    return spec_of(_validated(ExpertCreate, body))
+
+
+def _validated(model: type[M], body: dict[str, Any]) -> M:
+    """`body` read as the API reads it: what it refuses is refused naming the field (exit 2, as
+    the 422 over HTTP is), before anything is opened."""
+    from pydantic import ValidationError
+
     try:
-        return spec_of(ExpertCreate.model_validate(body))
+        return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise typer.BadParameter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
@@ -237,15 +255,10 @@ def _given(**fields: Any) -> dict[str, Any]:
 
 
 def _update_here(ref: str, body: dict[str, Any], pool: Path | None) -> None:
-    from pydantic import ValidationError
-
     from orchestrator.api.schemas import ExpertUpdate
     from orchestrator.services.experts import ExpertChange
 
-    try:
-        change = ExpertUpdate.model_validate(body)
-    except ValidationError as exc:
-        raise typer.BadParameter(exc.errors()[0]["msg"]) from exc
+    change = _validated(ExpertUpdate, body)
     c = _container(pool)
     with _refusals():
         row, profiling = c.experts.update(c.experts.find(ref).id, ExpertChange(change.spec_changes(), change.enabled),

@@ -8,17 +8,22 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec
 from orchestrator import cli
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
+from orchestrator.store.models import Query
+from skills.embedder import Embedder
 from tests.live_server import live_server
-from tests.orchestrator.conftest import mock_expert
+from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
 
 runner = CliRunner()
 
@@ -88,3 +93,43 @@ def test_a_server_that_is_not_skillroute_is_named_not_a_traceback(here: SkillRou
     r = runner.invoke(app, ["ask", "What is 2+2?", "--url", not_skillroute])
     assert r.exit_code == 2 and "refused (502)" in r.output and "Bad Gateway" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+@pytest.fixture
+def failing(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkillRoute]:
+    """A profiled pool whose every generation then errors: each query fails."""
+    broken = {"on": False}
+
+    def backend(spec: BaseModelSpec) -> MockBackend:
+        return MockBackend(spec.key, fault=lambda req: "boom: backend down" if broken["on"] else None)
+
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1"), mock_expert("gamma", "m2")]),
+                   factory=backend, embedder=embedder)
+    c.bootstrap()
+    broken["on"] = True
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli, "_bootstrapped", lambda pool: c)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "url"])
+def test_ask_exits_1_when_the_query_failed(failing: SkillRoute, remote: bool) -> None:
+    with live_server(create_app(failing)) as url:
+        r = runner.invoke(app, ["ask", "What is 2+2?", "--k", "2", *(["--url", url] if remote else [])])
+    assert '"status": "failed"' in r.output and r.exit_code == 1, r.output
+
+
+def test_ask_in_process_refuses_as_the_api_does_and_closes_the_container(here: SkillRoute,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+    monkeypatch.setattr(here, "close", lambda: closed.append(True))
+    empty = runner.invoke(app, ["ask", ""])
+    assert empty.exit_code == 2 and "query: String should have at least 1 character" in empty.output, empty.output
+    with here.db.session() as s:
+        assert s.query(Query).count() == 0  # refused before anything is stored
+    for e in here.experts.all():  # a pool with no expert left refuses every query
+        here.experts.remove(e.id)
+    r = runner.invoke(app, ["ask", "What is 2+2?"])
+    assert r.exit_code == 2 and "refused:" in r.output and "Traceback" not in r.output, r.output
+    assert closed == [True]
