@@ -78,7 +78,7 @@ class Decider:
         """A decision for every query, and each routed query's embedding; raises a `QueryError`
         naming the first query that cannot be taken (no expert, none able to answer it, an unknown
         expert, no budget fit). A dry run (/v1/routes) decides competitions without spending
-        the per-minute cap."""
+        the per-minute cap, and is not reported to the probe (metrics count routed queries)."""
         started = time.perf_counter()
         if not pool.experts:
             raise NoExperts("no profiled expert in the pool yet")
@@ -92,7 +92,8 @@ class Decider:
             if routed else []
         found = {i: (ms, sc) for i, ms, sc in zip(routed, skills, scores, strict=True)}
         decisions = [self._decide(pool, i, a, *found.get(i, ([], [])), dry_run=dry_run) for i, a in enumerate(asks)]
-        self.probe.routed(decisions, time.perf_counter() - started)
+        if not dry_run:  # a preview is no routed query: it must not count as routed or recruited
+            self.probe.routed(decisions, time.perf_counter() - started)
         by_ask = dict(zip(routed, embeddings, strict=True))
         return decisions, [by_ask.get(i) for i in range(len(asks))]
 
