@@ -179,7 +179,7 @@ def experts_add(
     body = {"name": name, "model": {"kind": kind, "source": source, "model": model}, "system_prompt": system_prompt}
     if url:
         with client(url, key) as http:
-            _print_experts([_follow(http, accepted(http.post("/v1/experts", json=body)))])
+            _show_changed(_follow(http, accepted(http.post("/v1/experts", json=body))))
         return
     spec = _new_expert(body)
     c = _container(pool)
@@ -188,7 +188,7 @@ def experts_add(
     with progress_bar(f"profiling {name}") as report:
         c.profiler.profile([(row.id, spec)], report)
     c.profiler.choose_aggregator()
-    _print_experts([_expert_dict(c.experts.get(row.id))])
+    _show_changed(_expert_dict(c.experts.get(row.id)))
 
 
 def _new_expert(body: dict[str, Any]) -> ExpertSpec:
@@ -245,7 +245,7 @@ def experts_update(
     if url:
         with client(url, key) as http:
             r = http.patch(f"/v1/experts/{remote_id(http, ref)}", json=body)
-            _print_experts([_follow(http, accepted(r))])
+            _show_changed(_follow(http, accepted(r)))
         return
     _update_here(ref, body, pool)
 
@@ -266,7 +266,7 @@ def _update_here(ref: str, body: dict[str, Any], pool: Path | None) -> None:
     if profiling:
         with progress_bar(f"profiling {row.name}") as report:
             c.experts.profile_now([row.id], report)
-    _print_experts([_expert_dict(c.experts.get(row.id))])
+    _show_changed(_expert_dict(c.experts.get(row.id)))
 
 
 @experts_app.command("remove")
@@ -308,6 +308,17 @@ def _print_experts(rows: list[dict[str, Any]]) -> None:
         acc = f"{e['accuracy']:.2f}" if e.get("accuracy") is not None else "-"
         table.add_row(str(e["id"]), e["name"], e["status"], acc, top, e["base_model_key"])
     console.print(table)
+    for e in rows:  # the table has no room for why
+        if e["status"] == "failed" and e.get("error"):
+            console.print(f"[red]{escape(e['name'])} failed:[/red] {escape(e['error'])}", soft_wrap=True,
+                          highlight=False)
+
+
+def _show_changed(e: dict[str, Any]) -> None:
+    """The expert just added or updated; exit 1 where its profiling failed, so a script sees it."""
+    _print_experts([e])
+    if e["status"] == "failed":
+        raise typer.Exit(1)
 
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (admin: change the pool; client: ask).",

@@ -133,3 +133,32 @@ def test_ask_in_process_refuses_as_the_api_does_and_closes_the_container(here: S
     r = runner.invoke(app, ["ask", "What is 2+2?"])
     assert r.exit_code == 2 and "refused:" in r.output and "Traceback" not in r.output, r.output
     assert closed == [True]
+
+
+@pytest.fixture
+def flaky(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkillRoute]:
+    """A pool on which an expert over a `bad…` model fails every generation, so its profiling fails."""
+    def backend(spec: BaseModelSpec) -> MockBackend:
+        down = spec.source.startswith("bad")
+        return MockBackend(spec.key, fault=lambda req: "boom: backend down" if down else None)
+
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), factory=backend,
+                   embedder=embedder)
+    c.bootstrap()
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli, "_container", lambda pool: c)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "url"])
+def test_add_and_update_exit_1_showing_why_when_profiling_failed(flaky: SkillRoute, remote: bool) -> None:
+    with live_server(create_app(flaky)) as url:
+        where = ["--url", url] if remote else []
+        r = runner.invoke(app, ["experts", "add", "delta", "--kind", "mock", "--source", "bad1", *where])
+        assert flaky.experts.find("delta").status == "failed"
+        assert r.exit_code == 1 and "delta failed:" in r.output and "boom: backend down" in r.output, r.output
+        r = runner.invoke(app, ["experts", "update", "delta", "--system-prompt", "Try again.", *where])
+        assert r.exit_code == 1 and "boom: backend down" in r.output, r.output
+        r = runner.invoke(app, ["experts", "add", "omega", "--kind", "mock", "--source", "m2", *where])
+        assert r.exit_code == 0 and "ready" in r.output and "failed" not in r.output, r.output
