@@ -44,7 +44,7 @@ class DashboardService:
         with self.db.session() as s:
             repo = DashboardRepository(s)
             experts, scores = repo.experts(), repo.skill_scores()
-            decisions = [decision_row(q, decision_of(q)) for q in repo.recent_queries(limit)]
+            decisions = [readable_row(q) for q in repo.recent_queries(limit)]
             recruits = repo.recruitments()
             lessons = LessonRepository(s).counts()
         matched = [sk for sk, _ in Counter(m["skill"] for d in decisions for m in d["skills"]).most_common()]
@@ -72,12 +72,24 @@ class DashboardService:
                 "unavailable_workers": unavailable}
 
 
-def decision_row(q: Query, d: Decision | None) -> State:
-    """The query's decision record as stored (empty fields while it has none), and how it went."""
+def readable_row(q: Query) -> State:
+    """`decision_row`; a stored record that no longer reads (another release's) is shown with
+    empty fields and why, as recovery's `_read_back` fails such a query alone: one old row
+    must not fail the whole page."""
+    try:
+        return decision_row(q, decision_of(q))
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return decision_row(q, None, f"its stored decision could not be read: {exc}")
+
+
+def decision_row(q: Query, d: Decision | None, unreadable: str | None = None) -> State:
+    """The query's decision record as stored (empty fields while it has none), and how it went;
+    `unreadable`: why its record could not be read (the row's error too, when it has none)."""
     record = d.model_dump(mode="json") if d else {"skills": [], "experts": [], "recruited": [], "aggregator": None,
                                                   "router": None, "mode": None, "seed": None, "budget": None}
     return {"id": q.id, "query": q.text, "status": q.status, "created_at": q.created_at.timestamp(),
-            "answer": q.answer, "error": q.error, "latency_s": q.latency_s, **record}
+            "answer": q.answer, "error": q.error or unreadable, "decision_error": unreadable,
+            "latency_s": q.latency_s, **record}
 
 
 def budget_use(decisions: Sequence[State]) -> State:
