@@ -87,3 +87,21 @@ def test_panels_use_the_provisioned_datasource(dashboard: Path) -> None:
     for p in panels(json.loads(dashboard.read_text())["panels"]):
         if p["type"] != "row":
             assert p["datasource"]["uid"] == uid and all(t["datasource"]["uid"] == uid for t in p["targets"])
+
+
+@pytest.fixture
+def healthy(client) -> set[str]:
+    """Sample names of a scrape of a service that has answered queries and never failed one."""
+    client.post("/v1/queries", json={"query": "What is 2 + 2?", "k": 3, "seed": 1})
+    text = client.get("/metrics").text
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda p: p.name)
+def test_a_ratio_reads_a_counter_with_no_series_yet_as_zero(dashboard: Path, healthy: set[str]) -> None:
+    """A labelled counter has no series until its first increment (the errors one, until the
+    first error), and a ratio over a missing series shows No data, not 0, on a healthy service."""
+    for title, expr in queried(dashboard):
+        for name in sorted(metric_names(expr) - healthy) if "/" in expr else []:
+            guarded = rf"\(sum\(rate\({name}\[[^\]]*\]\)\) or vector\(0\)\)"
+            assert re.search(guarded, expr), f"{dashboard.name}: {title!r} reads {name}, absent until it counts"
