@@ -67,13 +67,13 @@ class IdempotentRequest:
     scope: str
     endpoint: str
     key: str | None
-    reader: int | None = None  # the client key asking: its queries are its own to read and judge
+    reader: int | None = None  # the stored key asking: its queries are its own to read and judge
 
     def claim(self, body: object) -> Claim | None:
         return None if self.key is None else Claim(self.scope, self.key, self.endpoint, fingerprint(body))
 
     def stamped(self, asks: Sequence[Ask]) -> list[Ask]:
-        """The asks as the client key that sent them (`Ask.key_id`)."""
+        """The asks as the stored key that sent them (`Ask.key_id`)."""
         return [a.model_copy(update={"key_id": self.reader}) for a in asks] if self.reader else list(asks)
 
     async def answered(self, asks: Sequence[Ask], body: object) -> list[Query]:
@@ -108,14 +108,21 @@ async def get_idempotent(
                                                   "again. Visible ASCII, 1-255 characters.")] = None,
 ) -> IdempotentRequest:
     route = request.scope.get("route")
+    # a stored admin key's queries are its own too, as its batches are: not anonymous ones
     return IdempotentRequest(c, scope_of(caller.key_id), str(getattr(route, "path", request.url.path)), key,
-                             reader_of(caller))
+                             caller.key_id)
+
+
+# No key has id 0 (row ids start at 1): reading as key 0 is reading only what no key asked.
+ANONYMOUS_ONLY = 0
 
 
 def reader_of(caller: Caller) -> int | None:
-    """Whose queries and batches the caller may read: admins and open mode all, a client key its own
-    (and anonymous ones)."""
-    return caller.key_id if caller.role == "client" else None
+    """Whose queries and batches the caller may read and judge: an admin all (None), a client key
+    its own and anonymous ones, a caller without a key only anonymous ones (not every key's)."""
+    if caller.role == "admin":
+        return None
+    return caller.key_id if caller.key_id is not None else ANONYMOUS_ONLY
 
 
 Idempotent = Annotated[IdempotentRequest, Depends(get_idempotent)]

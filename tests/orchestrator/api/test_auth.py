@@ -55,8 +55,10 @@ def test_a_stored_admin_key_turns_protection_on(app_with, container, keys):
     assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "x!"}).status_code == 401  # before validation
     assert client.post("/v1/experts", json=NEW_EXPERT, headers=bearer(admin)).status_code == 202
     client.app.state.access.keys.revoke(row.id)
-    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=bearer(admin)).status_code == 202
-    # revoking the only stored admin key (with no env key) reopens the service: local use as before
+    # revoking the only stored admin key (with no env key) reopens the service: local use as before;
+    # the revoked key itself is refused all the same, as any key that is not (or no longer) one
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=bearer(admin)).status_code == 401
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}).status_code == 202
 
 
 def test_reads_and_queries_stay_open_without_required_client_keys(app_with):
@@ -134,3 +136,43 @@ def test_a_client_key_reads_and_judges_only_its_own_queries(app_with, container,
 def keys(container):  # type: ignore[no-untyped-def]
     """Keys made in the same store the app's access control reads."""
     return KeyService(container.db)
+
+
+@pytest.mark.parametrize("required", ["false", "true"])
+def test_a_key_sent_that_is_no_active_key_is_401_in_either_mode(app_with, container, keys, required):
+    """Served as anonymous, a mistyped or revoked key slipped past its revocation and rate limit
+    and read what anonymous callers may: refused in every mode, as an admin write refuses it."""
+    client = app_with(admin_key=ADMIN_ENV, require_client_keys=required)
+    row, key = keys.create("alice", "client", requests_per_minute=1)
+    assert client.get("/v1/models", headers=bearer(key)).status_code == 200
+    assert client.get("/v1/models", headers=bearer(key)).status_code == 429
+    keys.revoke(row.id)
+    prefix = key.partition(".")[0]
+    for token in ("garbage", f"{prefix}.wrong-secret", key):
+        for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/queries", {"query": "What is 2+2?"}),
+                                   ("GET", "/metrics", None)):
+            r = client.request(method, path, json=body, headers=bearer(token))
+            assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", (token, path)
+    assert client.get("/v1/models").status_code == (401 if required == "true" else 200)
+
+
+def test_without_a_key_only_anonymous_queries_and_batches_are_read(app_with, container, keys):
+    """Client keys issued, not required: a caller with no key reads and judges only what no key
+    asked (a 404, as an unknown id, for a key's); a key reads its own and anonymous ones; admins all."""
+    client = app_with(admin_key=ADMIN_ENV)
+    (_, alice), (_, ops) = keys.create("alice", "client"), keys.create("ops", "admin")
+    ask = {"query": "What is 2+2?", "k": 1, "seed": 0}
+    theirs = [client.post("/v1/queries", json=ask, headers=bearer(k)).json()["id"] for k in (alice, ops)]
+    batch = client.post("/v1/batches", json={"queries": [ask]}, headers=bearer(alice)).json()["id"]
+    anonymous = client.post("/v1/queries", json=ask).json()["id"]
+    for qid in theirs:
+        assert client.get(f"/v1/queries/{qid}").status_code == 404
+        assert client.post(f"/v1/queries/{qid}/feedback", json={"correct": True}).status_code == 404
+    assert client.get(f"/v1/batches/{batch}").status_code == 404
+    assert client.get(f"/v1/queries/{anonymous}").status_code == 200
+    assert client.post(f"/v1/queries/{anonymous}/feedback", json={"correct": True}).status_code == 200
+    assert client.get(f"/v1/queries/{anonymous}", headers=bearer(alice)).status_code == 200
+    assert client.get(f"/v1/queries/{theirs[1]}", headers=bearer(alice)).status_code == 404
+    for admin in (ops, ADMIN_ENV):
+        assert all(client.get(f"/v1/queries/{q}", headers=bearer(admin)).status_code == 200 for q in theirs)
+        assert client.get(f"/v1/batches/{batch}", headers=bearer(admin)).status_code == 200
