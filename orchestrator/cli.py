@@ -91,7 +91,8 @@ class Runtime(StrEnum):
 
 
 @app.command()
-def serve(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None,
+def serve(host: Annotated[str | None, typer.Option()] = None,
+          port: Annotated[int | None, typer.Option(min=0, max=65535, help="0: a free port (inline runtime).")] = None,
           pool: PoolOpt = None,
           runtime: Annotated[Runtime, typer.Option(help="ray: Ray Serve + a worker actor per device (embedded "
                                                         "Ray unless RAY_ADDRESS is set); inline: one process.")]
@@ -101,7 +102,9 @@ def serve(host: Annotated[str | None, typer.Option()] = None, port: Annotated[in
     """Serve the REST API at once; loading or profiling the pool and answering the queries a crash
     left run behind it (GET /ready is 503 naming what still runs, 200 when done)."""
     settings: Settings = get_settings()
-    host, port = host or settings.host, port or settings.port
+    # `is None`, not `or`: --port 0 (a free port) is a port asked for
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
     if runtime is Runtime.ray:
         from orchestrator.serving.app import run_serve
 

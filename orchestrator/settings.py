@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     pool: str = str(DEFAULT_POOL)
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535, description="0: a free port the system picks (inline runtime).")
     default_k: int = Field(default=3, ge=1, le=8, description="Experts recruited for a query that names no k, "
                            "on every entry point (the recruit mode is the pool file's `recruit:`).")
     router: Literal["symbolic", "knn"] = "symbolic"

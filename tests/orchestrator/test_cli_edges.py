@@ -20,6 +20,7 @@ from orchestrator import cli
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
+from orchestrator.settings import get_settings
 from orchestrator.store.models import Query
 from skills.embedder import Embedder
 from tests.live_server import live_server
@@ -162,3 +163,31 @@ def test_add_and_update_exit_1_showing_why_when_profiling_failed(flaky: SkillRou
         assert r.exit_code == 1 and "boom: backend down" in r.output, r.output
         r = runner.invoke(app, ["experts", "add", "omega", "--kind", "mock", "--source", "m2", *where])
         assert r.exit_code == 0 and "ready" in r.output and "failed" not in r.output, r.output
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """`serve --runtime inline` up to uvicorn.run, which records what it was asked to bind."""
+    import uvicorn
+
+    import orchestrator.api.app
+
+    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SKILLROUTE_HOST", "10.0.0.1")
+    monkeypatch.setenv("SKILLROUTE_PORT", "9000")
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli, "_container", lambda pool: None)
+    monkeypatch.setattr(orchestrator.api.app, "create_app", lambda *a, **kw: None)
+    bound: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: bound.update(host=host, port=port))
+    yield bound
+    get_settings.cache_clear()
+
+
+def test_serve_binds_what_its_flags_say_port_0_and_an_empty_host_too(served: dict[str, object]) -> None:
+    r = runner.invoke(app, ["serve", "--runtime", "inline"])
+    assert r.exit_code == 0 and served == {"host": "10.0.0.1", "port": 9000}, r.output  # the settings'
+    r = runner.invoke(app, ["serve", "--runtime", "inline", "--port", "0", "--host", ""])
+    assert r.exit_code == 0 and served == {"host": "", "port": 0}, r.output  # was the settings' 9000
+    r = runner.invoke(app, ["serve", "--runtime", "inline", "--port", "70000"])
+    assert r.exit_code == 2 and "65535" in r.output, r.output

@@ -52,3 +52,17 @@ def test_a_service_is_not_taken_for_dead_between_two_of_its_own_heartbeats(monke
         Settings()
     monkeypatch.setenv("SKILLROUTE_RECOVERY__DEAD_AFTER_S", "80")
     assert Settings().recovery.dead_after_s == 80
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-5"])
+def test_a_port_outside_0_to_65535_is_refused(monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    monkeypatch.setenv("SKILLROUTE_PORT", port)  # 70000 was taken, and the socket layer made it 4464
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_port_0_and_65535_are_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLROUTE_PORT", "0")
+    assert Settings().port == 0
+    assert Settings(port=65535).port == 65535
+
