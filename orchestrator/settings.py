@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -30,6 +30,12 @@ DEFAULT_POOL = Path(__file__).parent / "pools" / "default.yaml"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _home(path: Path) -> Path:
+    """`~` expanded: the environment hands it over literally, and the database then went to a
+    `./~` folder while the model files, which expand it, went to the home directory."""
+    return path.expanduser()
 
 
 class DatabaseSettings(Section):
@@ -122,6 +128,8 @@ class EmbeddingSettings(Section):
     cache_dir: Path = Field(default=DEFAULT_CACHE_DIR,
                             description="Where the distilled static model is built once, for every data dir.")
 
+    _cache_home = field_validator("cache_dir")(_home)
+
 
 def embedding_kind(kind: str, router: str) -> EmbeddingKind:
     """The embedding a pool routed by `router` uses (see `EmbeddingSettings.kind`)."""
@@ -190,6 +198,8 @@ class Settings(BaseSettings):
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+
+    _data_home = field_validator("data_dir")(_home)
 
     @classmethod
     def settings_customise_sources(

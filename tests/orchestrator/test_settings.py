@@ -66,3 +66,13 @@ def test_port_0_and_65535_are_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().port == 0
     assert Settings(port=65535).port == 65535
 
+
+def test_a_home_relative_data_dir_holds_the_database_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SKILLROUTE_DATA_DIR", "~/data")
+    monkeypatch.setenv("SKILLROUTE_EMBEDDING__CACHE_DIR", "~/emb")
+    s = Settings()
+    assert s.db_url == f"sqlite:///{tmp_path / 'data' / 'skillroute.db'}"  # not ./~/data/skillroute.db
+    assert s.backend_options().models_dir.parent == s.data_dir == tmp_path / "data"
+    assert s.embedding.cache_dir == tmp_path / "emb"
+
