@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import threading
 import time
@@ -26,6 +27,9 @@ from orchestrator.store.repositories.rate_limits import RateLimitRepository
 
 Role = Literal["admin", "client"]
 KEY_PREFIX = "sk-sr-"
+# What `create` issues: 12 hex digits, then a URL-safe secret; printable ASCII up to a bound. A
+# token of another shape is no key, and is not looked up (a NUL is a PostgreSQL error, not a miss).
+KEY_SHAPE = re.compile(r"sk-sr-[0-9a-f]{12}\.[\x21-\x7e]{1,256}")
 # scrypt's standard interactive cost; a verified key is cached, so each key pays it once per process
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
@@ -89,6 +93,8 @@ class KeyService:
 
     def verify(self, token: str) -> ApiKey | None:
         """The active stored key this token is, or None."""
+        if not KEY_SHAPE.fullmatch(token):
+            return None
         fingerprint = hashlib.sha256(token.encode()).digest()
         with self.db.session() as s:
             repo = KeyRepository(s)
@@ -102,9 +108,7 @@ class KeyService:
 
     @staticmethod
     def _match(repo: KeyRepository, token: str) -> ApiKey | None:
-        prefix, _, secret = token.removeprefix(KEY_PREFIX).partition(".")
-        if not token.startswith(KEY_PREFIX) or not secret:
-            return None
+        prefix, _, secret = token.removeprefix(KEY_PREFIX).partition(".")  # of KEY_SHAPE: both there
         row = repo.by_prefix(prefix)
         if row is None or not hmac.compare_digest(row.digest, hash_secret(secret, bytes.fromhex(row.salt))):
             return None

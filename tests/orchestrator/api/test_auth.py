@@ -1,5 +1,7 @@
 """API keys: admin writes need the admin key once one exists; client keys, hashing, revocation, limits."""
 
+import base64
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -176,3 +178,22 @@ def test_without_a_key_only_anonymous_queries_and_batches_are_read(app_with, con
     for admin in (ops, ADMIN_ENV):
         assert all(client.get(f"/v1/queries/{q}", headers=bearer(admin)).status_code == 200 for q in theirs)
         assert client.get(f"/v1/batches/{batch}", headers=bearer(admin)).status_code == 200
+
+
+def basic(password: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(b"user:" + password).decode()}
+
+
+def test_a_token_that_cannot_be_a_key_is_401_before_the_store_reads_it(app_with, container, keys):
+    """A NUL in the Basic password reached the prefix lookup, a 500 on PostgreSQL (it cannot store
+    NUL); any token not shaped as `create` issues them is refused unread."""
+    client = app_with(admin_key=ADMIN_ENV, require_client_keys="true")
+    _, key = keys.create("client", "client")
+    prefix, _, secret = key.partition(".")
+    for password in (b"sk-sr-\x00abc.def", f"{prefix}.{secret}\x00".encode(), b"sk-sr-zz.secret",
+                     b"sk-sr-" + b"a" * 6000 + b".b", f"{prefix}.s\xe9cret".encode()):
+        for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/experts"), ("GET", "/metrics")):
+            r = client.request(method, path, json=CHAT, headers=basic(password))
+            assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", (password, path)
+    assert keys.verify(f"{prefix}\x00.{secret}") is None and keys.verify(key) is not None
+    assert client.post("/v1/chat/completions", json=CHAT, headers=basic(key.encode())).status_code == 200
