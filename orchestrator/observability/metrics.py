@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from orchestrator.domain import Decision, Outcome
+from orchestrator.observability.loads import LoadTimeCollector, LoadTimes, Snapshot
 from orchestrator.probe import Probe
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ Counts = Callable[[], Mapping[str, tuple[int, int]]]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ENERGY_BUCKETS = (0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 
@@ -121,8 +121,11 @@ class Metrics(Probe):
 
     def _scheduling(self) -> None:
         r = self.registry
-        self.load_seconds = Histogram("skillroute_model_load_seconds", "Time to load a base model on a worker.",
-                                      ["worker", "model"], buckets=LOAD_BUCKETS, registry=r)
+        # each worker's load durations, read at scrape time: those of workers built here kept in
+        # `_loads` (this is their probe), those of worker actors read from them (`watch_load_times`)
+        self._loads: dict[str, LoadTimes] = {}
+        self.load_times: dict[str, Callable[[], Snapshot]] = {}
+        r.register(LoadTimeCollector(self.load_times))
         self.batch_size = Histogram("skillroute_batch_size", "Queries per executed batch of the batching window.",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("skillroute_queue_depth", "Submissions waiting in the batching window.", registry=r)
@@ -179,7 +182,9 @@ class Metrics(Probe):
     # --- Probe hooks -------------------------------------------------------------------------
 
     def model_loaded(self, worker: str, model: str, seconds: float) -> None:
-        self.load_seconds.labels(worker, model).observe(seconds)
+        times = self._loads.setdefault(worker, LoadTimes())
+        self.load_times.setdefault(worker, times.snapshot)
+        times.model_loaded(worker, model, seconds)
 
     def batch_executed(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -230,6 +235,11 @@ class Metrics(Probe):
     def learned(self, sources: Sequence[str]) -> None:
         for source in sources:
             self.lessons.labels(source).inc()
+
+    def watch_load_times(self, workers: Mapping[str, Callable[[], Snapshot]]) -> None:
+        """Read these workers' load durations at scrape time: worker actors, whose models load in
+        their own process (`serving.worker_actor.WorkerActor.load_seconds`), not through this probe."""
+        self.load_times.update(workers)
 
     def watch_evidence(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Each expert's observed marks (profiling and lessons), read at scrape time."""

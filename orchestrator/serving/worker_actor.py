@@ -27,6 +27,7 @@ from experts.factory import make_backend
 from experts.options import BackendOptions
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from experts.workers import LOCAL_GPU_PROFILE, WorkerSpec, local_workers, memory_bytes
+from orchestrator.observability.loads import LoadTimes, Snapshot
 from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,10 @@ class WorkerActor:
     """A DeviceWorker behind a Ray actor. Plain class; `spawn` makes it remote."""
 
     def __init__(self, device: str, memory_budget_bytes: int, factory: BackendFactory = make_backend):
-        self.worker = DeviceWorker(device, memory_budget_bytes, factory)
+        # the loads happen in this process, away from the replica's metrics: their durations are
+        # kept here and read by the replica at scrape time (`load_seconds`), as the counts are
+        self.load_times = LoadTimes()
+        self.worker = DeviceWorker(device, memory_budget_bytes, factory, self.load_times)
 
     def resident(self) -> set[str]:
         return self.worker.resident()
@@ -114,6 +118,10 @@ class WorkerActor:
 
     def residency_counts(self) -> dict[str, tuple[int, int]]:
         return self.worker.residency_counts()
+
+    def load_seconds(self) -> Snapshot:
+        """Each model's load durations since the actor started, as histogram buckets."""
+        return self.load_times.snapshot()
 
     def info(self) -> dict[str, Any]:
         return {"device": self.worker.name, "memory_budget": self.worker.memory_budget, "pid": os.getpid()}
