@@ -47,6 +47,16 @@ class AuthSettings(Section):
     require_client_keys: bool = False
     key_requests_per_minute: int = Field(default=600, ge=1, description="For keys created without their own limit.")
 
+    @field_validator("admin_key")
+    @classmethod
+    def _not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        # an empty key matches no token yet counts as configured: every admin write was refused
+        # for good, with nothing said. Refused here, not read as unset, which would open admin writes.
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("is set but empty, so no request could ever be admin: unset it (no admin key) "
+                             "or give it a value")
+        return key
+
 
 class BudgetSettings(Section):
     devices_file: str | None = Field(default=None, description="Device profiles; unset: experts/devices.yaml.")
@@ -60,6 +70,13 @@ class BackendSettings(Section):
     openai_api_key: SecretStr | None = Field(default=None, description="Sent to OpenAI-compatible experts.")
     replay_time_scale: float = Field(default=0.0, ge=0, le=100,
                                      description="> 0: a replay reply takes its simulated latency x this, for real.")
+
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, key: object) -> object:
+        # OPENAI_API_KEY="" (a placeholder exported empty) means no key, not "Bearer " sent to each server
+        raw = key.get_secret_value() if isinstance(key, SecretStr) else key
+        return None if isinstance(raw, str) and not raw.strip() else key
 
 
 class BatchingSettings(Section):

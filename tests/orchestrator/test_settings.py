@@ -76,3 +76,19 @@ def test_a_home_relative_data_dir_holds_the_database_too(tmp_path: Path, monkeyp
     assert s.backend_options().models_dir.parent == s.data_dir == tmp_path / "data"
     assert s.embedding.cache_dir == tmp_path / "emb"
 
+
+@pytest.mark.parametrize("name", ["SKILLROUTE_ADMIN_KEY", "SKILLROUTE_AUTH__ADMIN_KEY"])
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_admin_key_is_refused_not_taken_as_a_key_nobody_can_send(monkeypatch: pytest.MonkeyPatch,
+                                                                          name: str, blank: str) -> None:
+    monkeypatch.setenv(name, blank)
+    with pytest.raises(ValidationError, match="admin_key\n.*is set but empty"):
+        Settings()
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_openai_key_is_no_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", blank)
+    assert Settings().backends.openai_api_key is None and Settings().backend_options().openai_api_key is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    assert Settings().backend_options().openai_api_key == "sk-1"
