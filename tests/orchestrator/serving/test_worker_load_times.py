@@ -6,6 +6,7 @@ a replica's RemoteWorker is."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +25,7 @@ def actor() -> WorkerActor:
 
 
 @pytest.fixture
-def served(tmp_path, embedder: Embedder, actor: WorkerActor) -> Iterator[SkillRoute]:  # type: ignore[no-untyped-def]
+def served(tmp_path: Path, embedder: Embedder, actor: WorkerActor) -> Iterator[SkillRoute]:
     experts = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1"), mock_expert("gamma", "m2")]
     c = SkillRoute(quiet_settings(tmp_path), small_pool(experts), factory=mock_or_real, embedder=embedder,
                    workers={"cpu": actor.worker})
