@@ -19,15 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
 
-from orchestrator.cli_remote import CliFailure, accepted, client, remote_id
+from orchestrator.cli_failures import Commands
+from orchestrator.cli_remote import accepted, client, remote_id
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import httpx
     from pydantic import BaseModel
-    from typer._click import Context  # typer vendors click: its groups take this Context
 
     from experts.types import ExpertSpec
     from orchestrator.container import SkillRoute
@@ -36,19 +35,6 @@ if TYPE_CHECKING:
 
 console = Console()
 M = TypeVar("M", bound="BaseModel")
-
-
-class Commands(TyperGroup):
-    """Every command's foreseeable failures printed as one line with their exit code, not as a
-    traceback: a user's mistake (a server not running, say) is not a bug."""
-
-    def invoke(self, ctx: Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CliFailure as exc:
-            console.print(f"[red]{escape(exc.message)}[/red]", soft_wrap=True, highlight=False)
-            raise typer.Exit(exc.code) from exc
-
 
 app = typer.Typer(cls=Commands, help="Answer each query with the right few expert LLMs.", no_args_is_help=True)
 experts_app = typer.Typer(help="Register, list, change and remove experts.", no_args_is_help=True)
@@ -172,9 +158,10 @@ def experts_list(pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None) -
 @experts_app.command("add")
 def experts_add(
     name: str,
-    source: Annotated[str, typer.Option(help="GGUF path, package:<catalog name>, or an OpenAI-compatible /v1 URL.")],
-    kind: Annotated[str, typer.Option(help="llamacpp | openai")] = "llamacpp",
-    model: Annotated[str | None, typer.Option(help="Served model name (openai kind).")] = None,
+    source: Annotated[str, typer.Option(help="llamacpp: GGUF path or package:<catalog name>; openai: a /v1 URL; "
+                                             "vllm: an HF folder; replay: a recording folder.")],
+    kind: Annotated[str, typer.Option(help="llamacpp | openai | vllm | replay")] = "llamacpp",
+    model: Annotated[str | None, typer.Option(help="Served model name (openai), recorded model (replay).")] = None,
     system_prompt: Annotated[str | None, typer.Option(help="The expert's persona.")] = None,
     pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None,
 ) -> None:

@@ -1,7 +1,7 @@
 """The `skillroute` commands' `--url` side: talking to a running service over HTTP.
 
-What goes wrong here is a `CliFailure`, which the command group (orchestrator/cli.py) prints as
-one line with its exit code: a server that cannot be reached, or is not skillroute, is a user's
+What goes wrong here is a `CliFailure`, which the command group (cli_failures.Commands) prints
+as one line with its exit code: a server that cannot be reached, or is not skillroute, is a user's
 mistake, not a bug to show a traceback for.
 """
 
@@ -11,16 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli_failures import CliFailure
+
 if TYPE_CHECKING:
     import httpx
-
-
-class CliFailure(Exception):
-    """A command failed in a way its user can act on: `message` printed, exit `code`."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
 
 
 @contextmanager

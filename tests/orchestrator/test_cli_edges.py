@@ -191,3 +191,26 @@ def test_serve_binds_what_its_flags_say_port_0_and_an_empty_host_too(served: dic
     assert r.exit_code == 0 and served == {"host": "", "port": 0}, r.output  # was the settings' 9000
     r = runner.invoke(app, ["serve", "--runtime", "inline", "--port", "70000"])
     assert r.exit_code == 2 and "65535" in r.output, r.output
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"SKILLROUTE_DEFAULT_K": "0"}, "invalid settings (SKILLROUTE_* variables): default_k: Input should be greater"),
+    ({"SKILLROUTE_ADMIN_KEY": ""}, "auth.admin_key: Value error, is set but empty"),
+    ({"SKILLROUTE_POOL": "/nowhere/pool.yaml"}, "pool file not found: /nowhere/pool.yaml"),
+])
+def test_a_bad_setting_or_pool_file_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           env: dict[str, str], said: str) -> None:
+    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        r = runner.invoke(app, ["experts", "list"])
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 2 and said in r.output and len(r.output.splitlines()) == 1, r.output
+
+
+def test_add_names_every_kind_it_takes() -> None:
+    r = runner.invoke(app, ["experts", "add", "--help"], env={"COLUMNS": "250"})
+    assert all(kind in r.output for kind in ("llamacpp", "openai", "vllm", "replay")), r.output

@@ -1,0 +1,56 @@
+"""How the `skillroute` commands fail: a failure its user can act on (a server not running, a
+bad setting or pool file) is one line and an exit code, not a traceback; a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from typer._click import Context  # typer vendors click: its groups take this Context
+
+
+class CliFailure(Exception):
+    """A command failed in a way its user can act on: `message` printed, exit `code`."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+class Commands(TyperGroup):
+    """The command group that prints a CliFailure, or what is wrong with the settings or the pool
+    file (exit 2), as one line; anything else propagates with its traceback."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliFailure as exc:
+            failure = exc
+        except Exception as exc:
+            if (bad := config_error(exc)) is None:
+                raise
+            failure = CliFailure(bad, 2)
+        # soft wrap: one line, whatever the terminal, so it can be grepped
+        Console().print(f"[red]{escape(failure.message)}[/red]", soft_wrap=True, highlight=False)
+        raise typer.Exit(failure.code) from failure
+
+
+def config_error(exc: Exception) -> str | None:
+    """What is wrong with the settings or the pool file, in a line; None for any other error."""
+    from pydantic import ValidationError
+
+    from orchestrator.pools.loader import PoolConfigError
+    from orchestrator.settings import Settings
+
+    if isinstance(exc, PoolConfigError):
+        return str(exc)
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"invalid settings (SKILLROUTE_* variables): {fields}"
+    return None
