@@ -49,14 +49,24 @@ def required_role(method: str, path: str) -> Role | None:
 async def guard(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
                 ) -> Caller:
     access: AccessControl = request.app.state.access
-    token = creds.credentials if creds else basic_password(request.headers.get("authorization"))
     role = required_role(request.method, request.url.path)
+    token = presented(creds, request.headers.get("authorization"), role)
     if token is None and role != "admin":  # no key to look up: nothing to read, so no worker thread
         caller = access.check(role, token)
     else:
         caller = await run_in_threadpool(access.check, role, token)
     request.state.caller = caller  # batches remember which key submitted them
     return caller
+
+
+def presented(creds: HTTPAuthorizationCredentials | None, header: str | None, role: Role | None) -> str | None:
+    """The key sent, as a bearer token or a Basic password; None when none was. Basic credentials
+    that hold no password, where a key is checked, are refused as a key that does not verify is
+    (`AccessControl`), not served as anonymous."""
+    token = creds.credentials if creds else basic_password(header)
+    if role is not None and token is None and is_basic(header):
+        raise Unauthorized("invalid API key")
+    return token
 
 
 def basic_password(header: str | None) -> str | None:
@@ -69,6 +79,11 @@ def basic_password(header: str | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.partition(":")[2] or None
+
+
+def is_basic(header: str | None) -> bool:
+    """Whether the header sends HTTP Basic credentials, well-formed or not."""
+    return (header or "").partition(" ")[0].lower() == "basic"
 
 
 def challenge(path: str) -> str:

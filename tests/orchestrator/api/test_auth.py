@@ -197,3 +197,12 @@ def test_a_token_that_cannot_be_a_key_is_401_before_the_store_reads_it(app_with,
             assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", (password, path)
     assert keys.verify(f"{prefix}\x00.{secret}") is None and keys.verify(key) is not None
     assert client.post("/v1/chat/completions", json=CHAT, headers=basic(key.encode())).status_code == 200
+
+
+def test_basic_credentials_that_hold_no_key_are_401_not_anonymous(app_with, container):
+    client = app_with(admin_key=ADMIN_ENV)  # client keys optional: no key at all is served
+    for value in ("!!!", base64.b64encode(b"no-colon").decode(), base64.b64encode(b"me:\xff\xfe").decode()):
+        r = client.get("/v1/models", headers={"Authorization": f"Basic {value}"})
+        assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", value
+        assert client.get("/health", headers={"Authorization": f"Basic {value}"}).status_code == 200  # unchecked
+    assert client.get("/v1/models").status_code == 200
