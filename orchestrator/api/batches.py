@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,8 +21,13 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MAX_BATCH = 1000
 
 
+# The bound goes before StorableText's checks: placed after them (or on `| None`), pydantic
+# checks it as any sequence's, and the 422 counted "items", not characters.
+CustomId = Annotated[str, Field(max_length=64), *get_args(StorableText)[1:]]
+
+
 class BatchQuery(QueryRequest):
-    custom_id: StorableText | None = Field(default=None, max_length=64, description="Yours, echoed in the results.")
+    custom_id: CustomId | None = Field(default=None, description="Yours, echoed in the results.")
 
 
 class BatchCreate(BaseModel):

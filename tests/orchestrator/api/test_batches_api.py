@@ -54,6 +54,14 @@ def test_bad_batches_are_4xx(client):
     assert client.get("/v1/batches/0").status_code == 422
 
 
+def test_a_custom_id_over_64_characters_is_422_naming_characters(client):
+    r = client.post("/v1/batches", json={"queries": [{"query": "x", "custom_id": "c" * 65}]})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == "queries.0.custom_id: String should have at most 64 characters"
+    r = client.post("/v1/batches", json={"queries": [{"query": "What is 2 + 3?", "custom_id": "c" * 64}]})
+    assert r.status_code == 202 and r.json()["results"][0]["custom_id"] == "c" * 64
+
+
 def test_a_batch_s_created_at_reads_back_in_utc_whatever_the_server_s_zone(client, tokyo_time):
     """SQLite keeps no zone: the stored UTC moment came back naive (no offset in the JSON, where
     PostgreSQL's carried one), and a client reads naive as its own local time."""
