@@ -2,7 +2,8 @@
 
 `Probe` does nothing; `observability.metrics.Metrics` overrides it. Each component is given its
 probe when it is built (the container hands every part the app's metrics), defaulting to
-`NULL_PROBE`, so benches, the CLI and the worker actor run uninstrumented.
+`NULL_PROBE`, so benches and the CLI run uninstrumented. A worker actor's worker reports its
+loads to `observability.loads.LoadTimes`, which the replica reads at scrape time.
 """
 
 from __future__ import annotations
