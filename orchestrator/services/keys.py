@@ -155,29 +155,29 @@ class AccessControl:
             return Caller("admin")
         key = self._presented(token)
         if role == "admin":
-            self._require_admin(key)
+            self._require_admin(key, token)
         elif key is None and self.settings.require_client_keys:
-            raise Unauthorized("a client API key is required: send 'Authorization: Bearer <key>'")
+            raise Unauthorized("invalid API key" if token else
+                               "a client API key is required: send 'Authorization: Bearer <key>'")
         if key is not None:
             self._count(key)
         return Caller(cast(Role, key.role), key.id) if key else Caller(None)
 
     def _presented(self, token: str | None) -> ApiKey | None:
-        """The active key the token is; None when none was sent. A token sent that is no active
-        key (mistyped, revoked) is a 401 in every mode: served as anonymous, it would slip past
-        its revocation and its rate limit, and read what anonymous callers may."""
-        if not token:
-            return None
-        key = self.keys.verify(token)
-        if key is None:
+        """The active key the token is, else None. A token sent as one of ours (`sk-sr-…`) that
+        is no active key (mistyped, revoked) is a 401 in every mode: served as anonymous, it
+        would slip past its revocation and its rate limit. Any other token where no key is
+        required is the placeholder an OpenAI client must send (README), served as no key."""
+        key = self.keys.verify(token) if token else None
+        if key is None and token and token.startswith(KEY_PREFIX):
             raise Unauthorized("invalid API key")
         return key
 
-    def _require_admin(self, key: ApiKey | None) -> None:
+    def _require_admin(self, key: ApiKey | None, token: str | None) -> None:
         if not self.admin_configured():
             return  # open mode: nobody has set an admin key yet
         if key is None:
-            raise Unauthorized("this needs the admin API key")
+            raise Unauthorized("this needs the admin API key" if token is None else "invalid API key")
         if key.role != "admin":
             raise Forbidden("this needs the admin API key; a client key cannot change the pool")
 

@@ -61,6 +61,7 @@ def test_a_stored_admin_key_turns_protection_on(app_with, container, keys):
     # the revoked key itself is refused all the same, as any key that is not (or no longer) one
     assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=bearer(admin)).status_code == 401
     assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}).status_code == 202
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "zeta"}, headers=bearer("unused")).status_code == 202
 
 
 def test_reads_and_queries_stay_open_without_required_client_keys(app_with):
@@ -142,19 +143,22 @@ def keys(container):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("required", ["false", "true"])
 def test_a_key_sent_that_is_no_active_key_is_401_in_either_mode(app_with, container, keys, required):
-    """Served as anonymous, a mistyped or revoked key slipped past its revocation and rate limit
-    and read what anonymous callers may: refused in every mode, as an admin write refuses it."""
+    """Served as anonymous, a mistyped or revoked key slipped past its revocation and rate limit:
+    refused in every mode, as an admin write refuses it. A token that is not one of ours is the
+    placeholder an OpenAI client must send: served as no key where none is required."""
     client = app_with(admin_key=ADMIN_ENV, require_client_keys=required)
     row, key = keys.create("alice", "client", requests_per_minute=1)
     assert client.get("/v1/models", headers=bearer(key)).status_code == 200
     assert client.get("/v1/models", headers=bearer(key)).status_code == 429
     keys.revoke(row.id)
     prefix = key.partition(".")[0]
-    for token in ("garbage", f"{prefix}.wrong-secret", key):
+    for token in (f"{prefix}.wrong-secret", key, "sk-sr-not-a-key"):
         for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/queries", {"query": "What is 2+2?"}),
-                                   ("GET", "/metrics", None)):
+                                   ("GET", "/metrics", None), ("POST", "/v1/experts", NEW_EXPERT)):
             r = client.request(method, path, json=body, headers=bearer(token))
             assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", (token, path)
+    placeholder = client.get("/v1/models", headers=bearer("unused-unless-keys-are-on"))
+    assert placeholder.status_code == (401 if required == "true" else 200)
     assert client.get("/v1/models").status_code == (401 if required == "true" else 200)
 
 
