@@ -1,6 +1,6 @@
 """Calibrate the `local-cpu` device profile from real llama.cpp generations on this machine.
 
-    python bench/calibrate_cpu.py [--json] [--repeats R] [--models NAME ...]
+    python bench/calibrate_cpu.py [--json] [--repeats R] [--models NAME NAME ...]
 
 llama.cpp uses $SKILLROUTE_LLAMA_THREADS threads (default: every core), as the service does.
 
@@ -195,9 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--models", nargs="+", choices=MODELS, help="default: every installed one")
+    ap.add_argument("--models", nargs="+", choices=MODELS, help="two or more (default: every installed one)")
     args = ap.parse_args(argv)
-    result = run(args.repeats, args.models or installed_models())
+    models = list(dict.fromkeys(args.models or installed_models()))
+    if len(models) < 2:
+        # fit_profile separates throughput from per-call overhead across model sizes: with one
+        # size it fails, and only after every model has been measured
+        ap.error(f"needs at least 2 different models to fit the profile, got {', '.join(models) or 'none'} "
+                 f"(--models takes 2 or more of: {', '.join(MODELS)})")
+    result = run(args.repeats, models)
     if args.json:
         print(json.dumps(result))
     else:

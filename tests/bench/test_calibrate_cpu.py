@@ -1,8 +1,11 @@
-"""bench/calibrate_cpu.py's held-out row: a correction fitted on one prompt's runs, scored on the other's."""
+"""bench/calibrate_cpu.py's held-out row: a correction fitted on one prompt's runs, scored on the other's;
+and its refusal, before measuring, of fewer models than a fit needs."""
 
 from __future__ import annotations
 
 import statistics
+
+import pytest
 
 from experts.calibration import Run, prediction_errors, timing
 from experts.devices import load_devices
@@ -30,3 +33,16 @@ def test_a_split_learned_on_one_prompt_predicts_the_other() -> None:
     assert len(held_out) == len(runs)  # every run is scored once, by the fold that did not see it
     assert 0.9 <= statistics.median(held_out) <= 1.0  # close, and on the safe side
     assert statistics.median(prediction_errors(profile, runs)) < 0.85  # uncorrected: far over
+
+
+def test_fewer_than_two_models_are_refused_before_measuring(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def no_measuring(model: str, repeats: int) -> None:
+        raise AssertionError(f"measured {model} though the profile cannot be fitted")
+
+    monkeypatch.setattr(calibrate, "measure", no_measuring)
+    for models in (["smollm2-135m-instruct"], ["smollm2-135m-instruct", "smollm2-135m-instruct"]):
+        with pytest.raises(SystemExit) as exit_:
+            calibrate.main(["--models", *models])
+        assert exit_.value.code == 2
+        assert "at least 2 different models" in capsys.readouterr().err
