@@ -81,6 +81,8 @@ class SkillRouteIngress:
 
         workers = device_workers(settings, cpu_reservation, home)
         self.container: SkillRoute = SkillRoute(settings, load_pool_config(pool_path), workers=workers)
+        # the models load in the actors' processes: their durations are read from them at scrape time
+        self.container.metrics.watch_load_times({n: w.load_seconds for n, w in workers.items()})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after __init__: the app needs the container the constructor built."""

@@ -26,6 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from experts.backend import BackendError, ExpertBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from experts.workers import WorkerSpec
+from orchestrator.observability.loads import Snapshot
 from orchestrator.scheduling.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,10 @@ class RemoteWorker(DeviceWorker):
     def residency_counts(self) -> dict[str, tuple[int, int]]:
         counts = self.ask("residency_counts", timeout=READ_TIMEOUT_S)
         return {k: (int(a), int(b)) for k, (a, b) in counts.items()}
+
+    def load_seconds(self) -> Snapshot:
+        """The actor's load durations (WorkerActor.load_seconds), read at scrape time."""
+        return dict(self.ask("load_seconds", timeout=READ_TIMEOUT_S))
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
         return RemoteBackend(self, base)

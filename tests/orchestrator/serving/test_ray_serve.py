@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from ray.util.state import list_actors
 
 from orchestrator.serving.worker_actor import NAMESPACE, actor_name
@@ -181,3 +182,17 @@ def test_models_stay_resident_across_requests(server: Server, cluster: str):
         r = httpx.post(f"{server.url}/v1/queries", json={"query": q, "k": 1}, timeout=300)
         assert r.status_code == 200 and r.json()["status"] == "done", r.text
     assert smol_loads() == before  # no reload between requests: the actor kept it resident
+
+
+def sample_total(text: str, name: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_metrics_export_the_load_durations_of_the_models_the_actor_loaded(server: Server):
+    """The models load in the worker actor's process, away from the replica's metrics: the
+    replica reads the actor's load durations at scrape time (profiling loaded SmolLM2 there)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    loads = sample_total(text, "skillroute_model_loads_total")
+    assert loads > 0
+    assert sample_total(text, "skillroute_model_load_seconds_count") == loads
+    assert sample_total(text, "skillroute_model_load_seconds_sum") > 0
