@@ -33,7 +33,7 @@ from orchestrator.domain import (
     Unanswerable,
     UnknownExpert,
 )
-from orchestrator.pipeline.keywords import KeywordReader
+from orchestrator.pipeline.keywords import KeywordReader, skills_or_nearest
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy
@@ -99,12 +99,13 @@ class Decider:
 
     def _skills(self, pool: PoolSnapshot, texts: list[str], embeddings: np.ndarray) -> list[list[VocabularyMatch]]:
         """Each query's skills: its keywords (read by the keyword LLM) mapped to the nearest
-        profiled skills, or, the fast default, the skills nearest its embedding."""
+        profiled skills, or, the fast default, the skills nearest its embedding (also a query
+        the keyword LLM read nothing for: it failed or timed out)."""
         if self.keywords is None or self.keywords[1] not in pool.experts or not texts:
             return pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
         reader, name = self.keywords
         found = reader.read(pool.experts[name], pool.worker_of(name, reader.fleet.default), texts)
-        return [pool.vocabulary.map_keywords(kws) for kws in found]
+        return skills_or_nearest(found, texts, embeddings, pool.vocabulary, self.skills_per_query)
 
     def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, matches: Sequence[VocabularyMatch],
                 ranked: Sequence[ExpertScore], dry_run: bool = False) -> Decision:
