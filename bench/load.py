@@ -9,7 +9,9 @@ Each client sends its next request as soon as its last one is answered, first to
 questions (no query's embedding is cached by the routing phase). Without --url the service is
 started here as users start it (`skillroute serve --runtime …` in its own process, a throwaway
 data directory) and stopped after. On a replay pool the questions are the recording's test
-split, so every one can be answered; on any other pool they are arithmetic questions.
+split, so every one can be answered; on any other pool they are arithmetic questions. No
+question is sent twice: --requests x (1 + --rounds) (3 x --requests with --mixed) must fit in the
+test split (3,005 questions in shared/data/mmlu_pro_replay), and more is refused up front.
 
 Prints, per endpoint, errors by status, p50 and p99 latency and throughput (the JSON's top level
 is /v1/queries: `errors`, `qps`, `p50_s`, `p99_s`). `--rounds N` repeats the /v1/queries phase
@@ -35,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from bench.replay_profiles import split_test_prompts  # noqa: E402
+from bench.replay_profiles import split_test_prompts, split_test_size  # noqa: E402
 from bench.served import Served, serve  # noqa: E402
 from orchestrator.pools.loader import REPLAY_PREFIX  # noqa: E402
 
@@ -49,6 +51,21 @@ def questions(pool: str, n: int) -> list[str]:
     if not pool.startswith(REPLAY_PREFIX):
         return [f"What is {i} times {i + 7}?" for i in range(n)]
     return split_test_prompts(pool[len(REPLAY_PREFIX):], n)
+
+
+def questions_held(pool: str) -> int | None:
+    """How many different questions `questions` can give: a replay pool's test split, None for
+    made-up ones (no end). Benches check it up front: given fewer than asked, a phase would run
+    short (and crash on its percentiles), and reusing a question would time the embedding cache."""
+    return split_test_size(pool[len(REPLAY_PREFIX):]) if pool.startswith(REPLAY_PREFIX) else None
+
+
+def positive(text: str) -> int:
+    """argparse type: an int of at least 1 (no phase can be timed over zero requests)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 async def drive(url: str, path: str, bodies: Sequence[Body], clients: int) -> dict[str, object]:
@@ -131,19 +148,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--url", help="a running service; unset: start one over --pool")
     ap.add_argument("--pool", default=DEFAULT_POOL, help="the questions' source (and the started service's pool)")
     ap.add_argument("--runtime", choices=["inline", "ray"], default="inline", help="how the started service runs")
-    ap.add_argument("--clients", type=int, default=200)
-    ap.add_argument("--requests", type=int, default=600, help="per endpoint (and per round)")
-    ap.add_argument("--rounds", type=int, default=1, help="query phases, each over new questions")
+    ap.add_argument("--clients", type=positive, default=200)
+    ap.add_argument("--requests", type=positive, default=600, help="per endpoint (and per round)")
+    ap.add_argument("--rounds", type=positive, default=1, help="query phases, each over new questions")
     ap.add_argument("--mixed", action="store_true", help="short queries alone vs beside long ones")
     ap.add_argument("--time-scale", type=float, default=0.0, help="started replay pool: simulated latency x this")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if problem := too_many(args.pool, args.requests, args.rounds, args.mixed):
+        ap.error(problem)
     if args.url:
         res = measure(args, args.url, None)
     else:
         with serve(args.pool, args.runtime, args.time_scale) as served:
             res = measure(args, served.url, served)
     show(res, args.json)
+
+
+def too_many(pool: str, requests: int, rounds: int, mixed: bool) -> str | None:
+    """Why the pool cannot give every phase its own questions, naming the largest allowed
+    --requests (and --rounds); None when it can."""
+    held = questions_held(pool)
+    phases = 3 if mixed else 1 + rounds  # routes, then each round (mixed: alone, beside, long)
+    if held is None or requests * phases <= held:
+        return None
+    asked = "--mixed" if mixed else f"--rounds {rounds}"
+    why = (f"--requests {requests} with {asked} needs {requests * phases} different questions and the replay "
+           f"test split holds {held}: the largest allowed --requests is {held // phases} with {asked}")
+    if not mixed and held // requests >= 2:
+        why += f", or --rounds at most {held // requests - 1} with --requests {requests}"
+    return why
 
 
 def measure(args: argparse.Namespace, url: str, served: Served | None) -> dict[str, object]:

@@ -160,6 +160,11 @@ def devices_file(path: Path, workers: Sequence[dict[str, str]]) -> str:
     return str(path)
 
 
+def split_test_size(folder: str) -> int:
+    """How many questions the recording's test split holds (`split_test_prompts` gives no more)."""
+    return len(split_questions(load_recording(folder), 0.5, 0)[1])
+
+
 def split_test_prompts(folder: str, n: int) -> list[str]:
     """The first `n` test-split questions, as the service's prompt format shows them."""
     rec = load_recording(folder)

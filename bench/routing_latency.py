@@ -5,7 +5,8 @@
 
 The service is built here on the pool (profiled first unless `--data-dir` holds a profiled
 store; the same directory then serves the HTTP phase, which only loads it). Every phase routes
-questions no other phase saw, so no embedding comes from a cache:
+questions no other phase saw, so no embedding comes from a cache (4 x --queries questions, 3 x
+with --no-http, must fit in the replay test split: at most 751, or 1,001, of its 3,005):
 
 - in process, one query at a time: `Admission.route` (embedding, skills read from that one
   embedding, k-NN estimate, recruitment, the prompt checks), p50/p99 in ms, and beside it the
@@ -33,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from bench.load import DEFAULT_POOL, questions  # noqa: E402
+from bench.load import DEFAULT_POOL, questions, questions_held  # noqa: E402
 from bench.served import serve  # noqa: E402
 from orchestrator.container import SkillRoute  # noqa: E402
 from orchestrator.domain import Ask  # noqa: E402
@@ -86,18 +87,44 @@ def over_http(url: str, texts: Sequence[str]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", default=DEFAULT_POOL)
-    ap.add_argument("--queries", type=int, default=200, help="per phase")
+    ap.add_argument("--queries", type=at_least_two, default=200, help="per phase")
     ap.add_argument("--data-dir", help="a store to reuse (profiled once, then only loaded)")
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if problem := too_many(args.pool, args.queries, http=not args.no_http):
+        ap.error(problem)
     with tempfile.TemporaryDirectory() as scratch:
         res = measure(args.pool, args.queries, args.data_dir or scratch, http=not args.no_http)
     print(json.dumps(res) if args.json else "\n".join(f"{k:>22}: {v}" for k, v in res.items()))
 
 
+def at_least_two(text: str) -> int:
+    """argparse type for --queries: a percentile needs two timings."""
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
+
+
+def phases(http: bool) -> int:
+    """How many phases each route their own --queries questions (single, embedding, batched, HTTP)."""
+    return 4 if http else 3
+
+
+def too_many(pool: str, n: int, http: bool) -> str | None:
+    """Why the pool cannot give every phase its own questions (a shared one would time the embedding
+    cache), naming the largest allowed --queries; None when it can."""
+    held, need = questions_held(pool), n * phases(http)
+    if held is None or need <= held:
+        return None
+    return (f"--queries {n}{'' if http else ' with --no-http'} needs {need} different questions and the replay "
+            f"test split holds {held}: the largest allowed --queries is {held // phases(http)}"
+            + (f" ({held // 3} with --no-http)" if http else ""))
+
+
 def measure(pool: str, n: int, data_dir: str, http: bool = True) -> dict[str, object]:
-    texts = questions(pool, 4 * n)
+    texts = questions(pool, phases(http) * n)
     quiet = LearningSettings(competition_rate=0.0, explore_rate=0.0)  # a decision, not a competition's
     c = SkillRoute(Settings(data_dir=Path(data_dir), learning=quiet), load_pool_config(pool))
     try:
