@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId, reader_of
-from orchestrator.api.schemas import QueryRequest, StorableText
+from orchestrator.api.schemas import NameText, QueryRequest
 from orchestrator.services.batches import BatchEntry, counts
 from orchestrator.store.models import Batch, BatchItem
 from orchestrator.store.repositories.queries import decision_of
@@ -21,13 +21,8 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MAX_BATCH = 1000
 
 
-# The bound goes before StorableText's checks: placed after them (or on `| None`), pydantic
-# checks it as any sequence's, and the 422 counted "items", not characters.
-CustomId = Annotated[str, Field(max_length=64), *get_args(StorableText)[1:]]
-
-
 class BatchQuery(QueryRequest):
-    custom_id: CustomId | None = Field(default=None, description="Yours, echoed in the results.")
+    custom_id: NameText | None = Field(default=None, description="Yours, echoed in the results.")
 
 
 class BatchCreate(BaseModel):

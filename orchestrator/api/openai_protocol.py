@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE
-from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
+from orchestrator.api.schemas import BudgetFields, NameText, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.chat import AUTO, ChatResult, conversation_text
@@ -36,7 +36,7 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StorableText | list[TextPart] | None = Field(default=None,
                                                          description="Text, or text parts; images are refused.")
-    name: StorableText | None = Field(default=None, max_length=64)
+    name: NameText | None = Field(default=None)
 
     def text(self) -> str:
         if isinstance(self.content, list):

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import Budgets, Container
 from orchestrator.api.openai_compat import ChatMessageIn
-from orchestrator.api.schemas import BudgetFields, RecruitModeField, StorableText
+from orchestrator.api.schemas import BudgetFields, QueryText, RecruitModeField
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.chat import conversation_text
 
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/routes", tags=["routes"])
 class RouteRequest(BudgetFields):
     model_config = ConfigDict(extra="forbid")
 
-    query: StorableText | None = Field(default=None, min_length=1, max_length=8000, description="The question, or…")
+    query: QueryText | None = Field(default=None, description="The question, or…")
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=256,
                                                  description="…a chat, read as /v1/chat/completions reads it.")
     k: int | None = Field(default=None, ge=1, le=8, description="Unset: the service's `default_k` (3).")

@@ -32,6 +32,12 @@ def _storable(value: str) -> str:
 # A lone surrogate (JSON's "\ud800" escape) is no character either: the embedder's tokenizer
 # refused it, failing every request embedded in the same group, so it is refused here too.
 StorableText = Annotated[str, AfterValidator(_storable)]
+# A length bound goes before the checks: put after them (or on `… | None`), pydantic checks it as
+# any sequence's, and the 422 counted "items" where the client sent characters.
+NameText = Annotated[str, Field(max_length=64), AfterValidator(_storable)]
+AnswerText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
+PromptText = Annotated[str, Field(max_length=4000), AfterValidator(_storable)]
+QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_storable)]
 
 
 class BudgetFields(BaseModel):
@@ -89,8 +95,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     correct: bool | None = Field(default=None, description="Was the service's answer right?")
-    answer: StorableText | None = Field(default=None, min_length=1, max_length=2000,
-                                        description="…or the right answer.")
+    answer: AnswerText | None = Field(default=None, description="…or the right answer.")
 
     @model_validator(mode="after")
     def _one(self) -> FeedbackRequest:
@@ -111,7 +116,7 @@ class ExpertCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     model: BaseModelSpec = Field(description="kind llamacpp: source is a GGUF path or package:<name>; "
                                              "kind openai: source is the server's /v1 URL and model its model name.")
-    system_prompt: StorableText | None = Field(default=None, max_length=4000)
+    system_prompt: PromptText | None = Field(default=None)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement,
                                        description="Its worker and device profile (default: planned).")
@@ -159,7 +164,7 @@ class ExpertUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    system_prompt: StorableText | None = Field(default=None, max_length=4000, description="Its persona (re-profiled).")
+    system_prompt: PromptText | None = Field(default=None, description="Its persona (re-profiled).")
     sampling: SamplingParams | None = Field(default=None, description="Sampling keys to change (re-profiled).")
     placement: ExpertPlacement | None = Field(default=None, description="Placement keys to change (re-planned).")
     timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")
