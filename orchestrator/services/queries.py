@@ -141,17 +141,13 @@ class QueryService:
         self.probe.learned([lesson.source for _, lesson in taught])
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
-        """Fail those of these queries still accepted, counting only those: one finished
-        meanwhile (another replica answered it) keeps its outcome and was counted where it ended.
-        `fail` reports nothing, so what is still accepted is read first, in the same session; a
-        replica finishing one between that read and the (conditional) write is miscounted only."""
+        """Fail those of these queries still accepted, counting only those the write changed: one
+        finished meanwhile (another replica answered it) keeps its outcome and was counted where it ended."""
         with self.db.session() as s:
             repo = QueryRepository(s)
-            pending = [q.id for q in repo.get_many(ids) if q.status == "accepted"]
-            for qid in pending:
-                repo.fail(qid, error)
-        if pending:
-            self.probe.queries_finished("failed", len(pending))
+            failed = sum(repo.fail(qid, error) for qid in ids)
+        if failed:
+            self.probe.queries_finished("failed", failed)
 
     def get(self, query_id: int, reader: int | None = None) -> Query:
         """The stored query; with `reader` (a client key), only one it asked or nobody's."""

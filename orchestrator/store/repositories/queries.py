@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Row, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.domain import Answer, Ask, Decision, Outcome
@@ -156,11 +156,12 @@ class QueryRepository:
         stmt = select(g.expert, g.prompt_tokens, g.completion_tokens, g.latency_s).where(g.expert.in_(experts))
         return list(reversed(self.session.execute(stmt.order_by(g.id.desc()).limit(limit)).all()))
 
-    def fail(self, query_id: int, error: str) -> None:
-        """Fail a query still accepted; one finished already keeps its outcome."""
+    def fail(self, query_id: int, error: str) -> bool:
+        """Fail a query still accepted, saying whether it was; one finished already keeps its outcome."""
         # one conditional UPDATE, as in `_claim`: a replica finishing it meanwhile keeps its answer
-        self.session.execute(update(Query).where(Query.id == query_id, Query.status == "accepted")
-                             .values(status="failed", error=error))
+        done = self.session.execute(update(Query).where(Query.id == query_id, Query.status == "accepted")
+                                    .values(status="failed", error=error))
+        return bool(cast(CursorResult[Any], done).rowcount)
 
 
 def _orphaned(live: Collection[str]) -> ColumnElement[bool]:

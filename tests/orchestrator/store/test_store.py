@@ -81,7 +81,7 @@ def test_a_query_finished_already_keeps_its_first_outcome(db):
                 [(qid, Ask(text="What is 2+2?"), Outcome(decision=decision, answers=[answer], text=answer.text))])])
     assert stored == [["4"], []]  # the second finds it finished: nothing written, nothing returned
     with db.session() as s:
-        QueryRepository(s).fail(qid, "too late")
+        assert QueryRepository(s).fail(qid, "too late") is False  # it changed nothing: counted nowhere
     with db.session() as s:
         (row,) = QueryRepository(s).get_many([qid])
         assert (row.status, row.answer, row.error) == ("done", "4", None)
