@@ -5,6 +5,7 @@ keywords themselves. A mock keyword expert checks the wiring; a packaged model c
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,16 +51,21 @@ def test_profiling_and_routing_read_skills_with_the_keyword_expert(tmp_path: Pat
     c.close()
 
 
-def test_a_failed_keyword_expert_fails_profiling_and_stores_no_set(tmp_path: Path, embedder: Embedder) -> None:
-    """All samples failing (or a question left without keywords) is an error naming the keyword
-    expert, not a validation set with no skills stored for good: the next start reads them."""
-    down = {"reader": True}
-
-    def flaky(spec: BaseModelSpec) -> MockBackend:
+def reader_down_when(down: dict[str, bool]) -> Callable[[BaseModelSpec], MockBackend]:
+    """A factory whose keyword expert ('reader') fails while down["reader"] is set."""
+    def factory(spec: BaseModelSpec) -> MockBackend:
         if spec.source != "reader":
             return mock_or_real(spec)
         return MockBackend(spec.key, answer="Keywords: Photosynthesis, chlorophyll",
                            fault=lambda r: "keyword model down" if down["reader"] else None)
+    return factory
+
+
+def test_a_failed_keyword_expert_fails_profiling_and_stores_no_set(tmp_path: Path, embedder: Embedder) -> None:
+    """All samples failing (or a question left without keywords) is an error naming the keyword
+    expert, not a validation set with no skills stored for good: the next start reads them."""
+    down = {"reader": True}
+    flaky = reader_down_when(down)
 
     c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=flaky, embedder=embedder)
     with pytest.raises(KeywordsFailed, match="'reader' failed: .*keyword model down"):
@@ -97,14 +103,9 @@ def test_a_text_the_keyword_expert_read_nothing_for_gets_its_embeddings_skills(
 
 def test_a_query_the_failed_keyword_expert_cannot_read_is_routed_by_embedding(
         tmp_path: Path, embedder: Embedder) -> None:
-    """Needs decide.py's `_skills` to call `skills_or_nearest`; it routed with skills=[] before."""
+    """It was routed with skills=[] before: every expert scored alike."""
     down = {"reader": False}
-
-    def flaky(spec: BaseModelSpec) -> MockBackend:
-        if spec.source != "reader":
-            return mock_or_real(spec)
-        return MockBackend(spec.key, answer="Keywords: Photosynthesis, chlorophyll",
-                           fault=lambda r: "keyword model down" if down["reader"] else None)
+    flaky = reader_down_when(down)
 
     c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=flaky, embedder=embedder)
     c.start()
