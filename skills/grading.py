@@ -32,7 +32,16 @@ _LEADING = re.compile(r"^\s*[\*\"'`#]*\s*[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
 # After these words an "A"/"I" is still an option letter ("A is correct"), not an article.
 _VERBS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks"}
-_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
+# A number: "1,234", "-3.5", ".5", "1.5e3", a fraction "3/4" or "\\frac{1}{2}" (read whole: its
+# numerator or denominator alone would be a wrong answer graded as if the reply meant it). A
+# number inside braces or after "^", "_", "\\" is a piece of LaTeX ("\\frac{\\pi}{2}", "x^{2}"),
+# not one.
+_DECIMAL = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+(?![\w.]))?"
+_NUMBER = re.compile(
+    rf"(?P<fsign>-?)\\[dt]?frac\{{\s*(?P<fnum>-?{_DECIMAL})\s*\}}\{{\s*(?P<fden>-?{_DECIMAL})\s*\}}"
+    rf"|(?<![\w.{{^_\\/])(?P<num>-?{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?(?![\d}}/])"
+)
+_MINUS = str.maketrans({"\u2212": "-"})  # the Unicode minus sign, as LaTeX-to-text output writes it
 _ANSWER_WORD = re.compile(r"\banswer\b", re.IGNORECASE)
 
 
@@ -104,16 +113,32 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_number(text: str) -> float | None:
-    """The last number in the text: "1,234" → 1234, "-3.5" → -3.5, "391." → 391."""
-    found = _NUMBER.findall(text)
-    return _to_float(found[-1]) if found else None
+    """The last number in the text: "1,234" → 1234, "-3.5" → -3.5, "391." → 391, "3/4" → 0.75."""
+    found = list(_NUMBER.finditer(text.translate(_MINUS)))
+    return _value(found[-1]) if found else None
+
+
+def _value(m: re.Match[str]) -> float | None:
+    """A `_NUMBER` match's value; None for a fraction over zero."""
+    if m.group("fnum") is not None:
+        sign = -1.0 if m.group("fsign") else 1.0
+        return _ratio(sign * _decimal(m.group("fnum")), _decimal(m.group("fden")))
+    den = m.group("den")
+    return _decimal(m.group("num")) if den is None else _ratio(_decimal(m.group("num")), _decimal(den))
+
+
+def _decimal(token: str) -> float:
+    return float(token.replace(",", ""))
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den != 0 else None
 
 
 def _to_float(token: str) -> float | None:
-    try:
-        return float(token.replace(",", ""))
-    except ValueError:
-        return None
+    """A whole string as one number ("391", "−5", "3/4"), else None."""
+    m = _NUMBER.fullmatch(token.strip().translate(_MINUS))
+    return _value(m) if m is not None else None
 
 
 def extract_answer_number(text: str) -> float | None:
@@ -122,10 +147,11 @@ def extract_answer_number(text: str) -> float | None:
     boxed = extract_boxed(text)
     if boxed is not None and (value := extract_number(boxed)) is not None:
         return value
+    text = text.translate(_MINUS)
     for marker in reversed(list(_ANSWER_WORD.finditer(text))):
         m = _NUMBER.search(text, marker.end())
         if m is not None:
-            return _to_float(m.group(0))
+            return _value(m)
     return extract_number(text)
 
 

@@ -1,0 +1,36 @@
+"""Number extraction beyond plain decimals: the signs, fractions and exponents models write,
+and the answer a reply commits to when its answer line restates the sum."""
+
+from __future__ import annotations
+
+import pytest
+
+from skills.grading import extract_answer_number, extract_number, grade
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: \u22125", -5.0),  # the Unicode minus sign is a minus
+        ("\\boxed{\\frac{1}{2}}", 0.5),
+        ("Answer: $-\\dfrac{3}{4}$", -0.75),
+        ("Answer: 3/4", 0.75),
+        ("Answer: 1.5e3", 1500.0),
+        ("Answer: 2.5E-2 mol", 0.025),
+    ],
+)
+def test_number_forms_are_read_whole(text: str, expected: float) -> None:
+    assert extract_answer_number(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["\\boxed{\\frac{\\pi}{2}}", "Answer: x^{2}", "Answer: 1/0"])
+def test_a_piece_of_a_form_is_no_number(text: str) -> None:
+    assert extract_answer_number(text) is None  # not 2 (the denominator, the exponent) nor 1
+
+
+def test_signs_and_fractions_no_longer_grade_as_their_pieces() -> None:
+    assert not grade("Answer: \u22125", "5", "number")
+    assert grade("Answer: \u22125", "-5", "number")
+    assert not grade("\\boxed{\\frac{1}{2}}", "2", "number")
+    assert grade("It is 3/4.", "0.75", "number")
+    assert extract_number("between 17-23 or 1,234") == 1234.0  # plain forms read as before
