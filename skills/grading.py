@@ -43,6 +43,8 @@ _NUMBER = re.compile(
 )
 _MINUS = str.maketrans({"\u2212": "-"})  # the Unicode minus sign, as LaTeX-to-text output writes it
 _ANSWER_WORD = re.compile(r"\banswer\b", re.IGNORECASE)
+_EQUALS = re.compile(r"\s*(?:=|\\approx|≈)\s*")
+_OPERATOR = re.compile(r"\s*(?:[-+*/×x·÷^]|\\times|\\cdot|\\div)\s*")
 
 
 @lru_cache(maxsize=8192)  # bounded; profiling grades the same short replies over and over
@@ -142,17 +144,50 @@ def _to_float(token: str) -> float | None:
 
 
 def extract_answer_number(text: str) -> float | None:
-    """The number an answer commits to: boxed, else the first after the last "answer" marker
-    (the reasoning that follows "Answer: 391" has numbers of its own), else the last number."""
+    """The number an answer commits to: boxed, else the first result after the last "answer"
+    marker (the reasoning that follows "Answer: 391" has numbers of its own), else the last
+    number. A result is a lone number or an equation's lone side ("17*23 = 391" → 391): the
+    operands of a restated sum ("The answer to 17*23 is 391") are not what the reply commits to."""
     boxed = extract_boxed(text)
-    if boxed is not None and (value := extract_number(boxed)) is not None:
+    if boxed is not None and (value := _first_result(boxed.translate(_MINUS), 0)) is not None:
         return value
     text = text.translate(_MINUS)
     for marker in reversed(list(_ANSWER_WORD.finditer(text))):
-        m = _NUMBER.search(text, marker.end())
-        if m is not None:
-            return _value(m)
+        if (value := _first_result(text, marker.end())) is not None:
+            return value
     return extract_number(text)
+
+
+def _first_result(text: str, start: int) -> float | None:
+    """The value of the first run of numbers from `start` that has a result (`_result`)."""
+    run: list[list[re.Match[str]]] = []
+    for m in _NUMBER.finditer(text, start):
+        joint = _joint(text[run[-1][-1].end() : m.start()]) if run else None
+        if joint == "=":
+            run.append([m])
+        elif joint == "op":
+            run[-1].append(m)
+        elif run and (found := _result(run)) is not None:
+            return _value(found)
+        else:
+            run = [[m]]
+    return _value(found) if run and (found := _result(run)) is not None else None
+
+
+def _joint(gap: str) -> str | None:
+    """How two numbers a `gap` apart are joined: "=" (two sides), "op" (one expression), or None."""
+    if _EQUALS.fullmatch(gap):
+        return "="
+    return "op" if _OPERATOR.fullmatch(gap) else None
+
+
+def _result(sides: list[list[re.Match[str]]]) -> re.Match[str] | None:
+    """A run's result: its last side when that is one number ("17*23 = 391"), else its first
+    ("391 = 17*23"); None when neither is (a bare "17*23" states no result)."""
+    for side in (sides[-1], sides[0]):
+        if len(side) == 1:
+            return side[0]
+    return None
 
 
 def grade(text: str, gold: str, kind: Literal["choice", "number"], n_options: int = 4) -> bool:

@@ -34,3 +34,20 @@ def test_signs_and_fractions_no_longer_grade_as_their_pieces() -> None:
     assert not grade("\\boxed{\\frac{1}{2}}", "2", "number")
     assert grade("It is 3/4.", "0.75", "number")
     assert extract_number("between 17-23 or 1,234") == 1234.0  # plain forms read as before
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 17*23 = 391.",
+        "Answer: 17 * 23 = 391",
+        "The answer to 17*23 is 391.",  # the restated sum's operands state no result
+        "The answer is (17 × 23) = 391 apples",
+        "Answer: 391 = 17*23",
+        "Answer: 391. 17*23 is 391",
+        "Answer: 391 because 17*20 = 340 and 340 + 51 makes it",  # the reasoning after it is not read
+        "Answer:\n391",
+    ],
+)
+def test_the_answer_line_s_result_not_its_first_operand(text: str) -> None:
+    assert extract_answer_number(text) == 391.0
