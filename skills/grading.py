@@ -5,8 +5,9 @@ than guess when the weak signals disagree: a wrong letter would count as evidenc
 expert in its profile, while None is simply a wrong answer that a better extractor could not
 have recovered either.
 
-    1. an "answer"/"option"/"choice" marker: "Answer: C", "the answer is (C)", "Final answer: **c**"
-       (the last such marker wins: models restate their final pick at the end);
+    1. an "answer" marker: "Answer: C", "the answer is (C)", "Final answer: **c**" (the last one
+       wins: models restate their final pick at the end); without one, the last "option"/"choice"
+       marker ("the correct option is D"): after an answer, "option A is wrong" is reasoning;
     2. \\boxed{C};
     3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …";
     4. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
@@ -24,8 +25,8 @@ from typing import Literal
 LETTERS = "ABCDEFGHIJKLMNOP"
 
 _MARKER = re.compile(
-    r"\b(?:answer|option|choice)\b\s*(?:is|:|=|would be|should be)?\s*(?:option|choice)?\s*"
-    r"[:\-]?\s*[\*\"'`$]*\s*[\(\[]?\s*([A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
+    r"\b(?P<word>answer|option|choice)\b\s*(?:is|:|=|would be|should be)?\s*(?:option|choice)?\s*"
+    r"[:\-]?\s*[\*\"'`$]*\s*[\(\[]?\s*(?P<letter>[A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
     re.IGNORECASE,
 )
 _LEADING = re.compile(r"^\s*[\*\"'`#]*\s*[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
@@ -59,17 +60,19 @@ def extract_choice(text: str, n_options: int) -> str | None:
 
 
 def _from_marker(text: str, valid: str) -> str | None:
-    picks = [m.group(1).upper() for m in _MARKER.finditer(text) if _marker_letter_ok(text, m)]
-    picks = [p for p in picks if p in valid]
-    return picks[-1] if picks else None
+    """The last "answer" marker's letter, else the last "option"/"choice" one's: "Answer: B.
+    Option A is wrong" commits to B; a later mention of an option is reasoning about it."""
+    picks = [m for m in _MARKER.finditer(text) if _marker_letter_ok(text, m) and m["letter"].upper() in valid]
+    answers = [m for m in picks if m["word"].lower() == "answer"]
+    return (answers or picks)[-1]["letter"].upper() if picks else None
 
 
 def _marker_letter_ok(text: str, m: re.Match[str]) -> bool:
     """A lower-case letter must stand alone ("answer: c."), not open a word ("is a good")."""
-    rest = text[m.end(1) :]
-    if m.group(1).islower():
+    rest = text[m.end("letter") :]
+    if m["letter"].islower():
         return re.match(r"\s*($|[)\].,;:*\n])", rest) is not None
-    return _is_option_letter(text, m, group_end=m.end(1))
+    return _is_option_letter(text, m.start("letter"), m.end("letter"))
 
 
 def _from_boxed(text: str, valid: str) -> str | None:
@@ -88,16 +91,17 @@ def _from_leading(text: str, valid: str) -> str | None:
 
 
 def _from_standalone(text: str, valid: str) -> str | None:
-    found = {m.group(1) for m in _STANDALONE.finditer(text) if _is_option_letter(text, m)}
+    found = {m.group(1) for m in _STANDALONE.finditer(text) if _is_option_letter(text, m.start(1), m.end())}
     found &= set(valid)
     return found.pop() if len(found) == 1 else None
 
 
-def _is_option_letter(text: str, m: re.Match[str], group_end: int | None = None) -> bool:
-    """False for the English words "A" and "I" when an ordinary lower-case word follows."""
-    if text[m.start(1) - 1 : m.start(1)] == "(" or m.group(1) not in "AI":
+def _is_option_letter(text: str, start: int, end: int) -> bool:
+    """False for the English words "A" and "I" (the letter at `start`) when an ordinary
+    lower-case word follows `end`."""
+    if text[start - 1 : start] == "(" or text[start] not in "AI":
         return True
-    nxt = re.match(r"\s+([a-z]+)", text[group_end or m.end() :])
+    nxt = re.match(r"\s+([a-z]+)", text[end:])
     return nxt is None or nxt.group(1) in _VERBS_AFTER_OPTION
 
 
