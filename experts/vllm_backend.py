@@ -56,6 +56,7 @@ class EngineOutput:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    error: str | None = None  # set: vLLM would not run this request (a prompt over max_model_len)
 
 
 Conversation = list[dict[str, str]]
@@ -311,7 +312,8 @@ class VLLMBackend:
             if not requests:
                 return []
             started = time.perf_counter()
-            outputs = self._engine.chat(
+            outputs = _chat(
+                self._engine,
                 [[m.model_dump() for m in r.messages] for r in requests],
                 [to_vllm_sampling(r.sampling) for r in requests],
             )
@@ -333,7 +335,26 @@ def _in_memory(stored_bytes: int, folder: Path, dtype: str | None) -> int:
     return stored_bytes * wanted // stored if stored and wanted else stored_bytes
 
 
+def _chat(engine: VLLMEngine, conversations: list[Conversation], sampling: list[dict[str, Any]]) -> list[EngineOutput]:
+    """The engine's batch call. vLLM refuses a whole call (ValueError) for one prompt it will not
+    run; the worker answers those alone, and an engine that raises instead (one run in this
+    process) gets each request retried alone here, so the error stays with its request."""
+    try:
+        return engine.chat(conversations, sampling)
+    except ValueError:
+        return [_alone(engine, c, s) for c, s in zip(conversations, sampling, strict=True)]
+
+
+def _alone(engine: VLLMEngine, conversation: Conversation, sampling: dict[str, Any]) -> EngineOutput:
+    try:
+        return engine.chat([conversation], [sampling])[0]
+    except ValueError as exc:
+        return EngineOutput(text="", prompt_tokens=0, completion_tokens=0, error=str(exc))
+
+
 def _to_generation(request_id: str, out: EngineOutput, latency_s: float) -> Generation:
+    if out.error is not None:
+        return Generation.failed(request_id, out.error, latency_s)
     return Generation(
         request_id=request_id, text=out.text, prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens, latency_s=latency_s, finish_reason=finish_reason_of(out.finish_reason),

@@ -15,7 +15,8 @@ Protocol: the first line out is the ready report, {"ok": true, "platform", "slee
   {"op": "start", "config": {EngineConfig fields}}
       -> {"ok": true, "start_s", "platform", "sleep_mode", "enforce_eager", "dtype", "vllm"}
   {"op": "chat", "conversations": [[{role, content}]], "sampling": [{vllm SamplingParams kwargs}]}
-      -> {"ok": true, "outputs": [{"text", "prompt_tokens", "completion_tokens", "finish_reason"}]}
+      -> {"ok": true, "outputs": [{"text", "prompt_tokens", "completion_tokens", "finish_reason", "error"?}]}
+      (an output with "error" is one request vLLM would not run, e.g. a prompt over max_model_len)
   {"op": "sleep", "level": 1} | {"op": "wake_up"} | {"op": "stop"} | {"op": "shutdown"} -> {"ok": true}
 Errors answer {"ok": false, "error": "..."} and the worker keeps serving. End of stdin (the
 parent died) shuts it down like "shutdown".
@@ -123,13 +124,54 @@ class Host:
 
 
 def _chat(llm: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """One output per conversation, in order. vLLM checks every prompt before running any and
+    fails the whole call for one over max_model_len, so those are answered here, alone."""
     from vllm import SamplingParams
 
+    conversations = request["conversations"]
     params = [SamplingParams(**s) for s in request["sampling"]]
-    # One call for the whole batch: vLLM schedules the conversations together (continuous
-    # batching) and returns them in input order.
-    results = llm.chat(request["conversations"], params, use_tqdm=False)
-    return {"ok": True, "outputs": [_output(r) for r in results]}
+    outputs = _too_long(llm, conversations)
+    runnable = [i for i in range(len(conversations)) if i not in outputs]
+    ran = _generate(llm, [conversations[i] for i in runnable], [params[i] for i in runnable])
+    outputs.update(zip(runnable, ran, strict=True))
+    return {"ok": True, "outputs": [outputs[i] for i in range(len(conversations))]}
+
+
+def _too_long(llm: Any, conversations: list[Any]) -> dict[int, dict[str, Any]]:
+    """Failed outputs for the conversations whose templated prompt leaves no room to generate."""
+    limit = int(llm.llm_engine.model_config.max_model_len)
+    tokenizer = llm.get_tokenizer()
+    failed: dict[int, dict[str, Any]] = {}
+    for i, conversation in enumerate(conversations):
+        # return_dict=False: transformers 5 returns a BatchEncoding by default
+        n = len(tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
+                                              return_dict=False))
+        if n >= limit:
+            failed[i] = _failed(f"the prompt is {n} tokens, not under the model's maximum length of {limit}")
+    return failed
+
+
+def _generate(llm: Any, conversations: list[Any], params: list[Any]) -> list[dict[str, Any]]:
+    """One call for the whole batch: vLLM schedules the conversations together (continuous
+    batching) and returns them in input order. Should vLLM still refuse one prompt (a count
+    that differs from the template's), each runs alone so the error stays with its request."""
+    if len(conversations) <= 1:
+        return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
+    try:
+        return [_output(r) for r in llm.chat(conversations, params, use_tqdm=False)]
+    except ValueError:
+        return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
+
+
+def _alone(llm: Any, conversation: Any, params: Any) -> dict[str, Any]:
+    try:
+        return _output(llm.chat([conversation], [params], use_tqdm=False)[0])
+    except ValueError as exc:  # vLLM's word for a prompt it will not run
+        return _failed(str(exc))
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"text": "", "prompt_tokens": 0, "completion_tokens": 0, "finish_reason": None, "error": error}
 
 
 def _output(result: Any) -> dict[str, Any]:

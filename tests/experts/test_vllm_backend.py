@@ -43,6 +43,11 @@ class MockVLLMEngine:
     def chat(self, conversations: Sequence[Conversation], sampling: Sequence[dict[str, Any]]) -> list[EngineOutput]:
         assert not self.asleep and not self.closed, "chat() on a sleeping or closed engine"
         self.calls.append(("chat", (list(conversations), list(sampling))))
+        for c in conversations:  # as vLLM's LLM.chat: every prompt is checked before any runs
+            n = sum(len(m["content"].split()) for m in c)
+            if n > self.config.max_model_len:
+                raise ValueError(f"The decoder prompt (length {n}) is longer than the maximum model length "
+                                 f"of {self.config.max_model_len}.")
         return [self._answer(c, s) for c, s in zip(conversations, sampling, strict=True)]
 
     def _answer(self, conversation: Conversation, sampling: dict[str, Any]) -> EngineOutput:
@@ -215,6 +220,17 @@ def test_an_engine_that_drops_outputs_is_an_error(hf_folder: Path) -> None:
     engines[0].chat = lambda conversations, sampling: []  # type: ignore[method-assign]
     with pytest.raises(BackendError, match="2 requests, 0 outputs"):
         backend.generate([ask("a", "x"), ask("b", "y")])
+
+
+def test_an_engine_refusing_one_prompt_fails_that_request_alone(hf_folder: Path) -> None:
+    """An engine run in this process raises ValueError for the whole call, as vLLM does; each
+    request is then run alone and only the refused one fails, with the engine's words."""
+    backend, engines = make(hf_folder)
+    backend.load()
+    out = backend.generate([ask("a", "one two"), ask("b", "word " * 2000), ask("c", "three")])
+    assert [g.text for g in out] == ["echo one two", "", "echo three"]
+    assert out[1].error == "The decoder prompt (length 2000) is longer than the maximum model length of 1024."
+    assert engines[0].count("chat") == 4  # the refused batch, then one call per request
 
 
 def test_memory_is_the_weights_plus_a_fixed_kv_budget(hf_folder: Path) -> None:

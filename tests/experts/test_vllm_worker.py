@@ -111,3 +111,32 @@ def test_a_failed_request_leaves_the_worker_serving(engine_log: Path, folder: Pa
     assert process.alive
     process.close()
     assert not process.alive
+
+
+def test_a_prompt_over_max_model_len_fails_alone(engine_log: Path, folder: Path) -> None:
+    """vLLM refuses a whole chat call for one prompt over max_model_len (the fake does too); the
+    worker counts each templated prompt first and answers the long one alone."""
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder), n_ctx=128), dtype="float32",
+                          options=fake_python(engine_log))
+    backend.load()
+    try:
+        out = backend.generate([ask("hi"), ask("word " * 200), ask("a b c")])
+    finally:
+        backend.close()
+    assert [g.text for g in out] == ["smol says hi", "", "smol says a b"]
+    assert out[1].error == "the prompt is 202 tokens, not under the model's maximum length of 128"
+    assert out[0].error is None and out[2].error is None
+
+
+def test_a_prompt_vllm_still_refuses_fails_alone(engine_log: Path, folder: Path) -> None:
+    """Where vLLM's count and the template's disagree (the fake's `<wide>`), the refused batch is
+    run one request at a time and only the refused one fails, with vLLM's own words."""
+    process = WorkerProcess(fake_python(engine_log).vllm_python)
+    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
+    conversations = [[{"role": "user", "content": t}] for t in ("hi", "<wide> x", "there")]
+    try:
+        out = engine.chat(conversations, [{"max_tokens": 8}] * 3)
+    finally:
+        process.close()
+    assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
+    assert out[1].error is not None and out[1].error.startswith("The decoder prompt (length 1003) is longer than")

@@ -1,6 +1,11 @@
 """A stand-in for vLLM with the slice the worker uses, to run experts/vllm_worker.py's protocol
 in the fast suite (tests/experts/test_vllm_worker.py). Every LLM built is counted in a file the
-test names, so a test can tell a new engine from a new process."""
+test names, so a test can tell a new engine from a new process.
+
+Tokens are words; the chat template adds one per message plus one for the generation prompt.
+Like vLLM, chat() checks every prompt before running any and refuses the whole call for one
+longer than max_model_len. The engine counts the word `<wide>` as 1000 tokens where its
+tokenizer counts one: a stand-in for vLLM refusing a prompt the worker's own count let by."""
 
 from __future__ import annotations
 
@@ -24,10 +29,20 @@ class LLM:
         with open(os.environ["FAKE_VLLM_LOG"], "a") as log:
             log.write(f"{os.getpid()} {model} {dtype} {sorted(kwargs)}\n")
         self.model = model
+        self.max_model_len = int(kwargs.get("max_model_len") or 2048)
         _KEPT.append(b"\x01" * (int(os.environ.get("FAKE_VLLM_LEAK_MB", "0")) * 2**20))  # touched: resident
-        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(dtype=f"torch.{dtype}"))
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(
+            dtype=f"torch.{dtype}", max_model_len=self.max_model_len))
+
+    def get_tokenizer(self) -> Tokenizer:
+        return Tokenizer()
 
     def chat(self, conversations: list[list[dict[str, str]]], params: list[SamplingParams], use_tqdm: bool) -> Any:
+        for conversation in conversations:
+            n = len(_prompt_ids(conversation)) + 999 * _words(conversation).count("<wide>")
+            if n > self.max_model_len:
+                raise ValueError(f"The decoder prompt (length {n}) is longer than the maximum model length "
+                                 f"of {self.max_model_len}. Make sure that `max_model_len` is no smaller ...")
         pairs = zip(conversations, params, strict=True)
         return [_result(self.model, c[-1]["content"], p.max_tokens) for c, p in pairs]
 
@@ -36,6 +51,21 @@ class LLM:
 
     def wake_up(self) -> None:
         raise RuntimeError("this platform cannot sleep")
+
+
+class Tokenizer:
+    def apply_chat_template(self, conversation: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool,
+                            return_dict: bool = True) -> list[int]:
+        assert tokenize and add_generation_prompt and not return_dict, "the worker wants the prompt's ids"
+        return _prompt_ids(conversation)
+
+
+def _words(conversation: list[dict[str, str]]) -> list[str]:
+    return [w for m in conversation for w in m["content"].split()]
+
+
+def _prompt_ids(conversation: list[dict[str, str]]) -> list[int]:
+    return list(range(len(_words(conversation)) + len(conversation) + 1))
 
 
 def _result(model: str, prompt: str, max_tokens: int) -> Any:
