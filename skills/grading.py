@@ -12,7 +12,9 @@ have recovered either.
     3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …";
     4. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
        several → None. "A" and "I" followed by an ordinary word are English ("A good question",
-       "I think"), not options.
+       "I think"), not options; followed by "and"/"or" they are letters ("A and B are plausible").
+
+A marker's letter followed by another ("Answer: A or B") is a hedge: None, whatever follows.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ _MARKER = re.compile(
 )
 _LEADING = re.compile(r"^\s*[\*\"'`#]*\s*[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
-# After these words an "A"/"I" is still an option letter ("A is correct"), not an article.
-_VERBS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks"}
+# After these words an "A"/"I" is still an option letter ("A is correct", "A or B"): an article
+# or a pronoun never comes before them.
+_WORDS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks", "and", "or", "nor", "vs", "versus"}
+# A marker's letter followed by another: "Answer: A or B", "the answer is (A)/(C)": no commitment.
+_HEDGE = re.compile(r"[\)\]]?\s*(?:or|and|/)\s*[\(\[]?[A-P]\b")
 # A number: "1,234", "-3.5", ".5", "1.5e3", a fraction "3/4" or "\\frac{1}{2}" (read whole: its
 # numerator or denominator alone would be a wrong answer graded as if the reply meant it). A
 # number inside braces or after "^", "_", "\\" is a piece of LaTeX ("\\frac{\\pi}{2}", "x^{2}"),
@@ -55,7 +60,7 @@ def extract_choice(text: str, n_options: int) -> str | None:
     for finder in (_from_marker, _from_boxed, _from_leading, _from_standalone):
         letter = finder(text, valid)
         if letter is not None:
-            return letter
+            return letter or None  # "": the reply hedged ("Answer: A or B"), no weaker signal overrules it
     return None
 
 
@@ -64,7 +69,10 @@ def _from_marker(text: str, valid: str) -> str | None:
     Option A is wrong" commits to B; a later mention of an option is reasoning about it."""
     picks = [m for m in _MARKER.finditer(text) if _marker_letter_ok(text, m) and m["letter"].upper() in valid]
     answers = [m for m in picks if m["word"].lower() == "answer"]
-    return (answers or picks)[-1]["letter"].upper() if picks else None
+    if not picks:
+        return None
+    last = (answers or picks)[-1]
+    return "" if _HEDGE.match(text, last.end("letter")) else last["letter"].upper()
 
 
 def _marker_letter_ok(text: str, m: re.Match[str]) -> bool:
@@ -72,7 +80,8 @@ def _marker_letter_ok(text: str, m: re.Match[str]) -> bool:
     rest = text[m.end("letter") :]
     if m["letter"].islower():
         return re.match(r"\s*($|[)\].,;:*\n])", rest) is not None
-    return _is_option_letter(text, m.start("letter"), m.end("letter"))
+    # Right after "answer" a capital is the letter, even "A"/"I" before a word ("Answer: A because")
+    return m["word"].lower() == "answer" or _is_option_letter(text, m.start("letter"), m.end("letter"))
 
 
 def _from_boxed(text: str, valid: str) -> str | None:
@@ -102,7 +111,7 @@ def _is_option_letter(text: str, start: int, end: int) -> bool:
     if text[start - 1 : start] == "(" or text[start] not in "AI":
         return True
     nxt = re.match(r"\s+([a-z]+)", text[end:])
-    return nxt is None or nxt.group(1) in _VERBS_AFTER_OPTION
+    return nxt is None or nxt.group(1) in _WORDS_AFTER_OPTION
 
 
 def extract_boxed(text: str) -> str | None:

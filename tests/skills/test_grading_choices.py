@@ -18,3 +18,24 @@ from skills.grading import extract_choice
 )
 def test_an_answer_marker_outranks_a_later_option_mention(text: str, expected: str) -> None:
     assert extract_choice(text, 4) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: A because it is larger", "A"),
+        ("The answer is A since x grows", "A"),
+        ("Final answer: I, since the rest fail", "I"),
+        ("Answer: I think", "I"),
+    ],
+)
+def test_a_capital_right_after_answer_is_the_letter(text: str, expected: str) -> None:
+    assert extract_choice(text, 10) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["A and B are both plausible", "Answer: A or B", "The answer is (B)/(C)", "Answer: C or D. Answer: B or C"],
+)
+def test_a_hedge_between_letters_commits_to_none(text: str) -> None:
+    assert extract_choice(text, 4) is None
