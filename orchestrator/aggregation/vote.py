@@ -62,19 +62,22 @@ def weighted_vote(
     Ties go to the choice whose heaviest single voter is heaviest, then alphabetically, so the
     result never depends on the order the answers arrived in.
     """
-    support: dict[str, float] = {}
-    heaviest: dict[str, float] = {}
+    cast: dict[str, list[float]] = {}
     for expert, choice in answers:
-        if choice is None:
-            continue
-        shift = reliability.offset(expert, choice) if reliability else 0.0
-        w = max(weights.get(expert, 0.0) + shift, _MIN_WEIGHT)
-        support[choice] = support.get(choice, 0.0) + w
-        heaviest[choice] = max(heaviest.get(choice, 0.0), w)
-    if not support:
+        if choice is not None:
+            shift = reliability.offset(expert, choice) if reliability else 0.0
+            cast.setdefault(choice, []).append(_vote_weight(weights.get(expert, 0.0) + shift))
+    if not cast:
         return VoteResult(None)
-    winner = min(support, key=lambda c: (-support[c], -heaviest[c], c))
+    support = {c: math.fsum(ws) for c, ws in cast.items()}  # fsum: exact, so the same whatever the order
+    winner = min(support, key=lambda c: (-support[c], -max(cast[c]), c))
     return VoteResult(winner, support)
+
+
+def _vote_weight(w: float) -> float:
+    """A vote's weight, floored at `_MIN_WEIGHT`; a NaN or infinite one (a broken profile) counts
+    as the floor too: NaN compares false both ways, so it made the result hang on the order."""
+    return max(w, _MIN_WEIGHT) if math.isfinite(w) else _MIN_WEIGHT
 
 
 def vote_by_scores(
