@@ -200,14 +200,20 @@ class BatchRun:
     def _stand_in(self, q: _Query, replaced: str) -> str | None:
         """The next-ranked expert not tried yet for this query, when it may have one. The ranking
         was made at admission: an expert removed or disabled since then is no longer in the pool.
-        Under a budget, only one that keeps the whole query within it (`budgets.stand_in`)."""
+        An expert still being explored is never one: it is not recruited, and as a stand-in it
+        answered twice and was scored against its own answer. Under a budget, only one that
+        keeps the whole query within it (`budgets.stand_in`)."""
         if not self.fallback or q.decision.router == DIRECT:
             return None
-        budget = q.decision.budget
-        costed = {c.expert for c in budget.candidates} if budget else set()
         return next((s.name for s in q.decision.experts if s.name not in q.tried and s.name in self.pool.experts
-                     and (budget is None or (s.name in costed and stand_in_fits(budget, [*q.tried], replaced,
-                                                                                s.name)))), None)
+                     and s.name not in self.pool.uncertain and self._fits(q, replaced, s.name)), None)
+
+    def _fits(self, q: _Query, replaced: str, name: str) -> bool:
+        """Whether `name` standing in keeps the query within its budget (none: it does)."""
+        budget = q.decision.budget
+        if budget is None:
+            return True
+        return name in {c.expert for c in budget.candidates} and stand_in_fits(budget, [*q.tried], replaced, name)
 
     def _experts_done(self, qi: int) -> None:
         q = self.queries[qi]
@@ -237,12 +243,12 @@ class BatchRun:
         texts = {a.expert: a.text for a in answers} | {e: a.text for e, a in q.scored.items()}
         weights = {s.name: s.weight for s in q.decision.experts}
         gold = next((g for e in texts if (g := known_answer(self.pool.experts[e].base, q.ask.text))), None)
-        q.marks, letters, _ = scored(texts, weights, self.pool.router.reliability, gold)
-        if q.embedding is not None:
+        q.marks, letters, reference = scored(texts, weights, self.pool.router.reliability, gold)
+        if q.embedding is not None and reference is not None:  # none: a lone answer or a tie teaches nothing
             source = "competition" if q.decision.competition else "explore"
             skills = tuple(m.skill for m in q.decision.skills)
-            reference = "gold" if gold is not None else "consensus"
-            self.lessons[qi] = Lesson(q.embedding, skills, q.marks, letters, source, reference)
+            self.lessons[qi] = Lesson(q.embedding, skills, q.marks, letters, source,
+                                      "gold" if gold is not None else "consensus")
 
     def _aggregated(self, sent: _Sent, gen: Generation) -> None:
         q = self.queries[sent.query]

@@ -151,27 +151,42 @@ def observed_counts(evidence: RoutingEvidence) -> dict[str, int]:
 def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability: AnswerReliability | None,
            gold: str | None = None) -> tuple[dict[str, bool], dict[str, str | None], str | None]:
     """Each answer's mark against the gold answer, else against the weighted consensus of all of
-    them; with each one's option letter (None: not a choice), and the reference used."""
+    them; with each one's option letter (None: not a choice), and the reference used. Without
+    gold, fewer than two experts is no consensus: no reference, no marks (a lone answer would
+    agree with itself)."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
-    if any(v is not None for v in letters.values()):
+    lettered = any(v is not None for v in letters.values())
+    if not gold and len(answers) < 2:
+        return {}, letters if lettered else dict.fromkeys(answers), None
+    if lettered:
         # a gold answer is read as the answers are: "B. Paris" and "The answer is (B)." are B
         ref = (extract_choice(gold, len(LETTERS)) or gold.strip().upper()) if gold \
             else weighted_vote(list(letters.items()), weights, reliability).answer
-        return {e: c is not None and c == ref for e, c in letters.items()}, letters, ref
+        return _marked(letters, ref), letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
-    ref = _normal(gold) if gold else _plurality(finals, weights)
-    return {e: bool(ref) and f == ref for e, f in finals.items()}, dict.fromkeys(answers), ref
+    ref = _normal(gold) if gold else _consensus(_support(finals, weights))
+    return _marked(finals, ref), dict.fromkeys(answers), ref
+
+
+def _marked(answers: Mapping[str, str | None], ref: str | None) -> dict[str, bool]:
+    """Each answer's mark; none without a reference (nothing to be right or wrong against)."""
+    return {e: a == ref for e, a in answers.items()} if ref else {}
 
 
 def _normal(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
 
 
-def _plurality(finals: Mapping[str, str], weights: Mapping[str, float]) -> str | None:
+def _support(finals: Mapping[str, str], weights: Mapping[str, float]) -> dict[str, float]:
     support: dict[str, float] = {}
     for expert, f in finals.items():
         if f:
             support[f] = support.get(f, 0.0) + max(weights.get(expert, 0.0), 1e-6)
+    return support
+
+
+def _consensus(support: Mapping[str, float]) -> str | None:
+    """The answer with the most support (ties: the first alphabetically)."""
     return min(support, key=lambda f: (-support[f], f)) if support else None
 
 

@@ -70,3 +70,12 @@ def test_a_gold_answer_is_read_as_the_answers_are() -> None:
         marks, letters, ref = scored(answers, {}, None, gold)
         assert ref == "B" and marks == {"right": True, "wrong": False, "none": False}, gold
     assert scored(answers, {}, None, "Paris")[0] == {"right": False, "wrong": False, "none": False}
+
+
+def test_a_lone_answer_is_no_consensus_and_marks_no_one() -> None:
+    """One expert's answer agreed with itself: scored against it, an explorer answering alone was
+    marked right. With gold it is marked as ever."""
+    for text in ("Answer: C", "42"):
+        marks, _, ref = scored({"a": text}, {"a": 1.0}, None)
+        assert (marks, ref) == ({}, None), text
+    assert scored({"a": "Answer: C"}, {"a": 1.0}, None, "C")[0] == {"a": True}

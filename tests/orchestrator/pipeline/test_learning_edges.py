@@ -1,0 +1,73 @@
+"""Where learning from traffic met its edges: an explored expert is never a stand-in (it would be
+scored against its own answer), two new experts are both explored, and the per-minute cap of
+competitions and explorations is spent only by queries that are admitted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from experts.factory import make_backend
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
+from orchestrator.settings import LearningSettings, Settings
+from orchestrator.store.models import LessonRow
+from orchestrator.store.repositories.experts import ExpertRepository
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, small_pool
+
+QUESTION = "Which gas do plants absorb for photosynthesis?"
+EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
+           mock_expert("gamma", "m2")]
+FAILING: set[str] = set()  # mock bases whose every generation fails
+
+
+def factory(spec: BaseModelSpec):  # type: ignore[no-untyped-def]
+    if spec.kind != "mock":
+        return make_backend(spec)
+    return MockBackend(spec.key, fault=lambda _: "down" if spec.source in FAILING else None)
+
+
+def service(data: Path, embedder: Embedder, rate: float, explore: float, per_minute: int = 1000) -> SkillRoute:
+    learning = LearningSettings(competition_rate=rate, explore_rate=explore, per_minute=per_minute)
+    pool = small_pool(EXPERTS).model_copy(update={"router": "knn"})
+    c = SkillRoute(Settings(data_dir=data, learning=learning), pool, factory=factory, embedder=embedder)
+    c.start()
+    return c
+
+
+def profiling(c: SkillRoute, *new: tuple[str, str]) -> None:
+    """Register new experts (name, mock base) whose profiles are not in yet: they are explored."""
+    for name, base in new:
+        row = c.experts.register(mock_expert(name, base), profile=False)
+        with c.db.session() as s:
+            ExpertRepository(s).set_status(row.id, "profiling")
+    c.pool.refresh()
+
+
+@pytest.fixture
+def exploring(tmp_path: Path, embedder: Embedder) -> Iterator[SkillRoute]:
+    c = service(tmp_path, embedder, rate=0.0, explore=1.0)
+    yield c
+    FAILING.clear()
+    c.close()
+
+
+def test_an_explored_expert_is_no_stand_in_and_alone_teaches_nothing(exploring: SkillRoute) -> None:
+    """Every recruited expert fails; the explorer answered as a competitor. It once stood in too,
+    answered twice, and its lesson marked it right against the consensus of its lone answer."""
+    c = exploring
+    profiling(c, ("delta", "m3"))
+    FAILING.update({"m1", "m2"})
+    query = c.queries.ask([Ask(text=QUESTION, k=1, mode="topk", seed=5)])[0]
+    row = c.queries.get(query.id)
+    assert {(g.expert, g.role) for g in row.generations if g.expert == "delta"} == {("delta", "competitor")}
+    assert row.status == "failed"  # no certain expert answered
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LessonRow)) == 0
+    assert c.pool.evidence_counts()["delta"] == 0
