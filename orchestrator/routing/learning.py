@@ -14,6 +14,7 @@ recomputed. An expert registered while the service runs has no evidence yet: it 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -152,8 +153,8 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
            gold: str | None = None) -> tuple[dict[str, bool], dict[str, str | None], str | None]:
     """Each answer's mark against the gold answer, else against the weighted consensus of all of
     them; with each one's option letter (None: not a choice), and the reference used. Without
-    gold, fewer than two experts is no consensus: no reference, no marks (a lone answer would
-    agree with itself)."""
+    gold, fewer than two experts or a tie at the top is no consensus: no reference, no marks (a
+    lone answer would agree with itself, and a tie would be settled by letter order)."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
     lettered = any(v is not None for v in letters.values())
     if not gold and len(answers) < 2:
@@ -161,7 +162,7 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
     if lettered:
         # a gold answer is read as the answers are: "B. Paris" and "The answer is (B)." are B
         ref = (extract_choice(gold, len(LETTERS)) or gold.strip().upper()) if gold \
-            else weighted_vote(list(letters.items()), weights, reliability).answer
+            else _consensus(weighted_vote(list(letters.items()), weights, reliability).support)
         return _marked(letters, ref), letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
     ref = _normal(gold) if gold else _consensus(_support(finals, weights))
@@ -186,8 +187,11 @@ def _support(finals: Mapping[str, str], weights: Mapping[str, float]) -> dict[st
 
 
 def _consensus(support: Mapping[str, float]) -> str | None:
-    """The answer with the most support (ties: the first alphabetically)."""
-    return min(support, key=lambda f: (-support[f], f)) if support else None
+    """The answer with the most support; None when two share the top (no consensus)."""
+    ranked = sorted(support.values(), reverse=True)
+    if not ranked or (len(ranked) > 1 and math.isclose(ranked[0], ranked[1])):
+        return None
+    return max(support, key=support.__getitem__)
 
 
 # ------------------------------------------------------------------ when to compete

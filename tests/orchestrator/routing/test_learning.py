@@ -79,3 +79,13 @@ def test_a_lone_answer_is_no_consensus_and_marks_no_one() -> None:
         marks, _, ref = scored({"a": text}, {"a": 1.0}, None)
         assert (marks, ref) == ({}, None), text
     assert scored({"a": "Answer: C"}, {"a": 1.0}, None, "C")[0] == {"a": True}
+
+
+def test_a_tie_at_the_top_is_no_consensus() -> None:
+    """Equal support was settled by letter order (A over B): an exploration, which always
+    teaches, marked one side right on no evidence. Lettered or free text, a tie marks no one."""
+    even = {"a": 1.0, "b": 1.0}
+    assert scored({"a": "Answer: B", "b": "Answer: A"}, even, None)[::2] == ({}, None)
+    assert scored({"a": "41", "b": "42"}, even, None)[::2] == ({}, None)
+    marks, _, ref = scored({"a": "Answer: B", "b": "Answer: A", "c": "Answer: B"}, even | {"c": 0.5}, None)
+    assert ref == "B" and marks == {"a": True, "b": False, "c": True}
