@@ -5,6 +5,11 @@ and serves the model, and `loads` counts the times the backend went from unloade
 (what the scheduler's load-once promise is tested against). A batch is sent as concurrent
 requests, bounded by `max_concurrency`, because such servers batch in-flight requests
 themselves (continuous batching): sending them one by one would waste the server.
+
+One request's failure (an error status, a timeout, a dropped connection, a malformed reply) is
+that request's failed Generation; the batch's other answers are kept. Only a server that no
+request of the batch could reach (refused or timed-out connections) raises BackendError: that
+is the backend down, not a query's fault, and the device worker fails the batch with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEv
 
 def _reason(exc: httpx.HTTPError) -> str:
     return str(exc) or type(exc).__name__
+
+
+# The server was not reached at all: nothing about this request made it fail.
+UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class OpenAIHTTPBackend:
@@ -103,10 +112,22 @@ class OpenAIHTTPBackend:
         if client is None:
             raise BackendError(f"{self.base_model_key}: generate() before load()")
         if len(requests) <= 1:
-            return [self._one(client, r) for r in requests]
-        workers = min(self.max_concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-http") as pool:
-            return list(pool.map(lambda r: self._one(client, r), requests))
+            tries = [self._attempt(client, r) for r in requests]
+        else:
+            workers = min(self.max_concurrency, len(requests))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-http") as pool:
+                tries = list(pool.map(lambda r: self._attempt(client, r), requests))
+        unreached = [exc for _, exc in tries if exc is not None]
+        if unreached and len(unreached) == len(tries):
+            raise unreached[0]  # the server is down: a backend failure, not these queries'
+        return [gen for gen, _ in tries]
+
+    def _attempt(self, client: httpx.Client, request: GenerationRequest) -> tuple[Generation, BackendError | None]:
+        """The request's Generation, and the error if the server could not be reached for it."""
+        try:
+            return self._one(client, request), None
+        except BackendError as exc:
+            return Generation.failed(request.request_id, str(exc)), exc
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
@@ -125,25 +146,31 @@ class OpenAIHTTPBackend:
 
     def _one(self, client: httpx.Client, request: GenerationRequest) -> Generation:
         """The reply, or this request's own failure: the server refusing it (an error status, a
-        prompt past its context) or it running past its `timeout_s` fails it alone, not the other
-        requests of the batch. A server that cannot be reached fails them all (BackendError)."""
+        prompt past its context), it running past its `timeout_s` or the backend's read timeout,
+        or its connection failing part way fails it alone, not the other requests of the batch.
+        A server that cannot be reached raises BackendError (see `generate`)."""
         url, rid = f"{self.base_url}/chat/completions", request.request_id
         started = time.perf_counter()
         try:
             reply = client.post(url, json=self._body(request), timeout=self._timeout_of(request))
-        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
-            if request.timeout_s is None:
-                raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
-            return Generation.timed_out(request, time.perf_counter() - started)
-        except httpx.HTTPError as exc:
+        except UNREACHABLE as exc:
             raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
+        except httpx.HTTPError as exc:
+            return self._transport_failure(request, exc, time.perf_counter() - started)
         if reply.status_code != 200:
-            return Generation.failed(rid, f"{url} answered HTTP {reply.status_code} to request {rid}: "
-                                     f"{reply.text[:300]}", time.perf_counter() - started)
+            return Generation.failed(rid, _refusal(url, rid, reply.status_code, reply.text),
+                                     time.perf_counter() - started)
         try:
             return _to_generation(rid, reply, time.perf_counter() - started)
         except BackendError as exc:  # a malformed reply is this request's
             return Generation.failed(rid, str(exc), time.perf_counter() - started)
+
+    def _transport_failure(self, request: GenerationRequest, exc: httpx.HTTPError, latency_s: float) -> Generation:
+        """A request's failure on the wire: its own timeout worded as every backend words it."""
+        if request.timeout_s is not None and isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+            return Generation.timed_out(request, latency_s)
+        url = f"{self.base_url}/chat/completions"
+        return Generation.failed(request.request_id, f"{url} request {request.request_id}: {_reason(exc)}", latency_s)
 
     def _timeout_of(self, request: GenerationRequest) -> httpx.Timeout:
         """The request's own `timeout_s` as the wait for each read of its reply. A completion
@@ -189,6 +216,10 @@ class OpenAIHTTPBackend:
                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
                          completion_tokens=int(usage.get("completion_tokens") or len(pieces)),
                          latency_s=time.perf_counter() - started, finish_reason=finish_reason_of(finish))
+
+
+def _refusal(url: str, request_id: str, status: int, text: str) -> str:
+    return f"{url} answered HTTP {status} to request {request_id}: {text[:300]}"
 
 
 def _sse_chunks(reply: httpx.Response, request_id: str) -> Iterator[dict[str, Any]]:

@@ -280,6 +280,36 @@ def test_stream_hands_on_the_servers_pieces_and_its_usage(base: str, rec: Record
         list(b.stream(req(1, "FAIL")))
 
 
+def test_a_request_past_the_backends_read_timeout_fails_alone(base: str) -> None:
+    """No timeout_s of its own: the backend's read timeout fails it, and the batch keeps the rest."""
+    b = backend(base, timeout_s=0.5)
+    b.load()
+    fine, slow, also = b.generate([req(0, "fine"), req(1, "SLOW"), req(2, "also fine")])
+    assert (fine.text, also.text) == ("echo: fine", "echo: also fine") and fine.error is None is also.error
+    assert slow.text == "" and slow.error is not None and "request r1" in slow.error
+
+
+def test_a_request_whose_connection_fails_fails_alone_and_all_unreached_is_an_error() -> None:
+    """A request the server dropped, or one that could not connect, is that request's failure;
+    only a batch none of which reached the server (the server down) raises."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        text = body["messages"][-1]["content"]
+        if text == "DROP":
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+        if text == "REFUSED":
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json=_completion(body))
+
+    b = backend("http://test/v1")
+    b._client = httpx.Client(transport=httpx.MockTransport(answer))  # as if loaded
+    out = b.generate([req(0, "fine"), req(1, "DROP"), req(2, "REFUSED"), req(3, "also fine")])
+    assert [g.text for g in out] == ["echo: fine", "", "", "echo: also fine"]
+    assert "request r1: peer closed" in str(out[1].error) and "request r2: connection refused" in str(out[2].error)
+    with pytest.raises(BackendError, match="request r.: connection refused"):
+        b.generate([req(0, "REFUSED"), req(1, "REFUSED")])
+
+
 def test_the_server_s_finish_reason_is_the_reply_s_streamed_or_not(base: str) -> None:
     """"length" where the server's max_tokens cut the reply, "stop" where it ended on its own."""
     b = backend(base)
