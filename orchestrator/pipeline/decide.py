@@ -36,7 +36,7 @@ from orchestrator.domain import (
 from orchestrator.pipeline.keywords import KeywordReader, skills_or_nearest
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
-from orchestrator.routing.learning import CompetitionPolicy
+from orchestrator.routing.learning import CompetitionPolicy, observed_counts
 from orchestrator.routing.recruit import recruit, score
 from skills.embedder import Embedder
 from skills.question_text import question_part
@@ -147,7 +147,7 @@ class Decider:
             return others, True
         explore = [n for n in others if n in pool.uncertain]
         if explore and self.policy.fires(seed, "explore", self.explore_rate, dry_run):
-            return explore[:1], False
+            return [_least_seen(pool, explore, seed)], False
         return [], False
 
     def eligible(self, pool: PoolSnapshot, index: int, ask: Ask) -> set[str]:
@@ -184,3 +184,11 @@ class Decider:
         except InfeasibleBudget as exc:
             exc.index = index
             raise
+
+
+def _least_seen(pool: PoolSnapshot, names: Sequence[str], seed: int) -> str:
+    """The explored expert with the fewest observed marks, ties by the query's seed: the first
+    by name alone took every exploration, so a second new expert was never explored."""
+    counts = observed_counts(pool.evidence) if pool.evidence is not None else {}
+    fewest = min(counts.get(n, 0) for n in names)
+    return random.Random(f"explore-pick:{seed}").choice(sorted(n for n in names if counts.get(n, 0) == fewest))

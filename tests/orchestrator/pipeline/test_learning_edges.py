@@ -4,6 +4,7 @@ competitions and explorations is spent only by queries that are admitted."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
+from orchestrator.routing.learning import Lesson
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -71,3 +73,20 @@ def test_an_explored_expert_is_no_stand_in_and_alone_teaches_nothing(exploring: 
     with c.db.session() as s:
         assert s.scalar(select(func.count()).select_from(LessonRow)) == 0
     assert c.pool.evidence_counts()["delta"] == 0
+
+
+def explored(c: SkillRoute, n: int) -> Counter[str]:
+    asks = [Ask(text=f"{QUESTION} ({i})", k=1, seed=i) for i in range(n)]
+    return Counter(name for d in c.pipeline.route(c.pool.snapshot, asks) for name in d.competitors)
+
+
+def test_two_new_experts_are_both_explored_the_least_seen_first(exploring: SkillRoute, embedder: Embedder) -> None:
+    """The first by name took every exploration: a second new expert never got its evidence."""
+    c = exploring
+    profiling(c, ("delta", "m3"), ("epsilon", "m4"))
+    assert c.pool.snapshot.uncertain == {"delta", "epsilon"}
+    both = explored(c, 40)
+    assert set(both) == {"delta", "epsilon"} and min(both.values()) >= 10, both  # ties: by each query's seed
+    lesson = Lesson(embedder.encode([QUESTION])[0], (), {"delta": True})
+    c.pool.learn([(None, lesson)])  # delta has one mark, epsilon none: epsilon goes first
+    assert explored(c, 20) == {"epsilon": 20}
