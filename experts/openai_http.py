@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -182,51 +183,75 @@ class OpenAIHTTPBackend:
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         """The server's own stream of the reply (`stream: true`), each piece as it arrives, then
         the reply with the usage the server sends last (`stream_options.include_usage`). Past the
-        request's `timeout_s` the stream is closed (the server stops) and the reply is its timeout."""
+        request's `timeout_s` the stream is closed (the server stops) and the reply is its timeout;
+        any other failure ends it in the failed Generation `generate` would give."""
         client = self._client
         if client is None:
             raise BackendError(f"{self.base_model_key}: generate() before load()")
-        url, started = f"{self.base_url}/chat/completions", time.perf_counter()
+        url, rid, started = f"{self.base_url}/chat/completions", request.request_id, time.perf_counter()
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
-        deadline = None if request.timeout_s is None else started + request.timeout_s
-        pieces: list[str] = []
-        usage: dict[str, Any] = {}
-        finish: object = None  # the server's, on the chunk that ends the choice
+        streamed = _Streamed()
         try:
             with client.stream("POST", url, json=body, timeout=self._timeout_of(request)) as reply:
                 if reply.status_code != 200:
-                    raise BackendError(f"{url} answered HTTP {reply.status_code} to request {request.request_id}: "
-                                       f"{reply.read()[:300].decode(errors='replace')}")
-                for chunk in _sse_chunks(reply, request.request_id):
-                    if deadline is not None and time.perf_counter() > deadline:
-                        raise httpx.ReadTimeout("past the request's timeout")
-                    usage = chunk.get("usage") or usage
-                    finish = _finish_of(chunk) or finish
-                    for piece in _delta_texts(chunk):
-                        pieces.append(piece)
-                        yield piece
-        except httpx.ReadTimeout as exc:
-            if request.timeout_s is None:
-                raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
-            yield Generation.timed_out(request, time.perf_counter() - started)
-            return
+                    refusal = _refusal(url, rid, reply.status_code, reply.read().decode(errors="replace"))
+                    yield Generation.failed(rid, refusal, time.perf_counter() - started)
+                    return
+                yield from _relay(reply, request, started, streamed)
+        except UNREACHABLE as exc:
+            raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
         except httpx.HTTPError as exc:
-            raise BackendError(f"{url} request {request.request_id}: {_reason(exc)}") from exc
-        yield Generation(request_id=request.request_id, text="".join(pieces),
-                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                         completion_tokens=int(usage.get("completion_tokens") or len(pieces)),
-                         latency_s=time.perf_counter() - started, finish_reason=finish_reason_of(finish))
+            yield self._transport_failure(request, exc, time.perf_counter() - started)
+            return
+        except BackendError as exc:  # a malformed or failed chunk is this request's
+            yield Generation.failed(rid, str(exc), time.perf_counter() - started)
+            return
+        yield streamed.reply(rid, time.perf_counter() - started)
 
 
 def _refusal(url: str, request_id: str, status: int, text: str) -> str:
     return f"{url} answered HTTP {status} to request {request_id}: {text[:300]}"
 
 
-def _sse_chunks(reply: httpx.Response, request_id: str) -> Iterator[dict[str, Any]]:
-    """The JSON chunks of a server-sent event stream, up to `data: [DONE]`."""
+@dataclass
+class _Streamed:
+    """What a stream has brought so far."""
+
+    pieces: list[str] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish: object = None  # the server's, on the chunk that ends the choice
+    done: bool = False  # `data: [DONE]` came
+
+    def reply(self, request_id: str, latency_s: float) -> Generation:
+        """The whole reply; a stream cut with neither a finish_reason nor [DONE] (the server or
+        a proxy dropped it) is a failure, not a shorter answer."""
+        if self.finish is None and not self.done:
+            return Generation.failed(request_id, "stream ended before the reply was complete", latency_s)
+        return Generation(request_id=request_id, text="".join(self.pieces),
+                          prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(self.usage.get("completion_tokens") or len(self.pieces)),
+                          latency_s=latency_s, finish_reason=finish_reason_of(self.finish))
+
+
+def _relay(reply: httpx.Response, request: GenerationRequest, started: float, streamed: _Streamed) -> Iterator[str]:
+    """The stream's text pieces as they arrive, noting its usage, finish and end in `streamed`."""
+    deadline = None if request.timeout_s is None else started + request.timeout_s
+    for chunk in _sse_chunks(reply, request.request_id, streamed):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise httpx.ReadTimeout("past the request's timeout")
+        streamed.usage = chunk.get("usage") or streamed.usage
+        streamed.finish = _finish_of(chunk) or streamed.finish
+        for piece in _delta_texts(chunk):
+            streamed.pieces.append(piece)
+            yield piece
+
+
+def _sse_chunks(reply: httpx.Response, request_id: str, streamed: _Streamed) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of a server-sent event stream, up to `data: [DONE]` (noted in `streamed`)."""
     for line in reply.iter_lines():
         data = line.removeprefix("data:").strip() if line.startswith("data:") else None
         if data == "[DONE]":
+            streamed.done = True
             return
         if data:
             try:

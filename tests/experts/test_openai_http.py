@@ -63,6 +63,11 @@ def _events(body: dict[str, Any]) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
+def _dropped_events(body: dict[str, Any]) -> Iterator[str]:
+    """The stream cut part way, as a dying server or proxy cuts it: no finish_reason, no [DONE]."""
+    return (e for e in list(_events(body))[:3])
+
+
 async def _slow_events(body: dict[str, Any]) -> Any:
     """The stream, a piece every SLOW_S / 4 seconds."""
     for event in _events(body):
@@ -97,8 +102,10 @@ def make_app(rec: Recorder) -> FastAPI:
         if body["messages"][-1]["content"] == "SLOW":
             await asyncio.sleep(SLOW_S)
         if body.get("stream"):
-            return StreamingResponse(_slow_events(body) if "DRIP" in body["messages"][-1]["content"]
-                                     else _events(body), media_type="text/event-stream")
+            text = body["messages"][-1]["content"]
+            events = (_slow_events(body) if "DRIP" in text
+                      else _dropped_events(body) if "DROP" in text else _events(body))
+            return StreamingResponse(events, media_type="text/event-stream")
         return _completion(body)
 
     return app
@@ -276,8 +283,24 @@ def test_stream_hands_on_the_servers_pieces_and_its_usage(base: str, rec: Record
     assert isinstance(last, Generation) and last.text == "echo: tell me more"
     assert last.text == b.generate([req(0, "tell me more")])[0].text
     assert (last.prompt_tokens, last.completion_tokens) == (5, 4)  # the server's usage chunk
-    with pytest.raises(BackendError, match="HTTP 500"):
-        list(b.stream(req(1, "FAIL")))
+
+
+def test_a_stream_the_server_refuses_ends_as_generate_fails(base: str) -> None:
+    b = backend(base)
+    b.load()
+    (streamed,) = list(b.stream(req(1, "FAIL")))
+    (plain,) = b.generate([req(1, "FAIL")])
+    assert isinstance(streamed, Generation) and streamed.text == ""
+    assert streamed.error == plain.error and plain.error is not None and "HTTP 500 to request r1" in plain.error
+
+
+def test_a_stream_cut_before_its_end_is_a_failure_not_a_short_answer(base: str) -> None:
+    b = backend(base)
+    b.load()
+    *pieces, last = b.stream(req(0, "DROP it here"))
+    assert pieces == ["echo: ", "DROP "]  # what came is handed on
+    assert isinstance(last, Generation) and last.text == ""
+    assert last.error == "stream ended before the reply was complete"
 
 
 def test_a_request_past_the_backends_read_timeout_fails_alone(base: str) -> None:
