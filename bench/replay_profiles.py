@@ -9,10 +9,12 @@ each `ReplayBackend`, as tests/bench/test_replay_profiles.py checks).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast, get_args
 
 import numpy as np
 import yaml
@@ -117,6 +119,14 @@ def replay_evidence(
     evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices,
                                options=options)
     return ReplayProfile(evidence, list(question_ids), tagged)
+
+
+def embedding_kinds(text: str) -> list[EmbeddingKind]:
+    """argparse type for a bench's --embedding: known kinds, comma-separated, each once, in order."""
+    kinds = list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not kinds or any(k not in get_args(EmbeddingKind) for k in kinds):
+        raise argparse.ArgumentTypeError(f"takes {', '.join(get_args(EmbeddingKind))}, comma-separated; got {text!r}")
+    return cast(list[EmbeddingKind], kinds)
 
 
 def routing_embedder(kind: EmbeddingKind | None = None) -> Embedder:

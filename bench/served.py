@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +44,21 @@ class Served:
 
 
 @contextmanager
-def serve(pool: str, runtime: str = "inline", time_scale: float = 0.0, data_dir: str | None = None
-          ) -> Iterator[Served]:
+def serve(pool: str, runtime: str = "inline", time_scale: float = 0.0, data_dir: str | None = None,
+          env: Mapping[str, str] | None = None) -> Iterator[Served]:
     """`data_dir`: a store to reuse (profiled already, the start only loads it); unset, a
-    throwaway one."""
+    throwaway one. `env`: settings of the server's own (SKILLROUTE_* variables), over this one's."""
     with tempfile.TemporaryDirectory() as scratch:
         data = data_dir or scratch
         port = _free_port()
-        env = {**os.environ, "SKILLROUTE_DATA_DIR": data, "SKILLROUTE_BACKENDS__REPLAY_TIME_SCALE": str(time_scale)}
+        variables = {**os.environ, **(env or {}), "SKILLROUTE_DATA_DIR": data,
+                     "SKILLROUTE_BACKENDS__REPLAY_TIME_SCALE": str(time_scale)}
         cmd = [str(CLI), "serve", "--runtime", runtime, "--pool", pool, "--host", "127.0.0.1", "--port", str(port)]
         if runtime == "ray":
             cmd.append("--no-dashboard")
         log = Path(scratch) / "server.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=variables, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 served = Served(f"http://127.0.0.1:{port}", proc)
                 _wait_ready(served, log)
