@@ -185,9 +185,11 @@ class PoolState:
         where that cannot be done exactly here, the pool is rebuilt from the store."""
         stored, stale = self._store(lessons)
         built = self.snapshot  # outside the lock: building it takes the lock
-        taught = [x for _, x in lessons]
         with self._lock:
-            cut = _unlearned(self._snapshot or built, self._lesson_ids, stored, taught, stale)
+            snap = self._snapshot or built
+            # as `load_evidence` reads them back: marks of an expert removed since teach nothing
+            taught = [_known(x, snap.experts) for _, x in lessons]
+            cut = _unlearned(snap, self._lesson_ids, stored, taught, stale)
             if cut is not None:
                 self._teach(*cut, [x.id for x in stored], taught)
         if cut is None:

@@ -150,3 +150,16 @@ def test_feedback_given_again_is_taken_in_at_once_as_a_rebuild_counts_it(
     live = container.pool.snapshot.evidence
     assert live is not None and live.learned_rows == 2
     same_evidence(live, real(container.db, container.pool.dataset, embedder).evidence)
+
+
+def test_feedback_naming_a_removed_expert_leaves_it_out_as_a_rebuild_does(
+        container: SkillRoute, embedder: Embedder) -> None:
+    """Feedback on a query one of whose experts was removed since: its mark was put back into
+    the live evidence (the expert with it), which a restart then dropped (`load_evidence`)."""
+    query = container.queries.ask([Ask(text="What is 2 + 3?", k=2, mode="topk", seed=1)])[0]
+    gone = sorted({g.expert for g in container.queries.get(query.id).generations if g.role == "expert"})[0]
+    container.experts.remove(container.experts.find(gone).id)
+    assert gone in container.feedback.give(query.id, correct=True).marks  # the verdict names every answer
+    live = container.pool.snapshot.evidence
+    assert live is not None and gone not in live.profiles and gone not in container.pool.evidence_counts()
+    same_evidence(live, load_evidence(container.db, container.pool.dataset, embedder).evidence)
