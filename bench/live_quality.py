@@ -17,8 +17,17 @@ pool profiles on.
     python bench/live_quality.py [--n 100] [--k 3] [--seed 0] [--questions mmlu|arithmetic]
                                  [--pool FILE] [--data-dir DIR] [--json]
 
+The single expert the router is measured against is chosen as a user without these answers
+would choose it: by its profiling accuracy (on the validation questions, as the service stores it
+and /v1/experts shows it), not by its accuracy on the questions it is then scored on, which
+would favour it by its luck on them. The best expert on those questions is printed beside it as
+the oracle, a bound no choice made beforehand reaches.
+
 JSON keys: `n`, `k`, `seed`, `questions`, `routed` and `experts` (name → `accuracy`, `low`, `high`,
-`hits`, `wall_s`), `best_single` (the best expert alone), `routed_minus_best` (points).
+`hits`, `wall_s`: on the held-out questions), `profiled_accuracy` (name → accuracy on the
+profiling questions), `best_single` (the expert with the best profiling accuracy),
+`routed_minus_best` (points: routed accuracy minus best_single's, both held out), `oracle_single`
+(the best expert on the held-out questions) and `routed_minus_oracle` (points).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
@@ -41,6 +51,7 @@ from orchestrator.pools.schema import PoolConfig  # noqa: E402
 from orchestrator.scheduling.worker import BackendFactory  # noqa: E402
 from orchestrator.services.profiling import load_source  # noqa: E402
 from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
+from orchestrator.store.repositories.experts import ExpertRepository  # noqa: E402
 from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
 from skills.grading import grade  # noqa: E402
@@ -76,6 +87,31 @@ def ask_all(c: SkillRoute, asks: list[Ask], questions: list[LabelledQuestion]) -
             "hits": hits, "wall_s": round(wall, 1)}
 
 
+def profiled_accuracy(c: SkillRoute) -> dict[str, float]:
+    """Each profiled expert's accuracy on the pool's validation questions, as profiling stored it."""
+    with c.db.session() as s:
+        return {e.name: e.accuracy for e in ExpertRepository(s).list() if e.accuracy is not None}
+
+
+def best_by(accuracy: dict[str, float], among: list[str]) -> str:
+    """The expert of `among` with the highest accuracy; a tie goes to the first name in order."""
+    ranked = [e for e in sorted(among) if e in accuracy]
+    if not ranked:
+        raise ValueError(f"none of {among} has an accuracy to choose by")
+    return max(ranked, key=lambda e: accuracy[e])
+
+
+def baselines(routed: dict[str, float], alone: dict[str, dict[str, float]], profiled: dict[str, float]
+              ) -> dict[str, object]:
+    """The single expert chosen beforehand (by profiling accuracy) and the oracle (best held out),
+    and the routed arm's margin over each, in points."""
+    held = {e: arm["accuracy"] for e, arm in alone.items()}
+    best, oracle = best_by(profiled, list(alone)), best_by(held, list(alone))
+    return {"profiled_accuracy": {e: round(profiled[e], 4) for e in sorted(alone) if e in profiled},
+            "best_single": best, "routed_minus_best": round(100 * (routed["accuracy"] - held[best]), 2),
+            "oracle_single": oracle, "routed_minus_oracle": round(100 * (routed["accuracy"] - held[oracle]), 2)}
+
+
 def say(msg: str) -> None:
     print(f"[live_quality] {msg}", file=sys.stderr, flush=True)
 
@@ -95,10 +131,10 @@ def run(n: int, k: int, seed: int, pool: PoolConfig, settings: Settings, factory
     for name in sorted(c.pool.snapshot.experts):
         alone[name] = ask_all(c, [Ask(text=p, expert=name) for p in prompts], questions)
         say(f"{name} alone: {alone[name]}")
+    profiled = profiled_accuracy(c)
     c.close()
-    best = max(alone, key=lambda e: alone[e]["accuracy"])
-    return {"n": n, "k": k, "seed": seed, "questions": kind, "routed": routed, "experts": alone, "best_single": best,
-            "routed_minus_best": round(100 * (routed["accuracy"] - alone[best]["accuracy"]), 2)}
+    return {"n": n, "k": k, "seed": seed, "questions": kind, "routed": routed, "experts": alone,
+            **baselines(routed, alone, profiled)}
 
 
 def main() -> None:
@@ -117,10 +153,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(res))
         return
-    for name, arm in [("routed", res["routed"]), *res["experts"].items()]:  # type: ignore[union-attr]
+    profiled = cast(dict[str, float], res["profiled_accuracy"])
+    arms = cast(dict[str, dict[str, float]], {"routed": res["routed"], **cast(dict, res["experts"])})
+    for name, arm in arms.items():
+        before = f"  (profiling {100 * profiled[name]:.1f} %)" if name in profiled else ""
         print(f"{name:>12}: {100 * arm['accuracy']:.1f} % [{100 * arm['low']:.1f}, {100 * arm['high']:.1f}]"
-              f"  {arm['wall_s']} s")
-    print(f"routed − best single ({res['best_single']}): {res['routed_minus_best']:+.1f} points")
+              f"  {arm['wall_s']} s{before}")
+    print(f"routed − best single by profiling ({res['best_single']}): {res['routed_minus_best']:+.1f} points")
+    print(f"routed − oracle, the best single on these questions ({res['oracle_single']}): "
+          f"{res['routed_minus_oracle']:+.1f} points")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from experts.mock import MockBackend
+from experts.streaming import word_pieces
+from experts.types import FinishReason, GenerationRequest
 from orchestrator.pools.loader import load_pool_config
 from orchestrator.settings import DEFAULT_POOL
 from skills.datasets import arithmetic_questions, load_mmlu
@@ -45,7 +48,7 @@ def test_every_arm_is_reported_with_its_interval(load_bench: Callable[[str], Mod
     for arm in [res["routed"], *res["experts"].values()]:
         assert 0 <= arm["low"] <= arm["accuracy"] <= arm["high"] <= 1 and arm["hits"] == round(8 * arm["accuracy"])
     best = res["experts"][res["best_single"]]["accuracy"]
-    assert res["questions"] == "mmlu"
+    assert res["questions"] == "mmlu" and set(res["profiled_accuracy"]) == {"alpha", "beta"}
     assert res["routed_minus_best"] == round(100 * (res["routed"]["accuracy"] - best), 2)
 
 
@@ -54,3 +57,47 @@ def test_an_interval_at_no_or_every_hit_is_bounded_by_zero_and_one(load_bench: C
     low, high = bench.interval(0, 60)
     assert json.dumps(round(low, 4)) == "0.0" and 0 < high < 0.1  # not "-0.0" in the report
     assert bench.interval(60, 60)[1] == 1.0
+
+
+class _Crammer(MockBackend):
+    """Right on the profiling questions it learned, wrong on every held-out one."""
+
+    def __init__(self, key: str, learned: dict[str, str], held_out: dict[str, str]):
+        super().__init__(key)
+        self.learned, self.held_out = learned, held_out
+
+    def _words(self, request: GenerationRequest) -> tuple[list[str], FinishReason]:
+        prompt = "\n".join(m.content for m in request.messages)
+        right = next((a for q, a in self.learned.items() if q in prompt), None)
+        wrong = next(("ABCD".replace(a, "")[0] for q, a in self.held_out.items() if q in prompt), None)
+        return word_pieces(f"Answer: {right or wrong or 'none'}"), "stop"
+
+
+class _Steady(MockBackend):
+    """Right on every held-out question, no answer to anything else."""
+
+    def __init__(self, key: str, held_out: dict[str, str]):
+        super().__init__(key)
+        self.held_out = held_out
+
+    def _words(self, request: GenerationRequest) -> tuple[list[str], FinishReason]:
+        prompt = "\n".join(m.content for m in request.messages)
+        right = next((a for q, a in self.held_out.items() if q in prompt), None)
+        return word_pieces(f"Answer: {right}" if right else "I cannot tell."), "stop"
+
+
+def test_the_single_expert_is_chosen_by_profiling_not_by_the_questions_it_is_scored_on(
+        load_bench: Callable[[str], ModuleType], tmp_path: Path, embedder: Embedder) -> None:
+    bench = load_bench("live_quality")
+    held_out = {q.question.strip(): q.answer for q in bench.held_out(8, 0)}
+    learned = {q.question.strip(): q.answer for q in load_mmlu("validation")}
+    backends = {"m1": _Crammer("m1", learned, held_out), "m2": _Steady("m2", held_out)}
+    pool = small_pool([mock_expert("crammer", "m1"), mock_expert("steady", "m2")])
+    res = bench.run(8, 1, 0, pool, quiet_settings(tmp_path), factory=lambda spec: backends[spec.source],
+                    embedder=embedder)
+    assert res["profiled_accuracy"]["crammer"] > 0 == res["profiled_accuracy"]["steady"]
+    assert res["experts"]["crammer"]["accuracy"] == 0 and res["experts"]["steady"]["accuracy"] == 1
+    assert res["best_single"] == "crammer"  # what profiling tells beforehand; the test questions said steady
+    assert res["routed_minus_best"] == round(100 * res["routed"]["accuracy"], 2)
+    assert res["oracle_single"] == "steady"
+    assert res["routed_minus_oracle"] == round(100 * (res["routed"]["accuracy"] - 1), 2)
