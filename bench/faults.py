@@ -18,6 +18,7 @@ import argparse
 import functools
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -166,16 +167,25 @@ def _failed_with_a_survivor(c: SkillRoute, ids: Sequence[int]) -> int:
     return count
 
 
+def start_ray(settings: Settings) -> None:
+    """A local cluster for the workers, under the project's Ray auth setting: with RAY_AUTH_MODE
+    unset, Ray 2.60 writes a token into ~/.ray (the service sets it the same way, serving/app.py);
+    one already in the environment is kept."""
+    os.environ.setdefault("RAY_AUTH_MODE", settings.ray.auth_mode)
+    ray.init(num_cpus=2, resources=dict.fromkeys(WORKERS, 1), namespace=NAMESPACE, include_dashboard=False)
+
+
 def bench(folder: str, n: int, errors: float, timeouts: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         scaled = functools.partial(make_backend, options=BackendOptions(replay_time_scale=SCALE))
-        profiler = SkillRoute(Settings(data_dir=data), pool(folder), factory=scaled)
+        settings = Settings(data_dir=data)
+        profiler = SkillRoute(settings, pool(folder), factory=scaled)
         profiler.start()  # profiles without faults (at the run's time scale: timeouts mean the same); reused
         profiler.close()
         if __name__ != "__main__":  # loaded by a test: the actors cannot import this module by name
             ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        ray.init(num_cpus=2, resources=dict.fromkeys(WORKERS, 1), namespace=NAMESPACE, include_dashboard=False)
+        start_ray(settings)
         try:
             return run(folder, data, n, errors, timeouts)
         finally:
