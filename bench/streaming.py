@@ -1,6 +1,6 @@
 """Time to first token against time to the full answer, on a streamed chat over real HTTP.
 
-    python bench/streaming.py [--mock] [--model NAME] [--runs 3] [--max-tokens 96] [--data-dir DIR] [--json]
+    python bench/streaming.py [--mock] [--model NAME] [--runs 3] [--max-tokens N] [--data-dir DIR] [--json]
 
 Starts the service in this process over the embedded llama.cpp pool (orchestrator/pools/
 default.yaml; its profiles are stored in the data directory, by default where `make serve` keeps
@@ -10,7 +10,8 @@ the pool's first; `auto` routes and streams the aggregator, after the experts) w
 wire format. Each run measures from sending the request to the first content chunk (ttft_s)
 and to the last (total_s); the first run only warms the model. Prints the medians and their
 ratio (`ratio` = ttft_s / total_s: under 0.5 means the client reads the answer while the
-model is still writing it).
+model is still writing it). `--max-tokens` caps the answer: by default 96 on llama.cpp, and on
+the mock its whole 100 words.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 
 MOCK_WORDS, MOCK_PACE_S = 100, 0.02
+MAX_TOKENS = 96  # llama.cpp's default cap; the mock writes all MOCK_WORDS, as the help says
 QUESTION = "Explain step by step how to compute 17*23, then give the answer."
 
 
@@ -99,8 +101,10 @@ def stream_once(url: str, model: str, max_tokens: int) -> Sample:
     return Sample(first if first is not None else total, total, pieces)
 
 
-def bench(mock: bool = False, model: str | None = None, runs: int = 3, max_tokens: int = 96,
+def bench(mock: bool = False, model: str | None = None, runs: int = 3, max_tokens: int | None = None,
           data_dir: str | None = None) -> dict[str, object]:
+    """`max_tokens` None: the default cap (see MAX_TOKENS)."""
+    max_tokens = max_tokens or (MOCK_WORDS if mock else MAX_TOKENS)
     with service(mock, data_dir) as (url, names):
         model = model or names[0]
         samples = [stream_once(url, model, max_tokens) for _ in range(runs + 1)][1:]  # the first warms the model
@@ -115,7 +119,8 @@ def main() -> None:
     p.add_argument("--mock", action="store_true", help="a mock expert writing 100 words at 20 ms a word")
     p.add_argument("--model", default=None, help="the expert to stream from (`auto` routes); default: the first")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"the answer's cap (default: {MAX_TOKENS}; with --mock, all {MOCK_WORDS} words)")
     p.add_argument("--data-dir", default=None, help="where the embedded pool's profiles are kept")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
