@@ -190,8 +190,10 @@ class LlamaCppBackend:
         finally:
             if stream is not None:
                 stream.close()  # stops llama.cpp generating (a timeout, or a caller that left)
-        yield Generation(request_id=request.request_id, text="".join(pieces), completion_tokens=len(pieces),
-                         prompt_tokens=max(int(llm.n_tokens) - len(pieces), 0),
+        # Counted as generate()'s usage counts them: a text piece is not a token (a multi-byte
+        # character takes several, llama-cpp-python may merge several into one piece).
+        yield Generation(request_id=request.request_id, text="".join(pieces), prompt_tokens=llm.prompt_count,
+                         completion_tokens=llm.completion_count(),
                          latency_s=time.perf_counter() - started, finish_reason=finish_reason_of(finish))
 
 
@@ -304,6 +306,10 @@ def _aligned_llama_class(base: type) -> type:
     class AlignedLlama(base):
         aligned_ends: tuple[int, ...] = ()
         content = ""
+        # The last completion's prompt length and sampled tokens: a stream has no usage, so
+        # these count it as llama-cpp-python's usage counts a completion that is not streamed.
+        prompt_count = 0
+        sampled: Sequence[int] = ()
 
         def create_chat_completion(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Any:
             text = messages[-1].get("content") if messages else None
@@ -314,9 +320,27 @@ def _aligned_llama_class(base: type) -> type:
             tokens = list(tokens)
             if kwargs.get("reset", True):
                 _align_prompt(self, tokens, _content_start(self, tokens, self.content))
-            return super().generate(tokens, *args, **kwargs)
+            sampled: list[int] = []  # filled as the tokens come
+            self.prompt_count, self.sampled = len(tokens), sampled
+            return _recorded(super().generate(tokens, *args, **kwargs), sampled)
+
+        def completion_count(self) -> int:
+            """Tokens sampled, less an end-of-generation token that ended the reply: llama-cpp-python
+            stops there without counting it, while a stop string or max_tokens counts the last."""
+            import llama_cpp
+
+            eog = bool(self.sampled) and llama_cpp.llama_vocab_is_eog(self._model.vocab, self.sampled[-1])
+            return len(self.sampled) - int(eog)
 
     return AlignedLlama
+
+
+def _recorded(tokens: Iterator[int], sampled: list[int]) -> Iterator[int]:
+    """generate()'s tokens, each noted in `sampled` as it is handed on. Values sent into the
+    generator are not passed on: llama-cpp-python's completions only iterate it."""
+    for token in tokens:
+        sampled.append(token)
+        yield token
 
 
 @functools.lru_cache(maxsize=8)

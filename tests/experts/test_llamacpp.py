@@ -12,6 +12,7 @@ from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.catalog import resolve_source
 from experts.factory import make_backend
 from experts.llamacpp import LlamaCppBackend, _chunk_ends
+from experts.streaming import collect
 from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
 SMOL = "package:smollm2-135m-instruct"
@@ -295,3 +296,23 @@ def test_stream_hands_on_each_token_as_it_is_sampled(smol: LlamaCppBackend) -> N
     assert stopped[-1].text == whole.text[:whole.text.index(word)]  # type: ignore[union-attr]
     too_long = list(smol.stream(ask("long", " ".join(str(i) for i in range(3000)), max_tokens=8)))
     assert len(too_long) == 1 and "context window" in str(too_long[0].error)  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_streamed_and_timed_replies_count_tokens_as_generate_does(smol: LlamaCppBackend) -> None:
+    """A stream has no usage from llama.cpp; its counts must still be generate()'s, not its text
+    pieces (multi-byte characters take several tokens a piece), for a reply ended by its end
+    token, by a stop string and by max_tokens."""
+    q, persona = "What is the capital of France?", "Answer in one sentence."
+    asked = [ask("eog", q, system=persona, max_tokens=64),
+             ask("stop", q, system=persona, max_tokens=64, stop=["Paris"]),
+             ask("cats", "Write the Japanese word for cat in hiragana, and three emoji of cats.", max_tokens=40)]
+    plain = smol.generate(asked)
+    assert [g.finish_reason for g in plain] == ["stop", "stop", "length"]
+    timed = smol.generate([r.model_copy(update={"timeout_s": 60.0}) for r in asked])
+    streamed = [collect(smol.stream(r)) for r in asked]
+
+    def counts(gens: list[Generation]) -> list[tuple[str, int, int, str | None]]:
+        return [(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in gens]
+
+    assert counts(timed) == counts(plain) == counts(streamed)
