@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ from skills.question_text import question_part
 from skills.vocabulary import SkillMatch as VocabularyMatch
 
 DIRECT = "direct"  # the router name of a query that named its expert
+Found = tuple[Sequence[VocabularyMatch], Sequence[ExpertScore]]  # a routed query's skills and scores
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,30 @@ class Decider:
         scores = pool.router.score_batch([[m.skill for m in ms] for ms in skills], embeddings, options) \
             if routed else []
         found = {i: (ms, sc) for i, ms, sc in zip(routed, skills, scores, strict=True)}
-        decisions = [self._decide(pool, i, a, *found.get(i, ([], [])), dry_run=dry_run) for i, a in enumerate(asks)]
+        decisions = self._decided(pool, asks, found, dry_run)
         if not dry_run:  # a preview is no routed query: it must not count as routed or recruited
             self.probe.routed(decisions, time.perf_counter() - started)
         by_ask = dict(zip(routed, embeddings, strict=True))
         return decisions, [by_ask.get(i) for i in range(len(asks))]
+
+    def _decided(self, pool: PoolSnapshot, asks: Sequence[Ask], found: Mapping[int, Found], dry_run: bool
+                 ) -> list[Decision]:
+        """Every query's decision; if one is refused, the request will not run, so the slots of
+        the per-minute cap the queries before it took go back (a retry must not find it spent)."""
+        decisions: list[Decision] = []
+        try:
+            for i, a in enumerate(asks):
+                decisions.append(self._decide(pool, i, a, *found.get(i, ([], [])), dry_run=dry_run))
+        except Exception:
+            if not dry_run:  # a dry run took none
+                self.release(decisions)
+            raise
+        return decisions
+
+    def release(self, decisions: Sequence[Decision]) -> None:
+        """Give back the cap's slots these decisions took: their queries will not run."""
+        if self.policy is not None:
+            self.policy.give_back(sum(1 for d in decisions if d.competitors))
 
     def _skills(self, pool: PoolSnapshot, texts: list[str], embeddings: np.ndarray) -> list[list[VocabularyMatch]]:
         """Each query's skills: its keywords (read by the keyword LLM) mapped to the nearest

@@ -225,6 +225,13 @@ class CompetitionPolicy:
     def teaches(self, lesson: Lesson) -> bool:
         return lesson.reference == "gold" or lesson.source != "competition" or self.consensus_teaches
 
+    def give_back(self, slots: int) -> None:
+        """Return `slots` of the cap that queries never run took (a request refused, a store that
+        failed): the cap counts work done. The newest go: which ones does not change the count."""
+        with self._lock:
+            for _ in range(min(slots, len(self._recent))):
+                self._recent.pop()
+
     def _take(self) -> bool:
         now = self.clock()
         with self._lock:

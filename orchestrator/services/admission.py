@@ -12,7 +12,8 @@ back exactly what was admitted (`queries.QueryService.recover`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,7 +76,7 @@ class Admission:
         if claim is None:
             return self._together.call(list(asks))
         decisions, embeddings = self._routed(asks)
-        with self.db.session() as s:
+        with self._or_released(decisions), self.db.session() as s:
             ids = QueryRepository(s).accept_many(asks, decisions, self.owner)
             IdempotencyRepository(s).add(claim.row(query_ids=ids))
         return _admitted(ids, asks, decisions, embeddings)
@@ -103,6 +104,7 @@ class Admission:
         try:
             return self._store([(asks, routed)])[0]
         except SQLAlchemyError as exc:
+            self.pipeline.decider.release(routed[0])  # not stored: they will not run
             return exc
 
     def _route_group(self, calls: list[list[Ask]]) -> list[Routed | BaseException]:
@@ -129,12 +131,22 @@ class Admission:
         """`admit` for a batch: its queries, the batch that lists them and its idempotency key
         are one transaction."""
         decisions, embeddings = self._routed(asks)
-        with self.db.session() as s:
+        with self._or_released(decisions), self.db.session() as s:
             ids = QueryRepository(s).accept_many(asks, decisions, self.owner)
             batch_id = BatchRepository(s).add(list(zip(ids, custom_ids, strict=True)), key_id).id
             if claim is not None:
                 IdempotencyRepository(s).add(claim.row(batch_id=batch_id))
         return batch_id, _admitted(ids, asks, decisions, embeddings)
+
+    @contextmanager
+    def _or_released(self, decisions: Sequence[Decision]) -> Iterator[None]:
+        """Store the routed queries; if that fails (a key taken first, a lost race) they will not
+        run, so the slots of the per-minute cap their competitions took go back."""
+        try:
+            yield
+        except BaseException:
+            self.pipeline.decider.release(decisions)
+            raise
 
 
 def _admitted(ids: Sequence[int], asks: Sequence[Ask], decisions: Sequence[Decision],

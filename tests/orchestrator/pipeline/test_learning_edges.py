@@ -15,11 +15,13 @@ from experts.factory import make_backend
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec
 from orchestrator.container import SkillRoute
-from orchestrator.domain import Ask
+from orchestrator.domain import Ask, UnknownExpert
 from orchestrator.routing.learning import Lesson
+from orchestrator.services.idempotency import Claim
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.idempotency import KeyTaken
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, small_pool
 
@@ -90,3 +92,27 @@ def test_two_new_experts_are_both_explored_the_least_seen_first(exploring: Skill
     lesson = Lesson(embedder.encode([QUESTION])[0], (), {"delta": True})
     c.pool.learn([(None, lesson)])  # delta has one mark, epsilon none: epsilon goes first
     assert explored(c, 20) == {"epsilon": 20}
+
+
+def competing(c: SkillRoute, n: int, start: int = 0) -> int:
+    """How many of `n` routed queries won a competition (a slot of the per-minute cap each)."""
+    asks = [Ask(text=f"{QUESTION} ({i})", k=1, seed=i) for i in range(start, start + n)]
+    return sum(d.competition for d in c.pipeline.route(c.pool.snapshot, asks))
+
+
+def test_the_cap_is_spent_only_by_queries_that_are_admitted(tmp_path: Path, embedder: Embedder) -> None:
+    """Every query competes, ten a minute. A request refused for its last query, its routing
+    redone call by call for a group, or its key found taken at storing runs nothing: it once
+    spent the slots of the queries before it (twice over for a group)."""
+    c = service(tmp_path, embedder, rate=1.0, explore=0.0, per_minute=10)
+    good = [Ask(text=f"{QUESTION} [{i}]", k=1, seed=100 + i) for i in range(5)]
+    with pytest.raises(UnknownExpert):
+        c.pipeline.route(c.pool.snapshot, [*good, Ask(text=QUESTION, expert="nope")])
+    routed = c.queries.admission._route_group([good, [Ask(text=QUESTION, expert="nope")]])
+    assert not isinstance(routed[0], BaseException) and all(d.competition for d in routed[0][0])
+    claim = Claim("anonymous", "k1", "/v1/queries", "x")
+    c.queries.admission.admit(good[:1], claim)  # stored with its key: one slot more
+    with pytest.raises(KeyTaken):
+        c.queries.admission.admit(good[1:], claim)
+    assert competing(c, 5) == 4  # 5 + 1 spent before: exactly the admitted ones
+    c.close()
