@@ -144,7 +144,7 @@ class BatchRun:
             cost = self.planner.reply_cost(spec, text, req.sampling.max_tokens, self.sites[sent.expert])
             self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s
         job = Job(job_id, spec.base, req)
-        if (sink := sink_for(self.streams, q.ask, q.decision, sent.draw)) is not None:
+        if (sink := sink_for(self.streams, q.ask, q.decision, sent.draw, sent.expert)) is not None:
             self._dispatch.submit_stream(worker, job, sink)  # a client watches this reply being written
         elif self._held is not None:
             self._held.setdefault(worker, []).append(job)

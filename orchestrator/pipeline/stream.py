@@ -11,9 +11,16 @@ answered unstreamed, to no one.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 
 from orchestrator.domain import Ask, Decision
 from orchestrator.scheduling.fleet import OnPiece
+
+# A client's sink: (the expert writing, a piece of its text). The writer travels with the piece:
+# a stand-in for a lone expert that failed writes into the same stream, and the client's chunks
+# must name whoever wrote them.
+Sink = Callable[[str, str], None]
 
 AGGREGATION = -1  # the draw position of a query's aggregation (see batch._Sent)
 MAX_OPEN_STREAMS = 4096  # live streaming clients at once; each is one open HTTP response
@@ -29,10 +36,10 @@ class StreamHub:
 
     def __init__(self, max_open: int = MAX_OPEN_STREAMS):
         self.max_open = max_open
-        self._sinks: dict[str, OnPiece] = {}
+        self._sinks: dict[str, Sink] = {}
         self._lock = threading.Lock()
 
-    def open(self, stream_id: str, sink: OnPiece) -> None:
+    def open(self, stream_id: str, sink: Sink) -> None:
         with self._lock:
             if len(self._sinks) >= self.max_open:
                 raise TooManyStreams(f"{self.max_open} streams are open; try again when one ends")
@@ -42,7 +49,7 @@ class StreamHub:
         with self._lock:
             self._sinks.pop(stream_id, None)
 
-    def sink(self, stream_id: str) -> OnPiece | None:
+    def sink(self, stream_id: str) -> Sink | None:
         with self._lock:
             return self._sinks.get(stream_id)
 
@@ -56,8 +63,10 @@ def final_step(decision: Decision, draw: int) -> bool:
     return draw == AGGREGATION or (draw >= 0 and len(decision.recruited) == 1)
 
 
-def sink_for(hub: StreamHub | None, ask: Ask, decision: Decision, draw: int) -> OnPiece | None:
-    """Where this generation's pieces go: the client's sink when it writes a streamed query's reply."""
+def sink_for(hub: StreamHub | None, ask: Ask, decision: Decision, draw: int, expert: str) -> OnPiece | None:
+    """Where `expert`'s pieces at `draw` go: the client's sink, told who writes them, when it
+    writes a streamed query's reply."""
     if hub is None or ask.stream_to is None or not final_step(decision, draw):
         return None
-    return hub.sink(ask.stream_to)
+    sink = hub.sink(ask.stream_to)
+    return None if sink is None else partial(sink, expert)

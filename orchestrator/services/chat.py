@@ -181,12 +181,14 @@ class TokenChannel:
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = MAX_PIECES):
         self._loop, self._queue = loop, asyncio.Queue[str | None]()
         self._left, self._lock = limit, threading.Lock()
+        self.writer: str | None = None  # who wrote the first piece (set before it is queued)
 
-    def push(self, piece: str) -> None:
+    def push(self, writer: str, piece: str) -> None:
         with self._lock:
             if self._left <= 0:
                 return
             self._left -= 1
+            self.writer = self.writer or writer
         self._put(piece)
 
     def end(self) -> None:
@@ -211,9 +213,11 @@ class ChatStream:
 
     @property
     def writer(self) -> str:
-        """Who writes the pieces that stream: the aggregator, else the lone expert (a reply that
-        streams no piece is written as its stored result says)."""
-        return self.decision.aggregator or next(iter(self.decision.recruited), AUTO)
+        """Who wrote the pieces that stream, as the pipeline told with the first: a stand-in for
+        a lone expert that failed before writing streams too, and the routed decision names the
+        failed one. Before any piece: the aggregator, else the lone expert (a reply that streams
+        no piece is written as its stored result says)."""
+        return self._channel.writer or self.decision.aggregator or next(iter(self.decision.recruited), AUTO)
 
     async def pieces(self) -> AsyncIterator[str]:
         """The reply's text as it is generated, until the query is stored."""

@@ -42,9 +42,12 @@ class Sink:
         self.pieces: list[str] = []
         self.lock = threading.Lock()
 
-    def __call__(self, piece: str) -> None:
+        self.writers: set[str] = set()
+
+    def __call__(self, writer: str, piece: str) -> None:
         with self.lock:
             self.pieces.append(piece)
+            self.writers.add(writer)
 
 
 def test_the_hub_is_bounded_and_forgets_closed_streams() -> None:
@@ -65,9 +68,15 @@ def test_only_the_final_generation_of_a_streamed_query_streams() -> None:
     assert final_step(lone, 0) and not final_step(lone, -2)  # a competitor never writes the reply
     hub = StreamHub()
     hub.open("s", print)
-    assert sink_for(hub, Ask(text=Q, stream_to="s"), lone, 0) is print
-    assert sink_for(hub, Ask(text=Q), lone, 0) is None and sink_for(None, Ask(text=Q, stream_to="s"), lone, 0) is None
-    assert sink_for(hub, Ask(text=Q, stream_to="gone"), lone, 0) is None  # its client left
+    pieces: list[tuple[str, str]] = []
+    hub.open("t", lambda writer, piece: pieces.append((writer, piece)))
+    sink = sink_for(hub, Ask(text=Q, stream_to="t"), lone, 0, "e1")
+    assert sink is not None
+    sink("hi")
+    assert pieces == [("e1", "hi")]  # the writer travels with its pieces
+    assert sink_for(hub, Ask(text=Q), lone, 0, "e1") is None
+    assert sink_for(None, Ask(text=Q, stream_to="s"), lone, 0, "e1") is None
+    assert sink_for(hub, Ask(text=Q, stream_to="gone"), lone, 0, "e1") is None  # its client left
 
 
 def test_a_streamed_batch_answers_as_an_unstreamed_one_and_streams_the_final_text(container: SkillRoute) -> None:
@@ -86,6 +95,8 @@ def test_a_streamed_batch_answers_as_an_unstreamed_one_and_streams_the_final_tex
     assert streamed[0].answers[-1].role == "aggregator" and streamed[1].answers[-1].role == "expert"
     assert sinks["agg"].pieces == word_pieces(streamed[0].text)  # the aggregator's words, one by one
     assert sinks["lone"].pieces == word_pieces(streamed[1].text)  # the lone expert's
+    assert sinks["agg"].writers == {streamed[0].answers[-1].expert}  # each piece names its writer
+    assert sinks["lone"].writers == {streamed[1].answers[-1].expert}
     assert len(container.pipeline.streams) == 2  # open until their clients close them
 
 
