@@ -4,7 +4,8 @@ CompeteSMoE (Fsoft-AIC/CompeteSMoE) now and then lets every expert of a layer an
 each by its response and trains the router to predict the winners. For whole LLMs: on a sampled
 share of routed queries every eligible expert answers (a competition); each answer is scored
 against the gold answer where one is known (a recording's, a user's feedback), else against
-the reliability-weighted consensus of all the answers. The result is a `Lesson`: the query's
+the reliability-weighted consensus of all the answers (at least two experts' and one answer ahead:
+a lone answer or a tie teaches nothing). The result is a `Lesson`: the query's
 embedding and skills, and each answering expert's mark. Lessons extend the router's evidence
 (`learned`): the k-NN memory gains the query as a row (marks of experts that did not answer it
 stay unobserved), each answering expert's skill profile moves ±1 per skill, and competence is
@@ -199,7 +200,8 @@ def _consensus(support: Mapping[str, float]) -> str | None:
 
 class CompetitionPolicy:
     """Fires on a share of routed queries (by each query's seed, so a replay is the same), at
-    most `per_minute` in any minute (competitions and explorations together).
+    most `per_minute` in any minute (competitions and explorations together; the slots of
+    queries that are not admitted are given back, `give_back`).
 
     A competition scored by consensus alone (no gold known) teaches only with `consensus_teaches`:
     consensus marks the expert that is right against the crowd wrong exactly where it is worth
