@@ -169,9 +169,9 @@ def _failed_with_a_survivor(c: SkillRoute, ids: Sequence[int]) -> int:
 
 def start_ray(settings: Settings) -> None:
     """A local cluster for the workers, under the project's Ray auth setting: with RAY_AUTH_MODE
-    unset, Ray 2.60 writes a token into ~/.ray (the service sets it the same way, serving/app.py);
-    one already in the environment is kept."""
-    os.environ.setdefault("RAY_AUTH_MODE", settings.ray.auth_mode)
+    unset, Ray 2.60 writes a token into ~/.ray (the service sets it the same way, serving/app.py).
+    One already in the environment is kept: the settings read RAY_AUTH_MODE (FLAT_NAMES)."""
+    os.environ["RAY_AUTH_MODE"] = settings.ray.auth_mode
     ray.init(num_cpus=2, resources=dict.fromkeys(WORKERS, 1), namespace=NAMESPACE, include_dashboard=False)
 
 
