@@ -96,6 +96,15 @@ def test_a_server_that_is_not_skillroute_is_named_not_a_traceback(here: SkillRou
     assert "Traceback" not in r.output
 
 
+def cli_on(c: SkillRoute, entry: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkillRoute]:
+    """The CLI's in-process verbs on `c` (through `entry`, the cli function that builds one),
+    printing wide enough to read whole; `c` closed after the test."""
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli, entry, lambda pool: c)
+    yield c
+    c.close()
+
+
 @pytest.fixture
 def failing(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkillRoute]:
     """A profiled pool whose every generation then errors: each query fails."""
@@ -108,10 +117,7 @@ def failing(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch)
                    factory=backend, embedder=embedder)
     c.bootstrap()
     broken["on"] = True
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "_bootstrapped", lambda pool: c)
-    yield c
-    c.close()
+    yield from cli_on(c, "_bootstrapped", monkeypatch)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["in-process", "url"])
@@ -146,10 +152,7 @@ def flaky(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -
     c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), factory=backend,
                    embedder=embedder)
     c.bootstrap()
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "_container", lambda pool: c)
-    yield c
-    c.close()
+    yield from cli_on(c, "_container", monkeypatch)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["in-process", "url"])
