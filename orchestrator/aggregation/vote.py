@@ -81,6 +81,13 @@ def _vote_weight(w: float) -> float:
     return max(w, _MIN_WEIGHT) if math.isfinite(w) else _MIN_WEIGHT
 
 
+def moves_a_vote(score: ExpertScore) -> bool:
+    """Whether the expert's answer can move a vote: a weight above the floor. For the k-NN router
+    that is an estimate above the question's chance level; at or below it (the embedded pool's
+    0.5B at 3/16 against 1/4) its vote only breaks ties."""
+    return _vote_weight(score.weight) > _MIN_WEIGHT
+
+
 def vote_by_scores(
     answers: Sequence[tuple[str, str | None]],
     scores: Sequence[ExpertScore],

@@ -45,6 +45,18 @@ def weighted_vote_profile(p: Sequence[float]) -> float:
     return max(0.0, 1.0 - none - one + only_star)
 
 
+def weighted_vote_above(qs: Sequence[float], floor: float) -> QualityModel:
+    """The weighted vote where a member at or below `floor` moves no vote (its weight is the
+    floor's): beside a member above it it adds nothing, alone it is worth its own q. Still
+    ranked: raising a member past the floor only adds a voter, and one above it outscores
+    every one below."""
+    def profile(p: Sequence[float]) -> float:
+        above = [x for x in p if x > floor]
+        return weighted_vote_profile(above) if above else max(p, default=0.0)
+
+    return _ranked(tuple(qs), profile)
+
+
 def _ranked(qs: tuple[float, ...], profile: Callable[[Sequence[float]], float]) -> QualityModel:
     def value(members: Sequence[int]) -> float:
         return profile([qs[i] for i in members])

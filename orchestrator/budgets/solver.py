@@ -49,6 +49,7 @@ from orchestrator.budgets._quality import (
     quality_from_weights,
     quality_model,
     weighted_vote,
+    weighted_vote_above,
     weighted_vote_profile,
 )
 from orchestrator.budgets._search import BoxSearch, QualityModel
@@ -60,7 +61,7 @@ __all__ = [
     "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
     "QualityModel", "QualityName", "QualitySpec", "brute_force", "candidates_from_scores",
     "monotone", "noisy_or", "noisy_or_profile", "quality_from_weights", "solve", "subset_cost", "weighted_vote",
-    "weighted_vote_profile",
+    "weighted_vote_above", "weighted_vote_profile",
 ]
 
 

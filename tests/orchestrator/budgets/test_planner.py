@@ -10,6 +10,7 @@ from experts.devices import estimate_cost, load_devices
 from experts.replay import ReplayBackend
 from experts.traits import traits
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from orchestrator.aggregation.vote import log_odds_weight
 from orchestrator.budgets.planner import (
     TEMPLATE_TOKENS,
     BudgetPlanner,
@@ -182,6 +183,29 @@ def test_an_auto_pool_costs_a_lettered_question_as_a_vote_and_free_text_with_its
     plan = planner.plan(pool, lettered, scores, QueryBudget(), 3, TOKENS)
     assert len(plan.chosen) == 3  # three voters at 0.6 beat one: the weighted-vote quality
     assert plan.decision.latency_s == pytest.approx(sum(c.latency_s for c in plan.candidates))
+
+
+def knn(name: str, p: float) -> ExpertScore:
+    """A k-NN router's score: P(right) and its log-odds weight against 4 options' chance."""
+    return expert_score(name, p, p, log_odds_weight(p, 4))
+
+
+def test_an_expert_below_chance_is_not_added_beside_one_above_it() -> None:
+    """The embedded pool's profile: the 1.5B right on 8/16, the 0.5B on 3/16, SmolLM2 on 2/16
+    (chance 1/4). Under noisy-or (the aggregator finds any right answer) a loose budget added
+    the 0.5B to "What is 17*23?" and the 1.5B aggregating copied its 401; the open-answer vote
+    counts the two below chance agreeing and added both. Their votes cannot move the k-NN
+    router's vote, so the 1.5B answers alone, as the router's own recruitment has it."""
+    experts = {n: spec(n, f"/{n}.gguf", params_b=b) for n, b in (("big", 1.5), ("small", 0.5), ("tiny", 0.135))}
+    pool, planner = PoolView(experts, "big", calibrated=True, aggregation="auto"), BudgetPlanner()
+    scores = [knn("big", 0.5), knn("small", 0.1875), knn("tiny", 0.125)]
+    loose = QueryBudget(latency_s=600.0, energy_j=1e5)
+    plan = planner.plan(pool, "What is 17*23?", scores, loose, 3, TOKENS)
+    assert plan.chosen == ("big",) and plan.decision.quality == pytest.approx(0.5)
+    tight = QueryBudget(latency_s=planner.cost(experts["small"], 60, 64).latency_s * 1.2)
+    assert planner.plan(pool, "What is 17*23?", scores, tight, 3, TOKENS).chosen in {("small",), ("tiny",)}
+    near = [knn("big", 0.5), knn("small", 0.45), knn("tiny", 0.45)]
+    assert len(planner.plan(pool, "What is 17*23?", near, loose, 3, TOKENS).chosen) == 3  # two agreeing outvote one
 
 
 @pytest.mark.parametrize("device", ["local-cpu", "rtx4090-workstation", "jetson-agx-orin"])

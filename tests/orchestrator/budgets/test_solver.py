@@ -29,6 +29,7 @@ from orchestrator.budgets.solver import (
     solve,
     subset_cost,
     weighted_vote,
+    weighted_vote_above,
 )
 from orchestrator.routing.recruit import score as expert_score
 
@@ -233,6 +234,23 @@ def test_weighted_vote_is_bounded_by_noisy_or_and_exact_on_small_cases() -> None
     for _ in range(200):
         members = [i for i in range(4) if rng.random() < 0.7]
         assert vote.value(members) <= anyone.value(members) + 1e-12
+
+
+def test_a_vote_with_a_floor_is_monotone_exact_and_adds_nothing_below_it() -> None:
+    """Members at or below the floor count alone, never beside one above it; the search over
+    that model still equals brute force."""
+    model = weighted_vote_above([0.5, 0.1875, 0.125], floor=0.25)
+    assert model.value([0, 1, 2]) == model.value([0]) == pytest.approx(0.5)
+    assert model.value([1, 2]) == pytest.approx(0.1875)  # alone, the better one's estimate
+    assert weighted_vote([0.5, 0.1875, 0.125]).value([0, 1, 2]) > 0.5  # any two agreeing count
+    rng = random.Random(12)
+    for _ in range(300):
+        cands, budget, agg = random_instance(rng, rng.randint(1, 9))
+        qs, floor = [c.quality for c in cands], rng.uniform(0.1, 0.6)
+        vote = weighted_vote_above(qs, floor)
+        big = [i for i in range(len(qs)) if rng.random() < 0.6]
+        assert vote.value([i for i in big if rng.random() < 0.5]) <= vote.value(big) + 1e-12
+        assert_same_optimum(cands, budget, agg, vote)
 
 
 def test_any_monotone_callable_works() -> None:

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -59,7 +60,13 @@ def test_the_readme_has_the_examples_this_test_asks() -> None:
 def test_a_readme_query_is_answered_right(client: TestClient, body: dict[str, object]) -> None:
     r = client.post("/v1/queries", json=body)
     assert r.status_code == 200, r.text
-    assert extract_answer_number(r.json()["answer"]) == RIGHT[str(body["query"])], r.json()
+    assert extract_answer_number(r.json()["answer"]) == RIGHT[str(body["query"])], said(r.json())
+
+
+def said(reply: dict[str, Any]) -> str:
+    """Who was recruited and what each generation wrote: all a wrong answer needs to be read."""
+    gens = [(g["expert"], g["role"], g["text"]) for g in reply["generations"]]
+    return f"recruited {reply['recruited']}, budget {reply.get('budget')}, generations {gens}"
 
 
 def test_the_readme_chat_example_is_answered_right(client: TestClient) -> None:
