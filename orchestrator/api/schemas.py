@@ -26,6 +26,12 @@ def _storable(value: str) -> str:
     return value
 
 
+def _filled(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain a character other than whitespace")
+    return value
+
+
 # Text a request may carry into the store. PostgreSQL's text columns refuse NUL, so a query
 # holding one was routed, then failed its insert (a 500) and with it every request admitted
 # beside it, while SQLite took it: it is refused at the door instead, a 422 on either database.
@@ -35,9 +41,11 @@ StorableText = Annotated[str, AfterValidator(_storable)]
 # A length bound goes before the checks: put after them (or on `… | None`), pydantic checks it as
 # any sequence's, and the 422 counted "items" where the client sent characters.
 NameText = Annotated[str, Field(max_length=64), AfterValidator(_storable)]
-AnswerText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
+# A question or a gold answer of only whitespace is refused as well: a blank query was routed,
+# answered and stored, and a blank gold answer was kept as feedback that could teach nothing.
+AnswerText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable), AfterValidator(_filled)]
 PromptText = Annotated[str, Field(max_length=4000), AfterValidator(_storable)]
-QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_storable)]
+QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_storable), AfterValidator(_filled)]
 
 
 class BudgetFields(BaseModel):
@@ -52,7 +60,7 @@ class BudgetFields(BaseModel):
 class QueryRequest(BudgetFields):
     model_config = ConfigDict(extra="forbid")
 
-    query: StorableText = Field(min_length=1, max_length=8000, description="The question to answer.")
+    query: QueryText = Field(description="The question to answer.")
     k: int | None = Field(default=None, ge=1, le=8, description="How many experts to recruit (under a budget: at "
                           "most); unset: the service's `default_k` (3).")
     mode: RecruitModeField | None = Field(

@@ -2,7 +2,7 @@
 
 from sqlalchemy import func, select
 
-from orchestrator.store.models import GenerationRow, RoutingDecision
+from orchestrator.store.models import GenerationRow, Query, RoutingDecision
 from orchestrator.store.repositories.queries import QueryRepository, ask_of
 
 
@@ -57,6 +57,15 @@ def test_bad_queries_get_422_naming_the_field(client):
         r = client.post("/v1/queries", json=body)
         assert r.status_code == 422, body
         assert field in r.json()["error"]["message"]
+
+
+def test_a_blank_query_is_refused_before_anything_is_stored(client, container):
+    for body in ({"query": "  \n\t "}, [{"query": "What is 2+2?"}, {"query": " "}]):
+        r = client.post("/v1/queries", json=body)
+        assert r.status_code == 422 and "whitespace" in r.json()["error"]["message"], r.text
+    assert client.post("/v1/routes", json={"query": "\u3000"}).status_code == 422  # an ideographic space too
+    with container.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query)) == 0
 
 
 def test_empty_batch_is_refused(client):
