@@ -44,7 +44,7 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     holds at most CHUNK_TOKENS of work, so a short query's generation waits for at most one long
     one on its device, not for a batch of them.
 
-    Greedy jobs that repeat an earlier one (same model, same messages, temperature 0: an
+    Greedy jobs that repeat an earlier one (same model, messages and time limit, temperature 0: an
     expert drawn twice for a query, or one question asked twice in a window) run once and
     share its reply: at temperature 0 the seed changes nothing, so a second run would only
     repeat the first's tokens.
@@ -154,14 +154,18 @@ def coalesce(jobs: Sequence[Job]) -> tuple[list[Job], dict[str, list[Job]]]:
     return unique, copies
 
 
-def greedy_key(job: Job) -> tuple[str, tuple[tuple[str, str], ...], str] | None:
-    """What determines a greedy job's reply (model, messages, sampling but the seed); None if
-    it samples, where two runs rightly differ."""
+GreedyKey = tuple[str, tuple[tuple[str, str], ...], str, float | None]
+
+
+def greedy_key(job: Job) -> GreedyKey | None:
+    """What determines a greedy job's reply (model, messages, sampling but the seed, and its time
+    limit: a shared run's timeout would fail a request that set none); None if it samples, where
+    two runs rightly differ."""
     req = job.request
     if req.sampling.temperature > 0:
         return None
     sampling = repr(req.sampling.model_dump(exclude={"seed"}))  # fields in declaration order
-    return job.base.key, tuple((m.role, m.content) for m in req.messages), sampling
+    return job.base.key, tuple((m.role, m.content) for m in req.messages), sampling, req.timeout_s
 
 
 def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,

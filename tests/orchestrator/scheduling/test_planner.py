@@ -84,15 +84,28 @@ def test_a_repeated_greedy_request_runs_once_and_every_job_gets_its_reply():
     assert [j.job_id for j in copies["0:0"]] == ["0:1", "1:0"]
 
 
-@pytest.mark.parametrize("differ", ["sampled", "model", "max_tokens"])
+@pytest.mark.parametrize("differ", ["sampled", "model", "max_tokens", "timeout_s"])
 def test_requests_that_may_reply_differently_all_run(differ: str):
     a = job("a", BASES[0], "q", temperature=0.7 if differ == "sampled" else 0.0, seed=1)
     b = job("b", BASES[1] if differ == "model" else BASES[0], "q",
             temperature=0.7 if differ == "sampled" else 0.0, seed=2)
     if differ == "max_tokens":
         b.request.sampling.max_tokens = 3
+    if differ == "timeout_s":
+        b.request.timeout_s = 0.1
     unique, copies = coalesce([a, b])
     assert [j.job_id for j in unique] == ["a", "b"] and copies == {}
+
+
+def test_a_repeat_with_its_own_time_limit_keeps_its_own_timeout():
+    """Two experts over one model and prompt, one with a time limit it cannot meet: the timeout
+    is that request's alone, the one without a limit still gets its reply."""
+    strict, patient = job("strict", BASES[0], "q"), job("patient", BASES[0], "q")
+    strict.request.timeout_s = 0.01
+    w = DeviceWorker("cpu", 2**30, lambda spec: MockBackend(spec.key, delay_s=0.05))
+    out = execute([strict, patient], w)
+    assert out["strict"].error is not None and "timed out" in out["strict"].error
+    assert out["patient"].error is None and out["patient"].text
 
 
 def test_short_jobs_run_first_and_a_long_one_runs_alone():
