@@ -1,14 +1,15 @@
 """Which worker each expert runs on.
 
-An expert whose placement names a worker runs there. The others are planned: experts over one
-base model stay together (one load serves every persona over it) and follow any of them that
-is pinned; a base whose placement names a device profile goes to a worker of that profile when
-the deployment has one, any other to a worker its kind computes on (a GPU engine to a GPU
-worker, llama.cpp, CPU only here, to one without) where there is one. Bases are placed largest
-first, each on the worker with the least work planned among those where it still fits beside
-what is already placed, so what must stay resident fits each device and a batch's experts
-spread over devices that run at once. A base that fits nowhere goes to the worker with the most
-memory, where it is swapped in and out.
+An expert whose placement names a worker runs there, even where a persona over the same base
+is pinned to another (the base then loads on each). The others are planned: experts over one
+base model stay together (one load serves every persona over it) and follow the first pinned
+one (by worker name); a base whose placement names a device profile goes to a worker of that
+profile when the deployment has one, any other to a worker its kind computes on (a GPU engine
+to a GPU worker, llama.cpp, CPU only here, to one without) where there is one. Bases are placed
+largest first, each on the worker with the least work planned among those where it still fits
+beside what is already placed, so what must stay resident fits each device and a batch's
+experts spread over devices that run at once. A base that fits nowhere goes to the worker with
+the most memory, where it is swapped in and out.
 """
 
 from __future__ import annotations
@@ -52,26 +53,36 @@ def plan_placement(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
     for spec in experts.values():
         groups[spec.base.key].append(spec)
     loads = {s.name: _Load() for s in slots}
-    pinned = {key: _pinned(group, by_name) for key, group in groups.items()}
     sizes = {key: memory(group[0].base) for key, group in groups.items()}
     chosen: dict[str, str] = {}
-    for key, worker in pinned.items():
-        if worker is not None:
-            chosen[key] = worker
-            _add(loads[worker], key, sizes[key], len(groups[key]))
-    for key in sorted((k for k, w in pinned.items() if w is None), key=lambda k: (-sizes[k], k)):
-        chosen[key] = _best(_devices_asked(groups[key], slots), loads, sizes[key])
-        _add(loads[chosen[key]], key, sizes[key], len(groups[key]))
-    return {spec.name: chosen[spec.base.key] for spec in experts.values()}
+    pinned = {key: _pinned(group, by_name) for key, group in groups.items()}
+    for key, workers in pinned.items():
+        if workers:
+            _place(groups[key], workers, sizes[key], loads, chosen)
+    for key in sorted((k for k, w in pinned.items() if not w), key=lambda k: (-sizes[k], k)):
+        worker = _best(_devices_asked(groups[key], slots), loads, sizes[key])
+        _place(groups[key], [worker], sizes[key], loads, chosen)
+    return {spec.name: chosen[spec.name] for spec in experts.values()}
 
 
-def _pinned(group: Sequence[ExpertSpec], slots: Mapping[str, Slot]) -> str | None:
+def _pinned(group: Sequence[ExpertSpec], slots: Mapping[str, Slot]) -> list[str]:
+    """The workers the group's experts name, sorted (the first is where the unpinned ones go)."""
     named = sorted({s.placement.worker for s in group if s.placement.worker is not None})
     for name in named:
         if name not in slots:
             raise PlacementError(f"expert placed on unknown worker {name!r}; the deployment has "
                                  f"{', '.join(sorted(slots))}")
-    return named[0] if named else None  # personas over one base pinned apart: the first name wins
+    return named
+
+
+def _place(group: Sequence[ExpertSpec], workers: Sequence[str], size: int, loads: Mapping[str, _Load],
+           chosen: dict[str, str]) -> None:
+    """Each expert on the worker it names, else on the first of `workers`. Personas pinned apart
+    each run where they were told, so their base is resident (and its memory counted) on each."""
+    for spec in group:
+        chosen[spec.name] = spec.placement.worker or workers[0]
+    for worker in workers:
+        _add(loads[worker], group[0].base.key, size, sum(chosen[s.name] == worker for s in group))
 
 
 def _devices_asked(group: Sequence[ExpertSpec], slots: Sequence[Slot]) -> list[Slot]:

@@ -38,6 +38,19 @@ def test_a_pin_holds_and_its_base_mates_follow() -> None:
         plan_placement(pool(expert("z", "mid", worker="c")), slots, size)
 
 
+def test_personas_pinned_apart_each_run_where_named_and_their_base_counts_on_each() -> None:
+    """An expert whose placement names a worker runs there, even beside a persona over the same
+    base pinned elsewhere (the first name won: one was moved); the base then loads on each, and
+    an unpinned persona follows the first pin."""
+    sizes = {"m": 3 * GB, "n": 2 * GB, "k": GB}
+    slots = [Slot(w, "local-cpu", 4 * GB) for w in ("a", "b", "c")]
+    specs = pool(expert("chem", "m", worker="b"), expert("law", "m", worker="a"), expert("free", "m"),
+                 expert("busy1", "k", worker="c"), expert("busy2", "k", worker="c"), expert("other", "n"))
+    placed = plan_placement(specs, slots, lambda base: sizes[base.source])
+    assert (placed["chem"], placed["law"], placed["free"]) == ("b", "a", "a")
+    assert placed["other"] == "c"  # b has the least work, but m is resident there too: n fits only on c
+
+
 def test_what_must_stay_resident_fits_each_device() -> None:
     slots = [Slot("small-box", "local-cpu", 4 * GB), Slot("big-box", "local-cpu", 8 * GB)]
     placed = plan_placement(pool(expert("b", "big"), expert("m", "mid"), expert("s", "small")), slots, size)

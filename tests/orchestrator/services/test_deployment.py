@@ -1,0 +1,22 @@
+"""The deployment as the services see it: where experts run on its workers."""
+
+from __future__ import annotations
+
+from experts.devices import load_devices
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from experts.workers import WorkerSpec
+from orchestrator.services.deployment import Deployment
+
+
+def test_personas_over_one_base_pinned_to_two_workers_each_run_where_named() -> None:
+    """README: an expert runs on the worker its pool entry names; a persona over the same base
+    pinned to another worker moved it there instead."""
+    base = BaseModelSpec(kind="mock", source="qwen-1.5b")
+    experts = {name: ExpertSpec(name=name, base=base, system_prompt=name, placement=ExpertPlacement(worker=worker))
+               for name, worker in (("chemist", "server"), ("lawyer", "edge-1"))}
+    workers = [WorkerSpec(name="server", device="h100-server", gpus=1),
+               WorkerSpec(name="edge-1", device="jetson-agx-orin")]
+    deployment = Deployment(workers, load_devices(), lambda b: 2**30)
+    for spec in experts.values():
+        deployment.check(spec)
+    assert deployment.plan(experts) == {"chemist": "server", "lawyer": "edge-1"}
