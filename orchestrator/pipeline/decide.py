@@ -38,6 +38,7 @@ from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy, observed_counts
 from orchestrator.routing.recruit import recruit, score
+from orchestrator.routing.router import SymbolicRouter
 from skills.embedder import Embedder
 from skills.question_text import question_part
 from skills.vocabulary import SkillMatch as VocabularyMatch
@@ -134,8 +135,7 @@ class Decider:
         if ask.expert is not None:
             return self._direct(pool, index, ask, seed)
         skills = [SkillMatch(keyword=m.keyword, skill=m.skill, similarity=m.similarity) for m in matches]
-        scores = [s for s in ranked if s.name in eligible]
-        certain = [s for s in scores if s.name not in pool.uncertain]  # the rest are explored, never recruited
+        scores, certain = _candidates(pool, ranked, matches, eligible)
         if not certain:
             raise NoExperts("every expert that can take this query is still being profiled", index)
         if ask.budget is not None:
@@ -204,6 +204,22 @@ class Decider:
         except InfeasibleBudget as exc:
             exc.index = index
             raise
+
+
+def _candidates(pool: PoolSnapshot, ranked: Sequence[ExpertScore], matches: Sequence[VocabularyMatch],
+                eligible: set[str]) -> tuple[list[ExpertScore], list[ExpertScore]]:
+    """The query's scores (the experts that can take it) and the certain ones among them, the only
+    ones recruited: the rest are explored. Symbolic-MoE's S > 0 filter and its fallbacks are run
+    again over the certain ones alone: over the whole pool, they dropped every ready expert when
+    only an explored or ineligible one was positive (a false NoExperts), or left a lone γ = 0
+    expert of weight 0 that sampling could not draw from."""
+    scores = [s for s in ranked if s.name in eligible]
+    ready = eligible - pool.uncertain
+    if not isinstance(pool.router, SymbolicRouter):  # a k-NN score is the expert's own, whoever else is in
+        return scores, [s for s in scores if s.name in ready]
+    certain = pool.router.score([m.skill for m in matches], among=ready)
+    explored = [s for s in scores if s.name not in ready]
+    return sorted([*certain, *explored], key=lambda x: (-x.weight, x.name)), certain
 
 
 def _least_seen(pool: PoolSnapshot, names: Sequence[str], seed: int) -> str:

@@ -4,7 +4,9 @@ S_i = Σ P_i[s] over the query's mapped skills (a skill named twice counts twice
 paper's loop over keywords). w_i = S_i·γ_i over experts with S_i > 0; when no expert is
 positive the paper shifts S to S − min + 1 over all experts. Draw k with replacement ∝ w
 (an expert drawn twice answers twice), or take the deterministic top-k, or recruit dynamically
-until the cumulative weight share passes p ("harder tasks need more experts").
+until the cumulative weight share passes p ("harder tasks need more experts"). The filter and
+its fallbacks run over the experts that can take the query (`SymbolicRouter.score`'s `among`):
+run over the whole pool, they dropped the ready experts when only excluded ones were positive.
 """
 
 from __future__ import annotations
@@ -53,8 +55,17 @@ def recruit(
         return [x.name for x in scores[:k]]
     if mode == "dynamic":
         return _dynamic(scores, k, p)
-    rng = rng or random.Random()
-    return rng.choices([x.name for x in scores], weights=[x.weight for x in scores], k=k)
+    return _sample(scores, k, rng or random.Random())
+
+
+def _sample(scores: Sequence[ExpertScore], k: int, rng: random.Random) -> list[str]:
+    """k draws ∝ weight over the experts of positive weight. Without any (every γ zero, or a
+    calibrated router's experts all at or below chance) there is nothing to draw by, and
+    `random.choices` would raise, failing the query's whole batch: the best k are taken."""
+    weighted = [x for x in scores if x.weight > 0]  # a negative weight would skew every draw
+    if not weighted:
+        return [x.name for x in scores[:k]]
+    return rng.choices([x.name for x in weighted], weights=[x.weight for x in weighted], k=k)
 
 
 def _dynamic(scores: Sequence[ExpertScore], k_max: int, p: float) -> list[str]:

@@ -6,7 +6,7 @@ service runs. `SymbolicRouter` is the published Symbolic-MoE scorer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -46,9 +46,13 @@ class SymbolicRouter:
     def __init__(self, evidence: RoutingEvidence):
         self.evidence = evidence
 
-    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None, n_options: int = 0
-              ) -> list[ExpertScore]:
+    def score(self, skills: Sequence[str], query_embedding: np.ndarray | None = None, n_options: int = 0,
+              among: Collection[str] | None = None) -> list[ExpertScore]:
+        """`among`: the experts that can take the query (None: all). The S > 0 filter and its
+        fallbacks run over those alone, so an expert dropped later cannot take the others down."""
         suitability = local_suitability(self.evidence.profiles, skills)  # S·γ has no chance level
+        if among is not None:
+            suitability = {n: s for n, s in suitability.items() if n in among}
         return score_experts(suitability, self.evidence.competence)
 
     def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray,

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.routing.evidence import RoutingEvidence
-from orchestrator.routing.recruit import local_suitability, recruit, score_experts
+from orchestrator.routing.recruit import local_suitability, recruit, score, score_experts
 from orchestrator.routing.router import SymbolicRouter
 
 PROFILES = {"a": {"math": 3.0, "law": -1.0}, "b": {"math": 1.0, "law": 2.0}, "c": {"math": -2.0, "law": 1.0}}
@@ -64,3 +64,27 @@ def test_knn_router_needs_question_records_and_falls_back_to_symbolic():
 
     assert build_router(RoutingEvidence(PROFILES), "knn").name == "symbolic"
     assert build_router(RoutingEvidence(PROFILES), "symbolic").name == "symbolic"
+
+
+def test_sampling_without_positive_weight_takes_the_best_k_instead_of_failing():
+    # all γ zero beside others that were filtered out, or a calibrated router's experts all at chance
+    scores = [score("a", 1.0, 0.0, 0.0), score("b", 0.5, 0.0, 0.0)]
+    assert recruit(scores, 2, "sample", random.Random(1)) == ["a", "b"]
+    below_chance = [score("a", 0.3, 0.4, -0.2), score("b", 0.2, 0.4, -0.9)]
+    assert recruit(below_chance, 1, "sample", random.Random(1)) == ["a"]
+
+
+def test_sampling_draws_by_the_positive_weights_alone():
+    # a calibrated router's below-chance expert has negative weight: it once skewed every draw
+    scores = [score("c", 0.9, 0.5, 3.0), score("a", 0.6, 0.5, 1.0), score("b", 0.3, 0.5, -1.0)]
+    draws = Counter(recruit(scores, 20_000, "sample", random.Random(3)))
+    assert draws["b"] == 0 and draws["a"] / 20_000 == pytest.approx(0.25, abs=0.01)
+
+
+def test_the_positive_filter_and_its_fallbacks_run_over_the_experts_named():
+    router = SymbolicRouter(RoutingEvidence(PROFILES))
+    # over the whole pool only c is dropped (S = -1); without b, a is still positive alone
+    assert [s.name for s in router.score(["math", "law"], among={"a", "c"})] == ["a"]
+    # among c alone nobody is positive: c's S is shifted to 1 instead of the query finding nobody
+    assert [(s.name, s.suitability) for s in router.score(["math", "law"], among={"c"})] == [("c", 1.0)]
+    assert router.score(["math", "law"], among=set()) == []
