@@ -7,6 +7,7 @@ personas share it. Results are stored, so a restart reuses them instead of profi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,9 @@ from skills.vocabulary import SEED_SKILLS, SkillVocabulary
 Progress = Callable[[int, int], None]
 Timings = Callable[[ExpertSpec, str, Sequence[Generation]], None]  # (expert, its worker, its replies)
 PROGRESS_WRITE_S = 1.0
+Row = tuple[str, dict[str, Any], list[str], bytes]  # qid, payload, skills, embedding
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,27 @@ def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
             items = [q for q in items if q.id in wanted]
         return items[: src.limit] if src.limit else items
     return arithmetic_questions(src.n, seed)
+
+
+def merge_sources(per_source: Sequence[Sequence[LabelledQuestion]]) -> list[LabelledQuestion]:
+    """The sources' questions, each id once, as the store keeps one row per id and refuses a set
+    that repeats one. The same question from two sources (two arithmetic sources draw from one
+    seed, MMLU sources overlap) is asked once: twice would count one answer twice. Another
+    question under a taken id (two recordings numbered alike) gets its source's index."""
+    kept: dict[str, LabelledQuestion] = {}
+    for index, questions in enumerate(per_source):
+        for q in questions:
+            if kept.get(q.id) != q:
+                _keep(kept, dataclasses.replace(q, id=f"{q.id}@{index}") if q.id in kept else q)
+    if repeated := sum(map(len, per_source)) - len(kept):
+        log.info("profiling set: %d questions given by more than one source are asked once", repeated)
+    return list(kept.values())
+
+
+def _keep(kept: dict[str, LabelledQuestion], q: LabelledQuestion) -> None:
+    if kept.get(q.id, q) != q:  # one source repeating an id on other questions
+        raise ValueError(f"validation question id {q.id!r} names two different questions")
+    kept[q.id] = q
 
 
 class ProfilingService:
@@ -82,20 +107,28 @@ class ProfilingService:
         with self.db.session() as s:
             return ValidationRepository(s).questions(self.dataset)
 
-    def _store_set(self, rows: Sequence[tuple[str, dict[str, Any], list[str], bytes]]) -> None:
+    def _store_set(self, rows: Sequence[Row]) -> None:
         """Store the set unless another service stored it first (two replicas' starts both
-        found none): its rows, built from the same configuration, are the ones read back."""
+        found none): its rows, built from the same configuration, are the ones read back. A
+        refusal with anything else stored under the key fails: profiling on it would profile
+        on other questions, or on none."""
         try:
             with self.db.session() as s:
                 ValidationRepository(s).add_questions(self.dataset, rows)
-        except IntegrityError:
-            pass  # the other's set is whole: it was stored in one transaction
+        except IntegrityError as exc:
+            stored = sorted(r.qid for r in self._stored_set())
+            if stored != sorted(qid for qid, *_ in rows):
+                raise RuntimeError(f"the store refused validation set {self.dataset} ({len(rows)} questions) but "
+                                   f"holds another ({len(stored)} questions) under its key: {exc.orig}") from exc
 
-    def _build_rows(self) -> list[tuple[str, dict[str, Any], list[str], bytes]]:
+    def _build_rows(self) -> list[Row]:
         """Each question with its skills and its embedding (embedded once: it reads the skills
         and is stored for the router's memory, so no start embeds the set again)."""
         cfg = self.config.validation
-        questions = [q for src in cfg.sources for q in load_source(src, cfg.seed)]
+        questions = merge_sources([load_source(src, cfg.seed) for src in cfg.sources])
+        if not questions:  # profiled on nothing, every expert would be ready and routed at random
+            raise RuntimeError("the pool's validation sources give no questions: profiling needs some "
+                               "(see the pool file's validation.sources)")
         texts = [q.question for q in questions]
         embeddings = self.embedder.encode(texts)
         skills = self._keywords(texts) if cfg.keyword_mode == "llm" else [
