@@ -122,3 +122,24 @@ def test_without_a_wait_a_batch_is_what_queued_while_the_last_one_ran():
     assert first.result(timeout=10) == ["lone"] and [f.result(timeout=10) for f in rest] == [["q0"], ["q1"], ["q2"]]
     assert batches == [["lone"], ["q0", "q1", "q2"]]
     window.close()
+
+
+def test_a_query_queued_behind_a_busy_batch_waits_from_its_arrival_not_its_pickup():
+    """A batch closes max_wait_s after its first query arrived: one that queued while the last
+    batch ran, its window already past, is run at once, not held a whole window again."""
+    now, started, release = [0.0], threading.Event(), threading.Event()
+
+    def run(items: list[str]) -> list[str]:
+        if items[0] == "busy":
+            started.set()
+            assert release.wait(timeout=10)
+        return items
+
+    window = BatchingWindow(run, max_batch=2, max_wait_s=30, clock=lambda: now[0])
+    busy = window.submit(["busy", "full"])  # a full batch: it runs at once
+    assert started.wait(timeout=10)
+    late = window.submit(["late"])  # arrives at 0 s, while the busy batch runs; its window ends at 30 s
+    now[0] = 31.0  # the busy batch ran past it
+    release.set()
+    assert late.result(timeout=10) == ["late"] and busy.result(timeout=10) == ["busy", "full"]
+    window.close()
