@@ -9,7 +9,7 @@ non-empty line after it is read (small models keep talking after the list) unles
 starts a numbered or bulleted list (then the list's lines are read, one keyword each),
 markdown/quote characters (curly ones too) and list numbers around items are stripped,
 ";" and the CJK commas separate as "," does, and the prompt's own `<keyword1>` echoed back is
-no keyword.
+no keyword. Whitespace inside a keyword is collapsed as the vocabulary's names are (`normal_form`).
 """
 
 from __future__ import annotations
@@ -69,8 +69,15 @@ def _keyword_lines(text: str) -> list[str]:
 def _clean(item: str) -> str:
     """One item as the paper keeps it (lower-cased, no "."), without list marks or quotes; ""
     for the prompt's placeholder echoed back."""
-    keyword = _LIST_ITEM.sub("", item.strip(), count=1).lower().replace(".", "").strip(_STRIP)
+    keyword = normal_form(_LIST_ITEM.sub("", item.strip(), count=1).replace(".", "").strip(_STRIP))
     return "" if _PLACEHOLDER.fullmatch(keyword) else keyword
+
+
+def normal_form(name: str) -> str:
+    """A skill name as profiles and the vocabulary both key it: lower-cased, every run of
+    whitespace (non-breaking spaces too) one space. Two forms of one name left a skill mapped
+    to the vocabulary's form with no profile entry under it."""
+    return " ".join(name.split()).lower()
 
 
 def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int = MAX_KEYWORDS) -> list[str]:

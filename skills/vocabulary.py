@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skills.embedder import Embedder
+from skills.keywords import normal_form
 
 MMLU_SUBJECTS: list[str] = [
     "abstract algebra", "anatomy", "astronomy", "business ethics", "clinical knowledge",
@@ -47,10 +48,6 @@ class SkillMatch:
     similarity: float
 
 
-def _normalise(skill: str) -> str:
-    return " ".join(skill.split()).lower()
-
-
 def _append(matrix: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
     return rows if matrix is None else np.vstack([matrix, rows])
 
@@ -79,10 +76,10 @@ class SkillVocabulary:
         return len(self._state[0])
 
     def add(self, skills: Iterable[str]) -> list[str]:
-        """Add new skill names (lower-cased, whitespace-collapsed); returns those really added."""
+        """Add new skill names (in `normal_form`, as parsed keywords are); returns those really added."""
         with self._lock:
             names, by_name, by_text = self._state
-            new = [s for s in dict.fromkeys(map(_normalise, skills)) if s and s not in names]
+            new = [s for s in dict.fromkeys(map(normal_form, skills)) if s and s not in names]
             if new:
                 self._state = (
                     names + tuple(new),

@@ -53,6 +53,13 @@ def test_parse_strips_curly_quotes_and_splits_on_semicolons_and_cjk_commas() -> 
     assert parse_keywords("Keywords：代数，几何、química") == ["代数", "几何", "química"]
 
 
+def test_parse_collapses_whitespace_as_skill_names_are() -> None:
+    # a profile's keys are these keywords and the vocabulary's names collapse whitespace:
+    # "linear  algebra" kept its double space and matched no name, so S was 0 on that skill
+    text = "Keywords: linear  algebra, number\u00a0theory,\tgraph \u2003 theory"
+    assert parse_keywords(text) == ["linear algebra", "number theory", "graph theory"]
+
+
 def test_parse_drops_the_prompts_placeholders_echoed_back() -> None:
     assert parse_keywords("Keywords: <keyword1>, <keyword2>...") == []
     assert parse_keywords("Keywords: <keyword1>, virology") == ["virology"]

@@ -6,6 +6,8 @@ import pytest
 
 from skills.datasets import load_mmlu
 from skills.embedder import Embedder
+from skills.keywords import parse_keywords
+from skills.profiling import build_profile
 from skills.vocabulary import MMLU_SUBJECTS, SEED_SKILLS, SkillVocabulary
 
 
@@ -40,6 +42,17 @@ def test_add_grows_and_dedupes(embedder: Embedder) -> None:
     assert vocab.add(["law", "Property  Law"]) == ["property law"]
     assert vocab.map_keywords(["property law"])[0].skill == "property law"
     assert vocab.map_keywords(["property law"])[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_parsed_keywords_are_the_vocabulary_s_names(embedder: Embedder) -> None:
+    """Profiles are keyed by parsed keywords and the vocabulary holds the names: one normal form,
+    or a skill mapped to its own name finds no profile entry (S = 0 on it)."""
+    keywords = parse_keywords("Keywords: Linear  Algebra, number\u00a0theory, calculus")
+    profile = build_profile("e", [(keywords, True)])
+    vocab = SkillVocabulary(keywords, embedder)
+    assert vocab.skills == keywords
+    mapped = [m.skill for m in vocab.map_keywords(["linear algebra", "number theory"])]
+    assert [profile.scores.get(s, 0.0) for s in mapped] == [1.0, 1.0]
 
 
 def test_empty_vocabulary_maps_nothing(embedder: Embedder) -> None:
