@@ -37,6 +37,7 @@ from orchestrator.store.models import Expert
 from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.state import StateRepository
+from orchestrator.store.repositories.validation import ValidationRepository
 
 log = logging.getLogger(__name__)
 CHANGEABLE = ("system_prompt", "sampling", "placement", "timeout_s")
@@ -223,9 +224,15 @@ class ExpertService:
         return row
 
     def pending_profiles(self) -> list[int]:
-        """Experts stored but not yet profiled (a new pool, or a crash mid-profile)."""
+        """Experts stored but not yet profiled (a new pool, or a crash mid-profile), and ready
+        ones profiled on another set than the pool's (its file's `validation:` changed since):
+        their profiles describe other questions, and the router's memory needs their answers."""
         with self.db.session() as s:
-            return [r.id for r in ExpertRepository(s).list() if r.status in ("registered", "profiling")]
+            rows = ExpertRepository(s).list()
+            ready = [r.id for r in rows if r.status == "ready"]
+            current = ValidationRepository(s).answered(ready, self.pool.dataset) if ready else set()
+        return [r.id for r in rows if r.status in ("registered", "profiling")
+                or (r.status == "ready" and r.id not in current)]
 
     def profile_now(self, ids: Sequence[int], progress: Progress | None = None) -> None:
         """Profile these experts (those not removed meanwhile), choose the aggregator again and

@@ -58,7 +58,7 @@ def load_evidence(db: Database, dataset: str, embedder: Embedder) -> Loaded:
         experts = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
         profiles = {r.name: {sk.skill: sk.score for sk in r.skills} for r in rows}
         questions = ValidationRepository(s).questions(dataset)
-        answers = ValidationRepository(s).answers([r.id for r in rows])
+        answers = ValidationRepository(s).answers([r.id for r in rows], dataset)  # not an earlier set's
         texts = [q.payload["question"] for q in questions]
         stored = [(q.id, q.embedding) for q in questions]
         labels = [str(q.payload.get("subject", "")) for q in questions]

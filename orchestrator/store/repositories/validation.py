@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, Select, delete, insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
@@ -53,12 +53,26 @@ class ValidationRepository:
         if answers:
             self.session.execute(insert(ValidationAnswer), [{"expert_id": expert_id, **a._asdict()} for a in answers])
 
-    def answers(self, expert_ids: Sequence[int]) -> Sequence[AnswerRow]:
+    def answers(self, expert_ids: Sequence[int], dataset: str | None = None) -> Sequence[AnswerRow]:
         """(expert_id, question_id, text, correct) rows, oldest first: plain rows, not ORM
-        objects, as every start reads all of them (66,154 for the recorded pool)."""
+        objects, as every start reads all of them (66,154 for the recorded pool). With `dataset`,
+        only answers to that set's questions: an expert profiled on an earlier set (the pool
+        file's `validation:` changed since) still holds that set's until profiled again."""
         a = ValidationAnswer
         stmt = select(a.expert_id, a.question_id, a.text, a.correct).where(a.expert_id.in_(expert_ids))
+        if dataset is not None:
+            stmt = stmt.where(a.question_id.in_(self._ids(dataset)))
         return self.session.execute(stmt.order_by(a.id)).all()
+
+    def answered(self, expert_ids: Sequence[int], dataset: str) -> set[int]:
+        """The experts of `expert_ids` with an answer on record to a question of `dataset`."""
+        a = ValidationAnswer
+        stmt = select(a.expert_id).where(a.expert_id.in_(expert_ids), a.question_id.in_(self._ids(dataset)))
+        return set(self.session.scalars(stmt.distinct()).all())
+
+    @staticmethod
+    def _ids(dataset: str) -> Select[int]:
+        return select(ValidationQuestion.id).where(ValidationQuestion.dataset == dataset)
 
     def timings(self, expert_ids: Sequence[int], limit: int) -> list[TimingRow]:
         """The last `limit` timed answers of these experts together, oldest first."""

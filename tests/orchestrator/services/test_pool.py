@@ -91,6 +91,14 @@ def test_the_evidence_knows_how_many_options_its_questions_offered(container: Sk
     assert evidence.options == 4 == max(counts)
 
 
+def test_the_pool_reads_only_the_answers_on_its_own_validation_set(container: SkillRoute, embedder: Embedder) -> None:
+    """Experts still holding another set's answers (the pool file's set changed, their new
+    profiles not in yet) are loaded with none observed, not a KeyError on the other set's ids."""
+    loaded = load_evidence(container.db, "another-set", embedder)
+    assert set(loaded.experts) == {"alpha", "beta", "gamma"}
+    assert loaded.evidence.observed is not None and not any(o.any() for o in loaded.evidence.observed.values())
+
+
 def test_a_refresh_that_read_before_a_removal_does_not_bring_the_expert_back(
         container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profiling run's refresh read the store, an expert was removed (and the pool refreshed),

@@ -9,15 +9,17 @@ import pytest
 
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
+from orchestrator.pools.schema import ArithmeticSource, PoolConfig
 from orchestrator.services.pool_file import PoolFileConflict
+from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 ALPHA, BETA, GAMMA = mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1"), mock_expert("gamma", "m2")
 
 
-def start(data_dir: Path, embedder: Embedder, experts: list[ExpertSpec]) -> SkillRoute:
-    c = SkillRoute(quiet_settings(data_dir), small_pool(experts), embedder=embedder, factory=mock_or_real)
+def start(data_dir: Path, embedder: Embedder, experts: list[ExpertSpec], pool: PoolConfig | None = None) -> SkillRoute:
+    c = SkillRoute(quiet_settings(data_dir), pool or small_pool(experts), embedder=embedder, factory=mock_or_real)
     c.bootstrap()
     return c
 
@@ -61,4 +63,20 @@ def test_the_files_expert_removed_over_the_api_stays_removed(tmp_path: Path, emb
     c.close()
     c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
     assert states(c)["gamma"][0] == "removed" and set(c.pool.snapshot.experts) == {"alpha", "beta"}
+    c.close()
+
+
+def test_a_changed_validation_set_profiles_the_ready_experts_again_on_it(tmp_path: Path, embedder: Embedder) -> None:
+    """Dropping `subjects:` or changing n or seed is a new set: a start profiled every expert on
+    it again instead of failing with a KeyError on the old set's answers."""
+    start(tmp_path, embedder, [ALPHA, GAMMA]).close()
+    pool = small_pool([ALPHA, GAMMA])
+    validation = pool.validation.model_copy(update={"sources": [ArithmeticSource(n=4)]})
+    pool = pool.model_copy(update={"validation": validation})
+    c = start(tmp_path, embedder, [ALPHA, GAMMA], pool)
+    with c.db.session() as s:
+        questions = {q.id for q in ValidationRepository(s).questions(pool.validation.dataset_key())}
+        answered = [a.question_id for a in ValidationRepository(s).answers([e.id for e in c.experts.all()])]
+    assert len(questions) == 4 and sorted(answered) == sorted(2 * list(questions))
+    assert {n: st for n, (st, _) in states(c).items()} == {"alpha": "ready", "gamma": "ready"}
     c.close()
