@@ -60,8 +60,22 @@ def replay_pool(folder: str | Path, models: Sequence[str] | None = None) -> list
     wanted = list(models) if models is not None else recording.models
     if missing := [m for m in wanted if not recording.has_model(m)]:
         raise ValueError(f"models not recorded in {recording.folder}: {', '.join(missing)}")
+    _check_names_distinct(wanted)
     source = str(recording.folder)
     return [ExpertSpec(name=expert_name(m), base=BaseModelSpec(kind="replay", source=source, model=m)) for m in wanted]
+
+
+def _check_names_distinct(columns: Sequence[str]) -> None:
+    """Two columns whose names differ only where an expert name cannot follow (`acme/x` and
+    `acme:x`) would be one expert: refused naming both, as any rename here could take a name
+    a later column of the folder wants."""
+    seen: dict[str, str] = {}
+    for column in columns:
+        name = expert_name(column)
+        if name in seen:
+            raise ValueError(f"the recorded models {seen[name]!r} and {column!r} would both be the expert {name!r} "
+                             "(an expert name holds only A-Z a-z 0-9 _ . -, 64 at most): rename one of the columns")
+        seen[name] = column
 
 
 def replay_pool_config(folder: str | Path, test_size: float = 0.5, seed: int = 0) -> PoolConfig:

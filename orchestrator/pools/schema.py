@@ -97,6 +97,16 @@ class PoolConfig(Strict):
     experts: list[ExpertSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _names_are_distinct(self) -> PoolConfig:
+        """One name, one expert: a start registered the first and failed on the second, and the
+        next served whichever came last."""
+        names = [e.name for e in self.experts]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"experts: the name {twice[0]!r} is given to more than one expert; each expert needs "
+                             "a name of its own")
+        return self
+
+    @model_validator(mode="after")
     def _keyword_expert_is_in_the_pool(self) -> PoolConfig:
         v = self.validation
         if v.keyword_mode == "llm" and v.keyword_expert not in {e.name for e in self.experts}:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experts.replay import load_recording
+from experts.replay import RecordedQuestion, load_recording, write_recording
 from orchestrator.pools.loader import PoolConfigError, expert_name, load_pool_config, replay_pool, split_questions
 from orchestrator.settings import DEFAULT_POOL
 from skills.datasets import load_mmlu
@@ -89,3 +89,13 @@ def test_a_missing_file_or_recording_is_named(tmp_path: Path) -> None:
         load_pool_config(tmp_path / "absent.yaml")
     with pytest.raises(PoolConfigError, match="invalid replay pool .*nowhere"):
         load_pool_config(f"replay:{tmp_path / 'nowhere'}")
+
+
+def test_replay_columns_that_would_share_an_expert_name_are_refused_naming_both(tmp_path: Path) -> None:
+    """Two columns one name apart only in characters a name cannot hold: the pool's first start
+    failed with a Conflict naming neither column."""
+    questions = [RecordedQuestion(f"q{i}", "math", f"Question {i}?", ("a", "b", "c", "d"), "A") for i in range(4)]
+    columns = ["acme/qwen2.5-7b", "acme:qwen2.5-7b"]
+    folder = write_recording(tmp_path / "rec", questions, {m: {q.question_id: "A" for q in questions} for m in columns})
+    with pytest.raises(PoolConfigError, match="'acme/qwen2.5-7b' and 'acme:qwen2.5-7b' .* 'acme-qwen2.5-7b'"):
+        load_pool_config(f"replay:{folder}")

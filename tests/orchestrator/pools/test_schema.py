@@ -1,0 +1,28 @@
+"""What the pool schema refuses: a pool file that would start and then fail, or be silently
+served otherwise than it says. Each refusal is a `PoolConfigError` naming the file and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.pools.loader import PoolConfigError, load_pool_config
+
+MOCK = "base: {kind: mock, source: m1}"
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pool.yaml"
+    path.write_text(text)
+    with pytest.raises(PoolConfigError) as err:
+        load_pool_config(path)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+def test_an_expert_named_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    """The first start registered one and failed with a Conflict naming no file; the next
+    silently served the last entry."""
+    text = f"experts:\n  - {{name: alpha, {MOCK}}}\n  - {{name: beta, {MOCK}}}\n  - {{name: alpha, {MOCK}}}\n"
+    assert "experts: the name 'alpha' is given to more than one expert" in refusal(tmp_path, text)
