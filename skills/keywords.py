@@ -5,9 +5,11 @@ that several samples agree on are kept (`consolidate`). Parsing follows the pape
 `get_keywords` (text after the last "Keywords:", split on ",", strip, lower-case, drop ".",
 keep items of at most 20 characters) with guards for small local models, which the paper's
 frontier keyword model did not need: the marker is matched case-insensitively, only the first
-non-empty line after it is read (small models keep talking after the list) unless that line
-starts a numbered or bulleted list (then the list's lines are read, one keyword each),
-markdown/quote characters (curly ones too) and list numbers around items are stripped,
+non-empty line after it is read (small models keep talking after the list), with the lines a
+comma list wraps onto (a separator ends one line or starts the next), unless that line starts
+a numbered or bulleted list (then the list's lines are read, one keyword each),
+markdown/quote characters (curly ones too) and list numbers around items are stripped ("#"
+only before an item: C# keeps its own),
 ";" and the CJK commas separate as "," does, and the prompt's own `<keyword1>` echoed back is
 no keyword. Whitespace inside a keyword is collapsed as the vocabulary's names are (`normal_form`).
 """
@@ -23,7 +25,8 @@ from experts.types import ChatMessage, Generation, GenerationRequest, SamplingPa
 MAX_KEYWORD_CHARS = 20
 MAX_KEYWORDS = 5
 _MARKER = re.compile(r"keywords\s*[:：]", re.IGNORECASE)
-_STRIP = " \t\"'`*_#-•[]<>\u201c\u201d\u2018\u2019«»「」『』"
+_STRIP = " \t\"'`*_-•[]<>\u201c\u201d\u2018\u2019«»「」『』"
+_HEADING = "#"  # markdown headings and tags lead an item; at its end it is C#'s or F#'s
 _SEPARATOR = re.compile(r"[,;，、；]")  # small models write the list as their language does
 _LIST_ITEM = re.compile(r"\s*(?:[-*•+]|\d{1,2}[.)])\s+")  # "- x", "* x", "1. x", "2) x"
 _PLACEHOLDER = re.compile(r"keywords?\s*\d*")  # the prompt's "<keyword1>, <keyword2>..." copied
@@ -51,13 +54,35 @@ def parse_keywords(text: str) -> list[str]:
 
 
 def _keyword_lines(text: str) -> list[str]:
-    """The first non-empty line after the last marker; a list started there is read whole (its
-    consecutive item lines), as a list puts one keyword on each line."""
+    """The first non-empty line after the last marker, with the lines its comma list wraps onto;
+    a list started there is read whole (its consecutive item lines), as a list puts one keyword
+    on each line."""
     markers = list(_MARKER.finditer(text))
     tail = text[markers[-1].end() :] if markers else text
-    lines = [ln for ln in tail.splitlines() if ln.strip(_STRIP)]
-    if not lines or not _LIST_ITEM.match(lines[0]):
-        return lines[:1]
+    lines = [ln for ln in tail.splitlines() if ln.strip(_STRIP + _HEADING)]
+    if lines and _LIST_ITEM.match(lines[0]):
+        return _list_items(lines)
+    return _wrapped(lines)
+
+
+def _wrapped(lines: list[str]) -> list[str]:
+    """The first line and the next ones while a separator ends one or starts the next: a comma
+    list wrapped. A line that does neither is the model talking after its list."""
+    kept = lines[:1]
+    for line in lines[1:]:
+        if not _continues(kept[-1], line):
+            break
+        kept.append(line)
+    return kept
+
+
+def _continues(line: str, after: str) -> bool:
+    """Whether `after` carries on `line`'s comma list: a separator ends one or starts the other."""
+    return bool(_SEPARATOR.fullmatch(line.rstrip(_STRIP)[-1:]) or _SEPARATOR.fullmatch(after.lstrip(_STRIP)[:1]))
+
+
+def _list_items(lines: list[str]) -> list[str]:
+    """A numbered or bulleted list's consecutive item lines."""
     items = []
     for line in lines:
         if not _LIST_ITEM.match(line):
@@ -69,7 +94,8 @@ def _keyword_lines(text: str) -> list[str]:
 def _clean(item: str) -> str:
     """One item as the paper keeps it (lower-cased, no "."), without list marks or quotes; ""
     for the prompt's placeholder echoed back."""
-    keyword = normal_form(_LIST_ITEM.sub("", item.strip(), count=1).replace(".", "").strip(_STRIP))
+    keyword = _LIST_ITEM.sub("", item.strip(), count=1).replace(".", "").strip(_STRIP)
+    keyword = normal_form(keyword.lstrip(_HEADING).strip(_STRIP))
     return "" if _PLACEHOLDER.fullmatch(keyword) else keyword
 
 

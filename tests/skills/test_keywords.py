@@ -60,6 +60,20 @@ def test_parse_collapses_whitespace_as_skill_names_are() -> None:
     assert parse_keywords(text) == ["linear algebra", "number theory", "graph theory"]
 
 
+def test_parse_keeps_a_trailing_hash_as_in_c_sharp() -> None:
+    assert parse_keywords("Keywords: C#, F#., **C#**, object pascal") == ["c#", "f#", "object pascal"]
+    assert parse_keywords("## Keywords: #algebra, ## geometry") == ["algebra", "geometry"]  # markdown, tags
+    assert parse_keywords("Keywords:\n##\nalgebra") == ["algebra"]  # a bare heading mark is no line
+
+
+def test_parse_reads_a_comma_list_wrapped_onto_the_next_lines() -> None:
+    assert parse_keywords("Keywords: algebra,\ngeometry, calculus\nThese cover it.") == [
+        "algebra", "geometry", "calculus"]
+    assert parse_keywords("Keywords: algebra, geometry\n, calculus；\n\nnumber theory") == [
+        "algebra", "geometry", "calculus", "number theory"]
+    assert parse_keywords("Keywords: algebra, geometry\ncalculus is needed") == ["algebra", "geometry"]
+
+
 def test_parse_drops_the_prompts_placeholders_echoed_back() -> None:
     assert parse_keywords("Keywords: <keyword1>, <keyword2>...") == []
     assert parse_keywords("Keywords: <keyword1>, virology") == ["virology"]
