@@ -107,6 +107,15 @@ class PoolConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _fixed_aggregator_is_in_the_pool(self) -> PoolConfig:
+        """A name of no expert (a typo) was stored as the aggregator and silently passed over."""
+        fixed = self.aggregator.fixed
+        if fixed is not None and fixed not in {e.name for e in self.experts}:
+            raise ValueError(f"aggregator.fixed: {fixed!r} is no expert of the pool; name one of its experts, or "
+                             "leave it out to have the aggregator benchmarked")
+        return self
+
+    @model_validator(mode="after")
     def _keyword_expert_is_in_the_pool(self) -> PoolConfig:
         v = self.validation
         if v.keyword_mode == "llm" and v.keyword_expert not in {e.name for e in self.experts}:

@@ -26,3 +26,10 @@ def test_an_expert_named_twice_is_refused_naming_it(tmp_path: Path) -> None:
     silently served the last entry."""
     text = f"experts:\n  - {{name: alpha, {MOCK}}}\n  - {{name: beta, {MOCK}}}\n  - {{name: alpha, {MOCK}}}\n"
     assert "experts: the name 'alpha' is given to more than one expert" in refusal(tmp_path, text)
+
+
+def test_a_fixed_aggregator_must_be_an_expert_of_the_pool(tmp_path: Path) -> None:
+    """A typo (`qwen-0.5B` for `qwen-0.5b`) was stored as the aggregator and silently passed over
+    for the most competent expert."""
+    text = f"aggregator: {{fixed: qwen-0.5B}}\nexperts:\n  - {{name: qwen-0.5b, {MOCK}}}\n"
+    assert "aggregator.fixed: 'qwen-0.5B' is no expert of the pool" in refusal(tmp_path, text)
