@@ -8,9 +8,11 @@ to it: nothing waits for a timer, and under load the requests that arrive while 
 form the next. A timer only delays a lone query: 50 ms of it was 7% of a short answer from the 0.5B model
 (`bench/overhead.py`), and at 200 clients the batches formed while the runner was busy anyway.
 With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
-it holds `max_work`, so one batch of long queries cannot hold a short one for long. One runner
-thread executes batches in order: the device does one batch at a time, which is what keeps
-model loads at the planner's floor. Submissions are never split across batches.
+it holds `max_work`, so one batch of long queries cannot hold a short one for long. A submission
+that would take a batch past either limit opens the next batch instead; submissions are never
+split across batches, so one larger than the limits runs alone. One runner thread executes
+batches in order: the device does one batch at a time, which is what keeps model loads at the
+planner's floor.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class BatchingWindow(Generic[T, R]):
         self.weigh, self.max_work = weigh, max_work
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
         self._waiting, self._count_lock = 0, threading.Lock()  # items queued, not yet taken into a batch
+        self._held: _Submission[T, R] | None = None  # taken, but past the last batch's limits: opens the next
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -64,7 +67,7 @@ class BatchingWindow(Generic[T, R]):
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting the one being executed)."""
-        return self._q.qsize()
+        return self._q.qsize() + (self._held is not None)
 
     def waiting(self) -> int:
         """Items waiting for a batch (not counting the batch being executed)."""
@@ -79,14 +82,20 @@ class BatchingWindow(Generic[T, R]):
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while (first := self._q.get()) is not None:
+        while (first := self._take()) is not None:
             batch, closing = self._gather(first)
             self._execute(batch)
             if closing:
                 return
 
+    def _take(self) -> _Submission[T, R] | None:
+        """The next batch's first submission: the one the last batch had no room for, else the queue's next."""
+        held, self._held = self._held, None
+        return held if held is not None else self._q.get()
+
     def _gather(self, first: _Submission[T, R]) -> tuple[list[_Submission[T, R]], bool]:
-        """Take submissions until the batch is full or the window since `first` has passed."""
+        """Take submissions until the batch is full, the next would overfill it (it opens the next
+        batch instead), or the window since `first` has passed."""
         batch, size, work = [first], len(first.items), self._work(first)
         deadline = first.arrived + self.max_wait_s  # not from now: it may have queued behind a batch
         while size < self.max_batch and work < self.max_work:
@@ -96,8 +105,12 @@ class BatchingWindow(Generic[T, R]):
                 break
             if nxt is None:
                 return batch, True
+            grown = size + len(nxt.items), work + self._work(nxt)
+            if grown[0] > self.max_batch or grown[1] > self.max_work:
+                self._held = nxt
+                break
             batch.append(nxt)
-            size, work = size + len(nxt.items), work + self._work(nxt)
+            size, work = grown
         return batch, False
 
     def _work(self, sub: _Submission[T, R]) -> float:

@@ -48,9 +48,30 @@ def test_lone_query_is_not_held_for_a_full_batch():
 def test_a_submission_is_never_split():
     batches, run = recorder()
     window = BatchingWindow(run, max_batch=3, max_wait_s=30)
-    a, b = window.submit(["a1", "a2"]), window.submit(["b1", "b2"])
-    assert a.result(timeout=10) == ["A1", "A2"] and b.result(timeout=10) == ["B1", "B2"]
-    assert batches == [["a1", "a2", "b1", "b2"]]
+    a, b = window.submit(["a1", "a2", "a3", "a4"]), window.submit(["b1", "b2", "b3"])
+    assert a.result(timeout=10) == ["A1", "A2", "A3", "A4"] and b.result(timeout=10) == ["B1", "B2", "B3"]
+    assert batches == [["a1", "a2", "a3", "a4"], ["b1", "b2", "b3"]]  # one past max_batch runs alone
+    window.close()
+
+
+def test_a_submission_that_would_overfill_a_batch_waits_for_the_next():
+    """README: a batch holds up to max_batch queries; a submission that would take it past that
+    opens the next batch, so a short query ahead of a window-sized chunk is not held for it."""
+    started, release, (batches, run) = threading.Event(), threading.Event(), recorder()
+
+    def held(items: list[str]) -> list[str]:
+        if items == ["blocker"]:
+            started.set()
+            assert release.wait(timeout=10)
+        return run(items)
+
+    window = BatchingWindow(held, max_batch=4, max_wait_s=0)
+    window.submit(["blocker"])
+    assert started.wait(timeout=10)
+    short, chunk = window.submit(["short"]), window.submit([f"c{i}" for i in range(4)])
+    release.set()
+    assert short.result(timeout=10) == ["SHORT"] and len(chunk.result(timeout=10)) == 4
+    assert batches == [["blocker"], ["short"], ["c0", "c1", "c2", "c3"]]
     window.close()
 
 
@@ -100,7 +121,8 @@ def test_a_batch_closes_once_it_holds_its_predicted_work():
     window = BatchingWindow(run, max_batch=100, max_wait_s=30, weigh=len, max_work=10)  # work: the item's length
     futures = [window.submit([x]) for x in ("aaaaaa", "bbbbbb", "c", "d", "eeeeeeeeee")]
     assert [f.result(timeout=10) for f in futures] == [["AAAAAA"], ["BBBBBB"], ["C"], ["D"], ["EEEEEEEEEE"]]
-    assert batches == [["aaaaaa", "bbbbbb"], ["c", "d", "eeeeeeeeee"]]  # each closed by work, not by 30 s
+    # each closed by work, not by 30 s, and none past max_work: the next submission opens the next batch
+    assert batches == [["aaaaaa"], ["bbbbbb", "c", "d"], ["eeeeeeeeee"]]
     window.close()
 
 
