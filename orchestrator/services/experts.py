@@ -189,15 +189,17 @@ class ExpertService:
             self.queue.submit([])
         return self.get(expert_id)
 
-    def revive(self, expert_id: int) -> Expert:
+    def revive(self, expert_id: int, disabled: bool = False) -> Expert:
         """Bring a removed expert back as it was: with its profile, or to be profiled if it never
-        finished one. Reviving one that is not removed changes nothing."""
+        finished one; `disabled` when a user had disabled it before it was removed (their act
+        outlives the removal). Reviving one that is not removed changes nothing."""
         with self._lock:
             row = self.get(expert_id)
             if row.status != "removed":
                 return row
+            status = "disabled" if disabled else "ready" if row.accuracy is not None else "registered"
             with self.db.session() as s:
-                ExpertRepository(s).set_lifecycle(expert_id, "ready" if row.accuracy is not None else "registered")
+                ExpertRepository(s).set_lifecycle(expert_id, status)
             self.pool.refresh()
         return self.get(expert_id)
 

@@ -6,8 +6,8 @@ stored experts in line with the file: an expert new to it is registered; one who
 sampling, placement or timeout changed in it is changed as `PATCH /v1/experts/{id}` would
 (a persona change is profiled again); one an earlier start took from the file and the file no
 longer names is removed (its records stay, as after `DELETE`), and comes back, profile and
-all, if the file names it again: switching a data directory between two pool files works both
-ways. One of the file's experts removed over the API stays removed (the user's act outlives the
+all, if the file names it again (disabled, if a user had disabled it): switching a data directory
+between two pool files works both ways. One of the file's experts removed over the API stays removed (the user's act outlives the
 file). Experts registered over the API are not the file's and stay. What each start took from the
 file is kept in the state table; a data directory from before that record cannot tell the file's
 old experts from the API's, so they are kept and logged.
@@ -31,7 +31,9 @@ from orchestrator.store.repositories.state import StateRepository
 
 log = logging.getLogger(__name__)
 
-POOL_FILE_KEY = "pool_file"  # state: {"experts": the file's names at the last start, "retired": those it removed}
+# state: {"experts": the file's names at the last start, "retired": those it removed, "disabled": those of
+# them a user had disabled, so they come back disabled}
+POOL_FILE_KEY = "pool_file"
 
 
 class PoolFileConflict(RuntimeError):
@@ -55,24 +57,29 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     rows = {r.name: r for r in experts.all()}
     with db.session() as s:
         state = StateRepository(s).get(POOL_FILE_KEY) or {}
-    earlier, retired = set(state.get("experts", [])), set(state.get("retired", []))
+    earlier, retired, disabled = (set(state.get(k, [])) for k in ("experts", "retired", "disabled"))
     deleted = {n for n, r in rows.items() if r.status == "removed" and n not in retired}  # over the API
     changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
     named = {s.name for s in specs}
     added = [experts.register(s, profile=False).name for s in specs if s.name not in rows]
     for name in (n for n in changes if rows[n].status == "removed"):
-        experts.revive(rows[name].id)  # an earlier file's expert, back with its profile
+        experts.revive(rows[name].id, name in disabled)  # an earlier file's expert, back with its profile
     changed = [n for n, c in changes.items() if c]
     for name in changed:
         experts.update(rows[name].id, ExpertChange(changes[name]), background=False)  # the start profiles it
     live = {n for n, r in rows.items() if r.status != "removed" and n not in named}
     removed = [experts.remove(rows[n].id).name for n in sorted(live & earlier)]
-    with db.session() as s:
-        StateRepository(s).put(POOL_FILE_KEY, {"experts": sorted(named),
-                                               "retired": sorted((retired - named) | set(removed))})
+    held = (disabled - named) | {n for n in removed if rows[n].status == "disabled"}
+    _record(db, named, (retired - named) | set(removed), held)
     synced = Synced(added, changed, removed, sorted(live - earlier), sorted(named & deleted))
     _report(synced)
     return synced
+
+
+def _record(db: Database, named: set[str], retired: set[str], disabled: set[str]) -> None:
+    with db.session() as s:
+        StateRepository(s).put(POOL_FILE_KEY, {"experts": sorted(named), "retired": sorted(retired),
+                                               "disabled": sorted(disabled)})
 
 
 def spec_changes(row: Expert, spec: ExpertSpec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig
+from orchestrator.services.experts import ExpertChange
 from orchestrator.services.pool_file import PoolFileConflict
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
@@ -79,4 +80,19 @@ def test_a_changed_validation_set_profiles_the_ready_experts_again_on_it(tmp_pat
         answered = [a.question_id for a in ValidationRepository(s).answers([e.id for e in c.experts.all()])]
     assert len(questions) == 4 and sorted(answered) == sorted(2 * list(questions))
     assert {n: st for n, (st, _) in states(c).items()} == {"alpha": "ready", "gamma": "ready"}
+    c.close()
+
+
+def test_an_expert_the_user_disabled_stays_disabled_when_the_file_names_it_again(tmp_path: Path,
+                                                                                 embedder: Embedder) -> None:
+    """Switching pool files away and back revived it ready, routed again against the user's act."""
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    c.experts.update(c.experts.find("gamma").id, ExpertChange(enabled=False))
+    profiled = states(c)["gamma"][1]
+    c.close()
+    start(tmp_path, embedder, [ALPHA, BETA]).close()
+    c = start(tmp_path, embedder, [ALPHA, BETA, GAMMA])
+    assert states(c)["gamma"] == ("disabled", profiled) and "gamma" not in c.pool.snapshot.experts
+    c.experts.update(c.experts.find("gamma").id, ExpertChange(enabled=True))
+    assert states(c)["gamma"] == ("ready", profiled) and "gamma" in c.pool.snapshot.experts
     c.close()
