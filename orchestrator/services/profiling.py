@@ -186,8 +186,12 @@ class ProfilingService:
         return Job(req.request_id, spec.base, req)
 
     def _save(self, expert_id: int, replies: list[tuple[ValidationItem, Generation]]) -> None:
-        graded = [_graded(it, g) for it, g in replies]
-        marks = [(it.skills, a.correct) for (it, _), a in zip(replies, graded, strict=True)]
+        """Grade and store the answers given. A failed reply (a timeout, a lost server) is no
+        answer: stored as none, it is unobserved, not wrong (`routing.knn_router`), and moves
+        neither the accuracy nor a skill score."""
+        answered = [(it, g) for it, g in replies if g.error is None]
+        graded = [_graded(it, g) for it, g in answered]
+        marks = [(it.skills, a.correct) for (it, _), a in zip(answered, graded, strict=True)]
         profile = build_profile(str(expert_id), marks)
         with self.db.session() as s:
             ValidationRepository(s).save_answers(expert_id, graded)
@@ -246,10 +250,8 @@ def _grade(q: LabelledQuestion, text: str) -> bool:
 
 
 def _graded(item: ValidationItem, reply: Generation) -> Graded:
-    """The answer graded, with what its reply took unless it failed (no timing to learn from)."""
+    """The answer graded, with what its reply took (the budgets learn each model's pace from it)."""
     ok = _grade(item.question, reply.text)
-    if reply.error is not None:
-        return Graded(item.row_id, reply.text, ok)
     return Graded(item.row_id, reply.text, ok, reply.prompt_tokens, reply.completion_tokens, reply.latency_s)
 
 
