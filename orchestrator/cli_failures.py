@@ -42,13 +42,15 @@ class Commands(TyperGroup):
 
 
 def config_error(exc: Exception) -> str | None:
-    """What is wrong with the settings or the pool file, in a line; None for any other error."""
+    """What is wrong with the settings or the pool file (as read, or as a start's sync with the
+    store refused it), in a line; None for any other error."""
     from pydantic import ValidationError
 
     from orchestrator.pools.loader import PoolConfigError
+    from orchestrator.services.pool_file import PoolFileConflict
     from orchestrator.settings import Settings
 
-    if isinstance(exc, PoolConfigError):
+    if isinstance(exc, PoolConfigError | PoolFileConflict):  # a file refused on reading, or by the store
         return str(exc)
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

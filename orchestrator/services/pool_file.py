@@ -1,29 +1,32 @@
 """A start serves what its pool file says, over whatever the data directory already holds.
 
 The database outlives the pool file: a data directory made by an earlier file (or an earlier
-release's packaged pool) still holds that file's experts. Each start therefore brings the
-stored experts in line with the file: an expert new to it is registered; one whose persona,
-sampling, placement or timeout changed in it is changed as `PATCH /v1/experts/{id}` would
-(a persona change is profiled again); one an earlier start took from the file and the file no
-longer names is removed (its records stay, as after `DELETE`), and comes back, profile and
-all, if the file names it again (disabled, if a user had disabled it): switching a data directory
-between two pool files works both ways. One of the file's experts removed over the API stays removed (the user's act outlives the
-file). Experts registered over the API are not the file's and stay. What each start took from the
-file is kept in the state table; a data directory from before that record cannot tell the file's
-old experts from the API's, so they are kept and logged.
+release's packaged pool) still holds that file's experts. Each start therefore brings the stored
+experts in line with the file: an expert new to it is registered; one whose persona, sampling,
+placement or timeout changed in it is changed as `PATCH /v1/experts/{id}` would (a persona
+change is profiled again); one an earlier start took from the file and the file no longer names
+is removed (its records stay, as after `DELETE`), and comes back, profile and all (disabled, if
+a user had disabled it), if the file names it again: switching a data directory between two pool
+files works both ways. One of the file's experts removed over the API stays removed (the user's
+act outlives the file). Experts registered over the API are not the file's and stay. What each
+start took from the file is kept in the state table; a data directory from before that record
+cannot tell the file's old experts from the API's, so they are kept and logged.
 
 An expert whose base model changed under the same name is refused with the start: a name is
-never reused, so the stored queries and lessons that name it stay that model's.
+never reused, so the stored queries and lessons that name it stay that model's. So is one the
+service refuses (a model that will not load, a worker the deployment lacks), named as the file's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from experts.types import ExpertSpec
+from orchestrator.services.errors import ServiceError
 from orchestrator.services.experts import CHANGEABLE, ExpertChange, ExpertService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
@@ -37,7 +40,19 @@ POOL_FILE_KEY = "pool_file"
 
 
 class PoolFileConflict(RuntimeError):
-    """The pool file names a stored expert with another base model."""
+    """The pool file asks for what cannot be: a stored expert's name over another base model, or
+    an expert the service refuses (a 409 or 422 over the API: a model that will not load, a
+    context window unlike its peers', a worker the deployment lacks)."""
+
+
+@contextmanager
+def _refused(name: str) -> Iterator[None]:
+    """The service's refusal of one of the file's experts, as the file's: named, and one line
+    with exit 2 from the CLI (`cli_failures`), not a service error's traceback."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise PoolFileConflict(f"the pool file's expert {name!r} was refused: {exc.message}") from exc
 
 
 @dataclass(frozen=True)
@@ -61,12 +76,13 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     deleted = {n for n, r in rows.items() if r.status == "removed" and n not in retired}  # over the API
     changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
     named = {s.name for s in specs}
-    added = [experts.register(s, profile=False).name for s in specs if s.name not in rows]
+    added = [_register(experts, s) for s in specs if s.name not in rows]
     for name in (n for n in changes if rows[n].status == "removed"):
         experts.revive(rows[name].id, name in disabled)  # an earlier file's expert, back with its profile
     changed = [n for n, c in changes.items() if c]
     for name in changed:
-        experts.update(rows[name].id, ExpertChange(changes[name]), background=False)  # the start profiles it
+        with _refused(name):
+            experts.update(rows[name].id, ExpertChange(changes[name]), background=False)  # the start profiles it
     live = {n for n, r in rows.items() if r.status != "removed" and n not in named}
     removed = [experts.remove(rows[n].id).name for n in sorted(live & earlier)]
     held = (disabled - named) | {n for n in removed if rows[n].status == "disabled"}
@@ -74,6 +90,11 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     synced = Synced(added, changed, removed, sorted(live - earlier), sorted(named & deleted))
     _report(synced)
     return synced
+
+
+def _register(experts: ExpertService, spec: ExpertSpec) -> str:
+    with _refused(spec.name):
+        return experts.register(spec, profile=False).name
 
 
 def _record(db: Database, named: set[str], retired: set[str], disabled: set[str]) -> None:

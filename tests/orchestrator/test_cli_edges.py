@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec
+from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator import cli
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
@@ -24,7 +24,7 @@ from orchestrator.settings import get_settings
 from orchestrator.store.models import Query
 from skills.embedder import Embedder
 from tests.live_server import live_server
-from tests.orchestrator.conftest import mock_expert, quiet_settings, small_pool
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 runner = CliRunner()
 
@@ -217,3 +217,26 @@ def test_a_bad_setting_or_pool_file_is_one_line_and_exit_2(tmp_path: Path, monke
 def test_add_names_every_kind_it_takes() -> None:
     r = runner.invoke(app, ["experts", "add", "--help"], env={"COLUMNS": "250"})
     assert all(kind in r.output for kind in ("llamacpp", "openai", "vllm", "replay")), r.output
+
+
+@pytest.mark.parametrize(("then", "said"), [
+    ([mock_expert("alpha", "m2")], "the pool file's expert 'alpha' has another base than the one stored"),
+    ([mock_expert("alpha", "m1"), ExpertSpec(name="beta", base=BaseModelSpec(kind="mock", source="m1", n_ctx=512))],
+     "the pool file's expert 'beta' was refused: expert 'beta' runs on the weights of 'alpha'"),
+], ids=["base-changed", "service-refusal"])
+def test_a_pool_file_the_store_refuses_is_one_line_and_exit_2(tmp_path: Path, embedder: Embedder,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              then: list[ExpertSpec], said: str) -> None:
+    """A start's sync refusing the file (PoolFileConflict, or the service's 409/422 for one of
+    its experts) ended an in-process verb with a 94-line traceback and exit 1."""
+    first = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), mock_or_real, embedder)
+    first.bootstrap()
+    first.close()
+    again = SkillRoute(quiet_settings(tmp_path), small_pool(then), mock_or_real, embedder)
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli, "_container", lambda pool: again)
+    try:
+        r = runner.invoke(app, ["profile"])
+    finally:
+        again.close()
+    assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
