@@ -25,7 +25,7 @@ class MMLUSource(Strict):
     kind: Literal["mmlu"] = "mmlu"
     split: str = "validation"
     per_subject: int = Field(default=1, ge=1)
-    subjects: list[str] | None = None
+    subjects: list[str] | None = Field(default=None, min_length=1)  # None: all 57; [] would be none
 
 
 class MMLUProSource(Strict):
@@ -34,7 +34,7 @@ class MMLUProSource(Strict):
 
     kind: Literal["mmlu_pro"] = "mmlu_pro"
     path: str
-    limit: int | None = None
+    limit: int | None = Field(default=None, ge=1)  # None: every question (0 read as none and took all)
     split: Literal["all", "profiling", "test"] = "all"
     test_size: float = Field(default=0.5, gt=0.0, lt=1.0)
     split_seed: int = 0
@@ -57,7 +57,8 @@ class ValidationConfig(Strict):
     the question's nearest seed skills by embedding) or `llm` (Symbolic-MoE: the keyword expert
     names 2-5 keywords, `keyword_samples` times; keywords several samples agree on are kept)."""
 
-    sources: list[ValidationSource] = Field(default_factory=lambda: _default_sources())
+    # at least one: a set of no question profiled every expert "ready" on nothing
+    sources: list[ValidationSource] = Field(default_factory=lambda: _default_sources(), min_length=1)
     keyword_mode: Literal["embedding", "llm"] = "embedding"
     keyword_expert: str | None = Field(default=None, description="The expert that reads keywords in llm mode.")
     keyword_samples: int = Field(default=5, ge=1, le=16)

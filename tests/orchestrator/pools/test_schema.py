@@ -10,6 +10,7 @@ import pytest
 from orchestrator.pools.loader import PoolConfigError, load_pool_config
 
 MOCK = "base: {kind: mock, source: m1}"
+PRO_LIMIT = "validation.sources.0.mmlu_pro.limit"
 
 
 def refusal(tmp_path: Path, text: str) -> str:
@@ -33,3 +34,14 @@ def test_a_fixed_aggregator_must_be_an_expert_of_the_pool(tmp_path: Path) -> Non
     for the most competent expert."""
     text = f"aggregator: {{fixed: qwen-0.5B}}\nexperts:\n  - {{name: qwen-0.5b, {MOCK}}}\n"
     assert "aggregator.fixed: 'qwen-0.5B' is no expert of the pool" in refusal(tmp_path, text)
+
+
+@pytest.mark.parametrize(("validation", "said"), [
+    ("{sources: []}", "validation.sources\n  List should have at least 1 item"),
+    ("{sources: [{kind: mmlu, subjects: []}]}", "validation.sources.0.mmlu.subjects\n  List should have at least 1"),
+    ("{sources: [{kind: mmlu_pro, path: /x, limit: 0}]}", f"{PRO_LIMIT}\n  Input should be greater than or equal"),
+    ("{sources: [{kind: mmlu_pro, path: /x, limit: -5}]}", f"{PRO_LIMIT}\n  Input should be greater than or equal"),
+], ids=["no-sources", "no-subjects", "limit-0", "limit-negative"])
+def test_a_validation_set_of_nothing_is_refused(tmp_path: Path, validation: str, said: str) -> None:
+    """Each profiled every expert on no question: all "ready" with empty profiles."""
+    assert said in refusal(tmp_path, f"validation: {validation}\n")
