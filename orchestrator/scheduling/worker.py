@@ -27,6 +27,9 @@ from orchestrator.probe import NULL_PROBE, Probe
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
 Event = tuple[float, str, str]  # (time, load | unload, base model key)
 TIMELINE_EVENTS = 2000  # the residency timeline keeps the newest events; counts keep them all
+# Models whose backend and counts are kept, resident or not: models come and go with
+# registrations, and /metrics exports each one's counts on every scrape (as Slowdown bounds its own)
+MAX_MODELS = 256
 
 
 class DeviceWorker:
@@ -37,6 +40,8 @@ class DeviceWorker:
         self._factory = factory
         self._backends: dict[str, ExpertBackend] = {}
         self._specs: dict[str, BaseModelSpec] = {}  # what each backend was built from
+        self._used_order: OrderedDict[str, None] = OrderedDict()  # built keys, least recently asked for first
+        self._forgotten_loads = 0  # loads of backends dropped past MAX_MODELS: total_loads is a count, ever
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident keys, least recent first
         self.lock = threading.RLock()
         self.events: deque[Event] = deque(maxlen=TIMELINE_EVENTS)  # the residency timeline, newest last
@@ -52,13 +57,37 @@ class DeviceWorker:
             built = self._backends.get(base.key)
             if built is None or (self._specs[base.key] != base and not built.is_loaded):
                 self._backends[base.key], self._specs[base.key] = self._factory(base), base
+            self._used_order[base.key] = None
+            self._used_order.move_to_end(base.key)
+            self._bound(base.key)
             return self._backends[base.key]
+
+    def _bound(self, asked: str) -> None:
+        """Forget the least recently asked-for models past MAX_MODELS, never one resident or
+        loading, nor `asked`, about to be used."""
+        for key in list(self._used_order):
+            if len(self._used_order) <= MAX_MODELS:
+                return
+            if key not in self._lru and key not in self._loading and key != asked:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        """Forget a model that is not resident: its backend (closed: a vLLM one keeps a process),
+        its spec and its counts."""
+        backend = self._backends.pop(key, None)
+        self._specs.pop(key, None)
+        self._used_order.pop(key, None)
+        for kind in ("load", "unload"):
+            self.event_counts.pop((kind, key), None)
+        if backend is not None:
+            self._forgotten_loads += backend.loads
+            _close(backend)
 
     def resident(self) -> set[str]:
         return set(self._lru)
 
     def total_loads(self) -> int:
-        return sum(b.loads for b in self._backends.values())
+        return self._forgotten_loads + sum(b.loads for b in self._backends.values())
 
     def loads_by_model(self) -> dict[str, int]:
         return {k: b.loads for k, b in self._backends.items()}
@@ -159,6 +188,7 @@ class DeviceWorker:
             self.unload(key)
             self._backends.pop(key, None)
             self._specs.pop(key, None)
+            self._used_order.pop(key, None)
 
     def shutdown(self) -> None:
         """Unload every model, and end whatever a backend keeps beside its weights (a vLLM
@@ -167,9 +197,7 @@ class DeviceWorker:
             for key in [*self._loading, *self._lru]:
                 self.unload(key)
             for backend in self._backends.values():
-                close = getattr(backend, "close", None)
-                if callable(close):
-                    close()
+                _close(backend)
 
 
 @dataclass(frozen=True)
@@ -182,6 +210,13 @@ def _timed_load(backend: ExpertBackend) -> Loaded:
     started = time.perf_counter()
     backend.load()
     return Loaded(time.perf_counter() - started, time.time())
+
+
+def _close(backend: ExpertBackend) -> None:
+    """End what a backend keeps beside its weights (an optional method: a vLLM backend's process)."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        close()
 
 
 def loads_in_background(backend: ExpertBackend) -> bool:

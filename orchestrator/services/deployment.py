@@ -8,6 +8,7 @@ an expert registered, profiled or removed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from experts.devices import DeviceProfile
@@ -30,10 +31,19 @@ class Deployment:
         # base model key → size: read once, as reading may wait on a worker busy generating
         # (its lock), and placement is planned on every read of the experts
         self._sizes: dict[str, int] = {}
+        self._sizes_lock = threading.Lock()
 
     def plan(self, experts: Mapping[str, ExpertSpec]) -> dict[str, str]:
         """Expert name → worker name (stored experts that name an unknown worker were refused)."""
-        return plan_placement(experts, self.slots, self._size)
+        placed = plan_placement(experts, self.slots, self._size)
+        self._keep_sizes({s.base.key for s in experts.values()})
+        return placed
+
+    def _keep_sizes(self, keys: set[str]) -> None:
+        """Forget the sizes of bases no planned expert runs on: experts come and go, and one
+        back later is read again."""
+        with self._sizes_lock:
+            self._sizes = {k: v for k, v in self._sizes.items() if k in keys}
 
     def check(self, spec: ExpertSpec) -> None:
         """A 422 naming the problem when the expert is placed where nothing can run or cost it."""
@@ -47,14 +57,16 @@ class Deployment:
                                 f"known: {', '.join(sorted(self.profiles))}", "placement.device")
 
     def _size(self, base: BaseModelSpec) -> int:
-        if base.key in self._sizes:
-            return self._sizes[base.key]
+        if (known := self._sizes.get(base.key)) is not None:
+            return known
         try:
-            size = self._sizes[base.key] = max(int(self._memory(base)), 0)
-            return size
+            size = max(int(self._memory(base)), 0)
         except Exception as exc:  # a model this process cannot read (a file on another node)
             log.info("planning %s at %d bytes: %s", base.key, UNKNOWN_SIZE, exc)
             return UNKNOWN_SIZE
+        with self._sizes_lock:
+            self._sizes[base.key] = size
+        return size
 
 
 __all__ = ["Deployment", "PlacementError"]

@@ -176,3 +176,36 @@ def test_weights_asked_for_with_another_context_window_are_built_again_unless_lo
     worker.unload(short.key)
     worker.ensure_loaded(wide)
     assert built == [512, 4096]
+
+
+class Closable(MockBackend):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_models_a_worker_remembers_are_bounded_and_resident_ones_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experts come and go, and each base's backend and counts (exported on every /metrics
+    scrape) were kept forever. Past MAX_MODELS the least recently used one not resident is
+    forgotten, its backend closed; the total of loads still counts it."""
+    from orchestrator.scheduling import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "MAX_MODELS", 3)
+    built: list[Closable] = []
+
+    def factory(spec: BaseModelSpec) -> Closable:
+        built.append(Closable(spec.key))
+        return built[-1]
+
+    worker = DeviceWorker(memory_budget_bytes=2**40, factory=factory)
+    kept = BaseModelSpec(kind="mock", source="kept")
+    worker.generate(kept, [request("q")])  # stays resident, the least recently used from here on
+    for i in range(10):  # register, answer, remove: the removal unloads it
+        base = BaseModelSpec(kind="mock", source=f"model-{i}")
+        worker.generate(base, [request("q")])
+        worker.unload(base.key)
+    assert set(worker.residency_counts()) == {kept.key, "mock:model-8", "mock:model-9"}
+    assert worker.residency_counts()[kept.key] == (1, 0)
+    assert set(worker.loads_by_model()) == set(worker.residency_counts())
+    assert worker.total_loads() == 11 and all(b.closed for b in built[1:-2]) and not built[-1].closed

@@ -20,3 +20,19 @@ def test_personas_over_one_base_pinned_to_two_workers_each_run_where_named() -> 
     for spec in experts.values():
         deployment.check(spec)
     assert deployment.plan(experts) == {"chemist": "server", "lawyer": "edge-1"}
+
+
+def test_model_sizes_are_kept_only_for_the_experts_planned() -> None:
+    """Each base's size was kept forever as experts came and went; planned without them, it goes."""
+    read: list[str] = []
+
+    def memory(base: BaseModelSpec) -> int:
+        read.append(base.source)
+        return 2**30
+
+    deployment = Deployment([WorkerSpec(name="cpu", device="local-cpu")], load_devices(), memory)
+    for i in range(5):
+        spec = ExpertSpec(name=f"e{i}", base=BaseModelSpec(kind="mock", source=f"m{i}"))
+        deployment.plan({spec.name: spec})
+        deployment.plan({spec.name: spec})  # planned again: read once
+    assert read == [f"m{i}" for i in range(5)] and set(deployment._sizes) == {"mock:m4"}
