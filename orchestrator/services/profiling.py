@@ -199,11 +199,17 @@ class ProfilingService:
             ExpertRepository(s).set_status(expert_id, "ready")
 
     def choose_aggregator(self, progress: Progress | None = None) -> str | None:
-        """Benchmark every ready expert that has no score yet as a synthesiser; keep the best."""
+        """The pool's fixed aggregator, or else the best synthesiser among the ready experts,
+        benchmarking those that have no score yet."""
         if self.config.aggregator.mode == "vote":
             return None  # the answers are voted on: no aggregator LLM to choose
-        if self.config.aggregator.fixed:
-            return self._store_aggregator({self.config.aggregator.fixed: 1.0}, {})
+        with self.db.session() as s:
+            measured = _measured(StateRepository(s).get(AGGREGATOR_KEY))
+        if fixed := self.config.aggregator.fixed:  # a choice, not a score: the measured ones stay as they were
+            return self._put_aggregator(fixed, measured, fixed=True)
+        return self._benchmarked_choice(measured, progress)
+
+    def _benchmarked_choice(self, scored: dict[str, float], progress: Progress | None) -> str | None:
         items = {str(it.row_id): it for it in self.validation_set()}
         with self.db.session() as s:
             rows = ExpertRepository(s).list(status="ready")
@@ -212,14 +218,14 @@ class ProfilingService:
             chains: dict[str, list[tuple[str, bool]]] = {}
             for a in ValidationRepository(s).answers([r.id for r in rows]):
                 chains.setdefault(str(a.question_id), []).append((a.text, a.correct))
-            scored = dict((StateRepository(s).get(AGGREGATOR_KEY) or {}).get("accuracy", {}))
         questions = [dataclasses.replace(it.question, id=rid) for rid, it in items.items()]
         tasks = build_synthetic_tasks(questions, chains, self.config.aggregator.tasks, self.config.validation.seed)
         todo = {n: sp for n, sp in specs.items() if n not in scored}
         if tasks and todo:
             scored.update(self._bench(todo, tasks, progress))
         scored = {n: v for n, v in scored.items() if n in specs}
-        return self._store_aggregator(scored, competence) if scored else None
+        # none scored: stored as none, so a name chosen before (a fixed one, say) is not kept
+        return self._put_aggregator(pick_aggregator(scored, competence) if scored else None, scored)
 
     def _bench(
         self, specs: dict[str, ExpertSpec], tasks: list[SyntheticTask], progress: Progress | None
@@ -238,11 +244,20 @@ class ProfilingService:
         return {n: sum(_grade(t.question, gens[f"{n}|{ti}"].text) for ti, t in enumerate(tasks)) / len(tasks)
                 for n in specs}
 
-    def _store_aggregator(self, accuracy: dict[str, float], competence: dict[str, float]) -> str:
-        name = pick_aggregator(accuracy, competence)
+    def _put_aggregator(self, name: str | None, accuracy: dict[str, float], fixed: bool = False) -> str | None:
         with self.db.session() as s:
-            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy})
+            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy, "fixed": fixed})
         return name
+
+
+def _measured(state: Mapping[str, Any] | None) -> dict[str, float]:
+    """The benchmark scores stored with the aggregator choice. A choice stored before `fixed` was
+    recorded (no such key) whose only score is its own 1.0 is how a fixed choice was written
+    then, not a measurement: dropped, so the benchmark runs that expert like any other."""
+    accuracy = dict((state or {}).get("accuracy", {}))
+    if state is not None and "fixed" not in state and accuracy == {state.get("name"): 1.0}:
+        return {}
+    return accuracy
 
 
 def _grade(q: LabelledQuestion, text: str) -> bool:
