@@ -4,7 +4,8 @@ Under Ray the models load in the worker actor's process, whose DeviceWorker has 
 registry: the actor keeps its load durations in a `LoadTimes` (its worker's probe) and the
 replica reads them at scrape time, as it reads the residency counts. Inline, the app's
 `Metrics` keeps one per worker the same way, so both export one histogram family. Bounded: one
-row of bucket counts and a sum per model, however many loads.
+row of bucket counts and a sum per model, however many loads, for the `MAX_MODELS` models loaded
+last (models come and go with registrations; the device worker forgets as many).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # model → (loads per bucket, the last past every bound; seconds in all): plain data, to cross Ray
 Snapshot = dict[str, tuple[list[int], float]]
+MAX_MODELS = 256  # as scheduling.worker's and experts.calibration's per-model state
 
 
 class LoadTimes(Probe):
@@ -34,9 +36,11 @@ class LoadTimes(Probe):
 
     def model_loaded(self, worker: str, model: str, seconds: float) -> None:
         with self._lock:
-            counts, total = self._models.get(model, ([0] * (len(LOAD_BUCKETS) + 1), 0.0))
+            counts, total = self._models.pop(model, ([0] * (len(LOAD_BUCKETS) + 1), 0.0))
             counts[bisect.bisect_left(LOAD_BUCKETS, seconds)] += 1  # le: a bound counts what equals it
-            self._models[model] = (counts, total + seconds)
+            self._models[model] = (counts, total + seconds)  # re-inserted: the dict's order is by last load
+            if len(self._models) > MAX_MODELS:
+                del self._models[next(iter(self._models))]
 
     def snapshot(self) -> Snapshot:
         with self._lock:

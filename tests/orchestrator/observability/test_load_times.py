@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from orchestrator.observability.loads import LOAD_BUCKETS, LoadTimeCollector, LoadTimes, Snapshot
+from orchestrator.observability.loads import LOAD_BUCKETS, MAX_MODELS, LoadTimeCollector, LoadTimes, Snapshot
 
 SECONDS = [0.001, 0.01, 0.3, 1.0, 7.5, 299.0, 301.0, 4000.0]  # bounds themselves, and past the last
 
@@ -33,6 +33,20 @@ def test_what_is_kept_does_not_grow_with_the_loads() -> None:
     kept = times.snapshot()
     assert sorted(kept) == ["m0", "m1", "m2"] and all(len(c) == len(LOAD_BUCKETS) + 1 for c, _ in kept.values())
     assert sum(sum(c) for c, _ in kept.values()) == 10_000
+
+
+def test_what_is_kept_does_not_grow_with_the_models_registered_and_removed() -> None:
+    """One model per registration, each loaded once: the models loaded last are kept, a model
+    loaded again counts as recent (its row, with every load, is kept)."""
+    times = LoadTimes()
+    times.model_loaded("cpu", "kept", 1.0)
+    for i in range(3 * MAX_MODELS):
+        times.model_loaded("cpu", f"m{i}", 1.0)
+        if i % 100 == 0:
+            times.model_loaded("cpu", "kept", 1.0)
+    kept = times.snapshot()
+    assert len(kept) == MAX_MODELS and f"m{3 * MAX_MODELS - 1}" in kept and "m0" not in kept
+    assert sum(kept["kept"][0]) == 9
 
 
 def test_a_worker_that_cannot_answer_is_left_out_of_the_scrape() -> None:
