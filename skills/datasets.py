@@ -116,13 +116,39 @@ def _sample_groups(
     out: list[LabelledQuestion] = []
     for name in sorted(groups):
         items = groups[name]
-        if per_group is not None and per_group < len(items):
-            # A per-group stream keeps one group's draw independent of which others are loaded.
-            rng = random.Random(f"{seed}:{name}")
-            keep = sorted(rng.sample(range(len(items)), per_group))
-            items = [items[i] for i in keep]
-        out.extend(items)
+        out.extend(_draw(name, items, per_group, seed) if per_group is not None else items)
     return out
+
+
+def _draw(name: str, items: list[LabelledQuestion], k: int, seed: int) -> list[LabelledQuestion]:
+    """Up to `k` of one group's items drawn by `seed`, in file order."""
+    if k >= len(items):
+        return items
+    # A per-group stream keeps one group's draw independent of which others are loaded.
+    rng = random.Random(f"{seed}:{name}")
+    return [items[i] for i in sorted(rng.sample(range(len(items)), k))]
+
+
+def sample_spread(questions: Sequence[LabelledQuestion], limit: int, seed: int) -> list[LabelledQuestion]:
+    """`limit` questions drawn by `seed`, each subject in its share of `questions`, so a small
+    limit still spans the subjects (the first `limit` of a subject-sorted list span one or two).
+    Subjects sorted, file order inside."""
+    groups: dict[str, list[LabelledQuestion]] = defaultdict(list)
+    for q in questions:
+        groups[q.subject].append(q)
+    quota = _quotas({name: len(items) for name, items in groups.items()}, min(limit, len(questions)))
+    return [q for name in sorted(groups) for q in _draw(name, groups[name], quota[name], seed)]
+
+
+def _quotas(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """`total` shared in proportion to `sizes` (largest remainder: each group's whole share, then
+    one more each to the largest fractions left, ties to the name first)."""
+    whole = sum(sizes.values())
+    quota = {name: total * n // whole for name, n in sizes.items()}
+    by_remainder = sorted(sizes, key=lambda name: (-(total * sizes[name] % whole), name))
+    for name in by_remainder[: total - sum(quota.values())]:
+        quota[name] += 1
+    return quota
 
 
 def load_mmlu_pro(

@@ -32,7 +32,14 @@ from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import Graded, ValidationRepository
 from skills.aggregator_bench import SyntheticTask, build_synthetic_tasks, pick_aggregator
-from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu, load_mmlu_pro
+from skills.datasets import (
+    LabelledQuestion,
+    arithmetic_questions,
+    format_prompt,
+    load_mmlu,
+    load_mmlu_pro,
+    sample_spread,
+)
 from skills.embedder import Embedder
 from skills.grading import grade
 from skills.profiling import build_profile, global_competence
@@ -61,7 +68,7 @@ def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
         if src.split != "all":
             wanted = profiling_split(src.path, src.split, src.test_size, src.split_seed)
             items = [q for q in items if q.id in wanted]
-        return items[: src.limit] if src.limit else items
+        return sample_spread(items, src.limit, seed) if src.limit else items
     return arithmetic_questions(src.n, seed)
 
 
