@@ -74,9 +74,7 @@ class DeviceWorker:
     def _drop(self, key: str) -> None:
         """Forget a model that is not resident: its backend (closed: a vLLM one keeps a process),
         its spec and its counts."""
-        backend = self._backends.pop(key, None)
-        self._specs.pop(key, None)
-        self._used_order.pop(key, None)
+        backend = self._discard(key)
         for kind in ("load", "unload"):
             self.event_counts.pop((kind, key), None)
         if backend is not None:
@@ -186,9 +184,13 @@ class DeviceWorker:
         """Drop a backend that failed validation so a corrected spec starts fresh."""
         with self.lock:
             self.unload(key)
-            self._backends.pop(key, None)
-            self._specs.pop(key, None)
-            self._used_order.pop(key, None)
+            self._discard(key)
+
+    def _discard(self, key: str) -> ExpertBackend | None:
+        """Take the model's backend out of every map that names it; the backend, if there was one."""
+        self._specs.pop(key, None)
+        self._used_order.pop(key, None)
+        return self._backends.pop(key, None)
 
     def shutdown(self) -> None:
         """Unload every model, and end whatever a backend keeps beside its weights (a vLLM
