@@ -38,7 +38,6 @@ from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import CompetitionPolicy, observed_counts
 from orchestrator.routing.recruit import recruit, score
-from orchestrator.routing.router import SymbolicRouter
 from skills.embedder import Embedder
 from skills.question_text import question_part
 from skills.vocabulary import SkillMatch as VocabularyMatch
@@ -209,17 +208,10 @@ class Decider:
 def _candidates(pool: PoolSnapshot, ranked: Sequence[ExpertScore], matches: Sequence[VocabularyMatch],
                 eligible: set[str]) -> tuple[list[ExpertScore], list[ExpertScore]]:
     """The query's scores (the experts that can take it) and the certain ones among them, the only
-    ones recruited: the rest are explored. Symbolic-MoE's S > 0 filter and its fallbacks are run
-    again over the certain ones alone: over the whole pool, they dropped every ready expert when
-    only an explored or ineligible one was positive (a false NoExperts), or left a lone γ = 0
-    expert of weight 0 that sampling could not draw from."""
-    scores = [s for s in ranked if s.name in eligible]
+    ones recruited: the rest are explored."""
     ready = eligible - pool.uncertain
-    if not isinstance(pool.router, SymbolicRouter):  # a k-NN score is the expert's own, whoever else is in
-        return scores, [s for s in scores if s.name in ready]
-    certain = pool.router.score([m.skill for m in matches], among=ready)
-    explored = [s for s in scores if s.name not in ready]
-    return sorted([*certain, *explored], key=lambda x: (-x.weight, x.name)), certain
+    scores = pool.router.among([s for s in ranked if s.name in eligible], [m.skill for m in matches], ready)
+    return scores, [s for s in scores if s.name in ready]
 
 
 def _least_seen(pool: PoolSnapshot, names: Sequence[str], seed: int) -> str:

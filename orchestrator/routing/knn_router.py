@@ -49,7 +49,7 @@ none leans on it entirely. With every mark observed (profiling alone) nothing ch
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,6 +240,11 @@ class KnnRouter:
         """`score` for many queries at once (one matrix product instead of one per query)."""
         counts = n_options or [0] * len(query_embeddings)
         return [self._scores(row, m) for row, m in zip(self.estimate(query_embeddings), counts, strict=True)]
+
+    def among(self, scores: Sequence[ExpertScore], skills: Sequence[str], ready: Collection[str]
+              ) -> list[ExpertScore]:
+        """`scores` as they are: a k-NN estimate is the expert's own, whoever else can be recruited."""
+        return list(scores)
 
     def _scores(self, p: np.ndarray, n_options: int) -> list[ExpertScore]:
         """Weighted by log-odds against the query's own chance level: an expert no better than

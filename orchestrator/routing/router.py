@@ -34,6 +34,13 @@ class Router(Protocol):
         """`score` for many queries (rows of `query_embeddings`, each with its skills and options)."""
         ...
 
+    def among(self, scores: Sequence[ExpertScore], skills: Sequence[str], ready: Collection[str]
+              ) -> list[ExpertScore]:
+        """A query's `scores` (of the experts that can take it) when only `ready` ones can be
+        recruited: the others (new experts being explored) keep their scores but must not change
+        the ready ones'."""
+        ...
+
 
 class SymbolicRouter:
     """Symbolic-MoE as published: w_i = S_i·γ_i over the mapped skills."""
@@ -58,6 +65,16 @@ class SymbolicRouter:
     def score_batch(self, skills: Sequence[Sequence[str]], query_embeddings: np.ndarray,
                     n_options: Sequence[int] | None = None) -> list[list[ExpertScore]]:
         return [self.score(s) for s in skills]
+
+    def among(self, scores: Sequence[ExpertScore], skills: Sequence[str], ready: Collection[str]
+              ) -> list[ExpertScore]:
+        """The ready experts scored again among themselves: S > 0 and its fallbacks run over the
+        pool, so over every expert they dropped all ready ones when only an explored (or
+        ineligible) one was positive (a false NoExperts), or left a lone γ = 0 expert of weight 0
+        that sampling could not draw from."""
+        explored = [s for s in scores if s.name not in ready]
+        certain = self.score(skills, among=ready)  # not only `scores`: the pool-wide filter dropped some
+        return sorted([*certain, *explored], key=lambda x: (-x.weight, x.name))
 
 
 
