@@ -5,6 +5,8 @@
 const POLL_MS = 2000;
 const STATE_URL = "/dashboard/api/state?limit=25";
 const charts = {};
+// a tooltip formatter's string is HTML to ECharts, and names (experts, skills, model keys) are API callers' text
+const esc = (v) => echarts.format.encodeHTML(String(v));
 
 function chart(id) {
   if (!charts[id]) charts[id] = echarts.init(document.getElementById(id), null, { renderer: "svg" });
@@ -45,7 +47,7 @@ function renderHeatmap(h) {
   chart("heatmap").setOption({
     animation: false,
     grid: { left: 210, right: 70, top: 10, bottom: 40 },
-    tooltip: { formatter: (p) => `${h.skills[p.value[1]]} × ${h.experts[p.value[0]]}: ${p.value[2]}` },
+    tooltip: { formatter: (p) => `${esc(h.skills[p.value[1]])} × ${esc(h.experts[p.value[0]])}: ${esc(p.value[2])}` },
     xAxis: { type: "category", data: h.experts, axisLabel: { interval: 0, rotate: h.experts.length > 6 ? 30 : 0 } },
     yAxis: { type: "category", inverse: true, data: h.skills.map((s) => (matched.has(s) ? "★ " + s : s)),
       axisLabel: { interval: 0, fontSize: 11 } },
@@ -99,8 +101,8 @@ function renderTimeline(tl) {
   chart("timeline").setOption({
     animation: false,
     grid: { left: 170, right: 20, top: 10, bottom: 28 },
-    tooltip: { formatter: (p) => `${p.name}<br>${new Date(p.value[1]).toLocaleTimeString()} → ` +
-      `${new Date(p.value[2]).toLocaleTimeString()}` },
+    tooltip: { formatter: (p) => `${esc(p.name)}<br>${esc(new Date(p.value[1]).toLocaleTimeString())} → ` +
+      `${esc(new Date(p.value[2]).toLocaleTimeString())}` },
     xAxis: { type: "time", scale: true, splitNumber: 5, axisLabel: { hideOverlap: true } },
     yAxis: { type: "category", data: lanes },
     series: [{ type: "custom", encode: { x: [1, 2], y: 0 }, data, renderItem: (_params, api) => {
