@@ -8,11 +8,13 @@ headers and in the extra `skillroute` field, which OpenAI clients ignore. The sh
 Streamed, the headers go as soon as the query is admitted and routed, then the final
 generation's tokens as they are generated (the role's chunk with the first), then a chunk with
 its `finish_reason` and the stored decision record, the usage on request
-(`stream_options.include_usage`), and `[DONE]`. The chunks' `model` is the plain reply's.
+(`stream_options.include_usage`), and `[DONE]`. The chunks' `model` is the plain reply's. A
+failure once the headers are sent is the last event before `[DONE]`, in OpenAI's error shape.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -34,6 +36,7 @@ from orchestrator.api.openai_protocol import (
     decision_headers,
     skillroute_info,
     sse_error,
+    sse_internal_error,
     usage_of,
 )
 from orchestrator.domain import Ask
@@ -42,6 +45,7 @@ from orchestrator.services.chat import ChatResult, ChatStream
 from orchestrator.services.errors import NotReady, ServiceError
 from orchestrator.services.idempotency import Prior
 
+log = logging.getLogger(__name__)
 __all__ = ["ChatMessageIn", "router"]  # ChatMessageIn: /v1/routes reads chats as this module does
 
 router = APIRouter(prefix="/v1", tags=[OPENAI_TAG])  # the tag makes a bad request a 400, as OpenAI's
@@ -78,30 +82,38 @@ async def _stream(c: Container, once: Idempotent, ask: Ask, body: ChatCompletion
 
 
 async def sse_events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
-    """The reply as standard chat.completion.chunk events, token by token, ending in `[DONE]`.
-    The first chunk waits for the first piece, or for the stored reply when none streamed (a
+    """The reply as standard chat.completion.chunk events, token by token, ending in `[DONE]`,
+    even when it fails once the headers are sent: then an error event is the last before it."""
+    try:
+        async for event in _events(stream, w):
+            yield event
+    except ServiceError as exc:  # the headers are sent: the error is the stream's last event
+        yield sse_error(exc)
+    except Exception as exc:  # a store error, a bug: the client still gets an end it can read
+        log.exception("streamed query %s failed after its response began", stream.query_id)
+        yield sse_internal_error(exc, stream.query_id)
+    yield SSE_DONE
+
+
+async def _events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
+    """The first chunk waits for the first piece, or for the stored reply when none streamed (a
     vote, answers all alike, an aggregator that failed): only then is its writer known, and
     every chunk names the model a plain request's reply names."""
     async for piece in stream.pieces():
         if not w.begun:
             yield w.begin(stream.writer)  # pieces come only from the reply's routed final step
         yield w.delta({"content": piece})
-    try:
-        result = await stream.result()
-        rest = stream.rest(result.content)
-        if rest is None:
-            raise NotReady(f"the reply's generation failed after it began streaming, and {result.model} wrote "
-                           f"the answer instead: GET /v1/queries/{stream.query_id} has it")
-    except ServiceError as exc:  # the headers are sent: the error is the stream's last event
-        yield sse_error(exc)
-        yield SSE_DONE
-        return
+    result = await stream.result()
+    rest = stream.rest(result.content)
+    if rest is None:
+        raise NotReady(f"the reply's generation failed after it began streaming, and {result.model} wrote "
+                       f"the answer instead: GET /v1/queries/{stream.query_id} has it")
     async for event in _ending(result, rest, w):
         yield event
 
 
 async def _ending(result: ChatResult, rest: str, w: ChunkWriter) -> AsyncIterator[str]:
-    """What of the stored reply the pieces did not carry, its finish and usage, and `[DONE]`."""
+    """What of the stored reply the pieces did not carry, its finish and usage."""
     if not w.begun:
         yield w.begin(result.model)
     if rest:
@@ -109,7 +121,6 @@ async def _ending(result: ChatResult, rest: str, w: ChunkWriter) -> AsyncIterato
     yield w.delta({}, result.finish_reason, skillroute=skillroute_info(result).model_dump(mode="json"))
     if w.include_usage:
         yield w.usage(usage_of(result))
-    yield SSE_DONE
 
 
 @router.get("/models", response_model=ModelList)

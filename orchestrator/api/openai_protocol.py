@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE
+from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE, error_body
 from orchestrator.api.schemas import BudgetFields, NameText, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.budgets import BudgetService
@@ -271,8 +271,19 @@ class ChunkWriter:
 
 def sse_error(error: ServiceError) -> str:
     """An error after the stream began (its headers are sent): OpenAI's shape as one event."""
-    body = {"message": error.message, "type": error.code, "param": error.param, "code": error.code}
-    return f"data: {json.dumps({'error': body})}\n\n"
+    return _error_event(error.message, error.code, error.param, error.code)
+
+
+def sse_internal_error(exc: Exception, query_id: int) -> str:
+    """An unexpected failure after the stream began, as OpenAI's server error: only the
+    exception's type is named, since its message may hold SQL, paths or a backend's words (the
+    log has it all); the stored query may still be read."""
+    message = f"the reply could not be sent ({type(exc).__name__}); GET /v1/queries/{query_id} has the query"
+    return _error_event(message, "server_error", None, "internal_error")
+
+
+def _error_event(message: str, type_: str, param: str | None, code: str) -> str:
+    return f"data: {json.dumps(error_body(message, type_, param, code))}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
