@@ -45,6 +45,13 @@ class GenerationRequest(BaseModel):
     timeout_s: float | None = None
 
 
+def storable(text: str) -> str:
+    """Text as a reply is stored: NUL becomes U+FFFD. PostgreSQL's text columns refuse NUL, and a
+    batch's answers are stored in one statement, so one model emitting it would fail every query
+    beside it. A streamed piece goes through this too, so the pieces join into the stored text."""
+    return text.replace("\x00", "\ufffd")
+
+
 class Generation(BaseModel):
     """One request's reply, or (`error` set, `text` empty) why this request alone failed; a
     backend that fails as a whole (a dead engine, a lost worker) raises instead."""
@@ -61,9 +68,7 @@ class Generation(BaseModel):
     @field_validator("text", "error")
     @classmethod
     def _storable(cls, value: str | None) -> str | None:
-        """NUL becomes U+FFFD: PostgreSQL's text columns refuse it, and a batch's answers are
-        stored in one statement, so one model emitting it would fail every query beside it."""
-        return None if value is None else value.replace("\x00", "\ufffd")
+        return None if value is None else storable(value)
 
     @classmethod
     def failed(cls, request_id: str, error: str, latency_s: float = 0.0) -> Generation:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from experts.types import Generation
+from experts.types import Generation, storable
 from orchestrator.scheduling.executor import Executor, Progress, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
@@ -181,7 +181,7 @@ class Dispatch:
                 if isinstance(event, Generation):
                     reply = event
                 else:
-                    on_piece(event)
+                    on_piece(storable(event))  # as the reply's text is stored, so the two join alike
         except Exception as exc:  # the failure is this job's alone, as in a batch
             return Generation.failed(job.request.request_id, f"{type(exc).__name__}: {exc}")
         return reply or Generation.failed(job.request.request_id, "the stream ended without a reply")

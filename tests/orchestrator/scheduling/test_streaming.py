@@ -82,3 +82,16 @@ def test_a_stream_that_breaks_fails_its_job_alone() -> None:
     run.wait()
     assert pieces == ["w0 ", "w1 "] and replies["s"].error == "RuntimeError: engine crashed"
     assert replies["a"].error is None and replies["a"].text == LONG
+
+
+def test_streamed_pieces_carry_the_text_the_reply_stores() -> None:
+    """NUL is stored as U+FFFD (PostgreSQL refuses it); a piece that kept it would leave the
+    streamed text unlike the stored reply, and the client's stream ends in an error."""
+    fleet = Fleet({"cpu": DeviceWorker("cpu", 2**30, lambda spec: MockBackend(spec.key, answer="B\x00 because"))})
+    replies: dict[str, Generation] = {}
+    pieces: list[str] = []
+    run = fleet.dispatch(lambda job_id, gen: replies.__setitem__(job_id, gen))
+    run.submit_stream("cpu", job("s"), pieces.append)
+    run.finish()
+    run.wait()
+    assert "".join(pieces) == replies["s"].text == "B\ufffd because"
