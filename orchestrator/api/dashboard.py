@@ -9,7 +9,8 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from orchestrator.api.deps import Container
+from orchestrator.api.auth import CurrentCaller
+from orchestrator.api.deps import Container, reader_of
 from orchestrator.observability.dashboard import DashboardService
 from orchestrator.services.errors import NotFound
 
@@ -30,10 +31,12 @@ def page() -> FileResponse:
 
 
 @router.get("/api/state")
-def state(c: Container, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
-    """Pool profiles, recent decisions, recruitment share, residency timeline, queue, budgets."""
+def state(c: Container, caller: CurrentCaller,
+          limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+    """Pool profiles, recent decisions, recruitment share, residency timeline, queue, budgets;
+    the decisions and recruitments only of the queries the caller may read."""
     service = DashboardService(c.db, c.pool, c.fleet, c.queries.window)
-    return service.state(limit)
+    return service.state(limit, reader_of(caller))
 
 
 def install(app: FastAPI) -> None:

@@ -40,12 +40,14 @@ class DashboardService:
     fleet: Fleet
     window: BatchingWindow[Any, Any]
 
-    def state(self, limit: int = 20) -> State:
+    def state(self, limit: int = 20, reader: int | None = None) -> State:
+        """`reader`: the client key asking (`api.deps.reader_of`); its page shows only the queries
+        and recruitments it may read through GET /v1/queries/{id}; None shows every one."""
         with self.db.session() as s:
             repo = DashboardRepository(s)
             experts, scores = repo.experts(), repo.skill_scores()
-            decisions = [readable_row(q) for q in repo.recent_queries(limit)]
-            recruits = repo.recruitments()
+            decisions = [readable_row(q) for q in repo.recent_queries(limit, reader)]
+            recruits = repo.recruitments(reader=reader)
             lessons = LessonRepository(s).counts()
         matched = [sk for sk, _ in Counter(m["skill"] for d in decisions for m in d["skills"]).most_common()]
         return {

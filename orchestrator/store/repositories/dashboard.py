@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.store.models import Expert, Query, RoutingDecision, SkillScore
+
+S = TypeVar("S", bound=Select[Any])
 
 
 class DashboardRepository:
@@ -27,19 +29,30 @@ class DashboardRepository:
                 .where(Expert.status == "ready").order_by(Expert.id, SkillScore.skill))
         return [(e, s, v) for e, s, v in self.session.execute(stmt)]
 
-    def recent_queries(self, limit: int) -> Sequence[Query]:
-        """The newest queries with their decisions, newest first."""
-        stmt = select(Query).options(selectinload(Query.decision)).order_by(Query.id.desc()).limit(limit)
-        return self.session.scalars(stmt).all()
+    def recent_queries(self, limit: int, reader: int | None = None) -> Sequence[Query]:
+        """The newest queries `reader` may read (`readable_by`) with their decisions, newest first."""
+        stmt = readable_by(select(Query).options(selectinload(Query.decision)), reader)
+        return self.session.scalars(stmt.order_by(Query.id.desc()).limit(limit)).all()
 
-    def recruitments(self, since: datetime | None = None, limit: int = 5000) -> Sequence[tuple[datetime, list[Any]]]:
-        """(query time, recruited names) of the newest routed queries, oldest first.
+    def recruitments(self, since: datetime | None = None, limit: int = 5000,
+                     reader: int | None = None) -> Sequence[tuple[datetime, list[Any]]]:
+        """(query time, recruited names) of the newest routed queries `reader` may read, oldest first.
 
         Names stay a JSON list inside the decision record (repeats count), so the shares are
         summed in Python: JSON arrays do not aggregate the same way in SQLite and Postgres.
         """
-        stmt = select(Query.created_at, RoutingDecision.record).join(RoutingDecision.query)
+        stmt = readable_by(select(Query.created_at, RoutingDecision.record).join(RoutingDecision.query), reader)
         if since is not None:
             stmt = stmt.where(Query.created_at >= since)
         rows = self.session.execute(stmt.order_by(Query.id.desc()).limit(limit)).all()
         return [(t, list(r.get("recruited", []))) for t, r in reversed(rows)]
+
+
+def readable_by(stmt: S, reader: int | None) -> S:
+    """Only the queries the client key `reader` may read, as `services.queries.readable` decides
+    for one (None: all; a key its own and anonymous ones; 0 anonymous ones), in SQL so that a
+    limit counts readable rows. The asking key is `key_id` inside the stored request."""
+    if reader is None:
+        return stmt
+    asker = Query.request["key_id"].as_integer()
+    return stmt.where(or_(asker.is_(None), asker == reader))
