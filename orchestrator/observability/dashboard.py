@@ -128,7 +128,9 @@ def recruitment_share(rows: Sequence[tuple[datetime, list[Any]]]) -> State:
     width = max((times[-1] - times[0]) / SHARE_BUCKETS, 1.0)
     buckets: dict[int, Counter[str]] = {}
     for t, (_, names) in zip(times, rows, strict=True):
-        buckets.setdefault(int((t - times[0]) / width), Counter()).update(names)
+        # the newest time is exactly SHARE_BUCKETS widths in: it belongs to the last bucket, not a 21st
+        bucket = min(int((t - times[0]) / width), SHARE_BUCKETS - 1)
+        buckets.setdefault(bucket, Counter()).update(names)
     experts = sorted({n for c in buckets.values() for n in c})
     keys = sorted(buckets)
     shares = {e: [round(buckets[k][e] / max(buckets[k].total(), 1), 4) for k in keys] for e in experts}
