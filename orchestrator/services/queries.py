@@ -8,6 +8,7 @@ after a crash (`recover`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
@@ -46,6 +47,8 @@ class QueryService:
             self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens)
         self.max_waiting = batching.max_waiting
+        # queued chunks not yet fed to the window (`queue`): still waiting, so the backlog bound counts them
+        self._unfed, self._unfed_lock = 0, threading.Lock()
 
     def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
@@ -63,9 +66,13 @@ class QueryService:
         """Busy (503, nothing stored) when `n` more queries would take the window's backlog past
         `max_waiting`. What is accepted is never dropped, so the backlog is bounded at the door; a
         request meeting an empty backlog is taken whatever its size (a batch has a size limit)."""
-        if (waiting := self.window.waiting()) and waiting + n > self.max_waiting:
+        if (waiting := self.waiting()) and waiting + n > self.max_waiting:
             raise Busy(f"{waiting} queries are waiting to be answered (the bound is {self.max_waiting}): "
                        "try again later")
+
+    def waiting(self) -> int:
+        """Queries accepted and not yet taken into a batch: in the window, or in chunks not fed to it yet."""
+        return self.window.waiting() + self._unfed
 
     def ask(self, asks: Sequence[Ask]) -> list[Query]:
         """`submit` and wait: the CLI's and the tests' way in."""
@@ -208,15 +215,36 @@ class QueryService:
         return [done for _, done in self.queue(self._restore(self.get_many(ids))[1], "queries taken over")]
 
     def queue(self, items: Sequence[Admitted], what: str) -> list[tuple[int, Future[list[Query]]]]:
-        """Queue admitted queries in window-sized chunks, as a batch's are, so live queries share
-        the device between them; each chunk's size and future. A chunk that raises is logged as
-        `what`: its queries were stored as failed (the pipeline failed), or left accepted where the
-        store took nothing at all (`_store`), for the next start to answer."""
+        """Queue admitted queries in window-sized chunks, each fed to the window only once the one
+        before it is done, so a live query sent meanwhile is taken before the next chunk (queued
+        all at once, the window's FIFO held live traffic until the whole batch was answered); each
+        chunk's size and future. A chunk that raises is logged as `what`: its queries were stored
+        as failed (the pipeline failed), or left accepted where the store took nothing at all
+        (`_store`), for the next start to answer; the chunks after it are fed all the same."""
         size = self.window.max_batch
-        chunks = [(len(c), self.window.submit(c)) for c in (items[at:at + size] for at in range(0, len(items), size))]
-        for _, done in chunks:
-            done.add_done_callback(partial(_log_failed, what))
-        return chunks
+        chunks = [list(items[at:at + size]) for at in range(0, len(items), size)]
+        relays = [_running() for _ in chunks]
+        self._unfed_count(len(items))
+        self._feed(chunks, relays, what, 0)
+        return [(len(c), done) for c, done in zip(chunks, relays, strict=True)]
+
+    def _feed(self, chunks: list[list[Admitted]], relays: list[Future[list[Query]]], what: str, at: int) -> None:
+        """Submit chunk `at`; once it is done (answered or failed), the next, then pass its outcome on."""
+        if at == len(chunks):
+            return
+        done = self.window.submit(chunks[at])
+        self._unfed_count(-len(chunks[at]))  # after: counted waiting in the window first, never in neither
+        done.add_done_callback(partial(self._fed, chunks, relays, what, at))
+
+    def _fed(self, chunks: list[list[Admitted]], relays: list[Future[list[Query]]], what: str, at: int,
+             done: Future[list[Query]]) -> None:
+        _log_failed(what, done)
+        self._feed(chunks, relays, what, at + 1)  # before the relay: a waiter sees the next chunk queued
+        _relay(done, relays[at])
+
+    def _unfed_count(self, change: int) -> None:
+        with self._unfed_lock:
+            self._unfed += change
 
     def _restore(self, rows: Sequence[Query]) -> tuple[int, list[Admitted]]:
         """How many rows, and the ones that can be asked again as admitted; one that cannot be
@@ -233,7 +261,7 @@ class QueryService:
     def _answer_in_chunks(self, items: list[Admitted], left: Callable[[int], None]) -> None:
         remaining = len(items)
         left(remaining)
-        for size, done in self.queue(items, "recovered queries"):  # all queued, then awaited in order
+        for size, done in self.queue(items, "recovered queries"):  # fed one by one, awaited in order
             done.exception()  # waits; a failure is logged by `queue`
             remaining -= size
             left(remaining)
@@ -249,6 +277,20 @@ class QueryService:
 def readable(row: Query, reader: int | None) -> bool:
     """Whether the client key `reader` (None: an admin, or open mode) may see the query."""
     return reader is None or (row.request or {}).get("key_id") in (None, reader)
+
+
+def _running() -> Future[list[Query]]:
+    """A future no caller can cancel, as the window's are: the chunk runs whoever stops waiting."""
+    done: Future[list[Query]] = Future()
+    done.set_running_or_notify_cancel()
+    return done
+
+
+def _relay(source: Future[list[Query]], target: Future[list[Query]]) -> None:
+    if (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _log_failed(what: str, done: Future[list[Query]]) -> None:
