@@ -102,9 +102,11 @@ class SkillRoute:
         self.keys = KeyService(self.db)
         self.idempotency = IdempotencyService(self.db, settings.idempotency.retention_hours * 3600)
         self.feedback = FeedbackService(self.db, self.pool, self.embedder, self.metrics)
-        self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()},
-                           self.queries.window.depth, lambda: len(self.pool.snapshot.experts))
-        self.metrics.watch_evidence(self.pool.evidence_counts)
+        # read at scrape time, but a scrape never loads the pool: until a start has loaded it (as
+        # /health reads it), reading the snapshot would run a whole refresh on the scrape's thread
+        self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()}, self.queries.window.depth,
+                           lambda: len(self.pool.snapshot.experts) if self.startup.status.serving else 0)
+        self.metrics.watch_evidence(lambda: self.pool.evidence_counts() if self.startup.status.serving else {})
 
     def _model_size(self, base: BaseModelSpec) -> int:
         """A base model's resident size, as the first worker's backend reads it (no load)."""

@@ -71,7 +71,9 @@ class ResidencyCollector(Collector):
 
 
 class EvidenceCollector(Collector):
-    """How many of each expert's marks the router knows: its certainty, one series per expert."""
+    """How many of each expert's marks the router knows: its certainty, one series per expert.
+    A read that fails (the store unreachable) reports no series, as a lost worker's residency
+    does: it never fails the whole scrape."""
 
     def __init__(self, counts: Callable[[], Mapping[str, int]]):
         self.counts = counts
@@ -79,9 +81,16 @@ class EvidenceCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("skillroute_expert_evidence", "Observed marks of each expert the router knows.",
                                    labels=["expert"])
-        for expert, n in sorted(self.counts().items()):
+        for expert, n in sorted(self._counts().items()):
             family.add_metric([expert], float(n))
         return [family]
+
+    def _counts(self) -> dict[str, int]:
+        try:
+            return dict(self.counts())
+        except Exception as exc:  # any failure to read is this metric's, not the scrape's
+            log.warning("the experts' evidence could not be read: %s: %s", type(exc).__name__, exc)
+            return {}
 
 
 class Metrics(Probe):
