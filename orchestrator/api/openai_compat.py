@@ -104,7 +104,7 @@ async def _events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
             yield w.begin(stream.writer)  # pieces come only from the reply's routed final step
         yield w.delta({"content": piece})
     result = await stream.result()
-    rest = stream.rest(result.content)
+    rest = stream.rest(result)
     if rest is None:
         raise NotReady(f"the reply's generation failed after it began streaming, and {result.model} wrote "
                        f"the answer instead: GET /v1/queries/{stream.query_id} has it")

@@ -231,8 +231,12 @@ class ChatStream:
     async def result(self) -> ChatResult:
         return await asyncio.to_thread(self._service.result, self.query_id)
 
-    def rest(self, content: str) -> str | None:
-        """What of the stored reply the pieces have not carried; None when they carried
-        something else (the streamed generation failed part way and another wrote the reply)."""
+    def rest(self, result: ChatResult) -> str | None:
+        """What of the stored reply the pieces have not carried; None when they carried another
+        generation's text (the streamed one failed part way and another wrote the reply): text
+        the reply does not begin with, or text by another writer, though the reply begins alike
+        (spliced on, the chunks would name the writer of the pieces, not of the reply)."""
         sent = "".join(self._sent)
-        return content[len(sent):] if content.startswith(sent) else None
+        if self._sent and self._channel.writer != result.model:
+            return None
+        return result.content[len(sent):] if result.content.startswith(sent) else None

@@ -29,6 +29,7 @@ WORDS = 100
 REPLY = " ".join(f"w{i}" for i in range(WORDS))
 ASK = [{"role": "user", "content": "What is 12*12?"}]
 WAIT_S = 20  # a gate not opened by then means the client never read while it was held
+BREAK_AT = 2  # the words a request `Control.breaks` picks writes before its engine dies
 
 
 class Control:
@@ -40,10 +41,13 @@ class Control:
         self.hold_at: int | None = None
         self.holds: Callable[[GenerationRequest], bool] = lambda r: False
         self.fails: Callable[[GenerationRequest], bool] = lambda r: False
+        self.breaks: Callable[[GenerationRequest], bool] = lambda r: False  # write BREAK_AT words, then die
         self.held, self.release = threading.Event(), threading.Event()
         self.timed_out = False
 
     def gate(self, request: GenerationRequest, i: int) -> None:
+        if i == BREAK_AT and self.breaks(request):
+            raise RuntimeError("the engine broke mid-reply")  # a batch's generate fails all of its chunk
         if i == self.hold_at and self.holds(request):
             self.held.set()
             self.timed_out = not self.release.wait(WAIT_S)
@@ -139,6 +143,23 @@ def test_an_aggregator_that_fails_still_streams_the_stored_answer(served) -> Non
     assert [f["role"] for f in stored.decision.record["failures"]] == ["aggregator"]
 
 
+def test_an_aggregator_that_breaks_mid_reply_ends_the_stream_in_an_error(served) -> None:  # type: ignore[no-untyped-def]
+    """The reply falls back to the best-ranked answer, which begins as the broken pieces did:
+    spliced on, the client would read another expert's reply under the aggregator's name. The
+    aggregator (alpha, ranked first) fails as an expert too, so the best answer is not its own."""
+    c, control, url = served
+    control.breaks = is_aggregation
+    control.fails = lambda r: not is_aggregation(r) and r.messages[0].content == "math persona"  # alpha's
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                   json={"model": "auto", "messages": ASK, "seed": 4, "k": 3, "mode": "topk", "stream": True})
+    stored = c.chat.result(int(r.headers["x-skillroute-query-id"]))
+    assert stored.content == REPLY and stored.model != r.headers["x-skillroute-aggregator"]
+    assert streamed_text(r.text) == "w0 w1 " and r.text.endswith("data: [DONE]\n\n")
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "not_ready" and f"{stored.model} wrote the answer" in error["message"]
+
+
 def test_a_client_that_leaves_mid_stream_leaves_the_query_answered(served) -> None:  # type: ignore[no-untyped-def]
     c, control, url = served
     control.hold_at, control.holds = 10, lambda r: True
@@ -166,7 +187,7 @@ def test_a_stream_retried_with_its_idempotency_key_streams_the_first_query(serve
 def streamed_text(sse: str) -> str:
     events = [json.loads(line.removeprefix("data: ")) for line in sse.splitlines()
               if line.startswith("data: {")]
-    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
 
 
 def until(condition: Callable[[], bool], within_s: float = WAIT_S) -> bool:
