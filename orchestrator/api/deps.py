@@ -67,14 +67,14 @@ class IdempotentRequest:
     scope: str
     endpoint: str
     key: str | None
-    reader: int | None = None  # the stored key asking: its queries are its own to read and judge
+    owner: int | None = None  # who asks (`Caller.owner`): its queries are its own to read and judge
 
     def claim(self, body: object) -> Claim | None:
         return None if self.key is None else Claim(self.scope, self.key, self.endpoint, fingerprint(body))
 
     def stamped(self, asks: Sequence[Ask]) -> list[Ask]:
-        """The asks as the stored key that sent them (`Ask.key_id`)."""
-        return [a.model_copy(update={"key_id": self.reader}) for a in asks] if self.reader else list(asks)
+        """The asks as the key that sent them (`Ask.key_id`: a stored key's id, or ENV_ADMIN)."""
+        return [a.model_copy(update={"key_id": self.owner}) for a in asks] if self.owner else list(asks)
 
     async def answered(self, asks: Sequence[Ask], body: object) -> list[Query]:
         """Admit the queries (on a worker thread: it routes and writes) and await their stored
@@ -108,9 +108,10 @@ async def get_idempotent(
                                                   "again. Visible ASCII, 1-255 characters.")] = None,
 ) -> IdempotentRequest:
     route = request.scope.get("route")
-    # a stored admin key's queries are its own too, as its batches are: not anonymous ones
-    return IdempotentRequest(c, scope_of(caller.key_id), str(getattr(route, "path", request.url.path)), key,
-                             caller.key_id)
+    # an admin key's queries are its own too, as its batches are: not anonymous ones; the env
+    # admin key's too, and its idempotency keys are its own (they were the anonymous callers')
+    return IdempotentRequest(c, scope_of(caller.owner), str(getattr(route, "path", request.url.path)), key,
+                             caller.owner)
 
 
 # No key has id 0 (row ids start at 1): reading as key 0 is reading only what no key asked.

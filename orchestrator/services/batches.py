@@ -58,10 +58,20 @@ class BatchService:
         self.queries.queue(admitted, "a batch chunk")
         return batch_id
 
-    def get(self, batch_id: int, key_id: int | None = None) -> Batch:
-        """The batch; a client key sees only its own batches (others are 404, not 403: no probing)."""
+    def get(self, batch_id: int, reader: int | None = None) -> Batch:
+        """The batch; with `reader` (api/deps.reader_of) only one it may read: its own or nobody's
+        (others are 404, not 403: no probing)."""
         with self.db.session() as s:
             row = BatchRepository(s).get(batch_id)
-        if row is None or (key_id is not None and row.key_id not in (None, key_id)):
+        if row is None or (reader is not None and owner_of(row) not in (None, reader)):
             raise NotFound(f"no batch with id {batch_id}", "batch_id")
         return row
+
+
+def owner_of(batch: Batch) -> int | None:
+    """Whose the batch is: its stored key, else the owner its queries were stamped with (the env
+    admin key has no row for `Batch.key_id` to name); None: anonymous."""
+    if batch.key_id is not None or not batch.items:
+        return batch.key_id
+    owner = (batch.items[0].query.request or {}).get("key_id")
+    return owner if isinstance(owner, int) else None

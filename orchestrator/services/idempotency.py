@@ -61,8 +61,10 @@ class Prior:
     batch_id: int | None = None
 
 
-def scope_of(key_id: int | None) -> str:
-    return "anonymous" if key_id is None else f"key:{key_id}"
+def scope_of(owner: int | None) -> str:
+    """Whose keys a caller's are (`Caller.owner`): its key's (the env admin key's `key:-1`), or
+    the one scope every caller without a key shares."""
+    return "anonymous" if owner is None else f"key:{owner}"
 
 
 def fingerprint(body: object) -> str:

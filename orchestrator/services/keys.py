@@ -32,14 +32,24 @@ KEY_PREFIX = "sk-sr-"
 KEY_SHAPE = re.compile(r"sk-sr-[0-9a-f]{12}\.[\x21-\x7e]{1,256}")
 # scrypt's standard interactive cost; a verified key is cached, so each key pays it once per process
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+# The owner the env admin key's queries are stamped with: it is no stored key, so it has no row id,
+# and stamped with none its queries and batches were anonymous ones, readable by every caller.
+# Row ids start at 1 and 0 reads as "anonymous only" (api/deps.py), so -1 is nobody else's.
+ENV_ADMIN = -1
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: a stored key (id set), the env admin key, or nobody (open mode)."""
+    """Who made a request: a stored key (id set), the env admin key (`env_admin`), or nobody."""
 
     role: Role | None
     key_id: int | None = None
+    env_admin: bool = False
+
+    @property
+    def owner(self) -> int | None:
+        """Whose what it asks is: its stored key's id, ENV_ADMIN, or None (anonymous: anyone's to read)."""
+        return ENV_ADMIN if self.env_admin else self.key_id
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class AccessControl:
         if role is None:
             return Caller(None)
         if self._is_env_admin(token):
-            return Caller("admin")
+            return Caller("admin", env_admin=True)
         key = self._presented(token)
         if role == "admin":
             self._require_admin(key, token)

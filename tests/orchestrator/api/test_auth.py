@@ -210,3 +210,26 @@ def test_basic_credentials_that_hold_no_key_are_401_not_anonymous(app_with, cont
         assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key", value
         assert client.get("/health", headers={"Authorization": f"Basic {value}"}).status_code == 200  # unchecked
     assert client.get("/v1/models").status_code == 200
+
+
+def test_the_env_admin_key_s_queries_and_batches_are_its_own_not_anonymous(app_with, container, keys):
+    """The env admin key (SKILLROUTE_AUTH__ADMIN_KEY) is no stored key: its batch was stored as
+    anonymous, so every client key and every caller without one read it and its queries, and an
+    anonymous retry of its Idempotency-Key got its batch. Now only admins read them."""
+    client = app_with(admin_key=ADMIN_ENV)
+    (_, alice), (_, ops) = keys.create("alice", "client"), keys.create("ops", "admin")
+    batch = {"queries": [{"query": "What is 2+2?", "k": 1, "seed": 0}]}
+    sent = client.post("/v1/batches", json=batch, headers={**bearer(ADMIN_ENV), "Idempotency-Key": "nightly"})
+    bid, qid = sent.json()["id"], sent.json()["results"][0]["query_id"]
+    asked = client.post("/v1/queries", json=batch["queries"][0], headers=bearer(ADMIN_ENV)).json()["id"]
+    for headers in ({}, bearer(alice)):
+        assert client.get(f"/v1/batches/{bid}", headers=headers).status_code == 404
+        assert [client.get(f"/v1/queries/{q}", headers=headers).status_code for q in (qid, asked)] == [404, 404]
+        assert client.post(f"/v1/queries/{asked}/feedback", json={"correct": True}, headers=headers).status_code == 404
+    for admin in (ADMIN_ENV, ops):
+        assert client.get(f"/v1/batches/{bid}", headers=bearer(admin)).status_code == 200
+        assert client.get(f"/v1/queries/{qid}", headers=bearer(admin)).status_code == 200
+    anonymous = client.post("/v1/batches", json=batch, headers={"Idempotency-Key": "nightly"}).json()["id"]
+    assert anonymous != bid  # another caller's key space: a new batch, not the admin's
+    again = client.post("/v1/batches", json=batch, headers={**bearer(ADMIN_ENV), "Idempotency-Key": "nightly"})
+    assert again.json()["id"] == bid
