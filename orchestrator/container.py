@@ -96,7 +96,7 @@ class SkillRoute:
         self.admission = Admission(self.db, self.pool, self.pipeline, self.instance.id)
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, settings.batching,
                                     self.instance, probe=self.metrics)
-        self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler)
+        self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler, self.metrics)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
         self.keys = KeyService(self.db)

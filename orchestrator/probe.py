@@ -32,5 +32,8 @@ class Probe:
     def learned(self, sources: Sequence[str]) -> None:
         """The router learned a lesson from each of these (competition | explore | feedback)."""
 
+    def expert_removed(self, name: str) -> None:
+        """The expert was removed: it is never recruited again, so nothing need be kept under its name."""
+
 
 NULL_PROBE = Probe()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.domain import Decision, Outcome
+from orchestrator.domain import Decision, Outcome, Role
 from orchestrator.observability.loads import LoadTimeCollector, LoadTimes, Snapshot
 from orchestrator.probe import Probe
 
@@ -244,6 +246,17 @@ class Metrics(Probe):
     def learned(self, sources: Sequence[str]) -> None:
         for source in sources:
             self.lessons.labels(source).inc()
+
+    def expert_removed(self, name: str) -> None:
+        """Drop the series labelled by the removed expert, each label combination they can have:
+        registered and removed experts would otherwise add ~25 series apiece for good."""
+        for counter in (self.recruitments, self.aggregations):
+            with suppress(KeyError):  # a series it never had
+                counter.remove(name)
+        for metric in (self.completion_tokens, self.prompt_tokens, self.generation_seconds):
+            for role in get_args(Role):
+                with suppress(KeyError):
+                    metric.remove(name, role)
 
     def watch_load_times(self, workers: Mapping[str, Callable[[], Snapshot]]) -> None:
         """Read these workers' load durations at scrape time: worker actors, whose models load in

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from experts.backend import BackendError
 from experts.types import ExpertSpec
+from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
@@ -69,8 +70,9 @@ class _Plan:
 
 
 class ExpertService:
-    def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService):
-        self.db, self.fleet, self.pool, self.profiler = db, fleet, pool, profiler
+    def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService,
+                 probe: Probe = NULL_PROBE):
+        self.db, self.fleet, self.pool, self.profiler, self.probe = db, fleet, pool, profiler, probe
         self.queue = ProfilingQueue(lambda ids: self.profile_now(ids))
         self._lock = threading.RLock()  # one change at a time, each seeing the ones before it
         self._in_flight: set[int] = set()  # experts whose profiling run is under way
@@ -182,6 +184,7 @@ class ExpertService:
                 ExpertRepository(s).set_lifecycle(expert_id, "removed")
                 chosen = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name") == row.name
             self.pool.refresh()
+            self.probe.expert_removed(row.name)  # never routed again: its metrics' series go
             profiling = expert_id in self._in_flight  # its run would load the model again: it unloads it
         if not profiling:
             self._release(row.base_model_key)

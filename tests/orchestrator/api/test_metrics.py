@@ -146,3 +146,25 @@ def test_the_dashboard_budget_panel_shows_predicted_and_measured_latency_and_ene
                        "predicted_latency_s": b["predicted_latency_s"], "measured_latency_s": b["measured_latency_s"],
                        "predicted_energy_j": b["predicted_energy_j"], "measured_energy_j": b["measured_energy_j"]}
         assert row["measured_energy_j"] > 0 and row["predicted_energy_j"] > 0
+
+
+def test_a_removed_expert_s_series_are_dropped_with_it(client):
+    """Series labelled by expert (recruitments, aggregations, tokens, generation latency) go when the
+    expert is removed: otherwise every expert ever registered keeps ~25 series for good."""
+    answered = client.post("/v1/queries", json={"query": "What is 17*23?", "k": 3, "seed": 1}).json()
+    gone = answered["recruited"][0]
+
+    def by_expert(samples: Samples) -> dict[str, set[tuple[str, frozenset[tuple[str, str]]]]]:
+        out: dict[str, set[tuple[str, frozenset[tuple[str, str]]]]] = {}
+        for name, labels in samples:
+            if expert := dict(labels).get("expert"):
+                out.setdefault(expert, set()).add((name, labels))
+        return out
+
+    before = by_expert(scrape(client))
+    assert {"skillroute_recruitments_total", "skillroute_tokens_generated_total",
+            "skillroute_generation_latency_seconds_count"} <= {n for n, _ in before[gone]}
+    ids = {e["name"]: e["id"] for e in client.get("/v1/experts").json()}
+    assert client.delete(f"/v1/experts/{ids[gone]}").status_code == 200
+    after = by_expert(scrape(client))
+    assert gone not in after and after == {e: s for e, s in before.items() if e != gone}
