@@ -6,9 +6,11 @@ A failed generation fails only that answer. For a routed query the next-ranked e
 take it stands in (once per failed draw; under a budget, only one that keeps the query within it); a query
 with at least one good answer is still aggregated and answered, and one left with none fails
 alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
-expert's reply. The decision records every failure, every stand-in, and each worker's predicted
-and measured time in the batch. A step of one query that raises (a bug, a recording that will
-not read) fails that query alone, naming the error; the others, and the batch, go on.
+expert's reply, as does a query with no aggregator (one gone from the pool since admission)
+and a vote that finds no letter. The decision records every failure, every stand-in, and each
+worker's predicted and measured time in the batch. A step of one query that raises (a bug, a
+recording that will not read) fails that query alone, naming the error; the others, and the
+batch, go on.
 """
 
 from __future__ import annotations
@@ -235,8 +237,8 @@ class BatchRun:
             prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
             self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,
                        self.limits.aggregator_max_tokens, 0)
-        else:
-            self._finish(q, answers[0].text)
+        else:  # no aggregator (none chosen, or gone from the pool since admission): as if it failed
+            self._finish(q, _best_ranked(q).text)
 
     def _score(self, qi: int, q: _Query, answers: Sequence[Answer]) -> None:
         """Mark every answer of a competed (or explored) query, and keep the lesson it taught."""
@@ -291,9 +293,10 @@ def _answer(expert: str, role: Role, g: Generation) -> Answer:
 
 
 def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
-    """The router-weighted vote of the answers' letters (no aggregator stage)."""
+    """The router-weighted vote of the answers' letters (no aggregator stage); with no letter to
+    vote on, the best-ranked answer, as when an aggregator fails (draw 0 is a random draw)."""
     result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability)
-    return f"Answer: {result.answer}" if result.answer else answers[0].text
+    return f"Answer: {result.answer}" if result.answer else _best_ranked(q).text
 
 
 def _best_ranked(q: _Query) -> Answer:

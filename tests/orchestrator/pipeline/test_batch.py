@@ -215,3 +215,23 @@ def test_under_a_budget_a_stand_in_must_keep_the_whole_query_within_it(service) 
     (out,) = answer(c, ("FAIL: what is 9+9?", d))
     assert [f.expert for f in out.decision.failures] == ["beta"] and out.decision.fallbacks == []
     assert [a.expert for a in out.answers] == ["alpha"] and out.error is None
+
+
+@pytest.mark.parametrize(("mode", "aggregator"), [("vote", "beta"), ("llm", "gone")])
+def test_a_reply_no_vote_or_aggregator_settles_is_the_best_ranked_answer(
+        mode: str, aggregator: str, tmp_path: Path, embedder: Embedder) -> None:
+    """A vote that finds no letter, and an aggregator gone from the pool since admission, leave
+    the reply to the best-ranked answer, as a failed aggregator does; not to draw 0's, which in
+    sample mode is whichever expert was drawn first."""
+    replies = {"m1": "Twelve squared is 144.", "m2": "It is 144."}
+    pool = small_pool([mock_expert("alpha", "m1"), mock_expert("beta", "m2")])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode=mode)})  # type: ignore[arg-type]
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, answer=replies[spec.source]))
+    c.start()
+    try:
+        (out,) = answer(c, ("What is 12*12?", decided(["beta", "alpha"], ["alpha", "beta"], aggregator=aggregator)))
+    finally:
+        c.close()
+    assert out.error is None and [a.role for a in out.answers] == ["expert", "expert"]
+    assert out.text == replies["m1"]  # alpha's: drawn second, ranked first
