@@ -2,10 +2,13 @@
 
 A request that fails validation is a 422 on the native API but a 400 on the OpenAI-compatible
 routes (those tagged `OPENAI_TAG`): OpenAI and vLLM answer it so, and OpenAI's clients raise
-`BadRequestError` for it. There a service error's `type` is OpenAI's category too (`error_type`)."""
+`BadRequestError` for it. There a service error's `type` is OpenAI's category too (`error_type`).
+An unexpected failure is a 500 `server_error` that names nothing internal (it is logged), and a
+store lock that timed out a 503 to retry."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -13,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from orchestrator.services.errors import BudgetInfeasible, Busy, ServiceError
@@ -23,6 +27,16 @@ UNSUPPORTED_VALUE = "unsupported_value"
 _OWN_CODES = frozenset({UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE})
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")  # a body field's JSON name; pydantic's union-branch labels are not
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when `lock_timeout` passes
+log = logging.getLogger(__name__)
+
+
+class StoreBusy(Busy):
+    """The store gave up waiting for a lock another writer held: nothing was stored, and the same
+    request a moment later will most likely go through."""
+
+    code = "store_busy"
+    retry_after_s = 2
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -79,8 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, error_type(request, exc), exc.param, exc.code), exc.status_code,
-                            headers={"Retry-After": str(exc.retry_after_s)})
+        return busy_response(request, exc)
 
     @app.exception_handler(BudgetInfeasible)
     async def _budget(request: Request, exc: BudgetInfeasible) -> JSONResponse:
@@ -95,3 +108,39 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), exc.status_code)
+
+    _install_server_errors(app)
+
+
+def busy_response(request: Request, exc: Busy) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, error_type(request, exc), exc.param, exc.code), exc.status_code,
+                        headers={"Retry-After": str(exc.retry_after_s)})
+
+
+def _install_server_errors(app: FastAPI) -> None:
+    """Failures no handler above expects. Starlette runs the `Exception` handler in its outermost
+    middleware, which sends this response, then raises the exception again for the server to log."""
+    @app.exception_handler(OperationalError)
+    async def _store(request: Request, exc: OperationalError) -> JSONResponse:
+        if lock_timed_out(exc):
+            busy = StoreBusy("the store is busy (another writer held a lock too long); try again shortly")
+            return busy_response(request, busy)
+        return internal_error(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return internal_error(request, exc)
+
+
+def lock_timed_out(exc: OperationalError) -> bool:
+    """Whether the store refused for a lock it waited on too long (SQLite busy past its timeout)."""
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig)
+
+
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A 500 naming nothing internal (an exception's text can hold paths, SQL, credentials); the
+    operator reads what failed in the log."""
+    log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+    body = error_body("the server failed to answer this request (it was logged)", "server_error", None,
+                      "internal_error")
+    return JSONResponse(body, 500)
