@@ -9,7 +9,9 @@ own is counted as OTHER (an HTTP parser may pass any token through as the method
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.observability.metrics import Metrics
@@ -41,9 +43,26 @@ class MetricsMiddleware:
 
 
 def endpoint(scope: Scope) -> str:
-    """The matched route's path template; static files and unknown paths are grouped."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return "/dashboard/static" if scope.get("path", "").startswith("/dashboard/static/") else "unmatched"
+    """The path template of the route the request matched; else of the route its path matches,
+    for requests routing never labelled (FastAPI's /docs and /openapi.json, the static mount) or
+    never reached (a body refused with 413 first); "unmatched" where no route matches (a 404)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else _matching(scope)
+
+
+def _matching(scope: Scope) -> str:
+    """The first of the app's routes the request matches, as routing tries them: a template, so
+    the label stays bounded whatever path was asked for."""
+    for route in _flat(getattr(getattr(scope.get("app"), "router", None), "routes", ())):
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and route.matches(scope)[0] is not Match.NONE:
+            return path
+    return "unmatched"
+
+
+def _flat(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes, each included router's own in its place: FastAPI (0.16x) wraps a router given
+    to include_router in a route of its own with no path, its routes (prefix applied) inside."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from _flat(inner.routes) if inner is not None else (route,)

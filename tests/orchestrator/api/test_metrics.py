@@ -70,6 +70,24 @@ def test_errors_are_counted_by_route_template(client):
     assert value(m, "skillroute_http_requests_total", endpoint="/v1/queries/{query_id}") == 1  # ids never a label
 
 
+def test_routes_outside_the_api_and_refused_bodies_are_labelled_by_their_route(client, container):
+    """FastAPI's own pages and a 413 sent before routing name the route the path matches; only a
+    path no route matches (a real 404) is "unmatched", never the raw path."""
+    client.get("/docs")
+    client.get("/openapi.json")
+    client.get("/dashboard/static/dashboard.js")
+    too_big = b"x" * (container.settings.http.max_body_bytes + 1)
+    assert client.post("/v1/queries", content=too_big, headers={"content-type": "application/json"}).status_code == 413
+    client.get("/no/such/path-123")
+    m = scrape(client)
+    assert value(m, "skillroute_http_requests_total", endpoint="/docs", status="200") == 1
+    assert value(m, "skillroute_http_requests_total", endpoint="/openapi.json", status="200") == 1
+    assert value(m, "skillroute_http_requests_total", endpoint="/dashboard/static", status="200") == 1  # the mount
+    assert value(m, "skillroute_http_errors_total", endpoint="/v1/queries", status="413") == 1
+    assert value(m, "skillroute_http_errors_total", endpoint="unmatched", status="404") == 1
+    assert not any("path-123" in dict(ls).get("endpoint", "") for _, ls in m)
+
+
 def test_a_method_outside_http_s_own_is_counted_as_other(client):
     for method in ("BREW", "X-1", "GET"):
         client.request(method, "/health")
