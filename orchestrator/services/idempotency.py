@@ -71,10 +71,20 @@ def fingerprint(body: object) -> str:
     """The body as canonical JSON, hashed: the same request however its JSON was spaced or ordered.
     A field at its default is left out, so `"stream": false` and no `stream` are one request, and
     a field a later version adds (at its default) does not make a retry across the upgrade a
-    different body (it did: the whole model was dumped, defaults and all)."""
-    value = body.model_dump(mode="json", exclude_defaults=True) if isinstance(body, BaseModel) else body
-    text = json.dumps(to_jsonable_python(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    different body (it did: the whole model was dumped, defaults and all). A list body's items
+    (POST /v1/queries with [...]) are left out the same way; they were dumped whole, so a list's
+    fingerprint stored before this changed once."""
+    text = json.dumps(to_jsonable_python(_without_defaults(body)), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_defaults(body: object) -> object:
+    if isinstance(body, BaseModel):
+        return body.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(body, list | tuple):
+        return [_without_defaults(item) for item in body]
+    return body
 
 
 class IdempotencyService:

@@ -123,18 +123,28 @@ def test_keys_past_the_retention_window_are_purged_and_free_again(client, contai
 
 
 
+class Before(BaseModel):
+    query: str
+    k: int = 3
+
+
+class After(Before):  # a later version: optional fields added
+    temperature: float | None = None
+    stream: bool = False
+
+
 def test_a_field_a_later_version_adds_at_its_default_keeps_a_retry_the_same_request() -> None:
     """A retry that spans an upgrade adding an optional request field (this one added several to
     chat) was a 422 'different body': the whole model, defaults and all, was fingerprinted."""
-
-    class Before(BaseModel):
-        query: str
-        k: int = 3
-
-    class After(Before):
-        temperature: float | None = None
-        stream: bool = False
-
     assert fingerprint(Before(query="q")) == fingerprint(After(query="q"))
     assert fingerprint(Before(query="q", k=4)) == fingerprint(After(query="q", k=4, stream=False))
     assert fingerprint(Before(query="q")) != fingerprint(After(query="q", stream=True))
+
+
+def test_a_list_body_retried_across_such_an_upgrade_is_the_same_request_too() -> None:
+    """POST /v1/queries takes a list: its items were dumped defaults and all (only a single body
+    left them out), so a list retried across the upgrade was a 422 idempotency_key_reused."""
+    assert fingerprint([Before(query="q"), Before(query="r", k=4)]) == fingerprint(
+        [After(query="q"), After(query="r", k=4, stream=False)])
+    assert fingerprint([Before(query="q")]) != fingerprint([After(query="q", stream=True)])
+    assert fingerprint([Before(query="q")]) != fingerprint(Before(query="q"))  # a list of one is answered as a list
