@@ -28,6 +28,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500  # stays 500 if the app raises before responding
+        asked = dict(scope)  # as it came: routing moves a mount's prefix into root_path as it goes
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -39,15 +40,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, capture)
         finally:
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.metrics.observe_request(method, endpoint(scope), status, time.perf_counter() - started)
+            self.metrics.observe_request(method, endpoint(scope, asked), status, time.perf_counter() - started)
 
 
-def endpoint(scope: Scope) -> str:
+def endpoint(scope: Scope, asked: Scope) -> str:
     """The path template of the route the request matched; else of the route its path matches,
     for requests routing never labelled (FastAPI's /docs and /openapi.json, the static mount) or
-    never reached (a body refused with 413 first); "unmatched" where no route matches (a 404)."""
+    never reached (a body refused with 413 first); "unmatched" where no route matches (a 404).
+    `asked`: the request's scope as it reached the middleware, the one routing matched."""
     path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else _matching(scope)
+    return path if isinstance(path, str) else _matching(asked)
 
 
 def _matching(scope: Scope) -> str:
