@@ -14,6 +14,8 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 
+from orchestrator.api import dashboard
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "infra" / "compose"
 K8S = ROOT / "infra" / "k8s" / "monitoring"
@@ -65,3 +67,13 @@ def test_compose_mounts_exist_and_prometheus_scrapes_the_app() -> None:
     scrape = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == ["skillroute:8000"]
     assert "skillroute" in compose["services"]
+
+
+def test_the_image_ships_the_dashboard_where_the_app_looks_for_it() -> None:
+    """The image pip-installs the package (no repository beside it), so /dashboard serves the files
+    from dashboards/web under the working directory: the Dockerfile must COPY them there."""
+    lines = [ln.split() for ln in (ROOT / "infra" / "docker" / "Dockerfile").read_text().splitlines()]
+    workdir = Path(next(ln[1] for ln in lines if ln[:1] == ["WORKDIR"]))
+    copied = {Path(ln[-2]): workdir / ln[-1] for ln in lines if ln[:1] == ["COPY"] and len(ln) >= 3}
+    web = dashboard.SOURCE_WEB_DIR.relative_to(ROOT)  # where the app looks, beside the source or the cwd
+    assert copied.get(web) == workdir / web and (ROOT / web / "index.html").is_file()
