@@ -68,9 +68,17 @@ def test_a_blank_query_is_refused_before_anything_is_stored(client, container):
         assert s.scalar(select(func.count()).select_from(Query)) == 0
 
 
-def test_empty_batch_is_refused(client):
-    r = client.post("/v1/queries", json=[])
-    assert r.status_code == 400 and "1 to 64" in r.json()["error"]["message"]
+def test_a_list_of_0_or_65_queries_is_a_422_as_any_invalid_body_is(client, container):
+    """It was a 400 bad_request, where the native API answers a body that fails validation (as
+    /v1/batches does for its `queries`) with a 422 invalid_value."""
+    for n in (0, 65):
+        r = client.post("/v1/queries", json=[{"query": "What is 2+2?", "k": 1}] * n)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_value", None)
+        assert error["message"] == f"body: a list holds 1 to 64 queries, got {n}"
+    with container.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query)) == 0
 
 
 def test_unknown_query_is_404(client):
