@@ -54,8 +54,9 @@ class Ask(Record):
     max_tokens: int | None = Field(default=None, ge=1, description="Lowers the pool's token limits.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Replaces the experts' own.")
     stop: tuple[str, ...] = Field(default=(), max_length=4, description="Generation ends at any of these.")
-    key_id: int | None = Field(default=None, description="The stored API key that asked (client or admin): only it "
-                               "and admins may read the query back or judge it; None: anyone may.")
+    key_id: int | None = Field(default=None, description="The stored API key that asked (client or admin; -1: the "
+                               "environment's admin key): only it and admins may read the query back or judge it; "
+                               "None: anyone may.")
     # Transport, not the query: the live client's stream (pipeline/stream.py). Never stored,
     # so the stored request is the same streamed or not, and a recovery streams to no one.
     stream_to: str | None = Field(default=None, exclude=True)
