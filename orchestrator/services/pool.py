@@ -184,14 +184,16 @@ class PoolState:
         of the evidence first, so the query counts once, as a rebuild from the store counts it;
         where that cannot be done exactly here, the pool is rebuilt from the store."""
         stored, stale = self._store(lessons)
+        kept = [(s, x) for s, (_, x) in zip(stored, lessons, strict=True) if s.id is not None]
+        stored = [s for s, _ in kept]  # a lesson the store refused (its query has feedback) teaches nothing
         built = self.snapshot  # outside the lock: building it takes the lock
         with self._lock:
             snap = self._snapshot or built
             # as `load_evidence` reads them back: marks of an expert removed since teach nothing
-            taught = [_known(x, snap.experts) for _, x in lessons]
+            taught = [_known(x, snap.experts) for _, x in kept]
             cut = _unlearned(snap, self._lesson_ids, stored, taught, stale)
             if cut is not None:
-                self._teach(*cut, [x.id for x in stored], taught)
+                self._teach(*cut, [x.id for x in stored if x.id is not None], taught)
         if cut is None:
             self.refresh()
 

@@ -16,9 +16,10 @@ from orchestrator.store.models import LessonRow, Query
 
 
 class Stored(NamedTuple):
-    """A stored lesson's id, and the earlier lessons of its query it replaced (id, lesson)."""
+    """A stored lesson's id (None: not kept, its query has feedback), and the earlier lessons
+    of its query it replaced (id, lesson)."""
 
-    id: int
+    id: int | None
     replaced: list[tuple[int, Lesson]]
 
 
@@ -30,8 +31,10 @@ class LessonRepository:
         """Store a lesson; one per query and source (a repeat replaces the first). Feedback
         replaces every earlier lesson of its query: an explored or competed query's answers were
         marked against their consensus, and feedback marks the same answers against the truth,
-        so the query would otherwise count twice with marks that disagree. Returns its id and
-        the lessons it replaced (what the live pool takes out of its evidence).
+        so the query would otherwise count twice with marks that disagree. For the same reason a
+        competition or exploration lesson of a query that has feedback is not kept (feedback can
+        land before it: the query is stored done first). Returns its id and the lessons it
+        replaced (what the live pool takes out of its evidence).
 
         Two requests storing one query's lesson at once (a retried feedback) both find nothing to
         replace on PostgreSQL, and the second's insert meets the first's row: it is tried once
@@ -44,13 +47,29 @@ class LessonRepository:
                 return self._replace(lesson, query_id)
 
     def _replace(self, lesson: Lesson, query_id: int | None) -> Stored:
+        if query_id is not None:
+            self._hold(query_id)
         replaced = self._delete_earlier(lesson, query_id) if query_id is not None else []
+        if query_id is not None and lesson.source != "feedback" and self._has_feedback(query_id):
+            return Stored(None, replaced)
         row = LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
                         embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
                         marks=dict(lesson.marks), choices=dict(lesson.choices))
         self.session.add(row)
         self.session.flush()
         return Stored(row.id, replaced)
+
+    def _hold(self, query_id: int) -> None:
+        """PostgreSQL: lock the query's row until commit, so two lessons of one query are stored
+        one after the other and the second sees the first (neither sees the other's uncommitted
+        row otherwise, and feedback and a competition lesson were both kept). SQLite takes one
+        writer at a time: its transaction holds the write lock from `_delete_earlier` on."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            self.session.execute(select(Query.id).where(Query.id == query_id).with_for_update(key_share=True))
+
+    def _has_feedback(self, query_id: int) -> bool:
+        stmt = select(LessonRow.id).where(LessonRow.query_id == query_id, LessonRow.source == "feedback")
+        return self.session.scalar(stmt.limit(1)) is not None
 
     def _delete_earlier(self, lesson: Lesson, query_id: int) -> list[tuple[int, Lesson]]:
         """Delete what `lesson` replaces of its query; returned as deleted, in one statement (a

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, NoExperts, QueryBudget
+from orchestrator.routing.learning import Lesson
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -165,3 +166,19 @@ def test_a_competitor_removed_before_its_query_runs_drops_out_and_the_query_is_a
     row = c.queries.get(admitted[0].query_id)
     assert row.status == "done" and row.answer
     assert competitors[0] not in {g.expert for g in row.generations}
+
+
+def test_a_competition_lesson_arriving_after_its_query_s_feedback_teaches_nothing(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """A query is stored done before its competition lesson is: feedback given in between was
+    kept beside the later competition lesson, and the query counted twice, live and after a
+    restart. Feedback outranks it whichever comes first."""
+    c = service(tmp_path, embedder, rate=0.0)
+    with TestClient(create_app(c, owns_container=True)):
+        query = c.queries.ask([Ask(text=QUESTION, k=3, mode="topk", seed=1)])[0]
+        c.feedback.give(query.id, answer="B")
+        counts, rows = c.pool.evidence_counts(), c.pool.snapshot.evidence.learned_rows
+        late = Lesson(embedder.encode([QUESTION])[0], ("x",), dict.fromkeys(counts, True), source="competition")
+        c.pool.learn([(query.id, late)])
+        assert c.pool.evidence_counts() == counts and c.pool.snapshot.evidence.learned_rows == rows
+        with c.db.session() as s:
+            assert s.scalars(select(LessonRow.source)).all() == ["feedback"]
