@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from orchestrator.aggregation.reliability import AnswerReliability
-from orchestrator.aggregation.vote import weighted_vote
+from orchestrator.aggregation.vote import option_count, weighted_vote
 from orchestrator.domain import final_answer
 from orchestrator.routing.evidence import RoutingEvidence
 from skills.grading import LETTERS, extract_choice
@@ -36,6 +37,7 @@ CERTAIN_AFTER = 20  # observed marks after which an expert joins normal recruitm
 MAX_LEARNED_ROWS = 20_000  # the k-NN memory keeps this many rows from traffic, the newest (profiling's all)
 LABEL_NEIGHBOURS = 10  # a lesson's topic label: the commonest among its nearest remembered rows
 LABEL_BLOCK = 1024  # lessons labelled per matrix product (bounds its memory)
+_OPTION_TEXT = re.compile(r"^\s*\(?([A-Pa-p])[.):]\s*(.*)$")  # an option line as `option_count` reads them
 
 
 @dataclass(frozen=True)
@@ -151,23 +153,44 @@ def observed_counts(evidence: RoutingEvidence) -> dict[str, int]:
 
 
 def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability: AnswerReliability | None,
-           gold: str | None = None) -> tuple[dict[str, bool], dict[str, str | None], str | None]:
+           gold: str | None = None, question: str = "") -> tuple[dict[str, bool], dict[str, str | None], str | None]:
     """Each answer's mark against the gold answer, else against the weighted consensus of all of
     them; with each one's option letter (None: not a choice), and the reference used. Without
     gold, fewer than two experts or a tie at the top is no consensus: no reference, no marks (a
-    lone answer would agree with itself, and a tie would be settled by letter order)."""
+    lone answer would agree with itself, and a tie would be settled by letter order). A gold
+    answer that names nothing to compare with (`gold_choice`: none of `question`'s options,
+    against lettered answers; nothing but punctuation) is no reference either."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
     lettered = any(v is not None for v in letters.values())
     if not gold and len(answers) < 2:
         return {}, letters if lettered else dict.fromkeys(answers), None
     if lettered:
-        # a gold answer is read as the answers are: "B. Paris" and "The answer is (B)." are B
-        ref = (extract_choice(gold, len(LETTERS)) or gold.strip().upper()) if gold \
+        ref = gold_choice(gold, question) if gold \
             else _consensus(weighted_vote(list(letters.items()), weights, reliability).support)
         return _marked(letters, ref), letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
-    ref = _normal(gold) if gold else _consensus(_support(finals, weights))
+    ref = (_normal(gold) or None) if gold else _consensus(_support(finals, weights))
     return _marked(finals, ref), dict.fromkeys(answers), ref
+
+
+def gold_choice(gold: str, question: str = "") -> str | None:
+    """The option letter a gold answer names: an option's text in `question` ("Carbon dioxide"
+    is B's), else read as the answers are ("B. Paris" and "The answer is (B)." are B); None when
+    it names none. Its text first: a letter inside it ("Vitamin C") is not a pick; a bare letter
+    in either case last (" b ": extraction reads a lower-case letter as a word)."""
+    bare = gold.strip().upper()
+    return _option_texts(question).get(_normal(gold)) or extract_choice(gold, len(LETTERS)) \
+        or (bare if len(bare) == 1 and bare in LETTERS else None)
+
+
+def _option_texts(question: str) -> dict[str, str]:
+    """Each option's text (normalised as `_normal`) → its letter, for the options `option_count`
+    finds (the last lettered run of the question; a later line of a letter wins, as the run is last)."""
+    valid, found = LETTERS[:option_count(question)], {}
+    for line in question.splitlines():
+        if (m := _OPTION_TEXT.match(line)) and m[1].upper() in valid:
+            found[m[1].upper()] = _normal(m[2])
+    return {text: letter for letter, text in found.items() if text}
 
 
 def _marked(answers: Mapping[str, str | None], ref: str | None) -> dict[str, bool]:

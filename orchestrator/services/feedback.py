@@ -1,12 +1,14 @@
 """Feedback on an answered query: it moves the evidence of the experts that answered it.
 
 `{"answer": ...}` gives the gold answer: each answering expert is marked right or wrong against
-it. `{"correct": true}` says the service's answer was right: each expert is marked against it.
-`{"correct": false}` says it was wrong: the experts that gave it are marked wrong, and the others
-stay unmarked (a wrong answer does not say which other answer was right). The marks become a
-lesson of the router (`routing.learning`), one per query: feedback given again replaces the
-first, so the same feedback twice counts once, and feedback replaces the lesson an explored or
-competed query taught against the consensus of its answers.
+it (against lettered answers, an option's text stands for its letter; an answer that names no
+option, or holds nothing but punctuation, is refused with a 422). `{"correct": true}` says the
+service's answer was right: each expert is marked against it. `{"correct": false}` says it was
+wrong: the experts that gave it are marked wrong, and the others stay unmarked (a wrong answer
+does not say which other answer was right). The marks become a lesson of the router
+(`routing.learning`), one per query: feedback given again replaces the first, so the same
+feedback twice counts once, and feedback replaces the lesson an explored or competed query
+taught against the consensus of its answers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from orchestrator.domain import Decision
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson, scored
-from orchestrator.services.errors import Conflict, NotFound
+from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.pool import PoolState
 from orchestrator.services.queries import readable
 from orchestrator.store.db import Database
@@ -50,7 +52,7 @@ class FeedbackService:
         if row.status != "done" or decision is None or row.answer is None:
             raise Conflict(f"query {query_id} has no answer to judge (it is {row.status})", "query_id")
         texts = {g.expert: g.text for g in row.generations if g.role in ("expert", "competitor")}
-        marks, letters = self._marks(texts, decision, row.answer, correct, answer)
+        marks, letters = self._marks(texts, decision, row.answer, correct, answer, row.text)
         if marks:
             embedding = self.embedder.encode([question_part(row.text)])[0]
             lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
@@ -61,11 +63,22 @@ class FeedbackService:
         return Verdict(query_id, marks, had)
 
     def _marks(self, texts: dict[str, str], decision: Decision, final: str, correct: bool | None,
-               answer: str | None) -> tuple[dict[str, bool], dict[str, str | None]]:
+               answer: str | None, question: str) -> tuple[dict[str, bool], dict[str, str | None]]:
         weights = {s.name: s.weight for s in decision.experts}
         reliability = self.pool.snapshot.router.reliability
         if answer is not None or correct:
-            marks, letters, _ = scored(texts, weights, reliability, answer if answer is not None else final)
+            marks, letters, ref = scored(texts, weights, reliability, answer if answer is not None else final, question)
+            if answer is not None and ref is None and texts:
+                raise _unreadable(answer, letters)
             return marks, letters
-        agrees, letters, _ = scored(texts, weights, reliability, final)  # the answer was wrong
+        agrees, letters, _ = scored(texts, weights, reliability, final, question)  # the answer was wrong
         return {e: False for e, same in agrees.items() if same}, letters
+
+
+def _unreadable(answer: str, letters: dict[str, str | None]) -> Unprocessable:
+    """A gold answer there is nothing to compare with: the client's to fix, so refused and named
+    (as a 200 with no marks it would look taken; taken as it was, it marked every expert wrong)."""
+    if any(letters.values()):
+        return Unprocessable(f"answer: {answer!r} is neither an option letter nor the text of one of the "
+                             "query's options, and its experts answered with option letters", "answer")
+    return Unprocessable(f"answer: {answer!r} holds no answer to compare the experts' with", "answer")

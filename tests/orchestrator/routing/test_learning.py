@@ -69,7 +69,31 @@ def test_a_gold_answer_is_read_as_the_answers_are() -> None:
     for gold in ("B", "B. Paris", "The correct answer is (B).", " b "):
         marks, letters, ref = scored(answers, {}, None, gold)
         assert ref == "B" and marks == {"right": True, "wrong": False, "none": False}, gold
-    assert scored(answers, {}, None, "Paris")[0] == {"right": False, "wrong": False, "none": False}
+
+
+LETTERED = ("Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nC) Nitrogen\nD. Vitamin C\n"
+            "Reply with 'Answer: X'.")
+
+
+def test_a_gold_answer_given_as_an_option_s_text_is_that_option() -> None:
+    """`{"answer": "Carbon dioxide"}` on a lettered question became "CARBON DIOXIDE", which no
+    letter equals: every expert was marked wrong. The option's text names its letter (an
+    option's text is read before a letter in it: "Vitamin C" is D, not C)."""
+    answers = {"right": "Answer: B", "wrong": "Answer: C", "none": "I cannot tell."}
+    for gold in ("Carbon dioxide", " carbon  DIOXIDE. ", "B"):
+        marks, _, ref = scored(answers, {}, None, gold, LETTERED)
+        assert ref == "B" and marks == {"right": True, "wrong": False, "none": False}, gold
+    vitamin = scored({"d": "Answer: D", "c": "Answer: C"}, {}, None, "Vitamin C", LETTERED)
+    assert vitamin[::2] == ({"d": True, "c": False}, "D")
+
+
+def test_a_gold_answer_that_names_no_option_marks_no_one() -> None:
+    """Junk (".") or a text no option has, against lettered answers, taught every expert it was
+    wrong; it is no reference now: no marks (feedback refuses it, `services/feedback.py`)."""
+    answers = {"right": "Answer: B", "wrong": "Answer: C"}
+    for gold, question in ((".", LETTERED), ("Paris", LETTERED), ("Carbon dioxide", "Which gas do plants absorb?")):
+        assert scored(answers, {}, None, gold, question)[::2] == ({}, None), (gold, question)
+    assert scored({"a": "42", "b": "41"}, {}, None, ".")[::2] == ({}, None)  # free text: nothing left to compare
 
 
 def test_a_lone_answer_is_no_consensus_and_marks_no_one() -> None:

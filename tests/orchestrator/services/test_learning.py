@@ -59,6 +59,7 @@ def test_a_competition_teaches_the_router_and_a_restart_keeps_it(competing, tmp_
     assert body["competition"] and sorted([*body["recruited"], *body["competitors"]]) == ["alpha", "beta", "gamma"]
     assert set(body["competition_scores"]) == {"alpha", "beta", "gamma"}
     assert {g["role"] for g in body["generations"]} == {"expert", "competitor"}
+    c.queries.learned()  # answered once stored: the lesson is learned behind the window
     assert lessons(c) == 1 and all(c.pool.evidence_counts()[n] == counts[n] + 1 for n in counts)
     learned = estimates(client)
     right = {n for n, v in body["competition_scores"].items() if v == 1.0}
@@ -79,7 +80,7 @@ def test_by_default_a_consensus_competition_waits_for_feedback_to_teach(tmp_path
         body = client.post("/v1/queries", json={"query": QUESTION, "k": 1, "seed": 1}).json()
         assert body["competition"] and set(body["competition_scores"]) == {"alpha", "beta", "gamma"}
         assert lessons(c) == 0 and c.pool.evidence_counts() == counts  # scored and shown, not taught
-        r = client.post(f"/v1/queries/{body['id']}/feedback", json={"answer": "Carbon dioxide"})
+        r = client.post(f"/v1/queries/{body['id']}/feedback", json={"answer": "B"})
         assert set(r.json()["experts"]) == {"alpha", "beta", "gamma"}  # every competitor is marked
         assert lessons(c) == 1 and all(c.pool.evidence_counts()[n] == counts[n] + 1 for n in counts)
 
@@ -128,6 +129,7 @@ def test_a_new_expert_is_explored_before_it_is_recruited(tmp_path, embedder) -> 
     budgeted = ask.model_copy(update={"budget": QueryBudget(latency_s=3600.0, energy_j=1e8)})
     assert "delta" not in c.pipeline.route(snap, [budgeted])[0].recruited  # a budget recruits no uncertain one
     c.queries.ask([ask])
+    c.queries.learned()
     assert c.pool.evidence_counts()["delta"] == 1  # its explored answer was scored and learned
     with c.db.session() as s:  # every expert being profiled again: nothing may be recruited yet
         for e in ExpertRepository(s).list():
@@ -146,9 +148,10 @@ def test_feedback_on_an_explored_query_replaces_its_consensus_lesson(tmp_path, e
         ExpertRepository(s).set_status(row.id, "profiling")
     c.pool.refresh()
     query = c.queries.ask([Ask(text=QUESTION, k=1, mode="topk", seed=5)])[0]
+    c.queries.learned()
     counts = c.pool.evidence_counts()
     assert lessons(c) == 1 and counts["delta"] == 1  # the exploration, marked against the consensus
-    verdict = c.feedback.give(query.id, answer="Carbon dioxide")
+    verdict = c.feedback.give(query.id, answer="B")
     assert "delta" in verdict.marks and not verdict.replaced  # the explorer is marked against the truth
     with c.db.session() as s:
         assert s.scalars(select(LessonRow.source)).all() == ["feedback"]
