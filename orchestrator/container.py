@@ -5,8 +5,8 @@ Building does no work. Starting migrates the schema, loads (or first profiles) t
 answers what a crash left: `start` does it all here (the CLI's commands, tests);
 `start_in_background` (the app's lifespan) only migrates before returning, so HTTP is served
 at once, and runs the rest on a thread, its progress in `startup` (what /ready reports).
-`close` stops the batching window and the profiler and, when it owns the device worker,
-unloads it.
+`close` stops the batching window (and learns what its batches taught) and the profiler and,
+when it owns the device worker, unloads it.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ class SkillRoute:
     def close(self) -> None:
         """Stop the window and the profiler, unload owned workers, release the store (idempotent)."""
         self.instance.stop()
-        self.queries.window.close()
+        self.queries.close()  # the window, then its lessons: learned while the pool and store are up
         self.experts.queue.close()
         if self._owns_workers:
             self.fleet.shutdown()

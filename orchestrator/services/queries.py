@@ -2,7 +2,8 @@
 
 Concurrent requests share one window, so their generation is batched by model too. A query is
 answered exactly as it was admitted: its stored request and decision are what runs, here and
-after a crash (`recover`).
+after a crash (`recover`). What a batch taught the router is learned behind it (`LearningQueue`):
+its rows are returned once stored, without waiting for the router to be rebuilt or refitted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import Busy, NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.instances import Instance
+from orchestrator.services.learning_queue import LearningQueue
 from orchestrator.services.pool import PoolState
 from orchestrator.settings import BatchingSettings
 from orchestrator.store.db import Database
@@ -34,6 +36,7 @@ from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository, ask_of, decision_of
 
 log = logging.getLogger(__name__)
+Taught = list[tuple[int | None, Lesson]]  # a batch's lessons, by the id of the query that taught each
 ADOPT_AT_ONCE = 500  # queries one heartbeat takes over from dead services (the rest: the next beats)
 
 
@@ -47,6 +50,7 @@ class QueryService:
             self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens)
         self.max_waiting = batching.max_waiting
+        self.learner: LearningQueue[Taught] = LearningQueue(self._learn)
         # queued chunks not yet fed to the window (`queue`): still waiting, so the backlog bound counts them
         self._unfed, self._unfed_lock = 0, threading.Lock()
 
@@ -78,6 +82,15 @@ class QueryService:
         """`submit` and wait: the CLI's and the tests' way in."""
         return self.submit(asks).result()
 
+    def learned(self) -> None:
+        """Wait until the router has learned what every batch answered so far taught."""
+        self.learner.learned()
+
+    def close(self) -> None:
+        """Stop the window, then learn what its batches taught (before the pool and store go)."""
+        self.window.close()
+        self.learner.close()
+
     def _run_items(self, items: list[Admitted]) -> list[Query]:
         """The batch's rows as stored: those it finished as they were written, the few it
         failed before running (an expert gone) read back."""
@@ -96,7 +109,7 @@ class QueryService:
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
         if not runnable:
             return {}
-        taught: list[tuple[int | None, Lesson]] = []
+        taught: Taught = []
         try:
             outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
                                             [i.embedding for i in runnable],
@@ -105,8 +118,8 @@ class QueryService:
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             raise
         rows = self._store([(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)])
-        if taught:
-            self._learn(taught)
+        if taught:  # learned behind the window: the batch's clients do not wait for a rebuild or refit
+            self.learner.submit(taught)
         self._count(rows.values())
         return rows
 
@@ -138,8 +151,9 @@ class QueryService:
                 self._fail([item[0]], f"its answer could not be stored: {type(exc).__name__}: {exc}"[:2000])
         return rows
 
-    def _learn(self, taught: list[tuple[int | None, Lesson]]) -> None:
-        """Teach the router; the queries are stored already, so a failure here loses lessons only."""
+    def _learn(self, taught: Taught) -> None:
+        """Teach the router (on the learner's thread); the queries are stored already, so a
+        failure here loses this batch's lessons only."""
         try:
             self.pool.learn(taught)
         except Exception:
