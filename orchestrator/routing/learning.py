@@ -4,13 +4,14 @@ CompeteSMoE (Fsoft-AIC/CompeteSMoE) now and then lets every expert of a layer an
 each by its response and trains the router to predict the winners. For whole LLMs: on a sampled
 share of routed queries every eligible expert answers (a competition); each answer is scored
 against the gold answer where one is known (a recording's, a user's feedback), else against
-the reliability-weighted consensus of all the answers (at least two experts' and one answer ahead:
-a lone answer or a tie teaches nothing). The result is a `Lesson`: the query's
-embedding and skills, and each answering expert's mark. Lessons extend the router's evidence
-(`learned`): the k-NN memory gains the query as a row (marks of experts that did not answer it
-stay unobserved), each answering expert's skill profile moves ±1 per skill, and competence is
-recomputed. An expert registered while the service runs has no evidence yet: it is explored
-(answers as an extra, scored like a competitor) until it has `CERTAIN_AFTER` observed marks.
+the reliability-weighted consensus of all the answers (at least two experts', two of them with a
+letter where any has one, and one answer ahead: a lone answer or a tie teaches nothing). The
+result is a `Lesson`: the query's embedding and skills, and each answering expert's mark.
+Lessons extend the router's evidence (`learned`): the k-NN memory gains the query as a row
+(marks of experts that did not answer it stay unobserved), each answering expert's skill
+profile moves ±1 per skill, and competence is recomputed. An expert registered while the
+service runs has no evidence yet: it is explored (answers as an extra, scored like a
+competitor) until it has `CERTAIN_AFTER` observed marks.
 """
 
 from __future__ import annotations
@@ -156,13 +157,16 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
            gold: str | None = None, question: str = "") -> tuple[dict[str, bool], dict[str, str | None], str | None]:
     """Each answer's mark against the gold answer, else against the weighted consensus of all of
     them; with each one's option letter (None: not a choice), and the reference used. Without
-    gold, fewer than two experts or a tie at the top is no consensus: no reference, no marks (a
-    lone answer would agree with itself, and a tie would be settled by letter order). A gold
+    gold, fewer than two experts (or, lettered, fewer than two answers with a letter) or a tie
+    at the top is no consensus: no reference, no marks (a lone answer would agree with itself,
+    and a tie would be settled by letter order). A gold
     answer that names nothing to compare with (`gold_choice`: none of `question`'s options,
     against lettered answers; nothing but punctuation) is no reference either."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
-    lettered = any(v is not None for v in letters.values())
-    if not gold and len(answers) < 2:
+    picks = sum(v is not None for v in letters.values())
+    lettered = picks > 0
+    # a reply without a letter casts no vote: one letter among several would agree with itself alone
+    if not gold and (len(answers) < 2 or picks == 1):
         return {}, letters if lettered else dict.fromkeys(answers), None
     if lettered:
         ref = gold_choice(gold, question) if gold \

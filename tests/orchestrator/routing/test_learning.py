@@ -113,3 +113,14 @@ def test_a_tie_at_the_top_is_no_consensus() -> None:
     assert scored({"a": "41", "b": "42"}, even, None)[::2] == ({}, None)
     marks, _, ref = scored({"a": "Answer: B", "b": "Answer: A", "c": "Answer: B"}, even | {"c": 0.5}, None)
     assert ref == "B" and marks == {"a": True, "b": False, "c": True}
+
+
+def test_one_lettered_answer_among_several_is_no_consensus() -> None:
+    """The replies without a letter cast no vote, so the one letter agreed with itself: its
+    expert was marked right on its own vote and the others wrong. It takes two letters."""
+    even = {"a": 1.0, "b": 1.0, "c": 1.0}
+    lone = {"a": "Answer: B", "b": "I cannot tell from the question.", "c": "It depends."}
+    assert scored(lone, even, None)[::2] == ({}, None)
+    two = scored(lone | {"c": "Answer: B"}, even, None)
+    assert two[::2] == ({"a": True, "b": False, "c": True}, "B")
+    assert scored(lone, even, None, "B")[0] == {"a": True, "b": False, "c": False}  # gold marks as ever
