@@ -40,13 +40,15 @@ STALE_LESSONS_KEY = "stale_lessons"  # expert → the last lesson before its per
 
 class Loaded(NamedTuple):
     """What `load_evidence` read (see there); `lesson_ids` are the lessons behind the evidence's
-    learned rows, oldest first (a replaced lesson's row is found by its id)."""
+    learned rows, oldest first (a replaced lesson's row is found by its id); `read_upto` the
+    highest lesson id read (0: none)."""
 
     experts: dict[str, ExpertSpec]
     evidence: RoutingEvidence
     skills: list[str]
     profiling: set[str]
     lesson_ids: list[int]
+    read_upto: int = 0
 
 
 def load_evidence(db: Database, dataset: str, embedder: Embedder) -> Loaded:
@@ -71,7 +73,8 @@ def load_evidence(db: Database, dataset: str, embedder: Embedder) -> Loaded:
     options = typical_options(len(q.payload.get("options") or ()) for q in questions)
     base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed, options=options)
     evidence = learned(base, [_known(x, experts) for _, x in lessons])
-    return Loaded(experts, evidence, skills, profiling, _newest([i for i, _ in lessons], evidence.learned_rows))
+    ids = [i for i, _ in lessons]
+    return Loaded(experts, evidence, skills, profiling, _newest(ids, evidence.learned_rows), max(ids, default=0))
 
 
 def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],
@@ -141,6 +144,9 @@ class PoolState:
         self._begun = 0  # refreshes begun: each takes the next number before it reads the store
         self._shown = 0  # the number of the refresh the snapshot was built by
         self._lesson_ids: list[int] = []  # the lessons behind the snapshot's learned rows, oldest first
+        # the highest lesson id the shown rebuild read: a lesson at or below it is in the snapshot
+        # as the store had it then (read, or deleted by one that replaced it), so `learn` skips it
+        self._read_upto = 0
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -157,15 +163,16 @@ class PoolState:
         with self._lock:
             self._begun += 1
             number = self._begun
-        snap, ids = self._build()
+        snap, ids, upto = self._build()
         with self._lock:
             if number > self._shown:
                 self._snapshot, self._shown, self._since_fit, self._lesson_ids = snap, number, 0, ids
+                self._read_upto = upto
             assert self._snapshot is not None
             return self._snapshot
 
-    def _build(self) -> tuple[PoolSnapshot, list[int]]:
-        experts, evidence, skills, profiling, ids = load_evidence(self.db, self.dataset, self.embedder)
+    def _build(self) -> tuple[PoolSnapshot, list[int], int]:
+        experts, evidence, skills, profiling, ids, upto = load_evidence(self.db, self.dataset, self.embedder)
         with self.db.session() as s:
             agg = (StateRepository(s).get(AGGREGATOR_KEY) or {}).get("name")
         uncertain = _uncertain(evidence, profiling)
@@ -176,7 +183,7 @@ class PoolState:
                       default=None)
         return PoolSnapshot(experts, build_router(evidence, self.router_name), SkillVocabulary(skills, self.embedder),
                             agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers),
-                            evidence, uncertain), ids
+                            evidence, uncertain), ids, upto
 
     def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> None:
         """Keep the lessons (query id, lesson) and route by them from now on. A lesson that
@@ -184,16 +191,16 @@ class PoolState:
         of the evidence first, so the query counts once, as a rebuild from the store counts it;
         where that cannot be done exactly here, the pool is rebuilt from the store."""
         stored, stale = self._store(lessons)
-        kept = [(s, x) for s, (_, x) in zip(stored, lessons, strict=True) if s.id is not None]
-        stored = [s for s, _ in kept]  # a lesson the store refused (its query has feedback) teaches nothing
         built = self.snapshot  # outside the lock: building it takes the lock
         with self._lock:
             snap = self._snapshot or built
+            fresh = [(s.id, s, x) for s, (_, x) in zip(stored, lessons, strict=True)
+                     if s.id is not None and s.id > self._read_upto]  # see `_read_upto`; None: refused
             # as `load_evidence` reads them back: marks of an expert removed since teach nothing
-            taught = [_known(x, snap.experts) for _, x in kept]
-            cut = _unlearned(snap, self._lesson_ids, stored, taught, stale)
-            if cut is not None:
-                self._teach(*cut, [x.id for x in stored if x.id is not None], taught)
+            taught = [_known(x, snap.experts) for _, _, x in fresh]
+            cut = _unlearned(snap, self._lesson_ids, [s for _, s, _ in fresh], taught, stale)
+            if cut is not None and fresh:
+                self._teach(*cut, [i for i, _, _ in fresh], taught)
         if cut is None:
             self.refresh()
 

@@ -171,3 +171,33 @@ def test_feedback_naming_a_removed_expert_leaves_it_out_as_a_rebuild_does(
     live = container.pool.snapshot.evidence
     assert live is not None and gone not in live.profiles and gone not in container.pool.evidence_counts()
     same_evidence(live, load_evidence(container.db, container.pool.dataset, embedder).evidence)
+
+
+def test_two_feedbacks_on_one_query_at_once_count_it_once_live(
+        container: SkillRoute, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored its lesson; B stored its own, replacing A's, and (A's row not in the live memory
+    yet) rebuilt the pool from the store; A then added its deleted lesson on top of that rebuild:
+    the live router counted the query twice until the next rebuild."""
+    query = container.queries.ask([Ask(text="What is 2 + 3?", k=2, mode="topk", seed=1)])[0]
+    pool, stored_a, go_on = container.pool, threading.Event(), threading.Event()
+    real_store = pool._store
+
+    def held_after_storing(lessons: Any) -> Any:
+        out = real_store(lessons)
+        if threading.current_thread().name == "A":  # A stored, not applied yet
+            stored_a.set()
+            assert go_on.wait(60), "the test never let A go on"
+        return out
+
+    monkeypatch.setattr(pool, "_store", held_after_storing)
+    a = threading.Thread(target=container.feedback.give, args=(query.id, True), name="A")
+    a.start()
+    try:
+        assert stored_a.wait(60)
+        assert container.feedback.give(query.id, correct=True).replaced  # B, run to its end
+    finally:
+        go_on.set()
+        a.join(60)
+    live = pool.snapshot.evidence
+    assert live is not None
+    same_evidence(live, load_evidence(container.db, pool.dataset, embedder).evidence)
