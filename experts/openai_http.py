@@ -124,11 +124,16 @@ class OpenAIHTTPBackend:
         return [gen for gen, _ in tries]
 
     def _attempt(self, client: httpx.Client, request: GenerationRequest) -> tuple[Generation, BackendError | None]:
-        """The request's Generation, and the error if the server could not be reached for it."""
+        """The request's Generation, and the error if the server could not be reached for it.
+        Anything else that goes wrong is this request's failure: raised, it would fail every
+        request of the batch (the pool's map re-raises it), which the module doc rules out."""
         try:
             return self._one(client, request), None
         except BackendError as exc:
             return Generation.failed(request.request_id, str(exc)), exc
+        except Exception as exc:  # noqa: BLE001  # one request's, whatever it is
+            reason = f"request {request.request_id}: {type(exc).__name__}: {exc}"
+            return Generation.failed(request.request_id, reason[:500]), None
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
@@ -227,10 +232,14 @@ class _Streamed:
         a proxy dropped it) is a failure, not a shorter answer."""
         if self.finish is None and not self.done:
             return Generation.failed(request_id, "stream ended before the reply was complete", latency_s)
-        return Generation(request_id=request_id, text="".join(self.pieces),
-                          prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(self.usage.get("completion_tokens") or len(self.pieces)),
-                          latency_s=latency_s, finish_reason=finish_reason_of(self.finish))
+        try:
+            return Generation(request_id=request_id, text="".join(self.pieces),
+                              prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(self.usage.get("completion_tokens") or len(self.pieces)),
+                              latency_s=latency_s, finish_reason=finish_reason_of(self.finish))
+        except (ValueError, TypeError, AttributeError):  # usage that is not numbers: a malformed reply
+            malformed = f"request {request_id}: malformed usage {self.usage!r:.300}"
+            return Generation.failed(request_id, malformed, latency_s)
 
 
 def _relay(reply: httpx.Response, request: GenerationRequest, started: float, streamed: _Streamed) -> Iterator[str]:
@@ -258,7 +267,9 @@ def _sse_chunks(reply: httpx.Response, request_id: str, streamed: _Streamed) -> 
                 chunk = json.loads(data)
             except ValueError as exc:
                 raise BackendError(f"request {request_id}: not a stream chunk: {data[:300]}") from exc
-            if isinstance(chunk, dict) and chunk.get("error"):
+            if not isinstance(chunk, dict):
+                raise BackendError(f"request {request_id}: not a stream chunk: {data[:300]}")
+            if chunk.get("error"):
                 raise BackendError(f"request {request_id}: the server's stream failed: {chunk['error']}")
             yield chunk
 
@@ -282,18 +293,19 @@ def _served_models(url: str, reply: httpx.Response) -> list[str]:
 
 
 def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> Generation:
+    """The reply as a Generation, built whole inside the guard: a null message, usage that is not
+    a number or content that is not text is a malformed reply like any other (BackendError)."""
     try:
         data = reply.json()
-        text = data["choices"][0]["message"].get("content") or ""
-        finish = data["choices"][0].get("finish_reason")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Generation(
+            request_id=request_id,
+            text=choice["message"].get("content") or "",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=latency_s,
+            finish_reason=finish_reason_of(choice.get("finish_reason")),
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # ValidationError is a ValueError
         raise BackendError(f"request {request_id}: not a chat completion: {reply.text[:300]}") from exc
-    usage = data.get("usage") or {}
-    return Generation(
-        request_id=request_id,
-        text=text,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        latency_s=latency_s,
-        finish_reason=finish_reason_of(finish),
-    )
