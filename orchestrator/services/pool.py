@@ -198,7 +198,7 @@ class PoolState:
                      if s.id is not None and s.id > self._read_upto]  # see `_read_upto`; None: refused
             # as `load_evidence` reads them back: marks of an expert removed since teach nothing
             taught = [_known(x, snap.experts) for _, _, x in fresh]
-            cut = _unlearned(snap, self._lesson_ids, [s for _, s, _ in fresh], taught, stale)
+            cut = _unlearned(snap, self._lesson_ids, [s for _, s, _ in fresh], stale)
             if cut is not None and fresh:
                 self._teach(*cut, [i for i, _, _ in fresh], taught)
         if cut is None:
@@ -262,34 +262,33 @@ def _newest(ids: Sequence[int], n: int) -> list[int]:
     return list(ids[len(ids) - n:]) if n > 0 else []
 
 
-def _unlearned(snap: PoolSnapshot, ids: Sequence[int], stored: Sequence[Stored], lessons: Sequence[Lesson],
-               stale: Mapping[str, int]) -> tuple[PoolSnapshot, list[int]] | None:
+def _unlearned(snap: PoolSnapshot, ids: Sequence[int], stored: Sequence[Stored], stale: Mapping[str, int]
+               ) -> tuple[PoolSnapshot, list[int]] | None:
     """The snapshot without the lessons `stored` replaced (their rows, their marks in the
     profiles), and the ids of the rows left; None where the result would not be exactly what a
     rebuild from the store makes (see `_exact`)."""
-    old = [(i, x, new) for s, new in zip(stored, lessons, strict=True) for i, x in s.replaced]
+    old = [(i, x) for s in stored for i, x in s.replaced]
     if not old:
         return snap, list(ids)
     evidence = snap.evidence
-    if evidence is None or not all(_exact(i, x, new, snap.experts, stale) for i, x, new in old):
+    if evidence is None or not all(_exact(i, x, snap.experts, stale) for i, x in old):
         return None
     at = {i: k for k, i in enumerate(ids)}
     full = evidence.learned_rows >= MAX_LEARNED_ROWS  # older ones fell out of the memory: marks only
-    if any(i not in at and not (full and i < min(ids)) for i, _, _ in old):
+    if any(i not in at and not (full and i < min(ids)) for i, _ in old):
         return None
     first = (0 if evidence.question_embeddings is None else len(evidence.question_embeddings)) - evidence.learned_rows
-    rows = [first + at[i] for i, _, _ in old if i in at]
-    gone = {i for i, _, _ in old}
-    return replace(snap, evidence=_without(evidence, rows, [x for _, x, _ in old])), [i for i in ids if i not in gone]
+    rows = [first + at[i] for i, _ in old if i in at]
+    gone = {i for i, _ in old}
+    return replace(snap, evidence=_without(evidence, rows, [x for _, x in old])), [i for i in ids if i not in gone]
 
 
-def _exact(lesson_id: int, old: Lesson, new: Lesson, experts: Mapping[str, ExpertSpec],
-           stale: Mapping[str, int]) -> bool:
+def _exact(lesson_id: int, old: Lesson, experts: Mapping[str, ExpertSpec], stale: Mapping[str, int]) -> bool:
     """Whether taking `old` out by its stored marks undoes what it added: they all counted (none
-    of an expert removed, or of a persona changed since), and `new` marks every expert on every
-    skill it did, so no profile entry is left that a rebuild would not have."""
-    counted = all(e in experts and lesson_id > stale.get(e, 0) for e in old.marks)
-    return counted and set(old.marks) <= set(new.marks) and set(old.skills) <= set(new.skills)
+    of an expert removed, or of a persona changed since). Whatever the new lesson marks: an
+    entry only `old` had added is left at 0, which routes as none does (profiles are read with
+    `.get(skill, 0.0)` and summed), so `correct: false` after `true` needs no rebuild."""
+    return all(e in experts and lesson_id > stale.get(e, 0) for e in old.marks)
 
 
 def _without(evidence: RoutingEvidence, rows: Sequence[int], lessons: Sequence[Lesson]) -> RoutingEvidence:

@@ -5,6 +5,7 @@ follows the store in the order changes were made."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -201,3 +202,28 @@ def test_two_feedbacks_on_one_query_at_once_count_it_once_live(
     live = pool.snapshot.evidence
     assert live is not None
     same_evidence(live, load_evidence(container.db, pool.dataset, embedder).evidence)
+
+
+def same_routing(live: RoutingEvidence, rebuilt: RoutingEvidence) -> None:
+    """`same_evidence`, but a profile entry of 0 is as good as none (profiles are read with
+    `.get(skill, 0.0)` and summed): a lesson taken out leaves one where it had added it."""
+    nonzero = [{n: {k: v for k, v in p.items() if v} for n, p in e.profiles.items()} for e in (live, rebuilt)]
+    assert nonzero[0] == nonzero[1]
+    same_evidence(replace(live, profiles=rebuilt.profiles), rebuilt)
+
+
+def test_feedback_marking_fewer_experts_than_the_one_it_replaces_is_taken_in_without_a_rebuild(
+        container: SkillRoute, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`correct: false` after `true` marks only the experts that gave the answer: the old
+    lesson's other marks could not be taken out exactly, so every such request rebuilt the whole
+    pool and refitted the router (28 s at scale), which any client key could force at will."""
+    query = container.queries.ask([Ask(text="What is 2 + 3?", k=3, mode="topk", seed=1)])[0]
+    first = container.feedback.give(query.id, correct=True).marks
+    real, rebuilds = pool_module.load_evidence, []
+    monkeypatch.setattr(pool_module, "load_evidence", lambda *a: rebuilds.append(a) or real(*a))
+    second = container.feedback.give(query.id, correct=False).marks
+    assert set(second) < set(first)  # fewer marks than the lesson it replaces
+    assert rebuilds == []
+    live = container.pool.snapshot.evidence
+    assert live is not None
+    same_routing(live, real(container.db, container.pool.dataset, embedder).evidence)
