@@ -106,6 +106,12 @@ class WorkerEngine:
         if self.process.alive:
             self.process.call({"op": "stop"}, timeout_s=120.0)
 
+    @property
+    def alive(self) -> bool:
+        """Whether its process still runs: one killed (OOM, a crash, a call past its timeout)
+        takes the engine with it."""
+        return self.process.alive
+
 
 def choose_dtype(has_gpu: bool, cpu_flags: str) -> str | None:
     """float32 on a machine with no GPU whose CPU lacks bf16 instructions, else the folder's own.
@@ -217,7 +223,7 @@ class VLLMBackend:
 
     @property
     def is_loaded(self) -> bool:
-        return self._engine is not None and not self._asleep
+        return self._engine is not None and not self._asleep and not _dead(self._engine)
 
     @property
     def loads_in_background(self) -> bool:
@@ -257,6 +263,8 @@ class VLLMBackend:
 
     def load(self) -> None:
         with self._lock:
+            if self._engine is not None and _dead(self._engine):
+                self._forget_dead_worker()
             if self._engine is not None and self._asleep:
                 self._engine.wake_up()
                 self._asleep = False
@@ -285,6 +293,14 @@ class VLLMBackend:
             process, self._process = self._process, None
             if process is not None:
                 process.close()
+
+    def _forget_dead_worker(self) -> None:
+        """Drop an engine whose process died, and close that process (its process group, where
+        a vLLM child may linger, and its log file), so the load that follows starts both anew."""
+        self._engine, self._asleep = None, False
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
 
     def _stop_engine(self) -> None:
         engine, self._engine, self._asleep = self._engine, None, False
@@ -322,6 +338,12 @@ class VLLMBackend:
             raise BackendError(f"{self.base_model_key}: {len(requests)} requests, {len(outputs)} outputs")
         # The batch ran as one; each request's latency is the batch's wall time.
         return [_to_generation(r.request_id, o, elapsed) for r, o in zip(requests, outputs, strict=True)]
+
+
+def _dead(engine: VLLMEngine) -> bool:
+    """Whether the engine's worker process has died. An engine run in this process (the tests'
+    fakes) has no `alive` and lives as long as we do."""
+    return getattr(engine, "alive", True) is False
 
 
 def _in_memory(stored_bytes: int, folder: Path, dtype: str | None) -> int:

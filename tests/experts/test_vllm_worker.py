@@ -4,6 +4,8 @@ vLLM runs in test_vllm_real.py (slow)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -89,6 +91,30 @@ def test_a_worker_that_grew_is_replaced_at_the_next_load(
     # engines 1-4 share a worker: after the 4th stop it holds 3 x 40 MB more than after the 1st
     assert pids[:4] == [pids[0]] * 4 and pids[4] != pids[0]
     assert backend.loads == 5
+
+
+def test_a_worker_that_died_is_noticed_and_the_next_load_starts_a_new_one(engine_log: Path, folder: Path) -> None:
+    """A worker killed under a loaded backend (the OOM killer, a crash, a call timing out) is no
+    loaded engine: the device worker's next load() starts a new process and engine, and the
+    dead process's log file is closed."""
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
+                          options=fake_python(engine_log))
+    backend.load()
+    dead = backend._engine
+    assert isinstance(dead, WorkerEngine)
+    os.killpg(dead.process.pid, signal.SIGKILL)
+    dead.process._proc.wait(timeout=30)
+    with pytest.raises(BackendError, match="has exited"):
+        backend.generate([ask("hi")])
+    assert not backend.is_loaded
+    backend.load()
+    try:
+        assert backend.generate([ask("again")])[0].text == "smol says again"
+        fresh = backend._engine
+        assert isinstance(fresh, WorkerEngine) and fresh.process.pid != dead.process.pid
+        assert backend.loads == 2 and dead.process._log.closed
+    finally:
+        backend.close()
 
 
 def test_a_failed_request_leaves_the_worker_serving(engine_log: Path, folder: Path) -> None:
