@@ -14,11 +14,15 @@ is the backend down, not a query's fault, and the device worker fails the batch 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,32 +159,41 @@ class OpenAIHTTPBackend:
         prompt past its context), it running past its `timeout_s` or the backend's read timeout,
         or its connection failing part way fails it alone, not the other requests of the batch.
         A server that cannot be reached raises BackendError (see `generate`)."""
-        url, rid = f"{self.base_url}/chat/completions", request.request_id
-        started = time.perf_counter()
+        url, rid, started = f"{self.base_url}/chat/completions", request.request_id, time.perf_counter()
         try:
-            reply = client.post(url, json=self._body(request), timeout=self._timeout_of(request))
+            status, body = self._exchange(client, request, _deadline(request, started))
         except UNREACHABLE as exc:
             raise BackendError(f"{url} request {rid}: {_reason(exc)}") from exc
         except httpx.HTTPError as exc:
             return self._transport_failure(request, exc, time.perf_counter() - started)
-        if reply.status_code != 200:
-            return Generation.failed(rid, _refusal(url, rid, reply.status_code, reply.text),
-                                     time.perf_counter() - started)
+        latency_s = time.perf_counter() - started
+        if status != 200:
+            return Generation.failed(rid, _refusal(url, rid, status, body.decode(errors="replace")), latency_s)
         try:
-            return _to_generation(rid, reply, time.perf_counter() - started)
+            return _to_generation(rid, body, latency_s)
         except BackendError as exc:  # a malformed reply is this request's
-            return Generation.failed(rid, str(exc), time.perf_counter() - started)
+            return Generation.failed(rid, str(exc), latency_s)
+
+    def _exchange(self, client: httpx.Client, request: GenerationRequest, deadline: float | None) -> tuple[int, bytes]:
+        """The reply's status and body, read by the request's deadline (see `_read_by`)."""
+        url = f"{self.base_url}/chat/completions"
+        with (client.stream("POST", url, json=self._body(request), timeout=self._timeout_of(request)) as reply,
+              _cut_at(reply, deadline)):
+            return reply.status_code, _read_by(reply, deadline)
 
     def _transport_failure(self, request: GenerationRequest, exc: httpx.HTTPError, latency_s: float) -> Generation:
-        """A request's failure on the wire: its own timeout worded as every backend words it."""
-        if request.timeout_s is not None and isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+        """A request's failure on the wire: its own timeout worded as every backend words it. Past
+        its deadline, whatever the cut connection raised (see `_cut_at`) is that timeout."""
+        timeout_s = request.timeout_s
+        timed_out = isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout)
+        if timeout_s is not None and (timed_out or latency_s >= timeout_s):
             return Generation.timed_out(request, latency_s)
         url = f"{self.base_url}/chat/completions"
         return Generation.failed(request.request_id, f"{url} request {request.request_id}: {_reason(exc)}", latency_s)
 
     def _timeout_of(self, request: GenerationRequest) -> httpx.Timeout:
-        """The request's own `timeout_s` as the wait for each read of its reply. A completion
-        that is not streamed arrives whole at its end, so that bounds the generation."""
+        """The request's own `timeout_s` as httpx's wait for each read: that bounds the wait for
+        the reply's headers; from the headers on, its deadline bounds the whole reply."""
         if request.timeout_s is None:
             return self._timeout
         return httpx.Timeout(request.timeout_s, connect=self._connect_timeout_s)
@@ -197,9 +210,11 @@ class OpenAIHTTPBackend:
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
         streamed = _Streamed()
         try:
-            with client.stream("POST", url, json=body, timeout=self._timeout_of(request)) as reply:
+            with (client.stream("POST", url, json=body, timeout=self._timeout_of(request)) as reply,
+                  _cut_at(reply, _deadline(request, started))):
                 if reply.status_code != 200:
-                    refusal = _refusal(url, rid, reply.status_code, reply.read().decode(errors="replace"))
+                    text = _read_by(reply, _deadline(request, started)).decode(errors="replace")
+                    refusal = _refusal(url, rid, reply.status_code, text)
                     yield Generation.failed(rid, refusal, time.perf_counter() - started)
                     return
                 yield from _relay(reply, request, started, streamed)
@@ -244,10 +259,7 @@ class _Streamed:
 
 def _relay(reply: httpx.Response, request: GenerationRequest, started: float, streamed: _Streamed) -> Iterator[str]:
     """The stream's text pieces as they arrive, noting its usage, finish and end in `streamed`."""
-    deadline = None if request.timeout_s is None else started + request.timeout_s
-    for chunk in _sse_chunks(reply, request.request_id, streamed):
-        if deadline is not None and time.perf_counter() > deadline:
-            raise httpx.ReadTimeout("past the request's timeout")
+    for chunk in _sse_chunks(reply, request.request_id, streamed, _deadline(request, started)):
         streamed.usage = chunk.get("usage") or streamed.usage
         streamed.finish = _finish_of(chunk) or streamed.finish
         for piece in _delta_texts(chunk):
@@ -255,9 +267,13 @@ def _relay(reply: httpx.Response, request: GenerationRequest, started: float, st
             yield piece
 
 
-def _sse_chunks(reply: httpx.Response, request_id: str, streamed: _Streamed) -> Iterator[dict[str, Any]]:
-    """The JSON chunks of a server-sent event stream, up to `data: [DONE]` (noted in `streamed`)."""
+def _sse_chunks(
+    reply: httpx.Response, request_id: str, streamed: _Streamed, deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of a server-sent event stream, up to `data: [DONE]` (noted in `streamed`).
+    The deadline is checked on every line, comments (`: keep-alive`) and blank lines too."""
     for line in reply.iter_lines():
+        _check(deadline)
         data = line.removeprefix("data:").strip() if line.startswith("data:") else None
         if data == "[DONE]":
             streamed.done = True
@@ -292,11 +308,62 @@ def _served_models(url: str, reply: httpx.Response) -> list[str]:
         raise ModelSourceError(f"{url} did not answer an OpenAI model list") from exc
 
 
-def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> Generation:
+def _deadline(request: GenerationRequest, started: float) -> float | None:
+    return None if request.timeout_s is None else started + request.timeout_s
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        raise httpx.ReadTimeout("past the request's timeout")
+
+
+def _read_by(reply: httpx.Response, deadline: float | None) -> bytes:
+    """The reply's body, checking the deadline on each piece that arrives: a server trickling
+    its body never lets httpx's per-read timeout fire."""
+    parts = []
+    for part in reply.iter_bytes():
+        _check(deadline)
+        parts.append(part)
+    return b"".join(parts)
+
+
+@contextmanager
+def _cut_at(reply: httpx.Response, deadline: float | None) -> Iterator[None]:
+    """Shut the reply's connection down at the deadline, so a read blocked on a server gone
+    quiet returns then (EOF) rather than a whole read timeout after the last byte. Where there
+    is no socket (a test's transport) the checks between pieces are the only bound."""
+    sock = _socket_of(reply)
+    if deadline is None or sock is None:
+        yield
+        return
+    timer = threading.Timer(max(0.0, deadline - time.perf_counter()), _shut, (sock,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _socket_of(reply: httpx.Response) -> socket.socket | None:
+    stream = reply.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut down the connection under the socket, through a duplicate of its descriptor: for TLS,
+    the SSLSocket's own shutdown() would drop its SSL state under the reading thread."""
+    # OSError: already closed, the reply ended as the timer fired
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(sock.fileno())) as dup:
+        dup.shutdown(socket.SHUT_RDWR)
+
+
+def _to_generation(request_id: str, body: bytes, latency_s: float) -> Generation:
     """The reply as a Generation, built whole inside the guard: a null message, usage that is not
     a number or content that is not text is a malformed reply like any other (BackendError)."""
     try:
-        data = reply.json()
+        data = json.loads(body)
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         return Generation(
@@ -308,4 +375,5 @@ def _to_generation(request_id: str, reply: httpx.Response, latency_s: float) -> 
             finish_reason=finish_reason_of(choice.get("finish_reason")),
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # ValidationError is a ValueError
-        raise BackendError(f"request {request_id}: not a chat completion: {reply.text[:300]}") from exc
+        shown = body[:300].decode(errors="replace")
+        raise BackendError(f"request {request_id}: not a chat completion: {shown}") from exc

@@ -68,6 +68,15 @@ def _dropped_events(body: dict[str, Any]) -> Iterator[str]:
     return (e for e in list(_events(body))[:3])
 
 
+async def _trickled(head: str, times: int, rest: str) -> Any:
+    """`head` every SLOW_S / 20 seconds, `times` times, then `rest`: a server that keeps the
+    connection busy (a slow body, SSE keep-alive comments) without ever pausing for long."""
+    for _ in range(times):
+        yield head
+        await asyncio.sleep(SLOW_S / 20)
+    yield rest
+
+
 async def _slow_events(body: dict[str, Any]) -> Any:
     """The stream, a piece every SLOW_S / 4 seconds."""
     for event in _events(body):
@@ -101,8 +110,13 @@ def make_app(rec: Recorder) -> FastAPI:
             return JSONResponse({"error": "boom"}, status_code=500)
         if body["messages"][-1]["content"] == "SLOW":
             await asyncio.sleep(SLOW_S)
+        text = body["messages"][-1]["content"]
+        if text == "TRICKLE":  # 30 pieces, 3 s in all
+            rest = "".join(_events(body)) if body.get("stream") else json.dumps(_completion(body))
+            head = ": keep-alive\n\n" if body.get("stream") else " "
+            kind = "text/event-stream" if body.get("stream") else "application/json"
+            return StreamingResponse(_trickled(head, 30, rest), media_type=kind)
         if body.get("stream"):
-            text = body["messages"][-1]["content"]
             events = (_slow_events(body) if "DRIP" in text
                       else _dropped_events(body) if "DROP" in text else _events(body))
             return StreamingResponse(events, media_type="text/event-stream")
@@ -265,6 +279,18 @@ def test_a_stream_past_its_timeout_ends_in_its_timeout(base: str) -> None:
     *pieces, reply = b.stream(req(0, "DRIP DRIP DRIP DRIP DRIP").model_copy(update={"timeout_s": SLOW_S}))
     assert isinstance(reply, Generation) and reply.error == f"timed out after {SLOW_S:g} s"
     assert 0 < len(pieces) < 5  # some pieces came, the stream was cut before the rest
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_request_s_timeout_bounds_its_whole_reply_however_the_server_trickles(base: str, streamed: bool) -> None:
+    """A body sent a byte at a time, or a stream of keep-alive comments: each read comes well
+    within the timeout, and the reply still ends at the request's timeout, not the server's end."""
+    b = backend(base)
+    b.load()
+    request = req(0, "TRICKLE").model_copy(update={"timeout_s": 0.5})
+    reply = list(b.stream(request))[-1] if streamed else b.generate([request])[0]
+    assert isinstance(reply, Generation) and reply.error == "timed out after 0.5 s"
+    assert 0.5 <= reply.latency_s < SLOW_S / 2  # the server takes 3 s over it
 
 
 def test_a_server_that_cannot_be_reached_fails_the_batch() -> None:
