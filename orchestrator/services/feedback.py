@@ -8,12 +8,15 @@ wrong: the experts that gave it are marked wrong, and the others stay unmarked (
 does not say which other answer was right). The marks become a lesson of the router
 (`routing.learning`), one per query: feedback given again replaces the first, so the same
 feedback twice counts once, and feedback replaces the lesson an explored or competed query
-taught against the consensus of its answers.
+taught against the consensus of its answers. The answer of an expert whose persona changed since
+the query was asked is listed in the reply and taught nothing: it judges a persona the expert
+no longer has (lessons stored before the change are left out by `pool.STALE_LESSONS_KEY`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from orchestrator.domain import Decision
 from orchestrator.probe import NULL_PROBE, Probe
@@ -22,6 +25,8 @@ from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.pool import PoolState
 from orchestrator.services.queries import readable
 from orchestrator.store.db import Database
+from orchestrator.store.models import Query
+from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository, decision_of
 from skills.embedder import Embedder
@@ -43,9 +48,7 @@ class FeedbackService:
              reader: int | None = None) -> Verdict:
         """Mark the query's experts (see the module doc); 404 for an unknown query (or, for a
         client key `reader`, one another key asked), 409 for one that has no answer to judge yet."""
-        with self.db.session() as s:
-            row = QueryRepository(s).get(query_id)
-            had = bool(row and any(r.source == "feedback" for r in LessonRepository(s).for_query(query_id)))
+        row, had, changed = self._read(query_id)
         if row is None or not readable(row, reader):
             raise NotFound(f"no query with id {query_id}", "query_id")
         decision = decision_of(row)
@@ -53,14 +56,28 @@ class FeedbackService:
             raise Conflict(f"query {query_id} has no answer to judge (it is {row.status})", "query_id")
         texts = {g.expert: g.text for g in row.generations if g.role in ("expert", "competitor")}
         marks, letters = self._marks(texts, decision, row.answer, correct, answer, row.text)
-        if marks:
-            embedding = self.embedder.encode([question_part(row.text)])[0]
-            lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
-                            {e: letters.get(e) for e in marks}, "feedback")
-            self.pool.learn([(query_id, lesson)])
-            if not had:  # feedback given again replaces its lesson: the store keeps one, so count one
-                self.probe.learned(["feedback"])
+        # an answer of a persona changed since judges that old persona: listed, not taught
+        taught = {e: m for e, m in marks.items() if e not in changed or changed[e] < row.created_at}
+        if taught:
+            self._teach(row, decision, taught, letters, had)
         return Verdict(query_id, marks, had)
+
+    def _read(self, query_id: int) -> tuple[Query | None, bool, dict[str, datetime]]:
+        """The query, whether it had feedback already, and when each expert's persona changed."""
+        with self.db.session() as s:
+            row = QueryRepository(s).get(query_id)
+            had = bool(row and any(r.source == "feedback" for r in LessonRepository(s).for_query(query_id)))
+            changed = {e.name: e.persona_changed_at for e in ExpertRepository(s).list() if e.persona_changed_at}
+        return row, had, changed
+
+    def _teach(self, row: Query, decision: Decision, marks: dict[str, bool], letters: dict[str, str | None],
+               had: bool) -> None:
+        embedding = self.embedder.encode([question_part(row.text)])[0]
+        lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
+                        {e: letters.get(e) for e in marks}, "feedback")
+        self.pool.learn([(row.id, lesson)])
+        if not had:  # feedback given again replaces its lesson: the store keeps one, so count one
+            self.probe.learned(["feedback"])
 
     def _marks(self, texts: dict[str, str], decision: Decision, final: str, correct: bool | None,
                answer: str | None, question: str) -> tuple[dict[str, bool], dict[str, str | None]]:

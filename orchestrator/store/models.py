@@ -5,8 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    inspect,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
 
@@ -52,8 +64,24 @@ class Expert(Base):
     accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     profile_total: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # when its persona last changed (None: never): feedback on a query from before then judges
+    # answers of a persona it no longer has, and teaches nothing about it (services/feedback.py)
+    persona_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     skills: Mapped[list[SkillScore]] = relationship(back_populates="expert", cascade="all, delete-orphan")
+
+    @validates("spec")
+    def _date_persona(self, _key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Date a change of persona, what services/experts.py profiles again for: its system
+        prompt or sampling. Here, so every way a spec is stored (a PATCH, the pool file) dates it."""
+        old = self.spec if inspect(self).persistent else None
+        if old is not None and _persona(old) != _persona(spec):
+            self.persona_changed_at = utcnow()
+        return spec
+
+
+def _persona(spec: dict[str, Any]) -> tuple[Any, Any]:
+    return spec.get("system_prompt"), spec.get("sampling")
 
 
 class SkillScore(Base):
