@@ -8,7 +8,9 @@ text, usually followed by its lettered options) and replies "Answer: <letter>".
 
 Cost is simulated from the model's size (`experts.cost_model`): the recording keeps only the
 letter, so a reply's `latency_s` is what the real model would take on the reference device to
-read the prompt and write a chain of thought of `cot_tokens` tokens.
+read the prompt and write a chain of thought of `cot_tokens` tokens. That reply is the recorded
+one whatever a request's `max_tokens`: no recorded thought exists to cut, and the letter it ended
+in is the answer. A request's stop strings do cut the reply's text.
 """
 
 from __future__ import annotations
@@ -339,7 +341,7 @@ class ReplayBackend:
             letter = recording.answer(self.model, recording.find_question(user))
         except BackendError as exc:
             return Generation.failed(request.request_id, str(exc))
-        text = f"Answer: {letter}" if letter else NO_ANSWER_TEXT
+        text = _until_stop(f"Answer: {letter}" if letter else NO_ANSWER_TEXT, request.sampling.stop)
         self.energy_j += cost.energy_j
         return Generation(
             request_id=request.request_id,
@@ -347,13 +349,23 @@ class ReplayBackend:
             prompt_tokens=prompt_tokens,
             completion_tokens=self.cot_tokens,
             latency_s=cost.latency_s,
-            finish_reason="stop",  # a recorded answer is the model's whole reply, never one cut short
+            # The recording keeps only the letter the model's whole reply ended in: max_tokens
+            # cannot cut a chain of thought nobody recorded (and cutting the letter would leave
+            # replay pools, run at 8 tokens, with no answers), so the reply is charged and ended
+            # as recorded; stop strings do cut its text, as they would a model's.
+            finish_reason="stop",
         )
 
 
     def _spend(self, seconds: float) -> None:
         if self.time_scale > 0:
             time.sleep(seconds)
+
+
+def _until_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to the first of the stop strings it holds, as a server applies them."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def _approx_tokens(request: GenerationRequest) -> int:

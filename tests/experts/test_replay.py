@@ -17,7 +17,7 @@ from experts.replay import (
     load_recording,
     write_recording,
 )
-from experts.types import BaseModelSpec, ChatMessage, ExpertSpec, Generation, GenerationRequest
+from experts.types import BaseModelSpec, ChatMessage, ExpertSpec, Generation, GenerationRequest, SamplingParams
 from skills.datasets import LabelledQuestion, format_prompt
 from skills.grading import extract_choice, grade
 
@@ -205,3 +205,27 @@ def test_moe_costs_by_active_parameters_but_holds_all_weights() -> None:
     assert mixtral.memory_bytes() > 3 * dense13.memory_bytes()
     assert mixtral.params_b == pytest.approx(12.9)
     assert mixtral.devices_needed() == 2 and dense13.devices_needed() == 1
+
+
+def test_stop_strings_cut_the_recorded_reply_as_a_model_would(backend: ReplayBackend) -> None:
+    rec = load_recording(backend.folder)
+    qid = next(q for q in rec.questions if rec.answer(backend.model, q))
+    base = BaseModelSpec(kind="replay", source=str(backend.folder), model=backend.model)
+    expert = ExpertSpec(name="x", base=base, sampling=SamplingParams(max_tokens=1024, stop=[":", "Answer"]))
+    (gen,) = backend.generate([expert.request("r1", _prompt(rec, qid))])
+    assert (gen.text, gen.finish_reason, gen.error) == ("", "stop", None)  # "Answer" comes first
+    expert.sampling.stop = [": "]
+    (gen,) = backend.generate([expert.request("r1", _prompt(rec, qid))])
+    assert gen.text == "Answer"
+
+
+def test_max_tokens_never_cuts_a_recorded_answer(backend: ReplayBackend) -> None:
+    """The recording keeps only the letter a model's whole reply ended in: a limit cannot cut a
+    chain of thought nobody recorded, so the reply is the recorded one, costed as recorded."""
+    rec = load_recording(backend.folder)
+    qid = next(q for q in rec.questions if rec.answer(backend.model, q))
+    base = BaseModelSpec(kind="replay", source=str(backend.folder), model=backend.model)
+    expert = ExpertSpec(name="x", base=base, sampling=SamplingParams(max_tokens=1))
+    (gen,) = backend.generate([expert.request("r1", _prompt(rec, qid))])
+    assert gen.text == f"Answer: {rec.answer(backend.model, qid)}" and gen.finish_reason == "stop"
+    assert gen.completion_tokens == backend.cot_tokens
