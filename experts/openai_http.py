@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from experts.backend import BackendError, ModelSourceError
+from experts.cost_model import approx_prompt_tokens, approx_tokens
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent, finish_reason_of
 
 
@@ -170,7 +171,7 @@ class OpenAIHTTPBackend:
         if status != 200:
             return Generation.failed(rid, _refusal(url, rid, status, body.decode(errors="replace")), latency_s)
         try:
-            return _to_generation(rid, body, latency_s)
+            return _to_generation(request, body, latency_s)
         except BackendError as exc:  # a malformed reply is this request's
             return Generation.failed(rid, str(exc), latency_s)
 
@@ -226,7 +227,7 @@ class OpenAIHTTPBackend:
         except BackendError as exc:  # a malformed or failed chunk is this request's
             yield Generation.failed(rid, str(exc), time.perf_counter() - started)
             return
-        yield streamed.reply(rid, time.perf_counter() - started)
+        yield streamed.reply(request, time.perf_counter() - started)
 
 
 def _refusal(url: str, request_id: str, status: int, text: str) -> str:
@@ -242,15 +243,15 @@ class _Streamed:
     finish: object = None  # the server's, on the chunk that ends the choice
     done: bool = False  # `data: [DONE]` came
 
-    def reply(self, request_id: str, latency_s: float) -> Generation:
+    def reply(self, request: GenerationRequest, latency_s: float) -> Generation:
         """The whole reply; a stream cut with neither a finish_reason nor [DONE] (the server or
         a proxy dropped it) is a failure, not a shorter answer."""
+        request_id, text = request.request_id, "".join(self.pieces)
         if self.finish is None and not self.done:
             return Generation.failed(request_id, "stream ended before the reply was complete", latency_s)
         try:
-            return Generation(request_id=request_id, text="".join(self.pieces),
-                              prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(self.usage.get("completion_tokens") or len(self.pieces)),
+            prompt, completion = _counts(request, text, self.usage)
+            return Generation(request_id=request_id, text=text, prompt_tokens=prompt, completion_tokens=completion,
                               latency_s=latency_s, finish_reason=finish_reason_of(self.finish))
         except (ValueError, TypeError, AttributeError):  # usage that is not numbers: a malformed reply
             malformed = f"request {request_id}: malformed usage {self.usage!r:.300}"
@@ -359,21 +360,26 @@ def _shut(sock: socket.socket) -> None:
         dup.shutdown(socket.SHUT_RDWR)
 
 
-def _to_generation(request_id: str, body: bytes, latency_s: float) -> Generation:
+def _counts(request: GenerationRequest, text: str, usage: dict[str, Any]) -> tuple[int, int]:
+    """The reply's token counts: the server's usage where it sent them, else one estimate for
+    both paths (experts.cost_model's, ~4/3 tokens a word). Counting a stream's pieces would
+    depend on how the server split it, and 0 would make an unmetered reply look free."""
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (approx_prompt_tokens(m.content for m in request.messages) if prompt is None else int(prompt),
+            round(approx_tokens(text)) if completion is None else int(completion))
+
+
+def _to_generation(request: GenerationRequest, body: bytes, latency_s: float) -> Generation:
     """The reply as a Generation, built whole inside the guard: a null message, usage that is not
     a number or content that is not text is a malformed reply like any other (BackendError)."""
+    request_id = request.request_id
     try:
         data = json.loads(body)
         choice = data["choices"][0]
-        usage = data.get("usage") or {}
-        return Generation(
-            request_id=request_id,
-            text=choice["message"].get("content") or "",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=latency_s,
-            finish_reason=finish_reason_of(choice.get("finish_reason")),
-        )
+        text = choice["message"].get("content") or ""
+        prompt, completion = _counts(request, text, data.get("usage") or {})
+        return Generation(request_id=request_id, text=text, prompt_tokens=prompt, completion_tokens=completion,
+                          latency_s=latency_s, finish_reason=finish_reason_of(choice.get("finish_reason")))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # ValidationError is a ValueError
         shown = body[:300].decode(errors="replace")
         raise BackendError(f"request {request_id}: not a chat completion: {shown}") from exc

@@ -72,3 +72,20 @@ def test_a_malformed_stream_chunk_ends_the_stream_in_its_failure(chunk: object) 
     *_, last = loaded(lambda request: sse(start, chunk)).stream(req("s", "ok"))
     assert isinstance(last, Generation) and last.text == ""
     assert last.error is not None and "request s" in last.error
+
+
+def test_without_the_server_s_usage_both_paths_count_a_reply_alike() -> None:
+    """A server that sends no usage: the reply's tokens are estimated from its text by one rule
+    (experts.cost_model's, ~4/3 a word), streamed or not, however the server split its stream."""
+    plain = {"choices": [{"message": {"content": "a b c d"}, "finish_reason": "stop"}]}
+    pieces = [{"choices": [{"delta": {"content": p}, "finish_reason": None}]} for p in ("a b", " c", " d")]
+    done = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return sse(*pieces, done) if json.loads(request.content).get("stream") else httpx.Response(200, json=plain)
+
+    b = loaded(handler)
+    (got,) = b.generate([req("r", "one two three")])
+    *_, streamed = b.stream(req("r", "one two three"))
+    assert isinstance(streamed, Generation) and streamed.text == got.text == "a b c d"
+    assert (got.prompt_tokens, got.completion_tokens) == (4, 5) == (streamed.prompt_tokens, streamed.completion_tokens)
