@@ -191,7 +191,7 @@ class PoolState:
         of the evidence first, so the query counts once, as a rebuild from the store counts it;
         where that cannot be done exactly here, the pool is rebuilt from the store."""
         stored, stale = self._store(lessons)
-        built = self.snapshot  # outside the lock: building it takes the lock
+        built, due = self.snapshot, False  # outside the lock: building it takes the lock
         with self._lock:
             snap = self._snapshot or built
             fresh = [(s.id, s, x) for s, (_, x) in zip(stored, lessons, strict=True)
@@ -200,9 +200,11 @@ class PoolState:
             taught = [_known(x, snap.experts) for _, _, x in fresh]
             cut = _unlearned(snap, self._lesson_ids, [s for _, s, _ in fresh], stale)
             if cut is not None and fresh:
-                self._teach(*cut, [i for i, _, _ in fresh], taught)
+                due = self._teach(*cut, [i for i, _, _ in fresh], taught)
         if cut is None:
             self.refresh()
+        elif due:
+            self._refit()
 
     def _store(self, lessons: Sequence[tuple[int | None, Lesson]]) -> tuple[list[Stored], dict[str, int]]:
         """Store the lessons; with what they replaced, which lessons each expert's marks stop
@@ -212,14 +214,31 @@ class PoolState:
             stale = StateRepository(s).get(STALE_LESSONS_KEY) if any(x.replaced for x in stored) else None
         return stored, stale or {}
 
-    def _teach(self, snap: PoolSnapshot, ids: list[int], new_ids: list[int], lessons: Sequence[Lesson]) -> None:
-        """Under the lock: the snapshot with the lessons added, and the ids of its learned rows."""
-        self._since_fit += len(lessons)
-        refit = self._since_fit >= self.refit_every
-        self._snapshot = _taught(snap, lessons, self.router_name, refit)
-        self._since_fit = 0 if refit else self._since_fit
+    def _teach(self, snap: PoolSnapshot, ids: list[int], new_ids: list[int], lessons: Sequence[Lesson]) -> bool:
+        """Under the lock: the snapshot with the lessons added, and the ids of its learned rows;
+        True when the router's parameters are due to be fitted again (`_refit`, off the lock)."""
+        self._snapshot = _taught(snap, lessons, self.router_name)
         assert self._snapshot.evidence is not None
         self._lesson_ids = _newest([*ids, *new_ids], self._snapshot.evidence.learned_rows)
+        self._since_fit += len(lessons)
+        due = self._since_fit >= self.refit_every
+        self._since_fit = 0 if due else self._since_fit  # counted from now: one refit is asked for, not one a lesson
+        return due
+
+    def _refit(self) -> None:
+        """Fit the k-NN router's parameters again off the lock (28 s at scale: lessons and
+        refreshes waited on it), then put them into the snapshot current by then, lessons learned
+        meanwhile kept; not when a refresh shown since fitted its own."""
+        with self._lock:
+            snap, shown = self._snapshot, self._shown
+        if snap is None or snap.evidence is None or not isinstance(snap.router, KnnRouter):
+            return
+        fitted = KnnRouter(snap.evidence)
+        with self._lock:
+            now = self._snapshot
+            if self._shown == shown and now is not None and now.evidence is not None:
+                router = fitted if now is snap else KnnRouter(now.evidence, fitted.params)
+                self._snapshot = replace(now, router=router)
 
     def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
         """Where every stored expert that has not failed or been removed runs (and `extra`, not
@@ -246,13 +265,12 @@ def _uncertain(evidence: RoutingEvidence, profiling: set[str]) -> frozenset[str]
     return frozenset(n for n in profiling if counts.get(n, 0) < CERTAIN_AFTER)
 
 
-def _taught(snap: PoolSnapshot, lessons: Sequence[Lesson], router_name: str, refit: bool) -> PoolSnapshot:
+def _taught(snap: PoolSnapshot, lessons: Sequence[Lesson], router_name: str) -> PoolSnapshot:
     """The snapshot with the lessons in its evidence and a router rebuilt on it (the k-NN
-    router keeps its fitted parameters unless it is time to fit them again)."""
+    router keeps its fitted parameters: `PoolState._refit` fits them again)."""
     assert snap.evidence is not None
     evidence = learned(snap.evidence, lessons)
-    params = getattr(snap.router, "params", None)
-    router = KnnRouter(evidence, None if refit else params) if isinstance(snap.router, KnnRouter) \
+    router = KnnRouter(evidence, snap.router.params) if isinstance(snap.router, KnnRouter) \
         else build_router(evidence, router_name)
     still = frozenset(n for n in snap.uncertain if observed_counts(evidence).get(n, 0) < CERTAIN_AFTER)
     return replace(snap, router=router, evidence=evidence, competence=dict(evidence.competence), uncertain=still)
