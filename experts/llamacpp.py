@@ -173,6 +173,7 @@ class LlamaCppBackend:
         deadline = None if request.timeout_s is None else started + request.timeout_s
         pieces: list[str] = []
         stream, finish = None, None
+        llm.deadline = deadline  # checked between the prompt's chunks too
         try:  # a prompt that does not fit n_ctx raises before any token, eagerly or at the first
             stream = llm.create_chat_completion(stream=True, **_arguments(request))
             for chunk in stream:
@@ -187,7 +188,11 @@ class LlamaCppBackend:
         except ValueError as exc:
             yield Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
             return
+        except PastDeadline:
+            yield Generation.timed_out(request, time.perf_counter() - started)
+            return
         finally:
+            llm.deadline = None
             if stream is not None:
                 stream.close()  # stops llama.cpp generating (a timeout, or a caller that left)
         # Counted as generate()'s usage counts them: a text piece is not a token (a multi-byte
@@ -263,7 +268,11 @@ def _chunk_ends(n: int, anchor: int) -> tuple[int, ...]:
     return (*ends, last) if last > 0 else ()
 
 
-def _align_prompt(llm: Any, tokens: list[int], anchor: int) -> None:
+class PastDeadline(Exception):  # noqa: N818  # not an error: the request's time ran out
+    """Raised between a prompt's chunks once its request's time is up (see `_align_prompt`)."""
+
+
+def _align_prompt(llm: Any, tokens: list[int], anchor: int, deadline: float | None = None) -> None:
     """Put the KV cache in the state a fresh context would reach for this prompt.
 
     llama.cpp's numbers depend on how tokens are batched (a row computed in a batch of 37 is
@@ -274,6 +283,11 @@ def _align_prompt(llm: Any, tokens: list[int], anchor: int) -> None:
     and generate() evaluates the tail from the last end in one pass. The first logits are then
     a function of the prompt alone; the template and a persona shared with the previous request
     are not evaluated again, and a short question costs one pass, as with plain reuse.
+
+    The request's `deadline` is checked before each chunk (PastDeadline): llama.cpp cannot be
+    stopped inside an eval, so a timeout bounds prompt evaluation to within one chunk (32
+    tokens) of the time, plus the tail generate() evaluates (under 64 tokens) before the first
+    token, where the stream checks it again.
     """
     ends = _chunk_ends(len(tokens), anchor)
     cached = set(llm.aligned_ends)
@@ -282,6 +296,8 @@ def _align_prompt(llm: Any, tokens: list[int], anchor: int) -> None:
     llm.n_tokens = keep  # eval() drops the KV cache beyond n_tokens
     llm.aligned_ends = ()  # until every chunk is in: an eval that fails leaves nothing to reuse
     for end in (e for e in ends if e > keep):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise PastDeadline
         llm.eval(tokens[llm.n_tokens : end])
     llm.aligned_ends = ends
 
@@ -306,6 +322,7 @@ def _aligned_llama_class(base: type) -> type:
     class AlignedLlama(base):
         aligned_ends: tuple[int, ...] = ()
         content = ""
+        deadline: float | None = None  # the streamed request's, while it runs (`_tokens`)
         # The last completion's prompt length and sampled tokens: a stream has no usage, so
         # these count it as llama-cpp-python's usage counts a completion that is not streamed.
         prompt_count = 0
@@ -319,7 +336,7 @@ def _aligned_llama_class(base: type) -> type:
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
             tokens = list(tokens)
             if kwargs.get("reset", True):
-                _align_prompt(self, tokens, _content_start(self, tokens, self.content))
+                _align_prompt(self, tokens, _content_start(self, tokens, self.content), self.deadline)
             sampled: list[int] = []  # filled as the tokens come
             self.prompt_count, self.sampled = len(tokens), sampled
             return _recorded(super().generate(tokens, *args, **kwargs), sampled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.catalog import resolve_source
 from experts.factory import make_backend
-from experts.llamacpp import LlamaCppBackend, _chunk_ends
+from experts.llamacpp import LlamaCppBackend, PastDeadline, _align_prompt, _chunk_ends
 from experts.streaming import collect
 from experts.types import BaseModelSpec, ChatMessage, Generation, GenerationRequest, SamplingParams
 
@@ -159,6 +160,44 @@ def test_chunk_ends_are_the_prompts_own() -> None:
     assert long_question[-1] == 256 and 24 not in long_question
     assert _chunk_ends(10, 40) == (8, 9)  # the last prompt token is always left to generate()
     assert _chunk_ends(5, 0) == ()
+
+
+class ChunkRecorder:
+    """The slice of an AlignedLlama that _align_prompt drives: an empty cache, evaluations noted."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.n_tokens, self.evaluated = 0, list[int]()
+        self.aligned_ends: tuple[int, ...] = ()
+        self.input_ids = np.zeros(0, dtype=np.intc)
+
+    def eval(self, tokens: list[int]) -> None:
+        self.evaluated.append(len(tokens))
+        self.n_tokens += len(tokens)
+
+
+def test_prompt_evaluation_stops_between_chunks_once_the_time_is_up() -> None:
+    """A request's deadline is checked before each chunk of its prompt: a long prompt evaluates
+    no more chunks once the time is up, and leaves no chunk ends claimed in the cache."""
+    llm = ChunkRecorder()
+    _align_prompt(llm, list(range(300)), 24, deadline=time.perf_counter() + 60)
+    assert llm.evaluated == [8, 8, 16, 32, 32, 32, 32, 32, 32, 32]  # in time: every chunk
+    late = ChunkRecorder()
+    with pytest.raises(PastDeadline):
+        _align_prompt(late, list(range(300)), 24, deadline=time.perf_counter() - 0.001)
+    assert late.evaluated == [] and late.aligned_ends == ()
+
+
+@pytest.mark.slow
+def test_a_timeout_bounds_the_evaluation_of_a_long_prompt(smol: LlamaCppBackend) -> None:
+    """~900 prompt tokens take 8 s or more on a shared core; a 1 s timeout ends the request within a
+    chunk's evaluation of it, not after the whole prompt."""
+    text = " ".join(f"item{i}" for i in range(250)) + "\nSummarise."  # ~900 tokens: n_ctx is 1024
+    request = ask("long", text, max_tokens=4).model_copy(update={"timeout_s": 1.0})
+    started = time.perf_counter()
+    (reply,) = smol.generate([request])
+    assert reply.error == "timed out after 1 s" and time.perf_counter() - started < 6.0  # shared cores: slack
 
 
 @pytest.mark.slow
