@@ -99,7 +99,9 @@ class MockBackend:
 
     def _words(self, request: GenerationRequest) -> tuple[list[str], FinishReason]:
         """The reply's words: the answer cut at the first stop string, at most max_tokens words;
-        "length" only when max_tokens cut it (an answer exactly max_tokens long ended on its own)."""
+        "length" whenever they are max_tokens words, as llama.cpp, vLLM and OpenAI report a reply
+        that used every token it was allowed (a model ending exactly there needed one more, its
+        end-of-sequence or stop string's token, which the limit left ungenerated)."""
         s = request.sampling
         prompt = "\n".join(m.content for m in request.messages)
         sampled = f"|{s.seed}|{s.temperature}" if s.temperature > 0 else ""  # greedy ignores the seed
@@ -108,4 +110,4 @@ class MockBackend:
         for stop in s.stop:
             text = text.split(stop, 1)[0] if stop else text
         words = word_pieces(text)
-        return words[:s.max_tokens], "length" if len(words) > s.max_tokens else "stop"
+        return words[:s.max_tokens], "length" if len(words) >= s.max_tokens else "stop"

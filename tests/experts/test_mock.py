@@ -56,18 +56,20 @@ def test_fixed_answer_and_memory() -> None:
     assert b.memory_bytes() == 123
 
 
-def test_finish_reason_says_whether_max_tokens_cut_the_reply() -> None:
-    """"length" only where max_tokens cut the answer: one exactly max_tokens words long ended on
-    its own, and so did one a stop string ended, as a real model's EOS or stop match does."""
+def test_finish_reason_is_length_whenever_the_reply_used_every_token_allowed() -> None:
+    """"length" where the reply used all its max_tokens, even one that would have ended right
+    there, as llama.cpp, vLLM and OpenAI report it; "stop" where it ended (on its own or at a
+    stop string) with tokens to spare."""
     b = MockBackend("mock:a", answer="Answer: B (why)")  # three words
     b.load()
     expert = ExpertSpec(name="e", base=BaseModelSpec(kind="mock", source="a"))
     asked = {"whole": {}, "at the cap": {"max_tokens": 3}, "cut": {"max_tokens": 2},
-             "stopped": {"max_tokens": 2, "stop": [" ("]}}
+             "stopped": {"max_tokens": 3, "stop": [" ("]}, "stopped at the cap": {"max_tokens": 2, "stop": [" ("]}}
     requests = [expert.request(name, "q").model_copy(update={"sampling": expert.sampling.model_copy(update=s)})
                 for name, s in asked.items()]
     replies = {g.request_id: (g.text, g.finish_reason) for g in b.generate(requests)}
-    assert replies == {"whole": ("Answer: B (why)", "stop"), "at the cap": ("Answer: B (why)", "stop"),
-                       "cut": ("Answer: B ", "length"), "stopped": ("Answer: B", "stop")}
+    assert replies == {"whole": ("Answer: B (why)", "stop"), "at the cap": ("Answer: B (why)", "length"),
+                       "cut": ("Answer: B ", "length"), "stopped": ("Answer: B", "stop"),
+                       "stopped at the cap": ("Answer: B", "length")}
     streamed = [next(e for e in b.stream(r) if not isinstance(e, str)) for r in requests]
     assert [(g.text, g.finish_reason) for g in streamed] == list(replies.values())

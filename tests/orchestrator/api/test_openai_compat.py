@@ -54,19 +54,19 @@ def test_created_is_unix_time_whatever_the_server_s_zone(client, tokyo_time):
     assert before - 2 <= r.json()["created"] <= time.time() + 1
 
 
-def test_finish_reason_is_length_only_where_the_token_cap_cut_the_reply(client):
-    """The backend's own reason, streamed and not: a reply that ended on its own exactly at the
-    cap (gamma's and the aggregator's answers are 3 words), or at a stop string, is "stop"; it
-    was "length" whenever the reply's tokens reached the cap, so clients asked it to go on."""
+def test_finish_reason_is_length_where_the_reply_used_its_whole_token_cap(client):
+    """The backend's own reason, streamed and not: a reply that used every token of its cap is
+    "length", even one that would have ended right there (gamma's and the aggregator's answers are
+    3 words), as llama.cpp, vLLM and OpenAI say it; one that ended on its own or at a stop string
+    with tokens to spare is "stop"."""
     oai = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
-    cases = [("gamma", {"max_tokens": 3}, "stop"), ("gamma", {"max_tokens": 2, "stop": " ("}, "stop"),
-             ("gamma", {"max_tokens": 2}, "length"), ("auto", {"max_tokens": 3}, "stop"),
-             ("auto", {"max_tokens": 2}, "length")]
-    for model, extra, expected in cases:
+    cases = [("gamma", {"max_tokens": 3}, 3, "length"), ("gamma", {"max_tokens": 3, "stop": " ("}, 2, "stop"),
+             ("gamma", {"max_tokens": 2}, 2, "length"), ("gamma", {"max_tokens": 4}, 3, "stop"),
+             ("auto", {"max_tokens": 3}, 3, "length"), ("auto", {"max_tokens": 4}, 3, "stop")]
+    for model, extra, words, expected in cases:
         plain = oai.chat.completions.create(model=model, messages=ASK, **extra)
         chunks = list(oai.chat.completions.create(model=model, messages=ASK, stream=True, **extra))
-        words = len((plain.choices[0].message.content or "").split())
-        assert words == extra["max_tokens"], (model, extra)  # every reply reached its cap (a word a token)
+        assert len((plain.choices[0].message.content or "").split()) == words, (model, extra)  # a word a token
         assert plain.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == expected, (model, extra)
 
 
