@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from experts.backend import ModelSourceError
-from experts.replay import Recording, load_recording
+from experts.replay import Recording, load_recording, normalise_text
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.pools.schema import AggregatorConfig, GenerationBudget, MMLUProSource, PoolConfig, ValidationConfig
 
@@ -105,6 +105,10 @@ def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[
     """Profiling and test question ids, stratified by category and drawn by `seed`.
 
     Only questions recorded for every model take part, so each method is scored on the same set.
+    Questions with the same normalised text (MMLU-Pro repeats 103 texts under 211 ids) go to the
+    side their first copy drew: a test question whose copy was profiled is found by the k-NN
+    router as its own neighbour, which measures memory, not routing. The draw is otherwise the
+    plain per-category one, so a category's test share is off by at most its repeated questions.
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test size must be a fraction in (0, 1), got {test_size}")
@@ -113,12 +117,14 @@ def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[
         if all(recording.recorded(m, qid) for m in recording.models):
             by_category[q.category].append(qid)
     rng = random.Random(seed)
+    in_test: dict[str, bool] = {}  # normalised text → the side its first copy drew
     profiling: list[str] = []
     test: list[str] = []
     for category in sorted(by_category):
         ids = by_category[category]
         rng.shuffle(ids)
         n_test = round(len(ids) * test_size)
-        test += ids[:n_test]
-        profiling += ids[n_test:]
+        for i, qid in enumerate(ids):
+            drawn = in_test.setdefault(normalise_text(recording.questions[qid].question), i < n_test)
+            (test if drawn else profiling).append(qid)
     return profiling, test
