@@ -316,13 +316,13 @@ def _gains(per_seed: dict[int, dict[str, object]], baseline: str, suffix: str) -
     def gain(r: dict[str, object], v: str) -> float:
         pool = r["open_le_13b"]
         return 100 * (pool[v]["accuracy"][-1] - pool[baseline]["accuracy"][-1])  # type: ignore[index]
-
+    ddof = min(1, len(per_seed) - 1)  # `std`: the sample SD over the seeds (a few splits of many); 0 for one
     each = {v: [gain(r, v) for r in per_seed.values()] for v in LEARNERS}
     best = max(LEARNERS, key=lambda v: float(np.mean(each[v])))
     return {f"last_segment_gain_open{suffix}": round(float(np.mean(each[best])), 2),
             f"last_segment_gain_open{suffix}_detail": {v: {"per_seed": [round(g, 2) for g in each[v]],
                                                            "mean": round(float(np.mean(each[v])), 2),
-                                                           "std": round(float(np.std(each[v])), 2)}
+                                                           "std": round(float(np.std(each[v], ddof=ddof)), 2)}
                                                        for v in LEARNERS},
             f"best_learner{suffix}": best}
 
@@ -387,7 +387,7 @@ def show(res: dict[str, object]) -> None:
                     led, rest = r["withheld_share_led"]
                     print(f"  once registered: {100 * led:.1f} on the categories it leads, {100 * rest:.1f} elsewhere")
     for suffix, label in (("", "static"), ("_vs_all_profiled", "static_all_profiled")):
-        print(f"\nlast segment minus {label}, open <=13B, points, per seed (mean ± sd):")
+        print(f"\nlast segment minus {label}, open <=13B, points, per seed (mean ± sample sd over seeds):")
         for v, d in res[f"last_segment_gain_open{suffix}_detail"].items():  # type: ignore[attr-defined]
             each = " ".join(f"{g:+5.1f}" for g in d["per_seed"])
             print(f"  {v:16s} {each}   {d['mean']:+.2f} ± {d['std']:.2f}")

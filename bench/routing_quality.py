@@ -6,12 +6,16 @@
 DATA_DIR is any folder of the replay format (questions.jsonl.gz, predictions.csv.gz). Questions
 are split, stratified by category and seeded, into a profiling part and a test part. Experts are
 profiled on the profiling part only: Symbolic-MoE profiles over skills from the embedding fast
-path (nearest seed skills, no keyword LLM at this scale) plus the question's category, and the
-k-NN router's per-question evidence (questions embedded as the service embeds them for the
-k-NN router unless --embedding says otherwise); every choice (best single expert, per-category
-experts, the router's fitted parameters) is made there. Each test number below touches the test part once.
-Every figure is reported per seed (split) and as the mean and spread over the seeds (0-4 unless
-told): a change that helps one split and not the mean is not a gain.
+path (nearest seed skills, no keyword LLM at this scale; read with the embedding the service
+reads skills with under the symbolic router) plus the question's category, and the k-NN
+router's per-question evidence (questions embedded as the service embeds them for the k-NN
+router); --embedding forces one kind on both, as the service's setting does. Every choice
+(best single expert, per-category experts, the router's fitted parameters) is made there. Each
+test number below touches the test part once.
+Every figure is reported per seed (split) and as the mean and sample standard deviation over the
+seeds (0-4 unless told): a change that helps one split and not the mean is not a gain. Each
+seed's router-minus-best-single gain also gets a paired bootstrap 95% interval over its test
+questions (the noise of one split's questions; the SD over seeds adds the noise of the split).
 
 No aggregator LLM can read thousands of answers here, so every multi-expert method aggregates by
 profile-weighted voting: each recruited expert's letter votes with its router weight (S_i·γ_i for
@@ -46,6 +50,7 @@ from bench.replay_profiles import (  # noqa: E402
     routing_text,
     skill_vocabulary,
 )
+from bench.routing_quality_report import K_MAX, as_json, paired_bootstrap, print_pool, print_seeds  # noqa: E402
 from experts.cost_model import model_cost  # noqa: E402
 from experts.replay import Recording, load_recording  # noqa: E402
 from orchestrator.aggregation.reliability import AnswerReliability  # noqa: E402
@@ -55,9 +60,9 @@ from orchestrator.pools.loader import expert_name, split_questions  # noqa: E402
 from orchestrator.routing.knn_router import KnnRouter  # noqa: E402
 from orchestrator.routing.recruit import recruit  # noqa: E402
 from orchestrator.routing.router import Router, SymbolicRouter  # noqa: E402
-from skills.embedder import Embedder  # noqa: E402
+from orchestrator.settings import embedding_kind  # noqa: E402
+from skills.embedder import Embedder, EmbeddingKind, get_embedder  # noqa: E402
 
-K_MAX = 5
 COT_TOKENS = 256  # the chain of thought a recorded model wrote before its letter (cost only)
 
 # A panel: for one test question, the recruited experts, the weight of each one's vote and the
@@ -86,6 +91,7 @@ class PoolResult:
     energy_kj: dict[str, float] = field(default_factory=dict)
     latency_s: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    gain_ci: tuple[float, float] = (0.0, 0.0)  # router k=3 minus best single, points, paired bootstrap
 
 
 def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.ndarray:
@@ -105,15 +111,18 @@ def embed(embedder: Embedder, texts: list[str], cache_dir: Path | None) -> np.nd
     return vectors[[row[t] for t in texts]]
 
 
-def build_corpus(
-    folder: str, test_size: float, seed: int, cache_dir: Path | None, embedder: Embedder | None = None
-) -> Corpus:
+def build_corpus(folder: str, test_size: float, seed: int, cache_dir: Path | None, embedder: Embedder | None = None,
+                 skill_embedder: Embedder | None = None) -> Corpus:
+    """The split, embedded by `embedder` (the k-NN router's), with skills read by `skill_embedder`
+    (only Symbolic-MoE uses them; `embedder` when not given)."""
     recording = load_recording(folder)
     profiling, test = split_questions(recording, test_size, seed)
     texts = [routing_text(recording.questions[q]) for q in profiling + test]
     embedder = embedder or routing_embedder()
     vectors = embed(embedder, texts, cache_dir)
-    skills = nearest_skills(skill_vocabulary(recording, embedder), vectors)
+    skill_embedder = skill_embedder or embedder
+    skill_vectors = vectors if skill_embedder.kind == embedder.kind else embed(skill_embedder, texts, cache_dir)
+    skills = nearest_skills(skill_vocabulary(recording, skill_embedder), skill_vectors)
     n = len(profiling)
     return Corpus(recording, profiling, test, vectors[:n], vectors[n:], skills[:n], skills[n:], seed)
 
@@ -137,12 +146,12 @@ class PoolBench:
         self._costs = {n: model_cost(m) for n, m in self.model_of.items()}
 
     # -- scoring -----------------------------------------------------------------------------
-    def score(self, panels: Sequence[Panel]) -> float:
-        right = 0
-        for i, (experts, weights, reliability) in enumerate(panels):
-            result = weighted_vote([(e, self.choices[e][i]) for e in experts], weights, reliability)
-            right += result.answer == self.gold[i]
-        return right / len(self.gold)
+    def right(self, panels: Sequence[Panel]) -> np.ndarray:
+        """Whether each test question's vote is right (1.0) or not (0.0)."""
+        return np.array([
+            weighted_vote([(e, self.choices[e][i]) for e in experts], weights, reliability).answer == self.gold[i]
+            for i, (experts, weights, reliability) in enumerate(panels)
+        ], dtype=float)
 
     def cost(self, panels: Sequence[Panel]) -> tuple[float, float]:
         """Mean energy (kJ) and mean latency (s) per query of these panels."""
@@ -217,117 +226,19 @@ def run_pool(corpus: Corpus, models: list[str]) -> PoolResult:
         methods[f"random_k{k}"] = partial(bench.random_k, k)
         methods[f"symbolic_moe_k{k}"] = partial(bench.routed, symbolic, k, "sample")
         methods[f"router_k{k}"] = partial(bench.routed, knn, k, knn.preferred_mode)
+    right: dict[str, np.ndarray] = {}
     for name, make in methods.items():  # each method meets the test split once
         panels = make()
-        out.accuracy[name] = bench.score(panels)
+        right[name] = bench.right(panels)
+        out.accuracy[name] = float(right[name].mean())
         out.energy_kj[name], out.latency_s[name] = bench.cost(panels)
     out.accuracy["oracle"] = bench.oracle()
+    out.gain_ci = paired_bootstrap(right["router_k3"] - right["best_single"], corpus.seed)
     return out
-
-
-# -- output -------------------------------------------------------------------------------------
-HEADLINE = [
-    ("best_single", "best single expert (chosen on profiling)"),
-    ("random_k3", "random k=3"),
-    ("symbolic_moe_k3", "Symbolic-MoE as published (sample k=3)"),
-    ("category_k3", "per-category experts k=3 (uses the category label)"),
-    ("router_k3", "k-NN router k=3 (the service's router)"),
-    ("oracle", "oracle (any expert right)"),
-]
 
 
 def pools_of(recording: Recording) -> dict[str, list[str]]:
     return {"all": list(recording.models), "open_le_13b": [m for m in recording.models if is_open_small(m)]}
-
-
-def as_json(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, object]:
-    """`pools`: each method's mean accuracy over the seeds; `spread`: its standard deviation;
-    `per_seed`: every seed's own pools and details."""
-    per_seed = {str(seed): _seed_json(results, corpus) for seed, (corpus, results) in runs.items()}
-    names = next(iter(runs.values()))[1].keys()
-    pools: dict[str, object] = {}
-    spread: dict[str, object] = {}
-    for name in names:
-        values = [results[name].accuracy for _, results in runs.values()]
-        pools[name] = {k: round(float(np.mean([v[k] for v in values])), 4) for k in values[0]}
-        pools[name]["n_test"] = len(next(iter(runs.values()))[0].test)  # type: ignore[index]
-        spread[name] = {k: round(float(np.std([v[k] for v in values])), 4) for k in values[0]}
-    return {"seeds": list(runs), "pools": pools, "spread": spread, "gain_router_k3": _gains(runs), "per_seed": per_seed}
-
-
-def _gains(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, dict[str, object]]:
-    """Router k=3 minus the best single expert, in points: each seed's and their mean."""
-    out: dict[str, dict[str, object]] = {}
-    for name, each in _gain_points(runs).items():
-        out[name] = {"per_seed": [round(g, 2) for g in each], "mean": round(float(np.mean(each)), 2),
-                     "std": round(float(np.std(each)), 2)}
-    return out
-
-
-def _gain_points(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> dict[str, list[float]]:
-    names = next(iter(runs.values()))[1]
-    return {n: [100 * (r[n].accuracy["router_k3"] - r[n].accuracy["best_single"]) for _, r in runs.values()]
-            for n in names}
-
-
-def _seed_json(results: dict[str, PoolResult], corpus: Corpus) -> dict[str, object]:
-    pools: dict[str, object] = {}
-    for name, r in results.items():
-        accuracy = {k: round(v, 4) for k, v in r.accuracy.items()}
-        pools[name] = {**accuracy, "n_test": len(corpus.test), "seed": corpus.seed}
-    details = {
-        name: {
-            "models": r.models,
-            **r.notes,
-            "energy_kj_per_query": _rounded(r.energy_kj),
-            "latency_s_per_query": _rounded(r.latency_s),
-        }
-        for name, r in results.items()
-    }
-    return {"pools": pools, "details": details, "n_profiling": len(corpus.profiling), "n_test": len(corpus.test)}
-
-
-def _rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in values.items()}
-
-
-def print_pool(name: str, r: PoolResult) -> None:
-    acc = r.accuracy
-    print(f"\n## pool {name}: {len(r.models)} experts: {', '.join(r.models)}")
-    print(f"best single expert on profiling: {r.notes['best_single']}; router: {r.notes['router']}")
-    print(f"{'method':58s} {'test acc':>8s} {'vs best':>8s} {'kJ/query':>9s} {'s/query':>8s}")
-    for key, label in HEADLINE:
-        delta = 100 * (acc[key] - acc["best_single"])
-        energy = f"{r.energy_kj[key]:9.1f}" if key in r.energy_kj else f"{'-':>9s}"
-        latency = f"{r.latency_s[key]:8.2f}" if key in r.latency_s else f"{'-':>8s}"
-        print(f"{label:58s} {100 * acc[key]:7.1f}% {delta:+7.1f} {energy} {latency}")
-    print(f"\naccuracy vs expert calls k (pool {name}); every k>1 aggregated by weighted voting")
-    print(f"{'k':>3s} {'random':>8s} {'Symbolic-MoE':>13s} {'router':>8s} {'router kJ/q':>12s} {'router s/q':>11s}")
-    for k in range(1, K_MAX + 1):
-        rk = f"router_k{k}"
-        print(
-            f"{k:3d} {100 * acc[f'random_k{k}']:7.1f}% {100 * acc[f'symbolic_moe_k{k}']:12.1f}% "
-            f"{100 * acc[rk]:7.1f}% {r.energy_kj[rk]:12.1f} {r.latency_s[rk]:11.2f}"
-        )
-    print(f"\naccuracy vs cost (pool {name}), cheapest first (simulated energy per query)")
-    for key in sorted(r.energy_kj, key=lambda x: (r.energy_kj[x], x)):
-        if key.startswith(("router_k", "symbolic_moe_k", "best_single", "category")):
-            print(f"  {key:18s} {r.energy_kj[key]:8.1f} kJ  {100 * acc[key]:5.1f}%")
-
-
-def print_seeds(runs: dict[int, tuple[Corpus, dict[str, PoolResult]]]) -> None:
-    """Each seed's headline figures, then their mean and spread."""
-    gains = _gain_points(runs)
-    for name in next(iter(runs.values()))[1]:
-        print(f"\n## pool {name} over seeds {', '.join(map(str, runs))} (test accuracy, %)")
-        print(f"{'method':58s} " + " ".join(f"{'s' + str(s):>6s}" for s in runs) + f" {'mean':>6s} {'sd':>5s}")
-        for key, label in HEADLINE:
-            each = [100 * r[name].accuracy[key] for _, r in runs.values()]
-            cells = " ".join(f"{v:6.1f}" for v in each)
-            print(f"{label:58s} {cells} {np.mean(each):6.1f} {np.std(each):5.1f}")
-        g = gains[name]
-        cells = " ".join(f"{v:+6.1f}" for v in g)
-        print(f"{'router k=3 minus best single (points)':58s} {cells} {np.mean(g):+6.1f} {np.std(g):5.1f}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -345,22 +256,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-cache", action="store_true", help="embed afresh and keep nothing")
     ap.add_argument("--embedding", choices=["static", "transformer", "both"],
-                    help="embed questions with this kind (default: the service's, for the k-NN router)")
+                    help="embed questions and read skills with this kind (default: as the service does, static "
+                         "for the k-NN router, transformer for Symbolic-MoE's skills)")
     args = ap.parse_args(argv)
     if args.seed is not None:
         args.seeds = [args.seed]
     return args
 
 
-def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) -> int:
-    """Run the benchmark; `embedder` lets a caller share an already loaded model."""
+def skill_kind(forced: EmbeddingKind | None) -> EmbeddingKind:
+    """The kind the service reads skills with under the symbolic router (static reads a skill's
+    name much worse, README "Load"), unless --embedding forces one."""
+    return forced or embedding_kind("auto", "symbolic")
+
+
+def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None,
+         skill_embedder: Embedder | None = None) -> int:
+    """Run the benchmark; `embedder` and `skill_embedder` let a caller share loaded models."""
     args = parse_args(argv)
     started = time.perf_counter()
     cache_dir = None if args.no_cache else args.cache_dir
     embedder = embedder or routing_embedder(args.embedding)
+    skill_embedder = skill_embedder or get_embedder(skill_kind(args.embedding))
     runs: dict[int, tuple[Corpus, dict[str, PoolResult]]] = {}
     for seed in dict.fromkeys(args.seeds):
-        corpus = build_corpus(args.data_dir, args.test_size, seed, cache_dir, embedder)
+        corpus = build_corpus(args.data_dir, args.test_size, seed, cache_dir, embedder, skill_embedder)
         runs[seed] = corpus, {name: run_pool(corpus, models) for name, models in pools_of(corpus.recording).items()
                               if models}
     if args.json:
@@ -373,7 +293,8 @@ def main(argv: Sequence[str] | None = None, embedder: Embedder | None = None) ->
         f"{len(corpus.test)} test questions (test share {args.test_size})"
     )
     print(
-        f"questions embedded {embedder.kind}; skills: embedding fast path (3 nearest seed skills) + the category; "
+        f"questions embedded {embedder.kind}; skills (Symbolic-MoE): embedding fast path ({skill_embedder.kind}, "
+        "3 nearest seed skills) + the category; "
         "aggregation: profile-weighted voting, no aggregator LLM"
     )
     for seed, (_, results) in runs.items():

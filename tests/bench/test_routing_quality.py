@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from skills.embedder import get_embedder
@@ -30,7 +31,7 @@ def test_json_report_has_every_pool_and_method(
     bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [str(folder), "--json", "--seed", "7", "--test-size", "0.5", "--no-cache"]
-    assert bench.main(argv, embedder=get_embedder()) == 0
+    assert bench.main(argv, embedder=get_embedder(), skill_embedder=get_embedder()) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["pools"]) == {"all", "open_le_13b"} and report["seeds"] == [7]
     run = report["per_seed"]["7"]
@@ -45,12 +46,16 @@ def test_json_report_has_every_pool_and_method(
 def test_several_seeds_print_each_figure_and_the_mean(
     bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main([str(folder), "--json", "--seeds", "3", "4", "--no-cache"], embedder=get_embedder()) == 0
+    assert bench.main([str(folder), "--json", "--seeds", "3", "4", "--no-cache"], embedder=get_embedder(), skill_embedder=get_embedder()) == 0
     report = json.loads(capsys.readouterr().out)
     gain = report["gain_router_k3"]["open_le_13b"]
     each = [report["per_seed"][s]["pools"]["open_le_13b"] for s in ("3", "4")]
     assert gain["per_seed"] == pytest.approx([100 * (p["router_k3"] - p["best_single"]) for p in each], abs=0.02)
     assert gain["mean"] == pytest.approx(sum(gain["per_seed"]) / 2, abs=0.01)
+    # two splits of many: the sample SD (n-1), |a-b|/√2, not the population one (|a-b|/2)
+    assert gain["std"] == pytest.approx(abs(gain["per_seed"][0] - gain["per_seed"][1]) / 2**0.5, abs=0.02)
+    for (low, high), g in zip(gain["per_seed_ci95"], gain["per_seed"], strict=True):
+        assert low <= g <= high
     mean = report["pools"]["open_le_13b"]["router_k3"]
     assert mean == pytest.approx((each[0]["router_k3"] + each[1]["router_k3"]) / 2, abs=1e-4)
 
@@ -58,10 +63,25 @@ def test_several_seeds_print_each_figure_and_the_mean(
 def test_tables_name_seed_split_pool_and_aggregation(
     bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main([str(folder), "--seed", "7", "--no-cache"], embedder=get_embedder()) == 0
+    assert bench.main([str(folder), "--seed", "7", "--no-cache"], embedder=get_embedder(), skill_embedder=get_embedder()) == 0
     out = capsys.readouterr().out
     assert "seeds 7" in out and "# seed 7" in out and "router k=3 minus best single" in out
     assert "42 profiling, 42 test" in out
     assert "profile-weighted voting" in out
     assert "## pool open_le_13b: 3 experts: Llama-2-7b-hf, Meta-Llama-3_1-8B-Instruct, mathstral-7B" in out
     assert "accuracy vs expert calls" in out and "accuracy vs cost" in out
+
+
+def test_the_paired_bootstrap_interval_holds_the_gain_and_is_seeded(bench: ModuleType) -> None:
+    diff = np.array([1.0] * 30 + [-1.0] * 10 + [0.0] * 60)  # router right on 30, single on 10: +20 points
+    low, high = bench.paired_bootstrap(diff, seed=0)
+    assert low < 20.0 < high and 5.0 < low and high < 35.0
+    assert bench.paired_bootstrap(diff, seed=0) == (low, high)
+    assert bench.paired_bootstrap(np.zeros(50), seed=1) == (0.0, 0.0)
+
+
+def test_symbolic_moe_reads_skills_as_the_service_does_unless_a_kind_is_forced(bench: ModuleType) -> None:
+    """The service reads skills with the transformer under the symbolic router (static reads a
+    skill's name much worse); the k-NN router keeps its own kind."""
+    assert bench.skill_kind(bench.parse_args(["data"]).embedding) == "transformer"
+    assert bench.skill_kind(bench.parse_args(["data", "--embedding", "static"]).embedding) == "static"
