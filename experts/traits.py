@@ -90,9 +90,11 @@ def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
     """The prompt's tokens as the expert's own tokenizer counts them, with its chat template."""
     texts = [spec.system_prompt or "", text]
     if spec.base.kind == "llamacpp":
-        from experts.llamacpp import count_tokens
+        from experts.llamacpp import count_prompt, count_tokens
 
-        return count_tokens(spec.base.source, texts, options.models_dir) + TEMPLATE_TOKENS
+        templated = count_prompt(spec.base.source, spec.system_prompt, text, options.models_dir)
+        return templated if templated is not None else count_tokens(spec.base.source, texts, options.models_dir) \
+            + TEMPLATE_TOKENS
     from experts.vllm_backend import count_tokens as count_hf_tokens
 
     return count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS

@@ -355,3 +355,18 @@ def test_streamed_and_timed_replies_count_tokens_as_generate_does(smol: LlamaCpp
         return [(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in gens]
 
     assert counts(timed) == counts(plain) == counts(streamed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", [None, TUTOR])
+def test_the_context_check_counts_the_prompt_llama_cpp_evaluates(smol: LlamaCppBackend, system: str | None) -> None:
+    """The check admitted prompts by their texts plus 16 tokens, while SmolLM2's template adds its
+    default persona (39 tokens evaluated, 25 counted): an admitted prompt's answer was cut short."""
+    from experts.options import BackendOptions
+    from experts.traits import prompt_tokens
+    from experts.types import ExpertSpec
+
+    q = "What is the capital of France? Explain."
+    evaluated = smol.generate([ask("p", q, system=system, max_tokens=1)])[0].prompt_tokens
+    expert = ExpertSpec(name="e", base=spec(SMOL), system_prompt=system)
+    assert prompt_tokens(expert, q, BackendOptions()) == evaluated
