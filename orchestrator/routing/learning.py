@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -154,26 +154,33 @@ def observed_counts(evidence: RoutingEvidence) -> dict[str, int]:
 
 
 def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability: AnswerReliability | None,
-           gold: str | None = None, question: str = "") -> tuple[dict[str, bool], dict[str, str | None], str | None]:
-    """Each answer's mark against the gold answer, else against the weighted consensus of all of
-    them; with each one's option letter (None: not a choice), and the reference used. Without
-    gold, fewer than two experts (or, lettered, fewer than two answers with a letter) or a tie
+           gold: str | None = None, question: str = "", explored: Collection[str] = ()
+           ) -> tuple[dict[str, bool], dict[str, str | None], str | None]:
+    """Each answer's mark against the gold answer, else against the weighted consensus of the
+    answers; with each one's option letter (None: not a choice), and the reference used. Without
+    gold, fewer than two voters (or, lettered, fewer than two answers with a letter) or a tie
     at the top is no consensus: no reference, no marks (a lone answer would agree with itself,
     and a tie would be settled by letter order). A gold
     answer that names nothing to compare with (`gold_choice`: none of `question`'s options,
-    against lettered answers; nothing but punctuation) is no reference either."""
+    against lettered answers; nothing but punctuation) is no reference either.
+
+    `explored` experts are marked against the consensus but cast no vote in it: their weight is
+    an unseen expert's prior, heavier than a profiled 7B's, so on a split vote an explorer's own
+    letter was the consensus and it was marked right on its own say (80% of its marks right on
+    the replay stream where it was 32-52% right; bench/learning.py)."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
-    picks = sum(v is not None for v in letters.values())
-    lettered = picks > 0
+    lettered = any(v is not None for v in letters.values())
+    voting = {e: v for e, v in letters.items() if e not in explored}
     # a reply without a letter casts no vote: one letter among several would agree with itself alone
-    if not gold and (len(answers) < 2 or picks == 1):
+    if not gold and (len(voting) < 2 or (lettered and sum(v is not None for v in voting.values()) < 2)):
         return {}, letters if lettered else dict.fromkeys(answers), None
     if lettered:
         ref = gold_choice(gold, question) if gold \
-            else _consensus(weighted_vote(list(letters.items()), weights, reliability).support)
+            else _consensus(weighted_vote(list(voting.items()), weights, reliability).support)
         return _marked(letters, ref), letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
-    ref = (_normal(gold) or None) if gold else _consensus(_support(finals, weights))
+    ref = (_normal(gold) or None) if gold else _consensus(_support(
+        {e: f for e, f in finals.items() if e not in explored}, weights))
     return _marked(finals, ref), dict.fromkeys(answers), ref
 
 

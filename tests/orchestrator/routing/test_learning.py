@@ -124,3 +124,16 @@ def test_one_lettered_answer_among_several_is_no_consensus() -> None:
     two = scored(lone | {"c": "Answer: B"}, even, None)
     assert two[::2] == ({"a": True, "b": False, "c": True}, "B")
     assert scored(lone, even, None, "B")[0] == {"a": True, "b": False, "c": False}  # gold marks as ever
+
+
+def test_an_explored_expert_is_marked_against_the_others_consensus_not_its_own() -> None:
+    """An unseen expert's prior weight outweighed each profiled one, so where the profiled ones
+    split, its own letter was the consensus and it was marked right on its own say."""
+    weights = {"a": 1.0, "b": 0.9, "c": 0.8, "new": 2.2}
+    answers = {"a": "Answer: A", "b": "Answer: B", "c": "Answer: A", "new": "Answer: B"}
+    assert scored(answers, weights, None)[2] == "B"  # the explorer's weight carries its own letter
+    marks, _, ref = scored(answers, weights, None, explored={"new"})
+    assert ref == "A" and marks == {"a": True, "b": False, "c": True, "new": False}
+    lone = {"a": "Answer: A", "new": "Answer: A"}
+    assert scored(lone, weights, None, explored={"new"})[::2] == ({}, None)  # one voter is no consensus
+    assert scored(lone, weights, None, "A", explored={"new"})[0] == {"a": True, "new": True}  # gold as ever
