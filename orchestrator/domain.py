@@ -120,7 +120,9 @@ class Failure(Record):
 
 
 class DeviceTime(Record):
-    """One worker's part in the query's batch: predicted (device profile) and measured seconds."""
+    """One worker's part in the query's batch: predicted (device profile) and measured seconds,
+    each up to the moment the query was done (it is stored then, while the batch's longer queries
+    may still run), the measure including the worker's work in progress then."""
 
     worker: str
     device: str
@@ -144,7 +146,8 @@ class Decision(Record):
     fallbacks: list[str] = Field(default_factory=list,
                                  description="Next-ranked experts recruited in place of failed ones.")
     devices: list[DeviceTime] = Field(default_factory=list,
-                                      description="Per worker the query used: the batch's predicted and measured time.")
+                                      description="Per worker the query used: the batch's predicted and measured time "
+                                                  "up to the query's end.")
     competition: bool = Field(default=False, description="Every eligible expert answered, to teach the router.")
     competitors: list[str] = Field(default_factory=list,
                                    description="Experts that answered only to be scored (a competition's others, "

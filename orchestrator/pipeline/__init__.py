@@ -2,7 +2,8 @@
 
 `route` decides for a batch of admitted queries, generating nothing (`decide`); `answer` runs
 decisions already made across the deployment's workers (`batch`): every expert generation on
-its expert's worker, the workers at once, each query aggregated as soon as its answers are in.
+its expert's worker, the workers at once, each query aggregated as soon as its answers are in
+and handed on (`finished`) as soon as it is done.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from experts.options import BackendOptions
 from orchestrator.budgets.planner import BudgetPlanner
 from orchestrator.domain import Ask, Decision, Outcome, RecruitMode
-from orchestrator.pipeline.batch import BatchRun
+from orchestrator.pipeline.batch import BatchRun, Finished
 from orchestrator.pipeline.decide import DIRECT, Decider, GenerationLimits
 from orchestrator.pipeline.keywords import KeywordReader
 from orchestrator.pipeline.snapshot import PoolSnapshot
@@ -24,7 +25,7 @@ from orchestrator.routing.learning import CompetitionPolicy, Lesson
 from orchestrator.scheduling.fleet import Fleet
 from skills.embedder import Embedder
 
-__all__ = ["DIRECT", "GenerationLimits", "Pipeline", "PoolSnapshot"]
+__all__ = ["DIRECT", "Finished", "GenerationLimits", "Pipeline", "PoolSnapshot"]
 
 
 Learn = Callable[[int, Lesson], None]  # (the query's place in the batch, what it taught)
@@ -50,12 +51,15 @@ class Pipeline:
         return self.decider.route(pool, asks, dry_run)
 
     def answer(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision],
-               embeddings: Sequence[np.ndarray | None] | None = None, learn: Learn | None = None) -> list[Outcome]:
+               embeddings: Sequence[np.ndarray | None] | None = None, learn: Learn | None = None,
+               finished: Finished | None = None) -> list[Outcome]:
         """Generate across the workers, then aggregate; the decisions were made at admission.
-        A competed or explored query (its embedding given) teaches the router a lesson, handed
-        to `learn` with the query's place in the batch."""
+        Each query is handed to `finished` as soon as it is done (on a device thread; its device
+        times so far), every outcome returned at the end. A competed or explored query (its
+        embedding given) teaches the router a lesson, handed to `learn` with the query's place
+        in the batch once the whole batch is done, as the planner and the probe learn from it."""
         run = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
-                       self.fallback, embeddings, self.streams)
+                       self.fallback, embeddings, self.streams, finished)
         outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
         policy = self.decider.policy

@@ -11,6 +11,11 @@ and a vote that finds no letter. The decision records every failure, every stand
 worker's predicted and measured time in the batch. A step of one query that raises (a bug, a
 recording that will not read) fails that query alone, naming the error; the others, and the
 batch, go on.
+
+Each query is handed to `finished` as soon as it is done (a short one finishes before the
+batch's long ones), so it can be stored and replied to then; its outcome's device times are
+those up to that moment. `run` still returns every outcome at the end, with the batch's final
+device times.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -40,10 +45,12 @@ from orchestrator.scheduling.fleet import Dispatch, Fleet
 from orchestrator.scheduling.planner import Job
 
 log = logging.getLogger(__name__)
+Finished = Callable[[int, Outcome], None]  # (a query's place in the batch, its outcome once it is done)
 
 
 @dataclass
 class _Query:
+    place: int  # in the batch
     ask: Ask
     decision: Decision
     embedding: np.ndarray | None = None
@@ -71,12 +78,16 @@ class _Sent:
 class BatchRun:
     def __init__(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision], fleet: Fleet,
                  planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True,
-                 embeddings: Sequence[np.ndarray | None] | None = None, streams: StreamHub | None = None):
+                 embeddings: Sequence[np.ndarray | None] | None = None, streams: StreamHub | None = None,
+                 finished: Finished | None = None):
         self.pool, self.fleet, self.planner, self.limits = pool, fleet, planner, limits
         self.streams = streams  # live clients of streamed queries (pipeline/stream.py)
         self.aggregation, self.fallback = aggregation, fallback
+        self.finished = finished
         embs = embeddings or [None] * len(asks)
-        self.queries = [_Query(a, d, e) for a, d, e in zip(asks, decisions, embs, strict=True)]
+        self.queries = [_Query(i, a, d, e) for i, (a, d, e) in enumerate(zip(asks, decisions, embs, strict=True))]
+        # done, not handed to `finished` yet, each with its workers' predicted seconds then
+        self._done: list[tuple[_Query, dict[str, float]]] = []
         self.lessons: dict[int, Lesson] = {}  # query's place → what its competition or exploration taught
         self.sites = pool.sites()
         self._sent: dict[str, _Sent] = {}
@@ -95,8 +106,9 @@ class BatchRun:
             held, self._held = self._held, None
             for worker, jobs in held.items():
                 self._dispatch.submit(worker, jobs)
-        busy = self._dispatch.wait()
-        return [self._outcome(q, busy) for q in self.queries]
+        self._hand_done()
+        busy = self._dispatch.wait()  # the device threads have handed on all they finished
+        return [self._outcome(q, busy, self._predicted) for q in self.queries]
 
     def _start(self, qi: int) -> None:
         q = self.queries[qi]
@@ -174,6 +186,7 @@ class BatchRun:
             sent = self._sent.pop(job_id)
             if self.queries[sent.query].done_at is None:  # else it failed already: nothing waits for this
                 self._guarded(sent.query, partial(self._replied, sent, gen))
+        self._hand_done()
 
     def _replied(self, sent: _Sent, gen: Generation) -> None:
         if sent.draw == -1:
@@ -263,15 +276,33 @@ class BatchRun:
 
     def _finish(self, q: _Query, text: str, error: str | None = None) -> None:
         q.text, q.error, q.done_at = text, error, time.perf_counter()
+        if self.finished is not None:  # handed on by `_hand_done`, outside the lock
+            self._done.append((q, {w: self._predicted.get(w, 0.0) for w in q.workers}))
         self._open -= 1
         if not self._open:
             self._dispatch.finish()
 
+    def _hand_done(self) -> None:
+        """Hand each query finished since the last call to `finished`, outside the lock: storing
+        it must not hold the replies of the batch's other queries. A done query changes no more."""
+        with self._lock:
+            done, self._done = self._done, []
+        if not done or self.finished is None:
+            return
+        busy = self._dispatch.busy()
+        for q, predicted in done:
+            try:
+                self.finished(q.place, self._outcome(q, busy, predicted))
+            except Exception:  # the receiver's own failure: the query is still returned by `run`
+                log.exception("handing on finished query %d failed", q.place)
+
     # ------------------------------------------------------------------ outcomes
 
-    def _outcome(self, q: _Query, busy: dict[str, float]) -> Outcome:
+    def _outcome(self, q: _Query, busy: Mapping[str, float], predicted: Mapping[str, float]) -> Outcome:
+        """The query's outcome, with its workers' predicted and measured seconds as given: so far
+        in the batch (handed on as it finishes), or the whole batch's (`run`'s return)."""
         latency = (q.done_at or time.perf_counter()) - self._started
-        devices = [DeviceTime(worker=w, device=self._device(w), predicted_s=self._predicted.get(w, 0.0),
+        devices = [DeviceTime(worker=w, device=self._device(w), predicted_s=predicted.get(w, 0.0),
                               measured_s=busy.get(w)) for w in sorted(q.workers)]
         budget = q.decision.budget and measured(q.decision.budget, latency, self.planner.power_w)
         scores = {e: float(ok) for e, ok in q.marks.items()}

@@ -95,7 +95,8 @@ class Fleet:
 class _Queue:
     jobs: list[Job] = field(default_factory=list)
     streams: list[tuple[Job, OnPiece]] = field(default_factory=list)
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # takes finished
+    started: float | None = None  # the take in progress began (perf_counter)
     thread: threading.Thread | None = None
 
 
@@ -143,25 +144,40 @@ class Dispatch:
             queue.thread.join()
         return {name: q.busy_s for name, q in self._queues.items()}
 
+    def busy(self) -> dict[str, float]:
+        """The seconds each worker has spent on this batch so far, its take in progress included:
+        a query finished early is stored with its workers' time up to then, not the batch's."""
+        now = time.perf_counter()
+        with self._cond:
+            return {name: q.busy_s + (now - q.started if q.started is not None else 0.0)
+                    for name, q in self._queues.items()}
+
     def _take(self, queue: _Queue) -> tuple[list[tuple[Job, OnPiece]], list[Job]]:
         with self._cond:
             while not queue.jobs and not queue.streams and not self._finished:
                 self._cond.wait()
             streams, jobs = queue.streams, queue.jobs
             queue.streams, queue.jobs = [], []
+            queue.started = time.perf_counter() if streams or jobs else None
             return streams, jobs
+
+    def _took(self, queue: _Queue) -> None:
+        """Count the take that just ended into the worker's busy seconds."""
+        with self._cond:
+            assert queue.started is not None
+            queue.busy_s += time.perf_counter() - queue.started
+            queue.started = None
 
     def _work(self, name: str, queue: _Queue) -> None:
         while True:
             streams, jobs = self._take(queue)
             if not streams and not jobs:
                 return
-            started = time.perf_counter()
             for job, on_piece in streams:  # first: someone is watching these
                 self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
             if jobs:
                 self._run(name, jobs)
-            queue.busy_s += time.perf_counter() - started
+            self._took(queue)
 
     def _run(self, name: str, jobs: list[Job]) -> None:
         pending = {j.job_id: j for j in jobs}

@@ -13,6 +13,11 @@ that would take a batch past either limit opens the next batch instead; submissi
 split across batches, so one larger than the limits runs alone. One runner thread executes
 batches in order: the device does one batch at a time, which is what keeps model loads at the
 planner's floor.
+
+A runner that can say when an item is done before its batch is (`Releasing`: a short query
+stored while the batch's long ones still run) releases it; a submission whose items have all
+been released is resolved then, the rest once the batch returns. A batch that raises fails only
+the submissions it had not resolved.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Generic, TypeVar
 
 from orchestrator.probe import NULL_PROBE, Probe
 
 T = TypeVar("T")
 R = TypeVar("R")
+Release = Callable[[int, R], None]  # (an item's place in the batch, its result), before the batch returns
 RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metrics keep them all)
 
 
@@ -40,12 +47,21 @@ class _Submission(Generic[T, R]):
     future: Future[list[R]] = field(default_factory=Future)
 
 
+@dataclass(frozen=True)
+class Releasing(Generic[T, R]):
+    """A batch runner that releases each item's result as soon as it has it (any thread, each
+    item at most once), and returns every result in order at the end."""
+
+    run: Callable[[list[T], Release[R]], list[R]]
+
+
 class BatchingWindow(Generic[T, R]):
-    def __init__(self, run_batch: Callable[[list[T]], list[R]], max_batch: int, max_wait_s: float,
+    def __init__(self, run_batch: Callable[[list[T]], list[R]] | Releasing[T, R], max_batch: int, max_wait_s: float,
                  name: str = "batching-window", probe: Probe = NULL_PROBE,
                  weigh: Callable[[T], float] | None = None, max_work: float = float("inf"),
                  clock: Callable[[], float] = time.monotonic):
-        self._run, self.probe, self._clock = run_batch, probe, clock
+        self.probe, self._clock = probe, clock
+        self._run = run_batch.run if isinstance(run_batch, Releasing) else _releasing_nothing(run_batch)
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.weigh, self.max_work = weigh, max_work
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
@@ -129,13 +145,53 @@ class BatchingWindow(Generic[T, R]):
         self._counted(-len(items))
         self.batch_sizes.append(len(items))
         self.probe.batch_executed(len(items))
+        resolving = _Resolving(batch)
         try:
-            results = self._run(items)
-        except BaseException as exc:  # every caller of the batch learns why it failed
-            for sub in batch:
-                sub.future.set_exception(exc)
+            results = self._run(items, resolving.release)
+        except BaseException as exc:  # every caller still waiting learns why the batch failed
+            resolving.fail(exc)
             return
-        start = 0
-        for sub in batch:
-            sub.future.set_result(results[start:start + len(sub.items)])
-            start += len(sub.items)
+        resolving.resolve(results)
+
+
+def _releasing_nothing(run_batch: Callable[[list[T]], list[R]]) -> Callable[[list[T], Release[R]], list[R]]:
+    """A plain runner as one that releases nothing early: its batch's results come at its end."""
+    return lambda items, _release: run_batch(items)
+
+
+class _Resolving(Generic[T, R]):
+    """One batch's submissions, each resolved once all its items are released or the batch ends."""
+
+    def __init__(self, batch: list[_Submission[T, R]]):
+        self._owner = [(sub, at) for sub in batch for at in range(len(sub.items))]  # item → (submission, place)
+        self._starts = list(accumulate((len(sub.items) for sub in batch[:-1]), initial=0))  # each one's first item
+        self._released: dict[int, dict[int, R]] = {id(sub): {} for sub in batch}  # unresolved: place → result
+        self._batch, self._lock = batch, threading.Lock()
+
+    def release(self, index: int, result: R) -> None:
+        sub, at = self._owner[index]
+        with self._lock:
+            released = self._released.get(id(sub))
+            if released is None:  # resolved already (a late release after the batch's end)
+                return
+            released[at] = result
+            if len(released) < len(sub.items):
+                return
+            del self._released[id(sub)]
+        sub.future.set_result([released[i] for i in range(len(sub.items))])  # outside the lock: callbacks run here
+
+    def resolve(self, results: Sequence[R]) -> None:
+        for start, sub in self._unresolved():
+            sub.future.set_result(list(results[start:start + len(sub.items)]))
+
+    def fail(self, exc: BaseException) -> None:
+        for _, sub in self._unresolved():
+            sub.future.set_exception(exc)
+
+    def _unresolved(self) -> list[tuple[int, _Submission[T, R]]]:
+        """The submissions not resolved yet, with their first item's place; no release resolves them from now on."""
+        with self._lock:
+            subs = zip(self._starts, self._batch, strict=True)
+            left = [(start, sub) for start, sub in subs if id(sub) in self._released]
+            self._released.clear()
+        return left

@@ -2,8 +2,10 @@
 
 Concurrent requests share one window, so their generation is batched by model too. A query is
 answered exactly as it was admitted: its stored request and decision are what runs, here and
-after a crash (`recover`). What a batch taught the router is learned behind it (`LearningQueue`):
-its rows are returned once stored, without waiting for the router to be rebuilt or refitted.
+after a crash (`recover`). Each query is stored as soon as it is done (`storing`), and a request
+whose queries are all stored is answered then, not when its batch's longest query is. What a
+batch taught the router is learned behind it (`LearningQueue`), once the batch is done: no reply
+waits for the router to be rebuilt or refitted.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from experts.cost_model import approx_tokens
 from orchestrator.domain import Ask, Decision, Outcome, QueryError
-from orchestrator.pipeline import Pipeline
+from orchestrator.pipeline import Finished, Pipeline, PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
-from orchestrator.scheduling.window import BatchingWindow
+from orchestrator.scheduling.window import BatchingWindow, Release, Releasing
 from orchestrator.services.admission import Admission, Admitted
 from orchestrator.services.errors import Busy, NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.instances import Instance
 from orchestrator.services.learning_queue import LearningQueue
 from orchestrator.services.pool import PoolState
+from orchestrator.services.storing import Early, EarlyStore, InFlight
 from orchestrator.settings import BatchingSettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
@@ -46,11 +49,13 @@ class QueryService:
         self.db, self.pool, self.pipeline, self.admission, self.probe = db, pool, pipeline, admission, probe
         self.instance = instance  # this service: the owner of what it admits, and who is alive
         weigh = partial(predicted_tokens, most=pipeline.limits.expert_max_tokens)
+        self.storer = EarlyStore(self._store, self.get_many)  # before the window: its batches store through it
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
-            self._run_items, batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
+            Releasing(self._run_items), batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens)
         self.max_waiting = batching.max_waiting
         self.learner: LearningQueue[Taught] = LearningQueue(self._learn)
+        self.running = InFlight()  # batches whose lessons are not handed to the learner yet
         # queued chunks not yet fed to the window (`queue`): still waiting, so the backlog bound counts them
         self._unfed, self._unfed_lock = 0, threading.Lock()
 
@@ -83,45 +88,75 @@ class QueryService:
         return self.submit(asks).result()
 
     def learned(self) -> None:
-        """Wait until the router has learned what every batch answered so far taught."""
+        """Wait until the router has learned what every batch answered so far taught: a batch
+        whose rows came back may still be running, its lessons handed over only at its end."""
+        self.running.wait()
         self.learner.learned()
 
     def close(self) -> None:
-        """Stop the window, then learn what its batches taught (before the pool and store go)."""
+        """Stop the window and the storer, then learn what its batches taught (before the pool and store go)."""
         self.window.close()
+        self.storer.close()
         self.learner.close()
 
-    def _run_items(self, items: list[Admitted]) -> list[Query]:
+    def _run_items(self, items: list[Admitted], release: Release[Query]) -> list[Query]:
         """The batch's rows as stored: those it finished as they were written, the few it
         failed before running (an expert gone) read back."""
-        rows = self.run(items)
+        rows = self.run(items, release)
         rows.update((q.id, q) for q in self.get_many([i.query_id for i in items if i.query_id not in rows]))
         return [rows[i.query_id] for i in items]
 
-    def run(self, items: Sequence[Admitted]) -> dict[int, Query]:
-        """Answer one batch as admitted, storing everything it produced; returns the rows it
-        finished, by id."""
+    def run(self, items: Sequence[Admitted], release: Release[Query] | None = None) -> dict[int, Query]:
+        """Answer one batch as admitted, storing everything it produced: each query as soon as it
+        is done, its row then handed to `release` with its place in `items`, what is left at
+        the end. Returns the rows it finished, by id."""
+        batch = self.running.begin()
+        try:
+            return self._run(items, release)
+        finally:
+            self.running.end(batch)
+
+    def _run(self, items: Sequence[Admitted], release: Release[Query] | None) -> dict[int, Query]:
         snapshot = self.pool.snapshot
         present = snapshot.experts.keys()
-        runnable = [_without_gone_competitors(i, present) for i in items if set(i.decision.recruited) <= present]
+        places = [n for n, i in enumerate(items) if set(i.decision.recruited) <= present]
+        runnable = [_without_gone_competitors(items[n], present) for n in places]
         gone = [i.query_id for i in items if not set(i.decision.recruited) <= present]
         if gone:  # recovered after its expert left the pool: it fails alone
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
         if not runnable:
             return {}
         taught: Taught = []
-        try:
-            outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
-                                            [i.embedding for i in runnable],
-                                            learn=lambda at, lesson: taught.append((runnable[at].query_id, lesson)))
-        except Exception as exc:
-            self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
-            raise
-        rows = self._store([(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)])
+        early = Early(release)
+        outcomes = self._answer(snapshot, runnable, taught, partial(self._finished, runnable, places, early))
+        left = [(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)
+                if i.query_id not in early.settled]  # none, unless the storer could not store at all
+        rows = early.rows | (self._store(left) if left else {})
         if taught:  # learned behind the window: the batch's clients do not wait for a rebuild or refit
             self.learner.submit(taught)
         self._count(rows.values())
         return rows
+
+    def _answer(self, snapshot: PoolSnapshot, runnable: Sequence[Admitted], taught: Taught,
+                finished: Finished) -> list[Outcome]:
+        """The batch's outcomes, once every query handed to the storer is stored. If the pipeline
+        raises, those of its queries not stored yet are stored failed, naming the error."""
+        try:
+            outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
+                                            [i.embedding for i in runnable], finished=finished,
+                                            learn=lambda at, lesson: taught.append((runnable[at].query_id, lesson)))
+        except Exception as exc:
+            self.storer.drain()  # first: a query stored done keeps its answer (`_fail` leaves it)
+            self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
+            raise
+        self.storer.drain()
+        return outcomes
+
+    def _finished(self, runnable: Sequence[Admitted], places: Sequence[int], early: Early, at: int,
+                  outcome: Outcome) -> None:
+        """Hand a query done before its batch to the storer (on a device thread: it must not wait)."""
+        item = runnable[at]
+        self.storer.put((item.query_id, item.ask, outcome), early, places[at])
 
     def _count(self, stored: Iterable[Query]) -> None:
         """Count what the batch stored, by status. An answer the store refused is counted by
