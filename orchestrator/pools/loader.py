@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
@@ -105,10 +105,11 @@ def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[
     """Profiling and test question ids, stratified by category and drawn by `seed`.
 
     Only questions recorded for every model take part, so each method is scored on the same set.
-    Questions with the same normalised text (MMLU-Pro repeats 103 texts under 211 ids) go to the
-    side their first copy drew: a test question whose copy was profiled is found by the k-NN
-    router as its own neighbour, which measures memory, not routing. The draw is otherwise the
-    plain per-category one, so a category's test share is off by at most its repeated questions.
+    Questions with the same normalised text (MMLU-Pro repeats 103 texts under 211 ids) all go to
+    the side their first copy in the recording drew: a test question whose copy was profiled is
+    found by the k-NN router as its own neighbour, which measures memory, not routing. That copy
+    is in the test part as often as any question (a copy chosen by draw order would be there
+    more often), so a category's test share moves by at most its repeated questions.
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test size must be a fraction in (0, 1), got {test_size}")
@@ -117,14 +118,21 @@ def split_questions(recording: Recording, test_size: float, seed: int) -> tuple[
         if all(recording.recorded(m, qid) for m in recording.models):
             by_category[q.category].append(qid)
     rng = random.Random(seed)
-    in_test: dict[str, bool] = {}  # normalised text → the side its first copy drew
-    profiling: list[str] = []
-    test: list[str] = []
+    drawn: dict[str, bool] = {}  # question id → drawn for test, in output order
     for category in sorted(by_category):
         ids = by_category[category]
         rng.shuffle(ids)
         n_test = round(len(ids) * test_size)
-        for i, qid in enumerate(ids):
-            drawn = in_test.setdefault(normalise_text(recording.questions[qid].question), i < n_test)
-            (test if drawn else profiling).append(qid)
-    return profiling, test
+        drawn.update((qid, i < n_test) for i, qid in enumerate(ids))
+    first = _first_copies(recording, drawn)
+    return [q for q in drawn if not drawn[first[q]]], [q for q in drawn if drawn[first[q]]]
+
+
+def _first_copies(recording: Recording, ids: Iterable[str]) -> dict[str, str]:
+    """Each question id → the first id in the recording with its normalised text (often itself)."""
+    text = {qid: normalise_text(recording.questions[qid].question) for qid in ids}
+    first: dict[str, str] = {}
+    for qid in recording.questions:
+        if qid in text:
+            first.setdefault(text[qid], qid)
+    return {qid: first[t] for qid, t in text.items()}
