@@ -258,7 +258,8 @@ class BatchRun:
         texts = {a.expert: a.text for a in answers} | {e: a.text for e, a in q.scored.items()}
         weights = {s.name: s.weight for s in q.decision.experts}
         gold = next((g for e in texts if (g := known_answer(self.pool.experts[e].base, q.ask.text))), None)
-        q.marks, letters, reference = scored(texts, weights, self.pool.router.reliability, gold)
+        explored = {e for e in texts if e in self.pool.uncertain}  # marked against the others, no vote of their own
+        q.marks, letters, reference = scored(texts, weights, self.pool.router.reliability, gold, explored=explored)
         if q.embedding is not None and reference is not None:  # none: a lone answer or a tie teaches nothing
             source = "competition" if q.decision.competition else "explore"
             skills = tuple(m.skill for m in q.decision.skills)

@@ -147,7 +147,9 @@ def test_feedback_on_an_explored_query_replaces_its_consensus_lesson(tmp_path, e
     with c.db.session() as s:
         ExpertRepository(s).set_status(row.id, "profiling")
     c.pool.refresh()
-    query = c.queries.ask([Ask(text=QUESTION, k=1, mode="topk", seed=5)])[0]
+    # k=3: the explorer is marked against the recruited experts' consensus and casts no vote in it,
+    # so one recruited expert alone (k=1) is no consensus
+    query = c.queries.ask([Ask(text=QUESTION, k=3, mode="topk", seed=5)])[0]
     c.queries.learned()
     counts = c.pool.evidence_counts()
     assert lessons(c) == 1 and counts["delta"] == 1  # the exploration, marked against the consensus
