@@ -206,7 +206,6 @@ class Run:
     def _lesson(self, i: int, qid: str, experts: Sequence[str], weights: dict[str, float], gold: str | None,
                 source: str) -> None:
         texts = {e: f"Answer: {self.s.recording.answer(self.model_of[e], qid) or ''}" for e in experts}
-        # as the service scores (pipeline/batch.py): an explorer is marked against the others' consensus
         marks, letters, _ = scored(texts, weights, self.router.reliability, gold, explored=set(self._uncertain()))
         self.v.lessons.append(Lesson(self.s.emb_stream[i], tuple(self.s.skills_stream[i]), marks, letters, source))
         if len(self.v.lessons) % UPDATE_EVERY == 0:

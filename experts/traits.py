@@ -90,7 +90,7 @@ def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
     """The prompt's tokens as the expert's own tokenizer counts them, with its chat template."""
     texts = [spec.system_prompt or "", text]
     if spec.base.kind == "llamacpp":
-        from experts.llamacpp import count_prompt, count_tokens
+        from experts.llamacpp_tokens import count_prompt, count_tokens
 
         templated = count_prompt(spec.base.source, spec.system_prompt, text, options.models_dir)
         return templated if templated is not None else count_tokens(spec.base.source, texts, options.models_dir) \

@@ -46,7 +46,8 @@ def test_json_report_has_every_pool_and_method(
 def test_several_seeds_print_each_figure_and_the_mean(
     bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main([str(folder), "--json", "--seeds", "3", "4", "--no-cache"], embedder=get_embedder(), skill_embedder=get_embedder()) == 0
+    args = [str(folder), "--json", "--seeds", "3", "4", "--no-cache"]
+    assert bench.main(args, embedder=get_embedder(), skill_embedder=get_embedder()) == 0
     report = json.loads(capsys.readouterr().out)
     gain = report["gain_router_k3"]["open_le_13b"]
     each = [report["per_seed"][s]["pools"]["open_le_13b"] for s in ("3", "4")]
@@ -63,7 +64,8 @@ def test_several_seeds_print_each_figure_and_the_mean(
 def test_tables_name_seed_split_pool_and_aggregation(
     bench: ModuleType, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench.main([str(folder), "--seed", "7", "--no-cache"], embedder=get_embedder(), skill_embedder=get_embedder()) == 0
+    args = [str(folder), "--seed", "7", "--no-cache"]
+    assert bench.main(args, embedder=get_embedder(), skill_embedder=get_embedder()) == 0
     out = capsys.readouterr().out
     assert "seeds 7" in out and "# seed 7" in out and "router k=3 minus best single" in out
     assert "42 profiling, 42 test" in out
@@ -75,7 +77,7 @@ def test_tables_name_seed_split_pool_and_aggregation(
 def test_the_paired_bootstrap_interval_holds_the_gain_and_is_seeded(bench: ModuleType) -> None:
     diff = np.array([1.0] * 30 + [-1.0] * 10 + [0.0] * 60)  # router right on 30, single on 10: +20 points
     low, high = bench.paired_bootstrap(diff, seed=0)
-    assert low < 20.0 < high and 5.0 < low and high < 35.0
+    assert 5.0 < low < 20.0 < high < 35.0
     assert bench.paired_bootstrap(diff, seed=0) == (low, high)
     assert bench.paired_bootstrap(np.zeros(50), seed=1) == (0.0, 0.0)
 
