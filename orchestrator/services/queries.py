@@ -190,11 +190,11 @@ class QueryService:
         """Teach the router (on the learner's thread); the queries are stored already, so a
         failure here loses this batch's lessons only."""
         try:
-            self.pool.learn(taught)
+            kept = self.pool.learn(taught)
         except Exception:
             log.exception("learning from %d answered queries failed; they are stored", len(taught))
             return
-        self.probe.learned([lesson.source for _, lesson in taught])
+        self.probe.learned([lesson.source for lesson in kept])  # not one its query's feedback overtook
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         """Fail those of these queries still accepted, counting only those the write changed: one
