@@ -4,7 +4,8 @@ The router's memory embeds each validation question's text alone (`services/pool
 live query is embedded the same way: the text before its first option line ("A. …", "(b) …",
 "Options:"), without a "Question:" label and without a reply-format line. Memory and queries
 both embedded as whole prompts measured worse (+4.31 points over the best single model on the
-open pool, against +4.70 for questions alone, bench/routing_quality.py over seeds 0-4), and the
+open pool, against +4.70 for questions alone, bench/routing_quality.py over seeds 0-4, on the
+split before repeated questions were kept on one side), and the
 options and the instruction often triple the tokens the embedding model reads (under load at
 200 clients, /v1/routes went from 10.6 to 22-28 queries/s with this alone and grouped calls).
 """

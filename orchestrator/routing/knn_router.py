@@ -19,7 +19,8 @@ level, 1/m for its m lettered options: an expert no better than guessing adds no
 dynamic recruitment stops before it. On the embedded pool's 4-option MMLU the 0.5B (3 of 16
 profiling questions right) was recruited beside the 1.5B on every question while the weights
 assumed MMLU-Pro's 10 options; on MMLU-Pro itself the per-question count changes nothing
-measurable (open pool, seeds 0-4: +4.89 against +4.91 points over the best single model).
+measurable (open pool, seeds 0-4: +4.89 against +4.91 points over the best single model, on
+the split before repeated questions were kept on one side).
 Free text has no options of its own: it is weighed against the profiling questions'
 (`RoutingEvidence.options`), the chance level p̂ was measured at, since an expert at chance
 there showed no knowledge. On 60 arithmetic questions the embedded pool then asks the 1.5B
