@@ -32,16 +32,19 @@ class LearningQueue(Generic[T]):
     def __init__(self, learn: Callable[[T], None], bound: int = PENDING_BATCHES):
         self._learn = learn
         self._q: queue.Queue[T | None] = queue.Queue(maxsize=bound)
-        self._closed = False
+        # a submit's closed check and put, and a close's flag and sentinel, are one step each: a
+        # close between the two left lessons behind the sentinel, unlearned, and `learned` waiting
+        self._closed, self._lock = False, threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="learner", daemon=True)
         self._thread.start()
 
     def submit(self, taught: T) -> None:
         """Queue a batch's lessons; with `bound` batches waiting, wait for room (see the module doc)."""
-        if self._closed:  # only a batch that outlived the window's close: nothing would learn it
-            log.warning("lessons handed over after the learner closed were not learned")
-            return
-        self._q.put(taught)
+        with self._lock:  # held while waiting for room: the learner frees it without the lock
+            if self._closed:  # only a batch that outlived the window's close: nothing would learn it
+                log.warning("lessons handed over after the learner closed were not learned")
+                return
+            self._q.put(taught)
 
     def learned(self) -> None:
         """Wait until every batch queued so far is learned (or its failure logged)."""
@@ -50,13 +53,30 @@ class LearningQueue(Generic[T]):
     def close(self) -> None:
         """Learn what is queued, then stop the thread (idempotent). Close the window first: its
         last batches hand their lessons over as they finish."""
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._q.put(None)
         self._thread.join(timeout=CLOSE_WAIT_S)
         if self._thread.is_alive():
             log.warning("the learner had not finished after %.0f s; its queued lessons are lost", CLOSE_WAIT_S)
+        else:
+            self._drop_leftovers()
+
+    def _drop_leftovers(self) -> None:
+        """Mark done what is still queued once the thread is gone (none, unless a put got past the
+        lock), so `learned` returns rather than wait for lessons nothing will learn."""
+        dropped = 0
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+            self._q.task_done()
+            dropped += 1
+        if dropped:
+            log.warning("%d batch(es) of lessons queued behind the learner's stop were not learned", dropped)
 
     def _loop(self) -> None:
         while (taught := self._q.get()) is not None:
