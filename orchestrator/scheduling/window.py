@@ -18,6 +18,9 @@ A runner that can say when an item is done before its batch is (`Releasing`: a s
 stored while the batch's long ones still run) releases it; a submission whose items have all
 been released is resolved then, the rest once the batch returns. A batch that raises fails only
 the submissions it had not resolved.
+
+Closing runs what was submitted before the close; a submission after it fails at once
+(`WindowClosed`): queued behind the stop, no batch would ever take it and its future never resolved.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 Release = Callable[[int, R], None]  # (an item's place in the batch, its result), before the batch returns
 RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metrics keep them all)
+CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before it
+
+
+class WindowClosed(RuntimeError):
+    """Submitted after the window closed: nothing will answer it here."""
 
 
 @dataclass
@@ -67,6 +75,7 @@ class BatchingWindow(Generic[T, R]):
         self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
         self._waiting, self._count_lock = 0, threading.Lock()  # items queued, not yet taken into a batch
         self._held: _Submission[T, R] | None = None  # taken, but past the last batch's limits: opens the next
+        self._closed, self._open_lock = False, threading.Lock()  # a submit queues before the stop, or not at all
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -77,9 +86,18 @@ class BatchingWindow(Generic[T, R]):
         others share: the items run and their results are kept."""
         sub: _Submission[T, R] = _Submission(list(items), self._clock())
         sub.future.set_running_or_notify_cancel()
-        self._counted(len(sub.items))
-        self._q.put(sub)
+        if not self._queued(sub):  # failed outside the lock: its callbacks may submit again
+            sub.future.set_exception(WindowClosed("the batching window is closed: nothing more is answered here"))
         return sub.future
+
+    def _queued(self, sub: _Submission[T, R]) -> bool:
+        """Queue `sub` unless the window is closed (checked with the put, as one step against `close`)."""
+        with self._open_lock:
+            if self._closed:
+                return False
+            self._counted(len(sub.items))
+            self._q.put(sub)
+            return True
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting the one being executed)."""
@@ -94,8 +112,12 @@ class BatchingWindow(Generic[T, R]):
             self._waiting += change
 
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join(timeout=30)
+        """Stop taking submissions; wait (bounded) for those already queued to run."""
+        with self._open_lock:
+            if not self._closed:
+                self._closed = True
+                self._q.put(None)
+        self._thread.join(timeout=CLOSE_WAIT_S)
 
     def _loop(self) -> None:
         while (first := self._take()) is not None:

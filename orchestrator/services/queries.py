@@ -269,7 +269,8 @@ class QueryService:
         all at once, the window's FIFO held live traffic until the whole batch was answered); each
         chunk's size and future. A chunk that raises is logged as `what`: its queries were stored
         as failed (the pipeline failed), or left accepted where the store took nothing at all
-        (`_store`), for the next start to answer; the chunks after it are fed all the same."""
+        (`_store`) or the window had closed (`WindowClosed`, a shutdown), for the next start to
+        answer; the chunks after it are fed all the same (failing at once once the window is closed)."""
         size = self.window.max_batch
         chunks = [list(items[at:at + size]) for at in range(0, len(items), size)]
         relays = [_running() for _ in chunks]
