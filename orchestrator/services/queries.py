@@ -94,7 +94,8 @@ class QueryService:
         self.learner.learned()
 
     def close(self) -> None:
-        """Stop the window and the storer, then learn what its batches taught (before the pool and store go)."""
+        """Stop the window and the storer, then learn what its batches taught (before the pool and store go).
+        A batch outliving the window's bounded wait stores its queries itself at its end (`EarlyStore.put`)."""
         self.window.close()
         self.storer.close()
         self.learner.close()
@@ -130,7 +131,7 @@ class QueryService:
         early = Early(release)
         outcomes = self._answer(snapshot, runnable, taught, partial(self._finished, runnable, places, early))
         left = [(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)
-                if i.query_id not in early.settled]  # none, unless the storer could not store at all
+                if i.query_id not in early.settled]  # none, unless the storer could not store at all or had closed
         rows = early.rows | (self._store(left) if left else {})
         if taught:  # learned behind the window: the batch's clients do not wait for a rebuild or refit
             self.learner.submit(taught)

@@ -9,6 +9,8 @@ is not written by many threads at once. A group the store refuses is stored quer
 whole batch's is (`QueryService._store`). A query stored, or stored failed, is released to the
 batching window at once (`Early.release`); one the storer could not store at all (the store
 gone) is left to the batch's end, which stores it again and raises as before if it still cannot.
+So is one handed over once the storer has closed (a batch that outlived the window's close): the
+stopped thread would never store it, and its batch would wait in `drain` forever.
 """
 
 from __future__ import annotations
@@ -61,19 +63,23 @@ class EarlyStore:
         self._store, self._read = store, read
         self._handed: list[_Handed] = []
         self._cond, self._busy, self._closed = threading.Condition(), False, False
+        self._stopped = False  # the thread has exited: nothing handed over will be stored by it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def put(self, finished: Answered, batch: Early, place: int) -> None:
-        """Store a finished query; its row goes to `batch` once stored. Never blocks on the store."""
+        """Store a finished query; its row goes to `batch` once stored. Never blocks on the store.
+        Once closed, it is not taken: left unsettled, its batch's end stores it."""
         with self._cond:
+            if self._closed:
+                return
             self._handed.append(_Handed(finished, batch, place))
             self._cond.notify_all()
 
     def drain(self) -> None:
         """Wait until everything handed over so far is stored (or its failure logged)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._handed and not self._busy)
+            self._cond.wait_for(lambda: (not self._handed and not self._busy) or self._stopped)
 
     def close(self) -> None:
         """Store what is handed over, then stop the thread (idempotent)."""
@@ -83,14 +89,22 @@ class EarlyStore:
         self._thread.join(timeout=CLOSE_WAIT_S)
 
     def _loop(self) -> None:
-        while (group := self._next()) is not None:
-            try:
-                self._commit(group)
-            except Exception:  # the store is gone: the batch's end stores these again, and raises
-                log.exception("storing %d finished queries failed; their batch stores them at its end", len(group))
+        try:
+            while (group := self._next()) is not None:
+                self._stored(group)
+        finally:  # however it ends, a batch draining must not wait for a thread that is gone
             with self._cond:
-                self._busy = False
+                self._stopped = True
                 self._cond.notify_all()
+
+    def _stored(self, group: list[_Handed]) -> None:
+        try:
+            self._commit(group)
+        except Exception:  # the store is gone: the batch's end stores these again, and raises
+            log.exception("storing %d finished queries failed; their batch stores them at its end", len(group))
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def _next(self) -> list[_Handed] | None:
         """Everything handed over since the last commit; None once closed with nothing left."""
