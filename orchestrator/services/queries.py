@@ -129,7 +129,7 @@ class QueryService:
             return {}
         taught: Taught = []
         early = Early(release)
-        outcomes = self._answer(snapshot, runnable, taught, partial(self._finished, runnable, places, early))
+        outcomes = self._answer(snapshot, runnable, places, taught, early)
         left = [(i.query_id, i.ask, out) for i, out in zip(runnable, outcomes, strict=True)
                 if i.query_id not in early.settled]  # none, unless the storer could not store at all or had closed
         rows = early.rows | (self._store(left) if left else {})
@@ -138,10 +138,11 @@ class QueryService:
         self._count(rows.values())
         return rows
 
-    def _answer(self, snapshot: PoolSnapshot, runnable: Sequence[Admitted], taught: Taught,
-                finished: Finished) -> list[Outcome]:
+    def _answer(self, snapshot: PoolSnapshot, runnable: Sequence[Admitted], places: Sequence[int], taught: Taught,
+                early: Early) -> list[Outcome]:
         """The batch's outcomes, once every query handed to the storer is stored. If the pipeline
         raises, those of its queries not stored yet are stored failed, naming the error."""
+        finished: Finished = partial(self._finished, runnable, places, early)
         try:
             outcomes = self.pipeline.answer(snapshot, [i.ask for i in runnable], [i.decision for i in runnable],
                                             [i.embedding for i in runnable], finished=finished,
@@ -149,9 +150,20 @@ class QueryService:
         except Exception as exc:
             self.storer.drain()  # first: a query stored done keeps its answer (`_fail` leaves it)
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
+            self._raised(early, taught)
             raise
         self.storer.drain()
         return outcomes
+
+    def _raised(self, early: Early, taught: Taught) -> None:
+        """After a batch raised: count its queries stored before it did, which nothing else counts
+        (`_fail` leaves them), and hand over the lessons taught for them before the raise."""
+        self._count(early.rows.values())
+        kept: Taught = [(qid, lesson) for qid, lesson in taught if qid in early.rows]
+        if kept:
+            self.learner.submit(kept)
+        log.warning("a batch raised after storing %d queries: %d lessons handed to the learner, any others it "
+                    "would have taught are lost", len(early.rows), len(kept))
 
     def _finished(self, runnable: Sequence[Admitted], places: Sequence[int], early: Early, at: int,
                   outcome: Outcome) -> None:
