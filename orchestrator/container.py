@@ -105,7 +105,7 @@ class SkillRoute:
         # read at scrape time, but a scrape never loads the pool: until a start has loaded it (as
         # /health reads it), reading the snapshot would run a whole refresh on the scrape's thread
         self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()}, self.queries.window.depth,
-                           lambda: len(self.pool.snapshot.experts) if self.startup.status.serving else 0)
+                           lambda: self.pool.snapshot.experts if self.startup.status.serving else None)
         self.metrics.watch_evidence(lambda: self.pool.evidence_counts() if self.startup.status.serving else {})
 
     def _model_size(self, base: BaseModelSpec) -> int:

@@ -10,7 +10,8 @@ collected at scrape time instead of being counted twice; everything else is reco
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import get_args
 
@@ -29,6 +30,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ENERGY_BUCKETS = (0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+REMEMBER_REMOVED = 1024  # removed names kept to filter late generations (bounded: names grow with traffic)
 
 
 class ResidencyCollector(Collector):
@@ -103,6 +105,8 @@ class Metrics(Probe):
         self._scheduling()
         self._generation()
         self._budgets()
+        self._pool: Callable[[], Collection[str] | None] | None = None  # `watch` sets it
+        self._removed: OrderedDict[str, None] = OrderedDict()  # the last REMEMBER_REMOVED names removed
 
     def _http(self) -> None:
         r, labels = self.registry, ["method", "endpoint", "status"]
@@ -178,11 +182,13 @@ class Metrics(Probe):
             self.over_budget.labels(resource=resource)
 
     def watch(self, workers: Mapping[str, Counts], queue_depth: Callable[[], int],
-              pool_size: Callable[[], int]) -> None:
-        """Read these at scrape time: each worker's residency counts, the window's queue, the pool."""
+              pool: Callable[[], Collection[str] | None]) -> None:
+        """Read these at scrape time: each worker's residency counts, the window's queue, the pool's
+        experts (None: not loaded yet). The pool is also read as a batch is counted (`_gone`)."""
         self.registry.register(ResidencyCollector(workers))
         self.queue_depth.set_function(lambda: float(queue_depth()))
-        self.pool_experts.set_function(lambda: float(pool_size()))
+        self.pool_experts.set_function(lambda: float(len(pool() or ())))
+        self._pool = pool
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(method, endpoint, str(status)).inc()
@@ -202,20 +208,30 @@ class Metrics(Probe):
 
     def routed(self, decisions: Sequence[Decision], seconds: float) -> None:
         self.routing_seconds.observe(seconds)
+        gone = self._gone()
         for d in decisions:
             self.decisions.labels(d.router, d.mode).inc()
-            for name in d.recruited:
+            for name in (n for n in d.recruited if n not in gone):
                 self.recruitments.labels(name).inc()
 
     def answered(self, outcomes: Sequence[Outcome]) -> None:
+        gone = self._gone()
         for o in outcomes:
-            for a in o.answers:
+            for a in (a for a in o.answers if a.expert not in gone):
                 self.completion_tokens.labels(a.expert, a.role).inc(a.completion_tokens)
                 self.prompt_tokens.labels(a.expert, a.role).inc(a.prompt_tokens)
                 self.generation_seconds.labels(a.expert, a.role).observe(a.latency_s)
                 if a.role == "aggregator":
                     self.aggregations.labels(a.expert).inc()
             self._costs(o)
+
+    def _gone(self) -> set[str]:
+        """Removed experts not back in the pool: a generation of one that was running as it was
+        removed is not counted, or it would bring back the series `expert_removed` dropped for good."""
+        if not self._removed:
+            return set()
+        live = self._pool() if self._pool is not None else None
+        return set(self._removed) - set(live or ())
 
     def _costs(self, o: Outcome) -> None:
         """Measured latency always; predicted and measured cost against the budget when it has one."""
@@ -250,6 +266,10 @@ class Metrics(Probe):
     def expert_removed(self, name: str) -> None:
         """Drop the series labelled by the removed expert, each label combination they can have:
         registered and removed experts would otherwise add ~25 series apiece for good."""
+        self._removed[name] = None
+        self._removed.move_to_end(name)
+        while len(self._removed) > REMEMBER_REMOVED:
+            self._removed.popitem(last=False)
         for counter in (self.recruitments, self.aggregations):
             with suppress(KeyError):  # a series it never had
                 counter.remove(name)
