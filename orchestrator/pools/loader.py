@@ -40,7 +40,11 @@ def load_pool_config(path: str | Path) -> PoolConfig:
     if not p.is_file():
         raise PoolConfigError(f"pool file not found: {p}")
     try:
-        return PoolConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+        text = p.read_text(encoding="utf-8")  # YAML's own encoding, whatever the locale says
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: a clear error, not a traceback
+        raise PoolConfigError(f"cannot read pool file {p}: {exc}") from exc
+    try:
+        return PoolConfig.model_validate(yaml.safe_load(text) or {})
     except (yaml.YAMLError, ValidationError) as exc:
         raise PoolConfigError(f"invalid pool file {p}: {exc}") from exc
 

@@ -91,6 +91,13 @@ def test_a_missing_file_or_recording_is_named(tmp_path: Path) -> None:
         load_pool_config(f"replay:{tmp_path / 'nowhere'}")
 
 
+def test_a_pool_file_that_is_not_utf8_text_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))  # é as one byte: not UTF-8
+    with pytest.raises(PoolConfigError, match=f"cannot read pool file {path}: 'utf-8' codec can't decode"):
+        load_pool_config(path)
+
+
 def test_replay_columns_that_would_share_an_expert_name_are_refused_naming_both(tmp_path: Path) -> None:
     """Two columns one name apart only in characters a name cannot hold: the pool's first start
     failed with a Conflict naming neither column."""
