@@ -12,6 +12,7 @@ from orchestrator.api import batches, dashboard, experts, health, metrics, opena
 from orchestrator.api.auth import guard, install_auth
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.limits import BodyLimit
+from orchestrator.api.openapi_errors import install_openapi
 from orchestrator.container import SkillRoute
 
 
@@ -51,4 +52,5 @@ def create_app(container: SkillRoute, owns_container: bool = False, background_s
     dashboard.install(app)
     for module in (health, queries, experts, metrics, dashboard, openai_compat, routes, batches):
         app.include_router(module.router)
+    install_openapi(app)
     return app
