@@ -92,6 +92,7 @@ StreamEvent = str | Generation
 
 
 BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
+SOURCE_MAX_CHARS, MODEL_MAX_CHARS = 400, 100  # with the kind and separators, within 512
 
 
 class BaseModelSpec(Strict):
@@ -103,8 +104,10 @@ class BaseModelSpec(Strict):
     """
 
     kind: BackendKind
-    source: str
-    model: str | None = None
+    # the key (kind:source#model) is stored in a 512-character column: bounded here, a longer one
+    # is a 422 naming the field instead of PostgreSQL refusing the insert with a 500
+    source: str = Field(min_length=1, max_length=SOURCE_MAX_CHARS)
+    model: str | None = Field(default=None, max_length=MODEL_MAX_CHARS)
     n_ctx: int = Field(default=2048, ge=128, le=131072)
 
     @property

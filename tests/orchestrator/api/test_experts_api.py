@@ -1,5 +1,8 @@
 """POST/GET /v1/experts: a new expert joins without restart; bad models are refused whole."""
 
+import pytest
+
+
 def count(client) -> int:
     return len(client.get("/v1/experts").json())
 
@@ -91,3 +94,15 @@ def test_a_second_expert_over_loaded_weights_must_share_their_context_window(cli
     assert "alpha" in r.json()["error"]["message"] and count(client) == before
     same = {"name": "same", "model": {"kind": "mock", "source": "m1"}, "system_prompt": "Terse."}
     assert client.post("/v1/experts", json=same).status_code == 202
+
+
+@pytest.mark.both_databases
+def test_a_model_source_or_name_too_long_to_store_is_422_naming_it_and_stores_nothing(client):
+    """The base model's key (kind, source, model) is a 512-character column: PostgreSQL refused a
+    longer one at insert, after the checks, as a 500."""
+    before = count(client)
+    for model, field in (({"kind": "mock", "source": "m" * 600}, "model.source"),
+                         ({"kind": "mock", "source": "m1", "model": "x" * 200}, "model.model")):
+        r = client.post("/v1/experts", json={"name": "long", "model": model})
+        assert r.status_code == 422 and r.json()["error"]["param"] == field, r.text
+    assert count(client) == before
