@@ -54,8 +54,10 @@ async def get_budgets(c: Container, caller: CurrentCaller) -> BudgetService:
 
 Budgets = Annotated[BudgetService, Depends(get_budgets)]  # request budgets over the caller key's defaults
 
-# a row id as a path parameter: SQLite/Postgres integers are 64-bit, so anything larger is a 422, not a 500
-RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# a row id as a path parameter: the id columns are INTEGER, 32-bit on PostgreSQL (64-bit on SQLite),
+# so a larger id is a 422 naming it rather than PostgreSQL's "integer out of range" as a 500
+MAX_ROW_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 @dataclass(frozen=True)

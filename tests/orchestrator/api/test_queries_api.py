@@ -86,6 +86,19 @@ def test_unknown_query_is_404(client):
     assert r.status_code == 404 and "99999" in r.json()["error"]["message"]
 
 
+def test_an_id_past_the_id_columns_range_is_422_naming_it_on_every_route(client):
+    """Ids are 32-bit on PostgreSQL: 2**31 was its "integer out of range" as a 500 (schemathesis
+    on Postgres); the largest id a row can have is still an ordinary 404."""
+    too_big, largest = 2**31, 2**31 - 1
+    for method, path in (("get", "/v1/queries/{}"), ("get", "/v1/experts/{}"), ("get", "/v1/batches/{}"),
+                         ("delete", "/v1/experts/{}")):
+        r = client.request(method.upper(), path.format(too_big))
+        assert r.status_code == 422 and r.json()["error"]["param"].endswith("_id"), (path, r.text)
+        assert client.request(method.upper(), path.format(largest)).status_code == 404, path
+    r = client.post(f"/v1/queries/{too_big}/feedback", json={"correct": True})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "query_id"
+
+
 def test_health_reports_ready_pool(client):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["experts_ready"] == 3
