@@ -19,7 +19,7 @@ from experts.replay import COT_TOKENS, load_recording
 from experts.types import BaseModelSpec, ExpertSpec
 
 LOCAL_DEVICE = "local-cpu"  # this machine's CPU, the device profile the embedded pool runs on
-TEMPLATE_TOKENS = 16  # what a chat template adds around a system prompt and a user turn
+TEMPLATE_TOKENS = 16  # what a chat template adds around a system prompt and a user turn, where none is read
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,11 @@ def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
         templated = count_prompt(spec.base.source, spec.system_prompt, text, options.models_dir)
         return templated if templated is not None else count_tokens(spec.base.source, texts, options.models_dir) \
             + TEMPLATE_TOKENS
+    from experts.vllm_backend import count_prompt as count_hf_prompt
     from experts.vllm_backend import count_tokens as count_hf_tokens
 
-    return count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS
+    templated = count_hf_prompt(spec.base.source, spec.system_prompt, text, options)
+    return templated if templated is not None else count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS
 
 
 __all__ = ["LOCAL_DEVICE", "BackendError", "BackendTraits", "check_prompt", "known_answer", "prompt_scope", "traits"]

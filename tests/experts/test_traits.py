@@ -58,3 +58,33 @@ def test_a_prompt_over_the_context_window_is_refused_naming_the_window() -> None
 def test_kinds_with_no_known_limit_take_any_prompt() -> None:
     for kind in ("mock", "openai"):
         check_prompt(expert(BaseModelSpec(kind=kind, source="x")), "x" * 100_000, 96)
+
+
+def test_a_vllm_prompt_is_counted_as_its_worker_counts_it_chat_template_included(tmp_path: Path) -> None:
+    """The admission check counts what the vLLM worker refuses by (`vllm_worker._too_long`: the
+    chat template applied): texts plus a fixed 16 undercounted SmolLM2's default persona by 7."""
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from experts.catalog import resolve_source
+    from experts.vllm_worker import _too_long
+
+    try:
+        gguf = resolve_source(SMOL.source)
+    except ModelSourceError as exc:
+        pytest.skip(str(exc))
+    folder = tmp_path / "smol-hf"  # the tokenizer is all counting reads of an HF folder
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    spec = BaseModelSpec(kind="vllm", source=str(folder), n_ctx=2048)
+    for persona in (None, "You are a careful chemist."):
+        counted = prompt_tokens(expert(spec, persona), "What is 3+5?", BackendOptions())
+        conversation = ([{"role": "system", "content": persona}] if persona else []) + [
+            {"role": "user", "content": "What is 3+5?"}]
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        at = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=counted)),
+                             get_tokenizer=lambda t=tokenizer: t)
+        assert _too_long(at, [conversation])  # the worker refuses it at a window of exactly that many
+        at.llm_engine.model_config.max_model_len = counted + 1
+        assert not _too_long(at, [conversation])  # and takes it with one more
