@@ -10,6 +10,7 @@ collected at scrape time instead of being counted twice; everything else is reco
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -107,6 +108,7 @@ class Metrics(Probe):
         self._budgets()
         self._pool: Callable[[], Collection[str] | None] | None = None  # `watch` sets it
         self._removed: OrderedDict[str, None] = OrderedDict()  # the last REMEMBER_REMOVED names removed
+        self._removed_lock = threading.Lock()  # removals come on request threads, batches on the runner's
 
     def _http(self) -> None:
         r, labels = self.registry, ["method", "endpoint", "status"]
@@ -228,10 +230,12 @@ class Metrics(Probe):
     def _gone(self) -> set[str]:
         """Removed experts not back in the pool: a generation of one that was running as it was
         removed is not counted, or it would bring back the series `expert_removed` dropped for good."""
-        if not self._removed:
-            return set()
+        with self._removed_lock:
+            removed = set(self._removed)
+        if not removed:
+            return removed
         live = self._pool() if self._pool is not None else None
-        return set(self._removed) - set(live or ())
+        return removed - set(live or ())
 
     def _costs(self, o: Outcome) -> None:
         """Measured latency always; predicted and measured cost against the budget when it has one."""
@@ -266,10 +270,11 @@ class Metrics(Probe):
     def expert_removed(self, name: str) -> None:
         """Drop the series labelled by the removed expert, each label combination they can have:
         registered and removed experts would otherwise add ~25 series apiece for good."""
-        self._removed[name] = None
-        self._removed.move_to_end(name)
-        while len(self._removed) > REMEMBER_REMOVED:
-            self._removed.popitem(last=False)
+        with self._removed_lock:
+            self._removed[name] = None
+            self._removed.move_to_end(name)
+            while len(self._removed) > REMEMBER_REMOVED:
+                self._removed.popitem(last=False)
         for counter in (self.recruitments, self.aggregations):
             with suppress(KeyError):  # a series it never had
                 counter.remove(name)
