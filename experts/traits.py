@@ -95,8 +95,8 @@ def prompt_tokens(spec: ExpertSpec, text: str, options: BackendOptions) -> int:
         templated = count_prompt(spec.base.source, spec.system_prompt, text, options.models_dir)
         return templated if templated is not None else count_tokens(spec.base.source, texts, options.models_dir) \
             + TEMPLATE_TOKENS
-    from experts.vllm_backend import count_prompt as count_hf_prompt
-    from experts.vllm_backend import count_tokens as count_hf_tokens
+    from experts.hf_tokens import count_prompt as count_hf_prompt
+    from experts.hf_tokens import count_tokens as count_hf_tokens
 
     templated = count_hf_prompt(spec.base.source, spec.system_prompt, text, options)
     return templated if templated is not None else count_hf_tokens(spec.base.source, texts, options) + TEMPLATE_TOKENS
