@@ -340,9 +340,9 @@ def keys_create(
 
     try:
         budget = KeyBudget(latency_ms=latency_ms, energy_j=energy_j).checked()
+        row, key = _key_service().create(name, "admin" if admin else "client", rpm, budget)
     except ServiceError as exc:
         raise typer.BadParameter(exc.message, param_hint=f"--{(exc.param or '').replace('_', '-')}") from exc
-    row, key = _key_service().create(name, "admin" if admin else "client", rpm, budget)
     console.print(f"created {row.role} key {row.id} ({row.name}); store it now, it is not shown again:")
     print(key)
 
@@ -358,7 +358,8 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int) -> None:
+def keys_revoke(key_id: Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="The key's id (keys list).")]
+                ) -> None:
     from orchestrator.services.errors import ServiceError
 
     try:

@@ -27,6 +27,8 @@ from orchestrator.store.repositories.rate_limits import RateLimitRepository
 
 Role = Literal["admin", "client"]
 KEY_PREFIX = "sk-sr-"
+NAME_MAX_CHARS = 64  # the `api_keys.name` column's width
+MAX_INT = 2**31 - 1  # the largest an INTEGER column (an id, requests per minute) holds on PostgreSQL
 # What `create` issues: 12 hex digits, then a URL-safe secret; printable ASCII up to a bound. A
 # token of another shape is no key, and is not looked up (a NUL is a PostgreSQL error, not a miss).
 KEY_SHAPE = re.compile(r"sk-sr-[0-9a-f]{12}\.[\x21-\x7e]{1,256}")
@@ -78,7 +80,12 @@ class KeyService:
 
     def create(self, name: str, role: Role, requests_per_minute: int | None = None,
                budget: KeyBudget | None = None) -> tuple[ApiKey, str]:
-        """Store a new key; the plaintext is returned here and never again."""
+        """Store a new key; the plaintext is returned here and never again. A name or a rate the
+        store cannot hold is a ServiceError naming it (PostgreSQL refused them at insert)."""
+        if not 1 <= len(name) <= NAME_MAX_CHARS:
+            raise ServiceError(f"a key's name is 1 to {NAME_MAX_CHARS} characters, got {len(name)}", "name")
+        if requests_per_minute is not None and not 1 <= requests_per_minute <= MAX_INT:
+            raise ServiceError(f"requests per minute is 1 to {MAX_INT}, got {requests_per_minute}", "rpm")
         prefix, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
         b = (budget or KeyBudget()).checked()
         with self.db.session() as s:

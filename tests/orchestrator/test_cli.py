@@ -42,3 +42,20 @@ def test_keys_create_refuses_a_non_positive_budget(data_dir: Path) -> None:
     assert bad.exit_code == 2 and "latency-ms" in bad.output
     migrate(get_settings().db_url)
     assert KeyService(Database(get_settings().db_url)).list() == []
+
+
+@pytest.mark.both_databases
+def test_keys_create_and_revoke_refuse_what_the_store_cannot_hold(data_dir: Path, database_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name past the 64-character column, a rate or an id past PostgreSQL's INTEGER: exit 2
+    naming the option there, as on SQLite (which stored the name), and nothing stored."""
+    if not database_url.startswith("sqlite"):
+        monkeypatch.setenv("SKILLROUTE_DATABASE__URL", database_url)
+        get_settings.cache_clear()
+    for args, option in ((["--name", "n" * 65], "--name"), (["--rpm", str(2**31)], "--rpm")):
+        bad = runner.invoke(app, ["keys", "create", *args])
+        assert bad.exit_code == 2 and option in bad.output, bad.output
+    assert KeyService(Database(get_settings().db_url)).list() == []
+    assert runner.invoke(app, ["keys", "create", "--name", "n" * 64]).exit_code == 0  # the widest it holds
+    gone = runner.invoke(app, ["keys", "revoke", str(2**31)])
+    assert gone.exit_code == 2 and "2147483647" in gone.output, gone.output
