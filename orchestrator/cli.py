@@ -358,8 +358,7 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="The key's id (keys list).")]
-                ) -> None:
+def keys_revoke(key_id: int) -> None:
     from orchestrator.services.errors import ServiceError
 
     try:

@@ -21,7 +21,7 @@ from orchestrator.services.errors import NotReady
 from orchestrator.services.idempotency import HEADER, Claim, Prior, fingerprint, scope_of
 from orchestrator.services.keys import Caller
 from orchestrator.services.queries import QueryService
-from orchestrator.store.models import Query
+from orchestrator.store.models import INTEGER_MAX, Query
 
 
 # The dependencies below that touch no store are `async def`: FastAPI runs a plain `def` on a
@@ -56,8 +56,7 @@ Budgets = Annotated[BudgetService, Depends(get_budgets)]  # request budgets over
 
 # a row id as a path parameter: the id columns are INTEGER, 32-bit on PostgreSQL (64-bit on SQLite),
 # so a larger id is a 422 naming it rather than PostgreSQL's "integer out of range" as a 500
-MAX_ROW_ID = 2**31 - 1
-RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+RowId = Annotated[int, Path(ge=1, le=INTEGER_MAX)]
 
 
 @dataclass(frozen=True)

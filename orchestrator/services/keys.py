@@ -21,14 +21,12 @@ from typing import Literal, cast
 from orchestrator.services.errors import Forbidden, NotFound, RateLimited, ServiceError, Unauthorized
 from orchestrator.settings import AuthSettings
 from orchestrator.store.db import Database
-from orchestrator.store.models import ApiKey
+from orchestrator.store.models import INTEGER_MAX, KEY_NAME_CHARS, ApiKey
 from orchestrator.store.repositories.keys import KeyRepository
 from orchestrator.store.repositories.rate_limits import RateLimitRepository
 
 Role = Literal["admin", "client"]
 KEY_PREFIX = "sk-sr-"
-NAME_MAX_CHARS = 64  # the `api_keys.name` column's width
-MAX_INT = 2**31 - 1  # the largest an INTEGER column (an id, requests per minute) holds on PostgreSQL
 # What `create` issues: 12 hex digits, then a URL-safe secret; printable ASCII up to a bound. A
 # token of another shape is no key, and is not looked up (a NUL is a PostgreSQL error, not a miss).
 KEY_SHAPE = re.compile(r"sk-sr-[0-9a-f]{12}\.[\x21-\x7e]{1,256}")
@@ -82,10 +80,10 @@ class KeyService:
                budget: KeyBudget | None = None) -> tuple[ApiKey, str]:
         """Store a new key; the plaintext is returned here and never again. A name or a rate the
         store cannot hold is a ServiceError naming it (PostgreSQL refused them at insert)."""
-        if not 1 <= len(name) <= NAME_MAX_CHARS:
-            raise ServiceError(f"a key's name is 1 to {NAME_MAX_CHARS} characters, got {len(name)}", "name")
-        if requests_per_minute is not None and not 1 <= requests_per_minute <= MAX_INT:
-            raise ServiceError(f"requests per minute is 1 to {MAX_INT}, got {requests_per_minute}", "rpm")
+        if not 1 <= len(name) <= KEY_NAME_CHARS:
+            raise ServiceError(f"a key's name is 1 to {KEY_NAME_CHARS} characters, got {len(name)}", "name")
+        if requests_per_minute is not None and not 1 <= requests_per_minute <= INTEGER_MAX:
+            raise ServiceError(f"requests per minute is 1 to {INTEGER_MAX}, got {requests_per_minute}", "rpm")
         prefix, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
         b = (budget or KeyBudget()).checked()
         with self.db.session() as s:
@@ -140,6 +138,8 @@ class KeyService:
             return KeyRepository(s).list()
 
     def revoke(self, key_id: int) -> None:
+        if not 1 <= key_id <= INTEGER_MAX:  # no key has it, and PostgreSQL refuses to look it up
+            raise NotFound(f"no key with id {key_id} (ids are 1 to {INTEGER_MAX})", "id")
         with self.db.session() as s:
             if not KeyRepository(s).revoke(key_id):
                 raise NotFound(f"no key with id {key_id}", "id")

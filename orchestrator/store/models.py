@@ -21,6 +21,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
+# The largest value an INTEGER column (every id, counts, rates) holds on PostgreSQL; SQLite's are
+# 64-bit, so this is the bound a value must meet to be stored on both.
+INTEGER_MAX = 2**31 - 1
+KEY_NAME_CHARS = 64  # an API key's name (KeyService.create refuses a longer one before the insert)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -212,7 +217,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(KEY_NAME_CHARS))
     role: Mapped[str] = mapped_column(String(16))  # admin | client
     # the key's public lookup part, so a request costs one indexed read and one hash, not a scan
     prefix: Mapped[str] = mapped_column(String(16), unique=True, index=True)
