@@ -1,7 +1,7 @@
 """The OpenAPI document's error responses as the service sends them.
 
 FastAPI documents a body that fails validation as a 422 with its own `HTTPValidationError`
-schema ({"detail": [...]}), but every error leaves in the OpenAI shape (`errors.error_body`),
+schema ({"detail": [...]}), but every error leaves in the OpenAI shape (`errors.ErrorResponse`),
 and on the OpenAI-compatible routes (tagged `OPENAI_TAG`) such a request is a 400
 (`errors.install_error_handlers`). A client generated from /openapi.json would otherwise expect a
 status and a body it never gets.
@@ -13,26 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
 
-from orchestrator.api.errors import OPENAI_TAG
+from orchestrator.api.errors import OPENAI_TAG, ErrorResponse
 
 FASTAPI_DEFAULT = "Validation Error"  # FastAPI's description; a route's own one is kept
 _INVALID = "The request is invalid: every problem in `message`, the first one's field as `param`."
 _REF = "#/components/schemas/ErrorResponse"
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    """What every error answers with (OpenAI's error object)."""
-
-    error: ErrorDetail
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -49,9 +35,8 @@ def install_openapi(app: FastAPI) -> None:
 
 def _with_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
-    components["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-    components["ErrorResponse"].pop("$defs", None)
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error_schema.pop("$defs"), ErrorResponse=error_schema)
     for operation in (op for ops in schema.get("paths", {}).values() for op in ops.values()):
         responses = operation.get("responses", {})
         if (invalid := responses.pop("422", None)) is not None:
