@@ -78,11 +78,11 @@ def test_a_vllm_prompt_is_counted_as_its_worker_counts_it_chat_template_included
     folder = tmp_path / "smol-hf"  # the tokenizer is all counting reads of an HF folder
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
     spec = BaseModelSpec(kind="vllm", source=str(folder), n_ctx=2048)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     for persona in (None, "You are a careful chemist."):
         counted = prompt_tokens(expert(spec, persona), "What is 3+5?", BackendOptions())
         conversation = ([{"role": "system", "content": persona}] if persona else []) + [
             {"role": "user", "content": "What is 3+5?"}]
-        tokenizer = AutoTokenizer.from_pretrained(folder)
         at = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(max_model_len=counted)),
                              get_tokenizer=lambda t=tokenizer: t)
         assert _too_long(at, [conversation])  # the worker refuses it at a window of exactly that many
