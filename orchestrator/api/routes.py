@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import Budgets, Container
 from orchestrator.api.openai_compat import ChatMessageIn
-from orchestrator.api.schemas import BudgetFields, QueryText, RecruitModeField
+from orchestrator.api.schemas import BudgetFields, MaxTokens, QueryText, RecruitModeField
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.chat import conversation_text
 
@@ -28,6 +28,7 @@ class RouteRequest(BudgetFields):
     k: int | None = Field(default=None, ge=1, le=8, description="Unset: the service's `default_k` (3).")
     mode: RecruitModeField | None = None  # None: the router's preferred mode
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Unset: one is drawn and returned.")
+    max_tokens: MaxTokens = None  # the query's own: which experts can take the prompt, what a budget costs
 
     @model_validator(mode="after")
     def _one_source(self) -> RouteRequest:
@@ -44,5 +45,6 @@ class RouteRequest(BudgetFields):
 async def create_route(c: Container, budgets: Budgets, body: RouteRequest) -> Decision:
     """Route a query without answering it (under a budget: the experts and their predicted cost)."""
     budget = budgets.resolve(body.latency_ms, body.energy_j)
-    ask = Ask(text=body.text(), k=body.k or c.settings.default_k, mode=body.mode, seed=body.seed, budget=budget)
+    ask = Ask(text=body.text(), k=body.k or c.settings.default_k, mode=body.mode, seed=body.seed, budget=budget,
+              max_tokens=body.max_tokens)
     return (await run_in_threadpool(c.admission.route, [ask]))[0]

@@ -57,3 +57,16 @@ def test_route_on_an_empty_pool_is_503(empty_container):
 
     with TestClient(create_app(empty_container)) as tc:
         assert tc.post("/v1/routes", json={"query": QUESTION}).status_code == 503
+
+
+def test_route_takes_max_tokens_as_the_query_does(client):
+    """A query's max_tokens decides what a budget costs: without it /v1/routes refused a budget
+    that /v1/queries, given the same max_tokens, answered within."""
+    loose = route(client, query=QUESTION, latency_ms=3_600_000, seed=1)["budget"]["candidates"]
+    tight = min(c["latency_s"] for c in loose) * 1000 * 0.5  # too little at the pool's own token limits
+    refused = client.post("/v1/routes", json={"query": QUESTION, "latency_ms": tight, "seed": 1})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "infeasible_budget"
+    dry = route(client, query=QUESTION, latency_ms=tight, seed=1, max_tokens=1)
+    full = client.post("/v1/queries", json={"query": QUESTION, "latency_ms": tight, "seed": 1, "max_tokens": 1}).json()
+    planned = {k: v for k, v in full["budget"].items() if not k.startswith("measured_")}  # the answer's own
+    assert dry["recruited"] == full["recruited"] and planned == {k: v for k, v in dry["budget"].items() if k in planned}
