@@ -95,8 +95,11 @@ def error_type(request: Request, exc: ServiceError) -> str:
     """A service error's `type`: on the OpenAI-compatible routes OpenAI's category, which its
     clients and tools read (`invalid_request_error` with `code: model_not_found`, not
     `model_not_found` twice); on the native API its code, as always."""
-    if not _openai_route(request):
-        return exc.code
+    return openai_type(exc) if _openai_route(request) else exc.code
+
+
+def openai_type(exc: ServiceError) -> str:
+    """OpenAI's category of a service error: a plain reply's and a stream's error event alike."""
     return "server_error" if exc.status_code >= 500 else "invalid_request_error"
 
 

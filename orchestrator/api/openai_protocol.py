@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE, error_body
+from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE, error_body, openai_type
 from orchestrator.api.schemas import BudgetFields, NameText, RecruitModeField, StorableText
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.budgets import BudgetService
@@ -270,8 +270,9 @@ class ChunkWriter:
 
 
 def sse_error(error: ServiceError) -> str:
-    """An error after the stream began (its headers are sent): OpenAI's shape as one event."""
-    return _error_event(error.message, error.code, error.param, error.code)
+    """An error after the stream began (its headers are sent): OpenAI's shape as one event, the
+    body a plain request's failure has (its `type` OpenAI's category, not the code twice)."""
+    return _error_event(error.message, openai_type(error), error.param, error.code)
 
 
 def sse_internal_error(exc: Exception, query_id: int) -> str:

@@ -44,3 +44,17 @@ def test_an_unexpected_failure_mid_stream_ends_in_an_error_event_and_done(
     assert "OperationalError" in error["message"]
     assert SECRET not in r.text and "locked" not in r.text
     assert any(rec.exc_info and SECRET in str(rec.exc_info[1]) for rec in caplog.records)  # the cause is logged
+
+
+def test_a_query_that_fails_ends_its_stream_in_the_error_a_plain_request_gets(
+        served: tuple[SkillRoute, Control, str]) -> None:
+    """Every expert fails: the plain request is a 503 whose error is OpenAI's `server_error`; the
+    stream's last event was the same error with its code as the `type` (`not_ready`)."""
+    _, control, url = served
+    control.fails = lambda r: True
+    body = {"model": "auto", "messages": ASK, "seed": 4}
+    plain = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    events = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
+    assert plain.status_code == 503 and events[-1] == "[DONE]"
+    assert json.loads(events[-2]) == plain.json() and plain.json()["error"]["type"] == "server_error"
