@@ -70,7 +70,7 @@ class QueryRequest(BudgetFields):
     mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes sampling reproducible.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes the routing draw and each generation's sample reproducible.")
     max_tokens: MaxTokens = None
 
     def to_ask(self, budget: QueryBudget | None, default_k: int) -> Ask:

@@ -37,7 +37,7 @@ from orchestrator.budgets.planner import BudgetPlanner, measured
 from orchestrator.budgets.stand_in import stand_in_fits
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
-from orchestrator.pipeline.sampling import asked
+from orchestrator.pipeline.sampling import asked, sample_seed
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.pipeline.stream import StreamHub, sink_for
 from orchestrator.routing.learning import Lesson, scored
@@ -148,8 +148,8 @@ class BatchRun:
     def _send(self, job_id: str, sent: _Sent, spec: ExpertSpec, text: str, max_tokens: int, seed_offset: int) -> None:
         q = self.queries[sent.query]
         req = asked(spec.request(job_id, text, max_tokens), q.ask)
-        # an expert drawn twice answers twice: give each draw its own sample
-        req.sampling = req.sampling.model_copy(update={"seed": (req.sampling.seed or 0) + seed_offset})
+        seed = sample_seed(req.sampling.seed, q.decision.seed, seed_offset)
+        req.sampling = req.sampling.model_copy(update={"seed": seed})
         worker = self._worker(sent.expert)
         self._sent[job_id] = sent
         q.workers.add(worker)

@@ -3,7 +3,9 @@
 They reach every generation of the query, the recruited experts' and the aggregator's:
 `temperature` and `stop` replace the expert's own, and `max_tokens` lowers the pool's limit
 (`generation.*_max_tokens`, which context checks and budget predictions rely on) but never
-raises it.
+raises it. The query's seed (its own, or the one drawn for it and stored with its decision)
+seeds each generation's sample too, so two asks at a temperature above 0 sample differently and
+the same seed samples the same again (a recovery too); an expert's own `sampling.seed` shifts it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ from typing import Any
 
 from experts.types import GenerationRequest
 from orchestrator.domain import Ask
+
+
+SEED_SPACE = 2**31  # the seeds every backend takes (llama.cpp's is 32-bit)
+DRAW_SLOTS = 64  # one query's draws (k ≤ 8, each tried by stand-ins) stay below the next seed's
+
+
+def sample_seed(expert_seed: int | None, query_seed: int, draw: int) -> int:
+    """The seed of one generation: the expert's own, moved by the query's seed and the draw (an
+    expert drawn twice answers twice, each its own sample)."""
+    return ((expert_seed or 0) + query_seed * DRAW_SLOTS + draw) % SEED_SPACE
 
 
 def asked(request: GenerationRequest, ask: Ask) -> GenerationRequest:

@@ -13,6 +13,7 @@ from experts.streaming import word_pieces
 from experts.types import BaseModelSpec, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, Decision, Outcome
+from orchestrator.pipeline.sampling import SEED_SPACE, sample_seed
 from orchestrator.pipeline.stream import StreamHub, TooManyStreams, final_step, sink_for
 
 Q = "What is 12*12?"
@@ -112,3 +113,16 @@ def test_max_tokens_temperature_and_stop_reach_every_generation_of_the_query(con
     assert [r.sampling.max_tokens for r in sent] == [limits.expert_max_tokens]  # it lowers the limit, never raises it
     _, sent = sent_by(container, [Ask(text=Q, k=3, seed=4)])
     assert all(r.sampling.temperature == 0.0 and r.sampling.stop == [] for r in sent)  # the experts' own
+
+
+def test_the_querys_seed_seeds_each_generations_sample(container: SkillRoute) -> None:
+    """Every generation was seeded by the expert's own seed alone: asked at a temperature above 0,
+    every query drew the same sample whatever its seed."""
+    def sampled(seed: int | None) -> tuple[str, list[int]]:
+        out, sent = sent_by(container, [Ask(text=Q, k=3, mode="topk", seed=seed, temperature=0.7)])
+        return out.text, sorted(r.sampling.seed or 0 for r in sent)
+
+    four, again, five = sampled(4), sampled(4), sampled(5)
+    assert four == again and four[0] != five[0] and not set(four[1]) & set(five[1])
+    assert sampled(None)[1] != sampled(None)[1]  # unset: a seed is drawn, so two asks sample differently
+    assert 0 <= sample_seed(2**70, 2**31 - 1, 8) < SEED_SPACE  # any expert seed: one every backend takes
