@@ -67,6 +67,8 @@ class Unimplemented(BaseModel):
     response_format: dict[str, Any] | None = Field(default=None, description='Only `{"type": "text"}`.')
     logprobs: bool | None = Field(default=None, description="Only false: no log probabilities are reported.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Only 0.")
+    modalities: list[str] | None = Field(default=None, max_length=4, description='Only `["text"]`: no audio.')
+    audio: dict[str, Any] | None = Field(default=None, description="Only null: no expert speaks.")
 
     @field_validator("tool_choice", "function_call")
     @classmethod
@@ -93,6 +95,20 @@ class Unimplemented(BaseModel):
             return fmt
         raise PydanticCustomError(UNSUPPORTED_VALUE, "replies are plain text: only {'type': 'text'} is taken "
                                                      "(no JSON mode, no schema)")
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_out(cls, modalities: list[str] | None) -> list[str] | None:
+        if not modalities or set(modalities) == {"text"}:
+            return modalities
+        raise PydanticCustomError(UNSUPPORTED_VALUE, "replies are text: only ['text'] is taken (no audio)")
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio(cls, audio: dict[str, Any] | None) -> dict[str, Any] | None:
+        if audio is None:
+            return audio
+        raise PydanticCustomError(UNSUPPORTED_PARAMETER, "no expert here speaks: replies are text")
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod
@@ -138,6 +154,13 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
             raise ValueError("`stop` takes up to 4 non-empty sequences of at most 256 characters")
         return stop
 
+    @field_validator("stream_options")
+    @classmethod
+    def _streamed(cls, options: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if options is None or info.data.get("stream"):
+            return options
+        raise PydanticCustomError(UNSUPPORTED_PARAMETER, "stream_options apply to a stream: set stream to true")
+
     def stop_sequences(self) -> tuple[str, ...]:
         return _sequences(self.stop)
 
@@ -148,9 +171,9 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
         sampling: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens,
                                     "temperature": self.temperature, "stop": self.stop_sequences()}
         if self.model != AUTO:
-            if self.latency_ms is not None or self.energy_j is not None:
-                raise ServiceError("latency_ms and energy_j choose experts, so they need model 'auto'",
-                                   "latency_ms" if self.latency_ms is not None else "energy_j")
+            routing = [f for f in ("latency_ms", "energy_j", "k", "mode") if getattr(self, f) is not None]
+            if routing:  # the named expert answers alone: nothing is chosen by them
+                raise ServiceError(f"{' and '.join(routing)} choose experts, so they need model 'auto'", routing[0])
             return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model,
                        **sampling)
         budget = budgets.resolve(self.latency_ms, self.energy_j)

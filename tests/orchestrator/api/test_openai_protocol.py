@@ -170,7 +170,10 @@ def test_parameters_no_expert_honours_are_refused_naming_them(client: TestClient
         ({"extra_body": {"functions": [TOOLS[0]["function"]]}}, "functions", "unsupported_parameter"),
         ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
         ({"logprobs": True}, "logprobs", "unsupported_parameter"),
-        ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter")]
+        ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities",
+         "unsupported_value"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter")]
     for extra, param, code in cases:
         with pytest.raises(openai.BadRequestError) as refused:
             oai.chat.completions.create(model="auto", messages=ASK, **extra)  # type: ignore[call-overload]
@@ -181,7 +184,8 @@ def test_parameters_no_expert_honours_are_refused_naming_them(client: TestClient
     assert container_has_no_queries(client)
     harmless: list[dict[str, Any]] = [  # their settings that ask for nothing are taken
         {"tools": TOOLS, "tool_choice": "none"}, {"tool_choice": "auto"}, {"response_format": {"type": "text"}},
-        {"logprobs": False, "top_logprobs": 0}, {"user": "u1", "top_p": 0.5, "presence_penalty": 0.1}]
+        {"logprobs": False, "top_logprobs": 0}, {"user": "u1", "top_p": 0.5, "presence_penalty": 0.1},
+        {"modalities": ["text"]}]
     for extra in harmless:
         done = oai.chat.completions.create(model="gamma", messages=ASK, **extra)  # type: ignore[call-overload]
         assert done.choices[0].message.content and done.choices[0].message.tool_calls is None, extra
@@ -192,3 +196,18 @@ def test_null_stream_and_n_are_their_defaults(client: TestClient) -> None:
     r = client.post(CHAT, json={"model": "gamma", "messages": ASK, "stream": None, "n": None})
     assert r.status_code == 200, r.text
     strictly(ChatCompletion, r.json(), {"skillroute"})
+
+
+def test_asks_that_would_do_nothing_here_are_400_naming_them(client: TestClient) -> None:
+    """stream_options without a stream, and k or mode for a named expert (it answers alone), were
+    taken and ignored; OpenAI and vLLM refuse the first, and latency_ms was refused for the second."""
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"model": "auto", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"model": "gamma", "k": 2}, "k"), ({"model": "gamma", "mode": "sample"}, "mode")]
+    for extra, param in cases:
+        r = client.post(CHAT, json={"messages": ASK, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+    assert container_has_no_queries(client)
+    streamed = client.post(CHAT, json={"model": "auto", "messages": ASK, "stream": True,
+                                       "stream_options": {"include_usage": True}})
+    assert streamed.status_code == 200
