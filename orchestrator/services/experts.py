@@ -97,10 +97,11 @@ class ExpertService:
     def _add(self, spec: ExpertSpec, status: str) -> Expert:
         """Store the expert, its name checked again: another registration of it may have been
         stored while the model loaded, here or by another service (the unique name decides)."""
+        total = self.profiler.questions_stored() if status == "profiling" else 0  # shown from the start
         try:
             with self._lock, self.db.session() as s:
                 _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
-                return ExpertRepository(s).add(spec, status=status)
+                return ExpertRepository(s).add(spec, status=status, progress_total=total)
         except NameTaken as exc:
             self._check_name(spec.name)  # the same 409 as a name taken before
             raise Conflict(f"an expert named {spec.name!r} already exists", "name") from exc
@@ -291,11 +292,12 @@ class ExpertService:
         return row
 
     def _store(self, row: Expert, spec: ExpertSpec, status: str, persona: bool) -> None:
+        total = self.profiler.questions_stored() if persona else 0
         with self.db.session() as s:
             repo = ExpertRepository(s)
             repo.set_spec(row.id, spec)
             if persona:
-                repo.reset_profile(row.id)
+                repo.reset_profile(row.id, total)
                 _forget_persona(StateRepository(s), LessonRepository(s).last_id(), row.name)
             if status != row.status:
                 repo.set_lifecycle(row.id, status)

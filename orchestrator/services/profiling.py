@@ -110,6 +110,11 @@ class ProfilingService:
             rows = self._stored_set()
         return [ValidationItem(r.id, LabelledQuestion(**_as_question(r.payload)), list(r.skills)) for r in rows]
 
+    def questions_stored(self) -> int:
+        """How many questions a profiling run asks each expert (0 before the set is first built)."""
+        with self.db.session() as s:
+            return ValidationRepository(s).count(self.dataset)
+
     def _stored_set(self) -> Sequence[ValidationQuestion]:
         with self.db.session() as s:
             return ValidationRepository(s).questions(self.dataset)

@@ -27,8 +27,9 @@ class ExpertRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def add(self, spec: ExpertSpec, status: str = "registered") -> Expert:
-        row = Expert(name=spec.name, spec=spec.model_dump(mode="json"), base_model_key=spec.base.key, status=status)
+    def add(self, spec: ExpertSpec, status: str = "registered", progress_total: int = 0) -> Expert:
+        row = Expert(name=spec.name, spec=spec.model_dump(mode="json"), base_model_key=spec.base.key, status=status,
+                     progress_done=0, progress_total=progress_total)
         self.session.add(row)
         try:
             self.session.flush()
@@ -67,16 +68,17 @@ class ExpertRepository:
         if row is not None:
             row.spec, row.base_model_key = spec.model_dump(mode="json"), spec.base.key
 
-    def reset_profile(self, expert_id: int) -> None:
+    def reset_profile(self, expert_id: int, progress_total: int = 0) -> None:
         """Forget the expert's profile and graded validation answers (its persona changed: they
-        describe answers it no longer gives), so it is profiled afresh."""
+        describe answers it no longer gives), so it is profiled afresh (on `progress_total`
+        questions, shown from now)."""
         self.session.execute(delete(SkillScore).where(SkillScore.expert_id == expert_id))
         self.session.execute(delete(ValidationAnswer).where(ValidationAnswer.expert_id == expert_id))
         row = self.session.get(Expert, expert_id)
         if row is not None:
             self.session.expire(row, ["skills"])
             row.accuracy = row.profile_total = None
-            row.progress_done = row.progress_total = 0
+            row.progress_done, row.progress_total = 0, progress_total
 
     def set_progress(self, expert_id: int, done: int, total: int) -> None:
         row = self.session.get(Expert, expert_id)

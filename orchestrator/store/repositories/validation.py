@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, Select, delete, insert, select
+from sqlalchemy import Row, Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from orchestrator.store.models import ValidationAnswer, ValidationQuestion
@@ -32,6 +32,10 @@ class ValidationRepository:
     def questions(self, dataset: str) -> Sequence[ValidationQuestion]:
         stmt = select(ValidationQuestion).where(ValidationQuestion.dataset == dataset)
         return self.session.scalars(stmt.order_by(ValidationQuestion.id)).all()
+
+    def count(self, dataset: str) -> int:
+        stmt = select(func.count()).select_from(ValidationQuestion).where(ValidationQuestion.dataset == dataset)
+        return int(self.session.scalar(stmt) or 0)
 
     def add_questions(self, dataset: str, rows: Sequence[tuple[str, dict[str, Any], list[str], bytes | None]]
                       ) -> None:

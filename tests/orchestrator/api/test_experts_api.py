@@ -15,6 +15,7 @@ def test_new_persona_is_profiled_and_recruitable_without_restart(client, contain
     container.experts.queue.join()  # the background profiling run has drained
     e = client.get(f"/v1/experts/{r.json()['id']}").json()
     assert e["status"] == "ready" and e["profile"] and e["progress"]["done"] == e["progress"]["total"] > 0
+    assert r.json()["progress"] == {"done": 0, "total": e["progress"]["total"]}  # the total shown from the start
     assert "delta" in container.pool.snapshot.experts
     names = {x["name"] for q in range(8) for x in client.post(
         "/v1/queries", json={"query": f"Chemistry question {q}", "k": 4, "mode": "topk"}).json()["experts"]}
@@ -106,3 +107,11 @@ def test_a_model_source_or_name_too_long_to_store_is_422_naming_it_and_stores_no
         r = client.post("/v1/experts", json={"name": "long", "model": model})
         assert r.status_code == 422 and r.json()["error"]["param"] == field, r.text
     assert count(client) == before
+
+
+def test_a_persona_change_shows_its_profiling_total_at_once(client, container):
+    total = client.get("/v1/experts/1").json()["progress"]["total"]
+    r = client.patch("/v1/experts/1", json={"system_prompt": "You answer tersely."})
+    assert r.status_code == 202 and r.json()["status"] == "profiling"
+    assert r.json()["progress"] == {"done": 0, "total": total} and total > 0
+    container.experts.queue.join()
