@@ -11,7 +11,7 @@ query's stored decision record, is the one extra field (OpenAI clients keep it i
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -122,6 +122,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     # other OpenAI parameters are accepted and ignored, as vLLM does, where ignoring them keeps
     # the reply one the client can use (user, top_p, presence_penalty, …); `Unimplemented` refuses the rest
     model_config = ConfigDict(extra="ignore")
+    transport_fields: ClassVar[set[str]] = {"stream", "stream_options"}  # not the query (idempotency.fingerprint)
 
     model: str = Field(min_length=1, max_length=64, description="`auto` routes; an expert's name asks it alone.")
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)

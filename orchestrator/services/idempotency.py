@@ -61,6 +61,11 @@ class Prior:
     batch_id: int | None = None
 
 
+# a body's class may name its fields that choose only how the reply is delivered (a stream or
+# one JSON reply): a client whose stream broke and that retries unstreamed asks the same query
+TRANSPORT_FIELDS = "transport_fields"
+
+
 def scope_of(owner: int | None) -> str:
     """Whose keys a caller's are (`Caller.owner`): its key's (the env admin key's `key:-1`), or
     the one scope every caller without a key shares."""
@@ -73,15 +78,15 @@ def fingerprint(body: object) -> str:
     a field a later version adds (at its default) does not make a retry across the upgrade a
     different body (it did: the whole model was dumped, defaults and all). A list body's items
     (POST /v1/queries with [...]) are left out the same way; they were dumped whole, so a list's
-    fingerprint stored before this changed once."""
+    fingerprint stored before this changed once, as a streamed chat's did when `TRANSPORT_FIELDS` came."""
     text = json.dumps(to_jsonable_python(_without_defaults(body)), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _without_defaults(body: object) -> object:
-    if isinstance(body, BaseModel):
-        return body.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(body, BaseModel):  # how the reply is sent is not what was asked (`TRANSPORT_FIELDS`)
+        return body.model_dump(mode="json", exclude_defaults=True, exclude=getattr(body, TRANSPORT_FIELDS, None))
     if isinstance(body, list | tuple):
         return [_without_defaults(item) for item in body]
     return body
