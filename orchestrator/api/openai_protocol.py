@@ -128,7 +128,8 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
     stream: bool = Field(default=False, description="The reply as server-sent events, token by token (null: false).")
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes the routing draw and each generation's sample reproducible.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="Makes the routing draw and each generation's sample reproducible.")
     n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced (null: 1).")
     temperature: float | None = Field(default=None, ge=0, le=2,
                                       description="Every generation of the query samples at it.")

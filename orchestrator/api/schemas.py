@@ -48,8 +48,9 @@ PromptText = Annotated[str, Field(max_length=4000), AfterValidator(_storable)]
 QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_storable), AfterValidator(_filled)]
 # a query's own cap on every generation: it decides which experts can take the prompt and what a
 # budget costs, so /v1/routes takes it as /v1/queries does
-MaxTokens = Annotated[int | None, Field(ge=1, le=4096, description="The most each expert and the aggregator write; "
-                                        "only lowers the pool's limits (and the query's predicted work in the window).")]
+MaxTokens = Annotated[int | None, Field(
+    ge=1, le=4096, description="The most each expert and the aggregator write; only lowers the pool's limits (and "
+                               "the query's predicted work in the window).")]
 
 
 class BudgetFields(BaseModel):
@@ -70,7 +71,8 @@ class QueryRequest(BudgetFields):
     mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="Makes the routing draw and each generation's sample reproducible.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="Makes the routing draw and each generation's sample reproducible.")
     max_tokens: MaxTokens = None
 
     def to_ask(self, budget: QueryBudget | None, default_k: int) -> Ask:

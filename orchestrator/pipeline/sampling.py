@@ -15,7 +15,6 @@ from typing import Any
 from experts.types import GenerationRequest
 from orchestrator.domain import Ask
 
-
 SEED_SPACE = 2**31  # the seeds every backend takes (llama.cpp's is 32-bit)
 DRAW_SLOTS = 64  # one query's draws (k ≤ 8, each tried by stand-ins) stay below the next seed's
 

@@ -64,8 +64,8 @@ def test_a_batch_and_a_chat_sent_again_return_the_first(client, container) -> No
     assert chats[0].headers["x-skillroute-query-id"] == chats[1].headers["x-skillroute-query-id"]
     assert count(container, Query) == 4
     # a stream that broke, retried unstreamed (or the other way): how the reply travels is not the query
-    streamed = client.post("/v1/chat/completions", json={**CHAT, "stream": True,
-                                                        "stream_options": {"include_usage": True}}, headers=key("chat-2"))
+    streaming = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    streamed = client.post("/v1/chat/completions", json=streaming, headers=key("chat-2"))
     plain = client.post("/v1/chat/completions", json=CHAT, headers=key("chat-2"))
     assert streamed.status_code == plain.status_code == 200, plain.text
     assert streamed.headers["x-skillroute-query-id"] == plain.headers["x-skillroute-query-id"]
