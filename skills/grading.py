@@ -26,12 +26,16 @@ from typing import Literal
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 
+# Its whitespace runs are possessive (`\s*+`): nothing after one starts with whitespace, so giving
+# some back never makes a match, and with plain `\s*` each of the five runs could take any share of
+# one long blank stretch: "answer:" + 200 spaces + "x" (a feedback answer, a degenerate reply)
+# took 53 s to fail, 2,000 spaces would take hours.
 _MARKER = re.compile(
-    r"\b(?P<word>answer|option|choice)\b\s*(?:is|:|=|would be|should be)?\s*(?:option|choice)?\s*"
-    r"[:\-]?\s*[\*\"'`$]*\s*[\(\[]?\s*(?P<letter>[A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
+    r"\b(?P<word>answer|option|choice)\b\s*+(?:is|:|=|would be|should be)?\s*+(?:option|choice)?\s*+"
+    r"[:\-]?\s*+[\*\"'`$]*\s*+[\(\[]?\s*+(?P<letter>[A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
     re.IGNORECASE,
 )
-_LEADING = re.compile(r"^\s*[\*\"'`#]*\s*[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
+_LEADING = re.compile(r"^\s*+[\*\"'`#]*\s*+[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
 # After these words an "A"/"I" is still an option letter ("A is correct", "A or B"): an article
 # or a pronoun never comes before them.

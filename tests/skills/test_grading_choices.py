@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from skills.grading import extract_choice
@@ -39,3 +43,16 @@ def test_a_capital_right_after_answer_is_the_letter(text: str, expected: str) ->
 )
 def test_a_hedge_between_letters_commits_to_none(text: str) -> None:
     assert extract_choice(text, 4) is None
+
+
+
+@pytest.mark.parametrize("text", ["answer:" + " " * 5000 + "x", "| Option" + " " * 5000 + "|", " " * 20000 + "\n"])
+def test_a_long_blank_stretch_is_read_and_ends(text: str) -> None:
+    """The marker's five whitespace runs could each take any share of one blank stretch: a
+    feedback answer of 208 characters took 53 s to read, 5,000 would take days. Read in a child
+    process (the regex engine holds the GIL: a thread could not be timed out), so a regression
+    fails here instead of hanging the suite."""
+    code = "import sys; from skills.grading import extract_choice; print(extract_choice(sys.stdin.read(), 10))"
+    read = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2], check=True)
+    assert read.stdout.strip() == "None"
