@@ -188,10 +188,13 @@ def gold_choice(gold: str, question: str = "") -> str | None:
     """The option letter a gold answer names: an option's text in `question` ("Carbon dioxide"
     is B's), else read as the answers are ("B. Paris" and "The answer is (B)." are B); None when
     it names none. Its text first: a letter inside it ("Vitamin C") is not a pick; a bare letter
-    in either case last (" b ": extraction reads a lower-case letter as a word)."""
+    in either case last (" b ": extraction reads a lower-case letter as a word). A question with
+    lettered options bounds the letters: "E" of an A-D question names none of them (taken, it
+    marked every expert wrong)."""
+    valid = LETTERS[:n] if (n := option_count(question)) >= 2 else LETTERS
     bare = gold.strip().upper()
-    return _option_texts(question).get(_normal(gold)) or extract_choice(gold, len(LETTERS)) \
-        or (bare if len(bare) == 1 and bare in LETTERS else None)
+    return _option_texts(question).get(_normal(gold)) or extract_choice(gold, len(valid)) \
+        or (bare if len(bare) == 1 and bare in valid else None)
 
 
 def _option_texts(question: str) -> dict[str, str]:

@@ -6,9 +6,10 @@ option, or holds nothing but punctuation, is refused with a 422). `{"correct": t
 service's answer was right: each expert is marked against it. `{"correct": false}` says it was
 wrong: the experts that gave it are marked wrong, and the others stay unmarked (a wrong answer
 does not say which other answer was right). The marks become a lesson of the router
-(`routing.learning`), one per query: feedback given again replaces the first, so the same
-feedback twice counts once, and feedback replaces the lesson an explored or competed query
-taught against the consensus of its answers. The answer of an expert whose persona changed since
+(`routing.learning`), one per query: feedback given again replaces the first (one that marks
+no one too: the first's verdict is withdrawn), so the same feedback twice counts once, and
+feedback replaces the lesson an explored or competed query taught against the consensus of its
+answers. The answer of an expert whose persona changed since
 the query was asked is listed in the reply and taught nothing: it judges a persona the expert
 no longer has (lessons stored before the change are left out by `pool.STALE_LESSONS_KEY`).
 """
@@ -48,7 +49,7 @@ class FeedbackService:
              reader: int | None = None) -> Verdict:
         """Mark the query's experts (see the module doc); 404 for an unknown query (or, for a
         client key `reader`, one another key asked), 409 for one that has no answer to judge yet."""
-        row, had, changed = self._read(query_id)
+        row, had, changed = self._read(query_id)  # `had` read first decides only whether to replace with nothing
         if row is None or not readable(row, reader):
             raise NotFound(f"no query with id {query_id}", "query_id")
         decision = decision_of(row)
@@ -58,8 +59,8 @@ class FeedbackService:
         marks, letters = self._marks(texts, decision, row.answer, correct, answer, row.text)
         # an answer of a persona changed since judges that old persona: listed, not taught
         taught = {e: m for e, m in marks.items() if e not in changed or changed[e] < row.created_at}
-        if taught:
-            self._teach(row, decision, taught, letters, had)
+        if taught or had:  # feedback that marks no one still replaces the first: its verdict is withdrawn
+            had = self._teach(row, decision, taught, letters)
         return Verdict(query_id, marks, had)
 
     def _read(self, query_id: int) -> tuple[Query | None, bool, dict[str, datetime]]:
@@ -70,19 +71,25 @@ class FeedbackService:
             changed = {e.name: e.persona_changed_at for e in ExpertRepository(s).list() if e.persona_changed_at}
         return row, had, changed
 
-    def _teach(self, row: Query, decision: Decision, marks: dict[str, bool], letters: dict[str, str | None],
-               had: bool) -> None:
+    def _teach(self, row: Query, decision: Decision, marks: dict[str, bool], letters: dict[str, str | None]) -> bool:
+        """Store the lesson; whether it replaced earlier feedback, as the store saw it (two
+        requests at once each read none before storing, and each counted and said so)."""
         embedding = self.embedder.encode([question_part(row.text)])[0]
         lesson = Lesson(embedding, tuple(m.skill for m in decision.skills), marks,
                         {e: letters.get(e) for e in marks}, "feedback")
-        self.pool.learn([(row.id, lesson)])
-        if not had:  # feedback given again replaces its lesson: the store keeps one, so count one
+        (stored,) = self.pool.learn([(row.id, lesson)])
+        replaced = any(old.source == "feedback" for _, old in stored.replaced)
+        if not replaced:  # feedback given again replaces its lesson: the store keeps one, so count one
             self.probe.learned(["feedback"])
+        return replaced
 
     def _marks(self, texts: dict[str, str], decision: Decision, final: str, correct: bool | None,
                answer: str | None, question: str) -> tuple[dict[str, bool], dict[str, str | None]]:
         weights = {s.name: s.weight for s in decision.experts}
         reliability = self.pool.snapshot.router.reliability
+        if answer is None and not final.strip():  # nothing to judge by: read as no gold, it graded the consensus
+            raise Unprocessable("correct: the query's answer is empty, so there is nothing it judges; send the right "
+                                "answer as {\"answer\": ...}", "correct")
         if answer is not None or correct:
             marks, letters, ref = scored(texts, weights, reliability, answer if answer is not None else final, question)
             if answer is not None and ref is None and texts:

@@ -185,14 +185,14 @@ class PoolState:
                             agg, dict(evidence.competence), self.placement(), dict(self.deployment.workers),
                             evidence, uncertain), ids, upto
 
-    def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> list[Lesson]:
-        """Keep the lessons (query id, lesson) and route by them from now on; the ones the store
-        kept (not a competition's or exploration's whose query has feedback). A lesson that
+    def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> list[Stored]:
+        """Keep the lessons (query id, lesson) and route by them from now on; how the store took
+        each (its id, None when not kept: a competition's or exploration's whose query has
+        feedback; the earlier lessons of its query it replaced). A lesson that
         replaces earlier ones of its query (feedback given again) takes their rows and marks out
         of the evidence first, so the query counts once, as a rebuild from the store counts it;
         where that cannot be done exactly here, the pool is rebuilt from the store."""
         stored, stale = self._store(lessons)
-        kept = [x for s, (_, x) in zip(stored, lessons, strict=True) if s.id is not None]
         built, due = self.snapshot, False  # outside the lock: building it takes the lock
         with self._lock:
             snap = self._snapshot or built
@@ -207,7 +207,7 @@ class PoolState:
             self.refresh()
         elif due:
             self._refit()
-        return kept
+        return stored
 
     def _store(self, lessons: Sequence[tuple[int | None, Lesson]]) -> tuple[list[Stored], dict[str, int]]:
         """Store the lessons; with what they replaced, which lessons each expert's marks stop

@@ -203,11 +203,12 @@ class QueryService:
         """Teach the router (on the learner's thread); the queries are stored already, so a
         failure here loses this batch's lessons only."""
         try:
-            kept = self.pool.learn(taught)
+            stored = self.pool.learn(taught)
         except Exception:
             log.exception("learning from %d answered queries failed; they are stored", len(taught))
             return
-        self.probe.learned([lesson.source for lesson in kept])  # not one its query's feedback overtook
+        # not one its query's feedback overtook
+        self.probe.learned([lesson.source for (_, lesson), s in zip(taught, stored, strict=True) if s.id is not None])
 
     def _fail(self, ids: Sequence[int], error: str) -> None:
         """Fail those of these queries still accepted, counting only those the write changed: one

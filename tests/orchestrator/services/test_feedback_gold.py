@@ -32,7 +32,7 @@ def test_an_option_s_text_as_the_answer_marks_the_experts_that_picked_it(client)
 def test_an_answer_naming_no_option_is_refused_and_teaches_nothing(client, container) -> None:  # type: ignore[no-untyped-def]
     """It taught every expert that it was wrong, the ones right included."""
     qid = ask(client)["id"]
-    for answer in (".", "Paris"):
+    for answer in (".", "Paris", "E", "The answer is (H)"):  # E, H: letters, but of no option here
         r = client.post(f"/v1/queries/{qid}/feedback", json={"answer": answer})
         assert r.status_code == 422 and r.json()["error"]["param"] == "answer", r.text
         assert "option" in r.json()["error"]["message"]
