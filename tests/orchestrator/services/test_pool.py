@@ -128,6 +128,36 @@ def test_a_refresh_that_read_before_a_removal_does_not_bring_the_expert_back(
     assert container.pool.snapshot.evidence is not None and "gamma" not in container.pool.snapshot.evidence.profiles
 
 
+def test_a_refresh_that_read_before_a_lesson_was_learned_keeps_it_live(
+        container: SkillRoute, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh (an expert changed, a profiling run ended) read the store, feedback was stored
+    and put into the live snapshot, then the refresh was shown: the lesson was gone from the live
+    router until the next rebuild, though stored."""
+    [row] = container.queries.ask([Ask(text="What is 2 + 3?", k=2, mode="topk", seed=1)])
+    before = container.pool.snapshot.evidence.learned_rows  # type: ignore[union-attr]
+    real, read, finish = pool_module.load_evidence, threading.Event(), threading.Event()
+
+    def held_after_reading(*args: Any) -> Any:
+        out = real(*args)
+        if threading.current_thread().name == "slow-refresh":
+            read.set()
+            assert finish.wait(60), "the test never let the slow refresh finish"
+        return out
+
+    monkeypatch.setattr(pool_module, "load_evidence", held_after_reading)
+    slow = threading.Thread(target=container.pool.refresh, name="slow-refresh")
+    slow.start()
+    try:
+        assert read.wait(60)
+        assert container.feedback.give(row.id, correct=True).marks
+    finally:
+        finish.set()
+        slow.join(60)
+    live = container.pool.snapshot.evidence
+    assert live is not None and live.learned_rows == before + 1
+    same_evidence(live, real(container.db, container.pool.dataset, embedder).evidence)
+
+
 def same_evidence(live: RoutingEvidence, rebuilt: RoutingEvidence) -> None:
     assert (live.profiles, live.competence, live.labels, live.choices, live.learned_rows) == \
            (rebuilt.profiles, rebuilt.competence, rebuilt.labels, rebuilt.choices, rebuilt.learned_rows)
