@@ -65,7 +65,7 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int 
     n_old = 0 if base is None else len(base)
     emb = np.vstack([*([] if base is None else [base]), *[x.embedding[None, :] for x in rows]]).astype(np.float32)
     correct, observed, choices = _columns(evidence, rows, names, n_old)
-    labels = _labels(evidence, emb, n_old)
+    labels = _labels(evidence, emb, n_old - evidence.learned_rows)
     profiles = _profiles(evidence.profiles, lessons, names)  # every lesson: profiles are sums
     grown = RoutingEvidence(profiles, emb, correct, labels, choices, _competence(profiles), observed,
                             evidence.learned_rows + len(rows), evidence.options)
@@ -113,20 +113,24 @@ def _columns(evidence: RoutingEvidence, lessons: Sequence[Lesson], names: Sequen
     return correct, observed, choices
 
 
-def _labels(evidence: RoutingEvidence, emb: np.ndarray, n_old: int) -> list[str] | None:
-    """Old rows keep theirs; a lesson gets the commonest label among its nearest old rows."""
+def _labels(evidence: RoutingEvidence, emb: np.ndarray, n_profiled: int) -> list[str] | None:
+    """Old rows keep theirs; a new lesson gets the commonest label among its nearest profiled
+    rows. Not among earlier lessons too: a restart labels every lesson at once, against the
+    profiled rows alone, and a lesson labelled live by its predecessors routed otherwise until then."""
     old = evidence.labels
-    if not old or len(old) != n_old or n_old == 0:
+    n_old = 0 if evidence.question_embeddings is None else len(evidence.question_embeddings)
+    if not old or len(old) != n_old or n_profiled <= 0:
         return None
-    return [*old, *(Counter(old[j] for j in row).most_common(1)[0][0] for row in _nearest_old(emb, n_old))]
+    nearest = _nearest_profiled(emb, n_old, n_profiled)
+    return [*old, *(Counter(old[j] for j in row).most_common(1)[0][0] for row in nearest)]
 
 
-def _nearest_old(emb: np.ndarray, n_old: int) -> np.ndarray:
-    """Each new row's LABEL_NEIGHBOURS nearest old rows, nearest first, a block of new rows at a
-    time: a full new × old similarity matrix at 20,000 lessons was gigabytes."""
-    k, out = min(LABEL_NEIGHBOURS, n_old), []
+def _nearest_profiled(emb: np.ndarray, n_old: int, n_profiled: int) -> np.ndarray:
+    """Each new row's (from `n_old` on) LABEL_NEIGHBOURS nearest profiled rows, nearest first, a
+    block of new rows at a time: a full new × old similarity matrix at 20,000 lessons was gigabytes."""
+    k, out = min(LABEL_NEIGHBOURS, n_profiled), []
     for start in range(n_old, len(emb), LABEL_BLOCK):
-        sims = emb[start:start + LABEL_BLOCK] @ emb[:n_old].T
+        sims = emb[start:start + LABEL_BLOCK] @ emb[:n_profiled].T
         idx = np.sort(np.argpartition(-sims, k - 1, axis=1)[:, :k], axis=1)  # ties: the older row first
         order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1, kind="stable")
         out.append(np.take_along_axis(idx, order, axis=1))

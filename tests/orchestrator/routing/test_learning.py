@@ -34,6 +34,18 @@ def test_the_memory_keeps_the_newest_learned_rows_and_every_profiled_one() -> No
     assert grown.profiles["a"]["x"] == 1.0 + 1 - 1 + 1 - 1 + 1  # profiles keep every lesson
 
 
+def test_a_lesson_is_labelled_by_profiled_rows_live_as_at_a_restart() -> None:
+    """Live, a lesson's topic came from its nearest rows with earlier lessons among them; a
+    restart adds every lesson at once and labels each against the profiled rows: the same
+    lesson routed under one topic until the restart and another after it."""
+    def near(*xs: float) -> Lesson:
+        return Lesson(np.array([*xs, *[0.0] * (8 - len(xs))], dtype=np.float32), ("x",), {"a": True})
+
+    first, second = near(1.0), near(0.6, 0.8)  # second: nearest p1, then p0 and the first lesson alike
+    live = learned(learned(profiled(3), [first]), [second])
+    assert live.labels == learned(profiled(3), [first, second]).labels == ["p0", "p1", "p2", "p0", "p1"]
+
+
 def test_lessons_past_the_cap_given_at_once_count_in_profiles_alone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A restart hands every stored lesson over at once: only the newest `max_rows` are stacked
     and labelled (with the labels' product a block at a time), as if they had come one by one."""
