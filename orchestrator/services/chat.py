@@ -24,7 +24,7 @@ from orchestrator.domain import Ask, Decision, FinishReason
 from orchestrator.pipeline import GenerationLimits
 from orchestrator.pipeline.stream import StreamHub, TooManyStreams
 from orchestrator.services.admission import Admitted
-from orchestrator.services.errors import NotReady, ServiceError
+from orchestrator.services.errors import Busy, NotReady, ServiceError
 from orchestrator.services.idempotency import Claim, IdempotencyService, Prior
 from orchestrator.services.pool import PoolState
 from orchestrator.services.queries import QueryService
@@ -132,7 +132,7 @@ class ChatService:
         try:
             self.hub.open(stream_id, channel.push)
         except TooManyStreams as exc:
-            raise NotReady(str(exc)) from exc
+            raise Busy(str(exc)) from exc  # the overload any client may retry: 503 with Retry-After
         ask = ask.model_copy(update={"stream_to": stream_id})
         try:
             started = await asyncio.to_thread(self._start_once, ask, claim, idempotency)

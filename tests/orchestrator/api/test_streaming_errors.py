@@ -58,3 +58,12 @@ def test_a_query_that_fails_ends_its_stream_in_the_error_a_plain_request_gets(
     events = [line.removeprefix("data: ") for line in r.text.splitlines() if line.startswith("data: ")]
     assert plain.status_code == 503 and events[-1] == "[DONE]"
     assert json.loads(events[-2]) == plain.json() and plain.json()["error"]["type"] == "server_error"
+
+
+def test_a_stream_past_the_open_streams_cap_is_an_overload_to_retry(
+        served: tuple[SkillRoute, Control, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was a 503 `not_ready` without Retry-After, as a pool that cannot answer at all is."""
+    c, _, url = served
+    monkeypatch.setattr(c.chat.hub, "max_open", 0)
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "auto", "messages": ASK, "stream": True}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"]
