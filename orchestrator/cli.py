@@ -127,8 +127,8 @@ def ask(query: str, k: KOpt = None, pool: PoolOpt = None, url: UrlOpt = None, ke
     else:
         body = _ask_here(_given(query=query, k=k, seed=seed), pool)
     console.print_json(json.dumps(body))
-    if any(q["status"] == "failed" for q in (body if isinstance(body, list) else [body])):
-        raise typer.Exit(1)  # a script must see that no answer came
+    if not all(isinstance(q, dict) and q.get("status") == "done" for q in (body if isinstance(body, list) else [body])):
+        raise typer.Exit(1)  # a script must see that no answer came (failed, or not skillroute's reply)
 
 
 def _ask_here(fields: dict[str, Any], pool: Path | None) -> dict[str, Any]:

@@ -33,9 +33,12 @@ class Commands(TyperGroup):
         except CliFailure as exc:
             failure = exc
         except Exception as exc:
-            if (bad := config_error(exc)) is None:
+            if (bad := config_error(exc)) is not None:
+                failure = CliFailure(bad, 2)
+            elif (down := store_unreachable(exc)) is not None:
+                failure = CliFailure(down, 1)
+            else:
                 raise
-            failure = CliFailure(bad, 2)
         # soft wrap: one line, whatever the terminal, so it can be grepped
         Console().print(f"[red]{escape(failure.message)}[/red]", soft_wrap=True, highlight=False)
         raise typer.Exit(failure.code) from failure
@@ -45,6 +48,7 @@ def config_error(exc: Exception) -> str | None:
     """What is wrong with the settings or the pool file (as read, or as a start's sync with the
     store refused it), in a line; None for any other error."""
     from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError
 
     from orchestrator.pools.loader import PoolConfigError
     from orchestrator.services.pool_file import PoolFileConflict
@@ -55,4 +59,16 @@ def config_error(exc: Exception) -> str | None:
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return f"invalid settings (SKILLROUTE_* variables): {fields}"
+    if isinstance(exc, ArgumentError):  # SQLAlchemy could not read SKILLROUTE_DATABASE__URL
+        return f"invalid settings (SKILLROUTE_* variables): database.url: {exc}"
+    return None
+
+
+def store_unreachable(exc: Exception) -> str | None:
+    """The database would not open (a server down, a path it cannot write), in a line; None for
+    any other error. The command ran and failed: exit 1."""
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, OperationalError):
+        return f"the database did not answer: {str(exc.orig or exc).splitlines()[0]}"
     return None

@@ -20,15 +20,23 @@ if TYPE_CHECKING:
 @contextmanager
 def client(url: str, key: str | None) -> Iterator[httpx.Client]:
     """A client on the service at `url`, sending `key` as the bearer token. A transport failure
-    (refused, timed out, not HTTP) or a reply not readable as HTTP fails with exit 1."""
+    (refused, timed out, not HTTP), a reply not readable as HTTP, or JSON that is not what
+    skillroute answers (another JSON service on that port) fails with exit 1; a malformed `url`
+    or `key` with exit 2."""
     import httpx
 
+    if key is not None and not key.isascii():  # a header is ASCII: httpx raised on building it
+        raise CliFailure("--key: an API key is ASCII (skillroute's are sk-sr-…)", 2)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
             yield http
+    except httpx.InvalidURL as exc:  # not an HTTPError: a malformed --url is the user's argument
+        raise CliFailure(f"--url {url!r} is not a URL: {exc}", 2) from exc
     except httpx.HTTPError as exc:
         raise CliFailure(f"cannot reach {url}: {exc}", 1) from exc
+    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not the shape skillroute's replies have
+        raise CliFailure(f"{url} did not answer as skillroute does ({type(exc).__name__}: {exc})", 1) from exc
 
 
 def accepted(r: httpx.Response) -> Any:
@@ -57,6 +65,6 @@ def remote_id(http: httpx.Client, ref: str) -> int:
     found = [e["id"] for e in accepted(http.get("/v1/experts")) if e["name"] == ref]
     if found:
         return int(found[0])
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # "²" is a digit to isdigit, not to int; the service bounds the id
         return int(ref)
     raise CliFailure(f"no expert named {ref!r}", 2)

@@ -34,7 +34,7 @@ from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolSt
 from orchestrator.services.profiling import ProfilingService, Progress
 from orchestrator.services.profiling_queue import ProfilingQueue
 from orchestrator.store.db import Database
-from orchestrator.store.models import Expert
+from orchestrator.store.models import Expert, spelled_id
 from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.state import StateRepository
@@ -222,11 +222,12 @@ class ExpertService:
         """The expert named `ref`, else (no expert has that name) the one whose id `ref` spells.
         The name first: a name may be all digits, and reading "1" as id 1 changed or removed
         another expert than the one named."""
+        row_id = spelled_id(ref)
         with self.db.session() as s:
             repo = ExpertRepository(s)
-            row = repo.by_name(ref) or (repo.get(int(ref)) if ref.isdigit() else None)
+            row = repo.by_name(ref) or (repo.get(row_id) if row_id is not None else None)
         if row is None:
-            raise NotFound(f"no expert named {ref!r}" + (f" nor with id {ref}" if ref.isdigit() else ""), "name")
+            raise NotFound(f"no expert named {ref!r}" + (f" nor with id {ref}" if row_id is not None else ""), "name")
         return row
 
     def pending_profiles(self) -> list[int]:

@@ -24,6 +24,12 @@ from sqlalchemy.types import TypeDecorator
 # The largest value an INTEGER column (every id, counts, rates) holds on PostgreSQL; SQLite's are
 # 64-bit, so this is the bound a value must meet to be stored on both.
 INTEGER_MAX = 2**31 - 1
+
+
+def spelled_id(ref: str) -> int | None:
+    """The row id `ref` spells (ASCII digits, within INTEGER), else None: "²" is a digit to
+    `str.isdigit` but not to `int`, and a number past the column's range fails the database."""
+    return int(ref) if ref.isascii() and ref.isdigit() and 0 < int(ref) <= INTEGER_MAX else None
 KEY_NAME_CHARS = 64  # an API key's name (KeyService.create refuses a longer one before the insert)
 
 

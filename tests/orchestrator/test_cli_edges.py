@@ -200,6 +200,7 @@ def test_serve_binds_what_its_flags_say_port_0_and_an_empty_host_too(served: dic
     ({"SKILLROUTE_DEFAULT_K": "0"}, "invalid settings (SKILLROUTE_* variables): default_k: Input should be greater"),
     ({"SKILLROUTE_ADMIN_KEY": ""}, "auth.admin_key: Value error, is set but empty"),
     ({"SKILLROUTE_POOL": "/nowhere/pool.yaml"}, "pool file not found: /nowhere/pool.yaml"),
+    ({"SKILLROUTE_DATABASE__URL": "nonsense"}, "database.url: Could not parse SQLAlchemy URL"),  # was a traceback
 ])
 def test_a_bad_setting_or_pool_file_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            env: dict[str, str], said: str) -> None:
@@ -240,3 +241,64 @@ def test_a_pool_file_the_store_refuses_is_one_line_and_exit_2(tmp_path: Path, em
     finally:
         again.close()
     assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_database_that_does_not_answer_is_one_line_and_exit_1(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """It ended in SQLAlchemy's traceback."""
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SKILLROUTE_DATABASE__URL", f"postgresql+psycopg://nobody@127.0.0.1:{port}/skillroute")
+    get_settings.cache_clear()
+    try:
+        r = runner.invoke(app, ["experts", "list"])
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 1 and "the database did not answer" in r.output and len(r.output.splitlines()) == 1, r.output
+
+
+def test_refs_urls_and_keys_that_cannot_be_what_they_name_are_one_line_and_exit_2(here: SkillRoute) -> None:
+    """An id past the column's range and "²" (a digit to str.isdigit, not to int) ended in a
+    traceback in-process, "²" over --url too; so did a malformed --url and a non-ASCII --key."""
+    with live_server(create_app(here)) as url:
+        verbs = [["experts", "remove", "9" * 23], ["experts", "update", "9" * 23, "--disable"],
+                 ["experts", "remove", "²"], ["experts", "remove", "²", "--url", url],
+                 ["experts", "list", "--url", "http://[::1"], ["experts", "list", "--url", url, "--key", "clé"]]
+        for verb in verbs:
+            r = runner.invoke(app, verb)
+            assert r.exit_code == 2 and len(r.output.splitlines()) == 1, (verb, r.output)
+    assert all(e.status == "ready" for e in here.experts.all())
+
+
+@pytest.fixture
+def json_not_skillroute() -> Iterator[str]:
+    """A JSON service that is not skillroute: `{"status": "ok"}` to everything."""
+    class Json(BaseHTTPRequestHandler):
+        def _ok(self) -> None:
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _ok  # noqa: N815 (the handler's protocol names them)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Json)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_a_json_service_that_is_not_skillroute_fails_each_verb(json_not_skillroute: str) -> None:
+    """`ask` printed its reply and exited 0 (no answer came); the others ended in tracebacks."""
+    for verb in (["ask", "What is 2+2?"], ["experts", "list"], ["experts", "remove", "alpha"]):
+        r = runner.invoke(app, [*verb, "--url", json_not_skillroute])
+        assert r.exit_code == 1 and "Traceback" not in r.output, (verb, r.output)
