@@ -45,7 +45,14 @@ class DashboardRepository:
         if since is not None:
             stmt = stmt.where(Query.created_at >= since)
         rows = self.session.execute(stmt.order_by(Query.id.desc()).limit(limit)).all()
-        return [(t, list(r.get("recruited", []))) for t, r in reversed(rows)]
+        return [(t, _recruited(r)) for t, r in reversed(rows)]
+
+
+def _recruited(record: object) -> list[str]:
+    """The recruited names of a stored record; none from one that does not read as a decision
+    (another release's): one such row failed the whole dashboard, as `readable_row` avoids."""
+    names = record.get("recruited") if isinstance(record, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def readable_by(stmt: S, reader: int | None) -> S:
