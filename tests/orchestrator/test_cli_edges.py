@@ -49,6 +49,16 @@ def test_remove_by_an_all_digit_name_removes_that_expert_not_the_id(here: SkillR
     assert here.experts.get(alpha.id).status == "ready"  # the expert whose id the name spells is untouched
 
 
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The URL of a local server answering with `handler`, until the generator is closed."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
 @pytest.fixture
 def not_skillroute() -> Iterator[str]:
     """A web server that is not skillroute: an HTML page for GET, a proxy's 502 page for POST."""
@@ -70,12 +80,7 @@ def not_skillroute() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    yield from serving(Html)
 
 
 def test_a_server_not_running_is_one_line_and_exit_1(here: SkillRoute) -> None:
@@ -289,12 +294,7 @@ def json_not_skillroute() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Json)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    yield from serving(Json)
 
 
 def test_a_json_service_that_is_not_skillroute_fails_each_verb(json_not_skillroute: str) -> None:

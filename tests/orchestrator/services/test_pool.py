@@ -5,6 +5,8 @@ follows the store in the order changes were made."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -100,30 +102,39 @@ def test_the_pool_reads_only_the_answers_on_its_own_validation_set(container: Sk
     assert loaded.evidence.observed is not None and not any(o.any() for o in loaded.evidence.observed.values())
 
 
-def test_a_refresh_that_read_before_a_removal_does_not_bring_the_expert_back(
-        container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A profiling run's refresh read the store, an expert was removed (and the pool refreshed),
-    then the first refresh finished: the snapshot must stay the one read after the removal."""
+@contextmanager
+def refresh_held_after_reading(c: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A refresh on its own thread that has read the store and waits, while the block runs, to
+    be shown (its re-reads, if any, are not held)."""
     real, read, finish = pool_module.load_evidence, threading.Event(), threading.Event()
 
     def held_after_reading(*args: Any) -> Any:
         out = real(*args)
-        if threading.current_thread().name == "stale-refresh":
+        if threading.current_thread().name == "held-refresh" and not finish.is_set():
             read.set()
-            assert finish.wait(60), "the test never let the stale refresh finish"
+            assert finish.wait(60), "the test never let the held refresh finish"
         return out
 
     monkeypatch.setattr(pool_module, "load_evidence", held_after_reading)
-    stale = threading.Thread(target=container.pool.refresh, name="stale-refresh")
-    stale.start()
+    held = threading.Thread(target=c.pool.refresh, name="held-refresh")
+    held.start()
     try:
         assert read.wait(60)
+        yield
+    finally:
+        finish.set()
+        held.join(60)
+        monkeypatch.setattr(pool_module, "load_evidence", real)
+
+
+def test_a_refresh_that_read_before_a_removal_does_not_bring_the_expert_back(
+        container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profiling run's refresh read the store, an expert was removed (and the pool refreshed),
+    then the first refresh finished: the snapshot must stay the one read after the removal."""
+    with refresh_held_after_reading(container, monkeypatch):
         with container.db.session() as s:
             ExpertRepository(s).set_lifecycle(container.experts.find("gamma").id, "removed")
         assert "gamma" not in container.pool.refresh().experts
-    finally:
-        finish.set()
-        stale.join(60)
     assert "gamma" not in container.pool.snapshot.experts
     assert container.pool.snapshot.evidence is not None and "gamma" not in container.pool.snapshot.evidence.profiles
 
@@ -135,27 +146,11 @@ def test_a_refresh_that_read_before_a_lesson_was_learned_keeps_it_live(
     router until the next rebuild, though stored."""
     [row] = container.queries.ask([Ask(text="What is 2 + 3?", k=2, mode="topk", seed=1)])
     before = container.pool.snapshot.evidence.learned_rows  # type: ignore[union-attr]
-    real, read, finish = pool_module.load_evidence, threading.Event(), threading.Event()
-
-    def held_after_reading(*args: Any) -> Any:
-        out = real(*args)
-        if threading.current_thread().name == "slow-refresh":
-            read.set()
-            assert finish.wait(60), "the test never let the slow refresh finish"
-        return out
-
-    monkeypatch.setattr(pool_module, "load_evidence", held_after_reading)
-    slow = threading.Thread(target=container.pool.refresh, name="slow-refresh")
-    slow.start()
-    try:
-        assert read.wait(60)
+    with refresh_held_after_reading(container, monkeypatch):
         assert container.feedback.give(row.id, correct=True).marks
-    finally:
-        finish.set()
-        slow.join(60)
     live = container.pool.snapshot.evidence
     assert live is not None and live.learned_rows == before + 1
-    same_evidence(live, real(container.db, container.pool.dataset, embedder).evidence)
+    same_evidence(live, load_evidence(container.db, container.pool.dataset, embedder).evidence)
 
 
 def same_evidence(live: RoutingEvidence, rebuilt: RoutingEvidence) -> None:
