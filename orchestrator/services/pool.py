@@ -35,7 +35,7 @@ from skills.question_text import question_part
 from skills.vocabulary import SkillVocabulary
 
 AGGREGATOR_KEY = "aggregator"
-# a refresh that missed a lesson `learn` put in meanwhile reads again, at most this often (a
+# a refresh that missed a lesson the live snapshot holds reads again, at most this often (a
 # lesson deleted since, with none newer, would otherwise keep it reading)
 REREADS = 2
 STALE_LESSONS_KEY = "stale_lessons"  # expert → the last lesson before its persona changed
@@ -150,7 +150,6 @@ class PoolState:
         # the highest lesson id the shown rebuild read: a lesson at or below it is in the snapshot
         # as the store had it then (read, or deleted by one that replaced it), so `learn` skips it
         self._read_upto = 0
-        self._taught_upto = 0  # the highest lesson id `learn` put into a snapshot itself (see `refresh`)
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -163,8 +162,9 @@ class PoolState:
         """Rebuild the snapshot from the store. Refreshes run side by side (none waits on
         another's read), but one that began reading before a refresh already shown is dropped:
         it may have read the store before a change that one saw (an expert removed), and
-        finishing last must not put that change back. One shown after `learn` put in a lesson
-        stored after its read would drop that lesson until the next rebuild: it reads again."""
+        finishing last must not put that change back. One shown in place of a snapshot that holds
+        a lesson stored after its read (`learn` put it in meanwhile) would drop that lesson until
+        the next rebuild: it reads again."""
         for _ in range(REREADS):
             shown, missed = self._rebuild()
             if not missed:  # a read after the lesson was stored has it
@@ -173,13 +173,13 @@ class PoolState:
 
     def _rebuild(self) -> tuple[PoolSnapshot, bool]:
         """One read of the store, shown unless a later-begun one was shown first; and whether it
-        left out a lesson `learn` put in while it read."""
+        left out a lesson the snapshot it replaced held (its learned rows' ids, `_lesson_ids`)."""
         with self._lock:
             self._begun += 1
             number = self._begun
         snap, ids, upto = self._build()
         with self._lock:
-            missed = number > self._shown and self._taught_upto > upto
+            missed = number > self._shown and max(self._lesson_ids, default=0) > upto
             if number > self._shown:
                 self._snapshot, self._shown, self._since_fit, self._lesson_ids = snap, number, 0, ids
                 self._read_upto = upto
@@ -236,7 +236,6 @@ class PoolState:
         """Under the lock: the snapshot with the lessons added, and the ids of its learned rows;
         True when the router's parameters are due to be fitted again (`_refit`, off the lock)."""
         self._snapshot = _taught(snap, lessons, self.router_name)
-        self._taught_upto = max(self._taught_upto, *new_ids)
         assert self._snapshot.evidence is not None
         self._lesson_ids = _newest([*ids, *new_ids], self._snapshot.evidence.learned_rows)
         self._since_fit += len(lessons)
