@@ -143,7 +143,7 @@ class Decider:
                                  plan.record())
         mode = ask.mode or self.recruit_mode or pool.router.preferred_mode
         chosen = recruit(certain, ask.k, mode, random.Random(seed))
-        competitors, competition = self._competitors(pool, seed, eligible, chosen, dry_run)
+        competitors, competition = self._competitors(pool, (seed, ask.text), eligible, chosen, dry_run)
         return Decision.made(pool.router.name, mode, seed, skills, scores, chosen, pool.aggregator,
                              competitors=competitors, competition=competition)
 
@@ -155,18 +155,18 @@ class Decider:
         plan = self._plan(pool, index, ask, [score(ask.expert, 1.0, 1.0, 1.0)]) if ask.budget is not None else None
         return Decision.made(DIRECT, "topk", seed, [], [], [ask.expert], None, plan.record() if plan else None)
 
-    def _competitors(self, pool: PoolSnapshot, seed: int, eligible: set[str], chosen: Sequence[str],
+    def _competitors(self, pool: PoolSnapshot, draw: tuple[int, str], eligible: set[str], chosen: Sequence[str],
                      dry_run: bool) -> tuple[list[str], bool]:
         """Who answers only to be scored: every other eligible expert when the query competes,
         else a new (uncertain) expert explored now and then; both within the per-minute cap."""
         if self.policy is None:
             return [], False
         others = sorted(eligible - set(chosen))
-        if others and self.policy.fires(seed, dry_run=dry_run):
+        if others and self.policy.fires(*draw, dry_run=dry_run):
             return others, True
         explore = [n for n in others if n in pool.uncertain]
-        if explore and self.policy.fires(seed, "explore", self.explore_rate, dry_run):
-            return [_least_seen(pool, explore, seed)], False
+        if explore and self.policy.fires(*draw, "explore", self.explore_rate, dry_run):
+            return [_least_seen(pool, explore, draw[0])], False
         return [], False
 
     def eligible(self, pool: PoolSnapshot, index: int, ask: Ask) -> set[str]:

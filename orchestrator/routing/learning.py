@@ -240,7 +240,8 @@ def _consensus(support: Mapping[str, float]) -> str | None:
 
 
 class CompetitionPolicy:
-    """Fires on a share of routed queries (by each query's seed, so a replay is the same), at
+    """Fires on a share of routed queries (drawn by each query's seed and text, so a replay is the
+    same; by the seed alone, a client that pins one had every query compete or none), at
     most `per_minute` in any minute (competitions and explorations together; the slots of
     queries that are not admitted are given back, `give_back`).
 
@@ -258,10 +259,11 @@ class CompetitionPolicy:
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def fires(self, seed: int, salt: str = "compete", rate: float | None = None, dry_run: bool = False) -> bool:
-        """Whether this query (by its seed) competes; a dry run (a route shown, not run) asks the
-        seed alone and spends nothing of the cap."""
-        if random.Random(f"{salt}:{seed}").random() >= (self.rate if rate is None else rate):
+    def fires(self, seed: int, text: str, salt: str = "compete", rate: float | None = None,
+              dry_run: bool = False) -> bool:
+        """Whether this query (by its seed and text) competes; a dry run (a route shown, not run)
+        asks the draw alone and spends nothing of the cap."""
+        if random.Random(f"{salt}:{seed}:{text}").random() >= (self.rate if rate is None else rate):
             return False
         return dry_run or self._take()
 

@@ -116,3 +116,20 @@ def test_the_cap_is_spent_only_by_queries_that_are_admitted(tmp_path: Path, embe
         c.queries.admission.admit(good[1:], claim)
     assert competing(c, 5) == 4  # 5 + 1 spent before: exactly the admitted ones
     c.close()
+
+
+def test_a_client_s_fixed_seed_competes_on_its_share_of_queries_not_all_or_none(tmp_path: Path,
+                                                                                 embedder: Embedder) -> None:
+    """Clients pin `seed` for reproducibility. Drawn by the seed alone, every query of a client
+    that pinned one competed (to the per-minute cap) or none did; the same query with the same
+    seed still decides alike, so a replay is the same."""
+    c = service(tmp_path, embedder, rate=0.25, explore=0.0)
+    try:
+        for seed in (0, 7, 42):
+            asks = [Ask(text=f"What is {i} times {seed + 3}?", k=1, seed=seed) for i in range(200)]
+            share = sum(d.competition for d in c.pipeline.route(c.pool.snapshot, asks, dry_run=True)) / 200
+            assert 0.15 < share < 0.35, (seed, share)
+        again = [Ask(text="What is 2 times 3?", k=1, seed=42)] * 20
+        assert len({d.competition for d in c.pipeline.route(c.pool.snapshot, again, dry_run=True)}) == 1
+    finally:
+        c.close()
