@@ -3,7 +3,9 @@
 When a recruited expert fails, the next-ranked one may stand in. Under a budget it must keep
 the whole query within it, not only fit alone: it runs beside the experts still answering
 (latencies add on a shared device) and after the one it replaces has failed, which at worst is
-at the end of that one's predicted time (on one device its time is in the device's turn anyway).
+at the end of that one's predicted time, counted from when that one started (a stand-in for a
+stand-in starts after both; on one device its time is in the device's turn anyway), and never
+before now: the time the query has already taken (a queue, a timeout) is spent.
 Every expert tried keeps its charge (a failed one spent its energy), and the aggregation costs
 what the plan said (a stand-in replaces one answer with one, so the answers to aggregate do not
 grow).
@@ -11,36 +13,44 @@ grow).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from orchestrator.budgets._limits import device_groups, members_latency
 from orchestrator.domain import BudgetCandidate, BudgetRecord
 
 
-def stand_in_fits(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str) -> bool:
+def stand_in_fits(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str,
+                  started: Mapping[str, float] | None = None, elapsed_s: float = 0.0) -> bool:
     """Whether `stand_in`, taking over from the failed `replaced`, keeps every expert `tried` so
-    far and the aggregation within the record's budget, as predicted."""
-    latency, energy = stand_in_cost(record, tried, replaced, stand_in)
+    far and the aggregation within the record's budget, as predicted. `started`: the predicted
+    start of each stand-in sent so far (`stand_in_start`); `elapsed_s`: the query's time so far."""
+    latency, energy = stand_in_cost(record, tried, replaced, stand_in, started, elapsed_s)
     within_latency = record.latency_ms is None or latency * 1e3 <= record.latency_ms
     return within_latency and (record.energy_j is None or energy <= record.energy_j)
 
 
-def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str) -> tuple[float, float]:
+def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, stand_in: str,
+                  started: Mapping[str, float] | None = None, elapsed_s: float = 0.0) -> tuple[float, float]:
     """Predicted (latency_s, energy_j) of the query once `stand_in` has answered for `replaced`."""
-    by_name = {c.expert: c for c in record.candidates}
+    by_name, starts = {c.expert: c for c in record.candidates}, dict(started or {})
+    starts[stand_in] = stand_in_start(record, replaced, stand_in, started)
     members = [by_name[n] for n in dict.fromkeys([*tried, stand_in])]
-    late = _start(by_name[replaced], by_name[stand_in])
-    lat = [c.latency_s + (late if c.expert == stand_in else 0.0) for c in members]
+    lat = [c.latency_s + starts.get(c.expert, 0.0) for c in members]
     agg_latency, agg_energy = _aggregation(record, by_name)
     latency = members_latency(range(len(members)), lat, device_groups([c.device for c in members]))
+    latency = max(latency, elapsed_s + by_name[stand_in].latency_s)  # it starts now at the earliest
     return latency + agg_latency, sum(c.energy_j for c in members) + agg_energy
 
 
-def _start(replaced: BudgetCandidate, stand_in: BudgetCandidate) -> float:
-    """When the stand-in may start, at worst: once the replaced expert has failed. On the same
-    device that time is already in the device's sum (its runs are in turn)."""
-    shared = replaced.device is not None and replaced.device == stand_in.device
-    return 0.0 if shared else replaced.latency_s
+def stand_in_start(record: BudgetRecord, replaced: str, stand_in: str,
+                   started: Mapping[str, float] | None = None) -> float:
+    """When the stand-in may start, at worst: once the replaced expert has failed, at the end of
+    its predicted time from its own start (a stand-in's is late too). On the same device that
+    time is already in the device's sum (its runs are in turn)."""
+    by_name = {c.expert: c for c in record.candidates}
+    before, after = by_name[replaced], by_name[stand_in]
+    shared = before.device is not None and before.device == after.device
+    return (started or {}).get(replaced, 0.0) + (0.0 if shared else before.latency_s)
 
 
 def _aggregation(record: BudgetRecord, by_name: dict[str, BudgetCandidate]) -> tuple[float, float]:

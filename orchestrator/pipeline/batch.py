@@ -34,7 +34,7 @@ from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import lettered_vote, vote_answer
 from orchestrator.budgets.planner import BudgetPlanner, measured
-from orchestrator.budgets.stand_in import stand_in_fits
+from orchestrator.budgets.stand_in import stand_in_fits, stand_in_start
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
 from orchestrator.pipeline.decide import DIRECT, GenerationLimits
 from orchestrator.pipeline.sampling import asked, sample_seed
@@ -60,6 +60,7 @@ class _Query:
     marks: dict[str, bool] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
+    starts: dict[str, float] = field(default_factory=dict)  # each stand-in's predicted start, under a budget
     tried: set[str] = field(default_factory=set)
     workers: set[str] = field(default_factory=set)
     aggregate: Answer | None = None
@@ -202,6 +203,8 @@ class BatchRun:
             q.failures.append(Failure(expert=sent.expert, role="expert", error=gen.error))
             if (stand_in := self._stand_in(q, sent.expert)) is not None:
                 q.fallbacks.append(stand_in)
+                if q.decision.budget is not None:
+                    q.starts[stand_in] = stand_in_start(q.decision.budget, sent.expert, stand_in, q.starts)
                 self._send_expert(sent.query, sent.draw, stand_in)
         if not q.outstanding:
             self._experts_done(sent.query)
@@ -228,7 +231,9 @@ class BatchRun:
         budget = q.decision.budget
         if budget is None:
             return True
-        return name in {c.expert for c in budget.candidates} and stand_in_fits(budget, [*q.tried], replaced, name)
+        elapsed = time.perf_counter() - self._started
+        return name in {c.expert for c in budget.candidates} and stand_in_fits(budget, [*q.tried], replaced, name,
+                                                                               q.starts, elapsed)
 
     def _experts_done(self, qi: int) -> None:
         q = self.queries[qi]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.budgets.stand_in import stand_in_cost, stand_in_fits
+from orchestrator.budgets.stand_in import stand_in_cost, stand_in_fits, stand_in_start
 from orchestrator.domain import BudgetCandidate, BudgetRecord
 
 
@@ -35,3 +35,24 @@ def test_a_stand_in_elsewhere_starts_once_the_replaced_expert_has_failed() -> No
     assert not stand_in_fits(r, ["alpha"], "alpha", "beta")
     assert stand_in_fits(r.model_copy(update={"latency_ms": 3000.0}), ["alpha"], "alpha", "beta")
     assert not stand_in_fits(r.model_copy(update={"latency_ms": 3000.0, "energy_j": 9.0}), ["alpha"], "alpha", "beta")
+
+
+def test_a_stand_in_for_a_stand_in_starts_after_both_have_failed() -> None:
+    """A, B and C on three machines, 4 s each, a 10 s budget. C standing in for B (itself standing
+    in for A from 4 s) starts at 8 s and ends at 12 s: the check once started it at 4 s."""
+    r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "y"), ("c", 4.0, 1.0, "z")], ["a"], latency_s=4.0,
+               energy_j=1.0, budget_ms=10_000)
+    assert stand_in_fits(r, ["a"], "a", "b")
+    started = {"b": stand_in_start(r, "a", "b")}
+    assert stand_in_cost(r, ["a", "b"], "b", "c", started) == pytest.approx((12.0, 3.0))
+    assert not stand_in_fits(r, ["a", "b"], "b", "c", started)
+
+
+def test_a_stand_in_never_starts_before_now() -> None:
+    """The replaced expert timed out at 6 s where 2 s were predicted: the stand-in (1 s) ends at
+    7 s at the earliest, past a 5 s budget it would meet had the failure come on time."""
+    r = record([("alpha", 2.0, 5.0, "edge"), ("beta", 1.0, 5.0, "server")], ["alpha"], latency_s=2.0,
+               energy_j=5.0, budget_ms=5000)
+    assert stand_in_fits(r, ["alpha"], "alpha", "beta", elapsed_s=1.5)
+    assert stand_in_cost(r, ["alpha"], "alpha", "beta", elapsed_s=6.0) == pytest.approx((7.0, 10.0))
+    assert not stand_in_fits(r, ["alpha"], "alpha", "beta", elapsed_s=6.0)

@@ -217,6 +217,21 @@ def test_under_a_budget_a_stand_in_must_keep_the_whole_query_within_it(service) 
     assert [a.expert for a in out.answers] == ["alpha"] and out.error is None
 
 
+def test_under_a_budget_a_stand_in_starts_no_earlier_than_now(service) -> None:  # type: ignore[no-untyped-def]
+    """delta, predicted at 10 ms, times out at 50 ms; gamma (20 ms) would end within the 40 ms
+    budget had delta failed on time, and stood in, ending past it."""
+    c, _ = service
+    costs = {"delta": (0.01, "w1"), "gamma": (0.02, "w3")}
+    cands = [BudgetCandidate(expert=n, quality=0.5, latency_s=lat, energy_j=1.0, device=d)
+             for n, (lat, d) in costs.items()]
+    budget = BudgetRecord(latency_ms=40, energy_j=None, k_max=1, from_key=[], chosen=["delta"],
+                          predicted_quality=0.5, predicted_latency_s=0.01, predicted_energy_j=1.0, solver_nodes=1,
+                          candidates=cands)
+    d = decided(["delta"], list(costs)).model_copy(update={"mode": "budget", "budget": budget})
+    (out,) = answer(c, ("SLOW: what is 9+9?", d))
+    assert [f.expert for f in out.decision.failures] == ["delta"] and out.decision.fallbacks == []
+
+
 @pytest.mark.parametrize(("mode", "aggregator"), [("vote", "beta"), ("llm", "gone")])
 def test_a_reply_no_vote_or_aggregator_settles_is_the_best_ranked_answer(
         mode: str, aggregator: str, tmp_path: Path, embedder: Embedder) -> None:
