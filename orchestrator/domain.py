@@ -27,6 +27,12 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def milliseconds(seconds: float | None) -> float | None:
+    """A latency limit in the milliseconds it was asked in: kept in seconds, 1001 ms read back as
+    1000.9999999999999 without the rounding (to a picosecond)."""
+    return None if seconds is None else round(seconds * 1e3, 9)
+
+
 class QueryBudget(Record):
     """What a query may spend; `from_key` names the limits its API key's defaults supplied."""
 

@@ -28,6 +28,9 @@ UNSUPPORTED_VALUE = "unsupported_value"
 _OWN_CODES = frozenset({UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE})
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")  # a body field's JSON name; pydantic's union-branch labels are not
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+# a body of one type or another (a query or a list of them) fails the branch it is not with one of
+# these at the branch's root: beside the other branch's own errors, that says nothing
+_WRONG_SHAPE = frozenset({"list_type", "model_attributes_type", "dict_type", "model_type"})
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when `lock_timeout` passes
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,17 @@ def _field_name(part: int | str) -> bool:
 
 def validation_error(exc: RequestValidationError, status: int) -> JSONResponse:
     """All the request's errors in one message, naming the first one's field as `param`."""
-    errors = exc.errors() or [{}]
+    errors = _relevant(list(exc.errors())) or [{}]
     msg = "; ".join(f"{field_path(e) or 'body'}: {_message(e)}" for e in errors)
     code = errors[0].get("type") if errors[0].get("type") in _OWN_CODES else "invalid_value"
     return JSONResponse(error_body(msg, "invalid_request_error", field_path(errors[0]), code), status)
+
+
+def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors of the branch the body's shape chose: `{"latency_ms": 0}` sent as one query was
+    refused as "body: Input should be a valid list" too, and a list's bad item named no field."""
+    own = [e for e in errors if not (e.get("type") in _WRONG_SHAPE and field_path(e) is None)]
+    return own or errors
 
 
 def _message(error: dict[str, Any]) -> str:

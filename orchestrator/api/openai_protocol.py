@@ -167,8 +167,9 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
         return _sequences(self.stop)
 
     def to_ask(self, default_k: int, budgets: BudgetService) -> Ask:
-        """`auto` routes; another model names the expert that answers alone. Budgets
-        (`latency_ms`, `energy_j` as extra body fields, or the key's) route `auto` only."""
+        """`auto` routes; another model names the expert that answers alone. A request's budgets
+        (`latency_ms`, `energy_j` as extra body fields) route `auto` only; the key's defaults
+        hold for a named expert too, which answers only if it fits them (they were skipped)."""
         text = conversation_text([(m.role, m.text()) for m in self.messages])
         sampling: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens,
                                     "temperature": self.temperature, "stop": self.stop_sequences()}
@@ -177,7 +178,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
             if routing:  # the named expert answers alone: nothing is chosen by them
                 raise ServiceError(f"{' and '.join(routing)} choose experts, so they need model 'auto'", routing[0])
             return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model,
-                       **sampling)
+                       budget=budgets.resolve(None, None), **sampling)
         budget = budgets.resolve(self.latency_ms, self.energy_j)
         return Ask(text=text, k=self.k or default_k, mode=self.mode, seed=self.seed, budget=budget,
                    **sampling)

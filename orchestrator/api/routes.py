@@ -37,8 +37,12 @@ class RouteRequest(BudgetFields):
         return self
 
     def text(self) -> str:
-        turns = [("user", self.query or "")] if self.messages is None else [(m.role, m.text()) for m in self.messages]
-        return conversation_text(turns)
+        """The text /v1/queries (a `query`, as it is) or /v1/chat/completions (`messages`) would
+        route: a query read as a chat lost its outer blanks, and with them the prompt tokens a
+        budget and a context window are checked at."""
+        if self.messages is None:
+            return self.query or ""
+        return conversation_text([(m.role, m.text()) for m in self.messages])
 
 
 @router.post("", response_model=Decision)

@@ -49,7 +49,7 @@ QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(
 # a query's own cap on every generation: it decides which experts can take the prompt and what a
 # budget costs, so /v1/routes takes it as /v1/queries does
 MaxTokens = Annotated[int | None, Field(
-    ge=1, le=4096, description="The most each expert and the aggregator write; only lowers the pool's limits (and "
+    ge=1, le=2**31 - 1, description="The most each expert and the aggregator write; only lowers the pool's limits (and "
                                "the query's predicted work in the window).")]
 
 
@@ -57,9 +57,11 @@ class BudgetFields(BaseModel):
     """Optional per-query budgets (MoE^2): the chosen experts must fit them, as predicted from
     where each expert runs; unset ones fall back to the API key's defaults."""
 
-    latency_ms: float | None = Field(default=None, gt=0, le=3_600_000,
+    # strict: `true` was taken as 1 ms; finite: NaN was refused as out of range
+    latency_ms: float | None = Field(default=None, gt=0, le=3_600_000, strict=True, allow_inf_nan=False,
                                      description="Latency budget in ms: experts plus aggregation.")
-    energy_j: float | None = Field(default=None, gt=0, le=1e9, description="Energy budget in joules.")
+    energy_j: float | None = Field(default=None, gt=0, le=1e9, strict=True, allow_inf_nan=False,
+                                   description="Energy budget in joules.")
 
 
 class QueryRequest(BudgetFields):

@@ -59,7 +59,7 @@ from orchestrator.budgets.solver import (
     weighted_vote,
     weighted_vote_above,
 )
-from orchestrator.domain import Answer, BudgetCandidate, BudgetRecord, ExpertScore, QueryBudget
+from orchestrator.domain import Answer, BudgetCandidate, BudgetRecord, ExpertScore, QueryBudget, milliseconds
 
 TEMPLATE_TOKENS = 16  # chat template tokens around a system prompt and a user turn
 ANSWER_TOKENS_EXTRA = 8  # "Response i:" and spacing around each answer the aggregator reads
@@ -127,7 +127,7 @@ class BudgetPlan:
         """The decision's budget part: the limits, the subset, its predicted cost."""
         b, d = self.budget, self.decision
         return BudgetRecord(
-            latency_ms=None if b.latency_s is None else b.latency_s * 1e3, energy_j=b.energy_j,
+            latency_ms=milliseconds(b.latency_s), energy_j=b.energy_j,
             k_max=self.k_max, from_key=list(b.from_key), chosen=list(d.chosen), predicted_quality=d.quality,
             predicted_latency_s=d.latency_s, predicted_energy_j=d.energy_j, solver_nodes=d.nodes,
             local_slowdown=self.local_slowdown, candidates=[_candidate(c) for c in self.candidates])

@@ -53,7 +53,7 @@ from orchestrator.budgets._quality import (
     weighted_vote_profile,
 )
 from orchestrator.budgets._search import BoxSearch, QualityModel
-from orchestrator.domain import ExpertScore, QueryError
+from orchestrator.domain import ExpertScore, QueryError, milliseconds
 
 Costs = tuple[list[float], list[float]]  # each candidate's latency and energy, alone
 
@@ -157,7 +157,7 @@ class InfeasibleBudget(QueryError, ValueError):
         return {
             "error": "infeasible_budget",
             "message": str(self),
-            "budget": {"latency_ms": None if b.latency_s is None else b.latency_s * 1e3,
+            "budget": {"latency_ms": milliseconds(b.latency_s),
                        "energy_j": b.energy_j, "k_max": b.k_max},
             "fastest": _option(self.fastest),
             "least_energy": _option(self.least_energy),

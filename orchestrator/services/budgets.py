@@ -38,9 +38,18 @@ def merge(request: KeyBudget, key: KeyBudget) -> QueryBudget | None:
 def infeasible(exc: InfeasibleBudget, budget: QueryBudget | None, where: str = "") -> BudgetInfeasible:
     """The 422: which limit no expert meets, where it came from, and the cheapest options."""
     param = _binding(exc)
-    source = " (the API key's default)" if budget and param in budget.from_key else ""
+    source = _source(param.split(","), budget.from_key if budget else ())
     detail = {k: v for k, v in exc.detail().items() if k not in ("error", "message")}
     return BudgetInfeasible(f"{where}infeasible budget {param}{source}: {exc}", param, detail)
+
+
+def _source(limits: list[str], from_key: tuple[str, ...]) -> str:
+    """Which of the binding limits the API key supplied: both limits binding together named
+    neither, though the key gave both."""
+    keyed = [x for x in limits if x in from_key]
+    if not keyed:
+        return ""
+    return " (the API key's default)" if keyed == limits else f" ({keyed[0]}: the API key's default)"
 
 
 def _binding(exc: InfeasibleBudget) -> str:

@@ -18,6 +18,7 @@ from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.budgets.planner import LOCAL_DEVICE, device_table
 from orchestrator.container import SkillRoute
+from orchestrator.domain import QueryBudget, milliseconds
 from orchestrator.pools.schema import ArithmeticSource, MMLUSource, PoolConfig, ValidationConfig
 from orchestrator.services.keys import KeyBudget, KeyService
 from orchestrator.store.models import Query
@@ -178,3 +179,61 @@ def test_an_expert_on_an_unknown_device_is_refused(client: TestClient) -> None:
     r = client.post("/v1/experts", json=body)
     assert r.status_code == 422 and r.json()["error"]["param"] == "placement.device"
     assert "mars-rover" in r.json()["error"]["message"] and "local-cpu" in r.json()["error"]["message"]
+
+
+def test_a_budget_reads_back_as_it_was_asked(client: TestClient) -> None:
+    """Kept in seconds, 1001 ms came back as 1000.9999999999999."""
+    fastest = min(c["latency_s"] for c in candidates(client).values())
+    asked = 1001.0 * max(1, int(fastest * 1e3 / 1001) + 1)  # 1001 ms, or a multiple that fits
+    assert routed(client, latency_ms=asked)["latency_ms"] == asked == milliseconds(asked / 1e3)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [("latency_ms", True, "valid number"),
+                                                     ("energy_j", True, "valid number"),
+                                                     ("latency_ms", "NaN", "finite number")])
+def test_a_budget_is_a_finite_number_not_a_boolean(client: TestClient, field: str, value: Any, says: str) -> None:
+    """`true` was taken as 1 ms or 1 J; NaN was refused as over the range's top."""
+    body = f'{{"query": "{QUESTION}", "{field}": {"true" if value is True else value}}}'
+    r = client.post("/v1/queries", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == field
+    assert says in r.json()["error"]["message"]
+
+
+def test_routes_costs_the_query_s_text_as_queries_does(client: TestClient) -> None:
+    """A query read as a chat lost its trailing blanks: the dry run costed a shorter prompt and
+    took a budget /v1/queries refused."""
+    padded = QUESTION + " " * 3000
+    cost = {c["expert"]: c["latency_s"] for c in routed(client, query=padded, **LOOSE)["candidates"]}
+    r = ask(client, query=padded, **LOOSE)
+    assert r.status_code == 200 and {c["expert"]: c["latency_s"] for c in r.json()["budget"]["candidates"]} == cost
+
+
+def test_a_list_s_bad_query_is_named_by_its_place(client: TestClient) -> None:
+    """The list's failing item named no field, and a lone query's error said it should be a list."""
+    r = client.post("/v1/queries", json=[{"query": QUESTION}, {"query": QUESTION, "latency_ms": 0}])
+    assert r.status_code == 422 and r.json()["error"]["param"] == "1.latency_ms"
+    r = client.post("/v1/queries", json={"query": QUESTION, "latency_ms": 0})
+    assert r.json()["error"]["param"] == "latency_ms" and "list" not in r.json()["error"]["message"]
+
+
+def test_a_key_s_defaults_hold_for_a_chat_naming_its_expert(client: TestClient) -> None:
+    keys = KeyService(client.app.state.skillroute.db)  # type: ignore[attr-defined]
+    _, key = keys.create("capped", "client", budget=KeyBudget(energy_j=1e-6))
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}]}
+    r = client.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 422 and "the API key's default" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "energy_j"
+
+
+@pytest.mark.parametrize(("from_key", "says"), [(("latency_ms", "energy_j"), " (the API key's default)"),
+                                                 (("energy_j",), " (energy_j: the API key's default)"),
+                                                 ((), "")])
+def test_limits_binding_together_say_which_the_key_gave(from_key: tuple[str, ...], says: str) -> None:
+    """Each limit met alone by another expert, not both by one: the 422 named neither as the
+    key's, whichever the key gave."""
+    from orchestrator.budgets.solver import Budget, CheapOption, InfeasibleBudget
+    from orchestrator.services.budgets import infeasible
+    exc = InfeasibleBudget(Budget(2.0, 5.0), CheapOption("fast", 1.0, 9.0), CheapOption("frugal", 3.0, 1.0))
+    error = infeasible(exc, QueryBudget(latency_s=2.0, energy_j=5.0, from_key=from_key))
+    assert error.param == "latency_ms,energy_j"
+    assert str(error).startswith(f"infeasible budget latency_ms,energy_j{says}:")

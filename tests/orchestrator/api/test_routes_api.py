@@ -70,3 +70,11 @@ def test_route_takes_max_tokens_as_the_query_does(client):
     full = client.post("/v1/queries", json={"query": QUESTION, "latency_ms": tight, "seed": 1, "max_tokens": 1}).json()
     planned = {k: v for k, v in full["budget"].items() if not k.startswith("measured_")}  # the answer's own
     assert dry["recruited"] == full["recruited"] and planned == {k: v for k, v in dry["budget"].items() if k in planned}
+
+
+def test_route_takes_any_max_tokens_a_chat_takes(client):
+    """A chat takes max_tokens to 2^31-1 (the pool's limits cap it); the dry run refused past 4096."""
+    chat = {"model": "auto", "messages": [{"role": "user", "content": QUESTION}], "seed": 1, "max_tokens": 5000}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    dry = route(client, messages=chat["messages"], seed=1, max_tokens=5000)
+    assert dry["recruited"] == route(client, messages=chat["messages"], seed=1)["recruited"]
