@@ -28,6 +28,12 @@ from orchestrator.store.models import Instance as InstanceRow
 from orchestrator.store.repositories.instances import InstanceRepository
 
 log = logging.getLogger(__name__)
+# the instances this process runs (two containers in one process stand for two replicas in
+# tests): a row of this host and process id is alive only if it is one of them. A container
+# restarted after a crash runs as the same pid (1) on the same host, and its predecessor's row
+# counted as alive until `dead_after_s` of silence, where a crash here is to be seen at once.
+_HERE: set[str] = set()
+_HERE_LOCK = threading.Lock()
 
 
 class Instance:
@@ -37,6 +43,8 @@ class Instance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._row = False  # whether a beat wrote this service's row (a service never started has none)
+        with _HERE_LOCK:
+            _HERE.add(self.id)
 
     def beat(self) -> None:
         """Say this service is alive, and forget services silent for longer than a dead one is."""
@@ -54,7 +62,12 @@ class Instance:
 
     def _alive(self, row: InstanceRow) -> bool:
         recent = datetime.now(UTC) - row.seen_at <= timedelta(seconds=self.settings.dead_after_s)
-        return recent and (row.host != self.host or row.pid == self.pid or _running(row.pid))
+        if not recent or row.host != self.host:
+            return recent
+        if row.pid == self.pid:
+            with _HERE_LOCK:
+                return row.id in _HERE
+        return _running(row.pid)
 
     def keep_beating(self, each: Callable[[], None]) -> None:
         """Beat every `heartbeat_s` on a thread of its own, then run `each` (taking over a dead
@@ -80,6 +93,8 @@ class Instance:
     def close(self) -> None:
         """Stop beating and remove this service's row: what it still owns is a dead one's now."""
         self.stop()
+        with _HERE_LOCK:
+            _HERE.discard(self.id)
         if self._row:
             with self.db.session() as s:
                 InstanceRepository(s).remove(self.id)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class ProfilingQueue:
@@ -31,6 +34,10 @@ class ProfilingQueue:
         while (ids := self._q.get()) is not None:
             try:
                 self._work(ids)
+            except Exception:  # one run's failure (a locked database) must not end the thread: every
+                # later registration would stay `profiling` until a restart. Experts it left
+                # unprofiled are pending then (`ExpertService.pending_profiles`).
+                log.exception("profiling experts %s failed", ids)
             finally:
                 self._q.task_done()
         self._q.task_done()

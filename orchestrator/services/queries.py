@@ -275,7 +275,12 @@ class QueryService:
         if not ids:
             return []
         log.warning("taking over %d queries of services that stopped", len(ids))
-        return [done for _, done in self.queue(self._restore(self.get_many(ids))[1], "queries taken over")]
+        try:
+            return [done for _, done in self.queue(self._restore(self.get_many(ids))[1], "queries taken over")]
+        except Exception:  # claimed by a live service, no one would take them until it dies: give them back
+            with self.db.session() as s:
+                QueryRepository(s).release(me, ids)
+            raise
 
     def queue(self, items: Sequence[Admitted], what: str) -> list[tuple[int, Future[list[Query]]]]:
         """Queue admitted queries in window-sized chunks, each fed to the window only once the one

@@ -81,6 +81,11 @@ class QueryRepository:
         return list(self.session.scalars(select(Query.id).where(Query.id.in_(ids), Query.owner == owner)
                                          .order_by(Query.id)))
 
+    def release(self, owner: str, ids: Collection[int]) -> None:
+        """Give up `owner`'s claim on these queries (those still accepted): no one's again."""
+        self.session.execute(update(Query).where(Query.id.in_(ids), Query.owner == owner,
+                                                 Query.status == "accepted").values(owner=None))
+
     def pending_count(self, through: int | None = None, owner: str | None = None,
                       live: Collection[str] = ()) -> int:
         """How many queries are accepted (up to `through`); with `owner`, only those it may take:

@@ -74,3 +74,33 @@ def test_a_start_recovers_what_a_crashed_service_of_this_host_left(container: Sk
     left = owned_by(container, "before-the-crash", "What is 9+9?")
     assert container.queries.recover(container.queries.watermark()) == 1
     assert container.queries.get(left).status == "done"
+
+
+def test_a_start_recovers_what_an_earlier_run_of_the_same_process_id_left(container: SkillRoute) -> None:
+    """A container restarted after a crash runs as the same process id (1) on the same host: its
+    predecessor's row counted as alive, so nothing was recovered until `dead_after_s` had passed."""
+    with container.db.session() as s:
+        InstanceRepository(s).beat("same-pid-before", container.instance.host, container.instance.pid,
+                                   datetime.now(UTC))
+    left = owned_by(container, "same-pid-before", "What is 8+8?")
+    assert container.queries.recover(container.queries.watermark()) == 1
+    assert container.queries.get(left).status == "done"
+
+
+def test_a_take_over_that_fails_after_its_claim_leaves_the_queries_to_the_next(
+        container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read after the claim failed (a dropped connection): the queries stayed claimed by this
+    live service, which adopts only dead ones', so no one answered them until it died."""
+    left = owned_by(container, "gone-service", "What is 7+7?")
+    real = container.queries.get_many
+
+    def dropped(ids: list[int]) -> object:
+        monkeypatch.setattr(container.queries, "get_many", real)
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(container.queries, "get_many", dropped)
+    with pytest.raises(ConnectionError):
+        container.queries.adopt()
+    for done in container.queries.adopt():
+        done.result(WAIT_S)
+    assert container.queries.get(left).status == "done"
