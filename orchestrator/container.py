@@ -32,7 +32,7 @@ from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 from orchestrator.services.admission import Admission
 from orchestrator.services.batches import BatchService
 from orchestrator.services.chat import ChatService
-from orchestrator.services.deployment import Deployment
+from orchestrator.services.deployment import Deployment, fail_misplaced
 from orchestrator.services.experts import ExpertService
 from orchestrator.services.feedback import FeedbackService
 from orchestrator.services.idempotency import IdempotencyService
@@ -195,6 +195,7 @@ class SkillRoute:
         migrate(self.settings.db_url)
         self._alive()
         with preparing(self.settings.db_url):
+            fail_misplaced(self.db, self.deployment, {e.name for e in self.pool_config.experts})
             sync_pool_file(self.experts, self.db, self.pool_config.experts)
             restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
             behind = self._profile_pending(progress, defer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from experts.devices import DeviceProfile
 from experts.types import BaseModelSpec, ExpertSpec
@@ -17,6 +17,8 @@ from experts.workers import WorkerSpec, memory_bytes
 from orchestrator.budgets.planner import device_name
 from orchestrator.scheduling.placement import PlacementError, Slot, plan_placement
 from orchestrator.services.errors import Unprocessable
+from orchestrator.store.db import Database
+from orchestrator.store.repositories.experts import ExpertRepository
 
 log = logging.getLogger(__name__)
 UNKNOWN_SIZE = 2**30  # what a model whose size cannot be read here is planned as
@@ -69,4 +71,25 @@ class Deployment:
         return size
 
 
-__all__ = ["Deployment", "PlacementError"]
+def fail_misplaced(db: Database, deployment: Deployment, spared: Collection[str]) -> list[str]:
+    """Fail the stored experts placed on a worker or device this deployment lacks (it changed
+    since they were registered), naming why: one such expert stopped every start, and the API
+    that could move it never came up. A pool file's (`spared`) still fails the start, as the
+    file is what to fix. The names failed."""
+    failed = []
+    with db.session() as s:
+        repo = ExpertRepository(s)
+        for row in repo.list():
+            if row.status in ("failed", "removed") or row.name in spared:
+                continue
+            try:
+                deployment.check(ExpertSpec.model_validate(row.spec))
+            except Unprocessable as exc:
+                repo.set_status(row.id, "failed", f"{exc}: PATCH its placement with enabled true, or remove it")
+                failed.append(row.name)
+    if failed:
+        log.warning("experts placed where this deployment has nothing to run them failed: %s", ", ".join(failed))
+    return failed
+
+
+__all__ = ["Deployment", "PlacementError", "fail_misplaced"]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from experts.devices import load_devices
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
 from experts.workers import WorkerSpec
+from orchestrator.container import SkillRoute
+from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.deployment import Deployment
+from orchestrator.services.experts import ExpertChange
+from skills.embedder import Embedder
+from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
 
 def test_personas_over_one_base_pinned_to_two_workers_each_run_where_named() -> None:
@@ -36,3 +43,29 @@ def test_model_sizes_are_kept_only_for_the_experts_planned() -> None:
         deployment.plan({spec.name: spec})
         deployment.plan({spec.name: spec})  # planned again: read once
     assert read == [f"m{i}" for i in range(5)] and set(deployment._sizes) == {"mock:m4"}
+
+
+def test_an_api_expert_on_a_worker_the_deployment_lost_fails_and_the_rest_start(tmp_path: Path,
+                                                                                 embedder: Embedder) -> None:
+    """Registered on `gpu0`, restarted where only `cpu` is: the start failed with a placement
+    error naming no expert, and the API that could move it never came up."""
+    def service(names: tuple[str, ...]) -> SkillRoute:
+        workers = {n: DeviceWorker(n, 8 * 2**30, mock_or_real) for n in names}
+        return SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), embedder=embedder,
+                          workers=workers)
+
+    c = service(("cpu", "gpu0"))
+    c.bootstrap()
+    c.experts.register(mock_expert("g", "g1").model_copy(update={"placement": ExpertPlacement(worker="gpu0")}))
+    c.experts.queue.join()
+    c.close()
+    c = service(("cpu",))
+    try:
+        c.bootstrap()
+        rows = {e.name: e for e in c.experts.all()}
+        assert rows["alpha"].status == "ready" and rows["g"].status == "failed"
+        assert "'g'" in (rows["g"].error or "") and "gpu0" in (rows["g"].error or "")
+        row, profiling = c.experts.update(rows["g"].id, ExpertChange({"placement": {"worker": "cpu"}}, enabled=True))
+        assert profiling and c.pool.placement()["g"] == "cpu"
+    finally:
+        c.close()
