@@ -233,11 +233,16 @@ class ProfilingService:
         questions = [dataclasses.replace(it.question, id=rid) for rid, it in items.items()]
         tasks = build_synthetic_tasks(questions, chains, self.config.aggregator.tasks, self.config.validation.seed)
         todo = {n: sp for n, sp in specs.items() if n not in scored}
+        read = set(scored)
         if tasks and todo:
             scored.update(self._bench(todo, tasks, progress))
-        scored = {n: v for n, v in scored.items() if n in specs}
-        # none scored: stored as none, so a name chosen before (a fixed one, say) is not kept
-        return self._put_aggregator(pick_aggregator(scored, competence) if scored else None, scored)
+        with self.db.session() as s:  # read again at the write: the benchmark took a while
+            scored = _current(StateRepository(s), ExpertRepository(s), {n: v for n, v in scored.items() if n in specs},
+                              read, specs)
+            # none scored: stored as none, so a name chosen before (a fixed one, say) is not kept
+            name = pick_aggregator(scored, competence) if scored else None
+            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": scored, "fixed": False})
+        return name
 
     def _bench(
         self, specs: dict[str, ExpertSpec], tasks: list[SyntheticTask], progress: Progress | None
@@ -260,6 +265,16 @@ class ProfilingService:
         with self.db.session() as s:
             StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy, "fixed": fixed})
         return name
+
+
+def _current(state: StateRepository, experts: ExpertRepository, scored: dict[str, float], read: set[str],
+             specs: Mapping[str, ExpertSpec]) -> dict[str, float]:
+    """The scores still true now: a persona changed during the benchmark dropped its expert's
+    stored score (`experts._forget_persona`), which writing back what was read brought back for
+    good, and a score measured under the old persona is not the new one's."""
+    stored = _measured(state.get(AGGREGATOR_KEY))
+    now = {r.name: ExpertSpec.model_validate(r.spec) for r in experts.list()}
+    return {n: v for n, v in scored.items() if now.get(n) == specs[n] and (n not in read or n in stored)}
 
 
 def _measured(state: Mapping[str, Any] | None) -> dict[str, float]:

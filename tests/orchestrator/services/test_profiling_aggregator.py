@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, FinishReason, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig, ArithmeticSource, PoolConfig, ValidationConfig
+from orchestrator.services.experts import ExpertChange
 from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.repositories.state import StateRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, quiet_settings
 
+WAIT_S = 30  # an event not set by then means the order under test did not happen
 EXPERTS = [mock_expert("big", "m1"), mock_expert("dumb", "m2"), mock_expert("dumber", "m3"),
            mock_expert("smart", "calc")]
 
@@ -70,3 +73,39 @@ def test_a_fixed_choice_stored_before_as_its_only_score_is_not_kept(tmp_path: Pa
     c.close()
     chosen, state = _start(tmp_path, embedder, AggregatorConfig(tasks=6))
     assert chosen == "smart" and state["accuracy"]["big"] < 1.0
+
+
+def test_a_persona_changed_during_a_benchmark_keeps_no_score_of_the_old_one(tmp_path: Path,
+                                                                            embedder: Embedder) -> None:
+    """A new expert's aggregator benchmark was running when big's persona changed: the change
+    dropped big's score, and the benchmark's write put it back, so big was never benchmarked
+    under its new persona."""
+    benching, go_on, benched = threading.Event(), threading.Event(), set[str]()
+
+    def held(request: GenerationRequest) -> float:
+        if "|" in request.request_id:  # an aggregator benchmark's task: "expert|task"
+            benched.add(request.request_id.split("|")[0])
+        if request.request_id.startswith("late|"):
+            benching.set()
+            go_on.wait(WAIT_S)
+        return 0.0
+
+    def backend(spec: BaseModelSpec) -> MockBackend:
+        return (Calculator if spec.source == "calc" else MockBackend)(spec.key, delay_s=held)
+
+    pool = PoolConfig(validation=ValidationConfig(sources=[ArithmeticSource(n=8)]), experts=EXPERTS)
+    c = SkillRoute(quiet_settings(tmp_path), pool, factory=backend, embedder=embedder)
+    c.bootstrap()
+    try:
+        c.experts.register(mock_expert("late", "m4"))
+        assert benching.wait(WAIT_S)
+        c.experts.update(c.experts.find("big").id, ExpertChange({"system_prompt": "a new persona"}))
+        benched.clear()
+        go_on.set()
+        c.experts.queue.join()
+        assert "big" in benched  # benchmarked again, after its new profile
+        with c.db.session() as s:
+            assert {"late", "big"} <= set((StateRepository(s).get(AGGREGATOR_KEY) or {})["accuracy"])
+    finally:
+        go_on.set()
+        c.close()
