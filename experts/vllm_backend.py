@@ -276,6 +276,9 @@ class VLLMBackend:
     def unload(self) -> None:
         """Sleep when the engine can (weights paged out); otherwise stop it, keeping its process."""
         with self._lock:
+            if self._engine is not None and _dead(self._engine):
+                self._forget_dead_worker()  # its weights went with its process: nothing to page out
+                return
             if self._engine is None or self._asleep:
                 return
             if self._engine.sleep_mode:

@@ -138,11 +138,22 @@ class Dispatch:
             self._cond.notify_all()
 
     def wait(self) -> dict[str, float]:
-        """Wait for every worker to stop; the seconds each spent working on this batch."""
-        for queue in list(self._queues.values()):
-            assert queue.thread is not None
-            queue.thread.join()
-        return {name: q.busy_s for name, q in self._queues.items()}
+        """Wait for every worker to stop; the seconds each spent working on this batch. A worker
+        first sent jobs while the wait runs (an aggregation on a worker no expert used) is waited
+        for too: its thread starts from a reply on a thread being joined, so each round looks
+        again until a round finds no thread it has not joined."""
+        joined: set[str] = set()
+        while left := self._unjoined(joined):
+            for name, thread in left.items():
+                thread.join()
+                joined.add(name)
+        with self._cond:
+            return {name: q.busy_s for name, q in self._queues.items()}
+
+    def _unjoined(self, joined: set[str]) -> dict[str, threading.Thread]:
+        with self._cond:  # the queues a device thread adds meanwhile
+            return {name: q.thread for name, q in self._queues.items()
+                    if name not in joined and q.thread is not None}
 
     def busy(self) -> dict[str, float]:
         """The seconds each worker has spent on this batch so far, its take in progress included:

@@ -11,6 +11,7 @@ free budget, never evicting a model a remaining stage needs.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -24,6 +25,7 @@ from experts.streaming import stream_of
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from orchestrator.probe import NULL_PROBE, Probe
 
+log = logging.getLogger(__name__)
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
 Event = tuple[float, str, str]  # (time, load | unload, base model key)
 TIMELINE_EVENTS = 2000  # the residency timeline keeps the newest events; counts keep them all
@@ -56,6 +58,8 @@ class DeviceWorker:
         with self.lock:
             built = self._backends.get(base.key)
             if built is None or (self._specs[base.key] != base and not built.is_loaded):
+                if built is not None:  # replaced: its process ends, its loads still count
+                    self._retire(built)
                 self._backends[base.key], self._specs[base.key] = self._factory(base), base
             self._used_order[base.key] = None
             self._used_order.move_to_end(base.key)
@@ -78,8 +82,13 @@ class DeviceWorker:
         for kind in ("load", "unload"):
             self.event_counts.pop((kind, key), None)
         if backend is not None:
-            self._forgotten_loads += backend.loads
-            _close(backend)
+            self._retire(backend)
+
+    def _retire(self, backend: ExpertBackend) -> None:
+        """Let go of a backend for good: closed (a vLLM one keeps a process, leaked otherwise),
+        its loads kept in the total, which counts every load ever."""
+        self._forgotten_loads += backend.loads
+        _close(backend)
 
     def resident(self) -> set[str]:
         return set(self._lru)
@@ -156,8 +165,13 @@ class DeviceWorker:
     def unload(self, key: str) -> None:
         with self.lock:
             self._settle(key)
-            if key in self._lru:
+            if key not in self._lru:
+                return
+            try:
                 self._backends[key].unload()
+            except Exception:  # a dead engine: kept resident, its error would fail every load after it
+                log.warning("unloading %s on %s failed; its memory is counted free", key, self.name, exc_info=True)
+            finally:
                 del self._lru[key]
                 self._record(time.time(), "unload", key)
 
@@ -181,10 +195,11 @@ class DeviceWorker:
             self._adopt(key, pending.result())
 
     def forget(self, key: str) -> None:
-        """Drop a backend that failed validation so a corrected spec starts fresh."""
+        """Drop a backend that failed validation so a corrected spec starts fresh (closed, as
+        `_drop` does: a refused vLLM model would otherwise leave its worker process behind)."""
         with self.lock:
             self.unload(key)
-            self._discard(key)
+            self._drop(key)
 
     def _discard(self, key: str) -> ExpertBackend | None:
         """Take the model's backend out of every map that names it; the backend, if there was one."""

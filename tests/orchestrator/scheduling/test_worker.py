@@ -1,6 +1,8 @@
 """DeviceWorker's shutdown (every model unloaded, and what a backend keeps beside its weights,
-a vLLM backend's warm worker process, ended too) and its prefetch: the next stage's model loading
-on a background thread beside the current stage's generation, within the budget."""
+a vLLM backend's warm worker process, ended too), its prefetch: the next stage's model loading
+on a background thread beside the current stage's generation, within the budget, and how it lets
+go of a model: one whose unload fails (a dead engine) leaves the device anyway, and a backend it
+forgets or builds again is closed, its loads still counted."""
 
 from __future__ import annotations
 
@@ -209,3 +211,115 @@ def test_the_models_a_worker_remembers_are_bounded_and_resident_ones_kept(monkey
     assert worker.residency_counts()[kept.key] == (1, 0)
     assert set(worker.loads_by_model()) == set(worker.residency_counts())
     assert worker.total_loads() == 11 and all(b.closed for b in built[1:-2]) and not built[-1].closed
+
+
+class DiesOnUnload(MockBackend):
+    """A resident model whose unload raises: a vLLM engine whose worker process died."""
+
+    def unload(self) -> None:
+        raise BackendError(f"{self.base_model_key}: vLLM worker has exited (-9)")
+
+
+def test_a_model_whose_unload_fails_leaves_the_device_and_the_next_model_loads() -> None:
+    """Before, the dead model stayed resident and every load needing its room failed with its
+    error, for every other model, batch after batch."""
+    worker = DeviceWorker(memory_budget_bytes=150 * 2**20,  # room for one model
+                          factory=lambda s: (DiesOnUnload if s.source == "a" else MockBackend)(s.key))
+    worker.generate(A, [request("q1")])
+    (reply,) = worker.generate(B, [request("q2")])  # needs A's room
+    assert reply.error is None and reply.text
+    assert worker.resident() == {B.key} and worker.residency_counts()[A.key] == (1, 1)
+
+
+class DyingEngine(MockVLLMEngine):
+    """An engine whose worker process can die: a call to it then raises, as WorkerEngine's does."""
+
+    alive = True
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+        if not self.alive:
+            raise BackendError("vLLM worker has exited (-9)")
+        self.asleep = True
+
+
+class OneModelSize(VLLMBackend):
+    def memory_bytes(self) -> int:
+        return 100 * 2**20
+
+
+def test_a_vllm_model_whose_engine_died_is_forgotten_not_put_to_sleep(
+    tmp_path: Path, make_hf_folder: MakeHFFolder
+) -> None:
+    engines: dict[str, DyingEngine] = {}
+
+    def factory(spec: BaseModelSpec) -> VLLMBackend:
+        def engine(config: EngineConfig) -> VLLMEngine:
+            engines[spec.source] = DyingEngine(config)
+            return engines[spec.source]
+        return OneModelSize(spec, engine_factory=engine, background_loads=False)
+
+    y, x = (BaseModelSpec(kind="vllm", source=str(make_hf_folder(tmp_path / s, {}))) for s in "yx")
+    worker = DeviceWorker(memory_budget_bytes=150 * 2**20, factory=factory)  # room for one model
+    worker.generate(y, [request("q1")])
+    dead = engines[y.source]
+    dead.alive = False  # its process is OOM-killed while it is resident
+    (reply,) = worker.generate(x, [request("q2")])
+    assert reply.error is None and worker.resident() == {x.key}
+    assert dead.count("sleep") == 0  # its weights went with its process: it is forgotten, not paged out
+    assert worker.ensure_loaded(y).loads == 2 and engines[y.source] is not dead  # a new engine, not a wake-up
+
+
+class KeepsAProcess(MockBackend):
+    """Like a vLLM backend: its load starts a process, kept until close(), even if the engine fails."""
+
+    process_alive = False
+
+    def __init__(self, key: str, fail: bool = False):
+        super().__init__(key)
+        self.fail = fail
+
+    def load(self) -> None:
+        self.process_alive = True
+        if self.fail:
+            raise BackendError(f"{self.base_model_key}: engine start failed: CUDA out of memory")
+        super().load()
+
+    def close(self) -> None:
+        self.process_alive = False
+
+
+def test_forgetting_a_model_closes_its_backend_and_keeps_its_loads_counted() -> None:
+    """A refused registration forgets its model: before, its backend was dropped unclosed,
+    leaking a vLLM worker process each time, and its loads vanished from the total."""
+    built: list[KeepsAProcess] = []
+
+    def factory(spec: BaseModelSpec) -> KeepsAProcess:
+        built.append(KeepsAProcess(spec.key, fail=spec.source == "b"))
+        return built[-1]
+
+    worker = DeviceWorker(factory=factory)
+    worker.ensure_loaded(A)
+    with pytest.raises(BackendError, match="engine start failed"):
+        worker.ensure_loaded(B)
+    worker.forget(B.key)
+    worker.forget(A.key)
+    assert [b.process_alive for b in built] == [False, False]
+    assert worker.resident() == set() and worker.loads_by_model() == worker.residency_counts() == {}
+    assert worker.total_loads() == 1
+
+
+def test_weights_built_again_for_another_context_window_close_the_old_backend_and_keep_its_loads() -> None:
+    built: list[KeepsAProcess] = []
+
+    def factory(spec: BaseModelSpec) -> KeepsAProcess:
+        built.append(KeepsAProcess(spec.key))
+        return built[-1]
+
+    worker = DeviceWorker(factory=factory)
+    short, wide = BaseModelSpec(kind="mock", source="m", n_ctx=512), BaseModelSpec(kind="mock", source="m", n_ctx=4096)
+    worker.ensure_loaded(short)
+    worker.unload(short.key)
+    worker.ensure_loaded(wide)
+    assert len(built) == 2 and not built[0].process_alive and built[1].process_alive
+    assert worker.total_loads() == 2 and worker.residency_counts()[short.key] == (2, 1)
