@@ -246,7 +246,7 @@ def _given(**fields: Any) -> dict[str, Any]:
 
 def _update_here(ref: str, body: dict[str, Any], pool: Path | None) -> None:
     from orchestrator.api.schemas import ExpertUpdate
-    from orchestrator.services.experts import ExpertChange
+    from orchestrator.services.expert_changes import ExpertChange
 
     change = _validated(ExpertUpdate, body)
     c = _container(pool)

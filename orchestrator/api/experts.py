@@ -9,7 +9,7 @@ from experts.types import ExpertSpec
 from orchestrator.api.deps import Container, RowId
 from orchestrator.api.schemas import ExpertCreate, ExpertOut, ExpertUpdate
 from orchestrator.container import SkillRoute
-from orchestrator.services.experts import ExpertChange
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.store.models import Expert
 
 router = APIRouter(prefix="/v1/experts", tags=["experts"])

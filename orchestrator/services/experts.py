@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import ValidationError
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
+from orchestrator.services.expert_changes import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
 from orchestrator.services.profiling import ProfilingService, Progress
 from orchestrator.services.profiling_queue import ProfilingQueue
@@ -41,19 +40,8 @@ from orchestrator.store.repositories.state import StateRepository
 from orchestrator.store.repositories.validation import ValidationRepository
 
 log = logging.getLogger(__name__)
-CHANGEABLE = ("system_prompt", "sampling", "placement", "timeout_s")
-MERGED = ("sampling", "placement")  # a change names only the keys it changes
 DROPPED = ("failed", "removed")  # a profiling run's experts whose model it leaves unneeded
 LOAD_TRIES = 3  # an update loads its model again when a concurrent change moved the expert meanwhile
-
-
-@dataclass(frozen=True)
-class ExpertChange:
-    """What to change: fields of `ExpertSpec` (of `sampling` and `placement`, the keys given),
-    and `enabled` (None: as it is)."""
-
-    spec: Mapping[str, Any] = field(default_factory=dict)
-    enabled: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +64,7 @@ class ExpertService:
         self.queue = ProfilingQueue(lambda ids: self.profile_now(ids))
         self._lock = threading.RLock()  # one change at a time, each seeing the ones before it
         self._in_flight: set[int] = set()  # experts whose profiling run is under way
+        self._releasing: Counter[str] = Counter()  # base model keys a thread waits to unload
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
         """Check the name and the deployment, then load the model: a refusal of any of them
@@ -113,15 +102,26 @@ class ExpertService:
     def _check_context(self, spec: ExpertSpec) -> None:
         """Experts over the same weights share one loaded model, and so its context window: a
         second one asking for another `model.n_ctx` was checked against its own and run with the
-        first's (a 512-token window serving prompts checked against 32,768)."""
+        first's (a 512-token window serving prompts checked against 32,768). So is a removed
+        expert's model whose unload still waits: the new expert would run on it and keep it."""
         with self.db.session() as s:
-            peers = [ExpertSpec.model_validate(r.spec) for r in ExpertRepository(s).list()
-                     if r.base_model_key == spec.base.key and r.status != "removed"]
-        other = next((p for p in peers if p.base.n_ctx != spec.base.n_ctx), None)
-        if other is not None:
-            raise Unprocessable(f"expert {spec.name!r} runs on the weights of {other.name!r}, loaded with model.n_ctx "
-                                f"{other.base.n_ctx}: experts over one model share its context window, so give it "
-                                "the same n_ctx", "model.n_ctx")
+            rows = [r for r in ExpertRepository(s).list() if r.base_model_key == spec.base.key]
+        held = [(r, ExpertSpec.model_validate(r.spec)) for r in rows if r.status != "removed" or self._unloading(r)]
+        row, other = next(((r, p) for r, p in held if p.base.n_ctx != spec.base.n_ctx), (None, None))
+        if row is None or other is None:
+            return
+        if row.status == "removed":
+            raise Conflict(f"the weights of removed expert {other.name!r} are still loaded with model.n_ctx "
+                           f"{other.base.n_ctx} until its profiling run or the worker's generation ends: try again "
+                           "then", "model.n_ctx")
+        raise Unprocessable(f"expert {spec.name!r} runs on the weights of {other.name!r}, loaded with model.n_ctx "
+                            f"{other.base.n_ctx}: experts over one model share its context window, so give it "
+                            "the same n_ctx", "model.n_ctx")
+
+    def _unloading(self, row: Expert) -> bool:
+        """Whether a removed expert's model waits to be unloaded (its run, a busy worker)."""
+        with self._lock:
+            return row.id in self._in_flight or self._releasing[row.base_model_key] > 0
 
     def check_loads(self, spec: ExpertSpec) -> None:
         """Load the model on the worker it will run on: a bad model is refused (422) there."""
@@ -310,6 +310,8 @@ class ExpertService:
         for name in self._unneeded(key):
             worker = self.fleet[name]
             if not worker.lock.acquire(blocking=False):
+                with self._lock:
+                    self._releasing[key] += 1
                 threading.Thread(target=self._release_when_free, args=(name, key), daemon=True,
                                  name=f"release-{name}-{key}").start()
                 continue
@@ -328,6 +330,11 @@ class ExpertService:
                 self.fleet[name].unload(key)
         except Exception:  # a thread of its own: nobody above it to tell
             log.exception("unloading %s from worker %s failed", key, name)
+        finally:
+            with self._lock:
+                self._releasing[key] -= 1
+                if not self._releasing[key]:
+                    del self._releasing[key]
 
     def _unneeded(self, key: str) -> list[str]:
         """The workers holding the model where no remaining expert over it runs."""
@@ -345,37 +352,6 @@ class ExpertService:
             for eid in ids:
                 if (row := repo.get(eid)) is not None and row.status != "ready":
                     repo.set_status(eid, "failed", error)
-
-
-def merged(old: ExpertSpec, change: Mapping[str, Any]) -> ExpertSpec:
-    """The spec with the change applied; a 422 naming the field when it is not a valid spec."""
-    unknown = sorted(set(change) - set(CHANGEABLE))
-    if unknown:
-        raise Unprocessable(f"cannot change {', '.join(unknown)}; what can change: {', '.join(CHANGEABLE)}",
-                            unknown[0])
-    data = old.model_dump(mode="json")
-    for key, value in change.items():
-        data[key] = {**data[key], **value} if key in MERGED and value is not None else value
-    try:
-        return ExpertSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Unprocessable(f"{where}: {first['msg']}", where) from exc
-
-
-def next_status(current: str, profiled: bool, enabled: bool | None, persona: bool) -> tuple[str, bool]:
-    """The status after a change, and whether the expert must be profiled (again). A disabled
-    expert is still profiled after a persona change, so it is ready when it is enabled."""
-    if enabled is False:
-        return "disabled", persona
-    if enabled and current == "failed":
-        return "profiling", True  # a retry: the model may load, or its server be back, now
-    if enabled and current == "disabled":
-        return ("ready", False) if profiled and not persona else ("profiling", True)
-    if persona:
-        return ("disabled" if current == "disabled" else "profiling"), True
-    return current, False
 
 
 def _check_name_free(row: Expert | None, name: str) -> None:

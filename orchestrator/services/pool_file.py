@@ -27,7 +27,8 @@ from typing import Any
 
 from experts.types import ExpertSpec
 from orchestrator.services.errors import ServiceError
-from orchestrator.services.experts import CHANGEABLE, ExpertChange, ExpertService
+from orchestrator.services.expert_changes import CHANGEABLE, ExpertChange
+from orchestrator.services.experts import ExpertService
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert
 from orchestrator.store.repositories.state import StateRepository

@@ -10,7 +10,7 @@ from experts.workers import WorkerSpec
 from orchestrator.container import SkillRoute
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.deployment import Deployment
-from orchestrator.services.experts import ExpertChange
+from orchestrator.services.expert_changes import ExpertChange
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 

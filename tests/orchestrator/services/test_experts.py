@@ -19,7 +19,7 @@ from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationCo
 from orchestrator.routing.learning import CERTAIN_AFTER, Lesson
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, Unprocessable
-from orchestrator.services.experts import ExpertChange, merged, next_status
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.state import StateRepository
@@ -40,31 +40,6 @@ def status(c: SkillRoute, name: str) -> str:
 def teach(c: SkillRoute, n: int, marks: dict[str, bool]) -> None:
     dim = len(c.embedder.encode(["x"])[0])
     c.pool.learn([(None, Lesson(np.ones(dim, dtype=np.float32), ("arithmetic",), marks)) for _ in range(n)])
-
-
-@pytest.mark.parametrize(("current", "profiled", "enabled", "persona", "expected"), [
-    ("ready", True, None, False, ("ready", False)), ("ready", True, None, True, ("profiling", True)),
-    ("ready", True, False, False, ("disabled", False)), ("ready", True, False, True, ("disabled", True)),
-    ("disabled", True, True, False, ("ready", False)), ("disabled", False, True, False, ("profiling", True)),
-    ("disabled", True, None, True, ("disabled", True)), ("failed", False, None, True, ("profiling", True)),
-    ("profiling", False, True, False, ("profiling", False)),
-    ("failed", False, True, False, ("profiling", True)), ("failed", True, True, False, ("profiling", True)),
-])
-def test_next_status(current: str, profiled: bool, enabled: bool | None, persona: bool,
-                     expected: tuple[str, bool]) -> None:
-    assert next_status(current, profiled, enabled, persona) == expected
-
-
-def test_merged_changes_only_the_keys_given_and_names_what_is_wrong() -> None:
-    old = ExpertSpec(name="a", base=BaseModelSpec(kind="mock", source="m1"), system_prompt="p",
-                     placement=ExpertPlacement(device="h100-server", params_b=7.0))
-    new = merged(old, {"sampling": {"top_p": 0.5}, "placement": {"device": None}})
-    assert new.sampling.top_p == 0.5 and new.sampling.max_tokens == old.sampling.max_tokens
-    assert new.placement == ExpertPlacement(params_b=7.0) and new.system_prompt == "p"
-    with pytest.raises(Unprocessable, match="cannot change base, name"):
-        merged(old, {"name": "b", "base": {}})
-    with pytest.raises(Unprocessable, match="sampling.temperature"):
-        merged(old, {"sampling": {"temperature": 7}})
 
 
 def test_a_persona_change_forgets_what_judged_the_old_one(container: SkillRoute) -> None:
@@ -180,6 +155,20 @@ def test_refusals_changes_and_removals_answer_while_a_registration_waits_on_the_
     slow.join(30)
     c.experts.queue.join()
     assert status(c, "eps") == "ready" and "alpha" in c.pool.snapshot.experts
+
+
+def test_a_removed_expert_s_model_still_loaded_refuses_another_context_window_until_it_is_unloaded(held) -> None:
+    """delta is removed mid-run, its model (n_ctx 2048) unloaded only when the run ends; an expert
+    over the same weights asking for 4096 was taken then, and ran on the 2048 window for good."""
+    c, gate, entered = held
+    c.experts.remove(profiling_new(c, gate, entered, "delta", "m3"))
+    wider = mock_expert("zeta", "m3").model_copy(update={"base": BaseModelSpec(kind="mock", source="m3", n_ctx=4096)})
+    (refused,) = answered_at_once(lambda: c.experts.register(wider))
+    assert isinstance(refused, Conflict) and refused.param == "model.n_ctx" and "'delta'" in refused.message
+    gate.set()
+    c.experts.queue.join()
+    assert "mock:m3" not in c.fleet["cpu"].resident()
+    assert c.experts.register(wider).status == "profiling"
 
 
 def test_a_model_removed_mid_run_is_not_loaded_again_and_is_unloaded_when_the_run_ends(held) -> None:

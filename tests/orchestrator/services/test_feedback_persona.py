@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.routing.learning import observed_counts
-from orchestrator.services.experts import ExpertChange
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.services.pool import load_evidence
 from orchestrator.store.repositories.lessons import LessonRepository
 from skills.embedder import Embedder

@@ -10,7 +10,7 @@ import pytest
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig
-from orchestrator.services.experts import ExpertChange
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.services.pool_file import PoolFileConflict
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder

@@ -13,7 +13,7 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, FinishReason, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig, ArithmeticSource, PoolConfig, ValidationConfig
-from orchestrator.services.experts import ExpertChange
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.services.pool import AGGREGATOR_KEY
 from orchestrator.store.repositories.state import StateRepository
 from skills.embedder import Embedder
