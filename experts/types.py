@@ -30,7 +30,9 @@ class SamplingParams(Strict):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(default=128, ge=1, le=4096, description="An expert's most tokens an answer; the "
                             "pool's `generation.*_max_tokens` and a query's own may only lower it.")
-    seed: int | None = 0
+    # the seeds every backend takes (llama.cpp's are 32-bit, OpenAI servers' vary): a profiling
+    # run passes it as it is, so 2**70 was registered and failed the expert at its first reply
+    seed: int | None = Field(default=0, ge=0, le=2**31 - 1)
     stop: list[str] = Field(default_factory=list)
 
 

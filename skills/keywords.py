@@ -147,7 +147,7 @@ def keyword_requests(
         GenerationRequest(
             request_id=f"{question_id}#kw{j}",
             messages=messages,
-            sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + j),
+            sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=(seed + j) % 2**31),
             timeout_s=timeout_s,
         )
         for j in range(n_samples)

@@ -115,3 +115,12 @@ def test_a_persona_change_shows_its_profiling_total_at_once(client, container):
     assert r.status_code == 202 and r.json()["status"] == "profiling"
     assert r.json()["progress"] == {"done": 0, "total": total} and total > 0
     container.experts.queue.join()
+
+
+def test_a_sampling_seed_no_backend_takes_is_422_and_stores_nothing(client):
+    """2**70 was taken and passed as it is to the profiling run's backend."""
+    for seed in (2**70, -5):
+        body = {"name": "seeded", "model": {"kind": "mock", "source": "m9"}, "sampling": {"seed": seed}}
+        r = client.post("/v1/experts", json=body)
+        assert r.status_code == 422 and r.json()["error"]["param"] == "sampling.seed", r.text
+    assert "seeded" not in {e["name"] for e in client.get("/v1/experts").json()}
