@@ -68,8 +68,9 @@ class Synced:
 
 
 def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertSpec]) -> Synced:
-    """Register, change and remove stored experts so that the pool file's are what is served;
-    every conflict is found before anything changes."""
+    """Register, change and remove stored experts so that the pool file's are what is served.
+    A refused expert stops the start, naming it; what was stored before it stays, and the next
+    start (the file fixed) takes it as it is."""
     rows = {r.name: r for r in experts.all()}
     with db.session() as s:
         state = StateRepository(s).get(POOL_FILE_KEY) or {}
