@@ -108,12 +108,13 @@ class Admission:
             return exc
 
     def _route_group(self, calls: list[list[Ask]]) -> list[Routed | BaseException]:
-        """Every call's decisions from one routing pass; if some query cannot be taken, each
-        call is routed on its own, so the refusal goes to its request alone."""
+        """Every call's decisions from one routing pass; if some query cannot be taken (a
+        refusal, or any error routing it), each call is routed on its own, so the failure goes to
+        its request alone."""
         flat = [a for asks in calls for a in asks]
         try:
             decisions, embeddings = self._routed(flat)
-        except ServiceError as exc:
+        except Exception as exc:
             if len(calls) == 1:
                 return [exc]
             return [self._route_alone(asks) for asks in calls]
@@ -123,7 +124,7 @@ class Admission:
     def _route_alone(self, asks: Sequence[Ask]) -> Routed | BaseException:
         try:
             return self._routed(asks)
-        except ServiceError as exc:
+        except Exception as exc:  # its request's to answer (a 500 for what is no refusal)
             return exc
 
     def admit_batch(self, asks: Sequence[Ask], custom_ids: Sequence[str | None],

@@ -167,3 +167,20 @@ def test_a_write_that_fails_stays_with_the_request_it_came_from(container) -> No
         assert isinstance(other, SQLAlchemyError) and stored(container) == (before[0] + 1, before[1])
     else:  # SQLite stores it: both are admitted
         assert [a.ask for a in other] == [nul] and stored(container) == (before[0] + 2, before[1])
+
+
+def test_routing_that_raises_on_one_request_s_query_fails_that_request_alone(container, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Only a refusal (a ServiceError) split the group: any other error routing one query (a
+    keyword LLM's reply, a bug) failed every request routed beside it."""
+    route = container.pipeline.decider.route_embedded
+
+    def fragile(pool, asks, dry_run=False):  # type: ignore[no-untyped-def]
+        if any("fragile" in a.text for a in asks):
+            raise RuntimeError("the keyword expert's reply could not be read")
+        return route(pool, asks, dry_run)
+
+    monkeypatch.setattr(container.pipeline.decider, "route_embedded", fragile)
+    fine, failed = container.admission._admit_group([[Ask(text="What is 2+2?", k=2, seed=1)],
+                                                      [Ask(text="fragile: what is 3+3?", k=2, seed=2)]])
+    assert [a.ask.text for a in fine] == ["What is 2+2?"]
+    assert isinstance(failed, RuntimeError)
