@@ -94,7 +94,9 @@ def _list_items(lines: list[str]) -> list[str]:
 def _clean(item: str) -> str:
     """One item as the paper keeps it (lower-cased, no "."), without list marks or quotes; ""
     for the prompt's placeholder echoed back."""
-    keyword = _LIST_ITEM.sub("", item.strip(), count=1).replace(".", "").strip(_STRIP)
+    item = item.strip()
+    mark = _LIST_ITEM.match(item)  # at the start only: "supply - demand" is one keyword, not "supplydemand"
+    keyword = item[mark.end() if mark else 0:].replace(".", "").strip(_STRIP)
     keyword = normal_form(keyword.lstrip(_HEADING).strip(_STRIP))
     return "" if _PLACEHOLDER.fullmatch(keyword) else keyword
 

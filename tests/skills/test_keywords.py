@@ -127,3 +127,10 @@ def test_consolidation_keeps_at_most_five_of_the_best_agreed() -> None:
     samples = [["france", *copied], ["france", *copied[:4]], ["france", "europe", *copied]]
     assert consolidate(samples) == ["france", "psychology", "virology", "behavioral theory", "microbiology"]
     assert consolidate([["a", "b", "c", "d", "e", "f", "g"]]) == ["a", "b", "c", "d", "e"]  # no agreement: first, cut
+
+
+def test_parse_takes_a_list_mark_only_at_an_item_s_start() -> None:
+    """" - " or "2. " inside an item was cut as its list mark: "supplydemand", "wwhistory"."""
+    assert parse_keywords("Keywords: supply - demand, economics") == ["supply - demand", "economics"]
+    assert parse_keywords("Keywords: WW 2. history, politics") == ["ww 2 history", "politics"]
+    assert parse_keywords("Keywords:\n- supply - demand\n2. politics") == ["supply - demand", "politics"]
