@@ -21,3 +21,12 @@ def test_free_text_stays_whole_and_nothing_is_emptied() -> None:
     text = "Explain how a transistor amplifies a signal.\nKeep it short."
     assert question_part(text) == text
     assert question_part("A. an option with no question") == "A. an option with no question"
+
+
+def test_a_stem_s_own_statements_stay_with_it() -> None:
+    """"I. …" lines read as options cut the statements off; a stem opening "(a) …" left nothing,
+    so the whole prompt, options and all, was embedded: apart from the question in the memory."""
+    stem = "Which statements are true?\nI. Water boils at 100 C.\nII. Ice floats."
+    assert question_part(f"{stem}\nA. I only\nB. II only\nC. Both") == stem
+    lettered = "(a) Sugar dissolves.\n(b) Sand does not.\nWhich is right?"
+    assert question_part(f"{lettered}\nOptions:\nA. (a)\nB. (b)") == lettered
