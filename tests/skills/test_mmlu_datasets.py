@@ -41,6 +41,14 @@ def test_validation_and_test_partition_all(mmlu_all: list[LabelledQuestion]) -> 
     assert set(Counter(q.subject for q in val)) == set(MMLU_SUBJECTS)
 
 
+def test_no_question_text_is_in_both_splits() -> None:
+    """Split by (subject, text), 15 texts filed under two subjects were profiled on and tested on."""
+    def texts(split: str) -> set[str]:
+        return {" ".join(q.question.split()).lower() for q in load_mmlu(split)}
+
+    assert not texts("validation") & texts("test")
+
+
 def test_per_subject_sampling_is_deterministic_by_seed() -> None:
     subjects = ["high_school_mathematics", "virology"]
     a = load_mmlu("test", per_subject=5, subjects=subjects, seed=1)
