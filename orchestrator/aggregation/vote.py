@@ -98,10 +98,14 @@ def vote_by_scores(
 
 
 def vote_answer(
-    answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore], reliability: AnswerReliability | None = None
+    answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore], reliability: AnswerReliability | None = None,
+    question: str = "",
 ) -> VoteResult:
-    """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any."""
-    letters = [(expert, extract_choice(text, len(LETTERS))) for expert, text in answers]
+    """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any,
+    among the question's own options where it shows them ("E" of A-D won a vote, read with
+    every letter valid)."""
+    n = option_count(question)
+    letters = [(expert, extract_choice(text, n if n >= 2 else len(LETTERS))) for expert, text in answers]
     return vote_by_scores(letters, scores, reliability)
 
 

@@ -332,7 +332,8 @@ def _answer(expert: str, role: Role, g: Generation) -> Answer:
 def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
     """The router-weighted vote of the answers' letters (no aggregator stage); with no letter to
     vote on, the best-ranked answer, as when an aggregator fails (draw 0 is a random draw)."""
-    result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability)
+    result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability,
+                         q.ask.text)
     return f"Answer: {result.answer}" if result.answer else _best_ranked(q).text
 
 

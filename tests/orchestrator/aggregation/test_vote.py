@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from orchestrator.aggregation.vote import lettered_vote, log_odds_weight, option_count, weighted_vote
+from orchestrator.aggregation.vote import lettered_vote, log_odds_weight, option_count, vote_answer, weighted_vote
 from orchestrator.routing.recruit import score
 
 
@@ -59,3 +59,12 @@ def test_lettered_vote_leaves_free_text_and_unlettered_answers_to_the_aggregator
     assert lettered_vote("What is 17*23?", [("big", "Answer: 391"), ("small", "Answer: 401")], scores) is None
     assert lettered_vote(LETTERED, [("big", "Answer: B"), ("small", "Plants breathe.")], scores) is None
     assert lettered_vote(LETTERED, [("big", "Answer: B"), ("small", "Answer: F")], scores) is None  # no option F
+
+
+def test_the_vote_mode_reads_letters_among_the_question_s_own_options() -> None:
+    """Read with all 16 letters valid, an "E" to a four-option question won over a "B"."""
+    question = "Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nC. Nitrogen\nD. Helium"
+    answers = [("strong", "Answer: E"), ("weak", "Answer: B")]
+    scores = [score("strong", 0.9, 0.5, 2.0), score("weak", 0.6, 0.5, 1.0)]
+    assert vote_answer(answers, scores, question=question).answer == "B"
+    assert vote_answer(answers, scores).answer == "E"  # free text: any letter may be an option
