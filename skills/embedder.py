@@ -143,7 +143,12 @@ class Embedder:
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
         parts = [self._load(part).encode(texts) for part in _PARTS[self.kind]]
-        return parts[0] if len(parts) == 1 else np.hstack(parts) / np.float32(np.sqrt(len(parts)))
+        if len(parts) == 1:
+            return parts[0]
+        # unit parts side by side, scaled back to unit length: 1/sqrt(2) each, except where one
+        # part is zero (the static one knows no word of "🤔🤔🤔"), where the other is the whole
+        joined = np.hstack(parts)
+        return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), np.float32(1e-12))
 
     def _remember(self, vectors: dict[str, np.ndarray]) -> None:
         """Insert or refresh rows as most recent, then evict the least recently used."""

@@ -173,3 +173,10 @@ def test_a_text_that_breaks_a_shared_call_fails_its_own_caller_alone() -> None:
     assert other.result(0).shape == (2, fresh.dim)
     with pytest.raises(Exception):  # noqa: B017 - whichever error the tokenizer raises, it is this caller's
         bad.result(0)
+
+
+def test_a_text_the_static_part_knows_no_word_of_is_still_unit_length_side_by_side(both: Embedder) -> None:
+    """The static part of "🤔🤔🤔" is zero: side by side, the row was the transformer's at 0.71,
+    so each of its cosines was too and the k-NN kernel read it as far from everything."""
+    vectors = both.encode(["🤔🤔🤔", "algebra"])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
