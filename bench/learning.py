@@ -62,7 +62,7 @@ from bench.replay_profiles import (  # noqa: E402
     skill_vocabulary,
 )
 from bench.routing_quality import embed, routing_embedder  # noqa: E402
-from experts.replay import Recording, load_recording  # noqa: E402
+from experts.replay import Recording, load_recording, normalise_text  # noqa: E402
 from orchestrator.aggregation.vote import weighted_vote  # noqa: E402
 from orchestrator.pools.loader import expert_name  # noqa: E402
 from orchestrator.routing.evidence import RoutingEvidence  # noqa: E402
@@ -238,7 +238,12 @@ class CrossFitted(Run):
         self.routers = [self._router_without(first, second, models), self._router_without(second, first, models)]
 
     def _router_without(self, held: np.ndarray, used: np.ndarray, models: list[str]) -> KnnRouter:
+        """Profiled on the seed set and the half `used`, less its copies of `held` questions (44-60
+        a half: the routed question found as its own neighbour measures memory, not routing)."""
         s = self.s
+        routed = {normalise_text(s.recording.questions[s.stream_ids[j]].question) for j in held}
+        used = np.array([j for j in used if normalise_text(s.recording.questions[s.stream_ids[j]].question)
+                         not in routed], dtype=int)
         ids = s.seed_ids + [s.stream_ids[j] for j in used]
         emb = np.vstack([s.emb_seed, s.emb_stream[used]])
         skills = s.skills_seed + [s.skills_stream[j] for j in used]

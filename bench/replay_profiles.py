@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 from experts.cost_model import parse_model_size  # noqa: E402
-from experts.replay import RecordedQuestion, Recording, load_recording  # noqa: E402
+from experts.replay import RecordedQuestion, Recording, load_recording, normalise_text  # noqa: E402
 from orchestrator.pools.loader import expert_name, replay_pool, split_questions  # noqa: E402
 from orchestrator.pools.schema import (  # noqa: E402
     AggregatorConfig,
@@ -172,11 +172,21 @@ def devices_file(path: Path, workers: Sequence[dict[str, str]]) -> str:
 
 def split_test_size(folder: str) -> int:
     """How many questions the recording's test split holds (`split_test_prompts` gives no more)."""
-    return len(split_questions(load_recording(folder), 0.5, 0)[1])
+    rec = load_recording(folder)
+    return len(_distinct(rec, split_questions(rec, 0.5, 0)[1]))
 
 
 def split_test_prompts(folder: str, n: int) -> list[str]:
-    """The first `n` test-split questions, as the service's prompt format shows them."""
+    """The first `n` test-split questions of distinct text, as the service's prompt format shows
+    them: a repeated question (MMLU-Pro's copies, other options) was embedded once and served
+    from the embedder's cache after, 9% of a latency bench's 200 untimed as a new query is."""
     rec = load_recording(folder)
-    _, test = split_questions(rec, 0.5, 0)
-    return [question_prompt(rec.questions[q]) for q in test[:n]]
+    return [question_prompt(rec.questions[q]) for q in _distinct(rec, split_questions(rec, 0.5, 0)[1])[:n]]
+
+
+def _distinct(rec: Recording, ids: Sequence[str]) -> list[str]:
+    """The ids whose question text no earlier one has."""
+    seen: dict[str, str] = {}
+    for q in ids:
+        seen.setdefault(normalise_text(rec.questions[q].question), q)
+    return list(seen.values())

@@ -18,6 +18,8 @@ from orchestrator.routing.recruit import recruit
 from orchestrator.routing.router import SymbolicRouter
 from skills.embedder import Embedder
 from skills.grading import grade
+from skills.question_text import question_part
+from tests.conftest import REPLAY
 
 KEPT = ["Llama-2-7b-hf", "Mistral-7B-v0.1", "gemma-7b"]
 LATE = "gemini-1.5-pro-002"  # far stronger than the kept three: it must be recruited once known
@@ -88,3 +90,10 @@ def test_nearest_skills_from_embeddings_match_the_vocabulary_fast_path(
     expected = [[m.skill for m in ms] for ms in vocabulary.nearest_for_texts(texts, 3)]
     assert rp.nearest_skills(vocabulary, embedder.encode(texts), 3) == expected
     assert {q.category for q in rec.questions.values()} <= set(vocabulary.skills)
+
+
+def test_test_prompts_ask_each_question_text_once(rp: ModuleType) -> None:
+    """MMLU-Pro repeats texts under other ids: 18 of a latency bench's first 200 prompts were a
+    text asked before, embedded from the cache rather than as a new query is."""
+    prompts = rp.split_test_prompts(str(REPLAY), 400)
+    assert len(prompts) == 400 and len({question_part(p) for p in prompts}) == 400
