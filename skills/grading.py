@@ -3,24 +3,30 @@
 Choice extraction goes from the most explicit signal to the least, and gives up (None) rather
 than guess when the weak signals disagree: a wrong letter would count as evidence against the
 expert in its profile, while None is simply a wrong answer that a better extractor could not
-have recovered either.
+have recovered either. The text is NFKC-normalised first ("答案：Ｂ" reads as "答案:B").
 
-    1. an "answer" marker: "Answer: C", "the answer is (C)", "Final answer: **c**" (the last one
-       wins: models restate their final pick at the end); without one, the last "option"/"choice"
-       marker ("the correct option is D"): after an answer, "option A is wrong" is reasoning;
+    1. an "answer" marker: "Answer: C", "the answer is (C)", "Final answer: **c**". Markers that
+       open a line (the format the prompts ask for) outrank the others: "Response 1's answer (C)
+       is wrong" in the explanation is not the reply's. Among those read, the last one wins
+       (models restate their final pick at the end: "The answer is A... wait, the answer is C").
+       "Answer:" followed by a text rather than a letter ("Answer: Vitamin D", "Answer: B12")
+       commits to no letter;
     2. \\boxed{C};
     3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …";
-    4. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
+    4. a letter the text commits to in words ("the correct option is D", "I choose option B",
+       "B is correct"); a mere mention ("Option C would be true if…") commits to nothing;
+    5. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
        several → None. "A" and "I" followed by an ordinary word are English ("A good question",
        "I think"), not options; followed by "and"/"or" they are letters ("A and B are plausible").
 
-A marker's letter followed by another ("Answer: A or B") is a hedge: None, whatever follows.
+A letter followed by another ("Answer: A or B", "Answer: A, C") is a hedge: None, whatever follows.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from functools import lru_cache
 from typing import Literal
 
@@ -29,63 +35,106 @@ LETTERS = "ABCDEFGHIJKLMNOP"
 # Its whitespace runs are possessive (`\s*+`): nothing after one starts with whitespace, so giving
 # some back never makes a match, and with plain `\s*` each of the five runs could take any share of
 # one long blank stretch: "answer:" + 200 spaces + "x" (a feedback answer, a degenerate reply)
-# took 53 s to fail, 2,000 spaces would take hours.
+# took 53 s to fail, 2,000 spaces would take hours. A letter before a digit is a name ("B12").
 _MARKER = re.compile(
-    r"\b(?P<word>answer|option|choice)\b\s*+(?:is|:|=|would be|should be)?\s*+(?:option|choice)?\s*+"
-    r"[:\-]?\s*+[\*\"'`$]*\s*+[\(\[]?\s*+(?P<letter>[A-Pa-p])\s*[\)\]]?(?![A-Za-z])",
+    r"\banswer\b\s*+(?:is|:|=|would be|should be)?\s*+(?:option|choice)?\s*+"
+    r"[:\-]?\s*+[\*\"'`$]*\s*+[\(\[]?\s*+(?P<letter>[A-Pa-p])\s*[\)\]]?(?![A-Za-z0-9])",
     re.IGNORECASE,
+)
+# "Answer:" then a word or a letter before a digit, on the same line: a text, not a letter.
+_ANSWER_TEXT = re.compile(r"answer\b[ \t*_]*+:[ \t*\"'`$]*+(?:[A-Za-z](?=[A-Za-z0-9])|\d)", re.IGNORECASE)
+# Words after "Answer:" that lead on to a pick ("Answer: The correct option is B", "Answer: The
+# final answer is \\boxed{C}"): the text is then no answer of its own. Lazy and stopped by the next
+# "answer", so the markers of one long line are scanned once in all.
+_DEFERS = re.compile(r"[^\n]*?(?:\b(?:answer|option|choice)\b|\\boxed)", re.IGNORECASE)
+# An "answer" that opens a line, after list or emphasis marks and "Final"/"Correct".
+_ANSWER_LINE = re.compile(r"^[ \t>*#_\-]*+(?:(?:final|correct)[ \t]++)?(?P<at>answer)\b", re.IGNORECASE | re.MULTILINE)
+# A letter committed to in words, before it ("the correct option is D", "I choose option B") or
+# after it ("B is correct", "Option C: correct", "A is the answer"); "incorrect" is no "correct".
+_COMMITTED = re.compile(
+    r"\b(?i:(?:correct|right|best)\s++(?:option|choice)|(?:choose|chose|pick|select|go\s++with)\s++"
+    r"(?:option|choice)|my\s++choice)\s*+(?i:is|would\s++be|should\s++be)?\s*+[:\-]?\s*+[\*\"'`$]*+"
+    r"[\(\[]?(?P<before>[A-Pa-p])(?![A-Za-z0-9])"
+    r"|(?<![\w'’])(?P<after>[A-P])[\)\]\*]*+(?:\s++is|\s*+:)\s++(?:the\s++)?(?:correct|right|best|answer)\b"
 )
 _LEADING = re.compile(r"^\s*+[\*\"'`#]*\s*+[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
 # After these words an "A"/"I" is still an option letter ("A is correct", "A or B"): an article
 # or a pronoun never comes before them.
 _WORDS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks", "and", "or", "nor", "vs", "versus"}
-# A marker's letter followed by another: "Answer: A or B", "the answer is (A)/(C)": no commitment.
-_HEDGE = re.compile(r"[\)\]]?\s*(?:or|and|/)\s*[\(\[]?[A-P]\b")
+_NEXT_WORD = re.compile(r"\s+([a-z]+)")
+_ALONE = re.compile(r"\s*($|[)\].,;:*\n])")
+# A letter followed by another: "Answer: A or B", "(A)/(C)", "A, C and D": no commitment.
+_HEDGE = re.compile(r"[\)\]]?\s*+(?:,|\bor\b|\band\b|/|&)\s*+[\(\[]?([A-P])(?![A-Za-z0-9'’])")
+
 # A number: "1,234", "-3.5", ".5", "1.5e3", a fraction "3/4" or "\\frac{1}{2}" (read whole: its
 # numerator or denominator alone would be a wrong answer graded as if the reply meant it). A
 # number inside braces or after "^", "_", "\\" is a piece of LaTeX ("\\frac{\\pi}{2}", "x^{2}"),
-# not one.
+# not one; but one after "17x", "2^" or "\\times" is an operand ("17x23=391", "2^10 = 1024").
 _DECIMAL = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+(?![\w.]))?"
 _NUMBER = re.compile(
     rf"(?P<fsign>-?)\\[dt]?frac\{{\s*(?P<fnum>-?{_DECIMAL})\s*\}}\{{\s*(?P<fden>-?{_DECIMAL})\s*\}}"
-    rf"|(?<![\w.{{^_\\/])(?P<num>-?{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?(?![\d}}/])"
+    rf"|(?:(?<![\w.{{^_\\/])|(?<=\d[xX^])|(?<=\\times)|(?<=\\cdot)|(?<=\\div))(?P<num>-?{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?(?![\d}}/])"
 )
 _MINUS = str.maketrans({"\u2212": "-"})  # the Unicode minus sign, as LaTeX-to-text output writes it
 _ANSWER_WORD = re.compile(r"\banswer\b", re.IGNORECASE)
 _EQUALS = re.compile(r"\s*(?:=|\\approx|≈)\s*")
-_OPERATOR = re.compile(r"\s*(?:[-+*/×x·÷^]|\\times|\\cdot|\\div)\s*")
+_OPERATOR = re.compile(r"\s*(?:[-+*/×xX·÷^]|\\times|\\cdot|\\div)\s*")
 
 
 @lru_cache(maxsize=8192)  # bounded; profiling grades the same short replies over and over
 def extract_choice(text: str, n_options: int) -> str | None:
     """The option letter the text commits to, or None (see the module doc for the precedence)."""
+    text = unicodedata.normalize("NFKC", text)  # fullwidth "Ｂ", "：" as models writing CJK use
     valid = LETTERS[: max(0, min(n_options, len(LETTERS)))]
-    for finder in (_from_marker, _from_boxed, _from_leading, _from_standalone):
+    for finder in (_from_answer, _from_boxed, _from_leading, _from_committed, _from_standalone):
         letter = finder(text, valid)
         if letter is not None:
             return letter or None  # "": the reply hedged ("Answer: A or B"), no weaker signal overrules it
     return None
 
 
-def _from_marker(text: str, valid: str) -> str | None:
-    """The last "answer" marker's letter, else the last "option"/"choice" one's: "Answer: B.
-    Option A is wrong" commits to B; a later mention of an option is reasoning about it."""
-    picks = [m for m in _MARKER.finditer(text) if _marker_letter_ok(text, m) and m["letter"].upper() in valid]
-    answers = [m for m in picks if m["word"].lower() == "answer"]
-    if not picks:
-        return None
-    last = (answers or picks)[-1]
-    return "" if _HEDGE.match(text, last.end("letter")) else last["letter"].upper()
+def answer_markers(text: str) -> list[tuple[int, int]]:
+    """The spans of the "answer" words to read: those that open a line ("Answer: B", the format
+    the prompts ask for) when there are any, else all: an answer the explanation after an
+    answer line mentions ("Response 1's answer (C) is wrong") is not the reply's."""
+    lines = [m.span("at") for m in _ANSWER_LINE.finditer(text)]
+    return lines or [m.span() for m in _ANSWER_WORD.finditer(text)]
 
 
-def _marker_letter_ok(text: str, m: re.Match[str]) -> bool:
-    """A lower-case letter must stand alone ("answer: c."), not open a word ("is a good")."""
-    rest = text[m.end("letter") :]
-    if m["letter"].islower():
-        return re.match(r"\s*($|[)\].,;:*\n])", rest) is not None
-    # Right after "answer" a capital is the letter, even "A"/"I" before a word ("Answer: A because")
-    return m["word"].lower() == "answer" or _is_option_letter(text, m.start("letter"), m.end("letter"))
+def _from_answer(text: str, valid: str) -> str | None:
+    """What the last marker that says something commits to (`_read_answer`)."""
+    for start, _ in reversed(answer_markers(text)):
+        if (letter := _read_answer(text, start, valid)) is not None:
+            return letter
+    return None
+
+
+def _read_answer(text: str, start: int, valid: str) -> str | None:
+    """The letter of the marker at `start`; "" when it commits to no letter (a hedge, a text:
+    "Answer: Vitamin D"); None when it says nothing to read (a letter out of range, "\\boxed")."""
+    m = _MARKER.match(text, start)
+    if m is not None and _letter_ok(text, m.start("letter"), m.end("letter")):
+        letter = m["letter"].upper()
+        if letter not in valid:
+            return None
+        return "" if _hedged(text, m.end("letter")) else letter
+    if _ANSWER_TEXT.match(text, start) and not _DEFERS.match(text, start + len("answer")):
+        return ""
+    return None
+
+
+def _letter_ok(text: str, start: int, end: int) -> bool:
+    """A lower-case letter must stand alone ("answer: c."), not open a word ("is a good"); after
+    a marker a capital is the letter, even "A"/"I" before a word ("Answer: A because")."""
+    return text[start].isupper() or _ALONE.match(text, end) is not None
+
+
+def _hedged(text: str, end: int) -> bool:
+    """Whether another letter follows the one that ends at `end` ("A or B", "A, C"); "A"/"I"
+    before an ordinary word are English ("Answer: C, I think"), not a second pick."""
+    m = _HEDGE.match(text, end)
+    return m is not None and _is_option_letter(text, m.start(1), m.end(1))
 
 
 def _from_boxed(text: str, valid: str) -> str | None:
@@ -103,6 +152,19 @@ def _from_leading(text: str, valid: str) -> str | None:
     return m.group(1)
 
 
+def _from_committed(text: str, valid: str) -> str | None:
+    """The last letter the text commits to in words (`_COMMITTED`), "" when hedged."""
+    last: tuple[re.Match[str], str] | None = None
+    for m in _COMMITTED.finditer(text):
+        group = "before" if m["before"] else "after"
+        if m[group].upper() in valid and _letter_ok(text, m.start(group), m.end(group)):
+            last = m, group
+    if last is None:
+        return None
+    m, group = last
+    return "" if _hedged(text, m.end(group)) else m[group].upper()
+
+
 def _from_standalone(text: str, valid: str) -> str | None:
     found = {m.group(1) for m in _STANDALONE.finditer(text) if _is_option_letter(text, m.start(1), m.end())}
     found &= set(valid)
@@ -114,7 +176,7 @@ def _is_option_letter(text: str, start: int, end: int) -> bool:
     lower-case word follows `end`."""
     if text[start - 1 : start] == "(" or text[start] not in "AI":
         return True
-    nxt = re.match(r"\s+([a-z]+)", text[end:])
+    nxt = _NEXT_WORD.match(text, end)  # from `end`, not a slice: a long reply has many letters
     return nxt is None or nxt.group(1) in _WORDS_AFTER_OPTION
 
 
@@ -155,30 +217,41 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _to_float(token: str) -> float | None:
-    """A whole string as one number ("391", "−5", "3/4"), else None."""
-    m = _NUMBER.fullmatch(token.strip().translate(_MINUS))
+    """A whole string as one number ("391", "+5", "−5", "3/4"), else None."""
+    token = token.strip().translate(_MINUS)
+    m = _NUMBER.fullmatch(token[1:] if token.startswith("+") else token)  # a gold "+5" is 5
     return _value(m) if m is not None else None
 
 
 def extract_answer_number(text: str) -> float | None:
     """The number an answer commits to: boxed, else the first result after the last "answer"
-    marker (the reasoning that follows "Answer: 391" has numbers of its own), else the last
-    number. A result is a lone number or an equation's lone side ("17*23 = 391" → 391): the
+    marker that has one (`answer_markers`: the reasoning that follows "Answer: 391" has numbers
+    of its own), else the last number. A result is a lone number or an equation's lone side ("17*23 = 391" → 391): the
     operands of a restated sum ("The answer to 17*23 is 391") are not what the reply commits to."""
     boxed = extract_boxed(text)
     if boxed is not None and (value := _first_result(boxed.translate(_MINUS), 0)) is not None:
         return value
     text = text.translate(_MINUS)
-    for marker in reversed(list(_ANSWER_WORD.finditer(text))):
-        if (value := _first_result(text, marker.end())) is not None:
+    value = _result_after_last(text, answer_markers(text))
+    return value if value is not None else extract_number(text)
+
+
+def _result_after_last(text: str, markers: list[tuple[int, int]]) -> float | None:
+    """The first result after the last marker that has one. Each marker's scan stops where the
+    next one starts: past it, that later scan found nothing, and reading on from each marker
+    would be quadratic (a looping reply repeats "The answer is 17*23." thousands of times)."""
+    stop = len(text)
+    for start, end in reversed(markers):
+        if (value := _first_result(text, end, stop)) is not None:
             return value
-    return extract_number(text)
+        stop = start
+    return None
 
 
-def _first_result(text: str, start: int) -> float | None:
-    """The value of the first run of numbers from `start` that has a result (`_result`)."""
+def _first_result(text: str, start: int, stop: int | None = None) -> float | None:
+    """The value of the first run of numbers in text[start:stop] that has a result (`_result`)."""
     run: list[list[re.Match[str]]] = []
-    for m in _NUMBER.finditer(text, start):
+    for m in _NUMBER.finditer(text, start, len(text) if stop is None else stop):
         joint = _joint(text[run[-1][-1].end() : m.start()]) if run else None
         if joint == "=":
             run.append([m])

@@ -39,7 +39,14 @@ def test_a_capital_right_after_answer_is_the_letter(text: str, expected: str) ->
 
 @pytest.mark.parametrize(
     "text",
-    ["A and B are both plausible", "Answer: A or B", "The answer is (B)/(C)", "Answer: C or D. Answer: B or C"],
+    [
+        "A and B are both plausible",
+        "Answer: A or B",
+        "The answer is (B)/(C)",
+        "Answer: C or D. Answer: B or C",
+        "Answer: A, B",  # a comma lists letters as "or" does
+        "Answer: A, C and D",
+    ],
 )
 def test_a_hedge_between_letters_commits_to_none(text: str) -> None:
     assert extract_choice(text, 4) is None
