@@ -52,7 +52,7 @@ from orchestrator.probe import Probe
 from orchestrator.scheduling.executor import execute_naive
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import BackendFactory
-from orchestrator.settings import BackendSettings, Settings
+from orchestrator.settings import BackendSettings, LearningSettings, Settings
 from skills.datasets import format_prompt, load_mmlu
 from skills.embedder import Embedder
 
@@ -120,9 +120,13 @@ def say(msg: str) -> None:
 
 
 def bench_settings(data_dir: Path, backend: str) -> Settings:
+    """No competitions or explorations: their extra generations are not the recruited calls both
+    runs are counted against (a query drawn to compete added a load to the naive run's 18 + 6)."""
+    quiet = LearningSettings(competition_rate=0.0, explore_rate=0.0)
     if backend == "vllm":
-        return Settings(data_dir=data_dir, backends=BackendSettings(memory_budget_gb=VLLM_MEMORY_BUDGET_GB))
-    return Settings(data_dir=data_dir)
+        return Settings(data_dir=data_dir, learning=quiet,
+                        backends=BackendSettings(memory_budget_gb=VLLM_MEMORY_BUDGET_GB))
+    return Settings(data_dir=data_dir, learning=quiet)
 
 
 def run(n: int, k: int, max_tokens: int, data_dir: Path, recruitment: str = "uniform", backend: str = "llamacpp",
