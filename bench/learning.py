@@ -15,27 +15,24 @@ the router learns while the stream runs (orchestrator/routing/learning.py, the s
 - feedback 10%: that share of queries is marked by a user against gold: the marks of the experts
   that answered it only;
 - profiled on everything: a reference with gold on the seed set and the whole stream, cross-
-  fitted (each half of the stream is routed by a router that never saw that half).
+  fitted (each half routed by a router that never saw that half, nor a copy of its questions).
 
 One open model (--withheld) is registered after the first third of the stream with no profile
 (as if its profiling had not run): every variant sees the same registration, and only a router
 that learns can use it (the learners explore it, answering as an extra on a capped share of
 queries, until it has enough evidence, then recruit it where it does well; the static router
-never does). An explorer answers beside the recruited experts, so feedback on its query marks it
-too, as the service's feedback marks every expert that answered. `static_all_profiled` is the
-static router that knew it from the start (profiled on the seed set with the others), the
-stronger baseline.
+never does). `static_all_profiled` is the static router that knew it from the start (profiled on
+the seed set with the others), the stronger baseline.
 
-Which queries compete, get feedback or explore is a random draw, and on one seed's stream the
-last segment of feedback_10 moved by up to 1.6 points between draws alone; so each learner runs
-`--draws` times per seed (3) and its accuracy is the mean over them.
+Which queries compete, get feedback or explore is a random draw (one seed's last segment of
+feedback_10 moved by up to 1.6 points between draws), so each learner's accuracy is the mean of `--draws` (3).
 
 Prints accuracy per stream segment of each variant on each pool (mean over the seeds, and each
 seed's), the withheld model's share of recruitment per segment (beside the learners', that of
 the routers that knew it from the start) and, once registered, on the categories it leads (is
-the pool's most accurate model on) against elsewhere, and `last_segment_gain_open`: the best
-learning variant's last segment minus the static router's on the open <=13B pool, in points, as
-the mean over seeds (each seed's too); `last_segment_gain_open_vs_all_profiled` against the stronger one.
+the pool's most accurate model on) against elsewhere, and `last_segment_gain_open`: the best learner's last
+segment minus the static router's on the open <=13B pool, in points, mean over seeds (each seed's too);
+`last_segment_gain_open_vs_all_profiled` against the stronger one.
 """
 
 from __future__ import annotations
@@ -148,8 +145,7 @@ class Run:
         self.model_of = dict(zip(self.names, models, strict=True))
         base = replay_evidence(s.recording, s.seed_ids, s.emb_seed, s.skills_seed, models).evidence
         self.known = [n for n in self.names if n != variant.withheld]
-        self.base = _only(base, self.known)
-        self.withheld_evidence = base
+        self.base, self.withheld_evidence = _only(base, self.known), base
         self.router = KnnRouter(self.base)
 
     def run(self) -> dict[str, object]:
@@ -238,12 +234,11 @@ class CrossFitted(Run):
         self.routers = [self._router_without(first, second, models), self._router_without(second, first, models)]
 
     def _router_without(self, held: np.ndarray, used: np.ndarray, models: list[str]) -> KnnRouter:
-        """Profiled on the seed set and the half `used`, less its copies of `held` questions (44-60
-        a half: the routed question found as its own neighbour measures memory, not routing)."""
+        """On the seed set and `used`, less copies of `held` questions (44-60 a half)."""
         s = self.s
-        routed = {normalise_text(s.recording.questions[s.stream_ids[j]].question) for j in held}
-        used = np.array([j for j in used if normalise_text(s.recording.questions[s.stream_ids[j]].question)
-                         not in routed], dtype=int)
+        text = [normalise_text(s.recording.questions[q].question) for q in s.stream_ids]
+        routed = {text[h] for h in held}
+        used = np.array([j for j in used if text[j] not in routed], dtype=int)
         ids = s.seed_ids + [s.stream_ids[j] for j in used]
         emb = np.vstack([s.emb_seed, s.emb_stream[used]])
         skills = s.skills_seed + [s.skills_stream[j] for j in used]
