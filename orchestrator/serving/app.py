@@ -174,6 +174,9 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dash
     preparing = prepare_lookups(settings, pool_path, log)
     dashboard_url = init_ray(settings, dashboard)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
+    # and Ctrl-C does, even started from a script in the background (`&`), whose shell leaves
+    # SIGINT ignored and Python with it: signal.pause() slept through it until a kill -9
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
         # Workers without a `resource` run on this driver's node: `skillroute serve` was started

@@ -73,6 +73,13 @@ class Server:
         return found[0]
 
 
+def _as_from_a_script() -> None:
+    """Started in the background by a script (`skillroute serve &`, CI running the suite in the
+    background), a process inherits SIGINT ignored: the server slept through the teardown's
+    Ctrl-C until killed. It must shut down cleanly all the same."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def start(tmp_path: Path) -> Server:
     pool = tmp_path / "pool.yaml"
     pool.write_text(POOL)
@@ -82,7 +89,9 @@ def start(tmp_path: Path) -> Server:
     env.pop("RAY_ADDRESS", None)  # always an embedded cluster of its own
     cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--pool", str(pool)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, so teardown can reach Ray's daemons
+                            start_new_session=True,  # its own process group, so teardown can reach Ray's daemons
+                            preexec_fn=_as_from_a_script)
+
     server = Server(proc, f"http://127.0.0.1:{port}")
     threading.Thread(target=server.pump, daemon=True).start()
     return server
