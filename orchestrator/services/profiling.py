@@ -218,7 +218,8 @@ class ProfilingService:
         with self.db.session() as s:
             measured = _measured(StateRepository(s).get(AGGREGATOR_KEY))
         if fixed := self.config.aggregator.fixed:  # a choice, not a score: the measured ones stay as they were
-            return self._put_aggregator(fixed, measured, fixed=True)
+            with self.db.session() as s:
+                return _put_aggregator(StateRepository(s), fixed, measured, fixed=True)
         return self._benchmarked_choice(measured, progress)
 
     def _benchmarked_choice(self, scored: dict[str, float], progress: Progress | None) -> str | None:
@@ -241,8 +242,7 @@ class ProfilingService:
                               read, specs)
             # none scored: stored as none, so a name chosen before (a fixed one, say) is not kept
             name = pick_aggregator(scored, competence) if scored else None
-            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": scored, "fixed": False})
-        return name
+            return _put_aggregator(StateRepository(s), name, scored)
 
     def _bench(
         self, specs: dict[str, ExpertSpec], tasks: list[SyntheticTask], progress: Progress | None
@@ -261,10 +261,12 @@ class ProfilingService:
         return {n: sum(_grade(t.question, gens[f"{n}|{ti}"].text) for ti, t in enumerate(tasks)) / len(tasks)
                 for n in specs}
 
-    def _put_aggregator(self, name: str | None, accuracy: dict[str, float], fixed: bool = False) -> str | None:
-        with self.db.session() as s:
-            StateRepository(s).put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy, "fixed": fixed})
-        return name
+
+def _put_aggregator(state: StateRepository, name: str | None, accuracy: dict[str, float],
+                    fixed: bool = False) -> str | None:
+    """Store the aggregator choice with the benchmark scores it was made on; the name chosen."""
+    state.put(AGGREGATOR_KEY, {"name": name, "accuracy": accuracy, "fixed": fixed})
+    return name
 
 
 def _current(state: StateRepository, experts: ExpertRepository, scored: dict[str, float], read: set[str],
