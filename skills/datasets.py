@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from experts.replay import normalise_text
+
 LETTERS = "ABCDEFGHIJKLMNOP"
 MMLU_SPLITS = ("validation", "test", "all")
 _VALIDATION_SHARE = 8  # one question in 8 is validation
@@ -73,7 +75,7 @@ def load_mmlu(
     wanted = {_subject_name(s) for s in subjects} if subjects is not None else None
     by_subject: dict[str, list[LabelledQuestion]] = defaultdict(list)
     rows = list(_read_mmlu(mmlu_path()))
-    tested = {_text_key(q) for q in rows if not _hashed_validation(q)}
+    tested = {normalise_text(q.question) for q in rows if not _hashed_validation(q)}
     for q in rows:
         if (wanted is None or q.subject in wanted) and _in_split(q, split, tested):
             by_subject[q.subject].append(q)
@@ -110,17 +112,13 @@ def _in_split(q: LabelledQuestion, split: str, tested: set[str]) -> bool:
     sets the pools draw from stay as they were."""
     if split == "all":
         return True
-    is_validation = _hashed_validation(q) and _text_key(q) not in tested
+    is_validation = _hashed_validation(q) and normalise_text(q.question) not in tested
     return is_validation == (split == "validation")
 
 
 def _hashed_validation(q: LabelledQuestion) -> bool:
     digest = hashlib.sha1(f"{q.subject}\n{q.question}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % _VALIDATION_SHARE == 0
-
-
-def _text_key(q: LabelledQuestion) -> str:
-    return " ".join(q.question.split()).lower()
 
 
 def _sample_groups(
