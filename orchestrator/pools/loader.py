@@ -44,9 +44,50 @@ def load_pool_config(path: str | Path) -> PoolConfig:
     except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: a clear error, not a traceback
         raise PoolConfigError(f"cannot read pool file {p}: {exc}") from exc
     try:
-        return PoolConfig.model_validate(yaml.safe_load(text) or {})
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise PoolConfigError(f"invalid pool file {p}: {exc}") from exc
+        return PoolConfig.model_validate(_mapping(yaml.load(text, Loader=_UniqueKeyLoader)))  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise PoolConfigError(f"invalid pool file {p}: {_yaml_problem(exc)}") from exc
+    except ValidationError as exc:
+        raise PoolConfigError(f"invalid pool file {p}: {_one_line(exc)}") from exc
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping: plain YAML keeps the last, so
+    a second `experts:` block silently replaced the first and the start removed its experts."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged, may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _mapping(document: object) -> object:
+    """The file's document, which must be a mapping: an empty file, a list or a scalar loaded as a
+    pool of no experts, and a start synced the store to it, removing every expert."""
+    if not isinstance(document, dict):
+        raise yaml.YAMLError(f"the file must hold a mapping of pool fields (name, validation, experts, ...), "
+                             f"not {'nothing' if document is None else type(document).__name__}")
+    return document
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, in a line (PyYAML's own text spans lines and quotes the source)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Each error as `field: message`, on one line (pydantic's own text takes 2-3 lines each)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'pool'}: {e['msg']}" for e in exc.errors())
 
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")

@@ -127,3 +127,35 @@ def test_questions_with_the_same_text_land_on_the_same_side_of_every_split(tmp_p
         assert len(profiling) + len(test) == len(every) and abs(len(test) - len(every) / 2) <= len(groups)
         for group in groups:
             assert len({q in test for q in group}) == 1, (seed, group)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("experts:\n  - {name: a, base: {kind: mock, source: x}}\nname: p\nexperts: []\n",
+     "line 4, column 1: the key 'experts' is given twice"),
+    ('{"experts": [], "name": "p", "experts": []}', "line 1, column 30: the key 'experts' is given twice"),
+    ("", "not nothing"),
+    ("[]\n", "not list"),
+    ("0\n", "not int"),
+])
+def test_a_pool_file_is_one_mapping_with_each_key_once(tmp_path: Path, text: str, problem: str) -> None:
+    """A start syncs the store to the file: a second `experts:` block (YAML keeps the last) or a
+    file that is not a mapping at all (loaded as no experts) removed every expert it did not name."""
+    path = tmp_path / "pool.yaml"
+    path.write_text(text)
+    with pytest.raises(PoolConfigError, match=f"invalid pool file {path}: .*{problem}"):
+        load_pool_config(path)
+
+
+def test_merge_keys_still_merge_and_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text("experts:\n  - &a {name: a, base: {kind: mock, source: x}}\n  - <<: *a\n    name: b\n")
+    assert [e.name for e in load_pool_config(path).experts] == ["a", "b"]
+
+
+def test_every_error_of_a_pool_file_is_on_one_line_naming_its_field(tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text("router: bogus\nexperts:\n  - {name: a}\n")
+    with pytest.raises(PoolConfigError) as err:
+        load_pool_config(path)
+    assert str(err.value) == (f"invalid pool file {path}: router: Input should be 'symbolic' or 'knn'; "
+                              "experts.0.base: Field required")

@@ -37,10 +37,10 @@ def test_a_fixed_aggregator_must_be_an_expert_of_the_pool(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("validation", "said"), [
-    ("{sources: []}", "validation.sources\n  List should have at least 1 item"),
-    ("{sources: [{kind: mmlu, subjects: []}]}", "validation.sources.0.mmlu.subjects\n  List should have at least 1"),
-    ("{sources: [{kind: mmlu_pro, path: /x, limit: 0}]}", f"{PRO_LIMIT}\n  Input should be greater than or equal"),
-    ("{sources: [{kind: mmlu_pro, path: /x, limit: -5}]}", f"{PRO_LIMIT}\n  Input should be greater than or equal"),
+    ("{sources: []}", "validation.sources: List should have at least 1 item"),
+    ("{sources: [{kind: mmlu, subjects: []}]}", "validation.sources.0.mmlu.subjects: List should have at least 1"),
+    ("{sources: [{kind: mmlu_pro, path: /x, limit: 0}]}", f"{PRO_LIMIT}: Input should be greater than or equal"),
+    ("{sources: [{kind: mmlu_pro, path: /x, limit: -5}]}", f"{PRO_LIMIT}: Input should be greater than or equal"),
 ], ids=["no-sources", "no-subjects", "limit-0", "limit-negative"])
 def test_a_validation_set_of_nothing_is_refused(tmp_path: Path, validation: str, said: str) -> None:
     """Each profiled every expert on no question: all "ready" with empty profiles."""
