@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
@@ -29,6 +29,18 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @field_validator("queries")
+    @classmethod
+    def _custom_ids_are_distinct(cls, queries: list[BatchQuery]) -> list[BatchQuery]:
+        """A result is found by its custom_id (OpenAI's batches require them distinct): two
+        queries under one could be told apart only by position."""
+        first: dict[str, int] = {}
+        for i, q in enumerate(queries):
+            if q.custom_id is not None and (j := first.setdefault(q.custom_id, i)) != i:
+                raise ValueError(f"queries.{i}.custom_id: {q.custom_id!r} is already the custom_id of queries.{j}; "
+                                 "each names one query")
+        return queries
 
 
 class RequestCounts(BaseModel):

@@ -18,9 +18,9 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE, error_body, openai_type
 from orchestrator.api.schemas import BudgetFields, NameText, RecruitModeField, StorableText
-from orchestrator.domain import Ask, Decision
+from orchestrator.domain import AUTO, Ask, Decision
 from orchestrator.services.budgets import BudgetService
-from orchestrator.services.chat import AUTO, ChatResult, conversation_text
+from orchestrator.services.chat import ChatResult, conversation_text
 from orchestrator.services.errors import ServiceError
 
 FinishReason = Literal["stop", "length"]
@@ -32,15 +32,22 @@ class TextPart(BaseModel):
     text: StorableText = Field(max_length=32_000)
 
 
+class RefusalPart(BaseModel):
+    """An earlier assistant turn's refusal, as OpenAI replays it: read as that turn's text."""
+
+    type: Literal["refusal"]
+    refusal: StorableText = Field(max_length=32_000)
+
+
 class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StorableText | list[TextPart] | None = Field(default=None,
-                                                         description="Text, or text parts; images are refused.")
+    content: StorableText | list[TextPart | RefusalPart] | None = Field(
+        default=None, description="Text, or text (or an assistant's refusal) parts; images are refused.")
     name: NameText | None = Field(default=None)
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "\n".join(p.text for p in self.content)
+            return "\n".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
         return self.content or ""
 
 
@@ -128,8 +135,9 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
     stream: bool = Field(default=False, description="The reply as server-sent events, token by token (null: false).")
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
-                             description="Makes the routing draw and each generation's sample reproducible.")
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1,
+                             description="Makes the routing draw and each generation's sample reproducible; any "
+                                         "64-bit integer, folded into 0..2^31-1 (what every backend takes).")
     n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced (null: 1).")
     temperature: float | None = Field(default=None, ge=0, le=2,
                                       description="Every generation of the query samples at it.")
@@ -139,6 +147,8 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
                                               description="The same as `max_tokens` (wins where both are given).")
     stop: StorableText | list[StorableText] | None = Field(default=None,
                                                          description="Up to 4 sequences that end a generation.")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, description="Accepted and not applied.")
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, description="Accepted and not applied.")
     k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
     mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
 
@@ -147,6 +157,13 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     def _null_is_default(cls, value: object, info: ValidationInfo) -> object:
         """OpenAI's schema has `stream` and `n` nullable, null meaning their default (false, 1)."""
         return cls.model_fields[str(info.field_name)].default if value is None else value
+
+    @field_validator("seed")
+    @classmethod
+    def _folded(cls, seed: int | None) -> int | None:
+        """OpenAI takes any int64 (clients send 64-bit random seeds); the backends take 31 bits.
+        Folded, a seed still reproduces, and the reply's `skillroute.seed` says which was used."""
+        return None if seed is None else seed % 2**31
 
     @field_validator("stop")
     @classmethod
@@ -177,7 +194,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
             routing = [f for f in ("latency_ms", "energy_j", "k", "mode") if getattr(self, f) is not None]
             if routing:  # the named expert answers alone: nothing is chosen by them
                 raise ServiceError(f"{' and '.join(routing)} choose experts, so they need model 'auto'", routing[0])
-            return Ask(text=text, k=1, mode="topk", seed=self.seed if self.seed is not None else 0, expert=self.model,
+            return Ask(text=text, k=1, mode="topk", seed=self.seed, expert=self.model,
                        budget=budgets.resolve(None, None), **sampling)
         budget = budgets.resolve(self.latency_ms, self.energy_j)
         return Ask(text=text, k=self.k or default_k, mode=self.mode, seed=self.seed, budget=budget,

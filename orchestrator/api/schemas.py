@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
-from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget
+from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget, not_reserved
 from orchestrator.store.models import Expert, Query
 from orchestrator.store.repositories.queries import answers_of, decision_of
 
@@ -127,7 +127,8 @@ class FeedbackOut(BaseModel):
 class ExpertCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: Annotated[str, AfterValidator(not_reserved)] = Field(min_length=1, max_length=64,
+                                                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     model: BaseModelSpec = Field(description="kind llamacpp: source is a GGUF path or package:<name>; "
                                              "kind openai: source is the server's /v1 URL and model its model name.")
     system_prompt: PromptText | None = Field(default=None)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import ExpertSpec
 from orchestrator.aggregation.prompt import AggregationMode
-from orchestrator.domain import RecruitMode
+from orchestrator.domain import RecruitMode, not_reserved
 
 
 class Strict(BaseModel):
@@ -101,7 +101,7 @@ class PoolConfig(Strict):
     def _names_are_distinct(self) -> PoolConfig:
         """One name, one expert: a start registered the first and failed on the second, and the
         next served whichever came last."""
-        names = [e.name for e in self.experts]
+        names = [not_reserved(e.name) for e in self.experts]
         if twice := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"experts: the name {twice[0]!r} is given to more than one expert; each expert needs "
                              "a name of its own")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from experts.types import finish_reason_of
-from orchestrator.domain import Ask, Decision, FinishReason
+from orchestrator.domain import AUTO, Ask, Decision, FinishReason
 from orchestrator.pipeline import GenerationLimits
 from orchestrator.pipeline.stream import StreamHub, TooManyStreams
 from orchestrator.services.admission import Admitted
@@ -31,7 +31,6 @@ from orchestrator.services.queries import QueryService
 from orchestrator.store.models import GenerationRow, Query
 from orchestrator.store.repositories.queries import ask_of, decision_of
 
-AUTO = "auto"
 MAX_PROMPT_CHARS = 32_000
 MAX_PIECES = 8192  # pieces one stream buffers; beyond them the rest comes from the stored reply
 

@@ -62,6 +62,17 @@ def test_a_custom_id_over_64_characters_is_422_naming_characters(client):
     assert r.status_code == 202 and r.json()["results"][0]["custom_id"] == "c" * 64
 
 
+def test_a_custom_id_given_twice_is_422_naming_both_and_stores_nothing(client):
+    """Results are found by custom_id: two queries under one could be told apart only by position."""
+    queries = [{"query": "What is 2 + 3?", "custom_id": c} for c in ("a", None, "b", None, "a")]
+    r = client.post("/v1/batches", json={"queries": queries})
+    assert r.status_code == 422, r.text
+    assert "queries.4.custom_id: 'a' is already the custom_id of queries.0" in r.json()["error"]["message"]
+    assert client.get("/v1/batches/1").status_code == 404
+    r = client.post("/v1/batches", json={"queries": queries[:4]})  # unnamed ones may be many
+    assert r.status_code == 202 and [x["custom_id"] for x in r.json()["results"]] == ["a", None, "b", None]
+
+
 def test_a_batch_s_created_at_reads_back_in_utc_whatever_the_server_s_zone(client, tokyo_time):
     """SQLite keeps no zone: the stored UTC moment came back naive (no offset in the JSON, where
     PostgreSQL's carried one), and a client reads naive as its own local time."""

@@ -56,6 +56,15 @@ def test_invalid_name_is_422(client):
     assert r.status_code == 422 and "name" in r.json()["error"]["message"]
 
 
+def test_the_routing_model_id_is_no_expert_name(client):
+    """An expert named `auto` could never be asked by name (`model: auto` routes), and
+    /v1/models listed `auto` twice."""
+    r = client.post("/v1/experts", json={"name": "auto", "model": {"kind": "mock", "source": "m1"}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "name", r.text
+    assert "model id that routes" in r.json()["error"]["message"]
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]].count("auto") == 1
+
+
 def test_get_expert_shows_profile_and_unknown_is_404(client):
     first = client.get("/v1/experts").json()[0]
     detail = client.get(f"/v1/experts/{first['id']}").json()

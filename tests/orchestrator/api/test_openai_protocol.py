@@ -135,9 +135,42 @@ def test_temperature_max_tokens_and_stop_reach_every_routed_generation(client: T
     assert all(g.completion_tokens <= 3 and ")" not in g.text for g in stored.generations)
 
 
+def test_a_named_expert_asked_without_a_seed_samples_afresh_each_time(client: TestClient,
+                                                                     container: SkillRoute) -> None:
+    """The named path took seed 0 for an unset seed: every `temperature > 0` reply was the same
+    text, stored as if the client had pinned seed 0. Unset, a seed is drawn, as `auto` draws one."""
+    requests_of(container)
+    replies = [client.post(CHAT, json={"model": "gamma", "messages": ASK, "temperature": 0.9}).json()
+               for _ in range(3)]
+    seeds = {r["skillroute"]["seed"] for r in replies}
+    assert len(seeds) == 3 and len({r.sampling.seed for r in requests_of(container)}) == 3
+    pinned = [client.post(CHAT, json={"model": "gamma", "messages": ASK, "temperature": 0.9, "seed": 5}).json()
+              for _ in range(2)]
+    assert pinned[0]["choices"] == pinned[1]["choices"] and pinned[0]["skillroute"]["seed"] == 5
+
+
+def test_any_64_bit_seed_is_taken_folded_into_the_backends_range(client: TestClient) -> None:
+    """OpenAI takes any int64 seed and clients send 64-bit random ones: a 400 for -1 or 2**40."""
+    replies = {s: client.post(CHAT, json={"model": "auto", "messages": ASK, "seed": s}).json() for s in
+               (-1, 2**31 - 1, 2**40 + 7, 7)}
+    assert [r["skillroute"]["seed"] for r in replies.values()] == [2**31 - 1, 2**31 - 1, 7, 7]
+    assert replies[2**40 + 7]["choices"] == replies[7]["choices"]  # a folded seed still reproduces
+
+
+def test_an_assistant_turn_s_refusal_part_is_read_as_its_text(client: TestClient, container: SkillRoute) -> None:
+    """OpenAI replays an assistant's refusal as a `refusal` part: a conversation holding one was a 400."""
+    turns = [*ASK, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say."}]},
+             {"role": "user", "content": "Then say 2 + 2."}]
+    r = client.post(CHAT, json={"model": "auto", "messages": turns, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert "Assistant: I cannot say." in container.queries.get(r.json()["skillroute"]["query_id"]).text
+
+
 def test_bad_sampling_asks_are_400_naming_the_field(client: TestClient) -> None:
     cases = [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [""]}, "stop"), ({"max_tokens": 0}, "max_tokens"),
-             ({"temperature": 2.5}, "temperature"), ({"max_completion_tokens": -1}, "max_completion_tokens")]
+             ({"temperature": 2.5}, "temperature"), ({"max_completion_tokens": -1}, "max_completion_tokens"),
+             ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": -5}, "frequency_penalty"),
+             ({"seed": 2**63}, "seed")]
     for extra, field in cases:
         r = client.post(CHAT, json={"model": "auto", "messages": ASK, **extra})
         assert r.status_code == 400 and field in r.json()["error"]["message"], (extra, r.text)

@@ -29,6 +29,10 @@ def test_an_expert_named_twice_is_refused_naming_it(tmp_path: Path) -> None:
     assert "experts: the name 'alpha' is given to more than one expert" in refusal(tmp_path, text)
 
 
+def test_an_expert_named_as_the_routing_model_id_is_refused(tmp_path: Path) -> None:
+    assert "the name 'auto' is the model id that routes" in refusal(tmp_path, f"experts:\n  - {{name: auto, {MOCK}}}\n")
+
+
 def test_a_fixed_aggregator_must_be_an_expert_of_the_pool(tmp_path: Path) -> None:
     """A typo (`qwen-0.5B` for `qwen-0.5b`) was stored as the aggregator and silently passed over
     for the most competent expert."""
