@@ -6,7 +6,6 @@ service over HTTP.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli_failures import Commands
 from orchestrator.cli_remote import accepted, client, remote_id
@@ -49,7 +49,7 @@ KeyOpt = Annotated[str | None, typer.Option(help="API key for --url (the admin k
 def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
     cols = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, console=console) as bar:
-        task = bar.add_task(label, total=None)
+        task = bar.add_task(escape(label), total=None)  # the column reads it as markup: a name is text
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
@@ -94,8 +94,7 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
     if runtime is Runtime.ray:
         from orchestrator.serving.app import run_serve
 
-        log = functools.partial(console.print, soft_wrap=True, highlight=False)  # one line each: easy to grep
-        run_serve(settings, pool or Path(settings.pool), host, port, dashboard=dashboard, log=log)
+        run_serve(settings, pool or Path(settings.pool), host, port, dashboard=dashboard, log=_log_line)
         return
     import uvicorn
 
@@ -105,6 +104,12 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
     # keep-alive past the default 5 s: under load a starved loop could close a connection a
     # client is already reusing (seen as ReadErrors at 200 concurrent clients)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=75)
+
+
+def _log_line(line: str) -> None:
+    """One line of `serve`'s log, soft-wrapped so it stays one line to grep; Text, not markup: a
+    line names paths and errors, and a "[/x]" in one raised MarkupError and stopped the server."""
+    console.print(Text(line), soft_wrap=True)
 
 
 @app.command()
@@ -150,7 +155,7 @@ def _ask_here(fields: dict[str, Any], pool: Path | None) -> dict[str, Any]:
 def experts_list(pool: PoolOpt = None, url: UrlOpt = None, key: KeyOpt = None) -> None:
     if url:
         with client(url, key) as http:
-            _print_experts(accepted(http.get("/v1/experts")))
+            _print_experts(accepted(http.get("/v1/experts", params={"with_profile": "true"})))
         return
     _print_experts([_expert_dict(e) for e in _container(pool).experts.all()])
 
@@ -202,15 +207,23 @@ def _validated(model: type[M], body: dict[str, Any]) -> M:
 
 
 def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
-    """The expert once a remote server has profiled it, with its progress shown meanwhile."""
+    """The expert once a remote server has profiled it, with its progress shown meanwhile (a
+    bar only while it profiles: an empty "0/?" one read as profiling that never ran)."""
     import time
 
-    with progress_bar(f"profiling {e['name']}") as report:
-        while e["status"] == "profiling":
-            report(e["progress"]["done"], e["progress"]["total"] or 1)
-            time.sleep(0.5)  # polling a remote server's progress, not waiting for readiness
-            e = accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
-    return e
+    if e["status"] == "profiling":
+        with progress_bar(f"profiling {e['name']}") as report:
+            while e["status"] == "profiling":
+                report(e["progress"]["done"], e["progress"]["total"] or 1)
+                time.sleep(0.5)  # polling a remote server's progress, not waiting for readiness
+                e = accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
+    return _profiled(http, e)
+
+
+def _profiled(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
+    """`e` with its profile: PATCH and DELETE reply without one, GET /v1/experts/{id} has it, so
+    the table's "top skills" shows over --url what it shows in-process."""
+    return e if e.get("profile") is not None else accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
 
 
 @experts_app.command("update")
@@ -265,7 +278,7 @@ def experts_remove(ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID")], po
     """Stop routing to an expert and unload its model where nothing else uses it; its history stays."""
     if url:
         with client(url, key) as http:
-            _print_experts([accepted(http.delete(f"/v1/experts/{remote_id(http, ref)}"))])
+            _print_experts([_profiled(http, accepted(http.delete(f"/v1/experts/{remote_id(http, ref)}")))])
         return
     c = _container(pool)
     with _refusals():
@@ -281,7 +294,7 @@ def _refusals() -> Iterator[None]:
     try:
         yield
     except ServiceError as exc:
-        console.print(f"[red]refused:[/red] {exc.message}")
+        console.print(f"[red]refused:[/red] {escape(exc.message)}")  # it quotes the user's names and paths
         raise typer.Exit(2) from exc
 
 
@@ -296,12 +309,18 @@ def _print_experts(rows: list[dict[str, Any]]) -> None:
     for e in rows:
         top = ", ".join(list((e.get("profile") or {}).keys())[:3])
         acc = f"{e['accuracy']:.2f}" if e.get("accuracy") is not None else "-"
-        table.add_row(str(e["id"]), e["name"], e["status"], acc, top, e["base_model_key"])
+        table.add_row(*_cells(e["id"], e["name"], e["status"], acc, top, e["base_model_key"]))
     console.print(table)
     for e in rows:  # the table has no room for why
         if e["status"] == "failed" and e.get("error"):
             console.print(f"[red]{escape(e['name'])} failed:[/red] {escape(e['error'])}", soft_wrap=True,
                           highlight=False)
+
+
+def _cells(*values: object) -> list[Text]:
+    """A table row as plain text: a cell given as a str is read as markup, and a name or a model
+    path holding "[/x]" raised MarkupError, "[q4_k_m]" vanished."""
+    return [Text(str(v)) for v in values]
 
 
 def _show_changed(e: dict[str, Any]) -> None:
@@ -343,7 +362,7 @@ def keys_create(
         row, key = _key_service().create(name, "admin" if admin else "client", rpm, budget)
     except ServiceError as exc:
         raise typer.BadParameter(exc.message, param_hint=f"--{(exc.param or '').replace('_', '-')}") from exc
-    console.print(f"created {row.role} key {row.id} ({row.name}); store it now, it is not shown again:")
+    console.print(f"created {row.role} key {row.id} ({escape(row.name)}); store it now, it is not shown again:")
     print(key)
 
 
@@ -351,9 +370,9 @@ def keys_create(
 def keys_list() -> None:
     table = Table("id", "name", "role", "prefix", "requests/min", "latency ms", "energy J", "created", "revoked")
     for k in _key_service().list():
-        table.add_row(str(k.id), k.name, k.role, k.prefix, str(k.requests_per_minute or "-"),
-                      str(k.default_latency_ms or "-"), str(k.default_energy_j or "-"),
-                      f"{k.created_at:%Y-%m-%d %H:%M}", f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
+        revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-"
+        table.add_row(*_cells(k.id, k.name, k.role, k.prefix, k.requests_per_minute or "-", k.default_latency_ms or "-",
+                              k.default_energy_j or "-", f"{k.created_at:%Y-%m-%d %H:%M}", revoked))
     console.print(table)
 
 
@@ -364,7 +383,7 @@ def keys_revoke(key_id: int) -> None:
     try:
         _key_service().revoke(key_id)
     except ServiceError as exc:
-        console.print(f"[red]{exc.message}[/red]")
+        console.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(2) from exc
     console.print(f"revoked key {key_id}")
 

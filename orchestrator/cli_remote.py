@@ -22,14 +22,14 @@ def client(url: str, key: str | None) -> Iterator[httpx.Client]:
     """A client on the service at `url`, sending `key` as the bearer token. A transport failure
     (refused, timed out, not HTTP), a reply not readable as HTTP, or JSON that is not what
     skillroute answers (another JSON service on that port) fails with exit 1; a malformed `url`
-    or `key` with exit 2."""
+    (no http:// or https://, no host, no port a socket has) or `key` with exit 2."""
     import httpx
 
     if key is not None and not key.isascii():  # a header is ASCII: httpx raised on building it
         raise CliFailure("--key: an API key is ASCII (skillroute's are sk-sr-…)", 2)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+        with httpx.Client(base_url=_checked(url), timeout=120, headers=headers) as http:
             yield http
     except httpx.InvalidURL as exc:  # not an HTTPError: a malformed --url is the user's argument
         raise CliFailure(f"--url {url!r} is not a URL: {exc}", 2) from exc
@@ -39,9 +39,27 @@ def client(url: str, key: str | None) -> Iterator[httpx.Client]:
         raise CliFailure(f"{url} did not answer as skillroute does ({type(exc).__name__}: {exc})", 1) from exc
 
 
+def _checked(url: str) -> str:
+    """`url` where it names an HTTP server; else exit 2. httpx takes "127.0.0.1:8000" (no scheme),
+    "ftp://…", "http://" and port 99999 and fails only on sending, which read as a server that
+    could not be reached (exit 1): the mistake is the argument, not the server."""
+    import httpx
+
+    parsed = httpx.URL(url)  # InvalidURL (unbalanced brackets, …) is caught by client()
+    port_ok = parsed.port is None or 0 < parsed.port < 65536
+    if parsed.scheme not in ("http", "https") or not parsed.host or not port_ok:
+        raise CliFailure(f"--url {url!r} is not a server's URL: it takes http:// or https://, a host and "
+                         "a port under 65536 (e.g. http://127.0.0.1:8000)", 2)
+    return url
+
+
 def accepted(r: httpx.Response) -> Any:
-    """The reply's JSON. A refusal fails with exit 2 naming its message; a reply that is not
-    JSON (another server on that port, a proxy's error page) fails with exit 1 showing its start."""
+    """The reply's JSON. A refusal (4xx) fails with exit 2 naming its message; the server failing
+    (5xx: an error, not ready, a proxy without its upstream) with exit 1, since the user's input
+    was not what went wrong; a reply that is not JSON (another server on that port, a proxy's
+    error page) with exit 1 showing its start."""
+    if r.status_code >= 500:
+        raise CliFailure(f"server error ({r.status_code}) at {r.request.url}: {_refusal(r)}", 1)
     if r.status_code >= 400:
         raise CliFailure(f"refused ({r.status_code}): {_refusal(r)}", 2)
     try:

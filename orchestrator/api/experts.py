@@ -39,10 +39,12 @@ def spec_of(body: ExpertCreate) -> ExpertSpec:
 
 
 @router.get("", response_model=list[ExpertOut])
-def list_experts(c: Container) -> list[ExpertOut]:
-    """Every expert ever registered, removed ones included (status `removed`)."""
+def list_experts(c: Container, with_profile: bool = False) -> list[ExpertOut]:
+    """Every expert ever registered, removed ones included (status `removed`); with
+    `?with_profile=true` each with its profile, as GET /v1/experts/{id} shows it (one request,
+    where one per expert could run into a key's rate limit)."""
     where = c.pool.placement()
-    return [ExpertOut.from_row(e, worker=where.get(e.name)) for e in c.experts.all()]
+    return [ExpertOut.from_row(e, with_profile=with_profile, worker=where.get(e.name)) for e in c.experts.all()]
 
 
 @router.get("/{expert_id}", response_model=ExpertOut)

@@ -59,3 +59,13 @@ def test_keys_create_and_revoke_refuse_what_the_store_cannot_hold(data_dir: Path
     assert runner.invoke(app, ["keys", "create", "--name", "n" * 64]).exit_code == 0  # the widest it holds
     gone = runner.invoke(app, ["keys", "revoke", str(2**31)])
     assert gone.exit_code == 2 and "2147483647" in gone.output, gone.output
+
+
+def test_a_key_name_is_shown_as_given_not_read_as_markup(data_dir: Path) -> None:
+    """A name holding "[/x]" was stored, then `create` ended in MarkupError before the key was
+    shown (it is shown only then) and every `keys list` after it did too."""
+    made = runner.invoke(app, ["keys", "create", "--name", "[/x]"])
+    assert made.exit_code == 0 and "([/x])" in made.output and "sk-sr-" in made.output, made.output
+    assert runner.invoke(app, ["keys", "create", "--name", "[bold]ops"]).exit_code == 0
+    listed = runner.invoke(app, ["keys", "list"])
+    assert listed.exit_code == 0 and "[/x]" in listed.output and "[bold]ops" in listed.output, listed.output
