@@ -78,7 +78,7 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     deleted = {n for n, r in rows.items() if r.status == "removed" and n not in retired}  # over the API
     changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
     named = {s.name for s in specs}
-    added = [_register(experts, s) for s in specs if s.name not in rows]
+    added = [_register(experts, db, s) for s in specs if s.name not in rows]
     for name in (n for n in changes if rows[n].status == "removed"):
         experts.revive(rows[name].id, name in disabled)  # an earlier file's expert, back with its profile
     changed = [n for n, c in changes.items() if c]
@@ -94,9 +94,16 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     return synced
 
 
-def _register(experts: ExpertService, spec: ExpertSpec) -> str:
+def _register(experts: ExpertService, db: Database, spec: ExpertSpec) -> str:
+    """Registered and at once recorded as the file's: a start refused on a later expert (or
+    killed) left it untracked, kept as if registered over the API once the file dropped it."""
     with _refused(spec.name):
-        return experts.register(spec, profile=False).name
+        name = experts.register(spec, profile=False).name
+    with db.session() as s:
+        repo = StateRepository(s)
+        state = repo.get(POOL_FILE_KEY) or {}
+        repo.put(POOL_FILE_KEY, {**state, "experts": sorted({*state.get("experts", []), name})})
+    return name
 
 
 def _record(db: Database, named: set[str], retired: set[str], disabled: set[str]) -> None:

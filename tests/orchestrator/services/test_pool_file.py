@@ -96,3 +96,15 @@ def test_an_expert_the_user_disabled_stays_disabled_when_the_file_names_it_again
     c.experts.update(c.experts.find("gamma").id, ExpertChange(enabled=True))
     assert states(c)["gamma"] == ("ready", profiled) and "gamma" in c.pool.snapshot.experts
     c.close()
+
+
+def test_experts_a_refused_start_registered_stay_the_files(tmp_path: Path, embedder: Embedder) -> None:
+    """A start refused on a later expert left the ones it had registered untracked: the file
+    backed out, they were kept as if registered over the API and served for good."""
+    start(tmp_path, embedder, [ALPHA]).close()
+    clash = ExpertSpec(name="zeta", base=BaseModelSpec(kind="mock", source="m1", n_ctx=512))  # m1 is loaded at 2048
+    with pytest.raises(PoolFileConflict, match="'zeta' was refused"):
+        start(tmp_path, embedder, [ALPHA, GAMMA, clash])
+    c = start(tmp_path, embedder, [ALPHA])
+    assert states(c)["gamma"][0] == "removed" and set(c.pool.snapshot.experts) == {"alpha"}
+    c.close()
