@@ -4,7 +4,8 @@ The prompt is the paper's, word for word; it is sampled `n_samples` times and on
 that several samples agree on are kept (`consolidate`). Parsing follows the paper's
 `get_keywords` (text after the last "Keywords:", split on ",", strip, lower-case, drop ".",
 keep items of at most 20 characters) with guards for small local models, which the paper's
-frontier keyword model did not need: the marker is matched case-insensitively, only the first
+frontier keyword model did not need: the marker is matched case-insensitively, the last one that
+gives a keyword is read (one opening a line before one mid-sentence), only the first
 non-empty line after it is read (small models keep talking after the list), with the lines a
 comma list wraps onto (a separator ends one line or starts the next), unless that line starts
 a numbered or bulleted list (then the list's lines are read, one keyword each),
@@ -44,21 +45,38 @@ def keyword_prompt(question: str) -> str:
 
 
 def parse_keywords(text: str) -> list[str]:
-    """Keywords in one reply, in order, without duplicates."""
+    """Keywords in one reply, in order, without duplicates: after the last marker that gives any
+    (see `_tails`)."""
+    for tail in _tails(text):
+        if keywords := _parsed(_keyword_lines(tail)):
+            return keywords
+    return []
+
+
+def _tails(text: str) -> list[str]:
+    """The text after each marker, last first: markers opening a line before others (a "these
+    keywords: …" mid-sentence is the model talking), and each one in turn where a later one gives
+    nothing (the prompt's format line "Keywords: <keyword1>, …" echoed after the list)."""
+    markers = list(_MARKER.finditer(text))
+    if not markers:
+        return [text]
+    opening = [m for m in markers if not text[text.rfind("\n", 0, m.start()) + 1 : m.start()].strip(_STRIP + _HEADING)]
+    return [text[m.end() :] for m in reversed(opening or markers)]
+
+
+def _parsed(lines: list[str]) -> list[str]:
     out: list[str] = []
-    for item in (i for line in _keyword_lines(text) for i in _SEPARATOR.split(line)):
+    for item in (i for line in lines for i in _SEPARATOR.split(line)):
         keyword = _clean(item)
         if keyword and len(keyword) <= MAX_KEYWORD_CHARS and keyword not in out:
             out.append(keyword)
     return out
 
 
-def _keyword_lines(text: str) -> list[str]:
-    """The first non-empty line after the last marker, with the lines its comma list wraps onto;
+def _keyword_lines(tail: str) -> list[str]:
+    """The first non-empty line of a marker's tail, with the lines its comma list wraps onto;
     a list started there is read whole (its consecutive item lines), as a list puts one keyword
     on each line."""
-    markers = list(_MARKER.finditer(text))
-    tail = text[markers[-1].end() :] if markers else text
     lines = [ln for ln in tail.splitlines() if ln.strip(_STRIP + _HEADING)]
     if lines and _LIST_ITEM.match(lines[0]):
         return _list_items(lines)

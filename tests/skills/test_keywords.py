@@ -29,6 +29,17 @@ def test_parse_takes_text_after_last_marker_and_first_line_only() -> None:
     assert parse_keywords(text) == ["property law", "contracts"]
 
 
+def test_parse_reads_the_last_marker_that_gives_keywords_one_opening_a_line_first() -> None:
+    """Only the last marker was read: the prompt's format line echoed after the list gave no
+    keyword (a question "got no keywords"), a "these keywords: …" remark gave junk ones."""
+    echoed = "Keywords: algebra, geometry\nFollow this format: Keywords: <keyword1>, <keyword2>..."
+    assert parse_keywords(echoed) == ["algebra", "geometry"]
+    assert parse_keywords("Keywords:\n- algebra\n- geometry\n\nThese keywords: cover it.") == ["algebra", "geometry"]
+    assert parse_keywords("Keywords: math\n\nKeywords:") == ["math"]
+    assert parse_keywords("Sure! Keywords: optics, waves") == ["optics", "waves"]  # the only marker, mid-line
+    assert parse_keywords("**Keywords:** a1, b2\n> Keywords: c3") == ["c3"]  # both open a line: the last
+
+
 def test_parse_drops_long_items_and_duplicates() -> None:
     text = "keywords: finance, a very long keyword that rambles on, finance, e.g. tax"
     assert parse_keywords(text) == ["finance", "eg tax"]
