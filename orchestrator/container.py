@@ -74,6 +74,19 @@ class SkillRoute:
         self.startup = StartupState()
         self._started, self._bootstrapped, self._start_lock = False, False, threading.Lock()
 
+    def _live_keywords(self, router: str) -> tuple[KeywordReader, str] | None:
+        """The keyword LLM that reads live queries' skills, where the router ranks by skills. The
+        k-NN router ranks by the query's embedding: the keywords (`keyword_samples` generations
+        a query) changed no decision. The validation set's keywords still make the profiles."""
+        v = self.pool_config.validation
+        if v.keyword_mode != "llm":
+            return None
+        if router == "knn":
+            log.warning("keyword_mode llm: the k-NN router ranks by the query's embedding, so live queries' "
+                        "keywords are not read (the validation set's make the skill profiles)")
+            return None
+        return KeywordReader(self.fleet, v.keyword_samples, seed=v.seed), str(v.keyword_expert)
+
     def _build_services(self, settings: Settings, pool: PoolConfig, profiles: Mapping[str, DeviceProfile]) -> None:
         aggregation = pool.aggregator.mode
         learning = settings.learning
@@ -86,11 +99,10 @@ class SkillRoute:
         policy = CompetitionPolicy(learning.competition_rate, learning.per_minute,
                                    consensus_teaches=learning.consensus_teaches)
         v = pool.validation
-        keywords = (KeywordReader(self.fleet, v.keyword_samples, seed=v.seed), str(v.keyword_expert)) \
-            if v.keyword_mode == "llm" else None
         self.pipeline = Pipeline(self.fleet, self.embedder, planner, limits,
                                  v.skills_per_question, aggregation, self.metrics, settings.backend_options(),
-                                 policy=policy, explore_rate=learning.explore_rate, keywords=keywords,
+                                 policy=policy, explore_rate=learning.explore_rate,
+                                 keywords=self._live_keywords(pool.router or settings.router),
                                  recruit=pool.recruit)
         self.instance = Instance(self.db, settings.recovery)
         self.admission = Admission(self.db, self.pool, self.pipeline, self.instance.id)

@@ -9,6 +9,7 @@ it (MoE^2, `budgets.planner`) instead of the router's draws.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,8 @@ from skills.vocabulary import SkillMatch as VocabularyMatch
 DIRECT = "direct"  # the router name of a query that named its expert
 Found = tuple[Sequence[VocabularyMatch], Sequence[ExpertScore]]  # a routed query's skills and scores
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class GenerationLimits:
@@ -69,6 +72,7 @@ class Decider:
         self.options = options or BackendOptions()  # how an expert's tokenizer is found
         self.policy, self.explore_rate = policy, explore_rate  # None: the router never competes
         self.keywords = keywords  # (reader, keyword expert): skills from the keyword LLM
+        self._unserved: PoolSnapshot | None = None  # the snapshot whose missing keyword expert was logged
         self.recruit_mode = recruit_mode  # the pool's mode for a query naming none; None: the router's
 
     def route(self, pool: PoolSnapshot, asks: Sequence[Ask], dry_run: bool = False) -> list[Decision]:
@@ -121,11 +125,21 @@ class Decider:
         """Each query's skills: its keywords (read by the keyword LLM) mapped to the nearest
         profiled skills, or, the fast default, the skills nearest its embedding (also a query
         the keyword LLM read nothing for: it failed or timed out)."""
+        if self.keywords is not None and self.keywords[1] not in pool.experts:
+            self._unserved_reader(pool, self.keywords[1])
         if self.keywords is None or self.keywords[1] not in pool.experts or not texts:
             return pool.vocabulary.nearest_for_embeddings(texts, embeddings, self.skills_per_query)
         reader, name = self.keywords
         found = reader.read(pool.experts[name], pool.worker_of(name, reader.fleet.default), texts)
         return skills_or_nearest(found, texts, embeddings, pool.vocabulary, self.skills_per_query)
+
+    def _unserved_reader(self, pool: PoolSnapshot, name: str) -> None:
+        """Say, once per snapshot (not a line a query), that keyword mode fell back silently: the
+        keyword expert was disabled, removed or is not ready."""
+        if self._unserved is not pool:
+            self._unserved = pool
+            log.warning("keyword_mode llm: the keyword expert %r is not served (disabled, removed or not ready): "
+                        "queries are routed by the skills nearest their embedding", name)
 
     def _decide(self, pool: PoolSnapshot, index: int, ask: Ask, matches: Sequence[VocabularyMatch],
                 ranked: Sequence[ExpertScore], dry_run: bool = False) -> Decision:

@@ -65,6 +65,16 @@ class ValidationConfig(Strict):
     skills_per_question: int = Field(default=3, ge=1, le=8)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _keyword_fields_need_llm_mode(self) -> ValidationConfig:
+        """Read by nothing in embedding mode, yet part of `dataset_key`: changing one re-profiled
+        every expert, and a keyword_expert naming no expert passed."""
+        unused = sorted({"keyword_expert", "keyword_samples"} & self.model_fields_set)
+        if self.keyword_mode == "embedding" and unused:
+            raise ValueError(f"{', '.join(unused)}: read only with keyword_mode llm (this set reads skills by "
+                             "embedding); remove it, or set keyword_mode: llm")
+        return self
+
     def dataset_key(self) -> str:
         """Names this exact profiling set; a changed config is a new set, profiled anew."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)

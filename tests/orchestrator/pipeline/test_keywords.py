@@ -18,6 +18,7 @@ from orchestrator.pipeline.keywords import KeywordRead, KeywordReader, KeywordsF
 from orchestrator.pools.schema import PoolConfig, ValidationConfig
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from skills.vocabulary import SEED_SKILLS, SkillVocabulary
@@ -114,6 +115,50 @@ def test_a_query_the_failed_keyword_expert_cannot_read_is_routed_by_embedding(
     c.close()
     assert decision.skills and all(m.keyword == "" for m in decision.skills)  # the embedding's, not keywords
     assert {m.skill for m in decision.skills} <= {"photosynthesis", "chlorophyll"}
+
+
+def reader_requests(c: SkillRoute) -> int:
+    backend = c.fleet["cpu"].backend(READER)
+    assert isinstance(backend, MockBackend)
+    return len(backend.requests)
+
+
+def test_under_the_knn_router_live_queries_read_no_keywords(tmp_path: Path, embedder: Embedder,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The k-NN router ranks by the query's embedding: each query's keyword samples (18 s a
+    question on CPU with a packaged model) changed no decision."""
+    with caplog.at_level(logging.WARNING, logger="orchestrator.container"):
+        c = SkillRoute(quiet_settings(tmp_path), keyword_pool().model_copy(update={"router": "knn"}), factory=factory,
+                       embedder=embedder)
+    c.start()
+    assert {s for it in c.profiler.validation_set() for s in it.skills} == {"photosynthesis", "plant biology",
+                                                                           "chlorophyll"}  # profiles: keywords
+    before = reader_requests(c)
+    decision = c.pipeline.route(c.pool.snapshot, [Ask(text="Why are leaves green?", k=2, seed=1)])[0]
+    assert reader_requests(c) == before and all(m.keyword == "" for m in decision.skills)
+    assert "live queries' keywords are not read" in caplog.text
+    c.close()
+
+
+def test_a_keyword_expert_no_longer_served_is_said_once(tmp_path: Path, embedder: Embedder,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Disabled or removed, keyword mode fell back to the embedding's skills without a word."""
+    c = SkillRoute(quiet_settings(tmp_path), keyword_pool(), factory=factory, embedder=embedder)
+    c.start()
+    c.experts.update(c.experts.find("reader").id, ExpertChange({}, False), background=False)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.pipeline.decide"):
+        for seed in (1, 2):
+            decision = c.pipeline.route(c.pool.snapshot, [Ask(text="Why are leaves green?", k=2, seed=seed)])[0]
+            assert all(m.keyword == "" for m in decision.skills)
+    c.close()
+    assert caplog.text.count("the keyword expert 'reader' is not served") == 1
+
+
+def test_keyword_fields_need_llm_mode() -> None:
+    """Read by nothing in embedding mode, they changed the set's key: every expert re-profiled."""
+    for extra in ({"keyword_expert": "reader"}, {"keyword_samples": 9}):
+        with pytest.raises(ValueError, match=f"{next(iter(extra))}: read only with keyword_mode llm"):
+            ValidationConfig(**extra)  # type: ignore[arg-type]
 
 
 def test_a_keyword_mode_without_its_expert_is_refused() -> None:
