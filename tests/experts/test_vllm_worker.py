@@ -166,3 +166,17 @@ def test_a_prompt_vllm_still_refuses_fails_alone(engine_log: Path, folder: Path)
         process.close()
     assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
     assert out[1].error is not None and out[1].error.startswith("The decoder prompt (length 1003) is longer than")
+
+
+def test_sampling_vllm_refuses_fails_its_request_alone(engine_log: Path, folder: Path) -> None:
+    """SamplingParams were built for the whole batch up front: one refused (vLLM's own
+    VLLMValidationError) failed every request beside it."""
+    process = WorkerProcess(fake_python(engine_log).vllm_python)
+    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
+    conversations = [[{"role": "user", "content": t}] for t in ("hi", "x", "there")]
+    try:
+        out = engine.chat(conversations, [{"max_tokens": 8}, {"max_tokens": 8, "stop": [""]}, {"max_tokens": 8}])
+    finally:
+        process.close()
+    assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
+    assert out[1].error == "vLLM refused the sampling parameters: stop cannot contain an empty string."

@@ -4,7 +4,8 @@ test names, so a test can tell a new engine from a new process.
 
 Tokens are words; the chat template adds one per message plus one for the generation prompt.
 Like vLLM, chat() checks every prompt before running any and refuses the whole call for one
-longer than max_model_len. The engine counts the word `<wide>` as 1000 tokens where its
+longer than max_model_len, with vLLM's own `VLLMValidationError` (no ValueError), as
+SamplingParams refuses an empty stop string. The engine counts the word `<wide>` as 1000 tokens where its
 tokenizer counts one: a stand-in for vLLM refusing a prompt the worker's own count let by."""
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from vllm.exceptions import VLLMValidationError
+
 __version__ = "0.0-fake"
 _KEPT: list[bytes] = []  # what each engine leaves behind, as vLLM's engines do (FAKE_VLLM_LEAK_MB)
 
 
 class SamplingParams:
-    def __init__(self, max_tokens: int = 16, **_: Any) -> None:
+    def __init__(self, max_tokens: int = 16, stop: list[str] | None = None, **_: Any) -> None:
+        if stop and "" in stop:  # vLLM 0.32's own check, raised as its own error
+            raise VLLMValidationError("stop cannot contain an empty string.")
         self.max_tokens = max_tokens
 
 
@@ -41,7 +46,7 @@ class LLM:
         for conversation in conversations:
             n = len(_prompt_ids(conversation)) + 999 * _words(conversation).count("<wide>")
             if n > self.max_model_len:
-                raise ValueError(f"The decoder prompt (length {n}) is longer than the maximum model length "
+                raise VLLMValidationError(f"The decoder prompt (length {n}) is longer than the maximum model length "
                                  f"of {self.max_model_len}. Make sure that `max_model_len` is no smaller ...")
         pairs = zip(conversations, params, strict=True)
         return [_result(self.model, c[-1]["content"], p.max_tokens) for c, p in pairs]
