@@ -19,7 +19,7 @@ def health(c: RawContainer) -> dict[str, object]:
     answers, unavailable = c.fleet.each(lambda w: w.resident())  # an unreachable worker is named, not a 500
     resident = {name: sorted(keys) for name, keys in answers.items()}
     return {"status": "ok", "pool": c.pool_config.name, "startup": status.phase,
-            "recovering": status.recovering, "experts_ready": len(snap.experts) if snap else 0,
+            "recovering": status.recovering, "experts_ready": len(snap.ready) if snap else 0,
             "aggregator": snap.aggregator if snap else None,
             "resident_models": sorted({k for keys in resident.values() for k in keys}), "workers": resident,
             "unavailable_workers": unavailable}
@@ -34,6 +34,7 @@ def ready(c: RawContainer) -> dict[str, object]:
     if status.phase not in ("idle", "ready"):
         raise NotReady(status.describe())
     snap = c.pool.snapshot
-    if not snap.experts:
-        raise NotReady("no expert in the pool is ready yet")
-    return {"status": "ready", "experts_ready": len(snap.experts), "aggregator": snap.aggregator}
+    if not snap.ready:  # experts still profiling are only explored: every query would be a 503
+        profiling = f" ({len(snap.uncertain)} being profiled)" if snap.uncertain else ""
+        raise NotReady(f"no expert in the pool is ready yet{profiling}")
+    return {"status": "ready", "experts_ready": len(snap.ready), "aggregator": snap.aggregator}

@@ -30,6 +30,11 @@ class PoolSnapshot:
     evidence: RoutingEvidence | None = None  # what the router was built from (it learns on top)
     uncertain: frozenset[str] = frozenset()  # new experts explored, not yet recruited
 
+    @property
+    def ready(self) -> list[str]:
+        """The experts a query can be recruited to: not those still profiling, only explored."""
+        return sorted(self.experts.keys() - self.uncertain)
+
     def worker_of(self, expert: str, default: str) -> str:
         return self.placement.get(expert, default)
 

@@ -121,3 +121,26 @@ def test_a_start_that_fails_says_so_on_ready(tmp_path: Path, embedder: Embedder)
         assert ready.startswith("start-up failed:") and "unreachable" in ready
         assert client.get("/health").status_code == 200
         assert client.post("/v1/queries", json={"query": "x", "k": 1}).status_code == 503
+
+
+def test_a_pool_whose_every_expert_is_profiled_again_is_not_ready(tmp_path: Path, embedder: Embedder,
+                                                                  gate: threading.Event) -> None:
+    """Experts profiling are explored, never recruited: /ready said 200 (and /health counted them
+    ready) while every query was a 503."""
+    gate.set()
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(EXPERTS), factory=gated(gate), embedder=embedder)
+    with background_client(c) as client:
+        until(lambda: client.get("/ready").status_code == 200)
+        gate.clear()  # the profiling runs the persona changes start wait from now on
+        try:
+            for e in client.get("/v1/experts").json():
+                assert client.patch(f"/v1/experts/{e['id']}", json={"system_prompt": "a persona"}).status_code == 202
+            until(lambda: c.pool.snapshot.uncertain == {"alpha", "beta"})
+            ready = client.get("/ready")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["error"]["message"] == "no expert in the pool is ready yet (2 being profiled)"
+            assert client.get("/health").json()["experts_ready"] == 0
+        finally:
+            gate.set()  # else closing the app waits on the gated profiling runs
+        until(lambda: client.get("/health").json()["experts_ready"] == 2)  # profiled: both ready again
+        assert client.get("/ready").status_code == 200
