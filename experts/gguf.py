@@ -100,12 +100,17 @@ class GGUFInfo:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO, pos: int, version: int = 3):
+    def __init__(self, stream: BinaryIO, pos: int, size: int, version: int = 3):
         self._stream = stream
         self.version = version
         self.pos = pos  # bytes consumed so far: tensor data starts at the next aligned offset
+        self.size = size  # the file's: no read may ask for more than is left of it
 
     def take(self, n: int) -> bytes:
+        # checked before reading: a corrupt array count asks for up to 32 GB, which read() would
+        # try to allocate (MemoryError) before finding the file far shorter
+        if n > self.size - self.pos:
+            raise _Truncated
         data = self._stream.read(n)
         if len(data) != n:
             raise _Truncated
@@ -195,7 +200,7 @@ def _parse(path: Path, stream: BinaryIO) -> GGUFInfo:
     head = stream.read(4)
     if head != MAGIC:
         raise ModelSourceError(f"not a GGUF file: {path} starts with {head!r}")
-    reader = _Reader(stream, pos=len(MAGIC))
+    reader = _Reader(stream, pos=len(MAGIC), size=path.stat().st_size)
     reader.version = int(reader.unpack("<I"))
     if reader.version not in (1, 2, 3):
         raise ModelSourceError(f"unsupported GGUF version {reader.version}: {path}")
@@ -206,7 +211,7 @@ def _parse(path: Path, stream: BinaryIO) -> GGUFInfo:
     alignment = metadata.get("general.alignment", 32)
     alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
     tensors, end = _read_tensors(reader, n_tensors, alignment)
-    size = path.stat().st_size
+    size = reader.size
     if size < end:
         raise ModelSourceError(
             f"truncated GGUF: {path} has {size} bytes but its tensors need {end}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,15 @@ _PER_VOCAB_ENTRY = 320
 # +23% on short questions (three passes where plain reuse makes one).
 ALIGN_TOKENS = 32
 _FIRST_ENDS = (8, 16)
+# llama.cpp rounds a context up to a multiple of this (n_ctx 1000 holds 1024 positions), while
+# llama-cpp-python sizes its token buffer by the n_ctx it is given: opened with the rounded one,
+# both agree, and prompts are still held to the spec's n_ctx (`_open`).
+CTX_PADDING = 256
+
+
+def allocated_ctx(n_ctx: int) -> int:
+    """The context, and KV cache, llama.cpp allocates for a spec's n_ctx."""
+    return -(-n_ctx // CTX_PADDING) * CTX_PADDING
 
 
 def default_threads() -> int:
@@ -116,12 +126,14 @@ class LlamaCppBackend:
             raise BackendError("llama-cpp-python is not installed: pip install llama-cpp-python") from exc
         try:
             # n_threads_batch too: llama-cpp-python gives prompt evaluation every core otherwise.
-            return _aligned_llama_class(llama_cpp.Llama)(
-                model_path=str(path), n_ctx=self.spec.n_ctx, n_threads=self.n_threads,
+            llm = _aligned_llama_class(llama_cpp.Llama)(
+                model_path=str(path), n_ctx=allocated_ctx(self.spec.n_ctx), n_threads=self.n_threads,
                 n_threads_batch=self.n_threads, use_mmap=False, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelSourceError(f"llama.cpp could not load {path}: {exc}") from exc
+        llm._n_ctx = self.spec.n_ctx  # what llama-cpp-python refuses prompts and caps max_tokens by
+        return llm
 
     def unload(self) -> None:
         with self._lock:
@@ -133,9 +145,10 @@ class LlamaCppBackend:
             gc.collect()
 
     def memory_bytes(self) -> int:
-        """Weights (the file) + f16 KV cache for n_ctx + overhead, from the header alone."""
+        """Weights (the file) + f16 KV cache for the context llama.cpp allocates + overhead, from
+        the header alone."""
         _, info = self._ensure_validated()
-        kv = info.kv_cache_bytes(self.spec.n_ctx) or 0
+        kv = info.kv_cache_bytes(allocated_ctx(self.spec.n_ctx)) or 0
         vocab = info.array_lengths.get("tokenizer.ggml.tokens", 0)
         overhead = _BASE_OVERHEAD + _PER_VOCAB_ENTRY * vocab
         return info.size_bytes + kv + overhead
@@ -164,8 +177,14 @@ class LlamaCppBackend:
         try:
             out = llm.create_chat_completion(**_arguments(request))
         except ValueError as exc:  # e.g. the prompt does not fit in n_ctx
-            return Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
+            return self._refused(request, exc, started)
         return _to_generation(request.request_id, out, time.perf_counter() - started)
+
+    def _refused(self, request: GenerationRequest, exc: ValueError, started: float) -> Generation:
+        """The request's error. llama-cpp-python names the context llama.cpp allocated as the
+        window a prompt overflowed; prompts are held to the spec's n_ctx, so that is named."""
+        reason = re.sub(r"context window of \d+", f"context window of {self.spec.n_ctx}", str(exc))
+        return Generation.failed(request.request_id, f"{self.base_model_key}: {reason}", time.perf_counter() - started)
 
     def _tokens(self, llm: Any, request: GenerationRequest, started: float) -> Iterator[StreamEvent]:
         """Each piece llama.cpp writes, then the reply; past the request's time limit generation
@@ -186,7 +205,7 @@ class LlamaCppBackend:
                     yield Generation.timed_out(request, time.perf_counter() - started)
                     return
         except ValueError as exc:
-            yield Generation.failed(request.request_id, f"{self.base_model_key}: {exc}", time.perf_counter() - started)
+            yield self._refused(request, exc, started)
             return
         except PastDeadline:
             yield Generation.timed_out(request, time.perf_counter() - started)

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
+# OpenAI's limits on `stop`, which the API applies to a query's own (`openai_protocol._stops`)
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
 # Why a generation ended, as OpenAI and vLLM say it: "stop" (an end-of-sequence token or a stop
 # string) or "length" (its max_tokens cut it).
 FinishReason = Literal["stop", "length"]
@@ -34,6 +36,16 @@ class SamplingParams(Strict):
     # run passes it as it is, so 2**70 was registered and failed the expert at its first reply
     seed: int | None = Field(default=0, ge=0, le=2**31 - 1)
     stop: list[str] = Field(default_factory=list)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: list[str]) -> list[str]:
+        """An empty sequence matches at once: llama.cpp then answers "" as a success, vLLM refuses
+        the whole batch. So an expert's own stops follow the rule a query's `stop` does."""
+        if len(stop) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+            raise ValueError(f"`stop` takes up to {MAX_STOPS} non-empty sequences of at most "
+                             f"{MAX_STOP_CHARS} characters")
+        return stop
 
 
 class GenerationRequest(BaseModel):

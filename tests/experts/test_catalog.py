@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,3 +184,31 @@ def test_a_given_cache_folder_is_where_parts_are_assembled(fake_parts: tuple[Pac
     assert path == tmp_path / "elsewhere" / "fake-model.gguf" and path.read_bytes() == fake_parts[1]
     assert resolve_source("package:fake-model", tmp_path / "elsewhere") == path
     assert not data_dir.exists()  # the default folder was never touched
+
+
+def test_two_threads_asking_for_one_model_both_get_it_assembled_once(
+    fake_parts: tuple[PackagedModel, bytes], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads of a process wrote one temp file (named by the process id alone): the later
+    one's rename found it gone and failed with a raw FileNotFoundError, a query beside it a 500."""
+    real_verify, checking, assemblies = catalog.verify, threading.Event(), []
+
+    def slow_verify(model: PackagedModel, path: Path) -> object:
+        if path.suffix == ".tmp":  # the first assembly is being checked: ask for it again now
+            assemblies.append(path)
+            checking.set()
+            time.sleep(0.3)
+        return real_verify(model, path)
+
+    monkeypatch.setattr(catalog, "verify", slow_verify)
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.update(first=resolve_packaged("fake-model")))
+    first.start()
+    assert checking.wait(10)
+    try:
+        results["second"] = resolve_packaged("fake-model")
+    finally:
+        first.join()
+    assert results == {"first": data_dir / "fake-model.gguf", "second": data_dir / "fake-model.gguf"}
+    assert len(assemblies) == 1 and [p.name for p in data_dir.iterdir()] == ["fake-model.gguf"]
+    assert (data_dir / "fake-model.gguf").read_bytes() == fake_parts[1]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import struct
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,25 @@ def test_absurd_string_length_is_corrupt_not_a_memory_blowup(write_gguf: Callabl
     bad = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2**62)
     with pytest.raises(ModelSourceError, match="corrupt GGUF header"):
         check_gguf(write_gguf("huge.gguf", bad + b"x" * 64))
+
+
+@pytest.mark.parametrize("etype", [4, 10])  # uint32, uint64
+def test_an_array_longer_than_the_file_is_refused_without_allocating_it(
+    write_gguf: Callable[..., Path], etype: int
+) -> None:
+    """A count within the reader's limit but past the file's end: skipping it read the whole
+    claimed size at once (2**32 uint64s: 32 GB, a MemoryError) instead of refusing the file."""
+    key = b"tokenizer.ggml.scores"
+    bad = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    path = write_gguf("array.gguf", bad + struct.pack("<IIQ", 9, etype, 2**25) + b"\0" * 64)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelSourceError, match=re.escape(f"truncated GGUF: {path} ends inside its header")):
+            check_gguf(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak  # the claim was 128 or 256 MB, the file 133 bytes
 
 
 def test_unsupported_version(write_gguf: Callable[..., Path]) -> None:

@@ -58,6 +58,8 @@ def test_memory_estimate_from_header_alone(write_gguf: Callable[..., Path]) -> N
     kv = 2 * 2 * 256 * 1 * 4 * 2  # K+V, 2 layers, 256 positions, 1 kv head of dim 4, f16
     assert b.memory_bytes() == path.stat().st_size + kv + 8 * 2**20 + 320 * 4  # 4-token vocab
     assert not b.is_loaded
+    rounded = LlamaCppBackend(spec(str(path), n_ctx=1000))  # llama.cpp allocates 1024 positions
+    assert rounded.memory_bytes() == b.memory_bytes() + kv * 3  # 1024 = 256 * 4
 
 
 def test_factory_builds_it(write_gguf: Callable[..., Path]) -> None:
@@ -65,9 +67,9 @@ def test_factory_builds_it(write_gguf: Callable[..., Path]) -> None:
     assert isinstance(b, LlamaCppBackend) and isinstance(b, ExpertBackend)
 
 
-def loaded(source: str) -> Iterator[LlamaCppBackend]:
+def loaded(source: str, n_ctx: int = 1024) -> Iterator[LlamaCppBackend]:
     pytest.importorskip("llama_cpp")
-    b = LlamaCppBackend(spec(source), n_threads=THREADS)
+    b = LlamaCppBackend(spec(source, n_ctx), n_threads=THREADS)
     try:
         b.validate()
     except ModelSourceError as exc:

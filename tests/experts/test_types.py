@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from experts.types import BaseModelSpec, ExpertSpec, SamplingParams
 
 
@@ -15,3 +18,15 @@ def test_a_caller_s_limit_caps_the_expert_s_own_and_never_raises_it() -> None:
     assert terse(128).request("r", "2+2?", max_tokens=8).sampling.max_tokens == 8  # the task's is lower
     assert terse(4).request("r", "2+2?").sampling.max_tokens == 4
     assert terse(4).request("r", "2+2?", max_tokens=96).sampling.temperature == 0.3  # the rest is the expert's
+
+
+@pytest.mark.parametrize("stop", [[""], ["Paris", ""], ["a", "b", "c", "d", "e"], ["x" * 257]])
+def test_an_expert_s_stop_sequences_follow_the_api_s_rule(stop: list[str]) -> None:
+    """An empty stop matched at once: llama.cpp answered "" as a success and vLLM refused the batch."""
+    with pytest.raises(ValidationError, match="up to 4 non-empty sequences of at most 256 characters"):
+        SamplingParams(stop=stop)
+
+
+def test_stop_sequences_within_the_rule_are_kept() -> None:
+    assert SamplingParams(stop=["\n", "Answer:", " (", "x" * 256]).stop == ["\n", "Answer:", " (", "x" * 256]
+    assert SamplingParams().stop == []
