@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from experts.types import ExpertSpec
 from orchestrator.store.db import Database, alembic_config, migrate
 from orchestrator.store.models import Base
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -135,5 +137,26 @@ def test_replicas_starting_together_on_an_empty_store_all_start(database_url: st
                                                                     ("gamma", "ready")]
             questions = ValidationRepository(s).questions(small_pool([]).validation.dataset_key())
             assert len(ValidationRepository(s).answers([r.id for r in experts])) == 3 * len(questions)
+    finally:
+        db.engine.dispose()
+
+
+def test_0013_fits_stored_expert_specs_to_today_s_rules(database_url: str) -> None:
+    """A spec stored under looser rules (a seed past 2^31-1, an empty stop) no longer validated,
+    and one such expert stopped every start."""
+    migrate(database_url, "0012")
+    sampling = {"temperature": 0.0, "max_tokens": 8, "seed": 3_000_000_000, "stop": ["", "x" * 300, *"abcde"]}
+    spec = {"name": "old", "base": {"kind": "mock", "source": "m1"}, "sampling": sampling}
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO experts (id, name, spec, base_model_key, status, progress_done, "
+                              "progress_total, created_at) VALUES (1, 'old', :spec, 'mock:m1', 'ready', 0, 0, "
+                              "'2026-01-01 00:00:00')"), {"spec": json.dumps(spec)})
+        migrate(database_url)
+        with db.session() as s:
+            fitted = ExpertSpec.model_validate(ExpertRepository(s).by_name("old").spec)  # type: ignore[union-attr]
+        assert (fitted.sampling.seed, fitted.sampling.stop) == (3_000_000_000 % 2**31, ["a", "b", "c", "d"])
+        assert fitted.sampling.max_tokens == 8 and fitted.base.source == "m1"
     finally:
         db.engine.dispose()
