@@ -53,8 +53,9 @@ def config_error(exc: Exception) -> str | None:
     from orchestrator.pools.loader import PoolConfigError
     from orchestrator.services.pool_file import PoolFileConflict
     from orchestrator.settings import Settings
+    from orchestrator.store.db import SchemaTooNew
 
-    if isinstance(exc, PoolConfigError | PoolFileConflict):  # a file refused on reading, or by the store
+    if isinstance(exc, PoolConfigError | PoolFileConflict | SchemaTooNew):  # a file or a store it cannot take
         return str(exc)
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -48,7 +50,28 @@ def migrate(url: str, revision: str = "head") -> None:
     once would both create the first table, and all but one fail); alembic's context is global to
     the process, so its threads take turns too."""
     with _IN_PROCESS, _across_processes(url, MIGRATION_LOCK, "migrate"):
+        _check_known(url)
         command.upgrade(alembic_config(url), revision)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer skillroute: this one does not know its schema."""
+
+
+def _check_known(url: str) -> None:
+    """Refuse, in a line, a database at a revision these migrations lack: alembic's own error
+    ("Can't locate revision") came as a long traceback that never said a newer version wrote it."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+    finally:
+        engine.dispose()
+    if unknown := [r for r in current if r not in {s.revision for s in script.walk_revisions()}]:
+        raise SchemaTooNew(f"the database at {make_url(url).render_as_string(hide_password=True)} is at schema "
+                           f"revision {', '.join(unknown)}, newer than this skillroute's ({script.get_current_head()}):"
+                           " a newer skillroute wrote it; run that one, or start on another SKILLROUTE_DATA_DIR")
 
 
 @contextmanager
@@ -71,10 +94,14 @@ PREPARE_LOCK = 7_241_302_167  # the one a start's prepare step takes
 @contextmanager
 def _across_processes(url: str, lock_id: int, name: str) -> Iterator[None]:
     """Postgres: a session advisory lock, released when its connection closes. SQLite: an flock
-    on a file beside the database (the database file itself carries SQLite's own locks)."""
+    on a file beside the database (the database file itself carries SQLite's own locks).
+
+    The lock's connection autocommits: it held a transaction open (SQLAlchemy begins one at the
+    first statement) for the whole step, minutes of profiling, and a server's
+    idle_in_transaction_session_timeout ended it, lock and all, letting the next replica in."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        engine = create_engine(url, poolclass=NullPool)
+        engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})

@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from experts.types import ExpertSpec
-from orchestrator.store.db import Database, alembic_config, migrate
+from orchestrator.cli_failures import config_error
+from orchestrator.store.db import Database, SchemaTooNew, alembic_config, migrate, preparing
 from orchestrator.store.models import Base
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.validation import ValidationRepository
@@ -158,5 +161,39 @@ def test_0013_fits_stored_expert_specs_to_today_s_rules(database_url: str) -> No
             fitted = ExpertSpec.model_validate(ExpertRepository(s).by_name("old").spec)  # type: ignore[union-attr]
         assert (fitted.sampling.seed, fitted.sampling.stop) == (3_000_000_000 % 2**31, ["a", "b", "c", "d"])
         assert fitted.sampling.max_tokens == 8 and fitted.base.source == "m1"
+    finally:
+        db.engine.dispose()
+
+
+def test_a_start_s_lock_holds_no_transaction_open_while_held(database_url: str) -> None:
+    """Postgres ends a session idle in a transaction past idle_in_transaction_session_timeout
+    (a common production setting), and its advisory lock with it: the lock's connection held one
+    open for the whole prepare step, minutes of profiling, and the next replica walked in."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        pytest.skip("an advisory lock is Postgres's; SQLite's is a file lock")
+    migrate(database_url)
+    db = Database(database_url)
+    try:
+        with preparing(database_url), db.engine.connect() as conn:
+            states = conn.execute(text("SELECT state FROM pg_stat_activity WHERE query LIKE 'SELECT pg_advisory_lock%'"
+                                       " AND pid <> pg_backend_pid()")).scalars().all()
+        assert states == ["idle"]
+    finally:
+        db.engine.dispose()
+
+
+def test_a_database_a_newer_skillroute_migrated_is_refused_in_a_line(database_url: str) -> None:
+    """Alembic's "Can't locate revision" came as a long traceback never saying a newer version
+    wrote the database; the CLI prints this one line (exit 2)."""
+    migrate(database_url)
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+        head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+        newer = rf"at schema revision 0099, newer than this skillroute's \({head}\)"
+        with pytest.raises(SchemaTooNew, match=newer) as err:
+            migrate(database_url)
+        assert config_error(err.value) == str(err.value) and "\n" not in str(err.value)
     finally:
         db.engine.dispose()
