@@ -183,7 +183,7 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
             else _consensus(weighted_vote(list(voting.items()), weights, reliability).support)
         return _marked(letters, ref), letters, ref
     finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
-    ref = (_normal(gold) or None) if gold else _consensus(_support(
+    ref = _reference(gold) if gold else _consensus(_support(
         {e: f for e, f in finals.items() if e not in explored}, weights))
     return _marked(finals, ref), dict.fromkeys(answers), ref
 
@@ -209,6 +209,12 @@ def _option_texts(question: str) -> dict[str, str]:
         if (m := _OPTION_TEXT.match(line)) and m[1].upper() in valid:
             found[m[1].upper()] = _normal(m[2])
     return {text: letter for letter, text in found.items() if text}
+
+
+def _reference(gold: str) -> str | None:
+    """A free-text gold answer as answers are compared, None where it holds no letter or digit
+    ("?", "—", "**"): taken, it marked every answering expert wrong."""
+    return _normal(gold) if any(ch.isalnum() for ch in gold) else None
 
 
 def _marked(answers: Mapping[str, str | None], ref: str | None) -> dict[str, bool]:

@@ -191,6 +191,12 @@ class AccessControl:
         return key
 
     def _require_admin(self, key: ApiKey | None, token: str | None) -> None:
+        if not self.admin_configured() and self.settings.require_client_keys:
+            # a service that asks keys of its readers does not let anyone change its pool: open
+            # mode is for local use, where no key is asked at all
+            refusal = Forbidden if key is not None else Unauthorized  # a client key is known, just not enough
+            raise refusal("this needs the admin API key, and none exists yet: create one with "
+                          "`skillroute keys create --admin`, or set SKILLROUTE_ADMIN_KEY")
         if not self.admin_configured():
             return  # open mode: nobody has set an admin key yet
         if key is None:

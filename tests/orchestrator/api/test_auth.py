@@ -82,6 +82,19 @@ def test_required_client_keys_guard_queries_and_revocation_works(app_with, conta
     assert client.post("/v1/chat/completions", json=CHAT, headers=bearer(key)).status_code == 401
 
 
+def test_with_client_keys_required_the_pool_is_not_open_to_anyone(app_with, keys):
+    """No admin key yet left registering, changing and removing experts open to callers with no
+    key at all, while reads and queries asked for one."""
+    client = app_with(require_client_keys="true")
+    _, key = keys.create("client", "client")
+    for headers, status in (({}, 401), (bearer("unused"), 401), (bearer(key), 403)):
+        r = client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=headers)
+        assert r.status_code == status and "admin API key" in r.json()["error"]["message"], (headers, r.text)
+        assert client.delete("/v1/experts/1", headers=headers).status_code == status
+    _, admin = keys.create("ops", "admin")
+    assert client.post("/v1/experts", json={**NEW_EXPERT, "name": "eps"}, headers=bearer(admin)).status_code == 202
+
+
 def test_keys_are_stored_as_salted_hashes_only(container, keys):
     (a, key_a), (b, key_b) = (keys.create("client", "client") for _ in range(2))
     with container.db.session() as s:

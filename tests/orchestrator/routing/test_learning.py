@@ -106,6 +106,8 @@ def test_a_gold_answer_that_names_no_option_marks_no_one() -> None:
     for gold, question in ((".", LETTERED), ("Paris", LETTERED), ("Carbon dioxide", "Which gas do plants absorb?")):
         assert scored(answers, {}, None, gold, question)[::2] == ({}, None), (gold, question)
     assert scored({"a": "42", "b": "41"}, {}, None, ".")[::2] == ({}, None)  # free text: nothing left to compare
+    for gold in ("?", "!!", "-", "\u2014", "()", "**"):  # taken as a reference, they marked every expert wrong
+        assert scored({"a": "42", "b": "41"}, {}, None, gold)[::2] == ({}, None), gold
 
 
 def test_a_lone_answer_is_no_consensus_and_marks_no_one() -> None:
