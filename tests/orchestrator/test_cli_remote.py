@@ -3,10 +3,8 @@ is: 2 for a --url that names no HTTP server (the argument), 1 for a server that 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager, contextmanager
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +16,7 @@ from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
 from tests.live_server import live_server
+from tests.orchestrator.test_cli_edges import serving
 
 runner = CliRunner()
 
@@ -72,8 +71,7 @@ def test_a_url_that_names_no_http_server_is_one_line_and_exit_2(url: str) -> Non
     assert len(r.output.splitlines()) == 1, r.output
 
 
-@contextmanager
-def answering(status: int, body: str) -> Iterator[str]:
+def answering(status: int, body: str) -> AbstractContextManager[str]:
     """The URL of a local server that answers every request with `status` and `body`."""
     class Failing(BaseHTTPRequestHandler):
         def _reply(self) -> None:
@@ -89,12 +87,7 @@ def answering(status: int, body: str) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    return contextmanager(serving)(Failing)
 
 
 @pytest.mark.parametrize(("status", "body", "said"), [
