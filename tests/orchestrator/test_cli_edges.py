@@ -278,24 +278,29 @@ def test_refs_urls_and_keys_that_cannot_be_what_they_name_are_one_line_and_exit_
     assert all(e.status == "ready" for e in here.experts.all())
 
 
-@pytest.fixture
-def json_not_skillroute() -> Iterator[str]:
-    """A JSON service that is not skillroute: `{"status": "ok"}` to everything."""
-    class Json(BaseHTTPRequestHandler):
-        def _ok(self) -> None:
-            body = b'{"status": "ok"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
+def replying(status: int, body: str) -> type[BaseHTTPRequestHandler]:
+    """A handler answering every request with `status` and `body` (JSON where it reads as such)."""
+    class Reply(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if body.startswith("{") else "text/html")
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(data)
 
-        do_GET = do_POST = do_DELETE = _ok  # noqa: N815 (the handler's protocol names them)
+        do_GET = do_POST = do_DELETE = _reply  # noqa: N815 (the handler's protocol names them)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    yield from serving(Json)
+    return Reply
+
+
+@pytest.fixture
+def json_not_skillroute() -> Iterator[str]:
+    """A JSON service that is not skillroute: `{"status": "ok"}` to everything."""
+    yield from serving(replying(200, '{"status": "ok"}'))
 
 
 def test_a_json_service_that_is_not_skillroute_fails_each_verb(json_not_skillroute: str) -> None:

@@ -4,7 +4,6 @@ is: 2 for a --url that names no HTTP server (the argument), 1 for a server that 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +15,7 @@ from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
 from tests.live_server import live_server
-from tests.orchestrator.test_cli_edges import serving
+from tests.orchestrator.test_cli_edges import replying, serving
 
 runner = CliRunner()
 
@@ -73,21 +72,7 @@ def test_a_url_that_names_no_http_server_is_one_line_and_exit_2(url: str) -> Non
 
 def answering(status: int, body: str) -> AbstractContextManager[str]:
     """The URL of a local server that answers every request with `status` and `body`."""
-    class Failing(BaseHTTPRequestHandler):
-        def _reply(self) -> None:
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if body.startswith("{") else "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = _reply  # noqa: N815 (the handler's protocol names them)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return contextmanager(serving)(Failing)
+    return contextmanager(serving)(replying(status, body))
 
 
 @pytest.mark.parametrize(("status", "body", "said"), [
