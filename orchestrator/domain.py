@@ -16,6 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 RecruitMode = Literal["sample", "topk", "dynamic"]
+FinishReason = Literal["stop", "length"]  # why a generation ended, as `experts.types` has it
+DecisionMode = Literal["sample", "topk", "dynamic", "budget"]
+Role = Literal["expert", "aggregator", "competitor"]  # a competitor answers only to be scored
+
 # the OpenAI model id that routes: an expert of this name could never be asked by name, and
 # /v1/models would list the id twice
 AUTO = "auto"
@@ -26,9 +30,6 @@ def not_reserved(name: str) -> str:
     if name == AUTO:
         raise ValueError(f"the name {AUTO!r} is the model id that routes (model: auto); give the expert another name")
     return name
-FinishReason = Literal["stop", "length"]  # why a generation ended, as `experts.types` has it
-DecisionMode = Literal["sample", "topk", "dynamic", "budget"]
-Role = Literal["expert", "aggregator", "competitor"]  # a competitor answers only to be scored
 
 
 class Record(BaseModel):
