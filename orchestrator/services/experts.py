@@ -17,6 +17,7 @@ its own when the worker is busy, so a refusal (a taken name, a bad field) and a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -27,6 +28,7 @@ from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
+from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.expert_changes import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
@@ -130,10 +132,10 @@ class ExpertService:
             worker.backend(spec.base).validate()
             worker.ensure_loaded(spec.base)
         except BackendError as exc:
-            worker.forget(spec.base.key)
+            _forget(worker, spec.base.key)
             raise Unprocessable(str(exc), "model.source") from exc
         except Exception as exc:  # llama.cpp raises ValueError for a GGUF it cannot load
-            worker.forget(spec.base.key)
+            _forget(worker, spec.base.key)
             raise Unprocessable(f"model failed to load: {exc}", "model.source") from exc
 
     def update(self, expert_id: int, change: ExpertChange, background: bool = True) -> tuple[Expert, bool]:
@@ -372,3 +374,10 @@ def _forget_persona(state: StateRepository, last_lesson: int, name: str) -> None
         scores = {n: v for n, v in chosen.get("accuracy", {}).items() if n != name}
         state.put(AGGREGATOR_KEY, {"name": None if chosen.get("name") == name else chosen.get("name"),
                                    "accuracy": scores})
+
+
+def _forget(worker: DeviceWorker, key: str) -> None:
+    """Drop a model that failed to load. One more call to a worker that may be gone (the
+    failure being its loss): raised here, it hid the 422 behind a 500."""
+    with contextlib.suppress(Exception):
+        worker.forget(key)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experts.backend import BackendError
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
 from orchestrator.container import SkillRoute
@@ -320,3 +321,18 @@ def test_progress_is_each_expert_s_own_and_shows_its_total_from_the_start(held) 
     c.experts.queue.join()
     row = c.experts.get(delta)
     assert (row.progress_done, row.progress_total) == (40, 40)
+
+
+def test_a_model_that_fails_on_a_worker_that_is_gone_is_a_422(container: SkillRoute,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed load's clean-up (`forget`) is one more call to a worker that may be gone: it
+    raised again from the handler, and registering onto a lost worker was a 500, not the 422."""
+    worker = container.fleet["cpu"]
+
+    def lost(*_: object) -> None:
+        raise BackendError("worker cpu was lost mid-call")
+
+    monkeypatch.setattr(worker, "ensure_loaded", lost)
+    monkeypatch.setattr(worker, "forget", lost)
+    with pytest.raises(Unprocessable, match="worker cpu was lost mid-call"):
+        container.experts.check_loads(mock_expert("delta", "m3"))
