@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
 from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget, not_reserved
@@ -108,7 +108,8 @@ class QueryResponse(Decision):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    correct: bool | None = Field(default=None, description="Was the service's answer right?")
+    # strict: "yes", 1 or "false" read as verdicts (pydantic's lax bool) taught what was not said
+    correct: StrictBool | None = Field(default=None, description="Was the service's answer right?")
     answer: AnswerText | None = Field(default=None, description="…or the right answer.")
 
     @model_validator(mode="after")

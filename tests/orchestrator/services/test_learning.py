@@ -107,7 +107,7 @@ def test_feedback_moves_the_answering_experts_once(tmp_path, embedder) -> None: 
 def test_feedback_errors_name_the_problem_and_change_nothing(client, container) -> None:  # type: ignore[no-untyped-def]
     qid = client.post("/v1/queries", json={"query": QUESTION, "k": 1}).json()["id"]
     for body in ({}, {"correct": True, "answer": "B"}, {"correct": "maybe"}, {"answer": ""}, {"answer": " \n\t"},
-                 {"verdict": "ok"}):
+                 {"verdict": "ok"}, {"correct": "yes"}, {"correct": 1}, {"correct": "false"}):  # a verdict is a bool
         r = client.post(f"/v1/queries/{qid}/feedback", json=body)
         assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error", body
     missing = client.post("/v1/queries/987654/feedback", json={"correct": True})
