@@ -35,7 +35,7 @@ from experts.workers import WorkerSpec, declared_workers, memory_bytes
 from orchestrator.budgets.planner import device_table
 from orchestrator.pools.loader import load_pool_config
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import NAMESPACE, WorkerActor, cluster_workers, local_cores, spawn_all
+from orchestrator.serving.worker_actor import NAMESPACE, WorkerActor, cluster_workers, local_cores, spawn_all, spawner
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ def planned_workers(settings: Settings, cpu_reservation: float) -> tuple[list[Wo
 
 def spawn_workers(settings: Settings, cpu_reservation: float, home: str | None = None
                   ) -> dict[str, ActorHandle[WorkerActor]]:
-    """Spawn (or find) every worker's actor, pinned to its node, without waiting for it to run.
-    `home`: the node a worker without `resource` runs on; none: this process's."""
+    """Spawn (or find) every worker's actor, placed on its node, without waiting for it to run.
+    `home`: the node the CPU worker is pinned to; none: wherever Ray finds its CPUs (see `pinned`)."""
     workers, profiles = planned_workers(settings, cpu_reservation)
     return spawn_all(workers, profiles, settings.backend_options(), home)
 
@@ -63,10 +63,13 @@ def spawn_workers(settings: Settings, cpu_reservation: float, home: str | None =
 def device_workers(settings: Settings, cpu_reservation: float, home: str | None = None) -> dict[str, RemoteWorker]:
     """Every worker's actor as a device worker; each expert's generations run on the actor of
     the worker it is placed on. Nothing here waits for an actor to run: a worker whose node has
-    not joined is built all the same, unavailable until it has (its jobs fail, logged)."""
+    not joined is built all the same, unavailable until it has (its jobs fail, logged). Each
+    proxy can make its actor anew, as spawned here, should it be gone for good."""
     workers, profiles = planned_workers(settings, cpu_reservation)
-    actors = spawn_all(workers, profiles, settings.backend_options(), home)
-    return {w.name: RemoteWorker(actors[w.name], w, memory_bytes(w, profiles)) for w in workers}
+    options, budgets = settings.backend_options(), {w.name: memory_bytes(w, profiles) for w in workers}
+    actors = spawn_all(workers, profiles, options, home)
+    return {w.name: RemoteWorker(actors[w.name], w, budgets[w.name], spawner(w, budgets[w.name], options, home))
+            for w in workers}
 
 
 class SkillRouteIngress:
@@ -103,7 +106,7 @@ ingress = serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_op
 def build_app(settings: Settings | None = None, pool_path: str | Path | None = None,
               cpu_reservation: float = 1.0, home: str | None = None) -> Application:
     """The bound Serve application; `cpu_reservation` is what the CPU worker actor reserves,
-    `home` the node id workers without a `resource` are pinned to (none: the replica's node)."""
+    `home` the node id the CPU worker is pinned to (none: Ray places it where its CPUs are)."""
     settings = settings or get_settings()
     return ingress.bind(settings, str(pool_path or settings.pool), cpu_reservation, home)
 
@@ -179,12 +182,13 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dash
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cores = local_cores() if embedded else 1.0  # embedded: the CPU actor reserves the machine
-        # Workers without a `resource` run on this driver's node: `skillroute serve` was started
-        # here, with this machine's settings and data dir (GGUF files), and `cores` counts its
-        # CPUs. The replica spawns the actors too, but reserves no CPU and may land on any node;
-        # it is handed this node so both ask for the same placement (two homes would make each
-        # start kill the other's actors as stale). Under KubeRay there is no driver: the replica
-        # pins them to its own node.
+        # The CPU worker runs on this driver's node: `skillroute serve` was started here, with
+        # this machine's settings and data dir (GGUF files), and `cores` counts its CPUs. The
+        # replica spawns the actors too, but reserves no CPU and may land on any node; it is
+        # handed this node so both ask for the same placement (two homes would make each start
+        # kill the other's actors as stale). Under KubeRay there is no driver and no home: Ray
+        # places the CPU worker where its CPUs are (the head offers none). GPU workers, one per
+        # GPU of the cluster, go wherever a GPU is free.
         home = ray.get_runtime_context().get_node_id()
         spawn_workers(settings, cores, home)  # not awaited: the actors boot while Serve starts
         log_cluster(dashboard_url, log)

@@ -8,10 +8,15 @@ An actor Ray cannot place (its node has not joined, or left) takes calls and nev
 them, so no call is sent until the actor has answered a probe, and status reads wait a bounded
 time: an absent worker is one unavailable worker whose jobs fail with WorkerUnavailable, never
 a start, a /health or a scrape that hangs.
+
+An actor gone for good (killed without a restart, or made anew by another replica's start) is
+not left behind: the call that finds it so moves the proxy to the actor now under the worker's
+name, or makes one anew with the worker's own spawn, once per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,13 +26,14 @@ from typing import Any, TypeVar
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnschedulableError, GetTimeoutError, RayActorError, RayTaskError
 
 from experts.backend import BackendError, ExpertBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from experts.workers import WorkerSpec
 from orchestrator.observability.loads import Snapshot
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.serving.worker_actor import NAMESPACE, actor_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,13 +119,16 @@ class RemoteWorker(DeviceWorker):
 
     Its name and budget come from the worker's spec, so building one asks the actor nothing
     (the replica's constructor must not wait for a node that has not joined). Without a spec
-    (tests, benches) they are read from the actor, waiting at most RESTART_TIMEOUT_S."""
+    (tests, benches) they are read from the actor, waiting at most RESTART_TIMEOUT_S.
+    `renew` makes the worker's actor anew (worker_actor.spawner), for when it is gone for good."""
 
     actor: ActorHandle[Any]
 
-    def __init__(self, actor: ActorHandle[Any], spec: WorkerSpec | None = None, memory_budget: int | None = None):
+    def __init__(self, actor: ActorHandle[Any], spec: WorkerSpec | None = None, memory_budget: int | None = None,
+                 renew: Callable[[], ActorHandle[Any]] | None = None):
         self.actor, self.lock = actor, threading.RLock()  # the lock only for callers that expect one
         self.resource = spec.resource if spec else None
+        self._renew, self._moving = renew, threading.Lock()  # one move to another actor at a time
         self._probe: ObjectRef[Any] | None = None  # the one unanswered probe while the actor is not up
         self._probe_at, self._probe_lock = 0.0, threading.Lock()
         self._answered, self._warned = False, False
@@ -134,8 +143,10 @@ class RemoteWorker(DeviceWorker):
     def ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """One call to the actor, once it has answered a probe; a lost or unplaced actor (or,
         with `timeout`, a late answer) raises WorkerLost / WorkerUnavailable, never Ray's error."""
-        self._reach(REACH_TIMEOUT_S if timeout is None else timeout)
-        return self._get(getattr(self.actor, method).remote(*args), timeout)
+        with self._moving_on():
+            self._reach(REACH_TIMEOUT_S if timeout is None else timeout)
+            answer = self._get(getattr(self.actor, method).remote(*args), timeout)
+        return answer
 
     def _get(self, ref: Any, timeout: float | None) -> Any:
         try:
@@ -143,10 +154,62 @@ class RemoteWorker(DeviceWorker):
         except GetTimeoutError as exc:
             raise WorkerUnavailable(f"worker {self.name} did not answer within {timeout:g} s "
                                     "(busy, or its node unreachable)") from exc
+        except ActorUnschedulableError as exc:  # e.g. pinned to a node that has left
+            raise self._unplaced() from exc
         except RayActorError as exc:
             raise self._lost(exc) from exc
         self._gone = False
         return answer
+
+    @contextlib.contextmanager
+    def _moving_on(self) -> Iterator[None]:
+        """Around one call: the loss of an actor gone for good moves the proxy on (`_gone_for_good`)
+        and fails the call saying so; any other loss passes as it is."""
+        actor = self.actor
+        try:
+            yield
+        except WorkerLost as lost:
+            if not self._gone_for_good(lost, actor):
+                raise
+            raise WorkerLost(f"worker {self.name}'s actor is gone for good (killed, or made anew by another "
+                             "start), and this call with it; its calls now go to the actor under its name, "
+                             "which loads its models on demand") from lost
+
+    def _gone_for_good(self, lost: WorkerLost, actor: ActorHandle[Any]) -> bool:
+        """Whether `actor`, whose death `lost` reports, is gone for good: its name is free or
+        another actor's (while it is still the dead one's, Ray is restarting it). Then the first
+        call to find it so moves the proxy to the actor under the name, or to one made anew."""
+        if not isinstance(lost.__cause__, ActorDiedError) or (named := self._named()) == actor:
+            return False
+        with self._moving:
+            if self.actor == actor:  # not moved yet by another call that lost it too
+                self._move_to(named or self._renewed())
+        return True
+
+    def _named(self) -> ActorHandle[Any] | None:
+        try:
+            return ray.get_actor(actor_name(self.name), namespace=NAMESPACE)
+        except ValueError:  # no actor under the name
+            return None
+
+    def _renewed(self) -> ActorHandle[Any]:
+        """The worker's actor made anew: one try, by the call that found it gone."""
+        if self._renew is None:
+            raise WorkerUnavailable(f"worker {self.name}'s actor is gone for good and none runs under its "
+                                    "name; the service's next start makes it anew")
+        try:
+            return self._renew()
+        except Exception as exc:  # noqa: BLE001 - whatever stops it, the worker is unavailable, the caller unharmed
+            raise WorkerUnavailable(f"worker {self.name}'s actor is gone for good and could not be made "
+                                    f"anew ({type(exc).__name__}: {exc})") from exc
+
+    def _move_to(self, actor: ActorHandle[Any]) -> None:
+        """Send the calls to `actor` from now on, probed afresh like a new proxy's."""
+        log.warning("worker %s's actor is gone for good; its calls now go to the one now under its name "
+                    "(found there, or made anew)", self.name)
+        with self._probe_lock:
+            self.actor, self._probe = actor, None
+            self._answered = self._warned = self._gone = False
 
     def _reach(self, wait_s: float) -> None:
         """Return once the actor has answered a probe. One probe is out at a time; a call waits
@@ -162,7 +225,7 @@ class RemoteWorker(DeviceWorker):
             if grace <= wait_s and not self._warned:
                 self._warned = True
                 log.warning("worker %s is unavailable: %s", self.name, self._missing())
-            raise WorkerUnavailable(f"worker {self.name} is unavailable: {self._missing()}")
+            raise self._unplaced()
         with self._probe_lock:
             self._probe = None if self._probe is probe else self._probe
         self._get(probe, None)
@@ -170,11 +233,15 @@ class RemoteWorker(DeviceWorker):
             log.warning("worker %s is available again", self.name)
         self._answered, self._warned = True, False
 
+    def _unplaced(self) -> WorkerUnavailable:
+        return WorkerUnavailable(f"worker {self.name} is unavailable: {self._missing()}")
+
     def _missing(self) -> str:
         if self.resource:
             return (f"its actor is not running; it is pinned to a node advertising the resource "
                     f"{self.resource!r}, and none that has joined the cluster does")
-        return "its actor is not running; is there room on this node for the CPUs and GPUs it reserves?"
+        return ("its actor is not running; has a node of the cluster room for the CPUs and GPUs it reserves "
+                "(and is up, if `skillroute serve` pinned it to its own node)?")
 
     def _lost(self, exc: RayActorError, during: str = "call") -> WorkerLost:
         return WorkerLost(f"worker {self.name} was lost mid-{during} ({type(exc).__name__}); "
@@ -245,13 +312,16 @@ class RemoteWorker(DeviceWorker):
                protect: Collection[str] = ()) -> Iterator[StreamEvent]:
         """The actor's stream, piece by piece as each leaves the actor (a Ray streaming generator).
         Never rerun: its pieces may already be with the client."""
-        self._reach(REACH_TIMEOUT_S)
-        refs: Any = self.actor.stream.options(num_returns="streaming").remote(base, request, set(protect))
-        try:
-            for ref in refs:
-                yield call(ref)
-        except RayActorError as exc:
-            raise self._lost(exc, "generation") from exc
+        with self._moving_on():
+            self._reach(REACH_TIMEOUT_S)
+            refs: Any = self.actor.stream.options(num_returns="streaming").remote(base, request, set(protect))
+            try:
+                for ref in refs:
+                    yield call(ref)
+            except ActorUnschedulableError as exc:
+                raise self._unplaced() from exc
+            except RayActorError as exc:
+                raise self._lost(exc, "generation") from exc
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         """Loaded on the actor; a load the actor's death cut short is tried once more (loading twice is harmless)."""

@@ -9,12 +9,14 @@ same device, and a replica restart does not drop the loaded weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import ray
@@ -47,10 +49,12 @@ def actor_name(device: str) -> str:
 
 def cluster_workers(declared: Sequence[WorkerSpec], memory_gb: float, cpu_reservation: float) -> list[WorkerSpec]:
     """The deployment's workers under Ray: those the devices file declares, else this machine's
-    CPU (reserving `cpu_reservation` cores for llama.cpp) and one worker per GPU the cluster has.
-    A GPU worker reserves its GPU and no CPU, so the CPU worker can reserve every core. The CPU
-    worker comes first: the first is the fleet's default worker (it sizes the models, and takes
-    an expert not placed yet), and a CPU-only backend there computes on the cores it reserves."""
+    CPU (reserving `cpu_reservation` cores for llama.cpp) and one worker per GPU the cluster has,
+    on whichever node it is (`spawn` lets Ray place a GPU worker where a GPU is free: under
+    KubeRay the GPUs are a worker group's, never the head's). A GPU worker reserves its GPU and
+    no CPU, so the CPU worker can reserve every core. The CPU worker comes first: the first is
+    the fleet's default worker (it sizes the models, and takes an expert not placed yet), and a
+    CPU-only backend there computes on the cores it reserves."""
     if declared:
         return list(declared)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -131,33 +135,42 @@ def spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory 
           home: str | None = None) -> ActorHandle[WorkerActor]:
     """Get the worker's actor, creating it if no one has yet (idempotent across replicas).
 
-    Pinned to its node by the custom resource the node advertises (a small share of it, so
-    several workers can live on one node); a worker without one is pinned, hard, to `home`
-    (a Ray node id; none: this process's node), the node the service runs on, where its
-    data dir (GGUF files) is and whose CPU it is costed as. Restarted by Ray if its process dies: the next
-    call finds a fresh actor that reloads its models on demand. A call in flight when it died
-    is not retried by Ray (RemoteWorker reruns the greedy ones). `factory` travels to the
-    actor by value (tests pass one that builds mock backends).
+    Ray places it where what it reserves is free: a worker with a `resource` on a node that
+    advertises it (a small share of it, so several workers can live on one node), a GPU worker
+    on a node with a free GPU, the CPU worker where its CPUs are. Only the CPU worker given a
+    `home` (a Ray node id) is pinned there, hard: see `pinned`. Restarted by Ray if its process
+    dies: the next call finds a fresh actor that reloads its models on demand. A call in flight
+    when it died is not retried by Ray (RemoteWorker reruns the greedy ones). `factory` travels
+    to the actor by value (tests pass one that builds mock backends).
 
     An actor found under the name but made for other settings (an earlier deploy's budget,
     pinning or backend options) is killed and made anew, with a warning: reusing it kept them.
     """
-    node = None if worker.resource else (home or ray.get_runtime_context().get_node_id())
+    node = pinned(worker, home)
     wanted = configuration(worker, memory_budget_bytes, factory, node)
     made = _spawn(worker, memory_budget_bytes, factory, node)
     if (recorded := _recorded(worker.name)) not in (None, wanted):
-        log.warning("worker %s's actor was made for other settings (%s); making it anew for %s",
-                    worker.name, recorded, wanted)
+        log.warning("worker %s's actor was made for other settings (differing: %s); making it anew for %s",
+                    worker.name, ", ".join(_changed(recorded, wanted)), wanted)
         made = _respawn(made, worker, memory_budget_bytes, factory, node)
     _record(worker.name, wanted)
     return made
 
 
+def pinned(worker: WorkerSpec, home: str | None) -> str | None:
+    """The node the worker must run on: `home` for the CPU worker (no `resource`, no GPU) when
+    `skillroute serve` gives it (its own node, where its data dir of GGUF files is and whose
+    cores it reserves); else none. Without a home (a replica under KubeRay or `serve deploy`,
+    whose head offers no CPUs) the replica's node is no better than any other. A GPU worker is
+    never pinned: there is one per GPU of the whole cluster (cluster_workers)."""
+    return home if home is not None and not worker.resource and not worker.gpus else None
+
+
 def _spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory,
            node: str | None) -> ActorHandle[WorkerActor]:
-    """`node`: the node id an unpinned worker (no `resource`) must run on; without it Ray would
-    place the actor on any node with room, away from the data dir and the CPU it is costed as.
-    Not soft: a node that cannot fit it leaves it pending (the autoscaler logs it infeasible)."""
+    """`node`: the node id the worker must run on (see `pinned`). Not soft: elsewhere it would
+    have neither the driver's data dir nor the cores it is costed as, so a node that cannot fit
+    it leaves it pending (the autoscaler logs it infeasible) and RemoteWorker says so."""
     resources = {worker.resource: RESOURCE_SHARE} if worker.resource else {}
     placement: dict[str, Any] = {}
     if node is not None:
@@ -193,9 +206,9 @@ def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: Backend
                   node: str | None = None) -> str:
     """What an actor is made with, as text stable across processes (no object addresses).
 
-    An unpinned worker's node is part of it: an actor made on another node (by a release that
-    did not pin it, or for a service that ran elsewhere) is made anew on this one. A worker
-    pinned by its resource records no node, so its settings read as before."""
+    A pinned worker's node is part of it: an actor made on another node (by a release that did
+    not pin it, or for a service that ran elsewhere) is made anew on this one. A worker Ray
+    places records no node, so replicas on different nodes read its settings alike."""
     made = {"worker": worker.model_dump(), "memory_budget": memory_budget_bytes, "backends": _described(factory)}
     if node is not None:
         made["node"] = node
@@ -204,10 +217,38 @@ def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: Backend
 
 def _described(factory: Any) -> str:
     if isinstance(factory, functools.partial):
-        return f"{_described(factory.func)}(*{factory.args!r}, **{factory.keywords!r})"
+        given = [*map(_argument, factory.args), *(f"{k}={_argument(v)}" for k, v in factory.keywords.items())]
+        return f"{_described(factory.func)}({', '.join(given)})"
     if hasattr(factory, "__qualname__"):  # a function
         return f"{factory.__module__}.{factory.__qualname__}"
     return f"{type(factory).__module__}.{type(factory).__qualname__}({getattr(factory, '__dict__', {})!r})"
+
+
+def _argument(value: Any) -> str:
+    """An argument's repr and, for each dataclass field kept out of it (a secret, such as
+    BackendOptions.openai_api_key), a short hash: a rotated key still reads as other settings,
+    while the key itself never reaches the key-value store or the log."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return repr(value)
+    hidden = [f"{f.name}#{_digest(getattr(value, f.name))}" for f in dataclasses.fields(value) if not f.repr]
+    return f"{value!r}[{', '.join(hidden)}]" if hidden else repr(value)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:12]
+
+
+def _changed(recorded: str, wanted: str) -> list[str]:
+    """Which of an actor's settings differ, by name only: a record left by an earlier release
+    may hold a secret in plain text, which must not reach the log."""
+    try:
+        before = json.loads(recorded)
+    except ValueError:
+        before = None
+    if not isinstance(before, dict):
+        return ["all"]
+    after = json.loads(wanted)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)) or ["all"]
 
 
 # What each worker's actor was made with, kept in the cluster's key-value store beside it: read
@@ -225,13 +266,25 @@ def spawn_all(workers: Sequence[WorkerSpec], profiles: Mapping[str, DeviceProfil
               options: BackendOptions | None = None, home: str | None = None
               ) -> dict[str, ActorHandle[WorkerActor]]:
     """One actor per worker, by worker name; its backends are built with the service's options.
-    `home`: the node unpinned workers run on (see `spawn`). A worker's actor left from an earlier
-    deploy that no longer declares it is killed: detached, it would hold its node's resources
-    and its models forever."""
-    factory = functools.partial(make_backend, options=options or BackendOptions())
+    `home`: the node the CPU worker is pinned to (see `pinned`). A worker's actor left from an
+    earlier deploy that no longer declares it is killed: detached, it would hold its node's
+    resources and its models forever."""
+    factory = backends(options)
     made = {w.name: spawn(w, memory_bytes(w, profiles), factory, home) for w in workers}
     retire_undeclared({actor_name(w.name) for w in workers})
     return made
+
+
+def backends(options: BackendOptions | None = None) -> BackendFactory:
+    """What a worker's actor builds its backends with: `make_backend` and the service's options."""
+    return functools.partial(make_backend, options=options or BackendOptions())
+
+
+def spawner(worker: WorkerSpec, memory_budget_bytes: int, options: BackendOptions | None = None,
+            home: str | None = None) -> Callable[[], ActorHandle[WorkerActor]]:
+    """`spawn` for this worker as its start called it, to call again: what a proxy makes the
+    worker's actor anew with once the actor is gone for good (RemoteWorker's `renew`)."""
+    return functools.partial(spawn, worker, memory_budget_bytes, backends(options), home)
 
 
 def retire_undeclared(declared: Collection[str]) -> list[str]:

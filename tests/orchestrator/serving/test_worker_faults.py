@@ -106,7 +106,7 @@ def test_status_reads_name_an_unreachable_worker_instead_of_failing(declared) ->
     fleet = Fleet({"cpu-t": cpu, "edge-9": edge, "lost-t": lost})
     answers, unavailable = fleet.each(lambda w: w.resident())
     assert answers == {"cpu-t": set()} and set(unavailable) == {"edge-9", "lost-t"}
-    assert "WorkerLost" in unavailable["lost-t"] and "edge-9" in unavailable["edge-9"]
+    assert "gone for good" in unavailable["lost-t"] and "edge-9" in unavailable["edge-9"]
     registry = CollectorRegistry()
     registry.register(ResidencyCollector({n: w.residency_counts for n, w in fleet.workers.items()}))
     text = generate_latest(registry).decode()

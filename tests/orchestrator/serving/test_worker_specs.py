@@ -30,3 +30,12 @@ def test_an_actors_settings_are_its_spec_budget_and_backend_options() -> None:
     assert configuration(spec.model_copy(update={"resource": "edge-1"}), 2**30, backends) != same
     other = functools.partial(make_backend, options=BackendOptions(data_dir=Path("/b")))
     assert configuration(spec, 2**30, other) != same
+
+
+def test_an_api_key_is_kept_out_of_an_actors_settings_but_its_rotation_is_not() -> None:
+    spec = WorkerSpec(name="cpu", device="local-cpu")
+    made = [worker_actor.configuration(spec, 2**30, worker_actor.backends(BackendOptions(openai_api_key=key)))
+            for key in ("sk-OLD-SECRET-1111", "sk-NEW-SECRET-2222", "sk-NEW-SECRET-2222")]
+    assert made[0] != made[1] == made[2]  # a rotated key makes the actor anew; the same one keeps it
+    assert not any("SECRET" in m for m in made)
+    assert "SECRET" not in repr(BackendOptions(openai_api_key="sk-OLD-SECRET-1111"))
