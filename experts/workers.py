@@ -35,7 +35,8 @@ class WorkerSpec(BaseModel):
     name: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     device: str = Field(min_length=1, max_length=64, description="The device profile it is costed with.")
     resource: str | None = Field(default=None, min_length=1, max_length=64,
-                                 description="The custom resource its node advertises; none: this node.")
+                                 description="The custom resource its node advertises; none: the service's node for "
+                                             "a CPU worker, any node with a free GPU for a GPU one.")
     memory_gb: float | None = Field(default=None, gt=0, description="What may stay resident; none: the profile's.")
     cpus: float = Field(default=0.0, ge=0, description="Cores the worker reserves from Ray's scheduler.")
     gpus: float = Field(default=0.0, ge=0)
