@@ -117,7 +117,9 @@ class SkillRoute:
         # read at scrape time, but a scrape never loads the pool: until a start has loaded it (as
         # /health reads it), reading the snapshot would run a whole refresh on the scrape's thread
         self.metrics.watch({n: w.residency_counts for n, w in self.fleet.workers.items()}, self.queries.window.depth,
-                           lambda: self.pool.snapshot.experts if self.startup.status.serving else None)
+                           lambda: self.pool.snapshot.experts if self.startup.status.serving else None,
+                           lambda: len(self.pool.snapshot.ready) if self.startup.status.serving else 0)
+        self.metrics.watch_waiting(self.queries.waiting)  # the backlog 503 overloaded is decided on, in queries
         self.metrics.watch_evidence(lambda: self.pool.evidence_counts() if self.startup.status.serving else {})
 
     def _model_size(self, base: BaseModelSpec) -> int:
@@ -181,7 +183,7 @@ class SkillRoute:
             return
         snap = self.pool.snapshot
         log.info("ready: %d experts, aggregator %s; %d queries left by the last run answered",
-                 len(snap.experts), snap.aggregator, recovered)
+                 len(snap.ready), snap.aggregator, recovered)
 
     def bootstrap(self, progress: Progress | None = None, defer: bool = False) -> None:
         """`prepare`, then load the pool it stored for routing."""

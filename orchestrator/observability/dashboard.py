@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,9 @@ class DashboardService:
     pool: PoolState
     fleet: Fleet
     window: BatchingWindow[Any, Any]
+    # the queries accepted and not yet in a batch, chunks held back outside the window included
+    # (`QueryService.waiting`, what 503 overloaded is decided on); None: the window's own count
+    waiting: Callable[[], int] | None = None
 
     def state(self, limit: int = 20, reader: int | None = None) -> State:
         """`reader`: the client key asking (`api.deps.reader_of`); its page shows only the queries
@@ -58,13 +61,20 @@ class DashboardService:
             "decisions": decisions,
             "recruitment": recruitment_share(recruits),
             "timeline": self._timeline(),
-            "scheduling": {"queue_depth": self.window.depth(),
-                           "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]},
+            "scheduling": self._scheduling(),
             "budgets": budget_use(decisions),
+            # the lessons the store holds now, by source: feedback on a query replaces its competition
+            # or exploration lesson, which skillroute_lessons_total (learned, ever) still counts
             "learning": {"lessons": {k: lessons.get(k, 0) for k in ("competition", "explore", "feedback")},
                          "evidence": dict(sorted(self.pool.evidence_counts().items())),
                          "exploring": sorted(self.pool.snapshot.uncertain)},
         }
+
+    def _scheduling(self) -> State:
+        """The backlog in queries; `queue_depth`, the window's submissions (one holds a whole request)."""
+        waiting = self.waiting or self.window.waiting
+        return {"queries_waiting": waiting(), "queue_depth": self.window.depth(),
+                "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]}
 
     def _timeline(self) -> State:
         """The residency lanes of the workers that answer; the others named as unavailable."""

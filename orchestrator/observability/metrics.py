@@ -131,8 +131,11 @@ class Metrics(Probe):
         self.queries = Counter("skillroute_queries", "Queries that reached a final status.", ["status"], registry=r)
         for status in ("done", "failed"):
             self.queries.labels(status=status)
-        self.lessons = Counter("skillroute_lessons", "What the router learned from: competitions, explorations, "
-                               "feedback.", ["source"], registry=r)
+        # a count, ever: a competition or exploration lesson that feedback on the same query later
+        # replaces stays counted, so this is not the lessons the store holds (the dashboard shows those)
+        self.lessons = Counter("skillroute_lessons", "Lessons learned, ever, by source (competitions, explorations, "
+                               "feedback), including those later replaced by feedback on the same query.",
+                               ["source"], registry=r)
         for source in ("competition", "explore", "feedback"):
             self.lessons.labels(source=source)
 
@@ -145,7 +148,15 @@ class Metrics(Probe):
         r.register(LoadTimeCollector(self.load_times))
         self.batch_size = Histogram("skillroute_batch_size", "Queries per executed batch of the batching window.",
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("skillroute_queue_depth", "Submissions waiting in the batching window.", registry=r)
+        # a submission is a whole request (one query, or up to a batch's worth): the backlog that
+        # 503 overloaded is decided on is counted in queries, outside the window too (`watch_waiting`)
+        self.queue_depth = Gauge("skillroute_queue_depth", "Submissions (requests or batch chunks, not queries) "
+                                 "waiting in the batching window; skillroute_queries_waiting counts the backlog.",
+                                 registry=r)
+        self.queries_waiting = Gauge("skillroute_queries_waiting", "Queries accepted and not yet taken into a batch: "
+                                     "in the batching window or held back as chunks not fed to it yet (batch jobs, "
+                                     "recovery, adoption). Past SKILLROUTE_BATCHING__MAX_WAITING a request is a 503.",
+                                     registry=r)
         self.pool_experts = Gauge("skillroute_pool_experts", "Profiled experts the router can recruit.", registry=r)
 
     def _generation(self) -> None:
@@ -184,13 +195,20 @@ class Metrics(Probe):
             self.over_budget.labels(resource=resource)
 
     def watch(self, workers: Mapping[str, Counts], queue_depth: Callable[[], int],
-              pool: Callable[[], Collection[str] | None]) -> None:
+              pool: Callable[[], Collection[str] | None], ready: Callable[[], int] | None = None) -> None:
         """Read these at scrape time: each worker's residency counts, the window's queue, the pool's
-        experts (None: not loaded yet). The pool is also read as a batch is counted (`_gone`)."""
+        experts (None: not loaded yet) and how many of them can be recruited (`ready`; unset: all,
+        though one still profiling is only explored). The pool is also read as a batch is counted
+        (`_gone`)."""
         self.registry.register(ResidencyCollector(workers))
         self.queue_depth.set_function(lambda: float(queue_depth()))
-        self.pool_experts.set_function(lambda: float(len(pool() or ())))
+        count = ready or (lambda: len(pool() or ()))
+        self.pool_experts.set_function(lambda: float(count()))
         self._pool = pool
+
+    def watch_waiting(self, waiting: Callable[[], int]) -> None:
+        """Read at scrape time: the queries accepted and not yet in a batch (`QueryService.waiting`)."""
+        self.queries_waiting.set_function(lambda: float(waiting()))
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(method, endpoint, str(status)).inc()
@@ -210,32 +228,40 @@ class Metrics(Probe):
 
     def routed(self, decisions: Sequence[Decision], seconds: float) -> None:
         self.routing_seconds.observe(seconds)
-        gone = self._gone()
-        for d in decisions:
-            self.decisions.labels(d.router, d.mode).inc()
-            for name in (n for n in d.recruited if n not in gone):
-                self.recruitments.labels(name).inc()
+        # held from the check to the last increment: a removal lands before or after them, never between
+        with self._removed_lock:
+            gone = self._gone()
+            for d in decisions:
+                self.decisions.labels(d.router, d.mode).inc()
+                for name in (n for n in d.recruited if n not in gone):
+                    self.recruitments.labels(name).inc()
 
     def answered(self, outcomes: Sequence[Outcome]) -> None:
-        gone = self._gone()
+        with self._removed_lock:  # as in `routed`
+            gone = self._gone()
+            for o in outcomes:
+                self._generations(o, gone)
         for o in outcomes:
-            for a in (a for a in o.answers if a.expert not in gone):
-                self.completion_tokens.labels(a.expert, a.role).inc(a.completion_tokens)
-                self.prompt_tokens.labels(a.expert, a.role).inc(a.prompt_tokens)
-                self.generation_seconds.labels(a.expert, a.role).observe(a.latency_s)
-                if a.role == "aggregator":
-                    self.aggregations.labels(a.expert).inc()
             self._costs(o)
+
+    def _generations(self, o: Outcome, gone: Collection[str]) -> None:
+        for a in (a for a in o.answers if a.expert not in gone):
+            self.completion_tokens.labels(a.expert, a.role).inc(a.completion_tokens)
+            self.prompt_tokens.labels(a.expert, a.role).inc(a.prompt_tokens)
+            self.generation_seconds.labels(a.expert, a.role).observe(a.latency_s)
+            if a.role == "aggregator":
+                self.aggregations.labels(a.expert).inc()
 
     def _gone(self) -> set[str]:
         """Removed experts not back in the pool: a generation of one that was running as it was
-        removed is not counted, or it would bring back the series `expert_removed` dropped for good."""
-        with self._removed_lock:
-            removed = set(self._removed)
-        if not removed:
-            return removed
+        removed is not counted, or it would bring back the series `expert_removed` dropped for good.
+        The caller holds `_removed_lock` until its increments are done. The pool is read under it
+        too: a removal updates the pool before it drops the series (`ExpertService.remove`), so a
+        read after a removal's lock sees the expert gone, and one before it is followed by its drop."""
+        if not self._removed:
+            return set()
         live = self._pool() if self._pool is not None else None
-        return removed - set(live or ())
+        return set(self._removed) - set(live or ())
 
     def _costs(self, o: Outcome) -> None:
         """Measured latency always; predicted and measured cost against the budget when it has one."""
@@ -269,12 +295,16 @@ class Metrics(Probe):
 
     def expert_removed(self, name: str) -> None:
         """Drop the series labelled by the removed expert, each label combination they can have:
-        registered and removed experts would otherwise add ~25 series apiece for good."""
+        registered and removed experts would otherwise add ~25 series apiece for good. Under
+        `_removed_lock` throughout, so a batch's check-and-increment never straddles it."""
         with self._removed_lock:
             self._removed[name] = None
             self._removed.move_to_end(name)
             while len(self._removed) > REMEMBER_REMOVED:
                 self._removed.popitem(last=False)
+            self._drop_series(name)
+
+    def _drop_series(self, name: str) -> None:
         for counter in (self.recruitments, self.aggregations):
             with suppress(KeyError):  # a series it never had
                 counter.remove(name)

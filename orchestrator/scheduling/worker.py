@@ -48,6 +48,10 @@ class DeviceWorker:
         self.lock = threading.RLock()
         self.events: deque[Event] = deque(maxlen=TIMELINE_EVENTS)  # the residency timeline, newest last
         self.event_counts: Counter[tuple[str, str]] = Counter()  # (load | unload, key) → how many, ever
+        # the residency records (`_lru`'s keys, `events`, `event_counts`), changed and copied under this
+        # lock alone: status reads (/metrics, the dashboard, /health) run on other threads, and the
+        # device lock is held through whole generations, which they must not wait out
+        self._records = threading.Lock()
         self._loading: dict[str, Future[Loaded]] = {}  # prefetches under way, by key
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
 
@@ -79,8 +83,9 @@ class DeviceWorker:
         """Forget a model that is not resident: its backend (closed: a vLLM one keeps a process),
         its spec and its counts."""
         backend = self._discard(key)
-        for kind in ("load", "unload"):
-            self.event_counts.pop((kind, key), None)
+        with self._records:
+            for kind in ("load", "unload"):
+                self.event_counts.pop((kind, key), None)
         if backend is not None:
             self._retire(backend)
 
@@ -91,7 +96,8 @@ class DeviceWorker:
         _close(backend)
 
     def resident(self) -> set[str]:
-        return set(self._lru)
+        with self._records:
+            return set(self._lru)
 
     def total_loads(self) -> int:
         return self._forgotten_loads + sum(b.loads for b in self._backends.values())
@@ -104,7 +110,7 @@ class DeviceWorker:
         """Run a batch on `base`, loading it (and evicting unprotected models) if needed."""
         with self.lock:
             backend = self.ensure_loaded(base, protect)
-            self._lru.move_to_end(base.key)
+            self._touch(base.key)
             return backend.generate(requests)
 
     def stream(self, base: BaseModelSpec, request: GenerationRequest,
@@ -114,7 +120,7 @@ class DeviceWorker:
         caller iterates it to the end (or closes it) on the thread that started it."""
         with self.lock:
             backend = self.ensure_loaded(base, protect)
-            self._lru.move_to_end(base.key)
+            self._touch(base.key)
             yield from stream_of(backend, request)
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
@@ -145,8 +151,12 @@ class DeviceWorker:
 
     def _adopt(self, key: str, loaded: Loaded) -> None:
         self.probe.model_loaded(self.name, key, loaded.seconds)
-        self._lru[key] = None
         self._record(loaded.at, "load", key)
+
+    def _touch(self, key: str) -> None:
+        """`key` is the most recently used resident model."""
+        with self._records:
+            self._lru.move_to_end(key)
 
     def _make_room(self, need: int, protect: set[str]) -> None:
         """Evict least-recently-used models outside `protect` until `need` fits. A load calls it
@@ -172,20 +182,28 @@ class DeviceWorker:
             except Exception:  # a dead engine: kept resident, its error would fail every load after it
                 log.warning("unloading %s on %s failed; its memory is counted free", key, self.name, exc_info=True)
             finally:
-                del self._lru[key]
                 self._record(time.time(), "unload", key)
 
     def _record(self, at: float, kind: str, key: str) -> None:
-        self.events.append((at, kind, key))
-        self.event_counts[kind, key] += 1
+        """A load or unload: the model resident or not, and its event counted, as one change to a status read."""
+        with self._records:
+            if kind == "load":
+                self._lru[key] = None
+            else:
+                self._lru.pop(key, None)
+            self.events.append((at, kind, key))
+            self.event_counts[kind, key] += 1
 
     def timeline(self) -> list[Event]:
-        return list(self.events)
+        with self._records:
+            return list(self.events)
 
     def residency_counts(self) -> dict[str, tuple[int, int]]:
-        """Base model key → (loads, unloads) since the worker started."""
-        keys = {k for _, k in self.event_counts}
-        return {k: (self.event_counts["load", k], self.event_counts["unload", k]) for k in keys}
+        """Base model key → (loads, unloads) since the worker started; copied under `_records`,
+        as a load on another thread would change the counts while they are read."""
+        with self._records:
+            counts = dict(self.event_counts)
+        return {k: (counts.get(("load", k), 0), counts.get(("unload", k), 0)) for _, k in counts}
 
     def _settle(self, key: str) -> None:
         """Finish a prefetch of `key` before anything else touches it; its failure is dropped

@@ -140,6 +140,7 @@ def test_a_pool_whose_every_expert_is_profiled_again_is_not_ready(tmp_path: Path
             assert ready.status_code == 503, ready.text
             assert ready.json()["error"]["message"] == "no expert in the pool is ready yet (2 being profiled)"
             assert client.get("/health").json()["experts_ready"] == 0
+            assert "\nskillroute_pool_experts 0.0\n" in client.get("/metrics").text  # the gauge counts alike
         finally:
             gate.set()  # else closing the app waits on the gated profiling runs
         until(lambda: client.get("/health").json()["experts_ready"] == 2)  # profiled: both ready again
