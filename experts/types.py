@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
-# OpenAI's limits on `stop`, which the API applies to a query's own (`openai_protocol._stops`)
+# OpenAI's limits on `stop`: a query's (`openai_protocol`) and an expert's own (`check_stops`)
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
 # Why a generation ended, as OpenAI and vLLM say it: "stop" (an end-of-sequence token or a stop
 # string) or "length" (its max_tokens cut it).
@@ -42,10 +43,14 @@ class SamplingParams(Strict):
     def _stops(cls, stop: list[str]) -> list[str]:
         """An empty sequence matches at once: llama.cpp then answers "" as a success, vLLM refuses
         the whole batch. So an expert's own stops follow the rule a query's `stop` does."""
-        if len(stop) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
-            raise ValueError(f"`stop` takes up to {MAX_STOPS} non-empty sequences of at most "
-                             f"{MAX_STOP_CHARS} characters")
+        check_stops(stop)
         return stop
+
+
+def check_stops(stops: Sequence[str]) -> None:
+    """OpenAI's rule for stop sequences, a query's (`openai_protocol`) and an expert's alike."""
+    if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise ValueError(f"`stop` takes up to {MAX_STOPS} non-empty sequences of at most {MAX_STOP_CHARS} characters")
 
 
 class GenerationRequest(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from experts.types import check_stops
 from orchestrator.api.errors import UNSUPPORTED_PARAMETER, UNSUPPORTED_VALUE, error_body, openai_type
 from orchestrator.api.schemas import BudgetFields, NameText, RecruitModeField, StorableText
 from orchestrator.domain import AUTO, Ask, Decision
@@ -168,9 +169,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = _sequences(stop)
-        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
-            raise ValueError("`stop` takes up to 4 non-empty sequences of at most 256 characters")
+        check_stops(_sequences(stop))
         return stop
 
     @field_validator("stream_options")
