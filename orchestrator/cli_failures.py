@@ -50,7 +50,7 @@ def config_error(exc: Exception) -> str | None:
     from pydantic import ValidationError
     from sqlalchemy.exc import ArgumentError
 
-    from orchestrator.pools.loader import PoolConfigError
+    from orchestrator.pools.loader import PoolConfigError, field_errors
     from orchestrator.services.pool_file import PoolFileConflict
     from orchestrator.settings import Settings
     from orchestrator.store.db import SchemaTooNew
@@ -58,8 +58,7 @@ def config_error(exc: Exception) -> str | None:
     if isinstance(exc, PoolConfigError | PoolFileConflict | SchemaTooNew):  # a file or a store it cannot take
         return str(exc)
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return f"invalid settings (SKILLROUTE_* variables): {fields}"
+        return f"invalid settings (SKILLROUTE_* variables): {field_errors(exc)}"
     if isinstance(exc, ArgumentError):  # SQLAlchemy could not read SKILLROUTE_DATABASE__URL
         return f"invalid settings (SKILLROUTE_* variables): database.url: {exc}"
     return None

@@ -48,7 +48,7 @@ def load_pool_config(path: str | Path) -> PoolConfig:
     except yaml.YAMLError as exc:
         raise PoolConfigError(f"invalid pool file {p}: {_yaml_problem(exc)}") from exc
     except ValidationError as exc:
-        raise PoolConfigError(f"invalid pool file {p}: {_one_line(exc)}") from exc
+        raise PoolConfigError(f"invalid pool file {p}: {field_errors(exc, 'pool')}") from exc
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -85,9 +85,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
-def _one_line(exc: ValidationError) -> str:
-    """Each error as `field: message`, on one line (pydantic's own text takes 2-3 lines each)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'pool'}: {e['msg']}" for e in exc.errors())
+def field_errors(exc: ValidationError, whole: str = "") -> str:
+    """Each error as `field: message` (`whole` where it is the whole model's), on one line:
+    pydantic's own text takes 2-3 lines each. A pool file's and the settings' errors alike."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())
 
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")
