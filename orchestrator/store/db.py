@@ -68,7 +68,8 @@ def _check_known(url: str) -> None:
             current = MigrationContext.configure(conn).get_current_heads()
     finally:
         engine.dispose()
-    if unknown := [r for r in current if r not in {s.revision for s in script.walk_revisions()}]:
+    known = {s.revision for s in script.walk_revisions()}
+    if unknown := [r for r in current if r not in known]:
         raise SchemaTooNew(f"the database at {make_url(url).render_as_string(hide_password=True)} is at schema "
                            f"revision {', '.join(unknown)}, newer than this skillroute's ({script.get_current_head()}):"
                            " a newer skillroute wrote it; run that one, or start on another SKILLROUTE_DATA_DIR")
