@@ -2,12 +2,9 @@
 // of it: the residency chart's lanes (their labels, and each segment's lane), the note naming unavailable
 // workers, the header's stats and the Learning note.
 // Usage: node view.mjs <dashboard url> <state json path>
-import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { printCanned } from "./canned.mjs";
 
 const [url, statePath] = process.argv.slice(2);
-const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-  "--disable-component-update", "--no-first-run"];
 
 function shown() {  // runs in the page: `charts` is dashboard.js's own map of ECharts instances
   const timeline = charts.timeline.getOption();
@@ -22,17 +19,4 @@ function shown() {  // runs in the page: `charts` is dashboard.js's own map of E
   };
 }
 
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ARGS });
-try {
-  const page = await browser.newPage({ viewport: { width: 1440, height: 1300 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  const state = readFileSync(statePath, "utf8");
-  await page.route("**/dashboard/api/state*", (r) => r.fulfill({ contentType: "application/json", body: state }));
-  await page.goto(url, { waitUntil: "load" });
-  await page.waitForSelector('body[data-ready="1"]', { timeout: 30000 });
-  console.log(JSON.stringify({ ...(await page.evaluate(shown)), errors }));
-} finally {
-  await browser.close();
-}
+await printCanned(url, statePath, shown);
