@@ -12,7 +12,10 @@ have recovered either. The text is NFKC-normalised first ("答案：Ｂ" reads a
        "Answer:" followed by a text rather than a letter ("Answer: Vitamin D", "Answer: B12")
        commits to no letter;
     2. \\boxed{C};
-    3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …";
+    3. a letter that opens the reply: "C", "C. Paris", "(C) Paris", "C) …", "C: …", "C, since …",
+       and a lower-case one only in forms no English word takes: "(c)", "c) …", "c. …", "**c**"
+       ("a dog", "e.g." are words). Letters listed up front ("(A)/(C)", "B, D") are no pick:
+       a list need not be one ("B, C and D are wrong; A is correct"), the weaker signals read on;
     4. a letter the text commits to in words ("the correct option is D", "I choose option B",
        "B is correct"); a mere mention ("Option C would be true if…") commits to nothing;
     5. otherwise the distinct standalone letters "(C)" / " C " in the text: one letter → it,
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from decimal import Context
 from functools import lru_cache
 from typing import Literal
 
@@ -57,28 +61,39 @@ _COMMITTED = re.compile(
     r"[\(\[]?(?P<before>[A-Pa-p])(?![A-Za-z0-9])"
     r"|(?<![\w'’])(?P<after>[A-P])[\)\]\*]*+(?:\s++is|\s*+:)\s++(?:the\s++)?(?:correct|right|best|answer)\b"
 )
-_LEADING = re.compile(r"^\s*+[\*\"'`#]*\s*+[\(\[]?([A-P])(?:\s*[\)\].:*]|\s*$|\s*\n)")
+# "I, for one, …" opens with the pronoun: a comma after "I" is English.
+_LEADING = re.compile(r"^\s*+[\*\"'`#]*\s*+[\(\[]?([A-P])(?:\s*[\)\].:*]|(?<!I),|\s*$|\s*\n)")
+# A lower-case letter opens a reply as a pick only closed the way no word is: "(b)", "b)", "**b**",
+# "b." before a blank ("e.g." and "i.e." go on with a letter, "a dog" has no mark at all).
+_LEADING_LOWER = re.compile(r"^\s*+(?:\*\*(?=[a-p]\*\*)|\(?)([a-p])(?:\*\*|\)|\.(?=\s|$))")
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])\(?([A-P])\)?(?![A-Za-z0-9'’])")
 # After these words an "A"/"I" is still an option letter ("A is correct", "A or B"): an article
 # or a pronoun never comes before them.
 _WORDS_AFTER_OPTION = {"is", "was", "seems", "appears", "looks", "and", "or", "nor", "vs", "versus"}
 _NEXT_WORD = re.compile(r"\s+([a-z]+)")
 _ALONE = re.compile(r"\s*($|[)\].,;:*\n])")
-# A letter followed by another: "Answer: A or B", "(A)/(C)", "A, C and D": no commitment.
-_HEDGE = re.compile(r"[\)\]]?\s*+(?:,|\bor\b|\band\b|/|&)\s*+[\(\[]?([A-P])(?![A-Za-z0-9'’])")
+# A letter followed by another: "Answer: A or B", "(A)/(C)", "A, C and D": no commitment. A lower-
+# case one must be closed to count ("(b) or (c)"): "B, because" and "A, a guess" name one letter.
+_HEDGE = re.compile(r"[\)\]]?\s*+(?:,|\bor\b|\band\b|/|&)\s*+[\(\[]?([A-P](?![A-Za-z0-9'’])|[a-p](?=[\)\]]))")
 
 # A number: "1,234", "-3.5", ".5", "1.5e3", a fraction "3/4" or "\\frac{1}{2}" (read whole: its
 # numerator or denominator alone would be a wrong answer graded as if the reply meant it). A
 # number inside braces or after "^", "_", "\\" is a piece of LaTeX ("\\frac{\\pi}{2}", "x^{2}"),
 # not one; but one after "17x", "2^" or "\\times" is an operand ("17x23=391", "2^10 = 1024").
+# Scientific notation "1.5 × 10^3" is one number too: read as operands it states no result (and 3 was read).
 _DECIMAL = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+(?![\w.]))?"
+_TIMES_TEN = r"\s*+(?:[×xX*·]|\\times|\\cdot)\s*+10\^\{?(?P<exp>[+-]?\d{1,3})\}?"  # 3 digits: a float's range
 _NUMBER = re.compile(
     rf"(?P<fsign>-?)\\[dt]?frac\{{\s*(?P<fnum>-?{_DECIMAL})\s*\}}\{{\s*(?P<fden>-?{_DECIMAL})\s*\}}"
-    rf"|(?:(?<![\w.{{^_\\/])|(?<=\d[xX^])|(?<=\\times)|(?<=\\cdot)|(?<=\\div))(?P<num>-?{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?(?![\d}}/])"
+    rf"|(?:(?<![\w.{{^_\\/])|(?<=\d[xX^])|(?<=\\times)|(?<=\\cdot)|(?<=\\div))(?P<num>-?{_DECIMAL})(?:{_TIMES_TEN}|/(?P<den>{_DECIMAL}))?(?![\d}}/])"
 )
 _MINUS = str.maketrans({"\u2212": "-"})  # the Unicode minus sign, as LaTeX-to-text output writes it
 _ANSWER_WORD = re.compile(r"\banswer\b", re.IGNORECASE)
 _EQUALS = re.compile(r"\s*(?:=|\\approx|≈)\s*")
+# What the last-number fallback leaves out: a parenthesis right after a number, on its line
+# (`extract_number`), and a number right after "not".
+_ASIDE = re.compile(r"\s*+\([^()\n]*\)")
+_NOT = re.compile(r"\bnot\s+$")
 _OPERATOR = re.compile(r"\s*(?:[-+*/×xX·÷^]|\\times|\\cdot|\\div)\s*")
 
 
@@ -146,10 +161,12 @@ def _from_boxed(text: str, valid: str) -> str | None:
 
 
 def _from_leading(text: str, valid: str) -> str | None:
-    m = _LEADING.match(text)
-    if m is None or m.group(1) not in valid:
+    """The letter that opens the reply; None when another follows it ("(A)/(C)", "B) and D)"):
+    unlike a hedged "Answer: A or B", a list up front may be the rejected ones, so read on."""
+    m = _LEADING.match(text) or _LEADING_LOWER.match(text)
+    if m is None or m[1].upper() not in valid or _hedged(text, m.end(1)):
         return None
-    return m.group(1)
+    return m[1].upper()
 
 
 def _from_committed(text: str, valid: str) -> str | None:
@@ -194,9 +211,21 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_number(text: str) -> float | None:
-    """The last number in the text: "1,234" → 1234, "-3.5" → -3.5, "391." → 391, "3/4" → 0.75."""
-    found = list(_NUMBER.finditer(text.translate(_MINUS)))
-    return _value(found[-1]) if found else None
+    """The last number the text states: "1,234" → 1234, "-3.5" → -3.5, "391." → 391, "3/4" → 0.75.
+    One it rejects is not stated ("391, not 400"), nor are those of a parenthesis after a lone
+    number: an aside on it ("391 (the product of 17 and 23)"). After an expression the
+    parenthesis gives the result instead ("17*23 (which is 391)"), and is read."""
+    text = text.translate(_MINUS)
+    last, prev, aside_end = None, None, -1
+    for m in _NUMBER.finditer(text):
+        if m.start() < aside_end:
+            continue
+        if not _NOT.search(text, max(0, m.start() - 8), m.start()):  # a window: "not" is short
+            last = m
+        if (aside := _ASIDE.match(text, m.end())) and (prev is None or _joint(text[prev.end() : m.start()]) != "op"):
+            aside_end = aside.end()
+        prev = m
+    return _value(last) if last is not None else None
 
 
 def _value(m: re.Match[str]) -> float | None:
@@ -204,6 +233,9 @@ def _value(m: re.Match[str]) -> float | None:
     if m.group("fnum") is not None:
         sign = -1.0 if m.group("fsign") else 1.0
         return _ratio(sign * _decimal(m.group("fnum")), _decimal(m.group("fden")))
+    if m.group("exp") is not None:  # a Decimal scales exactly ("1.1 × 10^3": 1100); untrapped: inf, not a raise
+        exact = Context(traps=[])
+        return float(exact.create_decimal(m.group("num").replace(",", "")).scaleb(int(m.group("exp")), exact))
     den = m.group("den")
     return _decimal(m.group("num")) if den is None else _ratio(_decimal(m.group("num")), _decimal(den))
 

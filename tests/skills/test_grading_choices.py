@@ -52,6 +52,38 @@ def test_a_hedge_between_letters_commits_to_none(text: str) -> None:
     assert extract_choice(text, 4) is None
 
 
+@pytest.mark.parametrize(
+    "text", ["(A)/(C)", "(B) or (C)", "(B), (D)", "B) and D)", "(B)/(D) are both right", "(b) or (c)"]
+)
+def test_letters_listed_up_front_are_no_pick(text: str) -> None:
+    assert extract_choice(text, 4) is None  # the opening letter used to be read: "(B) or (C)" graded B right
+
+
+def test_a_list_up_front_leaves_the_pick_to_the_rest_of_the_reply() -> None:
+    assert extract_choice("B, C and D are wrong; A is correct", 4) == "A"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("B, because A is wrong", "B"),
+        ("C, since B is false", "C"),
+        ("b) Paris", "B"),
+        ("(b)", "B"),
+        ("b. Paris", "B"),
+        ("**b**", "B"),
+        ("C, I think", "C"),
+        ("I, for one, choose option B", "B"),  # "I," opens with the pronoun
+    ],
+)
+def test_an_opening_letter_after_a_comma_or_in_lower_case_is_read(text: str, expected: str) -> None:
+    assert extract_choice(text, 10) == expected
+
+
+@pytest.mark.parametrize("text", ["a dog is an animal", "e.g. a cat", "i.e. the first", "a", "b"])
+def test_a_lower_case_opening_without_a_closing_mark_is_english(text: str) -> None:
+    assert extract_choice(text, 10) is None
+
 
 @pytest.mark.parametrize("text", ["answer:" + " " * 5000 + "x", "| Option" + " " * 5000 + "|", " " * 20000 + "\n"])
 def test_a_long_blank_stretch_is_read_and_ends(text: str) -> None:

@@ -3,6 +3,8 @@ and the answer a reply commits to when its answer line restates the sum."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from skills.grading import extract_answer_number, extract_number, grade
@@ -51,3 +53,29 @@ def test_signs_and_fractions_no_longer_grade_as_their_pieces() -> None:
 )
 def test_the_answer_line_s_result_not_its_first_operand(text: str) -> None:
     assert extract_answer_number(text) == 391.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: 1.5 × 10^3", 1500.0),  # read as operands: no result, then the last number, 3
+        ("Answer: 1.1 \\times 10^{3} J", 1100.0),
+        ("Answer: 2.5x10^-2 mol", 0.025),
+        ("Answer: 1 × 10^999", math.inf),  # past a float's range: inf, not an exception
+    ],
+)
+def test_scientific_notation_is_one_number(text: str, expected: float) -> None:
+    assert extract_answer_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("It is 391 (the product of 17 and 23).", 391.0),
+        ("The result is 391, not 400.", 391.0),
+        ("17 × 23 (which is 391)", 391.0),  # after an expression the parenthesis is its result
+        ("It is not 400.", None),
+    ],
+)
+def test_the_last_number_fallback_skips_asides_and_rejected_numbers(text: str, expected: float | None) -> None:
+    assert extract_answer_number(text) == expected
