@@ -172,20 +172,24 @@ class Slowdown:
         self._by_model: OrderedDict[str, deque[Timing]] = OrderedDict()  # least recently run first
         self._lock = threading.Lock()
 
-    def observe(self, profile: DeviceProfile, runs: Sequence[Run], model: str | None = None) -> None:
+    def observe(self, profile: DeviceProfile, runs: Sequence[Run], model: str | None = None,
+                device_wide: bool = True) -> None:
         """Record runs (of `model`, when named) against `profile`, the uncorrected one, so the
-        factor does not compound."""
+        factor does not compound. Not `device_wide`: the model's own only (a model whose size is
+        a guess, 150B for an unknown name, runs ~200x "faster" than predicted: that ratio says
+        nothing of the device, and made every other model look that fast)."""
         timings = [timing(profile, r) for r in runs if r.prompt_tokens + r.output_tokens > 0 and r.latency_s > 0]
         with self._lock:
-            self._ratios.extend(t.ratio for t in timings)
+            if device_wide:
+                self._ratios.extend(t.ratio for t in timings)
             if model is not None and timings:
                 self._own(model).extend(timings)
 
     @property
     def empty(self) -> bool:
-        """Nothing observed yet."""
+        """Nothing observed yet, for the device or any model."""
         with self._lock:
-            return not self._ratios
+            return not self._ratios and not self._by_model
 
     def factor(self, model: str | None = None) -> float | None:
         """The quantile of the model's recent ratios once it has `min_runs`, else of the

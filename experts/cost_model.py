@@ -6,7 +6,8 @@ Replay experts answer from a recording, so their cost is simulated from the real
   (`Llama-2-13b` → 13e9; `Mixtral-8x7B` → 8·7e9 total, top-2 routing → 2·7e9 active;
   `SmolLM2-135M` → 0.135e9). Closed frontier models publish no size: the table holds
   order-of-magnitude guesses, flagged `estimate`; an unknown unparseable name gets the same
-  frontier guess (so a model added to a recording is still costed, never rejected).
+  frontier guess (so a model added to a recording is still costed, never rejected). A local
+  GGUF file whose name says nothing is counted from its header instead (`gguf_size`).
 * Memory = total parameters × 2 bytes (bf16, as the server profile assumes) × 1.2 for KV cache
   and activations; on a server node (`tensor_parallel` in its profile) the model needs
   ⌈memory / device memory⌉ devices. Any other profile is one device (a CPU, a workstation GPU,
@@ -24,9 +25,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
+from experts.backend import ModelSourceError
 from experts.devices import CostEstimate, DeviceProfile, estimate_cost, load_devices
+from experts.gguf import GGUFInfo, check_gguf
 
 SizeSource = Literal["known", "parsed", "estimate"]
 
@@ -93,6 +97,11 @@ def _lookup(table: dict[str, tuple[float, float]], norm: str) -> tuple[float, fl
 
 def parse_model_size(name: str) -> ModelSize:
     """Total and active parameters of a model from its name (see the module doc for the rules)."""
+    return name_size(name) or ModelSize(*_FRONTIER_GUESS, source="estimate")
+
+
+def name_size(name: str) -> ModelSize | None:
+    """The size the name (or the tables) gives; None where it gives none."""
     norm = _normalise(name)
     if (known := _lookup(_KNOWN, norm)) is not None:
         return ModelSize(*known, source="known")
@@ -106,7 +115,33 @@ def parse_model_size(name: str) -> ModelSize:
         scale = 1e9 if dense.group(2) == "b" else 1e6
         params = float(dense.group(1)) * scale
         return ModelSize(params, params, source="parsed")
-    return ModelSize(*_FRONTIER_GUESS, source="estimate")
+    return None
+
+
+def gguf_size(source: str) -> ModelSize | None:
+    """Parameters counted from the tensor shapes in a GGUF file's header (no weights are read;
+    `check_gguf` caches it): present in every GGUF, where `general.size_label` is optional. An
+    untied output head counts beside the embeddings (Qwen2.5-0.5B: 0.63B), on the slow side.
+    None: not a readable GGUF file on this machine."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        info = check_gguf(path)
+    except ModelSourceError:
+        return None
+    total = sum(math.prod(t.shape) for t in info.tensors)
+    return ModelSize(total, _active_params(info, total), source="known") if total > 0 else None
+
+
+def _active_params(info: GGUFInfo, total: int) -> float:
+    """In a mixture of experts only `expert_used_count` of the `expert_count` experts' tensors
+    (`*_exps`) run per token."""
+    n, used = info.arch_int("expert_count"), info.arch_int("expert_used_count")
+    if not (n and used):
+        return total
+    routed = sum(math.prod(t.shape) for t in info.tensors if "_exps" in t.name)
+    return total - routed * (1 - used / n)
 
 
 DEFAULT_DEVICE = "h100-server"

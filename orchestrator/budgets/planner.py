@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from experts.calibration import Run, Slowdown, slowed
-from experts.cost_model import ModelCost, ModelSize, parse_model_size
+from experts.cost_model import ModelCost, ModelSize, gguf_size, name_size, parse_model_size
 from experts.devices import CostEstimate, DeviceProfile, load_devices
 from experts.traits import LOCAL_DEVICE, traits
 from experts.types import ExpertSpec
@@ -152,10 +152,16 @@ def text_tokens(text: str) -> int:
 
 
 def expert_size(spec: ExpertSpec) -> ModelSize:
-    """Parameters (total, active): the placement's figure, else read from the model's name."""
+    """Parameters (total, active): the placement's figure, else read from the model's name, else
+    counted in its GGUF file (a local `/models/my-model.gguf`), else the frontier guess (flagged
+    `estimate`: a remote or HF model whose name says nothing)."""
     if spec.placement.params_b is not None:
         return ModelSize(spec.placement.params_b * 1e9, spec.placement.params_b * 1e9, "known")
-    return parse_model_size(spec.base.model or spec.base.source)
+    name = spec.base.model or spec.base.source
+    named = name_size(name)
+    if named is not None and named.source != "estimate":
+        return named
+    return gguf_size(spec.base.source) or parse_model_size(name)  # a file's count beats a guess
 
 
 def expert_params_b(spec: ExpertSpec) -> float:
@@ -209,12 +215,16 @@ class BudgetPlanner:
         if LOCAL_DEVICE not in self.profiles:
             return
         runs = defaultdict[str, list[Run]](list)
+        guessed: set[str] = set()  # sized by a guess: its ratios say how wrong the guess is, not the device
         for spec, where, r in replies:
             if self.learns_from(spec, where):
-                runs[spec.base.key].append(Run(expert_params_b(spec), r.prompt_tokens, r.completion_tokens,
+                size = expert_size(spec)
+                if size.source == "estimate":
+                    guessed.add(spec.base.key)
+                runs[spec.base.key].append(Run(size.active_params / 1e9, r.prompt_tokens, r.completion_tokens,
                                                r.latency_s))
         for model, timed in runs.items():
-            self.slowdown.observe(self.profiles[LOCAL_DEVICE], timed, model)
+            self.slowdown.observe(self.profiles[LOCAL_DEVICE], timed, model, device_wide=model not in guessed)
 
     def learns_from(self, spec: ExpertSpec, where: Site | None = None) -> bool:
         """Whether `spec`'s replies at its site teach the local slowdown (`record`)."""
@@ -266,12 +276,13 @@ class BudgetPlanner:
         # an `auto` vote that falls back to the aggregator (an answer with no letter) is not costed
         if vote_decides(pool.aggregation, text) or pool.aggregator is None or pool.aggregator not in pool.experts:
             return AggregationCost()
-        spec = pool.experts[pool.aggregator]
-        device = self.device(spec, pool.site(pool.aggregator))
+        spec, where = pool.experts[pool.aggregator], pool.site(pool.aggregator)
         prompt = text_tokens(aggregation_prompt(text, [])) + _prompt_tokens(spec, "")
         answer = tokens.expert_max_tokens + ANSWER_TOKENS_EXTRA
         writes = min(tokens.aggregator_max_tokens, spec.sampling.max_tokens)  # as `ExpertSpec.request` caps it
-        return AggregationCost.on_device(device, expert_params_b(spec), prompt, answer, writes)
+        # costed as `cost` costs it as an expert: a 70B on a server node runs tensor-parallel here too
+        return AggregationCost.from_estimates(self.cost(spec, prompt, writes, where),
+                                              self.cost(spec, prompt + answer, writes, where))
 
 
 def vote_quality(cands: Sequence[Candidate], scores: Sequence[ExpertScore]) -> QualityModel:

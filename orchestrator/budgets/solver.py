@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from experts.devices import DeviceProfile, Placement, estimate_cost
+from experts.devices import CostEstimate
 from orchestrator.budgets._limits import Groups, Limits, device_groups, limits_feasible, members_latency
 from orchestrator.budgets._quality import (
     QualityName,
@@ -53,13 +53,13 @@ from orchestrator.budgets._quality import (
     weighted_vote_profile,
 )
 from orchestrator.budgets._search import BoxSearch, QualityModel
-from orchestrator.domain import ExpertScore, QueryError, milliseconds
+from orchestrator.domain import QueryError, milliseconds
 
 Costs = tuple[list[float], list[float]]  # each candidate's latency and energy, alone
 
 __all__ = [
     "AggregationCost", "Budget", "BudgetDecision", "Candidate", "CheapOption", "InfeasibleBudget",
-    "QualityModel", "QualityName", "QualitySpec", "brute_force", "candidates_from_scores",
+    "QualityModel", "QualityName", "QualitySpec", "brute_force",
     "monotone", "noisy_or", "noisy_or_profile", "quality_from_weights", "solve", "subset_cost", "weighted_vote",
     "weighted_vote_above", "weighted_vote_profile",
 ]
@@ -123,14 +123,12 @@ class AggregationCost:
         return 0.0 if members < 2 else self.energy_base_j + self.energy_per_member_j * members
 
     @classmethod
-    def on_device(
-        cls, device: DeviceProfile, params_b: float, prompt_tokens: int,
-        answer_tokens: int, output_tokens: int,
-    ) -> AggregationCost:
-        """The aggregator reads the prompt plus each answer, then writes `output_tokens`."""
-        base = estimate_cost(device, params_b, prompt_tokens, output_tokens)
-        read_s = answer_tokens / device.prefill_tokens_per_s(params_b)  # one more answer to read
-        return cls(base.latency_s, read_s, base.energy_j, device.power_w * read_s)
+    def from_estimates(cls, alone: CostEstimate, one_more: CostEstimate) -> AggregationCost:
+        """From the aggregator's cost reading its prompt (`alone`) and with one answer more:
+        each answer read adds the difference (cost is linear in prompt tokens). The caller
+        costs both as it costs the same model as an expert (tensor-parallel on a server node)."""
+        return cls(alone.latency_s, one_more.latency_s - alone.latency_s,
+                   alone.energy_j, one_more.energy_j - alone.energy_j)
 
 
 @dataclass(frozen=True)
@@ -315,26 +313,3 @@ def brute_force(
     if best is None:
         raise _infeasible(candidates, budget)
     return _decision(candidates, best, best_value, agg, seen, "brute_force")
-
-
-# ---------------------------------------------------------------- from the router
-
-
-def candidates_from_scores(
-    scores: Sequence[ExpertScore],
-    placement: Placement,
-    devices: Mapping[str, DeviceProfile],
-    prompt_tokens: int | Mapping[str, int],
-    output_tokens: int,
-    quality: Mapping[str, float] | None = None,
-) -> list[Candidate]:
-    """One Candidate per scored expert, costed where the placement puts it (experts the
-    placement puts on one device instance share it)."""
-    q = quality if quality is not None else quality_from_weights(scores)
-    out = []
-    for s in scores:
-        prompt = prompt_tokens if isinstance(prompt_tokens, int) else prompt_tokens[s.name]
-        cost = placement.cost(s.name, devices, prompt, output_tokens)
-        slot = placement.slot(s.name)
-        out.append(Candidate(s.name, q[s.name], cost.latency_s, cost.energy_j, slot))
-    return out

@@ -53,10 +53,10 @@ def _source(limits: list[str], from_key: tuple[str, ...]) -> str:
 
 
 def _binding(exc: InfeasibleBudget) -> str:
-    """The limit even the cheapest expert misses; both when each is met alone but not together."""
+    """Every limit even the cheapest expert misses (both: raising one alone would still fail);
+    both also when each is met alone but not together."""
     b = exc.budget
-    if b.latency_s is not None and exc.fastest.latency_s > b.latency_s:
-        return "latency_ms"
-    if b.energy_j is not None and exc.least_energy.energy_j > b.energy_j:
-        return "energy_j"
-    return "latency_ms,energy_j"
+    missed = [name for name, limit, cheapest in (("latency_ms", b.latency_s, exc.fastest.latency_s),
+                                                 ("energy_j", b.energy_j, exc.least_energy.energy_j))
+              if limit is not None and cheapest > limit]
+    return ",".join(missed) or "latency_ms,energy_j"

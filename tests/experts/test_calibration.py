@@ -82,6 +82,16 @@ def test_each_model_is_corrected_by_its_own_runs_once_it_has_enough() -> None:
     assert tracker.factor("slow") == tracker.factor() and tracker.factor("fast") == pytest.approx(0.5)
 
 
+def test_runs_kept_off_the_device_correct_their_model_alone() -> None:
+    """A model whose size is a guess: its ratios say how wrong the guess is, not the device."""
+    base = load_devices()["local-cpu"]
+    tracker = Slowdown(window=10, quantile=0.9, min_runs=3)
+    predicted = estimate_cost(base, 150.0, 40, 24).latency_s
+    tracker.observe(base, [Run(150.0, 40, 24, predicted / 200)] * 4, "guessed", device_wide=False)
+    assert tracker.factor() is None and tracker.factor("other") is None
+    assert tracker.factor("guessed") == pytest.approx(1 / 200) and not tracker.empty
+
+
 def test_reading_and_writing_are_scaled_apart_once_the_runs_tell_them_apart() -> None:
     # the 1.5B here: prompts read as the profile says, replies written ~1.7x faster
     base = load_devices()["local-cpu"]

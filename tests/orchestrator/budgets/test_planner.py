@@ -10,8 +10,10 @@ from experts.devices import estimate_cost, load_devices
 from experts.replay import ReplayBackend
 from experts.traits import traits
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import log_odds_weight
 from orchestrator.budgets.planner import (
+    ANSWER_TOKENS_EXTRA,
     TEMPLATE_TOKENS,
     BudgetPlanner,
     PoolView,
@@ -27,6 +29,7 @@ from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Answer, ExpertScore, QueryBudget
 from orchestrator.routing.recruit import score as expert_score
 from orchestrator.settings import Settings
+from tests.experts.conftest import gguf_bytes
 
 TOKENS = TokenLimits(expert_max_tokens=64, aggregator_max_tokens=32)
 
@@ -217,3 +220,39 @@ def test_a_model_on_a_single_device_is_costed_on_that_device_alone(device: str) 
     for b, cost in zip((7.0, 13.7, 13.8, 34.0), costs, strict=True):
         assert cost.latency_s == pytest.approx(estimate_cost(profile, b, 100, 96).latency_s)
     assert [c.latency_s for c in costs] == sorted(c.latency_s for c in costs)
+
+
+def test_a_local_gguf_whose_name_gives_no_size_is_costed_at_the_parameters_in_its_file(tmp_path: Path) -> None:
+    """The README's own `/models/my-model.gguf` was costed as a 150B-active frontier model
+    (674 s for a short prompt), so no budget ever chose it."""
+    path = tmp_path / "my-model.gguf"
+    path.write_bytes(gguf_bytes({"general.architecture": "llama"}, [("w", (1000, 500), bytes(4 * 500_000))]))
+    assert expert_params_b(spec("mine", str(path))) == pytest.approx(0.0005)
+    assert expert_params_b(spec("mine", str(path), params_b=3.0)) == 3.0  # an explicit placement first
+    assert expert_params_b(spec("gone", str(tmp_path / "gone.gguf"))) == 150.0  # unreadable: the frontier guess
+
+
+def test_replies_of_a_model_sized_by_a_guess_teach_no_other_model() -> None:
+    """Its ratio (a 0.5B's replies against a 150B prediction) is the guess's error, not the
+    device's: it made an unrelated 1.5B look ~170x faster than this CPU runs it."""
+    guessed, other = spec("guessed", "/nowhere/my-model.gguf"), spec("other", "/o.gguf", params_b=1.5)
+    planner = BudgetPlanner()
+    before, small = planner.cost(other, 40, 96).latency_s, spec("s", "/s.gguf", params_b=0.5)
+    replies = [Answer(expert="guessed", role="expert", text="B", prompt_tokens=p, completion_tokens=8,
+                      latency_s=planner.cost(small, p, 8).latency_s) for p in range(60, 120, 10)]
+    planner.observe({"guessed": guessed}, replies)
+    assert planner.slowdown.factor() is None and planner.cost(other, 40, 96).latency_s == before
+    assert not planner.slowdown.empty  # its own runs are kept: stored ones are not fed again after them
+
+
+def test_the_aggregator_is_costed_as_the_same_model_is_as_an_expert() -> None:
+    """A 70B on a server node runs tensor-parallel whatever its role: as the aggregator it was
+    costed on one H100 (4.58 s, 3172 J; 2.04 s, 4175 J as an expert)."""
+    big = spec("big", "/big.gguf", "h100-server", params_b=70.0)
+    planner = BudgetPlanner()
+    agg = planner.aggregation(PoolView({"big": big}, "big", calibrated=True), "What is 2+2?", TOKENS)
+    prompt = text_tokens(aggregation_prompt("What is 2+2?", [])) + TEMPLATE_TOKENS
+    for m in (2, 3):
+        reads = planner.cost(big, prompt + m * (TOKENS.expert_max_tokens + ANSWER_TOKENS_EXTRA),
+                             TOKENS.aggregator_max_tokens)
+        assert (agg.latency(m), agg.energy(m)) == pytest.approx((reads.latency_s, reads.energy_j))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from experts.devices import Placement, load_devices
+from experts.devices import CostEstimate
 from orchestrator.budgets._limits import limits_feasible
 from orchestrator.budgets._quality import quality_model
 from orchestrator.budgets._search import BoxSearch
@@ -22,7 +22,6 @@ from orchestrator.budgets.solver import (
     QualityModel,
     _limits,
     brute_force,
-    candidates_from_scores,
     monotone,
     noisy_or,
     quality_from_weights,
@@ -261,20 +260,16 @@ def test_any_monotone_callable_works() -> None:
     assert got.quality == pytest.approx(brute_force(cands, Budget(None, None, 4), fn).quality)
 
 
-def test_candidates_from_router_scores_and_placement() -> None:
-    devices = load_devices()
-    placement = Placement(devices={"small": "local-cpu", "big": "h100-server"},
-                          params_b={"small": 0.5, "big": 70.0})
+def test_router_weights_become_qualities_and_an_aggregator_is_costed_from_two_estimates() -> None:
     scores = [expert_score("big", 3.0, 1.0, 3.0), expert_score("small", 1.0, 1.0, 1.5)]
     q = quality_from_weights(scores)
     assert q == {"big": pytest.approx(0.9), "small": pytest.approx(0.45)}
-    cands = candidates_from_scores(scores, placement, devices, prompt_tokens=200,
-                                   output_tokens=64)
-    assert [c.name for c in cands] == ["big", "small"]
-    assert cands[0].quality > cands[1].quality
-    agg = AggregationCost.on_device(devices["h100-server"], 70.0, 200, 64, 16)
-    assert agg.latency(1) == 0.0 and agg.latency(3) > agg.latency(2) > 0.0
-    assert agg.energy(3) > agg.energy(2) > 0.0
+    cands = [Candidate("big", q["big"], 2.0, 400.0), Candidate("small", q["small"], 0.5, 5.0)]
+    # the aggregator reading its prompt alone, and with one answer more: each answer adds the difference
+    agg = AggregationCost.from_estimates(CostEstimate(latency_s=1.0, energy_j=50.0),
+                                         CostEstimate(latency_s=1.25, energy_j=60.0))
+    assert agg.latency(1) == 0.0 and agg.latency(3) == pytest.approx(1.75)
+    assert agg.energy(1) == 0.0 and agg.energy(3) == pytest.approx(80.0)
     best = solve(cands, Budget(latency_s=cands[0].latency_s + 0.01), aggregation=agg)
     assert best.chosen == ("big",)
 
