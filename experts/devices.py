@@ -23,13 +23,12 @@ The default profiles live in ``devices.yaml`` next to this file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Tier = Literal["edge", "server", "local"]
 
@@ -81,68 +80,6 @@ class CostEstimate(BaseModel):
 
     latency_s: float = Field(ge=0)
     energy_j: float = Field(ge=0)
-
-
-class Placement(BaseModel):
-    """Which device each expert runs on, and how big its model is (billions of params).
-
-    Experts placed on one device run one after another on it (their latencies add); a device
-    name stands for one physical device unless `instances` tells its copies apart (edge boxes
-    of one kind: `{"a": "box-1", "b": "box-2"}` puts a and b on two boxes that run in parallel).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    devices: dict[str, str] = Field(description="expert name -> device name")
-    params_b: dict[str, float] = Field(default_factory=dict, description="expert -> params (B)")
-    instances: dict[str, str] = Field(default_factory=dict, description="expert -> device copy")
-
-    @model_validator(mode="after")
-    def _sizes_are_positive(self) -> Placement:
-        bad = sorted(n for n, p in self.params_b.items() if p <= 0)
-        if bad:
-            raise ValueError(f"params_b must be positive; not for {', '.join(bad)}")
-        return self
-
-    def slot(self, expert: str) -> str:
-        """The physical device the expert runs on: its device name, and copy if named."""
-        copy = self.instances.get(expert)
-        return self.devices[expert] + (f"#{copy}" if copy else "")
-
-    def device_of(self, expert: str, devices: Mapping[str, DeviceProfile]) -> DeviceProfile:
-        """The profile the expert runs on; KeyError names the missing piece."""
-        if expert not in self.devices:
-            raise KeyError(f"expert {expert!r} has no placement")
-        name = self.devices[expert]
-        if name not in devices:
-            raise KeyError(f"expert {expert!r} is placed on unknown device {name!r}")
-        return devices[name]
-
-    def cost(
-        self,
-        expert: str,
-        devices: Mapping[str, DeviceProfile],
-        prompt_tokens: int,
-        output_tokens: int,
-    ) -> CostEstimate:
-        """The predicted cost of one generation by `expert` where it is placed."""
-        device = self.device_of(expert, devices)
-        if expert not in self.params_b:
-            raise KeyError(f"expert {expert!r} has no params_b (model size) in the placement")
-        return estimate_cost(device, self.params_b[expert], prompt_tokens, output_tokens)
-
-    def memory_problems(
-        self, devices: Mapping[str, DeviceProfile], bytes_per_param: float = 0.6
-    ) -> list[str]:
-        """Devices whose placed weights exceed their memory (0.6 B/param ~ 4-bit GGUF)."""
-        need: dict[str, float] = {}
-        for expert, device in self.devices.items():
-            need[device] = need.get(device, 0.0) + self.params_b.get(expert, 0.0) * bytes_per_param
-        return [
-            f"device {d!r} needs {gb:.1f} GB for its experts but has {devices[d].memory_gb:g} GB"
-            for d, gb in sorted(need.items())
-            if d in devices and gb > devices[d].memory_gb
-        ]
 
 
 def _positive_params(params_b: float) -> float:

@@ -10,7 +10,6 @@ import pytest
 from experts.devices import (
     DeviceConfigError,
     DeviceProfile,
-    Placement,
     estimate_cost,
     load_devices,
     parse_devices,
@@ -126,28 +125,3 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_devices(tmp_path / "nope.yaml")
 
 
-def test_placement_costs_each_expert_where_it_runs(devices: dict[str, DeviceProfile]) -> None:
-    placement = Placement(
-        devices={"small": "jetson-agx-orin", "big": "h100-server"},
-        params_b={"small": 1.5, "big": 70.0},
-    )
-    small = placement.cost("small", devices, 200, 100)
-    assert small == estimate_cost(devices["jetson-agx-orin"], 1.5, 200, 100)
-    assert placement.device_of("big", devices).tier == "server"
-    with pytest.raises(KeyError, match="no placement"):
-        placement.cost("ghost", devices, 1, 1)
-
-
-def test_placement_names_unknown_devices_and_overfull_memory(
-    devices: dict[str, DeviceProfile],
-) -> None:
-    placement = Placement(
-        devices={"a": "mars-rover", "b": "rtx4090-workstation", "c": "rtx4090-workstation"},
-        params_b={"a": 1.0, "b": 30.0, "c": 30.0},
-    )
-    with pytest.raises(KeyError, match="unknown device 'mars-rover'"):
-        placement.device_of("a", devices)
-    problems = placement.memory_problems(devices)
-    assert len(problems) == 1 and "rtx4090-workstation" in problems[0]
-    with pytest.raises(ValueError, match="positive"):
-        Placement(devices={"a": "local-cpu"}, params_b={"a": 0.0})
