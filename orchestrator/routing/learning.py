@@ -4,14 +4,15 @@ CompeteSMoE (Fsoft-AIC/CompeteSMoE) now and then lets every expert of a layer an
 each by its response and trains the router to predict the winners. For whole LLMs: on a sampled
 share of routed queries every eligible expert answers (a competition); each answer is scored
 against the gold answer where one is known (a recording's, a user's feedback), else against
-the reliability-weighted consensus of all the answers (at least two experts', two of them with a
-letter where any has one, and one answer ahead: a lone answer or a tie teaches nothing). The
+the reliability-weighted consensus of all the answers (at least two experts' non-empty ones, two
+with a letter where any has one, and one answer ahead: a lone answer or a tie teaches nothing). The
 result is a `Lesson`: the query's embedding and skills, and each answering expert's mark.
 Lessons extend the router's evidence (`learned`): the k-NN memory gains the query as a row
 (marks of experts that did not answer it stay unobserved), each answering expert's skill
 profile moves ±1 per skill, and competence is recomputed. An expert registered while the
 service runs has no evidence yet: it is explored (answers as an extra, scored like a
-competitor) until it has `CERTAIN_AFTER` observed marks.
+competitor; by consensus, with the default, that lesson marks it alone) until it has
+`CERTAIN_AFTER` observed marks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,7 +33,7 @@ from orchestrator.aggregation.reliability import AnswerReliability
 from orchestrator.aggregation.vote import option_count, weighted_vote
 from orchestrator.domain import final_answer
 from orchestrator.routing.evidence import RoutingEvidence
-from skills.grading import LETTERS, extract_choice
+from skills.grading import LETTERS, extract_answer_number, extract_choice
 from skills.profiling import global_competence
 
 CERTAIN_AFTER = 20  # observed marks after which an expert joins normal recruitment
@@ -39,6 +41,7 @@ MAX_LEARNED_ROWS = 20_000  # the k-NN memory keeps this many rows from traffic, 
 LABEL_NEIGHBOURS = 10  # a lesson's topic label: the commonest among its nearest remembered rows
 LABEL_BLOCK = 1024  # lessons labelled per matrix product (bounds its memory)
 _OPTION_TEXT = re.compile(r"^\s*\(?([A-Pa-p])[.):]\s*(.*)$")  # an option line as `option_count` reads them
+Reading = TypeVar("Reading")  # what answers are compared by: a letter, a number or a text
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,11 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
     `explored` experts are marked against the consensus but cast no vote in it: their weight is
     an unseen expert's prior, heavier than a profiled 7B's, so on a split vote an explorer's own
     letter was the consensus and it was marked right on its own say (80% of its marks right on
-    the replay stream where it was 32-52% right; bench/learning.py)."""
+    the replay stream where it was 32-52% right; bench/learning.py).
+
+    Free text is compared by the number its final answer commits to where it has one, as
+    profiling grades ("17 * 23 = 391." and "The answer is 391." both say 391), else by its
+    normalised text; a consensus takes two non-empty answers (an empty reply casts no vote)."""
     letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
     lettered = any(v is not None for v in letters.values())
     voting = {e: v for e, v in letters.items() if e not in explored}
@@ -182,10 +189,11 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
         ref = gold_choice(gold, question) if gold \
             else _consensus(weighted_vote(list(voting.items()), weights, reliability).support)
         return _marked(letters, ref), letters, ref
-    finals = {e: _normal(final_answer(t)) for e, t in answers.items()}
-    ref = _reference(gold) if gold else _consensus(_support(
-        {e: f for e, f in finals.items() if e not in explored}, weights))
-    return _marked(finals, ref), dict.fromkeys(answers), ref
+    finals = {e: _key(t) for e, t in answers.items()}
+    # an empty reply is no vote: counted as the second voter, it let a lone answer agree with itself
+    votes = {e: f for e, f in finals.items() if e not in explored and f != ""}
+    said = _reference(gold) if gold else _consensus(_support(votes, weights)) if len(votes) >= 2 else None
+    return _marked(finals, said), dict.fromkeys(answers), None if said is None else str(said)
 
 
 def gold_choice(gold: str, question: str = "") -> str | None:
@@ -211,14 +219,27 @@ def _option_texts(question: str) -> dict[str, str]:
     return {text: letter for letter, text in found.items() if text}
 
 
-def _reference(gold: str) -> str | None:
+def _reference(gold: str) -> str | float | None:
     """A free-text gold answer as answers are compared, None where it holds no letter or digit
     ("?", "—", "**"): taken, it marked every answering expert wrong."""
-    return _normal(gold) if any(ch.isalnum() for ch in gold) else None
+    return _key(gold) if any(ch.isalnum() for ch in gold) else None
 
 
-def _marked(answers: Mapping[str, str | None], ref: str | None) -> dict[str, bool]:
-    """Each answer's mark; none without a reference (nothing to be right or wrong against)."""
+def _key(text: str) -> str | float:
+    """What a free-text answer is compared by: the number its final answer commits to, read as
+    `skills.grading.grade` reads it (as whole strings, "391" and "The answer is 391." differed),
+    else that answer normalised. inf and nan (an overflow, a 0/0) compare as text."""
+    final = final_answer(text)
+    number = extract_answer_number(final)
+    return number if number is not None and math.isfinite(number) else _normal(final)
+
+
+def _marked(answers: Mapping[str, str | float | None], ref: str | float | None) -> dict[str, bool]:
+    """Each answer's mark; none without a reference (nothing to be right or wrong against).
+    Numbers are equal as `grade` has them: within a relative 1e-6."""
+    if isinstance(ref, float):
+        return {e: isinstance(a, float) and math.isclose(a, ref, rel_tol=1e-6, abs_tol=1e-9)
+                for e, a in answers.items()}
     return {e: a == ref for e, a in answers.items()} if ref else {}
 
 
@@ -226,15 +247,14 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
 
 
-def _support(finals: Mapping[str, str], weights: Mapping[str, float]) -> dict[str, float]:
-    support: dict[str, float] = {}
+def _support(finals: Mapping[str, Reading], weights: Mapping[str, float]) -> dict[Reading, float]:
+    support: dict[Reading, float] = {}
     for expert, f in finals.items():
-        if f:
-            support[f] = support.get(f, 0.0) + max(weights.get(expert, 0.0), 1e-6)
+        support[f] = support.get(f, 0.0) + max(weights.get(expert, 0.0), 1e-6)
     return support
 
 
-def _consensus(support: Mapping[str, float]) -> str | None:
+def _consensus(support: Mapping[Reading, float]) -> Reading | None:
     """The answer with the most support; None when two share the top (no consensus)."""
     ranked = sorted(support.values(), reverse=True)
     if not ranked or (len(ranked) > 1 and math.isclose(ranked[0], ranked[1])):
@@ -256,7 +276,8 @@ class CompetitionPolicy:
     most, and on the replay corpus (bench/learning.py, seeds 0-4) such lessons cost the all-22
     pool 1.8 points at a 5% rate and gained nothing on the open pool. Its answers are still
     stored with their scores, and feedback with the answer turns them into a lesson on every
-    expert that competed. Explorations always teach: a new expert has no other evidence."""
+    expert that competed. Explorations always teach the explored expert, which has no other
+    evidence; scored by consensus, they teach it alone unless consensus teaches (`taught`)."""
 
     def __init__(self, rate: float = 0.05, per_minute: int = 30, clock: Callable[[], float] = time.monotonic,
                  consensus_teaches: bool = False):
@@ -275,6 +296,19 @@ class CompetitionPolicy:
 
     def teaches(self, lesson: Lesson) -> bool:
         return lesson.reference == "gold" or lesson.source != "competition" or self.consensus_teaches
+
+    def taught(self, lesson: Lesson, explored: Collection[str]) -> Lesson | None:
+        """What the router learns of this lesson, None: nothing. An exploration scored by consensus
+        keeps only its `explored` experts' marks unless consensus teaches: the recruited experts'
+        consensus marks are a competition's, which the default keeps out (they taught the expert
+        right against the crowd that it was wrong), and feedback can still mark them all."""
+        if not self.teaches(lesson):
+            return None
+        if lesson.source != "explore" or lesson.reference == "gold" or self.consensus_teaches:
+            return lesson
+        marks = {e: m for e, m in lesson.marks.items() if e in explored}
+        return replace(lesson, marks=marks, choices={e: c for e, c in lesson.choices.items() if e in marks}) \
+            if marks else None
 
     def give_back(self, slots: int) -> None:
         """Return `slots` of the cap that queries never run took (a request refused, a store that

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.routing.evidence import RoutingEvidence, typical_options
-from orchestrator.routing.learning import Lesson, learned, scored
+from orchestrator.routing.learning import CompetitionPolicy, Lesson, learned, scored
 
 
 def profiled(n: int) -> RoutingEvidence:
@@ -151,3 +151,46 @@ def test_an_explored_expert_is_marked_against_the_others_consensus_not_its_own()
     lone = {"a": "Answer: A", "new": "Answer: A"}
     assert scored(lone, weights, None, explored={"new"})[::2] == ({}, None)  # one voter is no consensus
     assert scored(lone, weights, None, "A", explored={"new"})[0] == {"a": True, "new": True}  # gold as ever
+
+
+def test_free_text_numbers_are_compared_as_numbers() -> None:
+    """Whole strings were compared: feedback {"answer": "391"} marked "17 * 23 = 391." and "The
+    answer is 391." wrong (profiling's `grade` takes both), `correct: true` on a final worded
+    otherwise marked the experts that said 391 wrong, and 391 said three ways was no consensus."""
+    answers = {"eq": "17 * 23 = 391.", "said": "The answer is 391.", "bare": "391", "off": "It is 400"}
+    right = {"eq": True, "said": True, "bare": True, "off": False}
+    for gold in ("391", "The answer is 391.", "Answer: 391.0"):
+        assert scored(answers, {}, None, gold)[0] == right, gold
+    marks, _, ref = scored(answers, {}, None)
+    assert marks == right and ref is not None and float(ref) == 391
+    assert scored({"a": "0", "b": "Answer: 0."}, {}, None, "0")[0] == {"a": True, "b": True}  # 0 is a number too
+    texts = {"a": "Paris.", "b": " paris", "c": "Lyon"}  # no number: the normalised text, as before
+    assert scored(texts, {}, None)[::2] == ({"a": True, "b": True, "c": False}, "paris")
+
+
+def test_an_empty_reply_casts_no_free_text_vote() -> None:
+    """An empty reply counted as the second voter but gave no support: the one real answer was the
+    consensus on its own say (marked right, the others wrong). It takes two non-empty answers."""
+    even = {"a": 1.0, "b": 1.0}
+    assert scored({"a": "Paris", "b": ""}, even, None)[::2] == ({}, None)
+    assert scored({"a": "Paris", "b": "...", "new": "London"}, even, None, explored={"new"})[::2] == ({}, None)
+    marks, _, ref = scored({"a": "Paris", "b": "", "c": "paris."}, even | {"c": 1.0}, None)
+    assert ref == "paris" and marks == {"a": True, "b": False, "c": True}
+    assert scored({"a": "Paris", "b": ""}, even, None, "Paris")[0] == {"a": True, "b": False}  # gold as ever
+
+
+def test_an_exploration_scored_by_consensus_teaches_the_explorer_alone() -> None:
+    """An exploration's consensus marks moved the recruited experts too, though the default keeps
+    consensus-scored competitions out: it marks the expert right against the crowd wrong."""
+    emb = np.ones(8, dtype=np.float32)
+    marks, choices = {"a": True, "b": False, "new": True}, {"a": "A", "b": "B", "new": "A"}
+    explore = Lesson(emb, ("x",), marks, choices, "explore", "consensus")
+    kept = CompetitionPolicy().taught(explore, {"new"})
+    assert kept is not None and kept.marks == {"new": True} and kept.choices == {"new": "A"}
+    assert CompetitionPolicy(consensus_teaches=True).taught(explore, {"new"}) is explore
+    gold = Lesson(emb, ("x",), marks, choices, "explore", "gold")
+    assert CompetitionPolicy().taught(gold, {"new"}) is gold  # gold marks every answer truly
+    assert CompetitionPolicy().taught(explore, set()) is None  # no explorer marked: nothing to teach
+    competition = Lesson(emb, ("x",), marks, choices, "competition", "consensus")
+    assert CompetitionPolicy().taught(competition, {"new"}) is None  # waits for feedback, as before
+    assert CompetitionPolicy(consensus_teaches=True).taught(competition, {"new"}) is competition
