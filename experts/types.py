@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,6 +14,7 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 256
 # Why a generation ended, as OpenAI and vLLM say it: "stop" (an end-of-sequence token or a stop
 # string) or "length" (its max_tokens cut it).
 FinishReason = Literal["stop", "length"]
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character, and no UTF-8 store takes it
 
 
 class ChatMessage(BaseModel):
@@ -65,10 +67,13 @@ class GenerationRequest(BaseModel):
 
 
 def storable(text: str) -> str:
-    """Text as a reply is stored: NUL becomes U+FFFD. PostgreSQL's text columns refuse NUL, and a
-    batch's answers are stored in one statement, so one model emitting it would fail every query
-    beside it. A streamed piece goes through this too, so the pieces join into the stored text."""
-    return text.replace("\x00", "\ufffd")
+    """Text as a reply is stored: NUL and lone surrogates become U+FFFD. PostgreSQL's text columns
+    refuse NUL, no UTF-8 store takes a surrogate (a remote server's JSON may hold "\\ud83d", half an
+    emoji), and a batch's answers are stored in one statement, so one model emitting either would
+    fail every query beside it. A streamed piece goes through this too, so the pieces join into the
+    stored text."""
+    text = text.replace("\x00", "\ufffd")
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 class Generation(BaseModel):

@@ -52,10 +52,10 @@ class BatchService:
         """Admit the batch and queue its queries; returns the batch id at once. A query that
         cannot be taken refuses the whole batch with its 4xx, and nothing is stored. A `claim`
         (idempotency key) is stored with the batch; KeyTaken, nothing stored, if it was taken."""
-        self.queries.make_room(len(entries))
         asks, custom_ids = [e.ask for e in entries], [e.custom_id for e in entries]
-        batch_id, admitted = self.queries.admission.admit_batch(asks, custom_ids, key_id, claim)
-        self.queries.queue(admitted, "a batch chunk")
+        with self.queries.room(len(entries)):  # held until queued: concurrent batches cannot all pass the bound
+            batch_id, admitted = self.queries.admission.admit_batch(asks, custom_ids, key_id, claim)
+            self.queries.queue(admitted, "a batch chunk")
         return batch_id
 
     def get(self, batch_id: int, reader: int | None = None) -> Batch:

@@ -11,23 +11,23 @@ waits for the router to be rebuilt or refitted.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import partial
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from experts.cost_model import approx_tokens
+from experts.types import storable
 from orchestrator.domain import Ask, Decision, Outcome, QueryError
 from orchestrator.pipeline import Finished, Pipeline, PoolSnapshot
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
 from orchestrator.scheduling.window import BatchingWindow, Release, Releasing
 from orchestrator.services.admission import Admission, Admitted
-from orchestrator.services.errors import Busy, NotFound
+from orchestrator.services.backlog import Backlog
+from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.instances import Instance
 from orchestrator.services.learning_queue import LearningQueue
@@ -37,6 +37,7 @@ from orchestrator.settings import BatchingSettings
 from orchestrator.store.db import Database
 from orchestrator.store.models import Query
 from orchestrator.store.repositories.queries import QueryRepository, ask_of, decision_of
+from skills.question_text import question_part
 
 log = logging.getLogger(__name__)
 Taught = list[tuple[int | None, Lesson]]  # a batch's lessons, by the id of the query that taught each
@@ -53,11 +54,9 @@ class QueryService:
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
             Releasing(self._run_items), batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens)
-        self.max_waiting = batching.max_waiting
+        self.backlog = Backlog(self.window, batching.max_waiting)
         self.learner: LearningQueue[Taught] = LearningQueue(self._learn)
         self.running = InFlight()  # batches whose lessons are not handed to the learner yet
-        # queued chunks not yet fed to the window (`queue`): still waiting, so the backlog bound counts them
-        self._unfed, self._unfed_lock = 0, threading.Lock()
 
     def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
@@ -67,21 +66,19 @@ class QueryService:
 
     def start(self, asks: Sequence[Ask], claim: Claim | None = None) -> tuple[list[Admitted], Future[list[Query]]]:
         """`submit`, keeping the admitted queries (their ids and decisions) beside the future."""
-        self.make_room(len(asks))
-        items = self.admission.admit(asks, claim)
-        return items, self.window.submit(items)
+        with self.backlog.room(len(asks)):
+            items = self.admission.admit(asks, claim)
+            return items, self.window.submit(items)
 
-    def make_room(self, n: int) -> None:
-        """Busy (503, nothing stored) when `n` more queries would take the window's backlog past
-        `max_waiting`. What is accepted is never dropped, so the backlog is bounded at the door; a
-        request meeting an empty backlog is taken whatever its size (a batch has a size limit)."""
-        if (waiting := self.waiting()) and waiting + n > self.max_waiting:
-            raise Busy(f"{waiting} queries are waiting to be answered (the bound is {self.max_waiting}): "
-                       "try again later")
+    def room(self, n: int) -> AbstractContextManager[None]:
+        """Room in the backlog for `n` more queries, held while they are admitted and queued
+        (`Backlog.room`); Busy (503, nothing stored) if there is none."""
+        return self.backlog.room(n)
 
     def waiting(self) -> int:
-        """Queries accepted and not yet taken into a batch: in the window, or in chunks not fed to it yet."""
-        return self.window.waiting() + self._unfed
+        """Queries accepted and not yet taken into a batch: in the window, in chunks not fed to it
+        yet, or being admitted."""
+        return self.backlog.waiting()
 
     def ask(self, asks: Sequence[Ask]) -> list[Query]:
         """`submit` and wait: the CLI's and the tests' way in."""
@@ -182,21 +179,22 @@ class QueryService:
 
     def _store(self, finished: Sequence[tuple[int, Ask, Outcome]]) -> dict[int, Query]:
         """Store the answered queries together; if that fails (a lock timeout, a dropped
-        connection), each alone, and one that still cannot be stored is stored as failed, naming
-        why: left `accepted`, its client would wait until a restart recovered it. A store that
-        takes nothing at all raises, and the next start recovers the batch."""
+        connection, a value the driver cannot take), each alone, and one that still cannot be
+        stored is stored as failed, naming why: left `accepted`, its client would wait until a
+        restart recovered it. A store that takes nothing at all raises, and the next start
+        recovers the batch."""
         try:
             with self.db.session() as s:
                 return {r.id: r for r in QueryRepository(s).finish_many(finished)}
-        except SQLAlchemyError:
+        except Exception:  # not only SQLAlchemyError: the driver raises its own (UnicodeEncodeError, OverflowError)
             log.exception("storing %d answered queries together failed; storing each alone", len(finished))
         rows: dict[int, Query] = {}
         for item in finished:
             try:
                 with self.db.session() as s:
                     rows.update((r.id, r) for r in QueryRepository(s).finish_many([item]))
-            except SQLAlchemyError as exc:
-                self._fail([item[0]], f"its answer could not be stored: {type(exc).__name__}: {exc}"[:2000])
+            except Exception as exc:  # its error text is made storable: it names what the store refused
+                self._fail([item[0]], storable(f"its answer could not be stored: {type(exc).__name__}: {exc}")[:2000])
         return rows
 
     def _learn(self, taught: Taught) -> None:
@@ -283,37 +281,8 @@ class QueryService:
             raise
 
     def queue(self, items: Sequence[Admitted], what: str) -> list[tuple[int, Future[list[Query]]]]:
-        """Queue admitted queries in window-sized chunks, each fed to the window only once the one
-        before it is done, so a live query sent meanwhile is taken before the next chunk (queued
-        all at once, the window's FIFO held live traffic until the whole batch was answered); each
-        chunk's size and future. A chunk that raises is logged as `what`: its queries were stored
-        as failed (the pipeline failed), or left accepted where the store took nothing at all
-        (`_store`) or the window had closed (`WindowClosed`, a shutdown), for the next start to
-        answer; the chunks after it are fed all the same (failing at once once the window is closed)."""
-        size = self.window.max_batch
-        chunks = [list(items[at:at + size]) for at in range(0, len(items), size)]
-        relays = [_running() for _ in chunks]
-        self._unfed_count(len(items))
-        self._feed(chunks, relays, what, 0)
-        return [(len(c), done) for c, done in zip(chunks, relays, strict=True)]
-
-    def _feed(self, chunks: list[list[Admitted]], relays: list[Future[list[Query]]], what: str, at: int) -> None:
-        """Submit chunk `at`; once it is done (answered or failed), the next, then pass its outcome on."""
-        if at == len(chunks):
-            return
-        done = self.window.submit(chunks[at])
-        self._unfed_count(-len(chunks[at]))  # after: counted waiting in the window first, never in neither
-        done.add_done_callback(partial(self._fed, chunks, relays, what, at))
-
-    def _fed(self, chunks: list[list[Admitted]], relays: list[Future[list[Query]]], what: str, at: int,
-             done: Future[list[Query]]) -> None:
-        _log_failed(what, done)
-        self._feed(chunks, relays, what, at + 1)  # before the relay: a waiter sees the next chunk queued
-        _relay(done, relays[at])
-
-    def _unfed_count(self, change: int) -> None:
-        with self._unfed_lock:
-            self._unfed += change
+        """Queue admitted queries in window-sized chunks, fed one at a time (`Backlog.queue`)."""
+        return self.backlog.queue(items, what)
 
     def _restore(self, rows: Sequence[Query]) -> tuple[int, list[Admitted]]:
         """How many rows, and the ones that can be asked again as admitted; one that cannot be
@@ -322,7 +291,23 @@ class QueryService:
         for qid, error in [(qid, r) for qid, r in read if isinstance(r, str)]:
             self._fail([qid], error)
         items = [self._restored(qid, *r) for qid, r in read if not isinstance(r, str)]
-        return len(read), [i for i in items if i is not None]
+        return len(read), self._embedded([i for i in items if i is not None])
+
+    def _embedded(self, items: list[Admitted]) -> list[Admitted]:
+        """Restored competitions and explorations with their question's embedding, as admission
+        embeds it: not stored, and their lesson needs it (without, every expert ran and nothing was
+        learned). Only they are embedded, so recovering plain queries stays cheap."""
+        scored = [n for n, i in enumerate(items) if i.decision.competitors and i.embedding is None]
+        if not scored:
+            return items
+        try:
+            vectors = self.pipeline.embedder.encode([question_part(items[n].ask.text) for n in scored])
+        except Exception:  # their lessons are lost; the queries are still answered
+            log.exception("embedding %d recovered competitions failed: they will teach nothing", len(scored))
+            return items
+        for n, vector in zip(scored, vectors, strict=True):
+            items[n] = replace(items[n], embedding=vector)
+        return items
 
     def _restored(self, query_id: int, ask: Ask, decision: Decision | None) -> Admitted | None:
         return Admitted(query_id, ask, decision) if decision is not None else self._reroute(query_id, ask)
@@ -346,25 +331,6 @@ class QueryService:
 def readable(row: Query, reader: int | None) -> bool:
     """Whether the client key `reader` (None: an admin, or open mode) may see the query."""
     return reader is None or (row.request or {}).get("key_id") in (None, reader)
-
-
-def _running() -> Future[list[Query]]:
-    """A future no caller can cancel, as the window's are: the chunk runs whoever stops waiting."""
-    done: Future[list[Query]] = Future()
-    done.set_running_or_notify_cancel()
-    return done
-
-
-def _relay(source: Future[list[Query]], target: Future[list[Query]]) -> None:
-    if (error := source.exception()) is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
-
-
-def _log_failed(what: str, done: Future[list[Query]]) -> None:
-    if (error := done.exception()) is not None:
-        log.warning("%s failed: %s", what, error)
 
 
 def predicted_tokens(item: Admitted, most: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from experts.types import BaseModelSpec, ExpertSpec, SamplingParams
+from experts.types import BaseModelSpec, ExpertSpec, Generation, SamplingParams, storable
 
 
 def terse(max_tokens: int) -> ExpertSpec:
@@ -30,3 +30,12 @@ def test_an_expert_s_stop_sequences_follow_the_api_s_rule(stop: list[str]) -> No
 def test_stop_sequences_within_the_rule_are_kept() -> None:
     assert SamplingParams(stop=["\n", "Answer:", " (", "x" * 256]).stop == ["\n", "Answer:", " (", "x" * 256]
     assert SamplingParams().stop == []
+
+
+def test_a_reply_is_stored_without_nul_or_lone_surrogates() -> None:
+    """A remote server's JSON may hold "\\ud83d", half an emoji: no UTF-8 store takes it, and one
+    reply holding it failed every query stored beside it."""
+    assert storable("a\x00b \ud83d c\udc00") == "a\ufffdb \ufffd c\ufffd"
+    assert storable("whole: \U0001f600, plain") == "whole: \U0001f600, plain"
+    assert Generation(request_id="r", text="half \ud83d").text == "half \ufffd"
+    assert Generation.failed("r", "bad \udc00").error == "bad \ufffd"

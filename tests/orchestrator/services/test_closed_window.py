@@ -34,3 +34,17 @@ def test_recover_after_the_window_closed_returns(container: SkillRoute) -> None:
     recovering.start()
     recovering.join(WAIT_S)
     assert not recovering.is_alive()
+
+
+def test_many_chunks_queued_after_the_window_closed_all_fail_and_none_is_left_waiting(
+        container: SkillRoute) -> None:
+    """Each chunk failed at once fed the next from its own callback: past ~330 chunks the stack
+    overflowed, the rest never resolved (recover() waited forever) and `waiting` stayed up for good."""
+    queries = container.queries
+    items = queries.admission.admit([Ask(text="What is 2+2?")], None)
+    queries.window.close()
+    queries.window.max_batch = 1  # one chunk per query: a crash left 1,000 behind
+    chunks = queries.queue(items * 1000, "recovered queries")
+    assert len(chunks) == 1000
+    assert all(isinstance(done.exception(timeout=WAIT_S), WindowClosed) for _, done in chunks)
+    assert queries.waiting() == 0

@@ -187,3 +187,22 @@ def test_a_competition_lesson_arriving_after_its_query_s_feedback_teaches_nothin
         assert c.pool.evidence_counts() == counts and c.pool.snapshot.evidence.learned_rows == rows
         with c.db.session() as s:
             assert s.scalars(select(LessonRow.source)).all() == ["feedback"]
+
+
+def test_a_competition_recovered_after_a_crash_still_teaches(tmp_path: Path, embedder: Embedder) -> None:
+    """Its embedding is not stored: recovered without one, every expert answered again and the
+    lesson was dropped. Recovery embeds the question as admission did."""
+    c = service(tmp_path, embedder)
+    c.start()
+    (item,) = c.queries.admission.admit([Ask(text=QUESTION, k=1, seed=1)])  # stored accepted, then the crash
+    assert item.decision.competition and item.decision.competitors and item.embedding is not None
+    c.close()
+    again = service(tmp_path, embedder)
+    try:
+        assert again.start() == 1
+        again.queries.learned()
+        row = again.queries.get(item.query_id)
+        assert row.status == "done" and {g.role for g in row.generations} == {"expert", "competitor"}
+        assert lessons(again) == 1
+    finally:
+        again.close()
