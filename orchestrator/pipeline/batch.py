@@ -7,7 +7,9 @@ take it stands in (once per failed draw; under a budget, only one that keeps the
 with at least one good answer is still aggregated and answered, and one left with none fails
 alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
 expert's reply, as does a query with no aggregator (one gone from the pool since admission)
-and a vote that finds no letter. The decision records every failure, every stand-in, and each
+and a vote that finds no letter. Under `auto`, a budgeted query on lettered options is settled by
+the vote of the answers that gave a letter even where one gave none: its plan paid for no
+aggregator. The decision records every failure, every stand-in, and each
 worker's predicted and measured time in the batch. A step of one query that raises (a bug, a
 recording that will not read) fails that query alone, naming the error; the others, and the
 batch, go on.
@@ -32,7 +34,7 @@ import numpy as np
 from experts.traits import known_answer
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
-from orchestrator.aggregation.vote import lettered_vote, vote_answer
+from orchestrator.aggregation.vote import lettered_vote, option_count, vote_answer, vote_decides
 from orchestrator.budgets.planner import BudgetPlanner, measured
 from orchestrator.budgets.stand_in import stand_in_fits, stand_in_start
 from orchestrator.domain import Answer, Ask, Decision, DeviceTime, Failure, Outcome, Role
@@ -43,6 +45,7 @@ from orchestrator.pipeline.stream import StreamHub, sink_for
 from orchestrator.routing.learning import Lesson, scored
 from orchestrator.scheduling.fleet import Dispatch, Fleet
 from orchestrator.scheduling.planner import Job
+from skills.grading import extract_choice
 
 log = logging.getLogger(__name__)
 Finished = Callable[[int, Outcome], None]  # (a query's place in the batch, its outcome once it is done)
@@ -251,6 +254,8 @@ class BatchRun:
                 q.ask.text, [(a.expert, a.text) for a in answers], q.decision.experts,
                 self.pool.router.reliability)) is not None:
             self._finish(q, voted)
+        elif q.decision.budget is not None and vote_decides(self.aggregation, q.ask.text):
+            self._finish(q, _vote_of_lettered(q, answers, self.pool))  # its plan paid for no aggregator
         elif (agg := q.decision.aggregator) is not None and agg in self.pool.experts:
             prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
             self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,
@@ -335,6 +340,17 @@ def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
     result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability,
                          q.ask.text)
     return f"Answer: {result.answer}" if result.answer else _best_ranked(q).text
+
+
+def _vote_of_lettered(q: _Query, answers: Sequence[Answer], pool: PoolSnapshot) -> str:
+    """A budgeted `auto` query on lettered options where some answer gave no letter: its plan
+    counted on the vote and paid for no aggregator (`BudgetPlanner.aggregation`), so the answers
+    that did give one vote (the winning letter's heaviest voter's reply, as `lettered_vote`);
+    with none, the best-ranked answer. Asking the aggregator ran past the budget uncosted."""
+    n = option_count(q.ask.text)
+    lettered = [(a.expert, a.text) for a in answers if extract_choice(a.text, n) is not None]
+    voted = lettered_vote(q.ask.text, lettered, q.decision.experts, pool.router.reliability) if lettered else None
+    return voted or _best_ranked(q).text
 
 
 def _best_ranked(q: _Query) -> Answer:

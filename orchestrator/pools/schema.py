@@ -91,7 +91,9 @@ class AggregatorConfig(Strict):
     """How recruited answers become one: `llm` (Symbolic-MoE: the aggregator expert reads them),
     `vote` (the router-weighted vote of their option letters, no LLM: replay pools), or `auto`
     (the vote where the question offers lettered options and every answer picked one, the
-    aggregator otherwise: free-text questions, or an answer that gave no letter)."""
+    aggregator otherwise: free-text questions, or an answer that gave no letter; a query under a
+    latency or energy budget, whose plan paid for no aggregator on lettered options, is settled by
+    the vote of the answers that gave a letter instead, or the best-ranked answer where none did)."""
 
     mode: AggregationMode = "llm"
     fixed: str | None = None  # skip the benchmark and use this expert

@@ -250,3 +250,29 @@ def test_a_reply_no_vote_or_aggregator_settles_is_the_best_ranked_answer(
         c.close()
     assert out.error is None and [a.role for a in out.answers] == ["expert", "expert"]
     assert out.text == replies["m1"]  # alpha's: drawn second, ranked first
+
+
+def test_a_budgeted_auto_query_on_letters_is_settled_by_the_vote_its_plan_paid_for(
+        tmp_path: Path, embedder: Embedder) -> None:
+    """Its plan costed no aggregator (the vote decides lettered questions under `auto`), yet an
+    answer without a letter sent it to the aggregator: ~15 s on a 9.6 s budget on the embedded
+    pool. The lettered answers vote; with none, the best-ranked answer. Unbudgeted, as before."""
+    replies = {"m1": "Answer: A", "m2": "Answer: B, carbon dioxide.", "m3": "Carbon dioxide.", "m4": "CO2."}
+    pool = small_pool([mock_expert(n, b) for n, b in (("alpha", "m1"), ("beta", "m2"), ("gamma", "m3"),
+                                                      ("delta", "m4"))])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode="auto", fixed="alpha")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                   factory=lambda spec: MockBackend(spec.key, answer=replies[spec.source]))
+    budget = BudgetRecord(latency_ms=9600, energy_j=None, k_max=3, from_key=[], chosen=[], predicted_quality=0.7,
+                          predicted_latency_s=9.1, predicted_energy_j=1.0, solver_nodes=1, candidates=[])
+    mixed = decided(["alpha", "beta", "gamma"], ["beta", "alpha", "gamma"])
+    unlettered = decided(["gamma", "delta"], ["delta", "gamma"])
+    budgeted = [d.model_copy(update={"mode": "budget", "budget": budget}) for d in (mixed, unlettered)]
+    c.start()
+    try:
+        free, paid, none = answer(c, (LETTERED, mixed), *((LETTERED, d) for d in budgeted))
+    finally:
+        c.close()
+    assert [a.role for a in free.answers][-1] == "aggregator"
+    assert [a.role for a in paid.answers] == ["expert"] * 3 and paid.text == replies["m2"]  # beta outweighs
+    assert [a.role for a in none.answers] == ["expert"] * 2 and none.text == replies["m4"]  # delta ranked first
