@@ -203,7 +203,7 @@ class PoolState:
     def learn(self, lessons: Sequence[tuple[int | None, Lesson]]) -> list[Stored]:
         """Keep the lessons (query id, lesson) and route by them from now on; how the store took
         each (its id, None when not kept: a competition's or exploration's whose query has
-        feedback; the earlier lessons of its query it replaced). A lesson that
+        feedback; the earlier lessons of its query it replaced; the lesson as kept). A lesson that
         replaces earlier ones of its query (feedback given again) takes their rows and marks out
         of the evidence first, so the query counts once, as a rebuild from the store counts it;
         where that cannot be done exactly here, the pool is rebuilt from the store."""
@@ -211,7 +211,8 @@ class PoolState:
         built, due = self.snapshot, False  # outside the lock: building it takes the lock
         with self._lock:
             snap = self._snapshot or built
-            fresh = [(s.id, s, x) for s, (_, x) in zip(stored, lessons, strict=True)
+            # each as the store kept it (`Stored.lesson`: no marks of a persona changed since its query)
+            fresh = [(s.id, s, s.lesson) for s in stored
                      if s.id is not None and s.id > self._read_upto]  # see `_read_upto`; None: refused
             # as `load_evidence` reads them back: marks of an expert removed since teach nothing
             taught = [_known(x, snap.experts) for _, _, x in fresh]

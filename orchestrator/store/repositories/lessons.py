@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -12,15 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from orchestrator.routing.learning import Lesson
-from orchestrator.store.models import LessonRow, Query
+from orchestrator.store.models import Expert, LessonRow, Query
 
 
 class Stored(NamedTuple):
-    """A stored lesson's id (None: not kept, its query has feedback), and the earlier lessons
-    of its query it replaced (id, lesson)."""
+    """A stored lesson's id (None: not kept, its query has feedback), the earlier lessons of
+    its query it replaced (id, lesson), and the lesson as kept (`_current`: what it teaches)."""
 
     id: int | None
     replaced: list[tuple[int, Lesson]]
+    lesson: Lesson
 
 
 class LessonRepository:
@@ -33,7 +34,8 @@ class LessonRepository:
         marked against their consensus, and feedback marks the same answers against the truth,
         so the query would otherwise count twice with marks that disagree. For the same reason a
         competition or exploration lesson of a query that has feedback is not kept (feedback can
-        land before it: the query is stored done first). Returns its id and the lessons it
+        land before it: the query is stored done first). An expert whose persona changed after
+        the query was asked loses its marks (`_current`). Returns its id and the lessons it
         replaced (what the live pool takes out of its evidence).
 
         Two requests storing one query's lesson at once (a retried feedback) both find nothing to
@@ -51,13 +53,15 @@ class LessonRepository:
             self._hold(query_id)
         replaced = self._delete_earlier(lesson, query_id) if query_id is not None else []
         if query_id is not None and lesson.source != "feedback" and self._has_feedback(query_id):
-            return Stored(None, replaced)
+            return Stored(None, replaced, lesson)
+        if query_id is not None:  # read after `_delete_earlier`: see `_current`
+            lesson = self._current(lesson, query_id)
         row = LessonRow(query_id=query_id, source=lesson.source, skills=list(lesson.skills),
                         embedding=np.asarray(lesson.embedding, dtype="<f4").tobytes(),
                         marks=dict(lesson.marks), choices=dict(lesson.choices))
         self.session.add(row)
         self.session.flush()
-        return Stored(row.id, replaced)
+        return Stored(row.id, replaced, lesson)
 
     def _hold(self, query_id: int) -> None:
         """PostgreSQL: lock the query's row until commit, so two lessons of one query are stored
@@ -66,6 +70,17 @@ class LessonRepository:
         writer at a time: its transaction holds the write lock from `_delete_earlier` on."""
         if self.session.get_bind().dialect.name != "sqlite":
             self.session.execute(select(Query.id).where(Query.id == query_id).with_for_update(key_share=True))
+
+    def _current(self, lesson: Lesson, query_id: int) -> Lesson:
+        """The lesson without the marks of experts whose persona changed after its query was
+        asked: they judged the old persona's answers (as feedback treats them, services/feedback.py).
+        A learner that lags stores it after the change, above the expert's `stale_lessons` cutoff,
+        where they counted for the new persona. Read within the store's write: on SQLite a change
+        commits before it (and is seen here) or after it (and its cutoff covers this lesson)."""
+        asked = self.session.scalar(select(Query.created_at).where(Query.id == query_id))
+        stmt = select(Expert.name, Expert.persona_changed_at).where(Expert.name.in_(list(lesson.marks)))
+        changed = {n for n, at in self.session.execute(stmt) if asked is not None and at is not None and at >= asked}
+        return _marked_by(lesson, [e for e in lesson.marks if e not in changed]) if changed else lesson
 
     def _has_feedback(self, query_id: int) -> bool:
         stmt = select(LessonRow.id).where(LessonRow.query_id == query_id, LessonRow.source == "feedback")
@@ -129,8 +144,12 @@ class LessonRepository:
 
 
 def _fresh(lesson: Lesson, lesson_id: int, stale: Mapping[str, int]) -> Lesson:
-    keep = [e for e in lesson.marks if lesson_id > stale.get(e, 0)]
-    return replace(lesson, marks={e: lesson.marks[e] for e in keep},
+    return _marked_by(lesson, [e for e in lesson.marks if lesson_id > stale.get(e, 0)])
+
+
+def _marked_by(lesson: Lesson, keep: Collection[str]) -> Lesson:
+    """The lesson with only these experts' marks (and letters)."""
+    return replace(lesson, marks={e: m for e, m in lesson.marks.items() if e in keep},
                    choices={e: c for e, c in lesson.choices.items() if e in keep})
 
 

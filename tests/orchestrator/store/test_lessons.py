@@ -1,5 +1,6 @@
 """Lessons: feedback outranks the competition or exploration lesson of its query, whichever
-arrives first, and on PostgreSQL also when both are stored at once."""
+arrives first, and on PostgreSQL also when both are stored at once; a lesson keeps no marks of a
+persona changed since its query was asked."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from sqlalchemy import text
 from orchestrator.domain import Ask
 from orchestrator.routing.learning import Lesson
 from orchestrator.store.db import Database
+from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.lessons import LessonRepository
 from orchestrator.store.repositories.queries import QueryRepository
+from tests.orchestrator.conftest import mock_expert
 
 
 def lesson(source: str) -> Lesson:
@@ -39,8 +42,27 @@ def test_a_consensus_lesson_stored_after_its_query_s_feedback_is_not_kept(db: Da
     with db.session() as s:
         LessonRepository(s).store(lesson("feedback"), qid)
     with db.session() as s:
-        assert LessonRepository(s).store(lesson(source), qid) == (None, [])
+        assert LessonRepository(s).store(lesson(source), qid)[:2] == (None, [])
     assert sources(db, qid) == ["feedback"]
+
+
+@pytest.mark.parametrize("source", ["competition", "explore"])
+def test_a_lesson_stored_after_a_persona_change_leaves_out_that_expert_s_marks(db: Database, source: str) -> None:
+    """A lagging learner stores the lesson after the change, above the expert's stale_lessons
+    cutoff: the old persona's mark counted for the new one. It judged the old persona's answer."""
+    with db.session() as s:
+        e1 = ExpertRepository(s).add(mock_expert("e1", "m1", "math persona")).id
+        ExpertRepository(s).add(mock_expert("e2", "m1"))
+    qid = query(db)
+    with db.session() as s:
+        ExpertRepository(s).set_spec(e1, mock_expert("e1", "m1", "another persona"))
+    both = Lesson(np.ones(4, dtype=np.float32), ("x",), {"e1": True, "e2": False}, {"e1": "A", "e2": "B"}, source)
+    with db.session() as s:
+        stored = LessonRepository(s).store(both, qid)
+    with db.session() as s:
+        (row,) = LessonRepository(s).for_query(qid)
+    assert row.marks == {"e2": False} and row.choices == {"e2": "B"}
+    assert stored.lesson.marks == row.marks and stored.lesson.choices == row.choices  # what the live pool learns
 
 
 @pytest.mark.parametrize("first", ["feedback", "competition"])
