@@ -63,9 +63,8 @@ class Pipeline:
         outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
         policy = self.decider.policy
-        for index, lesson in run.lessons.items():  # an exploration's competitors are the explored experts
-            kept = lesson if policy is None else policy.taught(lesson, decisions[index].competitors)
-            if learn is not None and kept is not None:
-                learn(index, kept)
+        for index, lesson in run.lessons.items():
+            if learn is not None and (policy is None or policy.teaches(lesson)):
+                learn(index, lesson)
         self.probe.answered(outcomes)
         return outcomes

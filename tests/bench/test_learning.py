@@ -57,3 +57,11 @@ def test_each_learner_is_the_mean_over_its_draws(report: dict[str, object]) -> N
         draws = run[name]["accuracy_per_draw"]
         assert len(draws) == 2 and all(len(d) == 3 for d in draws)
         assert run[name]["accuracy"] == pytest.approx([(a + b) / 2 for a, b in zip(*draws, strict=True)], abs=1e-4)
+
+
+def test_the_printout_names_each_pool_and_the_best_learners_gain(
+        report: dict[str, object], load_bench: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]) -> None:
+    load_bench("learning").show(report)
+    out = capsys.readouterr().out
+    assert "## pool open_le_13b" in out and "## pool all" in out
+    assert f"best learner ({report['best_learner']}): {report['last_segment_gain_open']:+.2f}" in out

@@ -179,18 +179,12 @@ def test_an_empty_reply_casts_no_free_text_vote() -> None:
     assert scored({"a": "Paris", "b": ""}, even, None, "Paris")[0] == {"a": True, "b": False}  # gold as ever
 
 
-def test_an_exploration_scored_by_consensus_teaches_the_explorer_alone() -> None:
-    """An exploration's consensus marks moved the recruited experts too, though the default keeps
-    consensus-scored competitions out: it marks the expert right against the crowd wrong."""
+def test_an_exploration_teaches_by_consensus_where_a_competition_waits_for_feedback() -> None:
+    """The default keeps a consensus-scored competition out (the whole pool's crowd marks the expert
+    right against it wrong); an exploration's consensus is the recruited top k's, and it teaches."""
     emb = np.ones(8, dtype=np.float32)
     marks, choices = {"a": True, "b": False, "new": True}, {"a": "A", "b": "B", "new": "A"}
-    explore = Lesson(emb, ("x",), marks, choices, "explore", "consensus")
-    kept = CompetitionPolicy().taught(explore, {"new"})
-    assert kept is not None and kept.marks == {"new": True} and kept.choices == {"new": "A"}
-    assert CompetitionPolicy(consensus_teaches=True).taught(explore, {"new"}) is explore
-    gold = Lesson(emb, ("x",), marks, choices, "explore", "gold")
-    assert CompetitionPolicy().taught(gold, {"new"}) is gold  # gold marks every answer truly
-    assert CompetitionPolicy().taught(explore, set()) is None  # no explorer marked: nothing to teach
+    assert CompetitionPolicy().teaches(Lesson(emb, ("x",), marks, choices, "explore", "consensus"))
     competition = Lesson(emb, ("x",), marks, choices, "competition", "consensus")
-    assert CompetitionPolicy().taught(competition, {"new"}) is None  # waits for feedback, as before
-    assert CompetitionPolicy(consensus_teaches=True).taught(competition, {"new"}) is competition
+    assert not CompetitionPolicy().teaches(competition)
+    assert CompetitionPolicy(consensus_teaches=True).teaches(competition)
