@@ -28,6 +28,13 @@ FinishReason = Literal["stop", "length"]
 _CHOICE_OF = {"tools": "tool_choice", "functions": "function_call"}  # what says whether tools may be called
 
 
+class UnsupportedParameter(ServiceError):
+    """A parameter the service takes, refused beside another (`k` with a named expert): a 400
+    with OpenAI's code for a parameter not done, as the body checks give."""
+
+    code = UNSUPPORTED_PARAMETER
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: StorableText = Field(max_length=32_000)
@@ -192,7 +199,8 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
         if self.model != AUTO:
             routing = [f for f in ("latency_ms", "energy_j", "k", "mode") if getattr(self, f) is not None]
             if routing:  # the named expert answers alone: nothing is chosen by them
-                raise ServiceError(f"{' and '.join(routing)} choose experts, so they need model 'auto'", routing[0])
+                raise UnsupportedParameter(f"{' and '.join(routing)} choose experts, so they need model 'auto'",
+                                           routing[0])
             return Ask(text=text, k=1, mode="topk", seed=self.seed, expert=self.model,
                        budget=budgets.resolve(None, None), **sampling)
         budget = budgets.resolve(self.latency_ms, self.energy_j)

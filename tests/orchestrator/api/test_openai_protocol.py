@@ -236,10 +236,12 @@ def test_asks_that_would_do_nothing_here_are_400_naming_them(client: TestClient)
     taken and ignored; OpenAI and vLLM refuse the first, and latency_ms was refused for the second."""
     cases: list[tuple[dict[str, Any], str]] = [
         ({"model": "auto", "stream_options": {"include_usage": True}}, "stream_options"),
-        ({"model": "gamma", "k": 2}, "k"), ({"model": "gamma", "mode": "sample"}, "mode")]
-    for extra, param in cases:
+        ({"model": "gamma", "k": 2}, "k"), ({"model": "gamma", "mode": "sample"}, "mode"),
+        ({"model": "gamma", "latency_ms": 1000}, "latency_ms")]
+    for extra, param in cases:  # with OpenAI's code for a parameter not done, as the README says
         r = client.post(CHAT, json={"messages": ASK, **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+        assert r.json()["error"]["code"] == "unsupported_parameter", (extra, r.text)
     assert container_has_no_queries(client)
     streamed = client.post(CHAT, json={"model": "auto", "messages": ASK, "stream": True,
                                        "stream_options": {"include_usage": True}})
