@@ -11,7 +11,7 @@ from experts.cost_model import approx_prompt_tokens
 from experts.traits import traits
 from experts.types import Generation
 from orchestrator.scheduling.planner import Job, Stage, plan_stages
-from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.scheduling.worker import DeviceWorker, claims
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -33,8 +33,10 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
 
     Stages are cut into chunks so progress can be reported and finished replies handed on
     (`emit`) while the rest run; the model stays resident between chunks because every
-    remaining stage's model (and `keep_last`) is protected. Once a stage's model is in, the next
-    stage's starts loading beside its generation where the backend allows (DeviceWorker.prefetch).
+    remaining stage's model (and `keep_last`) is protected, and claimed on the worker
+    (worker.Claims), so another batch's load or a registration's spares it too. Once a
+    stage's model is in, the next stage's starts loading beside its generation where the
+    backend allows (DeviceWorker.prefetch).
 
     A failure stays with the jobs it hit: a model that will not load fails its stage's jobs, a
     generate call that raises (a lost worker, a crashed engine) fails that chunk's, each with
@@ -52,20 +54,22 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     unique, copies = coalesce(jobs)
     stages = plan_stages(unique, _resident(worker), keep_last)
     out: dict[str, Generation] = {}
-    for i, stage in enumerate(stages):
-        protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
-        failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
-        refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
-        lookup = traits(stage.base).lookup_chunk
-        for part in _chunks(stage.jobs, lookup or chunk, None if lookup else CHUNK_TOKENS):
-            gens = [refused[j.job_id] for j in part] if refused else _guarded(
-                part, partial(worker.generate, stage.base, [j.request for j in part], protect))
-            done = _with_copies(part, gens, copies)
-            out.update(done)
-            if emit:
-                emit(done)
-            if progress:
-                progress(len(out), len(jobs))
+    with claims(worker).claim([s.key for s in stages], keep_last) as claim:  # what other loads spare meanwhile
+        for i, stage in enumerate(stages):
+            claim.stage(stage.key)
+            protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
+            failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
+            refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
+            lookup = traits(stage.base).lookup_chunk
+            for part in _chunks(stage.jobs, lookup or chunk, None if lookup else CHUNK_TOKENS):
+                gens = [refused[j.job_id] for j in part] if refused else _guarded(
+                    part, partial(worker.generate, stage.base, [j.request for j in part], protect))
+                done = _with_copies(part, gens, copies)
+                out.update(done)
+                if emit:
+                    emit(done)
+                if progress:
+                    progress(len(out), len(jobs))
     return out
 
 

@@ -5,11 +5,14 @@ is pinned to another (the base then loads on each). The others are planned: expe
 base model stay together (one load serves every persona over it) and follow the first pinned
 one (by worker name); a base whose placement names a device profile goes to a worker of that
 profile when the deployment has one, any other to a worker its kind computes on (a GPU engine
-to a GPU worker, llama.cpp, CPU only here, to one without) where there is one. Bases are placed
-largest first, each on the worker with the least work planned among those where it still fits
-beside what is already placed, so what must stay resident fits each device and a batch's
-experts spread over devices that run at once. A base that fits nowhere goes to the worker with
-the most memory, where it is swapped in and out.
+to a GPU worker, llama.cpp, CPU only here, to one without) where there is one. A base planned before
+(`now`: where each expert runs now) stays on its worker while that is still one it may go to and
+it still fits there beside the pinned ones and those kept before it (largest first): a move loads
+it again (planned afresh, registering one expert moved others). The rest, new bases
+and those that no longer fit, are placed largest first, each on the worker with the least work
+planned among those where it still fits beside what is already placed, so what must stay
+resident fits each device and a batch's experts spread over devices that run at once. A base
+that fits nowhere goes to the worker with the most memory, where it is swapped in and out.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ class PlacementError(ValueError):
 
 
 def plan_placement(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
-                   memory: Callable[[BaseModelSpec], int]) -> dict[str, str]:
-    """Expert name → worker name, for every expert (see the module doc)."""
+                   memory: Callable[[BaseModelSpec], int], now: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Expert name → worker name, for every expert; `now`: expert name → the worker it runs on
+    now, where it stays while it still fits (see the module doc)."""
     if not slots:
         raise PlacementError("the deployment has no worker to place experts on")
     by_name = {s.name: s for s in slots}
@@ -59,9 +63,16 @@ def plan_placement(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
     for key, workers in pinned.items():
         if workers:
             _place(groups[key], workers, sizes[key], loads, chosen)
-    for key in sorted((k for k, w in pinned.items() if not w), key=lambda k: (-sizes[k], k)):
-        worker = _best(_devices_asked(groups[key], slots), loads, sizes[key])
-        _place(groups[key], [worker], sizes[key], loads, chosen)
+    free = sorted((k for k, w in pinned.items() if not w), key=lambda k: (-sizes[k], k))
+    asked = {key: _devices_asked(groups[key], slots) for key in free}
+    moving = []  # kept ones first, so a new base cannot take the room a placed one holds
+    for key in free:
+        if (worker := _where_now(groups[key], now or {}, asked[key], loads, sizes[key])) is None:
+            moving.append(key)
+        else:
+            _place(groups[key], [worker], sizes[key], loads, chosen)
+    for key in moving:
+        _place(groups[key], [_best(asked[key], loads, sizes[key])], sizes[key], loads, chosen)
     return {spec.name: chosen[spec.name] for spec in experts.values()}
 
 
@@ -83,6 +94,15 @@ def _place(group: Sequence[ExpertSpec], workers: Sequence[str], size: int, loads
         chosen[spec.name] = spec.placement.worker or workers[0]
     for worker in workers:
         _add(loads[worker], group[0].base.key, size, sum(chosen[s.name] == worker for s in group))
+
+
+def _where_now(group: Sequence[ExpertSpec], now: Mapping[str, str], candidates: Sequence[Slot],
+               loads: Mapping[str, _Load], size: int) -> str | None:
+    """The worker the group's base runs on now, if the group may still go there (its device and
+    kind) and the base still fits there beside what is already placed; None: place it afresh."""
+    held = {now[s.name] for s in group if s.name in now}
+    return next((c.name for c in candidates if c.name in held and loads[c.name].used + size <= c.memory_bytes),
+                None)
 
 
 def _devices_asked(group: Sequence[ExpertSpec], slots: Sequence[Slot]) -> list[Slot]:

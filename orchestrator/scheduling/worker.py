@@ -7,6 +7,10 @@ The one exception is a prefetch: a backend that says `loads_in_background` (a vL
 GPU: it loads in its own worker process, beside the GPU work) may load the next stage's model on
 a background thread while the lock is held for another model's generation. It loads only into
 free budget, never evicting a model a remaining stage needs.
+
+Batches can share a worker (a profiling run beside a batch of queries, a registration's load
+beside both), each calling it chunk by chunk. What each running batch still needs is claimed on
+it (`claims(worker).claim`) so no other load switches it out mid-batch: see `_room_for`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
@@ -34,7 +40,94 @@ TIMELINE_EVENTS = 2000  # the residency timeline keeps the newest events; counts
 MAX_MODELS = 256
 
 
+class Claim:
+    """One running batch's hold on its worker's models (Claims.claim): those it still needs
+    (its stages to come, and the one it keeps for last) and the one its current stage generates on."""
+
+    def __init__(self, claims: Claims, keys: Iterable[str], kept: str | None):
+        self.left = frozenset([*keys, *([kept] if kept else [])])
+        self.kept, self._claims = kept, claims
+        self.running: str | None = None
+
+    def stage(self, key: str) -> None:
+        """The batch generates on `key` now, done with its previous stage's model unless kept: one
+        change, so a load waiting on that stage never finds it ended with its model still needed."""
+        def move() -> None:
+            if self.running not in (None, self.kept):
+                self.left -= {self.running}
+            self.running = key
+        self._claims.change(move)
+
+
+class Claims:
+    """The claims of the batches running on one worker (`claims`), under a lock of their own: a
+    status read never waits for a generation. A load waits on them (`wait_while`) with the device
+    lock let go."""
+
+    def __init__(self, device_lock: Any = None):
+        self._held: list[Claim] = []
+        self._lock, self._changed, self._waiting = threading.Lock(), threading.Condition(device_lock), 0
+
+    @contextmanager
+    def claim(self, keys: Iterable[str], kept: str | None = None) -> Iterator[Claim]:
+        """Hold a batch's models while it runs (`executor.execute`): its stages' (`keys`), each
+        until its stage is done (`Claim.stage`), and `kept` (its aggregator's) until it ends."""
+        claim = Claim(self, keys, kept)
+        self.change(lambda: self._held.append(claim))
+        try:
+            yield claim
+        finally:
+            self.change(lambda: self._held.remove(claim))
+
+    def needed(self) -> set[str]:
+        """The models the batches running on the worker still need."""
+        with self._lock:
+            return {k for c in self._held for k in c.left}
+
+    def wait_unneeded(self, key: str) -> None:
+        """Return once no running batch needs `key` (they would load it again) and the worker is free."""
+        with self._changed:  # the device lock: the generation under way is waited out too
+            while self.wait_while(lambda needed, _: key in needed):
+                pass
+
+    def change(self, edit: Callable[[], None]) -> None:
+        """Edit the claims; waiting loads look again. The device lock (held through generations)
+        is taken to wake them only when one waits."""
+        with self._lock:
+            edit()
+            wake = self._waiting > 0
+        if wake:
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_while(self, blocked: Callable[[set[str], set[str]], bool]) -> bool:
+        """With the device lock held: if `blocked(needed, running)`, wait for a change; whether it
+        waited. Counted waiting before the device lock is let go, so no change is missed."""
+        with self._lock:
+            running = {c.running for c in self._held if c.running is not None}
+            if not blocked({k for c in self._held for k in c.left}, running):
+                return False
+            self._waiting += 1
+        try:
+            self._changed.wait()
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        return True
+
+
+class _Unheld(Claims):
+    """Claims that count for nothing (see DeviceWorker._claims)."""
+
+    def change(self, edit: Callable[[], None]) -> None:
+        return None
+
+
 class DeviceWorker:
+    # a subclass that keeps no state here (serving's RemoteWorker: its actor's worker evicts, and
+    # claims are not sent to it) gets claims that count for nothing: it evicts as it did before them
+    _claims: Claims = _Unheld()
+
     def __init__(self, name: str = "cpu", memory_budget_bytes: int = 8 * 2**30,
                  factory: BackendFactory = make_backend, probe: Probe = NULL_PROBE):
         self.name, self.probe = name, probe
@@ -54,15 +147,18 @@ class DeviceWorker:
         self._records = threading.Lock()
         self._loading: dict[str, Future[Loaded]] = {}  # prefetches under way, by key
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
+        self._claims = Claims(self.lock)  # what the batches running here still need
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
         """The backend of `base`'s weights, built once. One built for another spec of the same
-        weights (a removed expert's other `n_ctx`) is built again unless it is loaded: experts
-        over loaded weights share them as they are (the registration checks they agree)."""
+        weights (a removed expert's other `n_ctx`) is unloaded and built again, never handed on:
+        loaded, it would run the new expert's prompts in the old window (experts over one model
+        agree on it, the registration checks; only a removed one's model can differ)."""
         with self.lock:
             built = self._backends.get(base.key)
-            if built is None or (self._specs[base.key] != base and not built.is_loaded):
+            if built is None or self._specs[base.key] != base:
                 if built is not None:  # replaced: its process ends, its loads still count
+                    self.unload(base.key)
                     self._retire(built)
                 self._backends[base.key], self._specs[base.key] = self._factory(base), base
             self._used_order[base.key] = None
@@ -129,11 +225,29 @@ class DeviceWorker:
             pending = self._loading.pop(base.key, None)
             if pending is not None:
                 self._adopt(base.key, pending.result())  # a failed prefetch raises its error here
-            elif not backend.is_loaded:
-                self._make_room(backend.memory_bytes(), {base.key, *protect})
-                self._make_room(backend.memory_bytes(), {base.key})  # the budget outranks `protect`
+            elif not backend.is_loaded or base.key not in self._lru:
+                # loaded yet counted gone: its unload raised (`unload`) with the backend still
+                # saying it is loaded; counted resident again (a load of a loaded backend does nothing)
+                self._room_for(base.key, backend.memory_bytes(), protect)
                 self._adopt(base.key, _timed_load(backend))
             return backend
+
+    def _room_for(self, key: str, need: int, protect: Collection[str]) -> None:
+        """Evict until `need` fits, sparing what running batches still need (`Claims`) and `protect`:
+        evicted, a later stage's model would load twice in its batch. Where that is not enough and
+        another batch's stage generates on a resident model, wait for that stage to end (switched
+        out, it would load again for its next chunk: two batches on one device would trade it chunk
+        by chunk). With none to wait for, the needed models' room is taken after all (they load
+        again; waiting for later stages could wait on a batch that itself waits), and last only
+        `key` is spared: a model reloaded costs time, one loaded past the budget fails on a GPU."""
+        while True:
+            self._make_room(need, {key, *protect, *self._claims.needed()})
+            if self._used() + need <= self.memory_budget:
+                return
+            if not self._claims.wait_while(lambda _, running: bool((running - {key}) & set(self._lru))):
+                break
+        self._make_room(need, {key, *protect})
+        self._make_room(need, {key})
 
     def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
         """Start loading `base` in the background if its backend loads outside this process and
@@ -143,7 +257,7 @@ class DeviceWorker:
             if not loads_in_background(backend) or backend.is_loaded or base.key in self._loading:
                 return False
             need = backend.memory_bytes()
-            self._make_room(need, {base.key, *protect})
+            self._make_room(need, {base.key, *protect, *self._claims.needed()})
             if self._used() + need > self.memory_budget:
                 return False
             self._loading[base.key] = self._loader.submit(_timed_load, backend)
@@ -233,6 +347,13 @@ class DeviceWorker:
                 self.unload(key)
             for backend in self._backends.values():
                 _close(backend)
+
+
+def claims(worker: DeviceWorker) -> Claims:
+    """The claims on `worker` of the batches running there. Not a method: serving's RemoteWorker
+    proxies every DeviceWorker method to its actor, and claims stay with the process running the
+    batch (a RemoteWorker's count for nothing)."""
+    return worker._claims
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Placement is planned over every stored expert that has not failed (`scheduling.placement`), so
 an expert being profiled already has its worker, and planned again whenever the pool changes:
-an expert registered, profiled or removed.
+an expert registered, profiled or removed. Each plan starts from the last one kept (the pool
+stores it: every replica, and a restart, start from where the models are loaded), an expert
+staying where it runs while it still fits there.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ class Deployment:
         self._sizes: dict[str, int] = {}
         self._sizes_lock = threading.Lock()
 
-    def plan(self, experts: Mapping[str, ExpertSpec]) -> dict[str, str]:
-        """Expert name → worker name (stored experts that name an unknown worker were refused)."""
-        placed = plan_placement(experts, self.slots, self._size)
+    def plan(self, experts: Mapping[str, ExpertSpec], now: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Expert name → worker name (stored experts that name an unknown worker were refused);
+        `now`: the plan kept last (each expert stays where it runs while it still fits there)."""
+        placed = plan_placement(experts, self.slots, self._size, now)
         self._keep_sizes({s.base.key for s in experts.values()})
         return placed
 

@@ -28,7 +28,7 @@ from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
-from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.scheduling.worker import DeviceWorker, claims
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.expert_changes import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
@@ -114,7 +114,7 @@ class ExpertService:
             return
         if row.status == "removed":
             raise Conflict(f"the weights of removed expert {other.name!r} are still loaded with model.n_ctx "
-                           f"{other.base.n_ctx} until its profiling run or the worker's generation ends: try again "
+                           f"{other.base.n_ctx} until its profiling run or the batches using it end: try again "
                            "then", "model.n_ctx")
         raise Unprocessable(f"expert {spec.name!r} runs on the weights of {other.name!r}, loaded with model.n_ctx "
                             f"{other.base.n_ctx}: experts over one model share its context window, so give it "
@@ -308,26 +308,22 @@ class ExpertService:
     def _release(self, key: str) -> None:
         """Unload a base model from every worker where no remaining expert over it runs (a
         disabled expert still counts: it stays loaded, ready to be enabled). A worker busy
-        generating is not waited for: a background thread unloads it there once it is free."""
+        generating, or running a batch that still needs the model (routed before the change: it
+        would load it again, and keep it), is not waited for: a background thread unloads it
+        there once it is free and the batches are done with it."""
         for name in self._unneeded(key):
-            worker = self.fleet[name]
-            if not worker.lock.acquire(blocking=False):
+            if not _unload_if_free(self.fleet[name], key):
                 with self._lock:
                     self._releasing[key] += 1
                 threading.Thread(target=self._release_when_free, args=(name, key), daemon=True,
                                  name=f"release-{name}-{key}").start()
-                continue
-            try:
-                worker.unload(key)
-            finally:
-                worker.lock.release()
 
     def _release_when_free(self, name: str, key: str) -> None:
-        """Wait out the worker's generation, then unload if still nothing needs the model (an
-        expert over it may have come meanwhile); the store is read with the worker not held."""
+        """Wait out the worker's generation and the batches that need the model, then unload it if
+        still nothing needs it (an expert over it may have come meanwhile); the store is read with
+        the worker not held."""
         try:
-            with self.fleet[name].lock:
-                pass
+            claims(self.fleet[name]).wait_unneeded(key)
             if name in self._unneeded(key):
                 self.fleet[name].unload(key)
         except Exception:  # a thread of its own: nobody above it to tell
@@ -344,7 +340,8 @@ class ExpertService:
         with self.db.session() as s:
             users = [r.name for r in ExpertRepository(s).list() if r.base_model_key == key and r.name in placement]
         needed = {placement[n] for n in users}
-        held, _ = self.fleet.each(lambda w: w.resident())  # a worker that cannot answer holds nothing to free
+        # a worker that cannot answer holds nothing to free; a running batch may load it yet
+        held, _ = self.fleet.each(lambda w: w.resident() | claims(w).needed())
         return [name for name, keys in held.items() if name not in needed and key in keys]
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
@@ -374,6 +371,19 @@ def _forget_persona(state: StateRepository, last_lesson: int, name: str) -> None
         scores = {n: v for n, v in chosen.get("accuracy", {}).items() if n != name}
         state.put(AGGREGATOR_KEY, {"name": None if chosen.get("name") == name else chosen.get("name"),
                                    "accuracy": scores})
+
+
+def _unload_if_free(worker: DeviceWorker, key: str) -> bool:
+    """Unload the model now if the worker is free and no running batch needs it; whether it did."""
+    if not worker.lock.acquire(blocking=False):
+        return False
+    try:
+        if key in claims(worker).needed():
+            return False
+        worker.unload(key)
+        return True
+    finally:
+        worker.lock.release()
 
 
 def _forget(worker: DeviceWorker, key: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from experts.types import ExpertSpec
 from orchestrator.pipeline.snapshot import PoolSnapshot
@@ -38,6 +39,7 @@ AGGREGATOR_KEY = "aggregator"
 # a refresh that missed a lesson the live snapshot holds reads again, at most this often (a
 # lesson deleted since, with none newer, would otherwise keep it reading)
 REREADS = 2
+PLACEMENT_KEY = "placement"  # expert → worker, the plan kept last (`placement`)
 STALE_LESSONS_KEY = "stale_lessons"  # expert → the last lesson before its persona changed
 
 
@@ -261,13 +263,29 @@ class PoolState:
 
     def placement(self, extra: ExpertSpec | None = None) -> dict[str, str]:
         """Where every stored expert that has not failed or been removed runs (and `extra`, not
-        stored yet); a disabled one keeps its place, ready to be enabled again."""
+        stored yet: where it would run, a what-if not kept, as it may never be stored); a disabled
+        one keeps its place, ready to be enabled again. Planned from the plan kept last, and kept
+        where it changed: planned afresh, registering one expert moved others (loaded again, their
+        old copies still resident); stored, so every replica and a restart plan from it alike."""
         with self.db.session() as s:
             rows = [r for r in ExpertRepository(s).list() if r.status not in ("failed", "removed")]
             specs = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
+            before = StateRepository(s).get(PLACEMENT_KEY) or {}
         if extra is not None:
-            specs[extra.name] = extra
-        return self.deployment.plan(specs)
+            return self.deployment.plan({**specs, extra.name: extra}, before)
+        placed = self.deployment.plan(specs, before)
+        if placed != before:
+            self._keep_placement(placed)
+        return placed
+
+    def _keep_placement(self, placed: dict[str, str]) -> None:
+        """A base moves only where it no longer fits beside the pinned ones (or its own expert was
+        moved, which releases it): loading those evicts its copy on the worker it left."""
+        try:
+            with self.db.session() as s:
+                StateRepository(s).put(PLACEMENT_KEY, placed)
+        except IntegrityError:  # another replica kept its first plan at once: the next plan starts from it
+            pass
 
     def worker_for(self, spec: ExpertSpec) -> str:
         return self.placement(spec)[spec.name]

@@ -92,3 +92,22 @@ def test_each_kind_goes_to_a_worker_it_computes_on_where_there_is_one() -> None:
     assert plan_placement(experts, slots, lambda base: GB) == {"gguf": "cpu", "hf": "gpu0", "busy": "cpu"}
     cpu_only = [Slot("a", "local-cpu", 8 * GB), Slot("b", "local-cpu", 8 * GB)]
     assert plan_placement(pool(of("vllm", "hf")), cpu_only, lambda base: GB)["hf"] in {"a", "b"}  # none better
+
+
+def test_a_placed_base_stays_where_it_runs_while_it_still_fits() -> None:
+    """Planned afresh, registering a larger base moved an untouched one (alpha, cpu → edge), its
+    copy on cpu never released: one base resident on two workers."""
+    slots = [Slot("cpu", "local-cpu", 8 * GB), Slot("edge", "local-cpu", 11 * GB)]
+    before = plan_placement(pool(expert("alpha", "small")), slots, size)
+    assert before == {"alpha": "cpu"}
+    after = plan_placement(pool(expert("alpha", "small"), expert("beta", "mid")), slots, size, before)
+    assert after == {"alpha": "cpu", "beta": "edge"}  # the new one goes where today's rule puts it
+
+
+def test_a_placed_base_moves_only_where_it_may_no_longer_stay() -> None:
+    """A pin that takes its room, or a device asked for that its worker is not, moves it."""
+    slots = [Slot("a", "local-cpu", 4 * GB), Slot("b", "local-cpu", 4 * GB),
+             Slot("edge", "jetson-agx-orin", 4 * GB)]
+    now = {"x": "a", "y": "b"}
+    specs = pool(expert("x", "mid"), expert("p", "big", worker="a"), expert("y", "small", device="jetson-agx-orin"))
+    assert plan_placement(specs, slots, lambda base: 3 * GB, now) == {"x": "b", "p": "a", "y": "edge"}

@@ -162,22 +162,22 @@ def test_the_residency_timeline_is_bounded_and_the_counts_are_not(monkeypatch: p
     assert worker.residency_counts() == {a.key: (20, 20), b.key: (20, 19)}  # every load and unload counted
 
 
-def test_weights_asked_for_with_another_context_window_are_built_again_unless_loaded() -> None:
+def test_weights_asked_for_with_another_context_window_are_built_again_even_loaded() -> None:
     """The backend cache is by weights (`BaseModelSpec.key` leaves n_ctx out): a backend built for
-    a removed expert's 512-token window served a later expert asking for 4,096."""
-    built: list[int] = []
+    a removed expert's 512-token window served a later expert asking for 4,096, and still did
+    while loaded (a batch had loaded it again after the removal's unload)."""
+    built: list[MockBackend] = []
 
     def factory(spec: BaseModelSpec) -> MockBackend:
-        built.append(spec.n_ctx)
-        return MockBackend(spec.key)
+        built.append(MockBackend(f"{spec.key}@{spec.n_ctx}"))
+        return built[-1]
 
     worker = DeviceWorker(factory=factory)
     short, wide = BaseModelSpec(kind="mock", source="m", n_ctx=512), BaseModelSpec(kind="mock", source="m", n_ctx=4096)
     worker.ensure_loaded(short)
-    assert worker.backend(wide) is worker.backend(short) and built == [512]  # loaded: shared as it is
-    worker.unload(short.key)
-    worker.ensure_loaded(wide)
-    assert built == [512, 4096]
+    assert worker.ensure_loaded(wide) is built[1] and not built[0].is_loaded  # the old window is gone
+    assert [b.base_model_key for b in built] == ["mock:m@512", "mock:m@4096"]
+    assert worker.resident() == {wide.key} and worker.residency_counts()[wide.key] == (2, 1)
 
 
 class Closable(MockBackend):
@@ -229,6 +229,18 @@ def test_a_model_whose_unload_fails_leaves_the_device_and_the_next_model_loads()
     (reply,) = worker.generate(B, [request("q2")])  # needs A's room
     assert reply.error is None and reply.text
     assert worker.resident() == {B.key} and worker.residency_counts()[A.key] == (1, 1)
+
+
+def test_a_model_whose_unload_failed_yet_stayed_loaded_still_answers() -> None:
+    """An unload that raised with the backend still loaded (a sleep call that timed out on a live
+    engine) left the model counted gone for good: never loaded again (the backend said it was),
+    every later request for it failed with a KeyError."""
+    worker = DeviceWorker(memory_budget_bytes=150 * 2**20,  # room for one model
+                          factory=lambda s: (DiesOnUnload if s.source == "a" else MockBackend)(s.key))
+    worker.generate(A, [request("q1")])
+    worker.generate(B, [request("q2")])  # evicts A: its unload raises, and it stays loaded
+    (reply,) = worker.generate(A, [request("q3")])
+    assert reply.error is None and reply.text and worker.resident() == {A.key}
 
 
 class DyingEngine(MockVLLMEngine):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from experts.devices import load_devices
+from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
 from experts.workers import WorkerSpec
 from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.deployment import Deployment
 from orchestrator.services.expert_changes import ExpertChange
@@ -69,3 +71,41 @@ def test_an_api_expert_on_a_worker_the_deployment_lost_fails_and_the_rest_start(
         assert profiling and c.pool.placement()["g"] == "cpu"
     finally:
         c.close()
+
+
+def test_registering_an_expert_leaves_the_others_where_their_models_are(tmp_path: Path, embedder: Embedder) -> None:
+    """Placement was planned afresh on each refresh: registering beta (3 GB) moved untouched
+    alpha (1 GB) from cpu to edge, and its next query loaded m1 there too, never released on cpu."""
+    sizes = {"mock:m1": 2**30, "mock:m2": 3 * 2**30}
+    workers = {n: DeviceWorker(n, 8 * 2**30, lambda b: MockBackend(b.key, memory=sizes[b.key]))
+               for n in ("cpu", "edge")}
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), embedder=embedder,
+                   workers=workers)
+    c.bootstrap()
+    try:
+        assert c.pool.snapshot.placement["alpha"] == "cpu"
+        c.experts.register(mock_expert("beta", "m2"), profile=False)
+        c.pool.refresh()
+        assert c.pool.snapshot.placement == {"alpha": "cpu", "beta": "edge"}
+        c.queries.ask([Ask(text="What is 2+2?", expert="alpha")])
+        assert [n for n, w in workers.items() if "mock:m1" in w.resident()] == ["cpu"]
+    finally:
+        c.close()
+    again = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1")]), embedder=embedder,
+                       workers=workers)  # a restart (or another replica) plans from the kept plan
+    again.bootstrap()
+    try:
+        assert again.pool.placement() == {"alpha": "cpu", "beta": "edge"}
+    finally:
+        again.close()
+
+
+def test_a_plan_keeps_bases_where_they_run_until_they_no_longer_fit() -> None:
+    workers = [WorkerSpec(name=n, device="local-cpu", memory_gb=4) for n in ("a", "b")]
+    deployment = Deployment(workers, load_devices(), lambda b: 3 * 2**30)
+    x = ExpertSpec(name="x", base=BaseModelSpec(kind="mock", source="m"))
+    pin = ExpertSpec(name="p", base=BaseModelSpec(kind="mock", source="n"), placement=ExpertPlacement(worker="a"))
+    before = deployment.plan({"x": x})
+    after = deployment.plan({"x": x, "p": pin}, before)
+    assert before == {"x": "a"} and after == {"x": "b", "p": "a"}  # p took its room
+    assert deployment.plan({"x": x}, after) == {"x": "b"}  # p gone: x stays where it runs now

@@ -6,7 +6,7 @@ retry, and unloading per worker when two workers share a base model."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +14,13 @@ import pytest
 
 from experts.backend import BackendError
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, GenerationRequest
+from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec, Generation, GenerationRequest
 from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
 from orchestrator.routing.learning import CERTAIN_AFTER, Lesson
+from orchestrator.scheduling.executor import Emit, Progress, execute
+from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Conflict, Unprocessable
 from orchestrator.services.expert_changes import ExpertChange
@@ -336,3 +339,36 @@ def test_a_model_that_fails_on_a_worker_that_is_gone_is_a_422(container: SkillRo
     monkeypatch.setattr(worker, "forget", lost)
     with pytest.raises(Unprocessable, match="worker cpu was lost mid-call"):
         container.experts.check_loads(mock_expert("delta", "m3"))
+
+
+def test_a_model_removed_mid_batch_is_unloaded_once_the_batch_is_done_with_it(
+        tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed between a batch's stages, an expert's model was unloaded at once; the batch's later
+    stage (routed before the removal) loaded it again, and it stayed resident with nothing on it."""
+    c = SkillRoute(quiet_settings(tmp_path), small_pool([mock_expert("alpha", "m1"), mock_expert("gamma", "m2")]),
+                   factory=mock_or_real, embedder=embedder)
+    c.bootstrap()
+    cpu, alpha, removed = c.fleet["cpu"], eid(c, "alpha"), threading.Event()
+    loads_before = cpu.residency_counts()["mock:m1"][0]
+
+    def removing_after_m2(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
+                          progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None
+                          ) -> dict[str, Generation]:
+        def hand_on(done: dict[str, Generation]) -> None:  # between chunks: the worker is free
+            assert emit is not None
+            emit(done)
+            if {j.base.key for j in jobs if j.job_id in done} == {"mock:m2"} and not removed.is_set():
+                removed.set()
+                c.experts.remove(alpha)  # m1's stage, alpha's job, is still to come
+        return execute(jobs, worker, keep_last, progress, chunk, hand_on)
+
+    monkeypatch.setattr(c.fleet, "executor", removing_after_m2)
+    try:
+        c.queries.submit([Ask(text="gamma question?", expert="gamma"), Ask(text="alpha question?", expert="alpha")]
+                         ).result(60)
+        for thread in [t for t in threading.enumerate() if t.name.startswith("release-")]:
+            thread.join(30)  # the unload deferred until the batch was done with m1
+        assert removed.is_set() and "mock:m1" not in cpu.resident()
+        assert cpu.residency_counts()["mock:m1"][0] == loads_before  # never loaded again
+    finally:
+        c.close()
