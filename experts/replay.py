@@ -19,6 +19,7 @@ import csv
 import gzip
 import json
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from typing import TextIO
 from experts.backend import BackendError, ModelSourceError
 from experts.cost_model import ModelCost, approx_prompt_tokens, model_cost
 from experts.devices import CostEstimate
+from experts.prompt_text import strip_label, strip_options
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
 QUESTIONS_FILE = "questions.jsonl"
@@ -62,9 +64,16 @@ def _data_file(folder: Path, name: str) -> Path:
 
 
 def _open_text(path: Path) -> TextIO:
+    # utf-8-sig: a file saved with a byte-order mark (Excel's "CSV UTF-8") reads as without one
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig")
+
+
+def read_questions(path: str | Path) -> list[RecordedQuestion]:
+    """The questions of a recording folder (`questions.jsonl.gz` or `.jsonl`), or of that file."""
+    path = Path(path)
+    return list(_read_questions(_data_file(path, QUESTIONS_FILE) if path.is_dir() else path))
 
 
 def _read_questions(path: Path) -> Iterator[RecordedQuestion]:
@@ -144,15 +153,16 @@ class Recording:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.questions = {q.question_id: q for q in _read_questions(_data_file(folder, QUESTIONS_FILE))}
+        self.questions = {q.question_id: q for q in read_questions(folder)}
         self.models, self._answers = _read_predictions(_data_file(folder, PREDICTIONS_FILE))
         self._by_text: dict[str, list[str]] = {}
         self._found: dict[str, str] = {}  # message → question id, insertion-ordered (see find_question)
+        # The experts of a batch look questions up from many threads: unlocked, two at the cap
+        # popped one key (KeyError) or one evicted while another inserted (RuntimeError).
+        self._found_lock = threading.Lock()
         for q in self.questions.values():
             self._by_text.setdefault(normalise_text(q.question), []).append(q.question_id)
-        # Longest first, so a scan finds "Define poverty in Europe." before "Define poverty."
-        long_texts = [t for t in self._by_text if len(t.split()) >= _SCAN_MIN_WORDS]
-        self._long_texts = sorted(long_texts, key=len, reverse=True)
+        self._long_texts = [t for t in self._by_text if len(t.split()) >= _SCAN_MIN_WORDS]
 
     def has_model(self, model: str) -> bool:
         return model in self._answers
@@ -172,36 +182,43 @@ class Recording:
         """The id of the corpus question that the message asks (see `_candidates`). Recent
         messages are remembered: profiling sends every question once per model, and routing
         looks each query up again when it is answered."""
-        found = self._found.get(message)
+        with self._found_lock:
+            found = self._found.get(message)
         if found is None:
-            found = self._find(message)
-            if len(self._found) >= _FOUND_CACHE:
-                self._found.pop(next(iter(self._found)))  # bounded: the oldest goes first
-            self._found[message] = found
+            found = self._find(message)  # unlocked: lookups of other messages go on meanwhile
+            with self._found_lock:
+                if len(self._found) >= _FOUND_CACHE and message not in self._found:
+                    self._found.pop(next(iter(self._found)))  # bounded: the oldest goes first
+                self._found[message] = found
         return found
 
     def _find(self, message: str) -> str:
-        ids = self._candidates(message)
+        """A chat transcript's last user turn is the question it asks; else the whole message."""
+        text = _last_turn(message)
+        ids = self._candidates(text) if text != message else []
+        if not ids:
+            text, ids = message, self._candidates(message)
         if not ids:
             raise BackendError(f"no recorded question in {self.folder} matches the message {_clip(message)!r}")
         if len(ids) > 1:
-            ids = self._best_by_options(ids, normalise_text(message))
+            ids = self._best_by_options(ids, normalise_text(text))
         return ids[0]
 
     def _candidates(self, message: str) -> list[str]:
-        """Exact text; else the text before the options; else one line of the message; else the
-        longest corpus question of at least `_SCAN_MIN_WORDS` words inside the message (a short
-        one like "Inflation" would match any message that mentions the word)."""
+        """Exact text; else the text before the options; else one line of the message, the last
+        first; else, of the corpus questions of at least `_SCAN_MIN_WORDS` words inside it (a short
+        one like "Inflation" would match any message that mentions the word), the one ending last,
+        then the longest. A message asking several asks its last (the longest, or the first line,
+        was taken: a chat's earlier turn), and "Define poverty in Europe." is found over "Define
+        poverty." (or "poverty in Europe.") inside it."""
         norm = normalise_text(message)
         keys = [norm, normalise_text(strip_options(message))]
-        keys += [normalise_text(_strip_label(line)) for line in message.splitlines()]
+        keys += [normalise_text(strip_label(line)) for line in reversed(message.splitlines())]
         for key in keys:
             if key in self._by_text:
                 return self._by_text[key]
-        for text in self._long_texts:
-            if text in norm:
-                return self._by_text[text]
-        return []
+        inside = [text for text in self._long_texts if text in norm]
+        return self._by_text[max(inside, key=lambda t: (norm.rfind(t) + len(t), len(t)))] if inside else []
 
     def _best_by_options(self, ids: list[str], norm: str) -> list[str]:
         """Same question text, different options: the one whose options the message shows most
@@ -209,7 +226,7 @@ class Recording:
         of another's: both show all of the shorter list)."""
 
         def fit(qid: str) -> tuple[int, int]:
-            found = [normalise_text(o) in norm for o in self.questions[qid].options]
+            found = [_shown(o, norm) for o in self.questions[qid].options]
             return sum(found), -found.count(False)
 
         best = max(fit(q) for q in ids)
@@ -220,25 +237,25 @@ class Recording:
         return top
 
 
-_RUN_START = re.compile(r"(?mi)^\s*(?:\(?a[.):]|options?:)(?:\s|$)")  # the first option of a run
-_OPTIONS_LABEL = re.compile(r"(?i)\n\s*options?:\s*$")  # a label line left above the options
-_LABEL = re.compile(r"^\s*(?:question|q)\s*[:.]\s*", re.IGNORECASE)
 _SCAN_MIN_WORDS = 6
+_USER_TURN = re.compile(r"(?m)^User: ")  # a turn of a transcript as the service's chat writes one
 _FOUND_CACHE = 8192  # messages whose question id is remembered (a validation set is ~3,000)
 
 
-def _strip_label(text: str) -> str:
-    return _LABEL.sub("", text)
+def _last_turn(message: str) -> str:
+    """The message from its last "User: " line on: a chat with history reaches an expert as one
+    transcript ("User: …\n\nAssistant: …\n\nUser: …"), and its earlier questions, matched
+    first, were answered in place of the last one."""
+    starts = [m.end() for m in _USER_TURN.finditer(message)]
+    return message[starts[-1] :] if starts else message
 
 
-def strip_options(text: str) -> str:
-    """The part of a message before its options: the last line that starts a run ("A. …",
-    "(a) …", "Options:") with text before it. Cut at the first option-like line, a stem's own
-    statements ("I. …", "(a) …" before the options) were cut off or left nothing: 176 MMLU-Pro
-    questions were embedded apart from themselves in the router's memory."""
-    starts = [m.start() for m in _RUN_START.finditer(text) if text[: m.start()].strip()]
-    stem = _OPTIONS_LABEL.sub("", text[: starts[-1]]) if starts else text
-    return _strip_label(stem)
+def _shown(option: str, norm: str) -> bool:
+    """Whether the (normalised) message shows the option as a whole, not inside a longer word
+    or number: as a substring, "1" was shown by "10" and "act" by "contract", so a message that
+    listed one copy's options matched another copy's too."""
+    pattern = rf"(?<!\w)(?<!\w[.,]){re.escape(normalise_text(option))}(?![.,]?\w)"  # "1" is not in "1.5"
+    return re.search(pattern, norm) is not None
 
 
 def _clip(text: str, n: int = 80) -> str:

@@ -15,7 +15,6 @@ the replay recordings are keyed by them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
 import json
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from experts.replay import normalise_text
+from experts.replay import normalise_text, read_questions
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 MMLU_SPLITS = ("validation", "test", "all")
@@ -169,28 +168,15 @@ def load_mmlu_pro(
     categories: Sequence[str] | None = None,
     seed: int = 0,
 ) -> list[LabelledQuestion]:
-    """MMLU-Pro from the replay corpus (`folder/questions.jsonl.gz`, or that file itself)."""
-    path = Path(folder)
-    if path.is_dir():
-        path = path / "questions.jsonl.gz"
+    """MMLU-Pro from the replay corpus (`folder/questions.jsonl.gz` or `.jsonl`, or that file
+    itself), read as the replay experts read it (`experts.replay.read_questions`): a folder a
+    `replay:` pool takes is one its profiling can read."""
     wanted = {c.strip().lower() for c in categories} if categories is not None else None
     by_category: dict[str, list[LabelledQuestion]] = defaultdict(list)
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            q = _pro_question(json.loads(line))
-            if wanted is None or q.subject in wanted:
-                by_category[q.subject].append(q)
+    for r in read_questions(folder):
+        if wanted is None or r.category in wanted:
+            by_category[r.category].append(LabelledQuestion(r.question_id, r.question, r.options, r.answer, r.category))
     return _sample_groups(by_category, per_category, seed)
-
-
-def _pro_question(row: dict) -> LabelledQuestion:
-    return LabelledQuestion(
-        id=str(row["question_id"]),
-        question=row["question"],
-        options=tuple(str(o) for o in row["options"]),
-        answer=str(row["answer"]).strip().upper(),
-        subject=str(row["category"]).strip().lower(),
-    )
 
 
 _OPS = ("+", "-", "*")

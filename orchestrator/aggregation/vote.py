@@ -20,18 +20,16 @@ same answers kept the 1.5B's.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from experts.prompt_text import lettered_options
 from orchestrator.aggregation.reliability import P_CLIP, AnswerReliability
 from orchestrator.domain import ExpertScore
 from skills.grading import LETTERS, extract_choice
 
 DEFAULT_OPTIONS = 10  # MMLU-Pro's; the chance level assumed where a question's own count is unknown
 _MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
-# "A. …", "B) …", "(C) …", "d: …", as experts/replay.py's strip_options reads option lines
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Pa-p])[.):](?:\s|$)")
 
 
 @dataclass(frozen=True)
@@ -110,31 +108,10 @@ def vote_answer(
 
 
 def option_count(question: str) -> int:
-    """How many lettered options the question offers: its last run of option lines A, B, … in
-    order (either case; a line between two of them continues an option's text). Options follow
-    the question they answer: a run that opens the text, or one that a question ("…?") follows,
-    is what the question is about (a dialogue's speakers "A: …", "B: …"), not its options."""
-    lines = [line for line in question.splitlines() if line.strip()]
-    start, end, n = _last_lettered_run(lines)
-    if start <= 0 or any("?" in line for line in lines[end + 1 :]):
-        return 0
-    return n
-
-
-def _last_lettered_run(lines: Sequence[str]) -> tuple[int, int, int]:
-    """(first line, last line, count) of the last run of option lines lettered A, B, … in
-    order; (-1, -1, 0) when no line opens with option A. An option line out of order ends a run."""
-    last, start, n = (-1, -1, 0), 0, 0
-    for i, line in enumerate(lines):
-        if (m := _OPTION_LINE.match(line)) is None:
-            continue
-        letter = m.group(1).upper()
-        if 0 < n < len(LETTERS) and letter == LETTERS[n]:
-            n += 1
-        else:
-            start, n = i, int(letter == "A")
-        last = (start, i, n) if n else last
-    return last
+    """How many lettered options the question offers (`experts.prompt_text.lettered_options`:
+    the rule the replay lookup and the embedded question cut a prompt's options by, so a dialogue's
+    speakers "A: …", "B: …" are no options to any of them)."""
+    return lettered_options(question)[1]
 
 
 def vote_decides(mode: str, question: str) -> bool:

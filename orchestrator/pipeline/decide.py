@@ -89,8 +89,11 @@ class Decider:
             raise NoExperts("no profiled expert in the pool yet")
         routed = [i for i, a in enumerate(asks) if a.expert is None]
         texts = [asks[i].text for i in routed]
-        embeddings = self.embedder.encode([question_part(t) for t in texts])  # as the memory is embedded
-        skills = self._skills(pool, texts, embeddings)
+        # The question alone is embedded and read by the keyword LLM, as profiling has the memory's
+        # questions (the keyword LLM was once sent the options and reply line as well)
+        questions = [question_part(t) for t in texts]
+        embeddings = self.embedder.encode(questions)
+        skills = self._skills(pool, questions, embeddings)
         # one matrix product for every routed query, not one per query
         options = [option_count(t) for t in texts]  # each query's chance level, for calibrated weights
         scores = pool.router.score_batch([[m.skill for m in ms] for ms in skills], embeddings, options) \

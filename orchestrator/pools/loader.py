@@ -3,7 +3,8 @@
 A replay source makes every model column of the folder's `predictions.csv.gz` one expert, so a
 model added to the folder later joins the pool, is profiled from its recorded answers on the
 profiling split and can be recruited, with no code change. The split is the one
-`bench/routing_quality.py` uses, so the service and the benchmark profile on the same questions.
+`bench/routing_quality.py` uses, so the service and the benchmark profile on the same questions
+(less the service's 15 exact repeats: a replay expert answers every copy with the first's letter).
 """
 
 from __future__ import annotations

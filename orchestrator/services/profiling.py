@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
+from experts.replay import normalise_text
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.pipeline.keywords import KeywordReader
@@ -64,12 +65,23 @@ def load_source(src: ValidationSource, seed: int) -> list[LabelledQuestion]:
     if src.kind == "mmlu":
         return load_mmlu(src.split, per_subject=src.per_subject, subjects=src.subjects, seed=seed)
     if src.kind == "mmlu_pro":
-        items = load_mmlu_pro(Path(src.path))
+        items = first_copies(load_mmlu_pro(Path(src.path)))
         if src.split != "all":
             wanted = profiling_split(src.path, src.split, src.test_size, src.split_seed)
             items = [q for q in items if q.id in wanted]
         return sample_spread(items, src.limit, seed) if src.limit else items
     return arithmetic_questions(src.n, seed)
+
+
+def first_copies(questions: Sequence[LabelledQuestion]) -> list[LabelledQuestion]:
+    """The questions less exact repeats (same text and options under a later id: 36 in MMLU-Pro,
+    each in its first copy's category, so the one kept is the recording's first), dropped before
+    any is drawn: a replay expert cannot tell copies apart and answers each with the first's
+    recorded letter, so profiling graded that letter twice and never the copy's own."""
+    kept: dict[tuple[str, tuple[str, ...]], LabelledQuestion] = {}
+    for q in questions:
+        kept.setdefault((normalise_text(q.question), tuple(map(normalise_text, q.options))), q)
+    return list(kept.values())
 
 
 def merge_sources(per_source: Sequence[Sequence[LabelledQuestion]]) -> list[LabelledQuestion]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gzip
 import re
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from experts import replay
 from experts.backend import BackendError, ExpertBackend, ModelSourceError
 from experts.cost_model import model_cost, parse_model_size
 from experts.replay import (
     NO_ANSWER_TEXT,
+    RecordedQuestion,
     Recording,
     ReplayBackend,
     load_recording,
@@ -229,3 +233,76 @@ def test_max_tokens_never_cuts_a_recorded_answer(backend: ReplayBackend) -> None
     (gen,) = backend.generate([expert.request("r1", _prompt(rec, qid))])
     assert gen.text == f"Answer: {rec.answer(backend.model, qid)}" and gen.finish_reason == "stop"
     assert gen.completion_tokens == backend.cot_tokens
+
+
+LONG_Q = "Which of the following best describes the function of enhancer regions in eukaryotic genes?"
+
+
+def _two_questions(tmp_path: Path, first: str, second: str) -> Recording:
+    qs = [RecordedQuestion("q1", "biology", first, ("Binding", "Splicing"), "A"),
+          RecordedQuestion("q2", "biology", second, ("Looping", "Capping"), "B")]
+    return load_recording(write_recording(tmp_path / "rec", qs, {"m": {"q1": "A", "q2": "B"}}))
+
+
+def _shown_prompt(q: RecordedQuestion) -> str:
+    return format_prompt(LabelledQuestion(q.question_id, q.question, q.options, q.answer, q.category))
+
+
+def test_a_chat_transcript_asks_its_last_turn(tmp_path: Path) -> None:
+    """A chat with history reaches the expert as one transcript: the longest corpus question in
+    it, the earlier turn's, was answered in place of the follow-up."""
+    for second in ("What are enhancer sequences?", "Which proteins bring a distant enhancer close to its promoter?"):
+        rec = _two_questions(tmp_path / second[:4], LONG_Q, second)
+        q1, q2 = rec.questions["q1"], rec.questions["q2"]
+        transcript = f"User: {_shown_prompt(q1)}\n\nAssistant: Answer: A\n\nUser: {_shown_prompt(q2)}"
+        assert rec.find_question(transcript) == "q2"
+        assert rec.find_question(f"{q1.question}\n{q2.question}") == "q2"  # one line each: the last
+    assert rec.find_question(f"{q1.question} And: {q2.question}") == "q2"  # in one line: the one ending last
+
+
+def test_options_are_shown_whole_not_inside_longer_words_or_numbers(tmp_path: Path) -> None:
+    """As substrings, "1".."4" were shown by "10".."40" and "act" by "contract": the message
+    listing one copy's options was refused as ambiguous or found as the other copy."""
+    for i, (one, other) in enumerate([(("1", "2", "3", "4"), ("10", "20", "30", "40")),
+                                      (("act", "fact"), ("contract", "fact")), (("1", "2"), ("1.5", "2.5"))]):
+        qs = [RecordedQuestion("a", "law", LONG_Q, one, "A"), RecordedQuestion("b", "law", LONG_Q, other, "B")]
+        rec = load_recording(write_recording(tmp_path / str(i), qs, {"m": {"a": "A", "b": "B"}}))
+        assert [rec.find_question(_shown_prompt(q)) for q in qs] == ["a", "b"]
+
+
+def test_files_saved_with_a_byte_order_mark_read(folder: Path, tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: the header was refused as not 'question_id'."""
+    for name in ("questions.jsonl", "predictions.csv"):
+        with gzip.open(folder / f"{name}.gz", "rt", encoding="utf-8") as fh:
+            (tmp_path / name).write_text("\ufeff" + fh.read(), encoding="utf-8")
+    rec = load_recording(tmp_path)
+    assert rec.models == MODELS and rec.questions == load_recording(folder).questions
+
+
+def test_lookups_from_many_threads_at_the_memo_s_cap(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlocked, two threads evicting at the cap popped one key (KeyError) or one iterated the
+    memo while another inserted (RuntimeError): not a BackendError, so a whole batch failed."""
+    monkeypatch.setattr(replay, "_FOUND_CACHE", 4)
+    rec = Recording(folder)
+    prompts = [_prompt(rec, q) for q in rec.questions if q not in TWINS]
+    prompts += [f"Question: {p}" for p in prompts]
+    errors: list[str] = []
+
+    def look_up(offset: int) -> None:
+        try:
+            for i in range(1500):
+                rec.find_question(prompts[(i * 7 + offset) % len(prompts)])
+        except Exception as exc:  # noqa: BLE001 - what escaped is the finding
+            errors.append(repr(exc))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded service does
+    try:
+        threads = [threading.Thread(target=look_up, args=(k * 13,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

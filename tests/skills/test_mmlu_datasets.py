@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -82,6 +83,20 @@ def test_mmlu_pro_replay_corpus() -> None:
     some = load_mmlu_pro(REPLAY, per_category=3, categories=["law", "Physics"], seed=4)
     assert Counter(q.subject for q in some) == {"law": 3, "physics": 3}
     assert some == load_mmlu_pro(REPLAY, per_category=3, categories=["law", "physics"], seed=4)
+
+
+def test_mmlu_pro_reads_every_folder_a_replay_pool_takes(tmp_path: Path) -> None:
+    """Profiling a `replay:` folder read only `questions.jsonl.gz`, and crashed on what the
+    replay experts read: a plain `questions.jsonl`, a blank line, no options, no category."""
+    rows = [{"question_id": "1", "question": "Is a contract binding?", "options": ["yes", "no"], "answer": "a",
+             "category": "Law"},
+            {"question_id": "2", "question": "What is 6*7?", "options": None, "answer": "42"},
+            {"question_id": "3", "question": "Is a tort a crime?", "answer": "B", "category": "law"}]
+    (tmp_path / "questions.jsonl").write_text("\n\n".join(json.dumps(r) for r in rows) + "\n")
+    got = load_mmlu_pro(tmp_path)
+    assert [(q.id, q.subject, q.options, q.answer) for q in got] == [
+        ("1", "law", ("yes", "no"), "A"), ("3", "law", (), "B"), ("2", "unknown", (), "42")]
+    assert load_mmlu_pro(tmp_path / "questions.jsonl") == got
 
 
 def test_arithmetic_gold_is_computed() -> None:

@@ -30,3 +30,13 @@ def test_a_stem_s_own_statements_stay_with_it() -> None:
     assert question_part(f"{stem}\nA. I only\nB. II only\nC. Both") == stem
     lettered = "(a) Sugar dissolves.\n(b) Sand does not.\nWhich is right?"
     assert question_part(f"{lettered}\nOptions:\nA. (a)\nB. (b)") == lettered
+
+
+def test_a_dialogue_s_speakers_are_no_options_and_its_question_stays() -> None:
+    """"A: …"/"B: …" lines were read as options: the query was cut at its last "A:" line and lost
+    its question, where the vote (`option_count`, the same rule now) counts no options in it."""
+    dialogue = "Read the conversation.\nA: Where were you?\nB: At the library.\nA: Until when?\nB: Midnight."
+    assert question_part(f"{dialogue}\nWhy was B out late?") == f"{dialogue}\nWhy was B out late?"
+    opening = "A: Can you pass the salt?\nB: Sure.\nA: Thanks.\nWhat is A asking for?"
+    assert question_part(opening) == opening
+    assert question_part(f"{opening}\nA. Salt\nB. Pepper") == opening  # its options still go

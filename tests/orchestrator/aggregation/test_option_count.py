@@ -4,6 +4,7 @@ as experts/replay.py reads them, and text that only looks like them."""
 from __future__ import annotations
 
 from orchestrator.aggregation.vote import option_count, vote_decides
+from skills.question_text import question_part
 
 DIALOGUE = "A: Where are you going?\nB: To the store.\nWhat does B mean?"
 
@@ -28,3 +29,10 @@ def test_the_last_run_in_order_from_a_counts() -> None:
 def test_an_option_s_text_may_run_over_lines() -> None:
     text = "Which program?\nA. x\nB. list1 <- Sort(list1)\n list2 <- Sort(list2)\nC. y\nReply with 'Answer: <letter>'."
     assert option_count(text) == 3
+
+
+def test_the_options_counted_are_the_ones_a_query_s_question_is_cut_from() -> None:
+    """One rule (`experts.prompt_text`) for the vote, the embedded question and the replay lookup."""
+    text = "Read this.\nA: Hi.\nB: Hello.\nA: Bye.\nWhy does A leave?"
+    assert option_count(text) == 0 and question_part(text) == text
+    assert option_count(f"{text}\nA. Late\nB. Tired") == 2 and question_part(f"{text}\nA. Late\nB. Tired") == text

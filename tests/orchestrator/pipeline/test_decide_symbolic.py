@@ -70,3 +70,27 @@ def test_a_lone_expert_of_zero_competence_is_weighed_by_suitability(embedder: Em
     decision = TooLongFor(embedder, "big").route(snapshot, [Ask(text=QUERY, k=2, seed=1, mode=mode)])[0]
     assert set(decision.recruited) == {"small"}
     assert [s.name for s in decision.experts] == ["small"] and decision.experts[0].weight > 0
+
+
+class KeywordsSeen:
+    """A keyword reader that records the texts it is asked about."""
+
+    fleet = type("Fleet", (), {"default": "local"})()
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def read(self, expert: ExpertSpec, worker: str, texts: list[str]) -> list[list[str]]:
+        self.texts += texts
+        return [["algebra"] for _ in texts]
+
+
+def test_the_keyword_llm_reads_a_query_s_question_as_profiling_read_the_memory_s(embedder: Embedder) -> None:
+    """Profiling sends the keyword LLM each validation question's text alone; live routing sent
+    the whole query, options and reply line: one question read two ways."""
+    reader = KeywordsSeen()
+    snapshot = pool(embedder, {"kw": {s: 1.0 for s in SEED_SKILLS}, "other": {s: 0.5 for s in SEED_SKILLS}})
+    decider = Decider(embedder, planner=None, limits=GenerationLimits(), keywords=(reader, "kw"))  # type: ignore[arg-type]
+    text = "Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nReply with 'Answer: <letter>'."
+    decider.route(snapshot, [Ask(text=text, k=1, seed=1, mode="topk")])
+    assert reader.texts == ["Which gas do plants absorb?"]

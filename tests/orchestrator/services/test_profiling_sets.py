@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, MMLUProSource, PoolConfig, ValidationConfig, ValidationSource
-from orchestrator.services.profiling import merge_sources
+from orchestrator.services.profiling import load_source, merge_sources
 from orchestrator.store.db import migrate
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -108,3 +108,14 @@ def test_questions_under_one_id_are_renamed_while_a_name_is_free() -> None:
     assert [q.id for q in merge_sources([[same[0]], same[:2]])] == ["7", "7@1"]
     with pytest.raises(ValueError, match="'7@0' names two different questions"):
         merge_sources([same])
+
+
+def test_a_question_repeated_under_a_later_id_is_asked_once_as_its_first_copy(tmp_path: Path) -> None:
+    """A replay expert answers every copy (same text and options) with the first's recorded
+    letter: profiling graded that letter twice and never the copy's own. The copy goes before the
+    draw, so a limited set cannot hold the copy without its first."""
+    folder = _pro_file(tmp_path / "rec", [("1", "Is a contract binding?"), ("2", "Is a tort a crime?"),
+                                          ("3", "Is a contract  BINDING?"), ("4", "Is a will revocable?")])
+    assert [q.id for q in load_source(MMLUProSource(path=folder), seed=0)] == ["1", "2", "4"]
+    drawn = [load_source(MMLUProSource(path=folder, limit=2), seed=s) for s in range(8)]
+    assert all("3" not in {q.id for q in d} and len(d) == 2 for d in drawn)
