@@ -36,6 +36,11 @@ start() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+  if [ -f "$dir/port" ] && as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    port=$(cat "$dir/port")  # already running (a second start): the same server, not a failure
+    echo "export SKILLROUTE_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$port/postgres"
+    return 0
+  fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log"
   fi

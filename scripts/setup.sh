@@ -10,9 +10,13 @@ step 1/4 "virtual environment (.venv)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
-# The CPU torch wheel first and pinned, so nothing below can pull a multi-GB CUDA build.
+# The CPU torch wheel first and pinned, so nothing below can pull a multi-GB CUDA build: PyPI's
+# plain torch==2.13.0 is the CUDA one. "+cpu" is only on PyTorch's own index (or a local mirror,
+# as on the machines with it on disk), which is asked where the configured sources lack it.
 step 2/4 "CPU torch 2.13"
-pip install -q "torch==2.13.0"
+pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+  || pip install -q --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" "torch==2.13.0+cpu"
+python -c 'import torch; assert "+cpu" in torch.__version__, f"a non-CPU torch got in: {torch.__version__}"'
 # ".[dev]": psycopg (Postgres) and, for the tests, pytest-postgresql with the rest (pyproject.toml).
 # llama-cpp-python compiles from source on its first install (~6 min on 2 cores); pip keeps the
 # built wheel in its cache, so later set-ups take it from there.
