@@ -5,8 +5,9 @@
 Nine open models of the replay corpus (7-13B) are experts whose replies take their simulated
 H100 latency (experts/cost_model.py) times --scale, spent for real, so a device is busy as the
 real one would be, only shorter. The same batch (k distinct experts drawn uniformly per query, seeded,
-so the work is the same in both runs) runs on one H100 worker holding all nine, then on three
-H100 workers over which the placement planner spreads them. Predicted wall time is the busiest
+so the work is the same in both runs) runs on one H100 worker, where the nine do not fit at once
+(about 166 GB with their KV cache against its 72 GB: it swaps, and its loads are printed against
+the floor), then on three H100 workers over which the placement planner spreads them. Predicted wall time is the busiest
 device's summed predicted latency (MoE^2: a max over devices, a sum within one) times --scale;
 measured is the batch's wall clock. Prints both per run, the measured and predicted speedups,
 and per device its loads against the floor (the distinct models its jobs need).
