@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from experts.backend import ExpertBackend
@@ -38,6 +39,8 @@ TIMELINE_EVENTS = 2000  # the residency timeline keeps the newest events; counts
 # Models whose backend and counts are kept, resident or not: models come and go with
 # registrations, and /metrics exports each one's counts on every scrape (as Slowdown bounds its own)
 MAX_MODELS = 256
+# a load waits this long at most for another batch's running stage (`_room_for`), then takes its room
+STAGE_WAIT_S = 30.0
 
 
 class Claim:
@@ -100,20 +103,20 @@ class Claims:
             with self._changed:
                 self._changed.notify_all()
 
-    def wait_while(self, blocked: Callable[[set[str], set[str]], bool]) -> bool:
-        """With the device lock held: if `blocked(needed, running)`, wait for a change; whether it
-        waited. Counted waiting before the device lock is let go, so no change is missed."""
+    def wait_while(self, blocked: Callable[[set[str], set[str]], bool], timeout: float | None = None) -> bool:
+        """With the device lock held: if `blocked(needed, running)`, wait for a change (at most
+        `timeout`); whether a change came. Counted waiting before the device lock is let go, so
+        no change is missed."""
         with self._lock:
             running = {c.running for c in self._held if c.running is not None}
             if not blocked({k for c in self._held for k in c.left}, running):
                 return False
             self._waiting += 1
         try:
-            self._changed.wait()
+            return self._changed.wait(timeout)
         finally:
             with self._lock:
                 self._waiting -= 1
-        return True
 
 
 class _Unheld(Claims):
@@ -221,33 +224,44 @@ class DeviceWorker:
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         with self.lock:
-            backend = self.backend(base)
-            pending = self._loading.pop(base.key, None)
-            if pending is not None:
-                self._adopt(base.key, pending.result())  # a failed prefetch raises its error here
-            elif not backend.is_loaded or base.key not in self._lru:
-                # loaded yet counted gone: its unload raised (`unload`) with the backend still
-                # saying it is loaded; counted resident again (a load of a loaded backend does nothing)
-                self._room_for(base.key, backend.memory_bytes(), protect)
-                self._adopt(base.key, _timed_load(backend))
-            return backend
+            deadline = time.monotonic() + STAGE_WAIT_S
+            while True:  # again after a wait: meanwhile it may have been loaded, prefetched or rebuilt
+                backend = self.backend(base)
+                pending = self._loading.pop(base.key, None)
+                if pending is not None:
+                    self._adopt(base.key, pending.result())  # a failed prefetch raises its error here
+                    return backend
+                if backend.is_loaded and base.key in self._lru:
+                    return backend
+                # (loaded yet counted gone: its unload raised with the backend still saying it is
+                # loaded; counted resident again: a load of a loaded backend does nothing)
+                if not self._room_for(base.key, backend.memory_bytes(), protect, deadline):
+                    self._adopt(base.key, _timed_load(backend))
+                    return backend
 
-    def _room_for(self, key: str, need: int, protect: Collection[str]) -> None:
+    def _room_for(self, key: str, need: int, protect: Collection[str], deadline: float) -> bool:
         """Evict until `need` fits, sparing what running batches still need (`Claims`) and `protect`:
         evicted, a later stage's model would load twice in its batch. Where that is not enough and
-        another batch's stage generates on a resident model, wait for that stage to end (switched
-        out, it would load again for its next chunk: two batches on one device would trade it chunk
-        by chunk). With none to wait for, the needed models' room is taken after all (they load
-        again; waiting for later stages could wait on a batch that itself waits), and last only
-        `key` is spared: a model reloaded costs time, one loaded past the budget fails on a GPU."""
-        while True:
-            self._make_room(need, {key, *protect, *self._claims.needed()})
-            if self._used() + need <= self.memory_budget:
-                return
-            if not self._claims.wait_while(lambda _, running: bool((running - {key}) & set(self._lru))):
-                break
+        another batch's stage generates on a loaded model, wait (until `deadline`) for that stage to
+        end: True, the caller looks again (switched out, that model would load again for its next
+        chunk: two batches on one device traded it chunk by chunk). With none to wait for, or the
+        wait over, the needed models' room is taken after all (they load again; waiting for later
+        stages could wait on a batch that itself waits), and last only `key` is spared: a model
+        reloaded costs time, one loaded past the budget fails on a GPU."""
+        self._make_room(need, {key, *protect, *self._claims.needed()})
+        if self._used() + need <= self.memory_budget:
+            return False
+        if self._claims.wait_while(partial(self._stage_runs, key), max(0.0, deadline - time.monotonic())):
+            return True
         self._make_room(need, {key, *protect})
         self._make_room(need, {key})
+        return False
+
+    def _stage_runs(self, key: str, _needed: set[str], running: set[str]) -> bool:
+        """Whether another batch's stage generates on a model that is in: one whose engine died
+        (not loaded) ends no stage to wait for, and two batches waiting on such would wait for good."""
+        return any(k != key and k in self._lru and (b := self._backends.get(k)) is not None and b.is_loaded
+                   for k in running)
 
     def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
         """Start loading `base` in the background if its backend loads outside this process and

@@ -89,3 +89,56 @@ def test_batches_that_need_each_other_s_models_all_finish() -> None:
         run.join(WAIT_S)
     assert not any(run.is_alive() for run in runs)
     assert claims(worker).needed() == set()  # every claim let go
+
+
+def test_batches_whose_engines_died_mid_stage_do_not_wait_on_each_other() -> None:
+    """Both running models' engines died (a GPU fault: not loaded, still counted resident); each
+    batch's next chunk loads its model again, and each waited for the other's stage for good."""
+    backends = {k.key: MockBackend(k.key, MB) for k in (A, B)}
+    worker = DeviceWorker("cpu", 2 * MB, lambda s: backends[s.key])
+    worker.ensure_loaded(A)
+    worker.ensure_loaded(B)
+    died = threading.Event()
+
+    def engines_die(done: dict[str, Generation]) -> None:
+        if "b0" in done:
+            backends[A.key].unload()  # behind the worker's back, as a dead engine is
+            backends[B.key].unload()
+            died.set()
+
+    other = threading.Thread(target=execute, args=([job(0, B), job(1, B)], worker),
+                             kwargs={"chunk": 1, "emit": engines_die}, daemon=True)  # hung, it fails alone
+
+    def start_other(done: dict[str, Generation]) -> None:
+        if "a2" in done:
+            other.start()
+            assert died.wait(WAIT_S)
+
+    out = execute([job(2, A), job(3, A)], worker, chunk=1, emit=start_other)
+    other.join(WAIT_S)
+    assert not other.is_alive() and all(g.error is None for g in out.values())
+
+
+def test_two_loads_of_one_model_waiting_at_once_load_it_once() -> None:
+    """The second, woken after the first loaded the model, made room for it again (evicting B,
+    which the batch still needed) and counted a second load."""
+    backends = {k.key: MockBackend(k.key, MB) for k in (A, B, C)}
+    worker = DeviceWorker("cpu", 2 * MB, lambda s: backends[s.key])
+    worker.ensure_loaded(B)
+    worker.ensure_loaded(A)
+    loads = [threading.Thread(target=worker.ensure_loaded, args=(C,), daemon=True) for _ in range(2)]
+
+    def between_chunks(done: dict[str, Generation]) -> None:
+        if "a0" in done:
+            for load in loads:
+                load.start()
+            both = threading.Event()
+            while not both.wait(0.01):  # until both wait for A's stage (counted by the claims)
+                if claims(worker)._waiting == 2:
+                    both.set()
+
+    out = execute([job(0, A), job(1, A), job(2, B)], worker, chunk=1, emit=between_chunks)
+    for load in loads:
+        load.join(WAIT_S)
+    assert all(g.error is None for g in out.values())
+    assert worker.residency_counts()[C.key] == (1, 0) and backends[B.key].loads == 1
