@@ -42,6 +42,9 @@ class _Load:
     bases: list[str] = field(default_factory=list)
 
 
+SETTLE_ROUNDS = 3  # a plan planned again from itself settles in one round in every case found
+
+
 class PlacementError(ValueError):
     """An expert names a worker the deployment does not have."""
 
@@ -49,7 +52,20 @@ class PlacementError(ValueError):
 def plan_placement(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
                    memory: Callable[[BaseModelSpec], int], now: Mapping[str, str] | None = None) -> dict[str, str]:
     """Expert name → worker name, for every expert; `now`: expert name → the worker it runs on
-    now, where it stays while it still fits (see the module doc)."""
+    now, where it stays while it still fits (see the module doc). Planned again from itself until
+    it stays (a few rounds): a base that fit nowhere, placed past a worker's memory, kept its place
+    the next time ahead of a smaller one there, which then moved on a plain read with nothing changed."""
+    placed = _plan(experts, slots, memory, now)
+    for _ in range(SETTLE_ROUNDS):
+        again = _plan(experts, slots, memory, placed)
+        if again == placed:
+            break
+        placed = again
+    return placed
+
+
+def _plan(experts: Mapping[str, ExpertSpec], slots: Sequence[Slot],
+          memory: Callable[[BaseModelSpec], int], now: Mapping[str, str] | None) -> dict[str, str]:
     if not slots:
         raise PlacementError("the deployment has no worker to place experts on")
     by_name = {s.name: s for s in slots}

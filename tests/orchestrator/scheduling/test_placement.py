@@ -111,3 +111,14 @@ def test_a_placed_base_moves_only_where_it_may_no_longer_stay() -> None:
     now = {"x": "a", "y": "b"}
     specs = pool(expert("x", "mid"), expert("p", "big", worker="a"), expert("y", "small", device="jetson-agx-orin"))
     assert plan_placement(specs, slots, lambda base: 3 * GB, now) == {"x": "b", "p": "a", "y": "edge"}
+
+
+def test_a_plan_planned_again_from_itself_stays() -> None:
+    """M fit nowhere and went past a's memory beside K; kept, the next plan (a plain read, nothing
+    changed) kept M on a ahead of K, which then moved: a move, and a second copy of K, for nothing."""
+    sizes = {"k": 3 * GB, "m": 7 * GB}
+    slots = [Slot("a", "local-cpu", 8 * GB), Slot("b", "local-cpu", 4 * GB)]
+    first = plan_placement(pool(expert("K", "k")), slots, lambda b: sizes[b.source])
+    both = pool(expert("K", "k"), expert("M", "m"))
+    kept = plan_placement(both, slots, lambda b: sizes[b.source], first)
+    assert plan_placement(both, slots, lambda b: sizes[b.source], kept) == kept
