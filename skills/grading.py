@@ -164,9 +164,20 @@ def _from_leading(text: str, valid: str) -> str | None:
     """The letter that opens the reply; None when another follows it ("(A)/(C)", "B) and D)"):
     unlike a hedged "Answer: A or B", a list up front may be the rejected ones, so read on."""
     m = _LEADING.match(text) or _LEADING_LOWER.match(text)
-    if m is None or m[1].upper() not in valid or _hedged(text, m.end(1)):
+    if m is None or m[1].upper() not in valid or _hedged(text, m.end(1)) or _walks(text, m[1]):
         return None
     return m[1].upper()
+
+
+def _walks(text: str, letter: str) -> bool:
+    """Whether the reply opens by going through the options in turn, naming the first to judge
+    it: the next letter (or a roman "ii") opens a later line the same way ("a) wrong\nb) wrong\n
+    c) right"), or, in lower case, follows in brackets ("(a) is wrong … (b) … (c) fits")."""
+    after = "|".join(re.escape(n) for n in (chr(ord(letter) + 1), letter * 2))
+    later = text.find("\n")
+    if later >= 0 and re.search(rf"(?m)^\s*+[\*\"'`#]*\s*+[\(\[]?(?:{after})[\)\].:]", text[later:]):
+        return True
+    return letter.islower() and re.search(rf"\((?:{after})\)", text) is not None
 
 
 def _from_committed(text: str, valid: str) -> str | None:

@@ -80,6 +80,21 @@ def test_an_opening_letter_after_a_comma_or_in_lower_case_is_read(text: str, exp
     assert extract_choice(text, 10) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a) Incorrect: too small.\nb) Incorrect: wrong sign.\nc) Correct.\nSo the correct option is C.", "C"),
+        ("(a) is wrong since it ignores friction. (b) is wrong too. (c) fits, so I choose option C.", "C"),
+        ("A) Incorrect\nB) Incorrect\nC) Correct\nThe correct option is C.", "C"),
+        ("(i) consider x; (ii) consider y. I choose option B", "B"),
+        ("A\nThe others are wrong.", "A"),  # one opening letter, no walk: still the pick
+    ],
+)
+def test_a_reply_that_walks_through_the_options_is_read_for_its_pick(text: str, expected: str) -> None:
+    """Going through the options in turn names the first to judge it: read as a pick of A (or I)."""
+    assert extract_choice(text, 10) == expected
+
+
 @pytest.mark.parametrize("text", ["a dog is an animal", "e.g. a cat", "i.e. the first", "a", "b"])
 def test_a_lower_case_opening_without_a_closing_mark_is_english(text: str) -> None:
     assert extract_choice(text, 10) is None
