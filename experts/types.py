@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
 # OpenAI's limits on `stop`: a query's (`openai_protocol`) and an expert's own (`check_stops`)
@@ -28,6 +28,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_storable(text: str) -> str:
+    """Text a user gives that is stored as given (a persona, a stop sequence, a model's source) is
+    refused with what `storable` replaces in a reply: PostgreSQL's text columns refuse NUL (the
+    insert failed as a 500, after the checks), and no UTF-8 store or JSON reply takes a lone
+    surrogate (JSON's "\\ud800" escape decodes to one)."""
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    if not text.isascii() and _SURROGATE.search(text):
+        raise ValueError("must be valid Unicode: a lone surrogate (U+D800 to U+DFFF) is not a character")
+    return text
+
+
 class SamplingParams(Strict):
     """Sampling for one generation; temperature 0 is greedy and reproducible."""
 
@@ -38,7 +50,9 @@ class SamplingParams(Strict):
     # the seeds every backend takes (llama.cpp's are 32-bit, OpenAI servers' vary): a profiling
     # run passes it as it is, so 2**70 was registered and failed the expert at its first reply
     seed: int | None = Field(default=0, ge=0, le=2**31 - 1)
-    stop: list[str] = Field(default_factory=list)
+    # stored with the expert's spec: a NUL or a lone surrogate was stored (SQLite), then every
+    # reply listing the expert failed to encode it, a 500 on GET /v1/experts for every client
+    stop: list[Annotated[str, AfterValidator(check_storable)]] = Field(default_factory=list)
 
     @field_validator("stop")
     @classmethod
@@ -133,6 +147,12 @@ class BaseModelSpec(Strict):
     source: str = Field(min_length=1, max_length=SOURCE_MAX_CHARS)
     model: str | None = Field(default=None, max_length=MODEL_MAX_CHARS)
     n_ctx: int = Field(default=2048, ge=128, le=131072)
+
+    @field_validator("source", "model")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """After the length bounds (a 422 that counts characters), as `check_storable` says."""
+        return None if value is None else check_storable(value)
 
     @property
     def key(self) -> str:

@@ -31,6 +31,7 @@ _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict"
 # a body of one type or another (a query or a list of them) fails the branch it is not with one of
 # these at the branch's root: beside the other branch's own errors, that says nothing
 _WRONG_SHAPE = frozenset({"list_type", "model_attributes_type", "dict_type", "model_type"})
+MAX_ERRORS_SHOWN = 20  # a message joins this many errors and counts the rest: joining all made 30 MB 422s
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when `lock_timeout` passes
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 def field_path(error: dict[str, Any]) -> str | None:
     """The field a validation error is about, as a client names it (`messages.0.content`): its
-    place without pydantic's union-branch labels (`function-after[_storable(), str]`,
+    place without pydantic's union-branch labels (`function-after[check_storable(), str]`,
     `list[TextPart]`); None for the body as a whole, or a body that is not JSON (whose loc
     holds the offset of the bad character, not a field)."""
     if error.get("type") == "json_invalid":
@@ -76,9 +77,12 @@ def _field_name(part: int | str) -> bool:
 
 
 def validation_error(exc: RequestValidationError, status: int) -> JSONResponse:
-    """All the request's errors in one message, naming the first one's field as `param`."""
+    """The request's errors in one message (the first `MAX_ERRORS_SHOWN`, then how many more),
+    naming the first one's field as `param`."""
     errors = _relevant(list(exc.errors())) or [{}]
-    msg = "; ".join(f"{field_path(e) or 'body'}: {_message(e)}" for e in errors)
+    msg = "; ".join(f"{field_path(e) or 'body'}: {_message(e)}" for e in errors[:MAX_ERRORS_SHOWN])
+    if len(errors) > MAX_ERRORS_SHOWN:
+        msg += f"; …and {len(errors) - MAX_ERRORS_SHOWN} more"
     code = errors[0].get("type") if errors[0].get("type") in _OWN_CODES else "invalid_value"
     return JSONResponse(error_body(msg, "invalid_request_error", field_path(errors[0]), code), status)
 

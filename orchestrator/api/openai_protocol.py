@@ -143,7 +143,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=256)
     stream: bool = Field(default=False, description="The reply as server-sent events, token by token (null: false).")
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1,
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, strict=True,
                              description="Makes the routing draw and each generation's sample reproducible; any "
                                          "64-bit integer, folded into 0..2^31-1 (what every backend takes).")
     n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced (null: 1).")
@@ -157,7 +157,8 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
                                                          description="Up to 4 sequences that end a generation.")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2, description="Accepted and not applied.")
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2, description="Accepted and not applied.")
-    k: int | None = Field(default=None, ge=1, le=8, description="skillroute: experts to recruit (auto only).")
+    k: int | None = Field(default=None, ge=1, le=8, strict=True,
+                          description="skillroute: experts to recruit (auto only).")
     mode: RecruitModeField | None = Field(default=None, description="skillroute: recruit mode.")
 
     @field_validator("stream", "n", mode="before")

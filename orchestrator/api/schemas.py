@@ -4,26 +4,16 @@ record itself, its fields at the top level of the reply, so they read alike ever
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams
+from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams, check_storable
 from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget, not_reserved
 from orchestrator.store.models import Expert, Query
 from orchestrator.store.repositories.queries import answers_of, decision_of
 
 RecruitModeField = Literal["sample", "topk", "dynamic"]
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _storable(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    if not value.isascii() and _SURROGATE.search(value):
-        raise ValueError("must be valid Unicode: a lone surrogate (U+D800 to U+DFFF) is not a character")
-    return value
 
 
 def _filled(value: str) -> str:
@@ -36,16 +26,19 @@ def _filled(value: str) -> str:
 # holding one was routed, then failed its insert (a 500) and with it every request admitted
 # beside it, while SQLite took it: it is refused at the door instead, a 422 on either database.
 # A lone surrogate (JSON's "\ud800" escape) is no character either: the embedder's tokenizer
-# refused it, failing every request embedded in the same group, so it is refused here too.
-StorableText = Annotated[str, AfterValidator(_storable)]
+# refused it, failing every request embedded in the same group, so it is refused here too. The rule
+# is `experts.types.check_storable`, which an expert's stops and model source follow as well.
+StorableText = Annotated[str, AfterValidator(check_storable)]
 # A length bound goes before the checks: put after them (or on `… | None`), pydantic checks it as
 # any sequence's, and the 422 counted "items" where the client sent characters.
-NameText = Annotated[str, Field(max_length=64), AfterValidator(_storable)]
+NameText = Annotated[str, Field(max_length=64), AfterValidator(check_storable)]
 # A question or a gold answer of only whitespace is refused as well: a blank query was routed,
 # answered and stored, and a blank gold answer was kept as feedback that could teach nothing.
-AnswerText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable), AfterValidator(_filled)]
-PromptText = Annotated[str, Field(max_length=4000), AfterValidator(_storable)]
-QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(_storable), AfterValidator(_filled)]
+AnswerText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_storable),
+                       AfterValidator(_filled)]
+PromptText = Annotated[str, Field(max_length=4000), AfterValidator(check_storable)]
+QueryText = Annotated[str, Field(min_length=1, max_length=8000), AfterValidator(check_storable),
+                      AfterValidator(_filled)]
 # a query's own cap on every generation: it decides which experts can take the prompt and what a
 # budget costs, so /v1/routes takes it as /v1/queries does
 MaxTokens = Annotated[int | None, Field(
@@ -68,12 +61,13 @@ class QueryRequest(BudgetFields):
     model_config = ConfigDict(extra="forbid")
 
     query: QueryText = Field(description="The question to answer.")
-    k: int | None = Field(default=None, ge=1, le=8, description="How many experts to recruit (under a budget: at "
-                          "most); unset: the service's `default_k` (3).")
+    k: int | None = Field(default=None, ge=1, le=8, strict=True,  # strict: `true` was read as 1
+                          description="How many experts to recruit (under a budget: at most); unset: the "
+                                      "service's `default_k` (3).")
     mode: RecruitModeField | None = Field(
         default=None, description="sample: k draws ∝ weight (paper); topk: deterministic; dynamic: until share p; "
                                   "unset: the router's own (sample for Symbolic-MoE, topk for k-NN).")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True,
                              description="Makes the routing draw and each generation's sample reproducible.")
     max_tokens: MaxTokens = None
 
@@ -136,7 +130,9 @@ class ExpertCreate(BaseModel):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement,
                                        description="Its worker and device profile (default: planned).")
-    timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")
+    # strict, as BudgetFields: `true` was taken as 1 s and "12" as 12
+    timeout_s: float | None = Field(default=None, gt=0, le=3600, strict=True, allow_inf_nan=False,
+                                    description="How long one generation may take.")
 
 
 class Progress(BaseModel):
@@ -183,8 +179,11 @@ class ExpertUpdate(BaseModel):
     system_prompt: PromptText | None = Field(default=None, description="Its persona (re-profiled).")
     sampling: SamplingParams | None = Field(default=None, description="Sampling keys to change (re-profiled).")
     placement: ExpertPlacement | None = Field(default=None, description="Placement keys to change (re-planned).")
-    timeout_s: float | None = Field(default=None, gt=0, le=3600, description="How long one generation may take.")
-    enabled: bool | None = Field(default=None, description="false: kept and loaded, never routed to; true: back.")
+    # strict, as BudgetFields: `true` was taken as 1 s and "12" as 12
+    timeout_s: float | None = Field(default=None, gt=0, le=3600, strict=True, allow_inf_nan=False,
+                                    description="How long one generation may take.")
+    # strict, as FeedbackRequest.correct: "on" enabled the expert, "no" or 0 disabled it
+    enabled: StrictBool | None = Field(default=None, description="false: kept and loaded, never routed to; true: back.")
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ExpertUpdate:

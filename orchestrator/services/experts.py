@@ -78,7 +78,7 @@ class ExpertService:
         self.check_loads(spec)
         try:
             row = self._add(spec, "profiling" if profile else "registered")
-        except Conflict:
+        except Exception:  # any refusal or failed insert: a 409 only had freed it, a store's 500 kept it loaded
             self._release(spec.base.key)  # loaded for nothing, unless another expert runs on it
             raise
         if profile:
@@ -86,13 +86,16 @@ class ExpertService:
         return row
 
     def _add(self, spec: ExpertSpec, status: str) -> Expert:
-        """Store the expert, its name checked again: another registration of it may have been
-        stored while the model loaded, here or by another service (the unique name decides)."""
+        """Store the expert, checked again: while the model loaded, another registration may have
+        been stored with its name (here or by another service: the unique name decides), or over
+        the same weights with another `n_ctx` (both were stored, over one loaded window)."""
         total = self.profiler.questions_stored() if status == "profiling" else 0  # shown from the start
         try:
-            with self._lock, self.db.session() as s:
-                _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
-                return ExpertRepository(s).add(spec, status=status, progress_total=total)
+            with self._lock:
+                self._check_context(spec)
+                with self.db.session() as s:
+                    _check_name_free(ExpertRepository(s).by_name(spec.name), spec.name)
+                    return ExpertRepository(s).add(spec, status=status, progress_total=total)
         except NameTaken as exc:
             self._check_name(spec.name)  # the same 409 as a name taken before
             raise Conflict(f"an expert named {spec.name!r} already exists", "name") from exc

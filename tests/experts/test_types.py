@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from experts.types import BaseModelSpec, ExpertSpec, Generation, SamplingParams, storable
+from experts.types import BaseModelSpec, ExpertSpec, Generation, SamplingParams, check_storable, storable
 
 
 def terse(max_tokens: int) -> ExpertSpec:
@@ -39,3 +39,20 @@ def test_a_reply_is_stored_without_nul_or_lone_surrogates() -> None:
     assert storable("whole: \U0001f600, plain") == "whole: \U0001f600, plain"
     assert Generation(request_id="r", text="half \ud83d").text == "half \ufffd"
     assert Generation.failed("r", "bad \udc00").error == "bad \ufffd"
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800", "half \udc00"])
+def test_an_expert_s_stops_and_model_source_refuse_nul_and_lone_surrogates(text: str) -> None:
+    """Stored as given, with no reply's `storable` in between: a stop holding a lone surrogate was
+    stored, then every GET /v1/experts failed to encode it (a 500 for every client), and a NUL in
+    the model's source or name failed PostgreSQL's insert (a 500, the model left loaded)."""
+    makers = {("stop", 0): lambda: SamplingParams(stop=["ok", text][1:]),
+              ("source",): lambda: BaseModelSpec(kind="mock", source=text),
+              ("model",): lambda: BaseModelSpec(kind="mock", source="m1", model=text)}
+    for loc, make in makers.items():
+        with pytest.raises(ValidationError) as caught:
+            make()
+        assert [e["loc"] for e in caught.value.errors()] == [loc], (loc, caught.value)
+    with pytest.raises(ValueError, match="NUL|lone surrogate"):
+        check_storable(text)
+    assert check_storable("plain, \U0001f600 whole") == "plain, \U0001f600 whole"

@@ -170,6 +170,10 @@ BAD_BODIES = [
     ({"enabled": None}, "enabled"), ({"timeout_s": -1}, "timeout_s"), ({"system_prompt": "x" * 5000}, "system_prompt"),
     ({"placement": {"worker": "edge-9"}}, "unknown worker 'edge-9'"),
     ({"placement": {"device": "quantum-box"}}, "unknown device 'quantum-box'"),
+    # lax types were taken: "on" enabled, 0 disabled, `true` was a 1 s timeout and "12" one of 12 s
+    ({"enabled": "on"}, "enabled"), ({"enabled": "false"}, "enabled"), ({"enabled": 0}, "enabled"),
+    ({"timeout_s": True}, "timeout_s"), ({"timeout_s": "12"}, "timeout_s"),
+    ({"sampling": {"stop": ["x\x00"]}}, "NUL"),
 ]
 
 

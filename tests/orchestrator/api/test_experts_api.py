@@ -1,5 +1,7 @@
 """POST/GET /v1/experts: a new expert joins without restart; bad models are refused whole."""
 
+import json
+
 import pytest
 
 
@@ -133,3 +135,35 @@ def test_a_sampling_seed_no_backend_takes_is_422_and_stores_nothing(client):
         r = client.post("/v1/experts", json=body)
         assert r.status_code == 422 and r.json()["error"]["param"] == "sampling.seed", r.text
     assert "seeded" not in {e["name"] for e in client.get("/v1/experts").json()}
+
+
+@pytest.mark.both_databases
+def test_a_nul_or_lone_surrogate_in_a_stop_or_the_model_is_422_and_stores_nothing(client):
+    """A lone surrogate in `sampling.stop` was stored (the POST or PATCH a 500), then every GET
+    /v1/experts was a 500 for every client; a NUL in the model's source or name failed
+    PostgreSQL's insert (a 500) and SQLite stored it."""
+    rows = client.get("/v1/experts").json()
+    alpha = rows[0]["id"]
+    model, stop = {"kind": "mock", "source": "m9"}, "sampling.stop.0"
+    cases = [("POST", "/v1/experts", {"name": "s1", "model": model, "sampling": {"stop": ["\ud800"]}}, stop),
+             ("POST", "/v1/experts", {"name": "s2", "model": model, "sampling": {"stop": ["a\x00"]}}, stop),
+             ("POST", "/v1/experts", {"name": "s3", "model": {**model, "source": "m\x009"}}, "model.source"),
+             ("POST", "/v1/experts", {"name": "s4", "model": {**model, "model": "x\x00"}}, "model.model"),
+             ("PATCH", f"/v1/experts/{alpha}", {"sampling": {"stop": ["\udc00"]}}, stop),
+             ("PATCH", f"/v1/experts/{alpha}", {"sampling": {"stop": ["b\x00"]}}, stop)]
+    for method, path, body, field in cases:
+        raw = json.dumps(body).encode()  # escaped, as a client's JSON carries them
+        r = client.request(method, path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["param"] == field, (body, r.text)
+        assert "NUL" in r.text or "lone surrogate" in r.text, r.text
+    assert client.get("/v1/experts").json() == rows
+    assert client.get(f"/v1/experts/{alpha}").status_code == 200
+
+
+def test_a_timeout_takes_only_a_number(client):
+    """`true` was taken as 1 s and "12" as 12 s: strict, as BudgetFields' numbers are."""
+    for timeout in (True, "12"):
+        r = client.post("/v1/experts", json={"name": "lax", "model": {"kind": "mock", "source": "m9"},
+                                             "timeout_s": timeout})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "timeout_s", r.text
+    assert "lax" not in {e["name"] for e in client.get("/v1/experts").json()}
