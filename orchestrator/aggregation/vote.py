@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from experts.prompt_text import lettered_options
 from orchestrator.aggregation.reliability import P_CLIP, AnswerReliability
 from orchestrator.domain import ExpertScore
-from skills.grading import LETTERS, extract_choice
+from skills.grading import extract_choice
 
 DEFAULT_OPTIONS = 10  # MMLU-Pro's; the chance level assumed where a question's own count is unknown
 _MIN_WEIGHT = 1e-6  # an expert barely above chance still breaks ties rather than vanishing
@@ -100,11 +100,14 @@ def vote_answer(
     question: str = "",
 ) -> VoteResult:
     """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any,
-    among the question's own options where it shows them ("E" of A-D won a vote, read with
-    every letter valid)."""
+    among the question's own options ("E" of A-D won a vote, read with every letter valid). A
+    question with fewer than two lettered options has nothing to vote on: no result, and the
+    caller falls back (read with every letter valid, "Answer: I don't know" voted "I" over two
+    "Answer: Paris")."""
     n = option_count(question)
-    letters = [(expert, extract_choice(text, n if n >= 2 else len(LETTERS))) for expert, text in answers]
-    return vote_by_scores(letters, scores, reliability)
+    if n < 2:
+        return VoteResult(None)
+    return vote_by_scores([(expert, extract_choice(text, n)) for expert, text in answers], scores, reliability)
 
 
 def option_count(question: str) -> int:
@@ -116,7 +119,8 @@ def option_count(question: str) -> int:
 
 def vote_decides(mode: str, question: str) -> bool:
     """Whether aggregation `mode` votes on `question` instead of asking the aggregator LLM:
-    always under `vote`; under `auto`, when it has lettered options (`lettered_vote` falls
+    always under `vote` (no aggregator there: free text, with nothing to vote on, takes the
+    best-ranked answer); under `auto`, when it has lettered options (`lettered_vote` falls
     back to the aggregator only when an answer picks none)."""
     return mode == "vote" or (mode == "auto" and option_count(question) >= 2)
 

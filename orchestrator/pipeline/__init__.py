@@ -59,7 +59,7 @@ class Pipeline:
         embedding given) teaches the router a lesson, handed to `learn` with the query's place
         in the batch once the whole batch is done, as the planner and the probe learn from it."""
         run = BatchRun(pool, asks, decisions, self.fleet, self.planner, self.limits, self.aggregation,
-                       self.fallback, embeddings, self.streams, finished)
+                       self.fallback, embeddings, self.streams, finished, self.decider.options)
         outcomes = run.run()
         self.planner.observe(pool.experts, [a for o in outcomes for a in o.answers], pool.sites())
         policy = self.decider.policy

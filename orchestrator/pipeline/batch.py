@@ -7,10 +7,13 @@ take it stands in (once per failed draw; under a budget, only one that keeps the
 with at least one good answer is still aggregated and answered, and one left with none fails
 alone, naming each failure. An aggregator that fails leaves the answer to the best-ranked
 expert's reply, as does a query with no aggregator (one gone from the pool since admission)
-and a vote that finds no letter. Under `auto`, a budgeted query on lettered options is settled by
-the vote of the answers that gave a letter even where one gave none: its plan paid for no
-aggregator. The decision records every failure, every stand-in, and each
-worker's predicted and measured time in the batch. A step of one query that raises (a bug, a
+and a vote that finds no letter (or, on free text, nothing to vote on). Under `auto`, a
+budgeted query on lettered options is settled by the vote of the answers that gave a letter
+even where one gave none: its plan paid for no aggregator. An aggregation prompt over the
+aggregator's context window is never sent (a sure failure, after a model load): recorded as the
+aggregator's failure, it leaves the answer to the vote where the vote decides (the lettered
+answers'), else to the best-ranked expert's reply. The decision records every failure, every
+stand-in, and each worker's predicted and measured time in the batch. A step of one query that raises (a bug, a
 recording that will not read) fails that query alone, naming the error; the others, and the
 batch, go on.
 
@@ -31,7 +34,9 @@ from functools import partial
 
 import numpy as np
 
-from experts.traits import known_answer
+from experts.backend import BackendError
+from experts.options import BackendOptions
+from experts.traits import check_prompt, known_answer
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import lettered_vote, option_count, vote_answer, vote_decides
@@ -83,8 +88,9 @@ class BatchRun:
     def __init__(self, pool: PoolSnapshot, asks: Sequence[Ask], decisions: Sequence[Decision], fleet: Fleet,
                  planner: BudgetPlanner, limits: GenerationLimits, aggregation: str, fallback: bool = True,
                  embeddings: Sequence[np.ndarray | None] | None = None, streams: StreamHub | None = None,
-                 finished: Finished | None = None):
+                 finished: Finished | None = None, options: BackendOptions | None = None):
         self.pool, self.fleet, self.planner, self.limits = pool, fleet, planner, limits
+        self.options = options or BackendOptions()  # how the aggregator's tokenizer is found
         self.streams = streams  # live clients of streamed queries (pipeline/stream.py)
         self.aggregation, self.fallback = aggregation, fallback
         self.finished = finished
@@ -257,11 +263,25 @@ class BatchRun:
         elif q.decision.budget is not None and vote_decides(self.aggregation, q.ask.text):
             self._finish(q, _vote_of_lettered(q, answers, self.pool))  # its plan paid for no aggregator
         elif (agg := q.decision.aggregator) is not None and agg in self.pool.experts:
-            prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
-            self._send(f"{qi}:agg", _Sent(qi, -1, agg), self.pool.experts[agg], prompt,
-                       self.limits.aggregator_max_tokens, 0)
+            self._aggregate(qi, agg, answers)
         else:  # no aggregator (none chosen, or gone from the pool since admission): as if it failed
             self._finish(q, _best_ranked(q).text)
+
+    def _aggregate(self, qi: int, agg: str, answers: Sequence[Answer]) -> None:
+        """Send the answers to the aggregator, unless its prompt overflows the aggregator's context
+        window (admission checked the question alone): that generation would fail only after loading
+        the model. The query is then settled without it, the vote where it decides, the failure kept."""
+        q, spec = self.queries[qi], self.pool.experts[agg]
+        prompt = aggregation_prompt(q.ask.text, [a.text for a in _ranked(q, answers)])
+        writes = min(self.limits.tokens(q.ask.max_tokens).aggregator_max_tokens, spec.sampling.max_tokens)
+        try:
+            check_prompt(spec, prompt, writes, self.options)  # the tokenizer alone: no weights loaded
+        except BackendError as exc:
+            q.failures.append(Failure(expert=agg, role="aggregator", error=str(exc)))
+            voted = vote_decides(self.aggregation, q.ask.text)
+            self._finish(q, _vote_of_lettered(q, answers, self.pool) if voted else _best_ranked(q).text)
+            return
+        self._send(f"{qi}:agg", _Sent(qi, -1, agg), spec, prompt, self.limits.aggregator_max_tokens, 0)
 
     def _score(self, qi: int, q: _Query, answers: Sequence[Answer]) -> None:
         """Mark every answer of a competed (or explored) query, and keep the lesson it taught."""
@@ -269,7 +289,8 @@ class BatchRun:
         weights = {s.name: s.weight for s in q.decision.experts}
         gold = next((g for e in texts if (g := known_answer(self.pool.experts[e].base, q.ask.text))), None)
         explored = {e for e in texts if e in self.pool.uncertain}  # marked against the others, no vote of their own
-        q.marks, letters, reference = scored(texts, weights, self.pool.router.reliability, gold, explored=explored)
+        q.marks, letters, reference = scored(texts, weights, self.pool.router.reliability, gold, q.ask.text,
+                                             explored=explored)
         if q.embedding is not None and reference is not None:  # none: a lone answer or a tie teaches nothing
             source = "competition" if q.decision.competition else "explore"
             skills = tuple(m.skill for m in q.decision.skills)

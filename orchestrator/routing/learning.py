@@ -177,8 +177,9 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
 
     Free text is compared by the number its final answer commits to where it has one, as
     profiling grades ("17 * 23 = 391." and "The answer is 391." both say 391), else by its
-    normalised text; a consensus takes two non-empty answers (an empty reply casts no vote)."""
-    letters = {e: extract_choice(t, len(LETTERS)) for e, t in answers.items()}
+    normalised text; a consensus takes two non-empty answers (an empty reply casts no vote).
+    Letters are read among `question`'s options (`_choices`)."""
+    letters = _choices(answers, question)
     lettered = any(v is not None for v in letters.values())
     voting = {e: v for e, v in letters.items() if e not in explored}
     # a reply without a letter casts no vote: one letter among several would agree with itself alone
@@ -193,6 +194,14 @@ def scored(answers: Mapping[str, str], weights: Mapping[str, float], reliability
     votes = {e: f for e, f in finals.items() if e not in explored and f != ""}
     said = _reference(gold) if gold else _consensus(_support(votes, weights)) if len(votes) >= 2 else None
     return _marked(finals, said), dict.fromkeys(answers), None if said is None else str(said)
+
+
+def _choices(answers: Mapping[str, str], question: str) -> dict[str, str | None]:
+    """Each answer's option letter, among the question's own options; a question with fewer than
+    two is free text, with none ("Answer: I think 391" was read as a pick of "I", and became the
+    reference). Without a question (bench/learning.py's "Answer: <letter>" replies), any letter."""
+    n = option_count(question) if question else len(LETTERS)
+    return {e: extract_choice(t, n) if n >= 2 else None for e, t in answers.items()}
 
 
 def gold_choice(gold: str, question: str = "") -> str | None:

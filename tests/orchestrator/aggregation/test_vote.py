@@ -67,4 +67,13 @@ def test_the_vote_mode_reads_letters_among_the_question_s_own_options() -> None:
     answers = [("strong", "Answer: E"), ("weak", "Answer: B")]
     scores = [score("strong", 0.9, 0.5, 2.0), score("weak", 0.6, 0.5, 1.0)]
     assert vote_answer(answers, scores, question=question).answer == "B"
-    assert vote_answer(answers, scores).answer == "E"  # free text: any letter may be an option
+
+
+def test_a_question_without_lettered_options_has_nothing_to_vote_on() -> None:
+    """Read with every letter valid, "Answer: I don't know" was a vote for "I" and outvoted two
+    "Answer: Paris": the reply was "Answer: I". No result: the caller falls back."""
+    scores = [score("a", 0.9, 0.9, 2.0), score("b", 0.8, 0.8, 1.5), score("c", 0.7, 0.7, 1.5)]
+    answers = [("a", "Answer: I don't know"), ("b", "Answer: Paris"), ("c", "Answer: Paris")]
+    for question in ("What is the capital of France?", ""):
+        assert vote_answer(answers, scores, question=question).answer is None
+    assert vote_answer([("a", "Answer: E"), ("b", "Answer: B")], scores[:2]).answer is None

@@ -215,7 +215,8 @@ def test_a_vote_s_own_reply_names_the_same_model_streamed_or_not(tmp_path, embed
     pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode="vote")})
     c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder, factory=lambda spec: MockBackend(spec.key))
     with TestClient(create_app(c, owns_container=True)) as client:
-        body = {"model": "auto", "messages": ASK, "k": 3, "mode": "topk", "seed": 0}
+        lettered = [{"role": "user", "content": "What is 12*12?\nA. 124\nB. 144\nC. 142\nD. 122"}]  # a vote's own
+        body = {"model": "auto", "messages": lettered, "k": 3, "mode": "topk", "seed": 0}
         plain = client.post("/v1/chat/completions", json=body).json()
         events = events_of(client, body)
     assert plain["model"] == "auto" and plain["choices"][0]["message"]["content"] == "Answer: C"

@@ -39,7 +39,7 @@ def lessons_metric(client: TestClient) -> tuple[dict[str, float], str]:
 
 
 def test_feedback_replacing_a_competition_lesson_leaves_it_counted_ever_but_not_held(competing: TestClient) -> None:
-    asked = competing.post("/v1/queries", json={"query": "What is 2+2? A) 3 B) 4 C) 5 D) 6", "k": 2, "seed": 1})
+    asked = competing.post("/v1/queries", json={"query": "What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6", "k": 2, "seed": 1})
     assert asked.json()["competition"] is True
     competing.app.state.skillroute.queries.learned()  # type: ignore[attr-defined]
     assert competing.post(f"/v1/queries/{asked.json()['id']}/feedback", json={"correct": True}).status_code == 200

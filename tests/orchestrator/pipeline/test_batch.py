@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,50 @@ def test_a_budgeted_auto_query_on_letters_is_settled_by_the_vote_its_plan_paid_f
     assert [a.role for a in free.answers][-1] == "aggregator"
     assert [a.role for a in paid.answers] == ["expert"] * 3 and paid.text == replies["m2"]  # beta outweighs
     assert [a.role for a in none.answers] == ["expert"] * 2 and none.text == replies["m4"]  # delta ranked first
+
+
+def three_experts(tmp_path: Path, embedder: Embedder, replies: dict[str, str], mode: str) -> SkillRoute:
+    pool = small_pool([mock_expert(n, b) for n, b in (("alpha", "m1"), ("beta", "m2"), ("gamma", "m3"))])
+    pool = pool.model_copy(update={"aggregator": AggregatorConfig(mode=mode, fixed="gamma")})  # type: ignore[arg-type]
+    return SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder,
+                      factory=lambda spec: MockBackend(spec.key, answer=replies[spec.source]))
+
+
+@pytest.mark.parametrize(("mode", "question", "settled"), [("llm", "What is 12*12?", "m1"), ("auto", LETTERED, "m2")])
+def test_an_aggregator_prompt_over_its_context_window_is_never_sent(
+        mode: str, question: str, settled: str, tmp_path: Path, embedder: Embedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission checks the question alone; with the answers, the aggregator's prompt overflowed
+    its window (602 tokens on a 512 one), and the generation failed only after loading its model.
+    Not sent: the aggregator's failure, and the vote where it decides, else the best-ranked answer."""
+    replies = {"m1": "I am not sure.", "m2": "Answer: B", "m3": "Answer: A, the aggregator's."}
+    monkeypatch.setattr("experts.traits.prompt_tokens", lambda spec, text, options: len(text.split()))
+    c = three_experts(tmp_path, embedder, replies, mode)
+    c.start()
+    try:
+        small = ExpertSpec(name="gamma", base=BaseModelSpec(kind="llamacpp", source="m3", n_ctx=128))
+        snapshot = replace(c.pool.snapshot, experts={**c.pool.snapshot.experts, "gamma": small})
+        d = decided(["beta", "alpha"], ["alpha", "beta"], aggregator="gamma")
+        (out,) = c.pipeline.answer(snapshot, [Ask(text=question, k=2)], [d])
+    finally:
+        c.close()
+    assert [(f.expert, f.role) for f in out.decision.failures] == [("gamma", "aggregator")]
+    assert "over its context window of 128 tokens" in out.decision.failures[0].error
+    assert out.error is None and [a.role for a in out.answers] == ["expert", "expert"]
+    assert out.text == replies[settled]  # llm: alpha's, ranked first; auto: beta's, the one letter given
+
+
+def test_a_competition_on_free_text_is_scored_on_its_answers_not_their_first_letter(
+        tmp_path: Path, embedder: Embedder) -> None:
+    """Every letter A-P counted as an option: "Answer: I think 391" was a pick of "I", and two
+    such answers outvoted a plain "Answer: 391", marked wrong though all three say 391."""
+    replies = {"m1": "Answer: I think 391", "m2": "Answer: I believe it is 391", "m3": "Answer: 391"}
+    c = three_experts(tmp_path, embedder, replies, "llm")
+    competed = Decision.made("symbolic", "topk", 0, [], [], ["alpha"], None, competitors=["beta", "gamma"],
+                             competition=True)
+    c.start()
+    try:
+        (out,) = answer(c, ("What is 17*23?", competed))
+    finally:
+        c.close()
+    assert out.decision.competition_scores == {"alpha": 1.0, "beta": 1.0, "gamma": 1.0}

@@ -103,8 +103,10 @@ def test_a_gold_answer_that_names_no_option_marks_no_one() -> None:
     """Junk (".") or a text no option has, against lettered answers, taught every expert it was
     wrong; it is no reference now: no marks (feedback refuses it, `services/feedback.py`)."""
     answers = {"right": "Answer: B", "wrong": "Answer: C"}
-    for gold, question in ((".", LETTERED), ("Paris", LETTERED), ("Carbon dioxide", "Which gas do plants absorb?")):
+    for gold, question in ((".", LETTERED), ("Paris", LETTERED), ("Carbon dioxide", "")):
         assert scored(answers, {}, None, gold, question)[::2] == ({}, None), (gold, question)
+    free = scored(answers, {}, None, "Carbon dioxide", "Which gas do plants absorb?")  # no options: free text
+    assert free[::2] == ({"right": False, "wrong": False}, "carbon dioxide")
     assert scored({"a": "42", "b": "41"}, {}, None, ".")[::2] == ({}, None)  # free text: nothing left to compare
     for gold in ("?", "!!", "-", "\u2014", "()", "**"):  # taken as a reference, they marked every expert wrong
         assert scored({"a": "42", "b": "41"}, {}, None, gold)[::2] == ({}, None), gold
@@ -188,3 +190,16 @@ def test_an_exploration_teaches_by_consensus_where_a_competition_waits_for_feedb
     competition = Lesson(emb, ("x",), marks, choices, "competition", "consensus")
     assert not CompetitionPolicy().teaches(competition)
     assert CompetitionPolicy(consensus_teaches=True).teaches(competition)
+
+
+def test_a_free_text_question_s_answers_are_no_letters_and_none_given_reads_every_letter() -> None:
+    """Letters were read with all of A-P valid whatever the question: "Answer: I think 391" was a
+    pick of "I", the reference, and "Answer: 391" was marked wrong. A question without lettered
+    options is free text now; without a question (bench/learning.py's replies), every letter as before."""
+    answers = {"a": "Answer: I think 391", "b": "Answer: I believe it is 391", "c": "Answer: 391"}
+    assert scored(answers, {}, None, question="What is 17*23?") == (
+        {"a": True, "b": True, "c": True}, {"a": None, "b": None, "c": None}, "391.0")
+    assert scored(answers, {}, None) == ({"a": True, "b": True, "c": False}, {"a": "I", "b": "I", "c": None}, "I")
+    beyond = {"a": "Answer: K", "b": "Answer: K", "c": "Answer: B"}  # K: no option of LETTERED's
+    assert scored(beyond, {}, None)[1:] == ({"a": "K", "b": "K", "c": "B"}, "K")
+    assert scored(beyond, {}, None, question=LETTERED)[::2] == ({}, None)  # one letter among the options
