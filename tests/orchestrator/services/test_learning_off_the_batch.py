@@ -20,7 +20,7 @@ from orchestrator.store.models import LessonRow
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, small_pool
 
-QUESTION = "Which gas do plants absorb for photosynthesis?"
+QUESTION = "Which gas do plants absorb for photosynthesis?\nA) Oxygen\nB) Carbon dioxide\nC) Nitrogen\nD) Helium"
 EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1", "law persona"),
            mock_expert("gamma", "m2")]
 
