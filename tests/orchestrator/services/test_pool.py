@@ -169,7 +169,10 @@ def test_feedback_given_again_is_taken_in_at_once_as_a_rebuild_counts_it(
     old one's row and marks out and adds the new one, without reading the whole pool from the
     store again (every expert, answer and lesson: seconds at 50,000 lessons), and routes on what
     a rebuild from the store would."""
-    first, second = container.queries.ask([Ask(text="What is 2 + 3?", k=2), Ask(text="Who wrote Hamlet?", k=2)])
+    # lettered and seeded: each verdict marks someone (on free text the mock's "Answer: A (hash)"
+    # replies are compared by the numbers in their hashes, and a verdict that marks no one is no row)
+    first, second = container.queries.ask([Ask(text="What is 2 + 3?\nA) 4\nB) 5\nC) 6", k=2, seed=1),
+                                           Ask(text="Who wrote Hamlet?\nA) Marlowe\nB) Shakespeare", k=2, seed=2)])
     container.feedback.give(first.id, correct=True)
     container.feedback.give(second.id, correct=False)  # the first's row is not the newest
     real, rebuilds = pool_module.load_evidence, []
