@@ -214,13 +214,13 @@ class PoolState:
         with self._lock:
             snap = self._snapshot or built
             # each as the store kept it (`Stored.lesson`: no marks of a persona changed since its query)
-            fresh = [(s.id, s, s.lesson) for s in stored
+            fresh = [(s.id, s) for s in stored
                      if s.id is not None and s.id > self._read_upto]  # see `_read_upto`; None: refused
             # as `load_evidence` reads them back: marks of an expert removed since teach nothing
-            taught = [_known(x, snap.experts) for _, _, x in fresh]
-            cut = _unlearned(snap, self._lesson_ids, [s for _, s, _ in fresh], stale)
+            taught = [_known(s.lesson, snap.experts) for _, s in fresh]
+            cut = _unlearned(snap, self._lesson_ids, [s for _, s in fresh], stale)
             if cut is not None and fresh:
-                due = self._teach(*cut, [i for i, _, _ in fresh], taught)
+                due = self._teach(*cut, [i for i, _ in fresh], taught)
         if cut is None:
             self.refresh()
         elif due:
