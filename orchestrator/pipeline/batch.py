@@ -364,10 +364,10 @@ def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
 
 
 def _vote_of_lettered(q: _Query, answers: Sequence[Answer], pool: PoolSnapshot) -> str:
-    """A budgeted `auto` query on lettered options where some answer gave no letter: its plan
-    counted on the vote and paid for no aggregator (`BudgetPlanner.aggregation`), so the answers
-    that did give one vote (the winning letter's heaviest voter's reply, as `lettered_vote`);
-    with none, the best-ranked answer. Asking the aggregator ran past the budget uncosted."""
+    """A vote-decided query settled without the aggregator (a budgeted `auto` one whose plan paid
+    for none, `BudgetPlanner.aggregation`; one whose aggregation prompt overflows, `_aggregate`)
+    where some answer gave no letter: the answers that did give one vote (the winning letter's
+    heaviest voter's reply, as `lettered_vote`); with none, the best-ranked answer."""
     n = option_count(q.ask.text)
     lettered = [(a.expert, a.text) for a in answers if extract_choice(a.text, n) is not None]
     voted = lettered_vote(q.ask.text, lettered, q.decision.experts, pool.router.reliability) if lettered else None
