@@ -19,18 +19,17 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
 from experts.streaming import stream_of
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from orchestrator.probe import NULL_PROBE, Probe
+from orchestrator.scheduling.claims import Claims
 
 log = logging.getLogger(__name__)
 BackendFactory = Callable[[BaseModelSpec], ExpertBackend]
@@ -43,93 +42,8 @@ MAX_MODELS = 256
 STAGE_WAIT_S = 30.0
 
 
-class Claim:
-    """One running batch's hold on its worker's models (Claims.claim): those it still needs
-    (its stages to come, and the one it keeps for last) and the one its current stage generates on."""
-
-    def __init__(self, claims: Claims, keys: Iterable[str], kept: str | None):
-        self.left = frozenset([*keys, *([kept] if kept else [])])
-        self.kept, self._claims = kept, claims
-        self.running: str | None = None
-
-    def stage(self, key: str) -> None:
-        """The batch generates on `key` now, done with its previous stage's model unless kept: one
-        change, so a load waiting on that stage never finds it ended with its model still needed."""
-        def move() -> None:
-            if self.running not in (None, self.kept):
-                self.left -= {self.running}
-            self.running = key
-        self._claims.change(move)
-
-
-class Claims:
-    """The claims of the batches running on one worker (`claims`), under a lock of their own: a
-    status read never waits for a generation. A load waits on them (`wait_while`) with the device
-    lock let go."""
-
-    def __init__(self, device_lock: Any = None):
-        self._held: list[Claim] = []
-        self._lock, self._changed, self._waiting = threading.Lock(), threading.Condition(device_lock), 0
-
-    @contextmanager
-    def claim(self, keys: Iterable[str], kept: str | None = None) -> Iterator[Claim]:
-        """Hold a batch's models while it runs (`executor.execute`): its stages' (`keys`), each
-        until its stage is done (`Claim.stage`), and `kept` (its aggregator's) until it ends."""
-        claim = Claim(self, keys, kept)
-        self.change(lambda: self._held.append(claim))
-        try:
-            yield claim
-        finally:
-            self.change(lambda: self._held.remove(claim))
-
-    def needed(self) -> set[str]:
-        """The models the batches running on the worker still need."""
-        with self._lock:
-            return {k for c in self._held for k in c.left}
-
-    def wait_unneeded(self, key: str) -> None:
-        """Return once no running batch needs `key` (they would load it again) and the worker is free."""
-        with self._changed:  # the device lock: the generation under way is waited out too
-            while self.wait_while(lambda needed, _: key in needed):
-                pass
-
-    def change(self, edit: Callable[[], None]) -> None:
-        """Edit the claims; waiting loads look again. The device lock (held through generations)
-        is taken to wake them only when one waits."""
-        with self._lock:
-            edit()
-            wake = self._waiting > 0
-        if wake:
-            with self._changed:
-                self._changed.notify_all()
-
-    def wait_while(self, blocked: Callable[[set[str], set[str]], bool], timeout: float | None = None) -> bool:
-        """With the device lock held: if `blocked(needed, running)`, wait for a change (at most
-        `timeout`); whether a change came. Counted waiting before the device lock is let go, so
-        no change is missed."""
-        with self._lock:
-            running = {c.running for c in self._held if c.running is not None}
-            if not blocked({k for c in self._held for k in c.left}, running):
-                return False
-            self._waiting += 1
-        try:
-            return self._changed.wait(timeout)
-        finally:
-            with self._lock:
-                self._waiting -= 1
-
-
-class _Unheld(Claims):
-    """Claims that count for nothing (see DeviceWorker._claims)."""
-
-    def change(self, edit: Callable[[], None]) -> None:
-        return None
-
-
 class DeviceWorker:
-    # a subclass that keeps no state here (serving's RemoteWorker: its actor's worker evicts, and
-    # claims are not sent to it) gets claims that count for nothing: it evicts as it did before them
-    _claims: Claims = _Unheld()
+    _claims: Claims
 
     def __init__(self, name: str = "cpu", memory_budget_bytes: int = 8 * 2**30,
                  factory: BackendFactory = make_backend, probe: Probe = NULL_PROBE):
@@ -365,8 +279,8 @@ class DeviceWorker:
 
 def claims(worker: DeviceWorker) -> Claims:
     """The claims on `worker` of the batches running there. Not a method: serving's RemoteWorker
-    proxies every DeviceWorker method to its actor, and claims stay with the process running the
-    batch (a RemoteWorker's count for nothing)."""
+    proxies every DeviceWorker method to its actor, and its claims are told to the actor
+    (serving.remote_claims)."""
     return worker._claims
 
 

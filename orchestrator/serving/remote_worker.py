@@ -33,6 +33,7 @@ from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEv
 from experts.workers import WorkerSpec
 from orchestrator.observability.loads import Snapshot
 from orchestrator.scheduling.worker import DeviceWorker
+from orchestrator.serving.remote_claims import RemoteClaims
 from orchestrator.serving.worker_actor import NAMESPACE, actor_name
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class RemoteWorker(DeviceWorker):
         self._probe_at, self._probe_lock = 0.0, threading.Lock()
         self._answered, self._warned = False, False
         self._gone = False  # a restart was waited for in vain: losses fail at once until it answers
+        self._claims = RemoteClaims(self)  # told to the actor, whose worker spares them
         if spec is not None and memory_budget is not None:
             self.name, self.memory_budget = spec.name, memory_budget
         else:

@@ -30,7 +30,8 @@ from experts.options import BackendOptions
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from experts.workers import LOCAL_GPU_PROFILE, WorkerSpec, local_workers, memory_bytes
 from orchestrator.observability.loads import LoadTimes, Snapshot
-from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
+from orchestrator.scheduling.claims import View
+from orchestrator.scheduling.worker import BackendFactory, DeviceWorker, claims
 
 log = logging.getLogger(__name__)
 NAMESPACE = "skillroute"
@@ -101,6 +102,17 @@ class WorkerActor:
             raise AttributeError(f"backend member {member!r} is not reachable remotely")
         value = getattr(self.worker.backend(base), member)
         return value() if callable(value) else value
+
+    def hold_claims(self, owner: str, version: int, views: Sequence[View], lease_s: float) -> None:
+        """A process's running batches' claims here (serving.remote_claims): its loads and every
+        other process's spare what they still need."""
+        claims(self.worker).hold(owner, version, views, lease_s)
+
+    def claims_needed(self) -> set[str]:
+        return claims(self.worker).needed()
+
+    def wait_unneeded(self, key: str) -> None:
+        claims(self.worker).wait_unneeded(key)
 
     def unload(self, key: str) -> None:
         self.worker.unload(key)

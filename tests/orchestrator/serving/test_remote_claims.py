@@ -1,0 +1,80 @@
+"""A Serve replica's running batch claims its models on the worker actor (remote_claims): another
+replica's load there spares them, as a load in the batch's own process does (worker.Claims)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams
+from experts.workers import WorkerSpec
+from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.planner import Job
+from orchestrator.scheduling.worker import claims
+from orchestrator.serving.remote_worker import RemoteWorker
+from orchestrator.serving.worker_actor import spawn
+
+pytestmark = pytest.mark.slow
+
+MB = 100 * 2**20
+WAIT_S = 30.0
+A, B, C, D = (BaseModelSpec(kind="mock", source=s) for s in "abcd")
+
+
+def sized(spec: BaseModelSpec) -> MockBackend:
+    return MockBackend(spec.key, MB)
+
+
+def job(i: int, base: BaseModelSpec) -> Job:
+    request = GenerationRequest.model_validate({"request_id": f"{base.source}{i}", "sampling": SamplingParams(),
+                                                "messages": [{"role": "user", "content": f"q{i}"}]})
+    return Job(f"{base.source}{i}", base, request)
+
+
+@pytest.fixture
+def replicas(local_ray: None) -> Iterator[tuple[RemoteWorker, RemoteWorker]]:
+    """Two proxies of one worker actor with room for three models, as two replicas hold."""
+    actor = spawn(WorkerSpec(name="claims", device="local-cpu"), 3 * MB, sized)
+    yield RemoteWorker(actor), RemoteWorker(actor)
+    ray.kill(actor)
+
+
+def test_another_replica_s_load_spares_the_later_stage_of_a_running_batch(replicas) -> None:
+    mine, other = replicas
+    for base in (B, D, A):
+        other.ensure_loaded(base)  # B least recently used
+
+    def between_stages(done: dict[str, Generation]) -> None:
+        if "a0" in done:  # a registration on the other replica loads C
+            other.ensure_loaded(C)
+
+    out = execute([job(0, A), job(1, B)], mine, emit=between_stages)
+    assert all(g.error is None for g in out.values())
+    assert mine.loads_by_model()[B.key] == 1  # D, which no batch needed, made the room
+    assert mine.resident() == {A.key, B.key, C.key}
+
+
+def test_another_replica_sees_a_running_batch_s_claims_and_waits_them_out(replicas) -> None:
+    """ExpertService releases a removed expert's model once no batch on the worker needs it
+    (`claims(worker).needed()`, `wait_unneeded`), whichever replica runs the batch."""
+    mine, other = replicas
+    seen: list[set[str]] = []
+    released = threading.Event()
+    waiting = threading.Thread(target=lambda: (claims(other).wait_unneeded(B.key), released.set()))
+
+    def between_stages(done: dict[str, Generation]) -> None:
+        if "a0" in done:
+            seen.append(claims(other).needed())
+            waiting.start()
+        if "b1" in done:
+            seen.append(claims(other).needed())
+            assert not released.is_set()  # B's stage has run, the batch has not ended
+
+    execute([job(0, A), job(1, B)], mine, emit=between_stages)
+    waiting.join(WAIT_S)
+    assert released.is_set() and seen == [{A.key, B.key}, {B.key}]
+    assert claims(other).needed() == set()
