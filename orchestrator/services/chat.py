@@ -183,11 +183,14 @@ class TokenChannel:
         self.writer: str | None = None  # who wrote the first piece (set before it is queued)
 
     def push(self, writer: str, piece: str) -> None:
+        """Queue a piece of the first writer's; another's (a stand-in for a lone expert that broke
+        part way) is dropped, never spliced onto the broken pieces: the stored reply is then told
+        apart (ChatStream.rest) and the stream ends in an error naming who wrote it."""
         with self._lock:
-            if self._left <= 0:
+            if self._left <= 0 or self.writer not in (None, writer):
                 return
             self._left -= 1
-            self.writer = self.writer or writer
+            self.writer = writer
         self._put(piece)
 
     def end(self) -> None:
