@@ -14,9 +14,10 @@ failure once the headers are sent is the last event before `[DONE]`, in OpenAI's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
@@ -58,6 +59,11 @@ async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, bod
                            response: Response) -> Any:
     """Answer a chat: routed to k experts and aggregated (`auto`), or one named expert."""
     ask = body.to_ask(c.settings.default_k, budgets)
+    with _messages_named():
+        return await _answer(c, once, ask, body, response)
+
+
+async def _answer(c: Container, once: Idempotent, ask: Ask, body: ChatCompletionRequest, response: Response) -> Any:
     if body.stream:
         stream = await _stream(c, once, ask, body)
         writer = ChunkWriter(stream.query_id, int(time.time()),
@@ -69,6 +75,17 @@ async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, bod
     result = c.chat.result_of(row)
     response.headers.update(decision_headers(row.id, result.decision))
     return completion(result, skillroute_info(result))
+
+
+@contextlib.contextmanager
+def _messages_named() -> Iterator[None]:
+    """A refusal of the query's text names `messages`: the service's own name for it, `query`
+    (the REST field), is not a field of a chat request."""
+    try:
+        yield
+    except ServiceError as exc:
+        exc.param = "messages" if exc.param == "query" else exc.param
+        raise
 
 
 async def _stream(c: Container, once: Idempotent, ask: Ask, body: ChatCompletionRequest) -> ChatStream:

@@ -128,3 +128,16 @@ def test_a_model_added_to_the_folder_is_profiled_and_recruited_on_restart(
     firsts = Counter(d.recruited[0] for d in second.pipeline.route(second.pool.snapshot, inputs))
     second.close()
     assert firsts.most_common(1)[0][0] == expert_name(late)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_the_pool_cannot_answer_names_its_messages(replay_service, serve, stream: bool) -> None:
+    """The refusal named `query`, a field a chat request does not have."""
+    c, _ = replay_service
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of Mars?"}],
+            "stream": stream}
+    with serve(create_app(c)) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60)
+    error = r.json()["error"]
+    assert r.status_code == 422 and "no recorded question" in error["message"]
+    assert error["param"] == "messages"
