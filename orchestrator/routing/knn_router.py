@@ -96,6 +96,13 @@ class Memory:
         seen = self.observed.sum(axis=0)
         return np.where(seen > 0, (self.marks * self.observed).sum(axis=0) / np.maximum(seen, 1), UNSEEN_ACCURACY)
 
+    def overall_without(self, rows: np.ndarray) -> np.ndarray:
+        """rows × experts: `overall` with each row's own mark left out (the leave-one-out fit's
+        prior: with its own mark in, a small pool's fit favoured priors that echo the answer)."""
+        seen = self.observed.sum(axis=0) - self.observed[rows]
+        hits = (self.marks * self.observed).sum(axis=0) - self.marks[rows] * self.observed[rows]
+        return np.where(seen > 0, hits / np.maximum(seen, 1), UNSEEN_ACCURACY)
+
 
 def _memory(evidence: RoutingEvidence) -> Memory:
     if evidence.question_embeddings is None or not evidence.correct:
@@ -148,17 +155,22 @@ class LabelPrior:
             return np.broadcast_to(self.overall, (len(idx), len(self.overall)))
         return self.onehot[idx[:, :k]].mean(axis=1) @ self.accuracy
 
-    def loo_prior(self, rows: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
-        """`prior` for profiling questions `rows`, each one's own answer left out of its topic."""
+    def loo_prior(self, rows: np.ndarray, idx: np.ndarray, k: int, overall: np.ndarray) -> np.ndarray:
+        """`prior` for profiling questions `rows`, each one's own answer left out: of its topic,
+        and of the overall accuracy every topic is smoothed towards (`overall`, rows × experts,
+        Memory.overall_without). `idx` must not hold the row itself."""
         if k <= 0:
-            return self.prior(idx, k)
+            return overall
         share = self.onehot[idx[:, :k]].mean(axis=1)
+        smoothed = self.sizes + LABEL_SMOOTHING  # topics × experts
+        accuracy = share @ (self.counts / smoothed) + LABEL_SMOOTHING * overall * (share @ (1 / smoothed))
         own = self.codes[rows]
-        acc_without = (self.counts[own] - self.marks[rows] + LABEL_SMOOTHING * self.overall) / (
-            self.sizes[own] - self.observed[rows] + LABEL_SMOOTHING
+        acc_own = (self.counts[own] + LABEL_SMOOTHING * overall) / smoothed[own]
+        acc_without = (self.counts[own] - self.marks[rows] + LABEL_SMOOTHING * overall) / (
+            smoothed[own] - self.observed[rows]
         )
         own_share = share[np.arange(len(rows)), own][:, None]
-        return share @ self.accuracy + own_share * (acc_without - self.accuracy[own])
+        return accuracy + own_share * (acc_without - acc_own)
 
 
 def _log_loss(p: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> float:
@@ -175,12 +187,12 @@ def fit_params(memory: Memory, labels: Sequence[str] | None = None, max_question
     if len(rows) > max_questions:  # bound the n × n similarity block; a sample ranks as well
         rows = np.random.default_rng(seed).choice(rows, max_questions, replace=False)
     sims = emb[rows] @ emb.T
-    sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out
-    idx, vals = _top(sims, max(*NEIGHBOURS_GRID, *LABEL_NEIGHBOURS_GRID))
+    sims[np.arange(len(rows)), rows] = -np.inf  # leave the question itself out: of the neighbours
+    idx, vals = _top(sims, max(1, min(max(*NEIGHBOURS_GRID, *LABEL_NEIGHBOURS_GRID), len(emb) - 1)))
     topic = LabelPrior(labels, memory) if labels else None
     label_grid = LABEL_NEIGHBOURS_GRID if topic else (0,)
-    overall = np.broadcast_to(memory.overall, (len(rows), len(memory.names)))
-    priors = {kc: (topic.loo_prior(rows, idx, kc) if topic else overall) for kc in label_grid}
+    overall = memory.overall_without(rows)  # and of the priors
+    priors = {kc: (topic.loo_prior(rows, idx, kc, overall) if topic else overall) for kc in label_grid}
     truth, seen, near, near_seen = marks[rows], observed[rows], marks[idx], observed[idx]
     best: tuple[float, KnnParams] | None = None
     for k, tau in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID):

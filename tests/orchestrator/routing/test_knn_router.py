@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from orchestrator.aggregation.vote import log_odds_weight, vote_by_scores
 from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.knn_router import (
-    LABEL_SMOOTHING,
+    LABEL_NEIGHBOURS_GRID,
+    NEIGHBOURS_GRID,
+    PRIOR_GRID,
+    TEMPERATURE_GRID,
     EvidenceError,
     KnnParams,
     KnnRouter,
     LabelPrior,
     Memory,
+    _log_loss,
+    _top,
+    estimate,
     fit_params,
 )
 from orchestrator.routing.recruit import recruit
@@ -131,22 +139,52 @@ def test_needs_embeddings_and_marks() -> None:
 
 
 def test_topic_prior_leave_one_out_equals_refitting_without_the_question() -> None:
+    """Its own mark was left out of its topic, not of the overall accuracy every topic is
+    smoothed towards (weighing 1/n: 6% on the embedded pool's 16 questions)."""
     rng = np.random.default_rng(3)
     labels = [str(x) for x in rng.integers(0, 3, 40)]
     marks = (rng.random((40, 2)) < 0.5).astype(np.float32)
-    idx = np.array([rng.permutation(40)[:6] for _ in range(40)])
-    rows = np.arange(40)
-    loo = LabelPrior(labels, memory(np.zeros((40, 2)), marks)).loo_prior(rows, idx, 6)
+    idx = np.array([rng.permutation(np.delete(np.arange(40), j))[:6] for j in range(40)])  # never itself
+    rows, mem = np.arange(40), memory(np.zeros((40, 2)), marks)
+    loo = LabelPrior(labels, mem).loo_prior(rows, idx, 6, mem.overall_without(rows))
     for j in (0, 7, 21):
         keep = rows != j
         kept = LabelPrior([lb for i, lb in enumerate(labels) if i != j], memory(np.zeros((39, 2)), marks[keep]))
-        # what it leaves out is the question's own mark; the smoothing target (overall accuracy) keeps it
-        kept.accuracy = (kept.counts + LABEL_SMOOTHING * marks.mean(axis=0)) / (kept.sizes + LABEL_SMOOTHING)
         names = sorted(set(labels))
         assert sorted({lb for i, lb in enumerate(labels) if i != j}) == names  # same columns both ways
         share = np.eye(len(names))[[names.index(labels[i]) for i in idx[j]]].mean(axis=0)
         assert loo[j] == pytest.approx(share @ kept.accuracy)
 
+
+def exact_loo_losses(mem: Memory, labels: list[str]) -> dict[KnnParams, float]:
+    """Every grid point's log-loss, each question's p̂ made by a router whose memory lacks it."""
+    n, losses = len(mem.emb), {}
+    for j in range(n):
+        keep = np.arange(n) != j
+        sub = Memory(mem.names, mem.emb[keep], mem.marks[keep], mem.observed[keep])
+        topic = LabelPrior([lb for i, lb in enumerate(labels) if i != j], sub)
+        idx, vals = _top((sub.emb @ mem.emb[j])[None, :], n)
+        for k, tau, alpha, kc in itertools.product(NEIGHBOURS_GRID, TEMPERATURE_GRID, PRIOR_GRID,
+                                                   LABEL_NEIGHBOURS_GRID):
+            params = KnnParams(k, tau, alpha, kc)
+            prior = topic.prior(idx, kc) if kc else sub.overall
+            p = estimate(vals[:, :k], sub.marks[idx[:, :k]], sub.observed[idx[:, :k]], prior, params)
+            losses[params] = losses.get(params, 0.0) + _log_loss(p, mem.marks[j:j + 1], mem.observed[j:j + 1]) / n
+    return losses
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_small_pool_s_fit_is_the_best_by_an_exact_leave_one_out(seed: int) -> None:
+    """Each question's own mark stayed in its prior (in the overall accuracy, and its own topic
+    label among its 'neighbours' where the pool is smaller than the widest grid): on marks with
+    no per-question signal the fit chose a sharp kernel that leaves the prior alone, echoing it."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((30, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    marks = (rng.random((30, 3)) < np.array([0.3, 0.5, 0.7])).astype(np.float32)
+    mem, labels = Memory(["a", "b", "c"], emb, marks, np.ones_like(marks)), [f"t{i % 4}" for i in range(30)]
+    losses = exact_loo_losses(mem, labels)
+    assert losses[fit_params(mem, labels)] == pytest.approx(min(losses.values()), rel=1e-6)
 
 def test_topic_labels_sharpen_estimates_when_few_neighbours_are_close() -> None:
     """Two topics, each expert right on one only; with labels the fitted router uses the topic."""
