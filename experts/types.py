@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +39,24 @@ def check_storable(text: str) -> str:
     if not text.isascii() and _SURROGATE.search(text):
         raise ValueError("must be valid Unicode: a lone surrogate (U+D800 to U+DFFF) is not a character")
     return text
+
+
+def check_shown(base: BaseModelSpec) -> BaseModelSpec:
+    """A model's source is shown to every reader (`GET /v1/experts`, the dashboard, /metrics
+    labels, a failed generation's error): a server URL carrying credentials (user:password@, or
+    a key in its query) is refused where it is given, a registration or a pool file, rather than
+    published. Not a field validator: a row stored before the check still reads."""
+    if base.kind != "openai":
+        return base
+    url = urlsplit(base.source)
+    if url.username or url.password or _SECRET_QUERY.search(url.query):
+        raise ValueError("source: the server URL carries credentials, and it is shown to every reader of the "
+                         "experts, the dashboard and /metrics; give the key as SKILLROUTE_OPENAI_API_KEY instead "
+                         "(sent as the Authorization header)")
+    return base
+
+
+_SECRET_QUERY = re.compile(r"(^|&)[^=&]*(key|token|secret|password|passwd|auth)[^=&]*=", re.IGNORECASE)
 
 
 class SamplingParams(Strict):

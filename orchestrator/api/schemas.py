@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams, check_storable
+from experts.types import BaseModelSpec, ExpertPlacement, SamplingParams, check_shown, check_storable
 from orchestrator.domain import Answer, Ask, Decision, DecisionMode, QueryBudget, not_reserved
 from orchestrator.store.models import Expert, Query
 from orchestrator.store.repositories.queries import answers_of, decision_of
@@ -124,8 +124,9 @@ class ExpertCreate(BaseModel):
 
     name: Annotated[str, AfterValidator(not_reserved)] = Field(min_length=1, max_length=64,
                                                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    model: BaseModelSpec = Field(description="kind llamacpp: source is a GGUF path or package:<name>; "
-                                             "kind openai: source is the server's /v1 URL and model its model name.")
+    model: Annotated[BaseModelSpec, AfterValidator(check_shown)] = Field(
+        description="kind llamacpp: source is a GGUF path or package:<name>; kind openai: source is the "
+                    "server's /v1 URL (no credentials in it: it is shown to readers) and model its model name.")
     system_prompt: PromptText | None = Field(default=None)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     placement: ExpertPlacement = Field(default_factory=ExpertPlacement,

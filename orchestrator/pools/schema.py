@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from experts.types import ExpertSpec
+from experts.types import ExpertSpec, check_shown
 from orchestrator.aggregation.prompt import AggregationMode
 from orchestrator.domain import RecruitMode, not_reserved
 
@@ -117,6 +117,15 @@ class PoolConfig(Strict):
         if twice := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"experts: the name {twice[0]!r} is given to more than one expert; each expert needs "
                              "a name of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _sources_can_be_shown(self) -> PoolConfig:
+        for i, expert in enumerate(self.experts):
+            try:
+                check_shown(expert.base)
+            except ValueError as exc:
+                raise ValueError(f"experts[{i}] ({expert.name}).base.{exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -167,3 +167,15 @@ def test_a_timeout_takes_only_a_number(client):
                                              "timeout_s": timeout})
         assert r.status_code == 422 and r.json()["error"]["param"] == "timeout_s", r.text
     assert "lax" not in {e["name"] for e in client.get("/v1/experts").json()}
+
+
+@pytest.mark.parametrize("source", ["http://alice:S3CRET@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api_key=S3CRET",
+                                    "https://h.example/v1?x=1&Access_Token=S3CRET"])
+def test_a_server_url_with_credentials_is_422_and_stores_nothing(client, source):
+    """Its source is shown to every reader: the password was in GET /v1/experts, the dashboard,
+    /metrics and every failed generation's error."""
+    before = count(client)
+    r = client.post("/v1/experts", json={"name": "remote", "model": {"kind": "openai", "source": source, "model": "m"}})
+    error = r.json()["error"]
+    assert r.status_code == 422 and "credentials" in error["message"] and "SKILLROUTE_OPENAI_API_KEY" in error["message"]
+    assert "S3CRET" not in r.text and count(client) == before

@@ -49,3 +49,11 @@ def test_a_fixed_aggregator_must_be_an_expert_of_the_pool(tmp_path: Path) -> Non
 def test_a_validation_set_of_nothing_is_refused(tmp_path: Path, validation: str, said: str) -> None:
     """Each profiled every expert on no question: all "ready" with empty profiles."""
     assert said in refusal(tmp_path, f"validation: {validation}\n")
+
+
+def test_a_server_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    """The source is shown to every reader of the experts, the dashboard and /metrics."""
+    far = "{kind: openai, source: 'http://u:S3CRET@127.0.0.1:9/v1', model: m}"
+    text = f"experts:\n  - {{name: alpha, {MOCK}}}\n  - {{name: far, base: {far}}}\n"
+    why = refusal(tmp_path, text)
+    assert "experts[1] (far).base.source: the server URL carries credentials" in why and "S3CRET" not in why
