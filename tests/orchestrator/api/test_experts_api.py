@@ -177,5 +177,6 @@ def test_a_server_url_with_credentials_is_422_and_stores_nothing(client, source)
     before = count(client)
     r = client.post("/v1/experts", json={"name": "remote", "model": {"kind": "openai", "source": source, "model": "m"}})
     error = r.json()["error"]
-    assert r.status_code == 422 and "credentials" in error["message"] and "SKILLROUTE_OPENAI_API_KEY" in error["message"]
+    assert r.status_code == 422 and "credentials" in error["message"]
+    assert "SKILLROUTE_OPENAI_API_KEY" in error["message"]
     assert "S3CRET" not in r.text and count(client) == before
