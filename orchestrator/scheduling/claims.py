@@ -18,7 +18,10 @@ from typing import Any
 
 # One claim as told to another process: the models it still needs, and the one it generates on now.
 View = tuple[frozenset[str], str | None]
-LAPSED_POLL_S = 1.0  # a wait for a model to be unneeded looks again this often (a held claim may lapse)
+# A wait on the claims looks again this often: a claim told by another process may lapse, and
+# its change wakes no one when a generation holds the device (`hold` does not wait it out).
+POLL_S = 1.0
+FORGET_AFTER_S = 600.0  # a lapsed process's last version is kept this long: a tell it sent before comes late
 
 
 class Claim:
@@ -77,53 +80,81 @@ class Claims:
     def hold(self, owner: str, version: int, views: Sequence[View], lease_s: float) -> None:
         """Another process's claims here, all of them (none: it holds nothing), for `lease_s` unless
         told again. A version older than the one held is stale (told on another thread, it came
-        late) and ignored; the same version renews the lease."""
+        late) and ignored; the same version renews the lease. Never waits for the device: a
+        running generation would hold this call (and the teller's batch) for its whole chunk;
+        a waiter it does not wake looks again within POLL_S."""
         def put() -> None:
             held = self._others.get(owner)
             if held is None or version >= held.version:
                 self._others[owner] = _Held(version, [(frozenset(k), r) for k, r in views], self._clock() + lease_s)
-        self.change(put)
+        self.change(put, wait=False)
 
     def needed(self) -> set[str]:
         """The models the batches running on the worker still need."""
         with self._lock:
             return {k for left, _ in self._views() for k in left}
 
-    def wait_unneeded(self, key: str) -> None:
-        """Return once no running batch needs `key` (they would load it again) and the worker is free."""
+    def wait_unneeded(self, key: str, timeout: float | None = None) -> bool:
+        """Return once no running batch needs `key` (they would load it again) and the worker is
+        free: True; False if `timeout` passed first (an actor's caller asks again, so no thread of
+        the actor is held for as long as a batch runs)."""
         with self._changed:  # the device lock: the generation under way is waited out too
+            deadline = None if timeout is None else time.monotonic() + timeout
             while key in self.needed():
-                self.wait_while(lambda needed, _: key in needed, LAPSED_POLL_S)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wait_once(lambda needed, _: key in needed, left)
+            return True
 
-    def change(self, edit: Callable[[], None]) -> None:
+    def change(self, edit: Callable[[], None], wait: bool = True) -> None:
         """Edit the claims; waiting loads look again. The device lock (held through generations)
-        is taken to wake them only when one waits."""
+        is taken to wake them only when one waits, and, unless `wait`, only if it is free."""
         with self._lock:
             edit()
             wake = self._waiting > 0
-        if wake:
-            with self._changed:
+        if wake and self._changed.acquire(blocking=wait):
+            try:
                 self._changed.notify_all()
+            finally:
+                self._changed.release()
 
     def wait_while(self, blocked: Callable[[set[str], set[str]], bool], timeout: float | None = None) -> bool:
-        """With the device lock held: if `blocked(needed, running)`, wait for a change (at most
-        `timeout`); whether a change came. Counted waiting before the device lock is let go, so
-        no change is missed."""
+        """With the device lock held: while `blocked(needed, running)`, wait (at most `timeout` in
+        all); whether it waited and then a change came or the block ended (look again), False if
+        it was not blocked or the time ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waited = False
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            outcome = self._wait_once(blocked, left)
+            if outcome is None:
+                return waited
+            if outcome or (left is not None and left <= POLL_S):
+                return outcome
+            waited = True
+
+    def _wait_once(self, blocked: Callable[[set[str], set[str]], bool], left: float | None) -> bool | None:
+        """None if not blocked; else wait up to POLL_S (and `left`): whether a change came.
+        Counted waiting before the device lock is let go, so no change is missed."""
         with self._lock:
             views = self._views()
-            running = {r for _, r in views if r is not None}
-            if not blocked({k for left, _ in views for k in left}, running):
-                return False
+            if not blocked({k for keys, _ in views for k in keys}, {r for _, r in views if r is not None}):
+                return None
             self._waiting += 1
         try:
-            return self._changed.wait(timeout)
+            return self._changed.wait(POLL_S if left is None else max(0.0, min(POLL_S, left)))
         finally:
             with self._lock:
                 self._waiting -= 1
 
     def _views(self) -> list[View]:
-        """Every claim's view, this process's and the others' not lapsed (dropped); under `_lock`."""
+        """Every claim's view, this process's and the others' not lapsed; under `_lock`. A lapsed
+        process's version is kept a while (its views dropped): a tell it sent before comes late."""
         now = self._clock()
-        for owner in [o for o, h in self._others.items() if h.lapses <= now]:
-            del self._others[owner]
+        for owner, held in list(self._others.items()):
+            if held.lapses + FORGET_AFTER_S <= now:
+                del self._others[owner]
+            elif held.lapses <= now:
+                held.views = []
         return [*(c.view() for c in self._held), *(v for h in self._others.values() for v in h.views)]

@@ -5,7 +5,8 @@ a profiling run), so it must know what each process's running batches still need
 sends this process's whole set (`Claims.hold` there), versioned, since a renewal on the beat
 thread may overtake it; the beat renews the lease while any is held. A replica that dies
 mid-batch stops renewing, and its claims lapse after LEASE_S; an actor restarted by Ray learns
-them again at the next change or beat.
+them again at the next change or beat. Claims only spare models: a tell that fails (an actor
+lost, busy, or made by a release without them) costs a reload at worst, never the batch.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from experts.backend import BackendError
 from orchestrator.scheduling.claims import Claims, View
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0  # claims of a process that stopped telling them lapse this long after the last time
 BEAT_S = LEASE_S / 4  # how often a process holding claims renews them
-TELL_TIMEOUT_S = 5.0  # a change waits this long for the actor to take it (it may wait out a generation)
+TELL_TIMEOUT_S = 5.0  # a change waits this long for the actor to take it
+WAIT_SLICE_S = 10.0  # a wait for a model to be unneeded holds an actor thread this long at most, then asks again
 
 
 class Actor(Protocol):
@@ -39,11 +40,10 @@ class RemoteClaims(Claims):
     def __init__(self, worker: Actor):
         super().__init__()
         self._worker, self._owner, self._version = worker, uuid.uuid4().hex, 0
-        self._beat: threading.Thread | None = None
-        self._ended = threading.Event()  # never set: the beat lives as long as the process
-        self._told_empty = True  # the actor holds nothing of ours: no beat needed
+        self._beat: threading.Thread | None = None  # runs while the actor may hold claims of ours
+        self._told = (0, True)  # the newest version the actor took, and whether it held nothing
 
-    def change(self, edit: Callable[[], None]) -> None:
+    def change(self, edit: Callable[[], None], wait: bool = True) -> None:
         with self._lock:
             edit()
             self._version += 1
@@ -55,30 +55,37 @@ class RemoteClaims(Claims):
         """What the batches of every process on the worker still need, as the actor knows it."""
         return set(self._worker.ask("claims_needed", timeout=TELL_TIMEOUT_S))
 
-    def wait_unneeded(self, key: str) -> None:
-        self._worker.ask("wait_unneeded", key)
+    def wait_unneeded(self, key: str, timeout: float | None = None) -> bool:
+        """Asked in slices: a wait never holds one of the actor's threads for a whole batch, and
+        an actor lost meanwhile raises (WorkerLost) instead of hanging the caller."""
+        while not self._worker.ask("wait_unneeded", key, WAIT_SLICE_S, timeout=WAIT_SLICE_S + TELL_TIMEOUT_S):
+            pass
+        return True
 
     def _tell(self, version: int, views: list[View]) -> None:
-        """Tell the actor; a worker lost or slow is not this batch's failure (a restarted actor
-        learns the claims at the next change or beat)."""
         try:
             self._worker.ask("hold_claims", self._owner, version, views, LEASE_S, timeout=TELL_TIMEOUT_S)
-            self._told_empty = not views
-        except BackendError as exc:  # the proxy raises WorkerLost / WorkerUnavailable
+        except Exception as exc:  # noqa: BLE001 - advisory: see the module doc
             log.debug("worker %s was not told this process's claims: %s", self._worker.name, exc)
+            return
+        with self._lock:
+            if version >= self._told[0]:
+                self._told = (version, not views)
 
     def _beating(self) -> None:
-        """Start the beat that renews the lease, once (a daemon: it ends with the process)."""
+        """Start the beat that renews the lease, unless it runs."""
         with self._lock:
             if self._beat is not None:
                 return
-            self._beat = threading.Thread(target=self._beat_forever, daemon=True,
-                                          name=f"claims-{self._worker.name}")
+            self._beat = threading.Thread(target=self._beat_on, daemon=True, name=f"claims-{self._worker.name}")
         self._beat.start()
 
-    def _beat_forever(self) -> None:
-        while not self._ended.wait(BEAT_S):
+    def _beat_on(self) -> None:
+        """Renew every BEAT_S until the actor holds nothing of ours and nothing is held here."""
+        while not threading.Event().wait(BEAT_S):
             with self._lock:
                 version, views = self._version, [c.view() for c in self._held]
-            if views or not self._told_empty:
-                self._tell(version, views)
+                if not views and self._told == (version, True):
+                    self._beat = None
+                    return
+            self._tell(version, views)

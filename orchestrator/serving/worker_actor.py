@@ -40,6 +40,13 @@ RESOURCE_SHARE = 0.01  # of a node's custom resource per worker: up to 100 worke
 # Calls run on threads so /health (resident) answers while a long generate holds the device;
 # the DeviceWorker's lock still lets only one call touch the backends at a time.
 MAX_CONCURRENCY = 16
+# Claims, status reads and the probe run on threads of their own: generations and waits parked
+# on the device must not keep a batch from renewing its claims (they would lapse, and its models
+# be evicted), nor a new proxy's probe or /health from being answered
+CONTROL_GROUP, CONTROL_THREADS = "control", 4
+# The calls an actor answers, recorded with its settings: raised when a release adds calls (2:
+# the claims), so an actor a previous release made is made anew rather than refuse them.
+ACTOR_PROTOCOL = 2
 # Backend members a remote proxy may reach; everything else stays inside the actor.
 BACKEND_MEMBERS = frozenset({"validate", "is_loaded", "loads", "memory_bytes"})
 
@@ -77,6 +84,7 @@ class WorkerActor:
         self.load_times = LoadTimes()
         self.worker = DeviceWorker(device, memory_budget_bytes, factory, self.load_times)
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def resident(self) -> set[str]:
         return self.worker.resident()
 
@@ -103,16 +111,18 @@ class WorkerActor:
         value = getattr(self.worker.backend(base), member)
         return value() if callable(value) else value
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def hold_claims(self, owner: str, version: int, views: Sequence[View], lease_s: float) -> None:
         """A process's running batches' claims here (serving.remote_claims): its loads and every
         other process's spare what they still need."""
         claims(self.worker).hold(owner, version, views, lease_s)
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def claims_needed(self) -> set[str]:
         return claims(self.worker).needed()
 
-    def wait_unneeded(self, key: str) -> None:
-        claims(self.worker).wait_unneeded(key)
+    def wait_unneeded(self, key: str, timeout: float) -> bool:
+        return claims(self.worker).wait_unneeded(key, timeout)
 
     def unload(self, key: str) -> None:
         self.worker.unload(key)
@@ -123,22 +133,28 @@ class WorkerActor:
     def shutdown(self) -> None:
         self.worker.shutdown()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def total_loads(self) -> int:
         return self.worker.total_loads()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def loads_by_model(self) -> dict[str, int]:
         return self.worker.loads_by_model()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def timeline(self) -> list[tuple[float, str, str]]:
         return self.worker.timeline()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def residency_counts(self) -> dict[str, tuple[int, int]]:
         return self.worker.residency_counts()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def load_seconds(self) -> Snapshot:
         """Each model's load durations since the actor started, as histogram buckets."""
         return self.load_times.snapshot()
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def info(self) -> dict[str, Any]:
         return {"device": self.worker.name, "memory_budget": self.worker.memory_budget, "pid": os.getpid()}
 
@@ -187,7 +203,8 @@ def _spawn(worker: WorkerSpec, memory_budget_bytes: int, factory: BackendFactory
     placement: dict[str, Any] = {}
     if node is not None:
         placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    handle = ray.remote(WorkerActor).options(
+    remote = cast(Any, ray.remote)  # typed without the concurrency_groups it takes
+    handle = remote(concurrency_groups={CONTROL_GROUP: CONTROL_THREADS})(WorkerActor).options(
         name=actor_name(worker.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=worker.cpus, num_gpus=worker.gpus, resources=resources, max_concurrency=MAX_CONCURRENCY,
         max_restarts=-1, max_task_retries=0, **placement,
@@ -221,7 +238,8 @@ def configuration(worker: WorkerSpec, memory_budget_bytes: int, factory: Backend
     A pinned worker's node is part of it: an actor made on another node (by a release that did
     not pin it, or for a service that ran elsewhere) is made anew on this one. A worker Ray
     places records no node, so replicas on different nodes read its settings alike."""
-    made = {"worker": worker.model_dump(), "memory_budget": memory_budget_bytes, "backends": _described(factory)}
+    made = {"worker": worker.model_dump(), "memory_budget": memory_budget_bytes, "backends": _described(factory),
+            "protocol": ACTOR_PROTOCOL}
     if node is not None:
         made["node"] = node
     return json.dumps(made, sort_keys=True, default=str)

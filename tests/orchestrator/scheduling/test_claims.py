@@ -3,13 +3,28 @@ actor. Held as a whole set per process, the newest version kept, for a lease it 
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec
 from orchestrator.scheduling.claims import Claims
 from orchestrator.scheduling.worker import DeviceWorker, claims
 
 MB = 100 * 2**20
+WAIT_S = 30.0
 A, B, C, D = (BaseModelSpec(kind="mock", source=s) for s in "abcd")
+
+
+def until(check: Callable[[], bool]) -> bool:
+    """Whether `check` holds within WAIT_S (polled: a thread's progress has no event to wait on)."""
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class Clock:
@@ -45,3 +60,55 @@ def test_a_load_spares_what_another_process_s_batch_still_needs() -> None:
     claims(worker).hold("replica-1", 1, [(frozenset({A.key, B.key}), A.key)], lease_s=60)
     worker.ensure_loaded(C)
     assert worker.resident() == {A.key, B.key, C.key}
+
+
+def test_a_lapsed_process_s_late_tell_does_not_bring_its_claims_back() -> None:
+    """Its entry was dropped with its version: a tell queued on a busy actor, arriving after the
+    lapse, stood for another lease though the process had since told it held nothing."""
+    clock = Clock()
+    held = Claims(clock=clock)
+    held.hold("replica-1", 6, [], lease_s=60)  # its batch ended: told it holds nothing
+    clock.now = 61.0
+    assert held.needed() == set()
+    held.hold("replica-1", 5, [(frozenset({"a"}), "a")], lease_s=60)  # sent before, came late
+    assert held.needed() == set()
+
+
+def test_a_load_waiting_on_a_stage_of_a_process_that_died_goes_on_once_its_lease_lapses() -> None:
+    """A lapsing claim wakes no one: the load waited out all of STAGE_WAIT_S (30 s)."""
+    clock = Clock()
+    worker = DeviceWorker("cpu", MB, lambda s: MockBackend(s.key, MB))
+    worker._claims = Claims(worker.lock, clock)  # the worker's own, on a clock the test moves
+    worker.ensure_loaded(A)
+    claims(worker).hold("replica-1", 1, [(frozenset({A.key}), A.key)], lease_s=60)  # generating on A
+    load = threading.Thread(target=worker.ensure_loaded, args=(B,), daemon=True)
+    load.start()
+    assert until(lambda: claims(worker)._waiting == 1)  # it waits for A's stage
+    clock.now = 61.0  # the replica died mid-stage: no tell renews it
+    load.join(WAIT_S / 3)
+    assert not load.is_alive() and worker.resident() == {B.key}
+
+
+def test_a_tell_does_not_wait_out_a_generation_while_a_load_waits() -> None:
+    """The actor's notify took the device lock, held through a whole chunk: each tell (a replica's
+    stage change) waited for it, parking the actor's thread and the replica's batch."""
+    worker = DeviceWorker("cpu", MB, lambda s: MockBackend(s.key, MB))
+    worker.ensure_loaded(A)
+    claims(worker).hold("replica-1", 1, [(frozenset({A.key}), A.key)], lease_s=60)
+    threading.Thread(target=worker.ensure_loaded, args=(B,), daemon=True).start()
+    assert until(lambda: claims(worker)._waiting == 1)
+    generating, done = threading.Event(), threading.Event()
+
+    def generate() -> None:  # holds the device as a chunk does
+        with worker.lock:
+            generating.set()
+            done.wait(WAIT_S)
+
+    threading.Thread(target=generate, daemon=True).start()
+    assert generating.wait(WAIT_S)
+    tell = threading.Thread(target=claims(worker).hold, args=("replica-2", 1, [], 60.0), daemon=True)
+    tell.start()
+    tell.join(WAIT_S / 3)
+    told = not tell.is_alive()
+    done.set()
+    assert told

@@ -15,10 +15,9 @@ from experts.workers import WorkerSpec
 from orchestrator.scheduling.executor import execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import claims
+from orchestrator.serving.remote_claims import RemoteClaims
 from orchestrator.serving.remote_worker import RemoteWorker
-from orchestrator.serving.worker_actor import spawn
-
-pytestmark = pytest.mark.slow
+from orchestrator.serving.worker_actor import MAX_CONCURRENCY, spawn
 
 MB = 100 * 2**20
 WAIT_S = 30.0
@@ -43,6 +42,7 @@ def replicas(local_ray: None) -> Iterator[tuple[RemoteWorker, RemoteWorker]]:
     ray.kill(actor)
 
 
+@pytest.mark.slow
 def test_another_replica_s_load_spares_the_later_stage_of_a_running_batch(replicas) -> None:
     mine, other = replicas
     for base in (B, D, A):
@@ -58,6 +58,7 @@ def test_another_replica_s_load_spares_the_later_stage_of_a_running_batch(replic
     assert mine.resident() == {A.key, B.key, C.key}
 
 
+@pytest.mark.slow
 def test_another_replica_sees_a_running_batch_s_claims_and_waits_them_out(replicas) -> None:
     """ExpertService releases a removed expert's model once no batch on the worker needs it
     (`claims(worker).needed()`, `wait_unneeded`), whichever replica runs the batch."""
@@ -78,3 +79,33 @@ def test_another_replica_sees_a_running_batch_s_claims_and_waits_them_out(replic
     waiting.join(WAIT_S)
     assert released.is_set() and seen == [{A.key, B.key}, {B.key}]
     assert claims(other).needed() == set()
+
+
+@pytest.mark.slow
+def test_claims_are_told_while_every_thread_of_the_actor_is_parked(replicas) -> None:
+    """Releases waiting for a model (and generations queued on the device) held all of the
+    actor's threads: a batch's tells and beats found none, its lease lapsed, and the models it
+    still needed were freed under it. Claims calls have threads of their own."""
+    mine, other = replicas
+    with claims(mine).claim([A.key]) as held:
+        held.stage(A.key)
+        parked = [mine.actor.wait_unneeded.remote(A.key, WAIT_S) for _ in range(MAX_CONCURRENCY)]
+        with claims(other).claim([B.key]):
+            assert claims(other).needed() == {A.key, B.key}
+    assert all(ray.get(parked, timeout=WAIT_S))  # each wait ended with the claim
+
+
+class OldActor:
+    """An actor made by a release without claims (reused while its settings are unchanged)."""
+
+    name = "old"
+
+    def ask(self, method: str, *args: object, timeout: float | None = None) -> object:
+        raise AttributeError(f"'ActorHandle' object has no attribute {method!r}")
+
+
+def test_a_worker_that_cannot_take_claims_fails_no_batch() -> None:
+    """The tell's AttributeError failed every batch on it: claims only spare models."""
+    with RemoteClaims(OldActor()).claim([A.key, B.key]) as held:
+        held.stage(A.key)
+        held.stage(B.key)
