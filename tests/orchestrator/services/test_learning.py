@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask, NoExperts, QueryBudget
+from orchestrator.routing.knn_router import KnnRouter
 from orchestrator.routing.learning import Lesson
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
@@ -67,10 +69,15 @@ def test_a_competition_teaches_the_router_and_a_restart_keeps_it(competing, tmp_
     metrics = client.get("/metrics").text
     assert 'skillroute_lessons_total{source="competition"} 1.0' in metrics
     assert all(f'skillroute_expert_evidence{{expert="{n}"}} {c.pool.evidence_counts()[n]}.0' in metrics for n in counts)
+    refit = KnnRouter(c.pool.snapshot.evidence)  # a start fits the router's parameters afresh, on all it stored
     client.close()
     restarted = service(tmp_path, embedder, rate=0.0)
-    with TestClient(create_app(restarted, owns_container=True)) as again:
-        assert estimates(again) == pytest.approx(learned)  # the lesson came back from the store
+    with TestClient(create_app(restarted, owns_container=True)):
+        assert restarted.pool.evidence_counts() == c.pool.evidence_counts()  # the lesson came back from the store
+        router = restarted.pool.snapshot.router
+        assert isinstance(router, KnnRouter) and router.params == refit.params
+        probe = np.asarray(refit.memory.emb[:3])
+        assert router.estimate(probe) == pytest.approx(refit.estimate(probe))
 
 
 def test_by_default_a_consensus_competition_waits_for_feedback_to_teach(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
