@@ -3,8 +3,8 @@
 The core (budgets, admission, calibration) asks these questions of every expert alike instead
 of testing for particular kinds: where an expert runs when its placement names no device,
 whether each expert of the kind has a device of its own, whether its reply times are this
-machine's compute, what kind of worker it computes on, what a reply costs in output tokens, and
-whether it can answer a prompt.
+machine's compute and each reply's own (not its batch's), what kind of worker it computes on,
+what a reply costs in output tokens, and whether it can answer a prompt.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class BackendTraits:
     default_device: str = LOCAL_DEVICE  # a device of the device profiles
     own_device: bool = False  # every expert of the kind runs on servers of its own (never shares)
     computes_here: bool = False  # its reply times are this machine's compute (calibrates local-cpu)
+    # a reply's time is its whole generate call's (a batch decoded together): not what it alone
+    # took, so it teaches no latency (a short reply batched with a long one took the long one's)
+    batch_timed: bool = False
     fixed_output_tokens: int | None = None  # a reply's cost whatever the limit (a recorded one)
     # replies are looked up, not computed: a generate call may hold this many requests (sized for
     # the trip to a worker actor, not for compute); None: chunks bounded by predicted tokens
@@ -43,7 +46,7 @@ class BackendTraits:
 
 _TRAITS = {
     "llamacpp": BackendTraits(computes_here=True, compute="cpu"),
-    "vllm": BackendTraits(computes_here=True, compute="gpu"),
+    "vllm": BackendTraits(computes_here=True, compute="gpu", batch_timed=True),
     "openai": BackendTraits(),  # another server's compute, placed where its placement says
     "mock": BackendTraits(),
     # a recorded real model: costed on the server its size needs, one per expert

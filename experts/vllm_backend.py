@@ -339,7 +339,8 @@ class VLLMBackend:
             elapsed = time.perf_counter() - started
         if len(outputs) != len(requests):
             raise BackendError(f"{self.base_model_key}: {len(requests)} requests, {len(outputs)} outputs")
-        # The batch ran as one; each request's latency is the batch's wall time.
+        # The batch ran as one; each request's latency is the batch's wall time (so the planner
+        # learns none of them: `traits.BackendTraits.batch_timed`).
         return [_to_generation(r.request_id, o, elapsed) for r, o in zip(requests, outputs, strict=True)]
 
 

@@ -23,9 +23,10 @@ machine's CPU for the models we run; a recorded model's H100 servers of its own,
 backend costs its replies). Experts on one
 device share it: on the embedded pool every expert runs on this CPU, so a subset's latency is
 the sum of its members' plus aggregation (`_limits`). This CPU is shared with other work,
-so its profile is scaled online by what the service's own recent llama.cpp/vLLM generations
+so its profile is scaled online by what the service's own recent llama.cpp generations
 took against their prediction (`experts.calibration.Slowdown`, a high quantile): each base
-model's own once it has replied a few times, the device's until then.
+model's own once it has replied a few times, the device's until then. vLLM's replies teach it
+nothing: each is given its whole batch's wall time (`BackendTraits.batch_timed`).
 
 Measured cost: the wall time of the expert and aggregation stages, and energy as the local
 CPU profile's `power_w` x that time: an estimate, since no power counters are readable here.
@@ -299,7 +300,10 @@ def vote_quality(cands: Sequence[Candidate], scores: Sequence[ExpertScore]) -> Q
 
 
 def _computed_here(spec: ExpertSpec, where: Site) -> bool:
-    return where.device == LOCAL_DEVICE and traits(spec.base).computes_here
+    """Whether a reply's time is this machine's compute for that reply alone: a batch's wall
+    time (`batch_timed`) given to each of its replies would scale every reply to the longest."""
+    t = traits(spec.base)
+    return where.device == LOCAL_DEVICE and t.computes_here and not t.batch_timed
 
 
 def _quality(scores: Sequence[ExpertScore], calibrated: bool) -> dict[str, float]:

@@ -1,11 +1,12 @@
 """Whether a stand-in keeps a budgeted query within its budget.
 
 When a recruited expert fails, the next-ranked one may stand in. Under a budget it must keep
-the whole query within it, not only fit alone: it runs beside the experts still answering
-(latencies add on a shared device) and after the one it replaces has failed, which at worst is
-at the end of that one's predicted time, counted from when that one started (a stand-in for a
-stand-in starts after both; on one device its time is in the device's turn anyway), and never
-before now: the time the query has already taken (a queue, a timeout) is spent.
+the whole query within it, not only fit alone: it runs beside the experts still answering, and
+after the one it replaces has failed, which at worst is at the end of that one's predicted
+time, counted from when that one started (a stand-in for a stand-in starts after both), and
+never before now: the time the query has already taken (a queue, a timeout) is spent. Each
+device runs its experts one after another, each no earlier than it may start (`_finish`): the
+wait for a failure on another device overlaps what this one is running, and is counted once.
 Every expert tried keeps its charge (a failed one spent its energy), and the aggregation costs
 what the plan said (a stand-in replaces one answer with one, so the answers to aggregate do not
 grow).
@@ -13,7 +14,8 @@ grow).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 
 from orchestrator.budgets._limits import device_groups, members_latency
 from orchestrator.domain import BudgetCandidate, BudgetRecord
@@ -33,24 +35,38 @@ def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, sta
                   started: Mapping[str, float] | None = None, elapsed_s: float = 0.0) -> tuple[float, float]:
     """Predicted (latency_s, energy_j) of the query once `stand_in` has answered for `replaced`."""
     by_name, starts = {c.expert: c for c in record.candidates}, dict(started or {})
-    starts[stand_in] = stand_in_start(record, replaced, stand_in, started)
+    # it starts now at the earliest: what the query has taken so far is spent
+    starts[stand_in] = max(stand_in_start(record, replaced, stand_in, started), elapsed_s)
     members = [by_name[n] for n in dict.fromkeys([*tried, stand_in])]
-    lat = [c.latency_s + starts.get(c.expert, 0.0) for c in members]
     agg_latency, agg_energy = _aggregation(record, by_name)
-    latency = members_latency(range(len(members)), lat, device_groups([c.device for c in members]))
-    latency = max(latency, elapsed_s + by_name[stand_in].latency_s)  # it starts now at the earliest
-    return latency + agg_latency, sum(c.energy_j for c in members) + agg_energy
+    return _finish(members, starts) + agg_latency, sum(c.energy_j for c in members) + agg_energy
 
 
 def stand_in_start(record: BudgetRecord, replaced: str, stand_in: str,
                    started: Mapping[str, float] | None = None) -> float:
     """When the stand-in may start, at worst: once the replaced expert has failed, at the end of
-    its predicted time from its own start (a stand-in's is late too). On the same device that
-    time is already in the device's sum (its runs are in turn)."""
-    by_name = {c.expert: c for c in record.candidates}
-    before, after = by_name[replaced], by_name[stand_in]
-    shared = before.device is not None and before.device == after.device
-    return (started or {}).get(replaced, 0.0) + (0.0 if shared else before.latency_s)
+    its predicted time from its own start (a stand-in's is late too). Whether the stand-in's
+    device is free by then is `_finish`'s to say, so a shared device adds nothing here."""
+    before = next(c for c in record.candidates if c.expert == replaced)
+    return (started or {}).get(replaced, 0.0) + before.latency_s
+
+
+def _finish(members: Sequence[BudgetCandidate], starts: Mapping[str, float]) -> float:
+    """When the last of `members` ends: each device runs its own in turn, in the order they may
+    start, none before its start (`starts`; absent: 0). An expert with no device has one alone."""
+    queues = defaultdict[tuple[bool, str], list[tuple[float, float]]](list)
+    for c in members:
+        device = (c.device is None, c.expert if c.device is None else c.device)
+        queues[device].append((starts.get(c.expert, 0.0), c.latency_s))
+    return max((_drained(runs) for runs in queues.values()), default=0.0)
+
+
+def _drained(runs: Iterable[tuple[float, float]]) -> float:
+    """When one device has run every (start, latency) run, idle only while none may start."""
+    t = 0.0
+    for start, latency in sorted(runs):
+        t = max(t, start) + latency
+    return t
 
 
 def _aggregation(record: BudgetRecord, by_name: dict[str, BudgetCandidate]) -> tuple[float, float]:

@@ -56,3 +56,31 @@ def test_a_stand_in_never_starts_before_now() -> None:
     assert stand_in_fits(r, ["alpha"], "alpha", "beta", elapsed_s=1.5)
     assert stand_in_cost(r, ["alpha"], "alpha", "beta", elapsed_s=6.0) == pytest.approx((7.0, 10.0))
     assert not stand_in_fits(r, ["alpha"], "alpha", "beta", elapsed_s=6.0)
+
+
+def test_a_stand_in_for_a_stand_in_on_one_device_waits_once_for_the_first_failure() -> None:
+    """a (4 s on x) fails; b (on y) stands in from 4 s and fails at 8 s; c (also on y) stands in
+    and ends at 12 s. a's 4 s was counted twice (16 s), refusing c under a 12.5 s budget."""
+    r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "y"), ("c", 4.0, 1.0, "y")], ["a"], latency_s=4.0,
+               energy_j=1.0, budget_ms=12_500)
+    started = {"b": stand_in_start(r, "a", "b")}
+    assert stand_in_start(r, "b", "c", started) == pytest.approx(8.0)
+    assert stand_in_cost(r, ["a", "b"], "b", "c", started) == pytest.approx((12.0, 3.0))
+    assert stand_in_fits(r, ["a", "b"], "b", "c", started)
+
+
+def test_the_wait_for_a_failure_elsewhere_overlaps_the_stand_ins_device_running_the_plan() -> None:
+    """Plan {a on x, b on y}, 4 s each; a fails at 4 s and c (4 s, y) stands in: y ran b over
+    0-4 s, so c runs over 4-8 s. The wait was added to y's whole turn (12 s)."""
+    r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "y"), ("c", 4.0, 1.0, "y")], ["a", "b"], latency_s=4.0,
+               energy_j=2.0, budget_ms=9_000)
+    assert stand_in_cost(r, ["a", "b"], "a", "c") == pytest.approx((8.0, 3.0))
+    assert stand_in_fits(r, ["a", "b"], "a", "c")
+
+
+def test_a_stand_in_that_may_start_now_still_waits_for_its_devices_turn() -> None:
+    """The query is 6 s in; y runs b over 0-10 s, so c (4 s, y) ends at 14 s, not at 6 + 4 s."""
+    r = record([("a", 4.0, 1.0, "x"), ("b", 10.0, 1.0, "y"), ("c", 4.0, 1.0, "y")], ["a", "b"], latency_s=10.0,
+               energy_j=2.0)
+    assert stand_in_cost(r, ["a", "b"], "a", "c", elapsed_s=6.0) == pytest.approx((14.0, 3.0))
+    assert stand_in_cost(r, ["a", "b"], "a", "c", elapsed_s=12.0) == pytest.approx((16.0, 3.0))

@@ -203,10 +203,11 @@ def test_auto_aggregation_votes_on_lettered_answers_and_asks_the_aggregator_othe
 
 def test_under_a_budget_a_stand_in_must_keep_the_whole_query_within_it(service) -> None:  # type: ignore[no-untyped-def]
     """beta fails. gamma (0.9 s) fits the 1.6 s budget alone, but starts only once beta has
-    failed (1.0 s); delta would run after alpha on w1. Neither keeps the query within 1.6 s, so
-    none stands in, where before gamma did, for 1.9 s."""
+    failed (1.0 s); delta would run after alpha on w1 (the wait for beta overlapping alpha's
+    run: 1.7 s). Neither keeps the query within 1.6 s, so none stands in, where before gamma
+    did, for 1.9 s."""
     c, _ = service
-    costs = {"alpha": (1.0, "w1"), "beta": (1.0, "w2"), "gamma": (0.9, "w3"), "delta": (0.5, "w1")}
+    costs = {"alpha": (1.0, "w1"), "beta": (1.0, "w2"), "gamma": (0.9, "w3"), "delta": (0.7, "w1")}
     cands = [BudgetCandidate(expert=n, quality=0.5, latency_s=lat, energy_j=1.0, device=d)
              for n, (lat, d) in costs.items()]
     budget = BudgetRecord(latency_ms=1600, energy_j=None, k_max=2, from_key=[], chosen=["alpha", "beta"],
