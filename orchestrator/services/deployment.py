@@ -88,11 +88,19 @@ def fail_misplaced(db: Database, deployment: Deployment, spared: Collection[str]
             try:
                 deployment.check(ExpertSpec.model_validate(row.spec))
             except Unprocessable as exc:
-                repo.set_status(row.id, "failed", f"{exc}: PATCH its placement with enabled true, or remove it")
+                _fail(repo, row.id, f"{exc}: PATCH its placement with enabled true, or remove it")
                 failed.append(row.name)
     if failed:
         log.warning("experts placed where this deployment has nothing to run them failed: %s", ", ".join(failed))
     return failed
+
+
+def _fail(repo: ExpertRepository, expert_id: int, error: str) -> None:
+    """Failed whatever its status, a disabled one too: `set_status` keeps a user's disable, but a
+    disabled expert is still placed (an unknown worker stopped the start all the same) and
+    enabling it brought it back on a device nothing can cost, failing the queries it joined."""
+    repo.set_lifecycle(expert_id, "failed")  # the user's act, overruled: nothing can run it here
+    repo.set_status(expert_id, "failed", error)  # and why, which a lifecycle change clears
 
 
 __all__ = ["Deployment", "PlacementError", "fail_misplaced"]

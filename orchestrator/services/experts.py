@@ -174,9 +174,11 @@ class ExpertService:
         if persona and expert_id in self._in_flight:
             raise Conflict(f"expert {row.name!r} is being profiled now; change its persona once that is done", "id")
         moved = new.placement != old.placement
-        if moved:
-            self.pool.deployment.check(new)
         status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona)
+        # any status but failed is placed, and routed once enabled: enabled on a device the deployment lacks
+        # (dropped from its devices file since), its queries were 500s, and those it joined failed whole
+        if moved or status != "failed":
+            self.pool.deployment.check(new)
         return _Plan(row, old, new, persona, moved, status, profile)
 
     def remove(self, expert_id: int) -> Expert:
