@@ -32,6 +32,7 @@ from experts.backend import BackendError, ModelSourceError
 from experts.cost_model import ModelCost, approx_prompt_tokens, model_cost
 from experts.devices import CostEstimate
 from experts.prompt_text import strip_label, strip_options
+from experts.replay_ids import recorded_id
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 
 QUESTIONS_FILE = "questions.jsonl"
@@ -91,7 +92,7 @@ def _question(row: dict[str, object]) -> RecordedQuestion:
     if not isinstance(options, list | tuple):
         raise TypeError("options must be a list")
     return RecordedQuestion(
-        question_id=str(row["question_id"]),
+        question_id=recorded_id(row["question_id"]),  # refused past what the store keeps
         category=str(row.get("category") or "unknown").strip().lower(),
         question=str(row["question"]),
         options=tuple(str(o) for o in options),
