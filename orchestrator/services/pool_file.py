@@ -14,7 +14,8 @@ cannot tell the file's old experts from the API's, so they are kept and logged.
 
 An expert whose base model changed under the same name is refused with the start: a name is
 never reused, so the stored queries and lessons that name it stay that model's. So is one the
-service refuses (a model that will not load, a worker the deployment lacks), named as the file's.
+service refuses (a model that will not load, a worker or device the deployment lacks: checked at
+every start, as a devices file may drop one the file still names), named as the file's.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def sync_pool_file(experts: ExpertService, db: Database, specs: Sequence[ExpertS
     earlier, retired, disabled = (set(state.get(k, [])) for k in ("experts", "retired", "disabled"))
     deleted = {n for n, r in rows.items() if r.status == "removed" and n not in retired}  # over the API
     changes = {s.name: spec_changes(rows[s.name], s) for s in specs if s.name in rows and s.name not in deleted}
+    for spec in (s for s in specs if s.name in changes and not changes[s.name]):
+        with _refused(spec.name):  # unchanged, nothing else checks it against this deployment
+            experts.pool.deployment.check(spec)
     named = {s.name for s in specs}
     added = [_register(experts, db, s) for s in specs if s.name not in rows]
     for name in (n for n in changes if rows[n].status == "removed"):

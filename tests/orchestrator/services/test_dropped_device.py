@@ -17,6 +17,7 @@ from orchestrator.domain import Ask, QueryBudget
 from orchestrator.scheduling.worker import DeviceWorker
 from orchestrator.services.errors import Unprocessable
 from orchestrator.services.expert_changes import ExpertChange
+from orchestrator.services.pool_file import PoolFileConflict
 from orchestrator.settings import BudgetSettings, DatabaseSettings
 from orchestrator.store.repositories.experts import ExpertRepository
 from skills.embedder import Embedder
@@ -118,3 +119,22 @@ def test_a_disabled_expert_on_a_dropped_worker_fails_and_the_rest_start(tmp_path
         assert c.pool.placement() == {"alpha": "cpu"}
     finally:
         c.close()
+
+
+def test_a_pool_file_s_expert_on_a_dropped_device_stops_the_start_naming_it(
+        tmp_path: Path, database: DatabaseSettings, embedder: Embedder) -> None:
+    """Unchanged in the file, it was neither registered nor changed, so nothing checked it: the
+    start served it ready on a device nothing can cost, and the queries it joined failed whole."""
+    pool = small_pool([mock_expert("alpha", "m1"), EDGE])
+    for dropped in (None, "jetson-agx-orin"):
+        settings = quiet_settings(tmp_path / "data", database=database,
+                                  budgets=BudgetSettings(devices_file=_devices(tmp_path, dropped)))
+        c = SkillRoute(settings, pool, factory=mock_or_real, embedder=embedder)
+        try:
+            if dropped is None:
+                c.bootstrap()
+                continue
+            with pytest.raises(PoolFileConflict, match="'edge' was refused: .*unknown device 'jetson-agx-orin'"):
+                c.bootstrap()
+        finally:
+            c.close()
