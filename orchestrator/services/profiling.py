@@ -7,6 +7,7 @@ personas share it. Results are stored, so a restart reuses them instead of profi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -19,6 +20,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from experts.replay import normalise_text
+from experts.replay_ids import MAX_QUESTION_ID
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.pipeline.keywords import KeywordReader
@@ -93,10 +95,20 @@ def merge_sources(per_source: Sequence[Sequence[LabelledQuestion]]) -> list[Labe
     for index, questions in enumerate(per_source):
         for q in questions:
             if kept.get(q.id) != q:
-                _keep(kept, dataclasses.replace(q, id=f"{q.id}@{index}") if q.id in kept else q)
+                _keep(kept, dataclasses.replace(q, id=_renamed(q.id, index)) if q.id in kept else q)
     if repeated := sum(map(len, per_source)) - len(kept):
         log.info("profiling set: %d questions given by more than one source are asked once", repeated)
     return list(kept.values())
+
+
+def _renamed(qid: str, index: int) -> str:
+    """`qid@index`, within the store's MAX_QUESTION_ID (a long id's end gives way to a digest
+    of it, so two long ids stay two)."""
+    renamed = f"{qid}@{index}"
+    if len(renamed) <= MAX_QUESTION_ID:
+        return renamed
+    tail = f"~{hashlib.sha256(qid.encode()).hexdigest()[:12]}@{index}"
+    return qid[:MAX_QUESTION_ID - len(tail)] + tail
 
 
 def _keep(kept: dict[str, LabelledQuestion], q: LabelledQuestion) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from experts.replay_ids import MAX_QUESTION_ID
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, MMLUProSource, PoolConfig, ValidationConfig, ValidationSource
 from orchestrator.services.profiling import load_source, merge_sources
@@ -119,3 +120,11 @@ def test_a_question_repeated_under_a_later_id_is_asked_once_as_its_first_copy(tm
     assert [q.id for q in load_source(MMLUProSource(path=folder), seed=0)] == ["1", "2", "4"]
     drawn = [load_source(MMLUProSource(path=folder, limit=2), seed=s) for s in range(8)]
     assert all("3" not in {q.id for q in d} and len(d) == 2 for d in drawn)
+
+
+def test_a_long_id_taken_by_another_source_is_renamed_within_what_the_store_keeps() -> None:
+    """`id@index` past 128 characters failed the start on PostgreSQL (varchar(128))."""
+    long_id = "q" * MAX_QUESTION_ID
+    first, second = (LabelledQuestion(long_id, text, ("yes", "no"), "A", "maths") for text in ("One?", "Two?"))
+    ids = [q.id for q in merge_sources([[first], [second]])]
+    assert ids[0] == long_id and ids[1].endswith("@1") and len(ids[1]) == MAX_QUESTION_ID
