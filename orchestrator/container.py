@@ -236,7 +236,7 @@ class SkillRoute:
 
     def _any_ready(self) -> bool:
         with self.db.session() as s:
-            return bool(ExpertRepository(s).list(status="ready"))
+            return bool(ExpertRepository(s).list(status="ready", profiles=False))
 
     def _profiling_progress(self, progress: Progress | None) -> Progress:
         def report(done: int, total: int) -> None:

@@ -44,7 +44,8 @@ def list_experts(c: Container, with_profile: bool = False) -> list[ExpertOut]:
     `?with_profile=true` each with its profile, as GET /v1/experts/{id} shows it (one request,
     where one per expert could run into a key's rate limit)."""
     where = c.pool.placement()
-    return [ExpertOut.from_row(e, with_profile=with_profile, worker=where.get(e.name)) for e in c.experts.all()]
+    rows = c.experts.all(profiles=with_profile)
+    return [ExpertOut.from_row(e, with_profile=with_profile, worker=where.get(e.name)) for e in rows]
 
 
 @router.get("/{expert_id}", response_model=ExpertOut)

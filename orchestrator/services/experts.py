@@ -110,7 +110,7 @@ class ExpertService:
         first's (a 512-token window serving prompts checked against 32,768). So is a removed
         expert's model whose unload still waits: the new expert would run on it and keep it."""
         with self.db.session() as s:
-            rows = [r for r in ExpertRepository(s).list() if r.base_model_key == spec.base.key]
+            rows = [r for r in ExpertRepository(s).list(profiles=False) if r.base_model_key == spec.base.key]
         held = [(r, ExpertSpec.model_validate(r.spec)) for r in rows if r.status != "removed" or self._unloading(r)]
         row, other = next(((r, p) for r, p in held if p.base.n_ctx != spec.base.n_ctx), (None, None))
         if row is None or other is None:
@@ -214,9 +214,9 @@ class ExpertService:
             self.pool.refresh()
         return self.get(expert_id)
 
-    def all(self) -> Sequence[Expert]:
+    def all(self, profiles: bool = True) -> Sequence[Expert]:
         with self.db.session() as s:
-            return ExpertRepository(s).list()
+            return ExpertRepository(s).list(profiles=profiles)
 
     def get(self, expert_id: int) -> Expert:
         with self.db.session() as s:
@@ -343,7 +343,8 @@ class ExpertService:
         """The workers holding the model where no remaining expert over it runs."""
         placement = self.pool.placement()
         with self.db.session() as s:
-            users = [r.name for r in ExpertRepository(s).list() if r.base_model_key == key and r.name in placement]
+            users = [r.name for r in ExpertRepository(s).list(profiles=False)
+                     if r.base_model_key == key and r.name in placement]
         needed = {placement[n] for n in users}
         # a worker that cannot answer holds nothing to free; a running batch may load it yet
         held, _ = self.fleet.each(lambda w: w.resident() | claims(w).needed())

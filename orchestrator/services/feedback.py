@@ -68,7 +68,8 @@ class FeedbackService:
         with self.db.session() as s:
             row = QueryRepository(s).get(query_id)
             had = bool(row and any(r.source == "feedback" for r in LessonRepository(s).for_query(query_id)))
-            changed = {e.name: e.persona_changed_at for e in ExpertRepository(s).list() if e.persona_changed_at}
+            experts = ExpertRepository(s).list(profiles=False)
+            changed = {e.name: e.persona_changed_at for e in experts if e.persona_changed_at}
         return row, had, changed
 
     def _teach(self, row: Query, decision: Decision, marks: dict[str, bool], letters: dict[str, str | None]) -> bool:

@@ -268,7 +268,7 @@ class PoolState:
         where it changed: planned afresh, registering one expert moved others (loaded again, their
         old copies still resident); stored, so every replica and a restart plan from it alike."""
         with self.db.session() as s:
-            rows = [r for r in ExpertRepository(s).list() if r.status not in ("failed", "removed")]
+            rows = [r for r in ExpertRepository(s).list(profiles=False) if r.status not in ("failed", "removed")]
             specs = {r.name: ExpertSpec.model_validate(r.spec) for r in rows}
             before = StateRepository(s).get(PLACEMENT_KEY) or {}
         if extra is not None:

@@ -49,7 +49,8 @@ def _local_by_base(db: Database, planner: BudgetPlanner, placement: Mapping[str,
     """The placed experts whose replies teach the planner, at their sites, grouped by base
     model: the planner's correction is per base model, so its window spans that model's experts."""
     with db.session() as s:
-        rows = [(r.id, ExpertSpec.model_validate(r.spec)) for r in ExpertRepository(s).list() if r.name in placement]
+        stored = ExpertRepository(s).list(profiles=False)
+        rows = [(r.id, ExpertSpec.model_validate(r.spec)) for r in stored if r.name in placement]
     by_base = defaultdict[str, list[Placed]](list)
     for row_id, spec in rows:
         where = site(spec, workers.get(placement[spec.name]))

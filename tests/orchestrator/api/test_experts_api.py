@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from sqlalchemy import event
 
 
 def count(client) -> int:
@@ -180,3 +181,23 @@ def test_a_server_url_with_credentials_is_422_and_stores_nothing(client, source)
     assert r.status_code == 422 and "credentials" in error["message"]
     assert "SKILLROUTE_OPENAI_API_KEY" in error["message"]
     assert "S3CRET" not in r.text and count(client) == before
+
+
+def test_listing_experts_reads_their_skill_rows_only_for_their_profiles(client, container):
+    """Every skill row of every expert was loaded for every list (and every placement plan, and
+    /ready): 5.9 s for 3,000 experts of 57 skills, against 0.3 s without them."""
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *_) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(container.db.engine, "before_cursor_execute", seen)
+    try:
+        plain = client.get("/v1/experts").json()
+        reads = len(statements)
+        profiled = client.get("/v1/experts?with_profile=true").json()
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", seen)
+    assert not any("skill_scores" in s for s in statements[:reads])
+    assert any("skill_scores" in s for s in statements[reads:])
+    assert all(e["profile"] is None for e in plain) and any(e["profile"] for e in profiled)
