@@ -27,7 +27,10 @@ from orchestrator.probe import Probe
 log = logging.getLogger(__name__)
 Counts = Callable[[], Mapping[str, tuple[int, int]]]
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# up to an hour: a latency budget may be (the API's limit), a generation may run to its expert's
+# timeout_s (as long; none by default) and a model of unknown size is predicted at ~650 s. Past the
+# top bound a value counts in +Inf alone, which histogram_quantile reads as that bound (p95 of 300).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ENERGY_BUCKETS = (0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)

@@ -39,20 +39,22 @@ class DashboardRepository:
         """(query time, recruited names) of the newest routed queries `reader` may read, oldest first.
 
         Names stay a JSON list inside the decision record (repeats count), so the shares are
-        summed in Python: JSON arrays do not aggregate the same way in SQLite and Postgres.
+        summed in Python: JSON arrays do not aggregate the same way in SQLite and Postgres. Only
+        that list is read, by a JSON path in SQL: the whole record holds every eligible expert's
+        scores and budgets: 5,000 of them (100 experts) cost ~1.3 s of a ~2 s dashboard poll.
         """
-        stmt = readable_by(select(Query.created_at, RoutingDecision.record).join(RoutingDecision.query), reader)
+        names = RoutingDecision.record["recruited"]  # NULL where the record is no object holding it
+        stmt = readable_by(select(Query.created_at, names).join(RoutingDecision.query), reader)
         if since is not None:
             stmt = stmt.where(Query.created_at >= since)
         rows = self.session.execute(stmt.order_by(Query.id.desc()).limit(limit)).all()
-        return [(t, _recruited(r)) for t, r in reversed(rows)]
+        return [(t, _names(n)) for t, n in reversed(rows)]
 
 
-def _recruited(record: object) -> list[str]:
-    """The recruited names of a stored record; none from one that does not read as a decision
+def _names(recruited: object) -> list[str]:
+    """The names of a stored record's `recruited`; none from one that does not read as a decision
     (another release's): one such row failed the whole dashboard, as `readable_row` avoids."""
-    names = record.get("recruited") if isinstance(record, dict) else None
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return [n for n in recruited if isinstance(n, str)] if isinstance(recruited, list) else []
 
 
 def readable_by(stmt: S, reader: int | None) -> S:
