@@ -98,14 +98,19 @@ class Claims:
         """Return once no running batch needs `key` (they would load it again) and the worker is
         free: True; False if `timeout` passed first (an actor's caller asks again, so no thread of
         the actor is held for as long as a batch runs)."""
-        with self._changed:  # the device lock: the generation under way is waited out too
-            deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # the device lock: the generation under way is waited out too (within `timeout` as well)
+        if not self._changed.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
             while key in self.needed():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._wait_once(lambda needed, _: key in needed, left)
             return True
+        finally:
+            self._changed.release()
 
     def change(self, edit: Callable[[], None], wait: bool = True) -> None:
         """Edit the claims; waiting loads look again. The device lock (held through generations)

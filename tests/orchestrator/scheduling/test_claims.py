@@ -112,3 +112,23 @@ def test_a_tell_does_not_wait_out_a_generation_while_a_load_waits() -> None:
     told = not tell.is_alive()
     done.set()
     assert told
+
+
+def test_a_bounded_wait_for_a_model_to_be_unneeded_is_bounded_by_a_generation_too() -> None:
+    """The wait took the device lock first, for as long as the generation under way held it: an
+    actor's caller, asking in slices, gave up on a busy worker and never freed the model."""
+    worker = DeviceWorker("cpu", MB, lambda s: MockBackend(s.key, MB))
+    generating, done = threading.Event(), threading.Event()
+
+    def generate() -> None:  # holds the device as a chunk does
+        with worker.lock:
+            generating.set()
+            done.wait(WAIT_S)
+
+    threading.Thread(target=generate, daemon=True).start()
+    assert generating.wait(WAIT_S)
+    try:
+        assert claims(worker).wait_unneeded(A.key, timeout=0.05) is False
+    finally:
+        done.set()
+    assert claims(worker).wait_unneeded(A.key, timeout=WAIT_S) is True
