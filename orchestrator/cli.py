@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli_failures import Commands
-from orchestrator.cli_remote import accepted, client, remote_id
+from orchestrator.cli_remote import accepted, client, follow, remote_id
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def experts_add(
     body = {"name": name, "model": {"kind": kind, "source": source, "model": model}, "system_prompt": system_prompt}
     if url:
         with client(url, key) as http:
-            _show_changed(_follow(http, accepted(http.post("/v1/experts", json=body))))
+            _show_changed(_follow(http, accepted(http.post("/v1/experts", json=body)), "registered"))
         return
     spec = _new_expert(body)
     c = _container(pool)
@@ -206,17 +206,13 @@ def _validated(model: type[M], body: dict[str, Any]) -> M:
         raise typer.BadParameter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
 
 
-def _follow(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
-    """The expert once a remote server has profiled it, with its progress shown meanwhile (a
-    bar only while it profiles: an empty "0/?" one read as profiling that never ran)."""
-    import time
-
+def _follow(http: httpx.Client, e: dict[str, Any], was: str) -> dict[str, Any]:
+    """The expert `was` ("registered", "changed") once a remote server has profiled it, with its
+    progress shown meanwhile (a bar only while it profiles: an empty "0/?" one read as profiling
+    that never ran)."""
     if e["status"] == "profiling":
         with progress_bar(f"profiling {e['name']}") as report:
-            while e["status"] == "profiling":
-                report(e["progress"]["done"], e["progress"]["total"] or 1)
-                time.sleep(0.5)  # polling a remote server's progress, not waiting for readiness
-                e = accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
+            e = follow(http, e, report, was)
     return _profiled(http, e)
 
 
@@ -248,7 +244,7 @@ def experts_update(
     if url:
         with client(url, key) as http:
             r = http.patch(f"/v1/experts/{remote_id(http, ref)}", json=body)
-            _show_changed(_follow(http, accepted(r)))
+            _show_changed(_follow(http, accepted(r), "changed"))
         return
     _update_here(ref, body, pool)
 

@@ -7,7 +7,8 @@ mistake, not a bug to show a traceback for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,11 @@ from orchestrator.cli_failures import CliFailure
 
 if TYPE_CHECKING:
     import httpx
+
+POLL_S = 2.0  # 30 polls a minute: twice a second ran a key with a lower per-minute limit into 429s
+RETRY_AFTER_CAP_S = 60.0  # a per-minute limit frees a request within a minute; a longer ask is not waited out
+LIMITED_TRIES = 3  # 429s in a row, each waited out, before following gives up (the change stays accepted)
+pause: Callable[[float], None] = time.sleep  # a module attribute, so tests record the waits instead of waiting
 
 
 @contextmanager
@@ -25,8 +31,11 @@ def client(url: str, key: str | None) -> Iterator[httpx.Client]:
     (no http:// or https://, no host, no port a socket has) or `key` with exit 2."""
     import httpx
 
-    if key is not None and not key.isascii():  # a header is ASCII: httpx raised on building it
-        raise CliFailure("--key: an API key is ASCII (skillroute's are sk-sr-…)", 2)
+    # a header is printable ASCII: httpx raised on a CR (a key read from a CRLF file), which read as
+    # "cannot reach", exit 1; the key is not echoed, it is a secret
+    if key is not None and not (key.isascii() and key.isprintable()):
+        raise CliFailure("--key: an API key is printable ASCII, no control characters (a key read from a file "
+                         "may end in a \\r: strip it); skillroute's are sk-sr-…", 2)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=_checked(url), timeout=120, headers=headers) as http:
@@ -86,3 +95,62 @@ def remote_id(http: httpx.Client, ref: str) -> int:
     if ref.isascii() and ref.isdigit():  # "²" is a digit to isdigit, not to int; the service bounds the id
         return int(ref)
     raise CliFailure(f"no expert named {ref!r}", 2)
+
+
+def follow(http: httpx.Client, e: dict[str, Any], report: Callable[[int, int], None], was: str) -> dict[str, Any]:
+    """`e`, a profiling expert, once it has left `profiling`, its progress reported meanwhile. The
+    change was accepted already: a failure now (429s past LIMITED_TRIES, a lost server) exits 1
+    saying the expert was `was` ("registered", "changed"), not 2 as if the command were refused."""
+    try:
+        return _followed(http, e, report)
+    except CliFailure as exc:
+        raise CliFailure(f"expert {e['name']!r} (id {e['id']}) was {was} and is profiling on the server; "
+                         f"following its progress stopped: {exc.message}", 1) from exc
+
+
+def _followed(http: httpx.Client, e: dict[str, Any], report: Callable[[int, int], None]) -> dict[str, Any]:
+    """Poll every POLL_S until `e` leaves `profiling`; the progress it ended at is reported last,
+    so the bar ends where in-process it does (it stayed at the last poll still profiling)."""
+    while e["status"] == "profiling":
+        report(*_progress(e))
+        pause(POLL_S)  # polling a remote server's progress, not waiting for readiness
+        e = _polled(http, f"/v1/experts/{e['id']}")
+    report(*_progress(e))
+    return e
+
+
+def _progress(e: dict[str, Any]) -> tuple[int, int]:
+    """(done, total) for the bar: all of it once ready; a total of 0 (not known yet) shown as 1."""
+    total = e["progress"]["total"] or 1
+    return (total if e["status"] == "ready" else e["progress"]["done"]), total
+
+
+def _polled(http: httpx.Client, path: str) -> Any:
+    """`accepted(GET path)`, each 429 waited out (its Retry-After) up to LIMITED_TRIES times."""
+    r = _get(http, path)
+    for _ in range(LIMITED_TRIES):
+        if r.status_code != 429:
+            break
+        pause(_retry_after(r))
+        r = _get(http, path)
+    return accepted(r)
+
+
+def _get(http: httpx.Client, path: str) -> httpx.Response:
+    """GET `path`; a transport failure is a CliFailure here, so follow() names the accepted expert."""
+    import httpx
+
+    try:
+        return http.get(path, timeout=30)
+    except httpx.HTTPError as exc:
+        raise CliFailure(f"cannot reach {http.base_url}: {exc}", 1) from exc
+
+
+def _retry_after(r: httpx.Response) -> float:
+    """The seconds a 429 asks to wait, at most RETRY_AFTER_CAP_S; POLL_S where it names none
+    readable (absent, an HTTP date, not a number)."""
+    try:
+        wait = float(r.headers.get("Retry-After", POLL_S))
+    except ValueError:
+        wait = POLL_S
+    return min(wait, RETRY_AFTER_CAP_S) if wait >= 0 else POLL_S  # NaN is not >= 0

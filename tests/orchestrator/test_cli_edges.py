@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertSpec
-from orchestrator import cli
+from orchestrator import cli, cli_remote
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
@@ -107,6 +107,7 @@ def cli_on(c: SkillRoute, entry: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
     printing wide enough to read whole; `c` closed after the test."""
     monkeypatch.setattr(cli, "console", Console(width=250))
     monkeypatch.setattr(cli, entry, lambda pool: c)
+    monkeypatch.setattr(cli_remote, "POLL_S", 0.05)  # a mock profiles at once: 2 s polls only slow the test
     yield c
     c.close()
 

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from orchestrator import cli
+from orchestrator import cli, cli_remote
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.settings import AuthSettings, get_settings
@@ -24,6 +24,7 @@ SliceRecording = Callable[[Path, Sequence[str], int], Path]
 @pytest.fixture
 def wide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "console", Console(width=250))  # tables unwrapped, whatever the terminal
+    monkeypatch.setattr(cli_remote, "POLL_S", 0.05)  # a mock profiles at once: 2 s polls only slow the test
 
 
 @pytest.fixture

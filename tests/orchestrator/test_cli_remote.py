@@ -3,14 +3,18 @@ is: 2 for a --url that names no HTTP server (the argument), 1 for a server that 
 
 from __future__ import annotations
 
+import json
+import socket
 from contextlib import AbstractContextManager, contextmanager
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from rich.console import Console
 from typer.testing import CliRunner
 
-from orchestrator import cli
+from orchestrator import cli, cli_remote
 from orchestrator.api.app import create_app
 from orchestrator.cli import app
 from orchestrator.container import SkillRoute
@@ -25,6 +29,7 @@ def here(container: SkillRoute, monkeypatch: pytest.MonkeyPatch) -> SkillRoute:
     """In-process commands run on the mock pool's container (bootstrapped already)."""
     monkeypatch.setattr(cli, "console", Console(width=250))  # tables unwrapped, whatever the terminal
     monkeypatch.setattr(cli, "_container", lambda pool: container)
+    monkeypatch.setattr(cli_remote, "POLL_S", 0.05)  # a mock profiles at once: 2 s polls only slow the test
     return container
 
 
@@ -87,3 +92,95 @@ def test_a_server_error_is_the_server_failing_one_line_and_exit_1(status: int, b
             r = runner.invoke(app, [*verb, "--url", url])
             assert r.exit_code == 1 and f"server error ({status})" in r.output and said in r.output, (verb, r.output)
             assert "refused" not in r.output and len(r.output.splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("key", ["sk-sr-s3cret\r", "sk-sr-s3\tcret", "sk-sr-\x1bs3cret", "sk-sr-s3cret\x7f"],
+                         ids=["crlf-file", "tab", "escape", "del"])
+def test_a_key_with_a_control_character_is_refused_naming_key_exit_2(key: str) -> None:
+    """A key read from a CRLF file keeps its \\r: it was "cannot reach …: Illegal header value", exit 1,
+    as if the server were down. The key itself is not echoed."""
+    with socket.socket() as s:  # a port nothing listens on: the key is refused before anything is sent
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    r = runner.invoke(app, ["experts", "update", "alpha", "--disable", "--url", url, "--key", key])
+    assert r.exit_code == 2 and "--key" in r.output and "cannot reach" not in r.output, r.output
+    assert "s3" not in r.output and "cret" not in r.output and len(r.output.splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["in-process", "url"])
+def test_the_profiling_bar_ends_at_its_total(here: SkillRoute, remote: bool) -> None:
+    """Over --url the bar stayed at the last poll that still said profiling (0/14) once the expert was ready."""
+    with live_server(create_app(here)) as url:
+        r = runner.invoke(app, ["experts", "add", "p9", "--kind", "mock", "--source", "m9",
+                                *(["--url", url] if remote else [])])
+    total = here.experts.find("p9").progress_total
+    assert r.exit_code == 0 and total and "profiling p9" in r.output and f"{total}/{total}" in r.output, r.output
+
+
+def expert(status: str, done: int) -> dict[str, Any]:
+    """An expert as GET /v1/experts/{id} answers it, 14 validation questions in all."""
+    return {"id": 7, "name": "chem", "status": status, "progress": {"done": done, "total": 14}, "accuracy": 0.5,
+            "profile": {"college chemistry": 0.9} if status == "ready" else None, "base_model_key": "mock:m9",
+            "error": None}
+
+
+LIMITED = (429, {"error": {"message": "key 'ops' is limited to 10 requests per minute"}})
+
+
+def scripted(replies: dict[str, list[tuple[int, Any]]]) -> type[BaseHTTPRequestHandler]:
+    """A handler answering "METHOD /path" with its replies in turn (the last again once they run
+    out); a 429 asks for Retry-After: 3, as the service's rate limit does."""
+    class Scripted(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            queue = replies[f"{self.command} {self.path}"]
+            status, body = queue.pop(0) if len(queue) > 1 else queue[0]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for name, value in ([("Retry-After", "3")] if status == 429 else []) + [
+                    ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = _reply  # noqa: N815 (the handler's protocol names them)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Scripted
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits following asks for, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(cli_remote, "pause", waited.append)
+    return waited
+
+
+def test_following_waits_out_a_429_and_goes_on_polling(waits: list[float]) -> None:
+    """A key limited below the poll pace got a 429 mid-profiling: "refused (429)", exit 2, although
+    the expert was registered and went on profiling."""
+    replies = {"POST /v1/experts": [(202, expert("profiling", 0))],
+               "GET /v1/experts/7": [(200, expert("profiling", 5)), LIMITED, (200, expert("ready", 14))]}
+    with contextmanager(serving)(scripted(replies)) as url:
+        r = runner.invoke(app, ["experts", "add", "chem", "--kind", "mock", "--source", "m9", "--url", url])
+    assert r.exit_code == 0 and "ready" in r.output and "14/14" in r.output, r.output
+    assert waits == [cli_remote.POLL_S, cli_remote.POLL_S, 3.0] and 60 / cli_remote.POLL_S <= 30  # was 120 a minute
+
+
+@pytest.mark.parametrize(("verb", "said"), [
+    (["experts", "add", "chem", "--kind", "mock", "--source", "m9"], "registered"),
+    (["experts", "update", "chem", "--top-p", "0.5"], "changed"),
+])
+def test_following_that_gives_up_names_the_accepted_expert_exit_1(waits: list[float], verb: list[str],
+                                                                  said: str) -> None:
+    """Every poll limited: the command still ran (exit 1, naming the expert), it was not refused (2)."""
+    profiling = (202, expert("profiling", 0))
+    replies = {"POST /v1/experts": [profiling], "PATCH /v1/experts/7": [profiling], "GET /v1/experts/7": [LIMITED],
+               "GET /v1/experts": [(200, [expert("ready", 14)])]}
+    with contextmanager(serving)(scripted(replies)) as url:
+        r = runner.invoke(app, [*verb, "--url", url])
+    assert r.exit_code == 1 and f"'chem' (id 7) was {said}" in r.output and "429" in r.output, r.output
+    assert waits[1:] == [3.0] * cli_remote.LIMITED_TRIES and max(waits) <= cli_remote.RETRY_AFTER_CAP_S
