@@ -40,7 +40,12 @@ class LessonRepository:
 
         Two requests storing one query's lesson at once (a retried feedback) both find nothing to
         replace on PostgreSQL, and the second's insert meets the first's row: it is tried once
-        more, in a savepoint, now replacing that row, instead of failing its request."""
+        more, in a savepoint, now replacing that row, instead of failing its request. Not on
+        SQLite, whose writers take turns: there the savepoint would open the transaction itself
+        (pysqlite begins none before it) and its release commit the lesson, whatever the rest of
+        the session does after (a batch's lessons are stored as one unit)."""
+        if self.session.get_bind().dialect.name == "sqlite":
+            return self._replace(lesson, query_id)
         try:
             with self.session.begin_nested():
                 return self._replace(lesson, query_id)

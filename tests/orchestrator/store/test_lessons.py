@@ -97,3 +97,14 @@ def _waiting_on_a_lock(db: Database) -> bool:
     with db.engine.connect() as conn:
         return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                       "AND datname = current_database()")).scalar())
+
+
+def test_a_lesson_stored_in_a_session_that_then_fails_is_rolled_back_with_it(db: Database) -> None:
+    """On SQLite the lesson's savepoint opened the transaction, and its release committed it: a
+    batch's lessons, stored as one unit, were kept in part when a later one failed, and the live
+    router (told the unit failed) never took them in."""
+    qid = query(db)
+    with pytest.raises(RuntimeError), db.session() as s:
+        LessonRepository(s).store(lesson("feedback"), qid)
+        raise RuntimeError("a later step of the unit failed")
+    assert sources(db, qid) == []
