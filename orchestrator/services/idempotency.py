@@ -32,6 +32,7 @@ from orchestrator.store.repositories.idempotency import IdempotencyRepository, K
 
 HEADER = "Idempotency-Key"
 PURGE_EVERY_S = 60.0
+KEY_STRIPES = 64  # locks requests under one key take turns on (`once`); bounded, whatever the keys
 T = TypeVar("T")
 
 
@@ -96,12 +97,22 @@ class IdempotencyService:
     def __init__(self, db: Database, retention_s: float):
         self.db, self.retention = db, timedelta(seconds=retention_s)
         self._lock, self._purged_at = threading.Lock(), float("-inf")
+        self._keys = [threading.Lock() for _ in range(KEY_STRIPES)]
 
     def once(self, claim: Claim | None, create: Callable[[Claim | None], T]) -> T | Prior:
         """`create(claim)` (which stores the claim with what it creates), unless the key was
-        used before: then the first request's result. No key: just `create(None)`."""
+        used before: then the first request's result. No key: just `create(None)`.
+
+        Requests under one key take turns in this process: racing, the second looked the key up
+        before the first stored it and then met what the first's creation held (the backlog's
+        room: a 503 for a key whose queries were accepted). Across replicas the unique key
+        decides (`KeyTaken`)."""
         if claim is None:
             return create(None)
+        with self._keys[hash((claim.scope, claim.key)) % KEY_STRIPES]:
+            return self._first(claim, create)
+
+    def _first(self, claim: Claim, create: Callable[[Claim | None], T]) -> T | Prior:
         if (prior := self.prior(claim)) is not None:
             return prior
         self._purge_now_and_then()
