@@ -172,7 +172,8 @@ def start_ray(settings: Settings) -> None:
     unset, Ray 2.60 writes a token into ~/.ray (the service sets it the same way, serving/app.py).
     One already in the environment is kept: the settings read RAY_AUTH_MODE (FLAT_NAMES)."""
     os.environ["RAY_AUTH_MODE"] = settings.ray.auth_mode
-    ray.init(num_cpus=2, resources=dict.fromkeys(WORKERS, 1), namespace=NAMESPACE, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, resources=dict.fromkeys(WORKERS, 1), namespace=NAMESPACE,
+             include_dashboard=False)
 
 
 def bench(folder: str, n: int, errors: float, timeouts: float) -> dict[str, object]:

@@ -125,8 +125,9 @@ def init_ray(settings: Settings, dashboard: bool) -> str:
     os.environ["RAY_AUTH_MODE"] = settings.ray.auth_mode  # Ray reads it from the environment
     if settings.ray.address:
         ctx = ray.init(address=settings.ray.address, namespace=NAMESPACE)
-    else:
-        ctx = ray.init(num_cpus=local_cores(), namespace=NAMESPACE, include_dashboard=dashboard,
+    else:  # "local": a cluster of its own, even beside another on the machine (joining that one
+        # failed: "num_cpus must not be provided"; and it is no deployment of ours)
+        ctx = ray.init(address="local", num_cpus=local_cores(), namespace=NAMESPACE, include_dashboard=dashboard,
                        dashboard_host="127.0.0.1")
     return ctx.dashboard_url or ""
 

@@ -12,6 +12,6 @@ import ray
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=1, include_dashboard=False, namespace="skillroute-test")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="skillroute-test")
     yield
     ray.shutdown()
