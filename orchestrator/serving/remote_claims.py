@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -42,13 +43,18 @@ class RemoteClaims(Claims):
         self._worker, self._owner, self._version = worker, uuid.uuid4().hex, 0
         self._beat: threading.Thread | None = None  # runs while the actor may hold claims of ours
         self._told = (0, True)  # the newest version the actor took, and whether it held nothing
+        # after a tell failed, changes are not told until then (the beat tries): a worker whose
+        # node left answers each call with an error after ~2 s, 3 calls a batch that fails anyway
+        self._quiet_until = float("-inf")
 
     def change(self, edit: Callable[[], None], wait: bool = True) -> None:
         with self._lock:
             edit()
             self._version += 1
             version, views = self._version, [c.view() for c in self._held]
-        self._tell(version, views)
+            quiet = time.monotonic() < self._quiet_until
+        if not quiet:
+            self._tell(version, views)
         self._beating()
 
     def needed(self) -> set[str]:
@@ -67,6 +73,8 @@ class RemoteClaims(Claims):
             self._worker.ask("hold_claims", self._owner, version, views, LEASE_S, timeout=TELL_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - advisory: see the module doc
             log.debug("worker %s was not told this process's claims: %s", self._worker.name, exc)
+            with self._lock:
+                self._quiet_until = time.monotonic() + BEAT_S
             return
         with self._lock:
             if version >= self._told[0]:

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnschedulableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
 
 from experts.backend import BackendError, ExpertBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
@@ -163,6 +170,21 @@ class RemoteWorker(DeviceWorker):
         self._gone = False
         return answer
 
+    def _lost(self, exc: RayActorError, during: str = "call") -> WorkerLost:
+        """The actor's loss as the caller should read it: unavailable where Ray is restarting it
+        with no node to place it on (its node left: Ray answers each call with ActorUnavailable-
+        Error after ~2 s, never a restart, so a wait for one was 10 s in vain), else lost."""
+        if isinstance(exc, ActorUnavailableError) and self._node_gone():
+            return self._unplaced()
+        return WorkerLost(f"worker {self.name} was lost mid-{during} ({type(exc).__name__}); "
+                          "Ray restarts it and it reloads its models on demand")
+
+    def _node_gone(self) -> bool:
+        """Whether no live node advertises the worker's resource (unpinned: unknown, False)."""
+        if not self.resource:
+            return False
+        return not any(n.get("Alive") and n.get("Resources", {}).get(self.resource) for n in ray.nodes())
+
     @contextlib.contextmanager
     def _moving_on(self) -> Iterator[None]:
         """Around one call: the loss of an actor gone for good moves the proxy on (`_gone_for_good`)
@@ -244,10 +266,6 @@ class RemoteWorker(DeviceWorker):
                     f"{self.resource!r}, and none that has joined the cluster does")
         return ("its actor is not running; has a node of the cluster room for the CPUs and GPUs it reserves "
                 "(and is up, if `skillroute serve` pinned it to its own node)?")
-
-    def _lost(self, exc: RayActorError, during: str = "call") -> WorkerLost:
-        return WorkerLost(f"worker {self.name} was lost mid-{during} ({type(exc).__name__}); "
-                          "Ray restarts it and it reloads its models on demand")
 
     def _restarted(self) -> bool:
         """Whether Ray has the lost actor back within RESTART_TIMEOUT_S (polled: a restarting
