@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli_failures import Commands
-from orchestrator.cli_remote import accepted, client, follow, remote_id
+from orchestrator.cli_remote import accepted, client, follow, read_back, remote_id
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -213,13 +213,7 @@ def _follow(http: httpx.Client, e: dict[str, Any], was: str) -> dict[str, Any]:
     if e["status"] == "profiling":
         with progress_bar(f"profiling {e['name']}") as report:
             e = follow(http, e, report, was)
-    return _profiled(http, e)
-
-
-def _profiled(http: httpx.Client, e: dict[str, Any]) -> dict[str, Any]:
-    """`e` with its profile: PATCH and DELETE reply without one, GET /v1/experts/{id} has it, so
-    the table's "top skills" shows over --url what it shows in-process."""
-    return e if e.get("profile") is not None else accepted(http.get(f"/v1/experts/{e['id']}", timeout=30))
+    return read_back(http, e, was)  # with its profile: the table's "top skills", as in-process
 
 
 @experts_app.command("update")
@@ -274,7 +268,7 @@ def experts_remove(ref: Annotated[str, typer.Argument(metavar="NAME_OR_ID")], po
     """Stop routing to an expert and unload its model where nothing else uses it; its history stays."""
     if url:
         with client(url, key) as http:
-            _print_experts([_profiled(http, accepted(http.delete(f"/v1/experts/{remote_id(http, ref)}")))])
+            _print_experts([read_back(http, accepted(http.delete(f"/v1/experts/{remote_id(http, ref)}")), "removed")])
         return
     c = _container(pool)
     with _refusals():

@@ -101,11 +101,27 @@ def follow(http: httpx.Client, e: dict[str, Any], report: Callable[[int, int], N
     """`e`, a profiling expert, once it has left `profiling`, its progress reported meanwhile. The
     change was accepted already: a failure now (429s past LIMITED_TRIES, a lost server) exits 1
     saying the expert was `was` ("registered", "changed"), not 2 as if the command were refused."""
-    try:
+    with _accepted_already(e, was, "following its profiling"):
         return _followed(http, e, report)
+
+
+def read_back(http: httpx.Client, e: dict[str, Any], was: str) -> dict[str, Any]:
+    """`e` with its profile (PATCH and DELETE reply without one; GET /v1/experts/{id} has it),
+    read as `follow` polls: the change is accepted already."""
+    if e.get("profile") is not None:
+        return e
+    with _accepted_already(e, was, "reading it back"):
+        return dict(_polled(http, f"/v1/experts/{e['id']}"))
+
+
+@contextmanager
+def _accepted_already(e: dict[str, Any], was: str, doing: str) -> Iterator[None]:
+    """A failure after the server accepted the change: exit 1, naming the expert it stands for."""
+    try:
+        yield
     except CliFailure as exc:
-        raise CliFailure(f"expert {e['name']!r} (id {e['id']}) was {was} and is profiling on the server; "
-                         f"following its progress stopped: {exc.message}", 1) from exc
+        raise CliFailure(f"expert {e['name']!r} (id {e['id']}) was {was} on the server; {doing} stopped: "
+                         f"{exc.message}", 1) from exc
 
 
 def _followed(http: httpx.Client, e: dict[str, Any], report: Callable[[int, int], None]) -> dict[str, Any]:

@@ -184,3 +184,18 @@ def test_following_that_gives_up_names_the_accepted_expert_exit_1(waits: list[fl
         r = runner.invoke(app, [*verb, "--url", url])
     assert r.exit_code == 1 and f"'chem' (id 7) was {said}" in r.output and "429" in r.output, r.output
     assert waits[1:] == [3.0] * cli_remote.LIMITED_TRIES and max(waits) <= cli_remote.RETRY_AFTER_CAP_S
+
+
+def test_reading_back_a_change_that_does_not_profile_waits_out_a_429_too(waits: list[float]) -> None:
+    """`update --timeout-s` (no profiling): the PATCH is applied, then the read-back of its profile
+    met a 429 and said "refused (429)", exit 2, as if the change had not been made."""
+    unprofiled = {**expert("ready", 14), "profile": None}  # a PATCH replies without the profile
+    replies = {"GET /v1/experts": [(200, [expert("ready", 14)])], "PATCH /v1/experts/7": [(200, unprofiled)],
+               "GET /v1/experts/7": [LIMITED, (200, expert("ready", 14))]}
+    with contextmanager(serving)(scripted(replies)) as url:
+        r = runner.invoke(app, ["experts", "update", "chem", "--timeout-s", "30", "--url", url])
+    assert r.exit_code == 0 and "college chemistry" in r.output and waits == [3.0], r.output
+    replies["GET /v1/experts/7"] = [LIMITED]
+    with contextmanager(serving)(scripted(replies)) as url:
+        r = runner.invoke(app, ["experts", "update", "chem", "--timeout-s", "30", "--url", url])
+    assert r.exit_code == 1 and "'chem' (id 7) was changed on the server; reading it back stopped" in r.output
