@@ -64,6 +64,7 @@ class Claims:
         self._held: list[Claim] = []
         self._others: dict[str, _Held] = {}  # by process (`hold`)
         self._lock, self._changed, self._waiting = threading.Lock(), threading.Condition(device_lock), 0
+        self._freed = threading.Condition(self._lock)  # a claim let go (for `wait_unneeded`)
         self._clock = clock
 
     @contextmanager
@@ -99,24 +100,36 @@ class Claims:
         free: True; False if `timeout` passed first (an actor's caller asks again, so no thread of
         the actor is held for as long as a batch runs)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        # the device lock: the generation under way is waited out too (within `timeout` as well)
-        if not self._changed.acquire(timeout=-1 if timeout is None else timeout):
-            return False
-        try:
-            while key in self.needed():
+        while True:
+            if not self._wait_unclaimed(key, deadline):
+                return False
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # the device lock: the generation under way is waited out too (within `timeout` as well)
+            if not self._changed.acquire(timeout=-1 if left is None else left):
+                return False
+            try:
+                if key not in self.needed():  # a batch may have claimed it while the device was busy
+                    return True
+            finally:
+                self._changed.release()
+
+    def _wait_unclaimed(self, key: str, deadline: float | None) -> bool:
+        """Wait (the device let be: a generation would hold the wait past `deadline`) until no claim
+        needs `key`: True; False once `deadline` passed. Polled: a claim told by another process lapses unannounced."""
+        with self._freed:
+            while any(key in keys for keys, _ in self._views()):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._wait_once(lambda needed, _: key in needed, left)
+                self._freed.wait(POLL_S if left is None else min(POLL_S, left))
             return True
-        finally:
-            self._changed.release()
 
     def change(self, edit: Callable[[], None], wait: bool = True) -> None:
         """Edit the claims; waiting loads look again. The device lock (held through generations)
         is taken to wake them only when one waits, and, unless `wait`, only if it is free."""
         with self._lock:
             edit()
+            self._freed.notify_all()
             wake = self._waiting > 0
         if wake and self._changed.acquire(blocking=wait):
             try:

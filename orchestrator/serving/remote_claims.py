@@ -18,6 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ray.exceptions import GetTimeoutError
+
+from experts.backend import BackendError
 from orchestrator.scheduling.claims import Claims, View
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,19 @@ class RemoteClaims(Claims):
         return set(self._worker.ask("claims_needed", timeout=TELL_TIMEOUT_S))
 
     def wait_unneeded(self, key: str, timeout: float | None = None) -> bool:
-        """Asked in slices: a wait never holds one of the actor's threads for a whole batch, and
-        an actor lost meanwhile raises (WorkerLost) instead of hanging the caller."""
-        while not self._worker.ask("wait_unneeded", key, WAIT_SLICE_S, timeout=WAIT_SLICE_S + TELL_TIMEOUT_S):
-            pass
-        return True
+        """Asked in slices: a wait never holds one of the actor's threads for a whole batch. A
+        slice answered late (the actor's threads all busy) is asked again while the actor answers
+        a probe; an actor lost or unreachable raises (WorkerLost) instead of hanging the caller."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                if self._worker.ask("wait_unneeded", key, WAIT_SLICE_S, timeout=WAIT_SLICE_S + TELL_TIMEOUT_S):
+                    return True
+            except BackendError as exc:  # the proxy's WorkerUnavailable, for a late answer too
+                if not isinstance(exc.__cause__, GetTimeoutError):
+                    raise
+                self._worker.ask("info", timeout=TELL_TIMEOUT_S)  # busy, not gone: ask again
+        return False
 
     def _tell(self, version: int, views: list[View]) -> None:
         try:

@@ -132,3 +132,29 @@ def test_a_bounded_wait_for_a_model_to_be_unneeded_is_bounded_by_a_generation_to
     finally:
         done.set()
     assert claims(worker).wait_unneeded(A.key, timeout=WAIT_S) is True
+
+
+def test_a_bounded_wait_for_an_unneeded_model_is_not_held_past_its_time_by_a_generation() -> None:
+    """It waited for the claims with the device lock, let go while waiting and taken back after:
+    a generation that took the device meanwhile held the 0.5 s wait for its whole chunk, and a
+    worker actor's caller gave up on the slice, never freeing the model."""
+    worker = DeviceWorker("cpu", MB, lambda s: MockBackend(s.key, MB))
+    claims(worker).hold("replica-1", 1, [(frozenset({A.key}), A.key)], lease_s=60)
+    done, answers = threading.Event(), list[bool]()
+    waiting = threading.Thread(target=lambda: answers.append(claims(worker).wait_unneeded(A.key, timeout=0.5)))
+
+    def generate() -> None:  # a chunk taking the device once the wait is under way
+        time.sleep(0.1)  # (the wait started first: were it not, the old code passed, never the new failed)
+        with worker.lock:
+            done.wait(WAIT_S)
+
+    waiting.start()
+    threading.Thread(target=generate, daemon=True).start()
+    try:
+        waiting.join(WAIT_S / 10)
+        assert answers == [False]  # within its time, the batch still needing the model
+        claims(worker).hold("replica-1", 2, [], lease_s=60)
+        assert claims(worker).wait_unneeded(A.key, timeout=0.2) is False  # unclaimed, the device busy
+    finally:
+        done.set()
+    assert claims(worker).wait_unneeded(A.key, timeout=WAIT_S) is True

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import ray
+from ray.exceptions import GetTimeoutError
 
+from experts.backend import BackendError
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams
 from experts.workers import WorkerSpec
@@ -109,3 +111,32 @@ def test_a_worker_that_cannot_take_claims_fails_no_batch() -> None:
     with RemoteClaims(OldActor()).claim([A.key, B.key]) as held:
         held.stage(A.key)
         held.stage(B.key)
+
+
+class BusyActor:
+    """An actor whose threads are all busy once: the first slice's answer comes late."""
+
+    name = "busy"
+
+    def __init__(self, alive: bool = True) -> None:
+        self.asked: list[str] = []
+        self.alive = alive
+
+    def ask(self, method: str, *args: object, timeout: float | None = None) -> object:
+        self.asked.append(method)
+        if method == "info" and not self.alive:
+            raise BackendError("worker busy is unavailable: its actor is not running")
+        if method == "wait_unneeded" and self.asked.count(method) == 1:
+            late = BackendError("worker busy did not answer within 15 s (busy, or its node unreachable)")
+            late.__cause__ = GetTimeoutError()
+            raise late
+        return True
+
+
+def test_a_wait_for_an_unneeded_model_answered_late_is_asked_again_while_the_actor_answers() -> None:
+    """A late slice raised: the release gave up and the removed model was never freed."""
+    actor = BusyActor()
+    assert RemoteClaims(actor).wait_unneeded(A.key) is True
+    assert actor.asked == ["wait_unneeded", "info", "wait_unneeded"]
+    with pytest.raises(BackendError, match="not running"):
+        RemoteClaims(BusyActor(alive=False)).wait_unneeded(A.key)
