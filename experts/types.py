@@ -49,14 +49,29 @@ def check_shown(base: BaseModelSpec) -> BaseModelSpec:
     if base.kind != "openai":
         return base
     url = urlsplit(base.source)
-    if url.username or url.password or _SECRET_QUERY.search(url.query):
+    if url.username or url.password or _holds_secret(url.query) or _holds_secret(url.fragment):
         raise ValueError("source: the server URL carries credentials, and it is shown to every reader of the "
                          "experts, the dashboard and /metrics; give the key as SKILLROUTE_OPENAI_API_KEY instead "
                          "(sent as the Authorization header)")
     return base
 
 
-_SECRET_QUERY = re.compile(r"(^|&)[^=&]*(key|token|secret|password|passwd|auth)[^=&]*=", re.IGNORECASE)
+# words of a query parameter's name that mark its value a credential ("apiKey", "access_token",
+# "X-Api-Key", an Azure SAS "sig"); whole words, so "author" or "keyword" are not refused
+_SECRET_WORDS = frozenset({"key", "apikey", "token", "secret", "password", "passwd", "pwd", "sig", "signature",
+                           "auth", "authorization", "credential", "credentials"})
+_BARE_SECRET_CHARS = 16  # a nameless item this long ("?sk-…") reads as a key
+
+
+def _holds_secret(part: str) -> bool:
+    """Whether a URL's query (or fragment) carries a credential: a parameter named by one of
+    `_SECRET_WORDS`, or a long nameless item."""
+    for item in re.split(r"[&;]", part):
+        name, named, _ = item.partition("=")
+        words = {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)}
+        if (named and words & _SECRET_WORDS) or (not named and len(item) >= _BARE_SECRET_CHARS):
+            return True
+    return False
 
 
 class SamplingParams(Strict):

@@ -171,7 +171,9 @@ def test_a_timeout_takes_only_a_number(client):
 
 
 @pytest.mark.parametrize("source", ["http://alice:S3CRET@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api_key=S3CRET",
-                                    "https://h.example/v1?x=1&Access_Token=S3CRET"])
+                                    "https://h.example/v1?x=1&Access_Token=S3CRET", "https://h.example/v1?sv=1&sig=S3CRET",
+                                    "https://h.example/v1?a=1;token=S3CRET", "https://h.example/v1#apiKey=S3CRET",
+                                    "https://h.example/v1?sk-S3CRET0123456789"])
 def test_a_server_url_with_credentials_is_422_and_stores_nothing(client, source):
     """Its source is shown to every reader: the password was in GET /v1/experts, the dashboard,
     /metrics and every failed generation's error."""
@@ -201,3 +203,11 @@ def test_listing_experts_reads_their_skill_rows_only_for_their_profiles(client, 
     assert not any("skill_scores" in s for s in statements[:reads])
     assert any("skill_scores" in s for s in statements[reads:])
     assert all(e["profile"] is None for e in plain) and any(e["profile"] for e in profiled)
+
+
+@pytest.mark.parametrize("query", ["author=me", "keyword=x", "monkey=1", "v=2"])
+def test_a_server_url_whose_query_names_no_credential_is_taken_as_it_is(client, query):
+    """Matched as substrings, "author" (auth) and "keyword" (key) were refused as credentials."""
+    model = {"kind": "openai", "source": f"http://127.0.0.1:9/v1?{query}", "model": "m"}
+    r = client.post("/v1/experts", json={"name": "remote", "model": model})
+    assert r.status_code == 422 and "cannot reach" in r.json()["error"]["message"]  # checked, then unreachable
