@@ -45,10 +45,18 @@ def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, sta
 def stand_in_start(record: BudgetRecord, replaced: str, stand_in: str,
                    started: Mapping[str, float] | None = None) -> float:
     """When the stand-in may start, at worst: once the replaced expert has failed, at the end of
-    its predicted time from its own start (a stand-in's is late too). Whether the stand-in's
-    device is free by then is `_finish`'s to say, so a shared device adds nothing here."""
-    before = next(c for c in record.candidates if c.expert == replaced)
-    return (started or {}).get(replaced, 0.0) + before.latency_s
+    its predicted run, which on a shared device comes after every run there that may start no
+    later than it (the experts planned and stood in so far, `started` holding the stand-ins'
+    starts): it may have waited for them. Whether the stand-in's own device is free by then is
+    `_finish`'s to say."""
+    starts = dict(started or {})
+    by_name = {c.expert: c for c in record.candidates}
+    before = by_name[replaced]
+    tried = [by_name[n] for n in dict.fromkeys([*record.chosen, *starts, replaced]) if n in by_name]
+    own = starts.get(replaced, 0.0)
+    ahead = [c for c in tried if c.expert == replaced or (before.device is not None and c.device == before.device
+                                                          and starts.get(c.expert, 0.0) <= own)]
+    return _drained((starts.get(c.expert, 0.0), c.latency_s) for c in ahead)
 
 
 def _finish(members: Sequence[BudgetCandidate], starts: Mapping[str, float]) -> float:

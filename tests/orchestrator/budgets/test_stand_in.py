@@ -84,3 +84,15 @@ def test_a_stand_in_that_may_start_now_still_waits_for_its_devices_turn() -> Non
                energy_j=2.0)
     assert stand_in_cost(r, ["a", "b"], "a", "c", elapsed_s=6.0) == pytest.approx((14.0, 3.0))
     assert stand_in_cost(r, ["a", "b"], "a", "c", elapsed_s=12.0) == pytest.approx((16.0, 3.0))
+
+
+def test_a_failed_expert_that_queued_on_its_device_fails_after_its_wait() -> None:
+    """a and b share x (4 s each): a may run second and fail at 8 s, not 4 s; its stand-in c (x)
+    then fails at 12 s at worst, and e on y ends at 16 s. Counted from a's start alone, e was
+    predicted at 12 s and let stand in past a 13 s budget."""
+    r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "x"), ("c", 4.0, 1.0, "x"), ("e", 4.0, 1.0, "y")],
+               ["a", "b"], latency_s=8.0, energy_j=2.0, budget_ms=13_000)
+    started = {"c": stand_in_start(r, "a", "c")}
+    assert started["c"] == pytest.approx(8.0) and stand_in_start(r, "c", "e", started) == pytest.approx(12.0)
+    assert stand_in_cost(r, ["a", "b", "c"], "c", "e", started) == pytest.approx((16.0, 4.0))
+    assert not stand_in_fits(r, ["a", "b", "c"], "c", "e", started)
