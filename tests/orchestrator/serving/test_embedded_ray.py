@@ -5,9 +5,11 @@ connecting to an existing cluster, num_cpus and num_gpus must not be provided").
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +22,23 @@ from orchestrator.settings import Settings
 from tests.orchestrator.serving.test_ray_serve import free_port
 
 pytestmark = pytest.mark.slow
-CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where a driver looks for a cluster to join
 WAIT_S = 60.0
 
 
 @pytest.fixture
-def another_cluster() -> Iterator[str]:
+def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Ray's temporary folder for this test alone (short: Ray's socket paths are bounded), so the
+    address file it points at another cluster is not the machine's."""
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def another_cluster(ray_tmp: Path) -> Iterator[str]:
     """A head node started by hand (`ray start --block`), ended with its process group."""
+    current = ray_tmp / "ray" / "ray_current_cluster"  # where a driver looks for a cluster to join
     port = free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=1",
@@ -35,7 +47,7 @@ def another_cluster() -> Iterator[str]:
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     try:
         deadline = time.monotonic() + WAIT_S
-        while not (CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text().endswith(f":{port}")):
+        while not (current.exists() and current.read_text().endswith(f":{port}")):
             assert proc.poll() is None and time.monotonic() < deadline, "ray start did not come up"
             time.sleep(0.1)  # polling the address file the head writes once it is up
         yield f":{port}"

@@ -6,6 +6,8 @@ resource, and its batches' claims are not told call by call meanwhile."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -36,9 +38,12 @@ def request(rid: str) -> GenerationRequest:
 
 
 @pytest.fixture
-def left() -> Iterator[RemoteWorker]:
-    """The worker, once answered on its node, after the node has left (and the cluster knows)."""
+def left(monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteWorker]:
+    """The worker, once answered on its node, after the node has left (and the cluster knows).
+    Ray's temporary folder is the test's own: the simulated cluster rewrites its address file."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    folder = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are bounded
+    monkeypatch.setenv("RAY_TMPDIR", folder)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     edge = cluster.add_node(num_cpus=1, resources={SPEC.resource: 1})
     ray.init(address=cluster.address, namespace=NAMESPACE)
@@ -54,6 +59,7 @@ def left() -> Iterator[RemoteWorker]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_worker_whose_node_left_is_unavailable_naming_its_resource_without_waiting_for_a_restart(
