@@ -100,11 +100,16 @@ class RemoteClaims(Claims):
         self._beat.start()
 
     def _beat_on(self) -> None:
-        """Renew every BEAT_S until the actor holds nothing of ours and nothing is held here."""
-        while not threading.Event().wait(BEAT_S):
+        """Renew every BEAT_S while anything is held here; with nothing held, tell so once (if the
+        actor was not told) and stop: what it may hold of ours lapses anyway, and a beat retrying
+        a lost worker (or a Ray shut down) for good would outlive it."""
+        pace = threading.Event()  # never set: the beat's clock
+        while not pace.wait(BEAT_S):
             with self._lock:
                 version, views = self._version, [c.view() for c in self._held]
-                if not views and self._told == (version, True):
+            if views or self._told != (version, True):
+                self._tell(version, views)
+            with self._lock:
+                if not self._held:
                     self._beat = None
                     return
-            self._tell(version, views)

@@ -152,6 +152,8 @@ class RemoteWorker(DeviceWorker):
     def ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """One call to the actor, once it has answered a probe; a lost or unplaced actor (or,
         with `timeout`, a late answer) raises WorkerLost / WorkerUnavailable, never Ray's error."""
+        if not ray.is_initialized():  # a call would start a Ray of its own here (Ray's auto-init)
+            raise WorkerUnavailable(f"worker {self.name} is unavailable: Ray is not running in this process")
         with self._moving_on():
             self._reach(REACH_TIMEOUT_S if timeout is None else timeout)
             answer = self._get(getattr(self.actor, method).remote(*args), timeout)
