@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec
@@ -25,6 +26,24 @@ def until(check: Callable[[], bool]) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+@contextmanager
+def generating(worker: DeviceWorker) -> Iterator[None]:
+    """The device held for the block, as a generation holds it through a chunk."""
+    held, done = threading.Event(), threading.Event()
+
+    def generate() -> None:
+        with worker.lock:
+            held.set()
+            done.wait(WAIT_S)
+
+    threading.Thread(target=generate, daemon=True).start()
+    assert held.wait(WAIT_S)
+    try:
+        yield
+    finally:
+        done.set()
 
 
 class Clock:
@@ -97,40 +116,19 @@ def test_a_tell_does_not_wait_out_a_generation_while_a_load_waits() -> None:
     claims(worker).hold("replica-1", 1, [(frozenset({A.key}), A.key)], lease_s=60)
     threading.Thread(target=worker.ensure_loaded, args=(B,), daemon=True).start()
     assert until(lambda: claims(worker)._waiting == 1)
-    generating, done = threading.Event(), threading.Event()
-
-    def generate() -> None:  # holds the device as a chunk does
-        with worker.lock:
-            generating.set()
-            done.wait(WAIT_S)
-
-    threading.Thread(target=generate, daemon=True).start()
-    assert generating.wait(WAIT_S)
-    tell = threading.Thread(target=claims(worker).hold, args=("replica-2", 1, [], 60.0), daemon=True)
-    tell.start()
-    tell.join(WAIT_S / 3)
-    told = not tell.is_alive()
-    done.set()
-    assert told
+    with generating(worker):
+        tell = threading.Thread(target=claims(worker).hold, args=("replica-2", 1, [], 60.0), daemon=True)
+        tell.start()
+        tell.join(WAIT_S / 3)
+        assert not tell.is_alive()
 
 
 def test_a_bounded_wait_for_a_model_to_be_unneeded_is_bounded_by_a_generation_too() -> None:
     """The wait took the device lock first, for as long as the generation under way held it: an
     actor's caller, asking in slices, gave up on a busy worker and never freed the model."""
     worker = DeviceWorker("cpu", MB, lambda s: MockBackend(s.key, MB))
-    generating, done = threading.Event(), threading.Event()
-
-    def generate() -> None:  # holds the device as a chunk does
-        with worker.lock:
-            generating.set()
-            done.wait(WAIT_S)
-
-    threading.Thread(target=generate, daemon=True).start()
-    assert generating.wait(WAIT_S)
-    try:
+    with generating(worker):
         assert claims(worker).wait_unneeded(A.key, timeout=0.05) is False
-    finally:
-        done.set()
     assert claims(worker).wait_unneeded(A.key, timeout=WAIT_S) is True
 
 
