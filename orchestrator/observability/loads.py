@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 from orchestrator.probe import Probe
 
 log = logging.getLogger(__name__)
-LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# to 20 min: a large model's first load (a 70B's weights into vLLM) can take longer than 5 min
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
 # model → (loads per bucket, the last past every bound; seconds in all): plain data, to cross Ray
 Snapshot = dict[str, tuple[list[int], float]]
 MAX_MODELS = 256  # as scheduling.worker's and experts.calibration's per-model state

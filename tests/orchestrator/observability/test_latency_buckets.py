@@ -46,3 +46,18 @@ def test_a_slow_budgeted_query_lands_in_finite_buckets_above_its_values() -> Non
     bounds = {family: covering_bound(metrics, family) for family in expected}
     assert all(math.isfinite(b) for b in bounds.values()), bounds
     assert all(bounds[f] >= v for f, v in expected.items()), bounds
+
+
+def test_a_large_budgeted_query_s_energy_lands_in_finite_buckets_above_it() -> None:
+    """Three 70B experts on H100 servers are predicted at ~12,500 J (4,175 J each), above the top
+    bound of 10,000 J, and energy budgets go to 1e9 J: the energy p95 panels read 10,000."""
+    outcome = slow_budgeted_query()
+    assert outcome.decision.budget is not None
+    budget = outcome.decision.budget.model_copy(update={"energy_j": 50_000.0, "predicted_energy_j": 12_525.0,
+                                                        "measured_energy_j": 12_000.0})
+    metrics = Metrics()
+    metrics.answered([outcome.model_copy(update={"decision": outcome.decision.model_copy(update={"budget": budget})})])
+    expected = {"skillroute_query_predicted_energy_joules": 12_525.0, "skillroute_query_energy_joules": 12_000.0,
+                "skillroute_query_energy_budget_joules": 50_000.0}
+    bounds = {family: covering_bound(metrics, family) for family in expected}
+    assert all(math.isfinite(b) and b >= expected[f] for f, b in bounds.items()), bounds
