@@ -36,14 +36,13 @@ def stand_in_cost(record: BudgetRecord, tried: Sequence[str], replaced: str, sta
     """Predicted (latency_s, energy_j) of the query once `stand_in` has answered for `replaced`."""
     by_name, starts = {c.expert: c for c in record.candidates}, dict(started or {})
     # it starts now at the earliest: what the query has taken so far is spent
-    starts[stand_in] = max(stand_in_start(record, replaced, stand_in, started), elapsed_s)
+    starts[stand_in] = max(stand_in_start(record, replaced, started), elapsed_s)
     members = [by_name[n] for n in dict.fromkeys([*tried, stand_in])]
     agg_latency, agg_energy = _aggregation(record, by_name)
     return _finish(members, starts) + agg_latency, sum(c.energy_j for c in members) + agg_energy
 
 
-def stand_in_start(record: BudgetRecord, replaced: str, stand_in: str,
-                   started: Mapping[str, float] | None = None) -> float:
+def stand_in_start(record: BudgetRecord, replaced: str, started: Mapping[str, float] | None = None) -> float:
     """When the stand-in may start, at worst: once the replaced expert has failed, at the end of
     its predicted run, which on a shared device comes after every run there that may start no
     later than it (the experts planned and stood in so far, `started` holding the stand-ins'

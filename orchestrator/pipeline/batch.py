@@ -213,7 +213,7 @@ class BatchRun:
             if (stand_in := self._stand_in(q, sent.expert)) is not None:
                 q.fallbacks.append(stand_in)
                 if q.decision.budget is not None:
-                    q.starts[stand_in] = stand_in_start(q.decision.budget, sent.expert, stand_in, q.starts)
+                    q.starts[stand_in] = stand_in_start(q.decision.budget, sent.expert, q.starts)
                 self._send_expert(sent.query, sent.draw, stand_in)
         if not q.outstanding:
             self._experts_done(sent.query)

@@ -43,7 +43,7 @@ def test_a_stand_in_for_a_stand_in_starts_after_both_have_failed() -> None:
     r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "y"), ("c", 4.0, 1.0, "z")], ["a"], latency_s=4.0,
                energy_j=1.0, budget_ms=10_000)
     assert stand_in_fits(r, ["a"], "a", "b")
-    started = {"b": stand_in_start(r, "a", "b")}
+    started = {"b": stand_in_start(r, "a")}
     assert stand_in_cost(r, ["a", "b"], "b", "c", started) == pytest.approx((12.0, 3.0))
     assert not stand_in_fits(r, ["a", "b"], "b", "c", started)
 
@@ -63,8 +63,8 @@ def test_a_stand_in_for_a_stand_in_on_one_device_waits_once_for_the_first_failur
     and ends at 12 s. a's 4 s was counted twice (16 s), refusing c under a 12.5 s budget."""
     r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "y"), ("c", 4.0, 1.0, "y")], ["a"], latency_s=4.0,
                energy_j=1.0, budget_ms=12_500)
-    started = {"b": stand_in_start(r, "a", "b")}
-    assert stand_in_start(r, "b", "c", started) == pytest.approx(8.0)
+    started = {"b": stand_in_start(r, "a")}
+    assert stand_in_start(r, "b", started) == pytest.approx(8.0)
     assert stand_in_cost(r, ["a", "b"], "b", "c", started) == pytest.approx((12.0, 3.0))
     assert stand_in_fits(r, ["a", "b"], "b", "c", started)
 
@@ -92,7 +92,7 @@ def test_a_failed_expert_that_queued_on_its_device_fails_after_its_wait() -> Non
     predicted at 12 s and let stand in past a 13 s budget."""
     r = record([("a", 4.0, 1.0, "x"), ("b", 4.0, 1.0, "x"), ("c", 4.0, 1.0, "x"), ("e", 4.0, 1.0, "y")],
                ["a", "b"], latency_s=8.0, energy_j=2.0, budget_ms=13_000)
-    started = {"c": stand_in_start(r, "a", "c")}
-    assert started["c"] == pytest.approx(8.0) and stand_in_start(r, "c", "e", started) == pytest.approx(12.0)
+    started = {"c": stand_in_start(r, "a")}
+    assert started["c"] == pytest.approx(8.0) and stand_in_start(r, "c", started) == pytest.approx(12.0)
     assert stand_in_cost(r, ["a", "b", "c"], "c", "e", started) == pytest.approx((16.0, 4.0))
     assert not stand_in_fits(r, ["a", "b", "c"], "c", "e", started)
