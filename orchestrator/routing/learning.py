@@ -308,10 +308,12 @@ class CompetitionPolicy:
 
     def give_back(self, slots: int) -> None:
         """Return `slots` of the cap that queries never run took (a request refused, a store that
-        failed): the cap counts work done. The newest go: which ones does not change the count."""
+        failed): the cap counts work done. The oldest go, so those kept leave the window no sooner
+        than the ones truly taken: the newest going kept an older slot counted in its place, which
+        left early and let a third competition into a minute capped at two."""
         with self._lock:
             for _ in range(min(slots, len(self._recent))):
-                self._recent.pop()
+                self._recent.popleft()
 
     def _take(self) -> bool:
         now = self.clock()

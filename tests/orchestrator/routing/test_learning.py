@@ -192,6 +192,22 @@ def test_an_exploration_teaches_by_consensus_where_a_competition_waits_for_feedb
     assert CompetitionPolicy(consensus_teaches=True).teaches(competition)
 
 
+def test_a_slot_given_back_never_lets_the_cap_be_passed_within_a_minute() -> None:
+    """Giving back took the newest slot: with one taken at 0 and one at 59 and one given back, the
+    one kept was 0's, gone from the window at 60, and competitions ran at 59, 60.5 and 61."""
+    now = [0.0]
+    policy = CompetitionPolicy(per_minute=2, clock=lambda: now[0])
+    fired = []
+    for t in (0.0, 59.0):
+        now[0] = t
+        fired.append(policy.fires(1, f"q{t}", rate=1.0))
+    policy.give_back(1)
+    for t in (60.5, 61.0):
+        now[0] = t
+        fired.append(policy.fires(1, f"q{t}", rate=1.0))
+    assert fired == [True, True, True, False]
+
+
 def test_a_free_text_question_s_answers_are_no_letters_and_none_given_reads_every_letter() -> None:
     """Letters were read with all of A-P valid whatever the question: "Answer: I think 391" was a
     pick of "I", the reference, and "Answer: 391" was marked wrong. A question without lettered
