@@ -262,6 +262,7 @@ class SkillRoute:
         self.instance.stop()
         self.queries.close()  # the window, then its lessons: learned while the pool and store are up
         self.experts.queue.close()
+        self.pool.close()
         if self._owns_workers:
             self.fleet.shutdown()
         self.instance.close()  # last: what the window left unanswered is a dead service's from here

@@ -24,6 +24,7 @@ from orchestrator.routing.learning import (
 )
 from orchestrator.routing.router import build_router
 from orchestrator.services.deployment import Deployment
+from orchestrator.services.refits import Refits
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -152,6 +153,7 @@ class PoolState:
         # the highest lesson id the shown rebuild read: a lesson at or below it is in the snapshot
         # as the store had it then (read, or deleted by one that replaced it), so `learn` skips it
         self._read_upto = 0
+        self.refits = Refits(self._refit)  # behind the lesson that made one due: see there
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -224,7 +226,7 @@ class PoolState:
         if cut is None:
             self.refresh()
         elif due:
-            self._refit()
+            self.refits.ask()
         return stored
 
     def _store(self, lessons: Sequence[tuple[int | None, Lesson]]) -> tuple[list[Stored], dict[str, int]]:
@@ -237,7 +239,7 @@ class PoolState:
 
     def _teach(self, snap: PoolSnapshot, ids: list[int], new_ids: list[int], lessons: Sequence[Lesson]) -> bool:
         """Under the lock: the snapshot with the lessons added, and the ids of its learned rows;
-        True when the router's parameters are due to be fitted again (`_refit`, off the lock)."""
+        True when the router's parameters are due to be fitted again (`_refit`, behind the caller)."""
         self._snapshot = _taught(snap, lessons, self.router_name)
         assert self._snapshot.evidence is not None
         self._lesson_ids = _newest([*ids, *new_ids], self._snapshot.evidence.learned_rows)
@@ -289,6 +291,9 @@ class PoolState:
 
     def worker_for(self, spec: ExpertSpec) -> str:
         return self.placement(spec)[spec.name]
+
+    def close(self) -> None:
+        self.refits.close()
 
     def evidence_counts(self) -> dict[str, int]:
         """Each expert's observed marks, profiling and lessons together."""

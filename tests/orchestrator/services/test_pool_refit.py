@@ -1,5 +1,6 @@
 """The k-NN parameters are refitted every `refit_every` lessons (28 s at scale) off the pool's
-lock: learning and refreshes go on meanwhile, and the refit lands in the snapshot current then."""
+lock and behind the lesson that made it due: learning, refreshes and replies go on meanwhile, and
+the refit lands in the snapshot current then."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ EXPERTS = [mock_expert("alpha", "m1", "math persona"), mock_expert("beta", "m1",
            mock_expert("gamma", "m2")]
 
 
-def test_a_refit_holds_no_lock_that_learning_waits_on(tmp_path: Path, embedder: Embedder,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The refit ran under the pool's lock: every other lesson (feedback on its request thread)
-    and every refresh waited for it."""
+def test_a_refit_runs_behind_the_feedback_that_made_it_due(tmp_path: Path, embedder: Embedder,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refit ran under the pool's lock (every other lesson and refresh waited for it), then on
+    the thread whose lesson made it due: every `refit_every`-th feedback's client waited for it
+    (28 s at scale) before its reply. Both replies come while it is held; it lands after them."""
     pool_config = small_pool(EXPERTS).model_copy(update={"router": "knn"})
     c = SkillRoute(quiet_settings(tmp_path), pool_config, factory=mock_or_real, embedder=embedder)
     with TestClient(create_app(c, owns_container=True)):
@@ -34,23 +36,22 @@ def test_a_refit_holds_no_lock_that_learning_waits_on(tmp_path: Path, embedder: 
         real, fitting, release = knn_router.fit_params, threading.Event(), threading.Event()
 
         def held(*args: Any, **kwargs: Any) -> Any:
-            if threading.current_thread().name == "refitting":
-                fitting.set()
-                assert release.wait(60), "the test never let the refit finish"
+            fitting.set()
+            assert release.wait(60), "the test never let the refit finish"
             return real(*args, **kwargs)
 
         monkeypatch.setattr(knn_router, "fit_params", held)
-        refitting = threading.Thread(target=c.feedback.give, args=(first.id, True), name="refitting")
-        refitting.start()
+        replies = [threading.Thread(target=c.feedback.give, args=(q.id, True)) for q in (first, second)]
         try:
+            replies[0].start()
             assert fitting.wait(60)
-            other = threading.Thread(target=c.feedback.give, args=(second.id, True))
-            other.start()
-            other.join(20)  # it waits on nothing the refit holds: it ends while the refit is held
-            assert not other.is_alive(), "a lesson waited for another's refit"
+            replies[1].start()
+            for reply in replies:
+                reply.join(20)
+                assert not reply.is_alive(), "a feedback's reply waited for a refit"
         finally:
             release.set()
-            refitting.join(60)
+        assert c.pool.refits.settled(60)
         snap = c.pool.snapshot
         assert isinstance(snap.router, KnnRouter) and snap.router.evidence is snap.evidence
         assert snap.evidence is not None and snap.evidence.learned_rows == 2
