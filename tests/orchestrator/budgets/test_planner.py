@@ -10,6 +10,7 @@ from experts.devices import estimate_cost, load_devices
 from experts.replay import ReplayBackend
 from experts.traits import traits
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
+from experts.workers import WorkerSpec
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import log_odds_weight
 from orchestrator.budgets.planner import (
@@ -22,6 +23,7 @@ from orchestrator.budgets.planner import (
     device_table,
     expert_params_b,
     measured,
+    site,
     slot,
     text_tokens,
 )
@@ -65,6 +67,21 @@ def test_a_replay_expert_runs_on_servers_of_its_own_and_is_costed_like_its_repli
     backend = ReplayBackend("/rec", "Llama-2-70b-hf")
     assert traits(big.base).output_tokens(24) == backend.cot_tokens
     assert predicted == backend.estimate(100)  # tensor-parallel over the H100s its weights need
+
+
+def test_experts_on_one_worker_share_its_slot_whatever_device_each_is_costed_on() -> None:
+    """OpenAI-compatible experts placed on a Jetson and an H100, both run by this CPU's worker
+    (its stages one after another), were planned in parallel: a plan of 3.0 s took 5.3 s."""
+    def remote(name: str, device: str) -> ExpertSpec:
+        return ExpertSpec(name=name, base=BaseModelSpec(kind="openai", source="http://127.0.0.1:9/v1", model=name),
+                          placement=ExpertPlacement(device=device, params_b=7.0))
+
+    cpu = WorkerSpec(name="cpu", device="local-cpu")
+    edge, server = site(remote("e", "jetson-agx-orin"), cpu), site(remote("s", "h100-server"), cpu)
+    assert (edge.device, server.device) == ("jetson-agx-orin", "h100-server")
+    assert edge.slot == server.slot == "cpu"
+    recorded = ExpertSpec(name="r", base=BaseModelSpec(kind="replay", source="/rec", model="Mistral-7B-v0.1"))
+    assert site(recorded, cpu).slot == "h100-server#r"  # looked up, its time simulated on its own servers
 
 
 def test_experts_sharing_the_cpu_add_their_latencies_and_the_aggregator_follows() -> None:
