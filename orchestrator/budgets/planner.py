@@ -140,9 +140,12 @@ def _candidate(c: Candidate) -> BudgetCandidate:
                            device=c.device)
 
 
-def measured(record: BudgetRecord, stages_s: float, power_w: float) -> BudgetRecord:
+def measured(record: BudgetRecord, stages_s: float, power_w: float | None) -> BudgetRecord:
     """The record with what the batch really took: its stages' wall time, and energy as the
-    local device's power over that time (no power counter is readable here: an estimate)."""
+    local device's power over that time (no power counter is readable here: an estimate); none
+    where the devices file has no local profile (it read 0 J, on a basis no profile gave)."""
+    if power_w is None:
+        return record.model_copy(update={"measured_latency_s": stages_s})
     return record.model_copy(update={
         "measured_latency_s": stages_s, "measured_energy_j": power_w * stages_s,
         "measured_energy_basis": f"{LOCAL_DEVICE} power_w x measured wall time (estimate)"})
@@ -220,7 +223,7 @@ class BudgetPlanner:
 
     def __init__(self, devices: Mapping[str, DeviceProfile] | None = None, slowdown: Slowdown | None = None):
         self.profiles: dict[str, DeviceProfile] = dict(devices if devices is not None else device_table())
-        self.power_w = self.profiles[LOCAL_DEVICE].power_w if LOCAL_DEVICE in self.profiles else 0.0
+        self.power_w = self.profiles[LOCAL_DEVICE].power_w if LOCAL_DEVICE in self.profiles else None
         self.slowdown = slowdown or Slowdown()
 
     def observe(self, experts: Mapping[str, ExpertSpec], replies: Sequence[Answer],

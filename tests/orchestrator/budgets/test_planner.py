@@ -147,6 +147,18 @@ def test_record_shows_budget_choice_prediction_and_measured_energy_basis() -> No
     assert plan.record().measured_latency_s is None
 
 
+def test_with_no_local_profile_no_energy_is_measured() -> None:
+    """A devices file of a Jetson and an H100 alone: the batch's energy read 0 J, "local-cpu
+    power_w x measured wall time", a profile it did not have."""
+    profiles = {n: p for n, p in load_devices().items() if n != "local-cpu"}
+    experts = {"a": spec("a", "/m.gguf", device="h100-server", params_b=7.0)}
+    planner = BudgetPlanner(profiles)
+    plan = planner.plan(PoolView(experts, None, True), "q", [score("a", 0.5)], QueryBudget(latency_s=1e3), 2, TOKENS)
+    rec = measured(plan.record(), 2.0, planner.power_w)
+    assert rec.measured_latency_s == 2.0
+    assert (rec.measured_energy_j, rec.measured_energy_basis) == (None, None)
+
+
 def test_a_devices_file_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "devices.yaml"
     path.write_text("devices:\n  - {name: local-cpu, tier: local, tokens_per_s_at_1b: 5, "
