@@ -32,7 +32,7 @@ from orchestrator.scheduling.worker import BackendFactory, DeviceWorker
 from orchestrator.services.admission import Admission
 from orchestrator.services.batches import BatchService
 from orchestrator.services.chat import ChatService
-from orchestrator.services.deployment import Deployment, fail_misplaced
+from orchestrator.services.deployment import Deployment, fail_misplaced, fail_unreadable
 from orchestrator.services.experts import ExpertService
 from orchestrator.services.feedback import FeedbackService
 from orchestrator.services.idempotency import IdempotencyService
@@ -209,13 +209,20 @@ class SkillRoute:
         migrate(self.settings.db_url)
         self._alive()
         with preparing(self.settings.db_url):
-            fail_misplaced(self.db, self.deployment, {e.name for e in self.pool_config.experts})
+            from_file = {e.name for e in self.pool_config.experts}
+            fail_misplaced(self.db, self.deployment, from_file)
+            fail_unreadable(self.db, self._validate_source, from_file)
             sync_pool_file(self.experts, self.db, self.pool_config.experts)
             restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
             behind = self._profile_pending(progress, defer)
             self.profiler.choose_aggregator()
         if behind:  # after the aggregator choice: the queue's run chooses again once they are in
             self.experts.queue.submit(behind)
+
+    def _validate_source(self, spec: ExpertSpec) -> None:
+        """Read `spec`'s model header on the worker it runs on (a file may be on that node alone)."""
+        worker = self.pool.placement().get(spec.name, self.fleet.default)
+        self.fleet[worker].backend(spec.base).validate()
 
     def _profile_pending(self, progress: Progress | None, defer: bool) -> list[int]:
         """Profile the experts stored but not profiled here, or with `defer` and an expert ready

@@ -242,5 +242,10 @@ class Unanswerable(QueryError):
     """No expert of the pool can take this query (a replay pool's recording lacks it, say)."""
 
 
+class ExpertUnusable(QueryError):
+    """The experts that could take the query cannot run: their model cannot be read (a file
+    removed since it was registered). The service's fault, not the query's."""
+
+
 class UnknownExpert(QueryError):
     """A direct call names an expert the pool does not have."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experts.backend import BackendError
+from experts.backend import BackendError, ModelSourceError
 from experts.options import BackendOptions
 from experts.traits import check_prompt, prompt_scope
 from experts.types import ExpertSpec
@@ -28,7 +28,9 @@ from orchestrator.domain import (
     Ask,
     Decision,
     ExpertScore,
+    ExpertUnusable,
     NoExperts,
+    QueryError,
     RecruitMode,
     SkillMatch,
     Unanswerable,
@@ -191,7 +193,7 @@ class Decider:
         if ask.expert is not None and ask.expert not in pool.experts:
             raise UnknownExpert(f"the model {ask.expert!r} does not exist; GET /v1/models lists them", index, "model")
         names = [ask.expert] if ask.expert is not None else list(pool.experts)
-        verdicts: dict[str, str | None] = {}
+        verdicts: dict[str, Refusal | None] = {}
         refused = {}
         for name in names:
             spec = pool.experts[name]
@@ -202,14 +204,16 @@ class Decider:
             refused[name] = verdicts[scope]
         eligible = {n for n, why in refused.items() if why is None}
         if not eligible:
-            raise Unanswerable(next(why for why in refused.values() if why is not None), index)
+            raise _refused(refused, index)
         return eligible
 
-    def _refusal(self, spec: ExpertSpec, text: str, max_tokens: int) -> str | None:
+    def _refusal(self, spec: ExpertSpec, text: str, max_tokens: int) -> Refusal | None:
         try:
             check_prompt(spec, text, max_tokens, self.options)
+        except ModelSourceError as exc:  # its weights, not the prompt: a file gone since registration
+            return Refusal(f"expert {spec.name!r} cannot run: {exc}", unusable=True)
         except BackendError as exc:
-            return str(exc)
+            return Refusal(str(exc))
         return None
 
     def _plan(self, pool: PoolSnapshot, index: int, ask: Ask, scores: list[ExpertScore]) -> BudgetPlan:
@@ -220,6 +224,25 @@ class Decider:
         except InfeasibleBudget as exc:
             exc.index = index
             raise
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an expert cannot take a query; `unusable`: its model cannot be read, whatever the query."""
+
+    message: str
+    unusable: bool = False
+
+
+def _refused(refused: Mapping[str, Refusal | None], index: int) -> QueryError:
+    """What a query no expert can take gets: a refusal of its prompt is the client's to fix (422);
+    where every expert's model is unreadable, the service's (503, naming the model): that read as
+    a 422 on the client's messages ("no such file: …/mine.gguf")."""
+    reasons = [r for r in refused.values() if r is not None]
+    prompt = next((r for r in reasons if not r.unusable), None)
+    if prompt is not None:
+        return Unanswerable(prompt.message, index)
+    return ExpertUnusable(reasons[0].message, index, "model")
 
 
 def _candidates(pool: PoolSnapshot, ranked: Sequence[ExpertScore], matches: Sequence[VocabularyMatch],

@@ -20,11 +20,11 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.budgets.solver import InfeasibleBudget
-from orchestrator.domain import Ask, Decision, NoExperts, QueryError, UnknownExpert
+from orchestrator.domain import Ask, Decision, ExpertUnusable, NoExperts, QueryError, UnknownExpert
 from orchestrator.pipeline import Pipeline
 from orchestrator.scheduling.combiner import Combiner
 from orchestrator.services.budgets import infeasible
-from orchestrator.services.errors import NotFound, NotReady, ServiceError, Unprocessable
+from orchestrator.services.errors import ModelUnavailable, NotFound, NotReady, ServiceError, Unprocessable
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.pool import PoolState
 from orchestrator.store.db import Database
@@ -162,6 +162,8 @@ def refusal(exc: QueryError, count: int, ask: Ask) -> ServiceError:
         return NotReady(exc.message)
     if isinstance(exc, UnknownExpert):
         return ModelNotFound(exc.message, exc.param)
+    if isinstance(exc, ExpertUnusable):
+        return ModelUnavailable(f"{where}{exc.message}", exc.param)
     if isinstance(exc, InfeasibleBudget):
         return infeasible(exc, ask.budget, where)
     return Unprocessable(f"{where}{exc.message}", exc.param)

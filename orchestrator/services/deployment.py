@@ -13,6 +13,8 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from experts.backend import ModelSourceError
+from experts.catalog import PACKAGE_PREFIX
 from experts.devices import DeviceProfile
 from experts.types import BaseModelSpec, ExpertSpec
 from experts.workers import WorkerSpec, memory_bytes
@@ -95,6 +97,34 @@ def fail_misplaced(db: Database, deployment: Deployment, spared: Collection[str]
     return failed
 
 
+def fail_unreadable(db: Database, validate: Callable[[ExpertSpec], None], spared: Collection[str]) -> list[str]:
+    """Fail the stored experts whose model file is gone or unreadable since they were registered
+    (`validate`: its header, read where the expert runs), naming it: such an expert stayed ready,
+    routing left it out unseen, and a query naming it got a 422 on its messages. Files only: a
+    packaged model is assembled again when needed, a server may come back. A pool file's is
+    spared, as above. The names failed."""
+    failed = []
+    with db.session() as s:
+        repo = ExpertRepository(s)
+        for row in repo.list(profiles=False):
+            if row.status in ("failed", "removed") or row.name in spared:
+                continue
+            spec = ExpertSpec.model_validate(row.spec)
+            try:
+                if _a_file(spec):
+                    validate(spec)
+            except ModelSourceError as exc:
+                _fail(repo, row.id, f"{exc}: put the file back and PATCH it with enabled true, or remove it")
+                failed.append(row.name)
+    if failed:
+        log.warning("experts whose model file cannot be read failed: %s", ", ".join(failed))
+    return failed
+
+
+def _a_file(spec: ExpertSpec) -> bool:
+    return spec.base.kind == "llamacpp" and not spec.base.source.startswith(PACKAGE_PREFIX)
+
+
 def _fail(repo: ExpertRepository, expert_id: int, error: str) -> None:
     """Failed whatever its status, a disabled one too: `set_status` keeps a user's disable, but a
     disabled expert is still placed (an unknown worker stopped the start all the same) and
@@ -103,4 +133,4 @@ def _fail(repo: ExpertRepository, expert_id: int, error: str) -> None:
     repo.set_status(expert_id, "failed", error)  # and why, which a lifecycle change clears
 
 
-__all__ = ["Deployment", "PlacementError", "fail_misplaced"]
+__all__ = ["Deployment", "PlacementError", "fail_misplaced", "fail_unreadable"]

@@ -38,6 +38,12 @@ class NotReady(ServiceError):
     status_code, code = 503, "not_ready"
 
 
+class ModelUnavailable(ServiceError):
+    """An expert's model cannot be used now (its weights gone since it was registered)."""
+
+    status_code, code = 503, "model_unavailable"
+
+
 class Busy(ServiceError):
     """Too many queries wait to be answered: the request is refused before anything is stored."""
 
