@@ -21,8 +21,8 @@ from pathlib import Path
 from experts.backend import ModelSourceError
 from experts.gguf import GGUFInfo, check_gguf
 from experts.options import BackendOptions
+from experts.types import PACKAGE_PREFIX
 
-PACKAGE_PREFIX = "package:"
 DEFAULT_MODELS_DIR = BackendOptions().models_dir
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
 # OpenAI's limits on `stop`: a query's (`openai_protocol`) and an expert's own (`check_stops`)
@@ -165,6 +166,7 @@ StreamEvent = str | Generation
 
 BackendKind = Literal["llamacpp", "openai", "replay", "vllm", "mock"]
 SOURCE_MAX_CHARS, MODEL_MAX_CHARS = 400, 100  # with the kind and separators, within 512
+PACKAGE_PREFIX = "package:"  # a llamacpp or vllm source naming a packaged model (experts.catalog)
 
 
 class BaseModelSpec(Strict):
@@ -188,10 +190,25 @@ class BaseModelSpec(Strict):
         """After the length bounds (a 422 that counts characters), as `check_storable` says."""
         return None if value is None else check_storable(value)
 
+    @model_validator(mode="after")
+    def _one_spelling(self) -> BaseModelSpec:
+        """A model file's source spelled one way: `package: smollm2…` or `/m/./smol.gguf` beside
+        `package:smollm2…` and `/m/smol.gguf` were other keys for the same weights, each loaded
+        again (1.1 GB a copy of the 1.5B) and never batched together. Lexical: nothing is looked up."""
+        if self.kind in ("llamacpp", "vllm"):
+            self.source = one_spelling(self.source)
+        return self
+
     @property
     def key(self) -> str:
         """The batching key: two experts with equal keys are the same weights."""
         return f"{self.kind}:{self.source}" + (f"#{self.model}" if self.model else "")
+
+
+def one_spelling(source: str) -> str:
+    if source.startswith(PACKAGE_PREFIX):
+        return PACKAGE_PREFIX + source[len(PACKAGE_PREFIX):].strip()
+    return os.path.normpath(source) if source.strip() else source
 
 
 class ExpertPlacement(Strict):

@@ -23,10 +23,9 @@ from typing import Any, Protocol
 
 from experts.backend import BackendError, ModelSourceError
 from experts.options import BackendOptions
-from experts.types import BaseModelSpec, Generation, GenerationRequest, SamplingParams, finish_reason_of
+from experts.types import PACKAGE_PREFIX, BaseModelSpec, Generation, GenerationRequest, SamplingParams, finish_reason_of
 from experts.vllm_host import START_TIMEOUT_S, WorkerProcess, vllm_python
 
-PACKAGE_PREFIX = "package:"
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
 # A worker that has hosted many engines keeps some of each (measured here: idle RSS +50 MB per

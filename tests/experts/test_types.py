@@ -56,3 +56,15 @@ def test_an_expert_s_stops_and_model_source_refuse_nul_and_lone_surrogates(text:
     with pytest.raises(ValueError, match="NUL|lone surrogate"):
         check_storable(text)
     assert check_storable("plain, \U0001f600 whole") == "plain, \U0001f600 whole"
+
+
+def test_one_model_file_spelled_two_ways_is_one_key() -> None:
+    """`package: smollm2…` and `/m/./smol.gguf` were keys of their own: the same weights loaded
+    once per spelling, and never batched together."""
+    def key(kind: str, source: str) -> str:
+        return BaseModelSpec(kind=kind, source=source).key  # type: ignore[arg-type]
+
+    assert key("llamacpp", "package: smollm2-135m-instruct") == key("llamacpp", "package:smollm2-135m-instruct")
+    assert key("llamacpp", "/m/./a/../smol.gguf") == key("llamacpp", "/m/smol.gguf")
+    assert key("vllm", "/hf/qwen/") == key("vllm", "/hf/qwen")
+    assert key("openai", "http://h/./v1") == "openai:http://h/./v1"  # a URL is the server's to read
