@@ -13,6 +13,10 @@ markdown/quote characters (curly ones too) and list numbers around items are str
 only before an item: C# keeps its own),
 ";" and the CJK commas separate as "," does, and the prompt's own `<keyword1>` echoed back is
 no keyword. Whitespace inside a keyword is collapsed as the vocabulary's names are (`normal_form`).
+"The keywords are:" is a marker too, an item with a ":" in it is a label and its text (SmolLM2's
+"Psychology: 1.1.2.2.4.3."), not a keyword, and a reply cut by the token limit loses its last item
+(likely a word cut short: "behavioral", "mathematical"). A reply without a marker is read whole, as
+the paper does, but when no keyword is agreed a sample that had one is preferred (`consolidate`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from experts.types import ChatMessage, Generation, GenerationRequest, SamplingPa
 
 MAX_KEYWORD_CHARS = 20
 MAX_KEYWORDS = 5
-_MARKER = re.compile(r"keywords\s*[:：]", re.IGNORECASE)
+_MARKER = re.compile(r"keywords(?:\s+are)?\s*[:：]", re.IGNORECASE)  # "The keywords are: a, b" too
 _STRIP = " \t\"'`*_-•[]<>\u201c\u201d\u2018\u2019«»「」『』"
 _HEADING = "#"  # markdown headings and tags lead an item; at its end it is C#'s or F#'s
 _SEPARATOR = re.compile(r"[,;，、；]")  # small models write the list as their language does
 _LIST_ITEM = re.compile(r"\s*(?:[-*•+]|\d{1,2}[.)])\s+")  # "- x", "* x", "1. x", "2) x"
 _PLACEHOLDER = re.compile(r"keywords?\s*\d*")  # the prompt's "<keyword1>, <keyword2>..." copied
+_LABEL = re.compile(r"[:：]")  # "psychology: 112243": a label and its text, no keyword
+_CUT_ITEM = re.compile(r"[^,;，、；\n]*\Z")  # the text after a reply's last separator or line break
 
 
 def keyword_prompt(question: str) -> str:
@@ -44,13 +50,21 @@ def keyword_prompt(question: str) -> str:
     )
 
 
-def parse_keywords(text: str) -> list[str]:
+def parse_keywords(text: str, cut: bool = False) -> list[str]:
     """Keywords in one reply, in order, without duplicates: after the last marker that gives any
-    (see `_tails`)."""
+    (see `_tails`); `cut`: the reply hit the token limit, so its last item is dropped."""
+    return read_reply(text, cut)[0]
+
+
+def read_reply(text: str, cut: bool = False) -> tuple[list[str], bool]:
+    """`parse_keywords`, and whether a marker gave them: a reply without one is read whole, and
+    is as likely prose ("…other viruses, such as cyt") as a list."""
+    if cut:  # the last item may be a word cut short: no keyword, or worse a wrong one
+        text = _CUT_ITEM.sub("", text)
     for tail in _tails(text):
         if keywords := _parsed(_keyword_lines(tail)):
-            return keywords
-    return []
+            return keywords, _MARKER.search(text) is not None  # a marker found reads only its tails
+    return [], False
 
 
 def _tails(text: str) -> list[str]:
@@ -68,7 +82,7 @@ def _parsed(lines: list[str]) -> list[str]:
     out: list[str] = []
     for item in (i for line in lines for i in _SEPARATOR.split(line)):
         keyword = _clean(item)
-        if keyword and len(keyword) <= MAX_KEYWORD_CHARS and keyword not in out:
+        if keyword and len(keyword) <= MAX_KEYWORD_CHARS and not _LABEL.search(keyword) and keyword not in out:
             out.append(keyword)
     return out
 
@@ -126,7 +140,8 @@ def normal_form(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
-def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int = MAX_KEYWORDS) -> list[str]:
+def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int = MAX_KEYWORDS,
+                marked: Sequence[bool] = ()) -> list[str]:
     """Keywords named by at least `min_count` samples, in first-seen order; at most `most` (the
     prompt asks for 2-5): the best agreed, ties to the first seen. Small models sometimes copy
     the prompt's example list whole, which would otherwise give a question ten "skills".
@@ -134,7 +149,8 @@ def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int 
     A keyword counts once per sample (repeating it inside one reply is not agreement). When no
     keyword reaches `min_count`, the first non-empty sample's keywords are returned: with every
     count at 1 no sample is better supported than another, the first is reproducible, and a
-    question with no skills could never be routed or profiled.
+    question with no skills could never be routed or profiled. `marked[i]`: sample i's reply had
+    a "Keywords:" marker; the first such sample is taken before any without (`_fallback`).
     """
     counts: Counter[str] = Counter()
     order: list[str] = []
@@ -145,9 +161,18 @@ def consolidate(samples: Sequence[Sequence[str]], min_count: int = 2, most: int 
                 order.append(keyword)
     agreed = [k for k in order if counts[k] >= min_count]
     if not agreed:
-        return list(dict.fromkeys(next((s for s in samples if s), [])))[:most]
+        return list(dict.fromkeys(_fallback(samples, marked)))[:most]
     kept = set(sorted(agreed, key=lambda k: (-counts[k], order.index(k)))[:most])
     return [k for k in agreed if k in kept]
+
+
+def _fallback(samples: Sequence[Sequence[str]], marked: Sequence[bool]) -> Sequence[str]:
+    """The first non-empty sample whose reply had a marker, else the first non-empty one: a reply
+    without a marker is read whole, so SmolLM2's prose ("such as cyt") came before a later
+    sample's "Keywords: psychology, virology"."""
+    flags = [i < len(marked) and marked[i] for i in range(len(samples))]
+    ranked = sorted(range(len(samples)), key=lambda i: not flags[i])  # stable: first seen first
+    return next((samples[i] for i in ranked if samples[i]), [])
 
 
 def keyword_requests(
@@ -183,15 +208,18 @@ def question_id_of(request_id: str) -> str | None:
 def keywords_from_generations(
     question_ids: Iterable[str], generations: Iterable[Generation], min_count: int = 2
 ) -> dict[str, list[str]]:
-    """Consolidated keywords per question (an empty list for a question with no replies)."""
-    replies: dict[str, list[tuple[int, list[str]]]] = defaultdict(list)
+    """Consolidated keywords per question (an empty list for a question with no replies); a
+    reply that hit the token limit (finish_reason "length") is read without its last item."""
+    replies: dict[str, list[tuple[int, list[str], bool]]] = defaultdict(list)
     for gen in generations:
         qid = question_id_of(gen.request_id)
         if qid is not None:
             sample_index = int(gen.request_id.rpartition("#kw")[2])
-            replies[qid].append((sample_index, parse_keywords(gen.text)))
-    # Sorting by sample index makes the "first sample" fallback independent of reply order.
-    return {
-        qid: consolidate([kw for _, kw in sorted(replies.get(qid, []))], min_count)
-        for qid in question_ids
-    }
+            replies[qid].append((sample_index, *read_reply(gen.text, gen.finish_reason == "length")))
+    return {qid: _consolidated(replies.get(qid, []), min_count) for qid in question_ids}
+
+
+def _consolidated(replies: list[tuple[int, list[str], bool]], min_count: int) -> list[str]:
+    """One question's (sample index, keywords, marked) replies consolidated."""
+    ordered = sorted(replies)  # by sample index: the fallback does not depend on reply order
+    return consolidate([kw for _, kw, _ in ordered], min_count, marked=[m for _, _, m in ordered])

@@ -54,8 +54,9 @@ class KeywordReader:
 
     def read(self, expert: ExpertSpec, worker: str, texts: Sequence[str]) -> list[list[str]]:
         """Each text's agreed keywords (lower-cased, at most 20 characters each, as the paper
-        parses them); a text whose samples share none gets its first sample's, one whose
-        samples all failed none."""
+        parses them); a text whose samples share none gets its first sample's (the first with a
+        "Keywords:" marker if any had one), one whose samples all failed none. A sample cut by
+        the token limit loses its last keyword, likely a word cut short (`skills.keywords`)."""
         return self.read_reporting(expert, worker, texts).keywords
 
     def read_reporting(self, expert: ExpertSpec, worker: str, texts: Sequence[str]) -> KeywordRead:
@@ -66,6 +67,7 @@ class KeywordReader:
                 for r in keyword_requests(qid, text, self.samples, self.temperature, MAX_TOKENS, self.seed,
                                           expert.timeout_s)]
         replies = self.fleet.execute({worker: jobs})
+        # whole Generations, not texts: a reply's finish_reason says whether its last item was cut
         found = keywords_from_generations(ids, [g for g in replies.values() if g.error is None])
         errors = [g.error for g in replies.values() if g.error is not None]
         return KeywordRead([found[qid] for qid in ids], errors, len(jobs))
