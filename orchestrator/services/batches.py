@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from orchestrator.domain import Ask
+from orchestrator.services.backlog import key_of
 from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.queries import QueryService
@@ -53,9 +54,10 @@ class BatchService:
         cannot be taken refuses the whole batch with its 4xx, and nothing is stored. A `claim`
         (idempotency key) is stored with the batch; KeyTaken, nothing stored, if it was taken."""
         asks, custom_ids = [e.ask for e in entries], [e.custom_id for e in entries]
-        with self.queries.room(len(entries)):  # held until queued: concurrent batches cannot all pass the bound
+        # held until queued (concurrent batches cannot all pass the bound), the key's share until answered
+        with self.queries.room(len(entries), key_of(asks)) as hold:
             batch_id, admitted = self.queries.admission.admit_batch(asks, custom_ids, key_id, claim)
-            self.queries.queue(admitted, "a batch chunk")
+            hold.until(self.queries.queue(admitted, "a batch chunk"))
         return batch_id
 
     def get(self, batch_id: int, reader: int | None = None) -> Batch:

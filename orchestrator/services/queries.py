@@ -26,7 +26,7 @@ from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.routing.learning import Lesson
 from orchestrator.scheduling.window import BatchingWindow, Release, Releasing
 from orchestrator.services.admission import Admission, Admitted
-from orchestrator.services.backlog import Backlog
+from orchestrator.services.backlog import Backlog, Hold, key_of
 from orchestrator.services.errors import NotFound
 from orchestrator.services.idempotency import Claim
 from orchestrator.services.instances import Instance
@@ -66,14 +66,17 @@ class QueryService:
 
     def start(self, asks: Sequence[Ask], claim: Claim | None = None) -> tuple[list[Admitted], Future[list[Query]]]:
         """`submit`, keeping the admitted queries (their ids and decisions) beside the future."""
-        with self.backlog.room(len(asks)):
+        with self.backlog.room(len(asks), key_of(asks)) as hold:
             items = self.admission.admit(asks, claim)
-            return items, self.window.submit(items)
+            done = self.window.submit(items)
+            hold.until([(len(items), done)])
+            return items, done
 
-    def room(self, n: int) -> AbstractContextManager[None]:
-        """Room in the backlog for `n` more queries, held while they are admitted and queued
-        (`Backlog.room`); Busy (503, nothing stored) if there is none."""
-        return self.backlog.room(n)
+    def room(self, n: int, key: int | None = None) -> AbstractContextManager[Hold]:
+        """Room in the backlog for `n` more queries, held while they are admitted and queued, and
+        `key`'s share until they are answered (`Backlog.room`); Busy (503) or RateLimited (429),
+        nothing stored, if there is none."""
+        return self.backlog.room(n, key)
 
     def waiting(self) -> int:
         """Queries accepted and not yet taken into a batch: in the window, in chunks not fed to it
