@@ -9,6 +9,7 @@ experts/ backends take what they need from `Settings.backends` as arguments.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -42,6 +43,9 @@ class DatabaseSettings(Section):
     url: str | None = Field(default=None, description="SQLAlchemy URL; unset: SQLite under data_dir.")
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an admin key may hold (`AuthSettings._not_blank`)
+
+
 class AuthSettings(Section):
     admin_key: SecretStr | None = None
     require_client_keys: bool = False
@@ -55,6 +59,12 @@ class AuthSettings(Section):
         if key is not None and not key.get_secret_value().strip():
             raise ValueError("is set but empty, so no request could ever be admin: unset it (no admin key) "
                              "or give it a value")
+        # so is one a Bearer header cannot carry: a blank or a line break (a key read from a file
+        # with its newline) never matches, and past ASCII a header is read as Latin-1, not UTF-8
+        if key is not None and not _VISIBLE_ASCII.fullmatch(key.get_secret_value()):
+            raise ValueError("holds a blank, a line break or a character past ASCII, which no Authorization "
+                             "header can carry, so no request could ever be admin: give printable ASCII alone "
+                             "(strip the newline of a key read from a file)")
         return key
 
 

@@ -86,6 +86,17 @@ def test_an_empty_admin_key_is_refused_not_taken_as_a_key_nobody_can_send(monkey
         Settings()
 
 
+@pytest.mark.parametrize("key", ["s3cret\n", "s3cret ", "two words", "pässwort-1", "tab\tkey"])
+def test_an_admin_key_no_bearer_header_can_carry_is_refused(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """A key read from a file with its newline, or one past ASCII (a header is read as Latin-1),
+    started the service and then matched no Bearer token: every admin write refused, nothing said."""
+    monkeypatch.setenv("SKILLROUTE_ADMIN_KEY", key)
+    with pytest.raises(ValidationError, match="admin_key\n.*a blank, a line break or a character past ASCII"):
+        Settings()
+    monkeypatch.setenv("SKILLROUTE_ADMIN_KEY", "s3cret-!~_key")
+    assert Settings().auth.admin_key is not None
+
+
 @pytest.mark.parametrize("blank", ["", "  "])
 def test_an_empty_openai_key_is_no_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", blank)
