@@ -147,11 +147,11 @@ class EmbeddingSettings(Section):
 
     kind: Literal["auto", "static", "transformer", "both"] = Field(
         default="auto", description="static: model2vec distilled from all-MiniLM-L6-v2 (a lookup); transformer: the "
-        "sentence-transformer itself (~20 ms a question; reads a question's skills far better: 60% against 36% "
-        "subject hits, bench/keywords.py); both: the two side by side, a k-NN neighbour near under both views "
-        "(+0.1-0.2 points routed on the replay corpus, but a decision waits ~24 ms for the transformer: README, "
-        "Load); auto: static under the k-NN router (question against question it routes as well, for 0.3 ms), "
-        "transformer under the skill-based symbolic one.")
+        "sentence-transformer itself (~20 ms a question; reads a question's skills far better: bench/keywords.py); "
+        "both: the two side by side, a k-NN neighbour near under both views (no better routed on the replay "
+        "corpus's open pool, and a decision waits for the transformer: README, Load); auto: static under the k-NN "
+        "router (question against question it routes as well, in well under a millisecond), transformer under "
+        "the skill-based symbolic one.")
     cache_dir: Path = Field(default=DEFAULT_CACHE_DIR,
                             description="Where the distilled static model is built once, for every data dir.")
 

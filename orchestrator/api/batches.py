@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId, reader_of
+from orchestrator.api.openapi_errors import ADMITTING
 from orchestrator.api.schemas import NameText, QueryRequest
 from orchestrator.services.batches import BatchEntry, counts
 from orchestrator.store.models import Batch, BatchItem
@@ -81,7 +82,7 @@ def _result(item: BatchItem) -> BatchResult:
                        recruited=list(d.recruited) if d else [], aggregator=d.aggregator if d else None)
 
 
-@router.post("", response_model=BatchOut, status_code=202)
+@router.post("", response_model=BatchOut, status_code=202, responses=ADMITTING)
 async def create_batch(c: Container, budgets: Budgets, caller: CurrentCaller, once: Idempotent, body: BatchCreate,
                        response: Response) -> BatchOut:
     """Queue the queries behind the live traffic's batching window; poll the Location for results.

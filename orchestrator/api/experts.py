@@ -13,7 +13,9 @@ from orchestrator.services.expert_changes import ExpertChange
 from orchestrator.store.models import Expert
 
 router = APIRouter(prefix="/v1/experts", tags=["experts"])
+ADMIN_ONLY: dict[int | str, dict[str, str]] = {403: {"description": "A client key: only admins change the pool."}}
 ERRORS: dict[int | str, dict[str, str]] = {
+    **ADMIN_ONLY,
     404: {"description": "No expert with that id."},
     409: {"description": "The expert was removed, or its profiling run is under way."},
     422: {"description": "A field that cannot change, or a value the expert cannot take; nothing changed."}}
@@ -23,7 +25,7 @@ def shown(c: SkillRoute, row: Expert, with_profile: bool = False) -> ExpertOut:
     return ExpertOut.from_row(row, with_profile=with_profile, worker=c.pool.placement().get(row.name))
 
 
-@router.post("", response_model=ExpertOut, status_code=202)
+@router.post("", response_model=ExpertOut, status_code=202, responses=ADMIN_ONLY)
 def create_expert(c: Container, body: ExpertCreate, response: Response) -> ExpertOut:
     """202: the model loaded (on the worker it will run on) and is stored; profiling runs now —
     poll GET /v1/experts/{id}."""

@@ -40,6 +40,7 @@ from orchestrator.api.openai_protocol import (
     sse_internal_error,
     usage_of,
 )
+from orchestrator.api.openapi_errors import ADMITTING
 from orchestrator.domain import Ask
 from orchestrator.services.admission import ModelNotFound
 from orchestrator.services.chat import ChatResult, ChatStream
@@ -54,7 +55,8 @@ router = APIRouter(prefix="/v1", tags=[OPENAI_TAG])  # the tag makes a bad reque
 
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
-                              "description": "A completion, or with stream=true its chunks as server-sent events."}})
+                              "description": "A completion, or with stream=true its chunks as server-sent events."},
+                        404: {"description": "No model of that name (GET /v1/models lists them)."}, **ADMITTING})
 async def chat_completions(c: Container, budgets: Budgets, once: Idempotent, body: ChatCompletionRequest,
                            response: Response) -> Any:
     """Answer a chat: routed to k experts and aggregated (`auto`), or one named expert."""

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import CurrentCaller
 from orchestrator.api.deps import Budgets, Container, Idempotent, RawContainer, RowId, reader_of
+from orchestrator.api.openapi_errors import ADMITTING
 from orchestrator.api.schemas import FeedbackOut, FeedbackRequest, QueryRequest, QueryResponse
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])
@@ -21,7 +22,7 @@ MAX_BATCH = 64
 QueryList = Annotated[list[QueryRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-@router.post("", response_model=QueryResponse | list[QueryResponse])
+@router.post("", response_model=QueryResponse | list[QueryResponse], responses=ADMITTING)
 async def create_query(
     c: Container, budgets: Budgets, once: Idempotent, body: Annotated[QueryRequest | QueryList, Body()]
 ) -> QueryResponse | list[QueryResponse]:
@@ -38,7 +39,8 @@ async def create_query(
     return out if isinstance(body, list) else out[0]
 
 
-@router.post("/{query_id}/feedback", response_model=FeedbackOut)
+@router.post("/{query_id}/feedback", response_model=FeedbackOut,
+             responses={409: {"description": "The query has no answer to judge (it failed, or is still running)."}})
 async def give_feedback(c: Container, caller: CurrentCaller, query_id: RowId, body: FeedbackRequest) -> FeedbackOut:
     """Say whether the answer was right (`correct`) or what it should have been (`answer`): the
     experts that answered are marked, and the router learns from it. Given again, it replaces

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import Budgets, Container
 from orchestrator.api.openai_compat import ChatMessageIn
+from orchestrator.api.openapi_errors import ADMITTING
 from orchestrator.api.schemas import BudgetFields, MaxTokens, QueryText, RecruitModeField
 from orchestrator.domain import Ask, Decision
 from orchestrator.services.chat import conversation_text
@@ -45,7 +46,7 @@ class RouteRequest(BudgetFields):
         return conversation_text([(m.role, m.text()) for m in self.messages])
 
 
-@router.post("", response_model=Decision)
+@router.post("", response_model=Decision, responses=ADMITTING)
 async def create_route(c: Container, budgets: Budgets, body: RouteRequest) -> Decision:
     """Route a query without answering it (under a budget: the experts and their predicted cost)."""
     budget = budgets.resolve(body.latency_ms, body.energy_j)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec, GenerationRequest
+from experts.types import GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.services.batches import BatchEntry
