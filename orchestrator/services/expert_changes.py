@@ -43,15 +43,18 @@ def merged(old: ExpertSpec, change: Mapping[str, Any]) -> ExpertSpec:
         raise Unprocessable(f"{where}: {first['msg']}", where) from exc
 
 
-def next_status(current: str, profiled: bool, enabled: bool | None, persona: bool) -> tuple[str, bool]:
+def next_status(current: str, profiled: bool, enabled: bool | None, persona: bool,
+                pending: bool = False) -> tuple[str, bool]:
     """The status after a change, and whether the expert must be profiled (again). A disabled
-    expert is still profiled after a persona change, so it is ready when it is enabled."""
+    expert is still profiled after a persona change, so it is ready when it is enabled.
+    `pending`: a profiling run of it waits in the queue or is under way (disabling stops no run,
+    removing does), so enabling it before it has a profile waits for that run, queueing none."""
     if enabled is False:
         return "disabled", persona
     if enabled and current == "failed":
         return "profiling", True  # a retry: the model may load, or its server be back, now
     if enabled and current == "disabled":
-        return ("ready", False) if profiled and not persona else ("profiling", True)
+        return ("ready", False) if profiled and not persona else ("profiling", persona or not pending)
     if persona:
         return ("disabled" if current == "disabled" else "profiling"), True
     return current, False

@@ -28,12 +28,12 @@ from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
-from orchestrator.scheduling.worker import DeviceWorker, claims
+from orchestrator.scheduling.worker import claims
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.expert_changes import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
 from orchestrator.services.profiling import ProfilingService, Progress
-from orchestrator.services.profiling_queue import ProfilingQueue
+from orchestrator.services.profiling_pending import PendingQueue, forget, unload_if_free
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert, spelled_id
 from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
@@ -63,7 +63,7 @@ class ExpertService:
     def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService,
                  probe: Probe = NULL_PROBE):
         self.db, self.fleet, self.pool, self.profiler, self.probe = db, fleet, pool, profiler, probe
-        self.queue = ProfilingQueue(lambda ids: self.profile_now(ids))
+        self.queue = PendingQueue(lambda ids: self.profile_now(ids, queued=True))
         self._lock = threading.RLock()  # one change at a time, each seeing the ones before it
         self._in_flight: set[int] = set()  # experts whose profiling run is under way
         self._releasing: Counter[str] = Counter()  # base model keys a thread waits to unload
@@ -135,10 +135,10 @@ class ExpertService:
             worker.backend(spec.base).validate()
             worker.ensure_loaded(spec.base)
         except BackendError as exc:
-            _forget(worker, spec.base.key)
+            forget(worker, spec.base.key)
             raise Unprocessable(str(exc), "model.source") from exc
         except Exception as exc:  # llama.cpp raises ValueError for a GGUF it cannot load
-            _forget(worker, spec.base.key)
+            forget(worker, spec.base.key)
             raise Unprocessable(f"model failed to load: {exc}", "model.source") from exc
 
     def update(self, expert_id: int, change: ExpertChange, background: bool = True) -> tuple[Expert, bool]:
@@ -174,7 +174,8 @@ class ExpertService:
         if persona and expert_id in self._in_flight:
             raise Conflict(f"expert {row.name!r} is being profiled now; change its persona once that is done", "id")
         moved = new.placement != old.placement
-        status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona)
+        pending = expert_id in self._in_flight or self.queue.waiting(expert_id)  # its run still to end
+        status, profile = next_status(row.status, row.accuracy is not None, change.enabled, persona, pending)
         # any status but failed is placed, and routed once enabled: enabled on a device the deployment lacks
         # (dropped from its devices file since), its queries were 500s, and those it joined failed whole
         if moved or status != "failed":
@@ -248,16 +249,21 @@ class ExpertService:
         return [r.id for r in rows if r.status in ("registered", "profiling")
                 or (r.status == "ready" and r.id not in current)]
 
-    def profile_now(self, ids: Sequence[int], progress: Progress | None = None) -> None:
+    def profile_now(self, ids: Sequence[int], progress: Progress | None = None, queued: bool = False) -> None:
         """Profile these experts (those not removed meanwhile), choose the aggregator again and
-        rebuild the pool snapshot; unload the models of those that failed or were removed meanwhile."""
-        todo = self._begin(ids)
+        rebuild the pool snapshot; unload the models of those that failed or were removed meanwhile.
+        One enabled again during the run after it ended for them (disabled, it failed) is queued again."""
+        todo, ran = self._begin(ids, queued), False
         try:
             self._profile(todo, progress)
             self._choose_aggregator()
-        finally:
+            ran = True
+        finally:  # a run that raised queues nothing again: it would raise again, round and round
             with self._lock:
                 self._in_flight.difference_update(e for e, _ in todo)
+                again = self._still_profiling([e for e, _ in todo]) if ran else []
+        if again:
+            self.queue.submit(again)
         self.pool.refresh()
         self._release_dropped([e for e, _ in todo])
 
@@ -282,16 +288,28 @@ class ExpertService:
         for key in {r.base_model_key for r in rows if r.status in DROPPED}:
             self._release(key)
 
-    def _begin(self, ids: Sequence[int]) -> list[tuple[int, ExpertSpec]]:
+    def _still_profiling(self, ids: Sequence[int]) -> list[int]:
+        """Those the run left unprofiled: enabled after it kept their outcome (disabled, it failed),
+        or revived after it dropped them (removed)."""
+        with contextlib.suppress(Exception), self.db.session() as s:  # unread: left to the next start
+            return [i for i in ids if (r := ExpertRepository(s).get(i)) is not None
+                    and r.status in ("profiling", "registered")]
+        return []
+
+    def _begin(self, ids: Sequence[int], queued: bool) -> list[tuple[int, ExpertSpec]]:
         """Read the specs to profile and mark them in flight, under the lock: a persona change
-        lands either before (and is what gets profiled) or is refused until the run is done."""
-        with self._lock, self.db.session() as s:
-            repo = ExpertRepository(s)
-            rows = [r for i in ids if (r := repo.get(i)) is not None and r.status != "removed"]
-            for r in rows:
-                repo.set_status(r.id, "profiling")
-            self._in_flight.update(r.id for r in rows)
-            return [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows]
+        lands either before (and is what gets profiled) or is refused until the run is done, and
+        an expert enabled again finds it either waiting in the queue or in flight."""
+        with self._lock:
+            if queued:
+                self.queue.taken(ids)
+            with self.db.session() as s:
+                repo = ExpertRepository(s)
+                rows = [r for i in ids if (r := repo.get(i)) is not None and r.status != "removed"]
+                for r in rows:
+                    repo.set_status(r.id, "profiling")
+                self._in_flight.update(r.id for r in rows)
+                return [(r.id, ExpertSpec.model_validate(r.spec)) for r in rows]
 
     def _changeable(self, expert_id: int) -> Expert:
         row = self.get(expert_id)
@@ -317,7 +335,7 @@ class ExpertService:
         would load it again, and keep it), is not waited for: a background thread unloads it
         there once it is free and the batches are done with it."""
         for name in self._unneeded(key):
-            if not _unload_if_free(self.fleet[name], key):
+            if not unload_if_free(self.fleet[name], key):
                 with self._lock:
                     self._releasing[key] += 1
                 threading.Thread(target=self._release_when_free, args=(name, key), daemon=True,
@@ -378,22 +396,3 @@ def _forget_persona(state: StateRepository, last_lesson: int, name: str) -> None
         state.put(AGGREGATOR_KEY, {"name": None if chosen.get("name") == name else chosen.get("name"),
                                    "accuracy": scores})
 
-
-def _unload_if_free(worker: DeviceWorker, key: str) -> bool:
-    """Unload the model now if the worker is free and no running batch needs it; whether it did."""
-    if not worker.lock.acquire(blocking=False):
-        return False
-    try:
-        if key in claims(worker).needed():
-            return False
-        worker.unload(key)
-        return True
-    finally:
-        worker.lock.release()
-
-
-def _forget(worker: DeviceWorker, key: str) -> None:
-    """Drop a model that failed to load. One more call to a worker that may be gone (the
-    failure being its loss): raised here, it hid the 422 behind a 500."""
-    with contextlib.suppress(Exception):
-        worker.forget(key)

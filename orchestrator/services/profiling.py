@@ -1,7 +1,9 @@
 """Profiling runs: the validation set, every expert's graded answers, the aggregator choice.
 
 All experts being profiled answer in one batch, so each base model is loaded once however many
-personas share it. Results are stored, so a restart reuses them instead of profiling again.
+personas share it; the batch is handed to the workers a chunk at a time, so an expert
+removed meanwhile stops there (`profiling_portions`). Results are stored, so a restart reuses
+them instead of profiling again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from orchestrator.pools.schema import PoolConfig, ValidationSource
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.services.pool import AGGREGATOR_KEY
+from orchestrator.services.profiling_portions import PortionedRun
 from orchestrator.store.db import Database
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -185,15 +188,19 @@ class ProfilingService:
 
     def profile(self, experts: Sequence[tuple[int, ExpertSpec]], progress: Progress | None = None) -> None:
         """Every expert answers every validation question (one batch, each on its worker, the
-        workers at once); store graded profiles. An expert most of whose answers failed (a
-        model that will not load, a lost server) is marked failed with the first error."""
+        workers at once, a chunk at a time: `profiling_portions`); store graded profiles.
+        An expert most of whose answers failed (a model that will not load, a lost server) is
+        marked failed with the first error. One removed meanwhile stops: its remaining
+        questions are dropped and nothing is stored for it (a disabled one is profiled on)."""
         items, where = self.validation_set(), self.placement()
         prompts = [format_prompt(it.question) for it in items]  # once, not once per expert
-        jobs = self._by_worker(where, [(spec, self._job(eid, spec, it.row_id, prompt))
-                                       for eid, spec in experts for it, prompt in zip(items, prompts, strict=True)])
+        jobs = self._by_worker(where, [(spec, self._job(eid, spec, it.row_id, prompt))  # a question's jobs together
+                                       for it, prompt in zip(items, prompts, strict=True) for eid, spec in experts])
         tracked = _Tracked(self.db, [eid for eid, _ in experts], len(items), progress)
-        gens = self.fleet.execute(jobs, progress=tracked.progress, done=tracked.answered)
+        gens, dropped = PortionedRun(self.fleet, jobs, self._removed, tracked.progress, tracked.answered).run()
         for eid, spec in experts:
+            if eid in dropped:
+                continue
             replies = [gens[f"{eid}:{it.row_id}"] for it in items]
             self._tell(spec, where, replies)
             errors = [g.error for g in replies if g.error is not None]
@@ -201,6 +208,12 @@ class ProfilingService:
                 self._fail(eid, f"profiling failed: {errors[0]}")
                 continue
             self._save(eid, list(zip(items, replies, strict=True)))
+
+    def _removed(self, ids: Collection[int]) -> set[int]:
+        """Of these experts, those removed (or gone from the store) since their run began."""
+        with self.db.session() as s:
+            repo = ExpertRepository(s)
+            return {i for i in ids if (row := repo.get(i)) is None or row.status == "removed"}
 
     def _by_worker(self, where: Mapping[str, str], jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
         out = defaultdict(list)
@@ -230,6 +243,8 @@ class ProfilingService:
         marks = [(it.skills, a.correct) for (it, _), a in zip(answered, graded, strict=True)]
         profile = build_profile(str(expert_id), marks)
         with self.db.session() as s:
+            if (row := ExpertRepository(s).get(expert_id)) is None or row.status == "removed":
+                return  # removed during its last portion: nothing is stored for it
             ValidationRepository(s).save_answers(expert_id, graded)
             ExpertRepository(s).save_profile(expert_id, profile.scores, profile.accuracy)
             ExpertRepository(s).set_status(expert_id, "ready")
