@@ -116,6 +116,8 @@ def fail_unreadable(db: Database, validate: Callable[[ExpertSpec], None], spared
             except ModelSourceError as exc:
                 _fail(repo, row.id, f"{exc}: put the file back and PATCH it with enabled true, or remove it")
                 failed.append(row.name)
+            except Exception as exc:  # its worker unreachable now (a remote one): no verdict on the file
+                log.warning("could not read %s's model file on its worker: %s", row.name, exc)
     if failed:
         log.warning("experts whose model file cannot be read failed: %s", ", ".join(failed))
     return failed

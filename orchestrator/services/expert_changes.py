@@ -51,8 +51,8 @@ def next_status(current: str, profiled: bool, enabled: bool | None, persona: boo
     removing does), so enabling it before it has a profile waits for that run, queueing none."""
     if enabled is False:
         return "disabled", persona
-    if enabled and current == "failed":
-        return "profiling", True  # a retry: the model may load, or its server be back, now
+    if enabled and current == "failed":  # a retry: the model may load, or its server be back, now
+        return "profiling", not pending  # its run still ending queues it again (`ExpertService.profile_now`)
     if enabled and current == "disabled":
         return ("ready", False) if profiled and not persona else ("profiling", persona or not pending)
     if persona:

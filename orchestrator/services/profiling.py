@@ -211,9 +211,9 @@ class ProfilingService:
 
     def _removed(self, ids: Collection[int]) -> set[int]:
         """Of these experts, those removed (or gone from the store) since their run began."""
-        with self.db.session() as s:
-            repo = ExpertRepository(s)
-            return {i for i in ids if (row := repo.get(i)) is None or row.status == "removed"}
+        with self.db.session() as s:  # one read, not one an expert: asked before each portion
+            status = {r.id: r.status for r in ExpertRepository(s).list(profiles=False)}
+        return {i for i in ids if status.get(i, "removed") == "removed"}
 
     def _by_worker(self, where: Mapping[str, str], jobs: Sequence[tuple[ExpertSpec, Job]]) -> dict[str, list[Job]]:
         out = defaultdict(list)

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec, GenerationRequest
+from experts.types import BaseModelSpec, Generation, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.services.expert_changes import ExpertChange, next_status
-from orchestrator.services.profiling_portions import CHUNK_JOBS, PORTION_CHUNKS, portions
+from orchestrator.services.profiling_portions import CHUNK_JOBS, PORTION_CHUNKS, PortionedRun, portions
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, quiet_settings
@@ -169,6 +170,79 @@ def test_an_expert_enabled_after_its_run_kept_its_failure_is_profiled_again(
     resume.set()
     c.experts.queue.join()
     assert c.experts.get(delta).status == "ready"
+
+
+def test_a_failed_expert_enabled_while_its_run_ends_is_profiled_once_more(
+        held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed by its run and enabled while that run still chose the aggregator: the PATCH queued a
+    run and the run's end queued it again (three runs of it, not two)."""
+    c = held.c
+    choosing, resume = threading.Event(), threading.Event()
+    choose, real, runs = c.profiler.choose_aggregator, c.experts.profile_now, []
+
+    def held_choice() -> str | None:
+        choosing.set()
+        assert resume.wait(WAIT_S)
+        return choose()
+
+    def counted(ids: list[int], *args: object, **kwargs: object) -> None:
+        runs.append(list(ids))
+        real(ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(c.profiler, "choose_aggregator", held_choice)
+    monkeypatch.setattr(c.experts, "profile_now", counted)
+    held.down.add("mock:m3")
+    delta = c.experts.register(mock_expert("delta", "m3"), profile=False).id
+    c.experts.queue.submit([delta])
+    assert choosing.wait(WAIT_S) and c.experts.get(delta).status == "failed"
+    held.down.clear()
+    row, profiling = c.experts.update(delta, ExpertChange(enabled=True))
+    assert (row.status, profiling) == ("profiling", False)  # its run, still ending, queues it again
+    resume.set()
+    c.experts.queue.join()
+    assert sum(r.count(delta) for r in runs) == 2 and c.experts.get(delta).status == "ready"
+
+
+def test_a_progress_report_that_raises_ends_the_run_all_the_same() -> None:
+    """The last reply's report (a store write, done == total) raised inside the run's lock: the
+    run waited for good, its expert in flight and the profiling queue behind it stuck. Each reply
+    here comes once the run waits again, as replies generated one by one do."""
+    class Idle:
+        def resident(self) -> set[str]:
+            return set()
+
+    waits, seen, waited = [0], [0], threading.Condition()
+
+    def executor(jobs: list[Job], worker: object, keep_last: str | None = None, emit: object = None,
+                 **_: object) -> dict[str, object]:
+        for j in jobs:
+            with waited:
+                assert waited.wait_for(lambda: waits[0] > seen[0], WAIT_S)
+                seen[0] = waits[0]
+            emit({j.job_id: Generation(request_id=j.job_id, text="ok")})  # type: ignore[operator]
+        return {}
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            raise RuntimeError("database is locked")
+
+    spec = mock_expert("a", "m1")
+    jobs = [Job(f"1:{i}", spec.base, spec.request(f"1:{i}", f"question {i}")) for i in range(40)]
+    fleet = Fleet({"w": Idle()}, executor=executor)  # type: ignore[dict-item]
+    run = PortionedRun(fleet, {"w": jobs}, lambda ids: set(), progress)
+    wait = run._cond.wait
+
+    def counted(timeout: float | None = None) -> bool:
+        with waited:
+            waits[0] += 1
+            waited.notify_all()
+        return wait(timeout)
+
+    run._cond.wait = counted  # type: ignore[method-assign]
+    finished = threading.Thread(target=run.run, daemon=True)
+    finished.start()
+    finished.join(WAIT_S)
+    assert not finished.is_alive() and len(run.out) == 40
 
 
 @pytest.mark.parametrize(("profiled", "persona", "pending", "expected"), [

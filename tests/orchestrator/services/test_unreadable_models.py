@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from experts.types import BaseModelSpec, ExpertSpec
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
+from orchestrator.services.deployment import fail_unreadable
 from orchestrator.store.repositories.experts import ExpertRepository
 from orchestrator.store.repositories.validation import Graded, ValidationRepository
 from skills.embedder import Embedder
@@ -68,3 +69,19 @@ def test_a_query_naming_an_expert_whose_file_went_gets_a_503_naming_it(tmp_path:
         routed = client.post("/v1/queries", json={"query": "What is 2 + 3?", "k": 2})
         assert routed.status_code == 200, routed.text
         assert "mine" not in routed.json()["recruited"]
+
+
+def test_a_worker_that_cannot_answer_at_start_fails_no_expert(tmp_path: Path, embedder: Embedder) -> None:
+    """Only a verdict on the file fails an expert: a remote worker unreachable at start raised
+    through the check and stopped the whole start."""
+    with_file_expert(tmp_path, embedder)
+    c = SkillRoute(quiet_settings(tmp_path), small_pool(EXPERTS), factory=mock_or_real, embedder=embedder)
+
+    def unreachable(spec: ExpertSpec) -> None:
+        raise TimeoutError("the worker did not answer")
+
+    try:
+        assert fail_unreadable(c.db, unreachable, set()) == []
+        assert c.experts.find("mine").status == "ready"
+    finally:
+        c.close()

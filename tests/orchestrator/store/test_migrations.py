@@ -165,6 +165,34 @@ def test_0013_fits_stored_expert_specs_to_today_s_rules(database_url: str) -> No
         db.engine.dispose()
 
 
+def test_0014_spells_a_stored_model_source_one_way_and_its_key_with_it(database_url: str) -> None:
+    """Read back, `/m/./smol.gguf` is `/m/smol.gguf` (experts.types.one_spelling), but the stored
+    key column kept the old spelling: the n_ctx check and the unload of a removed expert's model,
+    which compare the two, missed the row."""
+    migrate(database_url, "0013")
+    rows = {1: ("old", {"kind": "llamacpp", "source": "/m/./a/../smol.gguf"}, "llamacpp:/m/./a/../smol.gguf"),
+            2: ("pkg", {"kind": "llamacpp", "source": "package: smollm2-135m-instruct "},
+                "llamacpp:package: smollm2-135m-instruct "),
+            3: ("far", {"kind": "openai", "source": "http://h/./v1", "model": "m"}, "openai:http://h/./v1#m")}
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            for i, (name, base, key) in rows.items():
+                conn.execute(text("INSERT INTO experts (id, name, spec, base_model_key, status, progress_done, "
+                                  "progress_total, created_at) VALUES (:id, :name, :spec, :key, 'ready', 0, 0, "
+                                  "'2026-01-01 00:00:00')"),
+                             {"id": i, "name": name, "spec": json.dumps({"name": name, "base": base}), "key": key})
+        migrate(database_url)
+        with db.session() as s:
+            stored = {r.name: (r.base_model_key, ExpertSpec.model_validate(r.spec).base.key)
+                      for r in ExpertRepository(s).list(profiles=False)}
+        assert stored == {"old": ("llamacpp:/m/smol.gguf",) * 2,
+                          "pkg": ("llamacpp:package:smollm2-135m-instruct",) * 2,
+                          "far": ("openai:http://h/./v1#m",) * 2}
+    finally:
+        db.engine.dispose()
+
+
 def test_a_start_s_lock_holds_no_transaction_open_while_held(database_url: str) -> None:
     """Postgres ends a session idle in a transaction past idle_in_transaction_session_timeout
     (a common production setting), and its advisory lock with it: the lock's connection held one
