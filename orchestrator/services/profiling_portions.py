@@ -19,8 +19,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 from experts.traits import traits
 from experts.types import Generation
+from orchestrator.scheduling.claims import Claim
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job, plan_stages
+from orchestrator.scheduling.worker import claims
 
 CHUNK_JOBS = 16  # jobs per generate call (the executor's `chunk`) of a backend that is not a lookup
 PORTION_CHUNKS = 1  # chunks a worker is given at a time: what still runs once its expert is removed
@@ -70,16 +72,27 @@ class PortionedRun:
 
     def run(self) -> tuple[dict[str, Generation], set[int]]:
         dispatch = self.fleet.dispatch(self._reply)
-        try:
-            while free := self._free():
-                self._drop(self._gone())
-                for worker in free:
-                    if portion := self._next(worker):
-                        dispatch.submit(worker, portion)
-        finally:
-            dispatch.finish()
-            dispatch.wait()
+        with contextlib.ExitStack() as held:
+            marks = {w: held.enter_context(self._claimed(w)) for w in self.todo}
+            try:
+                while free := self._free():
+                    self._drop(self._gone())
+                    for worker in free:
+                        if portion := self._next(worker):
+                            marks[worker].stage(portion[0].base.key)
+                            dispatch.submit(worker, portion)
+            finally:
+                dispatch.finish()
+                dispatch.wait()
         return self.out, self.dropped
+
+    def _claimed(self, worker: str) -> contextlib.AbstractContextManager[Claim]:
+        """The run's models on `worker`, claimed for the run as one batch's are for its own
+        (`scheduling.worker.Claims`): each portion claims only its own, and between two a query
+        batch's load evicted the model the next portion needed (loaded again, chunk after chunk
+        on a device too small for both), which the run as one batch had spared."""
+        keys = list(dict.fromkeys(j.base.key for p in self.todo[worker] for j in p))
+        return claims(self.fleet[worker]).claim(keys)
 
     def _free(self) -> list[str]:
         """Wait until a worker with portions left has answered its last; those workers (none:

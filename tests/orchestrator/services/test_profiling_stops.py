@@ -20,6 +20,7 @@ from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
+from orchestrator.scheduling.worker import DeviceWorker, claims
 from orchestrator.services.expert_changes import ExpertChange, next_status
 from orchestrator.services.profiling_portions import CHUNK_JOBS, PORTION_CHUNKS, PortionedRun, portions
 from orchestrator.store.repositories.validation import ValidationRepository
@@ -207,10 +208,6 @@ def test_a_progress_report_that_raises_ends_the_run_all_the_same() -> None:
     """The last reply's report (a store write, done == total) raised inside the run's lock: the
     run waited for good, its expert in flight and the profiling queue behind it stuck. Each reply
     here comes once the run waits again, as replies generated one by one do."""
-    class Idle:
-        def resident(self) -> set[str]:
-            return set()
-
     waits, seen, waited = [0], [0], threading.Condition()
 
     def executor(jobs: list[Job], worker: object, keep_last: str | None = None, emit: object = None,
@@ -228,7 +225,7 @@ def test_a_progress_report_that_raises_ends_the_run_all_the_same() -> None:
 
     spec = mock_expert("a", "m1")
     jobs = [Job(f"1:{i}", spec.base, spec.request(f"1:{i}", f"question {i}")) for i in range(40)]
-    fleet = Fleet({"w": Idle()}, executor=executor)  # type: ignore[dict-item]
+    fleet = Fleet({"w": DeviceWorker("w")}, executor=executor)
     run = PortionedRun(fleet, {"w": jobs}, lambda ids: set(), progress)
     wait = run._cond.wait
 
@@ -243,6 +240,26 @@ def test_a_progress_report_that_raises_ends_the_run_all_the_same() -> None:
     finished.start()
     finished.join(WAIT_S)
     assert not finished.is_alive() and len(run.out) == 40
+
+
+def test_a_run_claims_the_models_its_later_portions_need() -> None:
+    """Each portion claimed only its own model: between two, a query batch's load could evict the
+    model the next portion needed (loaded again chunk after chunk on a device too small for both)."""
+    a, b = mock_expert("a", "m1"), mock_expert("b", "m2")
+    jobs = [Job(f"{e}:{q}", spec.base, spec.request(f"{e}:{q}", f"question {q}"))
+            for q in range(20) for e, spec in ((1, a), (2, b))]
+    worker = DeviceWorker("w")
+    needed: list[set[str]] = []
+
+    def executor(part: list[Job], on: DeviceWorker, keep_last: str | None = None, emit: object = None,
+                 **_: object) -> dict[str, object]:
+        needed.append(claims(on).needed())  # what another batch's load spares while this portion runs
+        emit({j.job_id: Generation(request_id=j.job_id, text="ok") for j in part})  # type: ignore[operator]
+        return {}
+
+    PortionedRun(Fleet({"w": worker}, executor=executor), {"w": jobs}, lambda ids: set()).run()
+    assert needed[0] == {"mock:m1", "mock:m2"}  # the first portion, m1's alone: m2 is claimed for later
+    assert needed[-1] == {"mock:m2"} and claims(worker).needed() == set()  # done with m1; all freed at the end
 
 
 @pytest.mark.parametrize(("profiled", "persona", "pending", "expected"), [
