@@ -211,7 +211,7 @@ class SkillRoute:
         with preparing(self.settings.db_url):
             from_file = {e.name for e in self.pool_config.experts}
             fail_misplaced(self.db, self.deployment, from_file)
-            fail_unreadable(self.db, self._validate_source, from_file)
+            fail_unreadable(self.db, functools.partial(self._validate_source, self.pool.placement()), from_file)
             sync_pool_file(self.experts, self.db, self.pool_config.experts)
             restore_timings(self.db, self.pipeline.planner, self.pool.placement(), self.deployment.workers)
             behind = self._profile_pending(progress, defer)
@@ -219,10 +219,9 @@ class SkillRoute:
         if behind:  # after the aggregator choice: the queue's run chooses again once they are in
             self.experts.queue.submit(behind)
 
-    def _validate_source(self, spec: ExpertSpec) -> None:
+    def _validate_source(self, placement: Mapping[str, str], spec: ExpertSpec) -> None:
         """Read `spec`'s model header on the worker it runs on (a file may be on that node alone)."""
-        worker = self.pool.placement().get(spec.name, self.fleet.default)
-        self.fleet[worker].backend(spec.base).validate()
+        self.fleet[placement.get(spec.name, self.fleet.default)].backend(spec.base).validate()
 
     def _profile_pending(self, progress: Progress | None, defer: bool) -> list[int]:
         """Profile the experts stored but not profiled here, or with `defer` and an expert ready

@@ -15,6 +15,7 @@ from orchestrator.scheduling.worker import DeviceWorker, claims
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+CHUNK_JOBS = 16  # requests per generate call of a backend that is not a lookup (`chunk`)
 CHUNK_TOKENS = 4096  # predicted tokens per generate call: a long job runs alone, short ones 16 at a time
 
 
@@ -23,12 +24,13 @@ Emit = Callable[[dict[str, Generation]], None]
 
 class Executor(Protocol):
     def __call__(self, jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-                 progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None
+                 progress: Progress | None = None, chunk: int = CHUNK_JOBS, emit: Emit | None = None
                  ) -> dict[str, Generation]: ...
 
 
 def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-            progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None) -> dict[str, Generation]:
+            progress: Progress | None = None, chunk: int = CHUNK_JOBS, emit: Emit | None = None
+            ) -> dict[str, Generation]:
     """Generate every job; each base model is loaded at most once for the whole batch.
 
     Stages are cut into chunks so progress can be reported and finished replies handed on
@@ -173,7 +175,8 @@ def greedy_key(job: Job) -> GreedyKey | None:
 
 
 def execute_naive(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = None,
-                  progress: Progress | None = None, chunk: int = 16, emit: Emit | None = None) -> dict[str, Generation]:
+                  progress: Progress | None = None, chunk: int = CHUNK_JOBS, emit: Emit | None = None
+            ) -> dict[str, Generation]:
     """The baseline we beat: every job loads its model, generates alone and unloads it.
 
     This is what per-query serving does (and what Symbolic-MoE's offline code does per model,

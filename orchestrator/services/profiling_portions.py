@@ -20,11 +20,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from experts.traits import traits
 from experts.types import Generation
 from orchestrator.scheduling.claims import Claim
+from orchestrator.scheduling.executor import CHUNK_JOBS
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job, plan_stages
 from orchestrator.scheduling.worker import claims
 
-CHUNK_JOBS = 16  # jobs per generate call (the executor's `chunk`) of a backend that is not a lookup
 PORTION_CHUNKS = 1  # chunks a worker is given at a time: what still runs once its expert is removed
 
 Gone = Callable[[Collection[int]], Collection[int]]  # of these expert ids, those no longer to profile

@@ -18,11 +18,12 @@ from experts.mock import MockBackend
 from experts.types import BaseModelSpec, Generation, GenerationRequest
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import ArithmeticSource, PoolConfig, ValidationConfig
+from orchestrator.scheduling.executor import CHUNK_JOBS
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker, claims
 from orchestrator.services.expert_changes import ExpertChange, next_status
-from orchestrator.services.profiling_portions import CHUNK_JOBS, PORTION_CHUNKS, PortionedRun, portions
+from orchestrator.services.profiling_portions import PORTION_CHUNKS, PortionedRun, portions
 from orchestrator.store.repositories.validation import ValidationRepository
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, quiet_settings
