@@ -60,18 +60,15 @@ class Fleet:
     def dispatch(self, on_reply: OnReply, keep_last: Mapping[str, str] | None = None) -> Dispatch:
         return Dispatch(self, on_reply, dict(keep_last or {}))
 
-    def execute(self, jobs: Mapping[str, Sequence[Job]], progress: Progress | None = None,
-                done: Callable[[str], None] | None = None) -> dict[str, Generation]:
+    def execute(self, jobs: Mapping[str, Sequence[Job]], progress: Progress | None = None) -> dict[str, Generation]:
         """Every worker's jobs at once; every reply (or failure) by job id. `progress` hears the
-        count of replies so far, `done` each reply's job id (one at a time)."""
+        count of replies so far (one at a time)."""
         out: dict[str, Generation] = {}
         total, lock = sum(len(j) for j in jobs.values()), threading.Lock()
 
         def reply(job_id: str, gen: Generation) -> None:
             with lock:
                 out[job_id] = gen
-                if done:
-                    done(job_id)
                 if progress:
                     progress(len(out), total)
 
