@@ -38,6 +38,9 @@ class BackendTraits:
     # GPU worker it would compute on cores that worker never reserved), "gpu" (a vLLM engine),
     # None: nothing (the compute is another server's, or none)
     compute: Literal["cpu", "gpu"] | None = None
+    # its calls are answered by a server of its own (an OpenAI-compatible one): they need nothing
+    # of the worker's device, so they run beside the worker's other stages, not in turn with them
+    served_elsewhere: bool = False
 
     def output_tokens(self, limit: int) -> int:
         """The output tokens a reply is charged: the token limit, unless the kind fixes it."""
@@ -47,7 +50,7 @@ class BackendTraits:
 _TRAITS = {
     "llamacpp": BackendTraits(computes_here=True, compute="cpu"),
     "vllm": BackendTraits(computes_here=True, compute="gpu", batch_timed=True),
-    "openai": BackendTraits(),  # another server's compute, placed where its placement says
+    "openai": BackendTraits(served_elsewhere=True),  # another server's compute, placed where its placement says
     "mock": BackendTraits(),
     # a recorded real model: costed on the server its size needs, one per expert
     "replay": BackendTraits(SERVER_DEVICE, own_device=True, fixed_output_tokens=COT_TOKENS, lookup_chunk=1024),

@@ -200,20 +200,22 @@ def device_name(spec: ExpertSpec, worker: WorkerSpec | None = None) -> str:
 
 def slot(spec: ExpertSpec) -> str:
     """The physical device off any worker: experts with equal slots run one after another."""
-    instance = spec.placement.instance
-    if instance is None and spec.placement.device is None and traits(spec.base).own_device:
+    instance, t = spec.placement.instance, traits(spec.base)
+    if instance is None and t.served_elsewhere:
+        instance = spec.base.key  # its server's (replies to one server's model are planned in turn)
+    elif instance is None and spec.placement.device is None and t.own_device:
         instance = spec.name  # e.g. a recorded model, served by servers of its own
     return device_name(spec) + (f"#{instance}" if instance else "")
 
 
 def site(spec: ExpertSpec, worker: WorkerSpec | None = None) -> Site:
     """An expert is costed on its device (`device_name`) and shares its worker's slot: a worker
-    runs its stages one after another, whatever device each is costed on (OpenAI-compatible
-    experts placed on a Jetson and an H100, both on this CPU's worker, were planned in parallel
-    and ran in turn past their budget). A recording's replies are looked up, their times
-    simulated on servers of their own: it keeps its own slot."""
-    device = device_name(spec, worker)
-    if worker is not None and not traits(spec.base).own_device:
+    runs its stages one after another, whatever device each is costed on. Two kinds keep a slot
+    of their own (`slot`): an expert served elsewhere (an OpenAI-compatible server) runs beside
+    its worker's other stages (`executor.execute`), and a recording's replies are looked up, their
+    times simulated on servers of their own."""
+    device, t = device_name(spec, worker), traits(spec.base)
+    if worker is not None and not t.own_device and not t.served_elsewhere:
         return Site(device, worker.name)
     return Site(device, slot(spec))
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Protocol
 
@@ -48,6 +51,10 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     holds at most CHUNK_TOKENS of work, so a short query's generation waits for at most one long
     one on its device, not for a batch of them.
 
+    A stage whose model is served elsewhere (an OpenAI-compatible server: `traits.served_elsewhere`)
+    needs nothing of the device: it runs on a thread of its own beside the worker's stages (two
+    such experts on one worker took the sum of their replies' times where the slower one's was due).
+
     Greedy jobs that repeat an earlier one (same model, messages and time limit, temperature 0: an
     expert drawn twice for a query, or one question asked twice in a window) run once and
     share its reply: at temperature 0 the seed changes nothing, so a second run would only
@@ -55,24 +62,61 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     """
     unique, copies = coalesce(jobs)
     stages = plan_stages(unique, _resident(worker), keep_last)
-    out: dict[str, Generation] = {}
-    with claims(worker).claim([s.key for s in stages], keep_last) as claim:  # what other loads spare meanwhile
-        for i, stage in enumerate(stages):
+    run = _Run(worker, copies, len(jobs), chunk, emit, progress)
+    local = [s for s in stages if not traits(s.base).served_elsewhere]
+    elsewhere = [s for s in stages if s not in local]
+    # the claim: what other loads spare meanwhile
+    with claims(worker).claim([s.key for s in stages], keep_last) as claim, _beside(run, elsewhere):
+        for i, stage in enumerate(local):
             claim.stage(stage.key)
-            protect = {s.key for s in stages[i:]} | ({keep_last} if keep_last else set())
-            failed = _guarded(stage.jobs, partial(_load, worker, stages, i, protect))  # empty: the model is in
-            refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
-            lookup = traits(stage.base).lookup_chunk
-            for part in _chunks(stage.jobs, lookup or chunk, None if lookup else CHUNK_TOKENS):
-                gens = [refused[j.job_id] for j in part] if refused else _guarded(
-                    part, partial(worker.generate, stage.base, [j.request for j in part], protect))
-                done = _with_copies(part, gens, copies)
-                out.update(done)
-                if emit:
-                    emit(done)
-                if progress:
-                    progress(len(out), len(jobs))
-    return out
+            protect = {s.key for s in local[i:]} | ({keep_last} if keep_last else set())
+            run.stage(stage, partial(_load, worker, local, i, protect), protect)
+    return run.out
+
+
+class _Run:
+    """One `execute` call's stages: each stage's chunks in turn, the replies gathered and handed
+    on under one lock, as stages served elsewhere run on threads of their own (`_beside`)."""
+
+    def __init__(self, worker: DeviceWorker, copies: dict[str, list[Job]], total: int, chunk: int,
+                 emit: Emit | None, progress: Progress | None):
+        self.worker, self.copies, self.total, self.chunk = worker, copies, total, chunk
+        self.emit, self.progress = emit, progress
+        self.out: dict[str, Generation] = {}
+        self._lock = threading.Lock()
+
+    def stage(self, stage: Stage, load: Callable[[], object], protect: Collection[str] = ()) -> None:
+        """Load the stage's model (`load`: empty when it is in), then its jobs a chunk at a time."""
+        failed = _guarded(stage.jobs, load)
+        refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
+        lookup = traits(stage.base).lookup_chunk
+        for part in _chunks(stage.jobs, lookup or self.chunk, None if lookup else CHUNK_TOKENS):
+            gens = [refused[j.job_id] for j in part] if refused else _guarded(
+                part, partial(self.worker.generate, stage.base, [j.request for j in part], protect))
+            self._done(_with_copies(part, gens, self.copies))
+
+    def _done(self, done: dict[str, Generation]) -> None:
+        with self._lock:
+            self.out.update(done)
+            if self.emit:
+                self.emit(done)
+            if self.progress:
+                self.progress(len(self.out), self.total)
+
+
+@contextmanager
+def _beside(run: _Run, stages: Sequence[Stage]) -> Iterator[None]:
+    """Run `stages` (models served elsewhere) on threads of their own while the block runs the
+    worker's own, and wait for them at its end: two experts on their own servers, run in turn,
+    took the sum of their times where either's alone was due."""
+    if not stages:
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix=f"{run.worker.name}-elsewhere") as pool:
+        futures = [pool.submit(run.stage, s, partial(run.worker.ensure_loaded, s.base, {s.key})) for s in stages]
+        yield
+        for future in futures:
+            future.result()
 
 
 def job_tokens(job: Job) -> int:

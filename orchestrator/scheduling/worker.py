@@ -21,12 +21,14 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 from experts.backend import ExpertBackend
 from experts.factory import make_backend
 from experts.streaming import stream_of
+from experts.traits import traits
 from experts.types import BaseModelSpec, Generation, GenerationRequest, StreamEvent
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.claims import Claims
@@ -121,9 +123,7 @@ class DeviceWorker:
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
                  protect: Collection[str] = ()) -> list[Generation]:
         """Run a batch on `base`, loading it (and evicting unprotected models) if needed."""
-        with self.lock:
-            backend = self.ensure_loaded(base, protect)
-            self._touch(base.key)
+        with self._device_for(base, protect) as backend:
             return backend.generate(requests)
 
     def stream(self, base: BaseModelSpec, request: GenerationRequest,
@@ -131,12 +131,40 @@ class DeviceWorker:
         """One request's reply as it is generated (`experts.streaming`): text pieces, then its
         Generation. The device is held until the stream ends, as for a generate call, so the
         caller iterates it to the end (or closes it) on the thread that started it."""
-        with self.lock:
-            backend = self.ensure_loaded(base, protect)
-            self._touch(base.key)
+        with self._device_for(base, protect) as backend:
             yield from stream_of(backend, request)
 
+    @contextmanager
+    def _device_for(self, base: BaseModelSpec, protect: Collection[str]) -> Iterator[ExpertBackend]:
+        """`base` loaded, with the device held while the block runs, unless `base` is served
+        elsewhere (`traits.served_elsewhere`): its server computes, and holding the device would
+        make the worker's other stages wait out its replies (and it theirs)."""
+        backend = self._loaded_elsewhere(base)
+        if backend is None:
+            with self.lock:
+                backend = self.ensure_loaded(base, protect)
+                self._touch(base.key)
+                if not traits(base).served_elsewhere:
+                    yield backend
+                    return
+        yield backend
+
+    def _loaded_elsewhere(self, base: BaseModelSpec) -> ExpertBackend | None:
+        """`base`'s backend if it is served elsewhere and loaded, found without the device lock (a
+        generation holds it for a whole chunk) and marked most recently used; else None."""
+        backend = self._backends.get(base.key)
+        if not traits(base).served_elsewhere or backend is None or self._specs.get(base.key) != base:
+            return None
+        with self._records:
+            if base.key not in self._lru or not backend.is_loaded:
+                return None
+            self._lru.move_to_end(base.key)
+        return backend
+
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
+        loaded = self._loaded_elsewhere(base)
+        if loaded is not None:
+            return loaded
         with self.lock:
             deadline = time.monotonic() + STAGE_WAIT_S
             while True:  # again after a wait: meanwhile it may have been loaded, prefetched or rebuilt
@@ -208,7 +236,7 @@ class DeviceWorker:
         for key in list(self._lru):
             if self._used() + need <= self.memory_budget:
                 return
-            if key not in protect:
+            if key not in protect and self._backends[key].memory_bytes() > 0:  # unloaded, it frees nothing
                 self.unload(key)
 
     def _used(self) -> int:

@@ -34,7 +34,7 @@ class Recorder:
     auth: list[str | None] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
-    gather: int = 1  # a handler holds its reply until this many requests are in flight …
+    gather: int = 1  # a handler holds its reply until this many requests have been in flight at once …
     gather_timeout_s: float = 2.0  # … or this long has passed
 
 
@@ -87,6 +87,10 @@ async def _slow_events(body: dict[str, Any]) -> Any:
 def make_app(rec: Recorder) -> FastAPI:
     app = FastAPI()
 
+    @app.get("/health")  # what `tests.live_server` polls for readiness
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": m, "object": "model"} for m in SERVED]}
@@ -103,7 +107,8 @@ def make_app(rec: Recorder) -> FastAPI:
         rec.in_flight += 1
         rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
         deadline = time.monotonic() + rec.gather_timeout_s
-        while rec.in_flight < rec.gather and time.monotonic() < deadline:
+        # the most at once, not how many now: the first reply to go left the others waiting it out
+        while rec.max_in_flight < rec.gather and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         rec.in_flight -= 1
         if body["messages"][-1]["content"] == "FAIL":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,17 +70,22 @@ def test_a_replay_expert_runs_on_servers_of_its_own_and_is_costed_like_its_repli
     assert predicted == backend.estimate(100)  # tensor-parallel over the H100s its weights need
 
 
-def test_experts_on_one_worker_share_its_slot_whatever_device_each_is_costed_on() -> None:
-    """OpenAI-compatible experts placed on a Jetson and an H100, both run by this CPU's worker
-    (its stages one after another), were planned in parallel: a plan of 3.0 s took 5.3 s."""
-    def remote(name: str, device: str) -> ExpertSpec:
-        return ExpertSpec(name=name, base=BaseModelSpec(kind="openai", source="http://127.0.0.1:9/v1", model=name),
-                          placement=ExpertPlacement(device=device, params_b=7.0))
+def test_experts_on_one_worker_share_its_slot_unless_served_or_recorded_elsewhere() -> None:
+    """A worker runs its stages one after another, whatever device each is costed on; an
+    OpenAI-compatible expert's replies come from its own server, beside them (`executor.execute`)."""
+    def remote(name: str, device: str, source: str = "http://127.0.0.1:9/v1", **placed: Any) -> ExpertSpec:
+        return ExpertSpec(name=name, base=BaseModelSpec(kind="openai", source=source, model=name),
+                          placement=ExpertPlacement(device=device, params_b=7.0, **placed))
 
     cpu = WorkerSpec(name="cpu", device="local-cpu")
     edge, server = site(remote("e", "jetson-agx-orin"), cpu), site(remote("s", "h100-server"), cpu)
     assert (edge.device, server.device) == ("jetson-agx-orin", "h100-server")
-    assert edge.slot == server.slot == "cpu"
+    assert edge.slot != server.slot and "cpu" not in (edge.slot, server.slot)
+    twins = [remote(n, "h100-server", source="http://10.0.0.2:8000/v1", instance="box") for n in "ab"]
+    assert site(twins[0], cpu).slot == site(twins[1], cpu).slot == "h100-server#box"  # one box: in turn
+    local = ExpertSpec(name="l", base=BaseModelSpec(kind="llamacpp", source="/m.gguf"),
+                       placement=ExpertPlacement(device="jetson-agx-orin"))
+    assert site(local, cpu).slot == "cpu"  # computed by the worker: in turn with its other stages
     recorded = ExpertSpec(name="r", base=BaseModelSpec(kind="replay", source="/rec", model="Mistral-7B-v0.1"))
     assert site(recorded, cpu).slot == "h100-server#r"  # looked up, its time simulated on its own servers
 

@@ -1,0 +1,80 @@
+"""Stages whose model is served elsewhere (an OpenAI-compatible server) run beside the worker's
+other stages: against a real HTTP server, two such experts' requests are in flight at once, and
+one's reply comes while a local model generates on the device."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from experts.factory import make_backend
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ChatMessage, GenerationRequest
+from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.planner import Job
+from orchestrator.scheduling.worker import DeviceWorker
+from tests.experts.test_openai_http import SERVED, Recorder, make_app
+from tests.live_server import live_server
+
+WAIT_S = 5.0  # how long one side waits for the other before giving up (a failed test, not a hang)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[str, Recorder]]:
+    rec = Recorder()
+    with live_server(make_app(rec)) as url:
+        yield f"{url}/v1", rec
+
+
+def job(job_id: str, base: BaseModelSpec) -> Job:
+    return Job(job_id, base, GenerationRequest(request_id=job_id, messages=[ChatMessage(role="user", content=job_id)]))
+
+
+def remote(url: str, model: str) -> BaseModelSpec:
+    return BaseModelSpec(kind="openai", source=url, model=model)
+
+
+def test_two_experts_served_elsewhere_are_asked_at_once(served: tuple[str, Recorder]) -> None:
+    url, rec = served
+    rec.__init__(gather=2, gather_timeout_s=WAIT_S)  # type: ignore[misc]  # each reply waits for the other request
+    worker = DeviceWorker()
+    out = execute([job(m, remote(url, m)) for m in SERVED], worker)
+    assert rec.max_in_flight == 2  # in turn, the first waited WAIT_S alone and was answered alone
+    assert all(out[m].error is None and out[m].text == f"echo: {m}" for m in SERVED)
+
+
+def test_a_reply_from_elsewhere_comes_while_the_device_generates(served: tuple[str, Recorder]) -> None:
+    url, rec = served
+    rec.__init__()  # type: ignore[misc]
+    seen = threading.Event()
+
+    def gate(_request: GenerationRequest, word: int) -> None:  # the local model's first word waits for the server
+        if word == 0 and not seen.is_set():
+            for _ in range(int(WAIT_S / 0.01)):
+                if rec.bodies:
+                    seen.set()
+                    break
+                threading.Event().wait(0.01)
+
+    local = BaseModelSpec(kind="mock", source="local")
+    worker = DeviceWorker(factory=lambda s: MockBackend(s.key, gate=gate) if s.kind == "mock" else make_backend(s))
+    far = remote(url, SERVED[0])
+    worker.ensure_loaded(local), worker.ensure_loaded(far)  # resident: the local stage is planned first
+    out = execute([job("here", local), job("there", far)], worker)
+    assert seen.is_set()  # in turn, the server's request came only after the local stage ended
+    assert out["there"].text == "echo: there" and out["here"].error is None
+
+
+def test_a_model_served_elsewhere_is_never_unloaded_to_make_room(served: tuple[str, Recorder]) -> None:
+    """It holds no memory here, so unloading it frees none, and would close its client under
+    the requests it has in flight (it generates with the device let go)."""
+    url, _ = served
+    mib = 100 * 2**20
+    worker = DeviceWorker(memory_budget_bytes=mib, factory=lambda s: MockBackend(s.key, mib) if s.kind == "mock"
+                          else make_backend(s))
+    far = worker.ensure_loaded(remote(url, SERVED[0]))
+    for source in "ab":  # b's load evicts a, the least recently used model that frees anything
+        worker.ensure_loaded(BaseModelSpec(kind="mock", source=source))
+    assert far.is_loaded and worker.resident() == {remote(url, SERVED[0]).key, "mock:b"}
