@@ -41,6 +41,9 @@ class BackendTraits:
     # its calls are answered by a server of its own (an OpenAI-compatible one): they need nothing
     # of the worker's device, so they run beside the worker's other stages, not in turn with them
     served_elsewhere: bool = False
+    # it streams a reply as it writes it (`stream`); one that cannot (a vLLM engine, a recording)
+    # gives a streamed query its whole reply at once, so such a query is batched like any other
+    streams: bool = False
 
     def output_tokens(self, limit: int) -> int:
         """The output tokens a reply is charged: the token limit, unless the kind fixes it."""
@@ -48,10 +51,11 @@ class BackendTraits:
 
 
 _TRAITS = {
-    "llamacpp": BackendTraits(computes_here=True, compute="cpu"),
+    "llamacpp": BackendTraits(computes_here=True, compute="cpu", streams=True),
     "vllm": BackendTraits(computes_here=True, compute="gpu", batch_timed=True),
-    "openai": BackendTraits(served_elsewhere=True),  # another server's compute, placed where its placement says
-    "mock": BackendTraits(),
+    # another server's compute, placed where its placement says
+    "openai": BackendTraits(served_elsewhere=True, streams=True),
+    "mock": BackendTraits(streams=True),
     # a recorded real model: costed on the server its size needs, one per expert
     "replay": BackendTraits(SERVER_DEVICE, own_device=True, fixed_output_tokens=COT_TOKENS, lookup_chunk=1024),
 }

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+from experts.streaming import whole
+from experts.traits import traits
 from experts.types import Generation, storable
 from orchestrator.scheduling.executor import Executor, Progress, execute
 from orchestrator.scheduling.planner import Job
@@ -115,7 +117,8 @@ class Dispatch:
 
     def submit_stream(self, worker: str, job: Job, on_piece: OnPiece) -> None:
         """A job whose text is handed to `on_piece` as it is generated (a client is watching);
-        its reply still comes to `on_reply`. The worker runs it before its next batch of jobs."""
+        its reply still comes to `on_reply`. The worker runs it before its next batch of jobs; one
+        whose model cannot stream (`traits.streams`) runs in that batch, handed its reply whole."""
         with self._cond:
             self._queue(worker).streams.append((job, on_piece))
             self._cond.notify_all()
@@ -181,17 +184,23 @@ class Dispatch:
             streams, jobs = self._take(queue)
             if not streams and not jobs:
                 return
+            at_once = {j.job_id: on_piece for j, on_piece in streams if not traits(j.base).streams}
             for job, on_piece in streams:  # first: someone is watching these
-                self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
+                if job.job_id not in at_once:
+                    self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
+            jobs = [*(j for j, _ in streams if j.job_id in at_once), *jobs]
             if jobs:
-                self._run(name, jobs)
+                self._run(name, jobs, at_once)
             self._took(queue)
 
-    def _run(self, name: str, jobs: list[Job]) -> None:
+    def _run(self, name: str, jobs: list[Job], at_once: dict[str, OnPiece]) -> None:
+        """The jobs batched; `at_once`: streamed jobs whose model cannot stream, each handed its
+        reply in one piece as it comes (six streamed chats to a vLLM engine ran as six generate
+        calls in turn, where a batch is one)."""
         pending = {j.job_id: j for j in jobs}
         try:
             self.fleet.executor(jobs, self.fleet[name], keep_last=self.keep_last.get(name),
-                                emit=partial(self._hand_on, pending=pending))
+                                emit=partial(self._hand_on, pending=pending, pieces=at_once))
         except Exception as exc:  # a bug of ours: what was not handed on fails, nothing hangs
             self._hand_on({i: Generation.failed(j.request.request_id, f"{type(exc).__name__}: {exc}")
                            for i, j in pending.items()}, pending)
@@ -210,10 +219,20 @@ class Dispatch:
             return Generation.failed(job.request.request_id, f"{type(exc).__name__}: {exc}")
         return reply or Generation.failed(job.request.request_id, "the stream ended without a reply")
 
-    def _hand_on(self, done: Mapping[str, Generation], pending: dict[str, Job]) -> None:
+    def _hand_on(self, done: Mapping[str, Generation], pending: dict[str, Job],
+                 pieces: Mapping[str, OnPiece] | None = None) -> None:
         for job_id, gen in done.items():
             pending.pop(job_id, None)
+            if pieces and job_id in pieces:
+                _pieces_of(gen, pieces[job_id])
             try:
                 self.on_reply(job_id, gen)
             except Exception:  # the handler's own failure: the other replies are still handed on
                 log.exception("handing on the reply to job %s failed", job_id)
+
+
+def _pieces_of(gen: Generation, on_piece: OnPiece) -> None:
+    """A whole reply handed to its stream, as a backend that cannot stream is streamed."""
+    for event in whole(gen):
+        if not isinstance(event, Generation):
+            on_piece(storable(event))

@@ -5,7 +5,8 @@ as they come, and its reply (or failure) like any job's."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from experts.mock import MockBackend
 from experts.streaming import word_pieces
@@ -95,3 +96,31 @@ def test_streamed_pieces_carry_the_text_the_reply_stores() -> None:
     run.finish()
     run.wait()
     assert "".join(pieces) == replies["s"].text == "B\ufffd because"
+
+
+class Unstreamed(MockBackend):
+    """A backend that cannot stream (a vLLM engine, a recording): its generate calls recorded."""
+
+    stream = None  # type: ignore[assignment]  # as `experts.streaming.stream_of` reads a backend without one
+    calls: list[int] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        Unstreamed.calls.append(len(requests))
+        return super().generate(requests)
+
+
+def test_streamed_jobs_whose_model_cannot_stream_are_batched_and_handed_their_whole_reply() -> None:
+    """Six streamed chats to a vLLM engine ran as six generate calls in turn, where a batch is one."""
+    Unstreamed.calls = []
+    fleet = Fleet({"cpu": DeviceWorker("cpu", 2**30, lambda spec: Unstreamed(spec.key, answer=LONG))})
+    replies: dict[str, Generation] = {}
+    pieces: dict[str, list[str]] = {}
+    run = fleet.dispatch(lambda job_id, gen: replies.__setitem__(job_id, gen))
+    streamed = [replace(job(f"s{i}"), base=BaseModelSpec(kind="replay", source="/rec", model="m")) for i in range(3)]
+    with run._cond:  # taken together, as a window's streamed chats are
+        for j in streamed:
+            run.submit_stream("cpu", j, pieces.setdefault(j.job_id, []).append)
+    run.finish()
+    run.wait()
+    assert Unstreamed.calls == [3]
+    assert all(pieces[j.job_id] == [LONG] and replies[j.job_id].text == LONG for j in streamed)
