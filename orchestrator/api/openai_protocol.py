@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from experts.types import check_stops
@@ -187,6 +187,18 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
             return options
         raise PydanticCustomError(UNSUPPORTED_PARAMETER, "stream_options apply to a stream: set stream to true")
 
+    @model_validator(mode="after")
+    def _one_spelling(self) -> ChatCompletionRequest:
+        """A request spelled two ways is one request (`idempotency.fingerprint`): `max_tokens`
+        is read as `max_completion_tokens`, which wins where both are given, and a lone stop
+        string as a list of one (a retry spelling them the other way was a 422 "different body")."""
+        if self.max_completion_tokens is None:
+            self.max_completion_tokens = self.max_tokens
+        self.max_tokens = None
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        return self
+
     def stop_sequences(self) -> tuple[str, ...]:
         return _sequences(self.stop)
 
@@ -195,7 +207,7 @@ class ChatCompletionRequest(BudgetFields, Unimplemented):
         (`latency_ms`, `energy_j` as extra body fields) route `auto` only; the key's defaults
         hold for a named expert too, which answers only if it fits them (they were skipped)."""
         text = conversation_text([(m.role, m.text()) for m in self.messages])
-        sampling: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens,
+        sampling: dict[str, Any] = {"max_tokens": self.max_completion_tokens,
                                     "temperature": self.temperature, "stop": self.stop_sequences()}
         if self.model != AUTO:
             routing = [f for f in ("latency_ms", "energy_j", "k", "mode") if getattr(self, f) is not None]

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from orchestrator.api.app import create_app
+from orchestrator.api.openai_protocol import ChatCompletionRequest
 from orchestrator.container import SkillRoute
 from orchestrator.services.idempotency import fingerprint
 from orchestrator.services.keys import KeyService
@@ -155,3 +156,17 @@ def test_a_list_body_retried_across_such_an_upgrade_is_the_same_request_too() ->
         [After(query="q"), After(query="r", k=4, stream=False)])
     assert fingerprint([Before(query="q")]) != fingerprint([After(query="q", stream=True)])
     assert fingerprint([Before(query="q")]) != fingerprint(Before(query="q"))  # a list of one is answered as a list
+
+
+def test_two_spellings_of_one_chat_are_one_request() -> None:
+    """`max_tokens` and `max_completion_tokens` are one parameter to the chat (the latter wins),
+    and a lone stop string is a list of one: a retry that spelled them the other way was a 422
+    idempotency_key_reused 'different body' for the very request it first sent."""
+    def chat(**fields: object) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": "q"}],
+                                                     **fields})
+
+    assert fingerprint(chat(max_tokens=5)) == fingerprint(chat(max_completion_tokens=5))
+    assert fingerprint(chat(max_tokens=9, max_completion_tokens=5)) == fingerprint(chat(max_completion_tokens=5))
+    assert fingerprint(chat(stop="x")) == fingerprint(chat(stop=["x"]))
+    assert fingerprint(chat(max_tokens=5)) != fingerprint(chat(max_tokens=6))
