@@ -7,7 +7,9 @@ from the validation split profiling draws from (`skills/datasets.py`), and the N
 over its 57 subjects by `--seed`. Every question is asked routed (k experts recruited the way the
 service does by default, seeded per question, then aggregated) and to each expert alone (an
 `Ask` naming the expert, as `model=<expert>` does over HTTP), all through the service's pipeline.
-Each arm prints its accuracy with a Wilson 95 % interval and its wall time.
+Each arm prints its accuracy with a Wilson 95 % interval and its wall time. The service learns
+nothing meanwhile (no competitions, no explorations: `bench_settings`), so the routed arm's time
+is its recruited work's and its router the same from the first question to the last.
 
 `--questions arithmetic` asks free text instead ("What is 17*23?", graded by the number): no
 options, so the vote cannot decide and what is measured is whom the router recruits for free
@@ -50,7 +52,7 @@ from orchestrator.pools.loader import load_pool_config  # noqa: E402
 from orchestrator.pools.schema import PoolConfig  # noqa: E402
 from orchestrator.scheduling.worker import BackendFactory  # noqa: E402
 from orchestrator.services.profiling import load_source  # noqa: E402
-from orchestrator.settings import DEFAULT_POOL, Settings  # noqa: E402
+from orchestrator.settings import DEFAULT_POOL, LearningSettings, Settings  # noqa: E402
 from orchestrator.store.repositories.experts import ExpertRepository  # noqa: E402
 from skills.datasets import LabelledQuestion, arithmetic_questions, format_prompt, load_mmlu  # noqa: E402
 from skills.embedder import Embedder  # noqa: E402
@@ -137,6 +139,14 @@ def run(n: int, k: int, seed: int, pool: PoolConfig, settings: Settings, factory
             **baselines(routed, alone, profiled)}
 
 
+def bench_settings(data_dir: Path | None) -> Settings:
+    """The service's settings, quiet: a competition (5 % of routed queries by default) or an
+    exploration runs every expert beside the recruited ones, adding to the routed arm's wall
+    time, and moves the router between one question and the next."""
+    quiet = LearningSettings(competition_rate=0.0, explore_rate=0.0)
+    return Settings(data_dir=data_dir, learning=quiet) if data_dir else Settings(learning=quiet)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
@@ -148,8 +158,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="default: the service's data directory")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
-    res = run(args.n, args.k, args.seed, load_pool_config(args.pool), settings, kind=args.questions)
+    res = run(args.n, args.k, args.seed, load_pool_config(args.pool), bench_settings(args.data_dir),
+              kind=args.questions)
     if args.json:
         print(json.dumps(res))
         return

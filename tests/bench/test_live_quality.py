@@ -101,3 +101,12 @@ def test_the_single_expert_is_chosen_by_profiling_not_by_the_questions_it_is_sco
     assert res["routed_minus_best"] == round(100 * res["routed"]["accuracy"], 2)
     assert res["oracle_single"] == "steady"
     assert res["routed_minus_oracle"] == round(100 * (res["routed"]["accuracy"] - 1), 2)
+
+
+def test_the_routed_arm_runs_no_competition_or_exploration(load_bench: Callable[[str], ModuleType],
+                                                          tmp_path: Path) -> None:
+    """At the service's defaults, 5 % of routed questions ran every expert as competitors: time
+    the routed arm's wall clock counted, and router moves between one question and the next."""
+    settings = load_bench("live_quality").bench_settings(tmp_path)
+    assert settings.data_dir == tmp_path
+    assert settings.learning.competition_rate == settings.learning.explore_rate == 0
