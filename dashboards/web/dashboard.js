@@ -199,10 +199,21 @@ function renderLearning(l) {
   }, true);
 }
 
+// Why the state did not come, in the service's own words: while it starts, its 503 says what still
+// runs ("starting: profiling experts (12/48 answers)"), which is progress, not a failure.
+async function unavailable(res) {
+  const body = await res.json().catch(() => null);
+  const said = body && body.error && body.error.message;
+  return res.status === 503 && said ? said : `refresh failed: ${said || `HTTP ${res.status}`}`;
+}
+
 async function refresh() {
   try {
     const res = await fetch(STATE_URL, { cache: "no-store" });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    if (!res.ok) {
+      document.getElementById("updated").textContent = await unavailable(res);
+      return;
+    }
     const s = await res.json();
     renderStats(s); renderHeatmap(s.heatmap); renderShare(s.recruitment);
     renderDecisions(s.decisions); renderTimeline(s.timeline); renderBudget(s.budgets); renderLearning(s.learning);
