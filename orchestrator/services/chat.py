@@ -47,9 +47,17 @@ class ChatResult:
 
     @property
     def usage(self) -> tuple[int, int]:
-        """The tokens of the generations the reply was made of, as `replies` has them."""
-        gens = replies(self.query)
+        """The tokens of the generations the reply was made of, as `replies` has them, each run
+        once: an expert drawn twice at temperature 0 runs once (`executor.coalesce`) and its reply
+        is stored under each draw, so a chat of three such draws reported three times its tokens."""
+        gens = {_run_of(g): g for g in replies(self.query)}.values()
         return sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens)
+
+
+def _run_of(g: GenerationRow) -> tuple[object, ...]:
+    """What tells one run from another within a query: a shared reply is stored whole under each
+    draw, its measured time too, which no second run of its own repeats to the last digit."""
+    return g.expert, g.role, g.text, g.prompt_tokens, g.completion_tokens, g.latency_s
 
 
 def replies(row: Query) -> list[GenerationRow]:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from experts.mock import MockBackend
-from experts.types import SamplingParams
+from experts.types import BaseModelSpec, SamplingParams
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.pools.schema import AggregatorConfig
@@ -259,3 +259,26 @@ def test_a_stream_retried_after_its_query_failed_gets_the_plain_retry_s_error(tm
         plain = client.post("/v1/chat/completions", json={**body, "stream": False}, headers={"Idempotency-Key": "k2"})
     assert retried.status_code == plain.status_code == 503 and retried.headers["content-type"] == "application/json"
     assert retried.json()["error"]["message"] == plain.json()["error"]["message"] == "every expert failed: gamma: boom"
+
+
+def test_usage_counts_a_reply_shared_by_repeated_greedy_draws_once(tmp_path, embedder):
+    """Three draws of one expert at temperature 0 run once (`executor.coalesce`), the reply
+    stored under each draw: the chat's usage said three times the tokens that were processed."""
+    backends: list[MockBackend] = []
+
+    def factory(spec: BaseModelSpec) -> MockBackend:
+        backends.append(MockBackend(spec.key))
+        return backends[-1]
+
+    pool = small_pool([mock_expert("alpha", "m1")]).model_copy(update={"aggregator": AggregatorConfig(mode="vote")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder, factory=factory)
+    with TestClient(create_app(c, owns_container=True)) as client:
+        asked = sum(b.generate_calls for b in backends)
+        lettered = [{"role": "user", "content": "What is 12*12?\nA. 124\nB. 144\nC. 142\nD. 122"}]
+        body = {"model": "auto", "messages": lettered, "k": 3, "mode": "sample", "seed": 0, "temperature": 0}
+        r = client.post("/v1/chat/completions", json=body).json()
+        gens = client.get(f"/v1/queries/{r['skillroute']['query_id']}").json()["generations"]
+    assert r["skillroute"]["recruited"] == ["alpha"] * 3 and len(gens) == 3
+    assert sum(b.generate_calls for b in backends) - asked == 1  # the three draws ran once
+    assert r["usage"]["prompt_tokens"] == gens[0]["prompt_tokens"] > 0
+    assert r["usage"]["completion_tokens"] == gens[0]["completion_tokens"] > 0
