@@ -67,6 +67,10 @@ class DeviceWorker:
         self._loading: dict[str, Future[Loaded]] = {}  # prefetches under way, by key
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-prefetch")
         self._claims = Claims(self.lock)  # what the batches running here still need
+        # replies under way without the device on models served elsewhere, and those of them
+        # unloaded meanwhile (closed when their last reply ends), under `_records`
+        self._users: Counter[str] = Counter()
+        self._closing: dict[str, ExpertBackend] = {}
 
     def backend(self, base: BaseModelSpec) -> ExpertBackend:
         """The backend of `base`'s weights, built once. One built for another spec of the same
@@ -138,8 +142,9 @@ class DeviceWorker:
     def _device_for(self, base: BaseModelSpec, protect: Collection[str]) -> Iterator[ExpertBackend]:
         """`base` loaded, with the device held while the block runs, unless `base` is served
         elsewhere (`traits.served_elsewhere`): its server computes, and holding the device would
-        make the worker's other stages wait out its replies (and it theirs)."""
-        backend = self._loaded_elsewhere(base)
+        make the worker's other stages wait out its replies (and it theirs). Such a reply is
+        counted in use instead, so an unload meanwhile closes its client only once it ends."""
+        backend = self._loaded_elsewhere(base, use=True)
         if backend is None:
             with self.lock:
                 backend = self.ensure_loaded(base, protect)
@@ -147,11 +152,17 @@ class DeviceWorker:
                 if not traits(base).served_elsewhere:
                     yield backend
                     return
-        yield backend
+                with self._records:
+                    self._users[base.key] += 1
+        try:
+            yield backend
+        finally:
+            self._done_with(base.key, backend)
 
-    def _loaded_elsewhere(self, base: BaseModelSpec) -> ExpertBackend | None:
+    def _loaded_elsewhere(self, base: BaseModelSpec, use: bool = False) -> ExpertBackend | None:
         """`base`'s backend if it is served elsewhere and loaded, found without the device lock (a
-        generation holds it for a whole chunk) and marked most recently used; else None."""
+        generation holds it for a whole chunk), marked most recently used and, with `use`,
+        counted in use (`_done_with` ends it); else None."""
         backend = self._backends.get(base.key)
         if not traits(base).served_elsewhere or backend is None or self._specs.get(base.key) != base:
             return None
@@ -159,7 +170,23 @@ class DeviceWorker:
             if base.key not in self._lru or not backend.is_loaded:
                 return None
             self._lru.move_to_end(base.key)
+            if use:
+                self._users[base.key] += 1
         return backend
+
+    def _done_with(self, key: str, backend: ExpertBackend) -> None:
+        """A reply on a model served elsewhere ended; the last one after an unload (`_let_go`)
+        unloads it, unless it was loaded again meanwhile (the very backend resident again)."""
+        with self._records:
+            self._users[key] -= 1
+            if self._users[key] > 0:
+                return
+            del self._users[key]
+            if self._closing.pop(key, None) is None:
+                return
+        with self.lock:
+            if key not in self.resident() or self._backends.get(key) is not backend:
+                _unload_quietly(backend, key, self.name)
 
     def ensure_loaded(self, base: BaseModelSpec, protect: Collection[str] = ()) -> ExpertBackend:
         loaded = self._loaded_elsewhere(base)
@@ -247,12 +274,26 @@ class DeviceWorker:
             self._settle(key)
             if key not in self._lru:
                 return
+            if self._let_go(key):
+                self._record(time.time(), "unload", key)
+                return
             try:
                 self._backends[key].unload()
             except Exception:  # a dead engine: kept resident, its error would fail every load after it
                 log.warning("unloading %s on %s failed; its memory is counted free", key, self.name, exc_info=True)
             finally:
                 self._record(time.time(), "unload", key)
+
+    def _let_go(self, key: str) -> bool:
+        """Take `key` out of the resident models before its backend unloads, so no reply starts on
+        it without the device meanwhile; True if replies under way on it (a model served elsewhere,
+        generating without the device) leave the unload to the last of them (`_done_with`)."""
+        with self._records:
+            self._lru.pop(key, None)
+            if self._users[key] <= 0:
+                return False
+            self._closing[key] = self._backends[key]
+            return True
 
     def _record(self, at: float, kind: str, key: str) -> None:
         """A load or unload: the model resident or not, and its event counted, as one change to a status read."""
@@ -322,6 +363,14 @@ def _timed_load(backend: ExpertBackend) -> Loaded:
     started = time.perf_counter()
     backend.load()
     return Loaded(time.perf_counter() - started, time.time())
+
+
+def _unload_quietly(backend: ExpertBackend, key: str, worker: str) -> None:
+    """Unload a backend no longer resident (a deferred unload): its failure is logged, as `unload` logs it."""
+    try:
+        backend.unload()
+    except Exception:
+        log.warning("unloading %s on %s failed", key, worker, exc_info=True)
 
 
 def _close(backend: ExpertBackend) -> None:

@@ -4,10 +4,13 @@ one's reply comes while a local model generates on the device."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
 from experts.factory import make_backend
 from experts.mock import MockBackend
@@ -78,3 +81,59 @@ def test_a_model_served_elsewhere_is_never_unloaded_to_make_room(served: tuple[s
     for source in "ab":  # b's load evicts a, the least recently used model that frees anything
         worker.ensure_loaded(BaseModelSpec(kind="mock", source=source))
     assert far.is_loaded and worker.resident() == {remote(url, SERVED[0]).key, "mock:b"}
+
+
+class Gate:
+    """A server whose replies wait for the test: `arrived` once a request is in, `release` lets it finish."""
+
+    def __init__(self) -> None:
+        self.arrived, self.release = threading.Event(), threading.Event()
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat() -> dict[str, Any]:
+            self.arrived.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
+            message = {"role": "assistant", "content": "whole"}
+            return {"object": "chat.completion", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+        return app
+
+
+@pytest.mark.parametrize("let_go", [
+    lambda worker, key: worker.unload(key),
+    lambda worker, key: worker.forget(key),
+    lambda worker, key: worker.shutdown(),
+], ids=["unload", "forget", "shutdown"])
+def test_a_model_let_go_while_it_replies_is_closed_once_the_reply_ends(
+        let_go: Callable[[DeviceWorker, str], None]) -> None:
+    """It generates without the device, which an unload (an expert removed, a failed validation
+    forgetting its model, a shutdown) used to wait for: it closed the client under the reply
+    (`Bad file descriptor`). The unload returns at once and the client closes after the reply."""
+    gate = Gate()
+    with live_server(gate.app()) as url:
+        base = BaseModelSpec(kind="openai", source=f"{url}/v1", model="m")
+        worker = DeviceWorker()
+        backend = worker.ensure_loaded(base)
+        out: dict[str, Any] = {}
+        run = threading.Thread(target=lambda: out.update(execute([job("g", base)], worker)))
+        run.start()
+        assert gate.arrived.wait(WAIT_S)
+        let_go(worker, base.key)  # returns: nothing of the worker's is held by the reply
+        assert base.key not in worker.resident() and backend.is_loaded  # gone for new work, not from under the reply
+        gate.release.set()
+        run.join(WAIT_S)
+    assert out["g"].error is None and out["g"].text == "whole"
+    assert not backend.is_loaded  # closed once the reply ended
