@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli_failures import Commands
+from orchestrator.cli_failures import CliFailure, Commands, check_bindable
 from orchestrator.cli_remote import accepted, client, follow, read_back, remote_id
 from orchestrator.settings import Settings, get_settings
 
@@ -40,7 +40,8 @@ app = typer.Typer(cls=Commands, help="Answer each query with the right few exper
 experts_app = typer.Typer(help="Register, list, change and remove experts.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 
-PoolOpt = Annotated[Path | None, typer.Option(help="Pool YAML (default: the packaged embedded pool).")]
+PoolOpt = Annotated[Path | None, typer.Option(help="Pool YAML, or replay:FOLDER (every model recorded there); "
+                                                   "default: SKILLROUTE_POOL, else the packaged pool.")]
 UrlOpt = Annotated[str | None, typer.Option(help="Talk to a running service instead of working in-process.")]
 KeyOpt = Annotated[str | None, typer.Option(help="API key for --url (the admin key, to change experts).")]
 
@@ -90,10 +91,11 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
     settings: Settings = get_settings()
     # `is None`, not `or`: --port 0 (a free port) is a port asked for
     host = settings.host if host is None else host
-    port = settings.port if port is None else port
+    given_as, port = ("SKILLROUTE_PORT=", settings.port) if port is None else ("--port ", port)
     if runtime is Runtime.ray:
         from orchestrator.serving.app import run_serve
 
+        _check_ray_port(settings, host, port, given_as)
         run_serve(settings, pool or Path(settings.pool), host, port, dashboard=dashboard, log=_log_line)
         return
     import uvicorn
@@ -104,6 +106,18 @@ def serve(host: Annotated[str | None, typer.Option()] = None,
     # keep-alive past the default 5 s: under load a starved loop could close a connection a
     # client is already reusing (seen as ReadErrors at 200 concurrent clients)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=75)
+
+
+def _check_ray_port(settings: Settings, host: str, port: int, given_as: str) -> None:
+    """Refuse, before Ray starts, a port (`given_as` names its source) Ray Serve fails on only later: one
+    taken, or 0 (its proxy took a free port of its own, never said which, and /ready was polled on 0)."""
+    from orchestrator.serving.app import url_of
+
+    if port == 0:
+        raise CliFailure(f"{given_as}{port} (a free port) needs --runtime inline: Ray Serve's proxy does not report "
+                         "the port it would pick", 2)
+    if not settings.ray.address:  # a joined cluster's proxy binds on its head, maybe serving already
+        check_bindable(host, port, url_of(host, port).removeprefix("http://"))
 
 
 def _log_line(line: str) -> None:
@@ -284,8 +298,13 @@ def _refusals() -> Iterator[None]:
     try:
         yield
     except ServiceError as exc:
-        console.print(f"[red]refused:[/red] {escape(exc.message)}")  # it quotes the user's names and paths
+        _line(f"[red]refused:[/red] {escape(exc.message)}")  # it quotes the user's names and paths
         raise typer.Exit(2) from exc
+
+
+def _line(markup: str) -> None:
+    """A message as one line, however narrow the terminal (soft wrap), so it can be grepped."""
+    console.print(markup, soft_wrap=True, highlight=False)
 
 
 def _expert_dict(e: Expert) -> dict[str, Any]:
@@ -303,8 +322,7 @@ def _print_experts(rows: list[dict[str, Any]]) -> None:
     console.print(table)
     for e in rows:  # the table has no room for why
         if e["status"] == "failed" and e.get("error"):
-            console.print(f"[red]{escape(e['name'])} failed:[/red] {escape(e['error'])}", soft_wrap=True,
-                          highlight=False)
+            _line(f"[red]{escape(e['name'])} failed:[/red] {escape(e['error'])}")
 
 
 def _cells(*values: object) -> list[Text]:
@@ -352,7 +370,7 @@ def keys_create(
         row, key = _key_service().create(name, "admin" if admin else "client", rpm, budget)
     except ServiceError as exc:
         raise typer.BadParameter(exc.message, param_hint=f"--{(exc.param or '').replace('_', '-')}") from exc
-    console.print(f"created {row.role} key {row.id} ({escape(row.name)}); store it now, it is not shown again:")
+    _line(f"created {row.role} key {row.id} ({escape(row.name)}); store it now, it is not shown again:")
     print(key)
 
 
@@ -373,9 +391,8 @@ def keys_revoke(key_id: int) -> None:
     try:
         _key_service().revoke(key_id)
     except ServiceError as exc:
-        console.print(f"[red]{escape(exc.message)}[/red]")
-        raise typer.Exit(2) from exc
-    console.print(f"revoked key {key_id}")
+        raise CliFailure(exc.message, 2) from exc  # printed as one line, as every failure is
+    _line(f"revoked key {key_id}")
 
 
 if __name__ == "__main__":

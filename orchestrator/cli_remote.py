@@ -44,7 +44,8 @@ def client(url: str, key: str | None) -> Iterator[httpx.Client]:
         raise CliFailure(f"--url {url!r} is not a URL: {exc}", 2) from exc
     except httpx.HTTPError as exc:
         raise CliFailure(f"cannot reach {url}: {exc}", 1) from exc
-    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not the shape skillroute's replies have
+    # JSON, but not the shape skillroute's replies have (ValueError: an id or accuracy that is no number)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise CliFailure(f"{url} did not answer as skillroute does ({type(exc).__name__}: {exc})", 1) from exc
 
 
@@ -65,12 +66,15 @@ def _checked(url: str) -> str:
 def accepted(r: httpx.Response) -> Any:
     """The reply's JSON. A refusal (4xx) fails with exit 2 naming its message; the server failing
     (5xx: an error, not ready, a proxy without its upstream) with exit 1, since the user's input
-    was not what went wrong; a reply that is not JSON (another server on that port, a proxy's
-    error page) with exit 1 showing its start."""
+    was not what went wrong; a redirect, or a reply that is not JSON (another server on that port, a
+    proxy's error page), with exit 1 naming where it points or showing its start."""
     if r.status_code >= 500:
         raise CliFailure(f"server error ({r.status_code}) at {r.request.url}: {_refusal(r)}", 1)
     if r.status_code >= 400:
         raise CliFailure(f"refused ({r.status_code}): {_refusal(r)}", 2)
+    if r.status_code >= 300:  # not followed: skillroute never redirects, so this is another server
+        raise CliFailure(f"{r.request.url} did not answer as skillroute does: a redirect ({r.status_code}) to "
+                         f"{r.headers.get('location', 'no Location')}", 1)
     try:
         return r.json()
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are

@@ -197,8 +197,8 @@ def run_serve(settings: Settings, pool_path: Path, host: str, port: int, *, dash
         if preparing is not None:
             preparing.join()  # before the replica exists: it must find the profiles stored
         serve.run(build_app(settings, pool_path, cores, home), name=APP_NAME, route_prefix="/")
-        log(f"serving on http://{host}:{port} (Ray Serve application {APP_NAME!r}); starting up behind it")
-        watch_start(f"http://{_local(host)}:{port}", log)
+        log(f"serving on {url_of(host, port)} (Ray Serve application {APP_NAME!r}); starting up behind it")
+        watch_start(local_url(host, port), log)
         while True:
             signal.pause()
     except KeyboardInterrupt:
@@ -231,8 +231,16 @@ def _ready_line(status: int, body: Any) -> str:
     return str(body.get("error", {}).get("message", body)) if isinstance(body, dict) else str(body)
 
 
-def _local(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+def url_of(host: str, port: int) -> str:
+    """The server at host:port as a URL: an IPv6 address in brackets ("http://::1:8123" is no
+    URL; httpx read its port as ':1:8123' and the start's watch ended in InvalidURL)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def local_url(host: str, port: int) -> str:
+    """Where this machine reaches a server bound to host:port: a wildcard is no address to
+    connect to, so its own family's loopback stands in for it."""
+    return url_of({"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host), port)
 
 
 def log_cluster(dashboard_url: str, log: Log) -> None:

@@ -7,12 +7,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -21,10 +23,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = _engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return _engine(url, pool_pre_ping=True)
+
+
+def _engine(url: str, **options: Any) -> Engine:
+    """create_engine, a URL whose driver is not installed (mysql:// without mysqlclient) refused as
+    a URL SQLAlchemy cannot read (ArgumentError): its ModuleNotFoundError read as a bug."""
+    try:
+        return create_engine(url, **options)
+    except ImportError as exc:
+        raise ArgumentError(f"its driver {exc.name or exc} (for {make_url(url).drivername}://) is not installed: "
+                            "install it, or name a driver that is") from exc
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -62,7 +74,7 @@ def _check_known(url: str) -> None:
     """Refuse, in a line, a database at a revision these migrations lack: alembic's own error
     ("Can't locate revision") came as a long traceback that never said a newer version wrote it."""
     script = ScriptDirectory.from_config(alembic_config(url))
-    engine = create_engine(url, poolclass=NullPool)
+    engine = _engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_heads()
@@ -102,7 +114,7 @@ def _across_processes(url: str, lock_id: int, name: str) -> Iterator[None]:
     idle_in_transaction_session_timeout ended it, lock and all, letting the next replica in."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        engine = _engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})

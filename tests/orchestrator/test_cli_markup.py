@@ -74,6 +74,7 @@ def test_serve_logs_its_lines_as_they_are(tmp_path: Path, monkeypatch: pytest.Mo
     fake = types.ModuleType("orchestrator.serving.app")
     fake.run_serve = lambda *args, log, **kw: [log(line) for line in lines]  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "orchestrator.serving.app", fake)
+    monkeypatch.setattr(cli, "_check_ray_port", lambda *args: None)  # the port is not what is tested here
     monkeypatch.setattr(cli, "console", Console(width=80))  # narrower than a line: each stays one line
     monkeypatch.setenv("SKILLROUTE_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()

@@ -199,3 +199,33 @@ def test_reading_back_a_change_that_does_not_profile_waits_out_a_429_too(waits: 
     with contextmanager(serving)(scripted(replies)) as url:
         r = runner.invoke(app, ["experts", "update", "chem", "--timeout-s", "30", "--url", url])
     assert r.exit_code == 1 and "'chem' (id 7) was changed on the server; reading it back stopped" in r.output
+
+
+@pytest.mark.parametrize(("verb", "reply"), [
+    (["experts", "list"], {"accuracy": "high"}),  # `:.2f` of a str: ValueError
+    (["experts", "remove", "a"], {"id": "x/.."}),  # int("x/.."): ValueError
+], ids=["accuracy-not-a-number", "id-not-a-number"])
+def test_json_of_another_shape_is_not_skillroute_one_line_and_exit_1(verb: list[str], reply: dict[str, Any]) -> None:
+    """Both ended in a ValueError traceback."""
+    with answering(200, json.dumps([{**expert("ready", 14), "name": "a", **reply}])) as url:
+        r = runner.invoke(app, [*verb, "--url", url])
+    assert r.exit_code == 1 and f"{url} did not answer as skillroute does" in r.output, r.output
+    assert len(r.output.splitlines()) == 1, r.output
+
+
+def test_a_redirect_is_named_with_where_it_points_exit_1() -> None:
+    """It said "did not answer as skillroute does: ''" (the redirect's empty body)."""
+    class Moved(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the handler's protocol names it)
+            self.send_response(301)
+            self.send_header("Location", "https://skillroute.example/v1/experts")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with contextmanager(serving)(Moved) as url:
+        r = runner.invoke(app, ["experts", "list", "--url", url])
+    assert r.exit_code == 1 and "redirect (301) to https://skillroute.example/v1/experts" in r.output, r.output
+    assert "''" not in r.output and len(r.output.splitlines()) == 1, r.output
