@@ -284,6 +284,19 @@ class DeviceWorker:
             finally:
                 self._record(time.time(), "unload", key)
 
+    def unload_if_free(self, key: str) -> bool:
+        """Unload `key` now if the device is free and no running batch needs it; whether it did. A
+        caller that must not wait (a request removing an expert) leaves a False to a thread."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if key in self._claims.needed():
+                return False
+            self.unload(key)
+            return True
+        finally:
+            self.lock.release()
+
     def _let_go(self, key: str) -> bool:
         """Take `key` out of the resident models before its backend unloads, so no reply starts on
         it without the device meanwhile; True if replies under way on it (a model served elsewhere,

@@ -38,16 +38,10 @@ class PendingQueue(ProfilingQueue):
 
 
 def unload_if_free(worker: DeviceWorker, key: str) -> bool:
-    """Unload the model now if the worker is free and no running batch needs it; whether it did."""
-    if not worker.lock.acquire(blocking=False):
-        return False
-    try:
-        if key in claims(worker).needed():
-            return False
-        worker.unload(key)
-        return True
-    finally:
-        worker.lock.release()
+    """Unload the model now if the worker is free and no running batch needs it; whether it did.
+    Asked of the worker itself: a worker actor's proxy holds no device lock of its own (the one it
+    has only serves callers that expect one), so a DELETE waited out the actor's whole chunk."""
+    return key not in claims(worker).needed() and worker.unload_if_free(key)
 
 
 def forget(worker: DeviceWorker, key: str) -> None:

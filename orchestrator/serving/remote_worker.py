@@ -356,6 +356,10 @@ class RemoteWorker(DeviceWorker):
     def prefetch(self, base: BaseModelSpec, protect: Collection[str] = ()) -> bool:
         return bool(self.ask("prefetch", base, set(protect)))
 
+    def unload_if_free(self, key: str) -> bool:
+        """The actor's own answer: it alone knows whether its device is free."""
+        return bool(self.ask("unload_if_free", key))
+
     def unload(self, key: str) -> None:
         self.ask("unload", key)
 

@@ -45,8 +45,8 @@ MAX_CONCURRENCY = 16
 # be evicted), nor a new proxy's probe or /health from being answered
 CONTROL_GROUP, CONTROL_THREADS = "control", 4
 # The calls an actor answers, recorded with its settings: raised when a release adds calls (2:
-# the claims), so an actor a previous release made is made anew rather than refuse them.
-ACTOR_PROTOCOL = 2
+# the claims; 3: unload_if_free), so an actor a previous release made is made anew rather than refuse them.
+ACTOR_PROTOCOL = 3
 # Backend members a remote proxy may reach; everything else stays inside the actor.
 BACKEND_MEMBERS = frozenset({"validate", "is_loaded", "loads", "memory_bytes"})
 
@@ -123,6 +123,10 @@ class WorkerActor:
 
     def wait_unneeded(self, key: str, timeout: float) -> bool:
         return claims(self.worker).wait_unneeded(key, timeout)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def unload_if_free(self, key: str) -> bool:
+        return self.worker.unload_if_free(key)  # never waits for the device: a control call
 
     def unload(self, key: str) -> None:
         self.worker.unload(key)

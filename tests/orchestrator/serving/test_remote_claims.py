@@ -4,6 +4,7 @@ replica's load there spares them, as a load in the batch's own process does (wor
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from experts.workers import WorkerSpec
 from orchestrator.scheduling.executor import execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import claims
+from orchestrator.services.profiling_pending import unload_if_free
 from orchestrator.serving.remote_claims import RemoteClaims
 from orchestrator.serving.remote_worker import RemoteWorker
 from orchestrator.serving.worker_actor import MAX_CONCURRENCY, spawn
@@ -140,3 +142,29 @@ def test_a_wait_for_an_unneeded_model_answered_late_is_asked_again_while_the_act
     assert actor.asked == ["wait_unneeded", "info", "wait_unneeded"]
     with pytest.raises(BackendError, match="not running"):
         RemoteClaims(BusyActor(alive=False)).wait_unneeded(A.key)
+
+
+def slow_or_sized(spec: BaseModelSpec) -> MockBackend:
+    """`slow`'s replies take a minute: a generation holding the actor's device for the whole test."""
+    return MockBackend(spec.key, MB, delay_s=60.0 if spec.source == "slow" else 0.0)
+
+
+@pytest.mark.slow
+def test_an_unload_if_free_asks_the_actor_and_never_waits_for_its_device(local_ray: None) -> None:
+    """The proxy's own lock is no one's: a DELETE that unloads a model through it waited out the
+    actor's generation under way (5.6 s behind an unrelated chat), where it should leave it to a thread."""
+    actor = spawn(WorkerSpec(name="busy", device="local-cpu"), 3 * MB, slow_or_sized)
+    try:
+        worker, slow = RemoteWorker(actor), BaseModelSpec(kind="mock", source="slow")
+        worker.ensure_loaded(A)
+        threading.Thread(target=lambda: worker.generate(slow, [job(0, slow).request]), daemon=True).start()
+        deadline = time.monotonic() + WAIT_S
+        while slow.key not in worker.resident():  # loaded under the device lock its generation holds
+            assert time.monotonic() < deadline, "the slow generation never started"
+        answer: list[bool] = []
+        asking = threading.Thread(target=lambda: answer.append(unload_if_free(worker, A.key)), daemon=True)
+        asking.start()
+        asking.join(WAIT_S)
+        assert answer == [False] and A.key in worker.resident()  # busy: left to a thread of its own
+    finally:
+        ray.kill(actor)
