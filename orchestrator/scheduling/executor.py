@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CHUNK_JOBS = 16  # requests per generate call of a backend that is not a lookup (`chunk`)
 CHUNK_TOKENS = 4096  # predicted tokens per generate call: a long job runs alone, short ones 16 at a time
+# stages served elsewhere one batch runs at once (`_beside`): each is a call a worker actor answers on
+# one of its threads (serving.worker_actor.MAX_CONCURRENCY, 16), which other batches need too
+ELSEWHERE_THREADS = 8
 
 
 Emit = Callable[[dict[str, Generation]], None]
@@ -112,7 +115,8 @@ def _beside(run: _Run, stages: Sequence[Stage]) -> Iterator[None]:
     if not stages:
         yield
         return
-    with ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix=f"{run.worker.name}-elsewhere") as pool:
+    threads = min(len(stages), ELSEWHERE_THREADS)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{run.worker.name}-elsewhere") as pool:
         futures = [pool.submit(run.stage, s, partial(run.worker.ensure_loaded, s.base, {s.key})) for s in stages]
         yield
         for future in futures:
