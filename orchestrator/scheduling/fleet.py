@@ -117,8 +117,8 @@ class Dispatch:
 
     def submit_stream(self, worker: str, job: Job, on_piece: OnPiece) -> None:
         """A job whose text is handed to `on_piece` as it is generated (a client is watching);
-        its reply still comes to `on_reply`. The worker runs it before its next batch of jobs; one
-        whose model cannot stream (`traits.streams`) runs in that batch, handed its reply whole."""
+        its reply still comes to `on_reply`. The worker runs it before its next batch of jobs; those
+        whose model cannot stream (`traits.streams`) run as one batch, each handed its reply whole."""
         with self._cond:
             self._queue(worker).streams.append((job, on_piece))
             self._cond.notify_all()
@@ -188,9 +188,10 @@ class Dispatch:
             for job, on_piece in streams:  # first: someone is watching these
                 if job.job_id not in at_once:
                     self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
-            jobs = [*(j for j, _ in streams if j.job_id in at_once), *jobs]
+            if at_once:  # first too, batched among themselves
+                self._run(name, [j for j, _ in streams if j.job_id in at_once], at_once)
             if jobs:
-                self._run(name, jobs, at_once)
+                self._run(name, jobs, {})
             self._took(queue)
 
     def _run(self, name: str, jobs: list[Job], at_once: dict[str, OnPiece]) -> None:

@@ -118,9 +118,10 @@ def test_streamed_jobs_whose_model_cannot_stream_are_batched_and_handed_their_wh
     run = fleet.dispatch(lambda job_id, gen: replies.__setitem__(job_id, gen))
     streamed = [replace(job(f"s{i}"), base=BaseModelSpec(kind="replay", source="/rec", model="m")) for i in range(3)]
     with run._cond:  # taken together, as a window's streamed chats are
+        run.submit("cpu", [replace(job("plain"), base=BaseModelSpec(kind="replay", source="/rec", model="m"))])
         for j in streamed:
             run.submit_stream("cpu", j, pieces.setdefault(j.job_id, []).append)
     run.finish()
     run.wait()
-    assert Unstreamed.calls == [3]
+    assert Unstreamed.calls == [3, 1]  # first, on their own: someone is watching them
     assert all(pieces[j.job_id] == [LONG] and replies[j.job_id].text == LONG for j in streamed)
