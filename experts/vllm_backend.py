@@ -16,7 +16,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,8 @@ from typing import Any, Protocol
 from experts.backend import BackendError, ModelSourceError
 from experts.options import BackendOptions
 from experts.types import PACKAGE_PREFIX, BaseModelSpec, Generation, GenerationRequest, SamplingParams, finish_reason_of
-from experts.vllm_host import START_TIMEOUT_S, WorkerProcess, vllm_python
+from experts.vllm_host import Conversation, EngineConfig, EngineOutput, WorkerEngine, WorkerProcess, vllm_python
+from experts.vllm_worker import gpu_engine_bytes
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -32,33 +32,9 @@ BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Qwen-0.5B engine, several GB after dozens of Qwen-1.5B engines), so once an idle worker holds
 # this much more than after its first engine, the next load starts a fresh one.
 RECYCLE_GROWTH_BYTES = 2**30
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What an engine is started with. None lets the worker decide from the platform it finds:
-    sleep mode where vLLM supports it (GPU), eager mode on CPU."""
-
-    model: str
-    max_model_len: int
-    sleep_mode: bool | None = None
-    enforce_eager: bool | None = None
-    kv_cache_bytes: int | None = None
-    gpu_memory_utilization: float | None = None
-    dtype: str | None = None  # None: the folder's own
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class EngineOutput:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None = None
-    error: str | None = None  # set: vLLM would not run this request (a prompt over max_model_len)
-
-
-Conversation = list[dict[str, str]]
+# vLLM's finish reasons for a request it ended without an answer: "error" is a request-level
+# internal error, "abort" an abort (v1/engine/__init__.py FinishReason); the text is partial.
+FAILED_FINISH_REASONS = ("abort", "error")
 
 
 class VLLMEngine(Protocol):
@@ -80,36 +56,6 @@ class VLLMEngine(Protocol):
 
 
 EngineFactory = Callable[[EngineConfig], VLLMEngine]
-
-
-class WorkerEngine:
-    """A VLLMEngine started in a WorkerProcess; close() stops the engine, not the process."""
-
-    def __init__(self, config: EngineConfig, process: WorkerProcess, start_timeout_s: float = START_TIMEOUT_S):
-        self.config = config
-        self.process = process
-        self.report = process.call({"op": "start", "config": asdict(config)}, start_timeout_s)
-        self.sleep_mode = bool(self.report.get("sleep_mode"))
-
-    def chat(self, conversations: Sequence[Conversation], sampling: Sequence[dict[str, Any]]) -> list[EngineOutput]:
-        reply = self.process.call({"op": "chat", "conversations": list(conversations), "sampling": list(sampling)})
-        return [EngineOutput(**o) for o in reply["outputs"]]
-
-    def sleep(self, level: int = 1) -> None:
-        self.process.call({"op": "sleep", "level": level})
-
-    def wake_up(self) -> None:
-        self.process.call({"op": "wake_up"})
-
-    def close(self) -> None:
-        if self.process.alive:
-            self.process.call({"op": "stop"}, timeout_s=120.0)
-
-    @property
-    def alive(self) -> bool:
-        """Whether its process still runs: one killed (OOM, a crash, a call past its timeout)
-        takes the engine with it."""
-        return self.process.alive
 
 
 def choose_dtype(has_gpu: bool, cpu_flags: str) -> str | None:
@@ -149,10 +95,26 @@ def check_hf_folder(folder: Path) -> list[Path]:
     weights = sorted(w for glob in WEIGHT_GLOBS for w in folder.glob(glob))
     if not weights:
         raise ModelSourceError(f"{folder} has no weights (*.safetensors or *.bin) ({hint})")
+    _check_chat_template(folder)
     for w in weights:
         if w.suffix == ".safetensors":
             _check_safetensors(w)
     return weights
+
+
+def _check_chat_template(folder: Path) -> None:
+    """Every batch goes through the tokenizer's chat template (vllm_worker._too_long, LLM.chat):
+    without one, each would fail after the engine started. transformers reads it from
+    chat_template.jinja or tokenizer_config.json's "chat_template"."""
+    if (folder / "chat_template.jinja").is_file():
+        return
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not (isinstance(config, dict) and config.get("chat_template")):
+        raise ModelSourceError(f"{folder} has no chat template: neither chat_template.jinja nor a "
+                               "\"chat_template\" in tokenizer_config.json (vLLM's chat() needs one)")
 
 
 def _check_safetensors(path: Path) -> None:
@@ -252,7 +214,7 @@ class VLLMBackend:
         return EngineConfig(
             model=str(self._ensure_validated()), max_model_len=self.spec.n_ctx, sleep_mode=self.sleep_mode,
             kv_cache_bytes=self.kv_cache_bytes, gpu_memory_utilization=self.gpu_memory_utilization,
-            dtype=self.dtype,
+            dtype=self.dtype, weights_bytes=self._weights_bytes(),
         )
 
     def _engine_in_process(self, config: EngineConfig) -> VLLMEngine:
@@ -318,10 +280,16 @@ class VLLMBackend:
             self._process = None
 
     def memory_bytes(self) -> int:
-        """Weights in the dtype they run in (as stored unless upcast) + the KV budget if fixed."""
+        """Weights in the dtype they run in (as stored unless upcast) + the KV budget if fixed; on
+        a GPU with no utilisation given, what the worker asks of the card for this engine."""
+        weights = self._weights_bytes()
+        if has_gpu() and self.gpu_memory_utilization is None:
+            return gpu_engine_bytes(weights, self.kv_cache_bytes)
+        return weights + (self.kv_cache_bytes or 0)
+
+    def _weights_bytes(self) -> int:
         folder = self._ensure_validated()
-        stored = sum(w.stat().st_size for w in self._weights)
-        return _in_memory(stored, folder, self.dtype) + (self.kv_cache_bytes or 0)
+        return _in_memory(sum(w.stat().st_size for w in self._weights), folder, self.dtype)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         with self._lock:
@@ -380,6 +348,9 @@ def _alone(engine: VLLMEngine, conversation: Conversation, sampling: dict[str, A
 def _to_generation(request_id: str, out: EngineOutput, latency_s: float) -> Generation:
     if out.error is not None:
         return Generation.failed(request_id, out.error, latency_s)
+    if out.finish_reason in FAILED_FINISH_REASONS:
+        error = f"vLLM ended the request with finish_reason {out.finish_reason!r}"
+        return Generation.failed(request_id, error, latency_s)
     return Generation(
         request_id=request_id, text=out.text, prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens, latency_s=latency_s, finish_reason=finish_reason_of(out.finish_reason),

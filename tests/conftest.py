@@ -62,12 +62,13 @@ def slice_recording(real_recording: Recording) -> SliceRecording:
 
 @pytest.fixture(scope="session")
 def make_hf_folder() -> MakeHFFolder:
-    """Writes what vLLM reads from a model folder: the given config.json and a tiny, well-formed
-    model.safetensors (header only)."""
+    """Writes what vLLM reads from a model folder: the given config.json, a tiny, well-formed
+    model.safetensors (header only) and a chat template (chat_template.jinja)."""
 
     def make(folder: Path, config: dict[str, object]) -> Path:
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps(config))
+        (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
         header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
         (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
         return folder

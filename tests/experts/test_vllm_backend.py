@@ -135,7 +135,8 @@ def test_engine_config_comes_from_the_spec(hf_folder: Path) -> None:
     backend, engines = make(hf_folder, sleep_mode=False)
     backend.load()
     assert engines[0].config == EngineConfig(
-        model=str(hf_folder), max_model_len=1024, sleep_mode=False, dtype=vllm_backend.default_dtype()
+        model=str(hf_folder), max_model_len=1024, sleep_mode=False, dtype=vllm_backend.default_dtype(),
+        weights_bytes=(hf_folder / "model.safetensors").stat().st_size,  # the config names no dtype: as stored
     )
 
 
@@ -233,7 +234,8 @@ def test_an_engine_refusing_one_prompt_fails_that_request_alone(hf_folder: Path)
     assert engines[0].count("chat") == 4  # the refused batch, then one call per request
 
 
-def test_memory_is_the_weights_plus_a_fixed_kv_budget(hf_folder: Path) -> None:
+def test_memory_is_the_weights_plus_a_fixed_kv_budget(hf_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vllm_backend, "has_gpu", lambda: False)  # a GPU's share: test_vllm_gpu_budget.py
     (hf_folder / "model-00002.safetensors").write_bytes((hf_folder / "model.safetensors").read_bytes())
     weights = 2 * (hf_folder / "model.safetensors").stat().st_size
     spec = BaseModelSpec(kind="vllm", source=str(hf_folder))
@@ -253,6 +255,8 @@ def test_memory_is_the_weights_plus_a_fixed_kv_budget(hf_folder: Path) -> None:
         ("no_weights", "has no weights"),
         ("lfs_pointer", "not a complete safetensors"),
         ("truncated", "not a complete safetensors"),
+        ("no_chat_template", "has no chat template"),
+        ("template_less_tokenizer_config", "has no chat template"),
     ],
 )
 def test_validate_names_what_is_wrong(hf_folder: Path, breakage: str, message: str) -> None:
@@ -269,6 +273,10 @@ def test_validate_names_what_is_wrong(hf_folder: Path, breakage: str, message: s
         weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 269060552\n")
     elif breakage == "truncated":
         weights.write_bytes(weights.read_bytes()[:-3])
+    elif breakage in ("no_chat_template", "template_less_tokenizer_config"):
+        (hf_folder / "chat_template.jinja").unlink()  # vLLM's chat() would fail every batch
+        if breakage == "template_less_tokenizer_config":
+            (hf_folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
     backend, engines = make(hf_folder)
     with pytest.raises(ModelSourceError, match=message):
         backend.validate()
@@ -279,6 +287,32 @@ def test_validate_names_what_is_wrong(hf_folder: Path, breakage: str, message: s
 
 def test_a_good_folder_lists_its_weights(hf_folder: Path) -> None:
     assert check_hf_folder(hf_folder) == [hf_folder / "model.safetensors"]
+
+
+def test_a_chat_template_in_tokenizer_config_is_one(hf_folder: Path) -> None:
+    """Older exports keep the template in tokenizer_config.json, where transformers reads it too."""
+    (hf_folder / "chat_template.jinja").unlink()
+    (hf_folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert check_hf_folder(hf_folder) == [hf_folder / "model.safetensors"]
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+def test_a_request_vllm_ended_on_an_error_fails(hf_folder: Path, reason: str) -> None:
+    """vLLM ends a request with "error" on a request-level internal error (FinishReason.ERROR) or
+    "abort"; its partial text is no answer, and only that request fails."""
+    backend, engines = make(hf_folder)
+    backend.load()
+    answer = engines[0]._answer
+
+    def ended(conversation: Conversation, sampling: dict[str, Any]) -> EngineOutput:
+        out = answer(conversation, sampling)
+        return EngineOutput(out.text, out.prompt_tokens, out.completion_tokens, reason) if "cut" in out.text else out
+
+    engines[0]._answer = ended  # type: ignore[method-assign]
+    out = backend.generate([ask("a", "one"), ask("b", "cut short"), ask("c", "three")])
+    assert [g.text for g in out] == ["echo one", "", "echo three"]
+    assert out[1].error == f"vLLM ended the request with finish_reason {reason!r}"
+    assert out[0].error is None and out[2].error is None
 
 
 def test_the_worker_reports_a_failed_start() -> None:

@@ -180,3 +180,58 @@ def test_sampling_vllm_refuses_fails_its_request_alone(engine_log: Path, folder:
         process.close()
     assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
     assert out[1].error == "vLLM refused the sampling parameters: stop cannot contain an empty string."
+
+
+def test_a_conversation_its_template_refuses_fails_alone(engine_log: Path, folder: Path) -> None:
+    """The chat template raises jinja2's TemplateError (neither ValueError nor vLLM's own error)
+    for two user turns in a row; only that request fails, with the template's words."""
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
+                          options=fake_python(engine_log))
+    twice = GenerationRequest(request_id="twice", sampling=SamplingParams(max_tokens=4), messages=[
+        ChatMessage(role="user", content="hi"), ChatMessage(role="user", content="again")])
+    backend.load()
+    try:
+        out = backend.generate([ask("hi"), twice, ask("there")])
+    finally:
+        backend.close()
+    assert [g.text for g in out] == ["smol says hi", "", "smol says there"]
+    assert out[1].error is not None and "Conversation roles must alternate" in out[1].error
+    assert out[0].error is None and out[2].error is None
+
+
+def test_a_conversation_vllm_cannot_render_fails_alone(engine_log: Path, folder: Path) -> None:
+    """A template error from vLLM's own rendering (the fake's `<jinja>`), after the tokenizer's
+    passed: the batch is run one request at a time and only that request fails."""
+    process = WorkerProcess(fake_python(engine_log).vllm_python)
+    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
+    conversations = [[{"role": "user", "content": t}] for t in ("hi", "<jinja> x", "there")]
+    try:
+        out = engine.chat(conversations, [{"max_tokens": 8}] * 3)
+    finally:
+        process.close()
+    assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
+    assert out[1].error == "the engine's renderer cannot render this conversation"
+
+
+def test_an_engine_whose_core_died_is_noticed_and_the_next_load_starts_a_new_one(
+    engine_log: Path, folder: Path
+) -> None:
+    """vLLM raises EngineDeadError for every call once its engine-core process is gone, while the
+    worker lives on: the worker drops that engine and says so, and the backend is no longer
+    loaded, so the next load starts an engine that answers."""
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(folder)), dtype="float32",
+                          options=fake_python(engine_log))
+    backend.load()
+    dead = backend._engine
+    assert isinstance(dead, WorkerEngine)
+    try:
+        with pytest.raises(BackendError, match="EngineDeadError"):
+            backend.generate([ask("<die>")])
+        assert not backend.is_loaded
+        with pytest.raises(BackendError, match="no engine is running"):  # the worker dropped it
+            dead.process.call({"op": "chat", "conversations": [], "sampling": []})
+        backend.load()
+        assert backend.generate([ask("again")])[0].text == "smol says again"
+        assert backend.loads == 2
+    finally:
+        backend.close()

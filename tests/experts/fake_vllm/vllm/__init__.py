@@ -6,7 +6,11 @@ Tokens are words; the chat template adds one per message plus one for the genera
 Like vLLM, chat() checks every prompt before running any and refuses the whole call for one
 longer than max_model_len, with vLLM's own `VLLMValidationError` (no ValueError), as
 SamplingParams refuses an empty stop string. The engine counts the word `<wide>` as 1000 tokens where its
-tokenizer counts one: a stand-in for vLLM refusing a prompt the worker's own count let by."""
+tokenizer counts one: a stand-in for vLLM refusing a prompt the worker's own count let by.
+The chat template, like SmolLM2's and Llama's, raises jinja2's TemplateError for two turns of one
+role in a row; the engine's renderer also raises it for the word `<jinja>` (a template vLLM renders
+differently from the tokenizer). `<die>` kills the engine core: that call and every later one
+raise EngineDeadError, as vLLM's LLM does once its engine-core process is gone."""
 
 from __future__ import annotations
 
@@ -18,6 +22,14 @@ from vllm.exceptions import VLLMValidationError
 
 __version__ = "0.0-fake"
 _KEPT: list[bytes] = []  # what each engine leaves behind, as vLLM's engines do (FAKE_VLLM_LEAK_MB)
+
+
+class TemplateError(Exception):
+    """jinja2.TemplateError's name: the worker matches it by name, as vLLM does, not by import."""
+
+
+class EngineDeadError(Exception):
+    """vllm.v1.engine.exceptions.EngineDeadError's name, matched by the worker the same way."""
 
 
 class SamplingParams:
@@ -36,6 +48,7 @@ class LLM:
         self.model = model
         self.max_model_len = int(kwargs.get("max_model_len") or 2048)
         _KEPT.append(b"\x01" * (int(os.environ.get("FAKE_VLLM_LEAK_MB", "0")) * 2**20))  # touched: resident
+        self.dead = False
         self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(
             dtype=f"torch.{dtype}", max_model_len=self.max_model_len))
 
@@ -43,7 +56,12 @@ class LLM:
         return Tokenizer()
 
     def chat(self, conversations: list[list[dict[str, str]]], params: list[SamplingParams], use_tqdm: bool) -> Any:
+        self.dead = self.dead or any("<die>" in _words(c) for c in conversations)
+        if self.dead:
+            raise EngineDeadError("EngineCore encountered an issue. See stack trace (above) for the root cause.")
         for conversation in conversations:
+            if "<jinja>" in _words(conversation):
+                raise TemplateError("the engine's renderer cannot render this conversation")
             n = len(_prompt_ids(conversation)) + 999 * _words(conversation).count("<wide>")
             if n > self.max_model_len:
                 raise VLLMValidationError(f"The decoder prompt (length {n}) is longer than the maximum model length "
@@ -70,6 +88,9 @@ def _words(conversation: list[dict[str, str]]) -> list[str]:
 
 
 def _prompt_ids(conversation: list[dict[str, str]]) -> list[int]:
+    roles = [m["role"] for m in conversation]
+    if any(a == b for a, b in zip(roles, roles[1:], strict=False)):
+        raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
     return list(range(len(_words(conversation)) + len(conversation) + 1))
 
 
