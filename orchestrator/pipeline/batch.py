@@ -36,7 +36,7 @@ import numpy as np
 
 from experts.backend import BackendError
 from experts.options import BackendOptions
-from experts.traits import check_prompt, known_answer
+from experts.traits import check_prompt, known_answer, traits
 from experts.types import ExpertSpec, Generation
 from orchestrator.aggregation.prompt import aggregation_prompt
 from orchestrator.aggregation.vote import lettered_vote, option_count, vote_answer, vote_decides
@@ -162,8 +162,10 @@ class BatchRun:
         req.sampling = req.sampling.model_copy(update={"seed": seed})
         worker = self._worker(sent.expert)
         self._sent[job_id] = sent
-        q.workers.add(worker)
-        if req.sampling.temperature > 0 or (worker, sent.expert, text) not in self._greedy:
+        far = traits(spec.base).served_elsewhere  # its server's time, never its worker's (`Dispatch._elsewhere`)
+        if not far:
+            q.workers.add(worker)
+        if not far and (req.sampling.temperature > 0 or (worker, sent.expert, text) not in self._greedy):
             self._greedy.add((worker, sent.expert, text))  # a greedy repeat runs once (coalesced)
             cost = self.planner.reply_cost(spec, text, req.sampling.max_tokens, self.sites[sent.expert])
             self._predicted[worker] = self._predicted.get(worker, 0.0) + cost.latency_s

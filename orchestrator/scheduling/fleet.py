@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -22,7 +24,7 @@ from typing import TypeVar
 from experts.streaming import whole
 from experts.traits import traits
 from experts.types import Generation, storable
-from orchestrator.scheduling.executor import Executor, Progress, execute
+from orchestrator.scheduling.executor import ELSEWHERE_THREADS, Executor, Progress, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
 
@@ -107,21 +109,39 @@ class Dispatch:
         self._queues: dict[str, _Queue] = {}
         self._cond = threading.Condition()
         self._finished = False
+        self._far: ThreadPoolExecutor | None = None  # work on models served elsewhere (`_elsewhere`)
+        self._far_runs: list[Future[None]] = []
 
     def submit(self, worker: str, jobs: Sequence[Job]) -> None:
-        if not jobs:
+        far = [j for j in jobs if traits(j.base).served_elsewhere]
+        if far:
+            self._elsewhere(partial(self._run, worker, far, {}))
+        if not (near := [j for j in jobs if not traits(j.base).served_elsewhere]):
             return
         with self._cond:
-            self._queue(worker).jobs.extend(jobs)
+            self._queue(worker).jobs.extend(near)
             self._cond.notify_all()
 
     def submit_stream(self, worker: str, job: Job, on_piece: OnPiece) -> None:
         """A job whose text is handed to `on_piece` as it is generated (a client is watching);
         its reply still comes to `on_reply`. The worker runs it before its next batch of jobs; those
         whose model cannot stream (`traits.streams`) run as one batch, each handed its reply whole."""
+        if traits(job.base).served_elsewhere:
+            self._elsewhere(partial(self._streamed, worker, job, on_piece))
+            return
         with self._cond:
             self._queue(worker).streams.append((job, on_piece))
             self._cond.notify_all()
+
+    def _elsewhere(self, work: Callable[[], None]) -> None:
+        """Run work on models served elsewhere (`traits.served_elsewhere`) on the batch's own
+        threads, never in a worker's take: a competitor on another server, run in the CPU worker's
+        take, held the next query's aggregation there for its 2 s, past that query's budget, and
+        two streamed chats on two servers ran in turn."""
+        with self._cond:
+            if self._far is None:
+                self._far = ThreadPoolExecutor(ELSEWHERE_THREADS, thread_name_prefix="elsewhere")
+            self._far_runs.append(self._far.submit(work))
 
     def _queue(self, worker: str) -> _Queue:
         queue = self._queues.setdefault(worker, _Queue())
@@ -143,12 +163,24 @@ class Dispatch:
         for too: its thread starts from a reply on a thread being joined, so each round looks
         again until a round finds no thread it has not joined."""
         joined: set[str] = set()
-        while left := self._unjoined(joined):
+        waited = 0  # the runs elsewhere waited for (`_elsewhere`): their replies may send more too
+        while True:
+            left, far = self._unjoined(joined), self._far_since(waited)
+            if not left and not far:
+                break
             for name, thread in left.items():
                 thread.join()
                 joined.add(name)
+            futures.wait(far)
+            waited += len(far)
         with self._cond:
+            if self._far is not None:
+                self._far.shutdown(wait=False)
             return {name: q.busy_s for name, q in self._queues.items()}
+
+    def _far_since(self, waited: int) -> list[Future[None]]:
+        with self._cond:
+            return self._far_runs[waited:]
 
     def _unjoined(self, joined: set[str]) -> dict[str, threading.Thread]:
         with self._cond:  # the queues a device thread adds meanwhile
@@ -187,7 +219,7 @@ class Dispatch:
             at_once = {j.job_id: on_piece for j, on_piece in streams if not traits(j.base).streams}
             for job, on_piece in streams:  # first: someone is watching these
                 if job.job_id not in at_once:
-                    self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
+                    self._streamed(name, job, on_piece)
             if at_once:  # first too, batched among themselves
                 self._run(name, [j for j, _ in streams if j.job_id in at_once], at_once)
             if jobs:
@@ -205,6 +237,9 @@ class Dispatch:
         except Exception as exc:  # a bug of ours: what was not handed on fails, nothing hangs
             self._hand_on({i: Generation.failed(j.request.request_id, f"{type(exc).__name__}: {exc}")
                            for i, j in pending.items()}, pending)
+
+    def _streamed(self, name: str, job: Job, on_piece: OnPiece) -> None:
+        self._hand_on({job.job_id: self._stream(name, job, on_piece)}, {})
 
     def _stream(self, name: str, job: Job, on_piece: OnPiece) -> Generation:
         """Run one job as a stream, handing its pieces on; its reply, or its failure."""

@@ -121,7 +121,7 @@ class QueryService:
         snapshot = self.pool.snapshot
         present = snapshot.experts.keys()
         places = [n for n, i in enumerate(items) if set(i.decision.recruited) <= present]
-        runnable = [_without_gone_competitors(items[n], present) for n in places]
+        runnable = [self._without_gone_competitors(items[n], present) for n in places]
         gone = [i.query_id for i in items if not set(i.decision.recruited) <= present]
         if gone:  # recovered after its expert left the pool: it fails alone
             self._fail(gone, "an expert this query was routed to is no longer in the pool")
@@ -137,6 +137,19 @@ class QueryService:
             self.learner.submit(taught)
         self._count(rows.values())
         return rows
+
+    def _without_gone_competitors(self, item: Admitted, present: Collection[str]) -> Admitted:
+        """A competitor removed since admission only drops out of the competition (it answers
+        only to be scored); the query still runs. With none left there is no competition: it
+        said `competition: true` with no competitor, and the slot it took of the cap (in this
+        process: admitted here, its embedding in hand) is given back."""
+        kept = [n for n in item.decision.competitors if n in present]
+        if len(kept) == len(item.decision.competitors):
+            return item
+        if not kept and item.embedding is not None:
+            self.pipeline.decider.release([item.decision])
+        update = {"competitors": kept, "competition": item.decision.competition and bool(kept)}
+        return replace(item, decision=item.decision.model_copy(update=update))
 
     def _answer(self, snapshot: PoolSnapshot, runnable: Sequence[Admitted], places: Sequence[int], taught: Taught,
                 early: Early) -> list[Outcome]:
@@ -342,15 +355,6 @@ def predicted_tokens(item: Admitted, most: int) -> float:
     prompt = approx_tokens(item.ask.text)
     out = min(item.ask.max_tokens or most, most)
     return (prompt + out) * max(1, len(item.decision.recruited) + len(item.decision.competitors))
-
-
-def _without_gone_competitors(item: Admitted, present: Collection[str]) -> Admitted:
-    """A competitor removed since admission only drops out of the competition (it answers
-    only to be scored); the query still runs."""
-    kept = [n for n in item.decision.competitors if n in present]
-    if len(kept) == len(item.decision.competitors):
-        return item
-    return replace(item, decision=item.decision.model_copy(update={"competitors": kept}))
 
 
 def _read_back(row: Query) -> tuple[Ask, Decision | None] | str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +15,18 @@ from fastapi import FastAPI
 
 from experts.factory import make_backend
 from experts.mock import MockBackend
-from experts.types import BaseModelSpec, ChatMessage, GenerationRequest
+from experts.types import BaseModelSpec, ChatMessage, ExpertPlacement, ExpertSpec, Generation, GenerationRequest
+from orchestrator.container import SkillRoute
+from orchestrator.domain import Ask
+from orchestrator.pools.schema import AggregatorConfig
 from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
+from skills.embedder import Embedder
 from tests.experts.test_openai_http import SERVED, Recorder, make_app
 from tests.live_server import live_server
+from tests.orchestrator.conftest import quiet_settings, small_pool
 
 WAIT_S = 5.0  # how long one side waits for the other before giving up (a failed test, not a hang)
 
@@ -137,3 +144,58 @@ def test_a_model_let_go_while_it_replies_is_closed_once_the_reply_ends(
         run.join(WAIT_S)
     assert out["g"].error is None and out["g"].text == "whole"
     assert not backend.is_loaded  # closed once the reply ended
+
+
+def test_work_elsewhere_never_holds_the_worker_s_next_take(served: tuple[str, Recorder]) -> None:
+    """A competitor on another server, run in the CPU worker's take, held the next query's
+    aggregation there for its 2 s (past that query's budget): it runs on threads of the batch's own."""
+    gate = Gate()
+    with live_server(gate.app()) as url:
+        far, local = BaseModelSpec(kind="openai", source=f"{url}/v1", model="m"), BaseModelSpec(kind="mock", source="l")
+        second = threading.Event()
+
+        def on_reply(job_id: str, gen: Generation) -> None:
+            if job_id == "first":  # as an aggregation follows its experts
+                run.submit("cpu", [job("second", local)])
+            elif job_id == "second":
+                second.set()
+
+        run = Fleet({"cpu": DeviceWorker()}).dispatch(on_reply)
+        run.submit("cpu", [job("far", far), job("first", local)])
+        assert gate.arrived.wait(WAIT_S)
+        answered = second.wait(WAIT_S)  # while the far reply is held
+        gate.release.set()
+        run.finish()
+        run.wait()
+    assert answered
+
+
+def test_streams_elsewhere_run_at_once(served: tuple[str, Recorder]) -> None:
+    """Two streamed chats on two servers' models ran in turn, each its worker's take."""
+    url, rec = served
+    rec.__init__(gather=2, gather_timeout_s=WAIT_S)  # type: ignore[misc]
+    replies: dict[str, Generation] = {}
+    run = Fleet({"cpu": DeviceWorker()}).dispatch(replies.__setitem__)
+    for model in SERVED:
+        run.submit_stream("cpu", job(model, remote(url, model)), lambda _piece: None)
+    run.finish()
+    run.wait()
+    assert rec.max_in_flight == 2 and all(replies[m].text == f"echo: {m}" for m in SERVED)
+
+
+def test_a_query_answered_elsewhere_reports_no_device_time_here(served: tuple[str, Recorder], tmp_path: Path,
+                                                                 embedder: Embedder) -> None:
+    """Its experts' replies are their servers' time, run beside the worker's work: the worker's
+    predicted seconds summed them (2.17 s for three 0.72 s replies, 1.5 s measured in parallel)."""
+    url, rec = served
+    rec.__init__()  # type: ignore[misc]
+    experts = [ExpertSpec(name=m, base=remote(url, m), placement=ExpertPlacement(params_b=7.0)) for m in SERVED]
+    pool = small_pool(experts).model_copy(update={"aggregator": AggregatorConfig(mode="vote")})
+    c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder)
+    c.bootstrap()
+    asked, snapshot = [Ask(text="What is 2+2?\nA. 3\nB. 4", k=2, mode="topk")], c.pool.snapshot
+    try:
+        (out,) = c.pipeline.answer(snapshot, asked, c.pipeline.route(snapshot, asked))
+    finally:
+        c.close()
+    assert sorted(out.decision.recruited) == sorted(SERVED) and out.decision.devices == []

@@ -20,6 +20,7 @@ from orchestrator.routing.learning import Lesson
 from orchestrator.settings import LearningSettings, Settings
 from orchestrator.store.models import LessonRow
 from orchestrator.store.repositories.experts import ExpertRepository
+from orchestrator.store.repositories.queries import decision_of
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
 
@@ -178,6 +179,20 @@ def test_a_competitor_removed_before_its_query_runs_drops_out_and_the_query_is_a
     row = c.queries.get(admitted[0].query_id)
     assert row.status == "done" and row.answer
     assert competitors[0] not in {g.expert for g in row.generations}
+
+
+def test_a_competition_whose_competitors_all_left_is_none_and_gives_its_slot_back(competing) -> None:  # type: ignore[no-untyped-def]
+    """It said `competition: true` with no competitor, and its slot of the per-minute cap stayed spent."""
+    c, _ = competing
+    policy = c.queries.pipeline.decider.policy
+    admitted = c.queries.admission.admit([Ask(text=QUESTION, k=1, seed=1)])
+    taken = len(policy._recent)
+    for name in admitted[0].decision.competitors:
+        c.experts.remove(c.experts.find(name).id)
+    c.queries.run(admitted)
+    row = c.queries.get(admitted[0].query_id)
+    assert row.status == "done" and not decision_of(row).competition and not decision_of(row).competitors
+    assert len(policy._recent) == taken - 1
 
 
 def test_a_competition_lesson_arriving_after_its_query_s_feedback_teaches_nothing(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
