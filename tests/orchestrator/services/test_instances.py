@@ -5,8 +5,11 @@ one store stand for two replicas."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +17,8 @@ import pytest
 
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
+from orchestrator.services.instances import Instance
+from orchestrator.settings import RecoverySettings
 from orchestrator.store.repositories.instances import InstanceRepository
 from orchestrator.store.repositories.queries import QueryRepository
 from skills.embedder import Embedder
@@ -104,3 +109,38 @@ def test_a_take_over_that_fails_after_its_claim_leaves_the_queries_to_the_next(
     for done in container.queries.adopt():
         done.result(WAIT_S)
     assert container.queries.get(left).status == "done"
+
+
+def test_a_service_of_this_hostname_in_another_pid_namespace_is_alive_while_it_beats(container: SkillRoute) -> None:
+    """Containers sharing a hostname (host networking) all run as pid 1, each in a pid namespace
+    of its own: by (hostname, pid) each took the others for crashed predecessors and took over
+    their live queries (96 accepted queries answered by two services)."""
+    me = container.instance
+    neighbour = socket.gethostname()  # what each wrote; now its namespace too, which is not ours
+    with container.db.session() as s:
+        InstanceRepository(s).beat("neighbour", neighbour, me.pid, datetime.now(UTC))
+    assert "neighbour" in me.live()
+    live = owned_by(container, "neighbour", "What is 6+6?")
+    assert container.queries.adopt() == [] and container.queries.get(live).status == "accepted"
+
+
+def test_a_closing_service_beats_until_its_row_is_gone_and_takes_nothing_over(container: SkillRoute) -> None:
+    """A close waits out its last batch (up to 90 s); its heartbeat stopped first, and a service
+    silent past `dead_after_s` meanwhile was taken for dead, its running queries answered twice."""
+    instance = Instance(container.db, RecoverySettings(heartbeat_s=0.01))
+    took_over = threading.Event()
+    instance.keep_beating(took_over.set)
+    assert took_over.wait(WAIT_S)
+    instance.stop()  # as SkillRoute.close begins
+    took_over.clear()
+    seen = seen_at(container, instance.id)
+    deadline = time.monotonic() + WAIT_S
+    while seen_at(container, instance.id) == seen:  # beats on while the close waits
+        assert time.monotonic() < deadline, "the closing service stopped beating"
+    instance.close()
+    assert not took_over.is_set() and seen_at(container, instance.id) is None
+
+
+def seen_at(c: SkillRoute, instance: str) -> datetime | None:
+    with c.db.session() as s:
+        return next((r.seen_at for r in InstanceRepository(s).all() if r.id == instance), None)
