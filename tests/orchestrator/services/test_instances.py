@@ -82,8 +82,8 @@ def test_a_start_recovers_what_a_crashed_service_of_this_host_left(container: Sk
 
 
 def test_a_start_recovers_what_an_earlier_run_of_the_same_process_id_left(container: SkillRoute) -> None:
-    """A container restarted after a crash runs as the same process id (1) on the same host: its
-    predecessor's row counted as alive, so nothing was recovered until `dead_after_s` had passed."""
+    """An earlier process of this host and pid namespace that had this process id (ids are
+    reused): its row counted as alive, so nothing was recovered until `dead_after_s` had passed."""
     with container.db.session() as s:
         InstanceRepository(s).beat("same-pid-before", container.instance.host, container.instance.pid,
                                    datetime.now(UTC))
