@@ -44,6 +44,10 @@ class BackendTraits:
     # it streams a reply as it writes it (`stream`); one that cannot (a vLLM engine, a recording)
     # gives a streamed query its whole reply at once, so such a query is batched like any other
     streams: bool = False
+    # it computes a batch's requests one after another (llama.cpp): a generate call of one request
+    # hands each reply on as it is done, where a call of 16 held them all (and a profiling run's
+    # progress) until the last, and lets another batch's request in between
+    sequential: bool = False
 
     def output_tokens(self, limit: int) -> int:
         """The output tokens a reply is charged: the token limit, unless the kind fixes it."""
@@ -51,7 +55,7 @@ class BackendTraits:
 
 
 _TRAITS = {
-    "llamacpp": BackendTraits(computes_here=True, compute="cpu", streams=True),
+    "llamacpp": BackendTraits(computes_here=True, compute="cpu", streams=True, sequential=True),
     "vllm": BackendTraits(computes_here=True, compute="gpu", batch_timed=True),
     # another server's compute, placed where its placement says
     "openai": BackendTraits(served_elsewhere=True, streams=True),

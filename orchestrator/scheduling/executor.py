@@ -52,7 +52,9 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
 
     Within a stage the shortest jobs (predicted prompt + output tokens) go first and a chunk
     holds at most CHUNK_TOKENS of work, so a short query's generation waits for at most one long
-    one on its device, not for a batch of them.
+    one on its device, not for a batch of them. A model that computes a call's requests one after
+    another (`traits.sequential`: llama.cpp) gains nothing from a call of many, so its chunks are
+    of one: each reply is handed on as soon as it is done.
 
     A stage whose model is served elsewhere (an OpenAI-compatible server: `traits.served_elsewhere`)
     needs nothing of the device: it runs on a thread of its own beside the worker's stages (two
@@ -92,8 +94,9 @@ class _Run:
         """Load the stage's model (`load`: empty when it is in), then its jobs a chunk at a time."""
         failed = _guarded(stage.jobs, load)
         refused = dict(zip((j.job_id for j in stage.jobs), failed, strict=False))  # all, or none
-        lookup = traits(stage.base).lookup_chunk
-        for part in _chunks(stage.jobs, lookup or self.chunk, None if lookup else CHUNK_TOKENS):
+        kind = traits(stage.base)
+        size = kind.lookup_chunk or (1 if kind.sequential else self.chunk)
+        for part in _chunks(stage.jobs, size, None if kind.lookup_chunk else CHUNK_TOKENS):
             gens = [refused[j.job_id] for j in part] if refused else _guarded(
                 part, partial(self.worker.generate, stage.base, [j.request for j in part], protect))
             self._done(_with_copies(part, gens, self.copies))

@@ -122,6 +122,17 @@ def test_short_jobs_run_first_and_a_long_one_runs_alone():
     assert job_tokens(jobs[0]) > CHUNK_TOKENS > job_tokens(jobs[1]) * 16
 
 
+def test_a_model_that_computes_requests_one_after_another_hands_each_reply_on_as_it_is_done():
+    """llama.cpp runs a call's requests in turn: a call of 16 held every reply (and a profiling
+    run's progress: 0/16 for three minutes, then 16/16) until the last was done."""
+    base = BaseModelSpec(kind="llamacpp", source="/m.gguf")
+    w = DeviceWorker("cpu", 2**30, lambda spec: MockBackend(spec.key))
+    handed: list[list[str]] = []
+    out = execute([job(f"q{i}", base, f"question {i}") for i in range(3)], w, emit=lambda d: handed.append(sorted(d)))
+    assert [len(h) for h in handed] == [1, 1, 1] and len(out) == 3
+    assert w.backend(base).generate_calls == 3  # type: ignore[attr-defined]
+
+
 class WontLoad(MockBackend):
     """A model whose load fails (unreadable weights), counting the attempts."""
 
