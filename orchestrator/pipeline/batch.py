@@ -146,7 +146,8 @@ class BatchRun:
         """Per worker, the aggregators' model the batch will need last (kept resident)."""
         if self.aggregation == "vote":
             return {}
-        aggregators = [q.decision.aggregator for q in self.queries if q.decision.aggregator in self.pool.experts]
+        aggregators = [q.decision.aggregator for q in self.queries if q.decision.aggregator in self.pool.experts
+                       and not traits(self.pool.experts[q.decision.aggregator].base).served_elsewhere]  # no room
         keep: dict[str, str] = {}
         for agg in sorted(set(aggregators), key=aggregators.count):  # the most used wins a shared worker
             keep[self._worker(agg)] = self.pool.experts[agg].base.key

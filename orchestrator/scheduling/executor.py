@@ -70,8 +70,12 @@ def execute(jobs: Sequence[Job], worker: DeviceWorker, keep_last: str | None = N
     run = _Run(worker, copies, len(jobs), chunk, emit, progress)
     local = [s for s in stages if not traits(s.base).served_elsewhere]
     elsewhere = [s for s in stages if s not in local]
-    # the claim: what other loads spare meanwhile
-    with claims(worker).claim([s.key for s in stages], keep_last) as claim, _beside(run, elsewhere):
+    if not local:  # nothing of the device's: no claim (a claim's change waits for the device while a load waits)
+        with _beside(run, elsewhere):
+            pass  # beside nothing: waited for as the block ends
+        return run.out
+    # the claim: what other loads spare meanwhile (a model served elsewhere takes no room to spare)
+    with claims(worker).claim([s.key for s in local], keep_last) as claim, _beside(run, elsewhere):
         for i, stage in enumerate(local):
             claim.stage(stage.key)
             protect = {s.key for s in local[i:]} | ({keep_last} if keep_last else set())

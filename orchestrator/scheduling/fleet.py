@@ -113,9 +113,11 @@ class Dispatch:
         self._far_runs: list[Future[None]] = []
 
     def submit(self, worker: str, jobs: Sequence[Job]) -> None:
-        far = [j for j in jobs if traits(j.base).served_elsewhere]
-        if far:
-            self._elsewhere(partial(self._run, worker, far, {}))
+        far: dict[str, list[Job]] = {}
+        for job in (j for j in jobs if traits(j.base).served_elsewhere):
+            far.setdefault(job.base.key, []).append(job)
+        for model in far.values():  # a run a model: the pool's threads bound the calls at once
+            self._elsewhere(partial(self._run, worker, model, {}))
         if not (near := [j for j in jobs if not traits(j.base).served_elsewhere]):
             return
         with self._cond:
@@ -162,15 +164,15 @@ class Dispatch:
         first sent jobs while the wait runs (an aggregation on a worker no expert used) is waited
         for too: its thread starts from a reply on a thread being joined, so each round looks
         again until a round finds no thread it has not joined."""
-        joined: set[str] = set()
+        joined: set[threading.Thread] = set()
         waited = 0  # the runs elsewhere waited for (`_elsewhere`): their replies may send more too
         while True:
             left, far = self._unjoined(joined), self._far_since(waited)
             if not left and not far:
                 break
-            for name, thread in left.items():
+            for thread in left:
                 thread.join()
-                joined.add(name)
+                joined.add(thread)
             futures.wait(far)
             waited += len(far)
         with self._cond:
@@ -182,10 +184,9 @@ class Dispatch:
         with self._cond:
             return self._far_runs[waited:]
 
-    def _unjoined(self, joined: set[str]) -> dict[str, threading.Thread]:
+    def _unjoined(self, joined: set[threading.Thread]) -> list[threading.Thread]:
         with self._cond:  # the queues a device thread adds meanwhile
-            return {name: q.thread for name, q in self._queues.items()
-                    if name not in joined and q.thread is not None}
+            return [q.thread for q in self._queues.values() if q.thread is not None and q.thread not in joined]
 
     def busy(self) -> dict[str, float]:
         """The seconds each worker has spent on this batch so far, its take in progress included:
@@ -202,6 +203,8 @@ class Dispatch:
             streams, jobs = queue.streams, queue.jobs
             queue.streams, queue.jobs = [], []
             queue.started = time.perf_counter() if streams or jobs else None
+            if not streams and not jobs:  # the thread ends: a job sent later (a reply from elsewhere's) starts another
+                queue.thread = None
             return streams, jobs
 
     def _took(self, queue: _Queue) -> None:

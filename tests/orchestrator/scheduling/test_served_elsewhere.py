@@ -199,3 +199,32 @@ def test_a_query_answered_elsewhere_reports_no_device_time_here(served: tuple[st
     finally:
         c.close()
     assert sorted(out.decision.recruited) == sorted(SERVED) and out.decision.devices == []
+
+
+def test_a_job_a_reply_from_elsewhere_sends_after_the_worker_s_thread_ended_still_runs() -> None:
+    """A far reply handed on after the worker had finished its queue (and its thread ended) sent
+    the aggregation it completes to that worker: it was never run, and the batch ended without it."""
+    far, near = BaseModelSpec(kind="openai", source="http://far/v1", model="m"), BaseModelSpec(kind="mock", source="l")
+    release = threading.Event()
+
+    def held(request: GenerationRequest, word: int) -> None:
+        if request.request_id == "far" and word == 0:
+            assert release.wait(WAIT_S)
+
+    replies: dict[str, Generation] = {}
+
+    def on_reply(job_id: str, gen: Generation) -> None:
+        replies[job_id] = gen
+        if job_id == "far":
+            run.submit("cpu", [job("agg", near)])
+
+    worker = DeviceWorker("cpu", 2**30, lambda s: MockBackend(s.key, memory=0, gate=held))
+    run = Fleet({"cpu": worker}).dispatch(on_reply)
+    run.submit("cpu", [job("near", near), job("far", far)])
+    run.finish()
+    ended = run._queues["cpu"].thread  # the worker's thread, done with "near"
+    assert ended is not None
+    ended.join(WAIT_S)
+    release.set()
+    run.wait()
+    assert sorted(replies) == ["agg", "far", "near"]
