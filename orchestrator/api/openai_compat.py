@@ -41,6 +41,7 @@ from orchestrator.api.openai_protocol import (
     usage_of,
 )
 from orchestrator.api.openapi_errors import ADMITTING
+from orchestrator.api.sse import kept_alive
 from orchestrator.domain import Ask
 from orchestrator.services.admission import ModelNotFound
 from orchestrator.services.chat import ChatResult, ChatStream
@@ -104,7 +105,7 @@ async def sse_events(stream: ChatStream, w: ChunkWriter) -> AsyncIterator[str]:
     """The reply as standard chat.completion.chunk events, token by token, ending in `[DONE]`,
     even when it fails once the headers are sent: then an error event is the last before it."""
     try:
-        async for event in _events(stream, w):
+        async for event in kept_alive(_events(stream, w)):  # a comment while experts answer: no proxy cuts it
             yield event
     except ServiceError as exc:  # the headers are sent: the error is the stream's last event
         yield sse_error(exc)
