@@ -36,8 +36,11 @@ async def kept_alive(events: AsyncIterator[str], every_s: float = KEEP_ALIVE_S) 
             except StopAsyncIteration:
                 return
             yield event
-    finally:
+    finally:  # the client left (or the stream ended): the source is closed here, not whenever it is collected
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
+        if (close := getattr(source, "aclose", None)) is not None:
+            with contextlib.suppress(BaseException):
+                await close()

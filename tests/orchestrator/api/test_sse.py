@@ -71,3 +71,23 @@ def test_the_openai_client_reads_a_stream_kept_alive(tmp_path, embedder, serve, 
     assert chunks[-1].choices[0].finish_reason == "stop" and "".join(c.choices[0].delta.content or "" for c in chunks)
     events = [ln for ln in lines if ln]
     assert events[0] == KEEP_ALIVE.strip() and events[-1] == "data: [DONE]"  # comments while the experts answer
+
+
+def test_a_reader_that_leaves_closes_the_stream_it_read() -> None:
+    """A client gone mid-stream: the source's own clean-up runs then, not whenever it is collected."""
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "data: x\n\n"
+        finally:
+            closed.set()
+
+    async def leave_after_one() -> bool:
+        events = kept_alive(endless(), every_s=60)
+        await anext(events)
+        await events.aclose()  # as the server closes the response of a client that left
+        return closed.is_set()
+
+    assert asyncio.run(leave_after_one())
