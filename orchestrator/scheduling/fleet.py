@@ -113,12 +113,16 @@ class Dispatch:
         self._far_runs: list[Future[None]] = []
 
     def submit(self, worker: str, jobs: Sequence[Job]) -> None:
+        near: list[Job] = []
         far: dict[str, list[Job]] = {}
-        for job in (j for j in jobs if traits(j.base).served_elsewhere):
-            far.setdefault(job.base.key, []).append(job)
+        for job in jobs:
+            if traits(job.base).served_elsewhere:
+                far.setdefault(job.base.key, []).append(job)
+            else:
+                near.append(job)
         for model in far.values():  # a run a model: the pool's threads bound the calls at once
             self._elsewhere(partial(self._run, worker, model, {}))
-        if not (near := [j for j in jobs if not traits(j.base).served_elsewhere]):
+        if not near:
             return
         with self._cond:
             self._queue(worker).jobs.extend(near)

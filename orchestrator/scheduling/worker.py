@@ -274,15 +274,9 @@ class DeviceWorker:
             self._settle(key)
             if key not in self._lru:
                 return
-            if self._let_go(key):
-                self._record(time.time(), "unload", key)
-                return
-            try:
-                self._backends[key].unload()
-            except Exception:  # a dead engine: kept resident, its error would fail every load after it
-                log.warning("unloading %s on %s failed; its memory is counted free", key, self.name, exc_info=True)
-            finally:
-                self._record(time.time(), "unload", key)
+            if not self._let_go(key):  # else the last reply under way on it unloads it (`_done_with`)
+                _unload_quietly(self._backends[key], key, self.name)
+            self._record(time.time(), "unload", key)
 
     def unload_if_free(self, key: str) -> bool:
         """Unload `key` now if the device is free and no running batch needs it; whether it did. A
@@ -379,11 +373,12 @@ def _timed_load(backend: ExpertBackend) -> Loaded:
 
 
 def _unload_quietly(backend: ExpertBackend, key: str, worker: str) -> None:
-    """Unload a backend no longer resident (a deferred unload): its failure is logged, as `unload` logs it."""
+    """Unload a backend; a failure is logged and its memory counted free all the same (a dead
+    engine: kept resident, its error would fail every load after it)."""
     try:
         backend.unload()
     except Exception:
-        log.warning("unloading %s on %s failed", key, worker, exc_info=True)
+        log.warning("unloading %s on %s failed; its memory is counted free", key, worker, exc_info=True)
 
 
 def _close(backend: ExpertBackend) -> None:
