@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from experts import vllm_backend
 from experts.backend import BackendError
 from experts.options import BackendOptions
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
-from experts.vllm_backend import EngineConfig, VLLMBackend, WorkerEngine
+from experts.vllm_backend import EngineConfig, EngineOutput, VLLMBackend, WorkerEngine
 from experts.vllm_host import WorkerProcess
 from tests.conftest import MakeHFFolder
 
@@ -154,16 +155,22 @@ def test_a_prompt_over_max_model_len_fails_alone(engine_log: Path, folder: Path)
     assert out[0].error is None and out[2].error is None
 
 
+def chat(engine_log: Path, folder: Path, texts: list[str], sampling: list[dict[str, Any]] | None = None
+         ) -> list[EngineOutput]:
+    """The fake engine's outputs for one user turn per text (8 tokens each unless `sampling` says)."""
+    process = WorkerProcess(fake_python(engine_log).vllm_python)
+    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
+    try:
+        return engine.chat([[{"role": "user", "content": t}] for t in texts],
+                           sampling or [{"max_tokens": 8}] * len(texts))
+    finally:
+        process.close()
+
+
 def test_a_prompt_vllm_still_refuses_fails_alone(engine_log: Path, folder: Path) -> None:
     """Where vLLM's count and the template's disagree (the fake's `<wide>`), the refused batch is
     run one request at a time and only the refused one fails, with vLLM's own words."""
-    process = WorkerProcess(fake_python(engine_log).vllm_python)
-    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
-    conversations = [[{"role": "user", "content": t}] for t in ("hi", "<wide> x", "there")]
-    try:
-        out = engine.chat(conversations, [{"max_tokens": 8}] * 3)
-    finally:
-        process.close()
+    out = chat(engine_log, folder, ["hi", "<wide> x", "there"])
     assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
     assert out[1].error is not None and out[1].error.startswith("The decoder prompt (length 1003) is longer than")
 
@@ -171,13 +178,8 @@ def test_a_prompt_vllm_still_refuses_fails_alone(engine_log: Path, folder: Path)
 def test_sampling_vllm_refuses_fails_its_request_alone(engine_log: Path, folder: Path) -> None:
     """SamplingParams were built for the whole batch up front: one refused (vLLM's own
     VLLMValidationError) failed every request beside it."""
-    process = WorkerProcess(fake_python(engine_log).vllm_python)
-    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
-    conversations = [[{"role": "user", "content": t}] for t in ("hi", "x", "there")]
-    try:
-        out = engine.chat(conversations, [{"max_tokens": 8}, {"max_tokens": 8, "stop": [""]}, {"max_tokens": 8}])
-    finally:
-        process.close()
+    out = chat(engine_log, folder, ["hi", "x", "there"],
+               [{"max_tokens": 8}, {"max_tokens": 8, "stop": [""]}, {"max_tokens": 8}])
     assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
     assert out[1].error == "vLLM refused the sampling parameters: stop cannot contain an empty string."
 
@@ -202,13 +204,7 @@ def test_a_conversation_its_template_refuses_fails_alone(engine_log: Path, folde
 def test_a_conversation_vllm_cannot_render_fails_alone(engine_log: Path, folder: Path) -> None:
     """A template error from vLLM's own rendering (the fake's `<jinja>`), after the tokenizer's
     passed: the batch is run one request at a time and only that request fails."""
-    process = WorkerProcess(fake_python(engine_log).vllm_python)
-    engine = WorkerEngine(EngineConfig(model=str(folder), max_model_len=128), process)
-    conversations = [[{"role": "user", "content": t}] for t in ("hi", "<jinja> x", "there")]
-    try:
-        out = engine.chat(conversations, [{"max_tokens": 8}] * 3)
-    finally:
-        process.close()
+    out = chat(engine_log, folder, ["hi", "<jinja> x", "there"])
     assert [o.text for o in out] == ["smol says hi", "", "smol says there"]
     assert out[1].error == "the engine's renderer cannot render this conversation"
 
