@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from experts.traits import traits
 from experts.types import ExpertSpec
 from experts.workers import WorkerSpec
 from orchestrator.budgets.planner import Site, site
+from orchestrator.domain import Decision
 from orchestrator.routing.evidence import RoutingEvidence
 from orchestrator.routing.router import Router
 from skills.vocabulary import SkillVocabulary
@@ -41,3 +43,11 @@ class PoolSnapshot:
     def sites(self) -> dict[str, Site]:
         """Each expert's costing site: its worker's device where it runs on one of its own."""
         return {n: site(spec, self.workers.get(self.placement.get(n, ""))) for n, spec in self.experts.items()}
+
+    def workers_of(self, decision: Decision, default: str) -> frozenset[str]:
+        """The workers whose devices the decision's generations take: its experts', competitors'
+        and aggregator's (present in the pool), but not a model's served elsewhere, which takes
+        none (its server's time). A stand-in for a failed expert may add one: it is not known here."""
+        names = [*decision.recruited, *decision.competitors, *([decision.aggregator] if decision.aggregator else [])]
+        specs = [(n, self.experts[n]) for n in names if n in self.experts]
+        return frozenset(self.worker_of(n, default) for n, spec in specs if not traits(spec.base).served_elsewhere)

@@ -10,9 +10,13 @@ form the next. A timer only delays a lone query: 50 ms of it was 7% of a short a
 With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
 it holds `max_work`, so one batch of long queries cannot hold a short one for long. A submission
 that would take a batch past either limit opens the next batch instead; submissions are never
-split across batches, so one larger than the limits runs alone. One runner thread executes
-batches in order: the device does one batch at a time, which is what keeps model loads at the
-planner's floor.
+split across batches, so one larger than the limits runs alone. Batches start in order, and
+a device does one batch at a time, which is what keeps model loads at the planner's floor. With
+`lanes` (the devices an item's generation takes, e.g. its experts' workers) a batch starts as
+soon as no running batch holds one of its devices, so batches on different devices, or on
+none (every expert served elsewhere), run at once (up to `max_running`); a submission that
+shares a device with a running batch opens the next batch, which waits for it. Without, every
+batch shares one lane: one runs at a time.
 
 A runner that can say when an item is done before its batch is (`Releasing`: a short query
 stored while the batch's long ones still run) releases it; a submission whose items have all
@@ -29,7 +33,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -42,6 +46,9 @@ R = TypeVar("R")
 Release = Callable[[int, R], None]  # (an item's place in the batch, its result), before the batch returns
 RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metrics keep them all)
 CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before it
+MAX_RUNNING = 8  # batches at once on disjoint lanes: those on no device each hold a pool of threads
+ONE_LANE = frozenset({""})  # without `lanes`, every batch takes this one: they run in turn
+Lanes = Callable[[T], Collection[str]]  # the devices an item's batch generates on
 
 
 class WindowClosed(RuntimeError):
@@ -52,6 +59,7 @@ class WindowClosed(RuntimeError):
 class _Submission(Generic[T, R]):
     items: list[T]
     arrived: float  # on the window's clock: a batch's window runs from its first query's arrival
+    lanes: frozenset[str]  # the devices its items generate on
     future: Future[list[R]] = field(default_factory=Future)
 
 
@@ -67,8 +75,12 @@ class BatchingWindow(Generic[T, R]):
     def __init__(self, run_batch: Callable[[list[T]], list[R]] | Releasing[T, R], max_batch: int, max_wait_s: float,
                  name: str = "batching-window", probe: Probe = NULL_PROBE,
                  weigh: Callable[[T], float] | None = None, max_work: float = float("inf"),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, lanes: Lanes[T] | None = None,
+                 max_running: int = MAX_RUNNING):
         self.probe, self._clock = probe, clock
+        self._lanes, self.max_running = lanes, max_running
+        self._running: dict[int, frozenset[str]] = {}  # each running batch's lanes, by its number
+        self._room, self._started = threading.Condition(), 0
         self._run = run_batch.run if isinstance(run_batch, Releasing) else _releasing_nothing(run_batch)
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.weigh, self.max_work = weigh, max_work
@@ -84,7 +96,7 @@ class BatchingWindow(Generic[T, R]):
         """Queue the items; the future resolves to their results in order. It is running from
         the start, so a caller that stops waiting (a dropped client) cannot cancel work that
         others share: the items run and their results are kept."""
-        sub: _Submission[T, R] = _Submission(list(items), self._clock())
+        sub: _Submission[T, R] = _Submission(list(items), self._clock(), self._lanes_of(items))
         sub.future.set_running_or_notify_cancel()
         if not self._queued(sub):  # failed outside the lock: its callbacks may submit again
             sub.future.set_exception(WindowClosed("the batching window is closed: nothing more is answered here"))
@@ -98,6 +110,11 @@ class BatchingWindow(Generic[T, R]):
             self._counted(len(sub.items))
             self._q.put(sub)
             return True
+
+    def _lanes_of(self, items: Sequence[T]) -> frozenset[str]:
+        if self._lanes is None:
+            return ONE_LANE
+        return frozenset(lane for item in items for lane in self._lanes(item))
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting the one being executed)."""
@@ -121,10 +138,41 @@ class BatchingWindow(Generic[T, R]):
 
     def _loop(self) -> None:
         while (first := self._take()) is not None:
+            self._held = first  # still waiting (`depth`) until its devices are free
+            self._wait_for_room(first.lanes)
+            self._held = None
             batch, closing = self._gather(first)
-            self._execute(batch)
+            self._start(batch)
             if closing:
-                return
+                break
+        with self._room:  # closing: what was submitted before it still runs
+            self._room.wait_for(lambda: not self._running)
+
+    def _wait_for_room(self, lanes: frozenset[str]) -> None:
+        """Until no running batch holds one of `lanes` and fewer than `max_running` run."""
+        with self._room:
+            self._room.wait_for(lambda: len(self._running) < self.max_running and not self._taken(lanes))
+
+    def _taken(self, lanes: frozenset[str]) -> bool:
+        """Whether a running batch holds one of `lanes` (the caller holds `_room`)."""
+        return any(lanes & held for held in self._running.values())
+
+    def _start(self, batch: list[_Submission[T, R]]) -> None:
+        """Run the batch on a thread of its own, its lanes held until it ends."""
+        with self._room:
+            self._started += 1
+            number = self._started
+            self._running[number] = frozenset().union(*(sub.lanes for sub in batch))
+        threading.Thread(target=self._run_held, args=(number, batch), name=f"{self._thread.name}-{number}",
+                         daemon=True).start()
+
+    def _run_held(self, number: int, batch: list[_Submission[T, R]]) -> None:
+        try:
+            self._execute(batch)
+        finally:
+            with self._room:
+                del self._running[number]
+                self._room.notify_all()
 
     def _take(self) -> _Submission[T, R] | None:
         """The next batch's first submission: the one the last batch had no room for, else the queue's next."""
@@ -144,12 +192,16 @@ class BatchingWindow(Generic[T, R]):
             if nxt is None:
                 return batch, True
             grown = size + len(nxt.items), work + self._work(nxt)
-            if grown[0] > self.max_batch or grown[1] > self.max_work:
-                self._held = nxt
+            if grown[0] > self.max_batch or grown[1] > self.max_work or self._busy(nxt.lanes):
+                self._held = nxt  # too big for this batch, or its devices are busy: it opens the next
                 break
             batch.append(nxt)
             size, work = grown
         return batch, False
+
+    def _busy(self, lanes: frozenset[str]) -> bool:
+        with self._room:
+            return self._taken(lanes)
 
     def _work(self, sub: _Submission[T, R]) -> float:
         return sum(map(self.weigh, sub.items)) if self.weigh else 0.0

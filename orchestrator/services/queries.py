@@ -53,10 +53,14 @@ class QueryService:
         self.storer = EarlyStore(self._store, self.get_many)  # before the window: its batches store through it
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
             Releasing(self._run_items), batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
-            max_work=batching.max_batch_tokens)
+            max_work=batching.max_batch_tokens, lanes=self._workers)
         self.backlog = Backlog(self.window, batching.max_waiting)
         self.learner: LearningQueue[Taught] = LearningQueue(self._learn)
         self.running = InFlight()  # batches whose lessons are not handed to the learner yet
+
+    def _workers(self, item: Admitted) -> frozenset[str]:
+        """The item's lanes in the window: batches on other workers run beside its batch."""
+        return self.pool.snapshot.workers_of(item.decision, self.pipeline.fleet.default)
 
     def submit(self, asks: Sequence[Ask], claim: Claim | None = None) -> Future[list[Query]]:
         """Admit the queries (a 4xx, nothing stored, if one cannot be taken) and queue them; the
@@ -161,11 +165,11 @@ class QueryService:
                                             [i.embedding for i in runnable], finished=finished,
                                             learn=lambda at, lesson: taught.append((runnable[at].query_id, lesson)))
         except Exception as exc:
-            self.storer.drain()  # first: a query stored done keeps its answer (`_fail` leaves it)
+            self.storer.drain(early)  # first: a query stored done keeps its answer (`_fail` leaves it)
             self._fail([i.query_id for i in runnable], f"{type(exc).__name__}: {exc}")
             self._raised(early, taught)
             raise
-        self.storer.drain()
+        self.storer.drain(early)
         return outcomes
 
     def _raised(self, early: Early, taught: Taught) -> None:

@@ -62,7 +62,8 @@ class EarlyStore:
     def __init__(self, store: StoreMany, read: ReadMany, name: str = "storer"):
         self._store, self._read = store, read
         self._handed: list[_Handed] = []
-        self._cond, self._busy, self._closed = threading.Condition(), False, False
+        self._committing: list[_Handed] = []  # the group being stored now
+        self._cond, self._closed = threading.Condition(), False
         self._stopped = False  # the thread has exited: nothing handed over will be stored by it
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -76,10 +77,14 @@ class EarlyStore:
             self._handed.append(_Handed(finished, batch, place))
             self._cond.notify_all()
 
-    def drain(self) -> None:
-        """Wait until everything handed over so far is stored (or its failure logged)."""
+    def drain(self, batch: Early) -> None:
+        """Wait until everything `batch` handed over is stored (or its failure logged). Only its
+        own: batches on other devices run at once, and theirs could keep the storer busy for good."""
+        def stored() -> bool:
+            return self._stopped or not any(h.batch is batch for h in (*self._handed, *self._committing))
+
         with self._cond:
-            self._cond.wait_for(lambda: (not self._handed and not self._busy) or self._stopped)
+            self._cond.wait_for(stored)
 
     def close(self) -> None:
         """Store what is handed over, then stop the thread (idempotent)."""
@@ -103,7 +108,7 @@ class EarlyStore:
         except Exception:  # the store is gone: the batch's end stores these again, and raises
             log.exception("storing %d finished queries failed; their batch stores them at its end", len(group))
         with self._cond:
-            self._busy = False
+            self._committing = []
             self._cond.notify_all()
 
     def _next(self) -> list[_Handed] | None:
@@ -112,7 +117,8 @@ class EarlyStore:
             self._cond.wait_for(lambda: bool(self._handed) or self._closed)
             if not self._handed:
                 return None
-            group, self._handed, self._busy = self._handed, [], True
+            group, self._handed = self._handed, []
+            self._committing = group
             return group
 
     def _commit(self, group: Sequence[_Handed]) -> None:

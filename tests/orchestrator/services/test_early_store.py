@@ -28,15 +28,15 @@ def answered(c: SkillRoute, n: int) -> list[Answered]:
 
 
 class Gated:
-    """The service's own store, recording each group; the first group waits for `open`."""
+    """The service's own store, recording each group; the `at`-th group (the first) waits for `open`."""
 
-    def __init__(self, c: SkillRoute) -> None:
-        self.store, self.groups = c.queries._store, list[list[int]]()
+    def __init__(self, c: SkillRoute, at: int = 1) -> None:
+        self.store, self.groups, self.at = c.queries._store, list[list[int]](), at
         self.entered, self.open = threading.Event(), threading.Event()
 
     def __call__(self, group: Sequence[Answered]) -> dict[int, Query]:
         self.groups.append([qid for qid, _, _ in group])
-        if len(self.groups) == 1:
+        if len(self.groups) == self.at:
             self.entered.set()
             assert self.open.wait(WAIT_S)
         return self.store(group)
@@ -68,7 +68,7 @@ def test_queries_finished_during_a_commit_are_stored_as_one_group_and_a_refused_
     storer.put(third, early, 2)
     with refusing(container, second[0]):
         gated.open.set()
-        storer.drain()
+        storer.drain(early)
     storer.close()
     assert gated.groups == [[first[0]], [second[0], third[0]]]  # two commits, the second of both
     assert sorted(released) == [(0, "done"), (1, "failed"), (2, "done")]
@@ -87,7 +87,26 @@ def test_a_group_that_cannot_be_stored_at_all_is_left_to_its_batch_s_end(contain
     early = Early(lambda place, row: released.append(place))
     with caplog.at_level(logging.ERROR):
         storer.put(one, early, 0)
-        storer.drain()
+        storer.drain(early)
     storer.close()
     assert released == [] and not early.settled and "their batch stores them at its end" in caplog.text
     assert container.queries.get(one[0]).status == "accepted"
+
+
+def test_a_batch_drains_its_own_queries_not_those_of_a_batch_beside_it(container) -> None:  # type: ignore[no-untyped-def]
+    """Batches on different devices run at once: one waiting in `drain` for another's stores (a
+    commit that waits, or a stream of them) would be held by a batch it never shared a device with."""
+    mine, theirs = answered(container, 2)
+    gated, stored = Gated(container, at=2), threading.Event()
+    storer = EarlyStore(gated, container.queries.get_many)
+    own, beside = Early(lambda place, row: stored.set()), Early()
+    storer.put(mine, own, 0)
+    assert stored.wait(WAIT_S)
+    storer.put(theirs, beside, 0)
+    assert gated.entered.wait(WAIT_S)  # the other batch's commit is under way, and stays so
+    drained = threading.Event()
+    threading.Thread(target=lambda: (storer.drain(own), drained.set()), daemon=True).start()
+    held = not drained.wait(WAIT_S / 3)
+    gated.open.set()
+    storer.close()
+    assert not held and own.settled == {mine[0]} and beside.settled == {theirs[0]}

@@ -1,0 +1,114 @@
+"""Lanes: a batch starts once no running batch holds one of its devices, so batches on different
+devices (or on none) run at once, those sharing one in turn, and batches start in order."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+
+import pytest
+
+from orchestrator.scheduling.window import BatchingWindow
+
+WAIT_S = 30  # an event not set by then means the order under test did not happen
+
+
+class Runner:
+    """Batches of items named `<lane>:<name>` (`-` for no lane); an item named `hold` waits for `release`."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.running = self.most = 0
+        self.lock, self.release = threading.Lock(), threading.Event()
+        self.entered = threading.Semaphore(0)  # one per batch that reached a `hold`
+
+    def __call__(self, items: list[str]) -> list[str]:
+        with self.lock:
+            self.batches.append(list(items))
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if any(x.endswith("hold") for x in items):
+                self.entered.release()
+                assert self.release.wait(WAIT_S)
+            return [x.upper() for x in items]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def lanes(item: str) -> Collection[str]:
+    lane = item.split(":")[0]
+    return () if lane == "-" else (lane,)
+
+
+def window(run: Runner, max_running: int = 8, max_batch: int = 10) -> BatchingWindow[str, str]:
+    return BatchingWindow(run, max_batch=max_batch, max_wait_s=0, lanes=lanes, max_running=max_running)
+
+
+def test_batches_on_other_devices_or_none_run_beside_a_running_one() -> None:
+    run = Runner()
+    w = window(run)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    assert w.submit(["gpu1:a"]).result(WAIT_S) == ["GPU1:A"]
+    assert w.submit(["-:far"]).result(WAIT_S) == ["-:FAR"]
+    assert not held.done()
+    run.release.set()
+    assert held.result(WAIT_S) == ["GPU0:HOLD"]
+    w.close()
+
+
+def test_a_submission_on_a_busy_device_opens_the_next_batch_which_waits() -> None:
+    """Queued together with one that can start, it does not join its batch (which would wait
+    too) and it starts once the device is free: batches start in order."""
+    run = Runner()
+    w = window(run)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    free, busy = w.submit(["gpu1:a"]), w.submit(["gpu0:b"])
+    assert free.result(WAIT_S) == ["GPU1:A"]
+    with pytest.raises(TimeoutError):
+        busy.result(timeout=0.5)  # ran beside the batch on its device
+    assert w.depth() == 1
+    run.release.set()
+    assert busy.result(WAIT_S) == ["GPU0:B"] and held.done()
+    assert run.batches == [["gpu0:hold"], ["gpu1:a"], ["gpu0:b"]]
+    w.close()
+
+
+def test_without_lanes_batches_run_one_at_a_time() -> None:
+    run = Runner()
+    w: BatchingWindow[str, str] = BatchingWindow(run, max_batch=1, max_wait_s=0)
+    futures = [w.submit(["x:hold"]), w.submit(["y:a"])]
+    assert run.entered.acquire(timeout=WAIT_S)
+    with pytest.raises(TimeoutError):
+        futures[1].result(timeout=0.5)
+    run.release.set()
+    assert [f.result(WAIT_S) for f in futures] == [["X:HOLD"], ["Y:A"]] and run.most == 1
+    w.close()
+
+
+def test_batches_on_no_device_are_bounded() -> None:
+    run = Runner()
+    w = window(run, max_running=2, max_batch=1)  # one batch each
+    futures = [w.submit([f"-:{i}hold"]) for i in range(3)]
+    assert run.entered.acquire(timeout=WAIT_S) and run.entered.acquire(timeout=WAIT_S)
+    assert not run.entered.acquire(timeout=0.5)  # the third waits for one of two to end
+    run.release.set()
+    assert all(f.result(WAIT_S) for f in futures) and run.most == 2
+    w.close()
+
+
+def test_close_waits_for_every_running_batch() -> None:
+    run = Runner()
+    w = window(run, max_batch=1)
+    futures = [w.submit(["gpu0:hold"]), w.submit(["gpu1:hold"])]
+    assert run.entered.acquire(timeout=WAIT_S) and run.entered.acquire(timeout=WAIT_S)
+    closer = threading.Thread(target=w.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # still waiting for both
+    run.release.set()
+    closer.join(WAIT_S)
+    assert not closer.is_alive() and [f.result(0) for f in futures] == [["GPU0:HOLD"], ["GPU1:HOLD"]]
