@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.budgets.solver import InfeasibleBudget
 from orchestrator.domain import Ask, Decision, ExpertUnusable, NoExperts, QueryError, UnknownExpert
@@ -88,7 +87,7 @@ class Admission:
         taken = [(asks, r) for asks, r in zip(calls, routed, strict=True) if not isinstance(r, BaseException)]
         try:
             stored: list[list[Admitted] | BaseException] = list(self._store(taken))
-        except SQLAlchemyError:
+        except Exception:  # not only SQLAlchemyError: the driver raises its own (OverflowError, UnicodeEncodeError)
             stored = [self._store_alone(asks, r) for asks, r in taken]
         admitted = iter(stored)
         return [r if isinstance(r, BaseException) else next(admitted) for r in routed]
@@ -103,7 +102,7 @@ class Admission:
     def _store_alone(self, asks: list[Ask], routed: Routed) -> list[Admitted] | BaseException:
         try:
             return self._store([(asks, routed)])[0]
-        except SQLAlchemyError as exc:
+        except Exception as exc:
             self.pipeline.decider.release(routed[0])  # not stored: they will not run
             return exc
 

@@ -21,7 +21,7 @@ from orchestrator.services.admission import ModelNotFound
 from orchestrator.services.budgets import BudgetService
 from orchestrator.services.keys import Caller
 from orchestrator.store.models import Batch, Query
-from orchestrator.store.repositories.queries import decision_of
+from orchestrator.store.repositories.queries import QueryRepository, decision_of
 from skills.embedder import Embedder
 from tests.orchestrator.conftest import CountingEmbedder, mock_or_real
 
@@ -184,3 +184,22 @@ def test_routing_that_raises_on_one_request_s_query_fails_that_request_alone(con
                                                       [Ask(text="fragile: what is 3+3?", k=2, seed=2)]])
     assert [a.ask.text for a in fine] == ["What is 2+2?"]
     assert isinstance(failed, RuntimeError)
+
+
+def test_a_driver_error_storing_one_request_fails_that_request_alone(container, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The driver raises its own errors (OverflowError, UnicodeEncodeError), not SQLAlchemy's: one
+    failed every request stored beside it, and kept the competition slots its decisions took."""
+    accept = QueryRepository.accept_many
+
+    def fragile(self, asks, decisions, owner=None):  # type: ignore[no-untyped-def]
+        if any("fragile" in a.text for a in asks):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return accept(self, asks, decisions, owner)
+
+    released: list[Decision] = []
+    monkeypatch.setattr(QueryRepository, "accept_many", fragile)
+    monkeypatch.setattr(container.pipeline.decider, "release", released.extend)
+    fine, failed = container.admission._admit_group([[Ask(text="What is 2+2?", k=2, seed=1)],
+                                                      [Ask(text="fragile: what is 3+3?", k=2, seed=2)]])
+    assert [a.ask.text for a in fine] == ["What is 2+2?"] and isinstance(failed, OverflowError)
+    assert len(released) == 1 and stored(container)[0] >= 1
