@@ -188,7 +188,7 @@ class SkillRoute:
     def bootstrap(self, progress: Progress | None = None, defer: bool = False) -> None:
         """`prepare`, then load the pool it stored for routing."""
         self.prepare(progress, defer)
-        self.pool.refresh()
+        self.fleet.connect_elsewhere(self.pool.refresh().served_elsewhere(self.fleet.default))
         self._bootstrapped = True
         # The loaded pool (a replay recording: ~10^5 objects) lives as long as the process; out of
         # the collector's sight, a full collection no longer walks it. Under load such walks

@@ -112,7 +112,7 @@ class Metrics(Probe):
         self._budgets()
         self._pool: Callable[[], Collection[str] | None] | None = None  # `watch` sets it
         self._removed: OrderedDict[str, None] = OrderedDict()  # the last REMEMBER_REMOVED names removed
-        self._removed_lock = threading.Lock()  # removals come on request threads, batches on the runner's
+        self._removed_lock = threading.Lock()  # removals come on request threads, batches on theirs
 
     def _http(self) -> None:
         r, labels = self.registry, ["method", "endpoint", "status"]

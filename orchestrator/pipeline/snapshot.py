@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experts.traits import traits
-from experts.types import ExpertSpec
+from experts.types import BaseModelSpec, ExpertSpec
 from experts.workers import WorkerSpec
 from orchestrator.budgets.planner import Site, site
 from orchestrator.domain import Decision
@@ -51,3 +51,8 @@ class PoolSnapshot:
         names = [*decision.recruited, *decision.competitors, *([decision.aggregator] if decision.aggregator else [])]
         specs = [(n, self.experts[n]) for n in names if n in self.experts]
         return frozenset(self.worker_of(n, default) for n, spec in specs if not traits(spec.base).served_elsewhere)
+
+    def served_elsewhere(self, default: str) -> dict[str, tuple[str, BaseModelSpec]]:
+        """The pool's models served elsewhere, by key: the worker each is called through, and the model."""
+        return {spec.base.key: (self.worker_of(n, default), spec.base) for n, spec in self.experts.items()
+                if traits(spec.base).served_elsewhere}

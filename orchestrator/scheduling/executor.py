@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CHUNK_JOBS = 16  # requests per generate call of a backend that is not a lookup (`chunk`)
 CHUNK_TOKENS = 4096  # predicted tokens per generate call: a long job runs alone, short ones 16 at a time
-# stages served elsewhere one batch runs at once (`_beside`): each is a call a worker actor answers on
-# one of its threads (serving.worker_actor.MAX_CONCURRENCY, 16), which other batches need too
+# stages served elsewhere run at once, all batches' together (`Fleet.elsewhere`; one `execute`'s own
+# `_beside`): each is a call a worker actor answers on one of its threads
+# (serving.worker_actor.MAX_CONCURRENCY, 16), which the batches' local stages need too
 ELSEWHERE_THREADS = 8
 
 

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from experts.streaming import whole
 from experts.traits import traits
-from experts.types import Generation, storable
+from experts.types import BaseModelSpec, Generation, storable
 from orchestrator.scheduling.executor import ELSEWHERE_THREADS, Executor, Progress, execute
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
@@ -41,6 +41,9 @@ class Fleet:
             raise ValueError("a fleet needs at least one worker")
         self.workers, self.executor = dict(workers), executor
         self.default = next(iter(self.workers))
+        # work on models served elsewhere (`Dispatch._elsewhere`), every batch's: batches on other
+        # workers run at once, and each call is one a worker actor answers on one of its threads
+        self.elsewhere = ThreadPoolExecutor(ELSEWHERE_THREADS, thread_name_prefix="elsewhere")
 
     def __getitem__(self, name: str) -> DeviceWorker:
         return self.workers[name]
@@ -83,8 +86,23 @@ class Fleet:
         run.wait()
         return out
 
+    def connect_elsewhere(self, models: Mapping[str, tuple[str, BaseModelSpec]]) -> None:
+        """Load these models served elsewhere (key → worker and model: their clients) on a thread
+        of their own: a load takes its worker's device lock, and the first chat to one after a
+        start waited out a local generation for it. One not reachable now loads on first use."""
+        def connect() -> None:
+            for worker, base in models.values():
+                try:
+                    self[worker].ensure_loaded(base)
+                except Exception as exc:  # its server is down: its first query finds out and says so
+                    log.warning("model %s served elsewhere could not be reached at start: %s", base.key, exc)
+
+        if models:
+            threading.Thread(target=connect, name="connect-elsewhere", daemon=True).start()
+
     def shutdown(self) -> None:
         """Unload every worker's models; one that cannot be reached keeps the others' going."""
+        self.elsewhere.shutdown(wait=False)
         for name, w in self.workers.items():
             try:
                 w.shutdown()
@@ -109,8 +127,7 @@ class Dispatch:
         self._queues: dict[str, _Queue] = {}
         self._cond = threading.Condition()
         self._finished = False
-        self._far: ThreadPoolExecutor | None = None  # work on models served elsewhere (`_elsewhere`)
-        self._far_runs: list[Future[None]] = []
+        self._far_runs: list[Future[None]] = []  # work on models served elsewhere (`_elsewhere`)
 
     def submit(self, worker: str, jobs: Sequence[Job]) -> None:
         near: list[Job] = []
@@ -140,14 +157,12 @@ class Dispatch:
             self._cond.notify_all()
 
     def _elsewhere(self, work: Callable[[], None]) -> None:
-        """Run work on models served elsewhere (`traits.served_elsewhere`) on the batch's own
-        threads, never in a worker's take: a competitor on another server, run in the CPU worker's
+        """Run work on models served elsewhere (`traits.served_elsewhere`) on the fleet's threads
+        for it, never in a worker's take: a competitor on another server, run in the CPU worker's
         take, held the next query's aggregation there for its 2 s, past that query's budget, and
         two streamed chats on two servers ran in turn."""
         with self._cond:
-            if self._far is None:
-                self._far = ThreadPoolExecutor(ELSEWHERE_THREADS, thread_name_prefix="elsewhere")
-            self._far_runs.append(self._far.submit(work))
+            self._far_runs.append(self.fleet.elsewhere.submit(work))
 
     def _queue(self, worker: str) -> _Queue:
         queue = self._queues.setdefault(worker, _Queue())
@@ -180,8 +195,6 @@ class Dispatch:
             futures.wait(far)
             waited += len(far)
         with self._cond:
-            if self._far is not None:
-                self._far.shutdown(wait=False)
             return {name: q.busy_s for name, q in self._queues.items()}
 
     def _far_since(self, waited: int) -> list[Future[None]]:

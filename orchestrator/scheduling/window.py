@@ -3,10 +3,10 @@
 A batch closes when it holds `max_batch` queries or `max_wait_s` after its first query
 arrived, whichever is first, so a lone query waits at most `max_wait_s` (one that queued behind
 a running batch past its window takes only what is queued with it). With `max_wait_s` 0
-(the settings' default `batching.wait_ms`) a batch is whatever was queued when the runner got
+(the settings' default `batching.wait_ms`) a batch is whatever was queued when the window got
 to it: nothing waits for a timer, and under load the requests that arrive while one batch runs
 form the next. A timer only delays a lone query: 50 ms of it was 7% of a short answer from the 0.5B model
-(`bench/overhead.py`), and at 200 clients the batches formed while the runner was busy anyway.
+(`bench/overhead.py`), and at 200 clients the batches formed while the device was busy anyway.
 With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
 it holds `max_work`, so one batch of long queries cannot hold a short one for long. A submission
 that would take a batch past either limit opens the next batch instead; submissions are never
@@ -59,7 +59,6 @@ class WindowClosed(RuntimeError):
 class _Submission(Generic[T, R]):
     items: list[T]
     arrived: float  # on the window's clock: a batch's window runs from its first query's arrival
-    lanes: frozenset[str]  # the devices its items generate on
     future: Future[list[R]] = field(default_factory=Future)
 
 
@@ -96,7 +95,7 @@ class BatchingWindow(Generic[T, R]):
         """Queue the items; the future resolves to their results in order. It is running from
         the start, so a caller that stops waiting (a dropped client) cannot cancel work that
         others share: the items run and their results are kept."""
-        sub: _Submission[T, R] = _Submission(list(items), self._clock(), self._lanes_of(items))
+        sub: _Submission[T, R] = _Submission(list(items), self._clock())
         sub.future.set_running_or_notify_cancel()
         if not self._queued(sub):  # failed outside the lock: its callbacks may submit again
             sub.future.set_exception(WindowClosed("the batching window is closed: nothing more is answered here"))
@@ -111,17 +110,19 @@ class BatchingWindow(Generic[T, R]):
             self._q.put(sub)
             return True
 
-    def _lanes_of(self, items: Sequence[T]) -> frozenset[str]:
+    def _lanes_of(self, subs: Sequence[_Submission[T, R]]) -> frozenset[str]:
+        """The devices the submissions take, read now, as the batch starts: an expert placed
+        on another worker since they were submitted runs there."""
         if self._lanes is None:
             return ONE_LANE
-        return frozenset(lane for item in items for lane in self._lanes(item))
+        return frozenset(lane for sub in subs for item in sub.items for lane in self._lanes(item))
 
     def depth(self) -> int:
-        """Submissions waiting for a batch (not counting the one being executed)."""
+        """Submissions waiting for a batch (not counting those in running batches)."""
         return self._q.qsize() + (self._held is not None)
 
     def waiting(self) -> int:
-        """Items waiting for a batch (not counting the batch being executed)."""
+        """Items waiting for a batch (not counting those in running batches)."""
         return self._waiting
 
     def _counted(self, change: int) -> None:
@@ -139,7 +140,7 @@ class BatchingWindow(Generic[T, R]):
     def _loop(self) -> None:
         while (first := self._take()) is not None:
             self._held = first  # still waiting (`depth`) until its devices are free
-            self._wait_for_room(first.lanes)
+            self._wait_for_room(first)
             self._held = None
             batch, closing = self._gather(first)
             self._start(batch)
@@ -148,13 +149,14 @@ class BatchingWindow(Generic[T, R]):
         with self._room:  # closing: what was submitted before it still runs
             self._room.wait_for(lambda: not self._running)
 
-    def _wait_for_room(self, lanes: frozenset[str]) -> None:
-        """Until no running batch holds one of `lanes` and fewer than `max_running` run."""
+    def _wait_for_room(self, first: _Submission[T, R]) -> None:
+        """Until no running batch holds one of `first`'s devices and fewer than `max_running` run."""
         with self._room:
-            self._room.wait_for(lambda: len(self._running) < self.max_running and not self._taken(lanes))
+            self._room.wait_for(lambda: len(self._running) < self.max_running and not self._taken(first))
 
-    def _taken(self, lanes: frozenset[str]) -> bool:
-        """Whether a running batch holds one of `lanes` (the caller holds `_room`)."""
+    def _taken(self, sub: _Submission[T, R]) -> bool:
+        """Whether a running batch holds one of `sub`'s devices (the caller holds `_room`)."""
+        lanes = self._lanes_of([sub])
         return any(lanes & held for held in self._running.values())
 
     def _start(self, batch: list[_Submission[T, R]]) -> None:
@@ -162,7 +164,7 @@ class BatchingWindow(Generic[T, R]):
         with self._room:
             self._started += 1
             number = self._started
-            self._running[number] = frozenset().union(*(sub.lanes for sub in batch))
+            self._running[number] = self._lanes_of(batch)
         threading.Thread(target=self._run_held, args=(number, batch), name=f"{self._thread.name}-{number}",
                          daemon=True).start()
 
@@ -192,16 +194,16 @@ class BatchingWindow(Generic[T, R]):
             if nxt is None:
                 return batch, True
             grown = size + len(nxt.items), work + self._work(nxt)
-            if grown[0] > self.max_batch or grown[1] > self.max_work or self._busy(nxt.lanes):
+            if grown[0] > self.max_batch or grown[1] > self.max_work or self._busy(nxt):
                 self._held = nxt  # too big for this batch, or its devices are busy: it opens the next
                 break
             batch.append(nxt)
             size, work = grown
         return batch, False
 
-    def _busy(self, lanes: frozenset[str]) -> bool:
+    def _busy(self, sub: _Submission[T, R]) -> bool:
         with self._room:
-            return self._taken(lanes)
+            return self._taken(sub)
 
     def _work(self, sub: _Submission[T, R]) -> float:
         return sum(map(self.weigh, sub.items)) if self.weigh else 0.0

@@ -2,11 +2,12 @@
 background thread, one batch at a time, in the order they were handed over.
 
 Applying lessons rebuilds the router (0.2 s at the memory's bound) and every `refit_every`-th lesson
-refits its parameters (28 s at scale). Done on the window's thread, every client of the batch waited
+refits its parameters (28 s at scale). Done on the batch's thread, every client of the batch waited
 for it before its reply and every query queued behind it waited too; handed over here, a batch is
 answered as soon as it is stored.
 
-Bounded by blocking, not by merging: past `bound` batches waiting, the window waits for room. Only
+Bounded by blocking, not by merging: past `bound` batches waiting, a batch ending waits for room
+(and the window's next batch on its workers with it). Only
 competitions and explorations teach here, at most `per_minute` of them, so the bound (64 batches:
 minutes of lessons at the default cap, beyond any refit) is met only when learning is slower than
 traffic for good; waiting then is back-pressure, and no lesson is dropped, reordered or learned in a

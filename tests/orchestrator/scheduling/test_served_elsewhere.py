@@ -19,7 +19,7 @@ from experts.types import BaseModelSpec, ChatMessage, ExpertPlacement, ExpertSpe
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
 from orchestrator.pools.schema import AggregatorConfig
-from orchestrator.scheduling.executor import execute
+from orchestrator.scheduling.executor import ELSEWHERE_THREADS, execute
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import DeviceWorker
@@ -27,6 +27,7 @@ from skills.embedder import Embedder
 from tests.experts.test_openai_http import SERVED, Recorder, make_app
 from tests.live_server import live_server
 from tests.orchestrator.conftest import quiet_settings, small_pool
+from tests.orchestrator.test_container import until
 
 WAIT_S = 5.0  # how long one side waits for the other before giving up (a failed test, not a hang)
 
@@ -228,3 +229,33 @@ def test_a_job_a_reply_from_elsewhere_sends_after_the_worker_s_thread_ended_stil
     release.set()
     run.wait()
     assert sorted(replies) == ["agg", "far", "near"]
+
+
+def test_work_elsewhere_is_bounded_across_batches() -> None:
+    """Each batch had its own 8 threads for it; batches on other workers now run at once, and 8
+    such batches sent 64 calls to a worker actor that answers 16 at a time (its local stages
+    among them): all batches' calls elsewhere share the fleet's 8."""
+    count, gate = {"now": 0, "most": 0}, threading.Event()
+    lock = threading.Lock()
+
+    def executor(jobs, worker, keep_last=None, emit=None):  # type: ignore[no-untyped-def]
+        with lock:
+            count["now"] += 1
+            count["most"] = max(count["most"], count["now"])
+        assert gate.wait(WAIT_S * 6)
+        with lock:
+            count["now"] -= 1
+        emit({j.job_id: Generation.failed(j.request.request_id, "held") for j in jobs})
+
+    fleet = Fleet({"cpu": DeviceWorker()}, executor=executor)
+    runs = [fleet.dispatch(lambda _id, _gen: None) for _ in range(2)]
+    for n, run in enumerate(runs):
+        for m in range(ELSEWHERE_THREADS):  # a run a model
+            run.submit("cpu", [job(f"{n}-{m}", remote("http://127.0.0.1:9/v1", f"model-{m}"))])
+    until(lambda: count["now"] == ELSEWHERE_THREADS and fleet.elsewhere._work_queue.qsize() == ELSEWHERE_THREADS)
+    gate.set()
+    for run in runs:
+        run.finish()
+        run.wait()
+    fleet.shutdown()
+    assert count["most"] == ELSEWHERE_THREADS
