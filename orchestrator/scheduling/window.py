@@ -10,13 +10,14 @@ form the next. A timer only delays a lone query: 50 ms of it was 7% of a short a
 With `weigh` (an item's predicted work, e.g. prompt and output tokens) a batch also closes once
 it holds `max_work`, so one batch of long queries cannot hold a short one for long. A submission
 that would take a batch past either limit opens the next batch instead; submissions are never
-split across batches, so one larger than the limits runs alone. Batches start in order, and
-a device does one batch at a time, which is what keeps model loads at the planner's floor. With
-`lanes` (the devices an item's generation takes, e.g. its experts' workers) a batch starts as
-soon as no running batch holds one of its devices, so batches on different devices, or on
-none (every expert served elsewhere), run at once (up to `max_running`); a submission that
-shares a device with a running batch opens the next batch, which waits for it. Without, every
-batch shares one lane: one runs at a time.
+split across batches, so one larger than the limits runs alone. A device does one batch at a
+time, which is what keeps model loads at the planner's floor. With `lanes` (the devices an
+item's generation takes, e.g. its experts' workers) a batch starts as soon as no running batch
+holds one of its devices, so batches on different devices, or on none (every expert served
+elsewhere), run at once (up to `max_running`); a submission that shares a device with a running
+batch opens a later batch, which waits for it. One whose devices are free starts ahead of
+submissions queued before it that wait for theirs, but never on a device one of those waits
+for: none waits for good. Without lanes every batch shares one: they run one at a time, in order.
 
 A runner that can say when an item is done before its batch is (`Releasing`: a short query
 stored while the batch's long ones still run) releases it; a submission whose items have all
@@ -29,7 +30,7 @@ Closing runs what was submitted before the close; a submission after it fails at
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 import time
 from collections import deque
@@ -49,6 +50,7 @@ CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before 
 MAX_RUNNING = 8  # batches at once on disjoint lanes: those on no device each hold a pool of threads
 ONE_LANE = frozenset({""})  # without `lanes`, every batch takes this one: they run in turn
 Lanes = Callable[[T], Collection[str]]  # the devices an item's batch generates on
+LOOKAHEAD = 64  # queued submissions a batch may start ahead of (`_startable`)
 
 
 class WindowClosed(RuntimeError):
@@ -78,15 +80,15 @@ class BatchingWindow(Generic[T, R]):
                  max_running: int = MAX_RUNNING):
         self.probe, self._clock = probe, clock
         self._lanes, self.max_running = lanes, max_running
-        self._running: dict[int, frozenset[str]] = {}  # each running batch's lanes, by its number
-        self._room, self._started = threading.Condition(), 0
         self._run = run_batch.run if isinstance(run_batch, Releasing) else _releasing_nothing(run_batch)
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.weigh, self.max_work = weigh, max_work
-        self._q: queue.Queue[_Submission[T, R] | None] = queue.Queue()
+        # submissions not in a batch yet, the running batches' lanes by number, and the close: one
+        # condition, as a submission, a batch's end and the close each may let a batch start
+        self._pending: deque[_Submission[T, R]] = deque()
+        self._running: dict[int, frozenset[str]] = {}
+        self._cond, self._started, self._closed = threading.Condition(), 0, False
         self._waiting, self._count_lock = 0, threading.Lock()  # items queued, not yet taken into a batch
-        self._held: _Submission[T, R] | None = None  # taken, but past the last batch's limits: opens the next
-        self._closed, self._open_lock = False, threading.Lock()  # a submit queues before the stop, or not at all
         self.batch_sizes: deque[int] = deque(maxlen=RECENT_BATCHES)  # the newest executed batches' sizes
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -102,12 +104,13 @@ class BatchingWindow(Generic[T, R]):
         return sub.future
 
     def _queued(self, sub: _Submission[T, R]) -> bool:
-        """Queue `sub` unless the window is closed (checked with the put, as one step against `close`)."""
-        with self._open_lock:
+        """Queue `sub` unless the window is closed (checked with the append, as one step against `close`)."""
+        with self._cond:
             if self._closed:
                 return False
             self._counted(len(sub.items))
-            self._q.put(sub)
+            self._pending.append(sub)
+            self._cond.notify_all()
             return True
 
     def _lanes_of(self, subs: Sequence[_Submission[T, R]]) -> frozenset[str]:
@@ -119,7 +122,7 @@ class BatchingWindow(Generic[T, R]):
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting those in running batches)."""
-        return self._q.qsize() + (self._held is not None)
+        return len(self._pending)
 
     def waiting(self) -> int:
         """Items waiting for a batch (not counting those in running batches)."""
@@ -131,40 +134,73 @@ class BatchingWindow(Generic[T, R]):
 
     def close(self) -> None:
         """Stop taking submissions; wait (bounded) for those already queued to run."""
-        with self._open_lock:
-            if not self._closed:
-                self._closed = True
-                self._q.put(None)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join(timeout=CLOSE_WAIT_S)
 
     def _loop(self) -> None:
-        while (first := self._take()) is not None:
-            self._held = first  # still waiting (`depth`) until its devices are free
-            self._wait_for_room(first)
-            self._held = None
-            batch, closing = self._gather(first)
-            self._start(batch)
-            if closing:
-                break
-        with self._room:  # closing: what was submitted before it still runs
-            self._room.wait_for(lambda: not self._running)
+        while (batch := self._take()) is not None:
+            self._start(*batch)
+        with self._cond:  # closing: what was submitted before it still runs
+            self._cond.wait_for(lambda: not self._running)
 
-    def _wait_for_room(self, first: _Submission[T, R]) -> None:
-        """Until no running batch holds one of `first`'s devices and fewer than `max_running` run."""
-        with self._room:
-            self._room.wait_for(lambda: len(self._running) < self.max_running and not self._taken(first))
-
-    def _taken(self, sub: _Submission[T, R]) -> bool:
-        """Whether a running batch holds one of `sub`'s devices (the caller holds `_room`)."""
-        lanes = self._lanes_of([sub])
-        return any(lanes & held for held in self._running.values())
-
-    def _start(self, batch: list[_Submission[T, R]]) -> None:
-        """Run the batch on a thread of its own, its lanes held until it ends."""
-        with self._room:
+    def _take(self) -> tuple[int, list[_Submission[T, R]]] | None:
+        """The next batch, its lanes held; None once closed with nothing left to run. It begins
+        with the first submission whose devices are free, and takes the ones queued after it
+        while they fit and theirs are free too (`_gather`)."""
+        with self._cond:
+            while (found := self._startable()) is None:
+                if self._closed and not self._pending:
+                    return None
+                self._cond.wait()
+            at, busy = found
+            batch = self._gather(at, busy)
             self._started += 1
-            number = self._started
-            self._running[number] = self._lanes_of(batch)
+            self._running[self._started] = self._lanes_of(batch)
+            return self._started, batch
+
+    def _startable(self) -> tuple[int, set[str]] | None:
+        """The place of the first submission that can start now, and the devices the ones after it
+        may not take (running batches', and those each earlier waiting one waits for: a later one
+        never takes a device before one waiting for it, so none waits for good). The caller holds
+        `_cond`; it looks at the first LOOKAHEAD, as each look reads every one's lanes."""
+        if len(self._running) >= self.max_running:
+            return None
+        busy: set[str] = set().union(*self._running.values())
+        for at, sub in enumerate(itertools.islice(self._pending, LOOKAHEAD)):
+            lanes = self._lanes_of([sub])
+            if not lanes & busy:
+                return at, busy
+            busy |= lanes
+        return None
+
+    def _gather(self, at: int, busy: set[str]) -> list[_Submission[T, R]]:
+        """From the submission at `at`, take those queued after it until the batch is full, the next
+        would overfill it or waits for a device (either opens a later batch), or the window since
+        the first has passed (the caller holds `_cond`; waiting for the window lets go of it)."""
+        first = self._pending[at]
+        del self._pending[at]
+        batch, size, work = [first], len(first.items), self._work(first)
+        deadline = first.arrived + self.max_wait_s  # not from now: it may have queued behind a batch
+        while size < self.max_batch and work < self.max_work:
+            if at == len(self._pending):  # none queued after it: wait out the window (arrivals notify)
+                left = deadline - self._clock()
+                if self._closed or self.max_wait_s <= 0 or left <= 0:
+                    break
+                self._cond.wait(left)
+                continue
+            nxt = self._pending[at]
+            grown = size + len(nxt.items), work + self._work(nxt)
+            if grown[0] > self.max_batch or grown[1] > self.max_work or self._lanes_of([nxt]) & busy:
+                break
+            del self._pending[at]
+            batch.append(nxt)
+            size, work = grown
+        return batch
+
+    def _start(self, number: int, batch: list[_Submission[T, R]]) -> None:
+        """Run the batch on a thread of its own, its lanes held (`_take`) until it ends."""
         threading.Thread(target=self._run_held, args=(number, batch), name=f"{self._thread.name}-{number}",
                          daemon=True).start()
 
@@ -172,49 +208,12 @@ class BatchingWindow(Generic[T, R]):
         try:
             self._execute(batch)
         finally:
-            with self._room:
+            with self._cond:
                 del self._running[number]
-                self._room.notify_all()
-
-    def _take(self) -> _Submission[T, R] | None:
-        """The next batch's first submission: the one the last batch had no room for, else the queue's next."""
-        held, self._held = self._held, None
-        return held if held is not None else self._q.get()
-
-    def _gather(self, first: _Submission[T, R]) -> tuple[list[_Submission[T, R]], bool]:
-        """Take submissions until the batch is full, the next would overfill it (it opens the next
-        batch instead), or the window since `first` has passed."""
-        batch, size, work = [first], len(first.items), self._work(first)
-        deadline = first.arrived + self.max_wait_s  # not from now: it may have queued behind a batch
-        while size < self.max_batch and work < self.max_work:
-            try:
-                nxt = self._next(deadline)
-            except queue.Empty:
-                break
-            if nxt is None:
-                return batch, True
-            grown = size + len(nxt.items), work + self._work(nxt)
-            if grown[0] > self.max_batch or grown[1] > self.max_work or self._busy(nxt):
-                self._held = nxt  # too big for this batch, or its devices are busy: it opens the next
-                break
-            batch.append(nxt)
-            size, work = grown
-        return batch, False
-
-    def _busy(self, sub: _Submission[T, R]) -> bool:
-        with self._room:
-            return self._taken(sub)
+                self._cond.notify_all()
 
     def _work(self, sub: _Submission[T, R]) -> float:
         return sum(map(self.weigh, sub.items)) if self.weigh else 0.0
-
-    def _next(self, deadline: float) -> _Submission[T, R] | None:
-        """The next submission before `deadline`; past it (or with no wait), only one already
-        queued: what queued while the last batch ran still joins, as with no wait at all."""
-        left = deadline - self._clock()
-        if self.max_wait_s <= 0 or left <= 0:
-            return self._q.get_nowait()
-        return self._q.get(timeout=left)
 
     def _execute(self, batch: list[_Submission[T, R]]) -> None:
         items = [x for sub in batch for x in sub.items]

@@ -112,3 +112,32 @@ def test_close_waits_for_every_running_batch() -> None:
     run.release.set()
     closer.join(WAIT_S)
     assert not closer.is_alive() and [f.result(0) for f in futures] == [["GPU0:HOLD"], ["GPU1:HOLD"]]
+
+
+def test_a_submission_whose_devices_are_free_starts_ahead_of_one_waiting_for_its_own() -> None:
+    """A /v1/batches chunk for the busy CPU held a chat to another server queued after it."""
+    run = Runner()
+    w = window(run, max_batch=1)
+    held = w.submit(["cpu:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    waiting, far = w.submit(["cpu:chunk"]), w.submit(["-:chat"])
+    assert far.result(WAIT_S) == ["-:CHAT"] and not waiting.done()
+    run.release.set()
+    assert waiting.result(WAIT_S) == ["CPU:CHUNK"] and held.done()
+    w.close()
+
+
+def test_nothing_starts_on_a_device_an_earlier_submission_waits_for() -> None:
+    """Else one needing two devices could wait for good while batches on either came and went."""
+    run = Runner()
+    w = window(run, max_batch=1)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    both = w.submit(["gpu0:x", "gpu1:y"])  # waits for gpu0
+    later = w.submit(["gpu1:z"])  # gpu1 is free, but `both` waits for it
+    with pytest.raises(TimeoutError):
+        later.result(timeout=0.5)
+    run.release.set()
+    assert both.result(WAIT_S) == ["GPU0:X", "GPU1:Y"] and later.result(WAIT_S) == ["GPU1:Z"] and held.done()
+    assert run.batches[1:] == [["gpu0:x", "gpu1:y"], ["gpu1:z"]]
+    w.close()
