@@ -52,7 +52,9 @@ class PoolSnapshot:
         specs = [(n, self.experts[n]) for n in names if n in self.experts]
         return frozenset(self.worker_of(n, default) for n, spec in specs if not traits(spec.base).served_elsewhere)
 
-    def served_elsewhere(self, default: str) -> dict[str, tuple[str, BaseModelSpec]]:
-        """The pool's models served elsewhere, by key: the worker each is called through, and the model."""
-        return {spec.base.key: (self.worker_of(n, default), spec.base) for n, spec in self.experts.items()
-                if traits(spec.base).served_elsewhere}
+    def served_elsewhere(self, default: str) -> list[tuple[str, BaseModelSpec]]:
+        """The pool's models served elsewhere, each with a worker it is called through (each worker
+        an expert over it is placed on: placement is per expert), once each."""
+        pairs = {(self.worker_of(n, default), spec.base.key): spec.base for n, spec in self.experts.items()
+                 if traits(spec.base).served_elsewhere}
+        return [(worker, base) for (worker, _), base in sorted(pairs.items())]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +43,9 @@ class Fleet:
         self.default = next(iter(self.workers))
         # work on models served elsewhere (`Dispatch._elsewhere`), every batch's: batches on other
         # workers run at once, and each call is one a worker actor answers on one of its threads
+        # Never shut down: a batch outliving the window's bounded close still sends its calls here.
         self.elsewhere = ThreadPoolExecutor(ELSEWHERE_THREADS, thread_name_prefix="elsewhere")
+        self._shut = threading.Event()  # `shutdown` was called: nothing more is loaded at start
 
     def __getitem__(self, name: str) -> DeviceWorker:
         return self.workers[name]
@@ -86,12 +88,15 @@ class Fleet:
         run.wait()
         return out
 
-    def connect_elsewhere(self, models: Mapping[str, tuple[str, BaseModelSpec]]) -> None:
-        """Load these models served elsewhere (key → worker and model: their clients) on a thread
-        of their own: a load takes its worker's device lock, and the first chat to one after a
-        start waited out a local generation for it. One not reachable now loads on first use."""
+    def connect_elsewhere(self, models: Collection[tuple[str, BaseModelSpec]]) -> None:
+        """Load these models served elsewhere (each on a worker: their clients), one after another
+        on a thread of their own: a load takes its worker's device lock, and the first chat to one
+        after a start waited out a local generation for it. One not reachable now loads on first
+        use; none loads once the fleet is shut down (it would stay loaded, its worker gone)."""
         def connect() -> None:
-            for worker, base in models.values():
+            for worker, base in models:
+                if self._shut.is_set():
+                    return
                 try:
                     self[worker].ensure_loaded(base)
                 except Exception as exc:  # its server is down: its first query finds out and says so
@@ -102,7 +107,7 @@ class Fleet:
 
     def shutdown(self) -> None:
         """Unload every worker's models; one that cannot be reached keeps the others' going."""
-        self.elsewhere.shutdown(wait=False)
+        self._shut.set()
         for name, w in self.workers.items():
             try:
                 w.shutdown()

@@ -30,7 +30,7 @@ Closing runs what was submitted before the close; a submission after it fails at
 
 from __future__ import annotations
 
-import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -42,6 +42,8 @@ from typing import Generic, TypeVar
 
 from orchestrator.probe import NULL_PROBE, Probe
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 R = TypeVar("R")
 Release = Callable[[int, R], None]  # (an item's place in the batch, its result), before the batch returns
@@ -49,8 +51,8 @@ RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metric
 CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before it
 MAX_RUNNING = 8  # batches at once on disjoint lanes: those on no device each hold a pool of threads
 ONE_LANE = frozenset({""})  # without `lanes`, every batch takes this one: they run in turn
+EVERY = "*"  # a lane that meets every other: a submission whose devices could not be read
 Lanes = Callable[[T], Collection[str]]  # the devices an item's batch generates on
-LOOKAHEAD = 64  # queued submissions a batch may start ahead of (`_startable`)
 
 
 class WindowClosed(RuntimeError):
@@ -62,6 +64,7 @@ class _Submission(Generic[T, R]):
     items: list[T]
     arrived: float  # on the window's clock: a batch's window runs from its first query's arrival
     future: Future[list[R]] = field(default_factory=Future)
+    lanes: frozenset[str] | None = None  # its devices when last read (`_startable`), while it waits
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,15 @@ class BatchingWindow(Generic[T, R]):
 
     def _lanes_of(self, subs: Sequence[_Submission[T, R]]) -> frozenset[str]:
         """The devices the submissions take, read now, as the batch starts: an expert placed
-        on another worker since they were submitted runs there."""
+        on another worker since they were submitted runs there. A read that raises must not end
+        the window's thread (every query after it would wait for good): they take the one lane."""
         if self._lanes is None:
             return ONE_LANE
-        return frozenset(lane for sub in subs for item in sub.items for lane in self._lanes(item))
+        try:
+            return frozenset(lane for sub in subs for item in sub.items for lane in self._lanes(item))
+        except Exception:
+            log.exception("reading a submission's devices failed; it runs as if it needed every one")
+            return frozenset({EVERY})
 
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting those in running batches)."""
@@ -154,33 +162,36 @@ class BatchingWindow(Generic[T, R]):
                 if self._closed and not self._pending:
                     return None
                 self._cond.wait()
-            at, busy = found
-            batch = self._gather(at, busy)
+            batch, lanes = self._gather(*found)
             self._started += 1
-            self._running[self._started] = self._lanes_of(batch)
+            self._running[self._started] = lanes
             return self._started, batch
 
     def _startable(self) -> tuple[int, set[str]] | None:
         """The place of the first submission that can start now, and the devices the ones after it
         may not take (running batches', and those each earlier waiting one waits for: a later one
         never takes a device before one waiting for it, so none waits for good). The caller holds
-        `_cond`; it looks at the first LOOKAHEAD, as each look reads every one's lanes."""
+        `_cond`. A waiting one's devices are read again only once those last read are free (each
+        look would otherwise read every queued query's): the one that starts is read as it does."""
         if len(self._running) >= self.max_running:
             return None
         busy: set[str] = set().union(*self._running.values())
-        for at, sub in enumerate(itertools.islice(self._pending, LOOKAHEAD)):
-            lanes = self._lanes_of([sub])
-            if not lanes & busy:
+        for at, sub in enumerate(self._pending):
+            if sub.lanes is None or not _meet(sub.lanes, busy):
+                sub.lanes = self._lanes_of([sub])
+            if not _meet(sub.lanes, busy):
                 return at, busy
-            busy |= lanes
+            busy |= sub.lanes
         return None
 
-    def _gather(self, at: int, busy: set[str]) -> list[_Submission[T, R]]:
+    def _gather(self, at: int, busy: set[str]) -> tuple[list[_Submission[T, R]], frozenset[str]]:
         """From the submission at `at`, take those queued after it until the batch is full, the next
         would overfill it or waits for a device (either opens a later batch), or the window since
-        the first has passed (the caller holds `_cond`; waiting for the window lets go of it)."""
+        the first has passed (the caller holds `_cond`; waiting for the window lets go of it).
+        The batch, and the devices it takes."""
         first = self._pending[at]
         del self._pending[at]
+        lanes = first.lanes or frozenset()
         batch, size, work = [first], len(first.items), self._work(first)
         deadline = first.arrived + self.max_wait_s  # not from now: it may have queued behind a batch
         while size < self.max_batch and work < self.max_work:
@@ -192,12 +203,15 @@ class BatchingWindow(Generic[T, R]):
                 continue
             nxt = self._pending[at]
             grown = size + len(nxt.items), work + self._work(nxt)
-            if grown[0] > self.max_batch or grown[1] > self.max_work or self._lanes_of([nxt]) & busy:
+            if grown[0] > self.max_batch or grown[1] > self.max_work:
+                break
+            nxt.lanes = self._lanes_of([nxt])
+            if _meet(nxt.lanes, busy):
                 break
             del self._pending[at]
             batch.append(nxt)
-            size, work = grown
-        return batch
+            size, work, lanes = *grown, lanes | nxt.lanes
+        return batch, lanes
 
     def _start(self, number: int, batch: list[_Submission[T, R]]) -> None:
         """Run the batch on a thread of its own, its lanes held (`_take`) until it ends."""
@@ -227,6 +241,13 @@ class BatchingWindow(Generic[T, R]):
             resolving.fail(exc)
             return
         resolving.resolve(results)
+
+
+def _meet(lanes: Collection[str], busy: Collection[str]) -> bool:
+    """Whether `lanes` share a device with `busy` (one of them `EVERY`: any device at all)."""
+    if not lanes or not busy:
+        return False
+    return EVERY in lanes or EVERY in busy or not set(lanes).isdisjoint(busy)
 
 
 def _releasing_nothing(run_batch: Callable[[list[T]], list[R]]) -> Callable[[list[T], Release[R]], list[R]]:

@@ -259,3 +259,13 @@ def test_work_elsewhere_is_bounded_across_batches() -> None:
         run.wait()
     fleet.shutdown()
     assert count["most"] == ELSEWHERE_THREADS
+
+
+def test_a_batch_outliving_the_fleet_s_shutdown_still_sends_its_calls_elsewhere() -> None:
+    """A close shuts the fleet down after the window's bounded wait; a batch still running then
+    raised out of its submit ("cannot schedule new futures after shutdown") and left its device
+    threads waiting for good."""
+    fleet = Fleet({"cpu": DeviceWorker()})
+    fleet.shutdown()
+    out = fleet.execute({"cpu": [job("x", remote("http://127.0.0.1:9/v1", "m"))]})
+    assert out["x"].error is not None  # its own reply: nothing listens there

@@ -141,3 +141,37 @@ def test_nothing_starts_on_a_device_an_earlier_submission_waits_for() -> None:
     assert both.result(WAIT_S) == ["GPU0:X", "GPU1:Y"] and later.result(WAIT_S) == ["GPU1:Z"] and held.done()
     assert run.batches[1:] == [["gpu0:x", "gpu1:y"], ["gpu1:z"]]
     w.close()
+
+
+def test_a_submission_whose_devices_cannot_be_read_runs_alone_and_the_window_goes_on() -> None:
+    """Read on the window's thread: one raise ended it, and every query after it waited for good."""
+    run, broken = Runner(), {"bad"}
+
+    def fragile(item: str) -> Collection[str]:
+        if item.split(":")[1] in broken:
+            raise KeyError("expert gone from the snapshot")
+        return lanes(item)
+
+    w: BatchingWindow[str, str] = BatchingWindow(run, max_batch=1, max_wait_s=0, lanes=fragile)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    bad, after = w.submit(["gpu1:bad"]), w.submit(["-:far"])
+    with pytest.raises(TimeoutError):
+        bad.result(timeout=0.5)  # it may need gpu0: it waits for every running batch
+    assert after.result(WAIT_S) == ["-:FAR"]  # a batch on no device still runs beside
+    run.release.set()
+    assert bad.result(WAIT_S) == ["GPU1:BAD"] and held.done()
+    assert w.submit(["gpu1:ok"]).result(WAIT_S) == ["GPU1:OK"]
+    w.close()
+
+
+def test_a_free_submission_starts_ahead_of_any_number_waiting() -> None:
+    run = Runner()
+    w = window(run, max_batch=1)
+    held = w.submit(["cpu:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    waiting = [w.submit([f"cpu:{i}"]) for i in range(100)]
+    assert w.submit(["-:chat"]).result(WAIT_S) == ["-:CHAT"] and not any(f.done() for f in waiting)
+    run.release.set()
+    assert all(f.result(WAIT_S) for f in waiting) and held.done()
+    w.close()
