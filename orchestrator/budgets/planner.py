@@ -274,7 +274,7 @@ class BudgetPlanner:
             where = pool.site(s.name)
             cost = self.cost(spec, _prompt_tokens(spec, text), output, where)
             cands.append(Candidate(s.name, quality[s.name], cost.latency_s, cost.energy_j, where.slot))
-        # the solver keeps the first of equally good subsets: offer the cheaper expert first
+        # of equally good subsets the solver keeps the smaller, then cheaper, then the first: best first
         return sorted(cands, key=lambda c: (-c.quality, c.latency_s, c.energy_j, c.name))
 
     def cost(self, spec: ExpertSpec, prompt_tokens: int, output_tokens: int, where: Site | None = None

@@ -10,8 +10,9 @@ machine's CPU, that is the plain sum, which is what a wall clock measures). `sol
     max Q(S)  s.t.  latency(S) <= L,  energy(S) <= E,  1 <= |S| <= k_max
 
 by branch and bound over boxes of {0,1}^N (`_search`, whose docstring says why the
-answer is exact). `brute_force` enumerates every subset; the tests and `bench/budgets.py`
-hold the two equal.
+answer is exact). Of subsets equally good (within 1e-12) the one with fewer members wins, then
+the faster, then the less energy-hungry: a member that adds no predicted quality is left out.
+`brute_force` enumerates every subset; the tests and `bench/budgets.py` hold the two equal.
 
 Before the search, the structure of the latency constraint is used: it is a max, so an expert
 whose own cost breaks a budget can never be chosen, and one with l_i + aggL(2) > L (or
@@ -52,7 +53,7 @@ from orchestrator.budgets._quality import (
     weighted_vote_above,
     weighted_vote_profile,
 )
-from orchestrator.budgets._search import BoxSearch, QualityModel
+from orchestrator.budgets._search import TOL, BoxSearch, Key, QualityModel, outranks, subset_key
 from orchestrator.domain import QueryError, milliseconds
 
 Costs = tuple[list[float], list[float]]  # each candidate's latency and energy, alone
@@ -278,18 +279,21 @@ def _incumbent(
     singles: Sequence[int], pool: Sequence[int],
     costs: tuple[Sequence[float], Sequence[float], Groups], lim: Limits, model: QualityModel,
 ) -> tuple[tuple[int, ...], float]:
-    """Seed: the best single expert, or a greedy pass (best q first) if that scores higher."""
+    """Seed: the best single expert, or a greedy pass (best q first) if that outranks it."""
     lat, en, groups = costs
-    best = max(singles, key=lambda i: (model.value((i,)), -i))
-    seed: tuple[int, ...] = (best,)
-    value = model.value(seed)
     chosen: list[int] = []
     for i in pool:
         if limits_feasible((*chosen, i), lat, en, lim, groups):
             chosen.append(i)
-    if chosen and model.value(chosen) > value:
-        seed, value = tuple(chosen), model.value(chosen)
-    return seed, value
+    def key(members: tuple[int, ...]) -> Key:
+        return subset_key(members, lat, en, lim, groups)
+
+    best: tuple[tuple[int, ...], float] = ((), -math.inf)
+    for members in [(i,) for i in singles] + ([tuple(chosen)] if chosen else []):
+        value = model.value(members)
+        if outranks(value, key(members), (best[1], key(best[0]))):
+            best = members, value  # an equally good greedy set must also be smaller or cheaper
+    return best
 
 
 def brute_force(
@@ -298,18 +302,19 @@ def brute_force(
     quality: QualitySpec = "noisy_or",
     aggregation: AggregationModel | None = None,
 ) -> BudgetDecision:
-    """Reference: score every feasible subset of size 1..k_max (exponential; tests only)."""
+    """Reference: score every feasible subset of size 1..k_max (exponential; tests only); of
+    the subsets within TOL of the best Q the smaller, then cheaper, one wins (`subset_key`)."""
     agg, lim, model, (lat, en) = _problem(candidates, budget, quality, aggregation)
     groups = _groups(candidates)
-    best: tuple[int, ...] | None = None
-    best_value, seen = -math.inf, 0
+    scored, seen = [], 0
     for m in range(1, lim.k_max + 1):
         for members in itertools.combinations(range(len(candidates)), m):
             seen += 1
             if limits_feasible(members, lat, en, lim, groups):
-                v = model.value(members)
-                if v > best_value:
-                    best, best_value = members, v
-    if best is None:
+                scored.append((model.value(members), members))
+    if not scored:
         raise _infeasible(candidates, budget)
-    return _decision(candidates, best, best_value, agg, seen, "brute_force")
+    top = max(v for v, _ in scored)
+    value, best = min(((v, s) for v, s in scored if v >= top - TOL),
+                      key=lambda vs: subset_key(vs[1], lat, en, lim, groups))
+    return _decision(candidates, best, value, agg, seen, "brute_force")

@@ -246,6 +246,16 @@ def test_an_expert_below_chance_is_not_added_beside_one_above_it() -> None:
     assert len(planner.plan(pool, "What is 17*23?", near, loose, 3, TOKENS).chosen) == 3  # two agreeing outvote one
 
 
+
+def test_an_expert_below_chance_is_not_added_beside_three_above_it() -> None:
+    """With k=4 and a loose budget the below-chance expert fits beside three above it, but its
+    vote moves nothing: the plan of the three is as good and cheaper, so it wins."""
+    experts = {n: spec(n, f"/{n}.gguf", params_b=b) for n, b in (("a", 1.5), ("b", 1.5), ("c", 1.5), ("tiny", 0.135))}
+    pool, planner = PoolView(experts, "a", calibrated=True, aggregation="auto"), BudgetPlanner()
+    scores = [knn("a", 0.6), knn("b", 0.55), knn("c", 0.55), knn("tiny", 0.125)]  # chance: 1/4
+    plan = planner.plan(pool, "What is 17*23?", scores, QueryBudget(latency_s=600.0, energy_j=1e5), 4, TOKENS)
+    assert plan.chosen == ("a", "b", "c")
+
 @pytest.mark.parametrize("device", ["local-cpu", "rtx4090-workstation", "jetson-agx-orin"])
 def test_a_model_on_a_single_device_is_costed_on_that_device_alone(device: str) -> None:
     """No tensor-parallel discount where the profile is one device: a 14B on the CPU used to be

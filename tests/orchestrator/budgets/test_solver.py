@@ -78,6 +78,8 @@ def assert_same_optimum(cands: list[Candidate], budget: Budget, agg: Aggregation
         return
     got = solve(cands, budget, quality, agg)  # type: ignore[arg-type]
     assert got.quality == pytest.approx(expected.quality, abs=1e-9)
+    # the same tie rule: of equally good subsets the smaller, then cheaper, one
+    assert got.indices == expected.indices
     assert 1 <= len(got.chosen) <= budget.k_max
     assert got.latency_s <= (budget.latency_s if budget.latency_s is not None else math.inf)
     assert got.energy_j <= (budget.energy_j if budget.energy_j is not None else math.inf)
@@ -155,6 +157,28 @@ def test_all_ties_pick_k_max_experts() -> None:
     assert len(got.chosen) == 3  # energy allows three of the identical experts
     assert got.quality == pytest.approx(1 - 0.4**3)
 
+
+def test_a_member_that_adds_no_quality_is_left_out() -> None:
+    """Equal predicted quality: the smaller subset wins, then the cheaper one of that size."""
+    cands = [Candidate("a", 0.6, 1.0, 1.0), Candidate("zero", 0.0, 0.1, 0.1), Candidate("b", 0.6, 1.0, 1.0)]
+    assert solve(cands, Budget(k_max=3)).chosen == ("a", "b")
+    below = solve(cands[:1] + [Candidate("low", 0.1, 0.1, 0.1)], Budget(k_max=2), weighted_vote_above([0.6, 0.1], 0.25))
+    assert below.chosen == ("a",)
+    same = [Candidate("dear", 1.0, 1.0, 9.0), Candidate("cheap", 1.0, 1.0, 2.0), Candidate("c", 0.5, 0.5, 1.0)]
+    assert solve(same, Budget(k_max=3)).chosen == ("cheap",)  # 1.0 alone: nothing to add
+
+
+def test_ties_everywhere_still_equal_brute_force() -> None:
+    """Qualities drawn from a few values (0 and 1 among them) make many subsets equally good."""
+    rng = random.Random(21)
+    for _ in range(300):
+        n = rng.randint(1, 8)
+        cands = [Candidate(f"t{i}", rng.choice([0.0, 0.25, 0.5, 0.6, 1.0]), rng.choice([0.5, 1.0, 2.0]),
+                           rng.choice([0.0, 1.0, 2.0]), rng.choice([None, "a"])) for i in range(n)]
+        budget = Budget(rng.choice([None, 2.0, 4.0]), rng.choice([None, 2.0, 5.0]), rng.randint(1, 6))
+        agg = AggregationCost(rng.choice([0.0, 0.5]), 0.0, rng.choice([0.0, 0.5]), 0.0)
+        quality = rng.choice(["noisy_or", "weighted_vote", weighted_vote_above([c.quality for c in cands], 0.25)])
+        assert_same_optimum(cands, budget, agg, quality)
 
 def test_best_pair_breaks_the_energy_budget() -> None:
     # A+B would be best (0.98) but needs 18 J; A+C fits 13 J and beats A alone or B+C.
