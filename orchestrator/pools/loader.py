@@ -62,11 +62,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged, may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not _hashable(key):  # `? [a, b]` or `{[a]: 1}`: the membership test below would raise TypeError
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, not a "
+                                                        f"{type(key).__name__}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _hashable(key: object) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
 
 
 def _mapping(document: object) -> object:

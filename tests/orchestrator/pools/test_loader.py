@@ -136,10 +136,15 @@ def test_questions_with_the_same_text_land_on_the_same_side_of_every_split(tmp_p
     ("", "not nothing"),
     ("[]\n", "not list"),
     ("0\n", "not int"),
+    ("? [a, b]\n: 1\n", "line 1, column 3: a key must be a plain value, not a list"),
+    ("{[a]: 1}\n", "line 1, column 2: a key must be a plain value, not a list"),
+    ("experts:\n  - {name: a, base: {kind: mock, source: s}, {x: 1}: 2}\n",
+     "line 2, column 46: a key must be a plain value, not a dict"),
 ])
 def test_a_pool_file_is_one_mapping_with_each_key_once(tmp_path: Path, text: str, problem: str) -> None:
     """A start syncs the store to the file: a second `experts:` block (YAML keeps the last) or a
-    file that is not a mapping at all (loaded as no experts) removed every expert it did not name."""
+    file that is not a mapping at all (loaded as no experts) removed every expert it did not name.
+    A list or mapping as a key escaped the check of keys given twice as a TypeError traceback."""
     path = tmp_path / "pool.yaml"
     path.write_text(text)
     with pytest.raises(PoolConfigError, match=f"invalid pool file {path}: .*{problem}"):
