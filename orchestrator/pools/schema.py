@@ -6,15 +6,18 @@ through `loader.load_pool_config`, the file) instead of a setting silently ignor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from experts.types import ExpertSpec, check_shown
 from orchestrator.aggregation.prompt import AggregationMode
 from orchestrator.domain import RecruitMode, not_reserved
+from skills.datasets import MMLU_SPLITS, load_mmlu
 
 
 class Strict(BaseModel):
@@ -22,10 +25,39 @@ class Strict(BaseModel):
 
 
 class MMLUSource(Strict):
+    """MMLU questions; the split and subjects are checked as the file is read (profiling read
+    them only at the start, and a typo failed it with a traceback naming no field)."""
+
     kind: Literal["mmlu"] = "mmlu"
     split: str = "validation"
     per_subject: int = Field(default=1, ge=1)
     subjects: list[str] | None = Field(default=None, min_length=1)  # None: all 57; [] would be none
+
+    @field_validator("split")
+    @classmethod
+    def _split_is_known(cls, split: str) -> str:
+        if split not in MMLU_SPLITS:
+            raise ValueError(f"unknown MMLU split {split!r}; choose one of {', '.join(MMLU_SPLITS)}")
+        return split
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects_exist(cls, subjects: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        split = info.data.get("split")  # absent when the split itself was refused
+        if subjects is not None and split is not None and (problem := _mmlu_problem(split, tuple(subjects))):
+            raise ValueError(problem)
+        return subjects
+
+
+@functools.cache
+def _mmlu_problem(split: str, subjects: tuple[str, ...]) -> str | None:
+    """What profiling's own loader says of these subjects, None when it takes them (cached: a
+    read of MMLU takes ~0.2 s, and a process validates the same pool more than once)."""
+    try:
+        load_mmlu(split, per_subject=1, subjects=subjects)
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: MMLU's package is not installed
+        return str(exc)
+    return None
 
 
 class MMLUProSource(Strict):
@@ -38,6 +70,17 @@ class MMLUProSource(Strict):
     split: Literal["all", "profiling", "test"] = "all"
     test_size: float = Field(default=0.5, gt=0.0, lt=1.0)
     split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_is_a_recording(self) -> MMLUProSource:
+        """Checked as profiling reads it: relative to the working directory, as given (a split
+        part is drawn from a recording folder; "all" reads a folder or a questions file)."""
+        path = Path(self.path)
+        if not (path.is_dir() if self.split != "all" else path.exists()):
+            what = "recording folder" if self.split != "all" else "recording folder or questions file"
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            raise ValueError(f"path: no {what} at {self.path!r}{where}")
+        return self
 
 
 class ArithmeticSource(Strict):

@@ -57,3 +57,32 @@ def test_a_server_url_with_credentials_is_refused_without_echoing_them(tmp_path:
     text = f"experts:\n  - {{name: alpha, {MOCK}}}\n  - {{name: far, base: {far}}}\n"
     why = refusal(tmp_path, text)
     assert "experts[1] (far).base.source: the server URL carries credentials" in why and "S3CRET" not in why
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    ("{kind: mmlu, split: valdation, subjects: [virology]}",
+     "validation.sources.0.mmlu.split: Value error, unknown MMLU split 'valdation'; choose one of validation, test"),
+    ("{kind: mmlu, subjects: [virology, virolgy]}",
+     "validation.sources.0.mmlu.subjects: Value error, no MMLU questions for subjects ['virolgy']"),
+    ("{kind: mmlu_pro, path: /nonexistent/replay, limit: 4}",
+     "validation.sources.0.mmlu_pro: Value error, path: no recording folder or questions file at '/nonexistent/"),
+], ids=["split", "subject", "mmlu_pro-path"])
+def test_a_validation_source_profiling_cannot_read_is_refused_naming_its_field(
+        tmp_path: Path, source: str, said: str) -> None:
+    """Each passed the file and failed the start with a traceback (a ValueError or a
+    FileNotFoundError out of profiling) naming no field."""
+    assert said in refusal(tmp_path, f"validation: {{sources: [{source}]}}\n")
+
+
+def test_a_relative_recording_path_is_read_from_the_working_directory_and_kept_as_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiling reads the path as given, from where the service runs: the check does the same
+    and rewrites nothing (the path is part of the profiling set's key)."""
+    (tmp_path / "runs" / "rec").mkdir(parents=True)
+    path = tmp_path / "pool.yaml"
+    path.write_text("validation: {sources: [{kind: mmlu_pro, path: rec, split: profiling}]}\n")
+    monkeypatch.chdir(tmp_path / "runs")
+    assert load_pool_config(path).validation.sources[0].path == "rec"  # type: ignore[union-attr]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PoolConfigError, match=f"path: no recording folder at 'rec' \\(relative to {tmp_path}\\)"):
+        load_pool_config(path)
