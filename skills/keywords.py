@@ -70,12 +70,14 @@ def read_reply(text: str, cut: bool = False) -> tuple[list[str], bool]:
 def _tails(text: str) -> list[str]:
     """The text after each marker, last first: markers opening a line before others (a "these
     keywords: …" mid-sentence is the model talking), and each one in turn where a later one gives
-    nothing (the prompt's format line "Keywords: <keyword1>, …" echoed after the list)."""
+    nothing (the prompt's format line "Keywords: <keyword1>, …" echoed after the list, or before
+    "I think the keywords are: …": the mid-sentence ones are still tried after the opening ones)."""
     markers = list(_MARKER.finditer(text))
     if not markers:
         return [text]
     opening = [m for m in markers if not text[text.rfind("\n", 0, m.start()) + 1 : m.start()].strip(_STRIP + _HEADING)]
-    return [text[m.end() :] for m in reversed(opening or markers)]
+    inside = [m for m in markers if m not in opening]
+    return [text[m.end() :] for m in [*reversed(opening), *reversed(inside)]]
 
 
 def _parsed(lines: list[str]) -> list[str]:

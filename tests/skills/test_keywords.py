@@ -9,6 +9,7 @@ from skills.keywords import (
     keyword_requests,
     keywords_from_generations,
     parse_keywords,
+    read_reply,
 )
 
 
@@ -39,6 +40,15 @@ def test_parse_reads_the_last_marker_that_gives_keywords_one_opening_a_line_firs
     assert parse_keywords("Sure! Keywords: optics, waves") == ["optics", "waves"]  # the only marker, mid-line
     assert parse_keywords("**Keywords:** a1, b2\n> Keywords: c3") == ["c3"]  # both open a line: the last
 
+
+
+def test_parse_tries_a_mid_sentence_marker_when_every_opening_one_gives_nothing() -> None:
+    """The prompt's format line echoed first, then the keywords after a mid-sentence marker: any
+    marker opening a line hid every mid-sentence one, and the reply read no keyword at all."""
+    said = "I think the keywords are: algebra, geometry"
+    assert parse_keywords("Keywords: <keyword1>, <keyword2>...\n" + said) == ["algebra", "geometry"]
+    assert read_reply("**Keywords:** <keyword1>\n\n" + said) == (["algebra", "geometry"], True)
+    assert parse_keywords("Keywords: optics\n" + said) == ["optics"]  # an opening one that gives wins
 
 def test_parse_drops_long_items_and_duplicates() -> None:
     text = "keywords: finance, a very long keyword that rambles on, finance, e.g. tax"
