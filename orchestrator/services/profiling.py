@@ -170,11 +170,24 @@ class ProfilingService:
                                "(see the pool file's validation.sources)")
         texts = [q.question for q in questions]
         embeddings = self.embedder.encode(texts)
-        skills = self._keywords(texts) if cfg.keyword_mode == "llm" else [
+        skills = self._keywords(texts) if cfg.keyword_mode == "llm" and self._reader_kept() else [
             [m.skill for m in ms] for ms in SkillVocabulary(SEED_SKILLS, self.embedder).nearest_for_embeddings(
                 texts, embeddings, cfg.skills_per_question)]
         return [(q.id, dataclasses.asdict(q), s, e.astype(np.float32).tobytes())
                 for q, s, e in zip(questions, skills, embeddings, strict=True)]
+
+    def _reader_kept(self) -> bool:
+        """Whether the keyword expert may read the set's keywords: one removed over the API stays
+        removed at a start, and was loaded again to read them. Its set falls back to the skills
+        nearest each question's embedding, as a live query's do (`pipeline.decide`)."""
+        name = self.config.validation.keyword_expert
+        with self.db.session() as s:
+            row = ExpertRepository(s).by_name(str(name))
+            removed = row is not None and row.status == "removed"
+        if removed:
+            log.warning("keyword_mode llm: the keyword expert %r was removed: the validation set's skills are "
+                        "the ones nearest each question's embedding", name)
+        return not removed
 
     def _keywords(self, texts: list[str]) -> list[list[str]]:
         """Symbolic-MoE's profiling skills: the keyword expert's agreed keywords per question.

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from experts.types import ExpertSpec, Generation
+from experts.backend import ExpertBackend
+from experts.mock import MockBackend
+from experts.types import BaseModelSpec, ExpertSpec, Generation
 from orchestrator.container import SkillRoute
+from orchestrator.pools.schema import PoolConfig, ValidationConfig
 from orchestrator.store.db import migrate
 from orchestrator.store.models import ValidationQuestion
 from orchestrator.store.repositories.experts import ExpertRepository
@@ -71,3 +75,46 @@ def test_a_validation_set_another_service_stored_meanwhile_is_read_back(
         assert [it.row_id for it in c.profiler.validation_set()] == stored
     finally:
         c.close()
+
+
+def _keyword_pool(samples: int) -> PoolConfig:
+    """A pool whose validation set's skills are read by its `reader` expert (llm mode)."""
+    experts = [mock_expert("alpha", "m1"), ExpertSpec(name="reader", base=BaseModelSpec(kind="mock", source="reader"))]
+    base = small_pool(experts)
+    v = ValidationConfig(sources=base.validation.sources, keyword_mode="llm", keyword_expert="reader",
+                         keyword_samples=samples)
+    return base.model_copy(update={"validation": v})
+
+
+def test_a_removed_keyword_expert_reads_no_new_set_and_its_skills_fall_back_with_a_warning(
+        tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture) -> None:
+    """Removed over the API, it stays removed at a start, but a changed validation section
+    loaded its model again and had it read every question's keywords, silently. Its set's
+    skills are now those nearest each question's embedding, as live queries fall back to."""
+    asked: list[str] = []
+
+    def factory(spec: BaseModelSpec) -> ExpertBackend:
+        if spec.source != "reader":
+            return mock_or_real(spec)
+        return MockBackend(spec.key, answer="Keywords: photosynthesis, chlorophyll",
+                           fault=lambda r: asked.append(r.request_id) or None)
+
+    c = SkillRoute(quiet_settings(tmp_path), _keyword_pool(3), factory=factory, embedder=embedder)
+    try:
+        c.start()
+        assert asked and all("photosynthesis" in it.skills for it in c.profiler.validation_set())
+        c.experts.remove(next(e.id for e in c.experts.all() if e.name == "reader"))
+    finally:
+        c.close()
+    asked.clear()
+    c = SkillRoute(quiet_settings(tmp_path), _keyword_pool(2), factory=factory, embedder=embedder)
+    try:
+        with caplog.at_level(logging.WARNING, logger="orchestrator.services.profiling"):
+            c.start()
+        items = c.profiler.validation_set()
+        assert {e.name: e.status for e in c.experts.all()} == {"alpha": "ready", "reader": "removed"}
+    finally:
+        c.close()
+    assert asked == []
+    assert all(it.skills and "photosynthesis" not in it.skills for it in items)
+    assert any("keyword expert 'reader' was removed" in r.getMessage() for r in caplog.records)
