@@ -24,6 +24,7 @@ from experts.backend import BackendError, ModelSourceError
 from experts.options import BackendOptions
 from experts.types import PACKAGE_PREFIX, BaseModelSpec, Generation, GenerationRequest, SamplingParams, finish_reason_of
 from experts.vllm_host import Conversation, EngineConfig, EngineOutput, WorkerEngine, WorkerProcess, vllm_python
+from experts.vllm_sleepers import SLEEPERS, Sleepers
 from experts.vllm_worker import gpu_engine_bytes
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin")
@@ -162,8 +163,10 @@ class VLLMBackend:
         dtype: str | None = None,
         background_loads: bool | None = None,
         options: BackendOptions | None = None,
+        sleepers: Sleepers = SLEEPERS,
     ):
         self.spec = spec
+        self.sleepers = sleepers  # the process's engines asleep, bounded (`experts.vllm_sleepers`)
         self.options = options or BackendOptions()
         self.base_model_key = spec.key
         self.loads = 0  # engines really started
@@ -230,25 +233,40 @@ class VLLMBackend:
                 self._engine.wake_up()
                 self._asleep = False
                 self.wakes += 1
+                self.sleepers.woke(self)
             elif self._engine is None:
                 self._engine = self._factory(self.engine_config())
                 self.loads += 1
 
     def unload(self) -> None:
-        """Sleep when the engine can (weights paged out); otherwise stop it, keeping its process."""
+        """Sleep when the engine can (weights paged out); otherwise stop it, keeping its process.
+        A sleep is told to the process's sleepers, which may stop the oldest ones (after this
+        backend's lock is let go: the stopping takes theirs)."""
         with self._lock:
-            if self._engine is not None and _dead(self._engine):
-                self._forget_dead_worker()  # its weights went with its process: nothing to page out
-                return
-            if self._engine is None or self._asleep:
-                return
-            if self._engine.sleep_mode:
-                self._engine.sleep(level=1)
-                self._asleep = True
-                self.sleeps += 1
-            else:
+            slept = self._unload()
+        if slept:
+            self.sleepers.slept(self, self._weights_bytes())
+
+    def _unload(self) -> bool:
+        """Whether the engine went to sleep."""
+        if self._engine is not None and _dead(self._engine):
+            self._forget_dead_worker()  # its weights went with its process: nothing to page out
+            return False
+        if self._engine is None or self._asleep:
+            return False
+        if self._engine.sleep_mode:
+            self._engine.sleep(level=1)
+            self._asleep, self.sleeps = True, self.sleeps + 1
+            return True
+        self._stop_engine()
+        self._recycle_if_grown()
+        return False
+
+    def stop_if_asleep(self) -> None:
+        """Stop the engine if it still sleeps (too many asleep: `Sleepers`), keeping its process."""
+        with self._lock:
+            if self._engine is not None and self._asleep:
                 self._stop_engine()
-                self._recycle_if_grown()
 
     def close(self) -> None:
         """Stop the engine for good, sleeping or not, and its process; the next load() starts anew."""
@@ -262,12 +280,14 @@ class VLLMBackend:
         """Drop an engine whose process died, and close that process (its process group, where
         a vLLM child may linger, and its log file), so the load that follows starts both anew."""
         self._engine, self._asleep = None, False
+        self.sleepers.woke(self)
         process, self._process = self._process, None
         if process is not None:
             process.close()
 
     def _stop_engine(self) -> None:
         engine, self._engine, self._asleep = self._engine, None, False
+        self.sleepers.woke(self)
         if engine is not None:
             engine.close()
 
