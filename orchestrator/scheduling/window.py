@@ -128,6 +128,14 @@ class BatchingWindow(Generic[T, R]):
             log.exception("reading a submission's devices failed; it runs as if it needed every one")
             return frozenset({EVERY})
 
+    def reread(self) -> None:
+        """Read every waiting submission's devices again (experts were placed anew: one waiting
+        for a busy worker may find its expert on an idle one now)."""
+        with self._cond:
+            for sub in self._pending:
+                sub.lanes = None
+            self._cond.notify_all()
+
     def depth(self) -> int:
         """Submissions waiting for a batch (not counting those in running batches)."""
         return len(self._pending)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -154,6 +154,7 @@ class PoolState:
         # as the store had it then (read, or deleted by one that replaced it), so `learn` skips it
         self._read_upto = 0
         self.refits = Refits(self._refit)  # behind the lesson that made one due: see there
+        self.moved: Callable[[], None] = lambda: None  # told when a shown snapshot places experts anew
 
     @property
     def snapshot(self) -> PoolSnapshot:
@@ -184,11 +185,15 @@ class PoolState:
         snap, ids, upto = self._build()
         with self._lock:
             missed = number > self._shown and max(self._lesson_ids, default=0) > upto
+            before = self._snapshot
             if number > self._shown:
                 self._snapshot, self._shown, self._since_fit, self._lesson_ids = snap, number, 0, ids
                 self._read_upto = upto
-            assert self._snapshot is not None
-            return self._snapshot, missed
+            shown = self._snapshot
+        assert shown is not None
+        if before is not None and shown is snap and before.placement != snap.placement:
+            self.moved()  # outside the lock: queries waiting for a worker may take another now
+        return shown, missed
 
     def _build(self) -> tuple[PoolSnapshot, list[int], int]:
         experts, evidence, skills, profiling, ids, upto = load_evidence(self.db, self.dataset, self.embedder)

@@ -54,6 +54,7 @@ class QueryService:
         self.window: BatchingWindow[Admitted, Query] = BatchingWindow(
             Releasing(self._run_items), batching.max_batch, batching.wait_ms / 1000, probe=probe, weigh=weigh,
             max_work=batching.max_batch_tokens, lanes=self._workers)
+        pool.moved = self.window.reread  # a query waiting for a busy worker may find its expert moved to a free one
         self.backlog = Backlog(self.window, batching.max_waiting)
         self.learner: LearningQueue[Taught] = LearningQueue(self._learn)
         self.running = InFlight()  # batches whose lessons are not handed to the learner yet

@@ -152,3 +152,24 @@ def test_a_batch_takes_the_worker_its_expert_is_on_when_it_starts(tmp_path: Path
         for event in gates.release.values():
             event.set()
         c.close()
+
+
+def test_a_query_waiting_for_a_busy_worker_starts_once_its_expert_moves_to_a_free_one(
+        tmp_path: Path, embedder: Embedder) -> None:
+    """Nothing woke the window on a move: it waited out the batch on the worker it left."""
+    gates = Gates()
+    workers = {n: DeviceWorker(n, 8 * 2**30, gates.factory) for n in ("w1", "w2")}
+    pinned = [mock_expert(n, f"m{n}").model_copy(update={"placement": ExpertPlacement(worker="w1")}) for n in "ac"]
+    c = SkillRoute(quiet_settings(tmp_path), voted(pinned), embedder=embedder, factory=gates.factory, workers=workers)
+    c.bootstrap()
+    try:
+        held = c.queries.submit([Ask(text="HOLD1 long", expert="c")])
+        assert gates.entered[1].wait(WAIT_S)
+        waiting = c.queries.submit([Ask(text="Short.", expert="a")])
+        a = next(e.id for e in c.experts.all(profiles=False) if e.name == "a")
+        c.experts.update(a, ExpertChange(spec={"placement": {"worker": "w2"}}))
+        assert waiting.result(timeout=WAIT_S)[0].status == "done" and not held.done()
+    finally:
+        for event in gates.release.values():
+            event.set()
+        c.close()
