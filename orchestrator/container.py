@@ -124,7 +124,7 @@ class SkillRoute:
 
     def _model_size(self, base: BaseModelSpec) -> int:
         """A base model's resident size, as the first worker's backend reads it (no load)."""
-        return self.fleet[self.fleet.default].backend(base).memory_bytes()
+        return self.fleet[self.fleet.default].size_of(base)
 
     def _profiled(self, spec: ExpertSpec, worker: str, replies: Sequence[Generation]) -> None:
         """A profiling run's replies teach the budgets what each model takes on this machine, so

@@ -114,6 +114,14 @@ class DeviceWorker:
         self._forgotten_loads += backend.loads
         _close(backend)
 
+    def size_of(self, base: BaseModelSpec) -> int:
+        """`base`'s resident size, read without the device lock (a generation holds it through a
+        chunk; placing a registration reads this): its backend's, else an unbuilt one's (no load)."""
+        built = self._backends.get(base.key)
+        if built is None or self._specs.get(base.key) != base:
+            built = self._factory(base)
+        return built.memory_bytes()
+
     def resident(self) -> set[str]:
         with self._records:
             return set(self._lru)
@@ -317,15 +325,13 @@ class DeviceWorker:
             return list(self.events)
 
     def residency_counts(self) -> dict[str, tuple[int, int]]:
-        """Base model key → (loads, unloads) since the worker started; copied under `_records`,
-        as a load on another thread would change the counts while they are read."""
+        """Base model key → (loads, unloads) ever; copied under `_records` (a load may run meanwhile)."""
         with self._records:
             counts = dict(self.event_counts)
         return {k: (counts.get(("load", k), 0), counts.get(("unload", k), 0)) for _, k in counts}
 
     def _settle(self, key: str) -> None:
-        """Finish a prefetch of `key` before anything else touches it; its failure is dropped
-        (an unload or shutdown does not care why a model never came in)."""
+        """Finish a prefetch of `key` before anything else touches it; its failure is dropped."""
         pending = self._loading.pop(key, None)
         if pending is not None and pending.exception() is None:
             self._adopt(key, pending.result())
@@ -344,8 +350,7 @@ class DeviceWorker:
         return self._backends.pop(key, None)
 
     def shutdown(self) -> None:
-        """Unload every model, and end whatever a backend keeps beside its weights (a vLLM
-        backend keeps its worker process warm between loads)."""
+        """Unload every model, and end what a backend keeps beside (a vLLM one's warm process)."""
         with self.lock:
             for key in [*self._loading, *self._lru]:
                 self.unload(key)

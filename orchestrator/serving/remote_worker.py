@@ -310,6 +310,9 @@ class RemoteWorker(DeviceWorker):
     def resident(self) -> set[str]:
         return set(self.ask("resident", timeout=READ_TIMEOUT_S))
 
+    def size_of(self, base: BaseModelSpec) -> int:
+        return int(self.ask("size_of", base, timeout=READ_TIMEOUT_S))
+
     def total_loads(self) -> int:
         return int(self.ask("total_loads", timeout=READ_TIMEOUT_S))
 

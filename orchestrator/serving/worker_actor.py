@@ -46,7 +46,7 @@ MAX_CONCURRENCY = 16
 CONTROL_GROUP, CONTROL_THREADS = "control", 4
 # The calls an actor answers, recorded with its settings: raised when a release adds calls (2:
 # the claims; 3: unload_if_free), so an actor a previous release made is made anew rather than refuse them.
-ACTOR_PROTOCOL = 3
+ACTOR_PROTOCOL = 4
 # Backend members a remote proxy may reach; everything else stays inside the actor.
 BACKEND_MEMBERS = frozenset({"validate", "is_loaded", "loads", "memory_bytes"})
 
@@ -87,6 +87,10 @@ class WorkerActor:
     @ray.method(concurrency_group=CONTROL_GROUP)
     def resident(self) -> set[str]:
         return self.worker.resident()
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def size_of(self, base: BaseModelSpec) -> int:
+        return self.worker.size_of(base)
 
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
                  protect: Collection[str] = ()) -> list[Generation]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 
 import pytest
 
@@ -56,3 +57,23 @@ def test_actor_class_answers_only_the_backend_members_a_proxy_needs():
     with pytest.raises(AttributeError):
         actor.backend_member(M1, "load")  # loading must go through the worker's budget
     assert actor.info()["device"] == "cpu" and actor_name("cpu") == "skillroute-worker-cpu"
+
+
+def test_a_size_read_loads_nothing_and_needs_no_device() -> None:
+    """A control call: placing a registration read sizes through the device lock, which a
+    generation holds through a whole chunk."""
+    actor = WorkerActor("cpu", 2**30, factory=mock_factory)
+    held, done = threading.Event(), threading.Event()
+
+    def generating() -> None:  # holds the device as a generation does
+        with actor.worker.lock:
+            held.set()
+            done.wait(30)
+
+    threading.Thread(target=generating, daemon=True).start()
+    assert held.wait(30)
+    try:
+        reads = [actor.size_of(M1), actor.size_of(M1)]  # on the device lock, this waited for `done`
+    finally:
+        done.set()
+    assert reads == [mock_factory(M1).memory_bytes()] * 2 and actor.resident() == set()
