@@ -120,6 +120,7 @@ class SkillRoute:
                            lambda: self.pool.snapshot.experts if self.startup.status.serving else None,
                            lambda: len(self.pool.snapshot.ready) if self.startup.status.serving else 0)
         self.metrics.watch_waiting(self.queries.waiting)  # the backlog 503 overloaded is decided on, in queries
+        self.metrics.watch_running(self.queries.window.running)  # at once only on disjoint workers
         self.metrics.watch_evidence(lambda: self.pool.evidence_counts() if self.startup.status.serving else {})
 
     def _model_size(self, base: BaseModelSpec) -> int:

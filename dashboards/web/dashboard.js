@@ -46,10 +46,11 @@ function laneLabels(lanes) {
 function renderStats(s) {
   const ready = s.pool.experts.filter((e) => e.status === "ready").length;
   const lastBatch = s.scheduling.batch_sizes.slice(-1)[0] ?? "–";
-  // the backlog in queries, as 503 overloaded counts it: a batch job's chunks not fed to the window yet too
+  // the backlog in queries, as 503 overloaded counts it: a batch job's chunks not fed to the window yet too;
+  // batches running now, more than one only where they share no worker
   const items = [["experts ready", ready], ["aggregator", s.pool.aggregator ?? "–"],
-    ["queries waiting", s.scheduling.queries_waiting], ["last batch", lastBatch],
-    ["decisions shown", s.decisions.length]];
+    ["queries waiting", s.scheduling.queries_waiting], ["batches running", s.scheduling.batches_running],
+    ["last batch", lastBatch], ["decisions shown", s.decisions.length]];
   document.getElementById("stats").replaceChildren(
     ...items.map(([k, v]) => el("span", { class: "stat", "data-stat": k }, `${k} `, el("b", {}, v))));
 }

@@ -71,9 +71,11 @@ class DashboardService:
         }
 
     def _scheduling(self) -> State:
-        """The backlog in queries; `queue_depth`, the window's submissions (one holds a whole request)."""
+        """The backlog in queries; `queue_depth`, the window's submissions (one holds a whole request);
+        `batches_running`, the window's batches running now (at once only on disjoint workers)."""
         waiting = self.waiting or self.window.waiting
         return {"queries_waiting": waiting(), "queue_depth": self.window.depth(),
+                "batches_running": self.window.running(),
                 "batch_sizes": list(self.window.batch_sizes)[-RECENT_BATCHES:]}
 
     def _timeline(self) -> State:

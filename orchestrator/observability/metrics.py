@@ -161,6 +161,8 @@ class Metrics(Probe):
                                      "in the batching window or held back as chunks not fed to it yet (batch jobs, "
                                      "recovery, adoption). Past SKILLROUTE_BATCHING__MAX_WAITING a request is a 503.",
                                      registry=r)
+        self.batches_running = Gauge("skillroute_batches_running", "Batches running now: at once only where they "
+                                     "share no worker.", registry=r)
         self.pool_experts = Gauge("skillroute_pool_experts", "Profiled experts the router can recruit.", registry=r)
 
     def _generation(self) -> None:
@@ -213,6 +215,10 @@ class Metrics(Probe):
     def watch_waiting(self, waiting: Callable[[], int]) -> None:
         """Read at scrape time: the queries accepted and not yet in a batch (`QueryService.waiting`)."""
         self.queries_waiting.set_function(lambda: float(waiting()))
+
+    def watch_running(self, running: Callable[[], int]) -> None:
+        """Read at scrape time: the batches running now (`BatchingWindow.running`)."""
+        self.batches_running.set_function(lambda: float(running()))
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(method, endpoint, str(status)).inc()

@@ -144,6 +144,11 @@ class BatchingWindow(Generic[T, R]):
         """Items waiting for a batch (not counting those in running batches)."""
         return self._waiting
 
+    def running(self) -> int:
+        """Batches running now: more than one only where they share no device (`lanes`)."""
+        with self._cond:
+            return len(self._running)
+
     def _counted(self, change: int) -> None:
         with self._count_lock:
             self._waiting += change

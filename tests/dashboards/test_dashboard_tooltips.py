@@ -34,7 +34,8 @@ def hostile_state(now: float) -> dict[str, Any]:
             "decisions": [decision], "recruitment": {"experts": [EXPERT], "times": [now], "shares": {EXPERT: [1.0]}},
             "timeline": {"now": now, "segments": [{"worker": "cpu", "model": MODEL, "start": now - 5, "end": None}],
                          "unavailable_workers": []},
-            "scheduling": {"queries_waiting": 0, "queue_depth": 0, "batch_sizes": [1]}, "budgets": {"queries": []},
+            "scheduling": {"queries_waiting": 0, "queue_depth": 0, "batches_running": 0, "batch_sizes": [1]},
+            "budgets": {"queries": []},
             "learning": {"lessons": {"competition": 0, "explore": 0, "feedback": 0}, "evidence": {EXPERT: 3},
                          "exploring": [EXPERT]}}
 

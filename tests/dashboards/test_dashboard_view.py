@@ -1,7 +1,7 @@
 """Headless Chromium: what the dashboard makes of a given state (routed in the browser,
 tests/browser/view.mjs). A residency lane per worker and whole model key, however alike two keys
 end; the workers that did not answer named, so a lost one does not pass for an idle one; the
-backlog in queries; the lessons the store holds, named as such."""
+backlog in queries and the batches running; the lessons the store holds, named as such."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def state(unavailable: dict[str, str]) -> dict[str, Any]:
                 for w, models in MODELS.items() for i, m in enumerate(models)]
     segments.insert(0, {**segments[0], "start": now - 90, "end": now - 80})
     return {**hostile_state(now), "timeline": {"now": now, "segments": segments, "unavailable_workers": unavailable},
-            "scheduling": {"queries_waiting": 468, "queue_depth": 0, "batch_sizes": [32]},
+            "scheduling": {"queries_waiting": 468, "queue_depth": 0, "batches_running": 3, "batch_sizes": [32]},
             "learning": {"lessons": {"competition": 0, "explore": 0, "feedback": 1}, "evidence": {}, "exploring": []}}
 
 
@@ -83,5 +83,5 @@ def test_unavailable_workers_are_named_and_the_header_and_learning_say_what_they
     shown = view(container, tmp_path, LOST)
     note = shown["unavailable"]
     assert note["visible"] and "edge-1" in note["text"] and LOST["edge-1"] in note["title"]
-    assert shown["stats"]["queries waiting"] == "468"
+    assert shown["stats"]["queries waiting"] == "468" and shown["stats"]["batches running"] == "3"
     assert shown["learning"].startswith("lessons held: 0 competition · 0 explore · 1 feedback")

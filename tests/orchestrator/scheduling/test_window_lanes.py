@@ -175,3 +175,17 @@ def test_a_free_submission_starts_ahead_of_any_number_waiting() -> None:
     run.release.set()
     assert all(f.result(WAIT_S) for f in waiting) and held.done()
     w.close()
+
+
+def test_running_counts_the_batches_running_at_once() -> None:
+    """What the dashboard and skillroute_batches_running read: two held batches on two devices."""
+    run = Runner()
+    w = window(run, max_batch=1)
+    assert w.running() == 0
+    futures = [w.submit(["gpu0:hold"]), w.submit(["gpu1:hold"])]
+    assert run.entered.acquire(timeout=WAIT_S) and run.entered.acquire(timeout=WAIT_S)
+    assert w.running() == 2 and run.running == 2
+    run.release.set()
+    assert [f.result(WAIT_S) for f in futures] == [["GPU0:HOLD"], ["GPU1:HOLD"]]
+    w.close()  # waits for both to let go of their lanes
+    assert w.running() == 0
