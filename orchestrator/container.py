@@ -108,7 +108,7 @@ class SkillRoute:
         self.admission = Admission(self.db, self.pool, self.pipeline, self.instance.id)
         self.queries = QueryService(self.db, self.pool, self.pipeline, self.admission, settings.batching,
                                     self.instance, probe=self.metrics)
-        self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler, self.metrics)
+        self.experts = ExpertService(self.db, self.fleet, self.pool, self.profiler, self.metrics, self.queries.running)
         self.chat = ChatService(self.pool, self.queries)
         self.batches = BatchService(self.db, self.queries)
         self.keys = KeyService(self.db)
@@ -122,6 +122,10 @@ class SkillRoute:
         self.metrics.watch_waiting(self.queries.waiting)  # the backlog 503 overloaded is decided on, in queries
         self.metrics.watch_running(self.queries.window.running)  # at once only on disjoint workers
         self.metrics.watch_evidence(lambda: self.pool.evidence_counts() if self.startup.status.serving else {})
+
+    def _placed(self, worker: str, base: BaseModelSpec) -> bool:
+        """Whether an expert of the pool runs on `base` on `worker` now."""
+        return (worker, base.key) in {(w, b.key) for w, b in self.pool.snapshot.served_elsewhere(self.fleet.default)}
 
     def _model_size(self, base: BaseModelSpec) -> int:
         """A base model's resident size, as the first worker's backend reads it (no load)."""
@@ -189,7 +193,7 @@ class SkillRoute:
     def bootstrap(self, progress: Progress | None = None, defer: bool = False) -> None:
         """`prepare`, then load the pool it stored for routing."""
         self.prepare(progress, defer)
-        self.fleet.connect_elsewhere(self.pool.refresh().served_elsewhere(self.fleet.default))
+        self.fleet.connect_elsewhere(self.pool.refresh().served_elsewhere(self.fleet.default), self._placed)
         self._bootstrapped = True
         # The loaded pool (a replay recording: ~10^5 objects) lives as long as the process; out of
         # the collector's sight, a full collection no longer walks it. Under load such walks

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OnReply = Callable[[str, Generation], None]
+Wanted = Callable[[str, BaseModelSpec], bool]  # whether a model (on a worker) is still needed
 OnPiece = Callable[[str], None]  # a streamed job's text, piece by piece as it is generated; must not raise
 
 
@@ -88,17 +89,22 @@ class Fleet:
         run.wait()
         return out
 
-    def connect_elsewhere(self, models: Collection[tuple[str, BaseModelSpec]]) -> None:
+    def connect_elsewhere(self, models: Collection[tuple[str, BaseModelSpec]], wanted: Wanted = lambda w, b: True
+                          ) -> None:
         """Load these models served elsewhere (each on a worker: their clients), one after another
         on a thread of their own: a load takes its worker's device lock, and the first chat to one
         after a start waited out a local generation for it. One not reachable now loads on first
-        use; none loads once the fleet is shut down (it would stay loaded, its worker gone)."""
+        use; none loads once the fleet is shut down (it would stay loaded, its worker gone), and
+        one no longer `wanted` (its expert removed meanwhile) is left, or let go once loaded."""
         def connect() -> None:
             for worker, base in models:
                 if self._shut.is_set():
                     return
                 try:
-                    self[worker].ensure_loaded(base)
+                    if wanted(worker, base):
+                        self[worker].ensure_loaded(base)
+                    if not wanted(worker, base):  # removed while it loaded: the removal found nothing to unload
+                        self[worker].unload(base.key)
                 except Exception as exc:  # its server is down: its first query finds out and says so
                     log.warning("model %s served elsewhere could not be reached at start: %s", base.key, exc)
 

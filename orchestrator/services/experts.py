@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,12 +27,13 @@ from experts.backend import BackendError
 from experts.types import ExpertSpec
 from orchestrator.probe import NULL_PROBE, Probe
 from orchestrator.scheduling.fleet import Fleet
-from orchestrator.scheduling.worker import claims
 from orchestrator.services.errors import Conflict, NotFound, Unprocessable
 from orchestrator.services.expert_changes import ExpertChange, merged, next_status
 from orchestrator.services.pool import AGGREGATOR_KEY, STALE_LESSONS_KEY, PoolState
 from orchestrator.services.profiling import ProfilingService, Progress
-from orchestrator.services.profiling_pending import PendingQueue, forget, unload_if_free
+from orchestrator.services.profiling_pending import PendingQueue, forget
+from orchestrator.services.releases import Releases
+from orchestrator.services.storing import InFlight
 from orchestrator.store.db import Database
 from orchestrator.store.models import Expert, spelled_id
 from orchestrator.store.repositories.experts import ExpertRepository, NameTaken
@@ -61,12 +61,12 @@ class _Plan:
 
 class ExpertService:
     def __init__(self, db: Database, fleet: Fleet, pool: PoolState, profiler: ProfilingService,
-                 probe: Probe = NULL_PROBE):
+                 probe: Probe = NULL_PROBE, batches: InFlight | None = None):
         self.db, self.fleet, self.pool, self.profiler, self.probe = db, fleet, pool, profiler, probe
+        self.releases = Releases(db, fleet, pool, batches)  # models no expert runs on any more
         self.queue = PendingQueue(lambda ids: self.profile_now(ids, queued=True))
         self._lock = threading.RLock()  # one change at a time, each seeing the ones before it
         self._in_flight: set[int] = set()  # experts whose profiling run is under way
-        self._releasing: Counter[str] = Counter()  # base model keys a thread waits to unload
 
     def register(self, spec: ExpertSpec, profile: bool = True) -> Expert:
         """Check the name and the deployment, then load the model: a refusal of any of them
@@ -126,7 +126,7 @@ class ExpertService:
     def _unloading(self, row: Expert) -> bool:
         """Whether a removed expert's model waits to be unloaded (its run, a busy worker)."""
         with self._lock:
-            return row.id in self._in_flight or self._releasing[row.base_model_key] > 0
+            return row.id in self._in_flight or self.releases.waiting(row.base_model_key)
 
     def check_loads(self, spec: ExpertSpec) -> None:
         """Load the model on the worker it will run on: a bad model is refused (422) there."""
@@ -330,43 +330,8 @@ class ExpertService:
 
     def _release(self, key: str) -> None:
         """Unload a base model from every worker where no remaining expert over it runs (a
-        disabled expert still counts: it stays loaded, ready to be enabled). A worker busy
-        generating, or running a batch that still needs the model (routed before the change: it
-        would load it again, and keep it), is not waited for: a background thread unloads it
-        there once it is free and the batches are done with it."""
-        for name in self._unneeded(key):
-            if not unload_if_free(self.fleet[name], key):
-                with self._lock:
-                    self._releasing[key] += 1
-                threading.Thread(target=self._release_when_free, args=(name, key), daemon=True,
-                                 name=f"release-{name}-{key}").start()
-
-    def _release_when_free(self, name: str, key: str) -> None:
-        """Wait out the worker's generation and the batches that need the model, then unload it if
-        still nothing needs it (an expert over it may have come meanwhile); the store is read with
-        the worker not held."""
-        try:
-            claims(self.fleet[name]).wait_unneeded(key)
-            if name in self._unneeded(key):
-                self.fleet[name].unload(key)
-        except Exception:  # a thread of its own: nobody above it to tell
-            log.exception("unloading %s from worker %s failed", key, name)
-        finally:
-            with self._lock:
-                self._releasing[key] -= 1
-                if not self._releasing[key]:
-                    del self._releasing[key]
-
-    def _unneeded(self, key: str) -> list[str]:
-        """The workers holding the model where no remaining expert over it runs."""
-        placement = self.pool.placement()
-        with self.db.session() as s:
-            users = [r.name for r in ExpertRepository(s).list(profiles=False)
-                     if r.base_model_key == key and r.name in placement]
-        needed = {placement[n] for n in users}
-        # a worker that cannot answer holds nothing to free; a running batch may load it yet
-        held, _ = self.fleet.each(lambda w: w.resident() | claims(w).needed())
-        return [name for name, keys in held.items() if name not in needed and key in keys]
+        disabled expert still counts: it stays loaded, ready to be enabled); never waits (`releases`)."""
+        self.releases.release(key)
 
     def _mark_failed(self, ids: Sequence[int], error: str) -> None:
         """A run that raised fails its experts, save those it had already stored ready."""

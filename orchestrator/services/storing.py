@@ -151,6 +151,11 @@ class InFlight:
             self._running.discard(batch)
             self._cond.notify_all()
 
+    def idle(self) -> bool:
+        """Whether no batch runs now."""
+        with self._cond:
+            return not self._running
+
     def wait(self) -> None:
         """Until every batch running now has ended."""
         with self._cond:
