@@ -15,6 +15,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,10 @@ def export_packaged(name: str, dest: Path | None = None, cache: Path | None = No
 
 def _export(gguf: Path, folder: Path) -> None:
     """Write into a sibling temp folder, then rename: readers never see half a model, and two
-    processes racing both end with one complete folder."""
+    processes, or two threads of one (a size read beside a registration's check), racing both end
+    with one complete folder: each writes its own (named by process and thread)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_folder(gguf, tmp)
