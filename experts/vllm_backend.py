@@ -263,10 +263,16 @@ class VLLMBackend:
         return False
 
     def stop_if_asleep(self) -> None:
-        """Stop the engine if it still sleeps (too many asleep: `Sleepers`), keeping its process."""
-        with self._lock:
+        """Stop the engine if it still sleeps (too many asleep: `Sleepers`), keeping its process.
+        Its lock taken means it is in use (woken since it was picked): it is left, never waited
+        for (the caller's worker holds its own device meanwhile)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self._engine is not None and self._asleep:
                 self._stop_engine()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Stop the engine for good, sleeping or not, and its process; the next load() starts anew."""

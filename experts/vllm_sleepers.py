@@ -12,11 +12,13 @@ victim's lock alone, never under this registry's; `woke` takes only this registr
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
 from typing import Protocol
 
+log = logging.getLogger(__name__)
 SLEEPING_SHARE = 0.5  # of this host's memory, the most that sleeping engines' weights may hold
 # engines asleep at once: each keeps a CUDA context on its card (~0.5 GB, a guess, not measured here)
 MAX_SLEEPING = 8
@@ -38,8 +40,11 @@ class Sleepers:
             self._asleep.pop(id(engine), None)
             self._asleep[id(engine)] = (engine, weights_bytes)
             victims = self._past_bounds()
-        for victim in victims:
-            victim.stop_if_asleep()
+        for victim in victims:  # each alone: one that fails to stop leaves the others to stop
+            try:
+                victim.stop_if_asleep()
+            except Exception:
+                log.warning("stopping a sleeping vLLM engine failed; it may still hold its weights", exc_info=True)
 
     def woke(self, engine: Sleeper) -> None:
         """`engine` is awake, or stopped: it holds nothing asleep."""

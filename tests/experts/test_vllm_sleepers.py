@@ -3,6 +3,7 @@ counts only resident models, so every swap left one more asleep (twenty 7B model
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,45 @@ def test_a_woken_engine_holds_nothing_asleep_and_is_never_stopped(folders: list[
     made[1].load()
     made[1].unload()
     assert not engines[0].closed and made[0].is_loaded and sleepers.holding() == made[1].memory_bytes()
+
+
+class Failing:
+    def stop_if_asleep(self) -> None:
+        raise RuntimeError("the engine's process did not answer")
+
+
+class Stopping:
+    stopped = False
+
+    def stop_if_asleep(self) -> None:
+        self.stopped = True
+
+
+def test_a_victim_that_fails_to_stop_leaves_the_others_to_stop() -> None:
+    sleepers, later = Sleepers(budget_bytes=0, max_engines=1), Stopping()
+    sleepers.slept(Failing(), 1)
+    sleepers.slept(later, 1)  # the failing one goes first: its raise does not reach the sleeper
+    sleepers.slept(Stopping(), 1)
+    assert later.stopped
+
+
+def test_an_engine_in_use_is_left_not_waited_for(folders: list[Path]) -> None:
+    """Picked, then woken and generating on another worker before its stop: the stop waited for
+    its generation while the caller's worker held its own device."""
+    made, engines = backends(folders[:1], Sleepers(budget_bytes=2**40))
+    made[0].load()
+    made[0].unload()
+    held, done = threading.Event(), threading.Event()
+
+    def in_use() -> None:
+        with made[0]._lock:
+            held.set()
+            done.wait(30)
+
+    threading.Thread(target=in_use, daemon=True).start()
+    assert held.wait(30)
+    try:
+        made[0].stop_if_asleep()  # returns at once
+    finally:
+        done.set()
+    assert not engines[0].closed and made[0].is_asleep
