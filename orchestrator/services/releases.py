@@ -4,9 +4,11 @@ removed, moved, disabled over another model, or registered for nothing).
 A worker busy generating is not waited for, nor is a batch that may need the model yet: one
 routed before the change still runs its stages on it (an aggregation sent once its experts are
 in has no claim on its worker until then), and unloaded under it the model loaded again for that
-stage and stayed resident for good. So while any batch runs, a thread of its own waits for the
-batches running then to end, then for the worker and the claims on the model, and unloads it if
-still nothing needs it; with none running it is unloaded at once where the worker is free.
+stage and stayed resident for good (on a worker that did not even hold it at the removal). So
+while any batch runs, a thread of its own waits for the batches running then to end and only then
+looks for the workers holding it; with none running it looks at once. Where a worker is busy (a
+generation, a load, a claim on the model) a thread waits for it, then unloads the model if still
+nothing needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 from orchestrator.scheduling.fleet import Fleet
 from orchestrator.scheduling.worker import claims
@@ -34,37 +37,50 @@ class Releases:
         self._lock = threading.Lock()
 
     def release(self, key: str) -> None:
-        """Unload the model where nothing needs it: now where the worker is free and no batch runs,
-        else on a thread once they are done (see the module doc). Never waits."""
+        """Unload the model where nothing needs it (see the module doc). Never waits."""
+        if self.batches.idle():
+            self._now(key)
+        else:
+            self._thread(self._after_batches, key)
+
+    def _now(self, key: str) -> None:
         for name in self.unneeded(key):
-            if self.batches.idle() and unload_if_free(self.fleet[name], key):
-                continue
+            if not unload_if_free(self.fleet[name], key):
+                self._thread(self._when_free, key, name)
+
+    def _thread(self, target: Callable[..., None], key: str, *args: str) -> None:
+        with self._lock:
+            self._waiting[key] += 1
+        threading.Thread(target=self._counted, args=(target, key, *args), daemon=True,
+                         name=f"release-{key}").start()
+
+    def _counted(self, target: Callable[..., None], key: str, *args: str) -> None:
+        try:
+            target(key, *args)
+        except Exception:  # a thread of its own: nobody above it to tell
+            log.exception("unloading %s failed", key)
+        finally:
             with self._lock:
-                self._waiting[key] += 1
-            threading.Thread(target=self._when_free, args=(name, key), daemon=True,
-                             name=f"release-{name}-{key}").start()
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+
+    def _after_batches(self, key: str) -> None:
+        self.batches.wait()
+        self._now(key)
 
     def waiting(self, key: str) -> bool:
         """Whether a thread waits to unload the model."""
         with self._lock:
             return self._waiting[key] > 0
 
-    def _when_free(self, name: str, key: str) -> None:
-        """Wait out the batches running now, the worker's generation and the claims on the model,
-        then unload it if still nothing needs it (an expert over it may have come meanwhile); the
-        store is read with the worker not held."""
-        try:
-            self.batches.wait()
-            claims(self.fleet[name]).wait_unneeded(key)
-            if name in self.unneeded(key):
-                self.fleet[name].unload(key)
-        except Exception:  # a thread of its own: nobody above it to tell
-            log.exception("unloading %s from worker %s failed", key, name)
-        finally:
-            with self._lock:
-                self._waiting[key] -= 1
-                if not self._waiting[key]:
-                    del self._waiting[key]
+    def _when_free(self, key: str, name: str) -> None:
+        """Wait out the worker's generation and the claims on the model, then unload it if still
+        nothing needs it (an expert over it may have come meanwhile); the store is read with the
+        worker not held."""
+        claims(self.fleet[name]).wait_unneeded(key)
+        if name in self.unneeded(key):
+            self.fleet[name].unload(key)
 
     def unneeded(self, key: str) -> list[str]:
         """The workers holding the model where no remaining expert over it runs."""

@@ -111,3 +111,20 @@ def test_an_expert_removed_while_the_start_connects_to_its_server_stays_unloaded
         finally:
             server.answer.set()
             c.close()
+
+
+def test_a_model_no_worker_held_at_the_removal_is_unloaded_once_a_running_batch_loaded_it(
+        container: SkillRoute) -> None:
+    """Not resident anywhere at the DELETE, there was nothing to unload; a batch running then
+    loaded it for a stage it still had (its aggregation), and it stayed."""
+    c = container
+    spec = c.pool.snapshot.experts["gamma"]
+    worker = c.fleet[c.pool.snapshot.worker_of("gamma", c.fleet.default)]
+    worker.unload(spec.base.key)
+    running = c.queries.running.begin()  # a batch routed before the removal
+    try:
+        c.experts.remove(expert_id(c, "gamma"))
+        worker.ensure_loaded(spec.base)  # its stage on the removed expert's model
+    finally:
+        c.queries.running.end(running)
+    until(lambda: spec.base.key not in worker.resident(), within_s=WAIT_S)
