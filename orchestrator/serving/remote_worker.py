@@ -311,7 +311,7 @@ class RemoteWorker(DeviceWorker):
         return set(self.ask("resident", timeout=READ_TIMEOUT_S))
 
     def size_of(self, base: BaseModelSpec) -> int:
-        return int(self.ask("size_of", base, timeout=READ_TIMEOUT_S))
+        return int(self.ask("size_of", base))  # as long as it takes, as the backend's own read did
 
     def total_loads(self) -> int:
         return int(self.ask("total_loads", timeout=READ_TIMEOUT_S))

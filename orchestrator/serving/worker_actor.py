@@ -88,8 +88,8 @@ class WorkerActor:
     def resident(self) -> set[str]:
         return self.worker.resident()
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
     def size_of(self, base: BaseModelSpec) -> int:
+        """Not a control call: a first read may assemble or export a packaged model (minutes)."""
         return self.worker.size_of(base)
 
     def generate(self, base: BaseModelSpec, requests: Sequence[GenerationRequest],
