@@ -92,10 +92,18 @@ def test_a_model_served_elsewhere_is_never_unloaded_to_make_room(served: tuple[s
 
 
 class Gate:
-    """A server whose replies wait for the test: `arrived` once a request is in, `release` lets it finish."""
+    """A server whose replies to `holds` (its chat, or its model list) wait for the test:
+    `arrived` once such a request is in, `release` lets it finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, holds: str = "chat") -> None:
+        self.holds = holds
         self.arrived, self.release = threading.Event(), threading.Event()
+
+    async def _held(self, what: str) -> None:
+        if what == self.holds and not self.release.is_set():
+            self.arrived.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.005)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -106,13 +114,12 @@ class Gate:
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
+            await self._held("models")
             return {"object": "list", "data": [{"id": "m", "object": "model"}]}
 
         @app.post("/v1/chat/completions")
         async def chat() -> dict[str, Any]:
-            self.arrived.set()
-            while not self.release.is_set():
-                await asyncio.sleep(0.005)
+            await self._held("chat")
             message = {"role": "assistant", "content": "whole"}
             return {"object": "chat.completion", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}

@@ -130,46 +130,47 @@ class Gates:
         return MockBackend(spec.key, gate=self)
 
 
-def test_a_batch_takes_the_worker_its_expert_is_on_when_it_starts(tmp_path: Path, embedder: Embedder) -> None:
-    """Its lanes were read when it was queued: an expert placed on another worker meanwhile ran
-    there while its batch held the worker it left (a query to that idle worker waited for it)."""
+@pytest.fixture
+def on_w1(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[SkillRoute, Gates]]:
+    """Experts a and c on w1 of two workers, their generations gated (`Gates`)."""
     gates = Gates()
     workers = {n: DeviceWorker(n, 8 * 2**30, gates.factory) for n in ("w1", "w2")}
     pinned = [mock_expert(n, f"m{n}").model_copy(update={"placement": ExpertPlacement(worker="w1")}) for n in "ac"]
     c = SkillRoute(quiet_settings(tmp_path), voted(pinned), embedder=embedder, factory=gates.factory, workers=workers)
     c.bootstrap()
     try:
-        first = c.queries.submit([Ask(text="HOLD1 first", expert="a")])
-        assert gates.entered[1].wait(WAIT_S)
-        moved = c.queries.submit([Ask(text="HOLD2 second", expert="a")])  # queued on w1, which `first` holds
-        a = next(e.id for e in c.experts.all(profiles=False) if e.name == "a")
-        c.experts.update(a, ExpertChange(spec={"placement": {"worker": "w2"}}))
-        gates.release[1].set()
-        assert gates.entered[2].wait(WAIT_S) and first.result(WAIT_S)[0].status == "done"  # `moved` runs on w2
-        (row,) = c.queries.submit([Ask(text="To the idle w1.", expert="c")]).result(timeout=WAIT_S)
-        assert row.status == "done" and not moved.done()
+        yield c, gates
     finally:
         for event in gates.release.values():
             event.set()
         c.close()
+
+
+def move(c: SkillRoute, name: str, worker: str) -> None:
+    expert = next(e.id for e in c.experts.all(profiles=False) if e.name == name)
+    c.experts.update(expert, ExpertChange(spec={"placement": {"worker": worker}}))
+
+
+def test_a_batch_takes_the_worker_its_expert_is_on_when_it_starts(on_w1: tuple[SkillRoute, Gates]) -> None:
+    """Its lanes were read when it was queued: an expert placed on another worker meanwhile ran
+    there while its batch held the worker it left (a query to that idle worker waited for it)."""
+    c, gates = on_w1
+    first = c.queries.submit([Ask(text="HOLD1 first", expert="a")])
+    assert gates.entered[1].wait(WAIT_S)
+    moved = c.queries.submit([Ask(text="HOLD2 second", expert="a")])  # queued on w1, which `first` holds
+    move(c, "a", "w2")
+    gates.release[1].set()
+    assert gates.entered[2].wait(WAIT_S) and first.result(WAIT_S)[0].status == "done"  # `moved` runs on w2
+    (row,) = c.queries.submit([Ask(text="To the idle w1.", expert="c")]).result(timeout=WAIT_S)
+    assert row.status == "done" and not moved.done()
 
 
 def test_a_query_waiting_for_a_busy_worker_starts_once_its_expert_moves_to_a_free_one(
-        tmp_path: Path, embedder: Embedder) -> None:
+        on_w1: tuple[SkillRoute, Gates]) -> None:
     """Nothing woke the window on a move: it waited out the batch on the worker it left."""
-    gates = Gates()
-    workers = {n: DeviceWorker(n, 8 * 2**30, gates.factory) for n in ("w1", "w2")}
-    pinned = [mock_expert(n, f"m{n}").model_copy(update={"placement": ExpertPlacement(worker="w1")}) for n in "ac"]
-    c = SkillRoute(quiet_settings(tmp_path), voted(pinned), embedder=embedder, factory=gates.factory, workers=workers)
-    c.bootstrap()
-    try:
-        held = c.queries.submit([Ask(text="HOLD1 long", expert="c")])
-        assert gates.entered[1].wait(WAIT_S)
-        waiting = c.queries.submit([Ask(text="Short.", expert="a")])
-        a = next(e.id for e in c.experts.all(profiles=False) if e.name == "a")
-        c.experts.update(a, ExpertChange(spec={"placement": {"worker": "w2"}}))
-        assert waiting.result(timeout=WAIT_S)[0].status == "done" and not held.done()
-    finally:
-        for event in gates.release.values():
-            event.set()
-        c.close()
+    c, gates = on_w1
+    held = c.queries.submit([Ask(text="HOLD1 long", expert="c")])
+    assert gates.entered[1].wait(WAIT_S)
+    waiting = c.queries.submit([Ask(text="Short.", expert="a")])
+    move(c, "a", "w2")
+    assert waiting.result(timeout=WAIT_S)[0].status == "done" and not held.done()

@@ -3,12 +3,7 @@ change, or the start's connecting to servers, loaded it again after the unload, 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
-from typing import Any
-
-from fastapi import FastAPI
 
 from experts.mock import MockBackend
 from experts.types import BaseModelSpec, ExpertPlacement, ExpertSpec
@@ -19,6 +14,7 @@ from orchestrator.scheduling.worker import DeviceWorker
 from skills.embedder import Embedder
 from tests.live_server import live_server
 from tests.orchestrator.conftest import mock_expert, mock_or_real, quiet_settings, small_pool
+from tests.orchestrator.scheduling.test_served_elsewhere import Gate
 from tests.orchestrator.services.test_query_lanes import WAIT_S, Gates, voted
 from tests.orchestrator.test_container import until
 
@@ -56,60 +52,29 @@ def test_an_aggregator_removed_before_its_stage_is_unloaded_after_the_batch(tmp_
         c.close()
 
 
-class SlowModels:
-    """A server whose model list waits for the test (`asked` once requested, `answer` lets it go)."""
-
-    def __init__(self) -> None:
-        self.asked, self.answer = threading.Event(), threading.Event()
-
-    def app(self) -> FastAPI:
-        app = FastAPI()
-
-        @app.get("/health")
-        async def health() -> dict[str, str]:
-            return {"status": "ok"}
-
-        @app.get("/v1/models")
-        async def models() -> dict[str, Any]:
-            if self.answer.is_set():
-                return {"object": "list", "data": [{"id": "m", "object": "model"}]}
-            self.asked.set()
-            while not self.answer.is_set():
-                await asyncio.sleep(0.005)
-            return {"object": "list", "data": [{"id": "m", "object": "model"}]}
-
-        @app.post("/v1/chat/completions")
-        async def chat() -> dict[str, Any]:
-            message = {"role": "assistant", "content": "Answer: A"}
-            return {"object": "chat.completion", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 3},
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-
-        return app
-
-
 def test_an_expert_removed_while_the_start_connects_to_its_server_stays_unloaded(tmp_path: Path,
                                                                                  embedder: Embedder) -> None:
-    server = SlowModels()
+    server = Gate(holds="models")  # its model list, read by the start's connecting, waits for the test
     with live_server(server.app()) as url:
         far = ExpertSpec(name="there", base=BaseModelSpec(kind="openai", source=f"{url}/v1", model="m"),
                          placement=ExpertPlacement(params_b=7.0))
         pool = voted([mock_expert("here", "m1"), far])
-        server.answer.set()
+        server.release.set()
         first = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder, factory=mock_or_real)
         first.bootstrap()  # profiled into the store
         first.close()
-        server.answer.clear()
+        server.release.clear()
         c = SkillRoute(quiet_settings(tmp_path), pool, embedder=embedder, factory=mock_or_real)  # a restart
         c.bootstrap()
         try:
-            assert server.asked.wait(WAIT_S)  # connecting
+            assert server.arrived.wait(WAIT_S)  # connecting
             c.experts.remove(expert_id(c, "there"))  # finds nothing loaded to unload
-            server.answer.set()
+            server.release.set()
             worker = c.fleet[c.fleet.default]
             until(lambda: worker.residency_counts().get(far.base.key, (0, 0))[0] == 1, within_s=WAIT_S)
             until(lambda: far.base.key not in worker.resident(), within_s=WAIT_S)
         finally:
-            server.answer.set()
+            server.release.set()
             c.close()
 
 
