@@ -199,9 +199,11 @@ class BatchingWindow(Generic[T, R]):
 
     def _gather(self, at: int, busy: set[str]) -> tuple[list[_Submission[T, R]], frozenset[str]]:
         """From the submission at `at`, take those queued after it until the batch is full, the next
-        would overfill it or waits for a device (either opens a later batch), or the window since
-        the first has passed (the caller holds `_cond`; waiting for the window lets go of it).
-        The batch, and the devices it takes."""
+        would overfill it, waits for a device, or takes devices where the batch takes none or none
+        where it takes some (each opens a later batch), or the window since the first has passed
+        (the caller holds `_cond`; waiting for the window lets go of it). Apart: a batch holds its
+        devices until it ends, and one on none would hold the local ones through its servers'
+        replies. The batch, and the devices it takes."""
         first = self._pending[at]
         del self._pending[at]
         lanes = first.lanes or frozenset()
@@ -219,7 +221,7 @@ class BatchingWindow(Generic[T, R]):
             if grown[0] > self.max_batch or grown[1] > self.max_work:
                 break
             nxt.lanes = self._lanes_of([nxt])
-            if _meet(nxt.lanes, busy):
+            if _meet(nxt.lanes, busy) or bool(nxt.lanes) != bool(lanes):
                 break
             del self._pending[at]
             batch.append(nxt)

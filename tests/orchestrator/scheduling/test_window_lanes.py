@@ -189,3 +189,17 @@ def test_running_counts_the_batches_running_at_once() -> None:
     assert [f.result(WAIT_S) for f in futures] == [["GPU0:HOLD"], ["GPU1:HOLD"]]
     w.close()  # waits for both to let go of their lanes
     assert w.running() == 0
+
+
+def test_work_on_no_device_never_shares_a_batch_with_work_on_one() -> None:
+    """A batch holds its devices until it ends: a remote chat batched with a local one held the CPU
+    through the remote server's reply, and a later local chat waited for it."""
+    run = Runner()
+    w = window(run, max_running=1)  # the two below queue together behind the held batch
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    far, local = w.submit(["-:far"]), w.submit(["cpu:a"])
+    run.release.set()
+    assert far.result(WAIT_S) == ["-:FAR"] and local.result(WAIT_S) == ["CPU:A"] and held.done()
+    assert run.batches[1:] == [["-:far"], ["cpu:a"]]
+    w.close()
