@@ -17,7 +17,10 @@ holds one of its devices, so batches on different devices, or on none (every exp
 elsewhere), run at once (up to `max_running`); a submission that shares a device with a running
 batch opens a later batch, which waits for it. One whose devices are free starts ahead of
 submissions queued before it that wait for theirs, but never on a device one of those waits
-for: none waits for good. Without lanes every batch shares one: they run one at a time, in order.
+for: none waits for good. A batch holds its devices until it ends, so it takes only submissions
+that share a device with it (or, on none, take none): work on another device, queued with it,
+forms a batch of its own that runs beside it, rather than waiting for its generation. Without
+lanes every batch shares one: they run one at a time, in order.
 
 A runner that can say when an item is done before its batch is (`Releasing`: a short query
 stored while the batch's long ones still run) releases it; a submission whose items have all
@@ -51,6 +54,7 @@ RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metric
 CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before it
 MAX_RUNNING = 8  # batches at once on disjoint lanes: those on no device each hold a pool of threads
 ONE_LANE = frozenset({""})  # without `lanes`, every batch takes this one: they run in turn
+LOOKAHEAD = 64  # queued submissions a batch looks past for ones on its devices (each is read)
 EVERY = "*"  # a lane that meets every other: a submission whose devices could not be read
 Lanes = Callable[[T], Collection[str]]  # the devices an item's batch generates on
 
@@ -198,30 +202,33 @@ class BatchingWindow(Generic[T, R]):
         return None
 
     def _gather(self, at: int, busy: set[str]) -> tuple[list[_Submission[T, R]], frozenset[str]]:
-        """From the submission at `at`, take those queued after it until the batch is full, the next
-        would overfill it, waits for a device, or takes devices where the batch takes none or none
-        where it takes some (each opens a later batch), or the window since the first has passed
-        (the caller holds `_cond`; waiting for the window lets go of it). Apart: a batch holds its
-        devices until it ends, and one on none would hold the local ones through its servers'
-        replies. The batch, and the devices it takes."""
+        """From the submission at `at`, take those queued after it that share a device with the
+        batch (or, where it takes none, take none either), until the batch is full, the next of
+        those would overfill it, or the window since the first has passed (the caller holds `_cond`; waiting
+        for the window lets go of it). A batch holds its devices until it ends: one on other
+        devices, or on none where the batch takes some, would keep them from work that could run
+        beside it, so it is passed over for a later batch, as is one waiting for a device; no later
+        one takes what those passed over take. The batch, and the devices it takes."""
         first = self._pending[at]
         del self._pending[at]
         lanes = first.lanes or frozenset()
-        batch, size, work = [first], len(first.items), self._work(first)
+        batch, size, work, passed = [first], len(first.items), self._work(first), 0
         deadline = first.arrived + self.max_wait_s  # not from now: it may have queued behind a batch
-        while size < self.max_batch and work < self.max_work:
-            if at == len(self._pending):  # none queued after it: wait out the window (arrivals notify)
+        while size < self.max_batch and work < self.max_work and passed < LOOKAHEAD:
+            if at == len(self._pending):  # none left after it: wait out the window (arrivals notify)
                 left = deadline - self._clock()
-                if self._closed or self.max_wait_s <= 0 or left <= 0:
+                if self._closed or self.max_wait_s <= 0 or left <= 0 or passed:  # a passed one may start now
                     break
                 self._cond.wait(left)
                 continue
             nxt = self._pending[at]
+            nxt.lanes = self._lanes_of([nxt])
+            if _meet(nxt.lanes, busy) or not _joins(nxt.lanes, lanes):
+                busy |= nxt.lanes
+                at, passed = at + 1, passed + 1
+                continue
             grown = size + len(nxt.items), work + self._work(nxt)
             if grown[0] > self.max_batch or grown[1] > self.max_work:
-                break
-            nxt.lanes = self._lanes_of([nxt])
-            if _meet(nxt.lanes, busy) or bool(nxt.lanes) != bool(lanes):
                 break
             del self._pending[at]
             batch.append(nxt)
@@ -242,20 +249,39 @@ class BatchingWindow(Generic[T, R]):
                 self._cond.notify_all()
 
     def _work(self, sub: _Submission[T, R]) -> float:
-        return sum(map(self.weigh, sub.items)) if self.weigh else 0.0
+        """Its predicted work; one whose weighing raises counts as endless, so its batch takes no
+        more (as with `_lanes_of`, the window's thread must go on)."""
+        try:
+            return sum(map(self.weigh, sub.items)) if self.weigh else 0.0
+        except Exception:
+            log.exception("weighing a submission failed; its batch takes no more")
+            return float("inf")
+
+    def _observed(self, size: int) -> None:
+        """Tell the probe; a probe that raises (a metrics bug) costs its count, not the batch's queries."""
+        try:
+            self.probe.batch_executed(size)
+        except Exception:
+            log.exception("the probe failed to count a batch")
 
     def _execute(self, batch: list[_Submission[T, R]]) -> None:
         items = [x for sub in batch for x in sub.items]
         self._counted(-len(items))
         self.batch_sizes.append(len(items))
-        self.probe.batch_executed(len(items))
         resolving = _Resolving(batch)
+        self._observed(len(items))
         try:
             results = self._run(items, resolving.release)
         except BaseException as exc:  # every caller still waiting learns why the batch failed
             resolving.fail(exc)
             return
         resolving.resolve(results)
+
+
+def _joins(lanes: Collection[str], batch: Collection[str]) -> bool:
+    """Whether a submission on `lanes` belongs in a batch on `batch`: it shares a device with it,
+    or neither takes any."""
+    return _meet(lanes, batch) or not (lanes or batch)
 
 
 def _meet(lanes: Collection[str], busy: Collection[str]) -> bool:

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from orchestrator.probe import Probe
 from orchestrator.scheduling.window import BatchingWindow
 
 
@@ -164,4 +165,33 @@ def test_a_query_queued_behind_a_busy_batch_waits_from_its_arrival_not_its_picku
     now[0] = 31.0  # the busy batch ran past it
     release.set()
     assert late.result(timeout=10) == ["late"] and busy.result(timeout=10) == ["busy", "full"]
+    window.close()
+
+
+def test_a_submission_whose_weighing_raises_still_runs_and_so_does_every_later_one():
+    """The weighing ran on the window's thread: its error ended the thread, and no query was answered again."""
+    batches, run = recorder()
+
+    def weigh(item: str) -> float:
+        if item == "bad":
+            raise ValueError("no size for this one")
+        return 1.0
+
+    window = BatchingWindow(run, max_batch=10, max_wait_s=0, weigh=weigh, max_work=10)
+    assert window.submit(["bad"]).result(timeout=10) == ["BAD"]
+    assert window.submit(["ok"]).result(timeout=10) == ["OK"]
+    window.close()
+
+
+def test_a_probe_that_raises_fails_no_query():
+    """The probe was told before the batch's failures were caught: its error left the batch's
+    queries unanswered for good."""
+
+    class Broken(Probe):
+        def batch_executed(self, size: int) -> None:
+            raise RuntimeError("a metrics bug")
+
+    _, run = recorder()
+    window = BatchingWindow(run, max_batch=10, max_wait_s=0, probe=Broken())
+    assert window.submit(["a"]).result(timeout=10) == ["A"]
     window.close()

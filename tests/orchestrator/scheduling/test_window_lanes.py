@@ -203,3 +203,44 @@ def test_work_on_no_device_never_shares_a_batch_with_work_on_one() -> None:
     assert far.result(WAIT_S) == ["-:FAR"] and local.result(WAIT_S) == ["CPU:A"] and held.done()
     assert run.batches[1:] == [["-:far"], ["cpu:a"]]
     w.close()
+
+
+def test_a_batch_takes_only_work_on_its_own_devices_and_the_rest_runs_in_batches_of_their_own() -> None:
+    """Queued interleaved behind a full window, the CPU's work runs as one batch (it was split at
+    each far chat between them), and the far and other-device work each as one of their own."""
+    run = Runner()
+    w = window(run, max_running=1)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    queued = [w.submit([x]) for x in ["cpu:c1", "-:f1", "cpu:c2", "-:f2", "gpu1:g1", "cpu:c3"]]
+    run.release.set()
+    assert [f.result(WAIT_S) for f in queued] and held.done()
+    assert run.batches[1:] == [["cpu:c1", "cpu:c2", "cpu:c3"], ["-:f1", "-:f2"], ["gpu1:g1"]]
+    w.close()
+
+
+def test_work_passed_over_keeps_its_devices_from_later_submissions() -> None:
+    """gpu1:b, passed over by the CPU's batch, keeps gpu1: a later submission on the CPU and gpu1
+    waits for it rather than joining the CPU's batch ahead of it."""
+    run = Runner()
+    w = window(run, max_running=1)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    queued = [w.submit(["cpu:a"]), w.submit(["gpu1:b"]), w.submit(["cpu:c", "gpu1:d"]), w.submit(["gpu1:e"])]
+    run.release.set()
+    assert [f.result(WAIT_S) for f in queued] and held.done()
+    assert run.batches[1:] == [["cpu:a"], ["gpu1:b", "cpu:c", "gpu1:d", "gpu1:e"]]
+    w.close()
+
+
+def test_work_too_big_for_the_batch_on_another_device_does_not_end_it() -> None:
+    """Only work the batch would take can overfill it: gpu1's four items split the CPU's work in two."""
+    run = Runner()
+    w = window(run, max_running=1, max_batch=4)
+    held = w.submit(["gpu0:hold"])
+    assert run.entered.acquire(timeout=WAIT_S)
+    queued = [w.submit(["cpu:c1"]), w.submit(["gpu1:g"] * 4), w.submit(["cpu:c2"]), w.submit(["cpu:c3"])]
+    run.release.set()
+    assert [f.result(WAIT_S) for f in queued] and held.done()
+    assert run.batches[1:] == [["cpu:c1", "cpu:c2", "cpu:c3"], ["gpu1:g"] * 4]
+    w.close()
