@@ -14,7 +14,8 @@ split across batches, so one larger than the limits runs alone. A device does on
 time, which is what keeps model loads at the planner's floor. With `lanes` (the devices an
 item's generation takes, e.g. its experts' workers) a batch starts as soon as no running batch
 holds one of its devices, so batches on different devices, or on none (every expert served
-elsewhere), run at once (up to `max_running`); a submission that shares a device with a running
+elsewhere), run at once (at most `max_running` on none: slow servers filling them keep no
+device's work waiting); a submission that shares a device with a running
 batch opens a later batch, which waits for it. One whose devices are free starts ahead of
 submissions queued before it that wait for theirs, but never on a device one of those waits
 for: none waits for good. A batch holds its devices until it ends, so it takes only submissions
@@ -52,7 +53,7 @@ R = TypeVar("R")
 Release = Callable[[int, R], None]  # (an item's place in the batch, its result), before the batch returns
 RECENT_BATCHES = 200  # batch sizes kept for the dashboard and tests (the metrics keep them all)
 CLOSE_WAIT_S = 30.0  # a close waits this long for the batches submitted before it
-MAX_RUNNING = 8  # batches at once on disjoint lanes: those on no device each hold a pool of threads
+MAX_RUNNING = 8  # batches at once on no device (each holds a pool of threads); those on one are one per device
 ONE_LANE = frozenset({""})  # without `lanes`, every batch takes this one: they run in turn
 LOOKAHEAD = 64  # queued submissions a batch looks past for ones on its devices (each is read)
 EVERY = "*"  # a lane that meets every other: a submission whose devices could not be read
@@ -189,14 +190,16 @@ class BatchingWindow(Generic[T, R]):
         may not take (running batches', and those each earlier waiting one waits for: a later one
         never takes a device before one waiting for it, so none waits for good). The caller holds
         `_cond`. A waiting one's devices are read again only once those last read are free (each
-        look would otherwise read every queued query's): the one that starts is read as it does."""
-        if len(self._running) >= self.max_running:
-            return None
+        look would otherwise read every queued query's): the one that starts is read as it does.
+        With `max_running` batches on no device running, one on none waits (unread) for them."""
+        far_full = sum(not lanes for lanes in self._running.values()) >= self.max_running
         busy: set[str] = set().union(*self._running.values())
         for at, sub in enumerate(self._pending):
+            if far_full and sub.lanes == frozenset():  # waits for a batch on none to end, not a device
+                continue
             if sub.lanes is None or not _meet(sub.lanes, busy):
                 sub.lanes = self._lanes_of([sub])
-            if not _meet(sub.lanes, busy):
+            if not _meet(sub.lanes, busy) and (sub.lanes or not far_full):
                 return at, busy
             busy |= sub.lanes
         return None

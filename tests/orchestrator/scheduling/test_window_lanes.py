@@ -244,3 +244,16 @@ def test_work_too_big_for_the_batch_on_another_device_does_not_end_it() -> None:
     assert [f.result(WAIT_S) for f in queued] and held.done()
     assert run.batches[1:] == [["cpu:c1", "cpu:c2", "cpu:c3"], ["gpu1:g"] * 4]
     w.close()
+
+
+def test_batches_on_no_device_at_their_bound_keep_no_device_waiting() -> None:
+    """Slow servers filling every far batch held a local chat until one of them replied."""
+    run = Runner()
+    w = window(run, max_running=2, max_batch=1)
+    far = [w.submit([f"-:{i}hold"]) for i in range(3)]
+    assert run.entered.acquire(timeout=WAIT_S) and run.entered.acquire(timeout=WAIT_S)
+    assert w.submit(["gpu0:a"]).result(WAIT_S) == ["GPU0:A"]
+    assert not any(f.done() for f in far)
+    run.release.set()
+    assert [f.result(WAIT_S) for f in far] == [["-:0HOLD"], ["-:1HOLD"], ["-:2HOLD"]] and run.most == 3
+    w.close()
