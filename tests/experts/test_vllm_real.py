@@ -17,7 +17,6 @@ from typing import NoReturn
 import pytest
 
 from experts.backend import BackendError, ModelSourceError
-from experts.factory import make_backend
 from experts.hf_export import export_packaged, is_exported
 from experts.types import BaseModelSpec, ChatMessage, GenerationRequest, SamplingParams
 from experts.vllm_backend import VLLMBackend, WorkerEngine, check_hf_folder
@@ -48,8 +47,10 @@ def smol(smol_folder: Path) -> Iterator[VLLMBackend]:
         vllm_python()
     except BackendError as exc:
         _unavailable(str(exc))
-    backend = make_backend(BaseModelSpec(kind="vllm", source=str(smol_folder), n_ctx=2048))
-    assert isinstance(backend, VLLMBackend)
+    # float32 whatever the CPU: the answers below are checked, and in bfloat16 the France answer's
+    # first token is a near-tie (vLLM on a CPU with AMX: "L" -1.83 against "The" -1.96) that
+    # bf16 kernels flip where float32 (and plain torch in bf16) start "The capital of France is Paris".
+    backend = VLLMBackend(BaseModelSpec(kind="vllm", source=str(smol_folder), n_ctx=2048), dtype="float32")
     started = time.perf_counter()
     backend.load()
     engine = backend._engine
@@ -112,7 +113,7 @@ def test_on_cpu_unload_frees_the_engine_and_the_next_load_reuses_the_process(smo
     stays, so the next load starts only an engine. Runs last: it closes the module's backend."""
     engine = smol._engine
     assert isinstance(engine, WorkerEngine) and engine.report["platform"] == "cpu"
-    assert engine.sleep_mode is False and engine.report["dtype"] == (smol.dtype or "bfloat16")
+    assert engine.sleep_mode is False and engine.report["dtype"] == "float32"
     process = engine.process
     smol.unload()
     assert not smol.is_loaded and not smol.is_asleep and process.alive
