@@ -86,6 +86,8 @@ class BatchingWindow(Generic[T, R]):
                  weigh: Callable[[T], float] | None = None, max_work: float = float("inf"),
                  clock: Callable[[], float] = time.monotonic, lanes: Lanes[T] | None = None,
                  max_running: int = MAX_RUNNING):
+        if max_running < 1:  # batches on no device would never start
+            raise ValueError(f"max_running must be at least 1, not {max_running}")
         self.probe, self._clock = probe, clock
         self._lanes, self.max_running = lanes, max_running
         self._run = run_batch.run if isinstance(run_batch, Releasing) else _releasing_nothing(run_batch)

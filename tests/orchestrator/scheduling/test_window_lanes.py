@@ -261,3 +261,9 @@ def test_batches_on_no_device_at_their_bound_keep_no_device_waiting() -> None:
     run.release.set()
     assert [f.result(WAIT_S) for f in far] == [["-:0HOLD"], ["-:1HOLD"], ["-:2HOLD"]] and run.most == 3
     w.close()
+
+
+def test_a_bound_below_one_is_refused() -> None:
+    """With none allowed, work on no device would wait for good."""
+    with pytest.raises(ValueError, match="max_running must be at least 1"):
+        window(Runner(), max_running=0)
