@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from orchestrator.scheduling.window import BatchingWindow
+from orchestrator.scheduling.window import EVERY, BatchingWindow
 
 WAIT_S = 30  # an event not set by then means the order under test did not happen
 
@@ -196,7 +196,7 @@ def held_everywhere(run: Runner) -> tuple[BatchingWindow[str, str], list[Future[
     """A window where one held batch takes every device and one (of at most one) takes none:
     what is submitted next queues behind them, to be taken into batches once they end."""
     w = window(run, max_running=1)
-    held = [w.submit(["*:hold"]), w.submit(["-:hold"])]
+    held = [w.submit([f"{EVERY}:hold"]), w.submit(["-:hold"])]
     assert run.entered.acquire(timeout=WAIT_S) and run.entered.acquire(timeout=WAIT_S)
     return w, held
 
