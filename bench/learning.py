@@ -57,6 +57,7 @@ from bench.replay_profiles import (  # noqa: E402
     replay_evidence,
     routing_text,
     skill_vocabulary,
+    vote_prior,
 )
 from bench.routing_quality import embed, routing_embedder  # noqa: E402
 from experts.replay import Recording, load_recording, normalise_text  # noqa: E402
@@ -156,13 +157,13 @@ class Run:
             if i == joined and self.v.withheld:
                 self.known.append(self.v.withheld)
                 self._rebuild(refit=False)
-            seg = i // per
-            chosen, weights = self._recruit(i)
+            seg, (chosen, weights), q = i // per, self._recruit(i), self.s.recording.questions[qid]
             share[seg].update(chosen)
             if i >= joined and self.watch:
-                where[self.s.recording.questions[qid].category in self.watch.led].update(chosen)
-            letters = {e: self.s.recording.answer(self.model_of[e], qid) for e in chosen}
-            voted = weighted_vote(list(letters.items()), weights, self.router.reliability).answer
+                where[q.category in self.watch.led].update(chosen)
+            letters = [(e, self.s.recording.answer(self.model_of[e], qid)) for e in chosen]
+            router = self.router
+            voted = weighted_vote(letters, weights, router.reliability, vote_prior(router.option_prior, q)).answer
             right[seg] += voted == self._gold(qid)
             self._learn(i, qid, chosen, weights)
         sizes = [min(per, n - k * per) for k in range(self.segments)]
@@ -221,7 +222,7 @@ def _only(evidence: RoutingEvidence, names: Sequence[str], blank: str | None = N
     choices = {n: [None if n == blank else c for c in (evidence.choices or {})[n]] for n in keep}
     profiles = {n: ({} if n == blank else evidence.profiles[n]) for n in keep}
     return RoutingEvidence(profiles, evidence.question_embeddings, correct, evidence.labels, choices,
-                           observed=observed, options=evidence.options)
+                           observed=observed, options=evidence.options, option_prior=evidence.option_prior)
 
 
 class CrossFitted(Run):

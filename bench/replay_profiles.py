@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from experts.cost_model import parse_model_size  # noqa: E402
 from experts.replay import RecordedQuestion, Recording, load_recording, normalise_text  # noqa: E402
+from orchestrator.aggregation.option_prior import OptionPrior  # noqa: E402
 from orchestrator.pools.loader import expert_name, replay_pool, split_questions  # noqa: E402
 from orchestrator.pools.schema import (  # noqa: E402
     AggregatorConfig,
@@ -58,7 +59,8 @@ def routing_text(q: RecordedQuestion) -> str:
     2.7× longer) the k-NN router looked ~0.6 points better in cross-validation on the
     profiling questions, but on the test splits it is worse: router k=3 over the best single
     model on the open ≤13B pool, seeds 0-4, +4.37 static and +4.46 transformer against +4.85 and
-    +4.62 with stems. Queries that arrive with their options still route well against stems."""
+    +4.62 with stems (before the vote's option prior). Queries that arrive with their options
+    still route well against stems."""
     return q.question
 
 
@@ -116,9 +118,17 @@ def replay_evidence(
     labels = [recording.questions[q].category for q in question_ids]
     choices = {expert_name(m): [recording.answer(m, q) for q in question_ids] for m in models}
     options = typical_options(len(recording.questions[q].options) for q in question_ids)
+    prior = OptionPrior.fit((recording.questions[q].question, recording.questions[q].options,
+                             recording.questions[q].answer) for q in question_ids)
     evidence = RoutingEvidence(profiles, np.asarray(embeddings, dtype=np.float32), marks, labels, choices,
-                               options=options)
+                               options=options, option_prior=prior)
     return ReplayProfile(evidence, list(question_ids), tagged)
+
+
+def vote_prior(prior: OptionPrior | None, q: RecordedQuestion) -> dict[str, float]:
+    """The vote's prior over a recorded question's options (a router's `option_prior`, as the
+    service's vote starts from it); {} without one."""
+    return prior.log_ratios(q.question, q.options) if prior else {}
 
 
 def embedding_kinds(text: str) -> list[EmbeddingKind]:

@@ -20,7 +20,10 @@ questions (the noise of one split's questions; the SD over seeds adds the noise 
 No aggregator LLM can read thousands of answers here, so every multi-expert method aggregates by
 profile-weighted voting: each recruited expert's letter votes with its router weight (S_i·γ_i for
 Symbolic-MoE, log-odds of the estimated accuracy for the k-NN router and the per-category and
-random baselines). Cost per query is simulated from the recorded models' sizes (experts/
+random baselines). The log-odds votes start from the prior over the question's options fitted on
+the profiling questions (`orchestrator/aggregation/option_prior.py`), the router's and the
+baselines' alike, so those differ in routing alone; Symbolic-MoE's S_i·γ_i are no likelihood
+ratios to add a prior to (as published). Cost per query is simulated from the recorded models' sizes (experts/
 cost_model.py): energy sums over the calls, latency is the slowest call (they run in parallel).
 """
 
@@ -49,6 +52,7 @@ from bench.replay_profiles import (  # noqa: E402
     routing_embedder,
     routing_text,
     skill_vocabulary,
+    vote_prior,
 )
 from bench.routing_quality_report import K_MAX, as_json, paired_bootstrap, print_pool, print_seeds  # noqa: E402
 from experts.cost_model import model_cost  # noqa: E402
@@ -65,9 +69,10 @@ from skills.embedder import Embedder, EmbeddingKind, get_embedder  # noqa: E402
 
 COT_TOKENS = 256  # the chain of thought a recorded model wrote before its letter (cost only)
 
-# A panel: for one test question, the recruited experts, the weight of each one's vote and the
-# router's per-letter reliability offsets (None: plain weighted vote).
-Panel = tuple[list[str], dict[str, float], AnswerReliability | None]
+# A panel: for one test question, the recruited experts, the weight of each one's vote, the
+# router's per-letter reliability offsets (None: plain weighted vote) and its prior over the
+# question's options (log ratios; {}: flat).
+Panel = tuple[list[str], dict[str, float], AnswerReliability | None, dict[str, float]]
 
 
 @dataclass
@@ -142,6 +147,9 @@ class PoolBench:
         self.prof_accuracy = {n: float(np.mean(marks[n])) for n in self.names}
         self.tokens = [_prompt_tokens(rec, q) for q in test]
         self.n_options = [len(rec.questions[q].options) for q in test]  # each question's chance level
+        # the prior over each question's options a log-odds vote starts from (the router's, fitted on
+        # the profiling questions): the baselines with log-odds votes get it too, so they differ in routing
+        self.priors = [vote_prior(self.profile.evidence.option_prior, rec.questions[q]) for q in test]
         self._scored: dict[str, list[list[ExpertScore]]] = {}
         self._costs = {n: model_cost(m) for n, m in self.model_of.items()}
 
@@ -149,14 +157,15 @@ class PoolBench:
     def right(self, panels: Sequence[Panel]) -> np.ndarray:
         """Whether each test question's vote is right (1.0) or not (0.0)."""
         return np.array([
-            weighted_vote([(e, self.choices[e][i]) for e in experts], weights, reliability).answer == self.gold[i]
-            for i, (experts, weights, reliability) in enumerate(panels)
+            weighted_vote([(e, self.choices[e][i]) for e in experts], weights, reliability, prior).answer
+            == self.gold[i]
+            for i, (experts, weights, reliability, prior) in enumerate(panels)
         ], dtype=float)
 
     def cost(self, panels: Sequence[Panel]) -> tuple[float, float]:
         """Mean energy (kJ) and mean latency (s) per query of these panels."""
         energy = latency = 0.0
-        for i, (experts, _, _) in enumerate(panels):
+        for i, (experts, *_) in enumerate(panels):
             costs = [self._costs[e].estimate(self.tokens[i], COT_TOKENS) for e in experts]
             energy += sum(x.energy_j for x in costs) / 1e3
             latency += max((x.latency_s for x in costs), default=0.0)
@@ -165,19 +174,20 @@ class PoolBench:
     # -- methods -----------------------------------------------------------------------------
     def best_single(self) -> tuple[str, list[Panel]]:
         best = max(self.names, key=lambda n: (self.prof_accuracy[n], n))
-        return best, [([best], {best: 1.0}, None)] * len(self.gold)
+        return best, [([best], {best: 1.0}, None, {})] * len(self.gold)
 
     def random_k(self, k: int) -> list[Panel]:
         rng = random.Random(f"random:{self.c.seed}:{k}")
         weights = {n: log_odds_weight(a) for n, a in self.prof_accuracy.items()}
-        return [(rng.sample(self.names, min(k, len(self.names))), weights, None) for _ in self.gold]
+        return [(rng.sample(self.names, min(k, len(self.names))), weights, None, prior) for prior in self.priors]
 
     def routed(self, router: Router, k: int, mode: RecruitMode) -> list[Panel]:
         """The service's path: router.score → recruit → vote with the router's weights."""
         panels: list[Panel] = []
         for i, scores in enumerate(self._scores(router)):
             chosen = recruit(scores, k, mode, random.Random(f"{self.c.seed}:{i}"))
-            panels.append((chosen, {s.name: s.weight for s in scores}, router.reliability))
+            prior = self.priors[i] if router.option_prior else {}
+            panels.append((chosen, {s.name: s.weight for s in scores}, router.reliability, prior))
         return panels
 
     def _scores(self, router: Router) -> list[list[ExpertScore]]:
@@ -196,11 +206,11 @@ class PoolBench:
         for j, q in enumerate(self.c.profiling):
             rows[rec.questions[q].category].append(j)
         panels: list[Panel] = []
-        for q in self.c.test:
+        for q, prior in zip(self.c.test, self.priors, strict=True):
             idx = rows.get(rec.questions[q].category, [])
             acc = {n: (float(np.sum(marks[n][idx])) + 1) / (len(idx) + 2) for n in self.names}
             top = sorted(self.names, key=lambda n: (-acc[n], n))[:k]
-            panels.append((top, {n: log_odds_weight(acc[n]) for n in top}, None))
+            panels.append((top, {n: log_odds_weight(acc[n]) for n in top}, None, prior))
         return panels
 
     def oracle(self) -> float:

@@ -33,6 +33,25 @@ def lettered_options(text: str) -> tuple[int, int]:
     return offsets[filled[start]], n
 
 
+def option_texts(text: str) -> list[str]:
+    """The texts of the lettered options `lettered_options` finds, each without its letter (a
+    line between two options continues the earlier one; lines after the last, such as the reply
+    format, are no option's); [] when it finds none."""
+    start, n = lettered_options(text)
+    options: list[str] = []
+    between: list[str] = []  # lines since the last option: its text, if another option follows
+    for line in text[start:].splitlines() if n else ():
+        m = _OPTION_LINE.match(line)
+        if m is not None and len(options) < n and m.group(1).upper() == _LETTERS[len(options)]:
+            if options and between:
+                options[-1] = " ".join([options[-1], *between])
+            options.append(line[m.end():].strip())
+            between = []
+        elif line.strip():
+            between.append(line.strip())
+    return options
+
+
 def _last_lettered_run(lines: Sequence[str]) -> tuple[int, int, int]:
     """(first line, last line, count) of the last run of option lines lettered A, B, … in
     order; (-1, -1, 0) when no line opens with option A. An option line out of order ends a run."""

@@ -7,7 +7,8 @@ runs every vocabulary token through the transformer once (`distill`, ~35 s here)
 vectors by PCA to 256 dimensions and weights them by token frequency; a text's embedding is then
 the mean of its tokens' rows, a lookup (~0.1 ms). Question against question it is as good as
 the transformer it came from (bench/routing_quality.py, seeds 0-4, open ≤13B pool: k-NN router
-k=3 over the best single model +4.85 ± 0.63 points static, +4.62 ± 0.26 transformer); question
+k=3 over the best single model +4.85 ± 0.63 points static, +4.62 ± 0.26 transformer, before the
+vote's option prior); question
 against a skill's short name it is much worse (bench/keywords.py: the subject among the 3 skills
 read for 36% of questions, 60% with the transformer), so only the k-NN router uses it by default
 (orchestrator/settings.py, `EmbeddingSettings.kind`).

@@ -8,7 +8,9 @@ are the optimal weighted majority for independent voters (Nitzan & Paroush 1982)
 right with probability p among m options outvotes two experts at p' exactly when its evidence
 ratio p(m−1)/(1−p) exceeds theirs combined. An expert that gave no choice casts no vote.
 
-A vote may be corrected by the expert's per-letter reliability (`reliability.AnswerReliability`).
+A vote may be corrected by the expert's per-letter reliability (`reliability.AnswerReliability`),
+and start from a prior over the options (`option_prior.OptionPrior`: log prior ratios added to
+the support, so the winner is the posterior choice among the letters voted for).
 
 `lettered_vote` is the `auto` aggregation of a pool with an aggregator LLM: a question with
 lettered options whose every answer picked one is decided by the vote, and only the rest go to
@@ -23,7 +25,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from experts.prompt_text import lettered_options
+from experts.prompt_text import lettered_options, option_texts, strip_options
+from orchestrator.aggregation.option_prior import OptionPrior
 from orchestrator.aggregation.reliability import P_CLIP, AnswerReliability
 from orchestrator.domain import ExpertScore
 from skills.grading import extract_choice
@@ -54,9 +57,12 @@ def weighted_vote(
     answers: Sequence[tuple[str, str | None]],
     weights: Mapping[str, float],
     reliability: AnswerReliability | None = None,
+    prior: Mapping[str, float] | None = None,
 ) -> VoteResult:
     """The choice with most weight; `answers` are (expert, choice or None), repeats allowed.
-    With `reliability`, each vote's weight moves by its (expert, choice) offset.
+    With `reliability`, each vote's weight moves by its (expert, choice) offset; with `prior`
+    (choice → log prior ratio), a choice's support plus its prior decides. `support` stays the
+    votes' own weight.
 
     Ties go to the choice whose heaviest single voter is heaviest, then alphabetically, so the
     result never depends on the order the answers arrived in.
@@ -69,7 +75,8 @@ def weighted_vote(
     if not cast:
         return VoteResult(None)
     support = {c: math.fsum(ws) for c, ws in cast.items()}  # fsum: exact, so the same whatever the order
-    winner = min(support, key=lambda c: (-support[c], -max(cast[c]), c))
+    start = prior or {}
+    winner = min(support, key=lambda c: (-(support[c] + start.get(c, 0.0)), -max(cast[c]), c))
     return VoteResult(winner, support)
 
 
@@ -90,14 +97,15 @@ def vote_by_scores(
     answers: Sequence[tuple[str, str | None]],
     scores: Sequence[ExpertScore],
     reliability: AnswerReliability | None = None,
+    prior: Mapping[str, float] | None = None,
 ) -> VoteResult:
     """Weighted vote with the router's per-query weights (what the service aggregates with)."""
-    return weighted_vote(answers, {s.name: s.weight for s in scores}, reliability)
+    return weighted_vote(answers, {s.name: s.weight for s in scores}, reliability, prior)
 
 
 def vote_answer(
     answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore], reliability: AnswerReliability | None = None,
-    question: str = "",
+    question: str = "", option_prior: OptionPrior | None = None,
 ) -> VoteResult:
     """The weighted vote over (expert, reply text) pairs: each reply's option letter, if any,
     among the question's own options ("E" of A-D won a vote, read with every letter valid). A
@@ -107,7 +115,13 @@ def vote_answer(
     n = option_count(question)
     if n < 2:
         return VoteResult(None)
-    return vote_by_scores([(expert, extract_choice(text, n)) for expert, text in answers], scores, reliability)
+    return vote_by_scores([(expert, extract_choice(text, n)) for expert, text in answers], scores, reliability,
+                          prior_of(option_prior, question))
+
+
+def prior_of(option_prior: OptionPrior | None, question: str) -> dict[str, float]:
+    """The question's options' log prior ratios ({} without a prior or lettered options)."""
+    return option_prior.log_ratios(strip_options(question), option_texts(question)) if option_prior else {}
 
 
 def option_count(question: str) -> int:
@@ -126,7 +140,8 @@ def vote_decides(mode: str, question: str) -> bool:
 
 
 def lettered_vote(question: str, answers: Sequence[tuple[str, str]], scores: Sequence[ExpertScore],
-                  reliability: AnswerReliability | None = None) -> str | None:
+                  reliability: AnswerReliability | None = None, option_prior: OptionPrior | None = None
+                  ) -> str | None:
     """The reply the vote decides, when the question has lettered options (two or more) and
     every answer picked one: the winning letter's answer from its heaviest voter, reasoning
     kept. None when the vote cannot decide, so the aggregator reads the answers instead."""
@@ -135,6 +150,6 @@ def lettered_vote(question: str, answers: Sequence[tuple[str, str]], scores: Seq
     if n < 2 or any(choice is None for _, choice in letters):
         return None
     weight = {s.name: s.weight for s in scores}
-    result = weighted_vote(letters, weight, reliability)
+    result = weighted_vote(letters, weight, reliability, prior_of(option_prior, question))
     backers = [(e, t) for (e, t), (_, c) in zip(answers, letters, strict=True) if c == result.answer]
     return max(backers, key=lambda et: weight.get(et[0], 0.0))[1]

@@ -261,7 +261,7 @@ class BatchRun:
             self._finish(q, _voted(answers, q, self.pool))
         elif self.aggregation == "auto" and (voted := lettered_vote(
                 q.ask.text, [(a.expert, a.text) for a in answers], q.decision.experts,
-                self.pool.router.reliability)) is not None:
+                self.pool.router.reliability, self.pool.router.option_prior)) is not None:
             self._finish(q, voted)
         elif q.decision.budget is not None and vote_decides(self.aggregation, q.ask.text):
             self._finish(q, _vote_of_lettered(q, answers, self.pool))  # its plan paid for no aggregator
@@ -362,7 +362,7 @@ def _voted(answers: Sequence[Answer], q: _Query, pool: PoolSnapshot) -> str:
     """The router-weighted vote of the answers' letters (no aggregator stage); with no letter to
     vote on, the best-ranked answer, as when an aggregator fails (draw 0 is a random draw)."""
     result = vote_answer([(a.expert, a.text) for a in answers], q.decision.experts, pool.router.reliability,
-                         q.ask.text)
+                         q.ask.text, pool.router.option_prior)
     return f"Answer: {result.answer}" if result.answer else _best_ranked(q).text
 
 
@@ -373,7 +373,9 @@ def _vote_of_lettered(q: _Query, answers: Sequence[Answer], pool: PoolSnapshot) 
     heaviest voter's reply, as `lettered_vote`); with none, the best-ranked answer."""
     n = option_count(q.ask.text)
     lettered = [(a.expert, a.text) for a in answers if extract_choice(a.text, n) is not None]
-    voted = lettered_vote(q.ask.text, lettered, q.decision.experts, pool.router.reliability) if lettered else None
+    router = pool.router
+    voted = lettered_vote(q.ask.text, lettered, q.decision.experts, router.reliability, router.option_prior
+                          ) if lettered else None
     return voted or _best_ranked(q).text
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator.aggregation.option_prior import OptionPrior
 from skills.profiling import global_competence
 
 
@@ -28,6 +29,8 @@ class RoutingEvidence:
     `options` is how many lettered options its questions offered (the median of those with
     two or more; None: unknown): the chance level an expert's accuracy on them was measured at,
     against which the k-NN router weighs a free-text query, which has none of its own.
+    `option_prior` is fitted on the profiling questions' options and gold letters (how their
+    options were written), for the vote to start from (`aggregation.option_prior`; None: flat).
     """
 
     profiles: dict[str, dict[str, float]]
@@ -39,6 +42,7 @@ class RoutingEvidence:
     observed: dict[str, np.ndarray] | None = None
     learned_rows: int = 0  # how many of the last rows came from traffic (`routing.learning`), not profiling
     options: int | None = None
+    option_prior: OptionPrior | None = None
 
     def __post_init__(self) -> None:
         if not self.competence:

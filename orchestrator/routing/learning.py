@@ -70,7 +70,7 @@ def learned(evidence: RoutingEvidence, lessons: Sequence[Lesson], max_rows: int 
     labels = _labels(evidence, emb, n_old - evidence.learned_rows)
     profiles = _profiles(evidence.profiles, lessons, names)  # every lesson: profiles are sums
     grown = RoutingEvidence(profiles, emb, correct, labels, choices, _competence(profiles), observed,
-                            evidence.learned_rows + len(rows), evidence.options)
+                            evidence.learned_rows + len(rows), evidence.options, evidence.option_prior)
     return _bounded(grown, max_rows)
 
 

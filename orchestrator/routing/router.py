@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from orchestrator.aggregation.option_prior import OptionPrior
 from orchestrator.aggregation.reliability import AnswerReliability
 from orchestrator.domain import ExpertScore, RecruitMode
 from orchestrator.routing.evidence import RoutingEvidence
@@ -22,6 +23,7 @@ class Router(Protocol):
     preferred_mode: RecruitMode  # how a query that names no recruitment mode recruits
     calibrated: bool  # suitability is an estimated P(correct), not a relative weight
     reliability: AnswerReliability | None  # per-letter vote offsets, for routers with log-odds weights
+    option_prior: OptionPrior | None  # the vote's prior over options, for the same routers
 
     def score(self, skills: Sequence[str], query_embedding: np.ndarray | None, n_options: int = 0
               ) -> list[ExpertScore]:
@@ -49,6 +51,7 @@ class SymbolicRouter:
     preferred_mode: RecruitMode = "sample"  # the paper draws k experts from the weights
     calibrated = False
     reliability: AnswerReliability | None = None  # S_i·γ_i weights are not log-odds: as published
+    option_prior: OptionPrior | None = None  # nor a likelihood ratio a prior's log ratio adds to
 
     def __init__(self, evidence: RoutingEvidence):
         self.evidence = evidence

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from experts.types import ExpertSpec
+from orchestrator.aggregation.option_prior import fitted
 from orchestrator.pipeline.snapshot import PoolSnapshot
 from orchestrator.routing.evidence import RoutingEvidence, typical_options
 from orchestrator.routing.knn_router import KnnRouter
@@ -77,10 +78,17 @@ def load_evidence(db: Database, dataset: str, embedder: Embedder) -> Loaded:
         profiling = {r.name for r in rows if r.status != "ready"}
     embeddings = question_embeddings(db, embedder, texts, stored) if texts else None
     options = typical_options(len(q.payload.get("options") or ()) for q in questions)
-    base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed, options=options)
+    prior = fitted(tuple(_answer_key(q.payload) for q in questions if q.payload.get("options")))
+    base = RoutingEvidence(profiles, embeddings, correct, labels, choices, observed=observed, options=options,
+                           option_prior=prior)
     evidence = learned(base, [_known(x, experts) for _, x in lessons])
     ids = [i for i, _ in lessons]
     return Loaded(experts, evidence, skills, profiling, _newest(ids, evidence.learned_rows), max(ids, default=0))
+
+
+def _answer_key(payload: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    """A lettered validation question as the option prior is fitted on it (question, options, gold)."""
+    return str(payload["question"]), tuple(map(str, payload["options"])), str(payload.get("answer", ""))
 
 
 def question_embeddings(db: Database, embedder: Embedder, texts: Sequence[str],

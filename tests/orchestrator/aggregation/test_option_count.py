@@ -3,6 +3,7 @@ as experts/replay.py reads them, and text that only looks like them."""
 
 from __future__ import annotations
 
+from experts.prompt_text import option_texts
 from orchestrator.aggregation.vote import option_count, vote_decides
 from skills.question_text import question_part
 
@@ -36,3 +37,10 @@ def test_the_options_counted_are_the_ones_a_query_s_question_is_cut_from() -> No
     text = "Read this.\nA: Hi.\nB: Hello.\nA: Bye.\nWhy does A leave?"
     assert option_count(text) == 0 and question_part(text) == text
     assert option_count(f"{text}\nA. Late\nB. Tired") == 2 and question_part(f"{text}\nA. Late\nB. Tired") == text
+
+
+def test_option_texts_are_the_counted_options_without_their_letters() -> None:
+    text = "Which program?\nA. x\nB. list1 <- Sort(list1)\n list2 <- Sort(list2)\nC. y\nReply with 'Answer: <letter>'."
+    assert option_texts(text) == ["x", "list1 <- Sort(list1) list2 <- Sort(list2)", "y"]  # not the reply line
+    assert option_texts("A: Hi.\nB: Hello.\nWhat does B do?\nA. Greets\nB) Leaves") == ["Greets", "Leaves"]
+    assert option_texts(DIALOGUE) == [] and option_texts("What is 2+2?") == []

@@ -1,8 +1,9 @@
 """`skillroute serve --pool replay:FOLDER`: the service over recorded real models, over HTTP.
 
-A slice of the real MMLU-Pro corpus (4 models, 6 questions per category) is profiled from its
+A slice of the real MMLU-Pro corpus (4 models, 8 questions per category) is profiled from its
 recorded answers on the profiling split; a test-split question sent to POST /v1/queries comes
-back with the recruited experts' recorded letters and their router-weighted vote.
+back with the recruited experts' recorded letters and their router-weighted vote, which starts
+from the option prior fitted on the profiling questions.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from experts.replay import RecordedQuestion, load_recording
-from orchestrator.aggregation.vote import weighted_vote
+from experts.replay import RecordedQuestion, Recording, load_recording
+from orchestrator.aggregation.vote import prior_of, weighted_vote
 from orchestrator.api.app import create_app
 from orchestrator.container import SkillRoute
 from orchestrator.domain import Ask
@@ -37,7 +38,7 @@ def question_prompt(q: RecordedQuestion) -> str:
 
 @pytest.fixture(scope="module")
 def replay_service(slice_recording: SliceRecording, tmp_path_factory: pytest.TempPathFactory, embedder: Embedder):
-    folder = slice_recording(tmp_path_factory.mktemp("rec"), MODELS, 6)
+    folder = slice_recording(tmp_path_factory.mktemp("rec"), MODELS, 8)  # 56 profiling: enough to fit a prior
     c = SkillRoute(quiet_settings(tmp_path_factory.mktemp("data")), load_pool_config(f"replay:{folder}"),
                    embedder=embedder)
     c.bootstrap()
@@ -68,11 +69,34 @@ def test_corpus_question_returns_recorded_answers_and_their_vote(replay_service,
     for g in body["generations"]:
         letter = rec.answer(model_of[g["expert"]], question.question_id)
         assert g["role"] == "expert" and g["text"] == (f"Answer: {letter}" if letter else "No answer.")
-    weights = {e["name"]: e["weight"] for e in body["experts"]}
-    votes = [(g["expert"], rec.answer(model_of[g["expert"]], question.question_id)) for g in body["generations"]]
-    reliability = c.pool.snapshot.router.reliability  # the k-NN router's per-letter vote offsets
-    assert reliability is not None
-    assert body["answer"] == weighted_vote(votes, weights, reliability).answer
+    router = c.pool.snapshot.router  # the k-NN router's per-letter vote offsets and prior over options
+    assert router.reliability is not None and router.option_prior is not None
+    assert body["answer"] == weighted_vote(*_votes(body, rec, question), router.reliability,
+                                           prior_of(router.option_prior, question_prompt(question))).answer
+
+
+def _votes(body: dict, rec: Recording, q: RecordedQuestion) -> tuple[list[tuple[str, str | None]], dict[str, float]]:
+    """The recorded letters a query's experts answered with, and the router's weights for them."""
+    model_of = {expert_name(m): m for m in MODELS}
+    votes = [(g["expert"], rec.answer(model_of[g["expert"]], q.question_id)) for g in body["generations"]]
+    return votes, {e["name"]: e["weight"] for e in body["experts"]}
+
+
+def test_the_vote_starts_from_the_option_prior(replay_service, serve) -> None:
+    """Over the test split, every answer is the vote with the prior, and on some the prior moved it."""
+    c, folder = replay_service
+    rec, router = load_recording(folder), c.pool.snapshot.router
+    _, test = split_questions(rec, 0.5, seed=0)
+    with serve(create_app(c)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        replies = [client.post("/v1/queries", json={"query": question_prompt(rec.questions[q]), "k": 3}) for q in test]
+    assert all(r.status_code == 200 for r in replies)
+    moved = 0
+    for body, q in zip((r.json() for r in replies), test, strict=True):
+        votes, weights = _votes(body, rec, rec.questions[q])
+        prior = prior_of(router.option_prior, question_prompt(rec.questions[q]))
+        assert body["answer"] == weighted_vote(votes, weights, router.reliability, prior).answer
+        moved += body["answer"] != weighted_vote(votes, weights, router.reliability).answer
+    assert moved > 0
 
 
 def test_a_question_outside_the_recording_is_a_422_and_stores_nothing(replay_service, serve) -> None:
