@@ -42,7 +42,7 @@ class OptionPrior:
         """From (question, options, gold letter) of the profiling questions; None with too few
         lettered ones."""
         rows = [(option_features(q, opts), _LETTERS.index(gold)) for q, opts, gold in questions
-                if len(opts) >= 2 and gold in _LETTERS[: len(opts)]]
+                if len(opts) >= 2 and gold in tuple(_LETTERS[: len(opts)])]  # a letter: "" is in every string
         if len(rows) < MIN_QUESTIONS:
             return None
         return cls(_newton([x for x, _ in rows], np.array([y for _, y in rows])))

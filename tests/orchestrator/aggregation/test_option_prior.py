@@ -46,7 +46,8 @@ def test_too_few_lettered_questions_fit_nothing() -> None:
     rng = random.Random(2)
     few = [written(rng, True) for _ in range(MIN_QUESTIONS - 1)]
     assert OptionPrior.fit(few) is None
-    unusable = [("Q?", ("x",), "A"), ("Q?", ("x", "y"), "C")] * MIN_QUESTIONS  # one option; gold not among them
+    unusable = [("Q?", ("x",), "A"), ("Q?", ("x", "y"), "C"), ("Q?", ("x", "y"), ""),  # one option; gold not
+                ("Q?", ("x", "y"), "AB")] * MIN_QUESTIONS  # among them, none, or not one letter
     assert OptionPrior.fit(few + unusable) is None
     assert OptionPrior.fit(few + [written(rng, True)]) is not None
 
