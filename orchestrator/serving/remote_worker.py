@@ -176,7 +176,7 @@ class RemoteWorker(DeviceWorker):
         """The actor's loss as the caller should read it: unavailable where Ray is restarting it
         with no node to place it on (its node left: Ray answers each call with ActorUnavailable-
         Error after ~2 s, never a restart, so a wait for one was 10 s in vain), else lost."""
-        if isinstance(exc, ActorUnavailableError) and self._node_gone():
+        if isinstance(exc, ActorUnavailableError) and ray.is_initialized() and self._node_gone():
             return self._unplaced()
         return WorkerLost(f"worker {self.name} was lost mid-{during} ({type(exc).__name__}); "
                           "Ray restarts it and it reloads its models on demand")
@@ -205,6 +205,8 @@ class RemoteWorker(DeviceWorker):
         """Whether `actor`, whose death `lost` reports, is gone for good: its name is free or
         another actor's (while it is still the dead one's, Ray is restarting it). Then the first
         call to find it so moves the proxy to the actor under the name, or to one made anew."""
+        if not ray.is_initialized():  # shut down since the call was sent: a lookup would start a Ray
+            return False
         if not isinstance(lost.__cause__, ActorDiedError) or (named := self._named()) == actor:
             return False
         with self._moving:
@@ -285,7 +287,7 @@ class RemoteWorker(DeviceWorker):
 
     def _once_more(self, work: Callable[[], T], lost: WorkerLost) -> T:
         """`work` again once the lost actor is back; only for work whose rerun changes nothing."""
-        if isinstance(lost, WorkerUnavailable) or self._gone or not self._restarted():
+        if isinstance(lost, WorkerUnavailable) or self._gone or not ray.is_initialized() or not self._restarted():
             self._gone = True
             raise lost
         log.warning("worker %s was lost mid-call and is back; running the call again", self.name)

@@ -42,7 +42,7 @@ def test_a_query_handed_to_a_closed_storer_is_left_to_its_batch() -> None:
     storer.close()
     batch = Early()
     storer.put((1, None, None), batch, 0)  # type: ignore[arg-type]  # never stored: only its id is read
-    draining = threading.Thread(target=storer.drain, daemon=True)
+    draining = threading.Thread(target=storer.drain, args=(batch,), daemon=True)
     draining.start()
     draining.join(WAIT_S)
     assert not draining.is_alive()  # nothing was handed to the stopped thread to wait for

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import ray
@@ -20,7 +20,7 @@ from orchestrator.scheduling.planner import Job
 from orchestrator.scheduling.worker import claims
 from orchestrator.services.profiling_pending import unload_if_free
 from orchestrator.serving.remote_claims import RemoteClaims
-from orchestrator.serving.remote_worker import RemoteWorker
+from orchestrator.serving.remote_worker import RemoteWorker, WorkerLost
 from orchestrator.serving.worker_actor import MAX_CONCURRENCY, spawn
 
 MB = 100 * 2**20
@@ -144,6 +144,13 @@ def test_a_wait_for_an_unneeded_model_answered_late_is_asked_again_while_the_act
         RemoteClaims(BusyActor(alive=False)).wait_unneeded(A.key)
 
 
+def failed(work: Callable[[], object], errors: list[BaseException]) -> None:
+    try:
+        work()
+    except BaseException as exc:  # noqa: BLE001 - kept for the test to read
+        errors.append(exc)
+
+
 def slow_or_sized(spec: BaseModelSpec) -> MockBackend:
     """`slow`'s replies take a minute: a generation holding the actor's device for the whole test."""
     return MockBackend(spec.key, MB, delay_s=60.0 if spec.source == "slow" else 0.0)
@@ -154,10 +161,13 @@ def test_an_unload_if_free_asks_the_actor_and_never_waits_for_its_device(local_r
     """The proxy's own lock is no one's: a DELETE that unloads a model through it waited out the
     actor's generation under way (5.6 s behind an unrelated chat), where it should leave it to a thread."""
     actor = spawn(WorkerSpec(name="busy", device="local-cpu"), 3 * MB, slow_or_sized)
+    worker, slow = RemoteWorker(actor), BaseModelSpec(kind="mock", source="slow")
+    cut_short: list[BaseException] = []
+    generating = threading.Thread(target=lambda: failed(lambda: worker.generate(slow, [job(0, slow).request]),
+                                                        cut_short), daemon=True)
     try:
-        worker, slow = RemoteWorker(actor), BaseModelSpec(kind="mock", source="slow")
         worker.ensure_loaded(A)
-        threading.Thread(target=lambda: worker.generate(slow, [job(0, slow).request]), daemon=True).start()
+        generating.start()
         deadline = time.monotonic() + WAIT_S
         while slow.key not in worker.resident():  # loaded under the device lock its generation holds
             assert time.monotonic() < deadline, "the slow generation never started"
@@ -168,3 +178,5 @@ def test_an_unload_if_free_asks_the_actor_and_never_waits_for_its_device(local_r
         assert answer == [False] and A.key in worker.resident()  # busy: left to a thread of its own
     finally:
         ray.kill(actor)
+    generating.join(WAIT_S)  # a thread still calling Ray at the module's shutdown started a Ray of its own
+    assert not generating.is_alive() and [isinstance(e, WorkerLost) for e in cut_short] == [True]  # cut short
