@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from experts.replay import normalise_text, read_questions
+from skills.grading import LETTERS
 
-LETTERS = "ABCDEFGHIJKLMNOP"
 MMLU_SPLITS = ("validation", "test", "all")
 _VALIDATION_SHARE = 8  # one question in 8 is validation
 

@@ -24,10 +24,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from skills.grading import LETTERS
+
 MIN_QUESTIONS = 50  # fewer lettered profiling questions than this fit nothing (the vote stays flat)
 L2 = 1e-2  # ridge on the weights, per question: with a few features it barely bites at ~3,000
 NEWTON_STEPS = 25
-_LETTERS = "ABCDEFGHIJKLMNOP"
 _WORD = re.compile(r"\w+")
 
 
@@ -41,8 +42,8 @@ class OptionPrior:
     def fit(cls, questions: Iterable[tuple[str, Sequence[str], str]]) -> OptionPrior | None:
         """From (question, options, gold letter) of the profiling questions; None with too few
         lettered ones."""
-        rows = [(option_features(q, opts), _LETTERS.index(gold)) for q, opts, gold in questions
-                if len(opts) >= 2 and gold in tuple(_LETTERS[: len(opts)])]  # a letter: "" is in every string
+        rows = [(option_features(q, opts), LETTERS.index(gold)) for q, opts, gold in questions
+                if len(opts) >= 2 and gold in tuple(LETTERS[: len(opts)])]  # a letter: "" is in every string
         if len(rows) < MIN_QUESTIONS:
             return None
         return cls(_newton([x for x, _ in rows], np.array([y for _, y in rows])))
@@ -52,8 +53,9 @@ class OptionPrior:
         if len(options) < 2:
             return {}
         s = option_features(question, options) @ self.weights
-        log_p = s - s.max() - np.log(np.exp(s - s.max()).sum())
-        return {_LETTERS[i]: float(v + np.log(len(options))) for i, v in enumerate(log_p)}
+        shifted = s - s.max()
+        log_p = shifted - np.log(np.exp(shifted).sum())
+        return {LETTERS[i]: float(v + np.log(len(options))) for i, v in enumerate(log_p)}
 
 
 Keyed = tuple[tuple[str, tuple[str, ...], str], ...]  # (question, options, gold letter) each
